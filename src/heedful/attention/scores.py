@@ -1,0 +1,125 @@
+"""Attention score functions and the masked softmax they share.
+
+Each score module maps queries and keys to one scalar per (query, key) pair:
+
+    q: (..., T_q, D_q),  k: (..., T_k, D_k)  ->  scores (..., T_q, T_k)
+
+and turns scores into weights with :func:`masked_softmax`, so every score takes the same masks
+(``True`` = may attend) and returns weights that sum to 1 over the unmasked keys of each query.
+A query whose keys are all masked gets all-zero weights, never NaN.
+
+``...`` is usually (B, H) inside multi-head attention, or (B,) in an RNN decoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """softmax over the last axis, restricted to keys where ``mask`` is True.
+
+    scores: (..., T_q, T_k); mask broadcasts to it (True = may attend); bias is added first.
+    Fully-masked rows come out as zeros: masked entries are set to the dtype's lowest finite value
+    (so the softmax stays finite) and the result is multiplied by the mask.
+    """
+    if bias is not None:
+        scores = scores + bias
+    if mask is None:
+        return torch.softmax(scores, dim=-1)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1) * mask
+
+
+class Score(nn.Module):
+    """Base class: subclasses implement :meth:`score`; :meth:`forward` returns masked weights."""
+
+    #: True when the score is ``scale · q·k``, which the fused kernel can compute itself.
+    fusable: bool = False
+    #: The ``scale`` to hand the fused kernel; ``None`` means its default, 1/√d_h.
+    fused_scale: float | None = None
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, q: Tensor, k: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """Attention weights (..., T_q, T_k), summing to 1 over unmasked keys."""
+        return masked_softmax(self.score(q, k), mask, bias)
+
+
+class DotScore(Score):
+    """Dot product (Luong et al. 2015, §3.1 "dot"):  score(q, k) = q · k.
+
+    Requires D_q == D_k.
+    """
+
+    fusable = True
+    fused_scale = 1.0
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        return q @ k.transpose(-2, -1)  # (..., T_q, D) @ (..., D, T_k) -> (..., T_q, T_k)
+
+
+class ScaledDotScore(Score):
+    """Scaled dot product (Vaswani et al. 2017, eq. 1):  score(q, k) = q · k / √d.
+
+    ``d`` defaults to the last dimension of ``q`` at call time. Requires D_q == D_k.
+    """
+
+    fusable = True
+
+    def __init__(self, scale: float | None = None):
+        super().__init__()
+        self.fused_scale = scale  # None lets the fused kernel use 1/√d itself
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        scale = self.fused_scale if self.fused_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        # Scale q rather than the (T_q, T_k) product: fewer multiplications, same result.
+        return (q * scale) @ k.transpose(-2, -1)  # (..., T_q, T_k)
+
+
+class GeneralScore(Score):
+    """Bilinear "general" score (Luong et al. 2015, §3.1):  score(q, k) = q W kᵀ.
+
+    W: (D_q, D_k), learned. Computed as (q W) · k so the cost is one extra matmul of the queries.
+    """
+
+    def __init__(self, d_query: int, d_key: int | None = None):
+        super().__init__()
+        self.W = nn.Linear(d_query, d_key or d_query, bias=False)
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        return self.W(q) @ k.transpose(-2, -1)  # (..., T_q, D_k) @ (..., D_k, T_k)
+
+
+class AdditiveScore(Score):
+    """Additive / "concat" score (Bahdanau et al. 2015, §3.1 and appendix A.1.2):
+
+        score(q, k) = vᵀ tanh(W q + U k)
+
+    W: (A, D_q), U: (A, D_k), v: (A,), with A = ``d_attn``. Memory is O(T_q · T_k · A): fine for RNN
+    decoders (T_q = 1 per step) and short sequences, which is where this score is used.
+    """
+
+    def __init__(self, d_query: int, d_key: int | None = None, d_attn: int | None = None):
+        super().__init__()
+        d_key = d_key or d_query
+        d_attn = d_attn or d_query
+        self.W = nn.Linear(d_query, d_attn, bias=False)
+        self.U = nn.Linear(d_key, d_attn, bias=True)
+        self.v = nn.Linear(d_attn, 1, bias=False)
+
+    def score(self, q: Tensor, k: Tensor) -> Tensor:
+        # (..., T_q, 1, A) + (..., 1, T_k, A) -> (..., T_q, T_k, A) -> (..., T_q, T_k)
+        return self.v(torch.tanh(self.W(q).unsqueeze(-2) + self.U(k).unsqueeze(-3))).squeeze(-1)
+
+
+SCORES: dict[str, type[Score]] = {
+    "dot": DotScore,
+    "scaled_dot": ScaledDotScore,
+    "general": GeneralScore,
+    "additive": AdditiveScore,
+}

@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+Every exception here carries a one-line message that names the file, line, key or value at fault.
+The CLI prints that line to stderr and exits with code 2; any other exception is a bug in heedful
+and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Something the user can fix: a bad config, a missing file, a malformed line."""
+
+
+class ConfigError(UserError):
+    """An unknown key, a value of the wrong type, or an inconsistent combination of settings."""
+
+
+class DataError(UserError):
+    """Input data that cannot be read: names the file and line (or record) and the problem."""
+
+
+class CheckpointError(UserError):
+    """A run directory or checkpoint that is missing, incomplete or from an incompatible version."""

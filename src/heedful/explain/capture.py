@@ -1,0 +1,88 @@
+"""``explain.capture(model)``: collect every attention module's weights without touching model code.
+
+    with capture(model) as seen:
+        model(batch)
+    seen["decoder.layers.2.cross_attn"]        # (B, H, T_q, T_k), from the last call
+    seen.calls("decoder.layers.2.cross_attn")  # every call, in order (one per decoding step)
+
+While the block is active each :class:`~heedful.attention.base.AttentionModule` takes its
+weights path and reports to ``seen``; on exit the modules go back to choosing their own (usually
+fused) path. Weights are detached by default; ``detach=False`` keeps them in the autograd graph
+(for gradient × attention explanations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+
+from heedful.attention.base import AttentionModule
+
+
+class Captured(Mapping[str, Any]):
+    """Module path -> that module's attention weights from its most recent call."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, list[Any]] = {}
+
+    def _sink(self, name: str, detach: bool):
+        def store(weights: Any) -> None:
+            if detach:
+                weights = _detach(weights)
+            self._calls.setdefault(name, []).append(weights)
+
+        return store
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._calls:
+            known = ", ".join(self._calls) or "none yet"
+            raise KeyError(f"no attention captured from {name!r} (captured: {known})")
+        return self._calls[name][-1]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._calls)
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def calls(self, name: str) -> list[Any]:
+        """Every call's weights for ``name``, oldest first."""
+        return list(self._calls.get(name, []))
+
+    def clear(self) -> None:
+        self._calls.clear()
+
+
+def _detach(weights: Any) -> Any:
+    if isinstance(weights, Tensor):
+        return weights.detach()
+    if isinstance(weights, dict):
+        return {key: _detach(value) for key, value in weights.items()}
+    return weights
+
+
+def attention_modules(model: nn.Module) -> dict[str, AttentionModule]:
+    """Every attention module inside ``model``, by module path."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AttentionModule)}
+
+
+@contextmanager
+def capture(model: nn.Module, *, detach: bool = True) -> Iterator[Captured]:
+    """Collect the attention weights of every attention module in ``model`` while active."""
+    modules = attention_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} contains no heedful attention modules to capture")
+    busy = [name for name, m in modules.items() if m.capturing]
+    if busy:
+        raise RuntimeError(f"attention of {busy[0]!r} is already being captured (nested capture)")
+    seen = Captured()
+    try:
+        for name, module in modules.items():
+            module._capture_sink = seen._sink(name, detach)
+        yield seen
+    finally:
+        for module in modules.values():
+            module._capture_sink = None
