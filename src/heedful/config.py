@@ -1,0 +1,149 @@
+"""Typed configs: YAML in, validated pydantic models out, every field settable from the CLI.
+
+    cfg = load_config("configs/dates.yaml", overrides=["model.n_heads=8", "train.epochs=3"])
+
+A config names its task (``task: translate``); the task's config class (a :class:`RunConfig`
+subclass) defines and validates the rest. Unknown keys and wrongly-typed values raise
+:class:`~heedful.errors.ConfigError` with a one-line message that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from heedful.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class TrainConfig(Section):
+    """How the shared trainer runs — the same fields for every task."""
+
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="for data generated on the fly")
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
+    warmup_steps: int = Field(200, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    deterministic: bool = True
+    monitor: str = Field("val_loss", description="metric for best checkpoint and early stopping")
+    monitor_mode: Literal["min", "max"] = "min"
+    early_stopping_patience: int | None = Field(None, ge=1, description="epochs without improvement")
+    max_minutes: float | None = Field(None, gt=0, description="stop after this much training time")
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends only)")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(50, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    tensorboard: bool = True
+    wandb: bool = False
+    progress: bool = True
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+
+class RunConfig(Section):
+    """Fields every run has. Tasks subclass this and add their ``data`` and ``model`` sections."""
+
+    task: str
+    name: str = "run"
+    run_dir: Path | None = Field(None, description="default: runs/<name>")
+    seed: int = 0
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    train: TrainConfig = TrainConfig()
+
+    def resolved_run_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+
+# ------------------------------------------------------------------------------------------ loading
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML config file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (``3``, ``1e-3``, ``[1, 2]``, ``true``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate(config_class: type[RunConfig], data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return config_class.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_error(config_class, exc)}") from None
+
+
+def describe_error(config_class: type[BaseModel], exc: ValidationError) -> str:
+    """The first validation problem as one line naming the key."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        hint = _suggest(config_class, err["loc"])
+        return f"unknown config key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+    if err["type"] == "missing":
+        return f"missing config key '{key}'"
+    return f"config key '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def _suggest(config_class: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    model: Any = config_class
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return ".".join([*map(str, loc[:-1]), close[0]]) if close else None
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

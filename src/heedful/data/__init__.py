@@ -1,0 +1,1 @@
+"""Data sources, vocabularies and batching shared by the tasks."""

@@ -1,0 +1,138 @@
+"""Built-in data sets that need no files: generated on the fly by well-known libraries.
+
+``dates``: a calendar date written by Babel in one of many locales and formats
+(``"5. März 2021"``, ``"March 5, 2021"``, ``"2021年3月5日"``, ``"пятница, 5 марта 2021 г."``) →
+the ISO date ``2021-03-05``. Every example records which source characters came from the day,
+month and year fields (and the weekday, when the format has one), so an attention map can be
+checked against gold alignments.
+
+Only unambiguous formats are used: patterns with two-digit years are dropped (``21`` could be
+1921 or 2021), and with them the one month-first numeric format (en_US ``M/d/yy``); every
+remaining all-numeric format puts the day or the year first, so a reader — or a model — never has
+to guess the locale to read a date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+
+from babel import Locale
+from babel.dates import DateTimeFormat, parse_pattern
+
+DATE_LOCALES = (
+    "en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "pt_BR", "nl_NL", "sv_SE", "da_DK",
+    "pl_PL", "cs_CZ", "ru_RU", "uk_UA", "tr_TR", "fi_FI", "hu_HU", "ro_RO", "el_GR", "id_ID",
+    "vi_VN", "zh_CN", "ja_JP", "ko_KR",
+)  # fmt: skip
+DATE_FORMATS = ("short", "medium", "long", "full")
+FIRST_YEAR, LAST_YEAR = 1900, 2099
+# Target span of each field inside "YYYY-MM-DD".
+ISO_SPANS = {"year": (0, 4), "month": (5, 7), "day": (8, 10)}
+
+_FIELD_KIND = {"d": "day", "M": "month", "L": "month", "y": "year", "E": "weekday", "c": "weekday"}
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class DateExample:
+    source: str  # the date as Babel writes it
+    target: str  # ISO 8601, YYYY-MM-DD
+    locale: str
+    pattern: str  # the CLDR pattern that wrote it
+    # field -> (start, end) character span in ``source``: day, month, year (+ weekday if present)
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@cache
+def date_patterns() -> tuple[tuple[str, str], ...]:
+    """Every (locale, CLDR pattern) pair the generator draws from, de-duplicated."""
+    pairs: list[tuple[str, str]] = []
+    for name in DATE_LOCALES:
+        locale = Locale.parse(name)
+        for style in DATE_FORMATS:
+            pattern = locale.date_formats[style].pattern
+            if _is_unambiguous(pattern) and (name, pattern) not in pairs:
+                pairs.append((name, pattern))
+    return tuple(pairs)
+
+
+def _fields(pattern: str) -> list[str]:
+    return _PLACEHOLDER.findall(parse_pattern(pattern).format)
+
+
+def _is_unambiguous(pattern: str) -> bool:
+    fields = _fields(pattern)
+    if any(f == "yy" for f in fields):
+        return False
+    kinds = [_FIELD_KIND.get(f[0]) for f in fields]
+    numeric_month = any(f[0] in "ML" and len(f) <= 2 for f in fields)
+    if numeric_month and kinds.index("month") < kinds.index("day") and kinds[0] != "year":
+        return False  # month before day with no leading year, e.g. 3/5/2021
+    return True
+
+
+def render_date(date: dt.date, locale: str, pattern: str) -> DateExample:
+    """Write ``date`` with ``pattern`` in ``locale``, recording the span of each field."""
+    formatter = DateTimeFormat(date, Locale.parse(locale))
+    pieces = _PLACEHOLDER.split(parse_pattern(pattern).format)  # literal, field, literal, field, …
+    source, spans = "", {}
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            source += piece.replace("%%", "%")
+            continue
+        text = formatter[piece]
+        kind = _FIELD_KIND.get(piece[0])
+        if kind is not None:
+            spans[kind] = (len(source), len(source) + len(text))
+        source += text
+    return DateExample(source, date.isoformat(), locale, pattern, spans)
+
+
+def random_date(rng: random.Random) -> dt.date:
+    first, last = dt.date(FIRST_YEAR, 1, 1).toordinal(), dt.date(LAST_YEAR, 12, 31).toordinal()
+    return dt.date.fromordinal(rng.randint(first, last))
+
+
+def random_dates(seed: int, exclude: frozenset[str] = frozenset()) -> Iterator[DateExample]:
+    """An endless, seeded stream of examples; sources in ``exclude`` (held-out sets) are skipped."""
+    rng = random.Random(seed)
+    patterns = date_patterns()
+    while True:
+        locale, pattern = patterns[rng.randrange(len(patterns))]
+        example = render_date(random_date(rng), locale, pattern)
+        if example.source not in exclude:
+            yield example
+
+
+def fixed_dates(n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[DateExample]:
+    """``n`` distinct examples from ``seed`` — used for the fixed validation and test sets."""
+    examples: list[DateExample] = []
+    seen = set(exclude)
+    for example in random_dates(seed):
+        if example.source not in seen:
+            seen.add(example.source)
+            examples.append(example)
+            if len(examples) == n:
+                return examples
+    raise AssertionError("unreachable: the stream is endless")
+
+
+@cache
+def date_charset() -> str:
+    """Every character the generator can write: all months, weekdays and digits of every pattern.
+
+    Derived from the generator's support, not from a sample, so the vocabulary never misses a
+    character that appears in a rarer locale.
+    """
+    chars: set[str] = set("0123456789-")
+    for locale, pattern in date_patterns():
+        # Jan 1–7 of 2024 covers all weekdays; the 1st of each month covers all month names.
+        days = [dt.date(2024, 1, d) for d in range(1, 8)] + [dt.date(2024, m, 1) for m in range(1, 13)]
+        for day in days:
+            chars.update(render_date(day, locale, pattern).source)
+    return "".join(sorted(chars))

@@ -1,0 +1,270 @@
+"""Transformer encoder–decoder and encoder-only models (Vaswani et al. 2017) on our attention core.
+
+Pre-LN by default (Xiong et al. 2020: normalise before each sublayer, which trains stably without
+long warm-ups); ``norm_first=False`` gives the original post-LN. Positions are chosen by name
+(``sinusoidal``, ``learned``, ``rope``, ``alibi``, ``relative``, ``none``) — see
+:mod:`heedful.attention.positions`.
+
+Shapes: B batch, S source length, T target length, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+from heedful.attention import KVCache, MultiHeadAttention
+from heedful.attention.positions import POSITIONS, build_attention_positions, build_input_positions
+from heedful.models.pretrained import PretrainedModel
+
+
+class TransformerConfig(BaseModel):
+    """Everything needed to build a Transformer; saved as the model folder's config.json."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    src_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")
+    tgt_vocab_size: int = Field(0, ge=0, description="set by the task (encoder–decoder only)")
+    pad_id: int = 0
+    d_model: int = Field(256, ge=8)
+    n_heads: int = Field(4, ge=1)
+    n_encoder_layers: int = Field(3, ge=0)
+    n_decoder_layers: int = Field(3, ge=0)
+    d_ff: int = Field(1024, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Literal["relu", "gelu"] = "relu"
+    norm_first: bool = Field(True, description="pre-LN (True) or post-LN (False)")
+    position: str = Field("sinusoidal", description=" | ".join(POSITIONS))
+    max_len: int = Field(512, ge=1)
+    relative_max_distance: int = Field(16, ge=1)
+    attention_score: Literal["scaled_dot", "dot", "general", "additive"] = "scaled_dot"
+    tie_embeddings: bool = Field(True, description="decoder input embedding = output projection")
+    share_embeddings: bool = Field(False, description="one embedding for source and target")
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position {self.position!r} is not one of {', '.join(POSITIONS)}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ layers
+class FeedForward(nn.Module):
+    """FFN(x) = W_2 act(W_1 x + b_1) + b_2  (§3.3)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.activation = F.gelu if activation == "gelu" else F.relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(self.activation(self.linear1(x))))  # (B, T, D)
+
+
+class Sublayer(nn.Module):
+    """Residual connection around a sublayer, with LayerNorm before (pre-LN) or after (post-LN)."""
+
+    def __init__(self, d_model: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def forward(self, x: Tensor, fn) -> Tensor:
+        if self.norm_first:
+            return x + self.dropout(fn(self.norm(x)))
+        return self.norm(x + self.dropout(fn(x)))
+
+
+def _self_attention(cfg: TransformerConfig) -> MultiHeadAttention:
+    d_head = cfg.d_model // cfg.n_heads
+    position = build_attention_positions(cfg.position, cfg.n_heads, d_head, cfg.max_len, cfg.relative_max_distance)
+    return MultiHeadAttention(
+        cfg.d_model, cfg.n_heads, dropout=cfg.attention_dropout, score=cfg.attention_score, position=position
+    )
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.self_attn = _self_attention(cfg)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
+        self.attn_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.ff_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
+
+    def forward(self, x: Tensor, padding: Tensor | None) -> Tensor:
+        """x: (B, S, D); padding: (B, S) bool, True = real token."""
+        x = self.attn_sublayer(x, lambda h: self.self_attn(h, key_padding_mask=padding).output)
+        return self.ff_sublayer(x, self.ff)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.self_attn = _self_attention(cfg)
+        self.cross_attn = MultiHeadAttention(
+            cfg.d_model, cfg.n_heads, dropout=cfg.attention_dropout, score=cfg.attention_score
+        )
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
+        self.self_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.cross_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.ff_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
+
+    def forward(
+        self, y: Tensor, memory: Tensor, memory_padding: Tensor | None, cache: LayerCache | None = None
+    ) -> Tensor:
+        """y: (B, T, D) target states; memory: (B, S, D) encoder output."""
+        self_cache = cache.self_attn if cache is not None else None
+        cross_cache = cache.cross_attn if cache is not None else None
+        # Causal self-attention needs no target padding mask: padding sits at the end, so real
+        # positions never see it, and outputs at padded positions are ignored by the loss.
+        y = self.self_sublayer(y, lambda h: self.self_attn(h, is_causal=True, cache=self_cache).output)
+        y = self.cross_sublayer(
+            y, lambda h: self.cross_attn(h, memory, key_padding_mask=memory_padding, cache=cross_cache).output
+        )
+        return self.ff_sublayer(y, self.ff)
+
+
+@dataclass
+class LayerCache:
+    self_attn: KVCache
+    cross_attn: KVCache
+
+
+class DecoderCache:
+    """Per-layer key/value caches plus the number of target positions already decoded."""
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerCache(KVCache(), KVCache(static=True)) for _ in range(n_layers)]
+        self.offset = 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` — for beam search."""
+        for layer in self.layers:
+            layer.self_attn.reorder(index)
+            layer.cross_attn.reorder(index)
+
+
+class Embedder(nn.Module):
+    """Token embedding scaled by √D (§3.4), plus input positions when the config uses them."""
+
+    def __init__(self, vocab_size: int, cfg: TransformerConfig, embedding: nn.Embedding | None = None):
+        super().__init__()
+        self.embedding = embedding or nn.Embedding(vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        if embedding is None:
+            nn.init.normal_(self.embedding.weight, std=cfg.d_model**-0.5)
+            with torch.no_grad():
+                self.embedding.weight[cfg.pad_id].zero_()
+        self.positions = build_input_positions(cfg.position, cfg.d_model, cfg.max_len)
+        self.scale = math.sqrt(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
+        x = self.embedding(tokens) * self.scale  # (B, T) -> (B, T, D)
+        if self.positions is not None:
+            x = self.positions(x, offset)
+        return self.dropout(x)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: TransformerConfig, embedding: nn.Embedding | None = None):
+        super().__init__()
+        self.embed = Embedder(cfg.src_vocab_size, cfg, embedding)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+
+    def forward(self, tokens: Tensor, padding: Tensor | None) -> Tensor:
+        x = self.embed(tokens)  # (B, S, D)
+        for layer in self.layers:
+            x = layer(x, padding)
+        return self.norm(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: TransformerConfig, embedding: nn.Embedding | None = None):
+        super().__init__()
+        self.embed = Embedder(cfg.tgt_vocab_size, cfg, embedding)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+        self.output = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.embed.embedding.weight
+
+    def forward(
+        self, tokens: Tensor, memory: Tensor, memory_padding: Tensor | None, cache: DecoderCache | None = None
+    ) -> Tensor:
+        offset = cache.offset if cache is not None else 0
+        y = self.embed(tokens, offset)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            y = layer(y, memory, memory_padding, cache.layers[i] if cache is not None else None)
+        if cache is not None:
+            cache.offset += tokens.shape[1]
+        return self.output(self.norm(y))  # (B, T, V)
+
+
+# ------------------------------------------------------------------------------------------ models
+class TransformerEncoderDecoder(PretrainedModel):
+    """Sequence to sequence: ``forward(src, tgt_in) -> logits (B, T, V_tgt)``.
+
+    ``tgt_in`` is the target shifted right (starting with <bos>); the loss compares the logits
+    with the target shifted left (ending with <eos>).
+    """
+
+    model_type = "transformer-encoder-decoder"
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        if config.src_vocab_size < 1 or config.tgt_vocab_size < 1:
+            raise ValueError("src_vocab_size and tgt_vocab_size must be set (the task sets them from its vocab)")
+        self.encoder = Encoder(config)
+        shared = self.encoder.embed.embedding if config.share_embeddings else None
+        self.decoder = Decoder(config, shared)
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src: (B, S) ids -> memory (B, S, D) and its padding mask (B, S), True = real token."""
+        padding = src != self.config.pad_id
+        return self.encoder(src, padding), padding
+
+    def decode(
+        self, tgt_in: Tensor, memory: Tensor, memory_padding: Tensor, cache: DecoderCache | None = None
+    ) -> Tensor:
+        """tgt_in: (B, T) ids (only the new ones when ``cache`` holds earlier steps) -> (B, T, V)."""
+        return self.decoder(tgt_in, memory, memory_padding, cache)
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache(self.config.n_decoder_layers)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        memory, padding = self.encode(src)
+        return self.decode(tgt_in, memory, padding)
+
+
+class TransformerEncoderModel(PretrainedModel):
+    """Encoder only: ``forward(tokens) -> hidden states (B, S, D)``; for classifiers and taggers."""
+
+    model_type = "transformer-encoder"
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        if config.src_vocab_size < 1:
+            raise ValueError("src_vocab_size must be set (the task sets it from its vocab)")
+        self.encoder = Encoder(config)
+
+    def forward(self, tokens: Tensor, padding: Tensor | None = None) -> Tensor:
+        padding = tokens != self.config.pad_id if padding is None else padding
+        return self.encoder(tokens, padding)
