@@ -59,7 +59,13 @@ class PretrainedModel(nn.Module):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"{weights}: weights file missing")
-        missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False, device=device)
+        try:
+            missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False, device=device)
+        except RuntimeError as exc:  # tensor shapes that do not match the config
+            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+            raise CheckpointError(f"{weights}: does not fit {CONFIG_NAME} ({first})") from None
+        except safetensors.SafetensorError as exc:
+            raise CheckpointError(f"{weights}: unreadable weights file ({exc})") from None
         if missing or unexpected:
             raise CheckpointError(
                 f"{weights}: does not fit the config (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"

@@ -1,0 +1,107 @@
+"""``heedful`` — the command line. Each command has a Python twin in :mod:`heedful.runs`.
+
+A mistake the user can fix (unknown config key, wrong type, missing file) prints one line to
+stderr and exits with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from heedful.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="heedful: attention-based prediction you can see into. Train, evaluate, predict, explain.",
+)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field, e.g. --set train.lr=3e-4 (repeatable)."),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config (e.g. configs/dates.yaml), or a run directory to resume.")],
+    set_: SetOption = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Where the run goes (default: runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's latest checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
+) -> None:
+    """Train the model a config describes; writes config, checkpoints, metrics and plots to the run directory."""
+    from heedful.runs import load_config
+    from heedful.train.trainer import fit
+
+    overrides = list(set_ or [])
+    if run_dir is not None:
+        overrides.append(f"run_dir={run_dir}")
+    if device is not None:
+        overrides.append(f"device={device}")
+    cfg = load_config(config, overrides)
+    history = fit(cfg, resume=resume, overwrite=overwrite)
+    out = cfg.resolved_run_dir()
+    best = history.epochs[history.best_epoch - 1] if history.best_epoch else history.last()
+    typer.echo(f"best epoch {history.best_epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("val_")))
+    typer.echo(f"run directory: {out}  (model in {out / 'model'}, curves in {out / 'plots' / 'history.png'})")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
+    split: Annotated[str, typer.Option(help="Which held-out split to score.")] = "test",
+    device: DeviceOption = "auto",
+) -> None:
+    """Score a trained run on a held-out split; writes eval-<split>.json into the run directory."""
+    from heedful.runs import load_run
+
+    metrics = load_run(run_dir, device).evaluate(split)
+    for key, value in metrics.items():
+        typer.echo(f"{split} {key}: {value:.4f}")
+    typer.echo(f"written: {run_dir / f'eval-{split}.json'}")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
+    inputs: Annotated[list[str], typer.Argument(help="One or more inputs, e.g. \"5. März 2021\".")],
+    show_attention: Annotated[bool, typer.Option(help="Save an attention heatmap PNG per input.")] = False,
+    out_dir: Annotated[Path | None, typer.Option(help="Where heatmaps go (default: RUN_DIR/plots).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Predict outputs for the given inputs with a trained run."""
+    from heedful.runs import load_run
+
+    run = load_run(run_dir, device)
+    for p in run.predict(inputs):
+        if as_json:
+            typer.echo(json.dumps({"input": p.input, "output": p.output, "score": p.score}, ensure_ascii=False))
+        else:
+            typer.echo(f"{p.input}  →  {p.output}")
+    if show_attention:
+        for path in run.show_attention(inputs, out_dir):
+            typer.echo(f"attention heatmap: {path}")
+
+
+def main() -> None:
+    # Typer handles usage mistakes itself (unknown option, missing argument: exit 2); our own
+    # UserErrors propagate out of the command and become one line here.
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"heedful: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

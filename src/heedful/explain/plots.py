@@ -1,0 +1,55 @@
+"""Attention pictures: a heatmap of one attention map with its tokens on both axes."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from torch import Tensor
+
+# DejaVu Sans covers Latin, Greek and Cyrillic; the CJK fonts are used for characters it lacks
+# when the system has them (matplotlib falls back along this list).
+FONT_CANDIDATES = ("DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "Droid Sans Fallback", "WenQuanYi Zen Hei")
+
+
+def _installed_fonts() -> list[str]:
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in FONT_CANDIDATES if name in installed] or ["DejaVu Sans"]
+
+
+def attention_heatmap(
+    weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: str | Path, title: str = ""
+) -> Path:
+    """Save a (T_q, T_k) attention map as a PNG: rows are queries, columns are keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fonts = _installed_fonts()
+    data = weights.float().cpu().numpy()
+    t_q, t_k = data.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.32 * t_k + 1.8), max(3.0, 0.32 * t_q + 1.4)))
+    image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=max(float(data.max()), 1e-6), aspect="auto")
+    ax.set_xticks(range(t_k), [_visible(t) for t in key_tokens], fontfamily=fonts)
+    ax.set_yticks(range(t_q), [_visible(t) for t in query_tokens], fontfamily=fonts)
+    ax.set_xlabel("source (keys)")
+    ax.set_ylabel("output (queries)")
+    if title:
+        ax.set_title(title, fontfamily=fonts, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    with warnings.catch_warnings():  # a glyph no installed font has is drawn as a box; say nothing
+        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*")
+        warnings.filterwarnings("ignore", message=".*findfont.*")
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _visible(token: str) -> str:
+    return {" ": "␣", "\u202f": "␣", "\u00a0": "␣"}.get(token, token)

@@ -1,0 +1,88 @@
+"""The Python twin of the CLI: load a config, train, and use a finished run directory.
+
+    cfg = load_config("configs/dates.yaml", overrides=["train.epochs=3"])
+    history = fit(cfg)                         # heedful train configs/dates.yaml --set train.epochs=3
+    run = load_run("runs/dates")
+    run.evaluate("test")                       # heedful evaluate runs/dates
+    run.predict(["5. März 2021"])              # heedful predict runs/dates "5. März 2021"
+    run.show_attention(["5. März 2021"])       # … --show-attention
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from heedful.config import RunConfig, apply_overrides, read_yaml, validate
+from heedful.errors import CheckpointError, ConfigError
+from heedful.explain.plots import attention_heatmap
+from heedful.tasks.base import Explanation, Prediction, Task, get_task
+from heedful.train.trainer import resolve_device
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or a run directory's config.yaml), apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.yaml"
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    if "task" not in data:
+        raise ConfigError(f"{path}: missing config key 'task'")
+    task_class = get_task(str(data["task"]))
+    return validate(task_class.config_class, data, source=str(path))
+
+
+@dataclass
+class Run:
+    """A trained run directory, ready to evaluate, predict and explain."""
+
+    run_dir: Path
+    cfg: RunConfig
+    task: Task
+    model: nn.Module
+
+    def predict(self, inputs: list[Any]) -> list[Prediction]:
+        return self.task.predict(self.model, list(inputs))
+
+    def explain(self, inputs: list[Any]) -> list[Explanation]:
+        return self.task.explain(self.model, list(inputs))
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Metrics on ``split``, also written to ``run_dir/eval-<split>.json``."""
+        if self.task.data is None:
+            self.task.build_data(self.cfg)
+            self.task.load_artifacts(self.run_dir / "model")  # the run's own vocabulary wins
+        metrics = self.task.evaluate(self.model, split)
+        (self.run_dir / f"eval-{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
+
+    def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
+        """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""
+        out_dir = Path(out_dir) if out_dir is not None else self.run_dir / "plots"
+        paths = []
+        for i, e in enumerate(self.explain(inputs)):
+            title = f"{e.prediction.input}  →  {e.prediction.output}"
+            paths.append(attention_heatmap(e.summary, e.query_tokens, e.key_tokens, out_dir / f"attention-{i}.png",
+                                           title=title))  # fmt: skip
+        return paths
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> Run:
+    """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best model."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`")
+    if not (run_dir / "model").is_dir():
+        raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
+    cfg = load_config(run_dir / "config.yaml")
+    task = get_task(cfg.task)(cfg)
+    task.load_artifacts(run_dir / "model")
+    model = task.load_model(run_dir / "model", str(resolve_device(device)))
+    model.eval()
+    return Run(run_dir, cfg, task, model)
+
+

@@ -1,0 +1,124 @@
+"""The task interface: everything the shared trainer, the CLI and ``explain`` need from a task.
+
+A task owns its data, its model builder, its loss and its metrics (fairseq's idea, one level of
+lookup deep): ``get_task("translate")`` returns the class, nothing more magic than that. Adding a
+task touches only ``tasks/`` and ``configs/``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from heedful.config import RunConfig
+from heedful.errors import ConfigError
+
+Batch = dict[str, Any]
+
+
+class BatchSource(ABC):
+    """Training batches for one epoch, reproducible from (seed, epoch) alone.
+
+    Because an epoch's batches depend only on its number, a resumed run rebuilds the epoch and
+    skips the batches it already trained on — no iterator state needs saving.
+    """
+
+    @abstractmethod
+    def batches(self, epoch: int) -> Iterator[Batch]: ...
+
+    @abstractmethod
+    def steps_per_epoch(self) -> int: ...
+
+
+@dataclass
+class DataBundle:
+    train: BatchSource
+    splits: dict[str, Any]  # "val", "test", …: whatever the task's evaluate() reads
+    info: dict[str, Any] = field(default_factory=dict)  # vocab sizes etc., for build_model
+
+
+@dataclass
+class Prediction:
+    input: Any
+    output: Any
+    score: float | None = None  # e.g. sequence log-probability or class probability
+
+
+@dataclass
+class Explanation:
+    """What a prediction attended to: token labels on both axes and the captured weights."""
+
+    prediction: Prediction
+    query_tokens: list[str]  # rows (e.g. target characters)
+    key_tokens: list[str]  # columns (e.g. source characters)
+    weights: dict[str, Tensor]  # module path -> (H, T_q, T_k) for this one example
+    summary: Tensor  # (T_q, T_k): the map a heatmap shows by default
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str) -> type[Task]:
+    from heedful import tasks as _  # noqa: F401 - importing the package registers the built-in tasks
+
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+class Task(ABC):
+    """One kind of prediction. Subclasses set ``name`` and ``config_class``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[RunConfig]]
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.data: DataBundle | None = None
+
+    # -- data and model ---------------------------------------------------------------------------
+    @abstractmethod
+    def build_data(self, cfg: RunConfig) -> DataBundle:
+        """Build (or read) the data; keeps it on ``self.data`` for evaluate/predict."""
+
+    @abstractmethod
+    def build_model(self, cfg: RunConfig, data: DataBundle) -> nn.Module: ...
+
+    # -- training ---------------------------------------------------------------------------------
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        """Mean loss of a batch, and batch statistics (means) to log; key ``weight`` (e.g. the
+        number of target tokens) weights the batch when the trainer averages over an epoch."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Metrics on a held-out split ("val", "test"); include ``loss`` and ``accuracy``."""
+
+    # -- using a trained model --------------------------------------------------------------------
+    @abstractmethod
+    def predict(self, model: nn.Module, inputs: list[Any]) -> list[Prediction]: ...
+
+    @abstractmethod
+    def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]: ...
+
+    # -- what a model folder needs besides weights (vocabularies, tokenizers) ----------------------
+    def save_artifacts(self, directory: Path) -> None:  # noqa: B027 - optional hook
+        """Write tokenizer/vocabulary files next to the model weights."""
+
+    def load_artifacts(self, directory: Path) -> None:  # noqa: B027 - optional hook
+        """Read what save_artifacts wrote, so predict() works without rebuilding the data."""
+
+    def load_model(self, directory: Path, device: str = "cpu") -> nn.Module:
+        from heedful.models import load_pretrained
+
+        return load_pretrained(directory, device)

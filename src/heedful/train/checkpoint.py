@@ -1,0 +1,141 @@
+"""Checkpoints that survive a crash and never need unpickling.
+
+A checkpoint is a folder ``checkpoints/step-N/``:
+
+    model.safetensors      model weights
+    optimizer.safetensors  optimizer tensors (Adam moments, step counts)
+    state.json             optimizer hyper-parameters, trainer position, RNG states, history
+
+It is written under a temporary name and renamed into place only when complete, so a run cut
+off mid-write leaves the previous checkpoint intact. ``state.json`` is written last and marks a
+complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from heedful.errors import CheckpointError
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    py_version, py_internal, py_gauss = random.getstate()
+    meta = {
+        "python": [py_version, list(py_internal), py_gauss],
+        "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(
+    directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int
+) -> Path:
+    """Write ``directory/step-N`` atomically and keep only the newest ``keep`` checkpoints."""
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step}"
+    tmp = directory / f".tmp-step-{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    rng_tensors, rng_meta = rng_state()
+    safetensors.torch.save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
+    payload = {"optimizer": opt_meta, "rng": rng_meta, **state}
+    with open(tmp / "state.json", "w") as f:
+        json.dump(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():  # re-saving the same step (e.g. epoch end right after a periodic save)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / "state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return [path for _, path in sorted(found)]
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states from ``path``; return the trainer state."""
+    try:
+        payload = json.loads((path / "state.json").read_text())
+        missing, unexpected = safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=False)
+        tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
+    except (json.JSONDecodeError, safetensors.SafetensorError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from None
+    except RuntimeError as exc:  # tensor shapes that do not match the model
+        raise CheckpointError(f"{path}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]})")
+    optimizer.load_state_dict(
+        _optimizer_from_flat({k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"])
+    )
+    set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, payload["rng"])
+    return {k: v for k, v in payload.items() if k not in ("optimizer", "rng")}

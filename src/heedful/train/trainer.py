@@ -1,0 +1,280 @@
+"""The one trainer every task plugs into.
+
+    task = get_task("translate")(cfg)
+    history = Trainer(task, cfg).fit()          # or heedful.train.fit(cfg)
+    history["val_loss"], history.best_epoch
+
+What it does for every task: AdamW with decoupled weight decay (none on biases and norms), a
+warm-up + inverse-√ or cosine schedule, gradient clipping and accumulation, bf16 autocast on CPU
+and GPU, seeded and deterministic runs, progress bars, TensorBoard (and W&B), per-epoch
+validation, best-model saving, early stopping, atomic checkpoints and exact resumption.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from heedful.config import RunConfig, to_yaml
+from heedful.errors import ConfigError, UserError
+from heedful.tasks.base import Batch, Task, get_task
+from heedful.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from heedful.train.history import History
+from heedful.train.logging import RunLogger
+from heedful.train.schedules import lr_at
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"config key 'device': {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': {name!r} asked for, but this machine has no CUDA device")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def move_to(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: biases, norms and 1-D parameters are left alone."""
+    decay, no_decay, seen = [], [], set()
+    for _, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:
+            continue
+        seen.add(id(param))
+        (decay if param.dim() >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Trains ``task``'s model as ``cfg.train`` says, writing everything into the run directory."""
+
+    def __init__(self, task: Task, cfg: RunConfig, run_dir: Path | None = None):
+        self.task, self.cfg = task, cfg
+        self.tc = cfg.train
+        self.run_dir = Path(run_dir) if run_dir is not None else cfg.resolved_run_dir()
+        self.device = resolve_device(cfg.device)
+        self.model: nn.Module | None = None
+
+    # ------------------------------------------------------------------------------------- set-up
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        checkpoints = self.run_dir / "checkpoints"
+        if not resume and list_checkpoints(checkpoints):
+            if not overwrite:
+                raise UserError(
+                    f"{self.run_dir}: already holds a trained run; pass --resume to continue it, "
+                    "--overwrite to start again, or choose another --run-dir"
+                )
+            for sub in ("checkpoints", "model", "tb", "plots"):
+                shutil.rmtree(self.run_dir / sub, ignore_errors=True)
+            (self.run_dir / "history.json").unlink(missing_ok=True)
+        if resume and not list_checkpoints(checkpoints):
+            raise UserError(f"{self.run_dir}: --resume given, but there is no checkpoint to resume from")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+
+    def _save_model(self, model: nn.Module) -> None:
+        """Replace run_dir/model with the current weights, atomically."""
+        final, tmp = self.run_dir / "model", self.run_dir / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)  # type: ignore[operator]
+        self.task.save_artifacts(tmp)
+        old = self.run_dir / ".model.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    # -------------------------------------------------------------------------------------- train
+    def fit(self, *, resume: bool = False, overwrite: bool = False) -> History:
+        tc = self.tc
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        seed_everything(self.cfg.seed, tc.deterministic)
+        self._prepare_run_dir(resume, overwrite)
+
+        data = self.task.build_data(self.cfg)
+        model = self.task.build_model(self.cfg, data).to(self.device)
+        self.model = model
+        optimizer = torch.optim.AdamW(
+            parameter_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay
+        )
+        steps_per_epoch = data.train.steps_per_epoch()  # micro-batches
+        total_steps = math.ceil(steps_per_epoch / tc.grad_accum) * tc.epochs
+
+        state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0,
+                                 "best": None, "bad_epochs": 0, "history": History().to_dict()}  # fmt: skip
+        if resume:
+            latest = list_checkpoints(self.run_dir / "checkpoints")[-1]
+            state.update(load_checkpoint(latest, model, optimizer))
+            print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
+        history = History.from_dict(state["history"])
+
+        logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb,
+                           config=self.cfg.model_dump(mode="json"), name=self.cfg.name)  # fmt: skip
+        try:
+            self._loop(model, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
+        finally:
+            logger.close()
+        history.save(self.run_dir / "history.json")
+        _plot_history(history, self.run_dir / "plots" / "history.png")
+        return history
+
+    def _loop(self, model, optimizer, data, state, history, logger, steps_per_epoch, total_steps) -> None:
+        tc = self.tc
+        started = time.perf_counter() - state["elapsed"]
+        out_of_time = False
+        while state["epoch"] < tc.epochs and not out_of_time:
+            epoch = state["epoch"]
+            model.train()
+            sums: dict[str, float] = {}
+            weight_sum = 0.0
+            bar = tqdm(total=steps_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
+                       disable=not tc.progress, dynamic_ncols=True, leave=False)  # fmt: skip
+            batches = data.train.batches(epoch)
+            for _ in range(state["batch_in_epoch"]):  # resumed mid-epoch: skip what was trained on
+                next(batches, None)
+            for batch in batches:
+                batch = move_to(batch, self.device)
+                with autocast(self.device, tc.precision):
+                    loss, stats = self.task.loss(model, batch)
+                if not torch.isfinite(loss):
+                    raise UserError(f"loss became {loss.item()} at step {state['step']}; lower train.lr "
+                                    "or enable train.clip_grad_norm")  # fmt: skip
+                (loss / tc.grad_accum).backward()
+                weight = float(stats.get("weight", 1.0))
+                weight_sum += weight
+                for key, value in stats.items():
+                    if key != "weight":
+                        sums[key] = sums.get(key, 0.0) + float(value) * weight
+                state["batch_in_epoch"] += 1
+                bar.update(1)
+
+                if state["batch_in_epoch"] % tc.grad_accum and state["batch_in_epoch"] < steps_per_epoch:
+                    continue
+                state["step"] += 1
+                lr = lr_at(state["step"], lr=tc.lr, schedule=tc.schedule, warmup=tc.warmup_steps,
+                           total_steps=total_steps, min_lr_ratio=tc.min_lr_ratio)  # fmt: skip
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if tc.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["elapsed"] = time.perf_counter() - started
+
+                if state["step"] % tc.log_every == 0:
+                    logger.scalars(state["step"], {**stats, "lr": lr}, prefix="train/")
+                    bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}", lr=f"{lr:.2e}")
+                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
+                    self._checkpoint(model, optimizer, state, history)
+                if tc.max_minutes and state["elapsed"] > tc.max_minutes * 60:
+                    out_of_time = True
+                    break
+            bar.close()
+
+            # ---- end of epoch (or of the time budget): validate, keep the best, maybe stop
+            row = {"epoch": epoch + 1, "step": state["step"], "time": round(state["elapsed"], 2)}
+            row |= {f"train_{k}": v / max(weight_sum, 1e-9) for k, v in sums.items()}
+            row |= {f"val_{k}": v for k, v in self.task.evaluate(model, "val").items()}
+            model.train()
+            history.epochs.append(row)
+            logger.scalars(state["step"], {k: v for k, v in row.items() if k != "epoch"}, prefix="epoch/")
+            improved = self._track_best(row, state, history, model)
+            (tqdm.write if tc.progress else print)(_format_row(row, improved))
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            if tc.early_stopping_patience and state["bad_epochs"] >= tc.early_stopping_patience:
+                history.stopped_early = True
+                out_of_time = True
+            if out_of_time and tc.max_minutes and not history.stopped_early:
+                print(f"time budget of {tc.max_minutes} min reached after {state['elapsed'] / 60:.1f} min")
+            self._checkpoint(model, optimizer, state, history)
+            history.save(self.run_dir / "history.json")
+
+    def _track_best(self, row: dict[str, float], state: dict[str, Any], history: History, model) -> bool:
+        tc = self.tc
+        if tc.monitor not in row:
+            raise ConfigError(f"config key 'train.monitor': {tc.monitor!r} is not a metric; have {', '.join(row)}")
+        value = row[tc.monitor]
+        best = state["best"]
+        improved = best is None or (value < best if tc.monitor_mode == "min" else value > best)
+        if improved:
+            state["best"], state["bad_epochs"] = value, 0
+            history.best_epoch = int(row["epoch"])
+            self._save_model(model)
+        else:
+            state["bad_epochs"] += 1
+        return improved
+
+    def _checkpoint(self, model, optimizer, state, history) -> None:
+        state["history"] = history.to_dict()
+        save_checkpoint(self.run_dir / "checkpoints", state["step"], model, optimizer, dict(state),
+                        keep=self.tc.keep_checkpoints)  # fmt: skip
+
+
+def _format_row(row: dict[str, float], improved: bool) -> str:
+    parts = [f"epoch {int(row['epoch'])}"]
+    parts += [f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step")]
+    return "  ".join(parts) + ("  *" if improved else "")
+
+
+def _plot_history(history: History, path: Path) -> None:
+    """Loss and accuracy curves per epoch, train beside val."""
+    if not history.epochs:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = history.history
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split in ("train", "val"):
+            key = f"{split}_{metric}"
+            if key in h:
+                ax.plot(h["epoch"], h[key], marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> History:
+    """Train the task ``cfg.task`` names — the Python twin of ``heedful train``."""
+    task = get_task(cfg.task)(cfg)
+    return Trainer(task, cfg).fit(resume=resume, overwrite=overwrite)

@@ -1,0 +1,151 @@
+import pickle
+
+import pytest
+import torch
+
+from heedful.explain import capture
+from heedful.models import (
+    TransformerConfig,
+    TransformerEncoderDecoder,
+    TransformerEncoderModel,
+    load_pretrained,
+)
+from heedful.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
+from heedful.errors import CheckpointError
+
+POSITIONS = ["sinusoidal", "learned", "rope", "alibi", "relative", "none"]
+
+
+def small_config(**kw) -> TransformerConfig:
+    base = dict(src_vocab_size=40, tgt_vocab_size=30, d_model=32, n_heads=4, n_encoder_layers=2,
+                n_decoder_layers=2, d_ff=64, dropout=0.0, max_len=64)  # fmt: skip
+    base.update(kw)
+    return TransformerConfig(**base)
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 40, (3, 9), generator=g)
+    src[1, 6:] = 0  # padded
+    src[2, 4:] = 0
+    tgt = torch.randint(4, 30, (3, 7), generator=g)
+    return src, tgt
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_cached_decoding_matches_full_decoding(position, norm_first):
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(small_config(position=position, norm_first=norm_first)).eval()
+    src, tgt = batch()
+    full = model(src, tgt)  # (B, T, V)
+    memory, padding = model.encode(src)
+    cache = model.new_cache()
+    steps = [model.decode(tgt[:, t : t + 1], memory, padding, cache) for t in range(tgt.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_padded_source_positions_do_not_change_outputs(position):
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(small_config(position=position)).eval()
+    src, tgt = batch()
+    out = model(src, tgt)
+    wider = torch.cat([src, torch.zeros(3, 5, dtype=torch.long)], dim=1)  # more padding
+    torch.testing.assert_close(model(wider, tgt), out, atol=1e-5, rtol=0)
+    # padding *content* is irrelevant too: the encoder never lets real tokens see it
+    memory, padding = model.encode(src)
+    assert torch.equal(padding, src != 0)
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_decoder_is_causal(position):
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(small_config(position=position)).eval()
+    src, tgt = batch()
+    out = model(src, tgt)
+    changed = tgt.clone()
+    changed[:, 4:] = torch.randint(4, 30, changed[:, 4:].shape)
+    out2 = model(src, changed)
+    torch.testing.assert_close(out2[:, :4], out[:, :4], atol=1e-6, rtol=0)
+    assert not torch.allclose(out2[:, 4:], out[:, 4:])
+
+
+def test_capture_sees_every_attention_module_with_expected_shapes():
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(small_config()).eval()
+    src, tgt = batch()
+    plain = model(src, tgt)
+    with capture(model) as seen:
+        captured = model(src, tgt)
+    torch.testing.assert_close(captured, plain, atol=1e-5, rtol=0)
+    B, S, T, H = 3, src.shape[1], tgt.shape[1], 4
+    expected = {}
+    for i in range(2):
+        expected[f"encoder.layers.{i}.self_attn"] = (B, H, S, S)
+        expected[f"decoder.layers.{i}.self_attn"] = (B, H, T, T)
+        expected[f"decoder.layers.{i}.cross_attn"] = (B, H, T, S)
+    assert {k: tuple(v.shape) for k, v in seen.items()} == expected
+    cross = seen["decoder.layers.1.cross_attn"]
+    torch.testing.assert_close(cross.sum(-1), torch.ones(B, H, T))
+    assert cross[1, :, :, 6:].abs().max() == 0  # padded source keys get no weight
+    self_attn = seen["decoder.layers.0.self_attn"]
+    assert torch.triu(self_attn, diagonal=1).abs().max() == 0  # nothing from the future
+
+
+def test_save_and_load_round_trip_is_exact_and_never_unpickles(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(small_config(position="relative", share_embeddings=False)).eval()
+    src, tgt = batch()
+    expected = model(src, tgt)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / CONFIG_NAME).is_file() and (tmp_path / WEIGHTS_NAME).is_file()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading must not unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded = load_pretrained(tmp_path).eval()
+    assert isinstance(loaded, TransformerEncoderDecoder)
+    assert torch.equal(loaded(src, tgt), expected)
+    # tied embeddings survive the round trip as one tensor
+    assert loaded.decoder.output.weight is loaded.decoder.embed.embedding.weight
+
+
+def test_shared_source_target_embeddings():
+    model = TransformerEncoderDecoder(small_config(src_vocab_size=30, share_embeddings=True))
+    assert model.encoder.embed.embedding is model.decoder.embed.embedding
+
+
+def test_loading_a_folder_that_does_not_fit_is_a_clear_error(tmp_path):
+    model = TransformerEncoderDecoder(small_config())
+    model.save_pretrained(tmp_path)
+    config = (tmp_path / CONFIG_NAME).read_text().replace('"d_model": 32', '"d_model": 64')
+    (tmp_path / CONFIG_NAME).write_text(config)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_pretrained(tmp_path / "nowhere")
+
+
+def test_config_rejects_inconsistent_settings():
+    with pytest.raises(ValueError, match="divisible"):
+        small_config(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="position"):
+        small_config(position="spiral")
+    with pytest.raises(ValueError, match="share_embeddings"):
+        small_config(share_embeddings=True)
+
+
+def test_encoder_only_model_ignores_padding_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = TransformerEncoderModel(small_config(position="rope")).eval()
+    src, _ = batch()
+    hidden = model(src)
+    assert hidden.shape == (3, 9, 32)
+    wider = torch.cat([src, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(wider)[:, :9][src != 0], hidden[src != 0], atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(load_pretrained(tmp_path).eval()(src), hidden)

@@ -1,0 +1,155 @@
+"""The shared trainer, driven through the dates task at a size that trains in seconds."""
+
+import json
+import pickle
+
+import pytest
+import safetensors.torch
+import torch
+
+from heedful.errors import UserError
+from heedful.models import load_pretrained
+from heedful.runs import load_config, load_run
+from heedful.tasks import get_task
+from heedful.train import History, Trainer, fit
+from heedful.train.checkpoint import list_checkpoints
+from tests.conftest import tiny_dates_overrides
+
+
+def config(configs_dir, run_dir, **extra):
+    return load_config(configs_dir / "dates.yaml", tiny_dates_overrides(run_dir, **extra))
+
+
+def test_fit_returns_history_and_fills_the_run_directory(configs_dir, tmp_path):
+    cfg = config(configs_dir, tmp_path / "run", **{"train.tensorboard": True})
+    history = fit(cfg)
+    assert isinstance(history, History)
+    assert len(history.epochs) == 2
+    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "val_exact_match"):
+        assert len(history[key]) == 2 and all(v == v for v in history[key])  # present, not NaN
+    assert history["epoch"] == [1, 2] and history["step"] == [4, 8]
+    run = tmp_path / "run"
+    assert History.load(run / "history.json").epochs == history.epochs
+    assert (run / "config.yaml").is_file() and (run / "plots" / "history.png").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-4", "step-8"]
+    model = load_pretrained(run / "model")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert (run / "model" / "src_vocab.json").is_file()
+
+
+def test_training_reduces_the_loss(configs_dir, tmp_path):
+    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 3, "train.steps_per_epoch": 15,
+                                                    "train.batch_size": 16, "train.lr": 3e-3})  # fmt: skip
+    history = fit(cfg)
+    assert history["val_loss"][-1] < history["val_loss"][0] - 0.2
+    assert history["val_accuracy"][-1] > history["val_accuracy"][0]
+
+
+def _weights(run_dir):
+    return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+
+
+def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch):
+    extra = {"train.checkpoint_every": 3, "train.keep_checkpoints": 5, "model.dropout": 0.1}
+    fit(config(configs_dir, tmp_path / "straight", **extra))
+
+    # Interrupt a second, identical run at its 8th batch (after the step-6 checkpoint), then resume.
+    task_class = get_task("translate")
+    original_loss = task_class.loss
+    calls = {"n": 0}
+
+    def crashing_loss(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original_loss(self, model, batch)
+
+    monkeypatch.setattr(task_class, "loss", crashing_loss)
+    cfg = config(configs_dir, tmp_path / "resumed", **extra)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-6"
+    monkeypatch.setattr(task_class, "loss", original_loss)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
+    history = fit(cfg, resume=True)
+
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert [row["step"] for row in history.epochs] == [4, 8]
+
+
+def test_a_half_written_checkpoint_is_ignored(configs_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(config(configs_dir, run, **{"train.epochs": 1}))
+    broken = run / "checkpoints" / ".tmp-step-99-123"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"partial")
+    incomplete = run / "checkpoints" / "step-100"  # renamed but without state.json
+    incomplete.mkdir()
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-4"]
+    cfg = config(configs_dir, run, **{"train.epochs": 2})
+    history = fit(cfg, resume=True)
+    assert history["step"] == [4, 8]
+
+
+def test_an_existing_run_is_never_silently_overwritten(configs_dir, tmp_path):
+    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 1})
+    fit(cfg)
+    with pytest.raises(UserError, match="--resume"):
+        fit(cfg)
+    assert len(fit(cfg, overwrite=True).epochs) == 1
+    with pytest.raises(UserError, match="no checkpoint"):
+        fit(config(configs_dir, tmp_path / "fresh"), resume=True)
+
+
+def test_early_stopping_and_best_model(configs_dir, tmp_path):
+    # With a vanishing learning rate nothing improves after epoch 1: patience 1 stops at epoch 2.
+    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 6, "train.lr": 1e-12,
+                                                    "train.early_stopping_patience": 1})  # fmt: skip
+    history = fit(cfg)
+    assert history.stopped_early and len(history.epochs) == 2 and history.best_epoch == 1
+
+
+def test_gradient_accumulation_counts_optimizer_steps(configs_dir, tmp_path):
+    history = fit(config(configs_dir, tmp_path / "run", **{"train.grad_accum": 2, "train.epochs": 1}))
+    assert history["step"] == [2]
+
+
+def test_bf16_autocast_trains(configs_dir, tmp_path):
+    history = fit(config(configs_dir, tmp_path / "run", **{"train.precision": "bf16", "train.epochs": 1}))
+    assert history["train_loss"][0] == history["train_loss"][0]  # finite, not NaN
+    assert history["train_loss"][0] < 10
+
+
+def test_same_seed_same_run(configs_dir, tmp_path):
+    a = fit(config(configs_dir, tmp_path / "a", **{"train.epochs": 1}))
+    b = fit(config(configs_dir, tmp_path / "b", **{"train.epochs": 1}))
+    assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+
+
+def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
+    fit(config(configs_dir, tmp_path / "run", **{"train.epochs": 1}))
+    run = load_run(tmp_path / "run", device="cpu")
+    predictions = run.predict(["5. März 2021", "March 5, 2021"])
+    assert [p.input for p in predictions] == ["5. März 2021", "March 5, 2021"]
+    assert all(isinstance(p.output, str) and p.score <= 0 for p in predictions)
+    metrics = run.evaluate("test")
+    assert set(metrics) >= {"loss", "accuracy", "exact_match", "alignment_hit"}
+    assert json.loads((tmp_path / "run" / "eval-test.json").read_text()) == metrics
+    (explanation,) = run.explain(["5. März 2021"])
+    T = len(explanation.prediction.output) + 1  # the output and <eos>
+    assert explanation.summary.shape == (T, len("5. März 2021"))
+    torch.testing.assert_close(explanation.summary.sum(-1), torch.ones(T))
+    paths = run.show_attention(["5. März 2021"])
+    assert paths[0].is_file() and paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trainer_class_matches_fit(configs_dir, tmp_path):
+    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 1})
+    trainer = Trainer(get_task("translate")(cfg), cfg)
+    history = trainer.fit()
+    assert trainer.model is not None and len(history.epochs) == 1
