@@ -24,21 +24,32 @@ app = typer.Typer(
 
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config field, e.g. --set train.lr=3e-4 (repeatable)."),
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a config field, e.g. --set train.lr=3e-4 (repeatable).",
+    ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML config (e.g. configs/dates.yaml), or a run directory to resume.")],
+    config: Annotated[
+        Path, typer.Argument(help="YAML config (e.g. configs/dates.yaml), or a run directory to resume.")
+    ],
     set_: SetOption = None,
     run_dir: Annotated[Path | None, typer.Option(help="Where the run goes (default: runs/<name>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run directory's latest checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the run directory's latest checkpoint.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")
+    ] = None,
 ) -> None:
-    """Train the model a config describes; writes config, checkpoints, metrics and plots to the run directory."""
+    """Train the model a config describes; writes config, checkpoints, metrics and plots to the run dir."""
     from heedful.runs import load_config
     from heedful.train.trainer import fit
 
@@ -51,7 +62,10 @@ def train(
     history = fit(cfg, resume=resume, overwrite=overwrite)
     out = cfg.resolved_run_dir()
     best = history.epochs[history.best_epoch - 1] if history.best_epoch else history.last()
-    typer.echo(f"best epoch {history.best_epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("val_")))
+    typer.echo(
+        f"best epoch {history.best_epoch}: "
+        + ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("val_"))
+    )
     typer.echo(f"run directory: {out}  (model in {out / 'model'}, curves in {out / 'plots' / 'history.png'})")
 
 
@@ -73,7 +87,7 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
-    inputs: Annotated[list[str], typer.Argument(help="One or more inputs, e.g. \"5. März 2021\".")],
+    inputs: Annotated[list[str], typer.Argument(help='One or more inputs, e.g. "5. März 2021".')],
     show_attention: Annotated[bool, typer.Option(help="Save an attention heatmap PNG per input.")] = False,
     out_dir: Annotated[Path | None, typer.Option(help="Where heatmaps go (default: RUN_DIR/plots).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
@@ -85,7 +99,9 @@ def predict(
     run = load_run(run_dir, device)
     for p in run.predict(inputs):
         if as_json:
-            typer.echo(json.dumps({"input": p.input, "output": p.output, "score": p.score}, ensure_ascii=False))
+            typer.echo(
+                json.dumps({"input": p.input, "output": p.output, "score": p.score}, ensure_ascii=False)
+            )
         else:
             typer.echo(f"{p.input}  →  {p.output}")
     if show_attention:

@@ -1,11 +1,11 @@
 """The Python twin of the CLI: load a config, train, and use a finished run directory.
 
-    cfg = load_config("configs/dates.yaml", overrides=["train.epochs=3"])
-    history = fit(cfg)                         # heedful train configs/dates.yaml --set train.epochs=3
-    run = load_run("runs/dates")
-    run.evaluate("test")                       # heedful evaluate runs/dates
-    run.predict(["5. März 2021"])              # heedful predict runs/dates "5. März 2021"
-    run.show_attention(["5. März 2021"])       # … --show-attention
+cfg = load_config("configs/dates.yaml", overrides=["train.epochs=3"])
+history = fit(cfg)                         # heedful train configs/dates.yaml --set train.epochs=3
+run = load_run("runs/dates")
+run.evaluate("test")                       # heedful evaluate runs/dates
+run.predict(["5. März 2021"])              # heedful predict runs/dates "5. März 2021"
+run.show_attention(["5. März 2021"])       # … --show-attention
 """
 
 from __future__ import annotations
@@ -66,8 +66,11 @@ class Run:
         paths = []
         for i, e in enumerate(self.explain(inputs)):
             title = f"{e.prediction.input}  →  {e.prediction.output}"
-            paths.append(attention_heatmap(e.summary, e.query_tokens, e.key_tokens, out_dir / f"attention-{i}.png",
-                                           title=title))  # fmt: skip
+            paths.append(
+                attention_heatmap(
+                    e.summary, e.query_tokens, e.key_tokens, out_dir / f"attention-{i}.png", title=title
+                )
+            )
         return paths
 
 
@@ -75,7 +78,9 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best model."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`")
+        raise CheckpointError(
+            f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`"
+        )
     if not (run_dir / "model").is_dir():
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
     cfg = load_config(run_dir / "config.yaml")
@@ -84,5 +89,3 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     model = task.load_model(run_dir / "model", str(resolve_device(device)))
     model.eval()
     return Run(run_dir, cfg, task, model)
-
-

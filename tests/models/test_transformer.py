@@ -3,6 +3,7 @@ import pickle
 import pytest
 import torch
 
+from heedful.errors import CheckpointError
 from heedful.explain import capture
 from heedful.models import (
     TransformerConfig,
@@ -11,14 +12,22 @@ from heedful.models import (
     load_pretrained,
 )
 from heedful.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
-from heedful.errors import CheckpointError
 
 POSITIONS = ["sinusoidal", "learned", "rope", "alibi", "relative", "none"]
 
 
 def small_config(**kw) -> TransformerConfig:
-    base = dict(src_vocab_size=40, tgt_vocab_size=30, d_model=32, n_heads=4, n_encoder_layers=2,
-                n_decoder_layers=2, d_ff=64, dropout=0.0, max_len=64)  # fmt: skip
+    base = dict(
+        src_vocab_size=40,
+        tgt_vocab_size=30,
+        d_model=32,
+        n_heads=4,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        d_ff=64,
+        dropout=0.0,
+        max_len=64,
+    )
     base.update(kw)
     return TransformerConfig(**base)
 
@@ -54,7 +63,7 @@ def test_padded_source_positions_do_not_change_outputs(position):
     wider = torch.cat([src, torch.zeros(3, 5, dtype=torch.long)], dim=1)  # more padding
     torch.testing.assert_close(model(wider, tgt), out, atol=1e-5, rtol=0)
     # padding *content* is irrelevant too: the encoder never lets real tokens see it
-    memory, padding = model.encode(src)
+    _, padding = model.encode(src)
     assert torch.equal(padding, src != 0)
 
 

@@ -39,15 +39,20 @@ def test_fit_returns_history_and_fills_the_run_directory(configs_dir, tmp_path):
 
 
 def test_training_reduces_the_loss(configs_dir, tmp_path):
-    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 3, "train.steps_per_epoch": 15,
-                                                    "train.batch_size": 16, "train.lr": 3e-3})  # fmt: skip
+    cfg = config(
+        configs_dir,
+        tmp_path / "run",
+        **{"train.epochs": 3, "train.steps_per_epoch": 15, "train.batch_size": 16, "train.lr": 3e-3},
+    )
     history = fit(cfg)
     assert history["val_loss"][-1] < history["val_loss"][0] - 0.2
     assert history["val_accuracy"][-1] > history["val_accuracy"][0]
 
 
 def _weights(run_dir):
-    return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+    return safetensors.torch.load_file(
+        str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors")
+    )
 
 
 def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch):
@@ -108,8 +113,11 @@ def test_an_existing_run_is_never_silently_overwritten(configs_dir, tmp_path):
 
 def test_early_stopping_and_best_model(configs_dir, tmp_path):
     # With a vanishing learning rate nothing improves after epoch 1: patience 1 stops at epoch 2.
-    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 6, "train.lr": 1e-12,
-                                                    "train.early_stopping_patience": 1})  # fmt: skip
+    cfg = config(
+        configs_dir,
+        tmp_path / "run",
+        **{"train.epochs": 6, "train.lr": 1e-12, "train.early_stopping_patience": 1},
+    )
     history = fit(cfg)
     assert history.stopped_early and len(history.epochs) == 2 and history.best_epoch == 1
 

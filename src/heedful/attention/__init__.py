@@ -13,7 +13,14 @@ from heedful.attention.positions import (
     RotaryPositions,
     SinusoidalPositions,
 )
-from heedful.attention.scores import AdditiveScore, DotScore, GeneralScore, ScaledDotScore, Score, masked_softmax
+from heedful.attention.scores import (
+    AdditiveScore,
+    DotScore,
+    GeneralScore,
+    ScaledDotScore,
+    Score,
+    masked_softmax,
+)
 
 __all__ = [
     "ALiBiPositions",

@@ -10,7 +10,6 @@ a ``static`` cache computes them once, at the first step.
 
 from __future__ import annotations
 
-
 from torch import Tensor
 
 

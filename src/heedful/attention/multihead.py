@@ -54,6 +54,22 @@ def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int) -
     return True
 
 
+def _check_mask_shapes(
+    key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, t_q: int, t_k: int
+) -> None:
+    """Name the mask and the expected shape, rather than fail later in a broadcast deep inside."""
+    if key_padding_mask is not None and key_padding_mask.dim() == 2 and key_padding_mask.shape != (B, t_k):
+        raise ValueError(
+            f"key_padding_mask must be (B, T_k) = ({B}, {t_k}), got shape {tuple(key_padding_mask.shape)}"
+        )
+    if attn_mask is not None and attn_mask.dim() >= 2:
+        if any(got not in (1, want) for got, want in zip(attn_mask.shape[-2:], (t_q, t_k), strict=True)):
+            raise ValueError(
+                f"attn_mask must end in (T_q, T_k) = ({t_q}, {t_k}) or broadcast to it, "
+                f"got shape {tuple(attn_mask.shape)}"
+            )
+
+
 def build_score(score: Score | str, d_head: int) -> Score:
     if isinstance(score, Score):
         return score
@@ -204,6 +220,7 @@ class MultiHeadAttention(AttentionModule):
         bias = self.position.bias(q, T_k, q_offset) if self.position is not None else None
 
         # 3. One boolean mask, True = may attend, broadcasting to (B, H, T_q, T_k).
+        _check_mask_shapes(key_padding_mask, attn_mask, B, T_q, T_k)
         causal = causal_mask(T_q, T_k, device=q.device) if is_causal and T_q > 1 else None
         mask = combine_masks(key_padding_to_4d(key_padding_mask), attn_mask_to_4d(attn_mask), causal)
 
@@ -237,12 +254,15 @@ class MultiHeadAttention(AttentionModule):
             # A float mask: bias where allowed, −inf where not (fully-masked rows give zeros).
             mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
         return F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal,
             scale=self.score.fused_scale,
-        )  # fmt: skip
+        )
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, score={type(self.score).__name__}, path={self.path}"
+        score = type(self.score).__name__
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, score={score}, path={self.path}"

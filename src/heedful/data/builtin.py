@@ -25,10 +25,31 @@ from babel import Locale
 from babel.dates import DateTimeFormat, parse_pattern
 
 DATE_LOCALES = (
-    "en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "pt_BR", "nl_NL", "sv_SE", "da_DK",
-    "pl_PL", "cs_CZ", "ru_RU", "uk_UA", "tr_TR", "fi_FI", "hu_HU", "ro_RO", "el_GR", "id_ID",
-    "vi_VN", "zh_CN", "ja_JP", "ko_KR",
-)  # fmt: skip
+    "en_US",
+    "en_GB",
+    "de_DE",
+    "fr_FR",
+    "es_ES",
+    "it_IT",
+    "pt_BR",
+    "nl_NL",
+    "sv_SE",
+    "da_DK",
+    "pl_PL",
+    "cs_CZ",
+    "ru_RU",
+    "uk_UA",
+    "tr_TR",
+    "fi_FI",
+    "hu_HU",
+    "ro_RO",
+    "el_GR",
+    "id_ID",
+    "vi_VN",
+    "zh_CN",
+    "ja_JP",
+    "ko_KR",
+)
 DATE_FORMATS = ("short", "medium", "long", "full")
 FIRST_YEAR, LAST_YEAR = 1900, 2099
 # Target span of each field inside "YYYY-MM-DD".
@@ -71,9 +92,8 @@ def _is_unambiguous(pattern: str) -> bool:
         return False
     kinds = [_FIELD_KIND.get(f[0]) for f in fields]
     numeric_month = any(f[0] in "ML" and len(f) <= 2 for f in fields)
-    if numeric_month and kinds.index("month") < kinds.index("day") and kinds[0] != "year":
-        return False  # month before day with no leading year, e.g. 3/5/2021
-    return True
+    # Reject month before day with no leading year, e.g. 3/5/2021.
+    return not (numeric_month and kinds.index("month") < kinds.index("day") and kinds[0] != "year")
 
 
 def render_date(date: dt.date, locale: str, pattern: str) -> DateExample:

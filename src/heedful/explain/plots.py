@@ -9,7 +9,13 @@ from torch import Tensor
 
 # DejaVu Sans covers Latin, Greek and Cyrillic; the CJK fonts are used for characters it lacks
 # when the system has them (matplotlib falls back along this list).
-FONT_CANDIDATES = ("DejaVu Sans", "Noto Sans CJK JP", "Noto Sans CJK SC", "Droid Sans Fallback", "WenQuanYi Zen Hei")
+FONT_CANDIDATES = (
+    "DejaVu Sans",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Droid Sans Fallback",
+    "WenQuanYi Zen Hei",
+)
 
 
 def _installed_fonts() -> list[str]:
@@ -30,6 +36,14 @@ def attention_heatmap(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # a glyph no installed font has is drawn as a box; say nothing
+        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*")
+        return _draw(plt, weights, query_tokens, key_tokens, path, title)
+
+
+def _draw(
+    plt, weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: Path, title: str
+) -> Path:
     fonts = _installed_fonts()
     data = weights.float().cpu().numpy()
     t_q, t_k = data.shape
@@ -43,10 +57,7 @@ def attention_heatmap(
         ax.set_title(title, fontfamily=fonts, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
-    with warnings.catch_warnings():  # a glyph no installed font has is drawn as a box; say nothing
-        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*")
-        warnings.filterwarnings("ignore", message=".*findfont.*")
-        fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

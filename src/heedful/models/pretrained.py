@@ -55,20 +55,27 @@ class PretrainedModel(nn.Module):
         try:
             model = cls(cls.config_class.model_validate(config))
         except ValidationError as exc:
-            raise CheckpointError(f"{directory / CONFIG_NAME}: invalid model config ({exc.errors()[0]['msg']})") from None
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: invalid model config ({exc.errors()[0]['msg']})"
+            ) from None
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"{weights}: weights file missing")
         try:
-            missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False, device=device)
+            missing, unexpected = safetensors.torch.load_model(
+                model, str(weights), strict=False, device=device
+            )
         except RuntimeError as exc:  # tensor shapes that do not match the config
-            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+            first = next(
+                (line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)
+            )
             raise CheckpointError(f"{weights}: does not fit {CONFIG_NAME} ({first})") from None
         except safetensors.SafetensorError as exc:
             raise CheckpointError(f"{weights}: unreadable weights file ({exc})") from None
         if missing or unexpected:
             raise CheckpointError(
-                f"{weights}: does not fit the config (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+                f"{weights}: does not fit the config "
+                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
             )
         return model.to(device)
 

@@ -57,7 +57,13 @@ class DateBatches(BatchSource):
     """Fresh examples every epoch, from a stream seeded by (seed, epoch)."""
 
     def __init__(self, seed: int, batch_size: int, steps: int, exclude: frozenset[str], encode):
-        self.seed, self.batch_size, self.steps, self.exclude, self.encode = seed, batch_size, steps, exclude, encode
+        self.seed, self.batch_size, self.steps, self.exclude, self.encode = (
+            seed,
+            batch_size,
+            steps,
+            exclude,
+            encode,
+        )
 
     def steps_per_epoch(self) -> int:
         return self.steps
@@ -107,8 +113,11 @@ class TranslateTask(Task):
     def build_model(self, cfg: TranslateConfig, data: DataBundle) -> nn.Module:
         assert self.src_vocab is not None and self.tgt_vocab is not None
         model_cfg = cfg.model.model_copy(
-            update={"src_vocab_size": len(self.src_vocab), "tgt_vocab_size": len(self.tgt_vocab),
-                    "pad_id": self.src_vocab.pad_id}  # fmt: skip
+            update={
+                "src_vocab_size": len(self.src_vocab),
+                "tgt_vocab_size": len(self.tgt_vocab),
+                "pad_id": self.src_vocab.pad_id,
+            }
         )
         return TransformerEncoderDecoder(TransformerConfig.model_validate(model_cfg.model_dump()))
 
@@ -117,18 +126,26 @@ class TranslateTask(Task):
         logits = model(batch["src"], batch["tgt_in"])  # (B, T, V)
         target = batch["tgt_out"]  # (B, T)
         loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), target.flatten(), ignore_index=self.tgt_vocab.pad_id,
+            logits.flatten(0, 1).float(),
+            target.flatten(),
+            ignore_index=self.tgt_vocab.pad_id,
             label_smoothing=self.cfg.train.label_smoothing,
-        )  # fmt: skip
+        )
         real = target != self.tgt_vocab.pad_id
         n_tokens = int(real.sum())
         correct = int(((logits.argmax(-1) == target) & real).sum())
-        return loss, {"loss": float(loss.detach()), "accuracy": correct / max(n_tokens, 1), "weight": n_tokens}
+        return loss, {
+            "loss": float(loss.detach()),
+            "accuracy": correct / max(n_tokens, 1),
+            "weight": n_tokens,
+        }
 
     # ------------------------------------------------------------------------------------ evaluate
     def _examples(self, split: str) -> list[DateExample]:
         if self.data is None or split not in self.data.splits:
-            raise UserError(f"no {split!r} split; available: {', '.join(self.data.splits) if self.data else 'none'}")
+            raise UserError(
+                f"no {split!r} split; available: {', '.join(self.data.splits) if self.data else 'none'}"
+            )
         return self.data.splits[split]
 
     @torch.no_grad()
@@ -146,8 +163,14 @@ class TranslateTask(Task):
             real = target != self.tgt_vocab.pad_id
             with capture(model) if split == "test" else contextlib.nullcontext() as seen:
                 logits = model(batch["src"], batch["tgt_in"]).float()
-            loss_sum += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(),
-                                              ignore_index=self.tgt_vocab.pad_id, reduction="sum"))  # fmt: skip
+            loss_sum += float(
+                F.cross_entropy(
+                    logits.flatten(0, 1),
+                    target.flatten(),
+                    ignore_index=self.tgt_vocab.pad_id,
+                    reduction="sum",
+                )
+            )
             tokens += int(real.sum())
             correct_tokens += int(((logits.argmax(-1) == target) & real).sum())
             outputs = self.predict(model, [e.source for e in chunk])
@@ -155,7 +178,11 @@ class TranslateTask(Task):
             if seen is not None:
                 h, f = self._alignment_hits(seen[self._cross_attention_name(model)], chunk)
                 hits, fields = hits + h, fields + f
-        metrics = {"loss": loss_sum / tokens, "accuracy": correct_tokens / tokens, "exact_match": exact / len(examples)}
+        metrics = {
+            "loss": loss_sum / tokens,
+            "accuracy": correct_tokens / tokens,
+            "exact_match": exact / len(examples),
+        }
         if fields:
             metrics["alignment_hit"] = hits / fields
         return metrics
@@ -188,7 +215,11 @@ class TranslateTask(Task):
         device = next(model.parameters()).device
         src = self.src_vocab.batch(list(inputs)).to(device)
         tokens, log_prob = greedy_decode(
-            model, src, bos_id=self.tgt_vocab.bos_id, eos_id=self.tgt_vocab.eos_id, max_len=self.cfg.decode.max_len
+            model,
+            src,
+            bos_id=self.tgt_vocab.bos_id,
+            eos_id=self.tgt_vocab.eos_id,
+            max_len=self.cfg.decode.max_len,
         )
         return [
             Prediction(text, self.tgt_vocab.decode(row.tolist()), float(lp))
@@ -208,10 +239,15 @@ class TranslateTask(Task):
         for i, p in enumerate(predictions):
             s, t = len(p.input), len(p.output)
             weights = {k: v[i, :, : t + 1, :s].cpu() for k, v in seen.items() if "cross_attn" in k}
-            explanations.append(Explanation(
-                prediction=p, query_tokens=[*p.output, "<eos>"], key_tokens=list(p.input),
-                weights=weights, summary=weights[name].mean(0),
-            ))  # fmt: skip
+            explanations.append(
+                Explanation(
+                    prediction=p,
+                    query_tokens=[*p.output, "<eos>"],
+                    key_tokens=list(p.input),
+                    weights=weights,
+                    summary=weights[name].mean(0),
+                )
+            )
         return explanations
 
     # ------------------------------------------------------------------------------------ artifacts
@@ -222,4 +258,3 @@ class TranslateTask(Task):
     def load_artifacts(self, directory: Path) -> None:
         self.src_vocab = CharVocab.load(directory / "src_vocab.json")
         self.tgt_vocab = CharVocab.load(directory / "tgt_vocab.json")
-

@@ -82,7 +82,12 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 
 def save_checkpoint(
-    directory: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int
+    directory: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int,
 ) -> Path:
     """Write ``directory/step-N`` atomically and keep only the newest ``keep`` checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -124,18 +129,26 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Restore model, optimizer and RNG states from ``path``; return the trainer state."""
     try:
         payload = json.loads((path / "state.json").read_text())
-        missing, unexpected = safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=False)
+        missing, unexpected = safetensors.torch.load_model(
+            model, str(path / "model.safetensors"), strict=False
+        )
         tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
     except (json.JSONDecodeError, safetensors.SafetensorError) as exc:
         raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from None
     except RuntimeError as exc:  # tensor shapes that do not match the model
-        raise CheckpointError(f"{path}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})") from None
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})"
+        ) from None
     if missing or unexpected:
-        raise CheckpointError(f"{path}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]})")
+        raise CheckpointError(
+            f"{path}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]})"
+        )
     optimizer.load_state_dict(
-        _optimizer_from_flat({k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"])
+        _optimizer_from_flat(
+            {k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"]
+        )
     )
     set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, payload["rng"])
     return {k: v for k, v in payload.items() if k not in ("optimizer", "rng")}

@@ -21,7 +21,9 @@ class RunLogger:
             try:
                 import wandb as wandb_module
             except ImportError:
-                raise ConfigError("train.wandb is true but wandb is not installed: pip install 'heedful[wandb]'") from None
+                raise ConfigError(
+                    "train.wandb is true but wandb is not installed: pip install 'heedful[wandb]'"
+                ) from None
             self._wandb = wandb_module.init(dir=str(run_dir), config=config, name=name, resume="allow")
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "") -> None:

@@ -40,7 +40,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"config key 'device': {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+        raise ConfigError(
+            f"config key 'device': {name!r} is not a device (auto, cpu, cuda, cuda:N)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {name!r} asked for, but this machine has no CUDA device")
     return device
@@ -132,16 +134,28 @@ class Trainer:
         steps_per_epoch = data.train.steps_per_epoch()  # micro-batches
         total_steps = math.ceil(steps_per_epoch / tc.grad_accum) * tc.epochs
 
-        state: dict[str, Any] = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "elapsed": 0.0,
-                                 "best": None, "bad_epochs": 0, "history": History().to_dict()}  # fmt: skip
+        state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "elapsed": 0.0,
+            "best": None,
+            "bad_epochs": 0,
+            "history": History().to_dict(),
+        }
         if resume:
             latest = list_checkpoints(self.run_dir / "checkpoints")[-1]
             state.update(load_checkpoint(latest, model, optimizer))
             print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
         history = History.from_dict(state["history"])
 
-        logger = RunLogger(self.run_dir, tensorboard=tc.tensorboard, wandb=tc.wandb,
-                           config=self.cfg.model_dump(mode="json"), name=self.cfg.name)  # fmt: skip
+        logger = RunLogger(
+            self.run_dir,
+            tensorboard=tc.tensorboard,
+            wandb=tc.wandb,
+            config=self.cfg.model_dump(mode="json"),
+            name=self.cfg.name,
+        )
         try:
             self._loop(model, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
         finally:
@@ -159,8 +173,14 @@ class Trainer:
             model.train()
             sums: dict[str, float] = {}
             weight_sum = 0.0
-            bar = tqdm(total=steps_per_epoch, initial=state["batch_in_epoch"], desc=f"epoch {epoch + 1}/{tc.epochs}",
-                       disable=not tc.progress, dynamic_ncols=True, leave=False)  # fmt: skip
+            bar = tqdm(
+                total=steps_per_epoch,
+                initial=state["batch_in_epoch"],
+                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                disable=not tc.progress,
+                dynamic_ncols=True,
+                leave=False,
+            )
             batches = data.train.batches(epoch)
             for _ in range(state["batch_in_epoch"]):  # resumed mid-epoch: skip what was trained on
                 next(batches, None)
@@ -169,8 +189,10 @@ class Trainer:
                 with autocast(self.device, tc.precision):
                     loss, stats = self.task.loss(model, batch)
                 if not torch.isfinite(loss):
-                    raise UserError(f"loss became {loss.item()} at step {state['step']}; lower train.lr "
-                                    "or enable train.clip_grad_norm")  # fmt: skip
+                    raise UserError(
+                        f"loss became {loss.item()} at step {state['step']}; lower train.lr "
+                        "or enable train.clip_grad_norm"
+                    )
                 (loss / tc.grad_accum).backward()
                 weight = float(stats.get("weight", 1.0))
                 weight_sum += weight
@@ -183,8 +205,14 @@ class Trainer:
                 if state["batch_in_epoch"] % tc.grad_accum and state["batch_in_epoch"] < steps_per_epoch:
                     continue
                 state["step"] += 1
-                lr = lr_at(state["step"], lr=tc.lr, schedule=tc.schedule, warmup=tc.warmup_steps,
-                           total_steps=total_steps, min_lr_ratio=tc.min_lr_ratio)  # fmt: skip
+                lr = lr_at(
+                    state["step"],
+                    lr=tc.lr,
+                    schedule=tc.schedule,
+                    warmup=tc.warmup_steps,
+                    total_steps=total_steps,
+                    min_lr_ratio=tc.min_lr_ratio,
+                )
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 if tc.clip_grad_norm:
@@ -225,7 +253,9 @@ class Trainer:
     def _track_best(self, row: dict[str, float], state: dict[str, Any], history: History, model) -> bool:
         tc = self.tc
         if tc.monitor not in row:
-            raise ConfigError(f"config key 'train.monitor': {tc.monitor!r} is not a metric; have {', '.join(row)}")
+            raise ConfigError(
+                f"config key 'train.monitor': {tc.monitor!r} is not a metric; have {', '.join(row)}"
+            )
         value = row[tc.monitor]
         best = state["best"]
         improved = best is None or (value < best if tc.monitor_mode == "min" else value > best)
@@ -239,8 +269,14 @@ class Trainer:
 
     def _checkpoint(self, model, optimizer, state, history) -> None:
         state["history"] = history.to_dict()
-        save_checkpoint(self.run_dir / "checkpoints", state["step"], model, optimizer, dict(state),
-                        keep=self.tc.keep_checkpoints)  # fmt: skip
+        save_checkpoint(
+            self.run_dir / "checkpoints",
+            state["step"],
+            model,
+            optimizer,
+            dict(state),
+            keep=self.tc.keep_checkpoints,
+        )
 
 
 def _format_row(row: dict[str, float], improved: bool) -> str:
