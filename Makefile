@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Train the built-in dates task (≤ 5 min on 2 CPU cores), score it, translate a few dates and
+# draw their attention.
+DEMO_DATES := "5. März 2021" "March 5, 2021" "2021年3月5日" "пятница, 5 марта 2021 г."
 demo: $(STAMP)
-	$(BIN)/heedful demo --run-dir runs/dates
+	$(BIN)/heedful train configs/dates.yaml --overwrite
+	$(BIN)/heedful evaluate runs/dates
+	$(BIN)/heedful predict runs/dates $(DEMO_DATES) --show-attention
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -30,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
+	$(BIN)/python benchmarks/demo_dates.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

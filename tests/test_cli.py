@@ -79,9 +79,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     lines = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
     assert [line["input"] for line in lines] == ["5. März 2021", "2021年3月5日"]
     heatmaps = [
-        line.split(": ", 1)[1]
-        for line in predicted.stdout.splitlines()
-        if line.startswith("attention heatmap")
+        line.split(": ", 1)[1] for line in predicted.stdout.splitlines() if line.startswith("attention heatmap")
     ]
     assert len(heatmaps) == 2 and all(Path(p).is_file() for p in heatmaps)
     assert predicted.stderr.strip() == ""  # no font or warning noise

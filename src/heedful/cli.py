@@ -41,13 +41,9 @@ def train(
     ],
     set_: SetOption = None,
     run_dir: Annotated[Path | None, typer.Option(help="Where the run goes (default: runs/<name>).")] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue from the run directory's latest checkpoint.")
-    ] = False,
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
-    device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")
-    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
 ) -> None:
     """Train the model a config describes; writes config, checkpoints, metrics and plots to the run dir."""
     from heedful.runs import load_config
@@ -99,9 +95,7 @@ def predict(
     run = load_run(run_dir, device)
     for p in run.predict(inputs):
         if as_json:
-            typer.echo(
-                json.dumps({"input": p.input, "output": p.output, "score": p.score}, ensure_ascii=False)
-            )
+            typer.echo(json.dumps({"input": p.input, "output": p.output, "score": p.score}, ensure_ascii=False))
         else:
             typer.echo(f"{p.input}  →  {p.output}")
     if show_attention:

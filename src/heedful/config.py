@@ -138,11 +138,7 @@ def _suggest(config_class: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
     model: Any = config_class
     for part in loc[:-1]:
         field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
-        if (
-            field is None
-            or not isinstance(field.annotation, type)
-            or not issubclass(field.annotation, BaseModel)
-        ):
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
             return None
         model = field.annotation
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)

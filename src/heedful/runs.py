@@ -67,9 +67,7 @@ class Run:
         for i, e in enumerate(self.explain(inputs)):
             title = f"{e.prediction.input}  →  {e.prediction.output}"
             paths.append(
-                attention_heatmap(
-                    e.summary, e.query_tokens, e.key_tokens, out_dir / f"attention-{i}.png", title=title
-                )
+                attention_heatmap(e.summary, e.query_tokens, e.key_tokens, out_dir / f"attention-{i}.png", title=title)
             )
         return paths
 
@@ -78,9 +76,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best model."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(
-            f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`"
-        )
+        raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`")
     if not (run_dir / "model").is_dir():
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
     cfg = load_config(run_dir / "config.yaml")

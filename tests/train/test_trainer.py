@@ -50,9 +50,7 @@ def test_training_reduces_the_loss(configs_dir, tmp_path):
 
 
 def _weights(run_dir):
-    return safetensors.torch.load_file(
-        str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors")
-    )
+    return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
 
 
 def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch):

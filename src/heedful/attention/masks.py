@@ -69,8 +69,7 @@ def as_4d(mask: Tensor | None) -> Tensor | None:
         return mask
     if mask.dim() == 2:
         raise ValueError(
-            "a 2-D mask is ambiguous: pass key padding as key_padding_mask (B, T_k) "
-            "and a (T_q, T_k) mask as attn_mask"
+            "a 2-D mask is ambiguous: pass key padding as key_padding_mask (B, T_k) and a (T_q, T_k) mask as attn_mask"
         )
     if mask.dim() == 3:
         return mask[:, None]

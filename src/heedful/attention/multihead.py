@@ -54,14 +54,10 @@ def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int) -
     return True
 
 
-def _check_mask_shapes(
-    key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, t_q: int, t_k: int
-) -> None:
+def _check_mask_shapes(key_padding_mask: Tensor | None, attn_mask: Tensor | None, B: int, t_q: int, t_k: int) -> None:
     """Name the mask and the expected shape, rather than fail later in a broadcast deep inside."""
     if key_padding_mask is not None and key_padding_mask.dim() == 2 and key_padding_mask.shape != (B, t_k):
-        raise ValueError(
-            f"key_padding_mask must be (B, T_k) = ({B}, {t_k}), got shape {tuple(key_padding_mask.shape)}"
-        )
+        raise ValueError(f"key_padding_mask must be (B, T_k) = ({B}, {t_k}), got shape {tuple(key_padding_mask.shape)}")
     if attn_mask is not None and attn_mask.dim() >= 2:
         if any(got not in (1, want) for got, want in zip(attn_mask.shape[-2:], (t_q, t_k), strict=True)):
             raise ValueError(

@@ -36,9 +36,7 @@ class SinusoidalPositions(nn.Module):
     def __init__(self, d_model: int, max_len: int = 4096):
         super().__init__()
         position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (L, 1)
-        inv_freq = torch.exp(
-            torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
-        )
+        inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
         table = torch.zeros(max_len, d_model)
         table[:, 0::2] = torch.sin(position * inv_freq)
         table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
@@ -68,8 +66,7 @@ class LearnedPositions(nn.Module):
 def _check_length(needed: int, available: int) -> None:
     if needed > available:
         raise ValueError(
-            f"sequence of length {needed} is longer than the position table ({available}); "
-            "raise model.max_len"
+            f"sequence of length {needed} is longer than the position table ({available}); raise model.max_len"
         )
 
 

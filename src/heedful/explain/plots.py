@@ -41,9 +41,7 @@ def attention_heatmap(
         return _draw(plt, weights, query_tokens, key_tokens, path, title)
 
 
-def _draw(
-    plt, weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: Path, title: str
-) -> Path:
+def _draw(plt, weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: Path, title: str) -> Path:
     fonts = _installed_fonts()
     data = weights.float().cpu().numpy()
     t_q, t_k = data.shape

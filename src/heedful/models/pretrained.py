@@ -49,9 +49,7 @@ class PretrainedModel(nn.Module):
         config = read_model_config(directory)
         model_type = config.pop("model_type", None)
         if model_type != cls.model_type:
-            raise CheckpointError(
-                f"{directory / CONFIG_NAME}: holds a {model_type!r} model, not {cls.model_type!r}"
-            )
+            raise CheckpointError(f"{directory / CONFIG_NAME}: holds a {model_type!r} model, not {cls.model_type!r}")
         try:
             model = cls(cls.config_class.model_validate(config))
         except ValidationError as exc:
@@ -62,13 +60,9 @@ class PretrainedModel(nn.Module):
         if not weights.is_file():
             raise CheckpointError(f"{weights}: weights file missing")
         try:
-            missing, unexpected = safetensors.torch.load_model(
-                model, str(weights), strict=False, device=device
-            )
+            missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False, device=device)
         except RuntimeError as exc:  # tensor shapes that do not match the config
-            first = next(
-                (line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc)
-            )
+            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
             raise CheckpointError(f"{weights}: does not fit {CONFIG_NAME} ({first})") from None
         except safetensors.SafetensorError as exc:
             raise CheckpointError(f"{weights}: unreadable weights file ({exc})") from None

@@ -91,9 +91,7 @@ class Sublayer(nn.Module):
 
 def _self_attention(cfg: TransformerConfig) -> MultiHeadAttention:
     d_head = cfg.d_model // cfg.n_heads
-    position = build_attention_positions(
-        cfg.position, cfg.n_heads, d_head, cfg.max_len, cfg.relative_max_distance
-    )
+    position = build_attention_positions(cfg.position, cfg.n_heads, d_head, cfg.max_len, cfg.relative_max_distance)
     return MultiHeadAttention(
         cfg.d_model, cfg.n_heads, dropout=cfg.attention_dropout, score=cfg.attention_score, position=position
     )
@@ -231,9 +229,7 @@ class TransformerEncoderDecoder(PretrainedModel):
     def __init__(self, config: TransformerConfig):
         super().__init__(config)
         if config.src_vocab_size < 1 or config.tgt_vocab_size < 1:
-            raise ValueError(
-                "src_vocab_size and tgt_vocab_size must be set (the task sets them from its vocab)"
-            )
+            raise ValueError("src_vocab_size and tgt_vocab_size must be set (the task sets them from its vocab)")
         self.encoder = Encoder(config)
         shared = self.encoder.embed.embedding if config.share_embeddings else None
         self.decoder = Decoder(config, shared)

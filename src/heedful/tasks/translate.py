@@ -143,9 +143,7 @@ class TranslateTask(Task):
     # ------------------------------------------------------------------------------------ evaluate
     def _examples(self, split: str) -> list[DateExample]:
         if self.data is None or split not in self.data.splits:
-            raise UserError(
-                f"no {split!r} split; available: {', '.join(self.data.splits) if self.data else 'none'}"
-            )
+            raise UserError(f"no {split!r} split; available: {', '.join(self.data.splits) if self.data else 'none'}")
         return self.data.splits[split]
 
     @torch.no_grad()

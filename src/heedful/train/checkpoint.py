@@ -129,9 +129,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Restore model, optimizer and RNG states from ``path``; return the trainer state."""
     try:
         payload = json.loads((path / "state.json").read_text())
-        missing, unexpected = safetensors.torch.load_model(
-            model, str(path / "model.safetensors"), strict=False
-        )
+        missing, unexpected = safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=False)
         tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
@@ -142,13 +140,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             f"{path}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})"
         ) from None
     if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]})"
-        )
+        raise CheckpointError(f"{path}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]})")
     optimizer.load_state_dict(
-        _optimizer_from_flat(
-            {k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"]
-        )
+        _optimizer_from_flat({k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"])
     )
     set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, payload["rng"])
     return {k: v for k, v in payload.items() if k not in ("optimizer", "rng")}

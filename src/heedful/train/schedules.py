@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 
 
-def lr_at(
-    step: int, *, lr: float, schedule: str, warmup: int, total_steps: int, min_lr_ratio: float = 0.0
-) -> float:
+def lr_at(step: int, *, lr: float, schedule: str, warmup: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
     """Learning rate for optimizer step ``step`` (1-based)."""
     step = max(step, 1)
     if warmup and step < warmup:

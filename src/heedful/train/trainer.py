@@ -40,9 +40,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(
-            f"config key 'device': {name!r} is not a device (auto, cpu, cuda, cuda:N)"
-        ) from None
+        raise ConfigError(f"config key 'device': {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {name!r} asked for, but this machine has no CUDA device")
     return device
@@ -253,9 +251,7 @@ class Trainer:
     def _track_best(self, row: dict[str, float], state: dict[str, Any], history: History, model) -> bool:
         tc = self.tc
         if tc.monitor not in row:
-            raise ConfigError(
-                f"config key 'train.monitor': {tc.monitor!r} is not a metric; have {', '.join(row)}"
-            )
+            raise ConfigError(f"config key 'train.monitor': {tc.monitor!r} is not a metric; have {', '.join(row)}")
         value = row[tc.monitor]
         best = state["best"]
         improved = best is None or (value < best if tc.monitor_mode == "min" else value > best)
