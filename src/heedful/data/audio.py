@@ -1,0 +1,363 @@
+"""Audio in, log-mel features out, and the augmentations a small speech recognizer needs.
+
+Why our own filterbank and STFT wrapper instead of torchaudio or librosa at run time: torchaudio
+is not a dependency, and librosa is heavy (numba, scikit-learn) for the 40 lines we need. The mel
+scale and the filter normalisation are librosa's defaults (Slaney's Auditory Toolbox), so
+features match librosa's to float precision and a reader can check them against a reference;
+the tests do.
+
+Conventions:
+- A waveform is a float32 ``np.ndarray`` of shape ``(T,)`` in [-1, 1], one channel.
+- Features are a float32 ``torch.Tensor`` of shape ``(frames, n_mels)``: time first, as a
+  sequence model reads them.
+- Randomness comes from a ``torch.Generator`` the caller owns, so a batch depends only on the
+  seed it was built from (what the trainer needs to resume bit-identically).
+
+Bad audio is a user's problem, not a bug: every failure to read a file raises
+:class:`heedful.errors.DataError` with one line that starts with the file path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import Tensor
+
+from heedful.errors import DataError
+
+# 8 kHz speech: a 25 ms window (200 samples) every 10 ms (80 samples), zero-padded to a
+# 256-point FFT (31.25 Hz bins); 40 mel bands keep every band at least one FFT bin wide.
+DEFAULT_N_FFT, DEFAULT_HOP, DEFAULT_WIN, DEFAULT_N_MELS = 256, 80, 200, 40
+LOG_FLOOR = 1e-6  # added before the log, so silence gives log(1e-6) ≈ -13.8 rather than -inf
+RESAMPLE_QUALITY = "HQ"
+
+MonoPolicy = Literal["error", "mix"]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_audio(path: str | Path, target_rate: int, *, mono: MonoPolicy = "error") -> np.ndarray:
+    """Read a WAV/FLAC (anything libsndfile reads) as float32 ``(T,)`` at ``target_rate`` Hz.
+
+    The file is resampled with soxr (quality "HQ") when its rate differs. A file with several
+    channels is averaged to one under ``mono="mix"`` and refused under ``mono="error"``.
+    Raises DataError (``<path>: <problem>``) for a missing, empty, unreadable or truncated file.
+    """
+    if target_rate <= 0:
+        raise ValueError(f"target_rate must be a positive number of Hz, got {target_rate}")
+    if mono not in ("error", "mix"):
+        raise ValueError(f"mono must be 'error' or 'mix', got {mono!r}")
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        with sf.SoundFile(path) as f:
+            rate, channels = f.samplerate, f.channels
+            wave = f.read(dtype="float32", always_2d=True)  # (T, C)
+    except (sf.SoundFileError, RuntimeError) as e:
+        raise DataError(f"{path}: not a readable audio file ({_soundfile_reason(e)})") from None
+    if wave.shape[0] == 0:
+        raise DataError(f"{path}: empty audio (0 samples)")
+    if channels > 1:
+        if mono == "error":
+            raise DataError(f"{path}: {channels} channels, expected mono (set mono: mix to average them)")
+        wave = wave.mean(axis=1, keepdims=True)
+    wave = np.ascontiguousarray(wave[:, 0])  # (T,)
+    if not np.isfinite(wave).all():
+        raise DataError(f"{path}: audio holds NaN or infinite samples")
+    if rate != target_rate:
+        wave = soxr.resample(wave, rate, target_rate, quality=RESAMPLE_QUALITY)
+    return wave.astype(np.float32, copy=False)
+
+
+def _soundfile_reason(error: Exception) -> str:
+    """libsndfile's own words, without the 'Error opening <path>:' prefix soundfile adds."""
+    reason = getattr(error, "error_string", "") or str(error)
+    reason = reason.strip().rstrip(".")
+    return reason or "format not recognised"
+
+
+# --------------------------------------------------------------------------------------------
+# Mel filterbank and log-mel features
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, ``htk=False``): linear below 1 kHz, log above.
+
+    mel = 3 f / 200 for f < 1000 Hz; mel = 15 + 27 ln(f / 1000) / ln 6.4 above.
+    """
+    hz = np.asarray(hz, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    linear = hz / f_sp
+    log = min_log_mel + np.log(np.maximum(hz, min_log_hz) / min_log_hz) / logstep
+    return np.where(hz >= min_log_hz, log, linear)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    """The inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    linear = mel * f_sp
+    log = min_log_hz * np.exp(logstep * (np.maximum(mel, min_log_mel) - min_log_mel))
+    return np.where(mel >= min_log_mel, log, linear)
+
+
+@dataclass(frozen=True)
+class MelFilterbank:
+    """Triangular filters evenly spaced on the Slaney mel scale, each of unit area in Hz
+    (Slaney normalisation: filter i is scaled by 2 / (f[i+2] - f[i])). Equal to
+    ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)``.
+
+    ``weights``: ``(n_mels, n_fft // 2 + 1)``; ``apply(power)`` maps a power spectrogram
+    ``(..., frames, n_fft // 2 + 1)`` to mel energies ``(..., frames, n_mels)``.
+    """
+
+    sample_rate: int
+    n_fft: int
+    n_mels: int
+    fmin: float = 0.0
+    fmax: float | None = None
+
+    def __post_init__(self) -> None:
+        nyquist = self.sample_rate / 2
+        fmax = nyquist if self.fmax is None else self.fmax
+        if self.sample_rate <= 0 or self.n_fft <= 0 or self.n_mels <= 0:
+            raise ValueError(
+                f"sample_rate, n_fft and n_mels must be positive, got {self.sample_rate}, {self.n_fft}, {self.n_mels}"
+            )
+        if not 0 <= self.fmin < fmax <= nyquist:
+            raise ValueError(f"need 0 <= fmin < fmax <= {nyquist:g} Hz (Nyquist), got fmin={self.fmin}, fmax={fmax}")
+        empty = np.flatnonzero(self.weights.max(axis=1) == 0)
+        if empty.size:
+            raise ValueError(
+                f"{self.n_mels} mel bands are too many for n_fft={self.n_fft} at {self.sample_rate} Hz: "
+                f"bands {empty.tolist()} cover no FFT bin; use fewer mels or a larger n_fft"
+            )
+
+    @property
+    def band_edges_hz(self) -> np.ndarray:
+        """``(n_mels + 2,)`` Hz: filter i rises from edge i, peaks at edge i+1, ends at edge i+2."""
+        fmax = self.sample_rate / 2 if self.fmax is None else self.fmax
+        return mel_to_hz(np.linspace(hz_to_mel(self.fmin), hz_to_mel(fmax), self.n_mels + 2))
+
+    @property
+    def center_frequencies(self) -> np.ndarray:
+        """``(n_mels,)`` Hz: where each filter peaks."""
+        return self.band_edges_hz[1:-1]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """``(n_mels, n_fft // 2 + 1)`` float64 filter weights."""
+        return _mel_weights(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax)
+
+    def matrix(self) -> Tensor:
+        """The weights as a float32 tensor ``(n_mels, n_fft // 2 + 1)``."""
+        return torch.from_numpy(self.weights.astype(np.float32))
+
+    def apply(self, power: Tensor) -> Tensor:
+        """``(..., frames, n_fft // 2 + 1)`` power spectrogram → ``(..., frames, n_mels)``."""
+        if power.shape[-1] != self.n_fft // 2 + 1:
+            raise ValueError(f"expected {self.n_fft // 2 + 1} frequency bins last, got shape {tuple(power.shape)}")
+        return power @ self.matrix().to(power.dtype).T
+
+
+@cache
+def _mel_weights(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+    fmax = sample_rate / 2 if fmax is None else fmax
+    fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)  # (F,)
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # (n_mels + 2,)
+    widths = np.diff(edges)  # (n_mels + 1,)
+    ramps = edges[:, None] - fft_hz[None, :]  # (n_mels + 2, F)
+    rising = -ramps[:-2] / widths[:-1, None]  # (n_mels, F): 0 at the lower edge, 1 at the centre
+    falling = ramps[2:] / widths[1:, None]  # (n_mels, F): 1 at the centre, 0 at the upper edge
+    weights = np.maximum(0.0, np.minimum(rising, falling))  # (n_mels, F)
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # Slaney: unit area per filter
+    weights.setflags(write=False)
+    return weights
+
+
+def log_mel(
+    wave: np.ndarray | Tensor,
+    sample_rate: int,
+    n_fft: int = DEFAULT_N_FFT,
+    hop: int = DEFAULT_HOP,
+    win: int = DEFAULT_WIN,
+    n_mels: int = DEFAULT_N_MELS,
+) -> Tensor:
+    """Log-mel energies of a mono waveform: ``(T,)`` → float32 ``(1 + T // hop, n_mels)``.
+
+    STFT with a periodic Hann window of ``win`` samples zero-padded to ``n_fft``, frames centred
+    on multiples of ``hop`` (``center=True``, the signal zero-padded by ``n_fft // 2`` at both
+    ends), power spectrum |X|², the :class:`MelFilterbank`, then ``log(x + 1e-6)``. The same
+    numbers as ``librosa.feature.melspectrogram(power=2, pad_mode="constant")`` followed by
+    that log. Defaults suit 8 kHz speech: 25 ms windows every 10 ms, 40 bands.
+    """
+    if not 0 < win <= n_fft:
+        raise ValueError(f"need 0 < win <= n_fft, got win={win}, n_fft={n_fft}")
+    if hop <= 0:
+        raise ValueError(f"hop must be positive, got {hop}")
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    if x.ndim != 1 or x.numel() == 0:
+        raise ValueError(f"log_mel takes one non-empty channel (T,), got shape {tuple(x.shape)}")
+    spec = torch.stft(
+        x,
+        n_fft=n_fft,
+        hop_length=hop,
+        win_length=win,
+        window=torch.hann_window(win),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )  # (F, frames)
+    power = spec.abs().square().T  # (frames, F)
+    mel = MelFilterbank(sample_rate, n_fft, n_mels).apply(power)  # (frames, n_mels)
+    return torch.log(mel + LOG_FLOOR)
+
+
+def normalize(features: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-utterance mean/variance normalisation of each mel bin: ``(frames, n_mels)`` → same.
+
+    Every bin then has mean 0 and variance 1 over the utterance (a constant bin becomes 0), which
+    removes the recording's overall level and channel colouring.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"normalize takes (frames, n_mels), got shape {tuple(features.shape)}")
+    mean = features.mean(dim=0, keepdim=True)  # (1, n_mels)
+    var = features.var(dim=0, unbiased=False, keepdim=True)  # (1, n_mels)
+    return (features - mean) / torch.sqrt(var + eps)
+
+
+# --------------------------------------------------------------------------------------------
+# SpecAugment
+
+
+@dataclass(frozen=True)
+class SpecAugmentMasks:
+    """Where SpecAugment masks: ``(start, width)`` pairs along mel bins and along frames."""
+
+    freq: tuple[tuple[int, int], ...]
+    time: tuple[tuple[int, int], ...]
+
+
+def draw_masks(
+    n_frames: int,
+    n_mels: int,
+    *,
+    n_freq_masks: int,
+    max_freq_width: int,
+    n_time_masks: int,
+    max_time_width: int,
+    generator: torch.Generator,
+) -> SpecAugmentMasks:
+    """Draw SpecAugment masks (Park et al. 2019, §2): each width uniform in ``[0, max]``
+    (clipped to the axis length), its start uniform over the positions where it fits."""
+    for name, value in [
+        ("n_freq_masks", n_freq_masks),
+        ("max_freq_width", max_freq_width),
+        ("n_time_masks", n_time_masks),
+        ("max_time_width", max_time_width),
+    ]:
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    freq = tuple(_draw_span(n_mels, max_freq_width, generator) for _ in range(n_freq_masks))
+    time = tuple(_draw_span(n_frames, max_time_width, generator) for _ in range(n_time_masks))
+    return SpecAugmentMasks(freq=freq, time=time)
+
+
+def _draw_span(size: int, max_width: int, generator: torch.Generator) -> tuple[int, int]:
+    width = min(int(torch.randint(0, max_width + 1, (), generator=generator)), size)
+    start = int(torch.randint(0, size - width + 1, (), generator=generator))
+    return start, width
+
+
+def apply_masks(features: Tensor, masks: SpecAugmentMasks, value: float = 0.0) -> Tensor:
+    """A copy of ``features`` ``(frames, n_mels)`` with the masked bands and frames set to
+    ``value`` (0, the mean of normalised features)."""
+    if features.ndim != 2:
+        raise ValueError(f"apply_masks takes (frames, n_mels), got shape {tuple(features.shape)}")
+    out = features.clone()
+    for start, width in masks.freq:
+        out[:, start : start + width] = value
+    for start, width in masks.time:
+        out[start : start + width, :] = value
+    return out
+
+
+def spec_augment(
+    features: Tensor,
+    *,
+    n_freq_masks: int,
+    max_freq_width: int,
+    n_time_masks: int,
+    max_time_width: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """SpecAugment's frequency and time masking on normalised ``(frames, n_mels)`` features.
+
+    The same as ``apply_masks(features, draw_masks(...))``; call those two to see the masks.
+    Deterministic given the generator's state.
+    """
+    masks = draw_masks(
+        features.shape[0],
+        features.shape[1],
+        n_freq_masks=n_freq_masks,
+        max_freq_width=max_freq_width,
+        n_time_masks=n_time_masks,
+        max_time_width=max_time_width,
+        generator=generator,
+    )
+    return apply_masks(features, masks)
+
+
+# --------------------------------------------------------------------------------------------
+# Waveform augmentation
+
+
+def add_noise(wave: np.ndarray, snr_db: float, generator: torch.Generator) -> np.ndarray:
+    """``wave`` ``(T,)`` plus white Gaussian noise scaled so that the signal-to-noise ratio
+    10·log10(mean(wave²) / mean(noise²)) is exactly ``snr_db`` (measured on the noise actually
+    drawn, not its expectation). A silent wave gets no noise: the ratio fixes noise power at 0.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"add_noise takes one channel (T,), got shape {wave.shape}")
+    if not math.isfinite(snr_db):
+        raise ValueError(f"snr_db must be a finite number of dB, got {snr_db}")
+    signal_power = float(np.mean(wave.astype(np.float64) ** 2)) if wave.size else 0.0
+    if signal_power == 0.0:
+        return wave.copy()
+    noise = torch.randn(wave.shape[0], generator=generator, dtype=torch.float64).numpy()  # (T,)
+    noise_power = float(np.mean(noise**2))
+    scale = math.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
+    return (wave + scale * noise).astype(np.float32)
+
+
+def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
+    """Play ``wave`` ``factor`` times faster (Ko et al. 2015): ``(T,)`` → ``(≈ T / factor,)``,
+    every frequency multiplied by ``factor`` (pitch and tempo change together). Done by
+    resampling with soxr from ``factor`` to 1 and keeping the original sample rate.
+    """
+    if not 0.25 <= factor <= 4.0:
+        raise ValueError(f"speed factor must lie in [0.25, 4], got {factor}")
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"speed_perturb takes one channel (T,), got shape {wave.shape}")
+    if factor == 1.0:
+        return wave.copy()
+    return soxr.resample(wave, float(factor), 1.0, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)

@@ -1,0 +1,285 @@
+import math
+import struct
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from heedful.data.audio import (
+    MelFilterbank,
+    add_noise,
+    apply_masks,
+    draw_masks,
+    hz_to_mel,
+    log_mel,
+    mel_to_hz,
+    normalize,
+    read_audio,
+    spec_augment,
+    speed_perturb,
+)
+from heedful.errors import DataError
+
+
+def tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(round(rate * seconds)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def peak_hz(wave: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return float(np.fft.rfftfreq(len(wave), 1 / rate)[spectrum.argmax()])
+
+
+def slaney_mel(hz: float) -> float:
+    """Slaney's mel scale written out independently of the module under test."""
+    return 3 * hz / 200 if hz < 1000 else 15 + 27 * math.log(hz / 1000) / math.log(6.4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def test_read_audio_returns_float32_mono(tmp_path):
+    path = tmp_path / "a.wav"
+    sf.write(path, tone(440, 8000), 8000, subtype="PCM_16")
+    wave = read_audio(path, 8000)
+    assert wave.dtype == np.float32 and wave.shape == (8000,)
+    assert peak_hz(wave, 8000) == pytest.approx(440, abs=1)
+
+
+@pytest.mark.parametrize("file_rate", [16000, 44100, 11025])
+def test_resampling_preserves_a_tone(tmp_path, file_rate):
+    path = tmp_path / "a.flac"
+    sf.write(path, tone(1000, file_rate, seconds=0.5), file_rate)
+    wave = read_audio(path, 8000)
+    assert abs(len(wave) - 4000) <= 1
+    assert peak_hz(wave, 8000) == pytest.approx(1000, abs=2)
+
+
+def test_stereo_is_mixed_on_request(tmp_path):
+    path = tmp_path / "stereo.wav"
+    left, right = tone(500, 8000), tone(1500, 8000, amplitude=0.25)
+    sf.write(path, np.stack([left, right], axis=1), 8000, subtype="FLOAT")
+    mixed = read_audio(path, 8000, mono="mix")
+    np.testing.assert_allclose(mixed, (left + right) / 2, atol=1e-6)
+
+
+def test_bad_arguments_are_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="target_rate"):
+        read_audio(tmp_path / "x.wav", 0)
+    with pytest.raises(ValueError, match="mono"):
+        read_audio(tmp_path / "x.wav", 8000, mono="left")
+
+
+def _wav_bytes(tmp_path) -> bytes:
+    path = tmp_path / "good.wav"
+    sf.write(path, tone(300, 8000, seconds=0.1), 8000, subtype="PCM_16")
+    return path.read_bytes()
+
+
+def _bad_files(tmp_path):
+    good = _wav_bytes(tmp_path)
+    header_only = tmp_path / "zero_samples.wav"
+    sf.write(header_only, np.zeros(0, np.float32), 8000, subtype="PCM_16")
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, np.zeros((800, 2), np.float32), 8000, subtype="PCM_16")
+    files = {
+        "empty.wav": (b"", "empty file (0 bytes)"),
+        "noise.wav": (np.random.default_rng(0).bytes(2000), "not a readable audio file ("),
+        "truncated.wav": (good[:30], "not a readable audio file ("),
+        "text.wav": (b"digit,speaker\n4,theo\n", "not a readable audio file ("),
+    }
+    cases = []
+    for name, (content, problem) in files.items():
+        (tmp_path / name).write_bytes(content)
+        cases.append((tmp_path / name, problem))
+    cases.append((header_only, "empty audio (0 samples)"))
+    cases.append((stereo, "2 channels, expected mono (set mono: mix to average them)"))
+    cases.append((tmp_path / "missing.wav", "no such file"))
+    cases.append((tmp_path, "not a file"))
+    return cases
+
+
+def test_bad_audio_gives_one_line_naming_the_file(tmp_path):
+    for path, problem in _bad_files(tmp_path):
+        with pytest.raises(DataError) as info:
+            read_audio(path, 8000)
+        message = str(info.value)
+        assert message.startswith(f"{path}: "), message
+        assert problem in message, message
+        assert "\n" not in message
+        assert info.value.__cause__ is None  # no chained soundfile traceback
+
+
+def test_riff_header_with_a_lying_format_chunk(tmp_path):
+    # A RIFF/WAVE header whose fmt chunk claims 0 channels.
+    fmt = struct.pack("<HHIIHH", 1, 0, 8000, 16000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", 4) + b"\0\0\0\0"
+    path = tmp_path / "liar.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    with pytest.raises(DataError, match=r"liar\.wav: not a readable audio file"):
+        read_audio(path, 8000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mel filterbank and features
+
+
+def test_mel_scale_round_trips_and_matches_librosa():
+    hz = np.array([0.0, 100.0, 999.0, 1000.0, 2500.0, 4000.0, 7999.0])
+    np.testing.assert_allclose(mel_to_hz(hz_to_mel(hz)), hz, atol=1e-9)
+    np.testing.assert_allclose(hz_to_mel(hz), librosa.hz_to_mel(hz), atol=1e-12)
+    assert [slaney_mel(h) for h in hz] == pytest.approx(list(hz_to_mel(hz)))
+
+
+@pytest.mark.parametrize(
+    ("sample_rate", "n_fft", "n_mels", "fmin", "fmax"),
+    [
+        (8000, 256, 40, 0.0, None),
+        (8000, 512, 64, 20.0, 3800.0),
+        (16000, 512, 80, 0.0, None),
+        (22050, 2048, 128, 0, None),
+    ],
+)
+def test_filterbank_equals_librosa(sample_rate, n_fft, n_mels, fmin, fmax):
+    ours = MelFilterbank(sample_rate, n_fft, n_mels, fmin, fmax).weights
+    reference = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    assert ours.shape == (n_mels, n_fft // 2 + 1)
+    np.testing.assert_allclose(ours, reference, atol=1e-5, rtol=0)
+
+
+def test_filterbank_rejects_impossible_settings():
+    with pytest.raises(ValueError, match="Nyquist"):
+        MelFilterbank(8000, 256, 40, fmax=5000)
+    with pytest.raises(ValueError, match="too many"):
+        MelFilterbank(8000, 64, 60)
+
+
+def test_log_mel_matches_librosa():
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+    wave[:2000] *= np.linspace(0, 1, 2000, dtype=np.float32)  # something less flat than white noise
+    wave += tone(700, 8000)
+    ours = log_mel(wave, 8000)
+    reference = librosa.feature.melspectrogram(
+        y=wave,
+        sr=8000,
+        n_fft=256,
+        hop_length=80,
+        win_length=200,
+        n_mels=40,
+        power=2.0,
+        center=True,
+        pad_mode="constant",
+    )  # (n_mels, frames)
+    reference = np.log(reference.T + 1e-6)
+    assert ours.shape == (101, 40) and ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_log_mel_shape_follows_the_hop():
+    assert log_mel(np.zeros(1234, np.float32), 8000).shape == (1 + 1234 // 80, 40)
+    assert log_mel(np.zeros(10, np.float32), 8000, n_mels=20).shape == (1, 20)  # shorter than a window
+    assert log_mel(torch.zeros(800), 8000).shape == (11, 40)  # a tensor works too
+    with pytest.raises(ValueError, match="non-empty"):
+        log_mel(np.zeros(0, np.float32), 8000)
+
+
+@pytest.mark.parametrize("band", [3, 12, 20, 28, 35])
+def test_a_tone_peaks_in_its_mel_band(band):
+    n_mels, rate = 40, 8000
+    # Band centres are evenly spaced in mel between 0 and mel(Nyquist): band i peaks at step i + 1.
+    centre_mel = (band + 1) * slaney_mel(rate / 2) / (n_mels + 1)
+    freq = float(mel_to_hz(centre_mel))
+    features = log_mel(tone(freq, rate), rate, n_mels=n_mels)  # (frames, n_mels)
+    assert int(features[5:-5].mean(dim=0).argmax()) == band
+
+
+def test_normalize_gives_zero_mean_unit_variance_per_bin():
+    features = torch.randn(50, 40) * torch.linspace(0.5, 3, 40) + torch.linspace(-10, 5, 40)
+    normed = normalize(features)
+    torch.testing.assert_close(normed.mean(dim=0), torch.zeros(40), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normed.var(dim=0, unbiased=False), torch.ones(40), atol=1e-4, rtol=0)
+    assert normalize(torch.ones(7, 3)).abs().max() == 0  # a constant bin becomes 0, not NaN
+
+
+# ---------------------------------------------------------------------------------------------
+# SpecAugment
+
+
+MASKS = dict(n_freq_masks=2, max_freq_width=8, n_time_masks=2, max_time_width=10)
+
+
+def test_spec_augment_masks_the_promised_widths():
+    features = torch.randn(100, 40) + 5  # no zeros of its own
+    seen_widths: set[int] = set()
+    for seed in range(200):
+        masks = draw_masks(100, 40, **MASKS, generator=torch.Generator().manual_seed(seed))
+        assert len(masks.freq) == 2 and len(masks.time) == 2
+        for (start, width), (size, most) in [(m, (40, 8)) for m in masks.freq] + [(m, (100, 10)) for m in masks.time]:
+            assert 0 <= width <= most and 0 <= start <= size - width
+        seen_widths.update(w for _, w in masks.freq)
+        out = apply_masks(features, masks)
+        expected = torch.ones(100, 40, dtype=torch.bool)  # True = kept
+        for start, width in masks.freq:
+            expected[:, start : start + width] = False
+        for start, width in masks.time:
+            expected[start : start + width] = False
+        assert torch.equal(out == 0, ~expected)
+        assert torch.equal(out[expected], features[expected])
+    assert seen_widths == set(range(9))  # widths are drawn from the whole of [0, max]
+
+
+def test_spec_augment_is_deterministic_per_generator():
+    features = torch.randn(80, 40)
+    original = features.clone()
+    a = spec_augment(features, **MASKS, generator=torch.Generator().manual_seed(3))
+    b = spec_augment(features, **MASKS, generator=torch.Generator().manual_seed(3))
+    c = spec_augment(features, **MASKS, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    masks = draw_masks(80, 40, **MASKS, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, apply_masks(features, masks))
+    assert torch.equal(features, original)  # the input is left alone
+
+
+def test_spec_augment_handles_short_inputs_and_bad_counts():
+    masks = draw_masks(3, 40, **{**MASKS, "max_time_width": 50}, generator=torch.Generator().manual_seed(0))
+    assert all(start + width <= 3 for start, width in masks.time)
+    with pytest.raises(ValueError, match="max_freq_width"):
+        draw_masks(10, 40, **{**MASKS, "max_freq_width": -1}, generator=torch.Generator())
+
+
+# ---------------------------------------------------------------------------------------------
+# Waveform augmentation
+
+
+@pytest.mark.parametrize("snr_db", [-5.0, 0.0, 10.0, 30.0])
+def test_add_noise_hits_the_snr(snr_db):
+    wave = tone(440, 8000) + 0.1 * tone(1300, 8000)
+    noisy = add_noise(wave, snr_db, torch.Generator().manual_seed(0))
+    noise = noisy.astype(np.float64) - wave
+    measured = 10 * math.log10(np.mean(wave.astype(np.float64) ** 2) / np.mean(noise**2))
+    assert measured == pytest.approx(snr_db, abs=0.1)
+    assert noisy.dtype == np.float32 and noisy.shape == wave.shape
+
+
+def test_add_noise_is_seeded_and_leaves_silence_alone():
+    wave = tone(440, 8000)
+    a = add_noise(wave, 10, torch.Generator().manual_seed(1))
+    b = add_noise(wave, 10, torch.Generator().manual_seed(1))
+    c = add_noise(wave, 10, torch.Generator().manual_seed(2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not add_noise(np.zeros(100, np.float32), 10, torch.Generator()).any()
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturb_scales_duration_and_pitch(factor):
+    wave = tone(1000, 8000)
+    fast = speed_perturb(wave, factor)
+    assert abs(len(fast) - len(wave) / factor) <= 1
+    assert peak_hz(fast, 8000) == pytest.approx(1000 * factor, abs=3)
+    assert np.array_equal(speed_perturb(wave, 1.0), wave)
+    with pytest.raises(ValueError, match="speed factor"):
+        speed_perturb(wave, 0)
