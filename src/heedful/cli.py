@@ -103,6 +103,42 @@ def predict(
             typer.echo(f"attention heatmap: {path}")
 
 
+@app.command()
+def transcribe(
+    run_dir: Annotated[Path, typer.Argument(help="A speech run directory written by `heedful train`.")],
+    audio: Annotated[list[Path], typer.Argument(help="WAV or FLAC files (resampled to the model's rate).")],
+    show_attention: Annotated[
+        bool, typer.Option(help="Save the spectrogram with the frames' self-attention, one PNG per file.")
+    ] = False,
+    layer: Annotated[int | None, typer.Option(help="Encoder layer to show (default: the config's, -1 = last).")] = None,
+    head: Annotated[int | None, typer.Option(help="Attention head to show (default: mean over heads).")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Where figures go (default: RUN_DIR/plots).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Transcribe spoken digits: prints the digits and a confidence for each file."""
+    from heedful.runs import load_run
+
+    run = load_run(run_dir, device)
+    if run.cfg.task != "speech":
+        raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; transcribe needs a speech run")
+    if layer is not None:
+        run.cfg.decode.explain_layer = layer
+    if head is not None:
+        if not 0 <= head < run.cfg.model.n_heads:
+            raise UserError(f"--head {head}: this model has heads 0–{run.cfg.model.n_heads - 1}")
+        run.cfg.decode.explain_head = head
+    files = [str(path) for path in audio]
+    for p in run.predict(files):
+        if as_json:
+            typer.echo(json.dumps({"file": p.input, "digits": p.output, "confidence": p.score}))
+        else:
+            typer.echo(f"{p.input}: {p.output}  (confidence {p.score:.3f})")
+    if show_attention:
+        for path in run.show_attention(files, out_dir):
+            typer.echo(f"attention figure: {path}")
+
+
 def main() -> None:
     # Typer handles usage mistakes itself (unknown option, missing argument: exit 2); our own
     # UserErrors propagate out of the command and become one line here.

@@ -19,7 +19,6 @@ from torch import nn
 
 from heedful.config import RunConfig, apply_overrides, read_yaml, validate
 from heedful.errors import CheckpointError, ConfigError
-from heedful.explain.plots import attention_heatmap
 from heedful.tasks.base import Explanation, Prediction, Task, get_task
 from heedful.train.trainer import resolve_device
 
@@ -63,13 +62,9 @@ class Run:
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""
         out_dir = Path(out_dir) if out_dir is not None else self.run_dir / "plots"
-        paths = []
-        for i, e in enumerate(self.explain(inputs)):
-            title = f"{e.prediction.input}  →  {e.prediction.output}"
-            paths.append(
-                attention_heatmap(e.summary, e.query_tokens, e.key_tokens, out_dir / f"attention-{i}.png", title=title)
-            )
-        return paths
+        return [
+            self.task.plot_explanation(e, out_dir / f"attention-{i}.png") for i, e in enumerate(self.explain(inputs))
+        ]
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Run:

@@ -50,7 +50,7 @@ class KVCache:
             self._k = k.new_empty(*k.shape[:2], capacity, k.shape[3])
             self._v = v.new_empty(*v.shape[:2], capacity, v.shape[3])
         elif self.length + t_new > self._k.shape[2]:
-            capacity = 2 * self._k.shape[2]
+            capacity = max(2 * self._k.shape[2], self.length + t_new)
             self._k = _grow(self._k, self.length, capacity)
             self._v = _grow(self._v, self.length, capacity)
         self._k[:, :, self.length : self.length + t_new] = k

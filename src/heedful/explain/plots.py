@@ -62,3 +62,39 @@ def _draw(plt, weights: Tensor, query_tokens: list[str], key_tokens: list[str], 
 
 def _visible(token: str) -> str:
     return {" ": "␣", "\u202f": "␣", "\u00a0": "␣"}.get(token, token)
+
+
+def spectrogram_attention(
+    features: Tensor, attention: Tensor, path: str | Path, *, hop_seconds: float, frame_seconds: float, title: str = ""
+) -> Path:
+    """Log-mel spectrogram (top) over the self-attention of its frames (bottom), on one time axis.
+
+    features: (T, n_mels), one row per ``hop_seconds``; attention: (T', T') between encoder frames,
+    one per ``frame_seconds`` (the CNN downsamples time). Row i of the lower panel is where the
+    frame at time i looks.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec = features.float().cpu().numpy().T  # (n_mels, T)
+    weights = attention.float().cpu().numpy()  # (T', T')
+    end = max(features.shape[0] * hop_seconds, attention.shape[0] * frame_seconds)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True, gridspec_kw={"height_ratios": [1, 2.2]})
+    top.imshow(spec, origin="lower", aspect="auto", cmap="magma",
+               extent=(0, features.shape[0] * hop_seconds, 0, spec.shape[0]))  # fmt: skip
+    top.set_ylabel("mel bin")
+    if title:
+        top.set_title(title, fontsize=9)
+    span = attention.shape[0] * frame_seconds
+    image = bottom.imshow(weights, origin="upper", aspect="auto", cmap="viridis", extent=(0, span, span, 0))
+    bottom.set_xlabel("key frame time (s)")
+    bottom.set_ylabel("query frame time (s)")
+    bottom.set_xlim(0, end)
+    fig.colorbar(image, ax=[top, bottom], fraction=0.035)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -58,6 +58,8 @@ class Explanation:
     key_tokens: list[str]  # columns (e.g. source characters)
     weights: dict[str, Tensor]  # module path -> (H, T_q, T_k) for this one example
     summary: Tensor  # (T_q, T_k): the map a heatmap shows by default
+    title: str = ""
+    context: dict[str, Any] = field(default_factory=dict)  # task-specific, e.g. the spectrogram
 
 
 TASKS: dict[str, type[Task]] = {}
@@ -117,6 +119,14 @@ class Task(ABC):
 
     def load_artifacts(self, directory: Path) -> None:  # noqa: B027 - optional hook
         """Read what save_artifacts wrote, so predict() works without rebuilding the data."""
+
+    def plot_explanation(self, explanation: Explanation, path: Path) -> Path:
+        """Draw one explanation as a PNG; by default a heatmap of ``summary`` with token labels."""
+        from heedful.explain.plots import attention_heatmap
+
+        return attention_heatmap(
+            explanation.summary, explanation.query_tokens, explanation.key_tokens, path, title=explanation.title
+        )
 
     def load_model(self, directory: Path, device: str = "cpu") -> nn.Module:
         from heedful.models import load_pretrained

@@ -244,6 +244,7 @@ class TranslateTask(Task):
                     key_tokens=list(p.input),
                     weights=weights,
                     summary=weights[name].mean(0),
+                    title=f"{p.input}  →  {p.output}   ({name}, mean over heads)",
                 )
             )
         return explanations

@@ -1,0 +1,365 @@
+"""Speech recognition on spoken digits: a CNN front end with self-attention over frames.
+
+Two modes (``data.mode``), one task:
+
+* ``digits`` — isolated digits, 10-way classification with a pooled head. Splits: ``standard``
+  (the dataset's own: takes 0–4 of every speaker and digit are the test set) or
+  ``speaker:<name>`` (that speaker's 500 recordings are the test set: speaker-independent).
+* ``strings`` — 2–7 recordings of one speaker joined with random pauses (optionally noisy),
+  transcribed with a CTC head; scored as digit error rate (WER over digits, via jiwer) and
+  sentence accuracy. Test strings are built only from test-split recordings.
+
+A validation set (``data.val_fraction`` of the training recordings, stratified by digit and
+speaker) selects the model; the test set is only scored by ``heedful evaluate``.
+
+data (FSDD wavs → log-mel, per-utterance normalised) → model (:mod:`heedful.models.speech`) →
+loss (cross-entropy | CTC) → metrics → predict (audio files → digits + confidence) → explain
+(frame self-attention over the spectrogram).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from heedful.config import RunConfig, Section
+from heedful.data.audio import add_noise, log_mel, normalize, read_audio, spec_augment
+from heedful.data.fsdd import (
+    FsddRecording,
+    build_digit_strings,
+    check_disjoint,
+    list_recordings,
+    speaker_folds,
+    standard_split,
+    validation_split,
+)
+from heedful.decode.ctc import ctc_beam_decode, ctc_greedy_decode, digit_error_rate, sentence_accuracy
+from heedful.errors import ConfigError, UserError
+from heedful.explain.capture import capture
+from heedful.models.speech import SpeechConfig, SpeechModel
+from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
+
+HOP_SECONDS = 0.01  # log_mel's default hop: 80 samples at 8 kHz
+
+
+class SpeechData(Section):
+    root: Path = Field(Path("../shared/data/fsdd"), description="FSDD folder (or its recordings/ folder)")
+    mode: Literal["digits", "strings"] = "digits"
+    split: str = Field("standard", description="standard | speaker:<name> (leave that speaker out)")
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    sample_rate: int = Field(8000, ge=1000)
+    n_train_strings: int = Field(3000, ge=1)
+    n_val_strings: int = Field(200, ge=1)
+    n_test_strings: int = Field(500, ge=1)
+    min_digits: int = Field(2, ge=1)
+    max_digits: int = Field(7, ge=1)
+    string_noise_snr_db: float | None = Field(None, description="white noise in built strings")
+    test_noise_snr_db: float | None = Field(None, description="add white noise to val/test audio (robustness)")
+
+    @field_validator("split")
+    @classmethod
+    def _check_split(cls, value: str) -> str:
+        if value != "standard" and not value.startswith("speaker:"):
+            raise ValueError("must be 'standard' or 'speaker:<name>'")
+        return value
+
+
+class AugmentConfig(Section):
+    spec_augment: bool = True
+    n_freq_masks: int = Field(2, ge=0)
+    max_freq_width: int = Field(6, ge=0)
+    n_time_masks: int = Field(2, ge=0)
+    max_time_width: int = Field(8, ge=0)
+
+
+class SpeechDecode(Section):
+    beam_size: int = Field(1, ge=1, description="CTC: 1 = greedy, more = prefix beam search")
+    explain_layer: int = Field(-1, description="encoder layer whose self-attention --show-attention draws")
+    explain_head: int | None = Field(None, description="one head, or null for the mean over heads")
+
+
+class SpeechTaskConfig(RunConfig):
+    task: Literal["speech"] = "speech"
+    data: SpeechData = SpeechData()
+    augment: AugmentConfig = AugmentConfig()
+    model: SpeechConfig = SpeechConfig()
+    decode: SpeechDecode = SpeechDecode()
+
+
+@dataclass
+class Utterance:
+    features: Tensor  # (T, n_mels), normalised per utterance
+    label: str  # "7" for a digit, "4071" for a string
+    speaker: str
+    source: str  # file path, or the files a string was built from
+
+
+class UtteranceBatches(BatchSource):
+    """Shuffled each epoch from (seed, epoch); similar lengths batched together to save padding;
+    SpecAugment drawn from a generator seeded by the same — so a resumed epoch is the same epoch."""
+
+    def __init__(self, utterances: list[Utterance], batch_size: int, seed: int, collate, augment):
+        self.utterances, self.batch_size, self.seed = utterances, batch_size, seed
+        self.collate, self.augment = collate, augment
+
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.utterances) // self.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        rng = random.Random(f"{self.seed}:{epoch}")
+        order = list(range(len(self.utterances)))
+        rng.shuffle(order)
+        pool = 32 * self.batch_size  # sort by length within pools, then shuffle the batches
+        batches = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start : start + pool], key=lambda i: self.utterances[i].features.shape[0])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        generator = torch.Generator().manual_seed(rng.getrandbits(62))
+        for indices in batches:
+            chosen = [self.utterances[i] for i in indices]
+            yield self.collate(chosen, [self.augment(u.features, generator) for u in chosen])
+
+
+@register_task
+class SpeechTask(Task):
+    name = "speech"
+    config_class = SpeechTaskConfig
+    cfg: SpeechTaskConfig
+
+    # ---------------------------------------------------------------------------------------- data
+    def features(self, wave) -> Tensor:
+        return normalize(log_mel(wave, self.cfg.data.sample_rate, n_mels=self.cfg.model.n_mels))  # (T, M)
+
+    def _noisy(self, wave, seed: int):
+        snr = self.cfg.data.test_noise_snr_db
+        return wave if snr is None else add_noise(wave, snr, torch.Generator().manual_seed(seed))
+
+    def _recording_utterances(self, recordings: list[FsddRecording], noisy: bool) -> list[Utterance]:
+        out = []
+        for i, r in enumerate(recordings):
+            wave = read_audio(r.path, self.cfg.data.sample_rate)
+            if noisy:
+                wave = self._noisy(wave, self.cfg.seed * 100_003 + i)
+            out.append(Utterance(self.features(wave), str(r.digit), r.speaker, str(r.path)))
+        return out
+
+    def _string_utterances(self, recordings: list[FsddRecording], n: int, seed: int, noisy: bool) -> list[Utterance]:
+        d = self.cfg.data
+        strings = build_digit_strings(
+            recordings, n, seed=seed, sample_rate=d.sample_rate, min_digits=d.min_digits, max_digits=d.max_digits,
+            noise_snr_db=d.string_noise_snr_db,
+        )  # fmt: skip
+        out = []
+        for i, s in enumerate(strings):
+            wave = self._noisy(s.wave, seed + i) if noisy else s.wave
+            out.append(Utterance(self.features(wave), s.label, s.speaker, "+".join(map(str, s.sources))))
+        return out
+
+    def _splits(self) -> tuple[list[FsddRecording], list[FsddRecording], list[FsddRecording]]:
+        d = self.cfg.data
+        recordings = list_recordings(d.root)
+        if d.split == "standard":
+            train, test = standard_split(recordings)
+        else:
+            speaker = d.split.split(":", 1)[1]
+            folds = {fold.held_out: fold for fold in speaker_folds(recordings)}
+            if speaker not in folds:
+                raise ConfigError(f"config key 'data.split': no speaker {speaker!r}; have {', '.join(sorted(folds))}")
+            train, test = folds[speaker].train, folds[speaker].test
+        train, val = validation_split(train, d.val_fraction, seed=self.cfg.seed)
+        check_disjoint(train, test)
+        return train, val, test
+
+    def build_data(self, cfg: SpeechTaskConfig) -> DataBundle:
+        d = cfg.data
+        train_rec, val_rec, test_rec = self._splits()
+        if d.mode == "digits":
+            train = self._recording_utterances(train_rec, noisy=False)
+            val = self._recording_utterances(val_rec, noisy=True)
+            test = self._recording_utterances(test_rec, noisy=True)
+        else:
+            train = self._string_utterances(train_rec, d.n_train_strings, cfg.seed, noisy=False)
+            val = self._string_utterances(val_rec, d.n_val_strings, cfg.seed + 1, noisy=True)
+            test = self._string_utterances(test_rec, d.n_test_strings, cfg.seed + 2, noisy=True)
+        source = UtteranceBatches(train, cfg.train.batch_size, cfg.seed, self.collate, self.augment)
+        self.data = DataBundle(source, {"val": val, "test": test}, {"n_train": len(train)})
+        return self.data
+
+    def augment(self, features: Tensor, generator: torch.Generator) -> Tensor:
+        a = self.cfg.augment
+        if not a.spec_augment:
+            return features
+        return spec_augment(
+            features, n_freq_masks=a.n_freq_masks, max_freq_width=a.max_freq_width,
+            n_time_masks=a.n_time_masks, max_time_width=a.max_time_width, generator=generator,
+        )  # fmt: skip
+
+    @staticmethod
+    def pad(features: list[Tensor]) -> Batch:
+        """(T_i, M) each -> {"features": (B, T_max, M) zero-padded, "lengths": (B,)}."""
+        lengths = torch.tensor([f.shape[0] for f in features])
+        padded = torch.zeros(len(features), int(lengths.max()), features[0].shape[1])
+        for i, f in enumerate(features):
+            padded[i, : f.shape[0]] = f
+        return {"features": padded, "lengths": lengths}
+
+    def collate(self, utterances: list[Utterance], features: list[Tensor] | None = None) -> Batch:
+        batch = self.pad(features if features is not None else [u.features for u in utterances])
+        if self.cfg.model.head == "classify":
+            batch["labels"] = torch.tensor([int(u.label) for u in utterances])
+        else:  # CTC targets: digit d is symbol d + 1; 0 is the blank
+            target_lengths = torch.tensor([len(u.label) for u in utterances])
+            targets = torch.zeros(len(utterances), int(target_lengths.max()), dtype=torch.long)
+            for i, u in enumerate(utterances):
+                targets[i, : len(u.label)] = torch.tensor([int(c) + 1 for c in u.label])
+            batch |= {"targets": targets, "target_lengths": target_lengths}
+        return batch
+
+    def build_model(self, cfg: SpeechTaskConfig, data: DataBundle) -> nn.Module:
+        if (cfg.data.mode == "strings") != (cfg.model.head == "ctc"):
+            raise ConfigError(
+                "config key 'model.head': use 'ctc' with data.mode 'strings' and 'classify' with 'digits'"
+            )
+        return SpeechModel(cfg.model)
+
+    # ---------------------------------------------------------------------------------------- loss
+    def _ctc_loss(self, logits: Tensor, frame_lengths: Tensor, batch: Batch, reduction: str = "mean") -> Tensor:
+        log_probs = logits.float().log_softmax(-1).transpose(0, 1)  # (T', B, V)
+        return F.ctc_loss(log_probs, batch["targets"], frame_lengths, batch["target_lengths"], blank=0,
+                          reduction=reduction, zero_infinity=True)  # fmt: skip
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        logits, frame_lengths = model(batch["features"], batch["lengths"])
+        B = batch["features"].shape[0]
+        if self.cfg.model.head == "classify":
+            loss = F.cross_entropy(logits.float(), batch["labels"], label_smoothing=self.cfg.train.label_smoothing)
+            accuracy = float((logits.argmax(-1) == batch["labels"]).float().mean())
+        else:
+            loss = self._ctc_loss(logits, frame_lengths, batch)
+            hyps = [
+                "".join(str(s - 1) for s in seq)
+                for seq in ctc_greedy_decode(logits.detach().float().log_softmax(-1), lengths=frame_lengths)
+            ]
+            refs = [
+                "".join(str(int(t) - 1) for t in row[:n])
+                for row, n in zip(batch["targets"], batch["target_lengths"], strict=True)
+            ]
+            accuracy = sentence_accuracy(refs, hyps)
+        return loss, {"loss": float(loss.detach()), "accuracy": accuracy, "weight": B}
+
+    # ------------------------------------------------------------------------------------ evaluate
+    def _utterances(self, split: str) -> list[Utterance]:
+        if self.data is None or split not in self.data.splits:
+            raise UserError(f"no {split!r} split; available: val, test")
+        return self.data.splits[split]
+
+    def _decode(self, logits: Tensor, frame_lengths: Tensor) -> list[tuple[str, float]]:
+        """Per utterance: (label, confidence). Classify: arg-max class and its probability. CTC:
+        best transcription (greedy or beam) and its total probability over alignments."""
+        if self.cfg.model.head == "classify":
+            probs = logits.float().softmax(-1)
+            best = probs.argmax(-1)
+            return [(str(int(c)), float(probs[i, c])) for i, c in enumerate(best)]
+        log_probs = logits.float().log_softmax(-1)  # (B, T', V)
+        out = []
+        for i in range(log_probs.shape[0]):
+            lp = log_probs[i, : frame_lengths[i]]
+            if self.cfg.decode.beam_size > 1:
+                seq, score = ctc_beam_decode(lp, beam_size=self.cfg.decode.beam_size)[0]
+            else:
+                seq = ctc_greedy_decode(lp)[0]
+                target = torch.tensor([seq]) if seq else torch.zeros(1, 0, dtype=torch.long)
+                score = -float(F.ctc_loss(lp[:, None], target, torch.tensor([lp.shape[0]]), torch.tensor([len(seq)]),
+                                          blank=0, reduction="sum", zero_infinity=True))  # fmt: skip
+            out.append(("".join(str(s - 1) for s in seq), float(torch.tensor(score).exp())))
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        utterances = self._utterances(split)
+        model.eval()
+        device = next(model.parameters()).device
+        size = self.cfg.train.eval_batch_size
+        loss_sum, refs, hyps, speakers = 0.0, [], [], []
+        for start in range(0, len(utterances), size):
+            chunk = utterances[start : start + size]
+            batch = {k: v.to(device) for k, v in self.collate(chunk).items()}
+            logits, frame_lengths = model(batch["features"], batch["lengths"])
+            if self.cfg.model.head == "classify":
+                loss_sum += float(F.cross_entropy(logits.float(), batch["labels"], reduction="sum"))
+            else:
+                loss_sum += float(self._ctc_loss(logits, frame_lengths, batch, reduction="sum"))
+            hyps += [label for label, _ in self._decode(logits, frame_lengths)]
+            refs += [u.label for u in chunk]
+            speakers += [u.speaker for u in chunk]
+        metrics = {"loss": loss_sum / len(utterances), "accuracy": sentence_accuracy(refs, hyps)}
+        if self.cfg.model.head == "ctc":
+            metrics["der"] = digit_error_rate(refs, hyps)
+        if split == "test":  # per-speaker accuracy, for speaker-independent reports
+            for speaker in sorted(set(speakers)):
+                pairs = [(r, h) for r, h, s in zip(refs, hyps, speakers, strict=True) if s == speaker]
+                metrics[f"accuracy_{speaker}"] = sum(r == h for r, h in pairs) / len(pairs)
+        return metrics
+
+    # ------------------------------------------------------------------------------- predict/explain
+    def _load(self, inputs: list[Any]) -> list[Utterance]:
+        utterances = []
+        for item in inputs:
+            wave = read_audio(item, self.cfg.data.sample_rate, mono="mix")
+            utterances.append(Utterance(self.features(wave), "", "", str(item)))
+        return utterances
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, inputs: list[Any]) -> list[Prediction]:
+        model.eval()
+        device = next(model.parameters()).device
+        utterances = self._load(inputs)
+        batch = {k: v.to(device) for k, v in self.pad([u.features for u in utterances]).items()}
+        logits, frame_lengths = model(batch["features"], batch["lengths"])
+        return [
+            Prediction(u.source, label, conf)
+            for u, (label, conf) in zip(utterances, self._decode(logits, frame_lengths), strict=True)
+        ]
+
+    @torch.no_grad()
+    def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]:
+        if self.cfg.model.encoder != "attention":
+            raise UserError(f"this run's encoder is {self.cfg.model.encoder!r}: it has no self-attention to show")
+        predictions = self.predict(model, inputs)
+        utterances = self._load(inputs)
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.pad([u.features for u in utterances]).items()}
+        with capture(model) as seen:
+            _, frame_lengths = model(batch["features"], batch["lengths"])
+        layer = self.cfg.decode.explain_layer % self.cfg.model.n_layers
+        name = f"layers.{layer}.self_attn"
+        head = self.cfg.decode.explain_head
+        explanations = []
+        for i, (p, u) in enumerate(zip(predictions, utterances, strict=True)):
+            n = int(frame_lengths[i])
+            weights = {k: v[i, :, :n, :n].cpu() for k, v in seen.items()}
+            summary = weights[name].mean(0) if head is None else weights[name][head]
+            which = "mean over heads" if head is None else f"head {head}"
+            explanations.append(Explanation(
+                prediction=p, query_tokens=[], key_tokens=[], weights=weights, summary=summary,
+                title=f"{Path(p.input).name} → {p.output} ({p.score:.2f})   {name}, {which}",
+                context={"features": u.features, "frame_seconds": HOP_SECONDS * 2 ** len(self.cfg.model.conv_channels)},
+            ))  # fmt: skip
+        return explanations
+
+    def plot_explanation(self, explanation: Explanation, path: Path) -> Path:
+        from heedful.explain.plots import spectrogram_attention
+
+        return spectrogram_attention(
+            explanation.context["features"], explanation.summary, path, hop_seconds=HOP_SECONDS,
+            frame_seconds=explanation.context["frame_seconds"], title=explanation.title,
+        )  # fmt: skip
