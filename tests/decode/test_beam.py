@@ -1,0 +1,119 @@
+import math
+from typing import ClassVar
+
+import pytest
+import torch
+
+from heedful.decode import beam_search, greedy_decode
+from heedful.models import TransformerConfig, TransformerEncoderDecoder
+
+PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
+
+
+class ToyCache:
+    def __init__(self):
+        self.history: torch.Tensor | None = None  # (rows, t) tokens fed so far
+
+    def reorder(self, index):
+        self.history = self.history.index_select(0, index)
+
+
+class ToyModel:
+    """Next-token probabilities depend only on the prefix, chosen so greedy is wrong:
+
+    step 1: a 0.6, b 0.4;  after a: a 0.36, b 0.34, <eos> 0.3;  after b: <eos> 0.9, a 0.1;
+    after a a / a b: <eos> 1.0.  Best: "b" (0.4·0.9 = 0.36) — greedy takes "a a" (0.6·0.36 = 0.216).
+    """
+
+    table: ClassVar[dict] = {
+        (): {A: 0.6, B: 0.4},
+        (A,): {A: 0.36, B: 0.34, EOS: 0.3},
+        (B,): {EOS: 0.9, A: 0.1},
+    }
+
+    def encode(self, src):
+        return torch.zeros(src.shape[0], 1, 1), torch.ones(src.shape[0], 1, dtype=torch.bool)
+
+    def new_cache(self):
+        return ToyCache()
+
+    def decode(self, tokens, memory, padding, cache):
+        cache.history = tokens if cache.history is None else torch.cat([cache.history, tokens], 1)
+        rows = []
+        for row in cache.history.tolist():
+            prefix = tuple(row[1:])  # drop <bos>
+            probs = self.table.get(prefix, {EOS: 1.0})
+            dist = torch.full((5,), 1e-12)
+            for token, p in probs.items():
+                dist[token] = p
+            rows.append(dist.log())
+        return torch.stack(rows)[:, None, :]  # (rows, 1, V)
+
+
+def test_beam_finds_the_known_best_sequence_that_greedy_misses():
+    src = torch.ones(2, 3, dtype=torch.long)
+    (best,), (best2,) = beam_search(ToyModel(), src, bos_id=BOS, eos_id=EOS, beam_size=2, max_len=5, alpha=0.0)
+    assert best.tokens == [B] and best2.tokens == [B]
+    assert best.log_prob == pytest.approx(math.log(0.36), abs=1e-5)
+    (greedy,) = beam_search(ToyModel(), src[:1], bos_id=BOS, eos_id=EOS, beam_size=1, max_len=5, alpha=0.0)[0:1]
+    assert greedy[0].tokens == [A, A]
+    assert greedy[0].log_prob == pytest.approx(math.log(0.6 * 0.36), abs=1e-5)
+
+
+def test_n_best_lists_are_ranked():
+    src = torch.ones(1, 3, dtype=torch.long)
+    (hyps,) = beam_search(ToyModel(), src, bos_id=BOS, eos_id=EOS, beam_size=3, max_len=5, alpha=0.0, n_best=3)
+    assert [h.tokens for h in hyps] == [[B], [A, A], [A, B]]
+    assert [round(math.exp(h.log_prob), 4) for h in hyps] == [0.36, 0.216, 0.204]
+    with pytest.raises(ValueError, match="n_best"):
+        beam_search(ToyModel(), src, bos_id=BOS, eos_id=EOS, beam_size=2, n_best=3)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_size_one_equals_greedy_on_a_transformer(seed):
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=12, d_model=32, n_heads=4, n_encoder_layers=1,
+                            n_decoder_layers=2, d_ff=64, dropout=0.0)  # fmt: skip
+    model = TransformerEncoderDecoder(cfg).eval()
+    src = torch.randint(4, 20, (5, 7))
+    src[2, 4:] = 0
+    greedy, greedy_lp = greedy_decode(model, src, bos_id=1, eos_id=2, max_len=9)
+    beams = beam_search(model, src, bos_id=1, eos_id=2, beam_size=1, max_len=9, alpha=0.0)
+    for row, (hyp,), lp in zip(greedy.tolist(), beams, greedy_lp.tolist(), strict=True):
+        expected = row[: row.index(2)] if 2 in row else row
+        assert hyp.tokens == expected
+        assert hyp.log_prob == pytest.approx(lp, abs=1e-4)
+
+
+def test_wider_beams_never_score_worse_than_greedy():
+    torch.manual_seed(3)
+    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=12, d_model=32, n_heads=4, n_encoder_layers=1,
+                            n_decoder_layers=1, d_ff=64, dropout=0.0)  # fmt: skip
+    model = TransformerEncoderDecoder(cfg).eval()
+    src = torch.randint(4, 20, (6, 5))
+    narrow = beam_search(model, src, bos_id=1, eos_id=2, beam_size=1, max_len=6, alpha=0.0)
+    wide = beam_search(model, src, bos_id=1, eos_id=2, beam_size=6, max_len=6, alpha=0.0)
+    for (n,), (w,) in zip(narrow, wide, strict=True):
+        assert w.log_prob >= n.log_prob - 1e-5
+
+
+def test_every_hypothesis_scores_what_the_model_gives_it():
+    """The reported log-probability equals a teacher-forced pass over the returned tokens, which
+    holds only if the cache followed each beam through every re-ranking."""
+    torch.manual_seed(4)
+    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=12, d_model=32, n_heads=4, n_encoder_layers=1,
+                            n_decoder_layers=2, d_ff=64, dropout=0.0, position="rope")  # fmt: skip
+    model = TransformerEncoderDecoder(cfg).eval()
+    src = torch.randint(4, 20, (4, 6))
+    src[1, 3:] = 0
+    results = beam_search(model, src, bos_id=1, eos_id=2, beam_size=4, max_len=7, alpha=0.6, n_best=4)
+    for i, hyps in enumerate(results):
+        assert len(hyps) == 4
+        for h in hyps:
+            target = h.tokens + ([2] if h.ended else [])
+            tgt_in = torch.tensor([[1, *target[:-1]]])
+            with torch.no_grad():
+                log_probs = model(src[i : i + 1], tgt_in).log_softmax(-1)[0]  # (T, V)
+            expected = float(log_probs.gather(-1, torch.tensor(target)[:, None]).sum())
+            assert h.log_prob == pytest.approx(expected, abs=1e-4)
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
