@@ -38,10 +38,12 @@ class AttentionOutput(NamedTuple):
 
 
 # Largest T_q·T_k at which the math path beats the fused kernel for 16-bit floats on CPU.
-# Measured on a 2-core AVX-512 machine with torch 2.13 (benchmarks/attention.py, docs/RESULTS.md):
-# bf16 forward+backward at B·T = 4,096, H = 8, D_h = 64 — T = 128: math 19 ms vs fused 66 ms;
-# T = 256: 45 vs 63 ms; T = 512: equal; T ≥ 1,024 fused wins. In fp32 the fused kernel wins at
-# every size, and on GPUs the flash kernels do.
+# Measured on a 2-core AVX-512 (with avx512_bf16) machine with torch 2.13 (benchmarks/attention.py,
+# docs/RESULTS.md): a whole bf16 layer, forward+backward, B·T = 4,096, H = 8, D_h = 64, math-path
+# time over fused-path time, paired by round — T = 128: 0.73; 192: 0.87; 256: 0.87–0.93; 320: 0.93;
+# 512: 1.26; 768: 1.36. Below the bound the math path's quadratic memory is small (bf16, T = 256:
+# 69 MiB against the fused path's 42 MiB); above it the fused kernel is both faster and linear in T.
+# In fp32 the fused kernel wins at every size, and on GPUs the flash kernels do.
 CPU_16BIT_MATH_MAX_SCORES = 256 * 256
 
 
@@ -58,12 +60,12 @@ def _check_mask_shapes(key_padding_mask: Tensor | None, attn_mask: Tensor | None
     """Name the mask and the expected shape, rather than fail later in a broadcast deep inside."""
     if key_padding_mask is not None and key_padding_mask.dim() == 2 and key_padding_mask.shape != (B, t_k):
         raise ValueError(f"key_padding_mask must be (B, T_k) = ({B}, {t_k}), got shape {tuple(key_padding_mask.shape)}")
-    if attn_mask is not None and attn_mask.dim() >= 2:
-        if any(got not in (1, want) for got, want in zip(attn_mask.shape[-2:], (t_q, t_k), strict=True)):
-            raise ValueError(
-                f"attn_mask must end in (T_q, T_k) = ({t_q}, {t_k}) or broadcast to it, "
-                f"got shape {tuple(attn_mask.shape)}"
-            )
+    if attn_mask is None or attn_mask.dim() < 2:
+        return
+    if any(got not in (1, want) for got, want in zip(attn_mask.shape[-2:], (t_q, t_k), strict=True)):
+        raise ValueError(
+            f"attn_mask must end in (T_q, T_k) = ({t_q}, {t_k}) or broadcast to it, got shape {tuple(attn_mask.shape)}"
+        )
 
 
 def build_score(score: Score | str, d_head: int) -> Score:

@@ -30,8 +30,39 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, bias: Tensor | No
         scores = scores + bias
     if mask is None:
         return torch.softmax(scores, dim=-1)
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    return torch.softmax(scores, dim=-1) * mask
+    if torch.is_grad_enabled() and scores.requires_grad:
+        return _MaskedSoftmax.apply(scores, mask)
+    return _masked_softmax(scores, mask)
+
+
+def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
+    weights = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), dim=-1)
+    if torch.broadcast_shapes(weights.shape, mask.shape) == weights.shape:
+        return weights.mul_(mask)  # in place: no second (..., T_q, T_k) tensor
+    return weights * mask
+
+
+class _MaskedSoftmax(torch.autograd.Function):
+    """:func:`masked_softmax` with a hand-written backward that keeps one tensor, not two.
+
+    Written with autograd ops, ``softmax(...) * mask`` keeps both the softmax output (for the
+    softmax's backward) and the product (for the weighted sum's backward) alive: two
+    (..., T_q, T_k) tensors. Here the product is formed in place and is the only tensor saved.
+    The softmax gradient  y ⊙ (g − Σ_j g_j y_j)  computed from it is exact: masked keys and
+    fully-masked rows have y = 0 and so pass no gradient, as with the mask multiplication.
+    """
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, mask: Tensor) -> Tensor:
+        weights = _masked_softmax(scores, mask)
+        ctx.save_for_backward(weights)
+        return weights
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (weights,) = ctx.saved_tensors
+        # The fused kernel of torch.softmax's own backward: y ⊙ (g − Σ_j g_j y_j).
+        return torch._softmax_backward_data(grad, weights, -1, weights.dtype), None
 
 
 class Score(nn.Module):

@@ -1,0 +1,167 @@
+"""KVCache: incremental decoding equals full causal decoding; growth, reordering, static caches."""
+
+import pytest
+import torch
+
+from heedful.attention import KVCache, MultiHeadAttention
+from heedful.attention.positions import build_attention_positions
+
+D, H, B, T = 16, 4, 2, 9
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def make_attention(position: str, path: str) -> MultiHeadAttention:
+    torch.manual_seed(0)
+    pos = build_attention_positions(position, H, D // H, max_len=64, max_distance=3)
+    attn = MultiHeadAttention(D, H, position=pos, path=path)
+    with torch.no_grad():
+        for p in attn.parameters():
+            if p.dim() == 1:
+                p.normal_(std=0.1)
+    return attn.eval()
+
+
+# ------------------------------------------------------------------------------- the cache itself
+def test_append_grows_past_the_initial_capacity():
+    cache = KVCache()
+    g = torch.Generator().manual_seed(0)
+    ks, vs = [], []
+    for step in range(40):  # the first allocation holds 16 steps
+        t_new = 1 if step % 5 else 3
+        k, v = torch.randn(B, H, t_new, 4, generator=g), torch.randn(B, H, t_new, 4, generator=g)
+        ks.append(k)
+        vs.append(v)
+        all_k, all_v = cache.append(k, v)
+        assert torch.equal(all_k, torch.cat(ks, dim=2))
+        assert torch.equal(all_v, torch.cat(vs, dim=2))
+    assert cache.length == sum(k.shape[2] for k in ks) == 56
+    assert cache._k.shape[2] >= 56  # it grew
+    assert torch.equal(cache.k, torch.cat(ks, dim=2)) and torch.equal(cache.v, torch.cat(vs, dim=2))
+
+
+def test_a_first_chunk_longer_than_the_default_capacity():
+    cache = KVCache()
+    k = torch.randn(B, H, 40, 4)
+    assert torch.equal(cache.append(k, k + 1)[0], k)
+    more = torch.randn(B, H, 50, 4)
+    all_k, all_v = cache.append(more, more + 1)
+    assert torch.equal(all_k, torch.cat([k, more], dim=2))
+    assert torch.equal(all_v, torch.cat([k, more], dim=2) + 1)
+
+
+def test_a_chunk_bigger_than_double_the_capacity():
+    # One step (capacity 16), then a 40-step chunk: doubling alone (32) would not hold 41.
+    cache = KVCache()
+    first, chunk = torch.randn(B, H, 1, 4), torch.randn(B, H, 40, 4)
+    cache.append(first, first)
+    all_k, _ = cache.append(chunk, chunk)
+    assert torch.equal(all_k, torch.cat([first, chunk], dim=2)) and cache.length == 41
+
+
+def test_reorder_selects_batch_rows():
+    cache = KVCache()
+    k = torch.randn(3, H, 5, 4)
+    v = torch.randn(3, H, 5, 4)
+    cache.append(k, v)
+    index = torch.tensor([2, 0, 0, 1])
+    cache.reorder(index)
+    assert torch.equal(cache.k, k[index]) and torch.equal(cache.v, v[index])
+    k_new, v_new = torch.randn(4, H, 1, 4), torch.randn(4, H, 1, 4)
+    all_k, all_v = cache.append(k_new, v_new)  # keeps working with the new batch size
+    assert torch.equal(all_k, torch.cat([k[index], k_new], dim=2))
+    assert torch.equal(all_v, torch.cat([v[index], v_new], dim=2))
+
+
+def test_reorder_of_an_empty_cache_is_harmless():
+    cache = KVCache()
+    cache.reorder(torch.tensor([1, 0]))
+    assert not cache.filled and cache.length == 0
+
+
+def test_empty_cache_says_so():
+    with pytest.raises(RuntimeError, match="cache is empty"):
+        _ = KVCache().k
+    with pytest.raises(RuntimeError, match="cache is empty"):
+        _ = KVCache().v
+
+
+# ---------------------------------------------------------------------- incremental decoding
+@pytest.mark.parametrize("path", ["fused", "math"])
+@pytest.mark.parametrize("position", ["none", "rope", "alibi", "relative"])
+def test_incremental_decoding_equals_full_causal_decoding(position, path):
+    attn = make_attention(position, path)
+    x = torch.randn(B, T, D)
+    full = attn(x, is_causal=True).output
+    cache = KVCache()
+    steps = [attn(x[:, t : t + 1], is_causal=True, cache=cache).output for t in range(T)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
+    assert cache.length == T
+
+
+@pytest.mark.parametrize("path", ["fused", "math"])
+@pytest.mark.parametrize("position", ["none", "rope", "alibi", "relative"])
+def test_chunked_prefill_then_steps(position, path):
+    # A prompt of 4 tokens at once (T_q > 1 with a cache: bottom-right causal mask), then 1 by 1.
+    attn = make_attention(position, path)
+    x = torch.randn(B, T, D)
+    full = attn(x, is_causal=True).output
+    cache = KVCache()
+    chunks = [attn(x[:, :4], is_causal=True, cache=cache).output]
+    chunks.append(attn(x[:, 4:6], is_causal=True, cache=cache).output)
+    chunks += [attn(x[:, t : t + 1], is_causal=True, cache=cache).output for t in range(6, T)]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, **TOL)
+
+
+def test_incremental_decoding_with_key_padding():
+    attn = make_attention("alibi", "auto")
+    x = torch.randn(B, T, D)
+    keep = torch.ones(B, T, dtype=torch.bool)
+    keep[1, 2] = False  # a masked-out key in the middle of sequence 1
+    full = attn(x, key_padding_mask=keep, is_causal=True).output
+    cache = KVCache()
+    steps = [
+        attn(x[:, t : t + 1], key_padding_mask=keep[:, : t + 1], is_causal=True, cache=cache).output for t in range(T)
+    ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
+
+
+def test_need_weights_with_a_cache_covers_every_key_so_far():
+    attn = make_attention("rope", "auto")
+    x = torch.randn(B, T, D)
+    full = attn(x, is_causal=True, need_weights=True).weights
+    cache = KVCache()
+    for t in range(T):
+        weights = attn(x[:, t : t + 1], is_causal=True, cache=cache, need_weights=True).weights
+        assert weights.shape == (B, H, 1, t + 1)
+        torch.testing.assert_close(weights[:, :, 0], full[:, :, t, : t + 1], **TOL)
+
+
+@pytest.mark.parametrize("path", ["fused", "math"])
+def test_static_cross_attention_cache(path):
+    attn = make_attention("none", path)
+    memory = torch.randn(B, 6, D)
+    keep = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
+    queries = torch.randn(B, 4, D)
+    full = attn(queries, memory, key_padding_mask=keep).output
+    cache = KVCache(static=True)
+    first = attn(queries[:, :1], memory, key_padding_mask=keep, cache=cache).output
+    assert cache.filled and cache.length == 6
+    stored = cache.k
+    steps = [first]
+    for t in range(1, 4):
+        # Once filled, the memory is not needed (nor projected) again.
+        steps.append(attn(queries[:, t : t + 1], None, key_padding_mask=keep, cache=cache).output)
+        assert cache.k.data_ptr() == stored.data_ptr() and torch.equal(cache.k, stored)
+        assert cache.length == 6
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, **TOL)
+
+
+def test_static_cache_reorders_with_the_beam():
+    attn = make_attention("none", "auto")
+    memory = torch.randn(B, 6, D)
+    cache = KVCache(static=True)
+    attn(torch.randn(B, 1, D), memory, cache=cache)
+    index = torch.tensor([1, 1, 0])
+    cache.reorder(index)
+    query = torch.randn(3, 1, D)
+    torch.testing.assert_close(attn(query, None, cache=cache).output, attn(query, memory[index]).output, **TOL)
