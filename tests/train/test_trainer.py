@@ -7,7 +7,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from heedful.errors import UserError
+from heedful.errors import ConfigError, UserError
 from heedful.models import load_pretrained
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
@@ -159,3 +159,18 @@ def test_trainer_class_matches_fit(configs_dir, tmp_path):
     trainer = Trainer(get_task("translate")(cfg), cfg)
     history = trainer.fit()
     assert trainer.model is not None and len(history.epochs) == 1
+
+
+def test_asking_for_wandb_without_it_installed_is_a_clear_error(configs_dir, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    with pytest.raises(ConfigError, match=r"train\.wandb is true but wandb is not installed.*heedful\[wandb\]"):
+        fit(config(configs_dir, tmp_path / "run", **{"train.wandb": True}))
