@@ -9,8 +9,10 @@
 
 Each run trains with `configs/speech_*.yaml` through the same API as `heedful train`, selects
 on the validation split, then scores the test split once. Runs go to runs/bench-speech/<name>/
-(their logs, checkpoints and history are there); a summary table is printed and appended to
-runs/bench-speech/summary.md. Extra `--set key=value` overrides apply to every run.
+(their checkpoints and history are there); a summary table is printed and appended to
+runs/bench-speech/summary.md. A finished run with the same config is tested again rather than
+retrained (pass --retrain to train it anew), so `ablation` reuses the `digits` model and a
+cut-off benchmark resumes where it stopped. `--set key=value` overrides apply to every run.
 """
 
 from __future__ import annotations
@@ -24,18 +26,26 @@ from pathlib import Path
 import torch
 
 from heedful.runs import load_config, load_run
-from heedful.train import fit
+from heedful.train import History, fit
 
 ROOT = Path("runs/bench-speech")
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 
 
-def train_and_test(name: str, config: str, overrides: list[str]) -> dict:
+def train_and_test(name: str, config: str, overrides: list[str], retrain: bool) -> dict:
+    """Train (unless a finished run with the same config is there and ``retrain`` is off), then test."""
     run_dir = ROOT / name
     cfg = load_config(config, [f"run_dir={run_dir}", "train.progress=false", *overrides])
-    started = time.perf_counter()
-    history = fit(cfg, overwrite=True)
-    minutes = (time.perf_counter() - started) / 60
+    finished = (run_dir / "history.json").is_file() and (run_dir / "model").is_dir()
+    same = finished and load_config(run_dir / "config.yaml") == cfg
+    if same and not retrain:
+        history = History.load(run_dir / "history.json")
+        minutes = history.epochs[-1]["time"] / 60  # training time the run recorded
+        print(f"{name}: reusing the finished run in {run_dir} (--retrain to train again)", flush=True)
+    else:
+        started = time.perf_counter()
+        history = fit(cfg, overwrite=True)
+        minutes = (time.perf_counter() - started) / 60
     metrics = load_run(run_dir, device=cfg.device).evaluate("test")
     params = sum(p.numel() for p in load_run(run_dir, device="cpu").model.parameters())
     row = {"run": name, "params": params, "train_min": round(minutes, 2), "epochs": len(history.epochs),
@@ -61,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="FSDD speech benchmarks")
     parser.add_argument("which", choices=["digits", "ablation", "noise", "speakers", "strings", "all"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--retrain", action="store_true", help="train even where a finished run exists")
     args = parser.parse_args()
     chosen = {"digits", "ablation", "noise", "speakers", "strings"} if args.which == "all" else {args.which}
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -69,10 +80,14 @@ def main() -> None:
     digits = "configs/speech_digits.yaml"
 
     if chosen & {"digits", "ablation", "noise"}:
-        rows = [train_and_test("digits-attention", digits, args.overrides)]
+        rows = [train_and_test("digits-attention", digits, args.overrides, args.retrain)]
         if "ablation" in chosen:
             for encoder in ("bigru", "none"):
-                rows.append(train_and_test(f"digits-{encoder}", digits, [*args.overrides, f"model.encoder={encoder}"]))
+                rows.append(
+                    train_and_test(
+                        f"digits-{encoder}", digits, [*args.overrides, f"model.encoder={encoder}"], args.retrain
+                    )
+                )
         out.append(table(rows, ["run", "params", "train_min", "epochs", "best_epoch", "accuracy"]))
     if "noise" in chosen:
         rows = []
@@ -82,12 +97,15 @@ def main() -> None:
         print(json.dumps(rows), flush=True)
         out.append(table(rows, ["snr_db", "accuracy"]))
     if "speakers" in chosen:
-        rows = [train_and_test(f"speaker-{s}", digits, [*args.overrides, f"data.split=speaker:{s}"]) for s in SPEAKERS]
+        rows = [
+            train_and_test(f"speaker-{s}", digits, [*args.overrides, f"data.split=speaker:{s}"], args.retrain)
+            for s in SPEAKERS
+        ]
         mean = sum(r["accuracy"] for r in rows) / len(rows)
         rows.append({"run": "mean", "accuracy": round(mean, 4)})
         out.append(table(rows, ["run", "train_min", "epochs", "accuracy"]))
     if "strings" in chosen:
-        row = train_and_test("strings-ctc", "configs/speech_strings.yaml", args.overrides)
+        row = train_and_test("strings-ctc", "configs/speech_strings.yaml", args.overrides, args.retrain)
         beam = load_run(ROOT / "strings-ctc", device="cpu")
         beam.cfg.decode.beam_size = 8
         row_beam = {"run": "strings-ctc (beam 8)", **{k: round(v, 4) for k, v in beam.evaluate("test").items()}}

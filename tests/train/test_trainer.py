@@ -174,3 +174,16 @@ def test_asking_for_wandb_without_it_installed_is_a_clear_error(configs_dir, tmp
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     with pytest.raises(ConfigError, match=r"train\.wandb is true but wandb is not installed.*heedful\[wandb\]"):
         fit(config(configs_dir, tmp_path / "run", **{"train.wandb": True}))
+
+
+def test_numbers_source_trains_on_the_same_task(configs_dir, tmp_path):
+    overrides = tiny_dates_overrides(tmp_path / "run", **{"train.epochs": 1, "data.max_value": 999})
+    cfg = load_config(configs_dir / "numbers.yaml", overrides)
+    history = fit(cfg)
+    assert "val_exact_match" in history.history and "val_alignment_hit" not in history.history
+    run = load_run(tmp_path / "run", device="cpu")
+    (prediction,) = run.predict(["twenty-one"])
+    assert isinstance(prediction.output, str)
+    bad = load_config(configs_dir / "numbers.yaml", [*overrides, "data.target_lang=xx"])
+    with pytest.raises(ConfigError, match="num2words"):
+        fit(bad, overwrite=True)

@@ -156,3 +156,75 @@ def date_charset() -> str:
         for day in days:
             chars.update(render_date(day, locale, pattern).source)
     return "".join(sorted(chars))
+
+
+# --------------------------------------------------------------------------------------------------
+# numbers: an integer in words in one language -> the same integer in words in another (num2words)
+
+
+@dataclass(frozen=True)
+class NumberExample:
+    source: str  # e.g. "twenty-one"
+    target: str  # e.g. "einundzwanzig"
+    value: int
+
+
+def number_language_supported(lang: str) -> bool:
+    from num2words import num2words
+
+    try:
+        num2words(21, lang=lang)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def render_number(value: int, source_lang: str, target_lang: str) -> NumberExample:
+    from num2words import num2words
+
+    return NumberExample(num2words(value, lang=source_lang), num2words(value, lang=target_lang), value)
+
+
+def random_numbers(
+    seed: int, source_lang: str, target_lang: str, max_value: int, exclude: frozenset[int] = frozenset()
+) -> Iterator[NumberExample]:
+    """An endless, seeded stream. The number of digits is drawn uniformly first, so 7 and 700,007
+    are equally likely to be a short or a long example, not swamped by six-digit numbers."""
+    rng = random.Random(seed)
+    max_digits = len(str(max_value))
+    while True:
+        digits = rng.randint(1, max_digits)
+        low = 0 if digits == 1 else 10 ** (digits - 1)
+        value = rng.randint(low, min(10**digits - 1, max_value))
+        if value not in exclude:
+            yield render_number(value, source_lang, target_lang)
+
+
+def fixed_numbers(
+    n: int, seed: int, source_lang: str, target_lang: str, max_value: int, exclude: frozenset[int] = frozenset()
+) -> list[NumberExample]:
+    """``n`` distinct numbers from ``seed``: the fixed validation and test sets."""
+    if n > max_value + 1 - len(exclude):
+        raise ValueError(f"cannot draw {n} distinct numbers up to {max_value}")
+    seen, out = set(exclude), []
+    for example in random_numbers(seed, source_lang, target_lang, max_value):
+        if example.value not in seen:
+            seen.add(example.value)
+            out.append(example)
+            if len(out) == n:
+                return out
+    raise AssertionError("unreachable: the stream is endless")
+
+
+@cache
+def number_charset(lang: str, max_value: int) -> str:
+    """Every character num2words writes for ``lang`` up to ``max_value``: all numbers below 2,000,
+    every multiple of 1,000 below 1,000,000, and the powers of ten above."""
+    from num2words import num2words
+
+    values = set(range(min(max_value, 1999) + 1)) | {k * 1000 for k in range(1, 1000) if k * 1000 <= max_value}
+    values |= {10**p + s for p in range(6, len(str(max_value))) for s in (0, 1)}
+    chars: set[str] = set()
+    for value in values:
+        chars.update(num2words(value, lang=lang))
+    return "".join(sorted(chars))

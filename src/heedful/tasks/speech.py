@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, Section
-from heedful.data.audio import add_noise, log_mel, normalize, read_audio, spec_augment
+from heedful.data.audio import add_noise, log_mel, normalize, read_audio, spec_augment, speed_perturb
 from heedful.data.fsdd import (
     FsddRecording,
     build_digit_strings,
@@ -73,6 +74,9 @@ class SpeechData(Section):
 
 
 class AugmentConfig(Section):
+    speed: tuple[float, float] | None = Field(None, description="speed perturbation factor range, e.g. [0.9, 1.1]")
+    noise_snr_db: tuple[float, float] | None = Field(None, description="white noise at an SNR drawn from this range")
+    noise_prob: float = Field(0.5, ge=0, le=1, description="share of training utterances that get noise")
     spec_augment: bool = True
     n_freq_masks: int = Field(2, ge=0)
     max_freq_width: int = Field(6, ge=0)
@@ -100,6 +104,7 @@ class Utterance:
     label: str  # "7" for a digit, "4071" for a string
     speaker: str
     source: str  # file path, or the files a string was built from
+    wave: np.ndarray | None = None  # kept for training utterances when waveform augmentation is on
 
 
 class UtteranceBatches(BatchSource):
@@ -126,7 +131,7 @@ class UtteranceBatches(BatchSource):
         generator = torch.Generator().manual_seed(rng.getrandbits(62))
         for indices in batches:
             chosen = [self.utterances[i] for i in indices]
-            yield self.collate(chosen, [self.augment(u.features, generator) for u in chosen])
+            yield self.collate(chosen, [self.augment(u, generator) for u in chosen])
 
 
 @register_task
@@ -143,13 +148,18 @@ class SpeechTask(Task):
         snr = self.cfg.data.test_noise_snr_db
         return wave if snr is None else add_noise(wave, snr, torch.Generator().manual_seed(seed))
 
+    @property
+    def _keeps_waves(self) -> bool:
+        return self.cfg.augment.speed is not None or self.cfg.augment.noise_snr_db is not None
+
     def _recording_utterances(self, recordings: list[FsddRecording], noisy: bool) -> list[Utterance]:
         out = []
         for i, r in enumerate(recordings):
             wave = read_audio(r.path, self.cfg.data.sample_rate)
             if noisy:
                 wave = self._noisy(wave, self.cfg.seed * 100_003 + i)
-            out.append(Utterance(self.features(wave), str(r.digit), r.speaker, str(r.path)))
+            kept = wave if self._keeps_waves and not noisy else None
+            out.append(Utterance(self.features(wave), str(r.digit), r.speaker, str(r.path), kept))
         return out
 
     def _string_utterances(self, recordings: list[FsddRecording], n: int, seed: int, noisy: bool) -> list[Utterance]:
@@ -161,7 +171,8 @@ class SpeechTask(Task):
         out = []
         for i, s in enumerate(strings):
             wave = self._noisy(s.wave, seed + i) if noisy else s.wave
-            out.append(Utterance(self.features(wave), s.label, s.speaker, "+".join(map(str, s.sources))))
+            kept = wave if self._keeps_waves and not noisy else None
+            out.append(Utterance(self.features(wave), s.label, s.speaker, "+".join(map(str, s.sources)), kept))
         return out
 
     def _splits(self) -> tuple[list[FsddRecording], list[FsddRecording], list[FsddRecording]]:
@@ -194,8 +205,20 @@ class SpeechTask(Task):
         self.data = DataBundle(source, {"val": val, "test": test}, {"n_train": len(train)})
         return self.data
 
-    def augment(self, features: Tensor, generator: torch.Generator) -> Tensor:
+    def augment(self, utterance: Utterance, generator: torch.Generator) -> Tensor:
+        """Training-time view of an utterance: speed and noise on the waveform (when configured),
+        then SpecAugment on its features — all drawn from ``generator``, so reproducible."""
         a = self.cfg.augment
+        features = utterance.features
+        if utterance.wave is not None:
+            wave = utterance.wave
+            if a.speed is not None:
+                low, high = a.speed
+                wave = speed_perturb(wave, low + (high - low) * float(torch.rand(1, generator=generator)))
+            if a.noise_snr_db is not None and float(torch.rand(1, generator=generator)) < a.noise_prob:
+                low, high = a.noise_snr_db
+                wave = add_noise(wave, low + (high - low) * float(torch.rand(1, generator=generator)), generator)
+            features = self.features(wave)
         if not a.spec_augment:
             return features
         return spec_augment(
