@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+
+from heedful.attention import multihead as multihead_module
 
 torch.set_num_threads(1)
 
@@ -38,6 +41,28 @@ def tiny_dates_overrides(run_dir: Path, **extra: object) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+
+
+class CountingFunctional:
+    """Stands in for ``torch.nn.functional`` inside heedful's multihead module, counting SDPA calls."""
+
+    def __init__(self):
+        self.sdpa_calls = 0
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+    def scaled_dot_product_attention(self, *args, **kwargs):
+        self.sdpa_calls += 1
+        return F.scaled_dot_product_attention(*args, **kwargs)
+
+
+@pytest.fixture
+def functional(monkeypatch):
+    """Counts how often the fused kernel runs: ``functional.sdpa_calls``."""
+    counting = CountingFunctional()
+    monkeypatch.setattr(multihead_module, "F", counting)
+    return counting
 
 
 @pytest.fixture

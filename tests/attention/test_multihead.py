@@ -3,7 +3,6 @@ policy is followed."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from heedful.attention import GeneralScore, MultiHeadAttention, causal_mask, prefer_fused
@@ -15,27 +14,6 @@ TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
 # ------------------------------------------------------------------------------------------ helpers
-class CountingFunctional:
-    """Stands in for ``torch.nn.functional`` inside heedful's multihead module, counting SDPA calls."""
-
-    def __init__(self):
-        self.sdpa_calls = 0
-
-    def __getattr__(self, name):
-        return getattr(F, name)
-
-    def scaled_dot_product_attention(self, *args, **kwargs):
-        self.sdpa_calls += 1
-        return F.scaled_dot_product_attention(*args, **kwargs)
-
-
-@pytest.fixture
-def functional(monkeypatch):
-    counting = CountingFunctional()
-    monkeypatch.setattr(multihead_module, "F", counting)
-    return counting
-
-
 def pair(kdim=None, vdim=None, seed=0):
     """Our module and torch's with the same weights (random biases, so the bias copy is tested)."""
     torch.manual_seed(seed)

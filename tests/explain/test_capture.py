@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from heedful.attention import MultiHeadAttention, ParallelCoAttention
-from heedful.attention import multihead as multihead_module
 from heedful.explain import Captured, attention_modules, capture
 
 D, H, B, T, T_MEM = 16, 4, 2, 6, 5
@@ -28,25 +26,6 @@ class TinyModel(nn.Module):
         x = x + self.decoder["cross"](x, memory).output
         summary = self.co(x, x, keep, keep).a_summary
         return self.head(summary)
-
-
-class CountingFunctional:
-    def __init__(self):
-        self.sdpa_calls = 0
-
-    def __getattr__(self, name):
-        return getattr(F, name)
-
-    def scaled_dot_product_attention(self, *args, **kwargs):
-        self.sdpa_calls += 1
-        return F.scaled_dot_product_attention(*args, **kwargs)
-
-
-@pytest.fixture
-def functional(monkeypatch):
-    counting = CountingFunctional()
-    monkeypatch.setattr(multihead_module, "F", counting)
-    return counting
 
 
 @pytest.fixture

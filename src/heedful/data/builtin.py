@@ -17,9 +17,10 @@ from __future__ import annotations
 import datetime as dt
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from typing import TypeVar
 
 from babel import Locale
 from babel.dates import DateTimeFormat, parse_pattern
@@ -55,6 +56,7 @@ FIRST_YEAR, LAST_YEAR = 1900, 2099
 # Target span of each field inside "YYYY-MM-DD".
 ISO_SPANS = {"year": (0, 4), "month": (5, 7), "day": (8, 10)}
 
+T = TypeVar("T")
 _FIELD_KIND = {"d": "day", "M": "month", "L": "month", "y": "year", "E": "weekday", "c": "weekday"}
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
@@ -129,17 +131,22 @@ def random_dates(seed: int, exclude: frozenset[str] = frozenset()) -> Iterator[D
             yield example
 
 
+def first_distinct(stream: Iterator[T], n: int, key: Callable[[T], Hashable], exclude: Iterable = ()) -> list[T]:
+    """The first ``n`` items of an endless ``stream`` whose ``key`` is new and not in ``exclude``:
+    how the fixed validation and test sets are drawn."""
+    seen, out = set(exclude), []
+    for item in stream:
+        if key(item) not in seen:
+            seen.add(key(item))
+            out.append(item)
+            if len(out) == n:
+                return out
+    raise AssertionError("unreachable: the stream is endless")
+
+
 def fixed_dates(n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[DateExample]:
     """``n`` distinct examples from ``seed`` — used for the fixed validation and test sets."""
-    examples: list[DateExample] = []
-    seen = set(exclude)
-    for example in random_dates(seed):
-        if example.source not in seen:
-            seen.add(example.source)
-            examples.append(example)
-            if len(examples) == n:
-                return examples
-    raise AssertionError("unreachable: the stream is endless")
+    return first_distinct(random_dates(seed), n, key=lambda e: e.source, exclude=exclude)
 
 
 @cache
@@ -206,14 +213,8 @@ def fixed_numbers(
     """``n`` distinct numbers from ``seed``: the fixed validation and test sets."""
     if n > max_value + 1 - len(exclude):
         raise ValueError(f"cannot draw {n} distinct numbers up to {max_value}")
-    seen, out = set(exclude), []
-    for example in random_numbers(seed, source_lang, target_lang, max_value):
-        if example.value not in seen:
-            seen.add(example.value)
-            out.append(example)
-            if len(out) == n:
-                return out
-    raise AssertionError("unreachable: the stream is endless")
+    stream = random_numbers(seed, source_lang, target_lang, max_value)
+    return first_distinct(stream, n, key=lambda e: e.value, exclude=exclude)
 
 
 @cache
