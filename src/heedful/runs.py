@@ -6,6 +6,7 @@ run = load_run("runs/dates")
 run.evaluate("test")                       # heedful evaluate runs/dates
 run.predict(["5. März 2021"])              # heedful predict runs/dates "5. März 2021"
 run.show_attention(["5. März 2021"])       # … --show-attention
+run.translate(["A man rides a bike."], beam=5)   # heedful translate runs/multi30k --beam 5 < in.txt
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from heedful.config import RunConfig, apply_overrides, read_yaml, validate
-from heedful.errors import CheckpointError, ConfigError
+from heedful.errors import CheckpointError, ConfigError, UserError
 from heedful.tasks.base import Explanation, Prediction, Task, get_task
 from heedful.train.trainer import resolve_device
 
@@ -56,8 +57,24 @@ class Run:
             self.task.build_data(self.cfg)
             self.task.load_artifacts(self.run_dir / "model")  # the run's own vocabulary wins
         metrics = self.task.evaluate(self.model, split)
-        (self.run_dir / f"eval-{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        record: dict[str, Any] = dict(metrics)
+        outputs = getattr(self.task, "outputs", {}).get(split)  # a task that decodes keeps its outputs
+        if outputs is not None:
+            hyps = self.run_dir / f"hyps-{split}.txt"
+            hyps.write_text("".join(f"{line}\n" for line in outputs), encoding="utf-8")
+            record |= getattr(self.task, "notes", {}).get(split, {})  # e.g. sacreBLEU signatures
+        (self.run_dir / f"eval-{split}.json").write_text(json.dumps(record, indent=2) + "\n")
         return metrics
+
+    def translate(
+        self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None, attention: bool = False
+    ) -> list[Any]:
+        """Translate lines with a translate run (``Translation``s: ``.output``, ``.score``; with
+        ``attention=True`` also ``.source_pieces``, ``.output_pieces`` and ``.attention``)."""
+        translate = getattr(self.task, "translate", None)
+        if translate is None:
+            raise UserError(f"{self.run_dir}: is a {self.cfg.task!r} run; translate needs a translate run")
+        return translate(self.model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention)
 
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""

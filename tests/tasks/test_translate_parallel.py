@@ -1,0 +1,319 @@
+"""The translate task on parallel text files: a tiny synthetic corpus written to tmp_path, trained
+with the shared trainer through configs/multi30k/transformer.yaml at toy size; scoring with
+sacreBLEU, greedy and beam decoding, exact resumption, and `heedful translate` as a subprocess."""
+
+import gzip
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import threading
+import unicodedata
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from heedful.data.parallel import read_parallel
+from heedful.data.tokenizers import SentencePieceTokenizer
+from heedful.errors import ConfigError, DataError
+from heedful.runs import load_config, load_run
+from heedful.tasks import get_task
+from heedful.train import fit
+from heedful.train.checkpoint import list_checkpoints
+from tests.conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[2]
+MULTI30K = SHARED_DATA / "multi30k"
+
+SUBJECTS = [("the dog", "der Hund"), ("the cat", "die Katze"), ("a man", "ein Mann"), ("a woman", "eine Frau"),
+            ("the child", "das Kind"), ("an old man", "ein alter Mann")]  # fmt: skip
+VERBS = [("runs", "rennt"), ("sleeps", "schläft"), ("eats", "isst"), ("sings", "singt"), ("waits", "wartet")]
+PLACES = [("in the park", "im Park"), ("at home", "zu Hause"), ("on the beach", "am Strand"), ("", "")]
+
+
+def sentence_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        (s_en, s_de), (v_en, v_de), (p_en, p_de) = rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(PLACES)
+        en = " ".join(w for w in (s_en, v_en, p_en) if w)
+        de = " ".join(w for w in (s_de, v_de, p_de) if w)
+        out.append((en[0].upper() + en[1:] + ".", de[0].upper() + de[1:] + "."))
+    return out
+
+
+def write_corpus(root: Path) -> Path:
+    """train as gzip, val and test plain: the reader must take both."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n, seed, gz in (("train", 160, 0, True), ("val", 12, 1, False), ("test", 12, 2, False)):
+        pairs = sentence_pairs(n, seed)
+        for lang, side in (("en", 0), ("de", 1)):
+            data = "".join(p[side] + "\n" for p in pairs).encode()
+            name = f"{split}.{lang}" + (".gz" if gz else "")
+            (root / name).write_bytes(gzip.compress(data) if gz else data)
+    return root
+
+
+TINY = {
+    "data.test": "test",
+    "data.tokenizer.vocab_size": 320,
+    "data.batch_tokens": 200,
+    "data.max_tokens": 64,
+    "model.d_model": 32,
+    "model.n_heads": 2,
+    "model.n_encoder_layers": 1,
+    "model.n_decoder_layers": 1,
+    "model.d_ff": 64,
+    "model.max_len": 64,
+    "decode.beam_size": 3,
+    "decode.max_len": 24,
+    "decode.batch_tokens": 400,
+    "train.epochs": 1,
+    "train.lr": 3e-3,
+    "train.warmup_steps": 2,
+    "train.max_minutes": None,
+    "train.progress": False,
+    "train.tensorboard": False,
+    "train.num_threads": 1,
+    "device": "cpu",
+}
+
+
+def config(corpus: Path, run_dir: Path, **extra):
+    values = {**TINY, "data.root": str(corpus), "run_dir": str(run_dir), **extra}
+    overrides = [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+    return load_config(ROOT / "configs" / "multi30k" / "transformer.yaml", overrides)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    history = fit(config(corpus, run_dir, **{"train.epochs": 2}))
+    return run_dir, history
+
+
+def test_training_evaluates_with_bleu_and_chrf_and_writes_hypotheses(trained):
+    run_dir, history = trained
+    assert history["epoch"] == [1, 2] and history.best_epoch in (1, 2)
+    for key in ("val_loss", "val_accuracy", "val_bleu", "val_chrf"):
+        assert all(v == v for v in history[key]), key  # present, not NaN
+    assert history["train_loss"][1] < history["train_loss"][0]
+    model_dir = run_dir / "model"
+    assert json.loads((model_dir / "tokenizers.json").read_text())["source"] == {
+        "kind": "sentencepiece",
+        "file": "spm.model",
+    }
+
+    run = load_run(run_dir, device="cpu")
+    metrics = run.evaluate("test")
+    assert set(metrics) == {"loss", "accuracy", "bleu", "chrf"}
+    assert 0 <= metrics["bleu"] <= 100 and 0 <= metrics["chrf"] <= 100
+    hyps = (run_dir / "hyps-test.txt").read_text(encoding="utf-8").splitlines()
+    assert len(hyps) == 12
+    record = json.loads((run_dir / "eval-test.json").read_text())
+    assert record["bleu"] == metrics["bleu"]
+    assert record["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|")
+    assert record["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|")
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_greedy_and_beam_decode_every_line_in_input_order(trained, beam):
+    run = load_run(trained[0], device="cpu")
+    lines = ["The dog sleeps at home.", "", "A woman sings on the beach.", "Ünsëen 🚲 text.", "A cat."]
+    alone = [run.translate([line], beam=beam)[0] for line in lines]
+    together = run.translate(lines, beam=beam, batch_tokens=1)  # sorted into one-sentence batches
+    assert [t.input for t in together] == lines
+    assert [(t.output, t.score) for t in together] == [(t.output, t.score) for t in alone]
+    assert all(isinstance(t.output, str) and "\n" not in t.output for t in together)
+    assert together[1].output == "" and together[1].output_ids == []
+    shared = run.translate(lines, beam=beam)  # all in one padded batch
+    assert [t.input for t in shared] == lines and shared[1].output == ""
+
+
+def test_predict_uses_the_configured_beam(trained):
+    run = load_run(trained[0], device="cpu")
+    lines = [en for en, _ in sentence_pairs(6, 5)]
+    assert run.cfg.decode.beam_size == 3
+    assert [p.output for p in run.predict(lines)] == [t.output for t in run.translate(lines, beam=3)]
+
+
+def test_attention_over_subword_pieces(trained):
+    run = load_run(trained[0], device="cpu")
+    (t,) = run.translate(["A man eats in the park."], attention=True)
+    assert t.source_pieces[0].startswith("▁") and t.output_pieces[-1] == "<eos>"
+    assert t.attention.shape == (len(t.output_pieces), len(t.source_pieces))
+    torch.testing.assert_close(t.attention.sum(-1), torch.ones(len(t.output_pieces)))
+    (explanation,) = run.explain(["A man eats in the park."])
+    assert explanation.key_tokens == t.source_pieces and explanation.query_tokens == t.output_pieces
+    torch.testing.assert_close(explanation.summary, t.attention)
+    (figure,) = run.show_attention(["A man eats in the park."])
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def _weights(run_dir):
+    return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+
+
+def test_resumed_run_continues_bit_identically(corpus, tmp_path, monkeypatch):
+    extra = {"train.epochs": 2, "train.checkpoint_every": 3, "train.keep_checkpoints": 5, "decode.beam_size": 1}
+    straight = fit(config(corpus, tmp_path / "straight", **extra))
+    steps = straight["step"][0]
+    assert steps >= 5  # the crash below lands mid-epoch, after a mid-epoch checkpoint
+
+    task_class = get_task("translate")
+    original_loss = task_class.loss
+    calls = {"n": 0}
+
+    def crashing_loss(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original_loss(self, model, batch)
+
+    monkeypatch.setattr(task_class, "loss", crashing_loss)
+    cfg = config(corpus, tmp_path / "resumed", **extra)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-3"
+    monkeypatch.setattr(task_class, "loss", original_loss)
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
+    history = fit(cfg, resume=True)
+
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert history["step"] == straight["step"] and history["train_loss"][1] == straight["train_loss"][1]
+
+
+def heedful(*args: str, stdin: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "heedful.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_translate_command_streams_stdin_to_stdout_in_order(trained, tmp_path):
+    run_dir = trained[0]
+    lines = [en for en, _ in sentence_pairs(7, 9)]
+    lines[3] = ""
+    maps = tmp_path / "attention.jsonl"
+    result = heedful("translate", str(run_dir), "--beam", "2", "--attention", str(maps), stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    outputs = result.stdout.splitlines()
+    expected = [t.output for t in load_run(run_dir, device="cpu").translate(lines, beam=2)]
+    assert outputs == expected and outputs[3] == ""
+    records = [json.loads(line) for line in maps.read_text(encoding="utf-8").splitlines()]
+    assert [r["source"] for r in records] == lines
+    r = records[0]
+    assert len(r["attention"]) == len(r["output_pieces"]) and len(r["attention"][0]) == len(r["source_pieces"])
+    assert result.stderr.strip() == ""  # no progress bar unless asked for
+
+
+def test_translate_command_answers_each_line_as_it_arrives(trained):
+    """A caller that writes one line and waits for its translation is not left waiting for EOF."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "heedful.cli", "translate", str(trained[0]), "--beam", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    watchdog = threading.Timer(120, process.kill)  # a non-streaming command would block forever
+    watchdog.start()
+    try:
+        answers = []
+        for line in ("The dog runs.", "A woman waits at home."):
+            process.stdin.write(f"{line}\n".encode())
+            process.stdin.flush()
+            answers.append(process.stdout.readline().decode())
+        process.stdin.close()
+        assert process.wait() == 0, process.stderr.read().decode()
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert all(a.endswith("\n") for a in answers)
+
+
+def test_translate_command_errors_are_one_line(tmp_path):
+    result = heedful("translate", str(tmp_path / "nothing"), stdin="")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"heedful: error: {tmp_path / 'nothing'}: not a run directory "
+                                                  "(no config.yaml) — train one with `heedful train`"]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- configuration
+def test_parallel_config_mistakes_are_one_line_errors(corpus, tmp_path):
+    def build(**extra):
+        cfg = config(corpus, tmp_path / "run", **extra)
+        task = get_task("translate")(cfg)
+        data = task.build_data(cfg)
+        task.build_model(cfg, data)
+        data.train.steps_per_epoch()  # the training set is encoded when the trainer first asks
+
+    with pytest.raises(ConfigError, match=r"'data\.val': required"):
+        build(**{"data.val": None})
+    with pytest.raises(DataError, match=r"nope\.en: file not found \(nor nope\.en\.gz\)"):
+        build(**{"data.train": "nope"})
+    with pytest.raises(ConfigError, match=r"'data\.train': format 'tsv' reads one file"):
+        build(**{"data.format": "tsv", "data.train": "{src: a, tgt: b}"})
+    with pytest.raises(ConfigError, match=r"'model\.share_embeddings'.*data\.tokenizer\.joint"):
+        build(**{"data.tokenizer.joint": False})
+    with pytest.raises(ConfigError, match=r"'data\.batch_tokens': 8 is less than the longest"):
+        build(**{"data.batch_tokens": 8})
+
+
+def test_tsv_and_jsonl_files_and_a_char_tokenizer(tmp_path, capsys):
+    pairs = sentence_pairs(40, 3)
+    (tmp_path / "train.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs) + "broken line\n")
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps({"en": s, "x": {"de": t}}) + "\n" for s, t in pairs[:5]))
+    common = [f"data.root={tmp_path}", "data.test=null", "model.max_len=64", "data.tokenizer.kind=char"]
+    tsv = load_config(
+        ROOT / "configs" / "multi30k" / "transformer.yaml",
+        [*common, "data.format=tsv", "data.train=train.tsv", "data.val=train.tsv", "data.on_bad_line=skip"],
+    )
+    task = get_task("translate")(tsv)
+    data = task.build_data(tsv)
+    assert data.train.steps_per_epoch() >= 1 and len(data.splits["val"]) == 40
+    assert "train.tsv: skipped 1 of 41 lines (line 41)" in capsys.readouterr().err
+    assert task.src_tok is task.tgt_tok and task.src_tok.kind == "char"
+
+    jsonl = load_config(
+        ROOT / "configs" / "multi30k" / "transformer.yaml",
+        [*common, "data.format=jsonl", "data.train=val.jsonl", "data.val=val.jsonl", "data.fields=[en, x.de]"],
+    )
+    task = get_task("translate")(jsonl)
+    data = task.build_data(jsonl)
+    assert [(p.source, p.target) for p in data.splits["val"]] == pairs[:5]
+
+
+@pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"Multi30k not found at {MULTI30K} (see ../shared/data/README.md)")
+def test_multi30k_val_reads_and_tokenizes():
+    cfg = load_config(ROOT / "configs" / "multi30k" / "transformer.yaml", [f"data.root={MULTI30K}"])
+    task = get_task("translate")(cfg)
+    pairs = read_parallel(task.split_files("val"))
+    assert len(pairs) == 1014 and pairs[0].line == 1
+    assert all(p.source and p.target for p in pairs)
+    tok = SentencePieceTokenizer.train([p.source for p in pairs] + [p.target for p in pairs], vocab_size=2000)
+    for p in pairs:  # detokenization gives the text back, up to NFKC (one line has a no-break space)
+        assert tok.decode(tok.encode(p.target)) == " ".join(unicodedata.normalize("NFKC", p.target).split())
+    lengths = [len(tok.encode(p.source)) for p in pairs]
+    assert 5 < sum(lengths) / len(lengths) < 40
