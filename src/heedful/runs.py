@@ -58,11 +58,11 @@ class Run:
             self.task.load_artifacts(self.run_dir / "model")  # the run's own vocabulary wins
         metrics = self.task.evaluate(self.model, split)
         record: dict[str, Any] = dict(metrics)
-        outputs = getattr(self.task, "outputs", {}).get(split)  # a task that decodes keeps its outputs
+        outputs = self.task.outputs.get(split)  # a task that generates text keeps its outputs
         if outputs is not None:
             hyps = self.run_dir / f"hyps-{split}.txt"
             hyps.write_text("".join(f"{line}\n" for line in outputs), encoding="utf-8")
-            record |= getattr(self.task, "notes", {}).get(split, {})  # e.g. sacreBLEU signatures
+        record |= self.task.notes.get(split, {})  # e.g. sacreBLEU signatures
         (self.run_dir / f"eval-{split}.json").write_text(json.dumps(record, indent=2) + "\n")
         return metrics
 

@@ -87,6 +87,11 @@ class Task(ABC):
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.data: DataBundle | None = None
+        # Filled by evaluate() for tasks that generate text: split -> one output line per example
+        # (written to run_dir/hyps-<split>.txt), and split -> extra facts for eval-<split>.json
+        # (e.g. sacreBLEU signatures).
+        self.outputs: dict[str, list[str]] = {}
+        self.notes: dict[str, dict[str, Any]] = {}
 
     # -- data and model ---------------------------------------------------------------------------
     @abstractmethod

@@ -210,8 +210,6 @@ class TranslateTask(Task):
         super().__init__(cfg)
         self.src_tok: Tokenizer | None = None
         self.tgt_tok: Tokenizer | None = None
-        self.outputs: dict[str, list[str]] = {}  # split -> the latest hypotheses (runs writes hyps-<split>.txt)
-        self.notes: dict[str, dict[str, str]] = {}  # split -> sacreBLEU signatures, for eval-<split>.json
 
     # ---------------------------------------------------------------------------------------- data
     def _build_vocabs(self) -> None:
