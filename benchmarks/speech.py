@@ -36,7 +36,8 @@ def train_and_test(name: str, config: str, overrides: list[str], retrain: bool) 
     """Train (unless a finished run with the same config is there and ``retrain`` is off), then test."""
     run_dir = ROOT / name
     cfg = load_config(config, [f"run_dir={run_dir}", "train.progress=false", *overrides])
-    finished = (run_dir / "history.json").is_file() and (run_dir / "model").is_dir()
+    # Only a run whose fit() returned counts: a run still training (or cut off) has a history too.
+    finished = (run_dir / "history.json").is_file() and History.load(run_dir / "history.json").completed
     same = finished and load_config(run_dir / "config.yaml") == cfg
     if same and not retrain:
         history = History.load(run_dir / "history.json")

@@ -29,7 +29,7 @@ def test_fit_returns_history_and_fills_the_run_directory(configs_dir, tmp_path):
         assert len(history[key]) == 2 and all(v == v for v in history[key])  # present, not NaN
     assert history["epoch"] == [1, 2] and history["step"] == [4, 8]
     run = tmp_path / "run"
-    assert History.load(run / "history.json").epochs == history.epochs
+    assert history.completed and History.load(run / "history.json").epochs == history.epochs
     assert (run / "config.yaml").is_file() and (run / "plots" / "history.png").is_file()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-4", "step-8"]
@@ -73,6 +73,7 @@ def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         fit(cfg)
     assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-6"
+    assert not History.load(tmp_path / "resumed" / "history.json").completed  # cut off mid-run
     monkeypatch.setattr(task_class, "loss", original_loss)
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))

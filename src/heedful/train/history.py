@@ -14,6 +14,7 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
     best_epoch: int | None = None
+    completed: bool = False  # fit() returned: every epoch ran, or early stopping / the time budget ended it
 
     @property
     def history(self) -> dict[str, list[float]]:
@@ -30,11 +31,21 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
     def to_dict(self) -> dict:
-        return {"epochs": self.epochs, "stopped_early": self.stopped_early, "best_epoch": self.best_epoch}
+        return {
+            "epochs": self.epochs,
+            "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch,
+            "completed": self.completed,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> History:
-        return cls(list(data.get("epochs", [])), bool(data.get("stopped_early")), data.get("best_epoch"))
+        return cls(
+            list(data.get("epochs", [])),
+            bool(data.get("stopped_early")),
+            data.get("best_epoch"),
+            bool(data.get("completed")),
+        )
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")

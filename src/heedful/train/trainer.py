@@ -158,6 +158,7 @@ class Trainer:
             self._loop(model, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
         finally:
             logger.close()
+        history.completed = True
         history.save(self.run_dir / "history.json")
         _plot_history(history, self.run_dir / "plots" / "history.png")
         return history
