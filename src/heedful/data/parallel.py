@@ -152,11 +152,8 @@ def read_text_pair(src: Path, tgt: Path, *, on_bad_line: OnBadLine = "error", re
     return pairs
 
 
-def read_tsv(path: Path, *, on_bad_line: OnBadLine = "error", report=_stderr) -> list[Pair]:
-    """Pairs from a file of ``source<TAB>target`` lines."""
-    lines = read_lines(path)
-    bad = BadLines(on_bad_line)
-    pairs = []
+def _nonempty_lines(lines: list[bytes], path: Path, bad: BadLines) -> Iterator[tuple[int, str]]:
+    """(line number, decoded text) for each line that decodes and is not blank; the others go to ``bad``."""
     for number, raw in enumerate(lines, start=1):
         text = _text(raw, path, number, bad)
         if text is None:
@@ -164,6 +161,15 @@ def read_tsv(path: Path, *, on_bad_line: OnBadLine = "error", report=_stderr) ->
         if not text.strip():
             bad(path, number, "empty line")
             continue
+        yield number, text
+
+
+def read_tsv(path: Path, *, on_bad_line: OnBadLine = "error", report=_stderr) -> list[Pair]:
+    """Pairs from a file of ``source<TAB>target`` lines."""
+    lines = read_lines(path)
+    bad = BadLines(on_bad_line)
+    pairs = []
+    for number, text in _nonempty_lines(lines, path, bad):
         columns = text.split("\t")
         if len(columns) != 2:
             bad(path, number, f"expected 2 tab-separated columns (source, target), found {len(columns)}")
@@ -192,13 +198,7 @@ def read_jsonl(
     lines = read_lines(path)
     bad = BadLines(on_bad_line)
     pairs = []
-    for number, raw in enumerate(lines, start=1):
-        text = _text(raw, path, number, bad)
-        if text is None:
-            continue
-        if not text.strip():
-            bad(path, number, "empty line")
-            continue
+    for number, text in _nonempty_lines(lines, path, bad):
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
