@@ -3,17 +3,59 @@ numbers are reproducible whatever else the machine is doing."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 
 from heedful.attention import multihead as multihead_module
+from heedful.tasks import get_task
+from heedful.train.checkpoint import list_checkpoints
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``heedful ARGS`` as a user runs it, from the repository root, on one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "heedful.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+
+
+def latest_checkpoint_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
+
+
+def crash_translate_loss_at(monkeypatch, call: int) -> None:
+    """Make the translate task's loss raise KeyboardInterrupt at its ``call``-th call — a run
+    cut off mid-epoch. ``monkeypatch.undo()`` or a new setattr restores it."""
+    task_class = get_task("translate")
+    original_loss = task_class.loss
+    calls = {"n": 0}
+
+    def crashing_loss(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original_loss(self, model, batch)
+
+    monkeypatch.setattr(task_class, "loss", crashing_loss)
 
 
 def tiny_dates_overrides(run_dir: Path, **extra: object) -> list[str]:

@@ -1,28 +1,14 @@
 """The command line, run as a user runs it: a subprocess, its output and its exit code."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_dates_overrides
+from tests.conftest import run_cli, tiny_dates_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def heedful(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "heedful.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -44,16 +30,16 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_code_2(args, expected):
-    assert expected in one_line_error(heedful(*args))
+    assert expected in one_line_error(run_cli(*args))
 
 
 def test_unknown_option_is_a_usage_error_with_exit_code_2():
-    result = heedful("train", "configs/dates.yaml", "--no-such-flag")
+    result = run_cli("train", "configs/dates.yaml", "--no-such-flag")
     assert result.returncode == 2 and "No such option" in result.stderr
 
 
 def test_help_lists_the_commands():
-    result = heedful("--help")
+    result = run_cli("--help")
     assert result.returncode == 0
     for command in ("train", "evaluate", "predict"):
         assert command in result.stdout
@@ -62,19 +48,19 @@ def test_help_lists_the_commands():
 def test_train_evaluate_predict_end_to_end(tmp_path):
     run = tmp_path / "run"
     args = [a for o in tiny_dates_overrides(run, **{"train.epochs": 1}) for a in ("--set", o)]
-    trained = heedful("train", "configs/dates.yaml", *args)
+    trained = run_cli("train", "configs/dates.yaml", *args)
     assert trained.returncode == 0, trained.stderr
     assert "run directory:" in trained.stdout and (run / "model" / "model.safetensors").is_file()
 
-    again = heedful("train", "configs/dates.yaml", *args)  # would overwrite: refused
+    again = run_cli("train", "configs/dates.yaml", *args)  # would overwrite: refused
     assert "--resume" in one_line_error(again)
 
-    evaluated = heedful("evaluate", str(run))
+    evaluated = run_cli("evaluate", str(run))
     assert evaluated.returncode == 0, evaluated.stderr
     assert "test exact_match:" in evaluated.stdout
     assert "exact_match" in json.loads((run / "eval-test.json").read_text())
 
-    predicted = heedful("predict", str(run), "5. März 2021", "2021年3月5日", "--show-attention", "--json")
+    predicted = run_cli("predict", str(run), "5. März 2021", "2021年3月5日", "--show-attention", "--json")
     assert predicted.returncode == 0, predicted.stderr
     lines = [json.loads(line) for line in predicted.stdout.splitlines() if line.startswith("{")]
     assert [line["input"] for line in lines] == ["5. März 2021", "2021年3月5日"]

@@ -14,7 +14,6 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
 
 from heedful.data.parallel import read_parallel
@@ -24,7 +23,7 @@ from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import fit
 from heedful.train.checkpoint import list_checkpoints
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, crash_translate_loss_at, latest_checkpoint_weights, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 MULTI30K = SHARED_DATA / "multi30k"
@@ -159,54 +158,26 @@ def test_attention_over_subword_pieces(trained):
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
-def _weights(run_dir):
-    return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
-
-
 def test_resumed_run_continues_bit_identically(corpus, tmp_path, monkeypatch):
     extra = {"train.epochs": 2, "train.checkpoint_every": 3, "train.keep_checkpoints": 5, "decode.beam_size": 1}
     straight = fit(config(corpus, tmp_path / "straight", **extra))
     steps = straight["step"][0]
     assert steps >= 5  # the crash below lands mid-epoch, after a mid-epoch checkpoint
 
-    task_class = get_task("translate")
-    original_loss = task_class.loss
-    calls = {"n": 0}
-
-    def crashing_loss(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return original_loss(self, model, batch)
-
-    monkeypatch.setattr(task_class, "loss", crashing_loss)
+    crash_translate_loss_at(monkeypatch, 5)
     cfg = config(corpus, tmp_path / "resumed", **extra)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg)
     assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-3"
-    monkeypatch.setattr(task_class, "loss", original_loss)
+    monkeypatch.undo()  # the loss works again
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     history = fit(cfg, resume=True)
 
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    a, b = latest_checkpoint_weights(tmp_path / "straight"), latest_checkpoint_weights(tmp_path / "resumed")
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert history["step"] == straight["step"] and history["train_loss"][1] == straight["train_loss"][1]
-
-
-def heedful(*args: str, stdin: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "heedful.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-    )
 
 
 def test_translate_command_streams_stdin_to_stdout_in_order(trained, tmp_path):
@@ -214,7 +185,7 @@ def test_translate_command_streams_stdin_to_stdout_in_order(trained, tmp_path):
     lines = [en for en, _ in sentence_pairs(7, 9)]
     lines[3] = ""
     maps = tmp_path / "attention.jsonl"
-    result = heedful("translate", str(run_dir), "--beam", "2", "--attention", str(maps), stdin="\n".join(lines) + "\n")
+    result = run_cli("translate", str(run_dir), "--beam", "2", "--attention", str(maps), stdin="\n".join(lines) + "\n")
     assert result.returncode == 0, result.stderr
     outputs = result.stdout.splitlines()
     expected = [t.output for t in load_run(run_dir, device="cpu").translate(lines, beam=2)]
@@ -254,7 +225,7 @@ def test_translate_command_answers_each_line_as_it_arrives(trained):
 
 
 def test_translate_command_errors_are_one_line(tmp_path):
-    result = heedful("translate", str(tmp_path / "nothing"), stdin="")
+    result = run_cli("translate", str(tmp_path / "nothing"), stdin="")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"heedful: error: {tmp_path / 'nothing'}: not a run directory "
                                                   "(no config.yaml) — train one with `heedful train`"]  # fmt: skip

@@ -4,7 +4,6 @@ import json
 import pickle
 
 import pytest
-import safetensors.torch
 import torch
 
 from heedful.errors import ConfigError, UserError
@@ -13,7 +12,7 @@ from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import History, Trainer, fit
 from heedful.train.checkpoint import list_checkpoints
-from tests.conftest import tiny_dates_overrides
+from tests.conftest import crash_translate_loss_at, latest_checkpoint_weights, tiny_dates_overrides
 
 
 def config(configs_dir, run_dir, **extra):
@@ -49,37 +48,26 @@ def test_training_reduces_the_loss(configs_dir, tmp_path):
     assert history["val_accuracy"][-1] > history["val_accuracy"][0]
 
 
-def _weights(run_dir):
-    return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
-
-
 def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch):
     extra = {"train.checkpoint_every": 3, "train.keep_checkpoints": 5, "model.dropout": 0.1}
     fit(config(configs_dir, tmp_path / "straight", **extra))
 
     # Interrupt a second, identical run at its 8th batch (after the step-6 checkpoint), then resume.
-    task_class = get_task("translate")
-    original_loss = task_class.loss
-    calls = {"n": 0}
-
-    def crashing_loss(self, model, batch):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return original_loss(self, model, batch)
-
-    monkeypatch.setattr(task_class, "loss", crashing_loss)
+    crash_translate_loss_at(monkeypatch, 8)
     cfg = config(configs_dir, tmp_path / "resumed", **extra)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg)
     assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-6"
     assert not History.load(tmp_path / "resumed" / "history.json").completed  # cut off mid-run
-    monkeypatch.setattr(task_class, "loss", original_loss)
+    monkeypatch.undo()  # the loss works again
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     history = fit(cfg, resume=True)
 
-    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    straight, resumed = (
+        latest_checkpoint_weights(tmp_path / "straight"),
+        latest_checkpoint_weights(tmp_path / "resumed"),
+    )
     assert straight.keys() == resumed.keys()
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
