@@ -343,26 +343,26 @@ class SpeechTask(Task):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, inputs: list[Any]) -> list[Prediction]:
+        return self._run(model, self._load(inputs))[0]
+
+    def _run(self, model: nn.Module, utterances: list[Utterance]) -> tuple[list[Prediction], Tensor]:
+        """One forward pass over ``utterances``: their predictions and frame lengths (B,)."""
         model.eval()
         device = next(model.parameters()).device
-        utterances = self._load(inputs)
         batch = {k: v.to(device) for k, v in self.pad([u.features for u in utterances]).items()}
         logits, frame_lengths = model(batch["features"], batch["lengths"])
         return [
             Prediction(u.source, label, conf)
             for u, (label, conf) in zip(utterances, self._decode(logits, frame_lengths), strict=True)
-        ]
+        ], frame_lengths
 
     @torch.no_grad()
     def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]:
         if self.cfg.model.encoder != "attention":
             raise UserError(f"this run's encoder is {self.cfg.model.encoder!r}: it has no self-attention to show")
-        predictions = self.predict(model, inputs)
         utterances = self._load(inputs)
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in self.pad([u.features for u in utterances]).items()}
-        with capture(model) as seen:
-            _, frame_lengths = model(batch["features"], batch["lengths"])
+        with capture(model) as seen:  # the prediction and its attention come from one pass
+            predictions, frame_lengths = self._run(model, utterances)
         layer = self.cfg.decode.explain_layer % self.cfg.model.n_layers
         name = f"layers.{layer}.self_attn"
         head = self.cfg.decode.explain_head
