@@ -48,8 +48,9 @@ def test_training_reduces_the_loss(configs_dir, tmp_path):
     assert history["val_accuracy"][-1] > history["val_accuracy"][0]
 
 
-def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch):
-    extra = {"train.checkpoint_every": 3, "train.keep_checkpoints": 5, "model.dropout": 0.1}
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "weight-average"])
+def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch, ema):
+    extra = {"train.checkpoint_every": 3, "train.keep_checkpoints": 5, "model.dropout": 0.1, "train.ema_decay": ema}
     fit(config(configs_dir, tmp_path / "straight", **extra))
 
     # Interrupt a second, identical run at its 8th batch (after the step-6 checkpoint), then resume.
@@ -72,6 +73,11 @@ def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatc
     for name in straight:
         assert torch.equal(straight[name], resumed[name]), name
     assert [row["step"] for row in history.epochs] == [4, 8]
+    # The validated (and, with ema, averaged) weights and their scores agree too.
+    assert History.load(tmp_path / "straight" / "history.json")["val_loss"] == history["val_loss"]
+    saved = [load_pretrained(tmp_path / run / "model").state_dict() for run in ("straight", "resumed")]
+    for name in saved[0]:
+        assert torch.equal(saved[0][name], saved[1][name]), name
 
 
 def test_a_half_written_checkpoint_is_ignored(configs_dir, tmp_path):

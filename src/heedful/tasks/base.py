@@ -111,6 +111,10 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         """Metrics on a held-out split ("val", "test"); include ``loss`` and ``accuracy``."""
 
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """The trainer's end-of-epoch check; tasks may make it cheaper than a full ``evaluate``."""
+        return self.evaluate(model, "val")
+
     # -- using a trained model --------------------------------------------------------------------
     @abstractmethod
     def predict(self, model: nn.Module, inputs: list[Any]) -> list[Prediction]: ...

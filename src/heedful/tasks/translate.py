@@ -130,6 +130,9 @@ class TranslateData(Section):
 class DecodeConfig(Section):
     max_len: int = Field(32, ge=1, description="longest output, in tokens")
     beam_size: int = Field(1, ge=1, description="1: greedy (KV cache); more: beam search")
+    val_beam_size: int | None = Field(
+        None, ge=1, description="beam for the per-epoch validation during training (default: beam_size)"
+    )
     alpha: float = Field(0.6, ge=0, description="beam length penalty ((5 + |y|) / 6)^alpha")
     max_len_ratio: float | None = Field(None, gt=0, description="cap output at ratio × source tokens + offset")
     max_len_offset: int = Field(10, ge=0)
@@ -437,7 +440,13 @@ class TranslateTask(Task):
             metrics["alignment_hit"] = hits / fields
         return metrics
 
-    def _evaluate_parallel(self, model: nn.Module, split: str) -> dict[str, float]:
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        if self.cfg.data.source == "parallel":
+            return self._evaluate_parallel(model, "val", beam_size=self.cfg.decode.val_beam_size)
+        return self.evaluate(model, "val")
+
+    def _evaluate_parallel(self, model: nn.Module, split: str, beam_size: int | None = None) -> dict[str, float]:
         """Teacher-forced loss and token accuracy, then decoded outputs scored by sacreBLEU
         (detokenized, case-sensitive, against the untokenized references)."""
         from sacrebleu.metrics import BLEU, CHRF
@@ -461,7 +470,7 @@ class TranslateTask(Task):
             tokens += int(real.sum())
             correct += int(((logits.argmax(-1) == target) & real).sum())
 
-        hyps = [self._detokenize(ids) for ids, _ in self._generate(model, src_ids)]
+        hyps = [self._detokenize(ids) for ids, _ in self._generate(model, src_ids, beam_size)]
         refs = [p.target for p in pairs]
         bleu, chrf = BLEU(tokenize=_bleu_tokenizer(self.cfg.data.target_lang)), CHRF()
         bleu_score, chrf_score = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])

@@ -3,7 +3,8 @@
 A checkpoint is a folder ``checkpoints/step-N/``:
 
     model.safetensors      model weights
-    optimizer.safetensors  optimizer tensors (Adam moments, step counts)
+    optimizer.safetensors  optimizer tensors (Adam moments, step counts), RNG states and any
+                           extra trainer tensors (the weight average, ``ema.*``)
     state.json             optimizer hyper-parameters, trainer position, RNG states, history
 
 It is written under a temporary name and renamed into place only when complete, so a run cut
@@ -88,6 +89,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``directory/step-N`` atomically and keep only the newest ``keep`` checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,8 @@ def save_checkpoint(
     safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
     rng_tensors, rng_meta = rng_state()
-    safetensors.torch.save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
+    tensors = {**opt_tensors, **rng_tensors, **{k: v.detach().cpu() for k, v in (extra_tensors or {}).items()}}
+    safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
     payload = {"optimizer": opt_meta, "rng": rng_meta, **state}
     with open(tmp / "state.json", "w") as f:
         json.dump(payload, f)
@@ -125,8 +128,11 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG states from ``path``; return the trainer state."""
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, extra_tensors: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states from ``path``; return the trainer state. Tensors
+    saved through ``extra_tensors`` (e.g. a weight average) are put into that dict."""
     try:
         payload = json.loads((path / "state.json").read_text())
         missing, unexpected = safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=False)
@@ -145,4 +151,6 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         _optimizer_from_flat({k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"])
     )
     set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, payload["rng"])
+    if extra_tensors is not None:
+        extra_tensors.update({k: v for k, v in tensors.items() if not k.startswith(("state.", "rng."))})
     return {k: v for k, v in payload.items() if k not in ("optimizer", "rng")}

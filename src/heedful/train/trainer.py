@@ -29,6 +29,7 @@ from heedful.config import RunConfig, to_yaml
 from heedful.errors import ConfigError, UserError
 from heedful.tasks.base import Batch, Task, get_task
 from heedful.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.logging import RunLogger
 from heedful.train.schedules import lr_at
@@ -84,6 +85,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.resolved_run_dir()
         self.device = resolve_device(cfg.device)
         self.model: nn.Module | None = None
+        self.ema: WeightAverage | None = None
 
     # ------------------------------------------------------------------------------------- set-up
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
@@ -141,9 +143,15 @@ class Trainer:
             "bad_epochs": 0,
             "history": History().to_dict(),
         }
+        self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if resume:
             latest = list_checkpoints(self.run_dir / "checkpoints")[-1]
-            state.update(load_checkpoint(latest, model, optimizer))
+            extra: dict[str, torch.Tensor] = {}
+            state.update(load_checkpoint(latest, model, optimizer, extra))
+            if self.ema is not None:
+                if not any(k.startswith("ema.") for k in extra):
+                    raise UserError(f"{latest}: has no weight average; resume without train.ema_decay")
+                self.ema.load(extra, state.get("ema_updates", 0))
             print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
         history = History.from_dict(state["history"])
 
@@ -218,6 +226,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(model)
                 state["elapsed"] = time.perf_counter() - started
 
                 if state["step"] % tc.log_every == 0:
@@ -233,11 +243,13 @@ class Trainer:
             # ---- end of epoch (or of the time budget): validate, keep the best, maybe stop
             row = {"epoch": epoch + 1, "step": state["step"], "time": round(state["elapsed"], 2)}
             row |= {f"train_{k}": v / max(weight_sum, 1e-9) for k, v in sums.items()}
-            row |= {f"val_{k}": v for k, v in self.task.evaluate(model, "val").items()}
+            # With a weight average, the average is what gets validated and saved as the model.
+            with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
+                row |= {f"val_{k}": v for k, v in self.task.validate(model).items()}
+                history.epochs.append(row)
+                improved = self._track_best(row, state, history, model)
             model.train()
-            history.epochs.append(row)
             logger.scalars(state["step"], {k: v for k, v in row.items() if k != "epoch"}, prefix="epoch/")
-            improved = self._track_best(row, state, history, model)
             (tqdm.write if tc.progress else print)(_format_row(row, improved))
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
@@ -266,6 +278,8 @@ class Trainer:
 
     def _checkpoint(self, model, optimizer, state, history) -> None:
         state["history"] = history.to_dict()
+        if self.ema is not None:
+            state["ema_updates"] = self.ema.updates
         save_checkpoint(
             self.run_dir / "checkpoints",
             state["step"],
@@ -273,6 +287,7 @@ class Trainer:
             optimizer,
             dict(state),
             keep=self.tc.keep_checkpoints,
+            extra_tensors=self.ema.tensors() if self.ema is not None else None,
         )
 
 
