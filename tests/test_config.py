@@ -59,3 +59,14 @@ def test_every_train_field_is_validated():
             {"task": "translate", "train": {"grad_accum": 0}},
         )
     assert TrainConfig().schedule == "inverse_sqrt"
+
+
+def test_the_architecture_key_picks_the_model_section_and_errors_name_plain_keys(configs_dir):
+    cfg = load_config(configs_dir / "multi30k" / "rnn_bahdanau.yaml", ["model.cell=lstm"])
+    assert (cfg.model.arch, cfg.model.cell) == ("rnn", "lstm")
+    assert load_config(configs_dir / "multi30k" / "transformer.yaml").model.arch == "transformer"  # the default
+    typo = r"unknown config key 'model\.atention' \(did you mean 'model\.attention'\?\)"
+    with pytest.raises(ConfigError, match=typo):
+        load_config(configs_dir / "multi30k" / "rnn_bahdanau.yaml", ["model.atention=none"])
+    with pytest.raises(ConfigError, match=r"config key 'model\.arch': 'lstm' is not one of 'transformer', 'rnn'"):
+        load_config(configs_dir / "multi30k" / "rnn_bahdanau.yaml", ["model.arch=lstm"])

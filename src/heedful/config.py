@@ -10,11 +10,12 @@ subclass) defines and validates the rest. Unknown keys and wrongly-typed values 
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
 
 from heedful.errors import ConfigError
 
@@ -128,24 +129,54 @@ def validate(config_class: type[RunConfig], data: dict[str, Any], source: str = 
 def describe_error(config_class: type[BaseModel], exc: ValidationError) -> str:
     """The first validation problem as one line naming the key."""
     err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
+    parts, model = _walk(config_class, err["loc"])
+    key = ".".join(parts)
     if err["type"] == "extra_forbidden":
-        hint = _suggest(config_class, err["loc"])
+        close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1) if model else []
+        hint = ".".join([*parts[:-1], close[0]]) if close else None
         return f"unknown config key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
     if err["type"] == "missing":
         return f"missing config key '{key}'"
+    if err["type"] == "union_tag_invalid":  # the key that picks the section, e.g. model.arch
+        ctx = err.get("ctx", {})
+        return f"config key '{key}.arch': {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     return f"config key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def _suggest(config_class: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+def _walk(config_class: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], Any]:
+    """The error location as config keys — without the tags pydantic adds inside a tagged union
+    (``model.rnn.d_model`` is the key ``model.d_model``) — and the section holding the last key
+    (None when the path leaves the typed sections)."""
+    parts: list[str] = []
     model: Any = config_class
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return None
-        model = field.annotation
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return ".".join([*map(str, loc[:-1]), close[0]]) if close else None
+    pending = list(loc)
+    while pending:
+        part = str(pending.pop(0))
+        parts.append(part)
+        if not pending:
+            break
+        field = model.model_fields.get(part) if model is not None else None
+        members = _tagged_members(field.annotation) if field is not None else {}
+        if members and pending and str(pending[0]) in members:
+            model = members[str(pending.pop(0))]
+        elif field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+        else:
+            model = None
+    return parts, model
+
+
+def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> section class for a field typed as a tagged union of sections."""
+    found: dict[str, type[BaseModel]] = {}
+    for arg in typing.get_args(annotation):
+        inner = typing.get_args(arg)
+        if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+            tags = [m.tag for m in inner[1:] if isinstance(m, Tag)]
+            found |= {tag: inner[0] for tag in tags}
+        elif typing.get_args(arg):
+            found |= _tagged_members(arg)
+    return found
 
 
 def to_yaml(cfg: BaseModel) -> str:

@@ -18,7 +18,7 @@ import torch
 
 from heedful.data.parallel import read_parallel
 from heedful.data.tokenizers import SentencePieceTokenizer
-from heedful.errors import ConfigError, DataError
+from heedful.errors import ConfigError, DataError, UserError
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import fit
@@ -288,3 +288,49 @@ def test_multi30k_val_reads_and_tokenizes():
         assert tok.decode(tok.encode(p.target)) == " ".join(unicodedata.normalize("NFKC", p.target).split())
     lengths = [len(tok.encode(p.source)) for p in pairs]
     assert 5 < sum(lengths) / len(lengths) < 40
+
+
+RNN_TINY = {k: v for k, v in TINY.items() if not k.startswith("model.") or k in ("model.max_len",)} | {
+    "model.embed_dim": 16,
+    "model.hidden_size": 32,
+    "train.epochs": 2,
+}
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "none"])
+def test_rnn_baselines_train_decode_and_show_attention_through_the_same_task(corpus, tmp_path, monkeypatch, attention):
+    values = {**RNN_TINY, "data.root": str(corpus), "run_dir": str(tmp_path / "run"), "model.attention": attention}
+    overrides = [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+    cfg = load_config(ROOT / "configs" / "multi30k" / "rnn_bahdanau.yaml", overrides)
+    assert cfg.model.arch == "rnn" and cfg.model.attention == attention
+    beams = []
+    task_class = get_task("translate")
+    generate = task_class._generate
+    monkeypatch.setattr(
+        task_class, "_generate", lambda self, m, s, b=None, t=None: beams.append(b) or generate(self, m, s, b, t)
+    )
+    history = fit(cfg)
+    assert beams == [1, 1]  # the per-epoch validation decodes greedily (decode.val_beam_size)
+    assert history["train_loss"][1] < history["train_loss"][0]
+
+    run = load_run(tmp_path / "run", device="cpu")
+    assert type(run.model).__name__ == "RNNEncoderDecoder"
+    assert set(run.evaluate("test")) == {"loss", "accuracy", "bleu", "chrf"}
+    assert beams[-1] is None  # evaluation uses decode.beam_size
+    lines = ["The dog sleeps at home.", "A woman sings."]
+    assert [t.output for t in run.translate(lines, beam=3, batch_tokens=1)] == [
+        t.output for t in run.translate(lines, beam=3)
+    ]
+    if attention == "none":
+        with pytest.raises(UserError, match="has no attention to show"):
+            run.translate(lines, attention=True)
+        return
+    (t,) = run.translate(["A man eats in the park."], attention=True)
+    # One map per decoding step, stacked: a row per output piece (and <eos>), a column per source piece.
+    assert t.attention.shape == (len(t.output_pieces), len(t.source_pieces))
+    torch.testing.assert_close(t.attention.sum(-1), torch.ones(len(t.output_pieces)))
+
+
+def test_a_model_config_for_the_wrong_architecture_is_refused(corpus, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key .model\.d_model."):
+        config(corpus, tmp_path / "run", **{"model.arch": "rnn"})

@@ -3,6 +3,7 @@
 from heedful.attention.base import AttentionModule
 from heedful.attention.cache import KVCache
 from heedful.attention.coattention import CoAttentionOutput, ParallelCoAttention
+from heedful.attention.content import ContentAttention
 from heedful.attention.masks import causal_mask, combine_masks, lengths_mask, padding_mask
 from heedful.attention.multihead import AttentionOutput, MultiHeadAttention, prefer_fused
 from heedful.attention.positions import (
@@ -29,6 +30,7 @@ __all__ = [
     "AttentionOutput",
     "AttentionPositions",
     "CoAttentionOutput",
+    "ContentAttention",
     "DotScore",
     "GeneralScore",
     "KVCache",

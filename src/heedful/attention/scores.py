@@ -76,6 +76,15 @@ class Score(nn.Module):
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def project_keys(self, k: Tensor) -> Tensor:
+        """The part of the score that depends on the keys only; an RNN decoder that queries the
+        same keys at every step computes it once. ``score_projected(q, project_keys(k))`` equals
+        ``score(q, k)``."""
+        return k
+
+    def score_projected(self, q: Tensor, projected_keys: Tensor) -> Tensor:
+        return self.score(q, projected_keys)
+
     def forward(self, q: Tensor, k: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """Attention weights (..., T_q, T_k), summing to 1 over unmasked keys."""
         return masked_softmax(self.score(q, k), mask, bias)
@@ -144,8 +153,14 @@ class AdditiveScore(Score):
         self.v = nn.Linear(d_attn, 1, bias=False)
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
+        return self.score_projected(q, self.project_keys(k))
+
+    def project_keys(self, k: Tensor) -> Tensor:
+        return self.U(k)  # (..., T_k, A)
+
+    def score_projected(self, q: Tensor, projected_keys: Tensor) -> Tensor:
         # (..., T_q, 1, A) + (..., 1, T_k, A) -> (..., T_q, T_k, A) -> (..., T_q, T_k)
-        return self.v(torch.tanh(self.W(q).unsqueeze(-2) + self.U(k).unsqueeze(-3))).squeeze(-1)
+        return self.v(torch.tanh(self.W(q).unsqueeze(-2) + projected_keys.unsqueeze(-3))).squeeze(-1)
 
 
 SCORES: dict[str, type[Score]] = {

@@ -1,6 +1,7 @@
 """Models built on the attention core."""
 
 from heedful.models.pretrained import PretrainedModel, load_pretrained
+from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import (
     DecoderCache,
     TransformerConfig,
@@ -11,6 +12,8 @@ from heedful.models.transformer import (
 __all__ = [
     "DecoderCache",
     "PretrainedModel",
+    "RNNConfig",
+    "RNNEncoderDecoder",
     "TransformerConfig",
     "TransformerEncoderDecoder",
     "TransformerEncoderModel",

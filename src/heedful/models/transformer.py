@@ -29,6 +29,7 @@ class TransformerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    arch: Literal["transformer"] = "transformer"
     src_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")
     tgt_vocab_size: int = Field(0, ge=0, description="set by the task (encoder–decoder only)")
     pad_id: int = 0
@@ -233,6 +234,10 @@ class TransformerEncoderDecoder(PretrainedModel):
         self.encoder = Encoder(config)
         shared = self.encoder.embed.embedding if config.share_embeddings else None
         self.decoder = Decoder(config, shared)
+
+    def cross_attention_name(self, layer: int = -1) -> str | None:
+        """The module whose weights are decoder ``layer``'s source–target attention."""
+        return f"decoder.layers.{layer % len(self.decoder.layers)}.cross_attn"
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src: (B, S) ids -> memory (B, S, D) and its padding mask (B, S), True = real token."""

@@ -32,11 +32,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Discriminator, Field, Tag
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, Section
@@ -77,6 +77,7 @@ from heedful.decode.beam import beam_search
 from heedful.decode.greedy import greedy_decode
 from heedful.errors import ConfigError, DataError, UserError
 from heedful.explain.capture import capture
+from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
 from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
 
@@ -140,10 +141,21 @@ class DecodeConfig(Section):
     explain_layer: int = Field(-1, description="decoder layer whose cross-attention maps show")
 
 
+def _architecture(model: Any) -> str:
+    """``model.arch`` picks the model config; configs without it mean the Transformer."""
+    return model.get("arch", "transformer") if isinstance(model, dict) else getattr(model, "arch", "transformer")
+
+
+ModelConfig = Annotated[
+    Annotated[TransformerConfig, Tag("transformer")] | Annotated[RNNConfig, Tag("rnn")],
+    Discriminator(_architecture),
+]
+
+
 class TranslateConfig(RunConfig):
     task: Literal["translate"] = "translate"
     data: TranslateData = TranslateData()
-    model: TransformerConfig = TransformerConfig()
+    model: ModelConfig = TransformerConfig()
     decode: DecodeConfig = DecodeConfig()
 
 
@@ -361,14 +373,12 @@ class TranslateTask(Task):
                 "config key 'model.share_embeddings': needs one vocabulary for both sides "
                 f"(source has {len(self.src_tok)} tokens, target {len(self.tgt_tok)}); set data.tokenizer.joint"
             )
-        model_cfg = cfg.model.model_copy(
-            update={
-                "src_vocab_size": len(self.src_tok),
-                "tgt_vocab_size": len(self.tgt_tok),
-                "pad_id": self.src_tok.pad_id,
-            }
-        )
-        return TransformerEncoderDecoder(TransformerConfig.model_validate(model_cfg.model_dump()))
+        sizes = {"src_vocab_size": len(self.src_tok), "tgt_vocab_size": len(self.tgt_tok)}
+        sizes["pad_id"] = self.src_tok.pad_id
+        model_cfg = cfg.model.model_validate(cfg.model.model_dump() | sizes)
+        if isinstance(model_cfg, RNNConfig):
+            return RNNEncoderDecoder(model_cfg)
+        return TransformerEncoderDecoder(model_cfg)
 
     # ---------------------------------------------------------------------------------------- loss
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
@@ -411,7 +421,8 @@ class TranslateTask(Task):
             batch = {k: v.to(device) for k, v in self.encode_examples(chunk).items()}
             target = batch["tgt_out"]
             real = target != self.tgt_tok.pad_id
-            gold = split == "test" and isinstance(chunk[0], DateExample)  # dates carry gold alignments
+            # Dates carry gold alignments; a model without attention has nothing to check them against.
+            gold = split == "test" and isinstance(chunk[0], DateExample) and model.cross_attention_name() is not None
             with capture(model) if gold else contextlib.nullcontext() as seen:
                 logits = model(batch["src"], batch["tgt_in"]).float()
             loss_sum += float(
@@ -428,7 +439,7 @@ class TranslateTask(Task):
             outputs += [p.output for p in predictions]
             exact += sum(p.output == e.target for p, e in zip(predictions, chunk, strict=True))
             if seen is not None:
-                h, f = self._alignment_hits(seen[self._cross_attention_name(model)], chunk)
+                h, f = self._alignment_hits(_stacked(seen, self._cross_attention_name(model)), chunk)
                 hits, fields = hits + h, fields + f
         self.outputs[split] = outputs
         metrics = {
@@ -487,8 +498,10 @@ class TranslateTask(Task):
         }
 
     def _cross_attention_name(self, model: nn.Module) -> str:
-        layer = self.cfg.decode.explain_layer % len(model.decoder.layers)
-        return f"decoder.layers.{layer}.cross_attn"
+        name = model.cross_attention_name(self.cfg.decode.explain_layer)
+        if name is None:
+            raise UserError(f"this {model.config.arch} model has no attention to show (model.attention: none)")
+        return name
 
     @staticmethod
     def _alignment_hits(weights: Tensor, examples: list[DateExample]) -> tuple[int, int]:
@@ -574,7 +587,7 @@ class TranslateTask(Task):
                 model(src, tgt_in)
             for row, i in enumerate(indices):
                 s, t = len(src_ids[i]), len(out_ids[i])
-                maps[i] = {k: v[row, :, : t + 1, :s].float().cpu() for k, v in seen.items() if "cross_attn" in k}
+                maps[i] = {k: _stacked(seen, k)[row, :, : t + 1, :s].float().cpu() for k in seen if "cross_attn" in k}
         return maps
 
     @torch.no_grad()
@@ -620,10 +633,10 @@ class TranslateTask(Task):
         for i, text in enumerate(inputs):
             if not text.strip():
                 raise UserError(f"input {i + 1} is empty: nothing to attend to")
+        name = self._cross_attention_name(model)
         translations = self.translate(model, inputs)
         src_ids = [self._source_ids(t, model) for t in inputs]
         maps = self._cross_attention(model, src_ids, [t.output_ids for t in translations])
-        name = self._cross_attention_name(model)
         explanations = []
         for text, ids, t, weights in zip(inputs, src_ids, translations, maps, strict=True):
             explanations.append(
@@ -644,6 +657,12 @@ class TranslateTask(Task):
 
     def load_artifacts(self, directory: Path) -> None:
         self.src_tok, self.tgt_tok = load_tokenizers(directory)
+
+
+def _stacked(seen, name: str) -> Tensor:
+    """A module's attention over the whole target, (B, H, T, S): one call for the Transformer,
+    one call per step for an RNN decoder that attends before each step."""
+    return torch.cat(seen.calls(name), dim=-2)
 
 
 def _language_file(prefix: Path, lang: str) -> Path:
