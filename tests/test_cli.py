@@ -59,6 +59,10 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr
     assert "test exact_match:" in evaluated.stdout
     assert "exact_match" in json.loads((run / "eval-test.json").read_text())
+    beam = run_cli("evaluate", str(run), "--set", "decode.beam_size=3")  # decoding changed, not the model
+    assert beam.returncode == 0, beam.stderr
+    assert "test exact_match:" in beam.stdout
+    assert "decode.beam_size" in one_line_error(run_cli("evaluate", str(run), "--set", "decode.beam_size=0"))
 
     predicted = run_cli("predict", str(run), "5. März 2021", "2021年3月5日", "--show-attention", "--json")
     assert predicted.returncode == 0, predicted.stderr

@@ -71,14 +71,19 @@ def train(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
     split: Annotated[str, typer.Option(help="Which held-out split to score.")] = "test",
+    set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Score a trained run on a held-out split; writes eval-<split>.json into the run directory."""
+    """Score a trained run on a held-out split; writes eval-<split>.json (and, for text outputs,
+    hyps-<split>.txt) into the run directory. --set changes decoding, e.g. decode.beam_size=1."""
     from heedful.runs import load_run
 
-    metrics = load_run(run_dir, device).evaluate(split)
+    run = load_run(run_dir, device, list(set_ or []))
+    metrics = run.evaluate(split)
     for key, value in metrics.items():
         typer.echo(f"{split} {key}: {value:.4f}")
+    for key, value in run.task.notes.get(split, {}).items():  # e.g. the sacreBLEU signatures
+        typer.echo(f"{split} {key}: {value}")
     typer.echo(f"written: {run_dir / f'eval-{split}.json'}")
 
 

@@ -84,14 +84,15 @@ class Run:
         ]
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> Run:
-    """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best model."""
+def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Run:
+    """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best
+    model. ``overrides`` ("decode.beam_size=1", …) change how it is used, not what was trained."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`")
     if not (run_dir / "model").is_dir():
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.load_artifacts(run_dir / "model")
     model = task.load_model(run_dir / "model", str(resolve_device(device)))
