@@ -48,6 +48,11 @@ class TransformerConfig(BaseModel):
     attention_score: Literal["scaled_dot", "dot", "general", "additive"] = "scaled_dot"
     tie_embeddings: bool = Field(True, description="decoder input embedding = output projection")
     share_embeddings: bool = Field(False, description="one embedding for source and target")
+    # What BERT-style encoders differ in (models/bert.py loads them with these set):
+    embed_scale: bool = Field(True, description="multiply token embeddings by √D (Vaswani); BERT does not")
+    embed_norm: bool = Field(False, description="LayerNorm over the summed embeddings (BERT)")
+    type_vocab_size: int = Field(0, ge=0, description="segment (token type) embeddings, as in BERT; 0: none")
+    layer_norm_eps: float = Field(1e-5, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> TransformerConfig:
@@ -78,9 +83,9 @@ class FeedForward(nn.Module):
 class Sublayer(nn.Module):
     """Residual connection around a sublayer, with LayerNorm before (pre-LN) or after (post-LN)."""
 
-    def __init__(self, d_model: int, dropout: float, norm_first: bool):
+    def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.LayerNorm(d_model)
+        self.norm = nn.LayerNorm(d_model, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
 
@@ -103,8 +108,8 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = _self_attention(cfg)
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
-        self.attn_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
-        self.ff_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.attn_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+        self.ff_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
 
     def forward(self, x: Tensor, padding: Tensor | None) -> Tensor:
         """x: (B, S, D); padding: (B, S) bool, True = real token."""
@@ -120,9 +125,9 @@ class DecoderLayer(nn.Module):
             cfg.d_model, cfg.n_heads, dropout=cfg.attention_dropout, score=cfg.attention_score
         )
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
-        self.self_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
-        self.cross_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
-        self.ff_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first)
+        self.self_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+        self.cross_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
+        self.ff_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
 
     def forward(
         self, y: Tensor, memory: Tensor, memory_padding: Tensor | None, cache: LayerCache | None = None
@@ -160,7 +165,8 @@ class DecoderCache:
 
 
 class Embedder(nn.Module):
-    """Token embedding scaled by √D (§3.4), plus input positions when the config uses them."""
+    """Token embedding scaled by √D (§3.4), plus input positions when the config uses them; for
+    BERT-style encoders also segment embeddings and a LayerNorm (``type_vocab_size``, ``embed_norm``)."""
 
     def __init__(self, vocab_size: int, cfg: TransformerConfig, embedding: nn.Embedding | None = None):
         super().__init__()
@@ -170,14 +176,18 @@ class Embedder(nn.Module):
             with torch.no_grad():
                 self.embedding.weight[cfg.pad_id].zero_()
         self.positions = build_input_positions(cfg.position, cfg.d_model, cfg.max_len)
-        self.scale = math.sqrt(cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
+        self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embed_norm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, tokens: Tensor, offset: int = 0) -> Tensor:
+    def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None) -> Tensor:
         x = self.embedding(tokens) * self.scale  # (B, T) -> (B, T, D)
         if self.positions is not None:
             x = self.positions(x, offset)
-        return self.dropout(x)
+        if self.token_types is not None:  # one segment unless told otherwise
+            x = x + self.token_types(token_types if token_types is not None else torch.zeros_like(tokens))
+        return self.dropout(self.norm(x))
 
 
 class Encoder(nn.Module):
@@ -185,10 +195,10 @@ class Encoder(nn.Module):
         super().__init__()
         self.embed = Embedder(cfg.src_vocab_size, cfg, embedding)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
 
-    def forward(self, tokens: Tensor, padding: Tensor | None) -> Tensor:
-        x = self.embed(tokens)  # (B, S, D)
+    def forward(self, tokens: Tensor, padding: Tensor | None, token_types: Tensor | None = None) -> Tensor:
+        x = self.embed(tokens, token_types=token_types)  # (B, S, D)
         for layer in self.layers:
             x = layer(x, padding)
         return self.norm(x)
@@ -199,7 +209,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed = Embedder(cfg.tgt_vocab_size, cfg, embedding)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
-        self.norm = nn.LayerNorm(cfg.d_model) if cfg.norm_first else nn.Identity()
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.norm_first else nn.Identity()
         self.output = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = self.embed.embedding.weight
@@ -270,6 +280,7 @@ class TransformerEncoderModel(PretrainedModel):
             raise ValueError("src_vocab_size must be set (the task sets it from its vocab)")
         self.encoder = Encoder(config)
 
-    def forward(self, tokens: Tensor, padding: Tensor | None = None) -> Tensor:
+    def forward(self, tokens: Tensor, padding: Tensor | None = None, token_types: Tensor | None = None) -> Tensor:
+        """tokens (B, S) -> hidden states (B, S, D); padding (B, S) True = real token."""
         padding = tokens != self.config.pad_id if padding is None else padding
-        return self.encoder(tokens, padding)
+        return self.encoder(tokens, padding, token_types)
