@@ -1,0 +1,234 @@
+"""Labelled texts (e.g. product reviews) from CSV, TSV or JSONL, streamed row by row.
+
+    spec = TextColumns(text="Reviews", label="Rating", group="Product Name", labels="stars3")
+    for row in read_labelled(Path("amazon_unlocked_mobile.csv.gz"), spec):
+        row.text, row.label, row.group, row.line      # label: class index; line: where it started
+
+Files may be gzipped (``.gz``); the format comes from the suffix (``.csv``, ``.tsv``, ``.jsonl``) or
+is given. Rows are read one at a time, so a file larger than memory streams through.
+
+Labels are mapped to classes by ``labels``:
+  ``stars5``  ratings 1–5 → five classes "1"…"5" (ordinal)
+  ``stars3``  1–2 → neg, 3 → neutral, 4–5 → pos (ordinal)
+  ``binary``  1–2 → neg, 4–5 → pos; 3 is left out (counted, not an error)
+  ``as_is``   every distinct value is a class, in order of first appearance unless ``classes`` lists them
+``filters`` keep rows whose column equals a value (``{"cat": "手机"}``).
+
+A bad row — empty text, a label outside the mapping, broken quoting, the wrong number of
+columns, undecodable bytes, a JSON line that is not an object — stops the read with one line
+naming file, line and problem (``on_bad_row="error"``), or is skipped and counted
+(``on_bad_row="skip"``; the counts by kind are in ``BadRows`` and reported at the end).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from heedful.errors import DataError
+
+LabelScheme = Literal["stars5", "stars3", "binary", "as_is"]
+STAR_CLASSES: dict[str, tuple[str, ...]] = {
+    "stars5": ("1", "2", "3", "4", "5"),
+    "stars3": ("neg", "neutral", "pos"),
+    "binary": ("neg", "pos"),
+}
+_STARS_TO_CLASS = {
+    "stars5": {1: "1", 2: "2", 3: "3", 4: "4", 5: "5"},
+    "stars3": {1: "neg", 2: "neg", 3: "neutral", 4: "pos", 5: "pos"},
+    "binary": {1: "neg", 2: "neg", 3: None, 4: "pos", 5: "pos"},  # None: left out by design
+}
+
+
+@dataclass(frozen=True)
+class TextColumns:
+    text: str
+    label: str
+    group: str | None = None
+    labels: LabelScheme = "as_is"
+    classes: tuple[str, ...] | None = None  # as_is: the class names in order (default: first seen)
+    filters: dict[str, str] = field(default_factory=dict)
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    on_bad_row: Literal["error", "skip"] = "error"
+
+
+@dataclass(frozen=True)
+class LabelledText:
+    text: str
+    label: int
+    group: str | None
+    line: int
+
+
+@dataclass
+class BadRows:
+    counts: Counter = field(default_factory=Counter)  # kind -> rows skipped
+    first: dict[str, str] = field(default_factory=dict)  # kind -> the first such row's message
+    left_out: int = 0  # rows the label scheme drops on purpose (binary: 3 stars)
+    filtered: int = 0  # rows the filters did not keep
+
+    def summary(self, path: Path) -> str:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in self.counts.most_common())
+        first = next(iter(self.first.values()))
+        return f"{path}: skipped {sum(self.counts.values())} bad rows ({kinds}); first: {first}"
+
+
+class LabelMap:
+    """Raw label values <-> class indices for one scheme; ``name(index(raw))`` round-trips."""
+
+    def __init__(self, scheme: LabelScheme, classes: tuple[str, ...] | None = None):
+        self.scheme = scheme
+        self.fixed = scheme != "as_is" or classes is not None
+        self.classes: list[str] = list(STAR_CLASSES[scheme] if scheme != "as_is" else (classes or ()))
+
+    @property
+    def ordinal(self) -> bool:
+        return self.scheme in ("stars5", "stars3")
+
+    def index(self, raw: Any) -> int | None:
+        """The class index of a raw label; None when the scheme leaves it out; ValueError if invalid."""
+        if self.scheme == "as_is":
+            name = str(raw).strip()
+            if name == "":
+                raise ValueError("empty label")
+            if name not in self.classes:
+                if self.fixed:
+                    raise ValueError(f"label {name!r} is not one of {', '.join(self.classes)}")
+                self.classes.append(name)
+            return self.classes.index(name)
+        try:
+            stars = float(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"label {raw!r} is not a star rating (1–5)") from None
+        if stars != int(stars) or int(stars) not in _STARS_TO_CLASS[self.scheme]:
+            raise ValueError(f"label {raw!r} is out of range (1–5 stars)")
+        name = _STARS_TO_CLASS[self.scheme][int(stars)]
+        return None if name is None else self.classes.index(name)
+
+    def name(self, index: int) -> str:
+        return self.classes[index]
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    try:
+        raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 - closed by caller
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    # utf-8-sig drops a leading BOM; undecodable bytes are reported per line, not as a crash.
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _format(path: Path, spec: TextColumns) -> str:
+    if spec.format != "auto":
+        return spec.format
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    for fmt in ("csv", "tsv", "jsonl"):
+        if suffixes and suffixes[-1] == f".{fmt}":
+            return fmt
+    raise DataError(f"{path}: cannot tell the format from the name; give format csv, tsv or jsonl")
+
+
+def _records(path: Path, fmt: str, spec: TextColumns) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line, record) per row, or (line, problem) for a row that cannot be parsed."""
+    with _open_text(path) as handle:
+        if fmt == "jsonl":
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, f"broken JSON ({exc.msg})"
+                    continue
+                yield number, record if isinstance(record, dict) else "not a JSON object"
+            return
+        reader = csv.reader(handle, delimiter="\t" if fmt == "tsv" else ",", strict=True)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: empty file (no header row)") from None
+        except csv.Error as exc:
+            raise DataError(f"{path}, line 1: broken header ({exc})") from None
+        missing = [c for c in (spec.text, spec.label, spec.group, *spec.filters) if c and c not in header]
+        if missing:
+            raise DataError(f"{path}: no column {missing[0]!r}; the header has {', '.join(header)}")
+        start = reader.line_num + 1
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield start, f"broken quoting ({exc})"
+                return  # the reader cannot find the next row boundary after this
+            if values and len(values) != len(header):
+                yield start, f"expected {len(header)} columns, found {len(values)}"
+            elif values:
+                yield start, dict(zip(header, values, strict=True))
+            start = reader.line_num + 1
+
+
+def read_labelled(
+    path: str | Path,
+    spec: TextColumns,
+    *,
+    label_map: LabelMap | None = None,
+    bad: BadRows | None = None,
+    report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> Iterator[LabelledText]:
+    """Stream the rows of ``path`` as (text, class index, group, line). ``label_map`` (default: a
+    new one for ``spec.labels``) collects the classes; ``bad`` collects what was skipped."""
+    path = Path(path)
+    labels = label_map or LabelMap(spec.labels, spec.classes)
+    bad = bad if bad is not None else BadRows()
+    fmt = _format(path, spec)
+
+    def problem(kind: str, line: int, message: str) -> None:
+        where = f"{path}, line {line}: {message}"
+        if spec.on_bad_row == "error":
+            raise DataError(where + " (data.on_bad_row: skip counts such rows instead)")
+        bad.counts[kind] += 1
+        bad.first.setdefault(kind, where)
+
+    for line, record in _records(path, fmt, spec):
+        if isinstance(record, str):
+            problem("unparseable", line, record)
+            continue
+        if any(str(record.get(k, "")).strip() != v for k, v in spec.filters.items()):
+            bad.filtered += 1
+            continue
+        if spec.text not in record or spec.label not in record:
+            missing = spec.text if spec.text not in record else spec.label
+            problem("missing field", line, f"no field {missing!r}")
+            continue
+        text = record[spec.text]
+        if not isinstance(text, str):
+            problem("not text", line, f"field {spec.text!r} is not a string")
+            continue
+        if any("\udc80" <= ch <= "\udcff" for ch in text):  # bytes surrogateescape kept from bad UTF-8
+            problem("undecodable", line, "text is not valid UTF-8")
+            continue
+        text = text.strip()
+        if not text:
+            problem("empty text", line, "empty text")
+            continue
+        try:
+            label = labels.index(record[spec.label])
+        except ValueError as exc:
+            problem("bad label", line, str(exc))
+            continue
+        if label is None:
+            bad.left_out += 1
+            continue
+        group = str(record.get(spec.group, "")).strip() if spec.group else None
+        yield LabelledText(text, label, group or None, line)
+    if bad.counts:
+        report(bad.summary(path))

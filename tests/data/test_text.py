@@ -1,0 +1,110 @@
+"""Labelled-text reading: label schemes round-trip, filters, streaming, and each kind of bad
+row named by file and line (or counted when skipping)."""
+
+import gzip
+import json
+
+import pytest
+
+from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled
+from heedful.errors import DataError
+from tests.conftest import SHARED_DATA
+
+REVIEWS = SHARED_DATA / "reviews"
+HEADER = "Product Name,Rating,Reviews\n"
+
+
+def write(tmp_path, body: str | bytes, name="r.csv"):
+    path = tmp_path / name
+    path.write_bytes(body if isinstance(body, bytes) else body.encode())
+    return path
+
+
+def rows(path, **spec):
+    spec = TextColumns(**{"text": "Reviews", "label": "Rating", **spec})
+    return list(read_labelled(path, spec, report=lambda m: None))
+
+
+@pytest.mark.parametrize(
+    ("scheme", "expected"),
+    [
+        ("stars5", ["1", "2", "3", "4", "5"]),
+        ("stars3", ["neg", "neg", "neutral", "pos", "pos"]),
+        ("binary", ["neg", "neg", None, "pos", "pos"]),
+    ],
+)
+def test_star_schemes_map_and_round_trip(scheme, expected):
+    labels = LabelMap(scheme)
+    got = [labels.index(stars) for stars in (1, "2", "3.0", 4, " 5 ")]
+    assert [None if i is None else labels.name(i) for i in got] == expected
+    assert labels.ordinal == (scheme != "binary")
+
+
+def test_as_is_collects_classes_in_order_or_keeps_to_the_given_ones():
+    labels = LabelMap("as_is")
+    assert [labels.index(v) for v in ("1", "0", "1")] == [0, 1, 0] and labels.classes == ["1", "0"]
+    fixed = LabelMap("as_is", ("neg", "pos"))
+    with pytest.raises(ValueError, match="'meh' is not one of neg, pos"):
+        fixed.index("meh")
+
+
+def test_rows_carry_text_label_group_and_their_first_line(tmp_path):
+    path = write(tmp_path, HEADER + 'A,5,"great, really"\nB,1,"two\nlines"\nA,3,ok\n')
+    got = rows(path, group="Product Name", labels="stars3")
+    assert [(r.text, r.label, r.group, r.line) for r in got] == [
+        ("great, really", 2, "A", 2),
+        ("two\nlines", 0, "B", 3),
+        ("ok", 1, "A", 5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "kind", "message"),
+    [
+        (HEADER + "A,5,fine\nB,4,   \n", "empty text", "line 3: empty text"),
+        (HEADER + "A,5,fine\nB,7,too many stars\n", "bad label", "line 3: label '7' is out of range"),
+        (HEADER + "A,5,fine\nB,x,what\n", "bad label", "line 3: label 'x' is not a star rating"),
+        (HEADER + 'A,5,fine\nB,4,"broken" quote\n', "unparseable", "line 3: broken quoting"),
+        (HEADER + "A,5,fine\nB,4\n", "unparseable", "line 3: expected 3 columns, found 2"),
+        (HEADER.encode() + b"A,5,fine\nB,4,caf\xe9\n", "undecodable", "line 3: text is not valid UTF-8"),
+    ],
+    ids=["empty", "out-of-range", "not-a-number", "quoting", "columns", "bytes"],
+)
+def test_each_bad_row_kind_names_file_and_line_or_is_counted(tmp_path, body, kind, message):
+    path = write(tmp_path, body)
+    with pytest.raises(DataError, match=f"r.csv, {message}"):
+        rows(path, labels="stars5")
+    bad = BadRows()
+    kept = list(read_labelled(path, TextColumns("Reviews", "Rating", labels="stars5", on_bad_row="skip"),
+                              bad=bad, report=lambda m: None))  # fmt: skip
+    assert [r.text for r in kept] == ["fine"] and bad.counts == {kind: 1}
+
+
+def test_jsonl_gzip_filters_and_a_missing_column(tmp_path):
+    lines = [{"cat": "手机", "label": 1, "review": "好"}, {"cat": "书籍", "label": 0, "review": "差"}, [1]]
+    body = "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n"
+    path = write(tmp_path, gzip.compress(body.encode()), "c.jsonl.gz")
+    spec = TextColumns("review", "label", filters={"cat": "手机"}, on_bad_row="skip")
+    bad = BadRows()
+    got = list(read_labelled(path, spec, bad=bad, report=lambda m: None))
+    assert [(r.text, r.line) for r in got] == [("好", 1)] and bad.filtered == 1 and bad.counts == {"unparseable": 1}
+    with pytest.raises(DataError, match=r"no column 'Stars'; the header has Product Name, Rating, Reviews"):
+        list(read_labelled(write(tmp_path, HEADER + "A,5,x\n"), TextColumns("Reviews", "Stars")))
+
+
+def test_binary_leaves_three_stars_out_without_calling_them_bad(tmp_path):
+    bad = BadRows()
+    got = list(read_labelled(write(tmp_path, HEADER + "A,3,so so\nA,4,good\n"), TextColumns("Reviews", "Rating",
+               labels="binary"), bad=bad))  # fmt: skip
+    assert [r.text for r in got] == ["good"] and bad.left_out == 1 and not bad.counts
+
+
+@pytest.mark.skipif(not REVIEWS.is_dir(), reason="needs ../shared/data/reviews")
+def test_the_shared_review_files_read_with_their_known_quirks():
+    amazon = rows(REVIEWS / "amazon_unlocked_mobile.csv.gz", labels="stars5", group="Product Name")
+    assert len(amazon) == 3126 and {r.label for r in amazon} == set(range(5))
+    bad = BadRows()
+    phones = list(read_labelled(REVIEWS / "online_shopping_10_cats.csv.gz",
+                                TextColumns("review", "label", filters={"cat": "手机"}, on_bad_row="skip"),
+                                bad=bad, report=lambda m: None))  # fmt: skip
+    assert len(phones) == 1975 and bad.counts.get("empty text", 0) <= 1
