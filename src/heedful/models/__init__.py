@@ -1,5 +1,6 @@
 """Models built on the attention core."""
 
+from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
 from heedful.models.pretrained import PretrainedModel, load_pretrained
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import (
@@ -10,7 +11,9 @@ from heedful.models.transformer import (
 )
 
 __all__ = [
+    "ClassifierConfig",
     "DecoderCache",
+    "EncoderClassifier",
     "PretrainedModel",
     "RNNConfig",
     "RNNEncoderDecoder",
