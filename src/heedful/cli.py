@@ -90,24 +90,105 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
-    inputs: Annotated[list[str], typer.Argument(help='One or more inputs, e.g. "5. März 2021".')],
+    inputs: Annotated[
+        list[str] | None, typer.Argument(help='Inputs, e.g. "5. März 2021" or "The battery dies by noon".')
+    ] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", help="Predict every row of a CSV/TSV/JSONL file (its text column) or text file."),
+    ] = None,
+    output_file: Annotated[
+        Path | None, typer.Option("--output", help="With --input: write the predictions here as CSV.")
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option(help="With --input: the text column (default: the run's data.text_column).")
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show the tokens coloured by attention (and --html writes them).")
+    ] = False,
+    html_file: Annotated[Path | None, typer.Option("--html", help="With --explain: also write an HTML page.")] = None,
     show_attention: Annotated[bool, typer.Option(help="Save an attention heatmap PNG per input.")] = False,
     out_dir: Annotated[Path | None, typer.Option(help="Where heatmaps go (default: RUN_DIR/plots).")] = None,
+    batch_size: Annotated[int, typer.Option(help="With --input: texts per call.", min=1)] = 1024,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
     device: DeviceOption = "auto",
 ) -> None:
-    """Predict outputs for the given inputs with a trained run."""
+    """Predict outputs for the given inputs (or every row of --input) with a trained run."""
     from heedful.runs import load_run
 
+    if not inputs and input_file is None:
+        raise UserError("give inputs to predict, or --input FILE")
+    if output_file is not None and input_file is None:
+        raise UserError("--output needs --input (predictions for single inputs are printed)")
     run = load_run(run_dir, device)
+    if input_file is not None:
+        _predict_file(run, input_file, output_file, text_column, batch_size)
+        return
+    inputs = list(inputs or [])
     for p in run.predict(inputs):
         if as_json:
-            typer.echo(json.dumps({"input": p.input, "output": p.output, "score": p.score}, ensure_ascii=False))
+            record = {"input": p.input, "output": p.output, "score": p.score}
+            if getattr(p, "probabilities", None) is not None:
+                record["probabilities"] = p.probabilities
+            typer.echo(json.dumps(record, ensure_ascii=False))
+        elif getattr(p, "probabilities", None) is not None:
+            probs = "  ".join(f"{k} {v:.2f}" for k, v in p.probabilities.items())
+            typer.echo(f"{p.input}  →  {p.output}  ({probs})")
         else:
             typer.echo(f"{p.input}  →  {p.output}")
+    if explain:
+        from heedful.explain.text import ansi_tokens, html_tokens
+
+        explanations = run.explain(inputs)
+        rows = [(e.title, e.key_tokens, e.summary.mean(0).tolist()) for e in explanations]
+        for _, tokens, weights in rows:
+            typer.echo(ansi_tokens(tokens, weights) if sys.stdout.isatty() else _plain_weights(tokens, weights))
+        if html_file is not None:
+            typer.echo(f"explanation page: {html_tokens(rows, html_file, f'heedful: {run_dir}')}")
     if show_attention:
         for path in run.show_attention(inputs, out_dir):
             typer.echo(f"attention heatmap: {path}")
+
+
+def _plain_weights(tokens: list[str], weights: list[float]) -> str:
+    """Without a terminal (a pipe, a file), the weights as numbers."""
+    return "  ".join(f"{t.replace('▁', '')}:{w:.2f}" for t, w in zip(tokens, weights, strict=True))
+
+
+def _predict_file(run, path: Path, output: Path | None, text_column: str | None, batch_size: int) -> None:
+    """Every row's text, predicted in batches with a progress bar; CSV out (or lines to stdout)."""
+    import csv
+
+    from tqdm.auto import tqdm
+
+    from heedful.data.text import read_texts
+
+    column = text_column or getattr(getattr(run.cfg, "data", None), "text_column", None)
+    texts = read_texts(path, column)
+    handle = open(output, "w", newline="", encoding="utf-8") if output else None  # noqa: SIM115
+    try:
+        writer = csv.writer(handle) if handle else None
+        header_written = False
+        with tqdm(total=len(texts), desc="predicting", unit="text", disable=handle is None) as bar:
+            for start in range(0, len(texts), batch_size):
+                chunk = texts[start : start + batch_size]
+                for line, p in zip(range(start, start + len(chunk)), run.predict(chunk), strict=True):
+                    probs = getattr(p, "probabilities", None) or {}
+                    if writer is None:
+                        typer.echo(f"{p.output}\t{p.score:.4f}")
+                        continue
+                    if not header_written:
+                        writer.writerow(["row", "text", "prediction", "score", *probs])
+                        header_written = True
+                    writer.writerow(
+                        [line + 1, p.input, p.output, f"{p.score:.4f}", *(f"{v:.4f}" for v in probs.values())]
+                    )
+                bar.update(len(chunk))
+    finally:
+        if handle:
+            handle.close()
+    if output:
+        typer.echo(f"{len(texts)} predictions written: {output}")
 
 
 @app.command()

@@ -137,3 +137,30 @@ def test_expected_calibration_error_by_hand():
     labels = torch.tensor([0, 1, 1])
     # bins (0.8,0.867]… : conf 0.9 correct → |1−0.9|; conf 0.6 wrong → |0−0.6|; conf 0.7 correct → |1−0.7|
     assert expected_calibration_error(probs, labels) == pytest.approx((0.1 + 0.6 + 0.3) / 3)
+
+
+def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, tmp_path):
+    from tests.conftest import run_cli
+
+    run_dir, _ = trained
+    reviews = tmp_path / "new.csv"
+    reviews.write_text("Reviews,Other\nbattery excellent box,1\nsound charger day,2\n")
+    out = tmp_path / "preds.csv"
+    result = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["row", "text", "prediction", "score", "neg", "pos"]
+    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [
+        ("1", "battery excellent box", "pos"),
+        ("2", "sound charger day", "neg"),
+    ]
+    page = tmp_path / "why.html"
+    explained = run_cli("predict", str(run_dir), "battery excellent box", "--explain", "--html", str(page))
+    assert explained.returncode == 0, explained.stderr
+    assert "→  pos" in explained.stdout and "excellent" in page.read_text()
+    weights = {w.rsplit(":", 1)[0]: float(w.rsplit(":", 1)[1]) for w in explained.stdout.splitlines()[1].split("  ")}
+    top = max(weights, key=weights.get)
+    assert top and top in "excellent"  # the keyword's piece carries the most weight
+    reviews.write_text("Reviews,Other\nfine,1\n,2\n")
+    bad = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out))
+    assert bad.returncode == 2 and "new.csv, line 3: no text in column 'Reviews'" in bad.stderr

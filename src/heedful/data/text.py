@@ -232,3 +232,30 @@ def read_labelled(
         yield LabelledText(text, label, group or None, line)
     if bad.counts:
         report(bad.summary(path))
+
+
+def read_texts(path: str | Path, column: str | None) -> list[str]:
+    """The texts to predict from ``path``: the ``column`` of a CSV/TSV/JSONL file, or each
+    non-blank line of any other file. A row without text stops with its file and line."""
+    path = Path(path)
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    fmt = suffixes[-1].lstrip(".") if suffixes and suffixes[-1] in (".csv", ".tsv", ".jsonl") else "lines"
+    if fmt == "lines":
+        with _open_text(path) as handle:
+            texts = [line.strip() for line in handle if line.strip()]
+        bad = next((t for t in texts if any("\udc80" <= ch <= "\udcff" for ch in t)), None)
+        if bad is not None:
+            raise DataError(f"{path}: line {texts.index(bad) + 1} of the text is not valid UTF-8")
+        return texts
+    if column is None:
+        raise DataError(f"{path}: which column holds the text? give --text-column")
+    spec = TextColumns(text=column, label=column, format=fmt)  # the label is not needed: read the text twice
+    texts = []
+    for line, record in _records(path, fmt, spec):
+        if isinstance(record, str):
+            raise DataError(f"{path}, line {line}: {record}")
+        text = record.get(column)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}, line {line}: no text in column {column!r}")
+        texts.append(text.strip())
+    return texts
