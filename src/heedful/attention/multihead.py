@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from heedful.attention.base import AttentionModule
 from heedful.attention.cache import KVCache
+from heedful.attention.dropout import dropout
 from heedful.attention.masks import attn_mask_to_4d, causal_mask, combine_masks, key_padding_to_4d
 from heedful.attention.positions import AttentionPositions
 from heedful.attention.scores import SCORES, AdditiveScore, GeneralScore, Score
@@ -243,7 +244,7 @@ class MultiHeadAttention(AttentionModule):
 
     def _math(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None):
         weights = self.score(q, k, mask, bias)  # (B, H, T_q, T_k), rows sum to 1 over allowed keys
-        dropped = F.dropout(weights, self.dropout, self.training) if self.dropout else weights
+        dropped = dropout(weights, self.dropout, self.training) if self.dropout else weights
         return dropped @ v, weights  # (B, H, T_q, D_h)
 
     def _fused(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None, causal: bool):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from heedful.attention import KVCache, MultiHeadAttention
+from heedful.attention.dropout import Dropout
 from heedful.attention.positions import POSITIONS, build_attention_positions, build_input_positions
 from heedful.models.pretrained import PretrainedModel
 
@@ -73,7 +74,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.activation = F.gelu if activation == "gelu" else F.relu
 
     def forward(self, x: Tensor) -> Tensor:
@@ -86,7 +87,7 @@ class Sublayer(nn.Module):
     def __init__(self, d_model: int, dropout: float, norm_first: bool, eps: float = 1e-5):
         super().__init__()
         self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm_first = norm_first
 
     def forward(self, x: Tensor, fn) -> Tensor:
@@ -179,7 +180,7 @@ class Embedder(nn.Module):
         self.scale = math.sqrt(cfg.d_model) if cfg.embed_scale else 1.0
         self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embed_norm else nn.Identity()
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None) -> Tensor:
         x = self.embedding(tokens) * self.scale  # (B, T) -> (B, T, D)

@@ -382,10 +382,10 @@ class TranslateTask(Task):
 
     # ---------------------------------------------------------------------------------------- loss
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        logits = model(batch["src"], batch["tgt_in"])  # (B, T, V)
+        logits = model(batch["src"], batch["tgt_in"]).float()  # (B, T, V); fp32 also makes argmax below fast
         target = batch["tgt_out"]  # (B, T)
         loss = F.cross_entropy(
-            logits.flatten(0, 1).float(),
+            logits.flatten(0, 1),
             target.flatten(),
             ignore_index=self.tgt_tok.pad_id,
             label_smoothing=self.cfg.train.label_smoothing,
