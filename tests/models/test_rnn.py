@@ -96,3 +96,11 @@ def test_tied_output_is_the_target_embedding():
     assert m.decoder.output.weight is m.decoder.embedding.weight
     shared = RNNEncoderDecoder(RNNConfig(src_vocab_size=19, tgt_vocab_size=19, share_embeddings=True, hidden_size=8))
     assert shared.encoder.embedding is shared.decoder.embedding
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_general"])
+def test_keep_returns_exactly_the_kept_positions_logits(attention):
+    m, src = model(attention=attention), sources()
+    tgt = torch.randint(3, 19, (3, 5))
+    keep = torch.rand(3, 5) > 0.4
+    torch.testing.assert_close(m(src, tgt, keep=keep), m(src, tgt)[keep])

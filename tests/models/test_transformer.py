@@ -158,3 +158,13 @@ def test_encoder_only_model_ignores_padding_and_round_trips(tmp_path):
     torch.testing.assert_close(model(wider)[:, :9][src != 0], hidden[src != 0], atol=1e-5, rtol=0)
     model.save_pretrained(tmp_path)
     assert torch.equal(load_pretrained(tmp_path).eval()(src), hidden)
+
+
+def test_keep_returns_exactly_the_kept_positions_logits():
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(
+        TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=16, n_heads=2, d_ff=32, dropout=0.0)
+    ).eval()
+    src, tgt = torch.randint(3, 20, (2, 6)), torch.randint(3, 20, (2, 5))
+    keep = torch.tensor([[True, True, True, False, False], [True, False, True, True, True]])
+    torch.testing.assert_close(model(src, tgt, keep=keep), model(src, tgt)[keep])

@@ -134,9 +134,16 @@ class RNNDecoder(nn.Module):
         h0 = h0.view(B, L, -1).transpose(0, 1).contiguous()  # (L, B, H)
         return (h0, torch.zeros_like(h0)) if self.cfg.cell == "lstm" else h0
 
-    def forward(self, tokens: Tensor, memory: Tensor, padding: Tensor, cache: RNNDecoderCache | None = None) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        memory: Tensor,
+        padding: Tensor,
+        cache: RNNDecoderCache | None = None,
+        keep: Tensor | None = None,
+    ) -> Tensor:
         """tokens (B, T): the target so far (only the new ones when ``cache`` holds the state)
-        -> logits (B, T, V)."""
+        -> logits (B, T, V); with ``keep`` (B, T) bool, only those positions' (N, V)."""
         cache = cache if cache is not None else RNNDecoderCache()
         if cache.state is None:
             cache.state = self._initial_state(memory, padding)
@@ -162,6 +169,8 @@ class RNNDecoder(nn.Module):
             states, cache.state = self.rnn(e, cache.state)  # (B, T, H)
             context, _ = self.cross_attn(states, memory, padding)  # (B, T, H)
             r = torch.tanh(self.combine(torch.cat([context, states], -1)))  # h̃_t
+        if keep is not None:
+            r = r[keep]  # (N, ·): the readout and vocabulary projection only where the loss looks
         r = self.dropout(torch.tanh(self.readout(self.dropout(r))))  # (B, T, E)
         return self.output(r)  # (B, T, V)
 
@@ -205,6 +214,7 @@ class RNNEncoderDecoder(PretrainedModel):
     def new_cache(self) -> RNNDecoderCache:
         return RNNDecoderCache()
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V), or with ``keep`` (B, T) bool only those positions' (N, V)."""
         memory, padding = self.encode(src)
-        return self.decode(tgt_in, memory, padding)
+        return self.decoder(tgt_in, memory, padding, None, keep)

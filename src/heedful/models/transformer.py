@@ -216,15 +216,23 @@ class Decoder(nn.Module):
             self.output.weight = self.embed.embedding.weight
 
     def forward(
-        self, tokens: Tensor, memory: Tensor, memory_padding: Tensor | None, cache: DecoderCache | None = None
+        self,
+        tokens: Tensor,
+        memory: Tensor,
+        memory_padding: Tensor | None,
+        cache: DecoderCache | None = None,
+        keep: Tensor | None = None,
     ) -> Tensor:
+        """Logits (B, T, V); with ``keep`` (B, T) bool, only those positions': (N, V)."""
         offset = cache.offset if cache is not None else 0
         y = self.embed(tokens, offset)  # (B, T, D)
         for i, layer in enumerate(self.layers):
             y = layer(y, memory, memory_padding, cache.layers[i] if cache is not None else None)
         if cache is not None:
             cache.offset += tokens.shape[1]
-        return self.output(self.norm(y))  # (B, T, V)
+        if keep is not None:  # the vocabulary projection is the largest matmul: skip padded positions
+            y = y[keep]  # (N, D)
+        return self.output(self.norm(y))  # (B, T, V) or (N, V)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -264,9 +272,11 @@ class TransformerEncoderDecoder(PretrainedModel):
     def new_cache(self) -> DecoderCache:
         return DecoderCache(self.config.n_decoder_layers)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V); with ``keep`` (B, T) bool (e.g. the real target positions), only
+        those positions' logits (N, V), in row-major order — what a loss needs, cheaper."""
         memory, padding = self.encode(src)
-        return self.decode(tgt_in, memory, padding)
+        return self.decoder(tgt_in, memory, padding, None, keep)
 
 
 class TransformerEncoderModel(PretrainedModel):

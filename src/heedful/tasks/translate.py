@@ -382,17 +382,15 @@ class TranslateTask(Task):
 
     # ---------------------------------------------------------------------------------------- loss
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        logits = model(batch["src"], batch["tgt_in"]).float()  # (B, T, V); fp32 also makes argmax below fast
         target = batch["tgt_out"]  # (B, T)
-        loss = F.cross_entropy(
-            logits.flatten(0, 1),
-            target.flatten(),
-            ignore_index=self.tgt_tok.pad_id,
-            label_smoothing=self.cfg.train.label_smoothing,
-        )
         real = target != self.tgt_tok.pad_id
-        n_tokens = int(real.sum())
-        correct = int(((logits.argmax(-1) == target) & real).sum())
+        # Logits of the real target positions only (N, V): padding never reaches the vocabulary
+        # projection or the loss. fp32 also makes the argmax below fast.
+        logits = model(batch["src"], batch["tgt_in"], keep=real).float()
+        gold = target[real]  # (N,)
+        loss = F.cross_entropy(logits, gold, label_smoothing=self.cfg.train.label_smoothing)
+        n_tokens = int(gold.numel())
+        correct = int((logits.argmax(-1) == gold).sum())
         return loss, {
             "loss": float(loss.detach()),
             "accuracy": correct / max(n_tokens, 1),
