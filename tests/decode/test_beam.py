@@ -14,7 +14,7 @@ class ToyCache:
     def __init__(self):
         self.history: torch.Tensor | None = None  # (rows, t) tokens fed so far
 
-    def reorder(self, index):
+    def reorder(self, index, sources_unchanged=False):
         self.history = self.history.index_select(0, index)
 
 
@@ -117,3 +117,39 @@ def test_every_hypothesis_scores_what_the_model_gives_it():
             expected = float(log_probs.gather(-1, torch.tensor(target)[:, None]).sum())
             assert h.log_prob == pytest.approx(expected, abs=1e-4)
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+
+
+class EosProne:
+    """A model whose <eos> logit is raised, so hypotheses end at many different lengths."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def encode(self, src):
+        return self.model.encode(src)
+
+    def new_cache(self):
+        return self.model.new_cache()
+
+    def decode(self, tokens, memory, padding, cache):
+        logits = self.model.decode(tokens, memory, padding, cache)
+        return logits + 2.5 * torch.nn.functional.one_hot(torch.tensor(EOS), logits.shape[-1])
+
+
+@pytest.mark.parametrize(("beam", "alpha", "n_best"), [(2, 0.0, 2), (5, 0.6, 3), (4, 1.0, 1)])
+def test_the_batched_search_agrees_with_the_reference_loop(beam, alpha, n_best):
+    from tests.decode.reference_beam import reference_beam_search
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval())
+    src = torch.randint(3, 30, (6, 7))
+    src[2, 4:] = PAD
+    limits = torch.tensor([3, 9, 6, 12, 1, 8])  # per-sentence limits, one of them a single step
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": beam, "max_len": limits, "alpha": alpha, "n_best": n_best}
+    got, expected = beam_search(model, src, **kwargs), reference_beam_search(model, src, **kwargs)
+    if n_best > 1:  # both kinds of ending are exercised
+        assert sum(h.ended for hyps in got for h in hyps) >= 5 and not all(h.ended for hyps in got for h in hyps)
+    for g, e in zip(got, expected, strict=True):
+        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
+        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)

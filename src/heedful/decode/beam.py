@@ -1,12 +1,16 @@
 """Batched beam search over any encoder–decoder that speaks the decoding protocol:
 
     memory, padding = model.encode(src)                  # (B, S, D), (B, S)
-    cache = model.new_cache()                            # has .reorder(index)
+    cache = model.new_cache()                            # .reorder(index, sources_unchanged=False)
     logits = model.decode(tokens, memory, padding, cache)  # new tokens only: (B, 1) -> (B, 1, V)
 
 Every source sentence keeps ``beam_size`` live hypotheses, expanded as rows of one batch of
 B·K, so one decoder call per step serves all of them; the cache is re-ordered when beams are
-re-ranked. A hypothesis that emits <eos> is set aside with its score normalised by the GNMT
+re-ranked (``sources_unchanged=True`` then: rows stay within their sentence, so a cache may keep
+per-source state such as cross-attention keys as it is). The first step decodes only B rows —
+every sentence has one live beam then — and expands to B·K after it.
+
+A hypothesis that emits <eos> is set aside with its score normalised by the GNMT
 length penalty ((5 + |y|) / 6)^α (Wu et al. 2016); a sentence is done when it has ``beam_size``
 finished hypotheses and no live one can still beat them, or at ``max_len``.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -52,74 +57,77 @@ def beam_search(
     B, K = src.shape[0], beam_size
     device = src.device
     limits = max_len.tolist() if isinstance(max_len, Tensor) else [int(max_len)] * B
-    memory, padding = model.encode(src)
-    memory = memory.repeat_interleave(K, dim=0)  # (B·K, S, D)
-    padding = padding.repeat_interleave(K, dim=0)
+    limit_t = torch.tensor(limits, device=device)  # (B,)
+    # The best a live beam could still score, divided by the largest length penalty it can reach.
+    best_divisor = ((5.0 + limit_t.float()) / 6.0) ** alpha  # (B,)
+    memory, padding = model.encode(src)  # (B, S, D), (B, S)
     cache = model.new_cache()
+    inf = float("-inf")
+    slots = torch.arange(2 * K, device=device)
 
-    # Only the first beam of each sentence is live at step 0; the others start at −inf.
-    scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0
-    tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (B·K, t + 1)
+    # Step 0 has one live beam per sentence: decode B rows, and expand to B·K rows after it.
+    k_now = 1
+    scores = torch.zeros(B, 1, device=device)  # (B, k_now): each live beam's log-probability
+    tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (B·k_now, t + 1)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
+    n_finished = torch.zeros(B, dtype=torch.long, device=device)
+    worst_finished = torch.full((B,), inf, device=device)  # the lowest score among the kept finished
+    done = torch.zeros(B, dtype=torch.bool, device=device)
 
     for step in range(max(limits)):
-        logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1].float()  # (B·K, V)
+        logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1].float()  # (B·k_now, V)
         log_probs = logits.log_softmax(-1)
         V = log_probs.shape[-1]
-        candidates = (scores.view(B, K, 1) + log_probs.view(B, K, V)).view(B, K * V)  # (B, K·V)
-        top_scores, top_index = candidates.topk(2 * K, dim=-1)  # room for K live beams after <eos>s
+        candidates = (scores.view(B, k_now, 1) + log_probs.view(B, k_now, V)).view(B, k_now * V)
+        # 2K: room for K live beams after <eos>s (padded with -inf for a vocabulary below 2K).
+        top_scores, top_index = candidates.topk(min(2 * K, k_now * V), dim=-1)
+        if top_scores.shape[1] < 2 * K:
+            top_scores = F.pad(top_scores, (0, 2 * K - top_scores.shape[1]), value=inf)
+            top_index = F.pad(top_index, (0, 2 * K - top_index.shape[1]), value=0)
         beam_of, token_of = top_index // V, top_index % V  # (B, 2K)
-
-        new_scores = torch.full((B, K), float("-inf"), device=device)
-        origin = torch.zeros(B, K, dtype=torch.long, device=device)
-        next_token = torch.full((B, K), eos_id, dtype=torch.long, device=device)
         length = step + 1
-        for b in range(B):
-            if done[b]:
-                continue
-            kept = 0
-            for j in range(2 * K):
+
+        # Every candidate either ends (<eos>, or the sentence's length limit) or may continue;
+        # the K best that continue become the next beams — all as tensor operations.
+        real = (top_scores > inf) & ~done[:, None]
+        ends = real & ((token_of == eos_id) | (length >= limit_t)[:, None])
+        live = real & ~ends
+        take = live & (live.cumsum(-1) <= K)
+        order = torch.where(take, slots, slots + 2 * K).argsort(-1)[:, :K]  # taken ones first, by rank
+        kept = take.gather(1, order)  # (B, K)
+        new_scores = torch.where(kept, top_scores.gather(1, order), inf)
+        origin = torch.where(kept, beam_of.gather(1, order), 0)
+        next_token = torch.where(kept, token_of.gather(1, order), bos_id)  # a valid id even where unused
+
+        if ends.any():  # only the (few) hypotheses that end go through Python
+            touched = set()
+            for b, j in ends.nonzero().tolist():
+                token, row = int(token_of[b, j]), b * k_now + int(beam_of[b, j])
+                ended = token == eos_id
+                body = tokens[row, 1:].tolist() + ([] if ended else [token])
                 score = float(top_scores[b, j])
-                if score == float("-inf"):
-                    break
-                source_row = b * K + int(beam_of[b, j])
-                if int(token_of[b, j]) == eos_id or length >= limits[b]:
-                    body = tokens[source_row, 1:].tolist()
-                    ended = int(token_of[b, j]) == eos_id
-                    if not ended:
-                        body.append(int(token_of[b, j]))
-                    finished[b].append(Hypothesis(body, score / length_penalty(len(body), alpha), score, ended))
-                    continue
-                if kept < K:
-                    new_scores[b, kept], origin[b, kept], next_token[b, kept] = (
-                        score,
-                        int(beam_of[b, j]),
-                        token_of[b, j],
-                    )
-                    kept += 1
-            finished[b] = sorted(finished[b], key=lambda h: h.score, reverse=True)[:K]
-            done[b] = length >= limits[b] or _settled(finished[b], new_scores[b], K, limits[b], alpha)
-        if all(done):
+                finished[b].append(Hypothesis(body, score / length_penalty(len(body), alpha), score, ended))
+                touched.add(b)
+            for b in touched:
+                finished[b] = sorted(finished[b], key=lambda h: h.score, reverse=True)[:K]
+                n_finished[b] = len(finished[b])
+                worst_finished[b] = finished[b][-1].score
+        # Settled: K hypotheses finished and no live beam, even ending at its most favourable
+        # length, could beat the worst of them (log-probabilities only fall).
+        best_live = new_scores.max(-1).values  # (B,)
+        best_case = best_live / torch.where(best_live < 0, best_divisor, torch.ones_like(best_divisor))
+        settled = (n_finished >= K) & ((best_live == inf) | (best_case <= worst_finished))
+        done |= (length >= limit_t) | settled
+        if bool(done.all()):
             break
-        rows = (torch.arange(B, device=device)[:, None] * K + origin).view(-1)  # (B·K,)
-        cache.reorder(rows)
+        rows = (torch.arange(B, device=device)[:, None] * k_now + origin).view(-1)  # (B·K,)
+        if k_now == 1:  # expand every per-sentence state from B to B·K rows, once
+            memory, padding = memory[rows], padding[rows]
+            cache.reorder(rows)
+            k_now = K
+        else:  # beams move only within their sentence: per-source state stays as it is
+            cache.reorder(rows, sources_unchanged=True)
         tokens = torch.cat([tokens[rows], next_token.view(-1, 1)], dim=1)
         scores = new_scores
 
     return [hyps[:n_best] for hyps in finished]
-
-
-def _settled(finished: list[Hypothesis], live: Tensor, K: int, limit: int, alpha: float) -> bool:
-    """Done when K hypotheses have finished and the best live beam, even if it ended now at its
-    most favourable length, could not beat the worst of them (log-probabilities only fall)."""
-    if len(finished) < K:
-        return False
-    best_live = float(live.max())
-    if best_live == float("-inf"):
-        return True
-    # A longer hypothesis gets a larger penalty divisor when alpha > 0, so its best case is the
-    # longest allowed length; with alpha = 0 the divisor is 1.
-    best_case = best_live / (length_penalty(limit, alpha) if best_live < 0 else 1.0)
-    return best_case <= min(h.score for h in finished)

@@ -63,13 +63,14 @@ class RNNDecoderCache:
         self.state: Tensor | tuple[Tensor, Tensor] | None = None
         self.projected_keys: Tensor | None = None  # the memory's key projection, computed once
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` — for beam search."""
+    def reorder(self, index: Tensor, sources_unchanged: bool = False) -> None:
+        """Keep batch rows ``index`` — for beam search (the key projection of the memory is per
+        source, so it stays as it is when ``sources_unchanged``)."""
         if isinstance(self.state, tuple):
             self.state = tuple(s.index_select(1, index) for s in self.state)
         elif self.state is not None:
             self.state = self.state.index_select(1, index)
-        if self.projected_keys is not None:
+        if self.projected_keys is not None and not sources_unchanged:
             self.projected_keys = self.projected_keys.index_select(0, index)
 
 

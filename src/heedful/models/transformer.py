@@ -158,11 +158,13 @@ class DecoderCache:
         self.layers = [LayerCache(KVCache(), KVCache(static=True)) for _ in range(n_layers)]
         self.offset = 0
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` — for beam search."""
+    def reorder(self, index: Tensor, sources_unchanged: bool = False) -> None:
+        """Keep batch rows ``index`` — for beam search. With ``sources_unchanged`` every row keeps
+        its source sentence, whose cross-attention keys/values are then left where they are."""
         for layer in self.layers:
             layer.self_attn.reorder(index)
-            layer.cross_attn.reorder(index)
+            if not sources_unchanged:
+                layer.cross_attn.reorder(index)
 
 
 class Embedder(nn.Module):
