@@ -54,6 +54,7 @@ Acceptance (printed as PASS/FAIL; ``--strict`` exits 1 on FAIL):
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import math
@@ -189,7 +190,9 @@ class Method:
     tokens: Callable[[object], Tensor]  # that output -> tokens (B, longest), −1 after a short one (untimed)
 
 
-def methods(setup: Setup, peer: nn.Module | None, greedy_n: int, beam_n: int, hf_forcing: str) -> dict[str, Method]:
+def methods(
+    setup: Setup, peers: dict[str, nn.Module], greedy_n: int, beam_n: int, hf_forcing: str
+) -> dict[str, Method]:
     model, bos = setup.model, setup.tok.bos_id
 
     def ours_greedy(src: Tensor) -> Tensor:
@@ -201,13 +204,18 @@ def methods(setup: Setup, peer: nn.Module | None, greedy_n: int, beam_n: int, hf
     def ours_beam(src: Tensor) -> list[list[Hypothesis]]:
         return beam_search(model, src, bos_id=bos, eos_id=NEVER, beam_size=BEAM_SIZE, max_len=beam_n)
 
+    def ours_beam_bf16(src: Tensor) -> list[list[Hypothesis]]:
+        # What `decode.precision: bf16` does: autocast around the search (weights stay fp32).
+        with torch.autocast(src.device.type, dtype=torch.bfloat16):
+            return ours_beam(src)
+
     def beam_tokens(hyps: list[list[Hypothesis]]) -> Tensor:
         return pad_ids([h[0].tokens if not h[0].ended else [] for h in hyps], -1)
 
     # The peer's length forcing: no <eos> at all (like ours), or its <eos> masked until N tokens.
     forcing = {"eos_token_id": None} if hf_forcing == "no-eos" else {"min_new_tokens": beam_n}
 
-    def hf_beam(src: Tensor) -> Tensor:
+    def hf_beam(src: Tensor, peer: nn.Module) -> Tensor:
         return peer.generate(
             input_ids=src,
             attention_mask=src != setup.tok.pad_id,
@@ -229,8 +237,10 @@ def methods(setup: Setup, peer: nn.Module | None, greedy_n: int, beam_n: int, hf
         "recompute": Method("recompute prefix", ours_recompute, lambda out: out),
         "beam": Method("beam-5 (ours)", ours_beam, beam_tokens),
     }
-    if peer is not None:
-        found["hf"] = Method("beam-5 (HF generate)", hf_beam, hf_tokens)
+    found["beam_bf16"] = Method("beam-5 (ours, bf16)", ours_beam_bf16, beam_tokens)
+    for name, peer in peers.items():
+        label = "beam-5 (HF generate)" if name == "hf" else "beam-5 (HF generate, bf16)"
+        found[name] = Method(label, lambda src, peer=peer: hf_beam(src, peer), hf_tokens)
     return found
 
 
@@ -284,11 +294,10 @@ def counting_calls(module: nn.Module):
         handle.remove()
 
 
-def check_steps(setup: Setup, peer: nn.Module | None, found: dict[str, Method], src: Tensor, steps: dict) -> list:
+def check_steps(setup: Setup, peers: dict[str, nn.Module], found: dict[str, Method], src: Tensor, steps: dict) -> list:
     """Untimed warm-up that counts decoder calls: exactly N for a batch, and N tokens per sentence."""
-    decoders = {"greedy": setup.model.decoder, "recompute": setup.model.decoder, "beam": setup.model.decoder}
-    if peer is not None:
-        decoders["hf"] = peer.get_decoder()
+    decoders = {name: setup.model.decoder for name in ("greedy", "recompute", "beam", "beam_bf16")}
+    decoders |= {name: peer.get_decoder() for name, peer in peers.items()}
     failures = []
     with torch.inference_mode():
         for name, decoder in decoders.items():
@@ -296,7 +305,7 @@ def check_steps(setup: Setup, peer: nn.Module | None, found: dict[str, Method], 
                 out = found[name].tokens(found[name].run(src)).cpu()
             n = steps[name]
             ok = calls[0] == n and token_counts_ok([out], n)
-            print(f"  {found[name].name:<22} {calls[0]} decoder calls, output {tuple(out.shape)} "
+            print(f"  {found[name].name:<28} {calls[0]} decoder calls, output {tuple(out.shape)} "
                   f"-> {'ok' if ok else f'expected {n} calls and ({src.shape[0]}, {n})'}")  # fmt: skip
             if not ok:
                 failures.append(f"{found[name].name}: {calls[0]} decoder calls for N = {n}, output {tuple(out.shape)}")
@@ -316,7 +325,7 @@ def median_ratio(slow: list[float], fast: list[float]) -> float:
 def report_line(label: str, seconds: list[float], sentences: int, tokens: int) -> str:
     t = statistics.median(seconds)
     spread = f"  (passes: {', '.join(f'{x:.2f}' for x in seconds)} s)" if len(seconds) > 1 else ""
-    return f"  {label:<22} {t:8.2f} s  {sentences / t:8.1f} sentences/s  {tokens / t:9.0f} tokens/s{spread}"
+    return f"  {label:<28} {t:8.2f} s  {sentences / t:8.1f} sentences/s  {tokens / t:9.0f} tokens/s{spread}"
 
 
 def natural_length(setup: Setup, plan: list[list[int]], batches: list[Tensor], device: str) -> tuple[float, int]:
@@ -361,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     passes, greedy_passes = args.passes or mode["passes"], args.greedy_passes or mode["greedy_passes"]
     setup = load_setup(args, args.sentences or mode["sentences"])
     peer = None if args.no_peer else build_peer(setup.model, setup.tok, args.device)
-    found = methods(setup, peer, greedy_n, beam_n, args.hf_forcing)
+    # The same peer in bfloat16 (weights and activations), to compare like with like at 16 bits.
+    peers = {} if peer is None else {"hf": peer, "hf_bf16": copy.deepcopy(peer).to(torch.bfloat16)}
+    found = methods(setup, peers, greedy_n, beam_n, args.hf_forcing)
     n_src = len(setup.sources)
     _, greedy_batches = make_batches(setup, 1, args.device)
     beam_plan, beam_batches = make_batches(setup, BEAM_SIZE, args.device)
@@ -378,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         f"batches of ≤ {setup.batch_tokens} source tokens × beam: {len(greedy_batches)} greedy, "
         f"{len(beam_batches)} beam; timed passes: {greedy_passes} greedy, {passes} beam; HF forcing: {args.hf_forcing}"
     )
-    steps = {"greedy": greedy_n, "recompute": greedy_n, "beam": beam_n, "hf": beam_n}
+    steps = {"greedy": greedy_n, "recompute": greedy_n, "beam": beam_n, "hf": beam_n, "beam_bf16": beam_n}
+    steps["hf_bf16"] = beam_n
     print("step check (untimed warm-up on 4 sentences):")
-    failures = check_steps(setup, peer, found, beam_batches[0][:4], steps)
+    failures = check_steps(setup, peers, found, beam_batches[0][:4], steps)
 
     print(f"\ngreedy, {greedy_n} output tokens per sentence:", flush=True)
     greedy = compare(found, ("greedy", "recompute"), greedy_batches, greedy_passes, args.device)
@@ -400,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"greedy with the cache is only {greedy_ratio:.2f}× faster than recompute (< {GREEDY_MIN}×)")
 
     print(f"\nbeam {BEAM_SIZE}, {beam_n} output tokens per sentence:", flush=True)
-    beam_names = ("beam", "hf") if peer is not None else ("beam",)
+    beam_names = ("beam", "hf", "beam_bf16", "hf_bf16") if peer is not None else ("beam", "beam_bf16")
     beam = compare(found, beam_names, beam_batches, passes, args.device)
     for name in beam.names:
         print(report_line(found[name].name, beam.seconds[name], n_src, n_src * beam_n))
@@ -409,9 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     beam_ratio = None
     if peer is not None:
         beam_ratio = median_ratio(beam.seconds["hf"], beam.seconds["beam"])
-        print(f"  speed vs HF: HF time / ours = {beam_ratio:.2f}× (paired, median over passes)")
+        bf16_ratio = median_ratio(beam.seconds["hf_bf16"], beam.seconds["beam_bf16"])
+        cross_ratio = median_ratio(beam.seconds["hf"], beam.seconds["beam_bf16"])
+        print(f"  speed vs HF, both fp32: HF time / ours = {beam_ratio:.2f}× (paired, median over passes)")
+        print(f"  speed vs HF, both bf16: HF time / ours = {bf16_ratio:.2f}×")
+        print(f"  ours bf16 vs HF fp32 (each at its default / cheapest): {cross_ratio:.2f}×")
         if beam_ratio < BEAM_MIN:
-            failures.append(f"beam search is only {beam_ratio:.2f}× the speed of HF generate (< {BEAM_MIN}×)")
+            failures.append(f"beam search is only {beam_ratio:.2f}× the speed of HF generate in fp32 (< {BEAM_MIN}×)")
 
     natural, natural_tokens = natural_length(setup, beam_plan, beam_batches, args.device)
     per_sentence = f"  {natural_tokens / n_src:.1f} tokens/sentence"
@@ -449,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
                 "hf_forcing": args.hf_forcing,
                 "seconds": beam.seconds,
                 "speed_vs_hf": beam_ratio,
+                "speed_vs_hf_bf16": bf16_ratio if peer is not None else None,
+                "ours_bf16_vs_hf_fp32": cross_ratio if peer is not None else None,
             },
             "natural": {"seconds": natural, "tokens": natural_tokens},
             "failures": failures,

@@ -139,6 +139,9 @@ class DecodeConfig(Section):
     max_len_offset: int = Field(10, ge=0)
     batch_tokens: int = Field(4096, ge=1, description="source tokens × beam per decoding batch, padding included")
     explain_layer: int = Field(-1, description="decoder layer whose cross-attention maps show")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: decode under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)"
+    )
 
 
 def _architecture(model: Any) -> str:
@@ -543,9 +546,19 @@ class TranslateTask(Task):
         beam = beam_size or d.beam_size
         budget = batch_tokens or d.batch_tokens
         device = next(model.parameters()).device
-        bos, eos, pad = self.tgt_tok.bos_id, self.tgt_tok.eos_id, self.src_tok.pad_id
         limits = [self._output_limit(len(s), model) for s in src_ids]
         results: list[tuple[list[int], float]] = [([], 0.0)] * len(src_ids)
+        precision = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if d.precision == "bf16" else contextlib.nullcontext()
+        )
+        with precision:
+            self._decode_batches(model, src_ids, beam, budget, limits, results)
+        return results
+
+    def _decode_batches(self, model, src_ids, beam: int, budget: int, limits: list[int], results: list) -> None:
+        d = self.cfg.decode
+        device = next(model.parameters()).device
+        bos, eos, pad = self.tgt_tok.bos_id, self.tgt_tok.eos_id, self.src_tok.pad_id
         for indices in batches_by_length([len(s) * beam for s in src_ids], budget):
             src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
             batch_limits = [limits[i] for i in indices]
@@ -567,7 +580,6 @@ class TranslateTask(Task):
                 )
                 for (best, *_), i in zip(hyps, indices, strict=True):
                     results[i] = (content_ids(best.tokens, eos), best.log_prob)
-        return results
 
     def _cross_attention(
         self, model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]]
