@@ -164,3 +164,24 @@ def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, t
     reviews.write_text("Reviews,Other\nfine,1\n,2\n")
     bad = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out))
     assert bad.returncode == 2 and "new.csv, line 3: no text in column 'Reviews'" in bad.stderr
+
+
+def test_layer_wise_learning_rate_decay_scales_each_layer(tmp_path):
+    cfg = config(tmp_path, **{"model.encoder.n_encoder_layers": 3, "finetune.layer_lr_decay": 0.5})
+    task = get_task("classify")(cfg)
+    model = task.build_model(cfg, task.build_data(cfg))
+    groups = task.parameter_groups(model, 0.01)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale_of[id(named["head.weight"])] == 1.0
+    assert scale_of[id(named["encoder.layers.2.ff.linear1.weight"])] == 0.5
+    assert scale_of[id(named["encoder.layers.0.ff.linear1.weight"])] == 0.125
+    assert scale_of[id(named["encoder.embed.embedding.weight"])] == 0.0625
+    assert len(scale_of) == len(named)  # every parameter in exactly one group
+    decayed = {id(p) for g in groups if g["weight_decay"] for p in g["params"]}
+    assert id(named["encoder.layers.0.ff.linear1.bias"]) not in decayed
+    # The trainer multiplies the scheduled rate by each group's scale.
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = 2e-3 * group.get("lr_scale", 1.0)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3]

@@ -122,6 +122,11 @@ class Task(ABC):
     @abstractmethod
     def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]: ...
 
+    def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups, when the task wants its own (e.g. layer-wise learning-rate
+        decay: a group's ``lr_scale`` multiplies the scheduled rate); None: the trainer's default."""
+        return None
+
     def write_reports(self, split: str, directory: Path) -> list[Path]:
         """Figures for the last ``evaluate(split)`` (e.g. a confusion matrix), written into
         ``directory``; returns their paths."""

@@ -78,10 +78,17 @@ class ClassifyModel(ClassifierConfig):
     )
 
 
+class FinetuneConfig(Section):
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="each encoder layer's rate × this per layer above it (Howard & Ruder 2018)"
+    )
+
+
 class ClassifyConfig(RunConfig):
     task: Literal["classify"] = "classify"
     data: ClassifyData = ClassifyData()
     model: ClassifyModel = ClassifyModel()
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 @dataclass(frozen=True)
@@ -292,6 +299,34 @@ class ClassifyTask(Task):
         if directory is not None:
             model.load_pretrained_encoder(directory)
         return model
+
+    def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]] | None:
+        """Layer-wise learning-rate decay for a Transformer encoder: the head and pooling at the
+        full rate, the top layer (L−1) × d, layer L−2 × d², …, layer 0 × d^L, the embeddings
+        × d^(L+1). Matrices decay, the
+        rest (biases, norms) do not, as in the trainer's default groups."""
+        decay = self.cfg.finetune.layer_lr_decay
+        if decay == 1.0 or model.config.encoder_type != "transformer":
+            return None
+        n_layers = len(model.encoder.layers)
+
+        def depth(name: str) -> int:  # how many layers sit above this parameter
+            if name.startswith("encoder.embed."):
+                return n_layers + 1
+            if name.startswith("encoder.layers."):
+                return n_layers - int(name.split(".")[2])
+            return 0  # encoder.norm, pooling, head
+
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            key = (depth(name), param.dim() >= 2)
+            group = groups.setdefault(
+                key, {"params": [], "weight_decay": weight_decay if key[1] else 0.0, "lr_scale": decay ** key[0]}
+            )
+            group["params"].append(param)
+        return list(groups.values())
 
     # ----------------------------------------------------------------------------------- loss
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:

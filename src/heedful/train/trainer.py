@@ -129,8 +129,9 @@ class Trainer:
         model = self.task.build_model(self.cfg, data).to(self.device)
         self.model = model
         # The fused kernel: one pass over all parameters (5x faster than the default on CPU here).
+        groups = self.task.parameter_groups(model, tc.weight_decay) or parameter_groups(model, tc.weight_decay)
         optimizer = torch.optim.AdamW(
-            parameter_groups(model, tc.weight_decay),
+            groups,
             lr=tc.lr,
             betas=tc.betas,
             weight_decay=tc.weight_decay,
@@ -225,8 +226,8 @@ class Trainer:
                     total_steps=total_steps,
                     min_lr_ratio=tc.min_lr_ratio,
                 )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                for group in optimizer.param_groups:  # a task may scale groups (layer-wise decay)
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 if tc.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm, foreach=True)
                 optimizer.step()
