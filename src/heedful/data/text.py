@@ -216,7 +216,7 @@ def read_labelled(
         if any("\udc80" <= ch <= "\udcff" for ch in text):  # bytes surrogateescape kept from bad UTF-8
             problem("undecodable", line, "text is not valid UTF-8")
             continue
-        text = text.strip()
+        text = text.replace("\ufeff", "").strip()  # a stray byte-order mark inside a file is not text
         if not text:
             problem("empty text", line, "empty text")
             continue

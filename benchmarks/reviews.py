@@ -1,0 +1,220 @@
+"""Review classification benchmarks — the figures docs/RESULTS.md reports for the classify task.
+
+    python benchmarks/reviews.py amazon          # 5-fold CV, 5 and 3 classes: majority, TF-IDF + LR,
+                                                 # from scratch, fine-tuned MiniLM (all in one run)
+    python benchmarks/reviews.py chinese         # 10-category Chinese reviews: accuracy per category
+    python benchmarks/reviews.py speed           # `predict` throughput on 10,000 short reviews
+    python benchmarks/reviews.py amazon --quick  # smoke run: 2 folds, 1 epoch, tiny models
+
+amazon. Folds come from the classify task itself (``data.folds=5, data.fold=k``: seeded, identical
+review texts always in the same fold), so every model — the baselines included — trains and tests
+on exactly the same rows. Majority class and TF-IDF (word 1–2-grams, sublinear tf) + logistic
+regression (class_weight balanced) are fit on each fold's training rows by scikit-learn; the two
+neural models train with the shared trainer (configs/reviews/amazon.yaml; MiniLM with
+``model.pretrained=minilm``, CLS pooling, layer-wise lr decay), select their epoch on the fold's
+validation rows (drawn from its training part), and are scored once on the fold's test rows.
+Reported: mean ± std over folds of accuracy, macro-F1 and MAE (stars), and the training minutes
+per fold. Product quality: every review is held out exactly once, so the held-out predictions of
+all folds are pooled; for each product with ≥ 10 of them, the mean predicted rating (expected
+value of the predicted distribution) against the mean true rating, as a Spearman ρ.
+
+chinese. configs/reviews/chinese.yaml (from scratch, sentencepiece over raw characters), a seeded
+80/10/10 split; test accuracy overall and per category (手机 = phones).
+
+speed. The from-scratch Amazon model (trained by ``amazon`` or ``heedful train``) predicts 10,000
+short reviews (review texts repeated) with batches of 1,024 and of 1; reviews/s for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from heedful.runs import load_config, load_run
+from heedful.train import fit
+
+ROOT = Path("runs/bench-reviews")
+AMAZON = "configs/reviews/amazon.yaml"
+CHINESE = "configs/reviews/chinese.yaml"
+QUICK = ["train.epochs=1", "model.encoder.n_encoder_layers=1", "model.encoder.d_model=32", "model.encoder.d_ff=64",
+         "model.encoder.n_heads=2", "data.tokenizer.vocab_size=500"]  # fmt: skip
+MINILM = ["model.pretrained=minilm", "model.pooling=cls", "train.lr=5e-5", "train.epochs=4", "train.batch_size=16",
+          "train.warmup_steps=30", "finetune.layer_lr_decay=0.85", "model.dropout=0.1"]  # fmt: skip
+
+
+def common(run_dir: Path, overrides: list[str]) -> list[str]:
+    return [f"run_dir={run_dir}", "train.progress=false", "train.tensorboard=false", *overrides]
+
+
+def baselines(task) -> dict[str, dict[str, float]]:
+    """Majority class and TF-IDF + logistic regression on the task's own train / test rows."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, test = task.data.train.examples, task.data.splits["test"]
+    y_train = [e.label for e in train]
+    majority = max(set(y_train), key=y_train.count)
+    n_classes = len(task.labels.classes)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    x_train = vectorizer.fit_transform([e.text for e in train])
+    lr = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x_train, y_train)
+    probs = {
+        "majority": torch.nn.functional.one_hot(torch.full((len(test),), majority), n_classes).float(),
+        "tfidf_lr": torch.zeros(len(test), n_classes),
+    }
+    tfidf = lr.predict_proba(vectorizer.transform([e.text for e in test]))
+    probs["tfidf_lr"][:, torch.as_tensor(lr.classes_)] = torch.as_tensor(tfidf, dtype=torch.float32)
+    return probs
+
+
+def score(probs: torch.Tensor, task, split: str = "test") -> dict[str, float]:
+    from heedful.tasks.classify import classification_metrics
+
+    labels = torch.tensor([e.label for e in task.data.splits[split]])
+    metrics, _ = classification_metrics(probs, labels, task.labels.classes, ordinal=task.labels.ordinal)
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "mae") if k in metrics}
+
+
+def amazon(args) -> list[str]:
+    lines = []
+    folds = 2 if args.quick else 5
+    for labels in ("stars5", "stars3"):
+        per_model: dict[str, list[dict[str, float]]] = {}
+        pooled: dict[str, list[tuple[str, float, int]]] = {}  # model -> (product, expected, true)
+        for fold in range(folds):
+            base = [f"data.labels={labels}", f"data.folds={folds}", f"data.fold={fold}", "data.val_fraction=0.1",
+                    *(QUICK if args.quick else []), *args.overrides]  # fmt: skip
+            models = {"from_scratch": base}
+            if not args.no_minilm:
+                models["minilm"] = [*base, *MINILM, *(["train.epochs=1"] if args.quick else [])]
+            task = None
+            for name, overrides in models.items():
+                run_dir = ROOT / f"amazon-{labels}-{name}-fold{fold}"
+                cfg = load_config(AMAZON, common(run_dir, overrides))
+                started = time.perf_counter()
+                fit(cfg, overwrite=True)
+                minutes = (time.perf_counter() - started) / 60
+                run = load_run(run_dir, device="cpu")
+                run.evaluate("test")
+                task = run.task
+                test = task.data.splits["test"]
+                probs = task._probabilities(run.model, [list(e.ids) for e in test])
+                per_model.setdefault(name, []).append({**score(probs, task), "minutes": minutes})
+                expected = probs @ torch.arange(probs.shape[1], dtype=probs.dtype)
+                pooled.setdefault(name, []).extend(
+                    (e.group, float(x), e.label) for e, x in zip(test, expected, strict=True)
+                )
+            for name, probs in baselines(task).items():
+                per_model.setdefault(name, []).append(score(probs, task))
+                expected = probs @ torch.arange(probs.shape[1], dtype=probs.dtype)
+                pooled.setdefault(name, []).extend(
+                    (e.group, float(x), e.label) for e, x in zip(task.data.splits["test"], expected, strict=True)
+                )
+            print(f"{labels} fold {fold}: " + json.dumps({k: v[-1] for k, v in per_model.items()}), flush=True)
+        lines += [f"### Amazon, {labels}, {folds}-fold CV", "",
+                  "| model | accuracy | macro-F1 | MAE | train min/fold | products (≥ 10) | product ρ |",
+                  "|---|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+        for name, rows in per_model.items():
+            cells = [name]
+            for key in ("accuracy", "macro_f1", "mae"):
+                values = [r[key] for r in rows if key in r]
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}" if values else "")
+            minutes = [r["minutes"] for r in rows if "minutes" in r]
+            cells.append(f"{statistics.mean(minutes):.1f}" if minutes else "–")
+            n, rho = product_quality(pooled[name])
+            cells += [str(n), f"{rho:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def product_quality(rows: list[tuple[str, float, int]], min_size: int = 10) -> tuple[int, float]:
+    from scipy.stats import spearmanr
+
+    by_product: dict[str, list[tuple[float, int]]] = {}
+    for product, expected, true in rows:
+        by_product.setdefault(product, []).append((expected, true))
+    kept = [v for v in by_product.values() if len(v) >= min_size]
+    if len(kept) < 3:
+        return len(kept), float("nan")
+    predicted = [statistics.mean(x for x, _ in v) for v in kept]
+    true = [statistics.mean(y for _, y in v) for v in kept]
+    return len(kept), float(spearmanr(predicted, true).statistic)
+
+
+def chinese(args) -> list[str]:
+    run_dir = ROOT / "chinese"
+    cfg = load_config(CHINESE, common(run_dir, [*(QUICK if args.quick else []), *args.overrides]))
+    started = time.perf_counter()
+    fit(cfg, overwrite=True)
+    minutes = (time.perf_counter() - started) / 60
+    run = load_run(run_dir, device="cpu")
+    metrics = run.evaluate("test")
+    test = run.task.data.splits["test"]
+    probs = run.task._probabilities(run.model, [list(e.ids) for e in test])
+    correct = (probs.argmax(-1) == torch.tensor([e.label for e in test])).tolist()
+    by_cat: dict[str, list[bool]] = {}
+    for e, ok in zip(test, correct, strict=True):
+        by_cat.setdefault(e.group, []).append(ok)
+    lines = ["### Chinese reviews, 10 categories (from scratch)", "",
+             f"overall test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
+             f"training {minutes:.1f} min", "", "| category | test reviews | accuracy |", "|---|--:|--:|"]  # fmt: skip
+    for cat, oks in sorted(by_cat.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"| {cat} | {len(oks)} | {sum(oks) / len(oks):.4f} |")
+    return [*lines, ""]
+
+
+def speed(args) -> list[str]:
+    run_dir = ROOT / "amazon-stars5-from_scratch-fold0"
+    if not (run_dir / "model").is_dir():
+        raise SystemExit(f"{run_dir}: run `benchmarks/reviews.py amazon` first (it trains the model timed here)")
+    run = load_run(run_dir, device="cpu")
+    texts = [e.text for e in run.task.data.splits["test"]] if run.task.data else []
+    if not texts:
+        run.evaluate("test")
+        texts = [e.text for e in run.task.data.splits["test"]]
+    short = [t for t in texts if len(t) <= 200] or texts
+    n = 200 if args.quick else 10_000
+    batch = (short * (n // len(short) + 1))[:n]
+    started = time.perf_counter()
+    for i in range(0, n, 1024):
+        run.predict(batch[i : i + 1024])
+    batched = n / (time.perf_counter() - started)
+    one_n = min(n, 500)
+    started = time.perf_counter()
+    for text in batch[:one_n]:
+        run.predict([text])
+    single = one_n / (time.perf_counter() - started)
+    return ["### predict throughput (from-scratch model)", "",
+            f"{n} short reviews (≤ 200 characters): {batched:,.0f} reviews/s with batches of 1,024; "
+            f"{single:,.0f} reviews/s one at a time ({one_n} reviews); ratio {batched / single:.1f}×", ""]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="review classification benchmarks")
+    parser.add_argument("which", choices=["amazon", "chinese", "speed", "all"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 folds, 1 epoch, tiny models")
+    parser.add_argument("--no-minilm", action="store_true", help="skip the fine-tuned MiniLM (the slowest model)")
+    args = parser.parse_args()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    lines = [f"## {time.strftime('%Y-%m-%d %H:%M')} — {platform.machine()}, {torch.get_num_threads()} threads, "
+             f"torch {torch.__version__}{' (--quick)' if args.quick else ''}", ""]  # fmt: skip
+    chosen = ["amazon", "chinese", "speed"] if args.which == "all" else [args.which]
+    for which in chosen:
+        lines += {"amazon": amazon, "chinese": chinese, "speed": speed}[which](args)
+    report = "\n".join(lines)
+    print(report)
+    with (ROOT / "summary.md").open("a") as f:
+        f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
