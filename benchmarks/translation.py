@@ -75,6 +75,20 @@ def target_tokens_per_epoch(run_dir: Path) -> int:
 
 
 def score(name: str, run_dir: Path) -> dict:
+    """The table row of a finished run; kept in run_dir/bench-translation.json, and reused while
+    the model is unchanged (scoring decodes the test set twice)."""
+    saved = run_dir / "bench-translation.json"
+    weights = run_dir / "model" / "model.safetensors"
+    if saved.is_file() and saved.stat().st_mtime > weights.stat().st_mtime:
+        row = json.loads(saved.read_text())
+        print(f"{name}: scores of {run_dir} reused from {saved}", flush=True)
+        return row
+    row = _score(name, run_dir)
+    saved.write_text(json.dumps(row, indent=2, ensure_ascii=False) + "\n")
+    return row
+
+
+def _score(name: str, run_dir: Path) -> dict:
     history = History.load(run_dir / "history.json")
     last = history.epochs[-1]
     row: dict = {"model": LABELS.get(name, name), "run": str(run_dir)}
