@@ -3,6 +3,7 @@
 from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
 from heedful.models.pretrained import PretrainedModel, load_pretrained
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
+from heedful.models.sagan import SAGAN, SAGANConfig
 from heedful.models.transformer import (
     DecoderCache,
     TransformerConfig,
@@ -11,12 +12,14 @@ from heedful.models.transformer import (
 )
 
 __all__ = [
+    "SAGAN",
     "ClassifierConfig",
     "DecoderCache",
     "EncoderClassifier",
     "PretrainedModel",
     "RNNConfig",
     "RNNEncoderDecoder",
+    "SAGANConfig",
     "TransformerConfig",
     "TransformerEncoderDecoder",
     "TransformerEncoderModel",
