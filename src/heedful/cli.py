@@ -192,6 +192,37 @@ def _predict_file(run, path: Path, output: Path | None, text_column: str | None,
 
 
 @app.command()
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="An imagegen run directory written by `heedful train`.")],
+    n: Annotated[int, typer.Option("--n", help="How many images.", min=1)] = 64,
+    class_name: Annotated[
+        str | None, typer.Option("--class", help="Only this class (class-conditional models; default: all in turn).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="The grid PNG (default: RUN_DIR/plots/generated.png).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Noise seed (default: the config's gan.sample_seed).")] = None,
+    show_attention: Annotated[
+        bool, typer.Option(help="Also save, for three images, where query pixels attend (overlay PNGs).")
+    ] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Generate images with a trained GAN and save them as one grid."""
+    from heedful.runs import load_run
+    from heedful.tasks.imagegen import save_grid
+
+    run = load_run(run_dir, device)
+    if run.cfg.task != "imagegen":
+        raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; generate needs an imagegen run")
+    class_id = run.task._class_id(class_name) if class_name is not None else None
+    images = run.task.generate(run.model, n, class_id, seed)
+    path = save_grid(images, out or run.run_dir / "plots" / "generated.png")
+    typer.echo(f"{n} images: {path}")
+    if show_attention:
+        inputs = [class_name] * 3 if class_name is not None else (run.task.classes[:3] or ["image"] * 3)
+        for figure in run.show_attention(inputs, out.parent if out else None):
+            typer.echo(f"attention overlay: {figure}")
+
+
+@app.command()
 def transcribe(
     run_dir: Annotated[Path, typer.Argument(help="A speech run directory written by `heedful train`.")],
     audio: Annotated[list[Path], typer.Argument(help="WAV or FLAC files (resampled to the model's rate).")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 # DejaVu Sans covers Latin, Greek and Cyrillic; the CJK fonts are used for characters it lacks
@@ -95,6 +96,43 @@ def spectrogram_attention(
     bottom.set_ylabel("query frame time (s)")
     bottom.set_xlim(0, end)
     fig.colorbar(image, ax=[top, bottom], fraction=0.035)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def attention_overlay(
+    image: Tensor, weights: Tensor, side: int, queries: list[tuple[int, int]], path: Path, title: str = ""
+) -> Path:
+    """A generated image, then one panel per query position: its attention over the feature map
+    (side × side, upsampled to the image) laid over the image, the query marked with a cross.
+
+    image: (C, R, R) in [−1, 1]; weights: (Q, side·side), row q = query q's attention."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picture = ((image.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).squeeze(-1).numpy()
+    size = image.shape[-1]
+    cell = size / side
+    fig, axes = plt.subplots(1, len(queries) + 1, figsize=(2.4 * (len(queries) + 1), 2.7))
+    axes[0].imshow(picture, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("generated", fontsize=9)
+    for ax, (r, c), row in zip(axes[1:], queries, weights, strict=True):
+        heat = row.float().view(1, 1, side, side)
+        heat = torch.nn.functional.interpolate(heat, size=(size, size), mode="nearest")[0, 0].numpy()
+        ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(heat, cmap="inferno", alpha=0.6)
+        ax.plot([(c + 0.5) * cell - 0.5], [(r + 0.5) * cell - 0.5], marker="x", color="cyan", markersize=9, mew=2)
+        ax.set_title(f"query ({r}, {c})", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -127,6 +127,10 @@ class Task(ABC):
         decay: a group's ``lr_scale`` multiplies the scheduled rate); None: the trainer's default."""
         return None
 
+    def after_validation(self, model: nn.Module, epoch: int, run_dir: Path) -> None:  # noqa: B027 - optional hook
+        """Called by the trainer after each epoch's validation, with the weights it validated
+        (e.g. to save a sample grid into ``run_dir/plots``)."""
+
     def write_reports(self, split: str, directory: Path) -> list[Path]:
         """Figures for the last ``evaluate(split)`` (e.g. a confusion matrix), written into
         ``directory``; returns their paths."""

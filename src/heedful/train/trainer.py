@@ -254,6 +254,7 @@ class Trainer:
                 row |= {f"val_{k}": v for k, v in self.task.validate(model).items()}
                 history.epochs.append(row)
                 improved = self._track_best(row, state, history, model)
+                self.task.after_validation(model, epoch + 1, self.run_dir)
             model.train()
             logger.scalars(state["step"], {k: v for k, v in row.items() if k != "epoch"}, prefix="epoch/")
             (tqdm.write if tc.progress else print)(_format_row(row, improved))
@@ -322,7 +323,8 @@ def _plot_history(history: History, path: Path) -> None:
                 ax.plot(h["epoch"], h[key], marker="o", label=split)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a task without this metric draws an empty panel
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,146 @@
+"""The imagegen task on the bundled 8×8 digits at toy size: training through the shared trainer,
+exact resumption, the domain FID's sanity (real vs real near 0, growing with noise), generation
+and attention overlays from the CLI, and bad image folders."""
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from heedful.data.images import image_folder, read_idx
+from heedful.errors import DataError
+from heedful.metrics import feature_statistics, frechet_distance
+from heedful.runs import load_config, load_run
+from heedful.tasks import get_task
+from heedful.train import History, fit
+from heedful.train.checkpoint import list_checkpoints
+from tests.conftest import SHARED_DATA, latest_checkpoint_weights, run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "model.width": 16,
+    "model.z_dim": 16,
+    "gan.fid_samples": 200,
+    "gan.classifier_epochs": 6,
+    "train.epochs": 2,
+    "train.batch_size": 32,
+    "train.max_minutes": None,
+    "train.progress": False,
+    "train.tensorboard": False,
+    "train.num_threads": 1,
+    "device": "cpu",
+}
+
+
+def config(run_dir, **extra):
+    values = {**TINY, "run_dir": str(run_dir), **extra}
+    return load_config(
+        ROOT / "configs" / "digits_gan.yaml", [f"{k}={'null' if v is None else v}" for k, v in values.items()]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("gan") / "run"
+    return run_dir, fit(config(run_dir))
+
+
+def test_training_reports_fid_and_class_accuracy_and_saves_sample_grids(trained):
+    run_dir, history = trained
+    assert history["epoch"] == [1, 2]
+    assert all(v >= 0 for v in history["val_fid"]) and all(0 <= v <= 1 for v in history["val_class_accuracy"])
+    assert history["val_classifier_accuracy"][0] > 0.9  # the feature network recognises real digits
+    assert (run_dir / "plots" / "samples-epoch-002.png").read_bytes()[:4] == b"\x89PNG"
+    run = load_run(run_dir, device="cpu")
+    metrics = run.evaluate("test")
+    assert set(metrics) == {"fid", "classifier_accuracy", "class_accuracy"}
+
+
+def test_a_resumed_gan_run_continues_bit_identically(tmp_path, monkeypatch):
+    extra = {"train.checkpoint_every": 10, "train.keep_checkpoints": 5}
+    fit(config(tmp_path / "straight", **extra))
+    task_class = get_task("imagegen")
+    original = task_class.loss
+    calls = {"n": 0}
+
+    def crashing(self, model, batch):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return original(self, model, batch)
+
+    monkeypatch.setattr(task_class, "loss", crashing)
+    cfg = config(tmp_path / "resumed", **extra)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg)
+    assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-10"
+    monkeypatch.setattr(task_class, "loss", original)
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
+    fit(cfg, resume=True)
+    straight, resumed = (
+        latest_checkpoint_weights(tmp_path / "straight"),
+        latest_checkpoint_weights(tmp_path / "resumed"),
+    )
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    assert (
+        History.load(tmp_path / "straight" / "history.json")["val_fid"]
+        == History.load(tmp_path / "resumed" / "history.json")["val_fid"]
+    )
+
+
+def test_domain_fid_is_near_zero_for_real_against_real_and_grows_with_noise(trained):
+    run = load_run(trained[0], device="cpu")
+    run.evaluate("test")  # builds the data
+    task = run.task
+    train_images = task.data.train.images
+    held = task.data.splits["test"]["images"]
+    real = feature_statistics(task._features(held)[0])
+    other_real = feature_statistics(task._features(train_images)[0])
+    distances = []
+    for sigma in (0.0, 0.2, 0.5, 1.0):
+        noisy = held + sigma * torch.randn(held.shape, generator=torch.Generator().manual_seed(0))
+        distances.append(frechet_distance(*real, *feature_statistics(task._features(noisy)[0])))
+    assert distances[0] == pytest.approx(0.0, abs=1e-6)
+    assert distances == sorted(distances) and distances[-1] > 10 * frechet_distance(*real, *other_real)
+
+
+def test_cli_generates_a_grid_of_one_class_and_attention_overlays(trained, tmp_path):
+    grid = tmp_path / "grid.png"
+    result = run_cli("generate", str(trained[0]), "--n", "16", "--class", "3", "--out", str(grid), "--show-attention")
+    assert result.returncode == 0, result.stderr
+    assert grid.read_bytes()[:4] == b"\x89PNG"
+    overlays = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("attention overlay")]
+    assert len(overlays) == 3 and all(Path(p).is_file() for p in overlays)
+    bad = run_cli("generate", str(trained[0]), "--class", "11")
+    assert bad.returncode == 2 and "unknown class '11'" in bad.stderr
+
+
+def test_an_odd_sized_or_unreadable_image_names_the_file(tmp_path):
+    from PIL import Image
+
+    for cls, size in (("a", 8), ("b", 8), ("b", 9)):
+        folder = tmp_path / "images" / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (size, size)).save(folder / f"{size}.png")
+    (tmp_path / "images" / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"broken\.png: not a readable image"):
+        image_folder(tmp_path / "images")
+    (tmp_path / "images" / "a" / "broken.png").unlink()
+    with pytest.raises(DataError, match=r"9\.png: 9×9 grey, but 8\.png is 8×8 grey"):
+        image_folder(tmp_path / "images")
+    images, labels, classes = image_folder(tmp_path / "images", on_bad="skip")
+    assert images.shape == (2, 1, 8, 8) and classes == ["a", "b"] and labels.tolist() == [0, 1]
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs ../shared/data/mnist")
+def test_the_mnist_idx_files_read_with_their_known_counts(tmp_path):
+    labels = read_idx(SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz")
+    assert labels.shape == (10_000,) and list(torch.bincount(torch.from_numpy(labels.astype("int64")))) == [
+        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009,
+    ]  # fmt: skip
+    (tmp_path / "bad-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x02" + b"\x00" * 20)
+    with pytest.raises(DataError, match="bad-idx3-ubyte: holds"):
+        read_idx(tmp_path / "bad-idx3-ubyte")
