@@ -207,14 +207,10 @@ def generate(
 ) -> None:
     """Generate images with a trained GAN and save them as one grid."""
     from heedful.runs import load_run
-    from heedful.tasks.imagegen import save_grid
 
     run = load_run(run_dir, device)
-    if run.cfg.task != "imagegen":
-        raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; generate needs an imagegen run")
-    class_id = run.task._class_id(class_name) if class_name is not None else None
-    images = run.task.generate(run.model, n, class_id, seed)
-    path = save_grid(images, out or run.run_dir / "plots" / "generated.png")
+    path = out or run.run_dir / "plots" / "generated.png"
+    run.generate(n, class_name, seed, out=path)
     typer.echo(f"{n} images: {path}")
     if show_attention:
         inputs = [class_name] * 3 if class_name is not None else (run.task.classes[:3] or ["image"] * 3)

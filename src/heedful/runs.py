@@ -77,6 +77,22 @@ class Run:
             raise UserError(f"{self.run_dir}: is a {self.cfg.task!r} run; translate needs a translate run")
         return translate(self.model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention)
 
+    def generate(
+        self, n: int = 64, class_name: str | None = None, seed: int | None = None, out: str | Path | None = None
+    ) -> Any:
+        """``n`` images from an imagegen run, (n, C, R, R) in [−1, 1]; with ``out``, also saved as
+        one grid PNG there."""
+        generate = getattr(self.task, "generate", None)
+        if generate is None:
+            raise UserError(f"{self.run_dir}: is a {self.cfg.task!r} run; generate needs an imagegen run")
+        class_id = self.task._class_id(class_name) if class_name is not None else None
+        images = generate(self.model, n, class_id, seed)
+        if out is not None:
+            from heedful.tasks.imagegen import save_grid
+
+            save_grid(images, Path(out))
+        return images
+
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""
         out_dir = Path(out_dir) if out_dir is not None else self.run_dir / "plots"
