@@ -4,10 +4,12 @@
     history = Trainer(task, cfg).fit()          # or heedful.train.fit(cfg)
     history["val_loss"], history.best_epoch
 
-What it does for every task: AdamW with decoupled weight decay (none on biases and norms), a
-warm-up + inverse-√ or cosine schedule, gradient clipping and accumulation, bf16 autocast on CPU
-and GPU, seeded and deterministic runs, progress bars, TensorBoard (and W&B), per-epoch
-validation, best-model saving, early stopping, atomic checkpoints and exact resumption.
+What it does for every task: AdamW with decoupled weight decay (none on biases and norms; a
+task may supply its own parameter groups with learning-rate scales), a warm-up + inverse-√ or
+cosine schedule, gradient clipping and accumulation, bf16 autocast on CPU and GPU, an optional
+weight average that is what gets validated and saved, seeded and deterministic runs, progress
+bars, TensorBoard (and W&B), per-epoch validation, best-model saving, early stopping, atomic
+checkpoints and exact resumption.
 """
 
 from __future__ import annotations
