@@ -21,10 +21,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from heedful.attention.content import ContentAttention
 from heedful.models.pretrained import PretrainedModel
+from heedful.models.rnn import masked_mean, run_packed
 from heedful.models.transformer import Encoder, TransformerConfig
 
 
@@ -69,10 +69,7 @@ class BiGRUEncoder(nn.Module):
 
     def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:
         x = self.dropout(self.embedding(tokens))  # (B, T, E)
-        lengths = padding.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        return pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])[0]  # (B, T, H)
+        return run_packed(self.rnn, x, padding)  # (B, T, H)
 
 
 class EncoderClassifier(PretrainedModel):
@@ -99,8 +96,7 @@ class EncoderClassifier(PretrainedModel):
         if self.config.pooling == "cls":
             pooled = states[:, 0]
         elif self.config.pooling == "mean":
-            weights = padding.to(states.dtype)[:, :, None]
-            pooled = (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+            pooled = masked_mean(states, padding)
         else:
             pooled = self.pool(states, padding)
         return self.head(self.dropout(pooled))  # (B, C)

@@ -78,7 +78,16 @@ def _rnn(cell: str, *args, **kwargs) -> nn.RNNBase:
     return (nn.GRU if cell == "gru" else nn.LSTM)(*args, batch_first=True, **kwargs)
 
 
-def _masked_mean(memory: Tensor, padding: Tensor) -> Tensor:
+def run_packed(rnn: nn.RNNBase, x: Tensor, padding: Tensor) -> Tensor:
+    """A batch-first RNN over (B, T, E) inputs, padding (B, T) True = real -> (B, T, H), zero at
+    padding. Packing makes each row's states independent of how much padding its batch has."""
+    lengths = padding.sum(1).clamp(min=1).cpu()
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = rnn(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+def masked_mean(memory: Tensor, padding: Tensor) -> Tensor:
     """(B, S, H), (B, S) True = real -> (B, H): the mean over real positions."""
     weights = padding.to(memory.dtype)[:, :, None]
     return (memory * weights).sum(1) / weights.sum(1).clamp(min=1)
@@ -101,11 +110,7 @@ class RNNEncoder(nn.Module):
     def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:
         """tokens (B, S), padding (B, S) True = real -> memory (B, S, H), zero at padding."""
         x = self.dropout(self.embedding(tokens))  # (B, S, E)
-        lengths = padding.sum(1).clamp(min=1).cpu()
-        # Packing makes each row's states independent of how much padding its batch has.
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=tokens.shape[1])  # (B, S, H)
+        memory = run_packed(self.rnn, x, padding)  # (B, S, H)
         return self.dropout(memory)
 
 
@@ -131,7 +136,7 @@ class RNNDecoder(nn.Module):
 
     def _initial_state(self, memory: Tensor, padding: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         B, L = memory.shape[0], self.cfg.n_decoder_layers
-        h0 = torch.tanh(self.init_state(_masked_mean(memory, padding)))  # (B, L·H)
+        h0 = torch.tanh(self.init_state(masked_mean(memory, padding)))  # (B, L·H)
         h0 = h0.view(B, L, -1).transpose(0, 1).contiguous()  # (L, B, H)
         return (h0, torch.zeros_like(h0)) if self.cfg.cell == "lstm" else h0
 
@@ -151,7 +156,7 @@ class RNNDecoder(nn.Module):
         e = self.dropout(self.embedding(tokens))  # (B, T, E)
         kind = self.cfg.attention
         if kind == "none":
-            context = _masked_mean(memory, padding)[:, None].expand(-1, e.shape[1], -1)  # (B, T, H)
+            context = masked_mean(memory, padding)[:, None].expand(-1, e.shape[1], -1)  # (B, T, H)
             states, cache.state = self.rnn(torch.cat([e, context], -1), cache.state)  # (B, T, H)
             r = torch.cat([states, context, e], -1)
         elif kind == "bahdanau":
