@@ -19,40 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 from pathlib import Path
 
-import torch
-
-from heedful.runs import load_config, load_run
-from heedful.train import History, fit
+from common import header, table
+from common import train_and_test as _train_and_test
+from heedful.runs import load_run
 
 ROOT = Path("runs/bench-speech")
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 
 
 def train_and_test(name: str, config: str, overrides: list[str], retrain: bool) -> dict:
-    """Train (unless a finished run with the same config is there and ``retrain`` is off), then test."""
-    run_dir = ROOT / name
-    cfg = load_config(config, [f"run_dir={run_dir}", "train.progress=false", *overrides])
-    # Only a run whose fit() returned counts: a run still training (or cut off) has a history too.
-    finished = (run_dir / "history.json").is_file() and History.load(run_dir / "history.json").completed
-    same = finished and load_config(run_dir / "config.yaml") == cfg
-    if same and not retrain:
-        history = History.load(run_dir / "history.json")
-        minutes = history.epochs[-1]["time"] / 60  # training time the run recorded
-        print(f"{name}: reusing the finished run in {run_dir} (--retrain to train again)", flush=True)
-    else:
-        started = time.perf_counter()
-        history = fit(cfg, overwrite=True)
-        minutes = (time.perf_counter() - started) / 60
-    metrics = load_run(run_dir, device=cfg.device).evaluate("test")
-    params = sum(p.numel() for p in load_run(run_dir, device="cpu").model.parameters())
-    row = {"run": name, "params": params, "train_min": round(minutes, 2), "epochs": len(history.epochs),
-           "best_epoch": history.best_epoch, **{k: round(v, 4) for k, v in metrics.items()}}  # fmt: skip
-    print(json.dumps(row), flush=True)
-    return row
+    return _train_and_test(ROOT / name, config, overrides, retrain)
 
 
 def noisy_test(run_dir: Path, snr_db: float | None) -> float:
@@ -60,12 +38,6 @@ def noisy_test(run_dir: Path, snr_db: float | None) -> float:
     run.cfg.data.test_noise_snr_db = snr_db
     run.task.data = None  # rebuild the test audio with noise added
     return run.evaluate("test")["accuracy"]
-
-
-def table(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -76,8 +48,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = {"digits", "ablation", "noise", "speakers", "strings"} if args.which == "all" else {args.which}
     ROOT.mkdir(parents=True, exist_ok=True)
-    out: list[str] = [f"## {time.strftime('%Y-%m-%d %H:%M')} — {platform.machine()}, "
-                      f"{torch.get_num_threads()} threads, torch {torch.__version__}"]  # fmt: skip
+    out: list[str] = [header()]
     digits = "configs/speech_digits.yaml"
 
     if chosen & {"digits", "ablation", "noise"}:

@@ -1,0 +1,56 @@
+"""What several benchmarks share: train a config once (or reuse the finished run), test it, and
+print a Markdown table with a header naming the machine.
+
+Benchmarks run as scripts (`python benchmarks/speech.py …`), so Python puts this folder on the
+path and `from common import …` finds this file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from heedful.runs import load_config, load_run
+from heedful.train import History, fit
+
+
+def header() -> str:
+    """The line that starts every summary: when, on what, with how many threads."""
+    return (f"## {time.strftime('%Y-%m-%d %H:%M')} — {platform.machine()}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+
+
+def train_and_test(run_dir: Path, config: str | Path, overrides: list[str], retrain: bool) -> dict:
+    """Train ``config`` into ``run_dir`` (unless a finished run with the same config is there and
+    ``retrain`` is off), then score its best checkpoint on the test split once.
+
+    Returns one table row: run name, parameters, training minutes, epochs, best epoch and the
+    test metrics (rounded to 4 places)."""
+    cfg = load_config(config, [f"run_dir={run_dir}", "train.progress=false", *overrides])
+    # Only a run whose fit() returned counts: a run still training (or cut off) has a history too.
+    finished = (run_dir / "history.json").is_file() and History.load(run_dir / "history.json").completed
+    same = finished and load_config(run_dir / "config.yaml") == cfg
+    if same and not retrain:
+        history = History.load(run_dir / "history.json")
+        minutes = history.epochs[-1]["time"] / 60  # training time the run recorded
+        print(f"{run_dir.name}: reusing the finished run in {run_dir} (--retrain to train again)", flush=True)
+    else:
+        started = time.perf_counter()
+        history = fit(cfg, overwrite=True)
+        minutes = (time.perf_counter() - started) / 60
+    metrics = load_run(run_dir, device=cfg.device).evaluate("test")
+    params = sum(p.numel() for p in load_run(run_dir, device="cpu").model.parameters())
+    row = {"run": run_dir.name, "params": params, "train_min": round(minutes, 2), "epochs": len(history.epochs),
+           "best_epoch": history.best_epoch, **{k: round(v, 4) for k, v in metrics.items()}}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
