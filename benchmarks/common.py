@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from heedful.config import RunConfig
 from heedful.runs import load_config, load_run
 from heedful.train import History, fit
 
@@ -24,24 +25,29 @@ def header() -> str:
             f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
 
 
+def fit_or_reuse(cfg: RunConfig, retrain: bool = False) -> float:
+    """Train ``cfg`` into its run directory unless a finished run with the same config is there
+    (and ``retrain`` is off); returns the training minutes (those the reused run recorded)."""
+    run_dir = cfg.resolved_run_dir()
+    # Only a run whose fit() returned counts: a run still training (or cut off) has a history too.
+    finished = (run_dir / "history.json").is_file() and History.load(run_dir / "history.json").completed
+    if finished and not retrain and load_config(run_dir / "config.yaml") == cfg:
+        print(f"{run_dir.name}: reusing the finished run in {run_dir} (--retrain to train again)", flush=True)
+        return History.load(run_dir / "history.json").epochs[-1]["time"] / 60
+    started = time.perf_counter()
+    fit(cfg, overwrite=True)
+    return (time.perf_counter() - started) / 60
+
+
 def train_and_test(run_dir: Path, config: str | Path, overrides: list[str], retrain: bool) -> dict:
-    """Train ``config`` into ``run_dir`` (unless a finished run with the same config is there and
-    ``retrain`` is off), then score its best checkpoint on the test split once.
+    """Train ``config`` into ``run_dir`` (or reuse the finished run: ``fit_or_reuse``), then score
+    its best checkpoint on the test split once.
 
     Returns one table row: run name, parameters, training minutes, epochs, best epoch and the
     test metrics (rounded to 4 places)."""
     cfg = load_config(config, [f"run_dir={run_dir}", "train.progress=false", *overrides])
-    # Only a run whose fit() returned counts: a run still training (or cut off) has a history too.
-    finished = (run_dir / "history.json").is_file() and History.load(run_dir / "history.json").completed
-    same = finished and load_config(run_dir / "config.yaml") == cfg
-    if same and not retrain:
-        history = History.load(run_dir / "history.json")
-        minutes = history.epochs[-1]["time"] / 60  # training time the run recorded
-        print(f"{run_dir.name}: reusing the finished run in {run_dir} (--retrain to train again)", flush=True)
-    else:
-        started = time.perf_counter()
-        history = fit(cfg, overwrite=True)
-        minutes = (time.perf_counter() - started) / 60
+    minutes = fit_or_reuse(cfg, retrain)
+    history = History.load(run_dir / "history.json")
     metrics = load_run(run_dir, device=cfg.device).evaluate("test")
     params = sum(p.numel() for p in load_run(run_dir, device="cpu").model.parameters())
     row = {"run": run_dir.name, "params": params, "train_min": round(minutes, 2), "epochs": len(history.epochs),

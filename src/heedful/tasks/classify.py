@@ -72,6 +72,7 @@ class ClassifyData(Section):
         None, ge=1, description="windows: tokens between window starts (default: half a window)"
     )
     class_weights: Literal["none", "balanced"] = "none"
+    length_buckets: bool = Field(True, description="batch texts of similar length together (less padding)")
     balanced_sampling: bool = False
     min_group_size: int = Field(10, ge=1, description="groups with fewer held-out examples are not scored")
 
@@ -143,11 +144,26 @@ def split_examples(rows: list, cfg: ClassifyData, seed: int) -> dict[str, list]:
 # -------------------------------------------------------------------------------------- batches
 class ExampleBatches(BatchSource):
     """Shuffled batches of ``batch_size``, reproducible from (seed, epoch); with ``weights``,
-    examples are drawn with replacement in proportion to them (class-balanced sampling)."""
+    examples are drawn with replacement in proportion to them (class-balanced sampling).
 
-    def __init__(self, examples: list[Example], batch_size: int, seed: int, collate, weights: list[float] | None):
-        self.examples, self.batch_size, self.seed, self.collate, self.weights = (
-            examples, batch_size, seed, collate, weights,
+    With ``bucket`` the shuffled order is cut into pools of 50 batches, each pool sorted by
+    length before it is cut into batches, and the batches shuffled again: a batch then holds
+    texts of similar length, so little of it is padding (reviews run from 3 words to 1,000),
+    while which texts meet in a batch still changes every epoch."""
+
+    POOL_BATCHES = 50
+
+    def __init__(
+        self,
+        examples: list[Example],
+        batch_size: int,
+        seed: int,
+        collate,
+        weights: list[float] | None,
+        bucket: bool = False,
+    ):
+        self.examples, self.batch_size, self.seed, self.collate, self.weights, self.bucket = (
+            examples, batch_size, seed, collate, weights, bucket,
         )  # fmt: skip
 
     def steps_per_epoch(self) -> int:
@@ -160,8 +176,16 @@ class ExampleBatches(BatchSource):
             order = torch.randperm(n, generator=g).tolist()
         else:
             order = torch.multinomial(torch.tensor(self.weights), n, replacement=True, generator=g).tolist()
-        for start in range(0, n, self.batch_size):
-            yield self.collate([self.examples[i] for i in order[start : start + self.batch_size]])
+        batches = [order[start : start + self.batch_size] for start in range(0, n, self.batch_size)]
+        if self.bucket:
+            pool = self.POOL_BATCHES * self.batch_size
+            batches = []
+            for start in range(0, n, pool):
+                by_length = sorted(order[start : start + pool], key=lambda i: len(self.examples[i].ids))
+                batches += [by_length[k : k + self.batch_size] for k in range(0, len(by_length), self.batch_size)]
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        for rows in batches:
+            yield self.collate([self.examples[i] for i in rows])
 
 
 # ----------------------------------------------------------------------------------------- task
@@ -291,7 +315,9 @@ class ClassifyTask(Task):
         weights = None
         if d.balanced_sampling:
             weights = [1.0 / float(counts[e.label]) for e in encoded["train"]]
-        train = ExampleBatches(encoded["train"], cfg.train.batch_size, cfg.seed, self.collate, weights)
+        train = ExampleBatches(
+            encoded["train"], cfg.train.batch_size, cfg.seed, self.collate, weights, bucket=d.length_buckets
+        )
         self.data = DataBundle(train=train, splits={"val": encoded["val"], "test": encoded["test"]})
         return self.data
 
