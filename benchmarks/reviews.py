@@ -47,8 +47,8 @@ CHINESE = "configs/reviews/chinese.yaml"
 QUICK = ["train.epochs=1", "model.encoder.n_encoder_layers=1", "model.encoder.d_model=32", "model.encoder.d_ff=64",
          "model.encoder.n_heads=2", "data.tokenizer.vocab_size=500"]  # fmt: skip
 # MiniLM (all-MiniLM-L6-v2) was trained as a sentence encoder with mean pooling: fine-tune it so.
-MINILM = ["model.pretrained=minilm", "model.pooling=mean", "train.lr=8e-5", "train.epochs=4", "train.batch_size=16",
-          "train.warmup_steps=50", "finetune.layer_lr_decay=0.9", "model.dropout=0.1", "train.precision=bf16",
+MINILM = ["model.pretrained=minilm", "model.pooling=mean", "train.lr=1e-4", "train.epochs=6", "train.batch_size=16",
+          "train.warmup_steps=60", "finetune.layer_lr_decay=0.9", "model.dropout=0.1", "train.precision=bf16",
           "train.weight_decay=0.01"]  # fmt: skip
 
 

@@ -42,6 +42,17 @@ def latest_checkpoint_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(str(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors"))
 
 
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Bit-identical: the same tensor names, every tensor equal."""
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def assert_same_latest_checkpoint(run_a: Path, run_b: Path) -> None:
+    assert_same_weights(latest_checkpoint_weights(run_a), latest_checkpoint_weights(run_b))
+
+
 def crash_translate_loss_at(monkeypatch, call: int) -> None:
     """Make the translate task's loss raise KeyboardInterrupt at its ``call``-th call — a run
     cut off mid-epoch. ``monkeypatch.undo()`` or a new setattr restores it."""

@@ -15,7 +15,7 @@ from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import History, fit
 from heedful.train.checkpoint import list_checkpoints
-from tests.conftest import SHARED_DATA, latest_checkpoint_weights, run_cli
+from tests.conftest import SHARED_DATA, assert_same_latest_checkpoint, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -78,13 +78,7 @@ def test_a_resumed_gan_run_continues_bit_identically(tmp_path, monkeypatch):
     monkeypatch.setattr(task_class, "loss", original)
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     fit(cfg, resume=True)
-    straight, resumed = (
-        latest_checkpoint_weights(tmp_path / "straight"),
-        latest_checkpoint_weights(tmp_path / "resumed"),
-    )
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    assert_same_latest_checkpoint(tmp_path / "straight", tmp_path / "resumed")
     assert (
         History.load(tmp_path / "straight" / "history.json")["val_fid"]
         == History.load(tmp_path / "resumed" / "history.json")["val_fid"]

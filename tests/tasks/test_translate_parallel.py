@@ -23,7 +23,7 @@ from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import fit
 from heedful.train.checkpoint import list_checkpoints
-from tests.conftest import SHARED_DATA, crash_translate_loss_at, latest_checkpoint_weights, run_cli
+from tests.conftest import SHARED_DATA, assert_same_latest_checkpoint, crash_translate_loss_at, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 MULTI30K = SHARED_DATA / "multi30k"
@@ -173,10 +173,7 @@ def test_resumed_run_continues_bit_identically(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     history = fit(cfg, resume=True)
 
-    a, b = latest_checkpoint_weights(tmp_path / "straight"), latest_checkpoint_weights(tmp_path / "resumed")
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    assert_same_latest_checkpoint(tmp_path / "straight", tmp_path / "resumed")
     assert history["step"] == straight["step"] and history["train_loss"][1] == straight["train_loss"][1]
 
 

@@ -12,7 +12,12 @@ from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import History, Trainer, fit
 from heedful.train.checkpoint import list_checkpoints
-from tests.conftest import crash_translate_loss_at, latest_checkpoint_weights, tiny_dates_overrides
+from tests.conftest import (
+    assert_same_latest_checkpoint,
+    assert_same_weights,
+    crash_translate_loss_at,
+    tiny_dates_overrides,
+)
 
 
 def config(configs_dir, run_dir, **extra):
@@ -65,19 +70,11 @@ def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatc
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     history = fit(cfg, resume=True)
 
-    straight, resumed = (
-        latest_checkpoint_weights(tmp_path / "straight"),
-        latest_checkpoint_weights(tmp_path / "resumed"),
-    )
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    assert_same_latest_checkpoint(tmp_path / "straight", tmp_path / "resumed")
     assert [row["step"] for row in history.epochs] == [4, 8]
     # The validated (and, with ema, averaged) weights and their scores agree too.
     assert History.load(tmp_path / "straight" / "history.json")["val_loss"] == history["val_loss"]
-    saved = [load_pretrained(tmp_path / run / "model").state_dict() for run in ("straight", "resumed")]
-    for name in saved[0]:
-        assert torch.equal(saved[0][name], saved[1][name]), name
+    assert_same_weights(*(load_pretrained(tmp_path / run / "model").state_dict() for run in ("straight", "resumed")))
 
 
 def test_a_half_written_checkpoint_is_ignored(configs_dir, tmp_path):
