@@ -19,6 +19,7 @@ from heedful.data.audio import (
     read_audio,
     spec_augment,
     speed_perturb,
+    vtlp_frequencies,
 )
 from heedful.errors import DataError
 
@@ -195,6 +196,25 @@ def test_a_tone_peaks_in_its_mel_band(band):
     freq = float(mel_to_hz(centre_mel))
     features = log_mel(tone(freq, rate), rate, n_mels=n_mels)  # (frames, n_mels)
     assert int(features[5:-5].mean(dim=0).argmax()) == band
+
+
+def test_vtlp_map_stretches_below_the_knee_and_keeps_zero_and_nyquist():
+    hz = np.linspace(0, 4000, 401)
+    np.testing.assert_allclose(vtlp_frequencies(hz, 1.0, 4000), hz)
+    for factor in (0.9, 1.1):
+        warped = vtlp_frequencies(hz, factor, 4000)
+        assert warped[0] == 0 and warped[-1] == pytest.approx(4000) and np.all(np.diff(warped) > 0)
+        knee = 0.8 * 4000 * min(factor, 1) / factor
+        np.testing.assert_allclose(warped[hz <= knee], factor * hz[hz <= knee])
+
+
+@pytest.mark.parametrize("warp", [0.9, 1.1])
+def test_a_warped_spectrum_puts_a_tone_in_the_band_of_the_stretched_tone(warp):
+    rate, freq = 8000, 1200.0
+    warped = log_mel(tone(freq, rate), rate, warp=warp)[5:-5].mean(dim=0)  # (n_mels,)
+    stretched = log_mel(tone(warp * freq, rate), rate)[5:-5].mean(dim=0)
+    plain = log_mel(tone(freq, rate), rate)[5:-5].mean(dim=0)
+    assert int(warped.argmax()) == int(stretched.argmax()) != int(plain.argmax())
 
 
 def test_normalize_gives_zero_mean_unit_variance_per_bin():

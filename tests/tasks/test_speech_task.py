@@ -52,8 +52,12 @@ def test_digits_train_evaluate_transcribe_and_show_attention(tmp_path, configs_d
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_speaker_split_holds_out_one_speaker(tmp_path, configs_dir):
-    cfg = load_config(configs_dir / "speech_digits.yaml", overrides(tmp_path / "run", **{"data.split": "speaker:theo"}))
+def test_speaker_split_holds_out_one_speaker_and_vtlp_warps_training_clips(tmp_path, configs_dir):
+    only_vtlp = {"augment.speed": "null", "augment.noise_snr_db": "null", "augment.spec_augment": "false",
+                 "augment.vtlp": "[1.1, 1.1]"}  # fmt: skip
+    cfg = load_config(
+        configs_dir / "speech_digits.yaml", overrides(tmp_path / "run", **{"data.split": "speaker:theo", **only_vtlp})
+    )
     from heedful.tasks import get_task
 
     task = get_task("speech")(cfg)
@@ -61,6 +65,10 @@ def test_speaker_split_holds_out_one_speaker(tmp_path, configs_dir):
     assert {u.speaker for u in data.splits["test"]} == {"theo"}
     assert len(data.splits["test"]) == 500
     assert "theo" not in {u.speaker for u in data.splits["val"]}
+    clip = data.train.utterances[0]
+    warped = task.augment(clip, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(warped, task.features(clip.wave, 1.1))
+    assert not torch.allclose(warped, clip.features)  # the stored, unwarped features
     with pytest.raises(Exception, match="no speaker 'bob'"):
         bad = load_config(
             configs_dir / "speech_digits.yaml", overrides(tmp_path / "r2", **{"data.split": "speaker:bob"})

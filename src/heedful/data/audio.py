@@ -126,6 +126,10 @@ class MelFilterbank:
 
     ``weights``: ``(n_mels, n_fft // 2 + 1)``; ``apply(power)`` maps a power spectrogram
     ``(..., frames, n_fft // 2 + 1)`` to mel energies ``(..., frames, n_mels)``.
+
+    ``warp`` ≠ 1 stretches the spectrum by that factor before the filters read it (vocal tract
+    length perturbation, see :func:`vtlp_frequencies`): a tone at f lands in the band a tone at
+    ``warp`` · f would without it.
     """
 
     sample_rate: int
@@ -133,6 +137,7 @@ class MelFilterbank:
     n_mels: int
     fmin: float = 0.0
     fmax: float | None = None
+    warp: float = 1.0
 
     def __post_init__(self) -> None:
         nyquist = self.sample_rate / 2
@@ -164,7 +169,7 @@ class MelFilterbank:
     @property
     def weights(self) -> np.ndarray:
         """``(n_mels, n_fft // 2 + 1)`` float64 filter weights."""
-        return _mel_weights(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax)
+        return _mel_weights(self.sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax, self.warp)
 
     def matrix(self) -> Tensor:
         """The weights as a float32 tensor ``(n_mels, n_fft // 2 + 1)``."""
@@ -177,11 +182,28 @@ class MelFilterbank:
         return power @ self.matrix().to(power.dtype).T
 
 
+def vtlp_frequencies(hz: np.ndarray, factor: float, nyquist: float, boundary: float = 0.8) -> np.ndarray:
+    """Vocal tract length perturbation's frequency map (Jaitly & Hinton 2013): f → factor · f up to
+    a knee, then the straight line that takes the knee to the Nyquist frequency, so the map is
+    continuous, increasing, and keeps 0 and Nyquist where they are. The knee sits at
+    ``boundary`` · Nyquist · min(factor, 1) / factor.
+    """
+    knee = boundary * nyquist * min(factor, 1.0) / factor
+    upper = nyquist - (nyquist - factor * knee) / (nyquist - knee) * (nyquist - hz)
+    return np.where(hz <= knee, factor * hz, upper)
+
+
 @cache
-def _mel_weights(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None) -> np.ndarray:
+def _mel_weights(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, warp: float = 1.0
+) -> np.ndarray:
     fmax = sample_rate / 2 if fmax is None else fmax
     fft_hz = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)  # (F,)
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))  # (n_mels + 2,)
+    if warp != 1.0:
+        # Filters placed at the inverse map read the stretched spectrum: band i now collects the
+        # energy that sits at f with warp · f = its usual place.
+        edges = vtlp_frequencies(edges, 1.0 / warp, sample_rate / 2)
     widths = np.diff(edges)  # (n_mels + 1,)
     ramps = edges[:, None] - fft_hz[None, :]  # (n_mels + 2, F)
     rising = -ramps[:-2] / widths[:-1, None]  # (n_mels, F): 0 at the lower edge, 1 at the centre
@@ -199,6 +221,7 @@ def log_mel(
     hop: int = DEFAULT_HOP,
     win: int = DEFAULT_WIN,
     n_mels: int = DEFAULT_N_MELS,
+    warp: float = 1.0,
 ) -> Tensor:
     """Log-mel energies of a mono waveform: ``(T,)`` → float32 ``(1 + T // hop, n_mels)``.
 
@@ -206,7 +229,8 @@ def log_mel(
     on multiples of ``hop`` (``center=True``, the signal zero-padded by ``n_fft // 2`` at both
     ends), power spectrum |X|², the :class:`MelFilterbank`, then ``log(x + 1e-6)``. The same
     numbers as ``librosa.feature.melspectrogram(power=2, pad_mode="constant")`` followed by
-    that log. Defaults suit 8 kHz speech: 25 ms windows every 10 ms, 40 bands.
+    that log. Defaults suit 8 kHz speech: 25 ms windows every 10 ms, 40 bands. ``warp`` ≠ 1
+    stretches the spectrum first (vocal tract length perturbation; see :class:`MelFilterbank`).
     """
     if not 0 < win <= n_fft:
         raise ValueError(f"need 0 < win <= n_fft, got win={win}, n_fft={n_fft}")
@@ -226,7 +250,7 @@ def log_mel(
         return_complex=True,
     )  # (F, frames)
     power = spec.abs().square().T  # (frames, F)
-    mel = MelFilterbank(sample_rate, n_fft, n_mels).apply(power)  # (frames, n_mels)
+    mel = MelFilterbank(sample_rate, n_fft, n_mels, warp=warp).apply(power)  # (frames, n_mels)
     return torch.log(mel + LOG_FLOOR)
 
 

@@ -77,6 +77,9 @@ class AugmentConfig(Section):
     speed: tuple[float, float] | None = Field(None, description="speed perturbation factor range, e.g. [0.9, 1.1]")
     noise_snr_db: tuple[float, float] | None = Field(None, description="white noise at an SNR drawn from this range")
     noise_prob: float = Field(0.5, ge=0, le=1, description="share of training utterances that get noise")
+    vtlp: tuple[float, float] | None = Field(
+        None, description="vocal tract length perturbation: stretch each spectrum by a factor from this range"
+    )
     spec_augment: bool = True
     n_freq_masks: int = Field(2, ge=0)
     max_freq_width: int = Field(6, ge=0)
@@ -141,8 +144,9 @@ class SpeechTask(Task):
     cfg: SpeechTaskConfig
 
     # ---------------------------------------------------------------------------------------- data
-    def features(self, wave) -> Tensor:
-        return normalize(log_mel(wave, self.cfg.data.sample_rate, n_mels=self.cfg.model.n_mels))  # (T, M)
+    def features(self, wave, warp: float = 1.0) -> Tensor:
+        d, m = self.cfg.data, self.cfg.model
+        return normalize(log_mel(wave, d.sample_rate, n_mels=m.n_mels, warp=warp))  # (T, M)
 
     def _noisy(self, wave, seed: int):
         snr = self.cfg.data.test_noise_snr_db
@@ -150,7 +154,8 @@ class SpeechTask(Task):
 
     @property
     def _keeps_waves(self) -> bool:
-        return self.cfg.augment.speed is not None or self.cfg.augment.noise_snr_db is not None
+        a = self.cfg.augment
+        return a.speed is not None or a.noise_snr_db is not None or a.vtlp is not None
 
     def _recording_utterances(self, recordings: list[FsddRecording], noisy: bool) -> list[Utterance]:
         out = []
@@ -206,8 +211,9 @@ class SpeechTask(Task):
         return self.data
 
     def augment(self, utterance: Utterance, generator: torch.Generator) -> Tensor:
-        """Training-time view of an utterance: speed and noise on the waveform (when configured),
-        then SpecAugment on its features — all drawn from ``generator``, so reproducible."""
+        """Training-time view of an utterance: speed and noise on the waveform, a stretched
+        spectrum (VTLP; when configured), then SpecAugment on its features — all drawn from
+        ``generator``, so reproducible."""
         a = self.cfg.augment
         features = utterance.features
         if utterance.wave is not None:
@@ -218,7 +224,12 @@ class SpeechTask(Task):
             if a.noise_snr_db is not None and float(torch.rand(1, generator=generator)) < a.noise_prob:
                 low, high = a.noise_snr_db
                 wave = add_noise(wave, low + (high - low) * float(torch.rand(1, generator=generator)), generator)
-            features = self.features(wave)
+            warp = 1.0
+            if a.vtlp is not None:
+                low, high = a.vtlp
+                # Two decimals: the filterbank of each factor is computed once and cached.
+                warp = round(low + (high - low) * float(torch.rand(1, generator=generator)), 2)
+            features = self.features(wave, warp)
         if not a.spec_augment:
             return features
         return spec_augment(
