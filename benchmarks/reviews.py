@@ -5,6 +5,7 @@
     python benchmarks/reviews.py chinese         # 10-category Chinese reviews: accuracy per category
     python benchmarks/reviews.py speed           # `predict` throughput on 10,000 short reviews
     python benchmarks/reviews.py amazon --quick  # smoke run: 2 folds, 1 epoch, tiny models
+    python benchmarks/reviews.py audit           # are the Amazon texts predictive of their ratings?
 
 amazon. Folds come from the classify task itself (``data.folds=5, data.fold=k``: seeded, identical
 review texts always in the same fold), so every model — the baselines included — trains and tests
@@ -24,6 +25,12 @@ value of the predicted distribution) against the mean true rating, as a Spearman
 chinese. configs/reviews/chinese.yaml (from scratch, sentencepiece over raw characters), a seeded
 80/10/10 split; test accuracy overall and per category (手机 = phones).
 
+audit. The Amazon sample mixes two kinds of text: ordinary reviews, and lower-cased, tokenized
+sentence fragments (`tiff format( i knew this before hand , and it is not that bad ) .`) that read
+like another corpus's camera-review sentences. For each kind, TF-IDF + LR is cross-validated on
+that kind's rows alone over the same 5 folds; a kind whose macro-F1 sits at chance has ratings
+that its texts do not predict.
+
 speed. The from-scratch Amazon model (trained by ``amazon`` or ``heedful train``) predicts 10,000
 short reviews (review texts repeated) with batches of 1,024 and of 1; reviews/s for both.
 """
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -40,6 +48,7 @@ import torch
 
 from common import fit_or_reuse, header
 from heedful.runs import load_config, load_run
+from heedful.tasks import get_task
 
 ROOT = Path("runs/bench-reviews")
 AMAZON = "configs/reviews/amazon.yaml"
@@ -58,16 +67,11 @@ def common(run_dir: Path, overrides: list[str]) -> list[str]:
 
 def baselines(task) -> dict[str, dict[str, float]]:
     """Majority class and TF-IDF + logistic regression on the task's own train / test rows."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
     train, test = task.data.train.examples, task.data.splits["test"]
     y_train = [e.label for e in train]
     majority = max(set(y_train), key=y_train.count)
     n_classes = len(task.labels.classes)
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-    x_train = vectorizer.fit_transform([e.text for e in train])
-    lr = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x_train, y_train)
+    vectorizer, lr = fit_tfidf_lr([e.text for e in train], y_train)
     probs = {
         "majority": torch.nn.functional.one_hot(torch.full((len(test),), majority), n_classes).float(),
         "tfidf_lr": torch.zeros(len(test), n_classes),
@@ -75,6 +79,16 @@ def baselines(task) -> dict[str, dict[str, float]]:
     tfidf = lr.predict_proba(vectorizer.transform([e.text for e in test]))
     probs["tfidf_lr"][:, torch.as_tensor(lr.classes_)] = torch.as_tensor(tfidf, dtype=torch.float32)
     return probs
+
+
+def fit_tfidf_lr(texts: list[str], labels: list[int]):
+    """Word 1–2-gram TF-IDF (sublinear tf) and a class-balanced logistic regression fit on it."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    lr = LogisticRegression(max_iter=2000, class_weight="balanced").fit(vectorizer.fit_transform(texts), labels)
+    return vectorizer, lr
 
 
 def score(probs: torch.Tensor, task, split: str = "test") -> dict[str, float]:
@@ -170,6 +184,41 @@ def chinese(args) -> list[str]:
     return [*lines, ""]
 
 
+def is_fragment(text: str) -> bool:
+    """A lower-cased, space-tokenized sentence (`… , but take your chance .`), not a typed review."""
+    return text[:1].islower() and re.search(r" [,.!?] | [.!?]$|\( ", text) is not None
+
+
+def audit(args) -> list[str]:
+    from sklearn.metrics import f1_score
+
+    lines = ["### Amazon sample audit: TF-IDF + LR cross-validated within each kind of text", "",
+             "| labels | kind | rows | accuracy | macro-F1 | macro-F1 of a round-robin guess |",
+             "|---|---|--:|--:|--:|--:|"]  # fmt: skip
+    for labels in args.labels:
+        pooled: dict[str, tuple[list[int], list[int]]] = {"fragments": ([], []), "reviews": ([], [])}
+        for fold in range(5):
+            cfg = load_config(
+                AMAZON, common(ROOT / "audit", [f"data.labels={labels}", "data.folds=5", f"data.fold={fold}"])
+            )
+            task = get_task("classify")(cfg)
+            task.build_data(cfg)
+            train = task.data.train.examples
+            for kind, wanted in (("fragments", True), ("reviews", False)):
+                part = [e for e in train if is_fragment(e.text) == wanted]
+                test = [e for e in task.data.splits["test"] if is_fragment(e.text) == wanted]
+                vectorizer, lr = fit_tfidf_lr([e.text for e in part], [e.label for e in part])
+                pooled[kind][0].extend(e.label for e in test)
+                pooled[kind][1].extend(lr.predict(vectorizer.transform([e.text for e in test])).tolist())
+        n_classes = len(task.labels.classes)
+        for kind, (true, predicted) in pooled.items():
+            accuracy = sum(t == p for t, p in zip(true, predicted, strict=True)) / len(true)
+            chance = f1_score(true, [i % n_classes for i in range(len(true))], average="macro")
+            f1 = f1_score(true, predicted, average="macro")
+            lines.append(f"| {labels} | {kind} | {len(true)} | {accuracy:.3f} | {f1:.3f} | {chance:.3f} |")
+    return [*lines, ""]
+
+
 def speed(args) -> list[str]:
     run_dir = ROOT / "amazon-stars5-from_scratch-fold0"
     if not (run_dir / "model").is_dir():
@@ -198,7 +247,7 @@ def speed(args) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="review classification benchmarks")
-    parser.add_argument("which", choices=["amazon", "chinese", "speed", "all"])
+    parser.add_argument("which", choices=["amazon", "chinese", "speed", "audit", "all"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 folds, 1 epoch, tiny models")
     parser.add_argument("--no-minilm", action="store_true", help="skip the fine-tuned MiniLM (the slowest model)")
@@ -210,7 +259,7 @@ def main() -> None:
     lines = [f"{header()}{' (--quick)' if args.quick else ''}", ""]
     chosen = ["amazon", "chinese", "speed"] if args.which == "all" else [args.which]
     for which in chosen:
-        lines += {"amazon": amazon, "chinese": chinese, "speed": speed}[which](args)
+        lines += {"amazon": amazon, "chinese": chinese, "speed": speed, "audit": audit}[which](args)
     report = "\n".join(lines)
     print(report)
     with (ROOT / "summary.md").open("a") as f:
