@@ -5,6 +5,7 @@
     python benchmarks/speech.py noise       # the `digits` model on test audio with white noise, SNR 20/10/5 dB
     python benchmarks/speech.py speakers    # leave-one-speaker-out, 6 folds
     python benchmarks/speech.py strings     # 2–7 digit strings, CTC, digit error rate
+    python benchmarks/speech.py warps       # the `speakers` models on their held-out speaker, spectrum warped
     python benchmarks/speech.py all
 
 Each run trains with `configs/speech_*.yaml` through the same API as `heedful train`, selects
@@ -21,8 +22,11 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from common import header, table
 from common import train_and_test as _train_and_test
+from heedful.data.audio import read_audio
 from heedful.runs import load_run
 
 ROOT = Path("runs/bench-speech")
@@ -40,13 +44,46 @@ def noisy_test(run_dir: Path, snr_db: float | None) -> float:
     return run.evaluate("test")["accuracy"]
 
 
+WARPS = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
+
+
+def warped_test(run_dir: Path) -> dict:
+    """Is a held-out speaker's gap a vocal-tract-length mismatch? Score the test clips with the
+    spectrum stretched by each factor in WARPS (the VTLP map, at test time): accuracy per warp,
+    the warp the model is most confident at (test-time VTLN, no labels used), and the average of
+    all warps' probabilities."""
+    run = load_run(run_dir, device="cpu")
+    task, model = run.task, run.model.eval()
+    task.build_data(run.cfg)
+    test = task.data.splits["test"]
+    waves = [read_audio(u.source, run.cfg.data.sample_rate) for u in test]
+    labels = torch.tensor([int(u.label) for u in test])
+    probs = {}
+    with torch.no_grad():
+        for warp in WARPS:
+            parts = []
+            for i in range(0, len(waves), 64):
+                batch = task.pad([task.features(wave, warp) for wave in waves[i : i + 64]])
+                logits, _ = model(batch["features"], batch["lengths"])
+                parts.append(logits.softmax(-1))
+            probs[warp] = torch.cat(parts)  # (N, 10)
+    accuracy = {w: float((p.argmax(-1) == labels).float().mean()) for w, p in probs.items()}
+    confident = max(WARPS, key=lambda w: float(probs[w].max(-1).values.mean()))
+    averaged = torch.stack(list(probs.values())).mean(0)
+    row = {"run": run_dir.name, **{f"warp {w}": round(a, 3) for w, a in accuracy.items()},
+           "vtln": f"{accuracy[confident]:.3f} (warp {confident})",
+           "averaged": round(float((averaged.argmax(-1) == labels).float().mean()), 3)}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="FSDD speech benchmarks")
-    parser.add_argument("which", choices=["digits", "ablation", "noise", "speakers", "strings", "all"])
+    parser.add_argument("which", choices=["digits", "ablation", "noise", "speakers", "strings", "warps", "all"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retrain", action="store_true", help="train even where a finished run exists")
     args = parser.parse_args()
-    chosen = {"digits", "ablation", "noise", "speakers", "strings"} if args.which == "all" else {args.which}
+    chosen = {"digits", "ablation", "noise", "speakers", "strings", "warps"} if args.which == "all" else {args.which}
     ROOT.mkdir(parents=True, exist_ok=True)
     out: list[str] = [header()]
     digits = "configs/speech_digits.yaml"
@@ -82,6 +119,12 @@ def main() -> None:
         beam.cfg.decode.beam_size = 8
         row_beam = {"run": "strings-ctc (beam 8)", **{k: round(v, 4) for k, v in beam.evaluate("test").items()}}
         out.append(table([row, row_beam], ["run", "params", "train_min", "epochs", "der", "accuracy"]))
+    if "warps" in chosen:
+        runs = [ROOT / f"speaker-{s}" for s in SPEAKERS if (ROOT / f"speaker-{s}" / "model").is_dir()]
+        if not runs:
+            raise SystemExit(f"no speaker runs in {ROOT}: run `benchmarks/speech.py speakers` first")
+        rows = [warped_test(run_dir) for run_dir in runs]
+        out.append(table(rows, list(rows[0])))
 
     report = "\n\n".join(out) + "\n"
     print("\n" + report)
