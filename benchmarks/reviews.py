@@ -47,8 +47,10 @@ from pathlib import Path
 import torch
 
 from common import fit_or_reuse, header
+from heedful.data.text import BadRows, LabelMap
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
+from heedful.tasks.classify import split_examples
 
 ROOT = Path("runs/bench-reviews")
 AMAZON = "configs/reviews/amazon.yaml"
@@ -197,19 +199,19 @@ def audit(args) -> list[str]:
              "|---|---|--:|--:|--:|--:|"]  # fmt: skip
     for labels in args.labels:
         pooled: dict[str, tuple[list[int], list[int]]] = {"fragments": ([], []), "reviews": ([], [])}
+        # The rows are read once; each fold is the classify task's own split of them.
+        cfg = load_config(AMAZON, common(ROOT / "audit", [f"data.labels={labels}", "data.folds=5"]))
+        task = get_task("classify")(cfg)
+        task.labels = LabelMap(cfg.data.labels, tuple(cfg.data.classes) if cfg.data.classes else None)
+        rows = task._read(cfg.data.path, BadRows())
         for fold in range(5):
-            cfg = load_config(
-                AMAZON, common(ROOT / "audit", [f"data.labels={labels}", "data.folds=5", f"data.fold={fold}"])
-            )
-            task = get_task("classify")(cfg)
-            task.build_data(cfg)
-            train = task.data.train.examples
+            split = split_examples(rows, cfg.data.model_copy(update={"fold": fold}), cfg.seed)
             for kind, wanted in (("fragments", True), ("reviews", False)):
-                part = [e for e in train if is_fragment(e.text) == wanted]
-                test = [e for e in task.data.splits["test"] if is_fragment(e.text) == wanted]
-                vectorizer, lr = fit_tfidf_lr([e.text for e in part], [e.label for e in part])
-                pooled[kind][0].extend(e.label for e in test)
-                pooled[kind][1].extend(lr.predict(vectorizer.transform([e.text for e in test])).tolist())
+                part = [r for r in split["train"] if is_fragment(r.text) == wanted]
+                test = [r for r in split["test"] if is_fragment(r.text) == wanted]
+                vectorizer, lr = fit_tfidf_lr([r.text for r in part], [r.label for r in part])
+                pooled[kind][0].extend(r.label for r in test)
+                pooled[kind][1].extend(lr.predict(vectorizer.transform([r.text for r in test])).tolist())
         n_classes = len(task.labels.classes)
         for kind, (true, predicted) in pooled.items():
             accuracy = sum(t == p for t, p in zip(true, predicted, strict=True)) / len(true)

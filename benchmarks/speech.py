@@ -54,10 +54,9 @@ def warped_test(run_dir: Path) -> dict:
     all warps' probabilities."""
     run = load_run(run_dir, device="cpu")
     task, model = run.task, run.model.eval()
-    task.build_data(run.cfg)
-    test = task.data.splits["test"]
-    waves = [read_audio(u.source, run.cfg.data.sample_rate) for u in test]
-    labels = torch.tensor([int(u.label) for u in test])
+    _, _, test = task._splits()  # the held-out speaker's recordings; no training features built
+    waves = [read_audio(r.path, run.cfg.data.sample_rate) for r in test]
+    labels = torch.tensor([r.digit for r in test])
     probs = {}
     with torch.no_grad():
         for warp in WARPS:
