@@ -19,10 +19,14 @@ from heedful.runs import load_config, load_run
 from heedful.train import History, fit
 
 
-def header() -> str:
-    """The line that starts every summary: when, on what, with how many threads."""
+def header(overrides: list[str] = ()) -> str:
+    """The line that starts every summary: when, on what, with how many threads — the runs' own
+    ``train.num_threads`` when the overrides set it (the trainer applies it only once it starts),
+    else torch's default."""
+    threads = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("train.num_threads=")), None)
+    threads = threads or str(torch.get_num_threads())
     return (f"## {time.strftime('%Y-%m-%d %H:%M')} — {platform.machine()}, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+            f"{threads} threads, torch {torch.__version__}")  # fmt: skip
 
 
 def fit_or_reuse(cfg: RunConfig, retrain: bool = False) -> float:

@@ -69,7 +69,7 @@ def main() -> None:
         })  # fmt: skip
     print(json.dumps(summary), flush=True)
     report = "\n\n".join([
-        f"{header()} — {args.config}, {args.epochs} epochs per run",
+        f"{header(args.overrides)} — {args.config}, {args.epochs} epochs per run",
         table(rows, ["attention", "seed", "params", "train_min", "best_epoch", "fid", "class_accuracy",
                      "classifier_accuracy"]),
         table(summary, ["attention", "params", "train_min", "fid", "class_accuracy", "seeds"]),

@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true", help="train even where a finished run exists")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    lines = [f"{header()}{' (--quick)' if args.quick else ''}", ""]
+    lines = [f"{header(args.overrides)}{' (--quick)' if args.quick else ''}", ""]
     chosen = ["amazon", "chinese", "speed"] if args.which == "all" else [args.which]
     for which in chosen:
         lines += {"amazon": amazon, "chinese": chinese, "speed": speed, "audit": audit}[which](args)

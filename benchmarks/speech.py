@@ -84,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     chosen = {"digits", "ablation", "noise", "speakers", "strings", "warps"} if args.which == "all" else {args.which}
     ROOT.mkdir(parents=True, exist_ok=True)
-    out: list[str] = [header()]
+    out: list[str] = [header(args.overrides)]
     digits = "configs/speech_digits.yaml"
 
     if chosen & {"digits", "ablation", "noise"}:
