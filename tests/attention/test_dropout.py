@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from heedful.attention.dropout import Dropout, dropout
+from heedful.attention.dropout import Dropout, dropout, keep_mask
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -26,3 +26,23 @@ def test_eval_mode_and_zero_p_are_the_identity_and_gradients_flow_through_kept_u
     torch.testing.assert_close(x.grad, (y != 0).float() / 0.7)
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         Dropout(1.0)
+
+
+def test_every_int16_lane_of_the_random_words_keeps_at_the_same_rate():
+    """Four elements share one 64-bit draw; a biased lane (say a sign bit that is never set) would
+    keep every fourth element at another rate."""
+    torch.manual_seed(0)
+    keep, rate = keep_mask((400_000,), 0.5)
+    assert rate == 0.5
+    per_lane = keep.view(-1, 4).float().mean(0)  # (4,)
+    assert torch.all((per_lane - 0.5).abs() < 0.005), per_lane
+
+
+def test_keep_rate_is_p_rounded_to_a_sixteenth_bit_and_the_masks_follow_the_seed():
+    _, rate = keep_mask((10,), 0.2)
+    assert rate == 1 - 13_107 / 65_536 and abs(rate - 0.8) < 2**-17
+    assert keep_mask((3,), 0.999999)[1] == 1 / 65_536  # p < 1 always keeps something
+    torch.manual_seed(5)
+    first = keep_mask((1000,), 0.3)[0]
+    torch.manual_seed(5)
+    assert torch.equal(first, keep_mask((1000,), 0.3)[0])

@@ -80,6 +80,7 @@ from heedful.explain.capture import capture
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
 from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
+from heedful.train.losses import smoothed_cross_entropy
 
 Example = DateExample | NumberExample
 BatchSource.register(TokenBatches)  # heedful.data does not import tasks; it is one all the same
@@ -388,12 +389,12 @@ class TranslateTask(Task):
         target = batch["tgt_out"]  # (B, T)
         real = target != self.tgt_tok.pad_id
         # Logits of the real target positions only (N, V): padding never reaches the vocabulary
-        # projection or the loss. fp32 also makes the argmax below fast.
-        logits = model(batch["src"], batch["tgt_in"], keep=real).float()
+        # projection or the loss, which walks them in cache-sized blocks (train/losses.py).
+        logits = model(batch["src"], batch["tgt_in"], keep=real)
         gold = target[real]  # (N,)
-        loss = F.cross_entropy(logits, gold, label_smoothing=self.cfg.train.label_smoothing)
+        loss, predicted = smoothed_cross_entropy(logits, gold, self.cfg.train.label_smoothing)
         n_tokens = int(gold.numel())
-        correct = int((logits.argmax(-1) == gold).sum())
+        correct = int((predicted == gold).sum())
         return loss, {
             "loss": float(loss.detach()),
             "accuracy": correct / max(n_tokens, 1),

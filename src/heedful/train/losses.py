@@ -1,0 +1,80 @@
+"""Label-smoothed cross-entropy over a large vocabulary, computed a few rows at a time.
+
+``F.cross_entropy(logits.float(), gold, label_smoothing=ε)`` is what a translation loss computes,
+and on a CPU its cost is memory traffic over the (N, V) logits, not arithmetic: a bf16 logits
+matrix of 4,000 targets × 8,000 pieces is 64 MB, its fp32 copy 128 MB, and autograd makes about
+ten passes over such matrices — the fp32 copy, log-softmax, the smoothing sum, the argmax of the
+accuracy statistic, then in the backward a zero fill and a scatter for the NLL term, an expand
+for the smoothing term, their sum, the log-softmax backward and the cast back to bf16. In a bf16
+Transformer training step on Multi30k these were a quarter of the time (torch.profiler, 1 thread).
+
+:func:`smoothed_cross_entropy` computes the same loss and gradient with one autograd node that
+walks the logits in blocks of rows small enough to stay in the CPU's cache (2¹⁷ values, 512 kB in
+fp32): per block, the fp32 copy, log-sum-exp, row sum and argmax in the forward; in the backward
+the closed form of the gradient of the mean loss,
+
+    ∂L/∂z_ij = (softmax(z_i)_j − ε/V − (1 − ε)·[j = y_i]) / N,
+
+written straight into the logits' dtype. Only the logits (already in memory) and three numbers
+per row are kept for the backward. The N gold entries, where p − (1 − ε) cancels as the model
+grows sure, are computed apart in fp32. The loss is PyTorch's (``(1 − ε)·NLL + ε·mean_j(−log
+p_ij)``, averaged over the rows). About 2.5× faster than the autograd version on 3,000 × 8,000
+bf16 logits on one CPU thread; on GPUs the whole matrix is one block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CPU_BLOCK_VALUES = 1 << 17  # logits per block on CPU: 512 kB in fp32, about the size of L2
+
+
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, gold: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+        n, v = logits.shape  # logits (N, V) in any float dtype; gold (N,) class indices
+        rows = max(1, CPU_BLOCK_VALUES // v) if logits.device.type == "cpu" else n
+        log_norm = torch.empty(n, device=logits.device)  # (N,) log Σ_j exp z_ij, fp32
+        row_sum = torch.empty(n, device=logits.device)  # (N,) Σ_j z_ij
+        predicted = torch.empty(n, dtype=torch.long, device=logits.device)
+        for start in range(0, n, rows):
+            block = logits[start : start + rows].float()  # (R, V)
+            torch.logsumexp(block, dim=-1, out=log_norm[start : start + rows])
+            torch.sum(block, dim=-1, out=row_sum[start : start + rows])
+            predicted[start : start + rows] = block.argmax(dim=-1)
+        gold_logit = logits.gather(1, gold[:, None]).squeeze(1).float()  # (N,)
+        # −log p_gold = log_norm − z_gold;  mean_j(−log p_ij) = log_norm − row_sum / V
+        loss = (log_norm - (1.0 - smoothing) * gold_logit - smoothing / v * row_sum).mean()
+        ctx.save_for_backward(logits, gold, log_norm, gold_logit)
+        ctx.smoothing = smoothing
+        ctx.mark_non_differentiable(predicted)
+        return loss, predicted
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_predicted: Tensor | None):
+        logits, gold, log_norm, gold_logit = ctx.saved_tensors
+        n, v = logits.shape
+        eps, scale = ctx.smoothing, grad_loss.float() / n
+        rows = max(1, CPU_BLOCK_VALUES // v) if logits.device.type == "cpu" else n
+        grad = torch.empty_like(logits)
+        for start in range(0, n, rows):
+            block = logits[start : start + rows].float().sub_(log_norm[start : start + rows, None]).exp_()  # softmax
+            grad[start : start + rows] = block.sub_(eps / v).mul_(scale)
+        gold_grad = (torch.exp(gold_logit - log_norm) - eps / v - (1.0 - eps)) * scale  # (N,) fp32
+        grad[torch.arange(n, device=grad.device), gold] = gold_grad.to(grad.dtype)
+        return grad, None, None
+
+
+def smoothed_cross_entropy(logits: Tensor, gold: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Mean label-smoothed cross-entropy of ``logits`` (N, V) against ``gold`` (N,), and the
+    argmax of every row (N,): equal to ``F.cross_entropy(logits.float(), gold,
+    label_smoothing=smoothing)`` and ``logits.float().argmax(-1)``, with the gradient in the
+    logits' dtype. Every row counts: select the real positions first (there is no ignore_index)."""
+    if logits.dim() != 2 or gold.shape != logits.shape[:1]:
+        raise ValueError(f"logits must be (N, V) and gold (N,), got {tuple(logits.shape)} and {tuple(gold.shape)}")
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1], got {smoothing}")
+    if logits.shape[0] == 0:
+        raise ValueError("smoothed_cross_entropy needs at least one row")
+    return _SmoothedCrossEntropy.apply(logits, gold, smoothing)

@@ -1,0 +1,60 @@
+"""smoothed_cross_entropy against PyTorch's label-smoothed cross-entropy: loss, gradient, argmax."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import heedful.train.losses as losses
+from heedful.train.losses import smoothed_cross_entropy
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 2 rows for V = 50, so a 7-row batch takes 4 blocks, the last one short."""
+    monkeypatch.setattr(losses, "CPU_BLOCK_VALUES", 100)
+
+
+def reference(logits, gold, smoothing):
+    z = logits.detach().clone().requires_grad_()
+    loss = F.cross_entropy(z.float(), gold, label_smoothing=smoothing)
+    loss.backward()
+    return loss, z.grad, z.float().argmax(-1)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_fp32_loss_gradient_and_argmax_equal_pytorch(small_blocks, smoothing):
+    torch.manual_seed(0)
+    logits = (torch.randn(7, 50) * 3).requires_grad_()
+    gold = torch.randint(0, 50, (7,))
+    want_loss, want_grad, want_argmax = reference(logits, gold, smoothing)
+    loss, predicted = smoothed_cross_entropy(logits, gold, smoothing)
+    (3.0 * loss).backward()  # the upstream gradient scales the result
+    torch.testing.assert_close(loss, want_loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits.grad, 3.0 * want_grad, rtol=1e-5, atol=1e-8)
+    assert torch.equal(predicted, want_argmax)
+
+
+def test_bf16_gradient_is_pytorchs_rounded_to_bf16_even_at_a_confident_gold(small_blocks):
+    torch.manual_seed(1)
+    logits = torch.randn(7, 50) * 2
+    gold = torch.randint(0, 50, (7,))
+    logits[torch.arange(7), gold] = 9.0  # p(gold) ≈ 0.99: p − (1 − ε) cancels in the gradient
+    logits = logits.bfloat16().requires_grad_()
+    want_loss, want_grad, _ = reference(logits, gold, 0.1)  # fp32 maths, grad cast to bf16 once
+    loss, _ = smoothed_cross_entropy(logits, gold, 0.1)
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss, want_loss, rtol=0, atol=1e-6)
+    # Within one bf16 rounding of the value (2⁻⁸ relative) everywhere, the gold entries included.
+    gold_mine, gold_want = logits.grad[torch.arange(7), gold].float(), want_grad[torch.arange(7), gold].float()
+    torch.testing.assert_close(gold_mine, gold_want, rtol=2**-8, atol=0)
+    torch.testing.assert_close(logits.grad.float(), want_grad.float(), rtol=2**-7, atol=1e-9)
+
+
+def test_bad_shapes_and_smoothing_are_named():
+    with pytest.raises(ValueError, match=r"logits must be \(N, V\) and gold \(N,\)"):
+        smoothed_cross_entropy(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"label smoothing must be in \[0, 1\]"):
+        smoothed_cross_entropy(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), 1.5)
+    with pytest.raises(ValueError, match="at least one row"):
+        smoothed_cross_entropy(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
