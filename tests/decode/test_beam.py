@@ -153,3 +153,18 @@ def test_the_batched_search_agrees_with_the_reference_loop(beam, alpha, n_best):
     for g, e in zip(got, expected, strict=True):
         assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+def test_a_vocabulary_smaller_than_two_beams_agrees_with_the_reference_loop():
+    """V = 6 < 2K = 10: each beam has fewer candidate tokens than the step keeps."""
+    from tests.decode.reference_beam import reference_beam_search
+
+    torch.manual_seed(1)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=6, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval())
+    src = torch.randint(3, 30, (4, 5))
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 5, "max_len": 6, "alpha": 0.6, "n_best": 5}
+    got, expected = beam_search(model, src, **kwargs), reference_beam_search(model, src, **kwargs)
+    for g, e in zip(got, expected, strict=True):
+        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
+        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)

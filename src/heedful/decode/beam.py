@@ -76,15 +76,23 @@ def beam_search(
 
     for step in range(max(limits)):
         logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1].float()  # (B·k_now, V)
-        log_probs = logits.log_softmax(-1)
-        V = log_probs.shape[-1]
-        candidates = (scores.view(B, k_now, 1) + log_probs.view(B, k_now, V)).view(B, k_now * V)
-        # 2K: room for K live beams after <eos>s (padded with -inf for a vocabulary below 2K).
-        top_scores, top_index = candidates.topk(min(2 * K, k_now * V), dim=-1)
-        if top_scores.shape[1] < 2 * K:
+        V = logits.shape[-1]
+        # The 2K best continuations of a sentence (2K: room for K live beams after <eos>s) are
+        # among the 2K best tokens of each of its beams, and log p = logit − log Σ exp(logits):
+        # so each row's top tokens and its normaliser are all the step needs from the (B·k, V)
+        # logits — two reads of them, where log-softmax, adding the beam scores and a top-k over
+        # k·V candidates would make five passes.
+        per_row = min(2 * K, V)
+        row_top, row_token = logits.topk(per_row, dim=-1)  # (B·k_now, per_row)
+        row_scores = row_top - torch.logsumexp(logits, dim=-1, keepdim=True)  # log-probabilities
+        candidates = (scores.view(B, k_now, 1) + row_scores.view(B, k_now, per_row)).view(B, k_now * per_row)
+        top_scores, top_index = candidates.topk(min(2 * K, k_now * per_row), dim=-1)  # (B, ≤ 2K)
+        beam_of = top_index // per_row
+        token_of = row_token.view(B, k_now * per_row).gather(1, top_index)
+        if top_scores.shape[1] < 2 * K:  # a vocabulary below 2K: pad with impossible candidates
             top_scores = F.pad(top_scores, (0, 2 * K - top_scores.shape[1]), value=inf)
-            top_index = F.pad(top_index, (0, 2 * K - top_index.shape[1]), value=0)
-        beam_of, token_of = top_index // V, top_index % V  # (B, 2K)
+            beam_of = F.pad(beam_of, (0, 2 * K - beam_of.shape[1]), value=0)
+            token_of = F.pad(token_of, (0, 2 * K - token_of.shape[1]), value=0)
         length = step + 1
 
         # Every candidate either ends (<eos>, or the sentence's length limit) or may continue;
