@@ -5,6 +5,7 @@ learning-curve plot docs/RESULTS.md reports.
     python benchmarks/translation.py --models transformer rnn_bahdanau
     python benchmarks/translation.py --set train.max_minutes=20   # one budget for every model
     python benchmarks/translation.py --report-only         # table and plot from finished runs, no training
+                                                           # (whatever settings they were trained with: named)
 
 The four models are configs/multi30k/{transformer,rnn_none,rnn_bahdanau,rnn_luong}.yaml: the same
 data, joint 8k sentencepiece vocabulary, trainer and decoding; the RNNs are GRU encoder–decoders
@@ -44,10 +45,22 @@ LABELS = {
 }
 
 
-def _same_config(a, b) -> bool:
-    """Equal apart from how the run was watched (progress bars), which does not change training."""
-    strip = {"train": {"progress"}}
-    return a.model_dump(exclude=strip) == b.model_dump(exclude=strip)
+def _differences(ran, wanted) -> str:
+    """The settings of a finished run that differ from the config asked for ("" when none), apart
+    from how the run was watched (progress bars), which does not change training."""
+
+    def flat(dump: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in dump.items():
+            if isinstance(value, dict):
+                out |= flat(value, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a, b = flat(ran.model_dump(mode="json")), flat(wanted.model_dump(mode="json"))
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k != "train.progress")
+    return ", ".join(f"{k}={a.get(k)}" for k in keys)
 
 
 def train(name: str, overrides: list[str], retrain: bool, train_missing: bool) -> Path | None:
@@ -56,9 +69,14 @@ def train(name: str, overrides: list[str], retrain: bool, train_missing: bool) -
     history_file = run_dir / "history.json"
     # Only a run whose fit() returned counts: a run still training (or cut off) has a history too.
     finished = history_file.is_file() and History.load(history_file).completed
-    if finished and not retrain and _same_config(load_config(run_dir / "config.yaml"), cfg):
-        print(f"{name}: reusing the finished run in {run_dir} (--retrain to train again)", flush=True)
-        return run_dir
+    if finished and not retrain:
+        differences = _differences(load_config(run_dir / "config.yaml"), cfg)
+        if not differences:
+            print(f"{name}: reusing the finished run in {run_dir} (--retrain to train again)", flush=True)
+            return run_dir
+        if not train_missing:  # --report-only reports what was run, and says how it differs
+            print(f"{name}: reporting the finished run in {run_dir}, trained with {differences}", flush=True)
+            return run_dir
     if not train_missing:
         print(f"{name}: no finished run with this config in {run_dir}; skipped (--report-only)", flush=True)
         return None
