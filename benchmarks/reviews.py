@@ -106,6 +106,18 @@ def score(probs: torch.Tensor, task, split: str = "test") -> dict[str, float]:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "mae") if k in metrics}
 
 
+def fragment_texts() -> set[str]:
+    """The Amazon sample's sentence fragments, as the reader gives them (stripped): the stray
+    spaces that mark many of them are only in the raw file, so they are found there."""
+    import csv
+    import gzip
+
+    with gzip.open(load_config(AMAZON).data.path, "rt", encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        text = next(reader).index("Reviews")
+        return {row[text].replace("\ufeff", "").strip() for row in reader if len(row) > text and is_fragment(row[text])}
+
+
 def typed_reviews_file() -> Path:
     """The Amazon sample without its sentence fragments (see ``audit``): the same CSV columns,
     written once under runs/ (derived data, never committed)."""
@@ -245,11 +257,12 @@ def audit(args) -> list[str]:
         task = get_task("classify")(cfg)
         task.labels = LabelMap(cfg.data.labels, tuple(cfg.data.classes) if cfg.data.classes else None)
         rows = task._read(cfg.data.path, BadRows())
+        fragments = fragment_texts()
         for fold in range(5):
             split = split_examples(rows, cfg.data.model_copy(update={"fold": fold}), cfg.seed)
             for kind, wanted in (("fragments", True), ("reviews", False)):
-                part = [r for r in split["train"] if is_fragment(r.text) == wanted]
-                test = [r for r in split["test"] if is_fragment(r.text) == wanted]
+                part = [r for r in split["train"] if (r.text in fragments) == wanted]
+                test = [r for r in split["test"] if (r.text in fragments) == wanted]
                 vectorizer, lr = fit_tfidf_lr([r.text for r in part], [r.label for r in part])
                 pooled[kind][0].extend(r.label for r in test)
                 pooled[kind][1].extend(lr.predict(vectorizer.transform([r.text for r in test])).tolist())
