@@ -141,7 +141,7 @@ def plot(curves: dict[str, History], path: Path) -> None:
     for name, history in curves.items():
         minutes = [t / 60 for t in history["time"]]
         ax.plot(minutes, history["val_bleu"], marker="o", markersize=3, label=LABELS.get(name, name))
-    ax.set_xlabel("training wall time (minutes, 2-core CPU; validation included)")
+    ax.set_xlabel("training wall time (minutes; validation included — threads per run: see docs/RESULTS.md)")
     ax.set_ylabel("val BLEU (greedy, sacreBLEU)")
     ax.set_title("Multi30k en→de: BLEU against training time")
     ax.grid(alpha=0.3)
