@@ -43,6 +43,8 @@ short reviews (review texts repeated) with batches of 1,024 and of 1; reviews/s 
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import json
 import re
 import statistics
@@ -106,33 +108,30 @@ def score(probs: torch.Tensor, task, split: str = "test") -> dict[str, float]:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "mae") if k in metrics}
 
 
-def fragment_texts() -> set[str]:
-    """The Amazon sample's sentence fragments, as the reader gives them (stripped): the stray
-    spaces that mark many of them are only in the raw file, so they are found there."""
-    import csv
-    import gzip
-
+def raw_amazon_rows() -> tuple[list[str], list[list[str]], int]:
+    """The Amazon sample's CSV as written: its header, its rows, and the index of the text column.
+    Read raw because the reader strips the stray spaces that mark many of the fragments."""
     with gzip.open(load_config(AMAZON).data.path, "rt", encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
-        text = next(reader).index("Reviews")
-        return {row[text].replace("\ufeff", "").strip() for row in reader if len(row) > text and is_fragment(row[text])}
+        head = next(reader)
+        return head, [row for row in reader if len(row) == len(head)], head.index("Reviews")
+
+
+def fragment_texts() -> set[str]:
+    """The Amazon sample's sentence fragments, as the reader gives them (stripped)."""
+    _, rows, text = raw_amazon_rows()
+    return {row[text].replace("\ufeff", "").strip() for row in rows if is_fragment(row[text])}
 
 
 def typed_reviews_file() -> Path:
     """The Amazon sample without its sentence fragments (see ``audit``): the same CSV columns,
     written once under runs/ (derived data, never committed)."""
-    import csv
-    import gzip
-
     source = load_config(AMAZON).data.path
     target = ROOT / "amazon-typed.csv.gz"
     if target.is_file() and target.stat().st_mtime > source.stat().st_mtime:
         return target
-    with gzip.open(source, "rt", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        head = next(reader)
-        text = head.index("Reviews")
-        kept = [row for row in reader if len(row) == len(head) and not is_fragment(row[text])]
+    head, rows, text = raw_amazon_rows()
+    kept = [row for row in rows if not is_fragment(row[text])]
     with gzip.open(target, "wt", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([head, *kept])
     print(f"{target}: {len(kept)} typed reviews of {source} (sentence fragments left out)", flush=True)
@@ -250,6 +249,7 @@ def audit(args) -> list[str]:
     lines = ["### Amazon sample audit: TF-IDF + LR cross-validated within each kind of text", "",
              "| labels | kind | rows | accuracy | macro-F1 | macro-F1 of a round-robin guess |",
              "|---|---|--:|--:|--:|--:|"]  # fmt: skip
+    fragments = fragment_texts()
     for labels in args.labels:
         pooled: dict[str, tuple[list[int], list[int]]] = {"fragments": ([], []), "reviews": ([], [])}
         # The rows are read once; each fold is the classify task's own split of them.
@@ -257,7 +257,6 @@ def audit(args) -> list[str]:
         task = get_task("classify")(cfg)
         task.labels = LabelMap(cfg.data.labels, tuple(cfg.data.classes) if cfg.data.classes else None)
         rows = task._read(cfg.data.path, BadRows())
-        fragments = fragment_texts()
         for fold in range(5):
             split = split_examples(rows, cfg.data.model_copy(update={"fold": fold}), cfg.seed)
             for kind, wanted in (("fragments", True), ("reviews", False)):

@@ -13,6 +13,8 @@ already fast and is used as it is.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,9 +24,7 @@ LANES = 1 << 16  # values of one int16 lane
 
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[Tensor, float]:
     """A bool mask of ``shape``, True with probability 1 − p′, and that probability."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), 2**63 - 1)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [−2¹⁵, 2¹⁵)
     dropped = min(round(p * LANES), LANES - 1)  # lanes below −2¹⁵ + dropped are dropped; p < 1 keeps one

@@ -30,11 +30,17 @@ from torch import Tensor
 CPU_BLOCK_VALUES = 1 << 17  # logits per block on CPU: 512 kB in fp32, about the size of L2
 
 
+def _block_rows(logits: Tensor) -> int:
+    """Rows per block: a cache's worth on CPU, the whole matrix elsewhere."""
+    n, v = logits.shape
+    return max(1, CPU_BLOCK_VALUES // v) if logits.device.type == "cpu" else n
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, gold: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
         n, v = logits.shape  # logits (N, V) in any float dtype; gold (N,) class indices
-        rows = max(1, CPU_BLOCK_VALUES // v) if logits.device.type == "cpu" else n
+        rows = _block_rows(logits)
         log_norm = torch.empty(n, device=logits.device)  # (N,) log Σ_j exp z_ij, fp32
         row_sum = torch.empty(n, device=logits.device)  # (N,) Σ_j z_ij
         predicted = torch.empty(n, dtype=torch.long, device=logits.device)
@@ -56,7 +62,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         logits, gold, log_norm, gold_logit = ctx.saved_tensors
         n, v = logits.shape
         eps, scale = ctx.smoothing, grad_loss.float() / n
-        rows = max(1, CPU_BLOCK_VALUES // v) if logits.device.type == "cpu" else n
+        rows = _block_rows(logits)
         grad = torch.empty_like(logits)
         for start in range(0, n, rows):
             block = logits[start : start + rows].float().sub_(log_norm[start : start + rows, None]).exp_()  # softmax
