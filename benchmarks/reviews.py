@@ -28,7 +28,8 @@ texts `audit` finds predictive of their ratings (the sentence fragments are left
 runs/bench-reviews/amazon-typed.csv.gz).
 
 chinese. configs/reviews/chinese.yaml (from scratch, sentencepiece over raw characters), a seeded
-80/10/10 split; test accuracy overall and per category (手机 = phones).
+80/10/10 split; test accuracy overall and per category (手机 = phones). A variant
+(`--set model.encoder_type=bigru --run-name chinese-bigru`) trains into its own run directory.
 
 audit. The Amazon sample mixes two kinds of text: ordinary reviews, and lower-cased, tokenized
 sentence fragments (`tiff format( i knew this before hand , and it is not that bad ) .`) that read
@@ -208,7 +209,7 @@ def product_quality(rows: list[tuple[str, float, int]], min_size: int = 10) -> t
 
 
 def chinese(args) -> list[str]:
-    run_dir = ROOT / "chinese"
+    run_dir = ROOT / args.run_name
     cfg = load_config(CHINESE, common(run_dir, [*(QUICK if args.quick else []), *args.overrides]))
     minutes = fit_or_reuse(cfg, args.retrain)
     run = load_run(run_dir, device="cpu")
@@ -219,7 +220,8 @@ def chinese(args) -> list[str]:
     by_cat: dict[str, list[bool]] = {}
     for e, ok in zip(test, correct, strict=True):
         by_cat.setdefault(e.group, []).append(ok)
-    lines = ["### Chinese reviews, 10 categories (from scratch)", "",
+    variant = f" — {args.run_name}: {' '.join(args.overrides)}" if args.run_name != "chinese" else ""
+    lines = [f"### Chinese reviews, 10 categories (from scratch){variant}", "",
              f"overall test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
              f"training {minutes:.1f} min", "", "| category | test reviews | accuracy |", "|---|--:|--:|"]  # fmt: skip
     for cat, oks in sorted(by_cat.items(), key=lambda kv: -len(kv[1])):
@@ -312,6 +314,9 @@ def main() -> None:
     parser.add_argument("--subset", choices=["all", "typed"], default="all",
                         help="amazon: every row, or the typed reviews only (the sentence fragments `audit` "
                              "finds left out)")  # fmt: skip
+    parser.add_argument("--run-name", default="chinese",
+                        help="chinese: the run directory under runs/bench-reviews (a variant's own, so the "
+                             "default run is kept)")  # fmt: skip
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     lines = [f"{header(args.overrides)}{' (--quick)' if args.quick else ''}", ""]
