@@ -29,7 +29,8 @@ runs/bench-reviews/amazon-typed.csv.gz).
 
 chinese. configs/reviews/chinese.yaml (from scratch, sentencepiece over raw characters), a seeded
 80/10/10 split; test accuracy overall and per category (手机 = phones). A variant
-(`--set model.encoder_type=bigru --run-name chinese-bigru`) trains into its own run directory.
+(`--set model.encoder_type=bigru --run-name chinese-bigru`) trains into its own run directory;
+so does an amazon variant (`--minilm-set train.lr=5e-5 --run-name amazon-lr5e-5`).
 
 audit. The Amazon sample mixes two kinds of text: ordinary reviews, and lower-cased, tokenized
 sentence fragments (`tiff format( i knew this before hand , and it is not that bad ) .`) that read
@@ -145,6 +146,7 @@ def amazon(args) -> list[str]:
     prefix, extra = "amazon", []
     if args.subset == "typed":
         prefix, extra = "amazon-typed", [f"data.path={typed_reviews_file()}"]
+    prefix = args.run_name or prefix
     for labels in args.labels:
         per_model: dict[str, list[dict[str, float]]] = {}
         pooled: dict[str, list[tuple[str, float, int]]] = {}  # model -> (product, expected, true)
@@ -153,7 +155,7 @@ def amazon(args) -> list[str]:
                     *extra, *(QUICK if args.quick else []), *args.overrides]  # fmt: skip
             models = {"from_scratch": base}
             if not args.no_minilm:
-                models["minilm"] = [*base, *MINILM, *(["train.epochs=1"] if args.quick else [])]
+                models["minilm"] = [*base, *MINILM, *(["train.epochs=1"] if args.quick else []), *args.minilm_overrides]
             task = None
             for name, overrides in models.items():
                 run_dir = ROOT / f"{prefix}-{labels}-{name}-fold{fold}"
@@ -176,6 +178,8 @@ def amazon(args) -> list[str]:
                 )
             print(f"{labels} fold {fold}: " + json.dumps({k: v[-1] for k, v in per_model.items()}), flush=True)
         what = "typed reviews only (fragments left out)" if args.subset == "typed" else "the whole sample"
+        if args.minilm_overrides:
+            what += f"; MiniLM with {' '.join(args.minilm_overrides)}"
         lines += [f"### Amazon, {labels}, {folds}-fold CV, {what}", "",
                   "| model | accuracy | macro-F1 | MAE | train min/fold | products (≥ 10) | product ρ |",
                   "|---|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
@@ -209,7 +213,7 @@ def product_quality(rows: list[tuple[str, float, int]], min_size: int = 10) -> t
 
 
 def chinese(args) -> list[str]:
-    run_dir = ROOT / args.run_name
+    run_dir = ROOT / (args.run_name or "chinese")
     cfg = load_config(CHINESE, common(run_dir, [*(QUICK if args.quick else []), *args.overrides]))
     minutes = fit_or_reuse(cfg, args.retrain)
     run = load_run(run_dir, device="cpu")
@@ -220,7 +224,7 @@ def chinese(args) -> list[str]:
     by_cat: dict[str, list[bool]] = {}
     for e, ok in zip(test, correct, strict=True):
         by_cat.setdefault(e.group, []).append(ok)
-    variant = f" — {args.run_name}: {' '.join(args.overrides)}" if args.run_name != "chinese" else ""
+    variant = f" — {args.run_name}: {' '.join(args.overrides)}" if args.run_name else ""
     lines = [f"### Chinese reviews, 10 categories (from scratch){variant}", "",
              f"overall test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
              f"training {minutes:.1f} min", "", "| category | test reviews | accuracy |", "|---|--:|--:|"]  # fmt: skip
@@ -314,9 +318,10 @@ def main() -> None:
     parser.add_argument("--subset", choices=["all", "typed"], default="all",
                         help="amazon: every row, or the typed reviews only (the sentence fragments `audit` "
                              "finds left out)")  # fmt: skip
-    parser.add_argument("--run-name", default="chinese",
-                        help="chinese: the run directory under runs/bench-reviews (a variant's own, so the "
-                             "default run is kept)")  # fmt: skip
+    parser.add_argument("--run-name", help="a variant's own run directory under runs/bench-reviews, so the "
+                        "default runs are kept (chinese: the directory; amazon: the folds' prefix)")  # fmt: skip
+    parser.add_argument("--minilm-set", dest="minilm_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="amazon: overrides for the fine-tuned MiniLM alone, after its own settings")  # fmt: skip
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     lines = [f"{header(args.overrides)}{' (--quick)' if args.quick else ''}", ""]
