@@ -13,7 +13,8 @@ on the validation split, then scores the test split once. Runs go to runs/bench-
 (their checkpoints and history are there); a summary table is printed and appended to
 runs/bench-speech/summary.md. A finished run with the same config is tested again rather than
 retrained (pass --retrain to train it anew), so `ablation` reuses the `digits` model and a
-cut-off benchmark resumes where it stopped. `--set key=value` overrides apply to every run.
+cut-off benchmark resumes where it stopped. `--set key=value` overrides apply to every run;
+`speakers --run-prefix NAME` trains a variant's folds into runs/bench-speech/NAME-<speaker>.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("which", choices=["digits", "ablation", "noise", "speakers", "strings", "warps", "all"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retrain", action="store_true", help="train even where a finished run exists")
+    parser.add_argument("--run-prefix", default="speaker",
+                        help="speakers / warps: the folds' run directories are <prefix>-<speaker> (a variant's "
+                             "own prefix keeps the default runs)")  # fmt: skip
     args = parser.parse_args()
     chosen = {"digits", "ablation", "noise", "speakers", "strings", "warps"} if args.which == "all" else {args.which}
     ROOT.mkdir(parents=True, exist_ok=True)
@@ -106,7 +110,7 @@ def main() -> None:
         out.append(table(rows, ["snr_db", "accuracy"]))
     if "speakers" in chosen:
         rows = [
-            train_and_test(f"speaker-{s}", digits, [*args.overrides, f"data.split=speaker:{s}"], args.retrain)
+            train_and_test(f"{args.run_prefix}-{s}", digits, [*args.overrides, f"data.split=speaker:{s}"], args.retrain)
             for s in SPEAKERS
         ]
         mean = sum(r["accuracy"] for r in rows) / len(rows)
@@ -119,7 +123,9 @@ def main() -> None:
         row_beam = {"run": "strings-ctc (beam 8)", **{k: round(v, 4) for k, v in beam.evaluate("test").items()}}
         out.append(table([row, row_beam], ["run", "params", "train_min", "epochs", "der", "accuracy"]))
     if "warps" in chosen:
-        runs = [ROOT / f"speaker-{s}" for s in SPEAKERS if (ROOT / f"speaker-{s}" / "model").is_dir()]
+        runs = [
+            ROOT / f"{args.run_prefix}-{s}" for s in SPEAKERS if (ROOT / f"{args.run_prefix}-{s}" / "model").is_dir()
+        ]
         if not runs:
             raise SystemExit(f"no speaker runs in {ROOT}: run `benchmarks/speech.py speakers` first")
         rows = [warped_test(run_dir) for run_dir in runs]
