@@ -266,3 +266,29 @@ def test_length_buckets_keep_every_example_once_and_cut_the_padding():
     assert sorted(t for b in bucketed for t in b) == sorted(x.text for x in examples)  # each exactly once
     assert all(len(b) <= 16 for b in bucketed) and bucketed == epoch(True, 0) != epoch(True, 1)
     assert padding(bucketed) < padding(epoch(False, 0)) / 5
+
+
+def test_token_dropout_hides_tokens_in_training_only(tmp_path):
+    cfg = config(tmp_path, **{"data.token_dropout": 0.5, "data.class_weights": "none"})
+    task = get_task("classify")(cfg)
+    data = task.build_data(cfg)
+    model = task.build_model(cfg, data)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    batch = max(data.train.batches(0), key=lambda b: int((b["tokens"] != task.pad_id).sum()))
+    real = batch["tokens"] != task.pad_id  # (B, T)
+    torch.manual_seed(0)
+    model.train()
+    task.loss(model, batch)
+    model.eval()
+    eval_loss, _ = task.loss(model, batch)
+    hidden_in_training = real & (seen[0] == task.pad_id)
+    # Only real tokens are hidden (as padding), never the first, and about half of the others.
+    assert torch.equal(seen[0][~hidden_in_training], batch["tokens"][~hidden_in_training])
+    assert not hidden_in_training[:, 0].any()
+    share = hidden_in_training[:, 1:].sum() / real[:, 1:].sum()
+    assert 0.4 < float(share) < 0.6, share
+    # Evaluation sees every token, and its loss is the plain cross-entropy.
+    assert torch.equal(seen[1], batch["tokens"])
+    logits = model(batch["tokens"]).float()
+    torch.testing.assert_close(eval_loss, F.cross_entropy(logits, batch["labels"]))

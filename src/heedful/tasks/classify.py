@@ -72,6 +72,9 @@ class ClassifyData(Section):
         None, ge=1, description="windows: tokens between window starts (default: half a window)"
     )
     class_weights: Literal["none", "balanced"] = "none"
+    token_dropout: float = Field(
+        0.0, ge=0, lt=1, description="training only: hide each token but the first with this probability"
+    )
     length_buckets: bool = Field(True, description="batch texts of similar length together (less padding)")
     balanced_sampling: bool = False
     min_group_size: int = Field(10, ge=1, description="groups with fewer held-out examples are not scored")
@@ -383,7 +386,16 @@ class ClassifyTask(Task):
 
     # ----------------------------------------------------------------------------------- loss
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        logits = model(batch["tokens"]).float()  # (B, C)
+        tokens = batch["tokens"]  # (B, T)
+        p = self.cfg.data.token_dropout
+        if p > 0 and model.training:
+            # Word dropout (Iyyer et al. 2015): a hidden token becomes padding, which the encoder's
+            # mask leaves out, so no single word can carry a prediction on its own. The first
+            # token (<bos> / [CLS]) stays: every text keeps one position, and CLS pooling reads it.
+            hide = torch.rand(tokens.shape, device=tokens.device) < p  # (B, T)
+            hide[:, 0] = False
+            tokens = tokens.masked_fill(hide, self.pad_id)
+        logits = model(tokens).float()  # (B, C)
         weight = self.class_weight_tensor()
         loss = F.cross_entropy(
             logits,
