@@ -30,9 +30,9 @@ runs/bench-reviews/amazon-typed.csv.gz).
 chinese. configs/reviews/chinese.yaml (from scratch, sentencepiece over raw characters), a seeded
 80/10/10 split; test accuracy overall and per category (手机 = phones), beside TF-IDF (character
 1–3-grams: the text has no spaces between words) + LR fit on the same training rows, and the
-validation accuracy per category, on which variants are compared (the test split chooses nothing). A variant
-(`--set model.encoder_type=bigru --run-name chinese-bigru`) trains into its own run directory;
-so does an amazon variant (`--minilm-set train.lr=5e-5 --run-name amazon-lr5e-5`).
+validation accuracy per category, on which variants are compared (the test split chooses
+nothing). A variant (`--set model.encoder_type=bigru --run-name chinese-bigru`) trains into its
+own run directory; so does an amazon variant (`--minilm-set train.lr=5e-5 --run-name amazon-v2`).
 
 audit. The Amazon sample mixes two kinds of text: ordinary reviews, and lower-cased, tokenized
 sentence fragments (`tiff format( i knew this before hand , and it is not that bad ) .`) that read
