@@ -7,6 +7,7 @@
     python benchmarks/reviews.py amazon --quick  # smoke run: 2 folds, 1 epoch, tiny models
     python benchmarks/reviews.py audit           # are the Amazon texts predictive of their ratings?
     python benchmarks/reviews.py amazon --subset typed  # the CV on the typed reviews alone
+    python benchmarks/reviews.py ensemble --members chinese chinese-td  # average finished Chinese runs
 
 amazon. Folds come from the classify task itself (``data.folds=5, data.fold=k``: seeded, identical
 review texts always in the same fold), so every model — the baselines included — trains and tests
@@ -33,6 +34,7 @@ chinese. configs/reviews/chinese.yaml (from scratch, sentencepiece over raw char
 validation accuracy per category, on which variants are compared (the test split chooses
 nothing). A variant (`--set model.encoder_type=bigru --run-name chinese-bigru`) trains into its
 own run directory; so does an amazon variant (`--minilm-set train.lr=5e-5 --run-name amazon-v2`).
+`ensemble` averages the class probabilities of finished Chinese runs (their splits must match).
 
 audit. The Amazon sample mixes two kinds of text: ordinary reviews, and lower-cased, tokenized
 sentence fragments (`tiff format( i knew this before hand , and it is not that bad ) .`) that read
@@ -259,6 +261,33 @@ def chinese(args) -> list[str]:
     return [*lines, ""]
 
 
+def ensemble(args) -> list[str]:
+    """Average the class probabilities of finished Chinese runs (`--members`, run directories under
+    runs/bench-reviews): accuracy on val and test, overall and on phones. No training."""
+    members = args.members or ["chinese"]
+    scored, reference = [], None
+    for name in members:
+        run = load_run(ROOT / name, device="cpu")
+        if run.task.data is None:
+            run.task.build_data(run.cfg)
+        splits = {s: run.task.data.splits[s] for s in ("val", "test")}
+        texts = {s: [e.text for e in part] for s, part in splits.items()}
+        if reference is None:
+            reference = splits
+        elif texts != {s: [e.text for e in part] for s, part in reference.items()}:
+            raise SystemExit(f"{ROOT / name}: its val/test rows differ from {ROOT / members[0]}'s; cannot average")
+        scored.append({s: run.task._probabilities(run.model, [e.windows for e in part]) for s, part in splits.items()})
+    cells = []
+    for split, part in reference.items():
+        probs = sum(m[split] for m in scored) / len(scored)  # (N, C)
+        correct = probs.argmax(-1) == torch.tensor([e.label for e in part])
+        phones = torch.tensor([e.group == "手机" for e in part])
+        cells += [f"{correct.float().mean():.4f}", f"{correct[phones].float().mean():.4f}"]
+    return [f"### Chinese reviews: the average of {len(members)} runs ({', '.join(members)})", "",
+            "| val, all | val, phones | test, all | test, phones |", "|--:|--:|--:|--:|",
+            "| " + " | ".join(cells) + " |", ""]  # fmt: skip
+
+
 # Marks of the fragments' tokenizer: punctuation and clitics split off by spaces, numbered items.
 _TOKENIZED = re.compile(r" [,.!?;:)] | [.!?]$|\( | n't | '[a-z]+ |^[0-9]+ \. ")
 
@@ -334,7 +363,7 @@ def speed(args) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="review classification benchmarks")
-    parser.add_argument("which", choices=["amazon", "chinese", "speed", "audit", "all"])
+    parser.add_argument("which", choices=["amazon", "chinese", "ensemble", "speed", "audit", "all"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 folds, 1 epoch, tiny models")
     parser.add_argument("--no-minilm", action="store_true", help="skip the fine-tuned MiniLM (the slowest model)")
@@ -346,14 +375,17 @@ def main() -> None:
                              "finds left out)")  # fmt: skip
     parser.add_argument("--run-name", help="a variant's own run directory under runs/bench-reviews, so the "
                         "default runs are kept (chinese: the directory; amazon: the folds' prefix)")  # fmt: skip
+    parser.add_argument("--members", nargs="+", metavar="RUN_NAME",
+                        help="ensemble: the finished chinese runs to average (default: chinese)")  # fmt: skip
     parser.add_argument("--minilm-set", dest="minilm_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="amazon: overrides for the fine-tuned MiniLM alone, after its own settings")  # fmt: skip
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
     lines = [f"{header(args.overrides)}{' (--quick)' if args.quick else ''}", ""]
     chosen = ["amazon", "chinese", "speed"] if args.which == "all" else [args.which]
+    benchmarks = {"amazon": amazon, "chinese": chinese, "ensemble": ensemble, "speed": speed, "audit": audit}
     for which in chosen:
-        lines += {"amazon": amazon, "chinese": chinese, "speed": speed, "audit": audit}[which](args)
+        lines += benchmarks[which](args)
     report = "\n".join(lines)
     print(report)
     with (ROOT / "summary.md").open("a") as f:
