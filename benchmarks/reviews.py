@@ -116,6 +116,24 @@ def score(probs: torch.Tensor, task, split: str = "test") -> dict[str, float]:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "mae") if k in metrics}
 
 
+def probabilities(run, examples) -> torch.Tensor:
+    """A classify run's class probabilities (N, C) for ``examples``, each the mean over its windows."""
+    return run.task._probabilities(run.model, [e.windows for e in examples])
+
+
+def correct_by_category(predicted: torch.Tensor, examples) -> dict[str, list[bool]]:
+    """Whether each prediction (N,) is right, grouped by the examples' group column."""
+    correct = (predicted == torch.tensor([e.label for e in examples])).tolist()
+    by_cat: dict[str, list[bool]] = {}
+    for e, ok in zip(examples, correct, strict=True):
+        by_cat.setdefault(e.group, []).append(ok)
+    return by_cat
+
+
+def share(oks: list[bool]) -> float:
+    return sum(oks) / len(oks)
+
+
 def raw_amazon_rows() -> tuple[list[str], list[list[str]], int]:
     """The Amazon sample's CSV as written: its header, its rows, and the index of the text column.
     Read raw because the reader strips the stray spaces that mark many of the fragments."""
@@ -170,7 +188,7 @@ def amazon(args) -> list[str]:
                 run.evaluate("test")
                 task = run.task
                 test = task.data.splits["test"]
-                probs = task._probabilities(run.model, [e.windows for e in test])
+                probs = probabilities(run, test)
                 per_model.setdefault(name, []).append({**score(probs, task), "minutes": minutes})
                 expected = probs @ torch.arange(probs.shape[1], dtype=probs.dtype)
                 pooled.setdefault(name, []).extend(
@@ -235,15 +253,8 @@ def chinese(args) -> list[str]:
         if tfidf:
             predicted = torch.as_tensor(lr.predict(vectorizer.transform([e.text for e in examples])))
         else:
-            predicted = run.task._probabilities(run.model, [e.windows for e in examples]).argmax(-1)
-        correct = (predicted == torch.tensor([e.label for e in examples])).tolist()
-        by_cat: dict[str, list[bool]] = {}
-        for e, ok in zip(examples, correct, strict=True):
-            by_cat.setdefault(e.group, []).append(ok)
-        return by_cat
-
-    def share(oks: list[bool]) -> float:
-        return sum(oks) / len(oks)
+            predicted = probabilities(run, examples).argmax(-1)
+        return correct_by_category(predicted, examples)
 
     # Validation accuracy per category too: variants are compared on it, never on the test split.
     val, test, tfidf = per_category("val"), per_category("test"), per_category("test", tfidf=True)
@@ -265,7 +276,7 @@ def ensemble(args) -> list[str]:
     """Average the class probabilities of finished Chinese runs (`--members`, run directories under
     runs/bench-reviews): accuracy on val and test, overall and on phones. No training."""
     members = args.members or ["chinese"]
-    scored, reference = [], None
+    scored, reference, reference_texts = [], None, None
     for name in members:
         run = load_run(ROOT / name, device="cpu")
         if run.task.data is None:
@@ -273,16 +284,15 @@ def ensemble(args) -> list[str]:
         splits = {s: run.task.data.splits[s] for s in ("val", "test")}
         texts = {s: [e.text for e in part] for s, part in splits.items()}
         if reference is None:
-            reference = splits
-        elif texts != {s: [e.text for e in part] for s, part in reference.items()}:
+            reference, reference_texts = splits, texts
+        elif texts != reference_texts:
             raise SystemExit(f"{ROOT / name}: its val/test rows differ from {ROOT / members[0]}'s; cannot average")
-        scored.append({s: run.task._probabilities(run.model, [e.windows for e in part]) for s, part in splits.items()})
+        scored.append({s: probabilities(run, part) for s, part in splits.items()})
     cells = []
     for split, part in reference.items():
         probs = sum(m[split] for m in scored) / len(scored)  # (N, C)
-        correct = probs.argmax(-1) == torch.tensor([e.label for e in part])
-        phones = torch.tensor([e.group == "手机" for e in part])
-        cells += [f"{correct.float().mean():.4f}", f"{correct[phones].float().mean():.4f}"]
+        by_cat = correct_by_category(probs.argmax(-1), part)
+        cells += [f"{share([ok for oks in by_cat.values() for ok in oks]):.4f}", f"{share(by_cat['手机']):.4f}"]
     return [f"### Chinese reviews: the average of {len(members)} runs ({', '.join(members)})", "",
             "| val, all | val, phones | test, all | test, phones |", "|--:|--:|--:|--:|",
             "| " + " | ".join(cells) + " |", ""]  # fmt: skip
