@@ -10,7 +10,8 @@ Two modes (``data.mode``), one task:
   sentence accuracy. Test strings are built only from test-split recordings.
 
 A validation set (``data.val_fraction`` of the training recordings, stratified by digit and
-speaker) selects the model; the test set is only scored by ``heedful evaluate``.
+speaker) selects the model; the test set is only scored by ``heedful evaluate``. Extra voices
+(``data.extra_train_roots``, e.g. synthetic speakers) join the training part only.
 
 data (FSDD wavs → log-mel, per-utterance normalised) → model (:mod:`heedful.models.speech`) →
 loss (cross-entropy | CTC) → metrics → predict (audio files → digits + confidence) → explain
@@ -43,7 +44,7 @@ from heedful.data.fsdd import (
     validation_split,
 )
 from heedful.decode.ctc import ctc_beam_decode, ctc_greedy_decode, digit_error_rate, sentence_accuracy
-from heedful.errors import ConfigError, UserError
+from heedful.errors import ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.models.speech import SpeechConfig, SpeechModel
 from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
@@ -64,6 +65,11 @@ class SpeechData(Section):
     max_digits: int = Field(7, ge=1)
     string_noise_snr_db: float | None = Field(None, description="white noise in built strings")
     test_noise_snr_db: float | None = Field(None, description="add white noise to val/test audio (robustness)")
+    extra_train_roots: list[Path] = Field(
+        [],
+        description="folders of extra {digit}_{speaker}_{index}.wav recordings (e.g. synthetic voices) added to "
+        "the training part only, never to validation or test; their speakers must not be FSDD's",
+    )
 
     @field_validator("split")
     @classmethod
@@ -192,8 +198,28 @@ class SpeechTask(Task):
                 raise ConfigError(f"config key 'data.split': no speaker {speaker!r}; have {', '.join(sorted(folds))}")
             train, test = folds[speaker].train, folds[speaker].test
         train, val = validation_split(train, d.val_fraction, seed=self.cfg.seed)
+        # Extras join after the validation split: the model is selected on real voices only.
+        train += self._extra_train_recordings({r.speaker for r in recordings})
         check_disjoint(train, test)
+        check_disjoint(train, val, ("train", "val"))
         return train, val, test
+
+    def _extra_train_recordings(self, fsdd_speakers: set[str]) -> list[FsddRecording]:
+        """The recordings of ``data.extra_train_roots``, refusing a speaker FSDD also has: the
+        held-out speaker's name on an extra voice would blur the speaker-independent split."""
+        extra: list[FsddRecording] = []
+        for root in self.cfg.data.extra_train_roots:
+            if not root.is_dir():
+                raise DataError(f"{root}: extra training folder not found (config key 'data.extra_train_roots')")
+            recordings = list_recordings(root)  # DataError naming the folder when it holds none
+            shared = sorted({r.speaker for r in recordings} & fsdd_speakers)
+            if shared:
+                raise ConfigError(
+                    f"config key 'data.extra_train_roots': {root} has speaker {shared[0]!r}, which FSDD also has "
+                    "(it would blur the speaker-independent split); rename those files"
+                )
+            extra += recordings
+        return extra
 
     def build_data(self, cfg: SpeechTaskConfig) -> DataBundle:
         d = cfg.data
