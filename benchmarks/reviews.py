@@ -3,6 +3,7 @@
     python benchmarks/reviews.py amazon          # 5-fold CV, 5 and 3 classes: majority, TF-IDF + LR,
                                                  # from scratch, fine-tuned MiniLM (all in one run)
     python benchmarks/reviews.py chinese         # 10-category Chinese reviews: accuracy per category
+    python benchmarks/reviews.py chinese --pretrain  # the same, the encoder pretrained (masked LM) first
     python benchmarks/reviews.py speed           # `predict` throughput on 10,000 short reviews
     python benchmarks/reviews.py amazon --quick  # smoke run: 2 folds, 1 epoch, tiny models
     python benchmarks/reviews.py audit           # are the Amazon texts predictive of their ratings?
@@ -35,6 +36,9 @@ validation accuracy per category, on which variants are compared (the test split
 nothing). A variant (`--set model.encoder_type=bigru --run-name chinese-bigru`) trains into its
 own run directory; so does an amazon variant (`--minilm-set train.lr=5e-5 --run-name amazon-v2`).
 `ensemble` averages the class probabilities of finished Chinese runs (their splits must match).
+`chinese --pretrain` first pretrains the same encoder as a masked language model on the training
+texts (configs/reviews/chinese_mlm.yaml: the same split, labels unused, test texts unseen; into
+runs/bench-reviews/chinese-mlm, reused once finished) and starts the classifier from it.
 
 audit. The Amazon sample mixes two kinds of text: ordinary reviews, and lower-cased, tokenized
 sentence fragments (`tiff format( i knew this before hand , and it is not that bad ) .`) that read
@@ -68,6 +72,7 @@ from heedful.tasks.classify import split_examples
 ROOT = Path("runs/bench-reviews")
 AMAZON = "configs/reviews/amazon.yaml"
 CHINESE = "configs/reviews/chinese.yaml"
+CHINESE_MLM = "configs/reviews/chinese_mlm.yaml"
 QUICK = ["train.epochs=1", "model.encoder.n_encoder_layers=1", "model.encoder.d_model=32", "model.encoder.d_ff=64",
          "model.encoder.n_heads=2", "data.tokenizer.vocab_size=500"]  # fmt: skip
 # MiniLM (all-MiniLM-L6-v2) was trained as a sentence encoder with mean pooling: fine-tune it so.
@@ -240,7 +245,17 @@ def chinese(args) -> list[str]:
     run_dir = ROOT / (args.run_name or "chinese")
     # --quick keeps a vocabulary that holds the text's ~3,800 distinct characters.
     quick = [*QUICK, "data.tokenizer.vocab_size=4000"] if args.quick else []
-    cfg = load_config(CHINESE, common(run_dir, [*quick, *args.overrides]))
+    overrides, pretraining = list(args.overrides), ""
+    if args.pretrain:
+        # The masked-LM run shares the thread count and device of --set; its own settings come
+        # from --pretrain-set. Its run directory is fixed, so variants share one pretraining.
+        mlm_dir = ROOT / ("chinese-mlm-quick" if args.quick else "chinese-mlm")
+        shared = [o for o in args.overrides if o.startswith(("train.num_threads=", "device="))]
+        mlm_cfg = load_config(CHINESE_MLM, common(mlm_dir, [*quick, *shared, *args.pretrain_overrides]))
+        mlm_minutes = fit_or_reuse(mlm_cfg, args.retrain)
+        overrides.append(f"model.pretrained={mlm_dir}")
+        pretraining = f"; masked-LM pretraining {mlm_minutes:.1f} min ({mlm_dir.name})"
+    cfg = load_config(CHINESE, common(run_dir, [*quick, *overrides]))
     minutes = fit_or_reuse(cfg, args.retrain)
     run = load_run(run_dir, device="cpu")
     metrics = run.evaluate("test")
@@ -258,10 +273,10 @@ def chinese(args) -> list[str]:
 
     # Validation accuracy per category too: variants are compared on it, never on the test split.
     val, test, tfidf = per_category("val"), per_category("test"), per_category("test", tfidf=True)
-    variant = f" — {args.run_name}: {' '.join(args.overrides)}" if args.run_name else ""
+    variant = f" — {args.run_name}: {' '.join(overrides)}" if args.run_name else ""
     lines = [f"### Chinese reviews, 10 categories (from scratch){variant}", "",
              f"overall test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; "
-             f"training {minutes:.1f} min; TF-IDF (character 1–3-grams) + LR, same rows: "
+             f"training {minutes:.1f} min{pretraining}; TF-IDF (character 1–3-grams) + LR, same rows: "
              f"{share([ok for oks in tfidf.values() for ok in oks]):.4f}", "",
              "| category | test reviews | test accuracy | TF-IDF + LR | val reviews | val accuracy |",
              "|---|--:|--:|--:|--:|--:|"]  # fmt: skip
@@ -387,6 +402,11 @@ def main() -> None:
                         "default runs are kept (chinese: the directory; amazon: the folds' prefix)")  # fmt: skip
     parser.add_argument("--members", nargs="+", metavar="RUN_NAME",
                         help="ensemble: the finished chinese runs to average (default: chinese)")  # fmt: skip
+    parser.add_argument("--pretrain", action="store_true",
+                        help="chinese: pretrain the encoder on the training texts first (configs/reviews/"
+                             "chinese_mlm.yaml, into runs/bench-reviews/chinese-mlm) and start from it")  # fmt: skip
+    parser.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="chinese --pretrain: overrides for the masked-LM run")  # fmt: skip
     parser.add_argument("--minilm-set", dest="minilm_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="amazon: overrides for the fine-tuned MiniLM alone, after its own settings")  # fmt: skip
     args = parser.parse_args()
