@@ -128,6 +128,19 @@ def test_a_classifier_starts_from_the_pretrained_pieces_and_encoder(pretrained):
     assert history["val_accuracy"][-1] == 1.0  # the keyword, as from scratch
 
 
+def test_a_classifier_split_otherwise_than_its_pretraining_is_warned_about(pretrained, caplog):
+    tmp_path, _ = pretrained
+    for seed, warned in ((0, False), (1, True)):
+        cfg = load_config(
+            ROOT / "configs" / "reviews" / "chinese.yaml",
+            overrides(tmp_path, "classify", **{"model.pretrained": str(tmp_path / "mlm"), "seed": seed}),
+        )
+        caplog.clear()
+        get_task("classify")(cfg).build_data(cfg)
+        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("seed differ" in m and "test texts" in m for m in messages) == warned, messages
+
+
 def test_mlm_refuses_a_pretrained_start(tmp_path):
     write_cycle_reviews(tmp_path / "reviews.csv", n=50)
     cfg = load_config(

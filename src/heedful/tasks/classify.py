@@ -24,6 +24,7 @@ explain   the pooling attention over the tokens (or, with CLS pooling, the last 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from heedful.config import RunConfig, Section
+from heedful.config import RunConfig, Section, read_yaml
 from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled
 from heedful.data.tokenizers import SentencePieceTokenizer, pad_ids
 from heedful.errors import CheckpointError, ConfigError, DataError, UserError
@@ -197,6 +198,11 @@ class ExampleBatches(BatchSource):
 
 
 # ----------------------------------------------------------------------------------------- task
+log = logging.getLogger(__name__)
+# The data settings that decide which texts are training texts (with the seed).
+SPLIT_KEYS = ("path", "val_path", "test_path", "format", "filters", "val_fraction", "test_fraction", "folds", "fold")
+
+
 @register_task
 class ClassifyTask(Task):
     name = "classify"
@@ -323,6 +329,8 @@ class ClassifyTask(Task):
         if len(self.labels.classes) < 2:
             raise DataError(f"{d.path}: only one class ({self.labels.classes}); a classifier needs two or more")
         if self.tokenizer is None:  # a loaded run brings its own (load_artifacts)
+            if self.starts_from_masked_lm:
+                self._check_pretraining_split(cfg)
             self._build_tokenizer([r.text for r in splits["train"]])
         encoded = {name: [self._example(r) for r in part] for name, part in splits.items()}
         # Training reads every window as an example of its own (labelled as its text is).
@@ -337,6 +345,27 @@ class ClassifyTask(Task):
         )
         self.data = DataBundle(train=train, splits={"val": encoded["val"], "test": encoded["test"]})
         return self.data
+
+    def _check_pretraining_split(self, cfg: ClassifyConfig) -> None:
+        """Warn when the mlm run this one starts from read or split its data otherwise: its
+        training texts may then hold this run's test texts — unlabelled, but seen."""
+        folder = self.pretrained_dir
+        path = (folder.parent if folder.name == "model" else folder) / "config.yaml"
+        try:
+            theirs = read_yaml(path)
+        except UserError:
+            log.warning("%s: unreadable, so it is unknown which texts the pretraining saw", path)
+            return
+        ours, their_data = cfg.data.model_dump(mode="json"), theirs.get("data") or {}
+        differ = [f"data.{k}" for k in SPLIT_KEYS if str(their_data.get(k)) != str(ours[k])]
+        differ += ["seed"] if theirs.get("seed") != cfg.seed else []
+        if differ:
+            log.warning(
+                "%s: the pretraining split its data otherwise (%s differ), so its training texts may include "
+                "this run's test texts",
+                path,
+                ", ".join(differ),
+            )
 
     def _example(self, row) -> Example:
         first, *more = self.windows(row.text)
