@@ -9,9 +9,9 @@ tokens    sentencepiece trained on the training texts (works for Chinese without
           (keeping the head, or head and tail) or read as overlapping windows: each window trains
           as an example with its text's label, and a text's prediction is the mean of its windows'
 model     models/encoder_classifier.py: Transformer or BiGRU encoder, CLS / attention / mean
-          pooling; ``model.pretrained: minilm`` (or a BERT folder) starts the encoder from it, and
-          so does an mlm run (tasks/mlm.py: pretrained on the training texts themselves), whose
-          sentencepiece pieces the run then reads with
+          pooling; ``model.pretrained: minilm`` (or a BERT folder) starts the encoder from it; so
+          does an mlm run (tasks/mlm.py: pretrained on the training texts themselves), and its
+          sentencepiece model then replaces the one this run would train
 loss      cross-entropy, optionally class-weighted (``data.class_weights: balanced``) or with
           class-balanced sampling, for skewed ratings
 metrics   accuracy, macro-F1, per-class precision and recall, MAE (ordinal labels), expected
