@@ -38,7 +38,8 @@ own run directory; so does an amazon variant (`--minilm-set train.lr=5e-5 --run-
 `ensemble` averages the class probabilities of finished Chinese runs (their splits must match).
 `chinese --pretrain` first pretrains the same encoder as a masked language model on the training
 texts (configs/reviews/chinese_mlm.yaml: the same split, labels unused, test texts unseen; into
-runs/bench-reviews/chinese-mlm, reused once finished) and starts the classifier from it.
+runs/bench-reviews/chinese-mlm, reused once finished) and starts the classifier from it; with
+`--pretrain-set` (and `--run-name NAME`) the pretraining differs and goes to NAME-mlm.
 
 audit. The Amazon sample mixes two kinds of text: ordinary reviews, and lower-cased, tokenized
 sentence fragments (`tiff format( i knew this before hand , and it is not that bad ) .`) that read
@@ -248,8 +249,12 @@ def chinese(args) -> list[str]:
     overrides, pretraining = list(args.overrides), ""
     if args.pretrain:
         # The masked-LM run shares the thread count and device of --set; its own settings come
-        # from --pretrain-set. Its run directory is fixed, so variants share one pretraining.
-        mlm_dir = ROOT / ("chinese-mlm-quick" if args.quick else "chinese-mlm")
+        # from --pretrain-set. Classifier variants share the default pretraining; a pretraining
+        # variant gets its own directory, so the default one is never overwritten.
+        if args.pretrain_overrides and not args.run_name:
+            raise SystemExit("--pretrain-set needs --run-name: the variant's pretraining goes to <run name>-mlm")
+        name = f"{args.run_name}-mlm" if args.pretrain_overrides else "chinese-mlm"
+        mlm_dir = ROOT / (f"{name}-quick" if args.quick else name)
         shared = [o for o in args.overrides if o.startswith(("train.num_threads=", "device="))]
         mlm_cfg = load_config(CHINESE_MLM, common(mlm_dir, [*quick, *shared, *args.pretrain_overrides]))
         mlm_minutes = fit_or_reuse(mlm_cfg, args.retrain)
