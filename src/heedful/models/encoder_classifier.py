@@ -46,6 +46,14 @@ class ClassifierConfig(BaseModel):
         return self.encoder.d_model if self.encoder_type == "transformer" else self.hidden_size
 
 
+def vocabulary_encoder(encoder: TransformerConfig, vocab_size: int, pad_id: int) -> Encoder:
+    """Our Transformer encoder of shape ``encoder`` over a ``vocab_size`` vocabulary. Every text
+    encoder that must share weights (a classifier, the masked LM that pretrains it) builds it here,
+    so their state dicts fit each other."""
+    enc = encoder.model_copy(update={"src_vocab_size": vocab_size, "pad_id": pad_id})
+    return Encoder(TransformerConfig.model_validate(enc.model_dump()))
+
+
 class AttentionPooling(nn.Module):
     """Additive attention of one learned query over the states: (B, T, D) -> (B, D)."""
 
@@ -81,8 +89,7 @@ class EncoderClassifier(PretrainedModel):
         if config.n_classes < 2 or config.vocab_size < 1:
             raise ValueError("n_classes (≥ 2) and vocab_size must be set (the task sets them)")
         if config.encoder_type == "transformer":
-            enc = config.encoder.model_copy(update={"src_vocab_size": config.vocab_size, "pad_id": config.pad_id})
-            self.encoder: nn.Module = Encoder(TransformerConfig.model_validate(enc.model_dump()))
+            self.encoder: nn.Module = vocabulary_encoder(config.encoder, config.vocab_size, config.pad_id)
         else:
             self.encoder = BiGRUEncoder(config)
         self.pool = AttentionPooling(config.width) if config.pooling == "attention" else None

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from heedful.models.encoder_classifier import vocabulary_encoder
 from heedful.models.pretrained import CONFIG_NAME, PretrainedModel
-from heedful.models.transformer import Encoder, TransformerConfig
+from heedful.models.transformer import TransformerConfig
 
 
 class MaskedLMConfig(BaseModel):
@@ -43,9 +44,7 @@ class MaskedLanguageModel(PretrainedModel):
         super().__init__(config)
         if config.vocab_size < 1:
             raise ValueError("vocab_size must be set (the task sets it)")
-        # The same construction as EncoderClassifier's, so its state dict loads into a classifier.
-        enc = config.encoder.model_copy(update={"src_vocab_size": config.vocab_size, "pad_id": config.pad_id})
-        self.encoder = Encoder(TransformerConfig.model_validate(enc.model_dump()))
+        self.encoder = vocabulary_encoder(config.encoder, config.vocab_size, config.pad_id)  # a classifier's
         d = config.encoder.d_model
         self.transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
