@@ -40,7 +40,7 @@ import torch
 
 from common import header, table
 from common import train_and_test as _train_and_test
-from heedful.data.audio import RESAMPLE_QUALITY, read_audio
+from heedful.data.audio import RESAMPLE_QUALITY, trim_silence
 from heedful.data.fsdd import FILE_NAME, FSDD_SAMPLE_RATE
 from heedful.runs import load_run
 
@@ -70,7 +70,7 @@ def warped_test(run_dir: Path) -> dict:
     run = load_run(run_dir, device="cpu")
     task, model = run.task, run.model.eval()
     _, _, test = task._splits()  # the held-out speaker's recordings; no training features built
-    waves = [read_audio(r.path, run.cfg.data.sample_rate) for r in test]
+    waves = [task._read(r.path) for r in test]  # as the model hears them (trimmed if configured)
     labels = torch.tensor([r.digit for r in test])
     probs = {}
     with torch.no_grad():
@@ -122,17 +122,6 @@ def espeak_clip(word: str, voice: str, pitch: int, speed: int) -> tuple[np.ndarr
                          capture_output=True, check=True).stdout  # fmt: skip
     wave, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return wave, rate
-
-
-def trim_silence(wave: np.ndarray, rate: int, floor_db: float = -35.0, margin_s: float = 0.02) -> np.ndarray:
-    """Cut leading and trailing silence (10 ms frames below ``floor_db`` of the loudest frame),
-    keeping ``margin_s`` either side: espeak ends every word with ~0.3 s of silence, while FSDD's
-    clips are cut close to the speech, and the model should not learn "long tail = synthetic"."""
-    frame = max(1, rate // 100)
-    energy = np.sqrt(np.convolve(wave**2, np.ones(frame) / frame, mode="same"))  # (T,)
-    loud = np.nonzero(energy > energy.max() * 10 ** (floor_db / 20))[0]
-    margin = round(margin_s * rate)
-    return wave[max(0, loud[0] - margin) : loud[-1] + margin + 1]
 
 
 def synthesize(out: Path, n_speakers: int, takes: int, seed: int) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from heedful.errors import ConfigError, DataError
 from heedful.runs import load_config
@@ -71,3 +72,22 @@ def test_missing_or_empty_extra_folder_is_a_one_line_data_error(tmp_path, fake_f
     with pytest.raises(DataError, match=f"^{empty}: no FSDD recordings") as caught:
         speech_task(configs_dir, fake_fsdd, [empty])[0]._splits()
     assert "\n" not in str(caught.value)
+
+
+def test_trimming_cuts_every_clip_the_same_way(tmp_path, fake_fsdd, configs_dir):
+    sound = (0.3 * np.sin(2 * np.pi * 440 * np.arange(2000) / 8000)).astype(np.float32)
+    loose, tight = tmp_path / "loose.wav", tmp_path / "tight.wav"
+    sf.write(loose, np.concatenate([np.zeros(2400), sound, np.zeros(3200)]).astype(np.float32), 8000)
+    sf.write(tight, np.concatenate([np.zeros(500), sound, np.zeros(500)]).astype(np.float32), 8000)
+    task, _ = speech_task(configs_dir, fake_fsdd, [])
+    untrimmed = task._load([loose, tight])
+    assert untrimmed[0].features.shape[0] > untrimmed[1].features.shape[0] + 50
+    task.cfg.data.trim_db = -35
+    trimmed = task._load([loose, tight])  # the predict path; training clips go through the same _read
+    assert trimmed[0].features.shape[0] < untrimmed[1].features.shape[0]
+    torch.testing.assert_close(trimmed[0].features, trimmed[1].features)
+
+
+def test_trimming_strings_is_refused(configs_dir):
+    with pytest.raises(ConfigError, match="trim_db works on single clips"):
+        load_config(configs_dir / "speech_strings.yaml", ["data.trim_db=-35"])

@@ -267,6 +267,41 @@ def normalize(features: Tensor, eps: float = 1e-5) -> Tensor:
     return (features - mean) / torch.sqrt(var + eps)
 
 
+@cache
+def _dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II as an ``(n, n)`` matrix: ``cepstra = matrix @ log_spectrum``; the
+    transform MFCCs use (scipy's ``dct(type=2, norm="ortho")``)."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    matrix = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * i + 1) / (2 * n))  # (n, n)
+    matrix[0] /= np.sqrt(2.0)
+    matrix.setflags(write=False)
+    return matrix
+
+
+def cepstra(features: Tensor, n_cepstra: int) -> Tensor:
+    """The first ``n_cepstra`` cepstral coefficients of each frame: ``(frames, n_mels)`` →
+    ``(frames, n_cepstra)`` (MFCCs, when ``features`` are log-mel energies)."""
+    n_mels = features.shape[-1]
+    if not 1 <= n_cepstra <= n_mels:
+        raise ValueError(f"n_cepstra must be in 1..{n_mels} (the number of mel bands), got {n_cepstra}")
+    basis = torch.tensor(_dct_matrix(n_mels)[:n_cepstra], dtype=features.dtype)  # (K, M)
+    return features @ basis.T  # (frames, K)
+
+
+def smooth_spectrum(features: Tensor, n_cepstra: int) -> Tensor:
+    """Log-mel frames with all but their first ``n_cepstra`` cepstral coefficients removed:
+    ``(frames, n_mels)`` → same shape, a smooth envelope across bands.
+
+    Why: the fine ripple across the low bands is the voice's pitch harmonics, a trait of the
+    speaker rather than of the word; the envelope (formants) is what carries the word. Keeping
+    the bands (rather than the cepstra themselves, as MFCCs do) keeps the frequency axis the
+    convolutions slide along. ``n_cepstra == n_mels`` returns the input unchanged.
+    """
+    n_mels = features.shape[-1]
+    basis = torch.tensor(_dct_matrix(n_mels)[:n_cepstra], dtype=features.dtype)  # (K, M)
+    return cepstra(features, n_cepstra) @ basis  # (frames, M): back to bands, ripple removed
+
+
 # --------------------------------------------------------------------------------------------
 # SpecAugment
 
@@ -370,6 +405,29 @@ def add_noise(wave: np.ndarray, snr_db: float, generator: torch.Generator) -> np
     noise_power = float(np.mean(noise**2))
     scale = math.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
     return (wave + scale * noise).astype(np.float32)
+
+
+def trim_silence(wave: np.ndarray, rate: int, floor_db: float = -35.0, margin_s: float = 0.02) -> np.ndarray:
+    """Cut leading and trailing silence: ``(T,)`` → ``(T',)``, keeping ``margin_s`` seconds of
+    it either side of the first and last sample whose 10 ms RMS lies within ``floor_db`` of the
+    loudest. All-silent (or empty) input comes back unchanged.
+
+    Why: recordings are cut differently by different people (FSDD's george cuts at the first
+    sample of speech, lucas leaves ~0.1 s either side), and per-utterance normalisation then
+    sees a different share of silence per speaker; trimming every clip the same way removes that.
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"trim_silence takes one channel (T,), got shape {wave.shape}")
+    if wave.size == 0:
+        return wave
+    frame = max(1, rate // 100)
+    energy = np.sqrt(np.convolve(wave**2, np.ones(frame) / frame, mode="same"))  # (T,)
+    if energy.max() == 0:
+        return wave
+    loud = np.nonzero(energy > energy.max() * 10 ** (floor_db / 20))[0]
+    margin = round(margin_s * rate)
+    return wave[max(0, loud[0] - margin) : loud[-1] + margin + 1]
 
 
 def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from heedful.attention.positions import POSITIONS, build_input_positions
@@ -29,6 +29,12 @@ class SpeechConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     n_mels: int = Field(40, ge=4)
+    n_cepstra: int | None = Field(
+        None,
+        ge=1,
+        description="smooth each log-mel frame to its first n cepstral coefficients (removes pitch "
+        "harmonics, a speaker trait); null = off",
+    )
     conv_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=4)
     d_model: int = Field(128, ge=8)
     encoder: Literal["attention", "bigru", "none"] = "attention"
@@ -42,6 +48,12 @@ class SpeechConfig(BaseModel):
     gru_hidden: int | None = Field(None, ge=1, description="bigru: per direction; default matches attention's size")
     head: Literal["classify", "ctc"] = "classify"
     n_classes: int = Field(10, ge=2, description="classes (classify) or symbols without the blank (ctc)")
+
+    @model_validator(mode="after")
+    def _cepstra_fit_the_bands(self) -> SpeechConfig:
+        if self.n_cepstra is not None and self.n_cepstra > self.n_mels:
+            raise ValueError(f"n_cepstra ({self.n_cepstra}) cannot exceed n_mels ({self.n_mels})")
+        return self
 
     def transformer(self) -> TransformerConfig:
         """The encoder layers' settings, in the form the Transformer layers take."""

@@ -29,11 +29,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, Section
-from heedful.data.audio import add_noise, log_mel, normalize, read_audio, spec_augment, speed_perturb
+from heedful.data.audio import (
+    add_noise,
+    log_mel,
+    normalize,
+    read_audio,
+    smooth_spectrum,
+    spec_augment,
+    speed_perturb,
+    trim_silence,
+)
 from heedful.data.fsdd import (
     FsddRecording,
     build_digit_strings,
@@ -65,11 +74,25 @@ class SpeechData(Section):
     max_digits: int = Field(7, ge=1)
     string_noise_snr_db: float | None = Field(None, description="white noise in built strings")
     test_noise_snr_db: float | None = Field(None, description="add white noise to val/test audio (robustness)")
+    trim_db: float | None = Field(
+        None,
+        lt=0,
+        description="digits mode: cut each clip's leading and trailing audio quieter than this many dB "
+        "below its loudest 10 ms (train, val, test and predict alike), so every speaker's clips are cut the same "
+        "way; null = off",
+    )
+    trim_margin: float = Field(0.02, ge=0, description="seconds of the cut silence kept either side")
     extra_train_roots: list[Path] = Field(
         [],
         description="folders of extra {digit}_{speaker}_{index}.wav recordings (e.g. synthetic voices) added to "
         "the training part only, never to validation or test; their speakers must not be FSDD's",
     )
+
+    @model_validator(mode="after")
+    def _trim_needs_clips(self) -> SpeechData:
+        if self.trim_db is not None and self.mode == "strings":
+            raise ValueError("trim_db works on single clips (mode 'digits'); strings set their own pauses")
+        return self
 
     @field_validator("split")
     @classmethod
@@ -152,7 +175,16 @@ class SpeechTask(Task):
     # ---------------------------------------------------------------------------------------- data
     def features(self, wave, warp: float = 1.0) -> Tensor:
         d, m = self.cfg.data, self.cfg.model
-        return normalize(log_mel(wave, d.sample_rate, n_mels=m.n_mels, warp=warp))  # (T, M)
+        features = log_mel(wave, d.sample_rate, n_mels=m.n_mels, warp=warp)  # (T, M)
+        if m.n_cepstra is not None:
+            features = smooth_spectrum(features, m.n_cepstra)
+        return normalize(features)
+
+    def _read(self, path, mono: Literal["error", "mix"] = "error"):
+        """A clip as the model hears it: read, resampled, and trimmed when ``data.trim_db`` is set."""
+        d = self.cfg.data
+        wave = read_audio(path, d.sample_rate, mono=mono)
+        return wave if d.trim_db is None else trim_silence(wave, d.sample_rate, d.trim_db, d.trim_margin)
 
     def _noisy(self, wave, seed: int):
         snr = self.cfg.data.test_noise_snr_db
@@ -166,7 +198,7 @@ class SpeechTask(Task):
     def _recording_utterances(self, recordings: list[FsddRecording], noisy: bool) -> list[Utterance]:
         out = []
         for i, r in enumerate(recordings):
-            wave = read_audio(r.path, self.cfg.data.sample_rate)
+            wave = self._read(r.path)
             if noisy:
                 wave = self._noisy(wave, self.cfg.seed * 100_003 + i)
             kept = wave if self._keeps_waves and not noisy else None
@@ -374,7 +406,7 @@ class SpeechTask(Task):
     def _load(self, inputs: list[Any]) -> list[Utterance]:
         utterances = []
         for item in inputs:
-            wave = read_audio(item, self.cfg.data.sample_rate, mono="mix")
+            wave = self._read(item, mono="mix")
             utterances.append(Utterance(self.features(wave), "", "", str(item)))
         return utterances
 
