@@ -228,6 +228,14 @@ def test_normalize_gives_zero_mean_unit_variance_per_bin():
     torch.testing.assert_close(normed.mean(dim=0), torch.zeros(40), atol=1e-5, rtol=0)
     torch.testing.assert_close(normed.var(dim=0, unbiased=False), torch.ones(40), atol=1e-4, rtol=0)
     assert normalize(torch.ones(7, 3)).abs().max() == 0  # a constant bin becomes 0, not NaN
+    together = normalize(features, per_bin_variance=False)
+    torch.testing.assert_close(together.mean(dim=0), torch.zeros(40), atol=1e-5, rtol=0)
+    torch.testing.assert_close(together.square().mean(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    # The bands keep their relative spread: bin 39 moved 6× as much as bin 0 and still does.
+    spread = together.std(dim=0, unbiased=False)
+    torch.testing.assert_close(
+        spread / spread[0], features.std(dim=0, unbiased=False) / features[:, 0].std(unbiased=False)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

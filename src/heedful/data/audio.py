@@ -254,17 +254,22 @@ def log_mel(
     return torch.log(mel + LOG_FLOOR)
 
 
-def normalize(features: Tensor, eps: float = 1e-5) -> Tensor:
-    """Per-utterance mean/variance normalisation of each mel bin: ``(frames, n_mels)`` → same.
+def normalize(features: Tensor, eps: float = 1e-5, per_bin_variance: bool = True) -> Tensor:
+    """Per-utterance normalisation: ``(frames, n_mels)`` → same.
 
-    Every bin then has mean 0 and variance 1 over the utterance (a constant bin becomes 0), which
-    removes the recording's overall level and channel colouring.
+    Each mel bin's mean over the utterance is subtracted (cepstral mean normalisation), which
+    removes the recording's overall level and a constant channel colouring. Then, by default,
+    each bin is divided by its own standard deviation (a constant bin becomes 0); with
+    ``per_bin_variance=False`` the whole utterance is divided by one standard deviation instead,
+    which keeps how much each band moves relative to the others (a bin that holds only the noise
+    floor stays small rather than being scaled up to the size of the speech bands).
     """
     if features.ndim != 2:
         raise ValueError(f"normalize takes (frames, n_mels), got shape {tuple(features.shape)}")
-    mean = features.mean(dim=0, keepdim=True)  # (1, n_mels)
-    var = features.var(dim=0, unbiased=False, keepdim=True)  # (1, n_mels)
-    return (features - mean) / torch.sqrt(var + eps)
+    centred = features - features.mean(dim=0, keepdim=True)  # (frames, n_mels)
+    # (1, n_mels) per bin, or one number for the whole utterance
+    var = centred.square().mean(dim=0, keepdim=True) if per_bin_variance else centred.square().mean()
+    return centred / torch.sqrt(var + eps)
 
 
 @cache

@@ -29,6 +29,11 @@ class SpeechConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     n_mels: int = Field(40, ge=4)
+    per_bin_variance: bool = Field(
+        True,
+        description="normalise each utterance's mel bins to unit variance one by one (true) or together "
+        "(false: quiet bands stay quiet)",
+    )
     n_cepstra: int | None = Field(
         None,
         ge=1,
