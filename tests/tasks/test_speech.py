@@ -11,6 +11,7 @@ import torch
 from heedful.errors import ConfigError, DataError
 from heedful.runs import load_config
 from heedful.tasks import get_task
+from heedful.tasks.speech import crop_edges
 
 
 def write_recordings(folder: Path, speakers: tuple[str, ...], takes: int = 4) -> Path:
@@ -91,3 +92,34 @@ def test_trimming_cuts_every_clip_the_same_way(tmp_path, fake_fsdd, configs_dir)
 def test_trimming_strings_is_refused(configs_dir):
     with pytest.raises(ConfigError, match="trim_db works on single clips"):
         load_config(configs_dir / "speech_strings.yaml", ["data.trim_db=-35"])
+
+
+def test_edge_crop_cuts_within_its_bounds_at_both_ends():
+    wave = np.arange(1000, dtype=np.float32)
+    generator = torch.Generator().manual_seed(0)
+    starts, ends, pairs = set(), set(), set()
+    for _ in range(400):
+        cut = crop_edges(wave, 40, generator)
+        start, end = int(cut[0]), 1000 - int(cut[-1]) - 1
+        assert np.array_equal(cut, wave[start : 1000 - end])  # one contiguous piece of the clip
+        starts.add(start)
+        ends.add(end)
+        pairs.add((start, end))
+    assert starts == ends == set(range(41))  # every cut from 0 to 40 samples at each end…
+    assert len(pairs) > 300  # …drawn apart: not one cut used twice
+    assert len(crop_edges(np.zeros(100, np.float32), 40, generator)) >= 50  # at most a quarter per end
+    a, b = (crop_edges(wave, 40, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert np.array_equal(a, b)
+
+
+def test_edge_crop_reaches_the_training_features(tmp_path, fake_fsdd, configs_dir):
+    task, cfg = speech_task(configs_dir, fake_fsdd, [])
+    cfg.augment.edge_crop = 0.01  # up to 80 samples (one frame) off each end of a 400-sample clip
+    cfg.augment.spec_augment = False
+    data = task.build_data(cfg)
+    utterance = data.train.utterances[0]
+    assert utterance.wave is not None
+    frames = {task.augment(utterance, torch.Generator().manual_seed(s)).shape[0] for s in range(30)}
+    # Uncut: 1 + 400 // 80 = 6 frames. Any cut drops one; more than 80 samples in all drops two.
+    assert frames == {4, 5}
+    assert task.features(utterance.wave).shape[0] == 6

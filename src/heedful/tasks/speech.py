@@ -109,6 +109,13 @@ class AugmentConfig(Section):
     vtlp: tuple[float, float] | None = Field(
         None, description="vocal tract length perturbation: stretch each spectrum by a factor from this range"
     )
+    edge_crop: float = Field(
+        0.0,
+        ge=0,
+        description="cut up to this many seconds (uniform, each end drawn apart) off the start and the "
+        "end of each training clip, so that words cut tight at their edges (weak first consonants lost) are no "
+        "surprise; 0 = off",
+    )
     spec_augment: bool = True
     n_freq_masks: int = Field(2, ge=0)
     max_freq_width: int = Field(6, ge=0)
@@ -166,6 +173,14 @@ class UtteranceBatches(BatchSource):
             yield self.collate(chosen, [self.augment(u, generator) for u in chosen])
 
 
+def crop_edges(wave: np.ndarray, max_samples: int, generator: torch.Generator) -> np.ndarray:
+    """Cut 0..``max_samples`` samples (uniform, drawn apart) off each end of ``wave`` (T,),
+    never more than a quarter of the clip at either end."""
+    limit = min(max_samples, len(wave) // 4)
+    start, end = (int(torch.randint(0, limit + 1, (1,), generator=generator)) for _ in range(2))
+    return wave[start : len(wave) - end]
+
+
 @register_task
 class SpeechTask(Task):
     name = "speech"
@@ -193,7 +208,7 @@ class SpeechTask(Task):
     @property
     def _keeps_waves(self) -> bool:
         a = self.cfg.augment
-        return a.speed is not None or a.noise_snr_db is not None or a.vtlp is not None
+        return a.speed is not None or a.noise_snr_db is not None or a.vtlp is not None or a.edge_crop > 0
 
     def _recording_utterances(self, recordings: list[FsddRecording], noisy: bool) -> list[Utterance]:
         out = []
@@ -269,13 +284,15 @@ class SpeechTask(Task):
         return self.data
 
     def augment(self, utterance: Utterance, generator: torch.Generator) -> Tensor:
-        """Training-time view of an utterance: speed and noise on the waveform, a stretched
+        """Training-time view of an utterance: edge crop, speed and noise on the waveform, a stretched
         spectrum (VTLP; when configured), then SpecAugment on its features — all drawn from
         ``generator``, so reproducible."""
         a = self.cfg.augment
         features = utterance.features
         if utterance.wave is not None:
             wave = utterance.wave
+            if a.edge_crop > 0:
+                wave = crop_edges(wave, round(a.edge_crop * self.cfg.data.sample_rate), generator)
             if a.speed is not None:
                 low, high = a.speed
                 wave = speed_perturb(wave, low + (high - low) * float(torch.rand(1, generator=generator)))
