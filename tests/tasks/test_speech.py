@@ -89,9 +89,11 @@ def test_trimming_cuts_every_clip_the_same_way(tmp_path, fake_fsdd, configs_dir)
     torch.testing.assert_close(trimmed[0].features, trimmed[1].features)
 
 
-def test_trimming_strings_is_refused(configs_dir):
+def test_trimming_or_cropping_strings_is_refused(configs_dir):
     with pytest.raises(ConfigError, match="trim_db works on single clips"):
         load_config(configs_dir / "speech_strings.yaml", ["data.trim_db=-35"])
+    with pytest.raises(ConfigError, match="edge_crop works on single clips"):
+        load_config(configs_dir / "speech_strings.yaml", ["augment.edge_crop=0.05"])
 
 
 def test_edge_crop_cuts_within_its_bounds_at_both_ends():

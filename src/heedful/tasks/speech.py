@@ -136,6 +136,12 @@ class SpeechTaskConfig(RunConfig):
     model: SpeechConfig = SpeechConfig()
     decode: SpeechDecode = SpeechDecode()
 
+    @model_validator(mode="after")
+    def _edge_crop_needs_clips(self) -> SpeechTaskConfig:
+        if self.augment.edge_crop > 0 and self.data.mode == "strings":
+            raise ValueError("augment.edge_crop works on single clips (mode 'digits'); it could cut a string's digits")
+        return self
+
 
 @dataclass
 class Utterance:
