@@ -273,14 +273,14 @@ def normalize(features: Tensor, eps: float = 1e-5, per_bin_variance: bool = True
 
 
 @cache
-def _dct_matrix(n: int) -> np.ndarray:
+def _dct_basis(n: int, dtype: torch.dtype) -> Tensor:
     """The orthonormal DCT-II as an ``(n, n)`` matrix: ``cepstra = matrix @ log_spectrum``; the
-    transform MFCCs use (scipy's ``dct(type=2, norm="ortho")``)."""
+    transform MFCCs use (scipy's ``dct(type=2, norm="ortho")``). Cached per size and dtype: it is
+    applied to every clip, augmented copies included."""
     k, i = np.arange(n)[:, None], np.arange(n)[None, :]
     matrix = np.sqrt(2.0 / n) * np.cos(np.pi * k * (2 * i + 1) / (2 * n))  # (n, n)
     matrix[0] /= np.sqrt(2.0)
-    matrix.setflags(write=False)
-    return matrix
+    return torch.tensor(matrix, dtype=dtype)
 
 
 def cepstra(features: Tensor, n_cepstra: int) -> Tensor:
@@ -289,8 +289,7 @@ def cepstra(features: Tensor, n_cepstra: int) -> Tensor:
     n_mels = features.shape[-1]
     if not 1 <= n_cepstra <= n_mels:
         raise ValueError(f"n_cepstra must be in 1..{n_mels} (the number of mel bands), got {n_cepstra}")
-    basis = torch.tensor(_dct_matrix(n_mels)[:n_cepstra], dtype=features.dtype)  # (K, M)
-    return features @ basis.T  # (frames, K)
+    return features @ _dct_basis(n_mels, features.dtype)[:n_cepstra].T  # (frames, K)
 
 
 def smooth_spectrum(features: Tensor, n_cepstra: int) -> Tensor:
@@ -302,8 +301,7 @@ def smooth_spectrum(features: Tensor, n_cepstra: int) -> Tensor:
     the bands (rather than the cepstra themselves, as MFCCs do) keeps the frequency axis the
     convolutions slide along. ``n_cepstra == n_mels`` returns the input unchanged.
     """
-    n_mels = features.shape[-1]
-    basis = torch.tensor(_dct_matrix(n_mels)[:n_cepstra], dtype=features.dtype)  # (K, M)
+    basis = _dct_basis(features.shape[-1], features.dtype)[:n_cepstra]  # (K, M)
     return cepstra(features, n_cepstra) @ basis  # (frames, M): back to bands, ripple removed
 
 
