@@ -238,6 +238,19 @@ def test_normalize_gives_zero_mean_unit_variance_per_bin():
     )
 
 
+def test_normalize_with_one_mean_keeps_the_average_spectrum():
+    features = torch.randn(50, 40) + torch.linspace(-10, 5, 40)  # a tilted average spectrum
+    level_only = normalize(features, per_bin_variance=False, per_bin_mean=False)
+    torch.testing.assert_close(level_only.mean(), torch.tensor(0.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(level_only.square().mean(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    # Only the level and one scale went: the tilt across bins is still there, up to that scale.
+    expected = (features - features.mean()) / (features - features.mean()).square().mean().sqrt()
+    torch.testing.assert_close(level_only, expected, atol=1e-5, rtol=0)
+    assert level_only.mean(dim=0)[-1] - level_only.mean(dim=0)[0] > 1.5
+    # Adding a constant level changes nothing; per-bin means would also cancel a tilt, this does not.
+    torch.testing.assert_close(normalize(features + 7, per_bin_variance=False, per_bin_mean=False), level_only)
+
+
 # ---------------------------------------------------------------------------------------------
 # Cepstral smoothing
 

@@ -254,7 +254,7 @@ def log_mel(
     return torch.log(mel + LOG_FLOOR)
 
 
-def normalize(features: Tensor, eps: float = 1e-5, per_bin_variance: bool = True) -> Tensor:
+def normalize(features: Tensor, eps: float = 1e-5, per_bin_variance: bool = True, per_bin_mean: bool = True) -> Tensor:
     """Per-utterance normalisation: ``(frames, n_mels)`` → same.
 
     Each mel bin's mean over the utterance is subtracted (cepstral mean normalisation), which
@@ -263,10 +263,15 @@ def normalize(features: Tensor, eps: float = 1e-5, per_bin_variance: bool = True
     ``per_bin_variance=False`` the whole utterance is divided by one standard deviation instead,
     which keeps how much each band moves relative to the others (a bin that holds only the noise
     floor stays small rather than being scaled up to the size of the speech bands).
+
+    With ``per_bin_mean=False`` one mean over all bins and frames is subtracted instead: only the
+    level goes, and the utterance's average spectrum stays. On a one-word clip that average is
+    mostly the vowel, which per-bin subtraction would flatten away.
     """
     if features.ndim != 2:
         raise ValueError(f"normalize takes (frames, n_mels), got shape {tuple(features.shape)}")
-    centred = features - features.mean(dim=0, keepdim=True)  # (frames, n_mels)
+    mean = features.mean(dim=0, keepdim=True) if per_bin_mean else features.mean()  # (1, n_mels) or ()
+    centred = features - mean  # (frames, n_mels)
     # (1, n_mels) per bin, or one number for the whole utterance
     var = centred.square().mean(dim=0, keepdim=True) if per_bin_variance else centred.square().mean()
     return centred / torch.sqrt(var + eps)

@@ -34,6 +34,11 @@ class SpeechConfig(BaseModel):
         description="normalise each utterance's mel bins to unit variance one by one (true) or together "
         "(false: quiet bands stay quiet)",
     )
+    per_bin_mean: bool = Field(
+        True,
+        description="subtract each mel bin's mean over the utterance (true: also removes a constant "
+        "channel colouring) or one mean over all bins (false: keeps the utterance's average spectrum)",
+    )
     n_cepstra: int | None = Field(
         None,
         ge=1,

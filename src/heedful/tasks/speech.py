@@ -199,7 +199,7 @@ class SpeechTask(Task):
         features = log_mel(wave, d.sample_rate, n_mels=m.n_mels, warp=warp)  # (T, M)
         if m.n_cepstra is not None:
             features = smooth_spectrum(features, m.n_cepstra)
-        return normalize(features, per_bin_variance=m.per_bin_variance)
+        return normalize(features, per_bin_variance=m.per_bin_variance, per_bin_mean=m.per_bin_mean)
 
     def _read(self, path, mono: Literal["error", "mix"] = "error"):
         """A clip as the model hears it: read, resampled, and trimmed when ``data.trim_db`` is set."""
