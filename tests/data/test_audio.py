@@ -389,3 +389,18 @@ def test_trim_silence_keeps_the_sound_and_the_margin(margin_s):
     assert 1600 + 2 * round(margin_s * rate) <= len(trimmed) <= 1600 + 2 * round(margin_s * rate) + 82
     assert np.array_equal(trim_silence(np.zeros(800, np.float32), rate), np.zeros(800, np.float32))
     assert trim_silence(np.zeros(0, np.float32), rate).shape == (0,)
+
+
+def test_trim_silence_end_floor_cuts_a_fading_tail_but_not_a_weak_onset():
+    rate = 8000
+    weak_onset = 0.03 * tone(3000, rate, seconds=0.05)  # −30 dB: a faint first consonant (400,)
+    vowel = tone(500, rate, seconds=0.2)  # (1600,)
+    tail = 0.03 * tone(500, rate, seconds=0.1)  # −30 dB: the vowel fading out (800,)
+    silence = np.zeros(800, np.float32)
+    wave = np.concatenate([silence, weak_onset, vowel, tail, silence])
+    both = trim_silence(wave, rate, floor_db=-35, margin_s=0)
+    assert abs(len(both) - (400 + 1600 + 800)) <= 82  # everything above −35 dB stays
+    end_cut = trim_silence(wave, rate, floor_db=-35, margin_s=0, end_floor_db=-20)
+    assert np.array_equal(end_cut[:400], both[:400])  # the same start, weak onset and all
+    # The −30 dB tail is gone (give or take the 10 ms RMS window's reach at either end).
+    assert abs(len(end_cut) - (400 + 1600)) <= 82 and len(both) - len(end_cut) >= 800 - 41

@@ -87,6 +87,12 @@ def test_trimming_cuts_every_clip_the_same_way(tmp_path, fake_fsdd, configs_dir)
     trimmed = task._load([loose, tight])  # the predict path; training clips go through the same _read
     assert trimmed[0].features.shape[0] < untrimmed[1].features.shape[0]
     torch.testing.assert_close(trimmed[0].features, trimmed[1].features)
+    # data.trim_end_db reaches the same path: a −30 dB tail (0.1 s, 10 frames) is cut off the end.
+    faded = tmp_path / "faded.wav"
+    sf.write(faded, np.concatenate([sound, 0.03 * sound[:800], np.zeros(800)]).astype(np.float32), 8000)
+    with_tail = task._load([faded])[0].features.shape[0]
+    task.cfg.data.trim_end_db = -20
+    assert with_tail - task._load([faded])[0].features.shape[0] in range(9, 12)
 
 
 def test_trimming_or_cropping_strings_is_refused(configs_dir):
@@ -94,6 +100,8 @@ def test_trimming_or_cropping_strings_is_refused(configs_dir):
         load_config(configs_dir / "speech_strings.yaml", ["data.trim_db=-35"])
     with pytest.raises(ConfigError, match="edge_crop works on single clips"):
         load_config(configs_dir / "speech_strings.yaml", ["augment.edge_crop=0.05"])
+    with pytest.raises(ConfigError, match="trim_end_db needs trim_db"):
+        load_config(configs_dir / "speech_digits.yaml", ["data.trim_end_db=-20"])
 
 
 def test_edge_crop_cuts_within_its_bounds_at_both_ends():

@@ -415,10 +415,14 @@ def add_noise(wave: np.ndarray, snr_db: float, generator: torch.Generator) -> np
     return (wave + scale * noise).astype(np.float32)
 
 
-def trim_silence(wave: np.ndarray, rate: int, floor_db: float = -35.0, margin_s: float = 0.02) -> np.ndarray:
+def trim_silence(
+    wave: np.ndarray, rate: int, floor_db: float = -35.0, margin_s: float = 0.02, end_floor_db: float | None = None
+) -> np.ndarray:
     """Cut leading and trailing silence: ``(T,)`` → ``(T',)``, keeping ``margin_s`` seconds of
     it either side of the first and last sample whose 10 ms RMS lies within ``floor_db`` of the
-    loudest. All-silent (or empty) input comes back unchanged.
+    loudest. ``end_floor_db`` sets a different floor for the end (default: ``floor_db``); a
+    higher one cuts a word's fading tail, whose length depends on the room and the speaker,
+    while a weak first consonant is kept. All-silent (or empty) input comes back unchanged.
 
     Why: recordings are cut differently by different people (FSDD's george cuts at the first
     sample of speech, lucas leaves ~0.1 s either side), and per-utterance normalisation then
@@ -433,9 +437,11 @@ def trim_silence(wave: np.ndarray, rate: int, floor_db: float = -35.0, margin_s:
     energy = np.sqrt(np.convolve(wave**2, np.ones(frame) / frame, mode="same"))  # (T,)
     if energy.max() == 0:
         return wave
-    loud = np.nonzero(energy > energy.max() * 10 ** (floor_db / 20))[0]
+    first = np.nonzero(energy > energy.max() * 10 ** (floor_db / 20))[0][0]
+    end_floor = floor_db if end_floor_db is None else end_floor_db
+    last = np.nonzero(energy > energy.max() * 10 ** (end_floor / 20))[0][-1]
     margin = round(margin_s * rate)
-    return wave[max(0, loud[0] - margin) : loud[-1] + margin + 1]
+    return wave[max(0, first - margin) : last + margin + 1]
 
 
 def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:

@@ -81,6 +81,12 @@ class SpeechData(Section):
         "below its loudest 10 ms (train, val, test and predict alike), so every speaker's clips are cut the same "
         "way; null = off",
     )
+    trim_end_db: float | None = Field(
+        None,
+        lt=0,
+        description="with trim_db: a different floor for the clip's end (e.g. -20 cuts a word's fading tail but "
+        "keeps a weak first consonant); null = trim_db's",
+    )
     trim_margin: float = Field(0.02, ge=0, description="seconds of the cut silence kept either side")
     extra_train_roots: list[Path] = Field(
         [],
@@ -92,6 +98,8 @@ class SpeechData(Section):
     def _trim_needs_clips(self) -> SpeechData:
         if self.trim_db is not None and self.mode == "strings":
             raise ValueError("trim_db works on single clips (mode 'digits'); strings set their own pauses")
+        if self.trim_end_db is not None and self.trim_db is None:
+            raise ValueError("trim_end_db needs trim_db (the floor for the clip's start)")
         return self
 
     @field_validator("split")
@@ -205,7 +213,9 @@ class SpeechTask(Task):
         """A clip as the model hears it: read, resampled, and trimmed when ``data.trim_db`` is set."""
         d = self.cfg.data
         wave = read_audio(path, d.sample_rate, mono=mono)
-        return wave if d.trim_db is None else trim_silence(wave, d.sample_rate, d.trim_db, d.trim_margin)
+        if d.trim_db is None:
+            return wave
+        return trim_silence(wave, d.sample_rate, d.trim_db, d.trim_margin, end_floor_db=d.trim_end_db)
 
     def _noisy(self, wave, seed: int):
         snr = self.cfg.data.test_noise_snr_db
