@@ -23,6 +23,7 @@ from heedful.data.audio import (
     smooth_spectrum,
     spec_augment,
     speed_perturb,
+    stretch_time,
     trim_silence,
     vtlp_frequencies,
 )
@@ -373,6 +374,24 @@ def test_speed_perturb_scales_duration_and_pitch(factor):
     assert np.array_equal(speed_perturb(wave, 1.0), wave)
     with pytest.raises(ValueError, match="speed factor"):
         speed_perturb(wave, 0)
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_stretch_time_changes_tempo_not_pitch(factor):
+    ramp = torch.arange(101.0)[:, None] * torch.tensor([1.0, -2.0])  # (101, 2): bins that rise and fall
+    stretched = stretch_time(ramp, factor)
+    assert stretched.shape == (round(101 / factor), 2)
+    # Linear in time stays linear: the same start and end, evenly spaced in between.
+    expected = torch.linspace(0, 100, stretched.shape[0])[:, None] * torch.tensor([1.0, -2.0])
+    torch.testing.assert_close(stretched, expected)
+    # On real features, the peak mel bin of a tone stays where it was (speed_perturb would move it).
+    features = log_mel(tone(1000, 8000), 8000)  # (frames, 40)
+    faster = stretch_time(features, factor)
+    assert int(faster.mean(0).argmax()) == int(features.mean(0).argmax())
+    assert torch.equal(stretch_time(features, 1.0), features)
+    assert stretch_time(features[:1], 0.5).shape == (2, 40)
+    with pytest.raises(ValueError, match="tempo factor"):
+        stretch_time(features, 5)
 
 
 @pytest.mark.parametrize("margin_s", [0.0, 0.02])

@@ -133,3 +133,18 @@ def test_edge_crop_reaches_the_training_features(tmp_path, fake_fsdd, configs_di
     # Uncut: 1 + 400 // 80 = 6 frames. Any cut drops one; more than 80 samples in all drops two.
     assert frames == {4, 5}
     assert task.features(utterance.wave).shape[0] == 6
+
+
+def test_tempo_reaches_the_training_features(tmp_path, fake_fsdd, configs_dir):
+    task, cfg = speech_task(configs_dir, fake_fsdd, [])
+    cfg.augment.tempo = (0.5, 1.0)  # up to twice as slow: 6 frames become 6–12
+    cfg.augment.spec_augment = False
+    data = task.build_data(cfg)
+    utterance = data.train.utterances[0]
+    assert utterance.features.shape[0] == 6
+    frames = [task.augment(utterance, torch.Generator().manual_seed(s)).shape[0] for s in range(40)]
+    assert set(frames) <= set(range(6, 13)) and len(set(frames)) >= 5  # drawn from the whole range
+    same = [task.augment(utterance, torch.Generator().manual_seed(7)) for _ in range(2)]
+    torch.testing.assert_close(same[0], same[1])  # reproducible from the generator
+    with pytest.raises(ConfigError, match="0.25 <= low <= high <= 4"):
+        load_config(configs_dir / "speech_digits.yaml", ["augment.tempo=[1.2, 0.8]"])

@@ -457,3 +457,24 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
     if factor == 1.0:
         return wave.copy()
     return soxr.resample(wave, float(factor), 1.0, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
+
+
+def stretch_time(features: Tensor, factor: float) -> Tensor:
+    """Change an utterance's tempo but not its pitch: ``(frames, n_mels)`` → ``(round(frames /
+    factor), n_mels)``, each bin linearly interpolated along time (``factor`` > 1 is faster).
+
+    Why, beside ``speed_perturb``: speed changes pitch and tempo together, so a model can still
+    tie a word to how fast one speaker says it; stretching the frames varies the tempo alone.
+    """
+    if not 0.25 <= factor <= 4.0:
+        raise ValueError(f"tempo factor must lie in [0.25, 4], got {factor}")
+    if features.ndim != 2:
+        raise ValueError(f"stretch_time takes (frames, n_mels), got shape {tuple(features.shape)}")
+    frames = max(1, round(features.shape[0] / factor))
+    if features.shape[0] == 1:  # nothing to interpolate between
+        return features.expand(frames, -1).clone()
+    if frames == features.shape[0]:
+        return features.clone()
+    by_bin = features.T.unsqueeze(0)  # (1, n_mels, frames): interpolate works on the last axis
+    stretched = torch.nn.functional.interpolate(by_bin, size=frames, mode="linear", align_corners=True)
+    return stretched.squeeze(0).T.contiguous()  # (frames', n_mels)

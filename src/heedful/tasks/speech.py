@@ -41,6 +41,7 @@ from heedful.data.audio import (
     smooth_spectrum,
     spec_augment,
     speed_perturb,
+    stretch_time,
     trim_silence,
 )
 from heedful.data.fsdd import (
@@ -124,11 +125,23 @@ class AugmentConfig(Section):
         "end of each training clip, so that words cut tight at their edges (weak first consonants lost) are no "
         "surprise; 0 = off",
     )
+    tempo: tuple[float, float] | None = Field(
+        None,
+        description="stretch each training utterance's frames in time by a factor from this range (tempo without "
+        "pitch; >1 is faster), e.g. [0.8, 1.25]",
+    )
     spec_augment: bool = True
     n_freq_masks: int = Field(2, ge=0)
     max_freq_width: int = Field(6, ge=0)
     n_time_masks: int = Field(2, ge=0)
     max_time_width: int = Field(8, ge=0)
+
+    @field_validator("speed", "tempo")
+    @classmethod
+    def _check_factor_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.25 <= value[0] <= value[1] <= 4.0:
+            raise ValueError("must be [low, high] with 0.25 <= low <= high <= 4")
+        return value
 
 
 class SpeechDecode(Section):
@@ -301,7 +314,7 @@ class SpeechTask(Task):
 
     def augment(self, utterance: Utterance, generator: torch.Generator) -> Tensor:
         """Training-time view of an utterance: edge crop, speed and noise on the waveform, a stretched
-        spectrum (VTLP; when configured), then SpecAugment on its features — all drawn from
+        spectrum (VTLP) and tempo (when configured), then SpecAugment on its features — all drawn from
         ``generator``, so reproducible."""
         a = self.cfg.augment
         features = utterance.features
@@ -321,6 +334,9 @@ class SpeechTask(Task):
                 # Two decimals: the filterbank of each factor is computed once and cached.
                 warp = round(low + (high - low) * float(torch.rand(1, generator=generator)), 2)
             features = self.features(wave, warp)
+        if a.tempo is not None:
+            low, high = a.tempo
+            features = stretch_time(features, low + (high - low) * float(torch.rand(1, generator=generator)))
         if not a.spec_augment:
             return features
         return spec_augment(
