@@ -6,6 +6,7 @@
     python benchmarks/speech.py speakers    # leave-one-speaker-out, 6 folds (--speakers george,lucas: some)
     python benchmarks/speech.py strings     # 2–7 digit strings, CTC, digit error rate
     python benchmarks/speech.py warps       # the `speakers` models on their held-out speaker, spectrum warped
+    python benchmarks/speech.py ensemble --run-prefix a,b,c   # those finished `speakers` runs averaged
     python benchmarks/speech.py synth --out DIR   # synthetic speakers' digits with espeak-ng (not in `all`)
     python benchmarks/speech.py all
 
@@ -15,7 +16,9 @@ on the validation split, then scores the test split once. Runs go to runs/bench-
 runs/bench-speech/summary.md. A finished run with the same config is tested again rather than
 retrained (pass --retrain to train it anew), so `ablation` reuses the `digits` model and a
 cut-off benchmark resumes where it stopped. `--set key=value` overrides apply to every run;
-`speakers --run-prefix NAME` trains a variant's folds into runs/bench-speech/NAME-<speaker>.
+`speakers --run-prefix NAME` trains a variant's folds into runs/bench-speech/NAME-<speaker>;
+`ensemble --run-prefix A,B,C` averages the class probabilities of finished variants fold by fold
+(`--cut-end-ms` and `--tempo` alter the test clips first: diagnostics, not results).
 
 `synth` writes FSDD-style clips of synthetic voices; train on them beside the real speakers with
 `speakers --set 'data.extra_train_roots=[DIR]'` (they join the training part only).
@@ -40,7 +43,7 @@ import torch
 
 from common import header, table
 from common import train_and_test as _train_and_test
-from heedful.data.audio import RESAMPLE_QUALITY, trim_silence
+from heedful.data.audio import RESAMPLE_QUALITY, stretch_time, trim_silence
 from heedful.data.fsdd import FILE_NAME, FSDD_SAMPLE_RATE
 from heedful.runs import load_run
 
@@ -62,31 +65,63 @@ def noisy_test(run_dir: Path, snr_db: float | None) -> float:
 WARPS = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15, 1.2)
 
 
+def held_out_probabilities(run, waves: list[np.ndarray], warp: float = 1.0, tempo: float = 1.0) -> torch.Tensor:
+    """A fold model's class probabilities (N, 10) for clips (as the model hears them), with the
+    spectrum warped by ``warp`` and the frames stretched by ``tempo`` (1 = as trained)."""
+    task, model = run.task, run.model.eval()
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(waves), 64):
+            features = [stretch_time(task.features(wave, warp), tempo) for wave in waves[i : i + 64]]
+            batch = task.pad(features)
+            logits, _ = model(batch["features"], batch["lengths"])
+            parts.append(logits.softmax(-1))
+    return torch.cat(parts)
+
+
+def held_out_clips(run) -> tuple[list[np.ndarray], torch.Tensor, list[str]]:
+    """The held-out speaker's test clips as the run's model hears them (trimmed if configured),
+    their digits, and their paths; no training features are built."""
+    _, _, test = run.task._splits()
+    return [run.task._read(r.path) for r in test], torch.tensor([r.digit for r in test]), [str(r.path) for r in test]
+
+
 def warped_test(run_dir: Path) -> dict:
     """Is a held-out speaker's gap a vocal-tract-length mismatch? Score the test clips with the
     spectrum stretched by each factor in WARPS (the VTLP map, at test time): accuracy per warp,
     the warp the model is most confident at (test-time VTLN, no labels used), and the average of
     all warps' probabilities."""
     run = load_run(run_dir, device="cpu")
-    task, model = run.task, run.model.eval()
-    _, _, test = task._splits()  # the held-out speaker's recordings; no training features built
-    waves = [task._read(r.path) for r in test]  # as the model hears them (trimmed if configured)
-    labels = torch.tensor([r.digit for r in test])
-    probs = {}
-    with torch.no_grad():
-        for warp in WARPS:
-            parts = []
-            for i in range(0, len(waves), 64):
-                batch = task.pad([task.features(wave, warp) for wave in waves[i : i + 64]])
-                logits, _ = model(batch["features"], batch["lengths"])
-                parts.append(logits.softmax(-1))
-            probs[warp] = torch.cat(parts)  # (N, 10)
+    waves, labels, _ = held_out_clips(run)
+    probs = {warp: held_out_probabilities(run, waves, warp) for warp in WARPS}  # (N, 10) each
     accuracy = {w: float((p.argmax(-1) == labels).float().mean()) for w, p in probs.items()}
     confident = max(WARPS, key=lambda w: float(probs[w].max(-1).values.mean()))
     averaged = torch.stack(list(probs.values())).mean(0)
     row = {"run": run_dir.name, **{f"warp {w}": round(a, 3) for w, a in accuracy.items()},
            "vtln": f"{accuracy[confident]:.3f} (warp {confident})",
            "averaged": round(float((averaged.argmax(-1) == labels).float().mean()), 3)}  # fmt: skip
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def ensemble_test(prefixes: list[str], speaker: str, cut_end_ms: float, tempo: float) -> dict:
+    """One fold's members (runs/bench-speech/<prefix>-<speaker>) and the average of their class
+    probabilities, on the held-out speaker's test clips. Diagnostics: ``cut_end_ms`` cuts that much
+    off the end of every test clip, ``tempo`` stretches its frames (>1 faster), before scoring."""
+    runs = [load_run(ROOT / f"{prefix}-{speaker}", device="cpu") for prefix in prefixes]
+    clips = [held_out_clips(run) for run in runs]
+    if any(paths != clips[0][2] for _, _, paths in clips):
+        raise SystemExit(f"ensemble: the {speaker} runs of {', '.join(prefixes)} hold out different clips")
+    cut = round(cut_end_ms / 1000 * runs[0].cfg.data.sample_rate)
+    labels = clips[0][1]
+    probs = [
+        held_out_probabilities(run, [wave[: len(wave) - cut] if cut else wave for wave in waves], tempo=tempo)
+        for run, (waves, _, _) in zip(runs, clips, strict=True)
+    ]  # (N, 10) each
+    row = {"run": speaker}
+    for prefix, p in zip(prefixes, probs, strict=True):
+        row[prefix] = round(float((p.argmax(-1) == labels).float().mean()), 4)
+    row["accuracy"] = round(float((torch.stack(probs).mean(0).argmax(-1) == labels).float().mean()), 4)
     print(json.dumps(row), flush=True)
     return row
 
@@ -170,16 +205,26 @@ def synthesize(out: Path, n_speakers: int, takes: int, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="FSDD speech benchmarks")
     parser.add_argument(
-        "which", choices=["digits", "ablation", "noise", "speakers", "strings", "warps", "synth", "all"]
+        "which", choices=["digits", "ablation", "noise", "speakers", "strings", "warps", "ensemble", "synth", "all"]
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--retrain", action="store_true", help="train even where a finished run exists")
     parser.add_argument("--run-prefix", default="speaker",
                         help="speakers / warps: the folds' run directories are <prefix>-<speaker> (a variant's "
-                             "own prefix keeps the default runs)")  # fmt: skip
+                             "own prefix keeps the default runs); ensemble: the finished prefixes to average, "
+                             "comma-separated")  # fmt: skip
     parser.add_argument("--speakers", default=",".join(SPEAKERS),
                         help="speakers / warps: the held-out speakers of the folds to run, comma-separated "
                              "(default: all six)")  # fmt: skip
+    parser.add_argument(
+        "--cut-end-ms",
+        type=float,
+        default=0.0,
+        help="ensemble: cut this many ms off the end of every test clip first (a diagnostic)",
+    )
+    parser.add_argument("--tempo", type=float, default=1.0,
+                        help="ensemble: stretch every test clip's frames by this factor first, >1 faster "
+                             "(a diagnostic)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="synth: the folder to write the clips to (empty or new)")
     parser.add_argument("--n-speakers", type=int, default=60, help="synth: how many synthetic speakers")
     parser.add_argument("--takes", type=int, default=5, help="synth: takes of each digit per speaker")
@@ -238,6 +283,16 @@ def main() -> None:
             raise SystemExit(f"no speaker runs in {ROOT}: run `benchmarks/speech.py speakers` first")
         rows = [warped_test(run_dir) for run_dir in runs]
         out.append(table(rows, list(rows[0])))
+    if "ensemble" in chosen:
+        prefixes = [p.strip() for p in args.run_prefix.split(",") if p.strip()]
+        missing = [f"{p}-{s}" for p in prefixes for s in folds if not (ROOT / f"{p}-{s}" / "eval-test.json").is_file()]
+        if missing:
+            raise SystemExit(f"ensemble: no finished run {ROOT / missing[0]}: train it with `speakers` first")
+        rows = [ensemble_test(prefixes, s, args.cut_end_ms, args.tempo) for s in folds]
+        mean = {"run": "mean" if len(rows) == len(SPEAKERS) else f"mean of {len(rows)}"}
+        for key in [*prefixes, "accuracy"]:
+            mean[key] = round(sum(r[key] for r in rows) / len(rows), 4)
+        out.append(table([*rows, mean], list(rows[0])))
 
     report = "\n\n".join(out) + "\n"
     print("\n" + report)
