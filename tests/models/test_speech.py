@@ -34,6 +34,29 @@ def test_shapes_and_padding_invariance(encoder, head):
         torch.testing.assert_close(alone[0, :9], out[2, :9], atol=1e-5, rtol=0)
 
 
+def test_attention_pooling_is_a_softmax_weighted_mean_of_real_frames():
+    torch.manual_seed(0)
+    model = SpeechModel(SpeechConfig(n_layers=2, pooling="attention")).eval()
+    x, lengths = features()
+    out, _ = model(x, lengths)
+    wider = torch.cat([x, torch.randn(3, 17, 40)], dim=1)
+    wider[1, 80:] = 7.0
+    torch.testing.assert_close(model(wider, lengths)[0], out, atol=1e-5, rtol=0)  # padding ignored
+    # By hand: additive scores of the learned query over the real frames, softmax, weighted mean.
+    states, frames, mask = model.encode(x, lengths)  # (B, T', D)
+    attn = model.pool.attn
+    query = model.pool.query.expand(3, -1, -1)  # (B, 1, D)
+    _, weights = attn(query, states, mask)  # (B, 1, T')
+    assert torch.all(weights[:, 0][~mask] == 0)  # padded frames get no weight
+    torch.testing.assert_close(weights[:, 0].sum(-1), torch.ones(3))
+    by_hand = torch.einsum("bt,btd->bd", weights[:, 0], states)  # (B, D)
+    torch.testing.assert_close(model.head(by_hand), out, atol=1e-5, rtol=0)
+    # Mean pooling is a different model: the same weights but the pool give other logits.
+    assert not torch.allclose(model.head(states.mul(mask[..., None]).sum(1) / frames[:, None]), out, atol=1e-3)
+    with pytest.raises(ValueError, match="pooling applies to head 'classify'"):
+        SpeechConfig(pooling="attention", head="ctc")
+
+
 def test_bigru_matches_the_attention_encoders_size():
     def encoder_params(model):
         return sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("front", "head")))

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from heedful.attention.positions import POSITIONS, build_input_positions
+from heedful.models.encoder_classifier import AttentionPooling
 from heedful.models.pretrained import PretrainedModel
 from heedful.models.transformer import EncoderLayer, TransformerConfig
 
@@ -57,12 +58,19 @@ class SpeechConfig(BaseModel):
     max_frames: int = Field(2048, ge=1, description="longest utterance in frames after the CNN")
     gru_hidden: int | None = Field(None, ge=1, description="bigru: per direction; default matches attention's size")
     head: Literal["classify", "ctc"] = "classify"
+    pooling: Literal["mean", "attention"] = Field(
+        "mean",
+        description="classify: the frames' mean, or additive attention of one learned query over them (which can "
+        "weigh a word's consonants above its long vowel)",
+    )
     n_classes: int = Field(10, ge=2, description="classes (classify) or symbols without the blank (ctc)")
 
     @model_validator(mode="after")
     def _cepstra_fit_the_bands(self) -> SpeechConfig:
         if self.n_cepstra is not None and self.n_cepstra > self.n_mels:
             raise ValueError(f"n_cepstra ({self.n_cepstra}) cannot exceed n_mels ({self.n_mels})")
+        if self.pooling != "mean" and self.head != "classify":
+            raise ValueError("pooling applies to head 'classify' (a CTC head reads every frame)")
         return self
 
     def transformer(self) -> TransformerConfig:
@@ -162,6 +170,7 @@ class SpeechModel(PretrainedModel):
             self.gru_out = nn.Linear(2 * hidden, config.d_model)
             self.norm = nn.LayerNorm(config.d_model)
         n_out = config.n_classes + (1 if config.head == "ctc" else 0)
+        self.pool = AttentionPooling(config.d_model) if config.pooling == "attention" else None
         self.head = nn.Linear(config.d_model, n_out)
 
     def encode(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -186,6 +195,8 @@ class SpeechModel(PretrainedModel):
         x, frame_lengths, mask = self.encode(features, lengths)
         if self.config.head == "ctc":
             return self.head(x), frame_lengths  # (B, T', V + 1)
+        if self.pool is not None:
+            return self.head(self.pool(x, mask)), frame_lengths  # (B, n_classes)
         weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T', 1)
         pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # masked mean over frames: (B, D)
         return self.head(pooled), frame_lengths  # (B, n_classes)
