@@ -148,3 +148,22 @@ def test_tempo_reaches_the_training_features(tmp_path, fake_fsdd, configs_dir):
     torch.testing.assert_close(same[0], same[1])  # reproducible from the generator
     with pytest.raises(ConfigError, match="0.25 <= low <= high <= 4"):
         load_config(configs_dir / "speech_digits.yaml", ["augment.tempo=[1.2, 0.8]"])
+
+
+def test_extra_recordings_reach_training_strings_only(tmp_path, fake_fsdd, configs_dir):
+    synth = write_recordings(tmp_path / "synth", ("esusadam", "esgbrob"), takes=5)
+    overrides = [f"data.root={fake_fsdd}", "data.split=speaker:cyd", f"data.extra_train_roots=[{synth}]",
+                 "data.n_train_strings=60", "data.n_val_strings=6", "data.n_test_strings=6",
+                 "augment.speed=null", "augment.noise_snr_db=null", "device=cpu"]  # fmt: skip
+    cfg = load_config(configs_dir / "speech_strings.yaml", overrides)
+    task = get_task("speech")(cfg)
+    data = task.build_data(cfg)
+
+    def speakers(utterances):
+        return {u.speaker for u in utterances}
+
+    assert speakers(data.train.utterances) & {"esusadam", "esgbrob"}  # synthetic strings are trained on…
+    assert speakers(data.splits["val"]) <= {"ann", "bob"}  # …but never select the model…
+    assert speakers(data.splits["test"]) == {"cyd"}  # …nor are scored
+    for u in data.splits["val"] + data.splits["test"]:
+        assert str(synth) not in u.source
