@@ -139,6 +139,16 @@ def test_a_classifier_split_otherwise_than_its_pretraining_is_warned_about(pretr
         get_task("classify")(cfg).build_data(cfg)
         messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert any("seed differ" in m and "test texts" in m for m in messages) == warned, messages
+    # The same file written another way is the same data: no warning about data.path.
+    (tmp_path / "elsewhere").mkdir(exist_ok=True)
+    same_file = tmp_path / "elsewhere" / ".." / "reviews.csv"
+    cfg = load_config(
+        ROOT / "configs" / "reviews" / "chinese.yaml",
+        overrides(tmp_path, "classify", **{"model.pretrained": str(tmp_path / "mlm"), "data.path": str(same_file)}),
+    )
+    caplog.clear()
+    get_task("classify")(cfg).build_data(cfg)
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "differ" in r.getMessage()]
 
 
 def test_mlm_refuses_a_pretrained_start(tmp_path):

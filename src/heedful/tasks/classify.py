@@ -201,6 +201,16 @@ class ExampleBatches(BatchSource):
 log = logging.getLogger(__name__)
 # The data settings that decide which texts are training texts (with the seed).
 SPLIT_KEYS = ("path", "val_path", "test_path", "format", "filters", "val_fraction", "test_fraction", "folds", "fold")
+PATH_KEYS = ("path", "val_path", "test_path")
+
+
+def _same_setting(key: str, theirs: Any, ours: Any) -> bool:
+    """One data setting of two runs, compared as written — except paths, compared as the files they
+    name (``../shared/x.csv`` and its absolute form are one file; both resolve from the current
+    folder, as the runs read them)."""
+    if key in PATH_KEYS and theirs is not None and ours is not None:
+        return Path(str(theirs)).resolve() == Path(str(ours)).resolve()
+    return str(theirs) == str(ours)
 
 
 @register_task
@@ -357,7 +367,7 @@ class ClassifyTask(Task):
             log.warning("%s: unreadable, so it is unknown which texts the pretraining saw", path)
             return
         ours, their_data = cfg.data.model_dump(mode="json"), theirs.get("data") or {}
-        differ = [f"data.{k}" for k in SPLIT_KEYS if str(their_data.get(k)) != str(ours[k])]
+        differ = [f"data.{k}" for k in SPLIT_KEYS if not _same_setting(k, their_data.get(k), ours[k])]
         differ += ["seed"] if theirs.get("seed") != cfg.seed else []
         if differ:
             log.warning(
