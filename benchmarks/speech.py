@@ -18,7 +18,8 @@ retrained (pass --retrain to train it anew), so `ablation` reuses the `digits` m
 cut-off benchmark resumes where it stopped. `--set key=value` overrides apply to every run;
 `speakers --run-prefix NAME` trains a variant's folds into runs/bench-speech/NAME-<speaker>;
 `ensemble --run-prefix A,B,C` averages the class probabilities of finished variants fold by fold
-(`--cut-end-ms` and `--tempo` alter the test clips first: diagnostics, not results).
+(`--cut-end-ms`, `--fade-end-ms` and `--tempo` alter the test clips first: diagnostics, not
+results).
 
 `synth` writes FSDD-style clips of synthetic voices; train on them beside the real speakers with
 `speakers --set 'data.extra_train_roots=[DIR]'` (they join the training part only).
@@ -104,18 +105,34 @@ def warped_test(run_dir: Path) -> dict:
     return row
 
 
-def ensemble_test(prefixes: list[str], speaker: str, cut_end_ms: float, tempo: float) -> dict:
+def fade_end(wave: np.ndarray, samples: int) -> np.ndarray:
+    """``wave`` with its last ``samples`` (at most a quarter of it) faded out by a half cosine."""
+    n = min(samples, len(wave) // 4)
+    if n == 0:
+        return wave
+    faded = wave.copy()
+    faded[-n:] *= (0.5 + 0.5 * np.cos(np.pi * np.arange(n) / n)).astype(wave.dtype)  # 1 → 0
+    return faded
+
+
+def ensemble_test(prefixes: list[str], speaker: str, cut_end_ms: float, fade_end_ms: float, tempo: float) -> dict:
     """One fold's members (runs/bench-speech/<prefix>-<speaker>) and the average of their class
     probabilities, on the held-out speaker's test clips. Diagnostics: ``cut_end_ms`` cuts that much
-    off the end of every test clip, ``tempo`` stretches its frames (>1 faster), before scoring."""
+    off the end of every test clip, ``fade_end_ms`` fades its end out, ``tempo`` stretches its
+    frames (>1 faster), before scoring."""
     runs = [load_run(ROOT / f"{prefix}-{speaker}", device="cpu") for prefix in prefixes]
     clips = [held_out_clips(run) for run in runs]
     if any(paths != clips[0][2] for _, _, paths in clips):
         raise SystemExit(f"ensemble: the {speaker} runs of {', '.join(prefixes)} hold out different clips")
-    cut = round(cut_end_ms / 1000 * runs[0].cfg.data.sample_rate)
+    rate = runs[0].cfg.data.sample_rate
+    cut, fade = round(cut_end_ms / 1000 * rate), round(fade_end_ms / 1000 * rate)
     labels = clips[0][1]
+
+    def altered(wave: np.ndarray) -> np.ndarray:
+        return fade_end(wave[: len(wave) - cut] if cut else wave, fade)
+
     probs = [
-        held_out_probabilities(run, [wave[: len(wave) - cut] if cut else wave for wave in waves], tempo=tempo)
+        held_out_probabilities(run, [altered(wave) for wave in waves], tempo=tempo)
         for run, (waves, _, _) in zip(runs, clips, strict=True)
     ]  # (N, 10) each
     row = {"run": speaker}
@@ -222,6 +239,12 @@ def main() -> None:
         default=0.0,
         help="ensemble: cut this many ms off the end of every test clip first (a diagnostic)",
     )
+    parser.add_argument(
+        "--fade-end-ms",
+        type=float,
+        default=0.0,
+        help="ensemble: fade out the last this many ms of every test clip first (a diagnostic)",
+    )
     parser.add_argument("--tempo", type=float, default=1.0,
                         help="ensemble: stretch every test clip's frames by this factor first, >1 faster "
                              "(a diagnostic)")  # fmt: skip
@@ -288,7 +311,7 @@ def main() -> None:
         missing = [f"{p}-{s}" for p in prefixes for s in folds if not (ROOT / f"{p}-{s}" / "eval-test.json").is_file()]
         if missing:
             raise SystemExit(f"ensemble: no finished run {ROOT / missing[0]}: train it with `speakers` first")
-        rows = [ensemble_test(prefixes, s, args.cut_end_ms, args.tempo) for s in folds]
+        rows = [ensemble_test(prefixes, s, args.cut_end_ms, args.fade_end_ms, args.tempo) for s in folds]
         mean = {"run": "mean" if len(rows) == len(SPEAKERS) else f"mean of {len(rows)}"}
         for key in [*prefixes, "accuracy"]:
             mean[key] = round(sum(r[key] for r in rows) / len(rows), 4)
