@@ -81,6 +81,7 @@ def test_trimming_cuts_every_clip_the_same_way(tmp_path, fake_fsdd, configs_dir)
     sf.write(loose, np.concatenate([np.zeros(2400), sound, np.zeros(3200)]).astype(np.float32), 8000)
     sf.write(tight, np.concatenate([np.zeros(500), sound, np.zeros(500)]).astype(np.float32), 8000)
     task, _ = speech_task(configs_dir, fake_fsdd, [])
+    task.cfg.data.trim_db = None  # the shipped config trims: start from the clips as recorded
     untrimmed = task._load([loose, tight])
     assert untrimmed[0].features.shape[0] > untrimmed[1].features.shape[0] + 50
     task.cfg.data.trim_db = -35
@@ -101,7 +102,7 @@ def test_trimming_or_cropping_strings_is_refused(configs_dir):
     with pytest.raises(ConfigError, match="edge_crop works on single clips"):
         load_config(configs_dir / "speech_strings.yaml", ["augment.edge_crop=0.05"])
     with pytest.raises(ConfigError, match="trim_end_db needs trim_db"):
-        load_config(configs_dir / "speech_digits.yaml", ["data.trim_end_db=-20"])
+        load_config(configs_dir / "speech_digits.yaml", ["data.trim_db=null", "data.trim_end_db=-20"])
 
 
 def test_edge_crop_cuts_within_its_bounds_at_both_ends():
