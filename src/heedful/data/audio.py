@@ -266,7 +266,9 @@ def normalize(features: Tensor, eps: float = 1e-5, per_bin_variance: bool = True
 
     With ``per_bin_mean=False`` one mean over all bins and frames is subtracted instead: only the
     level goes, and the utterance's average spectrum stays. On a one-word clip that average is
-    mostly the vowel, which per-bin subtraction would flatten away.
+    mostly the vowel, which per-bin subtraction flattens; but it also holds the recording's
+    channel colouring, and on FSDD's unseen speakers keeping that cost more than it gained
+    (docs/RESULTS.md).
     """
     if features.ndim != 2:
         raise ValueError(f"normalize takes (frames, n_mels), got shape {tuple(features.shape)}")
