@@ -200,6 +200,12 @@ class UtteranceBatches(BatchSource):
             yield self.collate(chosen, [self.augment(u, generator) for u in chosen])
 
 
+def draw_uniform(bounds: tuple[float, float], generator: torch.Generator) -> float:
+    """One number drawn uniformly from ``[low, high)``: an augmentation's factor from its range."""
+    low, high = bounds
+    return low + (high - low) * float(torch.rand(1, generator=generator))
+
+
 def crop_edges(wave: np.ndarray, max_samples: int, generator: torch.Generator) -> np.ndarray:
     """Cut 0..``max_samples`` samples (uniform, drawn apart) off each end of ``wave`` (T,),
     never more than a quarter of the clip at either end."""
@@ -323,20 +329,16 @@ class SpeechTask(Task):
             if a.edge_crop > 0:
                 wave = crop_edges(wave, round(a.edge_crop * self.cfg.data.sample_rate), generator)
             if a.speed is not None:
-                low, high = a.speed
-                wave = speed_perturb(wave, low + (high - low) * float(torch.rand(1, generator=generator)))
+                wave = speed_perturb(wave, draw_uniform(a.speed, generator))
             if a.noise_snr_db is not None and float(torch.rand(1, generator=generator)) < a.noise_prob:
-                low, high = a.noise_snr_db
-                wave = add_noise(wave, low + (high - low) * float(torch.rand(1, generator=generator)), generator)
+                wave = add_noise(wave, draw_uniform(a.noise_snr_db, generator), generator)
             warp = 1.0
             if a.vtlp is not None:
-                low, high = a.vtlp
                 # Two decimals: the filterbank of each factor is computed once and cached.
-                warp = round(low + (high - low) * float(torch.rand(1, generator=generator)), 2)
+                warp = round(draw_uniform(a.vtlp, generator), 2)
             features = self.features(wave, warp)
         if a.tempo is not None:
-            low, high = a.tempo
-            features = stretch_time(features, low + (high - low) * float(torch.rand(1, generator=generator)))
+            features = stretch_time(features, draw_uniform(a.tempo, generator))
         if not a.spec_augment:
             return features
         return spec_augment(
