@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from heedful.attention.positions import POSITIONS, build_input_positions
 from heedful.models.encoder_classifier import AttentionPooling
 from heedful.models.pretrained import PretrainedModel
+from heedful.models.rnn import masked_mean
 from heedful.models.transformer import EncoderLayer, TransformerConfig
 
 
@@ -195,8 +196,5 @@ class SpeechModel(PretrainedModel):
         x, frame_lengths, mask = self.encode(features, lengths)
         if self.config.head == "ctc":
             return self.head(x), frame_lengths  # (B, T', V + 1)
-        if self.pool is not None:
-            return self.head(self.pool(x, mask)), frame_lengths  # (B, n_classes)
-        weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T', 1)
-        pooled = (x * weights).sum(1) / weights.sum(1).clamp(min=1)  # masked mean over frames: (B, D)
+        pooled = self.pool(x, mask) if self.pool is not None else masked_mean(x, mask)  # (B, D)
         return self.head(pooled), frame_lengths  # (B, n_classes)
