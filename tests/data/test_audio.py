@@ -12,6 +12,7 @@ import torch
 from heedful.data.audio import (
     MelFilterbank,
     add_noise,
+    add_reverb,
     apply_masks,
     cepstra,
     draw_masks,
@@ -20,6 +21,7 @@ from heedful.data.audio import (
     mel_to_hz,
     normalize,
     read_audio,
+    room_impulse_response,
     smooth_spectrum,
     spec_augment,
     speed_perturb,
@@ -363,6 +365,33 @@ def test_add_noise_is_seeded_and_leaves_silence_alone():
     c = add_noise(wave, 10, torch.Generator().manual_seed(2))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert not add_noise(np.zeros(100, np.float32), 10, torch.Generator()).any()
+
+
+@pytest.mark.parametrize(("rt60", "drr_db"), [(0.2, 0.0), (0.5, 6.0)])
+def test_room_impulse_response_decays_60_db_over_rt60(rt60, drr_db):
+    response = room_impulse_response(8000, rt60, drr_db, torch.Generator().manual_seed(0))
+    assert response.shape == (round(rt60 * 8000),) and response[0] == 1.0
+    assert 10 * math.log10(1.0 / np.sum(response[1:] ** 2)) == pytest.approx(drr_db, abs=1e-9)
+    # Energy per 10 ms window, in dB, against time: a straight line falling 60 dB per rt60.
+    windows = response[1 : 1 + (len(response) - 1) // 80 * 80].reshape(-1, 80)
+    level_db = 10 * np.log10(np.sum(windows**2, axis=1))
+    slope_db_per_s = np.polyfit(np.arange(len(level_db)) * 0.01, level_db, 1)[0]
+    assert slope_db_per_s * rt60 == pytest.approx(-60, rel=0.1)
+    with pytest.raises(ValueError, match="rt60"):
+        room_impulse_response(8000, 0.0, 0.0, torch.Generator())
+
+
+def test_add_reverb_is_the_convolution_kept_to_the_35_db_tail():
+    wave = tone(440, 8000, seconds=0.3) * np.hanning(2400).astype(np.float32)
+    wet = add_reverb(wave, 8000, 0.3, 3.0, torch.Generator().manual_seed(4))
+    response = room_impulse_response(8000, 0.3, 3.0, torch.Generator().manual_seed(4))
+    reference = scipy.signal.fftconvolve(wave.astype(np.float64), response)[: len(wave) + round(0.3 * 8000 * 35 / 60)]
+    reference *= math.sqrt(np.mean(wave.astype(np.float64) ** 2) / np.mean(reference**2))
+    assert wet.dtype == np.float32 and wet.shape == reference.shape
+    np.testing.assert_allclose(wet, reference, atol=1e-5)
+    again = add_reverb(wave, 8000, 0.3, 3.0, torch.Generator().manual_seed(4))
+    other = add_reverb(wave, 8000, 0.3, 3.0, torch.Generator().manual_seed(5))
+    assert np.array_equal(wet, again) and not np.array_equal(wet, other)
 
 
 @pytest.mark.parametrize("factor", [0.9, 1.1])

@@ -151,6 +151,21 @@ def test_tempo_reaches_the_training_features(tmp_path, fake_fsdd, configs_dir):
         load_config(configs_dir / "speech_digits.yaml", ["augment.tempo=[1.2, 0.8]"])
 
 
+def test_reverb_reaches_the_training_features_at_its_rate(tmp_path, fake_fsdd, configs_dir):
+    task, cfg = speech_task(configs_dir, fake_fsdd, [])
+    cfg.augment.reverb, cfg.augment.reverb_prob = (0.1, 0.1), 0.5
+    cfg.augment.vtlp, cfg.augment.spec_augment = None, False  # reverb alone keeps the waves
+    data = task.build_data(cfg)
+    utterance = data.train.utterances[0]
+    assert utterance.wave is not None and utterance.features.shape[0] == 6
+    frames = [task.augment(utterance, torch.Generator().manual_seed(s)).shape[0] for s in range(200)]
+    # A 0.1 s room adds its tail down to −35 dB: 400 + 467 samples, 1 + 867 // 80 = 11 frames.
+    assert set(frames) == {6, 11}
+    assert 0.4 < frames.count(11) / len(frames) < 0.6  # reverb_prob
+    with pytest.raises(ConfigError, match="0 < low <= high <= 2"):
+        load_config(configs_dir / "speech_digits.yaml", ["augment.reverb=[0.5, 0.1]"])
+
+
 def test_extra_recordings_reach_training_strings_only(tmp_path, fake_fsdd, configs_dir):
     synth = write_recordings(tmp_path / "synth", ("esusadam", "esgbrob"), takes=5)
     overrides = [f"data.root={fake_fsdd}", "data.split=speaker:cyd", f"data.extra_train_roots=[{synth}]",

@@ -417,6 +417,57 @@ def add_noise(wave: np.ndarray, snr_db: float, generator: torch.Generator) -> np
     return (wave + scale * noise).astype(np.float32)
 
 
+# How far a reverberant tail is kept past the dry clip's end: until it has fallen 35 dB, the
+# floor `trim_silence` uses by default (a tail kept to −60 dB would add mostly near-silence).
+REVERB_TAIL_DB = 35.0
+
+
+def room_impulse_response(
+    rate: int, rt60_s: float, direct_to_reverberant_db: float, generator: torch.Generator
+) -> np.ndarray:
+    """A synthetic room impulse response ``(round(rt60_s · rate),)``: the direct sound (1 at
+    sample 0), then Gaussian noise whose amplitude falls 60 dB over ``rt60_s`` (Schroeder's
+    exponential decay), scaled so that direct energy / tail energy is exactly
+    ``direct_to_reverberant_db``. Real rooms add early reflections; a stochastic tail is the
+    usual stand-in when no recorded responses are at hand.
+    """
+    if not 0.0 < rt60_s <= 2.0:
+        raise ValueError(f"rt60 must lie in (0, 2] seconds, got {rt60_s}")
+    if not math.isfinite(direct_to_reverberant_db):
+        raise ValueError(f"direct-to-reverberant ratio must be a finite number of dB, got {direct_to_reverberant_db}")
+    n = max(2, round(rt60_s * rate))
+    t = np.arange(n) / rate  # (n,) seconds
+    tail = torch.randn(n, generator=generator, dtype=torch.float64).numpy() * 10 ** (-3.0 * t / rt60_s)
+    tail[0] = 0.0
+    tail *= math.sqrt(10 ** (-direct_to_reverberant_db / 10) / float(np.sum(tail**2)))
+    tail[0] = 1.0  # the direct path
+    return tail
+
+
+def add_reverb(
+    wave: np.ndarray, rate: int, rt60_s: float, direct_to_reverberant_db: float, generator: torch.Generator
+) -> np.ndarray:
+    """``wave`` ``(T,)`` as heard in a room: convolved with ``room_impulse_response`` and kept
+    until its tail has fallen REVERB_TAIL_DB, ``(T + round(rt60_s · rate · 35/60),)``, at the
+    input's RMS level. Why: a reverberant room stretches every word's ending (a speaker recorded
+    in one is read with the ends of dry words as context the model never heard).
+    """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"add_reverb takes one channel (T,), got shape {wave.shape}")
+    response = room_impulse_response(rate, rt60_s, direct_to_reverberant_db, generator)  # (n,)
+    if wave.size == 0:
+        return wave.copy()
+    size = wave.size + response.size - 1
+    n_fft = 1 << (size - 1).bit_length()  # FFT convolution: a 0.5 s response is 4,000 taps at 8 kHz
+    wet = np.fft.irfft(np.fft.rfft(wave, n_fft) * np.fft.rfft(response, n_fft), n_fft)[:size]
+    wet = wet[: wave.size + round(rt60_s * rate * REVERB_TAIL_DB / 60)]
+    dry_power, wet_power = float(np.mean(wave.astype(np.float64) ** 2)), float(np.mean(wet**2))
+    if wet_power > 0:
+        wet *= math.sqrt(dry_power / wet_power)
+    return wet.astype(np.float32)
+
+
 def trim_silence(
     wave: np.ndarray, rate: int, floor_db: float = -35.0, margin_s: float = 0.02, end_floor_db: float | None = None
 ) -> np.ndarray:

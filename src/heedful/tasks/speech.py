@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from heedful.config import RunConfig, Section
 from heedful.data.audio import (
     add_noise,
+    add_reverb,
     log_mel,
     normalize,
     read_audio,
@@ -130,6 +131,15 @@ class AugmentConfig(Section):
         description="stretch each training utterance's frames in time by a factor from this range (tempo without "
         "pitch; >1 is faster), e.g. [0.8, 1.25]",
     )
+    reverb: tuple[float, float] | None = Field(
+        None,
+        description="convolve training utterances with a synthetic room response whose reverberation time "
+        "(RT60, seconds) is drawn from this range, e.g. [0.1, 0.5]",
+    )
+    reverb_drr_db: tuple[float, float] = Field(
+        (0.0, 10.0), description="direct-to-reverberant energy ratio (dB) range of those rooms"
+    )
+    reverb_prob: float = Field(0.5, ge=0, le=1, description="share of training utterances that get reverb")
     spec_augment: bool = True
     n_freq_masks: int = Field(2, ge=0)
     max_freq_width: int = Field(6, ge=0)
@@ -141,6 +151,13 @@ class AugmentConfig(Section):
     def _check_factor_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
         if value is not None and not 0.25 <= value[0] <= value[1] <= 4.0:
             raise ValueError("must be [low, high] with 0.25 <= low <= high <= 4")
+        return value
+
+    @field_validator("reverb")
+    @classmethod
+    def _check_rt60_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1] <= 2.0:
+            raise ValueError("must be [low, high] seconds with 0 < low <= high <= 2")
         return value
 
 
@@ -243,7 +260,10 @@ class SpeechTask(Task):
     @property
     def _keeps_waves(self) -> bool:
         a = self.cfg.augment
-        return a.speed is not None or a.noise_snr_db is not None or a.vtlp is not None or a.edge_crop > 0
+        return (
+            a.speed is not None or a.reverb is not None or a.noise_snr_db is not None or a.vtlp is not None
+            or a.edge_crop > 0
+        )  # fmt: skip
 
     def _recording_utterances(self, recordings: list[FsddRecording], noisy: bool) -> list[Utterance]:
         out = []
@@ -319,7 +339,7 @@ class SpeechTask(Task):
         return self.data
 
     def augment(self, utterance: Utterance, generator: torch.Generator) -> Tensor:
-        """Training-time view of an utterance: edge crop, speed and noise on the waveform, a stretched
+        """Training-time view of an utterance: edge crop, speed, reverb and noise on the waveform, a stretched
         spectrum (VTLP) and tempo (when configured), then SpecAugment on its features — all drawn from
         ``generator``, so reproducible."""
         a = self.cfg.augment
@@ -330,6 +350,10 @@ class SpeechTask(Task):
                 wave = crop_edges(wave, round(a.edge_crop * self.cfg.data.sample_rate), generator)
             if a.speed is not None:
                 wave = speed_perturb(wave, draw_uniform(a.speed, generator))
+            # The room before the microphone's noise: noise is not reverberated.
+            if a.reverb is not None and float(torch.rand(1, generator=generator)) < a.reverb_prob:
+                rt60, drr = draw_uniform(a.reverb, generator), draw_uniform(a.reverb_drr_db, generator)
+                wave = add_reverb(wave, self.cfg.data.sample_rate, rt60, drr, generator)
             if a.noise_snr_db is not None and float(torch.rand(1, generator=generator)) < a.noise_prob:
                 wave = add_noise(wave, draw_uniform(a.noise_snr_db, generator), generator)
             warp = 1.0
