@@ -18,8 +18,8 @@ retrained (pass --retrain to train it anew), so `ablation` reuses the `digits` m
 cut-off benchmark resumes where it stopped. `--set key=value` overrides apply to every run;
 `speakers --run-prefix NAME` trains a variant's folds into runs/bench-speech/NAME-<speaker>;
 `ensemble --run-prefix A,B,C` averages the class probabilities of finished variants fold by fold
-(`--cut-end-ms`, `--fade-end-ms` and `--tempo` alter the test clips first: diagnostics, not
-results).
+(`--cut-end-ms`, `--fade-end-ms`, `--reverb-rt60` and `--tempo` alter the test clips first:
+diagnostics, not results).
 
 `synth` writes FSDD-style clips of synthetic voices; train on them beside the real speakers with
 `speakers --set 'data.extra_train_roots=[DIR]'` (they join the training part only).
@@ -44,7 +44,7 @@ import torch
 
 from common import header, table
 from common import train_and_test as _train_and_test
-from heedful.data.audio import RESAMPLE_QUALITY, stretch_time, trim_silence
+from heedful.data.audio import RESAMPLE_QUALITY, add_reverb, stretch_time, trim_silence
 from heedful.data.fsdd import FILE_NAME, FSDD_SAMPLE_RATE
 from heedful.runs import load_run
 
@@ -115,11 +115,18 @@ def fade_end(wave: np.ndarray, samples: int) -> np.ndarray:
     return faded
 
 
-def ensemble_test(prefixes: list[str], speaker: str, cut_end_ms: float, fade_end_ms: float, tempo: float) -> dict:
+# The diagnostic rooms' direct-to-reverberant ratio: mid-range of augment.reverb_drr_db's default.
+DIAGNOSTIC_DRR_DB = 3.0
+
+
+def ensemble_test(
+    prefixes: list[str], speaker: str, cut_end_ms: float, fade_end_ms: float, tempo: float, reverb_rt60: float = 0.0
+) -> dict:
     """One fold's members (runs/bench-speech/<prefix>-<speaker>) and the average of their class
     probabilities, on the held-out speaker's test clips. Diagnostics: ``cut_end_ms`` cuts that much
-    off the end of every test clip, ``fade_end_ms`` fades its end out, ``tempo`` stretches its
-    frames (>1 faster), before scoring."""
+    off the end of every test clip, ``fade_end_ms`` fades its end out, ``reverb_rt60`` plays it in
+    a synthetic room with that reverberation time (seconds; one room per clip, seeded by its
+    index), ``tempo`` stretches its frames (>1 faster), before scoring."""
     runs = [load_run(ROOT / f"{prefix}-{speaker}", device="cpu") for prefix in prefixes]
     clips = [held_out_clips(run) for run in runs]
     if any(paths != clips[0][2] for _, _, paths in clips):
@@ -128,11 +135,14 @@ def ensemble_test(prefixes: list[str], speaker: str, cut_end_ms: float, fade_end
     cut, fade = round(cut_end_ms / 1000 * rate), round(fade_end_ms / 1000 * rate)
     labels = clips[0][1]
 
-    def altered(wave: np.ndarray) -> np.ndarray:
-        return fade_end(wave[: len(wave) - cut] if cut else wave, fade)
+    def altered(index: int, wave: np.ndarray) -> np.ndarray:
+        wave = fade_end(wave[: len(wave) - cut] if cut else wave, fade)
+        if reverb_rt60 > 0:
+            wave = add_reverb(wave, rate, reverb_rt60, DIAGNOSTIC_DRR_DB, torch.Generator().manual_seed(index))
+        return wave
 
     probs = [
-        held_out_probabilities(run, [altered(wave) for wave in waves], tempo=tempo)
+        held_out_probabilities(run, [altered(i, wave) for i, wave in enumerate(waves)], tempo=tempo)
         for run, (waves, _, _) in zip(runs, clips, strict=True)
     ]  # (N, 10) each
     row = {"run": speaker}
@@ -245,6 +255,9 @@ def main() -> None:
         default=0.0,
         help="ensemble: fade out the last this many ms of every test clip first (a diagnostic)",
     )
+    parser.add_argument("--reverb-rt60", type=float, default=0.0,
+                        help="ensemble: play every test clip in a synthetic room with this reverberation time "
+                             "(seconds) first, 0 = off (a diagnostic)")  # fmt: skip
     parser.add_argument("--tempo", type=float, default=1.0,
                         help="ensemble: stretch every test clip's frames by this factor first, >1 faster "
                              "(a diagnostic)")  # fmt: skip
@@ -311,7 +324,8 @@ def main() -> None:
         missing = [f"{p}-{s}" for p in prefixes for s in folds if not (ROOT / f"{p}-{s}" / "eval-test.json").is_file()]
         if missing:
             raise SystemExit(f"ensemble: no finished run {ROOT / missing[0]}: train it with `speakers` first")
-        rows = [ensemble_test(prefixes, s, args.cut_end_ms, args.fade_end_ms, args.tempo) for s in folds]
+        alter = (args.cut_end_ms, args.fade_end_ms, args.tempo, args.reverb_rt60)
+        rows = [ensemble_test(prefixes, s, *alter) for s in folds]
         mean = {"run": "mean" if len(rows) == len(SPEAKERS) else f"mean of {len(rows)}"}
         for key in [*prefixes, "accuracy"]:
             mean[key] = round(sum(r[key] for r in rows) / len(rows), 4)
