@@ -222,6 +222,15 @@ def generate(
 def transcribe(
     run_dir: Annotated[Path, typer.Argument(help="A speech run directory written by `heedful train`.")],
     audio: Annotated[list[Path], typer.Argument(help="WAV or FLAC files (resampled to the model's rate).")],
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ensemble",
+            help="Another speech run (classifier head) to average with RUN_DIR: each run hears the files its own "
+            "way, the mean of their digit probabilities decides. Repeat for more runs. --show-attention still "
+            "shows RUN_DIR's attention.",
+        ),
+    ] = None,
     show_attention: Annotated[
         bool, typer.Option(help="Save the spectrogram with the frames' self-attention, one PNG per file.")
     ] = False,
@@ -244,7 +253,16 @@ def transcribe(
             raise UserError(f"--head {head}: this model has heads 0–{run.cfg.model.n_heads - 1}")
         run.cfg.decode.explain_head = head
     files = [str(path) for path in audio]
-    for p in run.predict(files):
+    predictor = run
+    if ensemble:
+        from heedful.runs import Ensemble
+
+        others = [load_run(other, device) for other in ensemble]
+        for other in others:
+            if other.cfg.task != "speech":
+                raise UserError(f"{other.run_dir}: is a {other.cfg.task!r} run; --ensemble needs speech runs")
+        predictor = Ensemble([run, *others])
+    for p in predictor.predict(files):
         if as_json:
             typer.echo(json.dumps({"file": p.input, "digits": p.output, "confidence": p.score}))
         else:

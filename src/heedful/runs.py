@@ -6,6 +6,7 @@ run = load_run("runs/dates")
 run.evaluate("test")                       # heedful evaluate runs/dates
 run.predict(["5. März 2021"])              # heedful predict runs/dates "5. März 2021"
 run.show_attention(["5. März 2021"])       # … --show-attention
+load_ensemble(["runs/a", "runs/b"]).predict(["one.wav"])   # heedful transcribe runs/a one.wav --ensemble runs/b
 run.translate(["A man rides a bike."], beam=5)   # heedful translate runs/multi30k --beam 5 < in.txt
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from heedful.config import RunConfig, apply_overrides, read_yaml, validate
 from heedful.errors import CheckpointError, ConfigError, UserError
@@ -99,6 +100,51 @@ class Run:
         return [
             self.task.plot_explanation(e, out_dir / f"attention-{i}.png") for i, e in enumerate(self.explain(inputs))
         ]
+
+
+@dataclass
+class Ensemble:
+    """Runs whose class probabilities are averaged: each hears an input its own way (its own
+    features, vocabulary, trim), then the mean of their probabilities picks the class. The runs
+    must predict the same classes; a speech run must have a classifier head."""
+
+    runs: list[Run]
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise UserError("an ensemble needs at least one run")
+        tasks = {run.cfg.task for run in self.runs}
+        if len(tasks) > 1:
+            raise UserError(f"an ensemble's runs must be of one task; these are {', '.join(sorted(tasks))}")
+        for run in self.runs:  # no inputs: only whether the run can give class probabilities at all
+            try:
+                run.task.class_probabilities(run.model, [])
+            except UserError as exc:
+                raise UserError(f"{run.run_dir}: {exc}") from None
+
+    def class_probabilities(self, inputs: list[Any]) -> tuple[Tensor, list[str]]:
+        """The members' class probabilities averaged, (N, C), and the C class names."""
+        first, classes = self.runs[0].task.class_probabilities(self.runs[0].model, list(inputs))
+        total = first.clone()
+        for run in self.runs[1:]:
+            probs, names = run.task.class_probabilities(run.model, list(inputs))
+            if names != classes:
+                first_dir = self.runs[0].run_dir
+                raise UserError(f"{run.run_dir}: predicts the classes {names}, not {classes} like {first_dir}")
+            total += probs
+        return total / len(self.runs), classes
+
+    def predict(self, inputs: list[Any]) -> list[Prediction]:
+        """Per input: the class with the highest mean probability, and that probability."""
+        inputs = list(inputs)
+        probs, classes = self.class_probabilities(inputs)
+        best = probs.argmax(-1).tolist()  # (N,)
+        return [Prediction(x, classes[c], float(row[c])) for x, row, c in zip(inputs, probs, best, strict=True)]
+
+
+def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:
+    """Open several run directories (``load_run`` each) as one ``Ensemble``."""
+    return Ensemble([load_run(run_dir, device) for run_dir in run_dirs])
 
 
 def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Run:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from heedful.config import RunConfig
-from heedful.errors import ConfigError
+from heedful.errors import ConfigError, UserError
 
 Batch = dict[str, Any]
 
@@ -121,6 +121,11 @@ class Task(ABC):
 
     @abstractmethod
     def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]: ...
+
+    def class_probabilities(self, model: nn.Module, inputs: list[Any]) -> tuple[Tensor, list[str]]:
+        """Class probabilities (N, C) of the inputs and the C class names: what an ensemble of
+        runs averages. Tasks whose predictions are one class out of a fixed set provide it."""
+        raise UserError(f"a {self.name!r} run does not predict class probabilities, so it cannot join an ensemble")
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]] | None:
         """Optimizer parameter groups, when the task wants its own (e.g. layer-wise learning-rate

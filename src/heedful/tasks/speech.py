@@ -501,6 +501,23 @@ class SpeechTask(Task):
         ], frame_lengths
 
     @torch.no_grad()
+    def class_probabilities(self, model: nn.Module, inputs: list[Any]) -> tuple[Tensor, list[str]]:
+        """The digits' probabilities (N, 10) for audio files, each heard as this run hears it (its
+        own trim and features), and the class names "0"–"9". Classifier head only: a CTC head's
+        outputs are per frame, and two runs' frames need not line up."""
+        if self.cfg.model.head != "classify":
+            raise UserError(f"a {self.cfg.model.head!r}-head speech run transcribes strings; "
+                            "only classifier runs (model.head: classify) can join an ensemble")  # fmt: skip
+        classes = [str(digit) for digit in range(self.cfg.model.n_classes)]
+        if not inputs:
+            return torch.zeros(0, len(classes)), classes
+        model.eval()
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.pad([u.features for u in self._load(inputs)]).items()}
+        logits, _ = model(batch["features"], batch["lengths"])  # (N, 10)
+        return logits.float().softmax(-1).cpu(), classes
+
+    @torch.no_grad()
     def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]:
         if self.cfg.model.encoder != "attention":
             raise UserError(f"this run's encoder is {self.cfg.model.encoder!r}: it has no self-attention to show")
