@@ -111,6 +111,15 @@ def predict(
     out_dir: Annotated[Path | None, typer.Option(help="Where heatmaps go (default: RUN_DIR/plots).")] = None,
     batch_size: Annotated[int, typer.Option(help="With --input: texts per call.", min=1)] = 1024,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ensemble",
+            help="Another classify run to average with RUN_DIR: each reads the texts its own way, the mean of "
+            "their class probabilities decides. Repeat for more runs. --explain and --show-attention still show "
+            "RUN_DIR's attention.",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Predict outputs for the given inputs (or every row of --input) with a trained run."""
@@ -121,11 +130,12 @@ def predict(
     if output_file is not None and input_file is None:
         raise UserError("--output needs --input (predictions for single inputs are printed)")
     run = load_run(run_dir, device)
+    predictor = _with_ensemble(run, ensemble, device)
     if input_file is not None:
-        _predict_file(run, input_file, output_file, text_column, batch_size)
+        _predict_file(run, predictor, input_file, output_file, text_column, batch_size)
         return
     inputs = list(inputs or [])
-    for p in run.predict(inputs):
+    for p in predictor.predict(inputs):
         if as_json:
             record = {"input": p.input, "output": p.output, "score": p.score}
             if getattr(p, "probabilities", None) is not None:
@@ -150,13 +160,27 @@ def predict(
             typer.echo(f"attention heatmap: {path}")
 
 
+def _with_ensemble(run, others: list[Path] | None, device: str):
+    """``run`` alone, or with ``others`` an ``Ensemble`` that averages their class probabilities."""
+    if not others:
+        return run
+    from heedful.runs import Ensemble, load_run
+
+    members = [load_run(other, device) for other in others]
+    for member in members:
+        if member.cfg.task != run.cfg.task:
+            raise UserError(f"{member.run_dir}: is a {member.cfg.task!r} run; --ensemble needs {run.cfg.task!r} runs")
+    return Ensemble([run, *members])
+
+
 def _plain_weights(tokens: list[str], weights: list[float]) -> str:
     """Without a terminal (a pipe, a file), the weights as numbers."""
     return "  ".join(f"{t.replace('▁', '')}:{w:.2f}" for t, w in zip(tokens, weights, strict=True))
 
 
-def _predict_file(run, path: Path, output: Path | None, text_column: str | None, batch_size: int) -> None:
-    """Every row's text, predicted in batches with a progress bar; CSV out (or lines to stdout)."""
+def _predict_file(run, predictor, path: Path, output: Path | None, text_column: str | None, batch_size: int) -> None:
+    """Every row's text (in ``run``'s text column unless given), predicted by ``predictor`` (the
+    run, or an ensemble) in batches with a progress bar; CSV out (or lines to stdout)."""
     import csv
 
     from tqdm.auto import tqdm
@@ -172,7 +196,7 @@ def _predict_file(run, path: Path, output: Path | None, text_column: str | None,
         with tqdm(total=len(texts), desc="predicting", unit="text", disable=handle is None) as bar:
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
-                for line, p in zip(range(start, start + len(chunk)), run.predict(chunk), strict=True):
+                for line, p in zip(range(start, start + len(chunk)), predictor.predict(chunk), strict=True):
                     probs = getattr(p, "probabilities", None) or {}
                     if writer is None:
                         typer.echo(f"{p.output}\t{p.score:.4f}")
@@ -253,16 +277,7 @@ def transcribe(
             raise UserError(f"--head {head}: this model has heads 0–{run.cfg.model.n_heads - 1}")
         run.cfg.decode.explain_head = head
     files = [str(path) for path in audio]
-    predictor = run
-    if ensemble:
-        from heedful.runs import Ensemble
-
-        others = [load_run(other, device) for other in ensemble]
-        for other in others:
-            if other.cfg.task != "speech":
-                raise UserError(f"{other.run_dir}: is a {other.cfg.task!r} run; --ensemble needs speech runs")
-        predictor = Ensemble([run, *others])
-    for p in predictor.predict(files):
+    for p in _with_ensemble(run, ensemble, device).predict(files):
         if as_json:
             typer.echo(json.dumps({"file": p.input, "digits": p.output, "confidence": p.score}))
         else:

@@ -106,7 +106,7 @@ class Run:
 class Ensemble:
     """Runs whose class probabilities are averaged: each hears an input its own way (its own
     features, vocabulary, trim), then the mean of their probabilities picks the class. The runs
-    must predict the same classes; a speech run must have a classifier head."""
+    must predict the same classes: speech runs with a classifier head, or classify runs."""
 
     runs: list[Run]
 
@@ -135,11 +135,11 @@ class Ensemble:
         return total / len(self.runs), classes
 
     def predict(self, inputs: list[Any]) -> list[Prediction]:
-        """Per input: the class with the highest mean probability, and that probability."""
+        """Per input: the class with the highest mean probability, and that probability (as the
+        task reports it: a review's prediction also lists every class's mean probability)."""
         inputs = list(inputs)
         probs, classes = self.class_probabilities(inputs)
-        best = probs.argmax(-1).tolist()  # (N,)
-        return [Prediction(x, classes[c], float(row[c])) for x, row, c in zip(inputs, probs, best, strict=True)]
+        return self.runs[0].task.predictions(inputs, probs, classes)
 
 
 def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:

@@ -292,3 +292,31 @@ def test_token_dropout_hides_tokens_in_training_only(tmp_path):
     assert torch.equal(seen[1], batch["tokens"])
     logits = model(batch["tokens"]).float()
     torch.testing.assert_close(eval_loss, F.cross_entropy(logits, batch["labels"]))
+
+
+def test_an_ensemble_averages_the_runs_class_probabilities_in_the_api_and_cli(trained, tmp_path):
+    from heedful.runs import load_ensemble
+    from tests.conftest import run_cli
+
+    run_dir, _ = trained
+    fit(config(tmp_path, **{"seed": 1, "train.epochs": 2}))  # a second, weaker member
+    other_dir = str(tmp_path / "run")
+    texts = ["battery excellent box", "sound charger day", "excellent", "phone case week apps"]
+    a, b = load_run(run_dir, device="cpu"), load_run(other_dir, device="cpu")
+    probs_a, classes = a.task.class_probabilities(a.model, texts)
+    probs_b, _ = b.task.class_probabilities(b.model, texts)
+    assert classes == ["neg", "pos"] and not torch.allclose(probs_a, probs_b)
+    mean = (probs_a + probs_b) / 2  # (4, 2)
+    predictions = load_ensemble([run_dir, other_dir], device="cpu").predict(texts)
+    for p, row in zip(predictions, mean, strict=True):
+        assert p.output == classes[int(row.argmax())] and p.score == pytest.approx(float(row.max()), abs=1e-6)
+        assert p.probabilities == {c: round(float(row[i]), 4) for i, c in enumerate(classes)}
+    reviews = tmp_path / "new.csv"
+    reviews.write_text("Reviews\n" + "\n".join(texts) + "\n")
+    out = tmp_path / "preds.csv"
+    result = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out), "--ensemble", other_dir)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(out.open()))[1:]
+    assert [(r[2], r[3]) for r in rows] == [(p.output, f"{p.score:.4f}") for p in predictions]
+    with pytest.raises(UserError, match="input 2 is empty"):
+        load_ensemble([run_dir, other_dir], device="cpu").predict(["fine", " "])

@@ -127,6 +127,11 @@ class Task(ABC):
         runs averages. Tasks whose predictions are one class out of a fixed set provide it."""
         raise UserError(f"a {self.name!r} run does not predict class probabilities, so it cannot join an ensemble")
 
+    def predictions(self, inputs: list[Any], probs: Tensor, classes: list[str]) -> list[Prediction]:
+        """Per input, from its class probabilities (N, C): the likeliest class and its probability."""
+        best = probs.argmax(-1).tolist()  # (N,)
+        return [Prediction(x, classes[c], float(row[c])) for x, row, c in zip(inputs, probs, best, strict=True)]
+
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]] | None:
         """Optimizer parameter groups, when the task wants its own (e.g. layer-wise learning-rate
         decay: a group's ``lr_scale`` multiplies the scheduled rate); None: the trainer's default."""

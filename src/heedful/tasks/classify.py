@@ -517,15 +517,23 @@ class ClassifyTask(Task):
     # -------------------------------------------------------------------------- predict/explain
     @torch.no_grad()
     def predict(self, model: nn.Module, inputs: list[str]) -> list[Prediction]:
+        return self.predictions(inputs, *self.class_probabilities(model, inputs))
+
+    def class_probabilities(self, model: nn.Module, inputs: list[str]) -> tuple[Tensor, list[str]]:
+        """(N, C) class probabilities of texts (a long text's: the mean over its windows), and the
+        C class names."""
         for i, text in enumerate(inputs):
             if not str(text).strip():
                 raise UserError(f"input {i + 1} is empty: nothing to classify")
-        probs = self._probabilities(model, [self.windows(t) for t in inputs])
+        return self._probabilities(model, [self.windows(t) for t in inputs]), list(self.labels.classes)
+
+    def predictions(self, inputs: list[str], probs: Tensor, classes: list[str]) -> list[Classification]:
+        """Per text: the likeliest class, its probability, and every class's probability."""
         out = []
         for text, p in zip(inputs, probs, strict=True):
             best = int(p.argmax())
-            dist = {name: round(float(p[i]), 4) for i, name in enumerate(self.labels.classes)}
-            out.append(Classification(text, self.labels.name(best), float(p[best]), dist))
+            dist = {name: round(float(p[i]), 4) for i, name in enumerate(classes)}
+            out.append(Classification(text, classes[best], float(p[best]), dist))
         return out
 
     @torch.no_grad()
