@@ -72,19 +72,34 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
     split: Annotated[str, typer.Option(help="Which held-out split to score.")] = "test",
     set_: SetOption = None,
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ensemble",
+            help="Another run (speech digits, classify) to average with RUN_DIR: the mean of their class "
+            "probabilities is scored, each member's accuracy too. The runs must hold out the same examples. "
+            "Repeat for more runs; writes RUN_DIR/eval-<split>-ensemble.json.",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Score a trained run on a held-out split; writes eval-<split>.json (and, for text outputs,
-    hyps-<split>.txt) into the run directory. --set changes decoding, e.g. decode.beam_size=1."""
+    """Score a trained run (or an --ensemble of runs) on a held-out split; writes eval-<split>.json
+    (and, for text outputs, hyps-<split>.txt) into the run directory. --set changes decoding,
+    e.g. decode.beam_size=1."""
     from heedful.runs import load_run
 
     run = load_run(run_dir, device, list(set_ or []))
-    metrics = run.evaluate(split)
+    if ensemble:
+        metrics = _with_ensemble(run, ensemble, device, list(set_ or [])).evaluate(split, progress=True)
+        written = run_dir / f"eval-{split}-ensemble.json"
+    else:
+        metrics = run.evaluate(split)
+        written = run_dir / f"eval-{split}.json"
     for key, value in metrics.items():
         typer.echo(f"{split} {key}: {value:.4f}")
     for key, value in run.task.notes.get(split, {}).items():  # e.g. the sacreBLEU signatures
         typer.echo(f"{split} {key}: {value}")
-    typer.echo(f"written: {run_dir / f'eval-{split}.json'}")
+    typer.echo(f"written: {written}")
 
 
 @app.command()
@@ -160,13 +175,13 @@ def predict(
             typer.echo(f"attention heatmap: {path}")
 
 
-def _with_ensemble(run, others: list[Path] | None, device: str):
+def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
     """``run`` alone, or with ``others`` an ``Ensemble`` that averages their class probabilities."""
     if not others:
         return run
     from heedful.runs import Ensemble, load_run
 
-    members = [load_run(other, device) for other in others]
+    members = [load_run(other, device, overrides) for other in others]
     for member in members:
         if member.cfg.task != run.cfg.task:
             raise UserError(f"{member.run_dir}: is a {member.cfg.task!r} run; --ensemble needs {run.cfg.task!r} runs")

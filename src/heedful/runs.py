@@ -7,6 +7,7 @@ run.evaluate("test")                       # heedful evaluate runs/dates
 run.predict(["5. März 2021"])              # heedful predict runs/dates "5. März 2021"
 run.show_attention(["5. März 2021"])       # … --show-attention
 load_ensemble(["runs/a", "runs/b"]).predict(["one.wav"])   # heedful transcribe runs/a one.wav --ensemble runs/b
+load_ensemble(["runs/a", "runs/b"]).evaluate("test")        # heedful evaluate runs/a --ensemble runs/b
 run.translate(["A man rides a bike."], beam=5)   # heedful translate runs/multi30k --beam 5 < in.txt
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, apply_overrides, read_yaml, validate
@@ -122,17 +124,48 @@ class Ensemble:
             except UserError as exc:
                 raise UserError(f"{run.run_dir}: {exc}") from None
 
-    def class_probabilities(self, inputs: list[Any]) -> tuple[Tensor, list[str]]:
-        """The members' class probabilities averaged, (N, C), and the C class names."""
-        first, classes = self.runs[0].task.class_probabilities(self.runs[0].model, list(inputs))
-        total = first.clone()
-        for run in self.runs[1:]:
+    def member_probabilities(self, inputs: list[Any], progress: bool = False) -> tuple[list[Tensor], list[str]]:
+        """Each member's class probabilities, (N, C) apiece, and the C class names they share."""
+        from tqdm.auto import tqdm
+
+        per_run, classes = [], None
+        for run in tqdm(self.runs, desc="ensemble", unit="run", disable=not progress):
             probs, names = run.task.class_probabilities(run.model, list(inputs))
-            if names != classes:
+            if classes is not None and names != classes:
                 first_dir = self.runs[0].run_dir
                 raise UserError(f"{run.run_dir}: predicts the classes {names}, not {classes} like {first_dir}")
-            total += probs
-        return total / len(self.runs), classes
+            per_run.append(probs)
+            classes = names
+        return per_run, classes
+
+    def class_probabilities(self, inputs: list[Any]) -> tuple[Tensor, list[str]]:
+        """The members' class probabilities averaged, (N, C), and the C class names."""
+        per_run, classes = self.member_probabilities(inputs)
+        return torch.stack(per_run).mean(0), classes
+
+    def evaluate(self, split: str = "test", progress: bool = False) -> dict[str, float]:
+        """The averaged probabilities scored on a held-out split, with the first run's task's
+        metrics, plus each member's accuracy (``member_<i>_accuracy``, i from 1). Every member
+        must hold out the same examples (for a speech fold: the same held-out speaker; a review
+        split also depends on the seed). Written to the first run's directory as
+        ``eval-<split>-ensemble.json``, naming the members; figures go to ``plots/ensemble``."""
+        first = self.runs[0]
+        inputs = first.task.split_inputs(split)
+        for run in self.runs[1:]:
+            if run.task.split_inputs(split) != inputs:
+                raise UserError(
+                    f"{run.run_dir}: holds out other {split} examples than {first.run_dir} (other data settings "
+                    "or seed); an ensemble is scored on examples every member held out"
+                )
+        per_run, _ = self.member_probabilities(inputs, progress)
+        members = {f"member_{i}_accuracy": first.task.score_probabilities(split, p)["accuracy"]
+                   for i, p in enumerate(per_run, 1)}  # fmt: skip
+        metrics = first.task.score_probabilities(split, torch.stack(per_run).mean(0)) | members
+        record = {"members": [str(run.run_dir) for run in self.runs], **metrics, **first.task.notes.get(split, {})}
+        path = first.run_dir / f"eval-{split}-ensemble.json"
+        path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        first.task.write_reports(split, first.run_dir / "plots" / "ensemble")
+        return metrics
 
     def predict(self, inputs: list[Any]) -> list[Prediction]:
         """Per input: the class with the highest mean probability, and that probability (as the

@@ -320,3 +320,35 @@ def test_an_ensemble_averages_the_runs_class_probabilities_in_the_api_and_cli(tr
     assert [(r[2], r[3]) for r in rows] == [(p.output, f"{p.score:.4f}") for p in predictions]
     with pytest.raises(UserError, match="input 2 is empty"):
         load_ensemble([run_dir, other_dir], device="cpu").predict(["fine", " "])
+
+
+def test_an_ensemble_is_scored_on_the_split_its_runs_share(trained, tmp_path):
+    from sklearn.metrics import f1_score
+
+    from heedful.runs import load_ensemble
+    from tests.conftest import run_cli
+
+    run_dir, _ = trained
+    weak = fit(config(tmp_path, **{"train.epochs": 1, "train.lr": 3e-4}))  # same seed: the same split
+    assert weak["val_macro_f1"][-1] < 1.0
+    other_dir = tmp_path / "run"
+    a, b = load_run(run_dir, device="cpu"), load_run(other_dir, device="cpu")
+    texts = a.task.split_inputs("test")
+    assert texts == b.task.split_inputs("test") and len(texts) > 20
+    mean = (a.task.class_probabilities(a.model, texts)[0] + b.task.class_probabilities(b.model, texts)[0]) / 2
+    labels = [e.label for e in a.task.data.splits["test"]]
+    predicted = mean.argmax(-1).tolist()
+    metrics = load_ensemble([run_dir, other_dir], device="cpu").evaluate("test")
+    right = sum(p == y for p, y in zip(predicted, labels, strict=True))
+    assert metrics["accuracy"] == pytest.approx(right / len(labels))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert metrics["loss"] == pytest.approx(float(F.nll_loss(mean.log(), torch.tensor(labels))), abs=1e-5)
+    assert metrics["member_1_accuracy"] == pytest.approx(load_run(run_dir, device="cpu").evaluate("test")["accuracy"])
+    assert (Path(run_dir) / "plots" / "ensemble" / "confusion-test.png").is_file()
+    result = run_cli("evaluate", str(run_dir), "--ensemble", str(other_dir))
+    assert result.returncode == 0, result.stderr
+    assert f"test macro_f1: {metrics['macro_f1']:.4f}" in result.stdout
+    fit(config(tmp_path, **{"seed": 1, "train.epochs": 1, "run_dir": str(tmp_path / "seed1")}))
+    refused = run_cli("evaluate", str(run_dir), "--ensemble", str(tmp_path / "seed1"))
+    assert refused.returncode != 0 and "holds out other test examples" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1

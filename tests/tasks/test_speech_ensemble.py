@@ -85,3 +85,39 @@ def test_transcribe_cli_averages_the_ensemble(two_runs):
     assert [r["confidence"] for r in printed] == pytest.approx([p.score for p in expected], abs=1e-6)
     missing = subprocess.run([*cli[:-1], str(first.parent / "nowhere")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "nowhere" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_an_ensemble_is_scored_on_the_held_out_split_as_its_runs_are(two_runs):
+    first, second, _ = two_runs
+    a, b = load_run(first, device="cpu"), load_run(second, device="cpu")
+    clips = a.task.split_inputs("test")  # the held-out speaker's 40 files
+    assert len(clips) == 40 and all("_cyd_" in Path(c).name for c in clips)
+    probs_a, _ = a.task.class_probabilities(a.model, clips)
+    probs_b, _ = b.task.class_probabilities(b.model, clips)
+    digits = torch.tensor([int(Path(c).name.split("_")[0]) for c in clips])
+    expected = float(((probs_a + probs_b).argmax(-1) == digits).float().mean())
+    ensemble = load_ensemble([first, second], device="cpu")
+    metrics = ensemble.evaluate("test")
+    assert metrics["accuracy"] == pytest.approx(expected) and metrics["accuracy_cyd"] == pytest.approx(expected)
+    # A member's accuracy here is the one its own evaluate reports (features built as in training).
+    alone = load_run(first, device="cpu").evaluate("test")
+    assert metrics["member_1_accuracy"] == pytest.approx(alone["accuracy"])
+    single = Ensemble([load_run(first, device="cpu")]).evaluate("test")
+    assert single["loss"] == pytest.approx(alone["loss"], abs=1e-4)
+    written = json.loads((first / "eval-test-ensemble.json").read_text())
+    assert written["members"] == [str(first)] and written["accuracy"] == pytest.approx(alone["accuracy"])
+    # Seeds 0 and 1 draw different validation clips: refused, naming the run.
+    with pytest.raises(UserError, match=f"^{second}: holds out other val examples"):
+        ensemble.evaluate("val")
+
+
+def test_evaluate_cli_scores_the_ensemble(two_runs):
+    first, second, _ = two_runs
+    cli = [sys.executable, "-m", "heedful.cli", "evaluate", str(first), "--ensemble", str(second), "--device", "cpu"]
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    printed = dict(line.rsplit(": ", 1) for line in done.stdout.splitlines() if line.startswith("test "))
+    expected = load_ensemble([first, second], device="cpu").evaluate("test")
+    assert float(printed["test accuracy"]) == pytest.approx(expected["accuracy"], abs=1e-4)
+    assert float(printed["test member_2_accuracy"]) == pytest.approx(expected["member_2_accuracy"], abs=1e-4)
+    assert f"written: {first / 'eval-test-ensemble.json'}" in done.stdout

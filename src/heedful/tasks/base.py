@@ -127,6 +127,16 @@ class Task(ABC):
         runs averages. Tasks whose predictions are one class out of a fixed set provide it."""
         raise UserError(f"a {self.name!r} run does not predict class probabilities, so it cannot join an ensemble")
 
+    def split_inputs(self, split: str) -> list[Any]:
+        """A held-out split's inputs, in order, as ``class_probabilities`` takes them (file paths,
+        texts): what an ensemble is scored on."""
+        raise UserError(f"a {self.name!r} run cannot score an ensemble on a held-out split")
+
+    def score_probabilities(self, split: str, probs: Tensor) -> dict[str, float]:
+        """The split's metrics, as ``evaluate`` reports them, from class probabilities (N, C) of
+        its ``split_inputs``: an ensemble's average, or one run's."""
+        raise UserError(f"a {self.name!r} run cannot score an ensemble on a held-out split")
+
     def predictions(self, inputs: list[Any], probs: Tensor, classes: list[str]) -> list[Prediction]:
         """Per input, from its class probabilities (N, C): the likeliest class and its probability."""
         best = probs.argmax(-1).tolist()  # (N,)

@@ -491,8 +491,23 @@ class ClassifyTask(Task):
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         if self.data is None or split not in self.data.splits:
             raise UserError(f"no {split!r} split; available: val, test")
-        examples: list[Example] = self.data.splits[split]
-        probs = self._probabilities(model, [e.windows for e in examples])
+        probs = self._probabilities(model, [e.windows for e in self.data.splits[split]])
+        return self.score_probabilities(split, probs)
+
+    def _held_out_examples(self, split: str) -> list[Example]:
+        if self.data is None:  # a loaded run: its own tokenizer and labels are already in place
+            self.build_data(self.cfg)
+        if split not in self.data.splits:
+            raise UserError(f"no {split!r} split; available: val, test")
+        return self.data.splits[split]
+
+    def split_inputs(self, split: str) -> list[str]:
+        """The split's texts, in the order ``evaluate`` scores them."""
+        return [e.text for e in self._held_out_examples(split)]
+
+    def score_probabilities(self, split: str, probs: Tensor) -> dict[str, float]:
+        """Every ``evaluate`` metric (and the notes its reports draw) from probabilities (N, C)."""
+        examples = self._held_out_examples(split)
         labels = torch.tensor([e.label for e in examples])
         metrics, notes = classification_metrics(probs, labels, self.labels.classes, ordinal=self.labels.ordinal)
         groups = group_quality([e.group for e in examples], probs, labels, self.cfg.data.min_group_size)

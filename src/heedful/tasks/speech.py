@@ -468,14 +468,45 @@ class SpeechTask(Task):
             hyps += [label for label, _ in self._decode(logits, frame_lengths)]
             refs += [u.label for u in chunk]
             speakers += [u.speaker for u in chunk]
-        metrics = {"loss": loss_sum / len(utterances), "accuracy": sentence_accuracy(refs, hyps)}
+        metrics = {"loss": loss_sum / len(utterances)} | self._accuracies(split, refs, hyps, speakers)
         if self.cfg.model.head == "ctc":
             metrics["der"] = digit_error_rate(refs, hyps)
-        if split == "test":  # per-speaker accuracy, for speaker-independent reports
+        return metrics
+
+    @staticmethod
+    def _accuracies(split: str, refs: list[str], hyps: list[str], speakers: list[str]) -> dict[str, float]:
+        """Accuracy, and on test each speaker's (for speaker-independent reports)."""
+        metrics = {"accuracy": sentence_accuracy(refs, hyps)}
+        if split == "test":
             for speaker in sorted(set(speakers)):
                 pairs = [(r, h) for r, h, s in zip(refs, hyps, speakers, strict=True) if s == speaker]
                 metrics[f"accuracy_{speaker}"] = sum(r == h for r, h in pairs) / len(pairs)
         return metrics
+
+    def _held_out_recordings(self, split: str) -> list[FsddRecording]:
+        """A held-out split's recordings, listed without building any features."""
+        if split not in ("val", "test"):
+            raise UserError(f"no {split!r} split; available: val, test")
+        if self.cfg.data.mode != "digits":
+            raise UserError("only isolated-digit runs (data.mode: digits) can be scored as an ensemble")
+        if self.cfg.data.test_noise_snr_db is not None:  # each run would draw its own noise
+            raise UserError("an ensemble hears the clips as recorded; this run adds noise to held-out clips "
+                            "(data.test_noise_snr_db) — score it with --set data.test_noise_snr_db=null")  # fmt: skip
+        _, val, test = self._splits()
+        return val if split == "val" else test
+
+    def split_inputs(self, split: str) -> list[str]:
+        """The split's audio files, in the order ``evaluate`` scores them."""
+        return [str(r.path) for r in self._held_out_recordings(split)]
+
+    def score_probabilities(self, split: str, probs: Tensor) -> dict[str, float]:
+        """Loss, accuracy and (on test) each speaker's accuracy from digit probabilities (N, 10)."""
+        recordings = self._held_out_recordings(split)
+        labels = torch.tensor([r.digit for r in recordings])  # (N,)
+        loss = float(F.nll_loss(probs.float().clamp(min=1e-12).log(), labels))
+        hyps = [str(int(c)) for c in probs.argmax(-1)]
+        refs, speakers = [str(r.digit) for r in recordings], [r.speaker for r in recordings]
+        return {"loss": loss} | self._accuracies(split, refs, hyps, speakers)
 
     # ------------------------------------------------------------------------------- predict/explain
     def _load(self, inputs: list[Any]) -> list[Utterance]:
@@ -513,9 +544,14 @@ class SpeechTask(Task):
             return torch.zeros(0, len(classes)), classes
         model.eval()
         device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in self.pad([u.features for u in self._load(inputs)]).items()}
-        logits, _ = model(batch["features"], batch["lengths"])  # (N, 10)
-        return logits.float().softmax(-1).cpu(), classes
+        size = self.cfg.train.eval_batch_size
+        parts = []
+        for start in range(0, len(inputs), size):  # files are read a batch at a time
+            features = [u.features for u in self._load(inputs[start : start + size])]
+            batch = {k: v.to(device) for k, v in self.pad(features).items()}
+            logits, _ = model(batch["features"], batch["lengths"])  # (B, 10)
+            parts.append(logits.float().softmax(-1).cpu())
+        return torch.cat(parts), classes
 
     @torch.no_grad()
     def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]:
