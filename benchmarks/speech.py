@@ -80,6 +80,12 @@ def held_out_probabilities(run, waves: list[np.ndarray], warp: float = 1.0, temp
     return torch.cat(parts)
 
 
+def mean_row(rows: list[dict], keys: list[str]) -> dict:
+    """The folds' mean of each key, labelled "mean" over all six speakers, else "mean of N"."""
+    mean: dict = {"run": "mean" if len(rows) == len(SPEAKERS) else f"mean of {len(rows)}"}
+    return mean | {key: round(sum(r[key] for r in rows) / len(rows), 4) for key in keys}
+
+
 def held_out_clips(run) -> tuple[list[np.ndarray], torch.Tensor, list[str]]:
     """The held-out speaker's test clips as the run's model hears them (trimmed if configured),
     their digits, and their paths; no training features are built."""
@@ -302,11 +308,7 @@ def main() -> None:
             train_and_test(f"{args.run_prefix}-{s}", digits, [*args.overrides, f"data.split=speaker:{s}"], args.retrain)
             for s in folds
         ]
-        mean = sum(r["accuracy"] for r in rows) / len(rows)
-        rows.append(
-            {"run": "mean" if len(rows) == len(SPEAKERS) else f"mean of {len(rows)}", "accuracy": round(mean, 4)}
-        )
-        out.append(table(rows, ["run", "train_min", "epochs", "accuracy"]))
+        out.append(table([*rows, mean_row(rows, ["accuracy"])], ["run", "train_min", "epochs", "accuracy"]))
     if "strings" in chosen:
         row = train_and_test("strings-ctc", "configs/speech_strings.yaml", args.overrides, args.retrain)
         beam = load_run(ROOT / "strings-ctc", device="cpu")
@@ -326,10 +328,7 @@ def main() -> None:
             raise SystemExit(f"ensemble: no finished run {ROOT / missing[0]}: train it with `speakers` first")
         alter = (args.cut_end_ms, args.fade_end_ms, args.tempo, args.reverb_rt60)
         rows = [ensemble_test(prefixes, s, *alter) for s in folds]
-        mean = {"run": "mean" if len(rows) == len(SPEAKERS) else f"mean of {len(rows)}"}
-        for key in [*prefixes, "accuracy"]:
-            mean[key] = round(sum(r[key] for r in rows) / len(rows), 4)
-        out.append(table([*rows, mean], list(rows[0])))
+        out.append(table([*rows, mean_row(rows, [*prefixes, "accuracy"])], list(rows[0])))
 
     report = "\n\n".join(out) + "\n"
     print("\n" + report)
