@@ -97,9 +97,24 @@ def evaluate(
         written = run_dir / f"eval-{split}.json"
     for key, value in metrics.items():
         typer.echo(f"{split} {key}: {value:.4f}")
-    for key, value in run.task.notes.get(split, {}).items():  # e.g. the sacreBLEU signatures
-        typer.echo(f"{split} {key}: {value}")
+    notes = run.task.notes.get(split, {})
+    for key, value in notes.items():
+        if isinstance(value, str | int | float):  # e.g. the sacreBLEU signatures; tables and plots below
+            typer.echo(f"{split} {key}: {value}")
+    if "confusion" in notes:
+        _echo_confusion(notes["confusion"], notes["classes"])
+    if "groups" in notes:
+        typer.echo(f"{split} per-group predicted and true means: in {written.name} and plots/")
     typer.echo(f"written: {written}")
+
+
+def _echo_confusion(confusion: list[list[int]], classes: list[str]) -> None:
+    """The confusion matrix as a small table: a row per true class, a column per predicted one."""
+    width = max(len(str(n)) for n in [*classes, *(c for row in confusion for c in row)]) + 1
+    typer.echo("confusion (rows: true, columns: predicted)")
+    typer.echo(" " * width + "".join(f"{name:>{width}}" for name in classes))
+    for name, row in zip(classes, confusion, strict=True):
+        typer.echo(f"{name:>{width}}" + "".join(f"{count:>{width}}" for count in row))
 
 
 @app.command()

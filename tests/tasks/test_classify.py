@@ -3,6 +3,7 @@ trainer, metrics, per-group quality, predict/explain, class weighting by hand, a
 that keeps identical texts together."""
 
 import csv
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -348,6 +349,12 @@ def test_an_ensemble_is_scored_on_the_split_its_runs_share(trained, tmp_path):
     result = run_cli("evaluate", str(run_dir), "--ensemble", str(other_dir))
     assert result.returncode == 0, result.stderr
     assert f"test macro_f1: {metrics['macro_f1']:.4f}" in result.stdout
+    # The confusion matrix is printed as a table (true class per row), not as a Python list.
+    written = json.loads((Path(run_dir) / "eval-test-ensemble.json").read_text())
+    table = result.stdout.split("confusion (rows: true, columns: predicted)\n", 1)[1].splitlines()
+    assert table[0].split() == ["neg", "pos"] and "[[" not in result.stdout
+    for name, row, line in zip(["neg", "pos"], written["confusion"], table[1:3], strict=True):
+        assert line.split() == [name, *map(str, row)]
     fit(config(tmp_path, **{"seed": 1, "train.epochs": 1, "run_dir": str(tmp_path / "seed1")}))
     refused = run_cli("evaluate", str(run_dir), "--ensemble", str(tmp_path / "seed1"))
     assert refused.returncode != 0 and "holds out other test examples" in refused.stderr
