@@ -165,3 +165,93 @@ def test_static_cache_reorders_with_the_beam():
     cache.reorder(index)
     query = torch.randn(3, 1, D)
     torch.testing.assert_close(attn(query, None, cache=cache).output, attn(query, memory[index]).output, **TOL)
+
+
+# ------------------------------------------------------------- grouped storage (beam search)
+def _reference_step(attn: MultiHeadAttention, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's whole input history through causal attention, no cache: the last position's
+    output (rows, 1, D) and weights (rows, H, 1, T)."""
+    out = attn(history, is_causal=True, need_weights=True)
+    return out.output[:, -1:], out.weights[:, :, -1:]
+
+
+@pytest.mark.parametrize("path", ["fused", "math"])
+@pytest.mark.parametrize("position", ["none", "rope", "alibi", "relative"])
+def test_grouped_self_cache_follows_each_row_through_beam_reorders(position, path):
+    """A cache spread over groups of rows (as beam search does), then re-ranked within the groups
+    step after step, gives every row the attention of its own history — and still does after a
+    reorder that leaves the groups."""
+    attn = make_attention(position, path)
+    g = torch.Generator().manual_seed(1)
+    sources, group = 3, 4
+    history = torch.randn(sources, 2, D, generator=g)  # a 2-token prompt per source
+    cache = KVCache()
+    attn(history, is_causal=True, cache=cache)
+    spread = torch.arange(sources).repeat_interleave(group)
+    cache.reorder(spread)
+    history = history[spread]
+    assert cache.group == group  # grouped storage, not copies
+    for step in range(6):
+        x = torch.randn(sources * group, 1, D, generator=g)
+        history = torch.cat([history, x], dim=1)
+        want_weights = step == 3  # weights of a growing grouped cache come from each row's own keys
+        got = attn(x, is_causal=True, cache=cache, need_weights=want_weights)
+        expected_output, expected_weights = _reference_step(attn, history)
+        torch.testing.assert_close(got.output, expected_output, **TOL)
+        if want_weights:
+            torch.testing.assert_close(got.weights, expected_weights, **TOL)
+        parents = torch.randint(0, group, (sources, group), generator=g)
+        index = (torch.arange(sources)[:, None] * group + parents).view(-1)  # re-ranked within each source
+        cache.reorder(index)
+        history = history[index]
+        assert cache.group == group
+    index = torch.tensor([5, 0, 11, 11, 2])  # across sources: back to plain storage
+    cache.reorder(index)
+    history = history[index]
+    assert cache.group == 1
+    x = torch.randn(5, 1, D, generator=g)
+    history = torch.cat([history, x], dim=1)
+    torch.testing.assert_close(attn(x, is_causal=True, cache=cache).output, _reference_step(attn, history)[0], **TOL)
+
+
+def test_grouped_self_cache_grows_past_its_capacity():
+    cache = KVCache()
+    k = torch.randn(2, H, 15, 4)
+    cache.append(k, k + 1)
+    cache.reorder(torch.tensor([0, 0, 0, 1, 1, 1]))
+    rows = k.repeat_interleave(3, 0)
+    for step in range(20):  # past the first 16 positions, so the grouped buffers grow
+        new = torch.randn(6, H, 1, 4)
+        cache.append(new, new + 1)
+        rows = torch.cat([rows, new], dim=2)
+        index = torch.tensor([2, 0, 0, 4, 5, 3]) if step % 2 else torch.tensor([1, 1, 2, 3, 3, 3])
+        cache.reorder(index)
+        rows = rows[index]
+    keys, values = cache.ungrouped()
+    assert cache.group == 3 and cache.length == 35
+    assert torch.equal(keys, rows) and torch.equal(values, rows + 1)
+
+
+@pytest.mark.parametrize("path", ["fused", "math"])
+def test_grouped_static_cache_serves_each_source_to_its_rows(path):
+    attn = make_attention("none", path)
+    memory = torch.randn(B, 6, D)
+    keep = torch.tensor([[1] * 6, [1] * 4 + [0] * 2], dtype=torch.bool)
+    cache = KVCache(static=True)
+    attn(torch.randn(B, 1, D), memory, key_padding_mask=keep, cache=cache)
+    spread = torch.tensor([0, 0, 0, 1, 1, 1])
+    cache.reorder(spread)
+    assert cache.group == 3 and cache.k.shape[0] == B  # one stored row per source
+    query = torch.randn(6, 2, D)
+    got = attn(query, None, key_padding_mask=keep[spread], cache=cache, need_weights=True)
+    expected = attn(query, memory[spread], key_padding_mask=keep[spread], need_weights=True)
+    torch.testing.assert_close(got.output, expected.output, **TOL)
+    torch.testing.assert_close(got.weights, expected.weights, **TOL)
+    index = torch.tensor([4, 1, 2])  # not groups any more: plain rows
+    cache.reorder(index)
+    assert cache.group == 1
+    query = torch.randn(3, 1, D)
+    got = attn(query, None, key_padding_mask=keep[spread][index], cache=cache).output
+    torch.testing.assert_close(
+        got, attn(query, memory[spread][index], key_padding_mask=keep[spread][index]).output, **TOL
+    )

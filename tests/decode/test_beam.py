@@ -168,3 +168,37 @@ def test_a_vocabulary_smaller_than_two_beams_agrees_with_the_reference_loop():
     for g, e in zip(got, expected, strict=True):
         assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [50, 640, 1000, 8000])  # one top-k; chunks only; chunks and a tail
+def test_best_continuations_are_the_exact_top_candidates(vocab):
+    from heedful.decode.beam import best_continuations
+
+    g = torch.Generator().manual_seed(vocab)
+    sentences, beams, n = 7, 5, 10
+    logits = torch.randn(sentences * beams, vocab, generator=g) * 3
+    scores = -torch.rand(sentences, beams, generator=g) * 4
+    scores[2, 3:] = float("-inf")  # beams that are gone
+    top, beam_of, token_of = best_continuations(logits.clone(), scores, n)
+    candidates = (logits.log_softmax(-1).view(sentences, beams, vocab) + scores[:, :, None]).view(sentences, -1)
+    expected = candidates.topk(n, dim=-1).values
+    torch.testing.assert_close(top, expected, atol=1e-5, rtol=0)
+    # Each returned (beam, token) pair scores what it claims.
+    torch.testing.assert_close(candidates.gather(1, beam_of * vocab + token_of), top, atol=1e-5, rtol=0)
+
+
+def test_a_large_vocabulary_agrees_with_the_reference_loop():
+    """V = 1,000: the two-level top-k (chunks and a partial last chunk) in the whole search."""
+    from tests.decode.reference_beam import reference_beam_search
+
+    torch.manual_seed(2)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=1000, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval())
+    src = torch.randint(3, 30, (5, 6))
+    src[1, 3:] = PAD
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 5, "max_len": torch.tensor([4, 9, 7, 12, 2]), "alpha": 0.6,
+              "n_best": 5}  # fmt: skip
+    got, expected = beam_search(model, src, **kwargs), reference_beam_search(model, src, **kwargs)
+    for g, e in zip(got, expected, strict=True):
+        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
+        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)

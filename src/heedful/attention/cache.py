@@ -6,25 +6,49 @@ only the new token and attends over the stored (B, H, t, D_h) keys and values.
 
 Cross-attention keys and values come from the encoder output and never change during decoding:
 a ``static`` cache computes them once, at the first step.
+
+**Groups (beam search).** Beam search keeps k hypotheses per source as k consecutive rows, and
+after each step re-ranks them — only ever within their source. A plain cache would copy every
+row's whole history at every step (``index_select`` over all earlier keys) and give each row its
+own copy of its source's keys. Instead, when a reorder first spreads each row over k rows, the
+cache switches to *grouped* storage (``group = k``):
+
+* a static cache keeps one row per source, which its k hypotheses share;
+* a growing cache stores, per source and position, the k keys its hypotheses made there
+  (``(B / k, H, T·k, D_h)``, position-major) and a small *lineage* table saying which of the k
+  each hypothesis descends from at every position. Re-ranking then rewrites the lineage
+  (B·T integers), not the keys.
+
+Attention runs the k queries of a source together against the grouped keys, with a mask that
+lets each hypothesis see only its own lineage — the same attention, without the copies. Anything
+grouped attention cannot serve (masks, position biases, weights of a growing cache) reads
+:meth:`KVCache.ungrouped`, the plain per-row keys. A reorder that leaves the groups falls back to
+plain storage, so every index stays correct.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
 class KVCache:
-    """Keys and values one attention module has seen so far, each (B, H, T, D_h).
+    """Keys and values one attention module has seen so far.
 
-    Storage grows by doubling, so appending a step is amortised O(1) instead of copying the
-    whole history every step.
+    Plain storage holds (B, H, T, D_h) per tensor and grows by doubling, so appending a step is
+    amortised O(1) instead of copying the whole history every step. Grouped storage (``group``
+    > 1, see the module docstring) serves B = n·group query rows from n stored rows.
     """
 
     def __init__(self, static: bool = False):
         self.static = static
-        self._k: Tensor | None = None  # (B, H, capacity, D_h)
+        self.group = 1  # consecutive query rows served by one stored row (1: plain storage)
+        self._k: Tensor | None = (
+            None  # plain (B, H, capacity, D_h); grouped: (n, H, capacity·group, D_h) or static (n, H, S, D_h)
+        )
         self._v: Tensor | None = None
-        self.length = 0
+        self._lineage: Tensor | None = None  # grouped, growing: (n, group, capacity) which key each row reads
+        self.length = 0  # positions stored
 
     @property
     def filled(self) -> bool:
@@ -32,29 +56,47 @@ class KVCache:
 
     @property
     def k(self) -> Tensor:
+        """The stored keys: (B, H, T, D_h) plain; grouped, (n, H, T·group, D_h) or static (n, H, T, D_h)."""
         if self._k is None:
             raise RuntimeError("the key/value cache is empty")
-        return self._k[:, :, : self.length]  # (B, H, T, D_h)
+        return self._k[:, :, : self._stored_length]
 
     @property
     def v(self) -> Tensor:
         if self._v is None:
             raise RuntimeError("the key/value cache is empty")
-        return self._v[:, :, : self.length]
+        return self._v[:, :, : self._stored_length]
+
+    @property
+    def _stored_length(self) -> int:
+        return self.length * self.group if self._grouped_growing else self.length
+
+    @property
+    def _grouped_growing(self) -> bool:
+        return self.group > 1 and not self.static
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store new keys/values (B, H, T_new, D_h); return all of them (B, H, T + T_new, D_h)."""
-        t_new = k.shape[2]
+        """Store new keys/values (B, H, T_new, D_h); return all of them as :attr:`k`, :attr:`v`."""
+        t_new, group = k.shape[2], self.group
+        if self._grouped_growing:  # (n·g, H, T_new, D_h) -> (n, H, T_new·g, D_h), position-major
+            n, H, D = k.shape[0] // group, k.shape[1], k.shape[3]
+            k = k.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4).reshape(n, H, t_new * group, D)
+            v = v.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4).reshape(n, H, t_new * group, D)
         if self._k is None or self._v is None:
             capacity = max(16, 2 * t_new)
             self._k = k.new_empty(*k.shape[:2], capacity, k.shape[3])
             self._v = v.new_empty(*v.shape[:2], capacity, v.shape[3])
-        elif self.length + t_new > self._k.shape[2]:
-            capacity = max(2 * self._k.shape[2], self.length + t_new)
-            self._k = _grow(self._k, self.length, capacity)
-            self._v = _grow(self._v, self.length, capacity)
-        self._k[:, :, self.length : self.length + t_new] = k
-        self._v[:, :, self.length : self.length + t_new] = v
+        elif (self.length + t_new) * group > self._k.shape[2]:
+            capacity = max(2 * self._k.shape[2] // group, self.length + t_new)  # in positions
+            self._k = _grow(self._k, self.length * group, capacity * group)
+            self._v = _grow(self._v, self.length * group, capacity * group)
+            if self._lineage is not None:
+                self._lineage = _grow(self._lineage, self.length, capacity)
+        start = self.length * group
+        self._k[:, :, start : start + t_new * group] = k
+        self._v[:, :, start : start + t_new * group] = v
+        if self._lineage is not None:  # every row reads the key it just made
+            self._lineage[:, :, self.length : self.length + t_new] = torch.arange(group, device=k.device)[:, None]
         self.length += t_new
         return self.k, self.v
 
@@ -63,16 +105,92 @@ class KVCache:
         # Contiguous: projections arrive as chunks of one packed matmul, and attention over
         # strided keys was 1.5x slower at every later step.
         self._k, self._v, self.length = k.contiguous(), v.contiguous(), k.shape[2]
+        self.group, self._lineage = 1, None
         return self._k, self._v
 
+    def lineage_mask(self) -> Tensor:
+        """Grouped growing storage: (n, 1, group, T·group) bool, True where a row may attend —
+        at each position, the one of its source's ``group`` keys its own history made."""
+        if self._lineage is None:
+            raise RuntimeError("lineage_mask needs grouped storage of a growing cache")
+        n, g, T = self._lineage.shape[0], self.group, self.length
+        slots = torch.arange(g, device=self._lineage.device)
+        return (self._lineage[:, :, :T, None] == slots).view(n, 1, g, T * g)
+
+    def ungrouped(self) -> tuple[Tensor, Tensor]:
+        """Every query row's own keys and values, (B, H, T, D_h), whatever the storage."""
+        if self.group == 1:
+            return self.k, self.v
+        if self.static:
+            return self.k.repeat_interleave(self.group, 0), self.v.repeat_interleave(self.group, 0)
+        return self._follow_lineage(self.k), self._follow_lineage(self.v)
+
+    def _follow_lineage(self, grouped: Tensor) -> Tensor:
+        assert self._lineage is not None
+        n, H, _, D = grouped.shape
+        g, T = self.group, self.length
+        keys = (
+            grouped.reshape(n, H, T, g, D).permute(0, 2, 3, 1, 4).reshape(n * T * g, H, D)
+        )  # one per (source, position, slot)
+        base = (torch.arange(n, device=grouped.device)[:, None, None] * T + torch.arange(T, device=grouped.device)) * g
+        picked = keys[base + self._lineage[:, :, :T]]  # (n, g, T, H, D)
+        return picked.permute(0, 1, 3, 2, 4).reshape(n * g, H, T, D)
+
     def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (B_new,), in that order — beam search reorders hypotheses."""
-        if self._k is not None and self._v is not None:
-            self._k = self._k.index_select(0, index)
-            self._v = self._v.index_select(0, index)
+        """Keep query rows ``index`` (B_new,), in that order — beam search re-ranks hypotheses."""
+        if self._k is None or self._v is None:
+            return
+        rows, new = self._k.shape[0] * self.group, index.shape[0]
+        if self.group > 1 and new == rows and _stays_in_groups(index, self.group):
+            if self._lineage is not None:  # (n, g, capacity): each row takes its parent's history
+                self._lineage = self._lineage.view(rows, -1)[index].view(self._lineage.shape)
+            return
+        if self.group == 1 and new > rows and new % rows == 0 and _spreads_rows(index, rows, new // rows):
+            self._start_groups(new // rows)
+            return
+        if self.group > 1:  # leaving the groups: back to plain storage, then a plain reorder
+            self._k, self._v = self.ungrouped()
+            self.group, self._lineage = 1, None
+        if self.static:
+            self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
+            return
+        # Copy only the filled positions: copying the unused capacity too made a reorder cost up
+        # to twice the keys it keeps.
+        self._k, self._v = self._select_filled(self._k, index), self._select_filled(self._v, index)
+
+    def _start_groups(self, group: int) -> None:
+        """Every stored row now serves ``group`` consecutive query rows."""
+        assert self._k is not None and self._v is not None
+        self.group = group
+        if self.static:
+            return
+        n, H, capacity, D = self._k.shape
+        # So far the rows of a group share their history: each position's key goes into every slot.
+        self._k = self._k[:, :, :, None].expand(n, H, capacity, group, D).reshape(n, H, capacity * group, D)
+        self._v = self._v[:, :, :, None].expand(n, H, capacity, group, D).reshape(n, H, capacity * group, D)
+        self._lineage = torch.zeros(n, group, capacity, dtype=torch.long, device=self._k.device)
+
+    def _select_filled(self, buffer: Tensor, index: Tensor) -> Tensor:
+        filled = slice(0, self.length)
+        if buffer.requires_grad and torch.is_grad_enabled():  # autograd takes no out=: no spare capacity
+            return buffer[:, :, filled].index_select(0, index)
+        selected = buffer.new_empty(index.shape[0], *buffer.shape[1:])  # (B_new, H, capacity, D_h)
+        torch.index_select(buffer[:, :, filled], 0, index, out=selected[:, :, filled])
+        return selected
 
 
 def _grow(buffer: Tensor, used: int, capacity: int) -> Tensor:
-    bigger = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
+    """A copy of ``buffer`` with room for ``capacity`` entries along dim 2, the first ``used`` kept."""
+    bigger = buffer.new_empty(*buffer.shape[:2], capacity, *buffer.shape[3:])
     bigger[:, :, :used] = buffer[:, :, :used]
     return bigger
+
+
+def _stays_in_groups(index: Tensor, group: int) -> bool:
+    """Whether every new row r reads a row of its own group (rows r // group · group …)."""
+    return torch.equal(index // group, torch.arange(index.shape[0], device=index.device) // group)
+
+
+def _spreads_rows(index: Tensor, rows: int, times: int) -> bool:
+    """Whether ``index`` is 0, 0, …, 1, 1, … — each of ``rows`` rows repeated ``times`` times."""
+    return torch.equal(index, torch.arange(rows, device=index.device).repeat_interleave(times))

@@ -69,6 +69,18 @@ def _check_mask_shapes(key_padding_mask: Tensor | None, attn_mask: Tensor | None
         )
 
 
+def _group_rows(q: Tensor, group: int) -> Tensor:
+    """(B, H, T, X) -> (B / group, H, group·T, X): each run of ``group`` rows becomes one row."""
+    B, H, T, X = q.shape
+    return q.view(B // group, group, H, T, X).transpose(1, 2).reshape(B // group, H, group * T, X)
+
+
+def _ungroup_rows(x: Tensor, group: int) -> Tensor:
+    """The inverse of :func:`_group_rows`: (B / group, H, group·T, X) -> (B, H, T, X)."""
+    Bg, H, GT, X = x.shape
+    return x.view(Bg, H, group, GT // group, X).transpose(1, 2).reshape(Bg * group, H, GT // group, X)
+
+
 def build_score(score: Score | str, d_head: int) -> Score:
     if isinstance(score, Score):
         return score
@@ -215,27 +227,55 @@ class MultiHeadAttention(AttentionModule):
             q, k = self.position.rotate(q, k, q_offset)
         if cache is not None and not cache.static:
             k, v = cache.append(k, v)
-        T_k = k.shape[2]
+
+        # A cache in grouped storage (beam search: `group` hypotheses of one source; see
+        # heedful.attention.cache) serves a group's queries together, as one row of group·T_q
+        # queries; where that would not hold (masks, position biases, a growing cache's weights),
+        # each row reads its own keys instead.
+        group, lineage = cache.group if cache is not None else 1, None
+        if group > 1 and not self._attends_in_groups(cache, T_q, attn_mask, key_padding_mask, is_causal, need_weights):
+            k, v = cache.ungrouped()  # (B, H, T_k, D_h)
+            group = 1
+        if group > 1:
+            q = _group_rows(q, group)  # (B, H, T_q, D_h) -> (B / group, H, group·T_q, D_h)
+            if key_padding_mask is not None:  # the rows of a group share their source's padding
+                key_padding_mask = key_padding_mask[::group]
+            if not cache.static:
+                lineage = cache.lineage_mask()  # (B / group, 1, group, T·group)
+        T_k = cache.length if cache is not None and not cache.static else k.shape[2]  # positions
         bias = self.position.bias(q, T_k, q_offset) if self.position is not None else None
 
         # 3. One boolean mask, True = may attend, broadcasting to (B, H, T_q, T_k).
-        _check_mask_shapes(key_padding_mask, attn_mask, B, T_q, T_k)
+        _check_mask_shapes(key_padding_mask, attn_mask, q.shape[0], q.shape[2], k.shape[2])
         causal = causal_mask(T_q, T_k, device=q.device) if is_causal and T_q > 1 else None
-        mask = combine_masks(key_padding_to_4d(key_padding_mask), attn_mask_to_4d(attn_mask), causal)
+        mask = combine_masks(key_padding_to_4d(key_padding_mask), attn_mask_to_4d(attn_mask), causal, lineage)
 
         # 4. Attention on the chosen path.
         want_weights = need_weights or self.capturing
-        if want_weights or not self._use_fused(q, T_q, T_k):
+        if want_weights or not self._use_fused(q, q.shape[2], T_k):
             context, weights = self._math(q, k, v, mask, bias)
         else:
             only_causal = causal is not None and mask is causal and bias is None and T_q == T_k
             context, weights = self._fused(q, k, v, None if only_causal else mask, bias, only_causal), None
+        if group > 1:
+            context = _ungroup_rows(context, group)  # (B, H, T_q, D_h)
+            weights = None if weights is None else _ungroup_rows(weights, group)  # (B, H, T_q, T_k)
 
         # 5. Merge heads and project out.
         context = context.transpose(1, 2).reshape(B, T_q, self.d_model)  # (B, H, T_q, D_h) -> (B, T_q, D)
         if weights is not None:
             self.report(weights)
         return AttentionOutput(self.out_proj(context), weights if need_weights else None)
+
+    def _attends_in_groups(
+        self, cache: KVCache, t_q: int, attn_mask, key_padding_mask, is_causal: bool, need_weights: bool
+    ) -> bool:
+        if attn_mask is not None or (is_causal and t_q > 1) or (self.position is not None and self.position.gives_bias):
+            return False
+        if cache.static:  # one source's keys for all its rows: any number of queries, its padding
+            return True
+        # A growing cache: one new position per row, and weights only over each row's own keys.
+        return t_q == 1 and key_padding_mask is None and not (need_weights or self.capturing)
 
     def _use_fused(self, q: Tensor, t_q: int, t_k: int) -> bool:
         if not self.score.fusable or self.path == "math":

@@ -77,6 +77,8 @@ def _check_length(needed: int, available: int) -> None:
 class AttentionPositions(nn.Module):
     """Base: identity rotation, no bias. Subclasses override one of the two."""
 
+    gives_bias = False  # True when bias() returns a tensor
+
     def rotate(self, q: Tensor, k: Tensor, q_offset: int = 0) -> tuple[Tensor, Tensor]:
         """q: (B, H, T_q, D_h), k: (B, H, T_k_new, D_h); new keys sit at the same positions as q."""
         return q, k
@@ -122,6 +124,8 @@ class ALiBiPositions(AttentionPositions):
     masked anyway, which gives the paper's one-sided form.
     """
 
+    gives_bias = True
+
     def __init__(self, n_heads: int):
         super().__init__()
         self.register_buffer("slopes", self._slopes(n_heads), persistent=False)  # (H,)
@@ -157,6 +161,8 @@ class RelativePositions(AttentionPositions):
     part is returned as an additive bias, so the fused kernel can still compute the q·k part.
     The paper's optional value term (a_ij^V) is not used; it rarely helps (§4 of the paper).
     """
+
+    gives_bias = True
 
     def __init__(self, d_head: int, max_distance: int = 16):
         super().__init__()

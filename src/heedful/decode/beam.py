@@ -75,20 +75,9 @@ def beam_search(
     done = torch.zeros(B, dtype=torch.bool, device=device)
 
     for step in range(max(limits)):
-        logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1].float()  # (B·k_now, V)
-        V = logits.shape[-1]
-        # The 2K best continuations of a sentence (2K: room for K live beams after <eos>s) are
-        # among the 2K best tokens of each of its beams, and log p = logit − log Σ exp(logits):
-        # so each row's top tokens and its normaliser are all the step needs from the (B·k, V)
-        # logits — two reads of them, where log-softmax, adding the beam scores and a top-k over
-        # k·V candidates would make five passes.
-        per_row = min(2 * K, V)
-        row_top, row_token = logits.topk(per_row, dim=-1)  # (B·k_now, per_row)
-        row_scores = row_top - torch.logsumexp(logits, dim=-1, keepdim=True)  # log-probabilities
-        candidates = (scores.view(B, k_now, 1) + row_scores.view(B, k_now, per_row)).view(B, k_now * per_row)
-        top_scores, top_index = candidates.topk(min(2 * K, k_now * per_row), dim=-1)  # (B, ≤ 2K)
-        beam_of = top_index // per_row
-        token_of = row_token.view(B, k_now * per_row).gather(1, top_index)
+        logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1]  # (B·k_now, V)
+        top_scores, beam_of, token_of = best_continuations(logits, scores, 2 * K)  # (B, ≤ 2K) each
+        del logits  # free before the next step's logits are allocated, so the memory is reused
         if top_scores.shape[1] < 2 * K:  # a vocabulary below 2K: pad with impossible candidates
             top_scores = F.pad(top_scores, (0, 2 * K - top_scores.shape[1]), value=inf)
             beam_of = F.pad(beam_of, (0, 2 * K - beam_of.shape[1]), value=0)
@@ -108,15 +97,21 @@ def beam_search(
         next_token = torch.where(kept, token_of.gather(1, order), bos_id)  # a valid id even where unused
 
         if ends.any():  # only the (few) hypotheses that end go through Python
-            touched = set()
-            for b, j in ends.nonzero().tolist():
-                token, row = int(token_of[b, j]), b * k_now + int(beam_of[b, j])
+            # Of the candidates that end with the same body length, only the K best can ever be
+            # kept (same length, same penalty): with <eos>, and cut off at the limit — so at the
+            # last step K per sentence go through Python, not 2K.
+            by_eos = ends & (token_of == eos_id)
+            by_limit = ends & ~by_eos
+            ends = (by_eos & (by_eos.cumsum(-1) <= K)) | (by_limit & (by_limit.cumsum(-1) <= K))
+            b_j = ends.nonzero()  # (E, 2)
+            rows = b_j[:, 0] * k_now + beam_of[ends]  # (E,) the beam each came from
+            for (b, _), token, score, body in zip(
+                b_j.tolist(), token_of[ends].tolist(), top_scores[ends].tolist(), tokens[rows, 1:].tolist(), strict=True
+            ):
                 ended = token == eos_id
-                body = tokens[row, 1:].tolist() + ([] if ended else [token])
-                score = float(top_scores[b, j])
+                body = body if ended else [*body, token]
                 finished[b].append(Hypothesis(body, score / length_penalty(len(body), alpha), score, ended))
-                touched.add(b)
-            for b in touched:
+            for b in set(b_j[:, 0].tolist()):
                 finished[b] = sorted(finished[b], key=lambda h: h.score, reverse=True)[:K]
                 n_finished[b] = len(finished[b])
                 worst_finished[b] = finished[b][-1].score
@@ -139,3 +134,49 @@ def beam_search(
         scores = new_scores
 
     return [hyps[:n_best] for hyps in finished]
+
+
+# Tokens per chunk in best_continuations' first level: the chunk maxima then cost one pass over
+# the log-probabilities, and the second level reads n chunks of this size per sentence.
+CHUNK = 64
+
+
+def best_continuations(logits: Tensor, scores: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``n`` best continuations of every sentence, over all its beams and tokens.
+
+    logits: (B·k, V) for the k live beams of B sentences (sentence-major); scores: (B, k) the
+    beams' log-probabilities so far. Returns, best first, (B, min(n, k·V)) scores (beam score +
+    the token's log-probability), the beam each came from and its token.
+
+    Exact, in two levels, because ``topk`` over k·V values per sentence was the costliest part of
+    a step after the matmuls: split each beam's log-probabilities into chunks of CHUNK tokens;
+    the n chunks with the highest maxima (beam score added) hold the n best candidates — one
+    outside them is beaten by n chunk maxima — so the final ``topk`` reads n·CHUNK values.
+    """
+    B, k = scores.shape
+    V = logits.shape[-1]
+    log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32).view(B, k, V)  # (B, k, V)
+    n_chunks = V // CHUNK
+    if n_chunks <= n:  # a small vocabulary: one top-k over all k·V candidates
+        candidates = (log_probs + scores[:, :, None]).view(B, k * V)
+        top, index = candidates.topk(min(n, k * V), dim=-1)
+        return top, index // V, index % V
+    chunks = log_probs[:, :, : n_chunks * CHUNK].view(B, k, n_chunks, CHUNK)  # (B, k, C, CHUNK)
+    chunk_best = (chunks.amax(-1) + scores[:, :, None]).view(B, k * n_chunks)  # (B, k·C)
+    chosen = chunk_best.topk(n, dim=-1).indices  # (B, n)
+    beam, chunk = chosen // n_chunks, chosen % n_chunks
+    sentence = torch.arange(B, device=logits.device)[:, None]
+    values = chunks[sentence, beam, chunk] + scores.gather(1, beam)[:, :, None]  # (B, n, CHUNK)
+    offsets = torch.arange(CHUNK, device=logits.device)
+    tokens = chunk[:, :, None] * CHUNK + offsets  # (B, n, CHUNK)
+    beams = beam[:, :, None].expand(B, n, CHUNK)
+    values, tokens, beams = values.reshape(B, -1), tokens.reshape(B, -1), beams.reshape(B, -1)
+    tail = V - n_chunks * CHUNK
+    if tail:  # the last, partial chunk: all its candidates go to the final round
+        tail_values = (log_probs[:, :, -tail:] + scores[:, :, None]).view(B, k * tail)
+        tail_index = torch.arange(k * tail, device=logits.device).expand(B, -1)
+        values = torch.cat([values, tail_values], dim=1)
+        tokens = torch.cat([tokens, V - tail + tail_index % tail], dim=1)
+        beams = torch.cat([beams, tail_index // tail], dim=1)
+    top, index = values.topk(n, dim=-1)  # (B, n)
+    return top, beams.gather(1, index), tokens.gather(1, index)
