@@ -78,10 +78,10 @@ class KVCache:
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store new keys/values (B, H, T_new, D_h); return all of them as :attr:`k`, :attr:`v`."""
         t_new, group = k.shape[2], self.group
-        if self._grouped_growing:  # (n·g, H, T_new, D_h) -> (n, H, T_new·g, D_h), position-major
+        if self._grouped_growing:  # (n·g, H, T_new, D_h) -> (n, H, T_new, g, D_h): position-major slots
             n, H, D = k.shape[0] // group, k.shape[1], k.shape[3]
-            k = k.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4).reshape(n, H, t_new * group, D)
-            v = v.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4).reshape(n, H, t_new * group, D)
+            k = k.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4)
+            v = v.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4)
         if self._k is None or self._v is None:
             capacity = max(16, 2 * t_new)
             self._k = k.new_empty(*k.shape[:2], capacity, k.shape[3])
@@ -92,9 +92,9 @@ class KVCache:
             self._v = _grow(self._v, self.length * group, capacity * group)
             if self._lineage is not None:
                 self._lineage = _grow(self._lineage, self.length, capacity)
-        start = self.length * group
-        self._k[:, :, start : start + t_new * group] = k
-        self._v[:, :, start : start + t_new * group] = v
+        start, stop = self.length * group, (self.length + t_new) * group
+        self._k[:, :, start:stop].view(k.shape)[...] = k  # written in place, one copy
+        self._v[:, :, start:stop].view(v.shape)[...] = v
         if self._lineage is not None:  # every row reads the key it just made
             self._lineage[:, :, self.length : self.length + t_new] = torch.arange(group, device=k.device)[:, None]
         self.length += t_new

@@ -258,11 +258,14 @@ class MultiHeadAttention(AttentionModule):
             only_causal = causal is not None and mask is causal and bias is None and T_q == T_k
             context, weights = self._fused(q, k, v, None if only_causal else mask, bias, only_causal), None
         if group > 1:
-            context = _ungroup_rows(context, group)  # (B, H, T_q, D_h)
             weights = None if weights is None else _ungroup_rows(weights, group)  # (B, H, T_q, T_k)
 
-        # 5. Merge heads and project out.
-        context = context.transpose(1, 2).reshape(B, T_q, self.d_model)  # (B, H, T_q, D_h) -> (B, T_q, D)
+        # 5. Merge heads (and groups: one copy for both) and project out.
+        if group > 1:  # (B / group, H, group·T_q, D_h) -> (B / group, group, T_q, H, D_h) -> (B, T_q, D)
+            context = context.view(B // group, self.n_heads, group, T_q, self.d_head).permute(0, 2, 3, 1, 4)
+        else:  # (B, H, T_q, D_h) -> (B, T_q, H, D_h)
+            context = context.transpose(1, 2)
+        context = context.reshape(B, T_q, self.d_model)
         if weights is not None:
             self.report(weights)
         return AttentionOutput(self.out_proj(context), weights if need_weights else None)
