@@ -205,7 +205,15 @@ def test_grouped_self_cache_follows_each_row_through_beam_reorders(position, pat
         cache.reorder(index)
         history = history[index]
         assert cache.group == group
-    index = torch.tensor([5, 0, 11, 11, 2])  # across sources: back to plain storage
+    # Source 1 is done and leaves; sources 2 and 0 swap places and re-rank: still grouped.
+    index = torch.tensor([9, 8, 8, 11, 3, 0, 1, 1])
+    cache.reorder(index)
+    history = history[index]
+    assert cache.group == group and cache.k.shape[0] == 2
+    x = torch.randn(8, 1, D, generator=g)
+    history = torch.cat([history, x], dim=1)
+    torch.testing.assert_close(attn(x, is_causal=True, cache=cache).output, _reference_step(attn, history)[0], **TOL)
+    index = torch.tensor([5, 0, 7, 7, 2])  # across sources: back to plain storage
     cache.reorder(index)
     history = history[index]
     assert cache.group == 1
@@ -247,10 +255,18 @@ def test_grouped_static_cache_serves_each_source_to_its_rows(path):
     expected = attn(query, memory[spread], key_padding_mask=keep[spread], need_weights=True)
     torch.testing.assert_close(got.output, expected.output, **TOL)
     torch.testing.assert_close(got.weights, expected.weights, **TOL)
-    index = torch.tensor([4, 1, 2])  # not groups any more: plain rows
+    drop = torch.tensor([4, 3, 5])  # source 0 leaves: one stored row left, still grouped
+    cache.reorder(drop)
+    assert cache.group == 3 and cache.k.shape[0] == 1
+    query = torch.randn(3, 1, D)
+    got = attn(query, None, key_padding_mask=keep[spread][drop], cache=cache).output
+    expected = attn(query, memory[spread][drop], key_padding_mask=keep[spread][drop]).output
+    torch.testing.assert_close(got, expected, **TOL)
+    spread = spread[drop]
+    index = torch.tensor([2, 0])  # two rows: not groups of 3 any more, plain rows
     cache.reorder(index)
     assert cache.group == 1
-    query = torch.randn(3, 1, D)
+    query = torch.randn(2, 1, D)
     got = attn(query, None, key_padding_mask=keep[spread][index], cache=cache).output
     torch.testing.assert_close(
         got, attn(query, memory[spread][index], key_padding_mask=keep[spread][index]).output, **TOL

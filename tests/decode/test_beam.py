@@ -202,3 +202,24 @@ def test_a_large_vocabulary_agrees_with_the_reference_loop():
     for g, e in zip(got, expected, strict=True):
         assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+def test_settled_sentences_leave_the_batch():
+    """A sentence at its length limit stops costing decoder rows; the others' results do not change."""
+    from tests.decode.reference_beam import reference_beam_search
+
+    torch.manual_seed(5)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = TransformerEncoderDecoder(cfg).eval()
+    rows_per_call = []
+    decode = model.decode
+    model.decode = lambda tokens, *args: rows_per_call.append(tokens.shape[0]) or decode(tokens, *args)
+    src = torch.randint(3, 30, (4, 5))
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 3, "max_len": torch.tensor([2, 6, 6, 6]), "alpha": 0.6}
+    got = beam_search(model, src, **kwargs)
+    assert rows_per_call == [4, 12] + [9] * 4  # sentence 0 leaves after its 2 steps
+    rows_per_call.clear()
+    expected = reference_beam_search(model, src, **kwargs)
+    for g, e in zip(got, expected, strict=True):
+        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
+        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)

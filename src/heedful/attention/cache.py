@@ -20,7 +20,9 @@ cache switches to *grouped* storage (``group = k``):
   (B·T integers), not the keys.
 
 Attention runs the k queries of a source together against the grouped keys, with a mask that
-lets each hypothesis see only its own lineage — the same attention, without the copies. Anything
+lets each hypothesis see only its own lineage — the same attention, without the copies. A reorder
+that keeps each new group within one old group (re-ranking, or dropping the sources that are
+done) moves lineage rows and, when sources are dropped, the kept sources' keys. Anything
 grouped attention cannot serve (masks, position biases, weights of a growing cache) reads
 :meth:`KVCache.ungrouped`, the plain per-row keys. A reorder that leaves the groups falls back to
 plain storage, so every index stays correct.
@@ -140,11 +142,12 @@ class KVCache:
         """Keep query rows ``index`` (B_new,), in that order — beam search re-ranks hypotheses."""
         if self._k is None or self._v is None:
             return
-        rows, new = self._k.shape[0] * self.group, index.shape[0]
-        if self.group > 1 and new == rows and _stays_in_groups(index, self.group):
-            if self._lineage is not None:  # (n, g, capacity): each row takes its parent's history
-                self._lineage = self._lineage.view(rows, -1)[index].view(self._lineage.shape)
-            return
+        rows, new, group = self._k.shape[0] * self.group, index.shape[0], self.group
+        if group > 1 and new % group == 0:
+            parents = index.view(-1, group) // group  # (new / g, g): the stored row each new row reads
+            if bool((parents == parents[:, :1]).all()):  # each new group draws on one stored group
+                self._keep_groups(parents[:, 0], index)
+                return
         if self.group == 1 and new > rows and new % rows == 0 and _spreads_rows(index, rows, new // rows):
             self._start_groups(new // rows)
             return
@@ -157,6 +160,21 @@ class KVCache:
         # Copy only the filled positions: copying the unused capacity too made a reorder cost up
         # to twice the keys it keeps.
         self._k, self._v = self._select_filled(self._k, index), self._select_filled(self._v, index)
+
+    def _keep_groups(self, stored: Tensor, index: Tensor) -> None:
+        """Grouped storage: new group i reads stored row ``stored[i]``, new row r reads row
+        ``index[r]`` — re-ranked hypotheses, and (when ``stored`` skips rows) sources dropped."""
+        assert self._k is not None and self._v is not None
+        if self._lineage is not None:  # (n, g, capacity): each row takes its parent's history
+            capacity = self._lineage.shape[2]
+            self._lineage = self._lineage.view(-1, capacity)[index].view(-1, self.group, capacity)
+        in_place = torch.arange(self._k.shape[0], device=stored.device)
+        if stored.shape == in_place.shape and torch.equal(stored, in_place):
+            return  # every source stays where it is: no keys move
+        if self.static:
+            self._k, self._v = self._k.index_select(0, stored), self._v.index_select(0, stored)
+        else:
+            self._k, self._v = self._select_filled(self._k, stored), self._select_filled(self._v, stored)
 
     def _start_groups(self, group: int) -> None:
         """Every stored row now serves ``group`` consecutive query rows."""
@@ -171,7 +189,7 @@ class KVCache:
         self._lineage = torch.zeros(n, group, capacity, dtype=torch.long, device=self._k.device)
 
     def _select_filled(self, buffer: Tensor, index: Tensor) -> Tensor:
-        filled = slice(0, self.length)
+        filled = slice(0, self._stored_length)
         if buffer.requires_grad and torch.is_grad_enabled():  # autograd takes no out=: no spare capacity
             return buffer[:, :, filled].index_select(0, index)
         selected = buffer.new_empty(index.shape[0], *buffer.shape[1:])  # (B_new, H, capacity, D_h)
@@ -184,11 +202,6 @@ def _grow(buffer: Tensor, used: int, capacity: int) -> Tensor:
     bigger = buffer.new_empty(*buffer.shape[:2], capacity, *buffer.shape[3:])
     bigger[:, :, :used] = buffer[:, :, :used]
     return bigger
-
-
-def _stays_in_groups(index: Tensor, group: int) -> bool:
-    """Whether every new row r reads a row of its own group (rows r // group · group …)."""
-    return torch.equal(index // group, torch.arange(index.shape[0], device=index.device) // group)
 
 
 def _spreads_rows(index: Tensor, rows: int, times: int) -> bool:

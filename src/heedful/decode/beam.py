@@ -12,7 +12,9 @@ every sentence has one live beam then — and expands to B·K after it.
 
 A hypothesis that emits <eos> is set aside with its score normalised by the GNMT
 length penalty ((5 + |y|) / 6)^α (Wu et al. 2016); a sentence is done when it has ``beam_size``
-finished hypotheses and no live one can still beat them, or at ``max_len``.
+finished hypotheses and no live one can still beat them, or at ``max_len``. Done sentences leave
+the batch (a general ``cache.reorder``) once they are DROP_SETTLED of it, so a batch does not keep
+decoding every sentence until its slowest one is done.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ def beam_search(
     n_finished = torch.zeros(B, dtype=torch.long, device=device)
     worst_finished = torch.full((B,), inf, device=device)  # the lowest score among the kept finished
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    # Settled sentences leave the batch (see DROP_SETTLED); ``ids`` maps a sentence's place in the
+    # batch to its index in ``src``, and every per-sentence tensor above shrinks with the batch.
+    ids = list(range(B))
 
     for step in range(max(limits)):
         logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1]  # (B·k_now, V)
@@ -110,11 +115,11 @@ def beam_search(
             ):
                 ended = token == eos_id
                 body = body if ended else [*body, token]
-                finished[b].append(Hypothesis(body, score / length_penalty(len(body), alpha), score, ended))
+                finished[ids[b]].append(Hypothesis(body, score / length_penalty(len(body), alpha), score, ended))
             for b in set(b_j[:, 0].tolist()):
-                finished[b] = sorted(finished[b], key=lambda h: h.score, reverse=True)[:K]
-                n_finished[b] = len(finished[b])
-                worst_finished[b] = finished[b][-1].score
+                kept_hyps = finished[ids[b]] = sorted(finished[ids[b]], key=lambda h: h.score, reverse=True)[:K]
+                n_finished[b] = len(kept_hyps)
+                worst_finished[b] = kept_hyps[-1].score
         # Settled: K hypotheses finished and no live beam, even ending at its most favourable
         # length, could beat the worst of them (log-probabilities only fall).
         best_live = new_scores.max(-1).values  # (B,)
@@ -123,18 +128,36 @@ def beam_search(
         done |= (length >= limit_t) | settled
         if bool(done.all()):
             break
-        rows = (torch.arange(B, device=device)[:, None] * k_now + origin).view(-1)  # (B·K,)
+        rows = torch.arange(B, device=device)[:, None] * k_now + origin  # (B, K): each new beam's parent row
         if k_now == 1:  # expand every per-sentence state from B to B·K rows, once
+            rows = rows.view(-1)
             memory, padding = memory[rows], padding[rows]
             cache.reorder(rows)
             k_now = K
+        elif int(done.sum()) >= DROP_SETTLED * B:  # settled sentences leave: later steps decode only the rest
+            keep = (~done).nonzero().squeeze(1)  # (B_kept,)
+            rows = rows[keep].view(-1)
+            memory, padding = memory[rows], padding[rows]
+            cache.reorder(rows)  # sources change: the caches keep only the kept sentences' state
+            next_token, new_scores = next_token[keep], new_scores[keep]
+            limit_t, best_divisor, n_finished, worst_finished, done = (
+                t[keep] for t in (limit_t, best_divisor, n_finished, worst_finished, done)
+            )
+            ids = [ids[i] for i in keep.tolist()]
+            B = len(ids)
         else:  # beams move only within their sentence: per-source state stays as it is
+            rows = rows.view(-1)
             cache.reorder(rows, sources_unchanged=True)
-        tokens = torch.cat([tokens[rows], next_token.view(-1, 1)], dim=1)
+        tokens = torch.cat([tokens[rows], next_token.reshape(-1, 1)], dim=1)
         scores = new_scores
 
     return [hyps[:n_best] for hyps in finished]
 
+
+# Drop settled sentences from the batch once they are this share of it. Dropping copies the kept
+# rows' caches (about what one re-ordering of plain caches costs) and saves their share of every
+# later step, so it pays within a step or two.
+DROP_SETTLED = 1 / 8
 
 # Tokens per chunk in best_continuations' first level: the chunk maxima then cost one pass over
 # the log-probabilities, and the second level reads n chunks of this size per sentence.
