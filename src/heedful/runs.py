@@ -155,7 +155,7 @@ class Ensemble:
             if run.task.split_inputs(split) != inputs:
                 raise UserError(
                     f"{run.run_dir}: holds out other {split} examples than {first.run_dir} (other data settings "
-                    "or seed); an ensemble is scored on examples every member held out"
+                    "or seed; reviews: fix data.split_seed); an ensemble is scored on examples every member held out"
                 )
         per_run, _ = self.member_probabilities(inputs, progress)
         members = {f"member_{i}_accuracy": first.task.score_probabilities(split, p)["accuracy"]

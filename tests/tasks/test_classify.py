@@ -359,3 +359,28 @@ def test_an_ensemble_is_scored_on_the_split_its_runs_share(trained, tmp_path):
     refused = run_cli("evaluate", str(run_dir), "--ensemble", str(tmp_path / "seed1"))
     assert refused.returncode != 0 and "holds out other test examples" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_split_seed_holds_out_the_same_texts_whatever_the_training_seed(tmp_path):
+    def held_out(**extra):
+        cfg = config(tmp_path, **extra)
+        data = get_task("classify")(cfg).build_data(cfg)
+        return sorted(e.text for e in data.splits["test"]), sorted(e.text for e in data.splits["val"])
+
+    assert held_out(seed=0) != held_out(seed=1)  # by default the split follows the run's seed
+    fixed = held_out(seed=0, **{"data.split_seed": 7})
+    assert fixed == held_out(seed=1, **{"data.split_seed": 7}) == held_out(seed=7)
+
+
+def test_runs_of_two_seeds_with_one_split_seed_make_an_ensemble(trained, tmp_path):
+    from tests.conftest import run_cli
+
+    run_dir, _ = trained  # seed 0, no split_seed: split with seed 0
+    other = tmp_path / "seed1-split0"
+    fit(config(tmp_path, **{"seed": 1, "data.split_seed": 0, "train.epochs": 1, "run_dir": str(other)}))
+    assert load_run(other, device="cpu").task.split_inputs("test") == load_run(run_dir, device="cpu").task.split_inputs(
+        "test"
+    )
+    result = run_cli("evaluate", str(run_dir), "--ensemble", str(other))
+    assert result.returncode == 0, result.stderr
+    assert "test member_2_accuracy" in result.stdout

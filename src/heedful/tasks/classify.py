@@ -2,7 +2,8 @@
 
 data      a CSV / TSV / JSONL file (data/text.py: named columns, label schemes, filters, bad rows),
           split into train / val / test by seeded fractions or k folds; identical texts always land
-          in the same part, so no text is both trained on and tested
+          in the same part, so no text is both trained on and tested. The split's seed is the
+          run's, unless ``data.split_seed`` fixes it (runs of several seeds, one held-out set)
 tokens    sentencepiece trained on the training texts (works for Chinese without a word segmenter:
           it learns pieces from raw character sequences, spaces or not), or the pretrained model's
           own WordPiece (``model.pretrained``); a text longer than ``data.max_tokens`` is cut
@@ -67,6 +68,11 @@ class ClassifyData(Section):
     on_bad_row: Literal["error", "skip"] = "error"
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
+    split_seed: int | None = Field(
+        None,
+        description="seed of the train/val/test split (default: the run's seed); fix it to compare or ensemble "
+        "runs of different seeds on the same held-out texts",
+    )
     folds: int | None = Field(None, ge=2, description="k-fold: test = fold `fold`; val drawn from the rest")
     fold: int = Field(0, ge=0)
     tokenizer: ClassifyTokenizerConfig = ClassifyTokenizerConfig()
@@ -199,8 +205,16 @@ class ExampleBatches(BatchSource):
 
 # ----------------------------------------------------------------------------------------- task
 log = logging.getLogger(__name__)
-# The data settings that decide which texts are training texts (with the seed).
+# The data settings that decide which texts are training texts (with the split seed).
 SPLIT_KEYS = ("path", "val_path", "test_path", "format", "filters", "val_fraction", "test_fraction", "folds", "fold")
+
+
+def split_seed(data: dict | ClassifyData, seed: int | None) -> int | None:
+    """The seed a run's split is drawn with: ``data.split_seed``, else the run's ``seed``."""
+    chosen = data.get("split_seed") if isinstance(data, dict) else data.split_seed
+    return seed if chosen is None else chosen
+
+
 PATH_KEYS = ("path", "val_path", "test_path")
 
 
@@ -326,13 +340,13 @@ class ClassifyTask(Task):
                 if path is not None:
                     splits[name] = self._read(path, bad)
             if not d.val_path or not d.test_path:  # split the missing one from path
-                drawn = split_examples(rows, d.model_copy(update={"folds": None}), cfg.seed)
+                drawn = split_examples(rows, d.model_copy(update={"folds": None}), split_seed(d, cfg.seed))
                 splits["train"] = drawn["train"] + (drawn["test"] if d.test_path else drawn["val"])
                 for name in ("val", "test"):
                     if not splits[name]:
                         splits[name] = drawn[name]
         else:
-            splits = split_examples(rows, d, cfg.seed)
+            splits = split_examples(rows, d, split_seed(d, cfg.seed))
         for name in ("train", "val", "test"):
             if not splits[name]:
                 raise DataError(f"{d.path}: no {name} examples (check the filters, fractions and label scheme)")
@@ -368,7 +382,8 @@ class ClassifyTask(Task):
             return
         ours, their_data = cfg.data.model_dump(mode="json"), theirs.get("data") or {}
         differ = [f"data.{k}" for k in SPLIT_KEYS if not _same_setting(k, their_data.get(k), ours[k])]
-        differ += ["seed"] if theirs.get("seed") != cfg.seed else []
+        if split_seed(their_data, theirs.get("seed")) != split_seed(cfg.data, cfg.seed):
+            differ.append("the split seed (data.split_seed, else seed)")
         if differ:
             log.warning(
                 "%s: the pretraining split its data otherwise (%s differ), so its training texts may include "
