@@ -122,8 +122,8 @@ def test_every_hypothesis_scores_what_the_model_gives_it():
 class EosProne:
     """A model whose <eos> logit is raised, so hypotheses end at many different lengths."""
 
-    def __init__(self, model):
-        self.model, self.config = model, model.config
+    def __init__(self, model, boost: float = 2.5):
+        self.model, self.config, self.boost = model, model.config, boost
 
     def encode(self, src):
         return self.model.encode(src)
@@ -133,7 +133,7 @@ class EosProne:
 
     def decode(self, tokens, memory, padding, cache):
         logits = self.model.decode(tokens, memory, padding, cache)
-        return logits + 2.5 * torch.nn.functional.one_hot(torch.tensor(EOS), logits.shape[-1])
+        return logits + self.boost * torch.nn.functional.one_hot(torch.tensor(EOS), logits.shape[-1])
 
 
 @pytest.mark.parametrize(("beam", "alpha", "n_best"), [(2, 0.0, 2), (5, 0.6, 3), (4, 1.0, 1)])
@@ -223,3 +223,21 @@ def test_settled_sentences_leave_the_batch():
     for g, e in zip(got, expected, strict=True):
         assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
         assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+def test_greedy_rows_that_ended_leave_the_batch_without_changing_any_row():
+    torch.manual_seed(6)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval(), boost=1.5)
+    rows_per_call = []
+    decode = model.decode
+    model.decode = lambda tokens, *args: rows_per_call.append(tokens.shape[0]) or decode(tokens, *args)
+    src = torch.randint(3, 30, (8, 6))
+    src[3, 2:] = PAD
+    tokens, log_prob = greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=12)
+    assert rows_per_call[0] == 8 and min(rows_per_call) < 8  # rows left once they had ended
+    for i in range(8):  # each sentence alone: the same tokens and log-probability
+        alone, alone_lp = greedy_decode(model, src[i : i + 1], bos_id=BOS, eos_id=EOS, max_len=12)
+        row = tokens[i, : alone.shape[1]]
+        assert torch.equal(row, alone[0]) and bool((tokens[i, alone.shape[1] :] == PAD).all())
+        assert float(log_prob[i]) == pytest.approx(float(alone_lp[0]), abs=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from heedful.decode.beam import DROP_SETTLED
 from heedful.models.transformer import TransformerEncoderDecoder
 
 
@@ -15,25 +16,34 @@ def greedy_decode(
     """Pick the most likely next token until every row has produced <eos> or ``max_len`` tokens.
 
     src: (B, S) ids  ->  tokens (B, L) without <bos> (<pad> after a row's <eos>), and each row's
-    summed log-probability (B,).
+    summed log-probability (B,). Rows that have ended leave the batch once they are DROP_SETTLED
+    of it (a ``cache.reorder``), so later steps decode only the rows still running.
     """
     pad_id = model.config.pad_id
     memory, padding = model.encode(src)  # (B, S, D), (B, S)
     cache = model.new_cache()
-    B = src.shape[0]
-    last = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
-    finished = torch.zeros(B, dtype=torch.bool, device=src.device)
-    log_prob = torch.zeros(B, device=src.device)
-    steps: list[Tensor] = []
-    for _ in range(max_len):
-        logits = model.decode(last, memory, padding, cache)[:, -1].float()  # (B, V)
+    B, device = src.shape[0], src.device
+    out = torch.full((B, max_len), pad_id, dtype=torch.long, device=device)  # (B, max_len)
+    log_prob = torch.zeros(B, device=device)
+    rows = torch.arange(B, device=device)  # the row of `out` each batch row decodes
+    last = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (B_now, 1)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)  # (B_now,)
+    steps = 0
+    for step in range(max_len):
+        logits = model.decode(last, memory, padding, cache)[:, -1].float()  # (B_now, V)
         step_log_probs = logits.log_softmax(-1)
-        best = step_log_probs.argmax(-1)  # (B,)
-        log_prob += torch.where(finished, 0.0, step_log_probs.gather(-1, best[:, None]).squeeze(-1))
+        best = step_log_probs.argmax(-1)  # (B_now,)
+        log_prob[rows] += torch.where(finished, 0.0, step_log_probs.gather(-1, best[:, None]).squeeze(-1))
         best = torch.where(finished, pad_id, best)
-        steps.append(best)
+        out[rows, step] = best
+        steps = step + 1
         finished |= best == eos_id
         if finished.all():
             break
+        if int(finished.sum()) >= DROP_SETTLED * finished.shape[0]:  # ended rows leave the batch
+            keep = (~finished).nonzero().squeeze(1)  # (B_kept,)
+            rows, best, finished = rows[keep], best[keep], finished[keep]
+            memory, padding = memory[keep], padding[keep]
+            cache.reorder(keep)
         last = best[:, None]
-    return torch.stack(steps, dim=1), log_prob  # (B, L), (B,)
+    return out[:, :steps], log_prob  # (B, L), (B,)
