@@ -383,7 +383,7 @@ class ClassifyTask(Task):
         ours, their_data = cfg.data.model_dump(mode="json"), theirs.get("data") or {}
         differ = [f"data.{k}" for k in SPLIT_KEYS if not _same_setting(k, their_data.get(k), ours[k])]
         if split_seed(their_data, theirs.get("seed")) != split_seed(cfg.data, cfg.seed):
-            differ.append("the split seed (data.split_seed, else seed)")
+            differ.append("data.split_seed or seed")
         if differ:
             log.warning(
                 "%s: the pretraining split its data otherwise (%s differ), so its training texts may include "
