@@ -141,6 +141,7 @@ def predict(
     out_dir: Annotated[Path | None, typer.Option(help="Where heatmaps go (default: RUN_DIR/plots).")] = None,
     batch_size: Annotated[int, typer.Option(help="With --input: texts per call.", min=1)] = 1024,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    set_: SetOption = None,
     ensemble: Annotated[
         list[Path] | None,
         typer.Option(
@@ -152,15 +153,16 @@ def predict(
     ] = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Predict outputs for the given inputs (or every row of --input) with a trained run."""
+    """Predict outputs for the given inputs (or every row of --input) with a trained run. --set changes
+    how inputs are read or decoded, e.g. data.truncation=windows."""
     from heedful.runs import load_run
 
     if not inputs and input_file is None:
         raise UserError("give inputs to predict, or --input FILE")
     if output_file is not None and input_file is None:
         raise UserError("--output needs --input (predictions for single inputs are printed)")
-    run = load_run(run_dir, device)
-    predictor = _with_ensemble(run, ensemble, device)
+    run = load_run(run_dir, device, list(set_ or []))
+    predictor = _with_ensemble(run, ensemble, device, list(set_ or []))
     if input_file is not None:
         _predict_file(run, predictor, input_file, output_file, text_column, batch_size)
         return
@@ -292,12 +294,13 @@ def transcribe(
     head: Annotated[int | None, typer.Option(help="Attention head to show (default: mean over heads).")] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where figures go (default: RUN_DIR/plots).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Transcribe spoken digits: prints the digits and a confidence for each file."""
     from heedful.runs import load_run
 
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, list(set_ or []))
     if run.cfg.task != "speech":
         raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; transcribe needs a speech run")
     if layer is not None:
@@ -307,7 +310,7 @@ def transcribe(
             raise UserError(f"--head {head}: this model has heads 0–{run.cfg.model.n_heads - 1}")
         run.cfg.decode.explain_head = head
     files = [str(path) for path in audio]
-    for p in _with_ensemble(run, ensemble, device).predict(files):
+    for p in _with_ensemble(run, ensemble, device, list(set_ or [])).predict(files):
         if as_json:
             typer.echo(json.dumps({"file": p.input, "digits": p.output, "confidence": p.score}))
         else:
@@ -390,14 +393,16 @@ def translate(
         typer.Option(help="Also write JSON lines: source pieces, output pieces, cross-attention (mean over heads)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Count translated lines on stderr (when stdin is not a TTY).")] = False,
+    set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Translate stdin to stdout, one line for each line, in order: heedful translate RUN < in.txt > out.txt"""
+    """Translate stdin to stdout, one line for each line, in order: heedful translate RUN < in.txt > out.txt
+    --set changes decoding, e.g. decode.alpha=1.0 or decode.precision=bf16."""
     from tqdm.auto import tqdm
 
     from heedful.runs import load_run
 
-    run = load_run(run_dir, device)
+    run = load_run(run_dir, device, list(set_ or []))
     if run.cfg.task != "translate":
         raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; translate needs a translate run")
     out = sys.stdout.buffer

@@ -194,6 +194,20 @@ def test_translate_command_streams_stdin_to_stdout_in_order(trained, tmp_path):
     assert result.stderr.strip() == ""  # no progress bar unless asked for
 
 
+def test_translate_command_takes_config_overrides(trained):
+    run_dir = trained[0]
+    lines = [en for en, _ in sentence_pairs(4, 11)]
+    result = run_cli("translate", str(run_dir), "--set", "decode.max_len=1", stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    run = load_run(run_dir, device="cpu", overrides=["decode.max_len=1"])
+    short = run.translate(lines)
+    assert result.stdout.splitlines() == [t.output for t in short]
+    assert all(len(t.output.split()) <= 1 for t in short)  # one piece: at most one word
+    assert [t.output for t in short] != [t.output for t in load_run(run_dir, device="cpu").translate(lines)]
+    refused = run_cli("translate", str(run_dir), "--set", "decode.nonsense=1", stdin="a\n")
+    assert refused.returncode != 0 and "decode.nonsense" in refused.stderr
+
+
 def test_translate_command_answers_each_line_as_it_arrives(trained):
     """A caller that writes one line and waits for its translation is not left waiting for EOF."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
