@@ -241,3 +241,19 @@ def test_greedy_rows_that_ended_leave_the_batch_without_changing_any_row():
         row = tokens[i, : alone.shape[1]]
         assert torch.equal(row, alone[0]) and bool((tokens[i, alone.shape[1] :] == PAD).all())
         assert float(log_prob[i]) == pytest.approx(float(alone_lp[0]), abs=1e-5)
+
+
+def test_beam_search_keeps_the_transformer_caches_grouped():
+    """The search re-ranks and drops sentences without ever leaving grouped storage, i.e. without
+    copying histories (the speed of docs/RESULTS.md's decoding table rests on it)."""
+    torch.manual_seed(7)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval(), boost=1.5)
+    caches = []
+    new_cache = model.new_cache
+    model.new_cache = lambda: caches.append(new_cache()) or caches[-1]
+    src = torch.randint(3, 30, (6, 5))
+    beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=4, max_len=torch.tensor([3, 8, 8, 8, 8, 8]), alpha=0.6)
+    for layer in caches[0].layers:
+        assert layer.self_attn.group == 4 and layer.cross_attn.group == 4
+        assert layer.cross_attn.k.shape[0] < 6  # settled sentences left; the rest share one row each
