@@ -393,6 +393,15 @@ def translate(
         typer.Option(help="Also write JSON lines: source pieces, output pieces, cross-attention (mean over heads)."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Count translated lines on stderr (when stdin is not a TTY).")] = False,
+    n_best: Annotated[
+        int,
+        typer.Option(
+            "--n-best",
+            min=1,
+            help="Print the beam's N best translations of each line, best first, as 'LINE ||| translation ||| "
+            "log-probability' (LINE counts input lines from 0, the Moses n-best format). Needs a beam of at least N.",
+        ),
+    ] = 1,
     set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
@@ -407,11 +416,25 @@ def translate(
         raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; translate needs a translate run")
     out = sys.stdout.buffer
     bar = tqdm(unit=" lines", file=sys.stderr, disable=not progress or sys.stdin.isatty(), dynamic_ncols=True)
+    if n_best > (beam or run.cfg.decode.beam_size):
+        raise UserError(f"--n-best {n_best}: needs a beam of at least {n_best} (--beam)")
+    done = 0  # input lines answered so far (the n-best line numbers)
     with open(attention, "w", encoding="utf-8") if attention else contextlib.nullcontext() as maps:
         for lines in _stdin_chunks(CHUNK_LINES):
-            results = run.translate(lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None)
-            out.write("".join(f"{t.output}\n" for t in results).encode("utf-8"))
+            results = run.translate(
+                lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None, n_best=n_best
+            )
+            if n_best > 1:
+                text = "".join(
+                    f"{done + i} ||| {output} ||| {score:.4f}\n"
+                    for i, t in enumerate(results)
+                    for output, score in t.alternatives
+                )
+            else:
+                text = "".join(f"{t.output}\n" for t in results)
+            out.write(text.encode("utf-8"))
             out.flush()
+            done += len(lines)
             if maps is not None:
                 for t in results:
                     record = {

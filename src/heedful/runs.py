@@ -71,14 +71,23 @@ class Run:
         return metrics
 
     def translate(
-        self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None, attention: bool = False
+        self,
+        lines: list[str],
+        *,
+        beam: int | None = None,
+        batch_tokens: int | None = None,
+        attention: bool = False,
+        n_best: int = 1,
     ) -> list[Any]:
         """Translate lines with a translate run (``Translation``s: ``.output``, ``.score``; with
-        ``attention=True`` also ``.source_pieces``, ``.output_pieces`` and ``.attention``)."""
+        ``attention=True`` also ``.source_pieces``, ``.output_pieces`` and ``.attention``; with
+        ``n_best`` > 1, ``.alternatives``: the beam's n best (output, log-probability), best first)."""
         translate = getattr(self.task, "translate", None)
         if translate is None:
             raise UserError(f"{self.run_dir}: is a {self.cfg.task!r} run; translate needs a translate run")
-        return translate(self.model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention)
+        return translate(
+            self.model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention, n_best=n_best
+        )
 
     def generate(
         self, n: int = 64, class_name: str | None = None, seed: int | None = None, out: str | Path | None = None

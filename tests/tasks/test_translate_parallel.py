@@ -18,6 +18,7 @@ import torch
 
 from heedful.data.parallel import read_parallel
 from heedful.data.tokenizers import SentencePieceTokenizer
+from heedful.decode import beam_search
 from heedful.errors import ConfigError, DataError, UserError
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
@@ -208,6 +209,34 @@ def test_translate_command_takes_config_overrides(trained):
     assert refused.returncode != 0 and "decode.nonsense" in refused.stderr
 
 
+def test_n_best_translations_come_from_the_beam_best_first(trained):
+    run_dir = trained[0]
+    run = load_run(run_dir, device="cpu")
+    lines = [en for en, _ in sentence_pairs(3, 12)]
+    lines[1] = " "
+    ranked = run.translate(lines, beam=3, n_best=3)
+    single = run.translate(lines, beam=3)
+    for r, s in zip(ranked, single, strict=True):
+        assert (r.output, r.score) == (s.output, s.score) and r.alternatives[0] == (s.output, s.score)
+    assert ranked[1].alternatives == [("", 0.0)]  # a blank line: one empty output
+    assert all(len(r.alternatives) == 3 for i, r in enumerate(ranked) if i != 1)
+    # The same as the beam search's own n-best list.
+    task, src = run.task, [run.task._source_ids(lines[0], run.model)]
+    (hyps,) = beam_search(run.model, torch.tensor(src), bos_id=task.tgt_tok.bos_id, eos_id=task.tgt_tok.eos_id,
+                          beam_size=3, max_len=task._output_limit(len(src[0]), run.model), alpha=run.cfg.decode.alpha,
+                          n_best=3)  # fmt: skip
+    assert [score for _, score in ranked[0].alternatives] == pytest.approx([h.log_prob for h in hyps])
+
+    result = run_cli("translate", str(run_dir), "--beam", "2", "--n-best", "2", stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [0, 0, 1, 2, 2]
+    expected = run.translate(lines, beam=2, n_best=2)
+    assert [r[1] for r in rows if r[0] == "0"] == [text for text, _ in expected[0].alternatives]
+    refused = run_cli("translate", str(run_dir), "--beam", "2", "--n-best", "3", stdin="a\n")
+    assert refused.returncode != 0 and "--n-best 3" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_translate_command_answers_each_line_as_it_arrives(trained):
     """A caller that writes one line and waits for its translation is not left waiting for EOF."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -318,7 +347,7 @@ def test_rnn_baselines_train_decode_and_show_attention_through_the_same_task(cor
     task_class = get_task("translate")
     generate = task_class._generate
     monkeypatch.setattr(
-        task_class, "_generate", lambda self, m, s, b=None, t=None: beams.append(b) or generate(self, m, s, b, t)
+        task_class, "_generate", lambda self, m, s, b=None, *more: beams.append(b) or generate(self, m, s, b, *more)
     )
     history = fit(cfg)
     assert beams == [1, 1]  # the per-epoch validation decodes greedily (decode.val_beam_size)

@@ -207,6 +207,7 @@ class Translation(Prediction):
     source_pieces: list[str] | None = None  # the key tokens
     output_pieces: list[str] | None = None  # the query tokens: output pieces, then "<eos>"
     attention: Tensor | None = None  # (T_out + 1, S): decode.explain_layer's cross-attention, mean over heads
+    alternatives: list[tuple[str, float]] | None = None  # with n_best > 1: the n best (output, score), this one first
 
 
 def _one_line(text: str) -> str:
@@ -483,7 +484,7 @@ class TranslateTask(Task):
             tokens += int(real.sum())
             correct += int(((logits.argmax(-1) == target) & real).sum())
 
-        hyps = [self._detokenize(ids) for ids, _ in self._generate(model, src_ids, beam_size)]
+        hyps = [self._detokenize(ranked[0][0]) for ranked in self._generate(model, src_ids, beam_size)]
         refs = [p.target for p in pairs]
         bleu, chrf = BLEU(tokenize=_bleu_tokenizer(self.cfg.data.target_lang)), CHRF()
         bleu_score, chrf_score = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
@@ -539,24 +540,34 @@ class TranslateTask(Task):
         return max(1, min(limit, model.config.max_len - 1))
 
     def _generate(
-        self, model: nn.Module, src_ids: list[list[int]], beam_size: int | None = None, batch_tokens: int | None = None
-    ) -> list[tuple[list[int], float]]:
+        self,
+        model: nn.Module,
+        src_ids: list[list[int]],
+        beam_size: int | None = None,
+        batch_tokens: int | None = None,
+        n_best: int = 1,
+    ) -> list[list[tuple[list[int], float]]]:
         """Decode every source (non-empty id lists), in token batches of similar length; returns,
-        in input order, each output's ids (no specials) and its log-probability."""
+        in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
+        log-probability."""
         d = self.cfg.decode
         beam = beam_size or d.beam_size
+        if not 1 <= n_best <= beam:
+            raise UserError(f"n-best {n_best}: needs a beam of at least {n_best} (the beam is {beam})")
         budget = batch_tokens or d.batch_tokens
         device = next(model.parameters()).device
         limits = [self._output_limit(len(s), model) for s in src_ids]
-        results: list[tuple[list[int], float]] = [([], 0.0)] * len(src_ids)
+        results: list[list[tuple[list[int], float]]] = [[]] * len(src_ids)
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16) if d.precision == "bf16" else contextlib.nullcontext()
         )
         with precision:
-            self._decode_batches(model, src_ids, beam, budget, limits, results)
+            self._decode_batches(model, src_ids, beam, budget, limits, results, n_best)
         return results
 
-    def _decode_batches(self, model, src_ids, beam: int, budget: int, limits: list[int], results: list) -> None:
+    def _decode_batches(
+        self, model, src_ids, beam: int, budget: int, limits: list[int], results: list, n_best: int = 1
+    ) -> None:
         d = self.cfg.decode
         device = next(model.parameters()).device
         bos, eos, pad = self.tgt_tok.bos_id, self.tgt_tok.eos_id, self.src_tok.pad_id
@@ -568,7 +579,7 @@ class TranslateTask(Task):
                 # then counts the tokens past the cut — only rows that never ended are affected).
                 tokens, log_prob = greedy_decode(model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits))
                 for row, i in enumerate(indices):
-                    results[i] = (content_ids(tokens[row, : limits[i]].tolist(), eos), float(log_prob[row]))
+                    results[i] = [(content_ids(tokens[row, : limits[i]].tolist(), eos), float(log_prob[row]))]
             else:
                 hyps = beam_search(
                     model,
@@ -578,9 +589,10 @@ class TranslateTask(Task):
                     beam_size=beam,
                     max_len=torch.tensor(batch_limits),
                     alpha=d.alpha,
+                    n_best=n_best,
                 )
-                for (best, *_), i in zip(hyps, indices, strict=True):
-                    results[i] = (content_ids(best.tokens, eos), best.log_prob)
+                for ranked, i in zip(hyps, indices, strict=True):
+                    results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]
 
     def _cross_attention(
         self, model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]]
@@ -610,19 +622,23 @@ class TranslateTask(Task):
         beam_size: int | None = None,
         batch_tokens: int | None = None,
         attention: bool = False,
+        n_best: int = 1,
     ) -> list[Translation]:
         """Translate each input (an empty or blank one gives an empty output, keeping lines
         aligned). ``beam_size``/``batch_tokens`` override ``decode.*``; ``attention=True`` also
         returns each sentence's pieces and its cross-attention map (decode.explain_layer, mean
-        over heads)."""
+        over heads); ``n_best`` > 1 also returns the beam's n best outputs as ``.alternatives``."""
         model.eval()
         texts = list(inputs)
         src_ids = [self._source_ids(t, model) if t.strip() else [] for t in texts]
         filled = [i for i, s in enumerate(src_ids) if s]
-        generated = self._generate(model, [src_ids[i] for i in filled], beam_size, batch_tokens)
-        out = [Translation(t, "", 0.0, []) for t in texts]
-        for i, (ids, score) in zip(filled, generated, strict=True):
-            out[i] = Translation(texts[i], self._detokenize(ids), score, ids)
+        generated = self._generate(model, [src_ids[i] for i in filled], beam_size, batch_tokens, n_best)
+        out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
+        for i, ranked in zip(filled, generated, strict=True):
+            (ids, score), alternatives = ranked[0], None
+            if n_best > 1:
+                alternatives = [(self._detokenize(other), other_score) for other, other_score in ranked]
+            out[i] = Translation(texts[i], self._detokenize(ids), score, ids, alternatives=alternatives)
         if attention:
             name = self._cross_attention_name(model)
             for t in out:  # blank inputs: nothing attended
