@@ -257,3 +257,23 @@ def test_beam_search_keeps_the_transformer_caches_grouped():
     for layer in caches[0].layers:
         assert layer.self_attn.group == 4 and layer.cross_attn.group == 4
         assert layer.cross_attn.k.shape[0] < 6  # settled sentences left; the rest share one row each
+
+
+def test_early_stopping_ends_a_sentence_with_its_first_k_finished_hypotheses():
+    torch.manual_seed(8)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval())
+    calls = []
+    decode = model.decode
+    model.decode = lambda tokens, *args: calls.append(tokens.shape[0]) or decode(tokens, *args)
+    src = torch.randint(3, 30, (1, 5))
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 3, "max_len": 15, "alpha": 0.6, "n_best": 3}
+    exact = beam_search(model, src, **kwargs)[0]
+    exact_steps = len(calls)
+    calls.clear()
+    early = beam_search(model, src, **kwargs, early_stopping=True)[0]
+    assert len(calls) < exact_steps  # it stopped sooner
+    assert len(early) == 3 and all(h.ended for h in early)
+    # Its hypotheses ended by then; the exact search keeps looking and can only do better.
+    assert all(len(h.tokens) < len(calls) for h in early)
+    assert exact[0].score >= early[0].score

@@ -49,10 +49,13 @@ def beam_search(
     max_len: int | Tensor = 100,
     alpha: float = 1.0,
     n_best: int = 1,
+    early_stopping: bool = False,
 ) -> list[list[Hypothesis]]:
     """src: (B, S) -> for each sentence, its ``n_best`` hypotheses, best first.
 
     ``max_len`` may be one int or a (B,) tensor (e.g. a ratio of each source length).
+    ``early_stopping``: a sentence is done as soon as ``beam_size`` hypotheses have ended, as in
+    fairseq, instead of when no live hypothesis can beat them any more (exact, and the default).
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
@@ -121,10 +124,11 @@ def beam_search(
                 n_finished[b] = len(kept_hyps)
                 worst_finished[b] = kept_hyps[-1].score
         # Settled: K hypotheses finished and no live beam, even ending at its most favourable
-        # length, could beat the worst of them (log-probabilities only fall).
+        # length, could beat the worst of them (log-probabilities only fall) — or, with
+        # early_stopping, K hypotheses finished.
         best_live = new_scores.max(-1).values  # (B,)
         best_case = best_live / torch.where(best_live < 0, best_divisor, torch.ones_like(best_divisor))
-        settled = (n_finished >= K) & ((best_live == inf) | (best_case <= worst_finished))
+        settled = (n_finished >= K) & ((best_live == inf) | (best_case <= worst_finished) | early_stopping)
         done |= (length >= limit_t) | settled
         if bool(done.all()):
             break

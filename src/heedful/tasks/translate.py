@@ -136,6 +136,11 @@ class DecodeConfig(Section):
         None, ge=1, description="beam for the per-epoch validation during training (default: beam_size)"
     )
     alpha: float = Field(0.6, ge=0, description="beam length penalty ((5 + |y|) / 6)^alpha")
+    early_stopping: bool = Field(
+        False,
+        description="beam: a sentence is done once beam_size hypotheses have ended (faster; by default it goes "
+        "on while a live hypothesis could still beat them)",
+    )
     max_len_ratio: float | None = Field(None, gt=0, description="cap output at ratio × source tokens + offset")
     max_len_offset: int = Field(10, ge=0)
     batch_tokens: int = Field(4096, ge=1, description="source tokens × beam per decoding batch, padding included")
@@ -590,6 +595,7 @@ class TranslateTask(Task):
                     max_len=torch.tensor(batch_limits),
                     alpha=d.alpha,
                     n_best=n_best,
+                    early_stopping=d.early_stopping,
                 )
                 for ranked, i in zip(hyps, indices, strict=True):
                     results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]
