@@ -45,9 +45,8 @@ class KVCache:
     def __init__(self, static: bool = False):
         self.static = static
         self.group = 1  # consecutive query rows served by one stored row (1: plain storage)
-        self._k: Tensor | None = (
-            None  # plain (B, H, capacity, D_h); grouped: (n, H, capacity·group, D_h) or static (n, H, S, D_h)
-        )
+        # Plain: (B, H, capacity, D_h). Grouped: (n, H, capacity·group, D_h), or static (n, H, S, D_h).
+        self._k: Tensor | None = None
         self._v: Tensor | None = None
         self._lineage: Tensor | None = None  # grouped, growing: (n, group, capacity) which key each row reads
         self.length = 0  # positions stored
@@ -131,9 +130,8 @@ class KVCache:
         assert self._lineage is not None
         n, H, _, D = grouped.shape
         g, T = self.group, self.length
-        keys = (
-            grouped.reshape(n, H, T, g, D).permute(0, 2, 3, 1, 4).reshape(n * T * g, H, D)
-        )  # one per (source, position, slot)
+        # One entry per (source, position, slot): (n·T·g, H, D_h).
+        keys = grouped.reshape(n, H, T, g, D).permute(0, 2, 3, 1, 4).reshape(n * T * g, H, D)
         base = (torch.arange(n, device=grouped.device)[:, None, None] * T + torch.arange(T, device=grouped.device)) * g
         picked = keys[base + self._lineage[:, :, :T]]  # (n, g, T, H, D)
         return picked.permute(0, 1, 3, 2, 4).reshape(n * g, H, T, D)
