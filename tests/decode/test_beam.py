@@ -136,6 +136,21 @@ class EosProne:
         return logits + self.boost * torch.nn.functional.one_hot(torch.tensor(EOS), logits.shape[-1])
 
 
+def assert_same_hypotheses(got, expected):
+    """Hypothesis for hypothesis: the same tokens, endings and (to rounding) scores."""
+    for g, e in zip(got, expected, strict=True):
+        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
+        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+def count_decoder_rows(model) -> list[int]:
+    """Make ``model.decode`` record the batch rows of every call; returns the (growing) record."""
+    rows_per_call: list[int] = []
+    decode = model.decode
+    model.decode = lambda tokens, *args: rows_per_call.append(tokens.shape[0]) or decode(tokens, *args)
+    return rows_per_call
+
+
 @pytest.mark.parametrize(("beam", "alpha", "n_best"), [(2, 0.0, 2), (5, 0.6, 3), (4, 1.0, 1)])
 def test_the_batched_search_agrees_with_the_reference_loop(beam, alpha, n_best):
     from tests.decode.reference_beam import reference_beam_search
@@ -150,9 +165,7 @@ def test_the_batched_search_agrees_with_the_reference_loop(beam, alpha, n_best):
     got, expected = beam_search(model, src, **kwargs), reference_beam_search(model, src, **kwargs)
     if n_best > 1:  # both kinds of ending are exercised
         assert sum(h.ended for hyps in got for h in hyps) >= 5 and not all(h.ended for hyps in got for h in hyps)
-    for g, e in zip(got, expected, strict=True):
-        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
-        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+    assert_same_hypotheses(got, expected)
 
 
 def test_a_vocabulary_smaller_than_two_beams_agrees_with_the_reference_loop():
@@ -165,9 +178,7 @@ def test_a_vocabulary_smaller_than_two_beams_agrees_with_the_reference_loop():
     src = torch.randint(3, 30, (4, 5))
     kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 5, "max_len": 6, "alpha": 0.6, "n_best": 5}
     got, expected = beam_search(model, src, **kwargs), reference_beam_search(model, src, **kwargs)
-    for g, e in zip(got, expected, strict=True):
-        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
-        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+    assert_same_hypotheses(got, expected)
 
 
 @pytest.mark.parametrize("vocab", [50, 640, 1000, 8000])  # one top-k; chunks only; chunks and a tail
@@ -199,9 +210,7 @@ def test_a_large_vocabulary_agrees_with_the_reference_loop():
     kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 5, "max_len": torch.tensor([4, 9, 7, 12, 2]), "alpha": 0.6,
               "n_best": 5}  # fmt: skip
     got, expected = beam_search(model, src, **kwargs), reference_beam_search(model, src, **kwargs)
-    for g, e in zip(got, expected, strict=True):
-        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
-        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+    assert_same_hypotheses(got, expected)
 
 
 def test_settled_sentences_leave_the_batch():
@@ -211,27 +220,20 @@ def test_settled_sentences_leave_the_batch():
     torch.manual_seed(5)
     cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
     model = TransformerEncoderDecoder(cfg).eval()
-    rows_per_call = []
-    decode = model.decode
-    model.decode = lambda tokens, *args: rows_per_call.append(tokens.shape[0]) or decode(tokens, *args)
+    rows_per_call = count_decoder_rows(model)
     src = torch.randint(3, 30, (4, 5))
     kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 3, "max_len": torch.tensor([2, 6, 6, 6]), "alpha": 0.6}
     got = beam_search(model, src, **kwargs)
     assert rows_per_call == [4, 12] + [9] * 4  # sentence 0 leaves after its 2 steps
-    rows_per_call.clear()
     expected = reference_beam_search(model, src, **kwargs)
-    for g, e in zip(got, expected, strict=True):
-        assert [(h.tokens, h.ended) for h in g] == [(h.tokens, h.ended) for h in e]
-        assert [h.score for h in g] == pytest.approx([h.score for h in e], abs=1e-5)
+    assert_same_hypotheses(got, expected)
 
 
 def test_greedy_rows_that_ended_leave_the_batch_without_changing_any_row():
     torch.manual_seed(6)
     cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
     model = EosProne(TransformerEncoderDecoder(cfg).eval(), boost=1.5)
-    rows_per_call = []
-    decode = model.decode
-    model.decode = lambda tokens, *args: rows_per_call.append(tokens.shape[0]) or decode(tokens, *args)
+    rows_per_call = count_decoder_rows(model)
     src = torch.randint(3, 30, (8, 6))
     src[3, 2:] = PAD
     tokens, log_prob = greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=12)
@@ -263,9 +265,7 @@ def test_early_stopping_ends_a_sentence_with_its_first_k_finished_hypotheses():
     torch.manual_seed(8)
     cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
     model = EosProne(TransformerEncoderDecoder(cfg).eval())
-    calls = []
-    decode = model.decode
-    model.decode = lambda tokens, *args: calls.append(tokens.shape[0]) or decode(tokens, *args)
+    calls = count_decoder_rows(model)
     src = torch.randint(3, 30, (1, 5))
     kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 3, "max_len": 15, "alpha": 0.6, "n_best": 3}
     exact = beam_search(model, src, **kwargs)[0]
