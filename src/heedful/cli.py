@@ -46,12 +46,23 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Reviews/texts: your CSV, TSV or JSONL file (sets data.path).")
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Its text column (sets data.text_column).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Its label column (sets data.label_column).")] = None,
+    group_column: Annotated[
+        str | None, typer.Option(help="Its product column, for product-level scores (sets data.group_column).")
+    ] = None,
 ) -> None:
     """Train the model a config describes; writes config, checkpoints, metrics and plots to the run dir."""
     from heedful.runs import load_config
     from heedful.train.trainer import fit
 
-    overrides = list(set_ or [])
+    overrides = _file_overrides(
+        config, {"data": data, "text_column": text_column, "label_column": label_column, "group_column": group_column}
+    )
+    overrides += list(set_ or [])
     if run_dir is not None:
         overrides.append(f"run_dir={run_dir}")
     if device is not None:
@@ -65,6 +76,22 @@ def train(
         + ", ".join(f"{k} {v:.4g}" for k, v in best.items() if k.startswith("val_"))
     )
     typer.echo(f"run directory: {out}  (model in {out / 'model'}, curves in {out / 'plots' / 'history.png'})")
+
+
+def _file_overrides(config: Path, given: dict[str, object]) -> list[str]:
+    """``train``'s shortcuts for a file of labelled texts (--data, --text-column, …) as ``data.*``
+    overrides; refused in one line for a config whose task reads no such file."""
+    from heedful.runs import load_config
+
+    flags = {k: v for k, v in given.items() if v is not None}
+    if not flags:
+        return []
+    fields = load_config(config).data.__class__.model_fields
+    if "text_column" not in fields:
+        named = ", ".join("--" + k.replace("_", "-") for k in flags)
+        raise UserError(f"{config}: {named} set the data of a file of labelled texts (tasks classify and mlm); "
+                        "this config's task reads none — use --set data.<field>=…")  # fmt: skip
+    return [f"data.{'path' if k == 'data' else k}={v}" for k, v in flags.items()]
 
 
 @app.command()

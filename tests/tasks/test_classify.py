@@ -384,3 +384,33 @@ def test_runs_of_two_seeds_with_one_split_seed_make_an_ensemble(trained, tmp_pat
     result = run_cli("evaluate", str(run_dir), "--ensemble", str(other))
     assert result.returncode == 0, result.stderr
     assert "test member_2_accuracy" in result.stdout
+
+
+def test_train_reads_your_own_file_through_data_and_column_flags(tmp_path):
+    from tests.conftest import run_cli
+
+    # The same reviews under other column names, as a user's own export would have them.
+    rows = list(csv.reader(write_reviews(tmp_path / "reviews.csv").open()))
+    mine = tmp_path / "mine.csv"
+    with mine.open("w", newline="") as f:
+        csv.writer(f).writerows([["Model", "Stars", "Body"], *rows[1:]])
+    small = ["data.tokenizer.vocab_size=300", "model.encoder.d_model=16", "model.encoder.n_heads=2",
+             "model.encoder.n_encoder_layers=1", "model.encoder.d_ff=32", "train.epochs=1", "train.progress=false",
+             "train.tensorboard=false", "data.labels=binary"]  # fmt: skip
+    flags = ["--data", str(mine), "--text-column", "Body", "--label-column", "Stars", "--group-column", "Model"]
+    run_dir = tmp_path / "run"
+    args = ["train", str(ROOT / "configs/reviews/amazon.yaml"), *flags, "--run-dir", str(run_dir), "--device", "cpu"]
+    result = run_cli(*args, *(a for s in small for a in ("--set", s)))
+    assert result.returncode == 0, result.stderr
+    saved = load_config(run_dir)
+    assert (saved.data.path, saved.data.text_column, saved.data.label_column, saved.data.group_column) == (
+        mine,
+        "Body",
+        "Stars",
+        "Model",
+    )
+    assert "best epoch 1: val_loss" in result.stdout  # trained on the file, read through those columns
+    refused = run_cli("train", str(ROOT / "configs/dates.yaml"), "--text-column", "Body")
+    assert refused.returncode == 2
+    expected = "--text-column set the data of a file of labelled texts (tasks classify and mlm); this config's task"
+    assert refused.stderr.strip().endswith(expected + " reads none — use --set data.<field>=…")
