@@ -8,6 +8,7 @@
     python benchmarks/reviews.py amazon --quick  # smoke run: 2 folds, 1 epoch, tiny models
     python benchmarks/reviews.py audit           # are the Amazon texts predictive of their ratings?
     python benchmarks/reviews.py amazon --subset typed  # the CV on the typed reviews alone
+    python benchmarks/reviews.py amazon --seeds 3  # MiniLM also as a 3-seed average, on the same folds
     python benchmarks/reviews.py ensemble --members chinese chinese-td  # average finished Chinese runs
 
 amazon. Folds come from the classify task itself (``data.folds=5, data.fold=k``: seeded, identical
@@ -170,6 +171,15 @@ def typed_reviews_file() -> Path:
     return target
 
 
+def add_scores(per_model: dict, pooled: dict, name: str, probs: torch.Tensor, task, minutes: float | None = None):
+    """Score one model's test probabilities (N, C) on a fold into ``per_model`` and pool its expected
+    ratings by product into ``pooled`` (for product ρ)."""
+    test = task.data.splits["test"]
+    per_model.setdefault(name, []).append({**score(probs, task), **({} if minutes is None else {"minutes": minutes})})
+    expected = probs @ torch.arange(probs.shape[1], dtype=probs.dtype)
+    pooled.setdefault(name, []).extend((e.group, float(x), e.label) for e, x in zip(test, expected, strict=True))
+
+
 def amazon(args) -> list[str]:
     lines = []
     folds = 2 if args.quick else 5
@@ -177,6 +187,7 @@ def amazon(args) -> list[str]:
     if args.subset == "typed":
         prefix, extra = "amazon-typed", [f"data.path={typed_reviews_file()}"]
     prefix = args.run_name or prefix
+    split_seed_of = load_config(AMAZON, args.overrides).seed
     for labels in args.labels:
         per_model: dict[str, list[dict[str, float]]] = {}
         pooled: dict[str, list[tuple[str, float, int]]] = {}  # model -> (product, expected, true)
@@ -185,31 +196,40 @@ def amazon(args) -> list[str]:
                     *extra, *(QUICK if args.quick else []), *args.overrides]  # fmt: skip
             models = {"from_scratch": base}
             if not args.no_minilm:
-                models["minilm"] = [*base, *MINILM, *(["train.epochs=1"] if args.quick else []), *args.minilm_overrides]
-            task = None
+                minilm = [*base, *MINILM, *(["train.epochs=1"] if args.quick else []), *args.minilm_overrides]
+                models["minilm"] = minilm
+                # Further seeds train on the same folds (the split keeps the first seed's), so their
+                # probabilities can be averaged example by example.
+                for seed in range(split_seed_of + 1, split_seed_of + args.seeds):
+                    models[f"minilm-seed{seed}"] = [*minilm, f"seed={seed}", f"data.split_seed={split_seed_of}"]
+            task, seed_probs, seed_minutes, held_out = None, [], 0.0, []
             for name, overrides in models.items():
                 run_dir = ROOT / f"{prefix}-{labels}-{name}-fold{fold}"
                 minutes = fit_or_reuse(load_config(AMAZON, common(run_dir, overrides)), args.retrain)
                 run = load_run(run_dir, device="cpu")
                 run.evaluate("test")
                 task = run.task
-                test = task.data.splits["test"]
-                probs = probabilities(run, test)
-                per_model.setdefault(name, []).append({**score(probs, task), "minutes": minutes})
-                expected = probs @ torch.arange(probs.shape[1], dtype=probs.dtype)
-                pooled.setdefault(name, []).extend(
-                    (e.group, float(x), e.label) for e, x in zip(test, expected, strict=True)
-                )
+                probs = probabilities(run, task.data.splits["test"])
+                texts = [e.text for e in task.data.splits["test"]]
+                if name.startswith("minilm-seed") and texts != held_out:
+                    raise SystemExit(f"{run_dir}: its test rows differ from the first seed's; cannot average them")
+                held_out = texts
+                if name.startswith("minilm"):
+                    seed_probs.append(probs)
+                    seed_minutes += minutes
+                if not name.startswith("minilm-seed"):
+                    add_scores(per_model, pooled, name, probs, task, minutes)
+            if len(seed_probs) > 1:
+                average = torch.stack(seed_probs).mean(0)  # (N, C): the seeds' probabilities, example by example
+                add_scores(per_model, pooled, f"minilm_{len(seed_probs)}_seeds", average, task, seed_minutes)
             for name, probs in baselines(task).items():
-                per_model.setdefault(name, []).append(score(probs, task))
-                expected = probs @ torch.arange(probs.shape[1], dtype=probs.dtype)
-                pooled.setdefault(name, []).extend(
-                    (e.group, float(x), e.label) for e, x in zip(task.data.splits["test"], expected, strict=True)
-                )
+                add_scores(per_model, pooled, name, probs, task)
             print(f"{labels} fold {fold}: " + json.dumps({k: v[-1] for k, v in per_model.items()}), flush=True)
         what = "typed reviews only (fragments left out)" if args.subset == "typed" else "the whole sample"
         if args.minilm_overrides:
             what += f"; MiniLM with {' '.join(args.minilm_overrides)}"
+        if args.seeds > 1:
+            what += f"; MiniLM also as the mean of {args.seeds} seeds' probabilities"
         lines += [f"### Amazon, {labels}, {folds}-fold CV, {what}", "",
                   "| model | accuracy | macro-F1 | MAE | train min/fold | products (≥ 10) | product ρ |",
                   "|---|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
@@ -412,6 +432,9 @@ def main() -> None:
                              "chinese_mlm.yaml, into runs/bench-reviews/chinese-mlm) and start from it")  # fmt: skip
     parser.add_argument("--pretrain-set", dest="pretrain_overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="chinese --pretrain: overrides for the masked-LM run")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="amazon: fine-tune MiniLM with this many seeds on the same folds and report their "
+                             "averaged probabilities too (training minutes: the members' sum)")  # fmt: skip
     parser.add_argument("--minilm-set", dest="minilm_overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="amazon: overrides for the fine-tuned MiniLM alone, after its own settings")  # fmt: skip
     args = parser.parse_args()
