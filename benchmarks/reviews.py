@@ -70,6 +70,7 @@ from heedful.data.text import BadRows, LabelMap
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.tasks.classify import split_examples
+from heedful.tasks.text_baselines import baseline_probabilities, fit_tfidf_lr
 
 ROOT = Path("runs/bench-reviews")
 AMAZON = "configs/reviews/amazon.yaml"
@@ -87,32 +88,12 @@ def common(run_dir: Path, overrides: list[str]) -> list[str]:
     return [f"run_dir={run_dir}", "train.progress=false", "train.tensorboard=false", *overrides]
 
 
-def baselines(task) -> dict[str, dict[str, float]]:
-    """Majority class and TF-IDF + logistic regression on the task's own train / test rows."""
-    train, test = task.data.train.examples, task.data.splits["test"]
-    y_train = [e.label for e in train]
-    majority = max(set(y_train), key=y_train.count)
-    n_classes = len(task.labels.classes)
-    vectorizer, lr = fit_tfidf_lr([e.text for e in train], y_train)
-    probs = {
-        "majority": torch.nn.functional.one_hot(torch.full((len(test),), majority), n_classes).float(),
-        "tfidf_lr": torch.zeros(len(test), n_classes),
-    }
-    tfidf = lr.predict_proba(vectorizer.transform([e.text for e in test]))
-    probs["tfidf_lr"][:, torch.as_tensor(lr.classes_)] = torch.as_tensor(tfidf, dtype=torch.float32)
-    return probs
-
-
-def fit_tfidf_lr(texts: list[str], labels: list[int], chars: bool = False):
-    """Word 1–2-gram TF-IDF (sublinear tf) and a class-balanced logistic regression fit on it;
-    ``chars``: character 1–3-grams instead, for text without spaces between words (Chinese)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    ngrams = {"analyzer": "char", "ngram_range": (1, 3)} if chars else {"ngram_range": (1, 2)}
-    vectorizer = TfidfVectorizer(**ngrams, sublinear_tf=True, min_df=2)
-    lr = LogisticRegression(max_iter=2000, class_weight="balanced").fit(vectorizer.fit_transform(texts), labels)
-    return vectorizer, lr
+def baselines(task) -> dict[str, torch.Tensor]:
+    """Majority class and TF-IDF (word 1–2-grams) + LR, fit on the task's own training texts: their
+    test probabilities (N, C), as ``heedful evaluate`` scores them (tasks/text_baselines.py)."""
+    train, test = task.train_texts, task.data.splits["test"]
+    return baseline_probabilities([e.text for e in train], [e.label for e in train], [e.text for e in test],
+                                  len(task.labels.classes), "word")  # fmt: skip
 
 
 def score(probs: torch.Tensor, task, split: str = "test") -> dict[str, float]:
@@ -285,8 +266,8 @@ def chinese(args) -> list[str]:
     run = load_run(run_dir, device="cpu")
     metrics = run.evaluate("test")
 
-    train = run.task.data.train.examples
-    vectorizer, lr = fit_tfidf_lr([e.text for e in train], [e.label for e in train], chars=True)
+    train = run.task.train_texts
+    vectorizer, lr = fit_tfidf_lr([e.text for e in train], [e.label for e in train], "char")
 
     def per_category(split: str, tfidf: bool = False) -> dict[str, list[bool]]:
         examples = run.task.data.splits[split]

@@ -132,7 +132,21 @@ def evaluate(
         _echo_confusion(notes["confusion"], notes["classes"])
     if "groups" in notes:
         typer.echo(f"{split} per-group predicted and true means: in {written.name} and plots/")
+    baselines = json.loads(written.read_text(encoding="utf-8")).get("baselines", {})
+    if baselines:
+        _echo_baselines(metrics, baselines)
     typer.echo(f"written: {written}")
+
+
+def _echo_baselines(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> None:
+    """The model beside its baselines (fit on the same training data), on the headline metrics."""
+    keys = [k for k in ("accuracy", "macro_f1", "mae", "group_spearman") if k in metrics]
+    rows = {"this model": metrics, **baselines}
+    width = max(map(len, rows)) + 2
+    typer.echo("baselines, fit on the same training texts:")
+    typer.echo(" " * width + "".join(f"{k:>16}" for k in keys))
+    for name, values in rows.items():
+        typer.echo(f"{name:<{width}}" + "".join(f"{values.get(k, float('nan')):>16.4f}" for k in keys))
 
 
 def _echo_confusion(confusion: list[list[int]], classes: list[str]) -> None:

@@ -55,7 +55,8 @@ class Run:
         return self.task.explain(self.model, list(inputs))
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Metrics on ``split``, also written to ``run_dir/eval-<split>.json``."""
+        """Metrics on ``split``, also written to ``run_dir/eval-<split>.json``, there with the
+        task's baselines scored on the same split (classify: majority class, TF-IDF + LR)."""
         if self.task.data is None:
             self.task.build_data(self.cfg)
             self.task.load_artifacts(self.run_dir / "model")  # the run's own vocabulary wins
@@ -66,6 +67,7 @@ class Run:
             hyps = self.run_dir / f"hyps-{split}.txt"
             hyps.write_text("".join(f"{line}\n" for line in outputs), encoding="utf-8")
         record |= self.task.notes.get(split, {})  # e.g. sacreBLEU signatures
+        record |= baselines_record(self.task, split)
         (self.run_dir / f"eval-{split}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         self.task.write_reports(split, self.run_dir / "plots")
         return metrics
@@ -171,6 +173,7 @@ class Ensemble:
                    for i, p in enumerate(per_run, 1)}  # fmt: skip
         metrics = first.task.score_probabilities(split, torch.stack(per_run).mean(0)) | members
         record = {"members": [str(run.run_dir) for run in self.runs], **metrics, **first.task.notes.get(split, {})}
+        record |= baselines_record(first.task, split)  # the members share their training rows
         path = first.run_dir / f"eval-{split}-ensemble.json"
         path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         first.task.write_reports(split, first.run_dir / "plots" / "ensemble")
@@ -182,6 +185,12 @@ class Ensemble:
         inputs = list(inputs)
         probs, classes = self.class_probabilities(inputs)
         return self.runs[0].task.predictions(inputs, probs, classes)
+
+
+def baselines_record(task: Task, split: str) -> dict[str, Any]:
+    """``{"baselines": {name: metrics}}`` for an eval file: the task's baselines on ``split``, if any."""
+    baselines = task.baselines(split)  # e.g. classify: majority class, TF-IDF + LR
+    return {"baselines": baselines} if baselines else {}
 
 
 def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:

@@ -414,3 +414,57 @@ def test_train_reads_your_own_file_through_data_and_column_flags(tmp_path):
     assert refused.returncode == 2
     expected = "--text-column set the data of a file of labelled texts (tasks classify and mlm); this config's task"
     assert refused.stderr.strip().endswith(expected + " reads none — use --set data.<field>=…")
+
+
+def test_evaluate_scores_majority_and_tfidf_baselines_fit_on_the_training_texts(tmp_path):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    from tests.conftest import run_cli
+
+    # Windows: the model trains on several windows of a long text, the baselines on the text once.
+    fit(config(tmp_path, **{"train.epochs": 1, "data.truncation": "windows", "data.max_tokens": 6}))
+    run_dir = tmp_path / "run"
+    run = load_run(run_dir, device="cpu")
+    metrics = run.evaluate("test")
+    written = json.loads((run_dir / "eval-test.json").read_text())["baselines"]
+    assert set(written) == {"majority", "tfidf_lr"}
+    # The reference: the training texts found independently (the file's rows held out of val and
+    # test; identical texts share a part), and scikit-learn's pipeline as the baseline describes it.
+    rows = list(csv.DictReader((tmp_path / "reviews.csv").open()))
+    test = run.task.data.splits["test"]
+    held_out = {e.text for e in test} | {e.text for e in run.task.data.splits["val"]}
+    train = [(r["Reviews"], int(r["Rating"] == "5")) for r in rows if r["Reviews"] not in held_out]
+    assert len(run.task.data.train.examples) > len(train)  # the model did read windows
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    lr = LogisticRegression(max_iter=2000, class_weight="balanced")
+    lr.fit(vectorizer.fit_transform([t for t, _ in train]), [y for _, y in train])
+    probs = torch.as_tensor(lr.predict_proba(vectorizer.transform([e.text for e in test]))).float()  # (N, 2)
+    predicted, labels = probs.argmax(-1).numpy(), [e.label for e in test]
+    nll = float(F.nll_loss(probs.log(), torch.tensor(labels)))
+    assert written["tfidf_lr"]["loss"] == pytest.approx(nll, rel=1e-5)  # the very probabilities
+    assert written["tfidf_lr"]["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"))
+    assert written["tfidf_lr"]["accuracy"] == pytest.approx(sum(predicted == labels) / len(labels))
+    majority = Counter(y for _, y in train).most_common(1)[0][0]
+    assert written["majority"]["accuracy"] == pytest.approx(labels.count(majority) / len(labels))
+    assert set(written["majority"]) == set(metrics)  # scored with the model's own metrics
+    shown = run_cli("evaluate", str(run_dir)).stdout.split("baselines, fit on the same training texts:\n", 1)[1]
+    table = {line.split()[0]: line.split()[1:] for line in shown.splitlines()[1:4]}
+    assert table["tfidf_lr"][:2] == [f"{written['tfidf_lr'][k]:.4f}" for k in ("accuracy", "macro_f1")]
+    assert table["this"][1:3] == [f"{metrics[k]:.4f}" for k in ("accuracy", "macro_f1")]  # "this model"
+    load_run(run_dir, "cpu", ["data.baselines=none"]).evaluate("test")
+    assert "baselines" not in json.loads((run_dir / "eval-test.json").read_text())
+
+
+def test_the_tfidf_baseline_reads_characters_where_words_have_no_spaces():
+    from heedful.tasks.text_baselines import baseline_probabilities, ngram_kind
+
+    assert ngram_kind(["The battery dies by noon", "great phone"]) == "word"
+    assert ngram_kind(["电池不耐用，屏幕也很差", "手机很好用，推荐购买"]) == "char"
+    good, bad = ["很好用", "非常好", "好评推荐", "质量好"], ["太差了", "很差劲", "差评", "质量差"]
+    texts = [g + "手机" for g in good] * 3 + [b + "手机" for b in bad] * 3
+    labels = [1] * 12 + [0] * 12
+    probs = baseline_probabilities(texts, labels, ["这个手机好", "这个手机差"], 2)  # unseen sentences
+    assert probs["tfidf_lr"].argmax(-1).tolist() == [1, 0]
+    assert probs["majority"].tolist() == [[1.0, 0.0], [1.0, 0.0]]  # a tie: the lower class

@@ -137,6 +137,11 @@ class Task(ABC):
         its ``split_inputs``: an ensemble's average, or one run's."""
         raise UserError(f"a {self.name!r} run cannot score an ensemble on a held-out split")
 
+    def baselines(self, split: str) -> dict[str, dict[str, float]]:
+        """Simple peers fit on the training data and scored on ``split`` like the model (name ->
+        metrics; e.g. the majority class), so ``evaluate`` shows what the model adds; {}: none."""
+        return {}
+
     def predictions(self, inputs: list[Any], probs: Tensor, classes: list[str]) -> list[Prediction]:
         """Per input, from its class probabilities (N, C): the likeliest class and its probability."""
         best = probs.argmax(-1).tolist()  # (N,)

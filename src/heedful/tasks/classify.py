@@ -88,6 +88,11 @@ class ClassifyData(Section):
     length_buckets: bool = Field(True, description="batch texts of similar length together (less padding)")
     balanced_sampling: bool = False
     min_group_size: int = Field(10, ge=1, description="groups with fewer held-out examples are not scored")
+    baselines: Literal["auto", "word", "char", "none"] = Field(
+        "auto",
+        description="evaluate also scores the majority class and TF-IDF + logistic regression fit on the training "
+        "texts, over word 1–2-grams or character 1–3-grams (text without spaces); auto: chosen from the texts",
+    )
 
 
 class ClassifyModel(ClassifierConfig):
@@ -237,6 +242,7 @@ class ClassifyTask(Task):
         self.cfg: ClassifyConfig = cfg
         self.tokenizer: Any = None
         self.labels: LabelMap | None = None
+        self.train_texts: list[Example] = []  # build_data: the training split, one example per text
 
     # --------------------------------------------------------------------------------- tokens
     @property
@@ -357,6 +363,7 @@ class ClassifyTask(Task):
                 self._check_pretraining_split(cfg)
             self._build_tokenizer([r.text for r in splits["train"]])
         encoded = {name: [self._example(r) for r in part] for name, part in splits.items()}
+        self.train_texts = encoded["train"]  # one per text, for the baselines
         # Training reads every window as an example of its own (labelled as its text is).
         encoded["train"] = [Example(e.text, e.label, e.group, tuple(w)) for e in encoded["train"] for w in e.windows]
         counts = torch.bincount(torch.tensor([e.label for e in encoded["train"]]), minlength=len(self.labels.classes))
@@ -522,15 +529,31 @@ class ClassifyTask(Task):
 
     def score_probabilities(self, split: str, probs: Tensor) -> dict[str, float]:
         """Every ``evaluate`` metric (and the notes its reports draw) from probabilities (N, C)."""
-        examples = self._held_out_examples(split)
+        metrics, self.notes[split] = self._metrics(self._held_out_examples(split), probs)
+        return metrics
+
+    def _metrics(self, examples: list[Example], probs: Tensor) -> tuple[dict[str, float], dict[str, Any]]:
         labels = torch.tensor([e.label for e in examples])
         metrics, notes = classification_metrics(probs, labels, self.labels.classes, ordinal=self.labels.ordinal)
         groups = group_quality([e.group for e in examples], probs, labels, self.cfg.data.min_group_size)
         if groups is not None:
             metrics |= {"group_spearman": groups["spearman"], "groups": float(len(groups["names"]))}
             notes["groups"] = groups
-        self.notes[split] = notes
-        return metrics
+        return metrics, notes
+
+    def baselines(self, split: str) -> dict[str, dict[str, float]]:
+        """The majority class and TF-IDF + LR (tasks/text_baselines.py), fit on this run's training
+        texts and scored on ``split`` with the model's metrics (``data.baselines: none``: {})."""
+        from heedful.tasks.text_baselines import baseline_probabilities
+
+        examples = self._held_out_examples(split)
+        if self.cfg.data.baselines == "none":
+            return {}
+        train = self.train_texts
+        ngrams = None if self.cfg.data.baselines == "auto" else self.cfg.data.baselines
+        probs = baseline_probabilities([e.text for e in train], [e.label for e in train], [e.text for e in examples],
+                                       len(self.labels.classes), ngrams)  # fmt: skip
+        return {name: self._metrics(examples, p)[0] for name, p in probs.items()}
 
     def write_reports(self, split: str, directory: Path) -> list[Path]:
         """The confusion matrix and, with groups, the predicted-vs-true mean rating scatter."""
@@ -681,7 +704,8 @@ def group_quality(groups: list[str | None], probs: Tensor, labels: Tensor, min_s
     names = sorted(g for g, rows in by_group.items() if len(rows) >= min_size)
     predicted = [float(expected[by_group[g]].mean()) for g in names]
     true = [float(labels[by_group[g]].float().mean()) for g in names]
-    rho = float(spearmanr(predicted, true).statistic) if len(names) >= 3 else float("nan")
+    varied = len(names) >= 3 and len(set(predicted)) > 1 and len(set(true)) > 1  # else ρ is undefined
+    rho = float(spearmanr(predicted, true).statistic) if varied else float("nan")
     return {"names": names, "predicted": predicted, "true": true, "spearman": rho, "min_size": min_size}
 
 

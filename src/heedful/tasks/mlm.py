@@ -119,6 +119,9 @@ class MaskedLMTask(ClassifyTask):
     def write_reports(self, split: str, directory) -> list:
         return []
 
+    def baselines(self, split: str) -> dict[str, dict[str, float]]:
+        return {}  # a language model: there is no class to guess
+
     def _not_a_classifier(self) -> UserError:
         return UserError(
             "an mlm run only pretrains an encoder: start a classifier from it "
