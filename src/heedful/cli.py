@@ -47,7 +47,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
     data: Annotated[
-        Path | None, typer.Option(help="Reviews/texts: your CSV, TSV or JSONL file (sets data.path).")
+        Path | None, typer.Option(help="classify, mlm: your CSV, TSV or JSONL of labelled texts (sets data.path).")
     ] = None,
     text_column: Annotated[str | None, typer.Option(help="Its text column (sets data.text_column).")] = None,
     label_column: Annotated[str | None, typer.Option(help="Its label column (sets data.label_column).")] = None,

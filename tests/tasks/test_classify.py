@@ -468,3 +468,5 @@ def test_the_tfidf_baseline_reads_characters_where_words_have_no_spaces():
     probs = baseline_probabilities(texts, labels, ["这个手机好", "这个手机差"], 2)  # unseen sentences
     assert probs["tfidf_lr"].argmax(-1).tolist() == [1, 0]
     assert probs["majority"].tolist() == [[1.0, 0.0], [1.0, 0.0]]  # a tie: the lower class
+    tiny = baseline_probabilities(["good phone", "bad battery"], [1, 0], ["good"], 2)  # no term in two texts
+    assert tiny["tfidf_lr"].argmax(-1).tolist() == [1]

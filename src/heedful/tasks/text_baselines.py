@@ -45,7 +45,11 @@ def fit_tfidf_lr(texts: list[str], labels: list[int], ngrams: Ngrams = "word"):
         raise UserError("the TF-IDF baseline needs scikit-learn: pip install 'heedful[classify]'") from None
     grams = {"analyzer": "char", "ngram_range": (1, 3)} if ngrams == "char" else {"ngram_range": (1, 2)}
     vectorizer = TfidfVectorizer(**grams, sublinear_tf=True, min_df=2)
-    features = vectorizer.fit_transform(texts)
+    try:
+        features = vectorizer.fit_transform(texts)
+    except ValueError:  # a handful of texts sharing no term: keep every term
+        vectorizer = TfidfVectorizer(**grams, sublinear_tf=True, min_df=1)
+        features = vectorizer.fit_transform(texts)
     return vectorizer, LogisticRegression(max_iter=2000, class_weight="balanced").fit(features, labels)
 
 
