@@ -547,9 +547,9 @@ class ClassifyTask(Task):
         texts and scored on ``split`` with the model's metrics (``data.baselines: none``: {})."""
         from heedful.tasks.text_baselines import baseline_probabilities
 
-        examples = self._held_out_examples(split)
         if self.cfg.data.baselines == "none":
             return {}
+        examples = self._held_out_examples(split)
         train = self.train_texts
         ngrams = None if self.cfg.data.baselines == "auto" else self.cfg.data.baselines
         # 50,000 Chinese reviews take about half a minute: say what the wait is for.
