@@ -3,10 +3,11 @@ row named by file and line (or counted when skipping)."""
 
 import gzip
 import json
+from collections import Counter
 
 import pytest
 
-from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled
+from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled, reservoir_sample
 from heedful.errors import DataError
 from tests.conftest import SHARED_DATA
 
@@ -108,3 +109,20 @@ def test_the_shared_review_files_read_with_their_known_quirks():
                                 TextColumns("review", "label", filters={"cat": "手机"}, on_bad_row="skip"),
                                 bad=bad, report=lambda m: None))  # fmt: skip
     assert len(phones) == 1975 and bad.counts.get("empty text", 0) <= 1
+
+
+def test_a_reservoir_sample_is_uniform_ordered_seeded_and_reads_the_stream_once():
+    def stream(n):  # a generator: it can be read once only, as a file streamed row by row
+        yield from range(n)
+
+    assert reservoir_sample(stream(5), 8, seed=0) == ([0, 1, 2, 3, 4], 5)  # fewer rows than asked: all
+    kept, seen = reservoir_sample(stream(100), 10, seed=3)
+    assert seen == 100 and len(set(kept)) == 10 and kept == sorted(kept)  # in file order, no repeats
+    assert reservoir_sample(stream(100), 10, seed=3)[0] == kept != reservoir_sample(stream(100), 10, seed=4)[0]
+    # Every item is kept with probability k / n = 0.3: over 2,000 draws each count is Binomial(2000, 0.3),
+    # mean 600, sd 20.5, so 6 sd bounds every one of the 20 items (a sampler that favours the first or last
+    # items, as keeping the head or the tail of the file would, lands hundreds away).
+    counts = Counter(i for seed in range(2000) for i in reservoir_sample(stream(20), 6, seed)[0])
+    assert all(abs(counts[i] - 600) < 6 * 20.5 for i in range(20)), counts
+    with pytest.raises(ValueError, match="at least one"):
+        reservoir_sample(stream(3), 0, seed=0)

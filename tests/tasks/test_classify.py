@@ -470,3 +470,23 @@ def test_the_tfidf_baseline_reads_characters_where_words_have_no_spaces():
     assert probs["majority"].tolist() == [[1.0, 0.0], [1.0, 0.0]]  # a tie: the lower class
     tiny = baseline_probabilities(["good phone", "bad battery"], [1, 0], ["good"], 2)  # no term in two texts
     assert tiny["tfidf_lr"].argmax(-1).tolist() == [1]
+
+
+def test_data_sample_trains_on_a_seeded_sample_of_the_good_rows(tmp_path, capsys):
+    path = write_reviews(tmp_path / "reviews.csv")
+    with path.open("a") as f:
+        f.write('"phone A",9,"a rating outside 1-5 is a bad row"\n')  # skipped, so never sampled
+
+    def rows(**extra):
+        cfg = config(tmp_path, **{"data.path": str(path), "data.on_bad_row": "skip", **extra})
+        data = get_task("classify")(cfg).build_data(cfg)
+        return [(e.text, e.label) for part in (data.train.examples, *data.splits.values()) for e in part]
+
+    everything = Counter(rows())
+    assert sum(everything.values()) == 400  # every good row, each in one split
+    sample = rows(**{"data.sample": 120})
+    assert len(sample) == 120 and not Counter(sample) - everything  # 120 of the file's own good rows
+    assert "data.sample: kept 120 of the 400 good rows" in capsys.readouterr().err
+    assert sorted(rows(**{"data.sample": 120})) == sorted(sample)  # seeded: the same rows again
+    assert sorted(rows(**{"data.sample": 120, "data.split_seed": 5})) != sorted(sample)  # drawn with the split
+    assert Counter(rows(**{"data.sample": 1000})) == everything  # asking for more than there are keeps all

@@ -40,7 +40,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, Section, read_yaml
-from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled
+from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled, reservoir_sample
 from heedful.data.tokenizers import SentencePieceTokenizer, pad_ids
 from heedful.errors import CheckpointError, ConfigError, DataError, UserError
 from heedful.explain.capture import capture
@@ -69,6 +69,12 @@ class ClassifyData(Section):
     on_bad_row: Literal["error", "skip"] = "error"
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
+    sample: int | None = Field(
+        None,
+        ge=1,
+        description="keep a seeded random sample of this many good rows of path (drawn while the file streams, so "
+        "a file larger than memory works; val_path and test_path are read whole)",
+    )
     split_seed: int | None = Field(
         None,
         description="seed of the train/val/test split (default: the run's seed); fix it to compare or ensemble "
@@ -212,7 +218,9 @@ class ExampleBatches(BatchSource):
 # ----------------------------------------------------------------------------------------- task
 log = logging.getLogger(__name__)
 # The data settings that decide which texts are training texts (with the split seed).
-SPLIT_KEYS = ("path", "val_path", "test_path", "format", "filters", "val_fraction", "test_fraction", "folds", "fold")
+SPLIT_KEYS = (
+    "path", "val_path", "test_path", "format", "filters", "sample", "val_fraction", "test_fraction", "folds", "fold",
+)  # fmt: skip
 
 
 def split_seed(data: dict | ClassifyData, seed: int | None) -> int | None:
@@ -324,14 +332,20 @@ class ClassifyTask(Task):
         return self.tokenizer.get_vocab_size()
 
     # ----------------------------------------------------------------------------------- data
-    def _read(self, path: Path, bad: BadRows) -> list:
+    def _read(self, path: Path, bad: BadRows, sample: int | None = None, seed: int = 0) -> list:
+        """The good rows of ``path``; with ``sample``, a seeded uniform sample of that many of them."""
         d = self.cfg.data
         spec = TextColumns(
             text=d.text_column, label=d.label_column, group=d.group_column, labels=d.labels,
             classes=tuple(d.classes) if d.classes else None, filters=d.filters, format=d.format,
             on_bad_row=d.on_bad_row,
         )  # fmt: skip
-        return list(read_labelled(path, spec, label_map=self.labels, bad=bad))
+        rows = read_labelled(path, spec, label_map=self.labels, bad=bad)
+        if sample is None:
+            return list(rows)
+        kept, seen = reservoir_sample(rows, sample, seed)
+        print(f"data.sample: kept {len(kept):,} of the {seen:,} good rows of {path}", file=sys.stderr, flush=True)
+        return kept
 
     def build_data(self, cfg: ClassifyConfig) -> DataBundle:
         d = cfg.data
@@ -340,7 +354,7 @@ class ClassifyTask(Task):
         if self.labels is None:
             self.labels = LabelMap(d.labels, tuple(d.classes) if d.classes else None)
         bad = BadRows()
-        rows = self._read(d.path, bad)
+        rows = self._read(d.path, bad, d.sample, split_seed(d, cfg.seed) or 0)
         if d.val_path or d.test_path:
             splits = {"train": rows, "val": [], "test": []}
             for name, path in (("val", d.val_path), ("test", d.test_path)):
