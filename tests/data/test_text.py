@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled, reservoir_sample
+from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled, read_texts, reservoir_sample
 from heedful.errors import DataError
 from tests.conftest import SHARED_DATA
 
@@ -126,3 +126,12 @@ def test_a_reservoir_sample_is_uniform_ordered_seeded_and_reads_the_stream_once(
     assert all(abs(counts[i] - 600) < 6 * 20.5 for i in range(20)), counts
     with pytest.raises(ValueError, match="at least one"):
         reservoir_sample(stream(3), 0, seed=0)
+
+
+def test_texts_to_predict_name_the_file_line_that_is_not_utf8(tmp_path):
+    path = tmp_path / "reviews.txt"
+    path.write_bytes(b"Gut.\n\nDas Ger\xc3\xa4t ist kaputt.\nEin caf\xe9\n")  # latin-1 on line 4
+    with pytest.raises(DataError, match=r"reviews.txt, line 4: text is not valid UTF-8"):
+        read_texts(path, None)
+    path.write_bytes("Gut.\n\nDas Gerät ist kaputt.\r\n".encode())
+    assert read_texts(path, None) == ["Gut.", "Das Gerät ist kaputt."]
