@@ -130,8 +130,10 @@ def evaluate(
             typer.echo(f"{split} {key}: {value}")
     if "confusion" in notes:
         _echo_confusion(notes["confusion"], notes["classes"])
-    if "groups" in notes:
+    if notes.get("groups", {}).get("names"):
         typer.echo(f"{split} per-group predicted and true means: in {written.name} and plots/")
+    elif "groups" in notes:
+        typer.echo(f"{split}: no group has {notes['groups']['min_size']} held-out examples (data.min_group_size)")
     baselines = json.loads(written.read_text(encoding="utf-8")).get("baselines", {})
     if baselines:
         _echo_baselines(metrics, baselines)

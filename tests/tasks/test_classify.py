@@ -4,6 +4,7 @@ that keeps identical texts together."""
 
 import csv
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -490,3 +491,16 @@ def test_data_sample_trains_on_a_seeded_sample_of_the_good_rows(tmp_path, capsys
     assert sorted(rows(**{"data.sample": 120})) == sorted(sample)  # seeded: the same rows again
     assert sorted(rows(**{"data.sample": 120, "data.split_seed": 5})) != sorted(sample)  # drawn with the split
     assert Counter(rows(**{"data.sample": 1000})) == everything  # asking for more than there are keeps all
+
+
+def test_evaluate_says_when_no_group_has_enough_held_out_examples(trained):
+    from tests.conftest import run_cli
+
+    run_dir, _ = trained
+    (run_dir / "plots" / "groups-val.png").unlink(missing_ok=True)
+    run = load_run(run_dir, "cpu", ["data.min_group_size=1000", "data.baselines=none"])
+    metrics = run.evaluate("val")  # six products, none with 1,000 held-out reviews: no scatter to draw
+    assert metrics["groups"] == 0 and math.isnan(metrics["group_spearman"])
+    assert not (run_dir / "plots" / "groups-val.png").exists()
+    shown = run_cli("evaluate", str(run_dir), "--split", "val", "--set", "data.min_group_size=1000").stdout
+    assert "val: no group has 1000 held-out examples (data.min_group_size)" in shown

@@ -590,7 +590,7 @@ class ClassifyTask(Task):
             written.append(
                 plot_confusion(notes["confusion"], self.labels.classes, directory / f"confusion-{split}.png")
             )
-        if "groups" in notes:
+        if notes.get("groups", {}).get("names"):  # no scatter when no group has min_size examples
             written.append(plot_groups(notes["groups"], directory / f"groups-{split}.png"))
         return written
 
