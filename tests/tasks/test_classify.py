@@ -504,3 +504,26 @@ def test_evaluate_says_when_no_group_has_enough_held_out_examples(trained):
     assert not (run_dir / "plots" / "groups-val.png").exists()
     shown = run_cli("evaluate", str(run_dir), "--split", "val", "--set", "data.min_group_size=1000").stdout
     assert "val: no group has 1000 held-out examples (data.min_group_size)" in shown
+
+
+def test_a_file_with_no_usable_row_says_where_the_rows_went(tmp_path):
+    path = tmp_path / "named.jsonl"
+    path.write_text(
+        "".join(json.dumps({"body": f"text {i}", "mood": "positive", "shop": "a"}) + "\n" for i in range(5))
+    )
+
+    def error(**extra):
+        values = {"data.path": str(path), "data.text_column": "body", "data.label_column": "mood",
+                  "data.group_column": None, "data.on_bad_row": "skip", **extra}  # fmt: skip
+        cfg = config(tmp_path, **values)
+        with pytest.raises(UserError) as caught:
+            get_task("classify")(cfg).build_data(cfg)
+        return str(caught.value)
+
+    assert error() == (
+        f"{path}: no usable rows (5 bad; the first: {path}, line 1: label 'positive' is not a star rating 1–5 "
+        "(data.labels: as_is takes labels as they are))"
+    )
+    assert error(**{"data.labels": "as_is", "data.filters": "{shop: b}"}) == (
+        f"{path}: no usable rows (5 not kept by data.filters)"
+    )

@@ -118,7 +118,9 @@ class LabelMap:
         try:
             stars = float(str(raw).strip())
         except ValueError:
-            raise ValueError(f"label {raw!r} is not a star rating (1–5)") from None
+            raise ValueError(
+                f"label {raw!r} is not a star rating 1–5 (data.labels: as_is takes labels as they are)"
+            ) from None
         if stars != int(stars) or int(stars) not in _STARS_TO_CLASS[self.scheme]:
             raise ValueError(f"label {raw!r} is out of range (1–5 stars)")
         name = _STARS_TO_CLASS[self.scheme][int(stars)]

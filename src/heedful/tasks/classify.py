@@ -24,6 +24,7 @@ explain   the pooling attention over the tokens (or, with CLS pooling, the last 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -343,8 +344,9 @@ class ClassifyTask(Task):
             classes=tuple(d.classes) if d.classes else None, filters=d.filters, format=d.format,
             on_bad_row=d.on_bad_row,
         )  # fmt: skip
+        report = functools.partial(tqdm.write, file=sys.stderr)  # above the bar, not through it
         rows = tqdm(
-            read_labelled(path, spec, label_map=self.labels, bad=bad),
+            read_labelled(path, spec, label_map=self.labels, bad=bad, report=report),
             desc=f"reading {path.name}", unit=" rows", leave=False, disable=not self.cfg.train.progress,
         )  # fmt: skip
         if sample is None:
@@ -361,6 +363,12 @@ class ClassifyTask(Task):
             self.labels = LabelMap(d.labels, tuple(d.classes) if d.classes else None)
         bad = BadRows()
         rows = self._read(d.path, bad, d.sample, split_seed(d, cfg.seed) or 0)
+        if not rows:  # say where every row went, rather than "no train examples" further down
+            why = [f"{bad.filtered} not kept by data.filters"] if bad.filtered else []
+            why += [f"{bad.left_out} left out by data.labels={d.labels}"] if bad.left_out else []
+            if bad.counts:
+                why.append(f"{sum(bad.counts.values())} bad; the first: {next(iter(bad.first.values()))}")
+            raise DataError(f"{d.path}: no usable rows ({'; '.join(why) or 'the file has a header only'})")
         if d.val_path or d.test_path:
             splits = {"train": rows, "val": [], "test": []}
             for name, path in (("val", d.val_path), ("test", d.test_path)):
