@@ -73,3 +73,11 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     ]
     assert len(heatmaps) == 2 and all(Path(p).is_file() for p in heatmaps)
     assert predicted.stderr.strip() == ""  # no font or warning noise
+
+
+def test_plain_attention_weights_show_every_piece_even_a_lone_word_start_mark():
+    from heedful.cli import _plain_weights
+
+    assert _plain_weights(["<bos>", "▁love", "▁", "b", "ut"], [0.1, 0.4, 0.2, 0.2, 0.1]) == (
+        "<bos>:0.10  love:0.40  ▁:0.20  b:0.20  ut:0.10"
+    )

@@ -249,8 +249,9 @@ def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[
 
 
 def _plain_weights(tokens: list[str], weights: list[float]) -> str:
-    """Without a terminal (a pipe, a file), the weights as numbers."""
-    return "  ".join(f"{t.replace('▁', '')}:{w:.2f}" for t, w in zip(tokens, weights, strict=True))
+    """Without a terminal (a pipe, a file), the weights as numbers; a piece that is only
+    sentencepiece's word-start mark keeps it, so that no weight is shown without its token."""
+    return "  ".join(f"{t.replace('▁', '') or '▁'}:{w:.2f}" for t, w in zip(tokens, weights, strict=True))
 
 
 def _predict_file(run, predictor, path: Path, output: Path | None, text_column: str | None, batch_size: int) -> None:

@@ -89,8 +89,16 @@ def test_jsonl_gzip_filters_and_a_missing_column(tmp_path):
     bad = BadRows()
     got = list(read_labelled(path, spec, bad=bad, report=lambda m: None))
     assert [(r.text, r.line) for r in got] == [("好", 1)] and bad.filtered == 1 and bad.counts == {"unparseable": 1}
-    with pytest.raises(DataError, match=r"no column 'Stars'; the header has Product Name, Rating, Reviews"):
+    with pytest.raises(
+        DataError, match=r"no column 'Stars' \(data.label_column\); the header has Product Name, Rating, Reviews"
+    ):
         list(read_labelled(write(tmp_path, HEADER + "A,5,x\n"), TextColumns("Reviews", "Stars")))
+    with pytest.raises(
+        DataError, match=r"no column 'Product' \(data.group_column; null if there is none\); the header"
+    ):
+        list(read_labelled(write(tmp_path, HEADER + "A,5,x\n"), TextColumns("Reviews", "Rating", group="Product")))
+    with pytest.raises(DataError, match=r"no column 'body' \(data.text_column\)"):
+        read_texts(write(tmp_path, HEADER + "A,5,x\n"), "body")  # the text read as its own label
 
 
 def test_binary_leaves_three_stars_out_without_calling_them_bad(tmp_path):

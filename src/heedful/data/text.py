@@ -170,9 +170,17 @@ def _records(path: Path, fmt: str, spec: TextColumns) -> Iterator[tuple[int, dic
             raise DataError(f"{path}: empty file (no header row)") from None
         except csv.Error as exc:
             raise DataError(f"{path}, line 1: broken header ({exc})") from None
-        missing = [c for c in (spec.text, spec.label, spec.group, *spec.filters) if c and c not in header]
+        wanted = [
+            (spec.text, "data.text_column"),
+            (spec.label, "data.label_column"),
+            (spec.group, "data.group_column; null if there is none"),
+        ]
+        missing = [
+            (c, key) for c, key in [*wanted, *((c, "data.filters") for c in spec.filters)] if c and c not in header
+        ]
         if missing:
-            raise DataError(f"{path}: no column {missing[0]!r}; the header has {', '.join(header)}")
+            column, key = missing[0]
+            raise DataError(f"{path}: no column {column!r} ({key}); the header has {', '.join(header)}")
         start = reader.line_num + 1
         while True:
             try:
