@@ -3,7 +3,9 @@
 data      a CSV / TSV / JSONL file (data/text.py: named columns, label schemes, filters, bad rows),
           split into train / val / test by seeded fractions or k folds; identical texts always land
           in the same part, so no text is both trained on and tested. The split's seed is the
-          run's, unless ``data.split_seed`` fixes it (runs of several seeds, one held-out set)
+          run's, unless ``data.split_seed`` fixes it (runs of several seeds, one held-out set);
+          ``data.sample: N`` first keeps a uniform sample of N rows, drawn with that seed as the
+          file streams
 tokens    sentencepiece trained on the training texts (works for Chinese without a word segmenter:
           it learns pieces from raw character sequences, spaces or not), or the pretrained model's
           own WordPiece (``model.pretrained``); a text longer than ``data.max_tokens`` is cut
@@ -324,7 +326,7 @@ class ClassifyTask(Task):
             self.tokenizer.no_truncation()
             return
         t = self.cfg.data.tokenizer
-        if self.cfg.train.progress:  # no progress from inside sentencepiece: about 12 s on 100,000 reviews
+        if self.cfg.train.progress:  # sentencepiece shows none: 12 s on 100,000 texts of 60 words
             print(f"training sentencepiece ({t.vocab_size:,} pieces) on {len(train_texts):,} texts", file=sys.stderr)
         self.tokenizer = SentencePieceTokenizer.train(
             train_texts, vocab_size=t.vocab_size, model_type=t.model_type, character_coverage=t.character_coverage
@@ -368,7 +370,7 @@ class ClassifyTask(Task):
             why += [f"{bad.left_out} left out by data.labels={d.labels}"] if bad.left_out else []
             if bad.counts:
                 why.append(f"{sum(bad.counts.values())} bad; the first: {next(iter(bad.first.values()))}")
-            raise DataError(f"{d.path}: no usable rows ({'; '.join(why) or 'the file has a header only'})")
+            raise DataError(f"{d.path}: no usable rows ({'; '.join(why) or 'the file has no rows'})")
         if d.val_path or d.test_path:
             splits = {"train": rows, "val": [], "test": []}
             for name, path in (("val", d.val_path), ("test", d.test_path)):
