@@ -174,10 +174,9 @@ def _records(path: Path, fmt: str, spec: TextColumns) -> Iterator[tuple[int, dic
             (spec.text, "data.text_column"),
             (spec.label, "data.label_column"),
             (spec.group, "data.group_column; null if there is none"),
+            *((column, "data.filters") for column in spec.filters),
         ]
-        missing = [
-            (c, key) for c, key in [*wanted, *((c, "data.filters") for c in spec.filters)] if c and c not in header
-        ]
+        missing = [(column, key) for column, key in wanted if column and column not in header]
         if missing:
             column, key = missing[0]
             raise DataError(f"{path}: no column {column!r} ({key}); the header has {', '.join(header)}")
