@@ -3,6 +3,7 @@ row named by file and line (or counted when skipping)."""
 
 import gzip
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -108,10 +109,26 @@ def test_binary_leaves_three_stars_out_without_calling_them_bad(tmp_path):
     assert [r.text for r in got] == ["good"] and bad.left_out == 1 and not bad.counts
 
 
+def amazon_facts_from_readme() -> tuple[int, list[int]]:
+    """The Amazon sample's row count and its rows per rating 1–5, as ../shared/data/README.md states
+    them (`7,261 English reviews … (Rating 1–5: 1,567 / 498 / …)`): the file can be replaced, and
+    its README is where the facts of the current one are written."""
+    readme = (SHARED_DATA / "README.md").read_text(encoding="utf-8")
+    entry = readme[readme.index("`amazon_unlocked_mobile.csv.gz`") :]
+    rows = re.search(r"`amazon_unlocked_mobile.csv.gz`: ([\d,]+) English reviews", entry)
+    ratings = re.search(r"Rating 1–5: ([\d,]+(?: / [\d,]+){4})", entry)
+    if not (rows and ratings):
+        raise AssertionError("../shared/data/README.md no longer states the Amazon sample's rows and ratings")
+    number = lambda text: int(text.replace(",", ""))  # noqa: E731
+    return number(rows.group(1)), [number(n) for n in ratings.group(1).split(" / ")]
+
+
 @pytest.mark.skipif(not REVIEWS.is_dir(), reason="needs ../shared/data/reviews")
 def test_the_shared_review_files_read_with_their_known_quirks():
     amazon = rows(REVIEWS / "amazon_unlocked_mobile.csv.gz", labels="stars5", group="Product Name")
-    assert len(amazon) == 3126 and {r.label for r in amazon} == set(range(5))
+    n_rows, per_rating = amazon_facts_from_readme()
+    assert len(amazon) == n_rows == sum(per_rating)
+    assert [Counter(r.label for r in amazon)[k] for k in range(5)] == per_rating  # label k is k + 1 stars
     bad = BadRows()
     phones = list(read_labelled(REVIEWS / "online_shopping_10_cats.csv.gz",
                                 TextColumns("review", "label", filters={"cat": "手机"}, on_bad_row="skip"),
