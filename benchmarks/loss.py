@@ -4,8 +4,8 @@
     python benchmarks/loss.py --threads 2 --rows 4000 --dtype fp32
 
   pytorch  F.cross_entropy(logits.float(), gold, label_smoothing=0.1) and the argmax of the fp32
-           logits (what the task computed before heedful.train.losses)
-  ours     heedful.train.losses.smoothed_cross_entropy (loss and argmax in one autograd node)
+           logits (what the task computed before heedful.nn.losses)
+  ours     heedful.nn.losses.smoothed_cross_entropy (loss and argmax in one autograd node)
 
 Both get the same logits (a fresh leaf each call, so both pay for the same copy) and the same
 gold ids; their results are checked equal first. The two alternate call by call, and the ratio
@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from heedful.train.losses import smoothed_cross_entropy
+from heedful.nn.losses import smoothed_cross_entropy
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -86,11 +86,12 @@ from torch import Tensor, nn
 
 from heedful.data.parallel import TokenBatches, keep_by_length, read_text_pair
 from heedful.data.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizers
+from heedful.device import autocast, move_to
 from heedful.models import TransformerConfig, TransformerEncoderDecoder
 from heedful.runs import load_config
 from heedful.tasks.base import Batch
 from heedful.tasks.translate import TranslateConfig, TranslateTask
-from heedful.train.trainer import autocast, move_to, parameter_groups
+from heedful.train.trainer import parameter_groups
 
 # torch.nn.MultiheadAttention turns a bool key padding mask into a float one beside the float causal
 # mask anyway; it only warns that mixing the two types is deprecated.

@@ -502,6 +502,14 @@ def main() -> None:
     except UserError as exc:
         typer.echo(f"heedful: error: {exc}", err=True)
         sys.exit(2)
+    except ModuleNotFoundError as exc:  # a package of an optional extra, imported where it is used
+        from heedful.extras import EXTRAS, install_hint
+
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        typer.echo(f"heedful: error: this needs {top}: {install_hint(top)}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, apply_overrides, read_yaml, validate
+from heedful.device import resolve_device
 from heedful.errors import CheckpointError, ConfigError, UserError
 from heedful.tasks.base import Explanation, Prediction, Task, get_task
-from heedful.train.trainer import resolve_device
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

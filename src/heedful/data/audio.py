@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from torch import Tensor
 
 from heedful.errors import DataError
+from heedful.extras import optional_import
 
 # 8 kHz speech: a 25 ms window (200 samples) every 10 ms (80 samples), zero-padded to a
 # 256-point FFT (31.25 Hz bins); 40 mel bands keep every band at least one FFT bin wide.
@@ -64,6 +63,7 @@ def read_audio(path: str | Path, target_rate: int, *, mono: MonoPolicy = "error"
         raise DataError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+    sf = optional_import("soundfile", "reading audio")
     try:
         with sf.SoundFile(path) as f:
             rate, channels = f.samplerate, f.channels
@@ -80,7 +80,7 @@ def read_audio(path: str | Path, target_rate: int, *, mono: MonoPolicy = "error"
     if not np.isfinite(wave).all():
         raise DataError(f"{path}: audio holds NaN or infinite samples")
     if rate != target_rate:
-        wave = soxr.resample(wave, rate, target_rate, quality=RESAMPLE_QUALITY)
+        wave = optional_import("soxr", "resampling audio").resample(wave, rate, target_rate, quality=RESAMPLE_QUALITY)
     return wave.astype(np.float32, copy=False)
 
 
@@ -509,6 +509,7 @@ def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
         raise ValueError(f"speed_perturb takes one channel (T,), got shape {wave.shape}")
     if factor == 1.0:
         return wave.copy()
+    soxr = optional_import("soxr", "speed perturbation")
     return soxr.resample(wave, float(factor), 1.0, quality=RESAMPLE_QUALITY).astype(np.float32, copy=False)
 
 

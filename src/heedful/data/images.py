@@ -18,15 +18,14 @@ import torch
 from torch import Tensor
 
 from heedful.errors import DataError
+from heedful.extras import optional_import
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def sklearn_digits() -> tuple[Tensor, Tensor, list[str]]:
     """The 1,797 bundled 8×8 digits (values 0–16) -> (N, 1, 8, 8) in [−1, 1], labels, class names."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    digits = optional_import("sklearn.datasets", "the bundled digits (data.source: digits)").load_digits()
     images = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     return images, torch.tensor(digits.target), [str(c) for c in range(10)]
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-import jiwer
 import torch
 from torch import Tensor
+
+from heedful.extras import optional_import
 
 NEG_INF = float("-inf")
 
@@ -125,6 +126,7 @@ def digit_error_rate(refs: list[str], hyps: list[str]) -> float:
     of reference digits, over the whole corpus. ``"4071"`` and ``"4 0 7 1"`` are the same string.
     """
     refs_, hyps_ = _check_pairs(refs, hyps)
+    jiwer = optional_import("jiwer", "the digit error rate")
     return float(jiwer.wer([" ".join(r) for r in refs_], [" ".join(h) for h in hyps_]))
 
 

@@ -1,6 +1,6 @@
-"""Tasks: one module per kind of prediction, each registered by name."""
+"""Tasks: one module per kind of prediction, registered by name in ``tasks/registry.py`` and
+imported on first use (``get_task``). Importing this package imports no task."""
 
-from heedful.tasks import classify, imagegen, mlm, speech, translate  # noqa: F401 - registers the built-in tasks
-from heedful.tasks.base import TASKS, DataBundle, Explanation, Prediction, Task, get_task, register_task
+from heedful.tasks.registry import TASKS, add_task, get_task, register_task
 
-__all__ = ["TASKS", "DataBundle", "Explanation", "Prediction", "Task", "get_task", "register_task"]
+__all__ = ["TASKS", "add_task", "get_task", "register_task"]

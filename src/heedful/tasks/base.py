@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from heedful.config import RunConfig
-from heedful.errors import ConfigError, UserError
+from heedful.errors import UserError
+from heedful.tasks.registry import TASKS, get_task, register_task  # noqa: F401 - task modules import them from here
 
 Batch = dict[str, Any]
 
@@ -62,27 +63,14 @@ class Explanation:
     context: dict[str, Any] = field(default_factory=dict)  # task-specific, e.g. the spectrogram
 
 
-TASKS: dict[str, type[Task]] = {}
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    TASKS[cls.name] = cls
-    return cls
-
-
-def get_task(name: str) -> type[Task]:
-    from heedful import tasks as _  # noqa: F401 - importing the package registers the built-in tasks
-
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
-
-
 class Task(ABC):
     """One kind of prediction. Subclasses set ``name`` and ``config_class``."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[RunConfig]]
+    # Packages of optional extras the task needs (import names, see heedful/extras.py): ``get_task``
+    # refuses the task in one line when one is missing. The module imports them inside functions.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg

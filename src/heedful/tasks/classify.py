@@ -249,6 +249,7 @@ def _same_setting(key: str, theirs: Any, ours: Any) -> bool:
 class ClassifyTask(Task):
     name = "classify"
     config_class = ClassifyConfig
+    requires = ("sklearn", "scipy")  # metrics, group correlations and TF-IDF baselines
 
     def __init__(self, cfg: ClassifyConfig):
         super().__init__(cfg)

@@ -70,6 +70,7 @@ def mask_tokens(
 class MaskedLMTask(ClassifyTask):
     name = "mlm"
     config_class = MaskedLMRunConfig
+    requires = ()  # its metrics are its own: no scikit-learn
 
     def build_data(self, cfg: MaskedLMRunConfig) -> DataBundle:
         if cfg.model.pretrained is not None or cfg.model.encoder_type != "transformer":

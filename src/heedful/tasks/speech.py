@@ -235,6 +235,7 @@ def crop_edges(wave: np.ndarray, max_samples: int, generator: torch.Generator) -
 class SpeechTask(Task):
     name = "speech"
     config_class = SpeechTaskConfig
+    requires = ("soundfile", "soxr", "jiwer")  # reading and resampling audio, digit error rates
     cfg: SpeechTaskConfig
 
     # ---------------------------------------------------------------------------------------- data

@@ -79,8 +79,8 @@ from heedful.errors import ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
+from heedful.nn.losses import smoothed_cross_entropy
 from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
-from heedful.train.losses import smoothed_cross_entropy
 
 Example = DateExample | NumberExample
 BatchSource.register(TokenBatches)  # heedful.data does not import tasks; it is one all the same
@@ -395,7 +395,7 @@ class TranslateTask(Task):
         target = batch["tgt_out"]  # (B, T)
         real = target != self.tgt_tok.pad_id
         # Logits of the real target positions only (N, V): padding never reaches the vocabulary
-        # projection or the loss, which walks them in cache-sized blocks (train/losses.py).
+        # projection or the loss, which walks them in cache-sized blocks (nn/losses.py).
         logits = model(batch["src"], batch["tgt_in"], keep=real)
         gold = target[real]  # (N,)
         loss, predicted = smoothed_cross_entropy(logits, gold, self.cfg.train.label_smoothing)

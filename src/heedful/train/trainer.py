@@ -28,25 +28,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, to_yaml
+from heedful.device import autocast, move_to, resolve_device
 from heedful.errors import ConfigError, UserError
-from heedful.tasks.base import Batch, Task, get_task
+from heedful.tasks.base import Task
+from heedful.tasks.registry import get_task
 from heedful.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.logging import RunLogger
 from heedful.train.schedules import lr_at
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"config key 'device': {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device': {name!r} asked for, but this machine has no CUDA device")
-    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -55,16 +45,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def move_to(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import heedful.train.losses as losses
-from heedful.train.losses import smoothed_cross_entropy
+import heedful.nn.losses as losses
+from heedful.nn.losses import smoothed_cross_entropy
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Building blocks below the models and tasks that are not attention (losses)."""
