@@ -126,7 +126,7 @@ def _score(name: str, run_dir: Path) -> dict:
         row[f"test_bleu_{label}"] = round(metrics["bleu"], 2)
         row[f"test_chrf_{label}"] = round(metrics["chrf"], 2)
         row[f"decode_s_{label}"] = round(time.perf_counter() - started, 1)
-    row["bleu_signature"] = run.task.notes["test"]["bleu_signature"]
+    row["bleu_signature"] = metrics.notes["bleu_signature"]
     print(json.dumps(row), flush=True)
     return row
 

@@ -87,6 +87,21 @@ def test_dates_train_and_predict_without_any_extra(tmp_path):
     assert "test exact_match:" in evaluated.stdout
 
 
+def test_importing_the_api_and_the_cli_imports_no_task(tmp_path):
+    code = (
+        "import sys, heedful, heedful.runs, heedful.cli, heedful.train, heedful.tasks\n"
+        "from heedful.tasks import get_task\n"
+        "def tasks(): return sorted(m for m in sys.modules if m.startswith('heedful.tasks.') and "
+        "m.split('.')[2] not in ('base', 'registry', 'verbs'))\n"
+        "print(tasks())\n"
+        "get_task('translate')\n"
+        "print(tasks())\n"
+    )
+    result = run_without(tmp_path, [], "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "['heedful.tasks.translate']"]
+
+
 def test_a_task_without_its_extra_is_one_line_naming_the_extra(tmp_path):
     result = run_without(tmp_path, ["soundfile"], "-m", "heedful.cli", "train", "configs/speech_digits.yaml")
     assert result.returncode == 2, result.stderr

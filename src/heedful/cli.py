@@ -1,42 +1,86 @@
 """``heedful`` — the command line. Each command has a Python twin in :mod:`heedful.runs`.
 
+The generic verbs (train, evaluate, predict) live here; every other verb, and the flags a task
+adds to ``train``, come from the tasks themselves (``Task.commands()``, ``Task.train_options()``,
+see ``heedful/tasks/verbs``), mounted when the command line is read — so this file names no task.
+
 A mistake the user can fix (unknown config key, wrong type, missing file) prints one line to
 stderr and exits with code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
-from heedful.errors import DataError, UserError
+from heedful.errors import UserError
+from heedful.tasks.verbs import DeviceOption, SetOption, TrainOption
+
+
+class Commands(TyperGroup):
+    """heedful's verbs: train, evaluate and predict, then each task's own (``Task.commands()``);
+    ``train`` also takes every task's flags (``Task.train_options()``). Task modules are imported
+    only when a verb or a flag of theirs may be needed (not for ``evaluate`` or ``predict``)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return ["train", *super().list_commands(ctx), *self._task_verbs()]
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name == "train":
+            return _train_command()
+        return super().get_command(ctx, name) or self._task_verbs().get(name)
+
+    def _task_verbs(self) -> dict[str, Any]:
+        if not hasattr(self, "_verbs"):
+            from heedful.tasks.registry import all_task_classes
+
+            verbs, functions = typer.Typer(add_completion=False), {}
+            for cls in all_task_classes():
+                for function in cls.commands():  # a subclass may inherit its parent's verbs
+                    name = function.__name__.replace("_", "-")
+                    if name == "train" or name in self.commands or functions.get(name, function) is not function:
+                        raise RuntimeError(f"task {cls.name!r}: the verb {name!r} is taken")
+                    if name not in functions:
+                        functions[name] = verbs.command(name)(function)
+            self._verbs = dict(typer.main.get_group(verbs).commands) if functions else {}
+        return self._verbs
+
 
 app = typer.Typer(
+    cls=Commands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="heedful: attention-based prediction you can see into. Train, evaluate, predict, explain.",
 )
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        "-s",
-        metavar="KEY=VALUE",
-        help="Override a config field, e.g. --set train.lr=3e-4 (repeatable).",
-    ),
-]
-DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+
+class RunLoader:
+    """How a task's verb opens run directories (``heedful.tasks.verbs.RunLoader``)."""
+
+    def load_run(self, run_dir: Path, device: str, overrides: list[str] | None = None, *, task: str, verb: str):
+        from heedful.runs import load_run
+
+        run = load_run(run_dir, device, overrides)
+        if run.cfg.task != task:
+            article = "an" if task[:1] in "aeiou" else "a"
+            raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; {verb} needs {article} {task} run")
+        return run
+
+    def with_ensemble(self, run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
+        return _with_ensemble(run, others, device, overrides)
 
 
-@app.command()
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    ctx.obj = RunLoader()  # every verb's context inherits it
+
+
 def train(
     config: Annotated[
         Path, typer.Argument(help="YAML config (e.g. configs/dates.yaml), or a run directory to resume.")
@@ -46,22 +90,13 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's latest checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
-    data: Annotated[
-        Path | None, typer.Option(help="classify, mlm: your CSV, TSV or JSONL of labelled texts (sets data.path).")
-    ] = None,
-    text_column: Annotated[str | None, typer.Option(help="Its text column (sets data.text_column).")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Its label column (sets data.label_column).")] = None,
-    group_column: Annotated[
-        str | None, typer.Option(help="Its product column, for product-level scores (sets data.group_column).")
-    ] = None,
+    **task_options: Any,
 ) -> None:
     """Train the model a config describes; writes config, checkpoints, metrics and plots to the run dir."""
     from heedful.runs import load_config
     from heedful.train.trainer import fit
 
-    overrides = _file_overrides(
-        config, {"data": data, "text_column": text_column, "label_column": label_column, "group_column": group_column}
-    )
+    overrides = _task_overrides(config, {k: v for k, v in task_options.items() if v is not None})
     overrides += list(set_ or [])
     if run_dir is not None:
         overrides.append(f"run_dir={run_dir}")
@@ -78,20 +113,66 @@ def train(
     typer.echo(f"run directory: {out}  (model in {out / 'model'}, curves in {out / 'plots' / 'history.png'})")
 
 
-def _file_overrides(config: Path, given: dict[str, object]) -> list[str]:
-    """``train``'s shortcuts for a file of labelled texts (--data, --text-column, …) as ``data.*``
-    overrides; refused in one line for a config whose task reads no such file."""
-    from heedful.runs import load_config
+def _train_command() -> Any:
+    """``train`` as a command, with every task's flags added to its own (two tasks may share a
+    flag: classify and mlm read the same files)."""
+    import inspect
 
-    flags = {k: v for k, v in given.items() if v is not None}
-    if not flags:
+    from heedful.tasks.registry import all_task_classes
+
+    offered: dict[str, list[str]] = {}
+    options: dict[str, TrainOption] = {}
+    for cls in all_task_classes():
+        for option in cls.train_options():
+            options.setdefault(option.flag, option)
+            offered.setdefault(option.flag, []).append(cls.name)
+    own = [p for p in inspect.signature(train, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    flags = [
+        inspect.Parameter(
+            option.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                option.type | None,
+                typer.Option(option.flag, help=f"{', '.join(offered[flag])}: {option.help} (sets {option.key})."),
+            ],
+        )
+        for flag, option in options.items()
+    ]
+
+    def train_command(**kwargs: Any) -> None:
+        train(**kwargs)
+
+    train_command.__signature__ = inspect.Signature([*own, *flags])  # type: ignore[attr-defined]
+    train_command.__annotations__ = {p.name: p.annotation for p in [*own, *flags]}
+    train_command.__doc__ = train.__doc__
+    command = typer.Typer(add_completion=False)
+    command.command("train")(train_command)
+    return typer.main.get_command(command)
+
+
+def _task_overrides(config: Path, given: dict[str, object]) -> list[str]:
+    """The task flags given to ``train`` (--data, --text-column, …) as config overrides; refused
+    in one line when the config's task does not take them."""
+    from heedful.runs import load_config
+    from heedful.tasks.registry import all_task_classes, get_task
+
+    if not given:
         return []
-    fields = load_config(config).data.__class__.model_fields
-    if "text_column" not in fields:
-        named = ", ".join("--" + k.replace("_", "-") for k in flags)
-        raise UserError(f"{config}: {named} set the data of a file of labelled texts (tasks classify and mlm); "
-                        "this config's task reads none — use --set data.<field>=…")  # fmt: skip
-    return [f"data.{'path' if k == 'data' else k}={v}" for k, v in flags.items()]
+    task = get_task(load_config(config).task)
+    own = {option.name: option for option in task.train_options()}
+    if not set(given) <= set(own):
+        named = ", ".join("--" + k.replace("_", "-") for k in given)
+        offering = [c for c in all_task_classes() if set(given) <= {o.name for o in c.train_options()}]
+        options = [o for c in offering[:1] for o in c.train_options() if o.name in given]
+        if not options:
+            raise UserError(f"{config}: {named}: no task takes these flags together — use --set KEY=VALUE")
+        names = " and ".join(c.name for c in offering)
+        about = " and ".join(dict.fromkeys(o.about for o in options))
+        section = options[0].key.split(".")[0]
+        raise UserError(f"{config}: {named} set {about} (task{'s' if len(offering) > 1 else ''} {names}); this "
+                        f"config's task reads none — use --set {section}.<field>=…")  # fmt: skip
+    return [f"{own[k].key}={v}" for k, v in given.items()]
 
 
 @app.command()
@@ -103,8 +184,9 @@ def evaluate(
         list[Path] | None,
         typer.Option(
             "--ensemble",
-            help="Another run (speech digits, classify) to average with RUN_DIR: the mean of their class "
-            "probabilities is scored, each member's accuracy too. The runs must hold out the same examples. "
+            help="Another run of the same task to average with RUN_DIR (classifiers: digits, reviews): the mean "
+            "of their class probabilities is scored, each member's accuracy too. The runs must hold out the same "
+            "examples. "
             "Repeat for more runs; writes RUN_DIR/eval-<split>-ensemble.json.",
         ),
     ] = None,
@@ -117,47 +199,14 @@ def evaluate(
 
     run = load_run(run_dir, device, list(set_ or []))
     if ensemble:
-        metrics = _with_ensemble(run, ensemble, device, list(set_ or [])).evaluate(split, progress=True)
-        written = run_dir / f"eval-{split}-ensemble.json"
+        result = _with_ensemble(run, ensemble, device, list(set_ or [])).evaluate(split, progress=True)
     else:
-        metrics = run.evaluate(split)
-        written = run_dir / f"eval-{split}.json"
-    for key, value in metrics.items():
+        result = run.evaluate(split)
+    for key, value in result.items():
         typer.echo(f"{split} {key}: {value:.4f}")
-    notes = run.task.notes.get(split, {})
-    for key, value in notes.items():
-        if isinstance(value, str | int | float):  # e.g. the sacreBLEU signatures; tables and plots below
-            typer.echo(f"{split} {key}: {value}")
-    if "confusion" in notes:
-        _echo_confusion(notes["confusion"], notes["classes"])
-    if notes.get("groups", {}).get("names"):
-        typer.echo(f"{split} per-group predicted and true means: in {written.name} and plots/")
-    elif "groups" in notes:
-        typer.echo(f"{split}: no group has {notes['groups']['min_size']} held-out examples (data.min_group_size)")
-    baselines = json.loads(written.read_text(encoding="utf-8")).get("baselines", {})
-    if baselines:
-        _echo_baselines(metrics, baselines)
-    typer.echo(f"written: {written}")
-
-
-def _echo_baselines(metrics: dict[str, float], baselines: dict[str, dict[str, float]]) -> None:
-    """The model beside its baselines (fit on the same training data), on the headline metrics."""
-    keys = [k for k in ("accuracy", "macro_f1", "mae", "group_spearman") if k in metrics]
-    rows = {"this model": metrics, **baselines}
-    width = max(map(len, rows)) + 2
-    typer.echo("baselines, fit on the same training texts:")
-    typer.echo(" " * width + "".join(f"{k:>16}" for k in keys))
-    for name, values in rows.items():
-        typer.echo(f"{name:<{width}}" + "".join(f"{values.get(k, float('nan')):>16.4f}" for k in keys))
-
-
-def _echo_confusion(confusion: list[list[int]], classes: list[str]) -> None:
-    """The confusion matrix as a small table: a row per true class, a column per predicted one."""
-    width = max(len(str(n)) for n in [*classes, *(c for row in confusion for c in row)]) + 1
-    typer.echo("confusion (rows: true, columns: predicted)")
-    typer.echo(" " * width + "".join(f"{name:>{width}}" for name in classes))
-    for name, row in zip(classes, confusion, strict=True):
-        typer.echo(f"{name:>{width}}" + "".join(f"{count:>{width}}" for count in row))
+    for line in run.task.describe(result, split):  # the task's notes and tables, its baselines
+        typer.echo(line)
+    typer.echo(f"written: {result.artifacts['eval']}")
 
 
 @app.command()
@@ -189,9 +238,9 @@ def predict(
         list[Path] | None,
         typer.Option(
             "--ensemble",
-            help="Another classify run to average with RUN_DIR: each reads the texts its own way, the mean of "
-            "their class probabilities decides. Repeat for more runs. --explain and --show-attention still show "
-            "RUN_DIR's attention.",
+            help="Another run of the same task (a classifier) to average with RUN_DIR: each reads the inputs its "
+            "own way, the mean of their class probabilities decides. Repeat for more runs. --explain and "
+            "--show-attention still show RUN_DIR's attention.",
         ),
     ] = None,
     device: DeviceOption = "auto",
@@ -212,11 +261,8 @@ def predict(
     inputs = list(inputs or [])
     for p in predictor.predict(inputs):
         if as_json:
-            record = {"input": p.input, "output": p.output, "score": p.score}
-            if getattr(p, "probabilities", None) is not None:
-                record["probabilities"] = p.probabilities
-            typer.echo(json.dumps(record, ensure_ascii=False))
-        elif getattr(p, "probabilities", None) is not None:
+            typer.echo(json.dumps(p.record(), ensure_ascii=False))
+        elif p.probabilities is not None:
             probs = "  ".join(f"{k} {v:.2f}" for k, v in p.probabilities.items())
             typer.echo(f"{p.input}  →  {p.output}  ({probs})")
         else:
@@ -273,7 +319,7 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
                 for line, p in zip(range(start, start + len(chunk)), predictor.predict(chunk), strict=True):
-                    probs = getattr(p, "probabilities", None) or {}
+                    probs = p.probabilities or {}
                     if writer is None:
                         typer.echo(f"{p.output}\t{p.score:.4f}")
                         continue
@@ -289,209 +335,6 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
             handle.close()
     if output:
         typer.echo(f"{len(texts)} predictions written: {output}")
-
-
-@app.command()
-def generate(
-    run_dir: Annotated[Path, typer.Argument(help="An imagegen run directory written by `heedful train`.")],
-    n: Annotated[int, typer.Option("--n", help="How many images.", min=1)] = 64,
-    class_name: Annotated[
-        str | None, typer.Option("--class", help="Only this class (class-conditional models; default: all in turn).")
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="The grid PNG (default: RUN_DIR/plots/generated.png).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Noise seed (default: the config's gan.sample_seed).")] = None,
-    show_attention: Annotated[
-        bool, typer.Option(help="Also save, for three images, where query pixels attend (overlay PNGs).")
-    ] = False,
-    device: DeviceOption = "auto",
-) -> None:
-    """Generate images with a trained GAN and save them as one grid."""
-    from heedful.runs import load_run
-
-    run = load_run(run_dir, device)
-    path = out or run.run_dir / "plots" / "generated.png"
-    run.generate(n, class_name, seed, out=path)
-    typer.echo(f"{n} images: {path}")
-    if show_attention:
-        inputs = [class_name] * 3 if class_name is not None else (run.task.classes[:3] or ["image"] * 3)
-        for figure in run.show_attention(inputs, out.parent if out else None):
-            typer.echo(f"attention overlay: {figure}")
-
-
-@app.command()
-def transcribe(
-    run_dir: Annotated[Path, typer.Argument(help="A speech run directory written by `heedful train`.")],
-    audio: Annotated[list[Path], typer.Argument(help="WAV or FLAC files (resampled to the model's rate).")],
-    ensemble: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--ensemble",
-            help="Another speech run (classifier head) to average with RUN_DIR: each run hears the files its own "
-            "way, the mean of their digit probabilities decides. Repeat for more runs. --show-attention still "
-            "shows RUN_DIR's attention.",
-        ),
-    ] = None,
-    show_attention: Annotated[
-        bool, typer.Option(help="Save the spectrogram with the frames' self-attention, one PNG per file.")
-    ] = False,
-    layer: Annotated[int | None, typer.Option(help="Encoder layer to show (default: the config's, -1 = last).")] = None,
-    head: Annotated[int | None, typer.Option(help="Attention head to show (default: mean over heads).")] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="Where figures go (default: RUN_DIR/plots).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
-    set_: SetOption = None,
-    device: DeviceOption = "auto",
-) -> None:
-    """Transcribe spoken digits: prints the digits and a confidence for each file."""
-    from heedful.runs import load_run
-
-    run = load_run(run_dir, device, list(set_ or []))
-    if run.cfg.task != "speech":
-        raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; transcribe needs a speech run")
-    if layer is not None:
-        run.cfg.decode.explain_layer = layer
-    if head is not None:
-        if not 0 <= head < run.cfg.model.n_heads:
-            raise UserError(f"--head {head}: this model has heads 0–{run.cfg.model.n_heads - 1}")
-        run.cfg.decode.explain_head = head
-    files = [str(path) for path in audio]
-    for p in _with_ensemble(run, ensemble, device, list(set_ or [])).predict(files):
-        if as_json:
-            typer.echo(json.dumps({"file": p.input, "digits": p.output, "confidence": p.score}))
-        else:
-            typer.echo(f"{p.input}: {p.output}  (confidence {p.score:.3f})")
-    if show_attention:
-        for path in run.show_attention(files, out_dir):
-            typer.echo(f"attention figure: {path}")
-
-
-CHUNK_LINES = 256  # most lines translated together: enough for full token batches
-
-
-def _stdin_chunks(max_lines: int) -> Iterator[list[str]]:
-    """stdin's lines in chunks of up to ``max_lines``: whatever has arrived, so a caller that
-    writes one line and waits for its translation gets it, while a file streams in big chunks.
-
-    Reads the file descriptor directly (Python's own buffering would hide how much is waiting);
-    where ``select`` cannot tell (not a pipe, file or terminal), it reads until a chunk is full.
-    """
-    import os
-    import select
-
-    try:
-        fd = sys.stdin.fileno()
-    except (AttributeError, OSError, ValueError):  # replaced stdin (tests, notebooks): plain lines
-        fd = None
-    number, chunk, pending, at_end = 0, [], b"", False
-
-    def waiting() -> bool:
-        try:
-            return bool(select.select([fd], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
-
-    def decoded(raw: bytes) -> str:
-        try:
-            return raw.decode("utf-8").removesuffix("\r")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"<stdin> line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
-
-    if fd is None:
-        for line in sys.stdin:
-            chunk.append(line.rstrip("\n").removesuffix("\r"))
-            if len(chunk) == max_lines:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-        return
-    while not (at_end and not pending):
-        newline = pending.find(b"\n")
-        if newline >= 0 or (at_end and pending):
-            end = newline if newline >= 0 else len(pending)
-            number += 1
-            chunk.append(decoded(pending[:end]))
-            pending = pending[end + 1 :]
-            if len(chunk) == max_lines:
-                yield chunk
-                chunk = []
-            continue
-        if chunk and not waiting():  # nothing more has arrived: translate what we have
-            yield chunk
-            chunk = []
-        data = os.read(fd, 1 << 16)
-        at_end = not data
-        pending += data
-    if chunk:
-        yield chunk
-
-
-@app.command()
-def translate(
-    run_dir: Annotated[Path, typer.Argument(help="A translate run directory written by `heedful train`.")],
-    beam: Annotated[int | None, typer.Option(min=1, help="Beam size (1 = greedy); default: decode.beam_size.")] = None,
-    batch_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Source tokens × beam per batch; default: decode.batch_tokens.")
-    ] = None,
-    attention: Annotated[
-        Path | None,
-        typer.Option(help="Also write JSON lines: source pieces, output pieces, cross-attention (mean over heads)."),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Count translated lines on stderr (when stdin is not a TTY).")] = False,
-    n_best: Annotated[
-        int,
-        typer.Option(
-            "--n-best",
-            min=1,
-            help="Print the beam's N best translations of each line, best first, as 'LINE ||| translation ||| "
-            "log-probability' (LINE counts input lines from 0, the Moses n-best format). Needs a beam of at least N.",
-        ),
-    ] = 1,
-    set_: SetOption = None,
-    device: DeviceOption = "auto",
-) -> None:
-    """Translate stdin to stdout, one line for each line, in order: heedful translate RUN < in.txt > out.txt
-    --set changes decoding, e.g. decode.alpha=1.0 or decode.precision=bf16."""
-    from tqdm.auto import tqdm
-
-    from heedful.runs import load_run
-
-    run = load_run(run_dir, device, list(set_ or []))
-    if run.cfg.task != "translate":
-        raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; translate needs a translate run")
-    out = sys.stdout.buffer
-    bar = tqdm(unit=" lines", file=sys.stderr, disable=not progress or sys.stdin.isatty(), dynamic_ncols=True)
-    if n_best > (beam or run.cfg.decode.beam_size):
-        raise UserError(f"--n-best {n_best}: needs a beam of at least {n_best} (--beam)")
-    done = 0  # input lines answered so far (the n-best line numbers)
-    with open(attention, "w", encoding="utf-8") if attention else contextlib.nullcontext() as maps:
-        for lines in _stdin_chunks(CHUNK_LINES):
-            results = run.translate(
-                lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None, n_best=n_best
-            )
-            if n_best > 1:
-                text = "".join(
-                    f"{done + i} ||| {output} ||| {score:.4f}\n"
-                    for i, t in enumerate(results)
-                    for output, score in t.alternatives
-                )
-            else:
-                text = "".join(f"{t.output}\n" for t in results)
-            out.write(text.encode("utf-8"))
-            out.flush()
-            done += len(lines)
-            if maps is not None:
-                for t in results:
-                    record = {
-                        "source": t.input,
-                        "translation": t.output,
-                        "source_pieces": t.source_pieces,
-                        "output_pieces": t.output_pieces,
-                        "attention": [[round(float(w), 4) for w in row] for row in t.attention],
-                    }
-                    maps.write(json.dumps(record, ensure_ascii=False) + "\n")
-                maps.flush()
-            bar.update(len(lines))
-    bar.close()
 
 
 def main() -> None:

@@ -9,10 +9,14 @@ run.show_attention(["5. März 2021"])       # … --show-attention
 load_ensemble(["runs/a", "runs/b"]).predict(["one.wav"])   # heedful transcribe runs/a one.wav --ensemble runs/b
 load_ensemble(["runs/a", "runs/b"]).evaluate("test")        # heedful evaluate runs/a --ensemble runs/b
 run.translate(["A man rides a bike."], beam=5)   # heedful translate runs/multi30k --beam 5 < in.txt
+
+``Run`` knows no task by name: ``evaluate``/``predict``/``explain`` call the task's, and a
+task's own methods (``translate``, ``generate``) come from its ``run_methods``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,8 @@ from torch import Tensor, nn
 from heedful.config import RunConfig, apply_overrides, read_yaml, validate
 from heedful.device import resolve_device
 from heedful.errors import CheckpointError, ConfigError, UserError
-from heedful.tasks.base import Explanation, Prediction, Task, get_task
+from heedful.tasks.base import EvalResult, Explanation, Prediction, Task
+from heedful.tasks.registry import all_task_classes, get_task
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -54,58 +59,37 @@ class Run:
     def explain(self, inputs: list[Any]) -> list[Explanation]:
         return self.task.explain(self.model, list(inputs))
 
-    def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Metrics on ``split``, also written to ``run_dir/eval-<split>.json``, there with the
-        task's baselines scored on the same split (classify: majority class, TF-IDF + LR)."""
+    def evaluate(self, split: str = "test") -> EvalResult:
+        """The task's ``EvalResult`` on ``split`` (it reads as the mapping of the metrics), with the
+        task's baselines scored on the same split (classify: majority class, TF-IDF + LR). Writes
+        ``eval-<split>.json`` (metrics, notes, baselines), ``hyps-<split>.txt`` for a task that
+        generates text, and the task's figures into ``plots/``; their paths are in the result."""
         if self.task.data is None:
             self.task.build_data(self.cfg)
             self.task.load_artifacts(self.run_dir / "model")  # the run's own vocabulary wins
-        metrics = self.task.evaluate(self.model, split)
-        record: dict[str, Any] = dict(metrics)
-        outputs = self.task.outputs.get(split)  # a task that generates text keeps its outputs
-        if outputs is not None:
-            hyps = self.run_dir / f"hyps-{split}.txt"
-            hyps.write_text("".join(f"{line}\n" for line in outputs), encoding="utf-8")
-        record |= self.task.notes.get(split, {})  # e.g. sacreBLEU signatures
-        record |= baselines_record(self.task, split)
-        (self.run_dir / f"eval-{split}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        self.task.write_reports(split, self.run_dir / "plots")
-        return metrics
+        result = self.task.evaluate(self.model, split)
+        result.baselines = self.task.baselines(split)
+        if result.outputs is not None:
+            hyps = result.artifacts["hyps"] = self.run_dir / f"hyps-{split}.txt"
+            hyps.write_text("".join(f"{line}\n" for line in result.outputs), encoding="utf-8")
+        written = result.artifacts["eval"] = self.run_dir / f"eval-{split}.json"
+        written.write_text(json.dumps(result.record(), indent=2, ensure_ascii=False) + "\n")
+        result.figures = self.task.write_reports(split, self.run_dir / "plots", result)
+        return result
 
-    def translate(
-        self,
-        lines: list[str],
-        *,
-        beam: int | None = None,
-        batch_tokens: int | None = None,
-        attention: bool = False,
-        n_best: int = 1,
-    ) -> list[Any]:
-        """Translate lines with a translate run (``Translation``s: ``.output``, ``.score``; with
-        ``attention=True`` also ``.source_pieces``, ``.output_pieces`` and ``.attention``; with
-        ``n_best`` > 1, ``.alternatives``: the beam's n best (output, log-probability), best first)."""
-        translate = getattr(self.task, "translate", None)
-        if translate is None:
-            raise UserError(f"{self.run_dir}: is a {self.cfg.task!r} run; translate needs a translate run")
-        return translate(
-            self.model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention, n_best=n_best
-        )
-
-    def generate(
-        self, n: int = 64, class_name: str | None = None, seed: int | None = None, out: str | Path | None = None
-    ) -> Any:
-        """``n`` images from an imagegen run, (n, C, R, R) in [−1, 1]; with ``out``, also saved as
-        one grid PNG there."""
-        generate = getattr(self.task, "generate", None)
-        if generate is None:
-            raise UserError(f"{self.run_dir}: is a {self.cfg.task!r} run; generate needs an imagegen run")
-        class_id = self.task._class_id(class_name) if class_name is not None else None
-        images = generate(self.model, n, class_id, seed)
-        if out is not None:
-            from heedful.tasks.imagegen import save_grid
-
-            save_grid(images, Path(out))
-        return images
+    def __getattr__(self, name: str) -> Any:
+        """The task's own run methods (``Task.run_methods``), e.g. ``run.translate(lines, beam=5)``:
+        ``task.<method>(model, …)``. A method another task offers is a one-line ``UserError``."""
+        if name.startswith("_") or name in {"run_dir", "cfg", "task", "model"}:
+            raise AttributeError(name)
+        method = type(self.task).run_methods.get(name)
+        if method is not None:
+            return functools.partial(getattr(self.task, method), self.model)
+        owners = [c.name for c in all_task_classes() if name in c.run_methods]
+        if owners:
+            article = "an" if owners[0][:1] in "aeiou" else "a"
+            raise NotARunMethod(f"{self.run_dir}: is a {self.cfg.task!r} run; {name} needs {article} {owners[0]} run")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""
@@ -113,6 +97,10 @@ class Run:
         return [
             self.task.plot_explanation(e, out_dir / f"attention-{i}.png") for i, e in enumerate(self.explain(inputs))
         ]
+
+
+class NotARunMethod(UserError, AttributeError):
+    """``run.<method>`` of another task's runs (e.g. ``generate`` on a translate run)."""
 
 
 @dataclass
@@ -154,7 +142,7 @@ class Ensemble:
         per_run, classes = self.member_probabilities(inputs)
         return torch.stack(per_run).mean(0), classes
 
-    def evaluate(self, split: str = "test", progress: bool = False) -> dict[str, float]:
+    def evaluate(self, split: str = "test", progress: bool = False) -> EvalResult:
         """The averaged probabilities scored on a held-out split, with the first run's task's
         metrics, plus each member's accuracy (``member_<i>_accuracy``, i from 1). Every member
         must hold out the same examples (for a speech fold: the same held-out speaker; a review
@@ -171,13 +159,14 @@ class Ensemble:
         per_run, _ = self.member_probabilities(inputs, progress)
         members = {f"member_{i}_accuracy": first.task.score_probabilities(split, p)["accuracy"]
                    for i, p in enumerate(per_run, 1)}  # fmt: skip
-        metrics = first.task.score_probabilities(split, torch.stack(per_run).mean(0)) | members
-        record = {"members": [str(run.run_dir) for run in self.runs], **metrics, **first.task.notes.get(split, {})}
-        record |= baselines_record(first.task, split)  # the members share their training rows
-        path = first.run_dir / f"eval-{split}-ensemble.json"
+        result = first.task.score_probabilities(split, torch.stack(per_run).mean(0))
+        result.metrics |= members
+        result.baselines = first.task.baselines(split)  # the members share their training rows
+        path = result.artifacts["eval"] = first.run_dir / f"eval-{split}-ensemble.json"
+        record = {"members": [str(run.run_dir) for run in self.runs], **result.record()}
         path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        first.task.write_reports(split, first.run_dir / "plots" / "ensemble")
-        return metrics
+        result.figures = first.task.write_reports(split, first.run_dir / "plots" / "ensemble", result)
+        return result
 
     def predict(self, inputs: list[Any]) -> list[Prediction]:
         """Per input: the class with the highest mean probability, and that probability (as the
@@ -185,12 +174,6 @@ class Ensemble:
         inputs = list(inputs)
         probs, classes = self.class_probabilities(inputs)
         return self.runs[0].task.predictions(inputs, probs, classes)
-
-
-def baselines_record(task: Task, split: str) -> dict[str, Any]:
-    """``{"baselines": {name: metrics}}`` for an eval file: the task's baselines on ``split``, if any."""
-    baselines = task.baselines(split)  # e.g. classify: majority class, TF-IDF + LR
-    return {"baselines": baselines} if baselines else {}
 
 
 def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:

@@ -8,7 +8,7 @@ task touches only ``tasks/`` and ``configs/``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from heedful.config import RunConfig
 from heedful.errors import UserError
 from heedful.tasks.registry import TASKS, get_task, register_task  # noqa: F401 - task modules import them from here
+from heedful.tasks.verbs import TrainOption
 
 Batch = dict[str, Any]
 
@@ -45,9 +46,51 @@ class DataBundle:
 
 @dataclass
 class Prediction:
+    """One input's prediction; every task's predictions share this core (tasks add their own fields)."""
+
     input: Any
     output: Any
     score: float | None = None  # e.g. sequence log-probability or class probability
+    # Where the task has classes: every class's probability (class name -> probability).
+    probabilities: dict[str, float] | None = field(default=None, kw_only=True)
+    # When asked for: the attention behind the output (e.g. (T_out, T_in) cross-attention).
+    attention: Tensor | None = field(default=None, kw_only=True, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-ready core: input, output, score, and the probabilities where there are classes."""
+        record = {"input": self.input, "output": self.output, "score": self.score}
+        if self.probabilities is not None:
+            record["probabilities"] = self.probabilities
+        return record
+
+
+@dataclass(eq=False)
+class EvalResult(Mapping[str, float]):
+    """What ``evaluate`` found on one split. It reads as the mapping of its metrics
+    (``result["accuracy"]``, ``dict(result)``); the rest travels beside them."""
+
+    metrics: dict[str, float]
+    # JSON-ready facts for eval-<split>.json beside the metrics (e.g. sacreBLEU signatures, a
+    # confusion matrix); a task's ``describe`` says which of them a console shows.
+    notes: dict[str, Any] = field(default_factory=dict)
+    outputs: list[str] | None = None  # tasks that generate text: one line per example (hyps-<split>.txt)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics (Task.baselines)
+    artifacts: dict[str, Path] = field(default_factory=dict)  # files written: "eval" (the JSON), "hyps"
+    figures: list[Path] = field(default_factory=list)  # figures written (Task.write_reports)
+
+    def __getitem__(self, key: str) -> float:
+        return self.metrics[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.metrics)
+
+    def __len__(self) -> int:
+        return len(self.metrics)
+
+    def record(self) -> dict[str, Any]:
+        """What eval-<split>.json holds: the metrics, the notes and (if any) the baselines."""
+        record: dict[str, Any] = {**self.metrics, **self.notes}
+        return record | ({"baselines": self.baselines} if self.baselines else {})
 
 
 @dataclass
@@ -72,14 +115,29 @@ class Task(ABC):
     # refuses the task in one line when one is missing. The module imports them inside functions.
     requires: ClassVar[tuple[str, ...]] = ()
 
+    # Metrics `heedful evaluate` shows beside the baselines' (the first ones the result has).
+    headline_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    # Methods a ``Run`` of this task offers besides predict/evaluate/explain: Run attribute ->
+    # task method name; ``run.<attribute>(*args)`` calls ``task.<method>(run.model, *args)``
+    # (e.g. translate's ``run.translate(lines, beam=5)``).
+    run_methods: ClassVar[dict[str, str]] = {}
+
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         self.data: DataBundle | None = None
-        # Filled by evaluate() for tasks that generate text: split -> one output line per example
-        # (written to run_dir/hyps-<split>.txt), and split -> extra facts for eval-<split>.json
-        # (e.g. sacreBLEU signatures).
-        self.outputs: dict[str, list[str]] = {}
-        self.notes: dict[str, dict[str, Any]] = {}
+
+    # -- the command line: what this task adds to `heedful` --------------------------------------
+    @classmethod
+    def commands(cls) -> list[Callable[..., Any]]:
+        """The task's own verbs, as typer command functions (the function name, with ``_`` as
+        ``-``, is the verb; its docstring the help). They load a run through the context's loader
+        (``heedful.tasks.commands.RunLoader``), since a task may not import the CLI or ``runs``."""
+        return []
+
+    @classmethod
+    def train_options(cls) -> list[TrainOption]:
+        """Flags this task adds to `heedful train`, each a shortcut for one config key."""
+        return []
 
     # -- data and model ---------------------------------------------------------------------------
     @abstractmethod
@@ -96,10 +154,11 @@ class Task(ABC):
         number of target tokens) weights the batch when the trainer averages over an epoch."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        """Metrics on a held-out split ("val", "test"); include ``loss`` and ``accuracy``."""
+    def evaluate(self, model: nn.Module, split: str) -> EvalResult:
+        """Metrics on a held-out split ("val", "test"), with ``loss`` and ``accuracy``, and what
+        else the split has to say (notes, output lines)."""
 
-    def validate(self, model: nn.Module) -> dict[str, float]:
+    def validate(self, model: nn.Module) -> Mapping[str, float]:
         """The trainer's end-of-epoch check; tasks may make it cheaper than a full ``evaluate``."""
         return self.evaluate(model, "val")
 
@@ -120,7 +179,7 @@ class Task(ABC):
         texts): what an ensemble is scored on."""
         raise UserError(f"a {self.name!r} run cannot score an ensemble on a held-out split")
 
-    def score_probabilities(self, split: str, probs: Tensor) -> dict[str, float]:
+    def score_probabilities(self, split: str, probs: Tensor) -> EvalResult:
         """The split's metrics, as ``evaluate`` reports them, from class probabilities (N, C) of
         its ``split_inputs``: an ensemble's average, or one run's."""
         raise UserError(f"a {self.name!r} run cannot score an ensemble on a held-out split")
@@ -131,7 +190,8 @@ class Task(ABC):
         return {}
 
     def predictions(self, inputs: list[Any], probs: Tensor, classes: list[str]) -> list[Prediction]:
-        """Per input, from its class probabilities (N, C): the likeliest class and its probability."""
+        """Per input, from its class probabilities (N, C): the likeliest class and its probability
+        (a task may list every class's probability too, as classify does)."""
         best = probs.argmax(-1).tolist()  # (N,)
         return [Prediction(x, classes[c], float(row[c])) for x, row, c in zip(inputs, probs, best, strict=True)]
 
@@ -144,10 +204,28 @@ class Task(ABC):
         """Called by the trainer after each epoch's validation, with the weights it validated
         (e.g. to save a sample grid into ``run_dir/plots``)."""
 
-    def write_reports(self, split: str, directory: Path) -> list[Path]:
-        """Figures for the last ``evaluate(split)`` (e.g. a confusion matrix), written into
+    def write_reports(self, split: str, directory: Path, result: EvalResult) -> list[Path]:
+        """Figures of ``result`` (``evaluate(split)``'s; e.g. a confusion matrix), written into
         ``directory``; returns their paths."""
         return []
+
+    def describe(self, result: EvalResult, split: str) -> list[str]:
+        """What `heedful evaluate` prints after the metrics: the notes that are one value each
+        (e.g. sacreBLEU signatures), then the model beside its baselines."""
+        lines = [f"{split} {k}: {v}" for k, v in result.notes.items() if isinstance(v, str | int | float)]
+        return lines + self.baseline_lines(result)
+
+    def baseline_lines(self, result: EvalResult) -> list[str]:
+        """The model beside its baselines (fit on the same training data), on the headline metrics."""
+        if not result.baselines:
+            return []
+        keys = [k for k in self.headline_metrics if k in result.metrics]
+        rows = {"this model": result.metrics, **result.baselines}
+        width = max(map(len, rows)) + 2
+        lines = ["baselines, fit on the same training texts:", " " * width + "".join(f"{k:>16}" for k in keys)]
+        for name, values in rows.items():
+            lines.append(f"{name:<{width}}" + "".join(f"{values.get(k, float('nan')):>16.4f}" for k in keys))
+        return lines
 
     # -- what a model folder needs besides weights (vocabularies, tokenizers) ----------------------
     def save_artifacts(self, directory: Path) -> None:  # noqa: B027 - optional hook

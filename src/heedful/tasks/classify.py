@@ -50,7 +50,17 @@ from heedful.errors import CheckpointError, ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
 from heedful.models.masked_lm import MaskedLanguageModel, masked_lm_folder
-from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
+from heedful.tasks.base import (
+    Batch,
+    BatchSource,
+    DataBundle,
+    EvalResult,
+    Explanation,
+    Prediction,
+    Task,
+    register_task,
+)
+from heedful.tasks.verbs import TrainOption, labelled_text_options
 
 
 class ClassifyTokenizerConfig(Section):
@@ -142,7 +152,7 @@ class Example:
 
 @dataclass
 class Classification(Prediction):
-    probabilities: dict[str, float] | None = None
+    """A text's class, its probability, and (``.probabilities``) every class's probability."""
 
 
 # ------------------------------------------------------------------------------------ splitting
@@ -250,6 +260,11 @@ class ClassifyTask(Task):
     name = "classify"
     config_class = ClassifyConfig
     requires = ("sklearn", "scipy")  # metrics, group correlations and TF-IDF baselines
+    headline_metrics = ("accuracy", "macro_f1", "mae", "group_spearman")
+
+    @classmethod
+    def train_options(cls) -> list[TrainOption]:
+        return labelled_text_options()  # --data, --text-column, --label-column, --group-column
 
     def __init__(self, cfg: ClassifyConfig):
         super().__init__(cfg)
@@ -546,7 +561,7 @@ class ClassifyTask(Task):
         return total / torch.bincount(owner, minlength=len(window_lists))[:, None]  # (N, C)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str) -> EvalResult:
         if self.data is None or split not in self.data.splits:
             raise UserError(f"no {split!r} split; available: val, test")
         probs = self._probabilities(model, [e.windows for e in self.data.splits[split]])
@@ -563,10 +578,10 @@ class ClassifyTask(Task):
         """The split's texts, in the order ``evaluate`` scores them."""
         return [e.text for e in self._held_out_examples(split)]
 
-    def score_probabilities(self, split: str, probs: Tensor) -> dict[str, float]:
+    def score_probabilities(self, split: str, probs: Tensor) -> EvalResult:
         """Every ``evaluate`` metric (and the notes its reports draw) from probabilities (N, C)."""
-        metrics, self.notes[split] = self._metrics(self._held_out_examples(split), probs)
-        return metrics
+        metrics, notes = self._metrics(self._held_out_examples(split), probs)
+        return EvalResult(metrics, notes=notes)
 
     def _metrics(self, examples: list[Example], probs: Tensor) -> tuple[dict[str, float], dict[str, Any]]:
         labels = torch.tensor([e.label for e in examples])
@@ -593,9 +608,9 @@ class ClassifyTask(Task):
                                        len(self.labels.classes), ngrams)  # fmt: skip
         return {name: self._metrics(examples, p)[0] for name, p in probs.items()}
 
-    def write_reports(self, split: str, directory: Path) -> list[Path]:
+    def write_reports(self, split: str, directory: Path, result: EvalResult) -> list[Path]:
         """The confusion matrix and, with groups, the predicted-vs-true mean rating scatter."""
-        notes = self.notes.get(split, {})
+        notes = result.notes
         written = []
         if "confusion" in notes:
             written.append(
@@ -605,9 +620,29 @@ class ClassifyTask(Task):
             written.append(plot_groups(notes["groups"], directory / f"groups-{split}.png"))
         return written
 
+    def describe(self, result: EvalResult, split: str) -> list[str]:
+        """The confusion matrix as a small table (a row per true class, a column per predicted
+        one), where the per-group means went, then the model beside its baselines."""
+        notes, lines = result.notes, []
+        if "confusion" in notes:
+            confusion, classes = notes["confusion"], notes["classes"]
+            width = max(len(str(n)) for n in [*classes, *(c for row in confusion for c in row)]) + 1
+            lines += [
+                "confusion (rows: true, columns: predicted)",
+                " " * width + "".join(f"{c:>{width}}" for c in classes),
+            ]
+            for name, row in zip(classes, confusion, strict=True):
+                lines.append(f"{name:>{width}}" + "".join(f"{count:>{width}}" for count in row))
+        if notes.get("groups", {}).get("names"):
+            written = result.artifacts["eval"].name if "eval" in result.artifacts else f"eval-{split}.json"
+            lines.append(f"{split} per-group predicted and true means: in {written} and plots/")
+        elif "groups" in notes:
+            lines.append(f"{split}: no group has {notes['groups']['min_size']} held-out examples (data.min_group_size)")
+        return lines + self.baseline_lines(result)
+
     # -------------------------------------------------------------------------- predict/explain
     @torch.no_grad()
-    def predict(self, model: nn.Module, inputs: list[str]) -> list[Prediction]:
+    def predict(self, model: nn.Module, inputs: list[str]) -> list[Classification]:
         return self.predictions(inputs, *self.class_probabilities(model, inputs))
 
     def class_probabilities(self, model: nn.Module, inputs: list[str]) -> tuple[Tensor, list[str]]:
@@ -624,7 +659,7 @@ class ClassifyTask(Task):
         for text, p in zip(inputs, probs, strict=True):
             best = int(p.argmax())
             dist = {name: round(float(p[i]), 4) for i, name in enumerate(classes)}
-            out.append(Classification(text, classes[best], float(p[best]), dist))
+            out.append(Classification(text, classes[best], float(p[best]), probabilities=dist))
         return out
 
     @torch.no_grad()

@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,16 @@ from heedful.errors import CheckpointError, ConfigError, UserError
 from heedful.explain.capture import capture
 from heedful.metrics.fid import feature_statistics, frechet_distance
 from heedful.models.sagan import SAGAN, SAGANConfig
-from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
+from heedful.tasks.base import (
+    Batch,
+    BatchSource,
+    DataBundle,
+    EvalResult,
+    Explanation,
+    Prediction,
+    Task,
+    register_task,
+)
 
 CLASSIFIER_FILE = "feature_classifier.safetensors"
 
@@ -107,6 +116,13 @@ class Generated(Prediction):
 class ImageGenTask(Task):
     name = "imagegen"
     config_class = ImageGenConfig
+    run_methods: ClassVar[dict[str, str]] = {"generate": "generate_grid"}  # run.generate(64, "3", out="threes.png")
+
+    @classmethod
+    def commands(cls) -> list:
+        from heedful.tasks.verbs.imagegen import generate
+
+        return [generate]
 
     def __init__(self, cfg: ImageGenConfig):
         super().__init__(cfg)
@@ -213,6 +229,21 @@ class ImageGenTask(Task):
             raise UserError("this model is not class-conditional (model.n_classes: 0); drop --class")
         return model.generator(z, y).float().cpu()
 
+    def generate_grid(
+        self,
+        model: nn.Module,
+        n: int = 64,
+        class_name: str | None = None,
+        seed: int | None = None,
+        out: str | Path | None = None,
+    ) -> Tensor:
+        """``run.generate``: n images (n, C, R, R) in [−1, 1], of one class (its name) or all in
+        turn; with ``out``, also saved as one grid PNG there."""
+        images = self.generate(model, n, self._class_id(class_name) if class_name is not None else None, seed)
+        if out is not None:
+            save_grid(images, Path(out))
+        return images
+
     # --------------------------------------------------------------------------------- evaluate
     @torch.no_grad()
     def _features(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -220,7 +251,7 @@ class ImageGenTask(Task):
         return torch.cat(feats), torch.cat(logits)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str) -> EvalResult:
         if self.data is None or split not in self.data.splits:
             raise UserError(f"no {split!r} split; available: val, test")
         real = self.data.splits[split]
@@ -235,7 +266,7 @@ class ImageGenTask(Task):
         if self.cfg.model.n_classes:
             requested = torch.arange(n) % self.cfg.model.n_classes
             metrics["class_accuracy"] = float((fake_logits.argmax(-1) == requested).float().mean())
-        return metrics
+        return EvalResult(metrics)
 
     def after_validation(self, model: nn.Module, epoch: int, run_dir: Path) -> None:
         """A grid from the fixed noise after every epoch: plots/samples-epoch-N.png."""
@@ -250,7 +281,7 @@ class ImageGenTask(Task):
             class_id = self._class_id(item) if self.cfg.model.n_classes else None
             image = self.generate(model, 1, class_id, seed=self.cfg.gan.sample_seed + i)[0]
             label = self.classes[class_id] if class_id is not None else "image"
-            out.append(Generated(item, label, None, image))
+            out.append(Generated(item, label, None, image=image))
         return out
 
     def _class_id(self, item: Any) -> int:
@@ -271,7 +302,7 @@ class ImageGenTask(Task):
             weights = seen["attention"][0, 0].float()  # (N, N)
             side = math.isqrt(weights.shape[0])
             queries = _query_pixels(image, side)
-            prediction = Generated(item, self.classes[class_id] if class_id is not None else "image", None, image)
+            prediction = Generated(item, self.classes[class_id] if class_id is not None else "image", None, image=image)
             explanations.append(
                 Explanation(
                     prediction=prediction,

@@ -32,8 +32,9 @@ from heedful.config import Section
 from heedful.data.tokenizers import N_SPECIALS, SentencePieceTokenizer, pad_ids
 from heedful.errors import ConfigError, UserError
 from heedful.models.masked_lm import MaskedLanguageModel, MaskedLMConfig
-from heedful.tasks.base import DataBundle, Explanation, Prediction, register_task
+from heedful.tasks.base import DataBundle, EvalResult, Explanation, Prediction, Task, register_task
 from heedful.tasks.classify import ClassifyConfig, ClassifyTask, Example
+from heedful.tasks.verbs import TrainOption, labelled_text_options
 
 EVAL_SEED = 1234  # the fixed masking of val/test
 
@@ -72,6 +73,10 @@ class MaskedLMTask(ClassifyTask):
     config_class = MaskedLMRunConfig
     requires = ()  # its metrics are its own: no scikit-learn
 
+    @classmethod
+    def train_options(cls) -> list[TrainOption]:
+        return labelled_text_options()  # it reads the same files as classify
+
     def build_data(self, cfg: MaskedLMRunConfig) -> DataBundle:
         if cfg.model.pretrained is not None or cfg.model.encoder_type != "transformer":
             raise ConfigError(
@@ -97,7 +102,7 @@ class MaskedLMTask(ClassifyTask):
         return loss, {"loss": float(loss.detach()), "accuracy": float(correct), "weight": len(targets)}
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str) -> EvalResult:
         if self.data is None or split not in self.data.splits:
             raise UserError(f"no {split!r} split; available: val, test")
         model.eval()
@@ -115,10 +120,13 @@ class MaskedLMTask(ClassifyTask):
             correct += int((logits.argmax(-1) == targets).sum())
             count += len(targets)
         loss = total / max(count, 1)
-        return {"loss": loss, "accuracy": correct / max(count, 1), "perplexity": math.exp(min(loss, 50.0))}
+        return EvalResult({"loss": loss, "accuracy": correct / max(count, 1), "perplexity": math.exp(min(loss, 50.0))})
 
-    def write_reports(self, split: str, directory) -> list:
+    def write_reports(self, split: str, directory, result: EvalResult) -> list:
         return []
+
+    def describe(self, result: EvalResult, split: str) -> list[str]:
+        return Task.describe(self, result, split)  # not the classifier's confusion table
 
     def baselines(self, split: str) -> dict[str, dict[str, float]]:
         return {}  # a language model: there is no class to guess

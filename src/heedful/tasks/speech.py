@@ -58,7 +58,16 @@ from heedful.decode.ctc import ctc_beam_decode, ctc_greedy_decode, digit_error_r
 from heedful.errors import ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.models.speech import SpeechConfig, SpeechModel
-from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
+from heedful.tasks.base import (
+    Batch,
+    BatchSource,
+    DataBundle,
+    EvalResult,
+    Explanation,
+    Prediction,
+    Task,
+    register_task,
+)
 
 HOP_SECONDS = 0.01  # log_mel's default hop: 80 samples at 8 kHz
 
@@ -236,6 +245,13 @@ class SpeechTask(Task):
     name = "speech"
     config_class = SpeechTaskConfig
     requires = ("soundfile", "soxr", "jiwer")  # reading and resampling audio, digit error rates
+
+    @classmethod
+    def commands(cls) -> list:
+        from heedful.tasks.verbs.speech import transcribe
+
+        return [transcribe]
+
     cfg: SpeechTaskConfig
 
     # ---------------------------------------------------------------------------------------- data
@@ -452,7 +468,7 @@ class SpeechTask(Task):
         return out
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str) -> EvalResult:
         utterances = self._utterances(split)
         model.eval()
         device = next(model.parameters()).device
@@ -472,7 +488,7 @@ class SpeechTask(Task):
         metrics = {"loss": loss_sum / len(utterances)} | self._accuracies(split, refs, hyps, speakers)
         if self.cfg.model.head == "ctc":
             metrics["der"] = digit_error_rate(refs, hyps)
-        return metrics
+        return EvalResult(metrics)
 
     @staticmethod
     def _accuracies(split: str, refs: list[str], hyps: list[str], speakers: list[str]) -> dict[str, float]:
@@ -500,14 +516,14 @@ class SpeechTask(Task):
         """The split's audio files, in the order ``evaluate`` scores them."""
         return [str(r.path) for r in self._held_out_recordings(split)]
 
-    def score_probabilities(self, split: str, probs: Tensor) -> dict[str, float]:
+    def score_probabilities(self, split: str, probs: Tensor) -> EvalResult:
         """Loss, accuracy and (on test) each speaker's accuracy from digit probabilities (N, 10)."""
         recordings = self._held_out_recordings(split)
         labels = torch.tensor([r.digit for r in recordings])  # (N,)
         loss = float(F.nll_loss(probs.float().clamp(min=1e-12).log(), labels))
         hyps = [str(int(c)) for c in probs.argmax(-1)]
         refs, speakers = [str(r.digit) for r in recordings], [r.speaker for r in recordings]
-        return {"loss": loss} | self._accuracies(split, refs, hyps, speakers)
+        return EvalResult({"loss": loss} | self._accuracies(split, refs, hyps, speakers))
 
     # ------------------------------------------------------------------------------- predict/explain
     def _load(self, inputs: list[Any]) -> list[Utterance]:

@@ -32,7 +32,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,16 @@ from heedful.explain.capture import capture
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
 from heedful.nn.losses import smoothed_cross_entropy
-from heedful.tasks.base import Batch, BatchSource, DataBundle, Explanation, Prediction, Task, register_task
+from heedful.tasks.base import (
+    Batch,
+    BatchSource,
+    DataBundle,
+    EvalResult,
+    Explanation,
+    Prediction,
+    Task,
+    register_task,
+)
 
 Example = DateExample | NumberExample
 BatchSource.register(TokenBatches)  # heedful.data does not import tasks; it is one all the same
@@ -211,7 +220,7 @@ class Translation(Prediction):
     output_ids: list[int] | None = None  # without <bos>/<eos>; one per output piece
     source_pieces: list[str] | None = None  # the key tokens
     output_pieces: list[str] | None = None  # the query tokens: output pieces, then "<eos>"
-    attention: Tensor | None = None  # (T_out + 1, S): decode.explain_layer's cross-attention, mean over heads
+    # .attention (with attention=True): (T_out + 1, S), decode.explain_layer's cross-attention, mean over heads
     alternatives: list[tuple[str, float]] | None = None  # with n_best > 1: the n best (output, score), this one first
 
 
@@ -230,6 +239,13 @@ class TranslateTask(Task):
     name = "translate"
     config_class = TranslateConfig
     cfg: TranslateConfig
+    run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines"}  # run.translate(lines, beam=5)
+
+    @classmethod
+    def commands(cls) -> list:
+        from heedful.tasks.verbs.translate import translate
+
+        return [translate]
 
     def __init__(self, cfg: TranslateConfig):
         super().__init__(cfg)
@@ -414,7 +430,7 @@ class TranslateTask(Task):
         return self.data.splits[split]
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: str) -> EvalResult:
         if self.cfg.data.source == "parallel":
             return self._evaluate_parallel(model, split)
         examples = self._examples(split)
@@ -449,7 +465,6 @@ class TranslateTask(Task):
             if seen is not None:
                 h, f = self._alignment_hits(_stacked(seen, self._cross_attention_name(model)), chunk)
                 hits, fields = hits + h, fields + f
-        self.outputs[split] = outputs
         metrics = {
             "loss": loss_sum / tokens,
             "accuracy": correct_tokens / tokens,
@@ -457,15 +472,15 @@ class TranslateTask(Task):
         }
         if fields:
             metrics["alignment_hit"] = hits / fields
-        return metrics
+        return EvalResult(metrics, outputs=outputs)
 
     @torch.no_grad()
-    def validate(self, model: nn.Module) -> dict[str, float]:
+    def validate(self, model: nn.Module) -> EvalResult:
         if self.cfg.data.source == "parallel":
             return self._evaluate_parallel(model, "val", beam_size=self.cfg.decode.val_beam_size)
         return self.evaluate(model, "val")
 
-    def _evaluate_parallel(self, model: nn.Module, split: str, beam_size: int | None = None) -> dict[str, float]:
+    def _evaluate_parallel(self, model: nn.Module, split: str, beam_size: int | None = None) -> EvalResult:
         """Teacher-forced loss and token accuracy, then decoded outputs scored by sacreBLEU
         (detokenized, case-sensitive, against the untokenized references)."""
         from sacrebleu.metrics import BLEU, CHRF
@@ -493,17 +508,14 @@ class TranslateTask(Task):
         refs = [p.target for p in pairs]
         bleu, chrf = BLEU(tokenize=_bleu_tokenizer(self.cfg.data.target_lang)), CHRF()
         bleu_score, chrf_score = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
-        self.outputs[split] = hyps
-        self.notes[split] = {
-            "bleu_signature": str(bleu.get_signature()),
-            "chrf_signature": str(chrf.get_signature()),
-        }
-        return {
+        metrics = {
             "loss": loss_sum / tokens,
             "accuracy": correct / tokens,
             "bleu": bleu_score.score,
             "chrf": chrf_score.score,
         }
+        signatures = {"bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+        return EvalResult(metrics, notes=signatures, outputs=hyps)
 
     def _cross_attention_name(self, model: nn.Module) -> str:
         name = model.cross_attention_name(self.cfg.decode.explain_layer)
@@ -656,9 +668,24 @@ class TranslateTask(Task):
                 out[i].attention = weights[name].mean(0)  # (T_out + 1, S)
         return out
 
+    def translate_lines(
+        self,
+        model: nn.Module,
+        lines: list[str],
+        *,
+        beam: int | None = None,
+        batch_tokens: int | None = None,
+        attention: bool = False,
+        n_best: int = 1,
+    ) -> list[Translation]:
+        """``run.translate(lines, beam=5)``: ``translate`` with the CLI's names for its options."""
+        return self.translate(
+            model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention, n_best=n_best
+        )
+
     # ------------------------------------------------------------------------------- predict/explain
     @torch.no_grad()
-    def predict(self, model: nn.Module, inputs: list[str]) -> list[Prediction]:
+    def predict(self, model: nn.Module, inputs: list[str]) -> list[Translation]:
         return list(self.translate(model, inputs))
 
     @torch.no_grad()

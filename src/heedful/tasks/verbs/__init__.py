@@ -1,0 +1,71 @@
+"""What a task adds to the command line: its own verbs and its `heedful train` flags.
+
+A task's ``commands()`` returns typer command functions (``verbs/translate.py``,
+``verbs/speech.py``, …) and ``train_options()`` a list of ``TrainOption``; ``heedful.cli``
+mounts both, so the CLI names no task (fairseq's ``add_args``, one level deep). A verb opens
+its run through the ``RunLoader`` the CLI puts on the typer context (``run_loader(ctx)``):
+tasks sit below ``heedful.runs`` and the CLI and may not import them. These modules import
+nothing heavy at the top, so ``heedful --help`` lists every task's verbs without loading models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import typer
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a config field, e.g. --set train.lr=3e-4 (repeatable).",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    """A `heedful train` flag a task adds: a shortcut for ``--set <key>=<value>``."""
+
+    flag: str  # "--data"
+    key: str  # the config key it sets: "data.path"
+    help: str  # "Your CSV, TSV or JSONL of labelled texts"
+    about: str  # what the task's flags set, for the refusal on other tasks: "the data of a file of labelled texts"
+    type: type = str  # str or Path
+
+    @property
+    def name(self) -> str:
+        """The flag as a Python name: --text-column -> text_column."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+def labelled_text_options() -> list[TrainOption]:
+    """`heedful train` flags of the tasks that read a file of labelled texts (classify, mlm)."""
+    about = "the data of a file of labelled texts"
+    return [
+        TrainOption("--data", "data.path", "your CSV, TSV or JSONL of labelled texts", about, Path),
+        TrainOption("--text-column", "data.text_column", "its text column", about),
+        TrainOption("--label-column", "data.label_column", "its label column", about),
+        TrainOption("--group-column", "data.group_column", "its product column, for product-level scores", about),
+    ]
+
+
+class RunLoader(Protocol):
+    """How a verb opens run directories (the CLI provides it; ``heedful.runs`` does the work)."""
+
+    def load_run(self, run_dir: Path, device: str, overrides: list[str] | None = None, *, task: str, verb: str) -> Any:
+        """``heedful.runs.load_run``, refusing a run of another task than ``task`` in one line."""
+
+    def with_ensemble(self, run: Any, others: list[Path] | None, device: str, overrides: list[str] | None) -> Any:
+        """``run`` alone, or with ``others`` an ``Ensemble`` averaging their class probabilities."""
+
+
+def run_loader(ctx: typer.Context) -> RunLoader:
+    if ctx.obj is None:
+        raise RuntimeError("a task's verb runs inside `heedful` (heedful.cli.app), which provides its run loader")
+    return ctx.obj

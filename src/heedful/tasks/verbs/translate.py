@@ -1,0 +1,140 @@
+"""The translate task's verb: `heedful translate RUN < in.txt > out.txt`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from heedful.errors import DataError, UserError
+from heedful.tasks.verbs import DeviceOption, SetOption, run_loader
+
+CHUNK_LINES = 256  # most lines translated together: enough for full token batches
+
+
+def _stdin_chunks(max_lines: int) -> Iterator[list[str]]:
+    """stdin's lines in chunks of up to ``max_lines``: whatever has arrived, so a caller that
+    writes one line and waits for its translation gets it, while a file streams in big chunks.
+
+    Reads the file descriptor directly (Python's own buffering would hide how much is waiting);
+    where ``select`` cannot tell (not a pipe, file or terminal), it reads until a chunk is full.
+    """
+    import os
+    import select
+
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced stdin (tests, notebooks): plain lines
+        fd = None
+    number, chunk, pending, at_end = 0, [], b"", False
+
+    def waiting() -> bool:
+        try:
+            return bool(select.select([fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def decoded(raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"<stdin> line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+
+    if fd is None:
+        for line in sys.stdin:
+            chunk.append(line.rstrip("\n").removesuffix("\r"))
+            if len(chunk) == max_lines:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+        return
+    while not (at_end and not pending):
+        newline = pending.find(b"\n")
+        if newline >= 0 or (at_end and pending):
+            end = newline if newline >= 0 else len(pending)
+            number += 1
+            chunk.append(decoded(pending[:end]))
+            pending = pending[end + 1 :]
+            if len(chunk) == max_lines:
+                yield chunk
+                chunk = []
+            continue
+        if chunk and not waiting():  # nothing more has arrived: translate what we have
+            yield chunk
+            chunk = []
+        data = os.read(fd, 1 << 16)
+        at_end = not data
+        pending += data
+    if chunk:
+        yield chunk
+
+
+def translate(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Argument(help="A translate run directory written by `heedful train`.")],
+    beam: Annotated[int | None, typer.Option(min=1, help="Beam size (1 = greedy); default: decode.beam_size.")] = None,
+    batch_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Source tokens × beam per batch; default: decode.batch_tokens.")
+    ] = None,
+    attention: Annotated[
+        Path | None,
+        typer.Option(help="Also write JSON lines: source pieces, output pieces, cross-attention (mean over heads)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Count translated lines on stderr (when stdin is not a TTY).")] = False,
+    n_best: Annotated[
+        int,
+        typer.Option(
+            "--n-best",
+            min=1,
+            help="Print the beam's N best translations of each line, best first, as 'LINE ||| translation ||| "
+            "log-probability' (LINE counts input lines from 0, the Moses n-best format). Needs a beam of at least N.",
+        ),
+    ] = 1,
+    set_: SetOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Translate stdin to stdout, one line for each line, in order: heedful translate RUN < in.txt > out.txt
+    --set changes decoding, e.g. decode.alpha=1.0 or decode.precision=bf16."""
+    from tqdm.auto import tqdm
+
+    run = run_loader(ctx).load_run(run_dir, device, list(set_ or []), task="translate", verb="translate")
+    out = sys.stdout.buffer
+    bar = tqdm(unit=" lines", file=sys.stderr, disable=not progress or sys.stdin.isatty(), dynamic_ncols=True)
+    if n_best > (beam or run.cfg.decode.beam_size):
+        raise UserError(f"--n-best {n_best}: needs a beam of at least {n_best} (--beam)")
+    done = 0  # input lines answered so far (the n-best line numbers)
+    with open(attention, "w", encoding="utf-8") if attention else contextlib.nullcontext() as maps:
+        for lines in _stdin_chunks(CHUNK_LINES):
+            results = run.translate(
+                lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None, n_best=n_best
+            )
+            if n_best > 1:
+                text = "".join(
+                    f"{done + i} ||| {output} ||| {score:.4f}\n"
+                    for i, t in enumerate(results)
+                    for output, score in t.alternatives
+                )
+            else:
+                text = "".join(f"{t.output}\n" for t in results)
+            out.write(text.encode("utf-8"))
+            out.flush()
+            done += len(lines)
+            if maps is not None:
+                for t in results:
+                    record = {
+                        "source": t.input,
+                        "translation": t.output,
+                        "source_pieces": t.source_pieces,
+                        "output_pieces": t.output_pieces,
+                        "attention": [[round(float(w), 4) for w in row] for row in t.attention],
+                    }
+                    maps.write(json.dumps(record, ensure_ascii=False) + "\n")
+                maps.flush()
+            bar.update(len(lines))
+    bar.close()
