@@ -97,3 +97,32 @@ def test_transcribe_cli_reports_bad_audio_in_one_line(tmp_path, configs_dir):
     bad = subprocess.run([*cli, str(broken)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith(f"heedful: error: {broken}") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_transcribe_layer_and_head_choose_the_figure_without_changing_the_run(tmp_path, configs_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from heedful.cli import app
+    from heedful.errors import UserError
+    from heedful.tasks import get_task
+
+    run_dir = tmp_path / "run"
+    fit(load_config(configs_dir / "speech_digits.yaml", overrides(run_dir)))
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, torch.randn(4000).numpy() * 0.1, 8000)
+    task_class, shown = get_task("speech"), []
+    plot = task_class.plot_explanation
+
+    def recording_plot(self, explanation, path):
+        shown.append((self.cfg.decode.explain_layer, self.cfg.decode.explain_head))
+        return plot(self, explanation, path)
+
+    monkeypatch.setattr(task_class, "plot_explanation", recording_plot)
+    args = ["transcribe", str(run_dir), str(clip), "--show-attention", "--layer", "0", "--head", "1"]
+    result = CliRunner().invoke(app, [*args, "--out-dir", str(tmp_path / "figures"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert shown == [(0, 1)] and "attention figure:" in result.output
+    assert load_config(run_dir).decode.explain_head is None  # the run itself is as trained
+
+    refused = CliRunner().invoke(app, ["transcribe", str(run_dir), str(clip), "--head", "2", "--device", "cpu"])
+    assert isinstance(refused.exception, UserError) and str(refused.exception) == "--head 2: this model has heads 0–1"
