@@ -64,6 +64,7 @@ def test_a_task_from_the_test_suite_through_the_cli_and_run(toy):
     [p] = run.predict([2.0])
     assert p.record() == {"input": 2.0, "output": "positive", "score": p.score, "probabilities": p.probabilities}
     assert run.signs_of([5.0, -5.0]) == ["positive", "negative"]  # the task's run method
+    assert "signs_of" in dir(run)
     with pytest.raises(UserError, match=r"is a 'toy' run; translate needs a translate run"):
         run.translate(["a"])
     assert not hasattr(run, "no_such_method")

@@ -91,6 +91,9 @@ class Run:
             raise NotARunMethod(f"{self.run_dir}: is a {self.cfg.task!r} run; {name} needs {article} {owners[0]} run")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *type(self.task).run_methods]
+
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""
         out_dir = Path(out_dir) if out_dir is not None else self.run_dir / "plots"

@@ -678,7 +678,9 @@ class TranslateTask(Task):
         attention: bool = False,
         n_best: int = 1,
     ) -> list[Translation]:
-        """``run.translate(lines, beam=5)``: ``translate`` with the CLI's names for its options."""
+        """``run.translate(lines, beam=5)``: ``Translation``s (``.output``, ``.score``; with
+        ``attention=True`` also ``.source_pieces``, ``.output_pieces`` and ``.attention``; with
+        ``n_best`` > 1, ``.alternatives``: the beam's n best (output, log-probability), best first)."""
         return self.translate(
             model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention, n_best=n_best
         )
