@@ -379,7 +379,12 @@ def test_a_model_config_for_the_wrong_architecture_is_refused(corpus, tmp_path):
 def test_bf16_decoding_gives_the_same_kind_of_output(trained):
     run = load_run(trained[0], device="cpu", overrides=["decode.precision=bf16"])
     lines = ["The dog sleeps at home.", "A woman sings on the beach."]
+    # The decoder's output (B, T, V) logits are bf16 only when decoding runs under bf16 autocast.
+    seen: set[torch.dtype] = set()
+    hook = run.model.decoder.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
     outputs = [t.output for t in run.translate(lines, beam=3)]
+    hook.remove()
+    assert seen == {torch.bfloat16}
     assert all(isinstance(o, str) and o for o in outputs)
     # A toy model trained to near certainty decodes the same in 16 bits as in 32.
     assert outputs == [t.output for t in load_run(trained[0], device="cpu").translate(lines, beam=3)]
