@@ -66,10 +66,10 @@ from pathlib import Path
 import torch
 
 from common import fit_or_reuse, header
+from heedful.data.labelled import split_examples
 from heedful.data.text import BadRows, LabelMap
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
-from heedful.tasks.classify import split_examples
 from heedful.tasks.text_baselines import baseline_probabilities, fit_tfidf_lr
 
 ROOT = Path("runs/bench-reviews")
@@ -101,7 +101,7 @@ def baselines(task) -> dict[str, torch.Tensor]:
 
 
 def score(probs: torch.Tensor, task, split: str = "test") -> dict[str, float]:
-    from heedful.tasks.classify import classification_metrics
+    from heedful.metrics.classification import classification_metrics
 
     labels = torch.tensor([e.label for e in task.data.splits[split]])
     metrics, _ = classification_metrics(probs, labels, task.labels.classes, ordinal=task.labels.ordinal)

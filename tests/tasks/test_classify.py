@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heedful.data.labelled import split_examples
 from heedful.errors import ConfigError, UserError
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
-from heedful.tasks.classify import expected_calibration_error, split_examples
 from heedful.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,13 +135,6 @@ def test_identical_texts_never_straddle_train_and_test(tmp_path):
         split_examples([], cfg.data.model_copy(update={"fold": 5}), 0)
 
 
-def test_expected_calibration_error_by_hand():
-    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
-    labels = torch.tensor([0, 1, 1])
-    # bins (0.8,0.867]… : conf 0.9 correct → |1−0.9|; conf 0.6 wrong → |0−0.6|; conf 0.7 correct → |1−0.7|
-    assert expected_calibration_error(probs, labels) == pytest.approx((0.1 + 0.6 + 0.3) / 3)
-
-
 def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, tmp_path):
     from tests.conftest import run_cli
 
@@ -248,26 +241,6 @@ def test_wordpiece_windows_each_keep_cls_and_sep(tmp_path):
     assert all(w[0] == cls and w[-1] == sep and len(w) <= 8 for w in windows)
     assert [t for w in windows[::2] for t in w[1:-1]][: len(body)] == body[: len(windows[::2]) * 6]
     assert windows[-1][-2] == body[-1]
-
-
-def test_length_buckets_keep_every_example_once_and_cut_the_padding():
-    from heedful.tasks.classify import Example, ExampleBatches
-
-    rng = random.Random(0)
-    examples = [Example(str(i), 0, None, tuple(range(rng.choice([3, 5, 40, 200])))) for i in range(1000)]
-
-    def epoch(bucket: bool, e: int) -> list[list[str]]:
-        source = ExampleBatches(examples, 16, seed=3, collate=lambda b: b, weights=None, bucket=bucket)
-        return [[x.text for x in batch] for batch in source.batches(e)]
-
-    def padding(batches) -> int:
-        lengths = {x.text: len(x.ids) for x in examples}
-        return sum(len(b) * max(lengths[t] for t in b) - sum(lengths[t] for t in b) for b in batches)
-
-    bucketed = epoch(True, 0)
-    assert sorted(t for b in bucketed for t in b) == sorted(x.text for x in examples)  # each exactly once
-    assert all(len(b) <= 16 for b in bucketed) and bucketed == epoch(True, 0) != epoch(True, 1)
-    assert padding(bucketed) < padding(epoch(False, 0)) / 5
 
 
 def test_token_dropout_hides_tokens_in_training_only(tmp_path):
