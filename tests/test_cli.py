@@ -60,6 +60,7 @@ def test_help_lists_the_commands():
     assert {"train", "evaluate", "predict"} <= set(listed_commands(result.stdout))
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_end_to_end(tmp_path):
     run = tmp_path / "run"
     args = [a for o in tiny_dates_overrides(run, **{"train.epochs": 1}) for a in ("--set", o)]

@@ -19,6 +19,8 @@ from tests.conftest import (
     tiny_dates_overrides,
 )
 
+pytestmark = pytest.mark.slow  # every test here trains a run end to end
+
 
 def config(configs_dir, run_dir, **extra):
     return load_config(configs_dir / "dates.yaml", tiny_dates_overrides(run_dir, **extra))
