@@ -67,10 +67,10 @@ from pathlib import Path
 import torch
 
 from common import fit_or_reuse, header
+from heedful.data.labelled import split_examples
 from heedful.data.text import BadRows, LabelMap
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
-from heedful.tasks.classify import split_examples
 from heedful.tasks.text_baselines import baseline_probabilities, fit_tfidf_lr
 from heedful.train import History
 
@@ -96,7 +96,7 @@ def common(run_dir: Path, overrides: list[str]) -> list[str]:
 
 def score(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, float]:
     """Accuracy, macro-F1 and MAE (in classes: star ratings are ordinal) of probabilities (N, C)."""
-    from heedful.tasks.classify import classification_metrics
+    from heedful.metrics.classification import classification_metrics
 
     metrics, _ = classification_metrics(probs, labels, classes, ordinal=True)
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "mae") if k in metrics}

@@ -19,6 +19,8 @@ from tests.conftest import (
     tiny_dates_overrides,
 )
 
+pytestmark = pytest.mark.slow  # every test here trains a run end to end
+
 
 def config(configs_dir, run_dir, **extra):
     return load_config(configs_dir / "dates.yaml", tiny_dates_overrides(run_dir, **extra))
@@ -117,8 +119,25 @@ def test_gradient_accumulation_counts_optimizer_steps(configs_dir, tmp_path):
     assert history["step"] == [2]
 
 
-def test_bf16_autocast_trains(configs_dir, tmp_path):
+def test_bf16_autocast_trains(configs_dir, tmp_path, monkeypatch):
+    # The dtype the model's layers compute in during the training steps, seen by forward hooks
+    # that the task's loss adds to every Linear of the model it is given.
+    seen: set[torch.dtype] = set()
+    task_class = get_task("translate")
+    original_loss = task_class.loss
+
+    def loss_with_hooks(self, model, batch):
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype)) for m in linears]
+        try:
+            return original_loss(self, model, batch)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    monkeypatch.setattr(task_class, "loss", loss_with_hooks)
     history = fit(config(configs_dir, tmp_path / "run", **{"train.precision": "bf16", "train.epochs": 1}))
+    assert seen == {torch.bfloat16}  # every projection ran under bf16 autocast
     assert history["train_loss"][0] == history["train_loss"][0]  # finite, not NaN
     assert history["train_loss"][0] < 10
 
@@ -147,10 +166,15 @@ def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
 
 
 def test_trainer_class_matches_fit(configs_dir, tmp_path):
-    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 1})
+    by_fit = fit(config(configs_dir, tmp_path / "fit", **{"train.epochs": 1}))
+    cfg = config(configs_dir, tmp_path / "trainer", **{"train.epochs": 1})
     trainer = Trainer(get_task("translate")(cfg), cfg)
     history = trainer.fit()
-    assert trainer.model is not None and len(history.epochs) == 1
+    # The same run: the same losses and metrics at the same steps, the same weights.
+    strip_time = [{k: v for k, v in row.items() if "time" not in k} for row in history.epochs]
+    assert strip_time == [{k: v for k, v in row.items() if "time" not in k} for row in by_fit.epochs]
+    assert_same_latest_checkpoint(tmp_path / "fit", tmp_path / "trainer")
+    assert_same_weights(trainer.model.state_dict(), load_pretrained(tmp_path / "fit" / "model").state_dict())
 
 
 def test_asking_for_wandb_without_it_installed_is_a_clear_error(configs_dir, tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, to_yaml
 from heedful.errors import ConfigError, UserError
+from heedful.explain.plots import plot_history
 from heedful.tasks.base import Batch, Task, get_task
 from heedful.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from heedful.train.ema import WeightAverage
@@ -176,7 +177,7 @@ class Trainer:
             logger.close()
         history.completed = True
         history.save(self.run_dir / "history.json")
-        _plot_history(history, self.run_dir / "plots" / "history.png")
+        plot_history(history.history, self.run_dir / "plots" / "history.png")
         return history
 
     def _loop(self, model, optimizer, data, state, history, logger, steps_per_epoch, total_steps) -> None:
@@ -304,32 +305,6 @@ def _format_row(row: dict[str, float], improved: bool) -> str:
     parts = [f"epoch {int(row['epoch'])}"]
     parts += [f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step")]
     return "  ".join(parts) + ("  *" if improved else "")
-
-
-def _plot_history(history: History, path: Path) -> None:
-    """Loss and accuracy curves per epoch, train beside val."""
-    if not history.epochs:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h = history.history
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for split in ("train", "val"):
-            key = f"{split}_{metric}"
-            if key in h:
-                ax.plot(h["epoch"], h[key], marker="o", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        if ax.get_legend_handles_labels()[0]:  # a task without this metric draws an empty panel
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> History:
