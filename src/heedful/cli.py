@@ -63,11 +63,11 @@ def train(
         config, {"data": data, "text_column": text_column, "label_column": label_column, "group_column": group_column}
     )
     overrides += list(set_ or [])
-    if run_dir is not None:
-        overrides.append(f"run_dir={run_dir}")
     if device is not None:
         overrides.append(f"device={device}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides)  # a run directory as CONFIG trains in that directory
+    if run_dir is not None:
+        cfg.run_dir = run_dir  # a path as given, never read as YAML
     history = fit(cfg, resume=resume, overwrite=overwrite)
     out = cfg.resolved_run_dir()
     best = history.epochs[history.best_epoch - 1] if history.best_epoch else history.last()
