@@ -55,7 +55,7 @@ def _is_empty(path: Path) -> bool:
 
 
 def _is_legacy_run(path: Path) -> bool:
-    names = [child.name for child in path.iterdir()]
+    names = [child.name for child in path.iterdir() if child.name != MARKER]
     return (
         (path / "config.yaml").is_file()
         and (bool(list_checkpoints(path / "checkpoints")) or (path / "model" / "config.json").is_file())
