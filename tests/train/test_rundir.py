@@ -335,3 +335,20 @@ def test_the_lock_of_a_killed_training_does_not_block(configs_dir, tmp_path):
         holder.wait()
     history = fit(config(configs_dir, run))
     assert history.completed
+
+
+def test_what_a_kill_mid_replace_leaves_is_put_back(configs_dir, tmp_path):
+    """Killed between moving the old checkpoint (or model) aside and renaming the new one in."""
+    run = tmp_path / "run"
+    fit(config(configs_dir, run))
+    checkpoints = run / "checkpoints"
+    weights = (checkpoints / "step-4" / "model.safetensors").read_bytes()
+    (checkpoints / "step-4").rename(checkpoints / ".old-step-4-999999")
+    (checkpoints / ".tmp-step-4-999999").mkdir()  # the new one, never finished
+    (run / "model").rename(run / ".model.old")
+    (run / ".model.tmp").mkdir()
+    RunDirectory.claim(run, resume=True, overwrite=False).release()
+    assert (checkpoints / "step-4" / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-4"]
+    assert (run / "model" / "model.safetensors").is_file()
+    assert not (run / ".model.old").exists() and not (run / ".model.tmp").exists()

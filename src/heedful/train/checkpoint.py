@@ -114,6 +114,7 @@ def save_checkpoint(
         f.flush()
         os.fsync(f.fileno())
     old = directory / f".old-step-{step}-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
     if final.exists():  # re-saving the same step (e.g. epoch end right after a periodic save)
         final.rename(old)
     tmp.rename(final)

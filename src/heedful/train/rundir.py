@@ -91,7 +91,7 @@ class RunDirectory:
                 f"{path}: is not empty and is not a heedful run directory; heedful writes only into a new "
                 "or empty folder, or one it made — choose another --run-dir"
             )
-        if resume and not list_checkpoints(path / "checkpoints"):
+        if resume and not exists:
             raise RunDirectoryError(f"{path}: --resume given, but there is no checkpoint to resume from")
         created = [p for p in (path, *path.parents) if not p.exists()]
         try:
@@ -118,9 +118,9 @@ class RunDirectory:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            run._clean_leftovers()
             run._check(resume=resume, overwrite=overwrite)
             run._load_manifest()
-            run._clean_leftovers()
         except BaseException as exc:
             run.abandon()
             if isinstance(exc, OSError):
@@ -202,7 +202,7 @@ class RunDirectory:
         (``.old-step-N-pid``, put back when its replacement never arrived), a model folder mid-swap."""
         checkpoints = self.path / "checkpoints"
         if checkpoints.is_dir():
-            for child in checkpoints.iterdir():
+            for child in sorted(checkpoints.iterdir()):
                 match = _LEFTOVER.match(child.name)
                 if not match:
                     continue
