@@ -127,10 +127,14 @@ def test_a_failed_start_on_the_command_line_leaves_no_folder(tmp_path):
     assert "train.monitor" in line and not new.exists()
 
 
-def test_overwrite_keeps_the_old_run_until_the_new_one_starts(configs_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("made", ["with-marker", "before-the-marker"])
+def test_overwrite_keeps_the_old_run_until_the_new_one_starts(configs_dir, tmp_path, monkeypatch, made):
     run = tmp_path / "run"
     fit(config(configs_dir, run))
-    before = snapshot(run)
+    if made == "before-the-marker":
+        shutil.rmtree(run / MARKER)
+        shutil.rmtree(run / "checkpoints")  # only a model: a failed start must not count as the first
+    before = {k: v for k, v in snapshot(run).items() if not k.startswith(MARKER)}
 
     def broken(self, cfg):
         raise DataError("data.path: cannot be read")
@@ -139,9 +143,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(configs_dir, tmp_p
     with pytest.raises(DataError):
         fit(config(configs_dir, run), overwrite=True)
     after = snapshot(run)
-    assert {k: v for k, v in after.items() if k != f"{MARKER}/lock"} == {
-        k: v for k, v in before.items() if k != f"{MARKER}/lock"
-    }
+    assert {k: v for k, v in after.items() if not k.startswith(MARKER)} == before
 
 
 def test_overwrite_deletes_only_what_heedful_wrote(configs_dir, tmp_path):

@@ -35,7 +35,7 @@ STANDARD = ("config.yaml", "history.json", "checkpoints/", "model/", "plots/hist
 # Names heedful writes while replacing a file or folder; a kill can leave them behind.
 TRANSIENT = ("history.tmp", ".model.tmp", ".model.old")
 # A run made before the marker existed: only these names at its top level.
-_LEGACY = re.compile(r"^(config\.yaml|history\.json|history\.tmp|checkpoints|model|tb|plots|\.model\.(tmp|old)"
+_LEGACY = re.compile(r"^(config\.yaml|history\.json|history\.tmp|checkpoints|model|tb|plots|wandb|\.model\.(tmp|old)"
                      r"|eval-.+\.json|hyps-.+\.txt)$")  # fmt: skip
 _LEFTOVER = re.compile(r"^\.(tmp|old)-step-(\d+)-\d+$")
 
@@ -86,7 +86,12 @@ class RunDirectory:
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"{path}: is a file, not a folder; choose another --run-dir")
         exists = path.is_dir()
-        if exists and not (path / MARKER).is_dir() and not _is_empty(path) and not _is_legacy_run(path):
+        try:
+            empty = not exists or _is_empty(path)
+            foreign = not empty and not (path / MARKER).is_dir() and not _is_legacy_run(path)
+        except OSError as exc:  # a folder we may not even list
+            raise _cannot_write(path, exc) from None
+        if foreign:
             raise RunDirectoryError(
                 f"{path}: is not empty and is not a heedful run directory; heedful writes only into a new "
                 "or empty folder, or one it made — choose another --run-dir"
@@ -96,7 +101,7 @@ class RunDirectory:
         created = [p for p in (path, *path.parents) if not p.exists()]
         try:
             path.mkdir(parents=True, exist_ok=True)
-            new_marker = not (path / MARKER).is_dir()
+            new_marker = empty and not (path / MARKER).is_dir()  # abandon() may then remove it all
             (path / MARKER).mkdir(exist_ok=True)
             fd = os.open(path / MARKER / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:

@@ -178,6 +178,8 @@ class Trainer:
         config_tmp.write_text(to_yaml(self.cfg))
         os.replace(config_tmp, self.run_dir / "config.yaml")
         before = files_under(self.run_dir / "tb")
+        if tc.wandb:
+            run.record("wandb/")  # wandb's own folder, written on the run's behalf
         logger = RunLogger(
             self.run_dir,
             tensorboard=tc.tensorboard,
