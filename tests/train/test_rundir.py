@@ -354,3 +354,55 @@ def test_what_a_kill_mid_replace_leaves_is_put_back(configs_dir, tmp_path):
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-4"]
     assert (run / "model" / "model.safetensors").is_file()
     assert not (run / ".model.old").exists() and not (run / ".model.tmp").exists()
+
+
+KILLED_MID_SAVE = """
+import os, sys, time
+from pathlib import Path
+from heedful.train import checkpoint
+from heedful import cli
+
+signals, calls, original = Path(sys.argv[1]), [0], checkpoint.rng_state
+
+def stalling_rng_state():  # the third save (step 6) stalls after writing its model file
+    calls[0] += 1
+    if calls[0] == 3:
+        (signals / "mid-save").touch()
+        time.sleep(600)
+    return original()
+
+checkpoint.rng_state = stalling_rng_state
+sys.argv = ["heedful", *sys.argv[2:]]
+cli.main()
+"""
+
+
+def test_a_run_killed_mid_save_resumes_bit_identically(configs_dir, tmp_path):
+    extra = {"train.epochs": 2, "train.checkpoint_every": 3, "train.keep_checkpoints": 5}
+    fit(config(configs_dir, tmp_path / "straight", **extra))
+    run, signals = tmp_path / "killed", tmp_path / "signals"
+    signals.mkdir()
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_SAVE, str(signals), "train", "configs/dates.yaml", *cli_args(run, **extra)],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (signals / "mid-save").exists():
+            assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()
+            time.sleep(0.05)
+    finally:
+        killed.kill()  # SIGKILL, holding the lock, a .tmp-step-6 folder half written
+        killed.wait()
+    assert list((run / "checkpoints").glob(".tmp-step-6-*"))
+    resumed = run_cli("train", str(run), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {run / 'checkpoints' / 'step-4'} " in resumed.stdout
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    straight = tmp_path / "straight"
+    assert snapshot(run / "model") == snapshot(straight / "model")  # the weights, bit for bit
+    assert History.load(run / "history.json")["train_loss"] == History.load(straight / "history.json")["train_loss"]
