@@ -36,7 +36,7 @@ STANDARD = ("config.yaml", "history.json", "checkpoints/", "model/", "plots/hist
 TRANSIENT = ("history.tmp", ".model.tmp", ".model.old")
 # A run made before the marker existed: only these names at its top level.
 _LEGACY = re.compile(r"^(config\.yaml|history\.json|history\.tmp|checkpoints|model|tb|plots|wandb|\.model\.(tmp|old)"
-                     r"|eval-.+\.json|hyps-.+\.txt)$")  # fmt: skip
+                     r"|eval-.+\.json|hyps-.+\.txt|bench-.+\.json)$")  # fmt: skip
 _LEFTOVER = re.compile(r"^\.(tmp|old)-step-(\d+)-\d+$")
 
 
