@@ -44,7 +44,9 @@ def train(
     set_: SetOption = None,
     run_dir: Annotated[Path | None, typer.Option(help="Where the run goes (default: runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's latest checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard an earlier run in the run directory: only what heedful wrote there.")
+    ] = False,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
     data: Annotated[
         Path | None, typer.Option(help="classify, mlm: your CSV, TSV or JSONL of labelled texts (sets data.path).")
