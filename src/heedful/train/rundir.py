@@ -33,7 +33,7 @@ LOCK = "lock"
 # What a training writes; the folders are heedful's whole (nobody else writes into them).
 STANDARD = ("config.yaml", "history.json", "checkpoints/", "model/", "plots/history.png")
 # Names heedful writes while replacing a file or folder; a kill can leave them behind.
-TRANSIENT = ("history.tmp", ".model.tmp", ".model.old")
+TRANSIENT = ("history.tmp", "config.yaml.tmp", ".model.tmp", ".model.old")
 # A run made before the marker existed: only these names at its top level.
 _LEGACY = re.compile(r"^(config\.yaml|history\.json|history\.tmp|checkpoints|model|tb|plots|wandb|\.model\.(tmp|old)"
                      r"|eval-.+\.json|hyps-.+\.txt|bench-.+\.json)$")  # fmt: skip
