@@ -14,6 +14,16 @@ def test_overrides_are_parsed_as_yaml_values(configs_dir):
     assert cfg.name == "x" and cfg.resolved_run_dir().name == "x"
 
 
+def test_text_values_are_kept_as_typed():
+    typed = ["run_dir=runs/exp #2", "name=exp #2", "data.path= my file.csv ", "a=[1, 2]", "b=null", "c='quoted'"]
+    data = apply_overrides({}, [*typed, "d=true", "e=cuda:0"])
+    assert data["run_dir"] == "runs/exp #2" and data["name"] == "exp #2" and data["data"]["path"] == "my file.csv"
+    assert data["a"] == [1, 2] and data["b"] is None and data["c"] == "quoted" and data["d"] is True
+    assert data["e"] == "cuda:0"
+    assert apply_overrides({}, ["run_dir=runs/a: b", "x=null"]) == {"run_dir": "runs/a: b", "x": None}
+    assert apply_overrides({}, ["run_dir=null"]) == {"run_dir": None}
+
+
 def test_unknown_key_names_the_key_and_suggests(configs_dir):
     with pytest.raises(
         ConfigError, match=r"unknown config key 'train\.warmup_step' \(did you mean 'train\.warmup_steps'"

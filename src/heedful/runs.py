@@ -24,15 +24,21 @@ from torch import Tensor, nn
 from heedful.config import RunConfig, apply_overrides, read_yaml, validate
 from heedful.errors import CheckpointError, ConfigError, UserError
 from heedful.tasks.base import Explanation, Prediction, Task, get_task
+from heedful.train.rundir import record_written
 from heedful.train.trainer import resolve_device
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or a run directory's config.yaml), apply ``key=value`` overrides, validate."""
+    """Read a YAML config (or a run directory's config.yaml), apply ``key=value`` overrides, validate.
+    A run directory's config runs in that directory, wherever it was made (runs move and copy)."""
     path = Path(path)
-    if path.is_dir():
+    run_dir = path if path.is_dir() else None
+    if run_dir is not None:
         path = path / "config.yaml"
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+    data = read_yaml(path)
+    if run_dir is not None:
+        data["run_dir"] = str(run_dir)
+    data = apply_overrides(data, list(overrides or []))
     if "task" not in data:
         raise ConfigError(f"{path}: missing config key 'task'")
     task_class = get_task(str(data["task"]))
@@ -69,7 +75,8 @@ class Run:
         record |= self.task.notes.get(split, {})  # e.g. sacreBLEU signatures
         record |= baselines_record(self.task, split)
         (self.run_dir / f"eval-{split}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        self.task.write_reports(split, self.run_dir / "plots")
+        reports = self.task.write_reports(split, self.run_dir / "plots")
+        record_written(self.run_dir, f"eval-{split}.json", f"hyps-{split}.txt", *reports)  # --overwrite clears them
         return metrics
 
     def translate(

@@ -11,6 +11,7 @@ from heedful.models import load_pretrained
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import History, Trainer, fit
+from heedful.train import checkpoint as checkpoint_module
 from heedful.train.checkpoint import list_checkpoints
 from tests.conftest import (
     assert_same_latest_checkpoint,
@@ -55,27 +56,65 @@ def test_training_reduces_the_loss(configs_dir, tmp_path):
     assert history["val_accuracy"][-1] > history["val_accuracy"][0]
 
 
+def crash_checkpoint_save_at(monkeypatch, call: int) -> None:
+    """A kill in the middle of the ``call``-th checkpoint save: the model file is in the
+    ``.tmp-step-…`` folder, the optimizer file and state.json are not."""
+    original, calls = checkpoint_module.rng_state, {"n": 0}
+
+    def crashing_rng_state():
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original()
+
+    monkeypatch.setattr(checkpoint_module, "rng_state", crashing_rng_state)
+
+
 @pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "weight-average"])
-def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch, ema):
+@pytest.mark.parametrize("cut", ["mid-epoch", "mid-save", "damaged-checkpoint"])
+def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch, capsys, ema, cut):
     extra = {"train.checkpoint_every": 3, "train.keep_checkpoints": 5, "model.dropout": 0.1, "train.ema_decay": ema}
     fit(config(configs_dir, tmp_path / "straight", **extra))
 
-    # Interrupt a second, identical run at its 8th batch (after the step-6 checkpoint), then resume.
-    crash_translate_loss_at(monkeypatch, 8)
+    # Checkpoints come at steps 3, 4 (epoch end), 6 and 8. Interrupt a second, identical run at its
+    # 8th batch (after the step-6 checkpoint), or while it writes step 6, then resume.
     cfg = config(configs_dir, tmp_path / "resumed", **extra)
+    checkpoints = tmp_path / "resumed" / "checkpoints"
+    if cut == "mid-save":
+        crash_checkpoint_save_at(monkeypatch, 3)
+    else:
+        crash_translate_loss_at(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg)
-    assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-6"
     assert not History.load(tmp_path / "resumed" / "history.json").completed  # cut off mid-run
-    monkeypatch.undo()  # the loss works again
+    if cut == "mid-save":
+        (leftover,) = checkpoints.glob(".tmp-step-6-*")
+        assert (leftover / "model.safetensors").is_file() and not (checkpoints / "step-6").exists()
+        leftover.rename(checkpoints / ".tmp-step-6-999999")  # as a killed process (another pid) leaves it
+        resumed_from = "step-4"
+    elif cut == "damaged-checkpoint":  # complete, but its optimizer file got truncated
+        damaged = checkpoints / "step-6" / "optimizer.safetensors"
+        damaged.write_bytes(damaged.read_bytes()[:100])
+        resumed_from = "step-4"
+    else:
+        resumed_from = "step-6"
+    monkeypatch.undo()  # the loss and the saving work again
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
+    capsys.readouterr()
     history = fit(cfg, resume=True)
 
+    assert f"resuming from {checkpoints / resumed_from} " in capsys.readouterr().out
+    assert not list(checkpoints.glob(".tmp-*")) and not list(checkpoints.glob(".old-*"))
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["step-3", "step-4", "step-6", "step-8"]
     assert_same_latest_checkpoint(tmp_path / "straight", tmp_path / "resumed")
     assert [row["step"] for row in history.epochs] == [4, 8]
     # The validated (and, with ema, averaged) weights and their scores agree too.
-    assert History.load(tmp_path / "straight" / "history.json")["val_loss"] == history["val_loss"]
+    straight = History.load(tmp_path / "straight" / "history.json")
+    assert straight["val_loss"] == history["val_loss"]
+    # A resumed epoch reports its training loss over the whole epoch, not the part after the resume.
+    assert history["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-6)
+    assert history["train_accuracy"] == pytest.approx(straight["train_accuracy"], abs=1e-6)
     assert_same_weights(*(load_pretrained(tmp_path / run / "model").state_dict() for run in ("straight", "resumed")))
 
 
@@ -91,6 +130,7 @@ def test_a_half_written_checkpoint_is_ignored(configs_dir, tmp_path):
     cfg = config(configs_dir, run, **{"train.epochs": 2})
     history = fit(cfg, resume=True)
     assert history["step"] == [4, 8]
+    assert not broken.exists()  # what a kill mid-save left is cleaned up
 
 
 def test_an_existing_run_is_never_silently_overwritten(configs_dir, tmp_path):
