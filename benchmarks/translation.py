@@ -34,6 +34,7 @@ import torch
 
 from heedful.runs import load_config, load_run
 from heedful.train import History, fit
+from heedful.train.rundir import record_written
 
 CONFIGS = Path("configs/multi30k")
 MODELS = ("transformer", "rnn_none", "rnn_bahdanau", "rnn_luong")
@@ -103,6 +104,7 @@ def score(name: str, run_dir: Path) -> dict:
         return row
     row = _score(name, run_dir)
     saved.write_text(json.dumps(row, indent=2, ensure_ascii=False) + "\n")
+    record_written(run_dir, saved)  # heedful's: --overwrite clears it
     return row
 
 

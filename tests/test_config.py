@@ -1,6 +1,6 @@
 import pytest
 
-from heedful.config import TrainConfig, apply_overrides, validate
+from heedful.config import RunConfig, TrainConfig, apply_overrides, validate
 from heedful.errors import ConfigError
 from heedful.runs import load_config
 
@@ -12,6 +12,16 @@ def test_overrides_are_parsed_as_yaml_values(configs_dir):
     )
     assert cfg.train.lr == 3e-4 and cfg.model.n_heads == 8 and cfg.train.betas == (0.9, 0.99)
     assert cfg.name == "x" and cfg.resolved_run_dir().name == "x"
+
+
+def test_text_values_are_kept_as_typed():
+    typed = ["run_dir=runs/exp #2", "name=exp #2", "data.path= my file.csv ", "a=[1, 2]", "b=null", "c='quoted'"]
+    data = apply_overrides({}, [*typed, "d=true", "e=cuda:0"])
+    assert data["run_dir"] == "runs/exp #2" and data["name"] == "exp #2" and data["data"]["path"] == "my file.csv"
+    assert data["a"] == [1, 2] and data["b"] is None and data["c"] == "quoted" and data["d"] is True
+    assert data["e"] == "cuda:0"
+    assert apply_overrides({}, ["run_dir=runs/a: b", "x=null"]) == {"run_dir": "runs/a: b", "x": None}
+    assert apply_overrides({}, ["run_dir=null"]) == {"run_dir": None}
 
 
 def test_unknown_key_names_the_key_and_suggests(configs_dir):
@@ -52,12 +62,44 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
         load_config(unknown)
 
 
+# A value each train field must refuse: out of its range where it has one, else of the wrong type.
+BAD_TRAIN_VALUES = {
+    "epochs": 0,
+    "steps_per_epoch": 0,
+    "batch_size": 0,
+    "grad_accum": 0,
+    "lr": 0,
+    "weight_decay": -0.1,
+    "betas": [0.9],
+    "schedule": "linear",
+    "warmup_steps": -1,
+    "min_lr_ratio": 1.5,
+    "label_smoothing": 1.0,
+    "clip_grad_norm": 0,
+    "ema_decay": 1.0,
+    "precision": "fp16",
+    "deterministic": "sometimes",
+    "monitor": ["val_loss"],
+    "monitor_mode": "max_or_min",
+    "early_stopping_patience": 0,
+    "max_minutes": 0,
+    "checkpoint_every": -1,
+    "keep_checkpoints": 0,
+    "log_every": 0,
+    "eval_batch_size": 0,
+    "tensorboard": "sometimes",
+    "wandb": "sometimes",
+    "progress": "sometimes",
+    "num_threads": 0,
+}
+
+
 def test_every_train_field_is_validated():
-    with pytest.raises(ConfigError, match=r"'train\.grad_accum'"):
-        validate(
-            type("C", (), {}) and __import__("heedful.config").config.RunConfig,
-            {"task": "translate", "train": {"grad_accum": 0}},
-        )
+    # A new field needs a bad value here: the table covers every field of TrainConfig.
+    assert set(BAD_TRAIN_VALUES) == set(TrainConfig.model_fields)
+    for field, value in BAD_TRAIN_VALUES.items():
+        with pytest.raises(ConfigError, match=rf"'train\.{field}[.']"):
+            validate(RunConfig, {"task": "translate", "train": {field: value}})
     assert TrainConfig().schedule == "inverse_sqrt"
 
 

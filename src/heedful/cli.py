@@ -88,7 +88,9 @@ def train(
     set_: SetOption = None,
     run_dir: Annotated[Path | None, typer.Option(help="Where the run goes (default: runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run directory's latest checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Discard an earlier run in the same directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard an earlier run in the run directory: only what heedful wrote there.")
+    ] = False,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N (overrides the config).")] = None,
     **task_options: Any,
 ) -> None:
@@ -98,11 +100,11 @@ def train(
 
     overrides = _task_overrides(config, {k: v for k, v in task_options.items() if v is not None})
     overrides += list(set_ or [])
-    if run_dir is not None:
-        overrides.append(f"run_dir={run_dir}")
     if device is not None:
         overrides.append(f"device={device}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, overrides)  # a run directory as CONFIG trains in that directory
+    if run_dir is not None:
+        cfg.run_dir = run_dir  # a path as given, never read as YAML
     history = fit(cfg, resume=resume, overwrite=overwrite)
     out = cfg.resolved_run_dir()
     best = history.epochs[history.best_epoch - 1] if history.best_epoch else history.last()

@@ -71,7 +71,16 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
 
     def resolved_run_dir(self) -> Path:
-        return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+        """``run_dir`` as given, or ``runs/<name>``: a name stays inside ``runs/``."""
+        if self.run_dir is not None:
+            return self.run_dir
+        name = Path(self.name)
+        if not self.name.strip() or name.is_absolute() or ".." in name.parts or not name.parts:
+            raise ConfigError(
+                f"config key 'name': {self.name!r} would put the run outside runs/; give a plain name, "
+                "or say where the run goes with --run-dir"
+            )
+        return Path("runs") / name
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -97,17 +106,33 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+_NULLS = ("null", "Null", "NULL", "~", "")
+
+
+def override_value(key: str, raw: str) -> Any:
+    """A ``--set`` value: parsed as YAML (``3``, ``1e-3``, ``[1, 2]``, ``true``, ``null``), except
+    that text YAML reads as a string is kept exactly as typed (``runs/exp #2`` keeps its ``#…``),
+    and ``run_dir`` is always a path, never YAML."""
+    text = raw.strip()
+    if key == "run_dir":
+        return None if text in _NULLS else text
+    try:
+        value = yaml.safe_load(raw) if text else raw
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str) and not text.startswith(("'", '"')):
+        return text
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings; values are parsed as YAML (``3``, ``1e-3``, ``[1, 2]``, ``true``)."""
+    """Apply ``key.sub=value`` strings; values as :func:`override_value` reads them."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=3e-4")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else raw
-        except yaml.YAMLError:
-            value = raw
+        value = override_value(key, raw)
         node = data
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):

@@ -30,14 +30,20 @@ from heedful.device import resolve_device
 from heedful.errors import CheckpointError, ConfigError, UserError
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task
 from heedful.tasks.registry import all_task_classes, get_task
+from heedful.train.rundir import record_written
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or a run directory's config.yaml), apply ``key=value`` overrides, validate."""
+    """Read a YAML config (or a run directory's config.yaml), apply ``key=value`` overrides, validate.
+    A run directory's config runs in that directory, wherever it was made (runs move and copy)."""
     path = Path(path)
-    if path.is_dir():
+    run_dir = path if path.is_dir() else None
+    if run_dir is not None:
         path = path / "config.yaml"
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+    data = read_yaml(path)
+    if run_dir is not None:
+        data["run_dir"] = str(run_dir)
+    data = apply_overrides(data, list(overrides or []))
     if "task" not in data:
         raise ConfigError(f"{path}: missing config key 'task'")
     task_class = get_task(str(data["task"]))
@@ -75,6 +81,7 @@ class Run:
         written = result.artifacts["eval"] = self.run_dir / f"eval-{split}.json"
         written.write_text(json.dumps(result.record(), indent=2, ensure_ascii=False) + "\n")
         result.figures = self.task.write_reports(split, self.run_dir / "plots", result)
+        record_written(self.run_dir, *result.artifacts.values(), *result.figures)  # --overwrite clears them
         return result
 
     def __getattr__(self, name: str) -> Any:

@@ -8,7 +8,15 @@ from collections import Counter
 
 import pytest
 
-from heedful.data.text import BadRows, LabelMap, TextColumns, read_labelled, read_texts, reservoir_sample
+from heedful.data.text import (
+    BadRows,
+    LabelMap,
+    TextColumns,
+    read_labelled,
+    read_text_rows,
+    read_texts,
+    reservoir_sample,
+)
 from heedful.errors import DataError
 from tests.conftest import SHARED_DATA
 
@@ -160,3 +168,15 @@ def test_texts_to_predict_name_the_file_line_that_is_not_utf8(tmp_path):
         read_texts(path, None)
     path.write_bytes("Gut.\n\nDas Gerät ist kaputt.\r\n".encode())
     assert read_texts(path, None) == ["Gut.", "Das Gerät ist kaputt."]
+
+
+def test_texts_to_predict_keep_the_rest_of_their_rows(tmp_path):
+    csv_file = write(tmp_path, 'Product Name,Reviews,Price\nA1,"Great, really",129\nB2,meh,\n')
+    got = read_text_rows(csv_file, "Reviews")
+    assert (got.texts, got.columns, got.values) == (["Great, really", "meh"], ["Product Name", "Price"],
+                                                    [["A1", "129"], ["B2", ""]])  # fmt: skip
+    jsonl = write(tmp_path, '{"id": 7, "body": "ok"}\n\n{"body": "bad", "tags": ["x"], "id": 8}\n', "r.jsonl")
+    got = read_text_rows(jsonl, "body")  # keys in order of first appearance; a missing key is ""
+    assert (got.texts, got.columns, got.values) == (["ok", "bad"], ["id", "tags"], [["7", ""], ["8", '["x"]']])
+    lines = write(tmp_path, "one\n\ntwo\n", "r.txt")
+    assert read_text_rows(lines, None).columns == [] and read_texts(lines, None) == ["one", "two"]

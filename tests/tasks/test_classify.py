@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from heedful.data.labelled import split_examples
 from heedful.errors import ConfigError, UserError
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
-from heedful.tasks.classify import expected_calibration_error, split_examples
 from heedful.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +86,7 @@ def trained(tmp_path_factory):
     return tmp_path / "run", history
 
 
+@pytest.mark.slow
 def test_a_keyword_is_learned_and_gets_the_attention(trained):
     run_dir, history = trained
     assert history["val_macro_f1"][-1] == 1.0
@@ -135,13 +136,7 @@ def test_identical_texts_never_straddle_train_and_test(tmp_path):
         split_examples([], cfg.data.model_copy(update={"fold": 5}), 0)
 
 
-def test_expected_calibration_error_by_hand():
-    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
-    labels = torch.tensor([0, 1, 1])
-    # bins (0.8,0.867]… : conf 0.9 correct → |1−0.9|; conf 0.6 wrong → |0−0.6|; conf 0.7 correct → |1−0.7|
-    assert expected_calibration_error(probs, labels) == pytest.approx((0.1 + 0.6 + 0.3) / 3)
-
-
+@pytest.mark.slow
 def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, tmp_path):
     from tests.conftest import run_cli
 
@@ -190,6 +185,7 @@ def test_layer_wise_learning_rate_decay_scales_each_layer(tmp_path):
     assert sorted({g["lr"] for g in optimizer.param_groups}) == [1.25e-4, 2.5e-4, 5e-4, 1e-3, 2e-3]
 
 
+@pytest.mark.slow
 def test_long_texts_are_read_as_overlapping_windows_that_cover_every_token(trained):
     run_dir, _ = trained
     run = load_run(run_dir, device="cpu")
@@ -208,6 +204,7 @@ def test_long_texts_are_read_as_overlapping_windows_that_cover_every_token(train
     assert run.task.windows(text) == [whole[:3] + whole[-3:]]
 
 
+@pytest.mark.slow
 def test_a_windowed_prediction_is_the_mean_of_its_windows_and_each_window_trains(trained, tmp_path):
     run_dir, _ = trained
     run = load_run(run_dir, device="cpu")
@@ -250,26 +247,6 @@ def test_wordpiece_windows_each_keep_cls_and_sep(tmp_path):
     assert windows[-1][-2] == body[-1]
 
 
-def test_length_buckets_keep_every_example_once_and_cut_the_padding():
-    from heedful.tasks.classify import Example, ExampleBatches
-
-    rng = random.Random(0)
-    examples = [Example(str(i), 0, None, tuple(range(rng.choice([3, 5, 40, 200])))) for i in range(1000)]
-
-    def epoch(bucket: bool, e: int) -> list[list[str]]:
-        source = ExampleBatches(examples, 16, seed=3, collate=lambda b: b, weights=None, bucket=bucket)
-        return [[x.text for x in batch] for batch in source.batches(e)]
-
-    def padding(batches) -> int:
-        lengths = {x.text: len(x.ids) for x in examples}
-        return sum(len(b) * max(lengths[t] for t in b) - sum(lengths[t] for t in b) for b in batches)
-
-    bucketed = epoch(True, 0)
-    assert sorted(t for b in bucketed for t in b) == sorted(x.text for x in examples)  # each exactly once
-    assert all(len(b) <= 16 for b in bucketed) and bucketed == epoch(True, 0) != epoch(True, 1)
-    assert padding(bucketed) < padding(epoch(False, 0)) / 5
-
-
 def test_token_dropout_hides_tokens_in_training_only(tmp_path):
     cfg = config(tmp_path, **{"data.token_dropout": 0.5, "data.class_weights": "none"})
     task = get_task("classify")(cfg)
@@ -296,6 +273,7 @@ def test_token_dropout_hides_tokens_in_training_only(tmp_path):
     torch.testing.assert_close(eval_loss, F.cross_entropy(logits, batch["labels"]))
 
 
+@pytest.mark.slow
 def test_an_ensemble_averages_the_runs_class_probabilities_in_the_api_and_cli(trained, tmp_path):
     from heedful.runs import load_ensemble
     from tests.conftest import run_cli
@@ -324,6 +302,7 @@ def test_an_ensemble_averages_the_runs_class_probabilities_in_the_api_and_cli(tr
         load_ensemble([run_dir, other_dir], device="cpu").predict(["fine", " "])
 
 
+@pytest.mark.slow
 def test_an_ensemble_is_scored_on_the_split_its_runs_share(trained, tmp_path):
     from sklearn.metrics import f1_score
 
@@ -373,6 +352,7 @@ def test_a_split_seed_holds_out_the_same_texts_whatever_the_training_seed(tmp_pa
     assert fixed == held_out(seed=1, **{"data.split_seed": 7}) == held_out(seed=7)
 
 
+@pytest.mark.slow
 def test_runs_of_two_seeds_with_one_split_seed_make_an_ensemble(trained, tmp_path):
     from tests.conftest import run_cli
 
@@ -387,6 +367,7 @@ def test_runs_of_two_seeds_with_one_split_seed_make_an_ensemble(trained, tmp_pat
     assert "test member_2_accuracy" in result.stdout
 
 
+@pytest.mark.slow
 def test_train_reads_your_own_file_through_data_and_column_flags(tmp_path):
     from tests.conftest import run_cli
 
@@ -417,6 +398,7 @@ def test_train_reads_your_own_file_through_data_and_column_flags(tmp_path):
     assert refused.stderr.strip().endswith(expected + " reads none — use --set data.<field>=…")
 
 
+@pytest.mark.slow
 def test_evaluate_scores_majority_and_tfidf_baselines_fit_on_the_training_texts(tmp_path):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -493,6 +475,7 @@ def test_data_sample_trains_on_a_seeded_sample_of_the_good_rows(tmp_path, capsys
     assert Counter(rows(**{"data.sample": 1000})) == everything  # asking for more than there are keeps all
 
 
+@pytest.mark.slow
 def test_evaluate_says_when_no_group_has_enough_held_out_examples(trained):
     from tests.conftest import run_cli
 

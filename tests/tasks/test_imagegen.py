@@ -46,6 +46,7 @@ def trained(tmp_path_factory):
     return run_dir, fit(config(run_dir))
 
 
+@pytest.mark.slow
 def test_training_reports_fid_and_class_accuracy_and_saves_sample_grids(trained):
     run_dir, history = trained
     assert history["epoch"] == [1, 2]
@@ -57,6 +58,7 @@ def test_training_reports_fid_and_class_accuracy_and_saves_sample_grids(trained)
     assert set(metrics) == {"fid", "classifier_accuracy", "class_accuracy"}
 
 
+@pytest.mark.slow
 def test_a_resumed_gan_run_continues_bit_identically(tmp_path, monkeypatch):
     extra = {"train.checkpoint_every": 10, "train.keep_checkpoints": 5}
     fit(config(tmp_path / "straight", **extra))
@@ -85,6 +87,7 @@ def test_a_resumed_gan_run_continues_bit_identically(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.slow
 def test_domain_fid_is_near_zero_for_real_against_real_and_grows_with_noise(trained):
     run = load_run(trained[0], device="cpu")
     run.evaluate("test")  # builds the data
@@ -101,6 +104,7 @@ def test_domain_fid_is_near_zero_for_real_against_real_and_grows_with_noise(trai
     assert distances == sorted(distances) and distances[-1] > 10 * frechet_distance(*real, *other_real)
 
 
+@pytest.mark.slow
 def test_cli_generates_a_grid_of_one_class_and_attention_overlays(trained, tmp_path):
     grid = tmp_path / "grid.png"
     result = run_cli("generate", str(trained[0]), "--n", "16", "--class", "3", "--out", str(grid), "--show-attention")

@@ -93,6 +93,7 @@ def test_masking_follows_berts_recipe():
     assert one.sum() == 1
 
 
+@pytest.mark.slow
 def test_hidden_words_are_learned_from_their_neighbours(pretrained):
     tmp_path, history = pretrained
     # A hidden cycle word follows from the word before or after it (chance: 1 in 12); the inserted
@@ -103,6 +104,7 @@ def test_hidden_words_are_learned_from_their_neighbours(pretrained):
         run.predict(["phone screen"])
 
 
+@pytest.mark.slow
 def test_a_classifier_starts_from_the_pretrained_pieces_and_encoder(pretrained):
     tmp_path, _ = pretrained
     cfg = load_config(
@@ -128,6 +130,7 @@ def test_a_classifier_starts_from_the_pretrained_pieces_and_encoder(pretrained):
     assert history["val_accuracy"][-1] == 1.0  # the keyword, as from scratch
 
 
+@pytest.mark.slow
 def test_a_classifier_split_otherwise_than_its_pretraining_is_warned_about(pretrained, caplog):
     tmp_path, _ = pretrained
     # Pretrained with seed 0; a split seed of 0 keeps the split whatever the training seed.

@@ -11,7 +11,6 @@ import torch
 from heedful.errors import ConfigError, DataError
 from heedful.runs import load_config
 from heedful.tasks import get_task
-from heedful.tasks.speech import crop_edges
 
 
 def write_recordings(folder: Path, speakers: tuple[str, ...], takes: int = 4) -> Path:
@@ -103,24 +102,6 @@ def test_trimming_or_cropping_strings_is_refused(configs_dir):
         load_config(configs_dir / "speech_strings.yaml", ["augment.edge_crop=0.05"])
     with pytest.raises(ConfigError, match="trim_end_db needs trim_db"):
         load_config(configs_dir / "speech_digits.yaml", ["data.trim_db=null", "data.trim_end_db=-20"])
-
-
-def test_edge_crop_cuts_within_its_bounds_at_both_ends():
-    wave = np.arange(1000, dtype=np.float32)
-    generator = torch.Generator().manual_seed(0)
-    starts, ends, pairs = set(), set(), set()
-    for _ in range(400):
-        cut = crop_edges(wave, 40, generator)
-        start, end = int(cut[0]), 1000 - int(cut[-1]) - 1
-        assert np.array_equal(cut, wave[start : 1000 - end])  # one contiguous piece of the clip
-        starts.add(start)
-        ends.add(end)
-        pairs.add((start, end))
-    assert starts == ends == set(range(41))  # every cut from 0 to 40 samples at each end…
-    assert len(pairs) > 300  # …drawn apart: not one cut used twice
-    assert len(crop_edges(np.zeros(100, np.float32), 40, generator)) >= 50  # at most a quarter per end
-    a, b = (crop_edges(wave, 40, torch.Generator().manual_seed(3)) for _ in range(2))
-    assert np.array_equal(a, b)
 
 
 def test_edge_crop_reaches_the_training_features(tmp_path, fake_fsdd, configs_dir):

@@ -14,6 +14,8 @@ from heedful.runs import Ensemble, load_config, load_ensemble, load_run
 from heedful.train import fit
 from tests.tasks.test_speech import write_recordings
 
+pytestmark = pytest.mark.slow  # every test here trains a run end to end
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 TINY = {"model.conv_channels": "[8, 16]", "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2,

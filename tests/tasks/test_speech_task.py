@@ -35,6 +35,7 @@ def overrides(run_dir, **extra):
     return [f"{k}={v}" for k, v in values.items()]
 
 
+@pytest.mark.slow
 def test_digits_train_evaluate_transcribe_and_show_attention(tmp_path, configs_dir):
     cfg = load_config(
         configs_dir / "speech_digits.yaml", overrides(tmp_path / "run", **{"train.epochs": 3, "train.lr": 3e-3})
@@ -76,6 +77,7 @@ def test_speaker_split_holds_out_one_speaker_and_vtlp_warps_training_clips(tmp_p
         get_task("speech")(bad).build_data(bad)
 
 
+@pytest.mark.slow
 def test_strings_ctc_trains_and_scores_der(tmp_path, configs_dir):
     extra = {"data.n_train_strings": 64, "data.n_val_strings": 16, "data.n_test_strings": 16}
     cfg = load_config(configs_dir / "speech_strings.yaml", overrides(tmp_path / "run", **extra))
@@ -85,6 +87,7 @@ def test_strings_ctc_trains_and_scores_der(tmp_path, configs_dir):
     assert 0 <= metrics["accuracy"] <= 1 and metrics["der"] >= 0
 
 
+@pytest.mark.slow
 def test_transcribe_cli_reports_bad_audio_in_one_line(tmp_path, configs_dir):
     fit(load_config(configs_dir / "speech_digits.yaml", overrides(tmp_path / "run")))
     stereo = tmp_path / "stereo.wav"

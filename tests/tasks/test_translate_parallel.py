@@ -101,6 +101,7 @@ def trained(corpus, tmp_path_factory):
     return run_dir, history
 
 
+@pytest.mark.slow
 def test_training_evaluates_with_bleu_and_chrf_and_writes_hypotheses(trained):
     run_dir, history = trained
     assert history["epoch"] == [1, 2] and history.best_epoch in (1, 2)
@@ -125,6 +126,7 @@ def test_training_evaluates_with_bleu_and_chrf_and_writes_hypotheses(trained):
     assert record["chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0|")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 4])
 def test_greedy_and_beam_decode_every_line_in_input_order(trained, beam):
     run = load_run(trained[0], device="cpu")
@@ -139,6 +141,7 @@ def test_greedy_and_beam_decode_every_line_in_input_order(trained, beam):
     assert [t.input for t in shared] == lines and shared[1].output == ""
 
 
+@pytest.mark.slow
 def test_predict_uses_the_configured_beam(trained):
     run = load_run(trained[0], device="cpu")
     lines = [en for en, _ in sentence_pairs(6, 5)]
@@ -146,6 +149,7 @@ def test_predict_uses_the_configured_beam(trained):
     assert [p.output for p in run.predict(lines)] == [t.output for t in run.translate(lines, beam=3)]
 
 
+@pytest.mark.slow
 def test_attention_over_subword_pieces(trained):
     run = load_run(trained[0], device="cpu")
     (t,) = run.translate(["A man eats in the park."], attention=True)
@@ -159,6 +163,7 @@ def test_attention_over_subword_pieces(trained):
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_bit_identically(corpus, tmp_path, monkeypatch):
     extra = {"train.epochs": 2, "train.checkpoint_every": 3, "train.keep_checkpoints": 5, "decode.beam_size": 1}
     straight = fit(config(corpus, tmp_path / "straight", **extra))
@@ -178,6 +183,7 @@ def test_resumed_run_continues_bit_identically(corpus, tmp_path, monkeypatch):
     assert history["step"] == straight["step"] and history["train_loss"][1] == straight["train_loss"][1]
 
 
+@pytest.mark.slow
 def test_translate_command_streams_stdin_to_stdout_in_order(trained, tmp_path):
     run_dir = trained[0]
     lines = [en for en, _ in sentence_pairs(7, 9)]
@@ -195,6 +201,7 @@ def test_translate_command_streams_stdin_to_stdout_in_order(trained, tmp_path):
     assert result.stderr.strip() == ""  # no progress bar unless asked for
 
 
+@pytest.mark.slow
 def test_translate_command_takes_config_overrides(trained):
     run_dir = trained[0]
     lines = [en for en, _ in sentence_pairs(4, 11)]
@@ -209,6 +216,7 @@ def test_translate_command_takes_config_overrides(trained):
     assert refused.returncode != 0 and "decode.nonsense" in refused.stderr
 
 
+@pytest.mark.slow
 def test_n_best_translations_come_from_the_beam_best_first(trained):
     run_dir = trained[0]
     run = load_run(run_dir, device="cpu")
@@ -237,6 +245,7 @@ def test_n_best_translations_come_from_the_beam_best_first(trained):
     assert refused.returncode != 0 and "--n-best 3" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_translate_command_answers_each_line_as_it_arrives(trained):
     """A caller that writes one line and waits for its translation is not left waiting for EOF."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -337,6 +346,7 @@ RNN_TINY = {k: v for k, v in TINY.items() if not k.startswith("model.") or k in 
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["bahdanau", "none"])
 def test_rnn_baselines_train_decode_and_show_attention_through_the_same_task(corpus, tmp_path, monkeypatch, attention):
     values = {**RNN_TINY, "data.root": str(corpus), "run_dir": str(tmp_path / "run"), "model.attention": attention}
@@ -376,10 +386,16 @@ def test_a_model_config_for_the_wrong_architecture_is_refused(corpus, tmp_path):
         config(corpus, tmp_path / "run", **{"model.arch": "rnn"})
 
 
+@pytest.mark.slow
 def test_bf16_decoding_gives_the_same_kind_of_output(trained):
     run = load_run(trained[0], device="cpu", overrides=["decode.precision=bf16"])
     lines = ["The dog sleeps at home.", "A woman sings on the beach."]
+    # The decoder's output (B, T, V) logits are bf16 only when decoding runs under bf16 autocast.
+    seen: set[torch.dtype] = set()
+    hook = run.model.decoder.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
     outputs = [t.output for t in run.translate(lines, beam=3)]
+    hook.remove()
+    assert seen == {torch.bfloat16}
     assert all(isinstance(o, str) and o for o in outputs)
     # A toy model trained to near certainty decodes the same in 16 bits as in 32.
     assert outputs == [t.output for t in load_run(trained[0], device="cpu").translate(lines, beam=3)]

@@ -11,6 +11,7 @@ from heedful.models import load_pretrained
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import History, Trainer, fit
+from heedful.train import checkpoint as checkpoint_module
 from heedful.train.checkpoint import list_checkpoints
 from tests.conftest import (
     assert_same_latest_checkpoint,
@@ -18,6 +19,8 @@ from tests.conftest import (
     crash_translate_loss_at,
     tiny_dates_overrides,
 )
+
+pytestmark = pytest.mark.slow  # every test here trains a run end to end
 
 
 def config(configs_dir, run_dir, **extra):
@@ -53,27 +56,65 @@ def test_training_reduces_the_loss(configs_dir, tmp_path):
     assert history["val_accuracy"][-1] > history["val_accuracy"][0]
 
 
+def crash_checkpoint_save_at(monkeypatch, call: int) -> None:
+    """A kill in the middle of the ``call``-th checkpoint save: the model file is in the
+    ``.tmp-step-…`` folder, the optimizer file and state.json are not."""
+    original, calls = checkpoint_module.rng_state, {"n": 0}
+
+    def crashing_rng_state():
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original()
+
+    monkeypatch.setattr(checkpoint_module, "rng_state", crashing_rng_state)
+
+
 @pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "weight-average"])
-def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch, ema):
+@pytest.mark.parametrize("cut", ["mid-epoch", "mid-save", "damaged-checkpoint"])
+def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatch, capsys, ema, cut):
     extra = {"train.checkpoint_every": 3, "train.keep_checkpoints": 5, "model.dropout": 0.1, "train.ema_decay": ema}
     fit(config(configs_dir, tmp_path / "straight", **extra))
 
-    # Interrupt a second, identical run at its 8th batch (after the step-6 checkpoint), then resume.
-    crash_translate_loss_at(monkeypatch, 8)
+    # Checkpoints come at steps 3, 4 (epoch end), 6 and 8. Interrupt a second, identical run at its
+    # 8th batch (after the step-6 checkpoint), or while it writes step 6, then resume.
     cfg = config(configs_dir, tmp_path / "resumed", **extra)
+    checkpoints = tmp_path / "resumed" / "checkpoints"
+    if cut == "mid-save":
+        crash_checkpoint_save_at(monkeypatch, 3)
+    else:
+        crash_translate_loss_at(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg)
-    assert list_checkpoints(tmp_path / "resumed" / "checkpoints")[-1].name == "step-6"
     assert not History.load(tmp_path / "resumed" / "history.json").completed  # cut off mid-run
-    monkeypatch.undo()  # the loss works again
+    if cut == "mid-save":
+        (leftover,) = checkpoints.glob(".tmp-step-6-*")
+        assert (leftover / "model.safetensors").is_file() and not (checkpoints / "step-6").exists()
+        leftover.rename(checkpoints / ".tmp-step-6-999999")  # as a killed process (another pid) leaves it
+        resumed_from = "step-4"
+    elif cut == "damaged-checkpoint":  # complete, but its optimizer file got truncated
+        damaged = checkpoints / "step-6" / "optimizer.safetensors"
+        damaged.write_bytes(damaged.read_bytes()[:100])
+        resumed_from = "step-4"
+    else:
+        resumed_from = "step-6"
+    monkeypatch.undo()  # the loss and the saving work again
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("resuming must not unpickle"))
+    capsys.readouterr()
     history = fit(cfg, resume=True)
 
+    assert f"resuming from {checkpoints / resumed_from} " in capsys.readouterr().out
+    assert not list(checkpoints.glob(".tmp-*")) and not list(checkpoints.glob(".old-*"))
+    assert [p.name for p in list_checkpoints(checkpoints)] == ["step-3", "step-4", "step-6", "step-8"]
     assert_same_latest_checkpoint(tmp_path / "straight", tmp_path / "resumed")
     assert [row["step"] for row in history.epochs] == [4, 8]
     # The validated (and, with ema, averaged) weights and their scores agree too.
-    assert History.load(tmp_path / "straight" / "history.json")["val_loss"] == history["val_loss"]
+    straight = History.load(tmp_path / "straight" / "history.json")
+    assert straight["val_loss"] == history["val_loss"]
+    # A resumed epoch reports its training loss over the whole epoch, not the part after the resume.
+    assert history["train_loss"] == pytest.approx(straight["train_loss"], abs=1e-6)
+    assert history["train_accuracy"] == pytest.approx(straight["train_accuracy"], abs=1e-6)
     assert_same_weights(*(load_pretrained(tmp_path / run / "model").state_dict() for run in ("straight", "resumed")))
 
 
@@ -89,6 +130,7 @@ def test_a_half_written_checkpoint_is_ignored(configs_dir, tmp_path):
     cfg = config(configs_dir, run, **{"train.epochs": 2})
     history = fit(cfg, resume=True)
     assert history["step"] == [4, 8]
+    assert not broken.exists()  # what a kill mid-save left is cleaned up
 
 
 def test_an_existing_run_is_never_silently_overwritten(configs_dir, tmp_path):
@@ -117,8 +159,25 @@ def test_gradient_accumulation_counts_optimizer_steps(configs_dir, tmp_path):
     assert history["step"] == [2]
 
 
-def test_bf16_autocast_trains(configs_dir, tmp_path):
+def test_bf16_autocast_trains(configs_dir, tmp_path, monkeypatch):
+    # The dtype the model's layers compute in during the training steps, seen by forward hooks
+    # that the task's loss adds to every Linear of the model it is given.
+    seen: set[torch.dtype] = set()
+    task_class = get_task("translate")
+    original_loss = task_class.loss
+
+    def loss_with_hooks(self, model, batch):
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype)) for m in linears]
+        try:
+            return original_loss(self, model, batch)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    monkeypatch.setattr(task_class, "loss", loss_with_hooks)
     history = fit(config(configs_dir, tmp_path / "run", **{"train.precision": "bf16", "train.epochs": 1}))
+    assert seen == {torch.bfloat16}  # every projection ran under bf16 autocast
     assert history["train_loss"][0] == history["train_loss"][0]  # finite, not NaN
     assert history["train_loss"][0] < 10
 
@@ -147,10 +206,15 @@ def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
 
 
 def test_trainer_class_matches_fit(configs_dir, tmp_path):
-    cfg = config(configs_dir, tmp_path / "run", **{"train.epochs": 1})
+    by_fit = fit(config(configs_dir, tmp_path / "fit", **{"train.epochs": 1}))
+    cfg = config(configs_dir, tmp_path / "trainer", **{"train.epochs": 1})
     trainer = Trainer(get_task("translate")(cfg), cfg)
     history = trainer.fit()
-    assert trainer.model is not None and len(history.epochs) == 1
+    # The same run: the same losses and metrics at the same steps, the same weights.
+    strip_time = [{k: v for k, v in row.items() if "time" not in k} for row in history.epochs]
+    assert strip_time == [{k: v for k, v in row.items() if "time" not in k} for row in by_fit.epochs]
+    assert_same_latest_checkpoint(tmp_path / "fit", tmp_path / "trainer")
+    assert_same_weights(trainer.model.state_dict(), load_pretrained(tmp_path / "fit" / "model").state_dict())
 
 
 def test_asking_for_wandb_without_it_installed_is_a_clear_error(configs_dir, tmp_path, monkeypatch):

@@ -20,10 +20,13 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from babel import Locale
 from babel.dates import DateTimeFormat, parse_pattern
+
+from heedful.data.tokenizers import CharTokenizer
+from heedful.errors import ConfigError
 
 DATE_LOCALES = (
     "en_US",
@@ -229,3 +232,49 @@ def number_charset(lang: str, max_value: int) -> str:
     for value in values:
         chars.update(num2words(value, lang=lang))
     return "".join(sorted(chars))
+
+
+# ------------------------------------------------------------------------------ ready to train on
+@dataclass
+class BuiltinData:
+    """A built-in source ready to train on: character vocabularies, the fixed validation and test
+    examples (drawn with their own seed) and the training stream, ``stream(seed)``, which never
+    yields a held-out example."""
+
+    src_tok: CharTokenizer
+    tgt_tok: CharTokenizer
+    val: list
+    test: list
+    stream: Callable[[int], Iterator]
+
+
+def builtin_data(d: Any) -> BuiltinData:
+    """The ``dates`` or ``numbers`` source that translate's data section ``d`` describes (its
+    ``source``, ``val_size``, ``test_size``, ``heldout_seed``, languages and ``max_value``)."""
+    if d.source == "dates":
+        src_tok, tgt_tok = CharTokenizer(date_charset()), CharTokenizer("0123456789-")
+        val = fixed_dates(d.val_size, d.heldout_seed)
+        test = fixed_dates(d.test_size, d.heldout_seed + 1, exclude=frozenset(e.source for e in val))
+        held_out = frozenset(e.source for e in val + test)
+
+        def stream(seed: int) -> Iterator[DateExample]:
+            return random_dates(seed, held_out)
+
+        return BuiltinData(src_tok, tgt_tok, val, test, stream)
+    for key in ("source_lang", "target_lang"):
+        if not number_language_supported(getattr(d, key)):
+            raise ConfigError(f"config key 'data.{key}': num2words has no language {getattr(d, key)!r}")
+    src_tok = CharTokenizer(number_charset(d.source_lang, d.max_value))
+    tgt_tok = CharTokenizer(number_charset(d.target_lang, d.max_value))
+    langs = (d.source_lang, d.target_lang)
+    try:
+        val = fixed_numbers(d.val_size, d.heldout_seed, *langs, d.max_value)
+    except NotImplementedError:
+        raise ConfigError(f"config key 'data.source_lang'/'data.target_lang': num2words has no {langs}") from None
+    test = fixed_numbers(d.test_size, d.heldout_seed + 1, *langs, d.max_value, frozenset(e.value for e in val))
+    held_out_values = frozenset(e.value for e in val + test)
+
+    def stream(seed: int) -> Iterator[NumberExample]:
+        return random_numbers(seed, *langs, d.max_value, held_out_values)
+
+    return BuiltinData(src_tok, tgt_tok, val, test, stream)

@@ -23,13 +23,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from heedful.data.audio import add_noise, read_audio
-from heedful.errors import DataError
+from heedful.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -295,3 +295,42 @@ def check_disjoint(
     if shared:
         example = sorted(shared)[0]
         raise DataError(f"{example}: used in both {names[0]} and {names[1]} ({len(shared)} shared recording(s))")
+
+
+def split_recordings(d: Any, seed: int) -> tuple[list[FsddRecording], list[FsddRecording], list[FsddRecording]]:
+    """train / val / test recordings as the speech task's data section ``d`` says (``root``,
+    ``split``: standard or speaker:<name>, ``val_fraction``, ``extra_train_roots``); validation
+    is drawn from the training part with ``seed``."""
+    recordings = list_recordings(d.root)
+    if d.split == "standard":
+        train, test = standard_split(recordings)
+    else:
+        speaker = d.split.split(":", 1)[1]
+        folds = {fold.held_out: fold for fold in speaker_folds(recordings)}
+        if speaker not in folds:
+            raise ConfigError(f"config key 'data.split': no speaker {speaker!r}; have {', '.join(sorted(folds))}")
+        train, test = folds[speaker].train, folds[speaker].test
+    train, val = validation_split(train, d.val_fraction, seed=seed)
+    # Extras join after the validation split: the model is selected on real voices only.
+    train += extra_train_recordings(d.extra_train_roots, {r.speaker for r in recordings})
+    check_disjoint(train, test)
+    check_disjoint(train, val, ("train", "val"))
+    return train, val, test
+
+
+def extra_train_recordings(roots: list[Path], fsdd_speakers: set[str]) -> list[FsddRecording]:
+    """The recordings of ``data.extra_train_roots``, refusing a speaker FSDD also has: the
+    held-out speaker's name on an extra voice would blur the speaker-independent split."""
+    extra: list[FsddRecording] = []
+    for root in roots:
+        if not root.is_dir():
+            raise DataError(f"{root}: extra training folder not found (config key 'data.extra_train_roots')")
+        recordings = list_recordings(root)  # DataError naming the folder when it holds none
+        shared = sorted({r.speaker for r in recordings} & fsdd_speakers)
+        if shared:
+            raise ConfigError(
+                f"config key 'data.extra_train_roots': {root} has speaker {shared[0]!r}, which FSDD also has "
+                "(it would blur the speaker-independent split); rename those files"
+            )
+        extra += recordings
+    return extra

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from heedful.errors import DataError
+from heedful.errors import ConfigError, DataError
 
 Format = Literal["text", "tsv", "jsonl"]
 OnBadLine = Literal["error", "skip"]
@@ -259,6 +259,37 @@ def keep_by_length(
     return kept
 
 
+def fit_for_training(
+    encoded: list[tuple[list[int], list[int]]],
+    files: ParallelFiles,
+    *,
+    max_tokens: int,
+    max_ratio: float | None,
+    batch_tokens: int,
+) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """The encoded (source, target) training pairs of ``files`` that fit (says on stderr how many
+    did not), and each one's width in a padded batch: the wider of src and tgt_in/tgt_out.
+    Refuses a budget of ``batch_tokens`` that the widest pair alone would exceed."""
+    kept = keep_by_length([(len(s), len(t)) for s, t in encoded], max_tokens=max_tokens, max_ratio=max_ratio)
+    if len(kept) < len(encoded):
+        ratio = f" or a length ratio above {max_ratio}" if max_ratio else ""
+        print(
+            f"{files.describe()}: left out {len(encoded) - len(kept)} of {len(encoded)} "
+            f"pairs with more than {max_tokens} tokens{ratio} (data.max_tokens, data.max_ratio, model.max_len)",
+            file=sys.stderr,
+        )
+    if not kept:
+        raise DataError(f"{files.describe()}: no training pairs left after length filtering")
+    encoded = [encoded[i] for i in kept]
+    sizes = [max(len(s), len(t) + 1) for s, t in encoded]  # widths of src and of tgt_in/tgt_out
+    if max(sizes) > batch_tokens:
+        raise ConfigError(
+            f"config key 'data.batch_tokens': {batch_tokens} is less than the longest training pair "
+            f"({max(sizes)} tokens); raise it or lower data.max_tokens"
+        )
+    return encoded, sizes
+
+
 # ---------------------------------------------------------------------------------------- batching
 def pack_by_tokens(order: Sequence[int], sizes: Sequence[int], budget: int) -> list[list[int]]:
     """Cut ``order`` (indices, ideally sorted by size) into consecutive batches whose padded size
@@ -323,3 +354,33 @@ class TokenBatches:
     def batches(self, epoch: int) -> Iterator[Batch]:
         for indices in self.plan(epoch):
             yield self.make_batch(indices)
+
+
+def split_files(d: Any, split: str) -> ParallelFiles:
+    """Where ``d.<split>`` points, resolved against ``d.root`` (translate's data section: a prefix
+    or a file, or two paths ``.src`` / ``.tgt`` for two text files)."""
+    value = getattr(d, split)
+    root = d.root if d.root is not None else Path()
+    langs = (d.source_lang, d.target_lang)
+    two_paths = not isinstance(value, str)  # a section with src and tgt
+    if d.format == "text":
+        if two_paths:
+            paths = (root / value.src, root / value.tgt)
+        else:
+            paths = tuple(language_file(root / value, lang) for lang in langs)
+    elif two_paths:
+        raise ConfigError(f"config key 'data.{split}': format {d.format!r} reads one file; give its path")
+    else:
+        paths = (root / value,)
+    return ParallelFiles(d.format, paths, d.fields or langs)
+
+
+def language_file(prefix: Path, lang: str) -> Path:
+    """``train`` + ``en`` -> ``train.en``, or ``train.en.gz`` when only that exists."""
+    plain = prefix.with_name(f"{prefix.name}.{lang}")
+    gz = plain.with_name(plain.name + ".gz")
+    if plain.exists():
+        return plain
+    if gz.exists():
+        return gz
+    raise DataError(f"{plain}: file not found (nor {gz.name})")

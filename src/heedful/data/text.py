@@ -254,9 +254,25 @@ def read_labelled(
         report(bad.summary(path))
 
 
+@dataclass
+class TextRows:
+    """The texts of a file to predict, with the rest of each row, so that predictions can be
+    written beside the columns the user's file already had (product, date, id, …)."""
+
+    texts: list[str]
+    columns: list[str] = field(default_factory=list)  # the other columns: CSV order; JSONL: first seen
+    values: list[list[str]] = field(default_factory=list)  # per text, its value in each of ``columns``
+
+
 def read_texts(path: str | Path, column: str | None) -> list[str]:
     """The texts to predict from ``path``: the ``column`` of a CSV/TSV/JSONL file, or each
     non-blank line of any other file. A row without text stops with its file and line."""
+    return read_text_rows(path, column).texts
+
+
+def read_text_rows(path: str | Path, column: str | None) -> TextRows:
+    """``read_texts`` with every other column of each row kept (as text; a JSONL value that is not
+    a string as JSON, a key a row lacks as ""); a file of lines has no other columns."""
     path = Path(path)
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     fmt = suffixes[-1].lstrip(".") if suffixes and suffixes[-1] in (".csv", ".tsv", ".jsonl") else "lines"
@@ -268,11 +284,11 @@ def read_texts(path: str | Path, column: str | None) -> list[str]:
                     raise DataError(f"{path}, line {number}: text is not valid UTF-8")
                 if line.strip():
                     texts.append(line.strip())
-        return texts
+        return TextRows(texts, [], [[] for _ in texts])
     if column is None:
         raise DataError(f"{path}: which column holds the text? give --text-column")
     spec = TextColumns(text=column, label=column, format=fmt)  # the label is not needed: read the text twice
-    texts = []
+    texts, others, columns = [], [], {}  # columns: an ordered set of the other columns' names
     for line, record in _records(path, fmt, spec):
         if isinstance(record, str):
             raise DataError(f"{path}, line {line}: {record}")
@@ -280,7 +296,13 @@ def read_texts(path: str | Path, column: str | None) -> list[str]:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {line}: no text in column {column!r}")
         texts.append(text.strip())
-    return texts
+        rest = {
+            k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in record.items() if k != column
+        }
+        columns.update(dict.fromkeys(rest))
+        others.append(rest)
+    names = list(columns)
+    return TextRows(texts, names, [[row.get(name, "") for name in names] for row in others])
 
 
 T = TypeVar("T")

@@ -25,7 +25,7 @@ import io
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -247,3 +247,25 @@ def load_tokenizers(directory: Path) -> tuple[Tokenizer, Tokenizer]:
         else:
             raise CheckpointError(f"{path}: unknown tokenizer kind {kind!r} (char, sentencepiece)")
     return loaded[entries[0][1]], loaded[entries[1][1]]
+
+
+def train_tokenizers(sources: list[str], targets: list[str], t: Any) -> tuple[Tokenizer, Tokenizer]:
+    """A source and a target tokenizer trained on parallel text as ``t`` (translate's
+    ``data.tokenizer``) says: characters or sentencepiece, one joint vocabulary or two."""
+    if t.kind == "char":
+        train = CharTokenizer.train
+    else:
+
+        def train(texts: list[str]) -> Tokenizer:
+            return SentencePieceTokenizer.train(
+                texts,
+                vocab_size=t.vocab_size,
+                model_type=t.model_type,
+                character_coverage=t.character_coverage,
+                normalization=t.normalization,
+            )
+
+    if t.joint:
+        joint = train(sources + targets)
+        return joint, joint
+    return train(sources), train(targets)

@@ -23,6 +23,7 @@ import math
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from heedful.extras import optional_import
@@ -119,6 +120,24 @@ def _check_blank(blank: int, vocab_size: int) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Scores
+
+
+def ctc_transcribe(log_probs: Tensor, lengths: Tensor, beam_size: int = 1) -> list[tuple[list[int], float]]:
+    """Per utterance of ``log_probs`` (B, T', V), its first ``lengths[b]`` frames: the best symbol
+    sequence (greedy, or prefix beam search when ``beam_size`` > 1) and its probability — the
+    total over the alignments that spell it (for greedy: CTC's forward algorithm on that output)."""
+    out = []
+    for i in range(log_probs.shape[0]):
+        lp = log_probs[i, : lengths[i]]  # (T_i, V)
+        if beam_size > 1:
+            seq, score = ctc_beam_decode(lp, beam_size=beam_size)[0]
+        else:
+            seq = ctc_greedy_decode(lp)[0]
+            target = torch.tensor([seq]) if seq else torch.zeros(1, 0, dtype=torch.long)
+            score = -float(F.ctc_loss(lp[:, None], target, torch.tensor([lp.shape[0]]), torch.tensor([len(seq)]),
+                                      blank=0, reduction="sum", zero_infinity=True))  # fmt: skip
+        out.append((seq, float(torch.tensor(score).exp())))
+    return out
 
 
 def digit_error_rate(refs: list[str], hyps: list[str]) -> float:

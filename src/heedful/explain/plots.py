@@ -1,9 +1,12 @@
-"""Attention pictures: a heatmap of one attention map with its tokens on both axes."""
+"""Pictures: attention maps (a heatmap with its tokens on both axes, over a spectrogram, over an
+image) and the figures runs write (training history, confusion matrix, groups, image grids)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -136,3 +139,94 @@ def attention_overlay(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+    """A C × C confusion matrix (rows: true class, columns: predicted), each cell's count written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(classes), 1.0 + 0.6 * len(classes)))
+    ax.imshow(confusion, cmap="Blues")
+    for i, row in enumerate(confusion):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_groups(groups: dict[str, Any], path: Path) -> Path:
+    """Per group, the predicted mean class against the true one (metrics/classification.group_quality)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    ax.scatter(groups["true"], groups["predicted"], s=14)
+    lo = min(groups["true"] + groups["predicted"])
+    hi = max(groups["true"] + groups["predicted"])
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8)
+    ax.set_xlabel("true mean class")
+    ax.set_ylabel("predicted mean class")
+    ax.set_title(f"{len(groups['names'])} groups with ≥ {groups['min_size']} examples: ρ = {groups['spearman']:.2f}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 4) -> Path:
+    """Tile (N, C, R, R) images in [−1, 1] into one PNG (nearest-neighbour upscaled ``scale``×)."""
+    from PIL import Image
+
+    n, c, r, _ = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    grid = torch.full((c, rows * (r + 1) + 1, columns * (r + 1) + 1), -1.0)
+    for i, image in enumerate(images):
+        top, left = 1 + (i // columns) * (r + 1), 1 + (i % columns) * (r + 1)
+        grid[:, top : top + r, left : left + r] = image
+    array = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    picture = Image.fromarray(array[0].numpy(), "L") if c == 1 else Image.fromarray(array.permute(1, 2, 0).numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
+def plot_history(curves: dict[str, list[float]], path: Path) -> None:
+    """Loss and accuracy curves per epoch, train beside val (``curves``: a run's history, metric ->
+    one value per epoch, with ``epoch``); nothing is drawn before the first epoch."""
+    if not curves.get("epoch"):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = curves
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split in ("train", "val"):
+            key = f"{split}_{metric}"
+            if key in h:
+                ax.plot(h["epoch"], h[key], marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        if ax.get_legend_handles_labels()[0]:  # a task without this metric draws an empty panel
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

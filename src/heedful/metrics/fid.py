@@ -12,7 +12,7 @@ non-symmetric product may return tiny imaginary parts).
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
@@ -38,3 +38,22 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     trace_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp(min=0).sqrt().sum()
     distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt
     return float(distance.clamp(min=0))
+
+
+class FeatureClassifier(nn.Module):
+    """A small CNN; its 128-d penultimate layer gives the domain-FID features (the imagegen task
+    trains it on the real training images and reports its held-out accuracy beside the FID)."""
+
+    def __init__(self, channels: int, size: int, n_classes: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU())
+        self.head = nn.Linear(128, n_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """images (B, C, R, R) -> features (B, 128), logits (B, classes)."""
+        f = self.features(self.conv(x))
+        return f, self.head(f)

@@ -12,7 +12,7 @@ loss      hinge loss (Lim & Ye 2017; SAGAN §4) for both networks, summed into o
 optimiser two time-scales (Heusel et al. 2017): the discriminator's learning rate is
           ``gan.d_lr_scale`` × ``train.lr``; Adam with β = (0, 0.9) via ``train.betas``; the
           generator is evaluated as the weight average ``train.ema_decay`` keeps
-metrics   *domain FID*: the Fréchet distance between features of generated and held-out real
+metrics   *domain FID* (metrics/fid.py): the Fréchet distance between features of generated and held-out real
           images under a small CNN classifier trained here on the real training images (its
           held-out accuracy is reported beside it, so the features are known to mean something);
           for class-conditional models also how often that classifier recognises the requested
@@ -37,7 +37,8 @@ from heedful.config import RunConfig, Section
 from heedful.data.images import image_folder, mnist, pad_to, sklearn_digits, stratified_split
 from heedful.errors import CheckpointError, ConfigError, UserError
 from heedful.explain.capture import capture
-from heedful.metrics.fid import feature_statistics, frechet_distance
+from heedful.explain.plots import save_grid
+from heedful.metrics.fid import FeatureClassifier, feature_statistics, frechet_distance
 from heedful.models.sagan import SAGAN, SAGANConfig
 from heedful.tasks.base import (
     Batch,
@@ -72,24 +73,6 @@ class ImageGenConfig(RunConfig):
     data: ImageData = ImageData()
     model: SAGANConfig = SAGANConfig(image_size=8, width=32, attention_resolution=4, n_classes=10)
     gan: GANConfig = GANConfig()
-
-
-class FeatureClassifier(nn.Module):
-    """A small CNN; its 128-d penultimate layer gives the domain-FID features."""
-
-    def __init__(self, channels: int, size: int, n_classes: int):
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )  # fmt: skip
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU())
-        self.head = nn.Linear(128, n_classes)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """images (B, C, R, R) -> features (B, 128), logits (B, classes)."""
-        f = self.features(self.conv(x))
-        return f, self.head(f)
 
 
 class ImageBatches(BatchSource):
@@ -359,22 +342,3 @@ def _query_pixels(image: Tensor, side: int) -> list[tuple[int, int]]:
         far = max(order, key=lambda j: min(abs(j // side - r) + abs(j % side - c) for r, c in chosen))
         chosen.append(divmod(far, side))
     return chosen
-
-
-def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 4) -> Path:
-    """Tile (N, C, R, R) images in [−1, 1] into one PNG (nearest-neighbour upscaled ``scale``×)."""
-    from PIL import Image
-
-    n, c, r, _ = images.shape
-    columns = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    grid = torch.full((c, rows * (r + 1) + 1, columns * (r + 1) + 1), -1.0)
-    for i, image in enumerate(images):
-        top, left = 1 + (i // columns) * (r + 1), 1 + (i % columns) * (r + 1)
-        grid[:, top : top + r, left : left + r] = image
-    array = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    picture = Image.fromarray(array[0].numpy(), "L") if c == 1 else Image.fromarray(array.permute(1, 2, 0).numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
-    return path

@@ -1,6 +1,7 @@
 """Pretrain a text encoder by masked language modelling on the texts a classifier will learn from.
 
-data      exactly as ``classify`` reads and splits it (the same ``data`` section, so the same
+data      exactly as ``classify`` reads and splits it (tasks/labelled_text.py, which both build
+          on; the same ``data`` section, so the same
           seed and fractions give the same train / val / test texts); only the training texts'
           tokens are learned from, the labels are read but never used, and the test texts are
           never seen — a classify run started from this one stays honest about its test score
@@ -29,11 +30,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from heedful.config import Section
+from heedful.data.labelled import Example
 from heedful.data.tokenizers import N_SPECIALS, SentencePieceTokenizer, pad_ids
 from heedful.errors import ConfigError, UserError
 from heedful.models.masked_lm import MaskedLanguageModel, MaskedLMConfig
-from heedful.tasks.base import DataBundle, EvalResult, Explanation, Prediction, Task, register_task
-from heedful.tasks.classify import ClassifyConfig, ClassifyTask, Example
+from heedful.tasks.base import DataBundle, EvalResult, Explanation, Prediction, register_task
+from heedful.tasks.classify import ClassifyConfig
+from heedful.tasks.labelled_text import LabelledTextTask
 from heedful.tasks.verbs import TrainOption, labelled_text_options
 
 EVAL_SEED = 1234  # the fixed masking of val/test
@@ -44,6 +47,8 @@ class MaskingConfig(Section):
 
 
 class MaskedLMRunConfig(ClassifyConfig):
+    """classify's sections, so one data section (and seed) gives both tasks the same texts."""
+
     task: Literal["mlm"] = "mlm"  # type: ignore[assignment]
     masking: MaskingConfig = MaskingConfig()
 
@@ -68,7 +73,7 @@ def mask_tokens(
 
 
 @register_task
-class MaskedLMTask(ClassifyTask):
+class MaskedLMTask(LabelledTextTask):
     name = "mlm"
     config_class = MaskedLMRunConfig
     requires = ()  # its metrics are its own: no scikit-learn
@@ -121,15 +126,6 @@ class MaskedLMTask(ClassifyTask):
             count += len(targets)
         loss = total / max(count, 1)
         return EvalResult({"loss": loss, "accuracy": correct / max(count, 1), "perplexity": math.exp(min(loss, 50.0))})
-
-    def write_reports(self, split: str, directory, result: EvalResult) -> list:
-        return []
-
-    def describe(self, result: EvalResult, split: str) -> list[str]:
-        return Task.describe(self, result, split)  # not the classifier's confusion table
-
-    def baselines(self, split: str) -> dict[str, dict[str, float]]:
-        return {}  # a language model: there is no class to guess
 
     def _not_a_classifier(self) -> UserError:
         return UserError(

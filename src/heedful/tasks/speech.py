@@ -16,17 +16,16 @@ speaker) selects the model; the test set is only scored by ``heedful evaluate``.
 data (FSDD wavs → log-mel, per-utterance normalised) → model (:mod:`heedful.models.speech`) →
 loss (cross-entropy | CTC) → metrics → predict (audio files → digits + confidence) → explain
 (frame self-attention over the spectrogram).
+
+Beside this module: the splits in data/fsdd.py, utterances, their batches and augmentation in
+data/utterances.py, CTC transcription with a confidence in decode/ctc.py.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
@@ -35,27 +34,20 @@ from torch import Tensor, nn
 from heedful.config import RunConfig, Section
 from heedful.data.audio import (
     add_noise,
-    add_reverb,
     log_mel,
     normalize,
     read_audio,
     smooth_spectrum,
-    spec_augment,
-    speed_perturb,
-    stretch_time,
     trim_silence,
 )
 from heedful.data.fsdd import (
     FsddRecording,
     build_digit_strings,
-    check_disjoint,
-    list_recordings,
-    speaker_folds,
-    standard_split,
-    validation_split,
+    split_recordings,
 )
-from heedful.decode.ctc import ctc_beam_decode, ctc_greedy_decode, digit_error_rate, sentence_accuracy
-from heedful.errors import ConfigError, DataError, UserError
+from heedful.data.utterances import Utterance, UtteranceBatches, augment
+from heedful.decode.ctc import ctc_greedy_decode, ctc_transcribe, digit_error_rate, sentence_accuracy
+from heedful.errors import ConfigError, UserError
 from heedful.explain.capture import capture
 from heedful.models.speech import SpeechConfig, SpeechModel
 from heedful.tasks.base import (
@@ -68,6 +60,8 @@ from heedful.tasks.base import (
     Task,
     register_task,
 )
+
+BatchSource.register(UtteranceBatches)  # heedful.data does not import tasks; it is one all the same
 
 HOP_SECONDS = 0.01  # log_mel's default hop: 80 samples at 8 kHz
 
@@ -190,56 +184,6 @@ class SpeechTaskConfig(RunConfig):
         return self
 
 
-@dataclass
-class Utterance:
-    features: Tensor  # (T, n_mels), normalised per utterance
-    label: str  # "7" for a digit, "4071" for a string
-    speaker: str
-    source: str  # file path, or the files a string was built from
-    wave: np.ndarray | None = None  # kept for training utterances when waveform augmentation is on
-
-
-class UtteranceBatches(BatchSource):
-    """Shuffled each epoch from (seed, epoch); similar lengths batched together to save padding;
-    SpecAugment drawn from a generator seeded by the same — so a resumed epoch is the same epoch."""
-
-    def __init__(self, utterances: list[Utterance], batch_size: int, seed: int, collate, augment):
-        self.utterances, self.batch_size, self.seed = utterances, batch_size, seed
-        self.collate, self.augment = collate, augment
-
-    def steps_per_epoch(self) -> int:
-        return -(-len(self.utterances) // self.batch_size)
-
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        rng = random.Random(f"{self.seed}:{epoch}")
-        order = list(range(len(self.utterances)))
-        rng.shuffle(order)
-        pool = 32 * self.batch_size  # sort by length within pools, then shuffle the batches
-        batches = []
-        for start in range(0, len(order), pool):
-            chunk = sorted(order[start : start + pool], key=lambda i: self.utterances[i].features.shape[0])
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        generator = torch.Generator().manual_seed(rng.getrandbits(62))
-        for indices in batches:
-            chosen = [self.utterances[i] for i in indices]
-            yield self.collate(chosen, [self.augment(u, generator) for u in chosen])
-
-
-def draw_uniform(bounds: tuple[float, float], generator: torch.Generator) -> float:
-    """One number drawn uniformly from ``[low, high)``: an augmentation's factor from its range."""
-    low, high = bounds
-    return low + (high - low) * float(torch.rand(1, generator=generator))
-
-
-def crop_edges(wave: np.ndarray, max_samples: int, generator: torch.Generator) -> np.ndarray:
-    """Cut 0..``max_samples`` samples (uniform, drawn apart) off each end of ``wave`` (T,),
-    never more than a quarter of the clip at either end."""
-    limit = min(max_samples, len(wave) // 4)
-    start, end = (int(torch.randint(0, limit + 1, (1,), generator=generator)) for _ in range(2))
-    return wave[start : len(wave) - end]
-
-
 @register_task
 class SpeechTask(Task):
     name = "speech"
@@ -306,39 +250,7 @@ class SpeechTask(Task):
         return out
 
     def _splits(self) -> tuple[list[FsddRecording], list[FsddRecording], list[FsddRecording]]:
-        d = self.cfg.data
-        recordings = list_recordings(d.root)
-        if d.split == "standard":
-            train, test = standard_split(recordings)
-        else:
-            speaker = d.split.split(":", 1)[1]
-            folds = {fold.held_out: fold for fold in speaker_folds(recordings)}
-            if speaker not in folds:
-                raise ConfigError(f"config key 'data.split': no speaker {speaker!r}; have {', '.join(sorted(folds))}")
-            train, test = folds[speaker].train, folds[speaker].test
-        train, val = validation_split(train, d.val_fraction, seed=self.cfg.seed)
-        # Extras join after the validation split: the model is selected on real voices only.
-        train += self._extra_train_recordings({r.speaker for r in recordings})
-        check_disjoint(train, test)
-        check_disjoint(train, val, ("train", "val"))
-        return train, val, test
-
-    def _extra_train_recordings(self, fsdd_speakers: set[str]) -> list[FsddRecording]:
-        """The recordings of ``data.extra_train_roots``, refusing a speaker FSDD also has: the
-        held-out speaker's name on an extra voice would blur the speaker-independent split."""
-        extra: list[FsddRecording] = []
-        for root in self.cfg.data.extra_train_roots:
-            if not root.is_dir():
-                raise DataError(f"{root}: extra training folder not found (config key 'data.extra_train_roots')")
-            recordings = list_recordings(root)  # DataError naming the folder when it holds none
-            shared = sorted({r.speaker for r in recordings} & fsdd_speakers)
-            if shared:
-                raise ConfigError(
-                    f"config key 'data.extra_train_roots': {root} has speaker {shared[0]!r}, which FSDD also has "
-                    "(it would blur the speaker-independent split); rename those files"
-                )
-            extra += recordings
-        return extra
+        return split_recordings(self.cfg.data, self.cfg.seed)
 
     def build_data(self, cfg: SpeechTaskConfig) -> DataBundle:
         d = cfg.data
@@ -356,36 +268,8 @@ class SpeechTask(Task):
         return self.data
 
     def augment(self, utterance: Utterance, generator: torch.Generator) -> Tensor:
-        """Training-time view of an utterance: edge crop, speed, reverb and noise on the waveform, a stretched
-        spectrum (VTLP) and tempo (when configured), then SpecAugment on its features — all drawn from
-        ``generator``, so reproducible."""
-        a = self.cfg.augment
-        features = utterance.features
-        if utterance.wave is not None:
-            wave = utterance.wave
-            if a.edge_crop > 0:
-                wave = crop_edges(wave, round(a.edge_crop * self.cfg.data.sample_rate), generator)
-            if a.speed is not None:
-                wave = speed_perturb(wave, draw_uniform(a.speed, generator))
-            # The room before the microphone's noise: noise is not reverberated.
-            if a.reverb is not None and float(torch.rand(1, generator=generator)) < a.reverb_prob:
-                rt60, drr = draw_uniform(a.reverb, generator), draw_uniform(a.reverb_drr_db, generator)
-                wave = add_reverb(wave, self.cfg.data.sample_rate, rt60, drr, generator)
-            if a.noise_snr_db is not None and float(torch.rand(1, generator=generator)) < a.noise_prob:
-                wave = add_noise(wave, draw_uniform(a.noise_snr_db, generator), generator)
-            warp = 1.0
-            if a.vtlp is not None:
-                # Two decimals: the filterbank of each factor is computed once and cached.
-                warp = round(draw_uniform(a.vtlp, generator), 2)
-            features = self.features(wave, warp)
-        if a.tempo is not None:
-            features = stretch_time(features, draw_uniform(a.tempo, generator))
-        if not a.spec_augment:
-            return features
-        return spec_augment(
-            features, n_freq_masks=a.n_freq_masks, max_freq_width=a.max_freq_width,
-            n_time_masks=a.n_time_masks, max_time_width=a.max_time_width, generator=generator,
-        )  # fmt: skip
+        """Training-time view of an utterance (data/utterances.py), drawn from ``generator``."""
+        return augment(utterance, self.cfg.augment, self.cfg.data.sample_rate, self.features, generator)
 
     @staticmethod
     def pad(features: list[Tensor]) -> Batch:
@@ -453,19 +337,8 @@ class SpeechTask(Task):
             probs = logits.float().softmax(-1)
             best = probs.argmax(-1)
             return [(str(int(c)), float(probs[i, c])) for i, c in enumerate(best)]
-        log_probs = logits.float().log_softmax(-1)  # (B, T', V)
-        out = []
-        for i in range(log_probs.shape[0]):
-            lp = log_probs[i, : frame_lengths[i]]
-            if self.cfg.decode.beam_size > 1:
-                seq, score = ctc_beam_decode(lp, beam_size=self.cfg.decode.beam_size)[0]
-            else:
-                seq = ctc_greedy_decode(lp)[0]
-                target = torch.tensor([seq]) if seq else torch.zeros(1, 0, dtype=torch.long)
-                score = -float(F.ctc_loss(lp[:, None], target, torch.tensor([lp.shape[0]]), torch.tensor([len(seq)]),
-                                          blank=0, reduction="sum", zero_infinity=True))  # fmt: skip
-            out.append(("".join(str(s - 1) for s in seq), float(torch.tensor(score).exp())))
-        return out
+        decoded = ctc_transcribe(logits.float().log_softmax(-1), frame_lengths, self.cfg.decode.beam_size)
+        return [("".join(str(s - 1) for s in seq), probability) for seq, probability in decoded]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str) -> EvalResult:

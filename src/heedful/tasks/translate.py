@@ -21,15 +21,18 @@ attention/gold-alignment agreement for the built-ins; detokenized, case-sensitiv
 and chrF for ``parallel``) → decoding (greedy with the KV cache, or beam search with a length
 penalty: ``decode.beam_size``, ``decode.alpha``) → explain (cross-attention maps over characters
 or subword pieces).
+
+What is not the task itself lives with its kind: the sources in data/builtin.py and
+data/parallel.py, decoding in token batches in decode/batching.py, BLEU and chrF in
+metrics/translation.py, cross-attention maps and the dates' alignment score in
+explain/alignment.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import random
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -40,17 +43,11 @@ from pydantic import Discriminator, Field, Tag
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, Section
+from heedful.data.batching import GeneratedBatches, LazyBatches
 from heedful.data.builtin import (
-    ISO_SPANS,
     DateExample,
     NumberExample,
-    date_charset,
-    fixed_dates,
-    fixed_numbers,
-    number_charset,
-    number_language_supported,
-    random_dates,
-    random_numbers,
+    builtin_data,
 )
 from heedful.data.parallel import (
     Format,
@@ -59,24 +56,24 @@ from heedful.data.parallel import (
     ParallelFiles,
     TokenBatches,
     batches_by_length,
-    keep_by_length,
+    fit_for_training,
     read_parallel,
+    split_files,
 )
 from heedful.data.tokenizers import (
-    CharTokenizer,
     Normalization,
-    SentencePieceTokenizer,
     SentencePieceType,
     Tokenizer,
-    content_ids,
     load_tokenizers,
     pad_ids,
     save_tokenizers,
+    train_tokenizers,
 )
-from heedful.decode.beam import beam_search
-from heedful.decode.greedy import greedy_decode
-from heedful.errors import ConfigError, DataError, UserError
+from heedful.decode.batching import decode_in_batches
+from heedful.errors import ConfigError, UserError
+from heedful.explain.alignment import alignment_hits, cross_attention_maps, stacked_attention
 from heedful.explain.capture import capture
+from heedful.metrics.translation import bleu_and_chrf
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
 from heedful.nn.losses import smoothed_cross_entropy
@@ -92,7 +89,9 @@ from heedful.tasks.base import (
 )
 
 Example = DateExample | NumberExample
-BatchSource.register(TokenBatches)  # heedful.data does not import tasks; it is one all the same
+# heedful.data does not import tasks; these are batch sources all the same
+for _source in (TokenBatches, GeneratedBatches, LazyBatches):
+    BatchSource.register(_source)
 SPLITS = ("train", "val", "test")
 
 
@@ -177,42 +176,6 @@ class TranslateConfig(RunConfig):
     decode: DecodeConfig = DecodeConfig()
 
 
-class GeneratedBatches(BatchSource):
-    """Fresh examples every epoch, from ``stream(seed)`` seeded by (run seed, epoch)."""
-
-    def __init__(self, seed: int, batch_size: int, steps: int, stream, encode):
-        self.seed, self.batch_size, self.steps = seed, batch_size, steps
-        self.stream, self.encode = stream, encode
-
-    def steps_per_epoch(self) -> int:
-        return self.steps
-
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        examples = self.stream(random.Random(f"{self.seed}:{epoch}").getrandbits(63))
-        for _ in range(self.steps):
-            yield self.encode([next(examples) for _ in range(self.batch_size)])
-
-
-class LazyBatches(BatchSource):
-    """Builds its batch source when first asked: ``evaluate`` on a finished run needs the
-    held-out splits, not an encoded, length-filtered training set."""
-
-    def __init__(self, build):
-        self.build, self._source = build, None
-
-    @property
-    def source(self) -> BatchSource:
-        if self._source is None:
-            self._source = self.build()
-        return self._source
-
-    def steps_per_epoch(self) -> int:
-        return self.source.steps_per_epoch()
-
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        return self.source.batches(epoch)
-
-
 @dataclass
 class Translation(Prediction):
     """A prediction with what produced it: the output ids and, when asked for, the attention."""
@@ -227,11 +190,6 @@ class Translation(Prediction):
 def _one_line(text: str) -> str:
     """Outputs go one per line into files and pipes; byte fallback could, in principle, emit one."""
     return text.replace("\r", " ").replace("\n", " ")
-
-
-def _bleu_tokenizer(lang: str) -> str:
-    """sacreBLEU's standard tokenizer for the target language (13a, or zh for Chinese)."""
-    return "zh" if lang.split("-")[0].lower() == "zh" else "13a"
 
 
 @register_task
@@ -253,17 +211,6 @@ class TranslateTask(Task):
         self.tgt_tok: Tokenizer | None = None
 
     # ---------------------------------------------------------------------------------------- data
-    def _build_vocabs(self) -> None:
-        d = self.cfg.data
-        if d.source == "dates":
-            self.src_tok, self.tgt_tok = CharTokenizer(date_charset()), CharTokenizer("0123456789-")
-        else:
-            for key in ("source_lang", "target_lang"):
-                if not number_language_supported(getattr(d, key)):
-                    raise ConfigError(f"config key 'data.{key}': num2words has no language {getattr(d, key)!r}")
-            self.src_tok = CharTokenizer(number_charset(d.source_lang, d.max_value))
-            self.tgt_tok = CharTokenizer(number_charset(d.target_lang, d.max_value))
-
     def encode_examples(self, examples: list[Example]) -> Batch:
         target = self.tgt_tok.batch([e.target for e in examples], bos=True, eos=True)  # (B, T+1)
         return {
@@ -281,51 +228,17 @@ class TranslateTask(Task):
     def build_data(self, cfg: TranslateConfig) -> DataBundle:
         if cfg.data.source == "parallel":
             return self._build_parallel(cfg)
-        self._build_vocabs()
-        d = cfg.data
-        if d.source == "dates":
-            val = fixed_dates(d.val_size, d.heldout_seed)
-            test = fixed_dates(d.test_size, d.heldout_seed + 1, exclude=frozenset(e.source for e in val))
-            held_out = frozenset(e.source for e in val + test)
-
-            def stream(seed: int) -> Iterator[DateExample]:
-                return random_dates(seed, held_out)
-        else:
-            langs = (d.source_lang, d.target_lang)
-            try:
-                val = fixed_numbers(d.val_size, d.heldout_seed, *langs, d.max_value)
-            except NotImplementedError:
-                raise ConfigError(
-                    f"config key 'data.source_lang'/'data.target_lang': num2words has no {langs}"
-                ) from None
-            test = fixed_numbers(d.test_size, d.heldout_seed + 1, *langs, d.max_value, frozenset(e.value for e in val))
-            held_out_values = frozenset(e.value for e in val + test)
-
-            def stream(seed: int) -> Iterator[NumberExample]:
-                return random_numbers(seed, *langs, d.max_value, held_out_values)
-
+        built = builtin_data(cfg.data)
+        self.src_tok, self.tgt_tok = built.src_tok, built.tgt_tok
         steps = cfg.train.steps_per_epoch or 200
-        train = GeneratedBatches(cfg.seed, cfg.train.batch_size, steps, stream, self.encode_examples)
-        self.data = DataBundle(train, {"val": val, "test": test})
+        train = GeneratedBatches(cfg.seed, cfg.train.batch_size, steps, built.stream, self.encode_examples)
+        self.data = DataBundle(train, {"val": built.val, "test": built.test})
         return self.data
 
     # ------------------------------------------------------------------------------ parallel files
     def split_files(self, split: str) -> ParallelFiles:
         """Where ``data.<split>`` points, resolved against ``data.root``."""
-        d = self.cfg.data
-        value = getattr(d, split)
-        root = d.root if d.root is not None else Path()
-        langs = (d.source_lang, d.target_lang)
-        if d.format == "text":
-            if isinstance(value, SplitPaths):
-                paths = (root / value.src, root / value.tgt)
-            else:
-                paths = tuple(_language_file(root / value, lang) for lang in langs)
-        elif isinstance(value, SplitPaths):
-            raise ConfigError(f"config key 'data.{split}': format {d.format!r} reads one file; give its path")
-        else:
-            paths = (root / value,)
-        return ParallelFiles(d.format, paths, d.fields or langs)
+        return split_files(self.cfg.data, split)
 
     def _build_parallel(self, cfg: TranslateConfig) -> DataBundle:
         d = cfg.data
@@ -345,25 +258,10 @@ class TranslateTask(Task):
 
     def _train_tokenizers(self, pairs: list[Pair]) -> None:
         t = self.cfg.data.tokenizer
-        sources, targets = [p.source for p in pairs], [p.target for p in pairs]
-        if t.kind == "char":
-            train = CharTokenizer.train
-        else:
-
-            def train(texts: list[str]) -> Tokenizer:
-                return SentencePieceTokenizer.train(
-                    texts,
-                    vocab_size=t.vocab_size,
-                    model_type=t.model_type,
-                    character_coverage=t.character_coverage,
-                    normalization=t.normalization,
-                )
-
+        self.src_tok, self.tgt_tok = train_tokenizers([p.source for p in pairs], [p.target for p in pairs], t)
         if t.joint:
-            self.src_tok = self.tgt_tok = train(sources + targets)
             sizes = f"{len(self.src_tok)} tokens, joint"
         else:
-            self.src_tok, self.tgt_tok = train(sources), train(targets)
             sizes = f"{len(self.src_tok)} source + {len(self.tgt_tok)} target tokens"
         kind = f"sentencepiece {t.model_type}" if t.kind == "sentencepiece" else "characters"
         print(f"tokenizer: {kind}, {sizes}")
@@ -372,27 +270,14 @@ class TranslateTask(Task):
         d, longest = self.cfg.data, self.cfg.model.max_len - 1  # tgt_in is <bos> + target: one position more
         cap = min(d.max_tokens or longest, longest)
         encoded = [(self.src_tok.encode(p.source), self.tgt_tok.encode(p.target)) for p in pairs]
-        kept = keep_by_length([(len(s), len(t)) for s, t in encoded], max_tokens=cap, max_ratio=d.max_ratio)
-        if len(kept) < len(encoded):
-            ratio = f" or a length ratio above {d.max_ratio}" if d.max_ratio else ""
-            print(
-                f"{self.split_files('train').describe()}: left out {len(encoded) - len(kept)} of {len(encoded)} "
-                f"pairs with more than {cap} tokens{ratio} (data.max_tokens, data.max_ratio, model.max_len)",
-                file=sys.stderr,
-            )
-        if not kept:
-            raise DataError(f"{self.split_files('train').describe()}: no training pairs left after length filtering")
-        encoded = [encoded[i] for i in kept]
-        sizes = [max(len(s), len(t) + 1) for s, t in encoded]  # widths of src and of tgt_in/tgt_out
-        if max(sizes) > d.batch_tokens:
-            raise ConfigError(
-                f"config key 'data.batch_tokens': {d.batch_tokens} is less than the longest training pair "
-                f"({max(sizes)} tokens); raise it or lower data.max_tokens"
-            )
+        encoded, sizes = fit_for_training(
+            encoded, self.split_files("train"), max_tokens=cap, max_ratio=d.max_ratio, batch_tokens=d.batch_tokens
+        )
         return TokenBatches(
             sizes, d.batch_tokens, self.cfg.seed, lambda indices: self.collate([encoded[i] for i in indices])
         )
 
+    # --------------------------------------------------------------------------------------- model
     def build_model(self, cfg: TranslateConfig, data: DataBundle) -> nn.Module:
         if cfg.model.share_embeddings and len(self.src_tok) != len(self.tgt_tok):
             raise ConfigError(
@@ -435,44 +320,19 @@ class TranslateTask(Task):
             return self._evaluate_parallel(model, split)
         examples = self._examples(split)
         model.eval()
-        device = next(model.parameters()).device
         size = self.cfg.train.eval_batch_size
-        loss_sum = tokens = correct_tokens = exact = 0.0
-        hits = fields = 0
-        outputs: list[str] = []
-        for start in range(0, len(examples), size):
-            chunk = examples[start : start + size]
-            batch = {k: v.to(device) for k, v in self.encode_examples(chunk).items()}
-            target = batch["tgt_out"]
-            real = target != self.tgt_tok.pad_id
-            # Dates carry gold alignments; a model without attention has nothing to check them against.
-            gold = split == "test" and isinstance(chunk[0], DateExample) and model.cross_attention_name() is not None
-            with capture(model) if gold else contextlib.nullcontext() as seen:
-                logits = model(batch["src"], batch["tgt_in"]).float()
-            loss_sum += float(
-                F.cross_entropy(
-                    logits.flatten(0, 1),
-                    target.flatten(),
-                    ignore_index=self.tgt_tok.pad_id,
-                    reduction="sum",
-                )
-            )
-            tokens += int(real.sum())
-            correct_tokens += int(((logits.argmax(-1) == target) & real).sum())
-            predictions = self.predict(model, [e.source for e in chunk])
-            outputs += [p.output for p in predictions]
-            exact += sum(p.output == e.target for p, e in zip(predictions, chunk, strict=True))
-            if seen is not None:
-                h, f = self._alignment_hits(_stacked(seen, self._cross_attention_name(model)), chunk)
-                hits, fields = hits + h, fields + f
-        metrics = {
-            "loss": loss_sum / tokens,
-            "accuracy": correct_tokens / tokens,
-            "exact_match": exact / len(examples),
-        }
+        chunks = [examples[start : start + size] for start in range(0, len(examples), size)]
+        # Dates carry gold alignments; a model without attention has nothing to check them against.
+        gold = split == "test" and isinstance(examples[0], DateExample) and model.cross_attention_name() is not None
+        batches = (self.encode_examples(chunk) for chunk in chunks)
+        metrics, (hits, fields) = self._teacher_forced(model, batches, chunks if gold else None)
+        predictions = [p for chunk in chunks for p in self.predict(model, [e.source for e in chunk])]
+        metrics["exact_match"] = sum(p.output == e.target for p, e in zip(predictions, examples, strict=True)) / len(
+            examples
+        )
         if fields:
             metrics["alignment_hit"] = hits / fields
-        return EvalResult(metrics, outputs=outputs)
+        return EvalResult(metrics, outputs=[p.output for p in predictions])
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> EvalResult:
@@ -483,62 +343,49 @@ class TranslateTask(Task):
     def _evaluate_parallel(self, model: nn.Module, split: str, beam_size: int | None = None) -> EvalResult:
         """Teacher-forced loss and token accuracy, then decoded outputs scored by sacreBLEU
         (detokenized, case-sensitive, against the untokenized references)."""
-        from sacrebleu.metrics import BLEU, CHRF
-
         pairs: list[Pair] = self._examples(split)
         model.eval()
-        device = next(model.parameters()).device
-        pad = self.tgt_tok.pad_id
         src_ids = [self._source_ids(p.source, model) for p in pairs]
         tgt_ids = [self.tgt_tok.encode(p.target)[: model.config.max_len - 1] for p in pairs]
         sizes = [max(len(s), len(t) + 1) for s, t in zip(src_ids, tgt_ids, strict=True)]
-        loss_sum = 0.0
-        tokens = correct = 0
-        for indices in batches_by_length(sizes, self.cfg.decode.batch_tokens):
-            batch = self.collate([(src_ids[i], tgt_ids[i]) for i in indices])
+        batches = (
+            self.collate([(src_ids[i], tgt_ids[i]) for i in indices])
+            for indices in batches_by_length(sizes, self.cfg.decode.batch_tokens)
+        )
+        metrics, _ = self._teacher_forced(model, batches)
+        hyps = [self._detokenize(ranked[0][0]) for ranked in self._generate(model, src_ids, beam_size)]
+        scores, signatures = bleu_and_chrf(hyps, [p.target for p in pairs], self.cfg.data.target_lang)
+        return EvalResult(metrics | scores, notes=signatures, outputs=hyps)
+
+    def _teacher_forced(
+        self, model: nn.Module, batches: Iterable[Batch], gold: list[list[DateExample]] | None = None
+    ) -> tuple[dict[str, float], tuple[int, int]]:
+        """The evaluation loop: summed cross-entropy and token accuracy over the real target
+        positions of ``batches``, fed the gold target (teacher forcing). With ``gold``, the date
+        examples of each batch, also how often a target digit's cross-attention peaks inside its
+        field (explain/alignment.py): (hits, digits)."""
+        device = next(model.parameters()).device
+        pad = self.tgt_tok.pad_id
+        loss_sum, tokens, correct, hits, digits = 0.0, 0, 0, 0, 0
+        for i, batch in enumerate(batches):
             target = batch["tgt_out"].to(device)  # (B, T)
-            logits = model(batch["src"].to(device), batch["tgt_in"].to(device)).float()  # (B, T, V)
+            with capture(model) if gold else contextlib.nullcontext() as seen:
+                logits = model(batch["src"].to(device), batch["tgt_in"].to(device)).float()  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=pad, reduction="sum")
             loss_sum += float(loss)
             real = target != pad
             tokens += int(real.sum())
             correct += int(((logits.argmax(-1) == target) & real).sum())
-
-        hyps = [self._detokenize(ranked[0][0]) for ranked in self._generate(model, src_ids, beam_size)]
-        refs = [p.target for p in pairs]
-        bleu, chrf = BLEU(tokenize=_bleu_tokenizer(self.cfg.data.target_lang)), CHRF()
-        bleu_score, chrf_score = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
-        metrics = {
-            "loss": loss_sum / tokens,
-            "accuracy": correct / tokens,
-            "bleu": bleu_score.score,
-            "chrf": chrf_score.score,
-        }
-        signatures = {"bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
-        return EvalResult(metrics, notes=signatures, outputs=hyps)
+            if seen is not None:
+                h, d = alignment_hits(stacked_attention(seen, self._cross_attention_name(model)), gold[i])
+                hits, digits = hits + h, digits + d
+        return {"loss": loss_sum / tokens, "accuracy": correct / tokens}, (hits, digits)
 
     def _cross_attention_name(self, model: nn.Module) -> str:
         name = model.cross_attention_name(self.cfg.decode.explain_layer)
         if name is None:
             raise UserError(f"this {model.config.arch} model has no attention to show (model.attention: none)")
         return name
-
-    @staticmethod
-    def _alignment_hits(weights: Tensor, examples: list[DateExample]) -> tuple[int, int]:
-        """How often the source character that a target digit attends to most (mean over heads)
-        lies inside the gold span of its field (day, month, year); counts (hits, digits).
-
-        weights: (B, H, T, S) cross-attention under teacher forcing; row j predicts target char j.
-        """
-        most_attended = weights.mean(1).argmax(-1).cpu()  # (B, T)
-        hits = total = 0
-        for i, example in enumerate(examples):
-            for field, (t_start, t_end) in ISO_SPANS.items():
-                s_start, s_end = example.spans[field]
-                for j in range(t_start, t_end):
-                    hits += s_start <= int(most_attended[i, j]) < s_end
-                    total += 1
-        return hits, total
 
     # -------------------------------------------------------------------------------------- decoding
     def _source_ids(self, text: str, model: nn.Module) -> list[int]:
@@ -574,62 +421,19 @@ class TranslateTask(Task):
         budget = batch_tokens or d.batch_tokens
         device = next(model.parameters()).device
         limits = [self._output_limit(len(s), model) for s in src_ids]
-        results: list[list[tuple[list[int], float]]] = [[]] * len(src_ids)
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16) if d.precision == "bf16" else contextlib.nullcontext()
         )
         with precision:
-            self._decode_batches(model, src_ids, beam, budget, limits, results, n_best)
-        return results
+            return decode_in_batches(
+                model, src_ids, bos=self.tgt_tok.bos_id, eos=self.tgt_tok.eos_id, pad=self.src_tok.pad_id,
+                beam=beam, budget=budget, limits=limits, alpha=d.alpha, early_stopping=d.early_stopping, n_best=n_best,
+            )  # fmt: skip
 
-    def _decode_batches(
-        self, model, src_ids, beam: int, budget: int, limits: list[int], results: list, n_best: int = 1
-    ) -> None:
-        d = self.cfg.decode
-        device = next(model.parameters()).device
-        bos, eos, pad = self.tgt_tok.bos_id, self.tgt_tok.eos_id, self.src_tok.pad_id
-        for indices in batches_by_length([len(s) * beam for s in src_ids], budget):
-            src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
-            batch_limits = [limits[i] for i in indices]
-            if beam == 1:
-                # One limit per batch; rows with a lower limit are cut afterwards (their score
-                # then counts the tokens past the cut — only rows that never ended are affected).
-                tokens, log_prob = greedy_decode(model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits))
-                for row, i in enumerate(indices):
-                    results[i] = [(content_ids(tokens[row, : limits[i]].tolist(), eos), float(log_prob[row]))]
-            else:
-                hyps = beam_search(
-                    model,
-                    src,
-                    bos_id=bos,
-                    eos_id=eos,
-                    beam_size=beam,
-                    max_len=torch.tensor(batch_limits),
-                    alpha=d.alpha,
-                    n_best=n_best,
-                    early_stopping=d.early_stopping,
-                )
-                for ranked, i in zip(hyps, indices, strict=True):
-                    results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]
-
-    def _cross_attention(
-        self, model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]]
-    ) -> list[dict[str, Tensor]]:
-        """Teacher-forced pass over the decoded outputs (the same attention decoding saw, as the
-        decoder is causal): per example, every cross-attention module's (H, T_out + 1, S) map."""
-        device = next(model.parameters()).device
-        bos, pad = self.tgt_tok.bos_id, self.tgt_tok.pad_id
-        sizes = [max(len(s), len(o) + 1) for s, o in zip(src_ids, out_ids, strict=True)]
-        maps: list[dict[str, Tensor]] = [{}] * len(src_ids)
-        for indices in batches_by_length(sizes, self.cfg.decode.batch_tokens):
-            src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
-            tgt_in = pad_ids([[bos, *out_ids[i]] for i in indices], pad).to(device)  # (B, T + 1)
-            with capture(model) as seen:
-                model(src, tgt_in)
-            for row, i in enumerate(indices):
-                s, t = len(src_ids[i]), len(out_ids[i])
-                maps[i] = {k: _stacked(seen, k)[row, :, : t + 1, :s].float().cpu() for k in seen if "cross_attn" in k}
-        return maps
+    def _cross_attention(self, model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]]):
+        """Per example, every cross-attention module's (H, T_out + 1, S) map (explain/alignment.py)."""
+        bos, pad, budget = self.tgt_tok.bos_id, self.tgt_tok.pad_id, self.cfg.decode.batch_tokens
+        return cross_attention_maps(model, src_ids, out_ids, bos=bos, pad=pad, batch_tokens=budget)
 
     @torch.no_grad()
     def translate(
@@ -719,20 +523,3 @@ class TranslateTask(Task):
 
     def load_artifacts(self, directory: Path) -> None:
         self.src_tok, self.tgt_tok = load_tokenizers(directory)
-
-
-def _stacked(seen, name: str) -> Tensor:
-    """A module's attention over the whole target, (B, H, T, S): one call for the Transformer,
-    one call per step for an RNN decoder that attends before each step."""
-    return torch.cat(seen.calls(name), dim=-2)
-
-
-def _language_file(prefix: Path, lang: str) -> Path:
-    """``train`` + ``en`` -> ``train.en``, or ``train.en.gz`` when only that exists."""
-    plain = prefix.with_name(f"{prefix.name}.{lang}")
-    gz = plain.with_name(plain.name + ".gz")
-    if plain.exists():
-        return plain
-    if gz.exists():
-        return gz
-    raise DataError(f"{plain}: file not found (nor {gz.name})")

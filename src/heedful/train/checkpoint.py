@@ -7,9 +7,10 @@ A checkpoint is a folder ``checkpoints/step-N/``:
                            extra trainer tensors (the weight average, ``ema.*``)
     state.json             optimizer hyper-parameters, trainer position, RNG states, history
 
-It is written under a temporary name and renamed into place only when complete, so a run cut
-off mid-write leaves the previous checkpoint intact. ``state.json`` is written last and marks a
-complete checkpoint.
+It is written under a temporary name (``.tmp-step-N-pid``) and renamed into place only when
+complete, so a run cut off mid-write leaves the previous checkpoint intact. ``state.json`` is
+written last and marks a complete checkpoint. Re-saving a step moves the old folder aside
+(``.old-step-N-pid``) first; ``rundir`` cleans up (or puts back) what a kill leaves.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from torch import nn
 from heedful.errors import CheckpointError
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint whose files are missing or damaged (as opposed to one of another model)."""
 
 
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -108,9 +113,12 @@ def save_checkpoint(
         json.dump(payload, f)
         f.flush()
         os.fsync(f.fileno())
+    old = directory / f".old-step-{step}-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
     if final.exists():  # re-saving the same step (e.g. epoch end right after a periodic save)
-        shutil.rmtree(final)
+        final.rename(old)
     tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -138,9 +146,9 @@ def load_checkpoint(
         missing, unexpected = safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=False)
         tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
+        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
     except (json.JSONDecodeError, safetensors.SafetensorError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({exc})") from None
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({exc})") from None
     except RuntimeError as exc:  # tensor shapes that do not match the model
         raise CheckpointError(
             f"{path}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})"
@@ -154,3 +162,21 @@ def load_checkpoint(
     if extra_tensors is not None:
         extra_tensors.update({k: v for k, v in tensors.items() if not k.startswith(("state.", "rng."))})
     return {k: v for k, v in payload.items() if k not in ("optimizer", "rng")}
+
+
+def load_latest_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, extra_tensors: dict[str, torch.Tensor]
+) -> tuple[Path, dict[str, Any]]:
+    """Restore the newest checkpoint that reads; a damaged newer one is reported and deleted (it
+    would otherwise stay the newest and outlive good ones when old checkpoints are pruned)."""
+    checkpoints = list_checkpoints(directory)
+    for i, path in enumerate(reversed(checkpoints)):
+        try:
+            return path, load_checkpoint(path, model, optimizer, extra_tensors)
+        except UnreadableCheckpoint as exc:
+            if i == len(checkpoints) - 1:
+                raise
+            print(f"{exc}; deleted, resuming from the checkpoint before")
+            shutil.rmtree(path, ignore_errors=True)
+            extra_tensors.clear()
+    raise CheckpointError(f"{directory}: no checkpoint to resume from")

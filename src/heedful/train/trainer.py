@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import shutil
 import time
@@ -30,12 +31,14 @@ from tqdm.auto import tqdm
 from heedful.config import RunConfig, to_yaml
 from heedful.device import autocast, move_to, resolve_device
 from heedful.errors import ConfigError, UserError
+from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
-from heedful.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from heedful.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.logging import RunLogger
+from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
 from heedful.train.schedules import lr_at
 
 
@@ -68,24 +71,9 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model: nn.Module | None = None
         self.ema: WeightAverage | None = None
+        self.run: RunDirectory | None = None
 
     # ------------------------------------------------------------------------------------- set-up
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
-        checkpoints = self.run_dir / "checkpoints"
-        if not resume and list_checkpoints(checkpoints):
-            if not overwrite:
-                raise UserError(
-                    f"{self.run_dir}: already holds a trained run; pass --resume to continue it, "
-                    "--overwrite to start again, or choose another --run-dir"
-                )
-            for sub in ("checkpoints", "model", "tb", "plots"):
-                shutil.rmtree(self.run_dir / sub, ignore_errors=True)
-            (self.run_dir / "history.json").unlink(missing_ok=True)
-        if resume and not list_checkpoints(checkpoints):
-            raise UserError(f"{self.run_dir}: --resume given, but there is no checkpoint to resume from")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg))
-
     def _save_model(self, model: nn.Module) -> None:
         """Replace run_dir/model with the current weights, atomically."""
         final, tmp = self.run_dir / "model", self.run_dir / ".model.tmp"
@@ -101,11 +89,31 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- train
     def fit(self, *, resume: bool = False, overwrite: bool = False) -> History:
+        """Train in the run directory, which this holds locked until it returns. A start that fails
+        before its first checkpoint leaves the directory as it found it (docs/RUN_DIRECTORY.md)."""
+        run = self.run = RunDirectory.claim(self.run_dir, resume=resume, overwrite=overwrite)
+        try:
+            return self._fit(run, resume, overwrite)
+        except OSError as exc:  # the run directory cannot be written (read-only, full, …)
+            if not _inside(exc.filename, self.run_dir):
+                raise
+            if not resume and not list_checkpoints(self.run_dir / "checkpoints"):
+                run.abandon()
+            raise RunDirectoryError(
+                f"{self.run_dir}: cannot write the run directory: {exc.strerror} ({exc.filename})"
+            ) from None
+        except BaseException:
+            if not resume and not list_checkpoints(self.run_dir / "checkpoints"):
+                run.abandon()  # a failed start leaves nothing behind
+            raise
+        finally:
+            run.release()
+
+    def _fit(self, run: RunDirectory, resume: bool, overwrite: bool) -> History:
         tc = self.tc
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         seed_everything(self.cfg.seed, tc.deterministic)
-        self._prepare_run_dir(resume, overwrite)
 
         data = self.task.build_data(self.cfg)
         model = self.task.build_model(self.cfg, data).to(self.device)
@@ -126,6 +134,8 @@ class Trainer:
             "step": 0,
             "epoch": 0,
             "batch_in_epoch": 0,
+            "train_sums": {},  # this epoch's weighted training stats so far: a resumed epoch
+            "train_weight": 0.0,  # reports them over the whole epoch
             "elapsed": 0.0,
             "best": None,
             "bad_epochs": 0,
@@ -133,9 +143,9 @@ class Trainer:
         }
         self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if resume:
-            latest = list_checkpoints(self.run_dir / "checkpoints")[-1]
             extra: dict[str, torch.Tensor] = {}
-            state.update(load_checkpoint(latest, model, optimizer, extra))
+            latest, loaded = load_latest_checkpoint(self.run_dir / "checkpoints", model, optimizer, extra)
+            state.update(loaded)
             if self.ema is not None:
                 if not any(k.startswith("ema.") for k in extra):
                     raise UserError(f"{latest}: has no weight average; resume without train.ema_decay")
@@ -143,6 +153,14 @@ class Trainer:
             print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
         history = History.from_dict(state["history"])
 
+        # The start succeeded: only now is an earlier run cleared (--overwrite) and config.yaml written.
+        run.begin(overwrite=overwrite)
+        config_tmp = self.run_dir / "config.yaml.tmp"
+        config_tmp.write_text(to_yaml(self.cfg))
+        os.replace(config_tmp, self.run_dir / "config.yaml")
+        before = files_under(self.run_dir / "tb")
+        if tc.wandb:
+            run.record("wandb/")  # wandb's own folder, written on the run's behalf
         logger = RunLogger(
             self.run_dir,
             tensorboard=tc.tensorboard,
@@ -150,13 +168,14 @@ class Trainer:
             config=self.cfg.model_dump(mode="json"),
             name=self.cfg.name,
         )
+        run.record_new("tb", before)
         try:
             self._loop(model, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
         finally:
             logger.close()
         history.completed = True
         history.save(self.run_dir / "history.json")
-        _plot_history(history, self.run_dir / "plots" / "history.png")
+        plot_history(history.history, self.run_dir / "plots" / "history.png")
         return history
 
     def _loop(self, model, optimizer, data, state, history, logger, steps_per_epoch, total_steps) -> None:
@@ -166,8 +185,7 @@ class Trainer:
         while state["epoch"] < tc.epochs and not out_of_time:
             epoch = state["epoch"]
             model.train()
-            sums: dict[str, float] = {}
-            weight_sum = 0.0
+            sums: dict[str, float] = state["train_sums"]  # not empty when resumed mid-epoch
             bar = tqdm(
                 total=steps_per_epoch,
                 initial=state["batch_in_epoch"],
@@ -190,7 +208,7 @@ class Trainer:
                     )
                 (loss / tc.grad_accum).backward()
                 weight = float(stats.get("weight", 1.0))
-                weight_sum += weight
+                state["train_weight"] += weight
                 for key, value in stats.items():
                     if key != "weight":
                         sums[key] = sums.get(key, 0.0) + float(value) * weight
@@ -230,18 +248,22 @@ class Trainer:
 
             # ---- end of epoch (or of the time budget): validate, keep the best, maybe stop
             row = {"epoch": epoch + 1, "step": state["step"], "time": round(state["elapsed"], 2)}
-            row |= {f"train_{k}": v / max(weight_sum, 1e-9) for k, v in sums.items()}
+            row |= {f"train_{k}": v / max(state["train_weight"], 1e-9) for k, v in sums.items()}
             # With a weight average, the average is what gets validated and saved as the model.
             with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
                 row |= {f"val_{k}": v for k, v in self.task.validate(model).items()}
                 history.epochs.append(row)
                 improved = self._track_best(row, state, history, model)
+                before = files_under(self.run_dir / "plots")
                 self.task.after_validation(model, epoch + 1, self.run_dir)
+                if self.run is not None:
+                    self.run.record_new("plots", before)
             model.train()
             logger.scalars(state["step"], {k: v for k, v in row.items() if k != "epoch"}, prefix="epoch/")
             (tqdm.write if tc.progress else print)(_format_row(row, improved))
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
+            state["train_sums"], state["train_weight"] = {}, 0.0
             if tc.early_stopping_patience and state["bad_epochs"] >= tc.early_stopping_patience:
                 history.stopped_early = True
                 out_of_time = True
@@ -280,36 +302,17 @@ class Trainer:
         )
 
 
+def _inside(filename: object, folder: Path) -> bool:
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    path, folder = Path(filename).resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 def _format_row(row: dict[str, float], improved: bool) -> str:
     parts = [f"epoch {int(row['epoch'])}"]
     parts += [f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "step")]
     return "  ".join(parts) + ("  *" if improved else "")
-
-
-def _plot_history(history: History, path: Path) -> None:
-    """Loss and accuracy curves per epoch, train beside val."""
-    if not history.epochs:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    h = history.history
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for split in ("train", "val"):
-            key = f"{split}_{metric}"
-            if key in h:
-                ax.plot(h["epoch"], h[key], marker="o", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        if ax.get_legend_handles_labels()[0]:  # a task without this metric draws an empty panel
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> History:

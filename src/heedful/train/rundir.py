@@ -1,0 +1,275 @@
+"""The run directory's contract: heedful writes only into a folder it made (or found empty), and
+deletes only what it wrote there.
+
+    run = RunDirectory.claim(Path("runs/dates"), resume=False, overwrite=False)  # checks, locks
+    run.begin(overwrite=False)           # the start succeeded: clear the old run if asked, record
+    run.record("plots/history.png")      # before writing a file, so a kill never hides it
+    run.release()                        # or run.abandon() when the start failed
+
+Every run directory holds ``.heedful/``: ``run.json`` (the marker, and the list of what heedful
+wrote: files, and folders it owns whole with a trailing ``/``) and ``lock``, locked with
+``flock`` for as long as a training runs there (the kernel drops the lock when the process dies,
+so a killed run never blocks the next). A folder that exists, is not empty and has no
+``.heedful/`` is refused, whatever the flags. docs/RUN_DIRECTORY.md is the user's page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from heedful.errors import UserError
+from heedful.train.checkpoint import list_checkpoints
+
+MARKER = ".heedful"
+MANIFEST = "run.json"
+LOCK = "lock"
+# What a training writes; the folders are heedful's whole (nobody else writes into them).
+STANDARD = ("config.yaml", "history.json", "checkpoints/", "model/", "plots/history.png")
+# Names heedful writes while replacing a file or folder; a kill can leave them behind.
+TRANSIENT = ("history.tmp", "config.yaml.tmp", ".model.tmp", ".model.old")
+# A run made before the marker existed: only these names at its top level.
+_LEGACY = re.compile(r"^(config\.yaml|history\.json|history\.tmp|checkpoints|model|tb|plots|wandb|\.model\.(tmp|old)"
+                     r"|eval-.+\.json|hyps-.+\.txt|bench-.+\.json)$")  # fmt: skip
+_LEFTOVER = re.compile(r"^\.(tmp|old)-step-(\d+)-\d+$")
+
+
+class RunDirectoryError(UserError):
+    """A run directory heedful must not or cannot write: names the folder and why."""
+
+
+def _cannot_write(path: Path, exc: OSError) -> RunDirectoryError:
+    reason = exc.strerror or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != path else ""
+    return RunDirectoryError(f"{path}: cannot write the run directory: {reason}{where}")
+
+
+def _is_empty(path: Path) -> bool:
+    return next(path.iterdir(), None) is None
+
+
+def _is_legacy_run(path: Path) -> bool:
+    names = [child.name for child in path.iterdir() if child.name != MARKER]
+    return (
+        (path / "config.yaml").is_file()
+        and (bool(list_checkpoints(path / "checkpoints")) or (path / "model" / "config.json").is_file())
+        and all(_LEGACY.match(name) for name in names)
+    )
+
+
+def files_under(folder: Path) -> set[Path]:
+    """Every file below ``folder`` (none when it does not exist)."""
+    return {p for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
+
+
+class RunDirectory:
+    """A run directory this process holds the lock of."""
+
+    def __init__(self, path: Path, lock_fd: int, created: list[Path], new_marker: bool):
+        self.path = path
+        self._lock_fd: int | None = lock_fd
+        self._created = created  # folders this claim made, deepest first
+        self._new_marker = new_marker
+        self.written: set[str] = set()
+
+    # ------------------------------------------------------------------------------------ claim
+    @classmethod
+    def claim(cls, path: Path, *, resume: bool, overwrite: bool) -> RunDirectory:
+        """Check that heedful may write ``path``, create it, lock it. Nothing is deleted here."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunDirectoryError(f"{path}: is a file, not a folder; choose another --run-dir")
+        exists = path.is_dir()
+        try:
+            empty = not exists or _is_empty(path)
+            foreign = not empty and not (path / MARKER).is_dir() and not _is_legacy_run(path)
+        except OSError as exc:  # a folder we may not even list
+            raise _cannot_write(path, exc) from None
+        if foreign:
+            raise RunDirectoryError(
+                f"{path}: is not empty and is not a heedful run directory; heedful writes only into a new "
+                "or empty folder, or one it made — choose another --run-dir"
+            )
+        if resume and not exists:
+            raise RunDirectoryError(f"{path}: --resume given, but there is no checkpoint to resume from")
+        created = [p for p in (path, *path.parents) if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            new_marker = empty and not (path / MARKER).is_dir()  # abandon() may then remove it all
+            (path / MARKER).mkdir(exist_ok=True)
+            fd = os.open(path / MARKER / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            _remove_empty(created)
+            raise _cannot_write(path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise _cannot_write(path, exc) from None
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise RunDirectoryError(
+                f"{path}: another training is running in this run directory{pid}; wait for it or choose "
+                "another --run-dir"
+            ) from None
+        run = cls(path, fd, created, new_marker)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            run._clean_leftovers()
+            run._check(resume=resume, overwrite=overwrite)
+            run._load_manifest()
+        except BaseException as exc:
+            run.abandon()
+            if isinstance(exc, OSError):
+                raise _cannot_write(path, exc) from None
+            raise
+        return run
+
+    def _check(self, *, resume: bool, overwrite: bool) -> None:
+        """Under the lock (another run may have finished meanwhile)."""
+        has_checkpoint = bool(list_checkpoints(self.path / "checkpoints"))
+        if resume and not has_checkpoint:
+            raise RunDirectoryError(f"{self.path}: --resume given, but there is no checkpoint to resume from")
+        if not resume and has_checkpoint and not overwrite:
+            raise RunDirectoryError(
+                f"{self.path}: already holds a trained run; pass --resume to continue it, "
+                "--overwrite to start again, or choose another --run-dir"
+            )
+
+    # --------------------------------------------------------------------------------- manifest
+    def _load_manifest(self) -> None:
+        manifest = self.path / MARKER / MANIFEST
+        if manifest.is_file():
+            try:
+                self.written = set(json.loads(manifest.read_text(encoding="utf-8"))["written"])
+            except (ValueError, KeyError, TypeError):
+                raise RunDirectoryError(f"{manifest}: unreadable; it lists what heedful wrote here") from None
+            return
+        # A run made before the marker: its standard names are heedful's; so are tb/ and plots/.
+        if _is_legacy_run(self.path):
+            self.written = {*STANDARD, *(p.relative_to(self.path).as_posix() for p in self._legacy_files())}
+        self._save_manifest()
+
+    def _legacy_files(self) -> set[Path]:
+        found = files_under(self.path / "tb") | files_under(self.path / "plots")
+        return found | {p for p in self.path.glob("eval-*.json")} | {p for p in self.path.glob("hyps-*.txt")}
+
+    def _save_manifest(self) -> None:
+        manifest = self.path / MARKER / MANIFEST
+        tmp = manifest.with_name(MANIFEST + ".tmp")
+        tmp.write_text(json.dumps({"heedful_run": 1, "written": sorted(self.written)}, indent=1) + "\n")
+        tmp.replace(manifest)
+
+    def record(self, *names: str | Path) -> None:
+        """Add paths (relative to the run directory, or inside it) to what heedful wrote here."""
+        new = {_relative(self.path, name) for name in names} - self.written
+        if new:
+            self.written |= new
+            self._save_manifest()
+
+    def record_new(self, folder: str, before: set[Path]) -> None:
+        """Record the files that appeared under ``folder`` since ``before = files_under(...)``."""
+        self.record(*(files_under(self.path / folder) - before))
+
+    # ---------------------------------------------------------------------------------- start
+    def begin(self, *, overwrite: bool) -> None:
+        """The start succeeded (data read, model built, checkpoint loaded): with ``overwrite``,
+        delete what heedful wrote here before; then record what a training writes."""
+        if overwrite:
+            self.remove_written()
+        self.record(*STANDARD)
+
+    def remove_written(self) -> None:
+        """Delete every path heedful wrote here, and folders that held only those."""
+        parents: set[Path] = set()
+        for name in sorted(self.written | set(TRANSIENT)):
+            target = self.path / name.rstrip("/")
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            parents |= {p for p in target.parents if self.path in p.parents}
+        for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+            _remove_empty([folder])
+        self.written = set()
+        self._save_manifest()
+
+    def _clean_leftovers(self) -> None:
+        """What a kill mid-save leaves: ``.tmp-step-N-pid`` folders, a checkpoint moved aside
+        (``.old-step-N-pid``, put back when its replacement never arrived), a model folder mid-swap."""
+        checkpoints = self.path / "checkpoints"
+        if checkpoints.is_dir():
+            for child in sorted(checkpoints.iterdir()):
+                match = _LEFTOVER.match(child.name)
+                if not match:
+                    continue
+                final = checkpoints / f"step-{match.group(2)}"
+                if match.group(1) == "old" and not (final / "state.json").is_file():
+                    shutil.rmtree(final, ignore_errors=True)
+                    child.rename(final)
+                else:
+                    shutil.rmtree(child)
+        model, old = self.path / "model", self.path / ".model.old"
+        if old.is_dir() and not model.exists():
+            old.rename(model)
+        for name in TRANSIENT:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    # ------------------------------------------------------------------------------------- end
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def abandon(self) -> None:
+        """A failed start: remove what this start wrote — the marker too, and the folders, when
+        it made them — and release the lock. A folder that holds anything else stays."""
+        try:
+            if self._new_marker:
+                self.remove_written()
+                shutil.rmtree(self.path / MARKER, ignore_errors=True)
+            _remove_empty(self._created)
+        finally:
+            self.release()
+
+
+def _relative(root: Path, name: str | Path) -> str:
+    path = Path(name)
+    if path.is_absolute() or path.parts[: len(root.parts)] == root.parts:
+        path = path.relative_to(root)
+    return path.as_posix() + ("/" if str(name).endswith("/") else "")
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each folder that is empty, deepest first; keep the others."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def record_written(run_dir: str | Path, *names: str | Path) -> None:
+    """Add files a command other than ``train`` wrote (``eval-test.json``…) to a run's list, so that
+    ``--overwrite`` clears them too. A folder without the marker is left alone."""
+    run_dir = Path(run_dir)
+    manifest = run_dir / MARKER / MANIFEST
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        written = set(data["written"]) | {_relative(run_dir, name) for name in names}
+        tmp = manifest.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**data, "written": sorted(written)}, indent=1) + "\n")
+        tmp.replace(manifest)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
