@@ -304,15 +304,18 @@ def _plain_weights(tokens: list[str], weights: list[float]) -> str:
 
 def _predict_file(run, predictor, path: Path, output: Path | None, text_column: str | None, batch_size: int) -> None:
     """Every row's text (in ``run``'s text column unless given), predicted by ``predictor`` (the
-    run, or an ensemble) in batches with a progress bar; CSV out (or lines to stdout)."""
+    run, or an ensemble) in batches with a progress bar; CSV out (or lines to stdout). The CSV
+    keeps the input's other columns after the predictions, so a product or an id stays beside
+    its row (a column named like one of ours gets " (input)" added)."""
     import csv
 
     from tqdm.auto import tqdm
 
-    from heedful.data.text import read_texts
+    from heedful.data.text import read_text_rows
 
     column = text_column or getattr(getattr(run.cfg, "data", None), "text_column", None)
-    texts = read_texts(path, column)
+    rows = read_text_rows(path, column)
+    texts = rows.texts
     handle = open(output, "w", newline="", encoding="utf-8") if output else None  # noqa: SIM115
     try:
         writer = csv.writer(handle) if handle else None
@@ -326,11 +329,14 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
                         typer.echo(f"{p.output}\t{p.score:.4f}")
                         continue
                     if not header_written:
-                        writer.writerow(["row", "text", "prediction", "score", *probs])
+                        ours = ["row", "text", "prediction", "score", *probs]
+                        theirs = [f"{c} (input)" if c in ours else c for c in rows.columns]
+                        writer.writerow([*ours, *theirs])
                         header_written = True
                     writer.writerow(
-                        [line + 1, p.input, p.output, f"{p.score:.4f}", *(f"{v:.4f}" for v in probs.values())]
-                    )
+                        [line + 1, p.input, p.output, f"{p.score:.4f}", *(f"{v:.4f}" for v in probs.values()),
+                         *rows.values[line]]
+                    )  # fmt: skip
                 bar.update(len(chunk))
     finally:
         if handle:

@@ -142,15 +142,16 @@ def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, t
 
     run_dir, _ = trained
     reviews = tmp_path / "new.csv"
-    reviews.write_text("Reviews,Other\nbattery excellent box,1\nsound charger day,2\n")
+    reviews.write_text("Product,Reviews,score\nA1,battery excellent box,5\nB2,sound charger day,\n")
     out = tmp_path / "preds.csv"
     result = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out))
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["row", "text", "prediction", "score", "neg", "pos"]
-    assert [(r[0], r[1], r[2]) for r in rows[1:]] == [
-        ("1", "battery excellent box", "pos"),
-        ("2", "sound charger day", "neg"),
+    # The input's other columns follow the predictions; its own "score" is renamed, not lost.
+    assert rows[0] == ["row", "text", "prediction", "score", "neg", "pos", "Product", "score (input)"]
+    assert [(r[0], r[1], r[2], r[6], r[7]) for r in rows[1:]] == [
+        ("1", "battery excellent box", "pos", "A1", "5"),
+        ("2", "sound charger day", "neg", "B2", ""),
     ]
     page = tmp_path / "why.html"
     explained = run_cli("predict", str(run_dir), "battery excellent box", "--explain", "--html", str(page))
