@@ -1,0 +1,100 @@
+"""The translate task's config: its data sources, tokenizers, model architectures and decoding.
+
+Kept apart from tasks/translate.py so that the task module reads as the task itself (data →
+model → loss → metrics → predict → explain); every field is documented where it is declared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag
+
+from heedful.config import RunConfig, Section
+from heedful.data.parallel import Format, OnBadLine
+from heedful.data.tokenizers import Normalization, SentencePieceType
+from heedful.models.rnn import RNNConfig
+from heedful.models.transformer import TransformerConfig
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitPaths(Section):
+    """Two explicit files of a ``text`` split (relative to ``data.root``)."""
+
+    src: Path
+    tgt: Path
+
+
+class TokenizerConfig(Section):
+    """How ``data.source: parallel`` cuts text into tokens (the built-ins always use characters)."""
+
+    kind: Literal["sentencepiece", "char"] = "sentencepiece"
+    model_type: SentencePieceType = Field("unigram", description="sentencepiece: unigram | bpe")
+    vocab_size: int = Field(8000, ge=8, description="sentencepiece: upper bound, incl. 4 specials + 256 bytes")
+    joint: bool = Field(True, description="one vocabulary for source and target (lets model.share_embeddings)")
+    character_coverage: float = Field(1.0, gt=0, le=1, description="sentencepiece: 1.0 for Latin text")
+    normalization: Normalization = Field("nmt_nfkc", description="sentencepiece normalization rule")
+
+
+class TranslateData(Section):
+    source: Literal["dates", "numbers", "parallel"] = "dates"
+    val_size: int = Field(1000, ge=1)
+    test_size: int = Field(2000, ge=1)
+    heldout_seed: int = Field(20211105, description="seed of the fixed validation and test sets")
+    source_lang: str = Field("en", description="numbers: num2words code; parallel: file suffix / JSONL field")
+    target_lang: str = Field("de", description="numbers: num2words code; parallel: file suffix / JSONL field")
+    max_value: int = Field(999_999, ge=10, description="numbers: largest number drawn")
+    # ---- parallel
+    root: Path | None = Field(None, description="parallel: folder the split paths are relative to")
+    format: Format = Field("text", description="parallel: text (two files) | tsv | jsonl")
+    train: str | SplitPaths | None = Field(
+        None, description="parallel: text: a prefix (train → train.<lang>[.gz]) or {src, tgt}; tsv/jsonl: a file"
+    )
+    val: str | SplitPaths | None = None
+    test: str | SplitPaths | None = None
+    fields: tuple[str, str] | None = Field(None, description="jsonl: source and target field (default: languages)")
+    on_bad_line: OnBadLine = Field("error", description="parallel: error | skip (counted and reported)")
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    max_tokens: int | None = Field(128, ge=1, description="parallel: drop training pairs longer (either side)")
+    max_ratio: float | None = Field(None, ge=1, description="parallel: drop training pairs with a longer length ratio")
+    batch_tokens: int = Field(4096, ge=1, description="parallel: tokens per training batch and side, padding included")
+
+
+class DecodeConfig(Section):
+    max_len: int = Field(32, ge=1, description="longest output, in tokens")
+    beam_size: int = Field(1, ge=1, description="1: greedy (KV cache); more: beam search")
+    val_beam_size: int | None = Field(
+        None, ge=1, description="beam for the per-epoch validation during training (default: beam_size)"
+    )
+    alpha: float = Field(0.6, ge=0, description="beam length penalty ((5 + |y|) / 6)^alpha")
+    early_stopping: bool = Field(
+        False,
+        description="beam: a sentence is done once beam_size hypotheses have ended (faster; by default it goes "
+        "on while a live hypothesis could still beat them)",
+    )
+    max_len_ratio: float | None = Field(None, gt=0, description="cap output at ratio × source tokens + offset")
+    max_len_offset: int = Field(10, ge=0)
+    batch_tokens: int = Field(4096, ge=1, description="source tokens × beam per decoding batch, padding included")
+    explain_layer: int = Field(-1, description="decoder layer whose cross-attention maps show")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: decode under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)"
+    )
+
+
+def _architecture(model: Any) -> str:
+    """``model.arch`` picks the model config; configs without it mean the Transformer."""
+    return model.get("arch", "transformer") if isinstance(model, dict) else getattr(model, "arch", "transformer")
+
+
+ModelConfig = Annotated[
+    Annotated[TransformerConfig, Tag("transformer")] | Annotated[RNNConfig, Tag("rnn")],
+    Discriminator(_architecture),
+]
+
+
+class TranslateConfig(RunConfig):
+    task: Literal["translate"] = "translate"
+    data: TranslateData = TranslateData()
+    model: ModelConfig = TransformerConfig()
+    decode: DecodeConfig = DecodeConfig()
