@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from heedful.attention import GeneralScore, MultiHeadAttention, causal_mask, prefer_fused
-from heedful.attention import multihead as multihead_module
+from heedful.attention import attend as attend_module
 
 D, H = 16, 4
 B, T_Q, T_K = 3, 5, 7
@@ -23,14 +23,13 @@ def pair(kdim=None, vdim=None, seed=0):
         for p in ours.parameters():
             if p.dim() == 1:
                 p.normal_(std=0.1)
-        if ours.packed:
-            theirs.in_proj_weight.copy_(ours.in_proj.weight)
-            theirs.in_proj_bias.copy_(ours.in_proj.bias)
+        if theirs._qkv_same_embed_dim:  # torch packs q, k, v into one (3D, D) matrix
+            theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
         else:
             theirs.q_proj_weight.copy_(ours.q_proj.weight)
             theirs.k_proj_weight.copy_(ours.k_proj.weight)
             theirs.v_proj_weight.copy_(ours.v_proj.weight)
-            theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
         theirs.out_proj.weight.copy_(ours.out_proj.weight)
         theirs.out_proj.bias.copy_(ours.out_proj.bias)
     return ours, theirs
@@ -44,12 +43,13 @@ def param_grads(module) -> list[torch.Tensor]:
         else:
             weights = [module.q_proj_weight.grad, module.k_proj_weight.grad, module.v_proj_weight.grad]
         return [*weights, module.in_proj_bias.grad, module.out_proj.weight.grad, module.out_proj.bias.grad]
-    if module.packed:
-        weights, bias = [module.in_proj.weight.grad], module.in_proj.bias.grad
-    else:
-        projections = (module.q_proj, module.k_proj, module.v_proj)
-        weights = [p.weight.grad for p in projections]
-        bias = torch.cat([p.bias.grad for p in projections])
+    projections = (module.q_proj, module.k_proj, module.v_proj)
+    weights = (
+        [torch.cat([p.weight.grad for p in projections])]
+        if module.kdim == module.vdim == module.d_model
+        else [p.weight.grad for p in projections]
+    )
+    bias = torch.cat([p.bias.grad for p in projections])
     return [*weights, bias, module.out_proj.weight.grad, module.out_proj.bias.grad]
 
 
@@ -84,7 +84,7 @@ def masks(kind: str, t_q: int, t_k: int):
 
 def run_both(ours, theirs, kind, mask_kind, path, need_weights, kdim=D, vdim=D):
     """Forward and backward through both modules on the same inputs; returns outputs and leaves."""
-    ours.path = path
+    ours.attend.path = path
     query, key, value = inputs(kind, kdim, vdim)
     our_masks, their_masks = masks(mask_kind, query.shape[1], T_K)
 
@@ -148,7 +148,7 @@ def test_head_averaged_weights_match_torch_default_average():
 @pytest.mark.parametrize("mask_kind", ["none", "padding+causal"])
 def test_matches_torch_with_different_key_and_value_widths(path, mask_kind, functional):
     ours, theirs = pair(kdim=12, vdim=10)
-    assert not ours.packed
+    assert ours.k_proj.in_features == 12 and ours.v_proj.in_features == 10
     out, (their_out, their_weights), our_leaves, their_leaves = run_both(
         ours, theirs, "cross_kv", mask_kind, path, path == "math", kdim=12, vdim=10
     )
@@ -239,7 +239,7 @@ def test_unmasked_attention_does_see_every_token():
 # ------------------------------------------------------------------------------- path policy
 def test_prefer_fused_policy():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    limit = multihead_module.CPU_16BIT_MATH_MAX_SCORES
+    limit = attend_module.CPU_16BIT_MATH_MAX_SCORES
     assert prefer_fused(cuda, torch.bfloat16, 8, 8)
     assert prefer_fused(cuda, torch.float32, 8, 8)
     assert prefer_fused(cpu, torch.float32, 8, 8)
@@ -254,7 +254,7 @@ def test_prefer_fused_policy():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("limit", [0, 10**9])
 def test_auto_path_follows_the_policy(dtype, limit, functional, monkeypatch):
-    monkeypatch.setattr(multihead_module, "CPU_16BIT_MATH_MAX_SCORES", limit)
+    monkeypatch.setattr(attend_module, "CPU_16BIT_MATH_MAX_SCORES", limit)
     attn = MultiHeadAttention(D, H).to(dtype)
     x = torch.randn(B, T_K, D, dtype=dtype)
     out = attn(x, key_padding_mask=torch.ones(B, T_K, dtype=torch.bool))
@@ -295,7 +295,7 @@ def test_dot_score_agrees_on_both_paths():
     attn = MultiHeadAttention(D, H, score="dot", path="fused")
     x = torch.randn(B, T_K, D)
     fused = attn(x, is_causal=True).output
-    attn.path = "math"
+    attn.attend.path = "math"
     torch.testing.assert_close(fused, attn(x, is_causal=True).output, **TOL)
 
 
