@@ -4,10 +4,12 @@
     python benchmarks/attention.py --quick         # smoke run: 1,024 tokens, T = 128 and 512 (~1 minute)
     python benchmarks/attention.py --device cuda --strict
 
-Four implementations of the same self-attention layer (d_model = 512, 8 heads, packed q/k/v input
-projection and an output projection, a key padding mask with a couple of padded sequences):
+Four implementations of the same self-attention layer (d_model = 512, 8 heads, q/k/v input
+projections and an output projection, a key padding mask with a couple of padded sequences):
 
-  ours   heedful.attention.MultiHeadAttention, path="auto" (it picks fused or math itself)
+  ours   heedful.attention.MultiHeadAttention, path="auto" (it picks fused or math itself); its
+         q, k, v projections are three Linear modules, where the other three pack them in one
+         (3D, D) matrix — the same weights, copied
   nn     torch.nn.MultiheadAttention(batch_first=True), need_weights=False
   math   the equations written out: softmax(QKᵀ/√d + mask) V, as in nanoGPT's slow path
   sdpa   the same projections around one bare F.scaled_dot_product_attention call
@@ -130,12 +132,14 @@ def build_layers(device: str, dtype: torch.dtype, seed: int = 0) -> dict[str, nn
     layers: dict[str, nn.Module] = {"ours": ours, "nn": TorchMHA(D_MODEL, N_HEADS)}
     layers["math"], layers["sdpa"] = PlainMath(D_MODEL, N_HEADS), BareSDPA(D_MODEL, N_HEADS)
     src = ours.attn
+    projections = (src.q_proj, src.k_proj, src.v_proj)  # ours: three Linear modules; the others pack them
+    packed = {"weight": torch.cat([p.weight for p in projections]), "bias": torch.cat([p.bias for p in projections])}
     with torch.no_grad():
-        layers["nn"].attn.in_proj_weight.copy_(src.in_proj.weight)
-        layers["nn"].attn.in_proj_bias.copy_(src.in_proj.bias)
+        layers["nn"].attn.in_proj_weight.copy_(packed["weight"])
+        layers["nn"].attn.in_proj_bias.copy_(packed["bias"])
         layers["nn"].attn.out_proj.load_state_dict(src.out_proj.state_dict())
         for name in ("math", "sdpa"):
-            layers[name].in_proj.load_state_dict(src.in_proj.state_dict())
+            layers[name].in_proj.load_state_dict(packed)
             layers[name].out_proj.load_state_dict(src.out_proj.state_dict())
     return {name: layer.to(device=device, dtype=dtype).train() for name, layer in layers.items()}
 
