@@ -329,3 +329,26 @@ def test_dropout_acts_in_training_only():
     torch.testing.assert_close(first.weights.sum(-1), torch.ones(B, H, T_K))  # reported before dropout
     attn.eval()
     torch.testing.assert_close(attn(x).output, attn(x).output)
+
+
+# ------------------------------------------------------------------------------- head width
+@pytest.mark.parametrize("path", ["math", "fused"])
+def test_an_explicit_head_width_computes_the_equation(path):
+    """d_head = 5 with D = 16, H = 4: inner width 20, not D. The output is
+    Concat_h softmax(q_h k_hᵀ / √5) v_h · W^O, written out head by head."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(D, H, d_head=5, path=path)
+    with torch.no_grad():
+        for p in attn.parameters():
+            if p.dim() == 1:
+                p.normal_(std=0.1)
+    assert attn.inner_dim == 20 and attn.out_proj.in_features == 20
+    x = torch.randn(B, T_K, D)
+    q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)  # (B, T, 20) each
+    heads = []
+    for h in range(H):
+        cols = slice(5 * h, 5 * (h + 1))
+        weights = torch.softmax(q[..., cols] @ k[..., cols].transpose(1, 2) / 5**0.5, dim=-1)  # (B, T, T)
+        heads.append(weights @ v[..., cols])  # (B, T, 5)
+    expected = attn.out_proj(torch.cat(heads, dim=-1))
+    torch.testing.assert_close(attn(x).output, expected, **TOL)
