@@ -352,3 +352,44 @@ def test_an_explicit_head_width_computes_the_equation(path):
         heads.append(weights @ v[..., cols])  # (B, T, 5)
     expected = attn.out_proj(torch.cat(heads, dim=-1))
     torch.testing.assert_close(attn(x).output, expected, **TOL)
+
+
+# ------------------------------------------------------------------------- packed projection
+@pytest.mark.parametrize("path", ["math", "fused"])
+@pytest.mark.parametrize("position", ["none", "rope", "alibi"])
+def test_a_packed_module_is_the_same_self_attention_in_one_matmul(path, position):
+    """packed=True: one qkv_proj whose output is split. With its three row blocks copied into an
+    unpacked module's q/k/v, both give the same outputs, weights and input gradients — in one pass
+    and step by step through a KV cache."""
+    from heedful.attention import KVCache
+    from heedful.attention.positions import build_attention_positions
+
+    torch.manual_seed(0)
+    pos = build_attention_positions(position, H, D // H, max_len=64)
+    packed = MultiHeadAttention(D, H, path=path, position=pos, packed=True)
+    plain = MultiHeadAttention(D, H, path=path, position=pos)
+    with torch.no_grad():
+        packed.qkv_proj.bias.normal_(std=0.1)
+        for proj, w, b in zip((plain.q_proj, plain.k_proj, plain.v_proj), packed.qkv_proj.weight.chunk(3),
+                              packed.qkv_proj.bias.chunk(3), strict=True):  # fmt: skip
+            proj.weight.copy_(w)
+            proj.bias.copy_(b)
+        plain.out_proj.load_state_dict(packed.out_proj.state_dict())
+    x = torch.randn(B, T_K, D)
+    keep = torch.arange(T_K)[None, :] < torch.tensor([T_K, 4, 2])[:, None]
+    outs = []
+    for module in (packed, plain):
+        inp = x.clone().requires_grad_()
+        out = module(inp, key_padding_mask=keep, is_causal=True, need_weights=True)
+        out.output.sum().backward()
+        outs.append((out.output, out.weights, inp.grad))
+    for got, expected in zip(*outs, strict=True):
+        torch.testing.assert_close(got, expected, **TOL)
+    with torch.no_grad():
+        cache = KVCache()
+        steps = [packed(x[:, t : t + 1], is_causal=True, cache=cache).output for t in range(T_K)]
+        torch.testing.assert_close(torch.cat(steps, 1), plain(x, is_causal=True).output, **TOL)
+    with pytest.raises(ValueError, match="self-attention only"):
+        packed(x, torch.randn(B, T_K, D))
+    with pytest.raises(ValueError, match="kdim = vdim = d_model"):
+        MultiHeadAttention(D, H, kdim=8, packed=True)

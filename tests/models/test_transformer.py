@@ -184,7 +184,10 @@ def test_a_model_saved_with_the_packed_in_proj_layout_still_loads():
     model = load_pretrained(folder).eval()  # raises on any missing or unexpected tensor
     with torch.no_grad():
         torch.testing.assert_close(model(expected["src"], expected["tgt_in"]), expected["logits"], atol=1e-6, rtol=0)
-    # q, k, v are the packed matrix's three row blocks, in that order.
+    # Self-attention keeps the packed matrix (now qkv_proj); cross-attention splits it into its
+    # three row blocks, q, k, v in that order.
+    self_attn = model.decoder.layers[0].self_attn
+    assert torch.equal(self_attn.qkv_proj.weight, saved["decoder.layers.0.self_attn.in_proj.weight"])
     q, k, v = saved["decoder.layers.0.cross_attn.in_proj.weight"].chunk(3)
     attn = model.decoder.layers[0].cross_attn
     for projection, block in ((attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v)):
@@ -196,7 +199,8 @@ def test_an_explicit_head_width_sets_the_inner_width_and_round_trips(tmp_path):
     torch.manual_seed(0)
     model = TransformerEncoderDecoder(small_config(d_model=30, n_heads=3, d_head=8, position="rope")).eval()
     attn = model.decoder.layers[0].self_attn
-    assert (attn.inner_dim, attn.q_proj.weight.shape, attn.out_proj.weight.shape) == (24, (24, 30), (30, 24))
+    assert (attn.inner_dim, attn.qkv_proj.weight.shape, attn.out_proj.weight.shape) == (24, (72, 30), (30, 24))
+    assert model.decoder.layers[0].cross_attn.k_proj.weight.shape == (24, 30)
     src, tgt = batch()
     full = model(src, tgt)
     memory, padding = model.encode(src)

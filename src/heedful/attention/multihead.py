@@ -3,11 +3,14 @@
     head_h = Attention(Q W_h^Q, K W_h^K, V W_h^V),   MHA = Concat(head_1 … head_H) W^O
 
 W^Q, W^K, W^V map to ``inner_dim = n_heads · d_head`` (heads of width ``d_head``, by default
-``d_model // n_heads``), W^O maps back to ``d_model``. Each is its own ``nn.Linear``, so the module
-quantizes (``torch.ao.quantization.quantize_dynamic``) and its heads can be pruned by rows of
-W^Q/W^K/W^V and columns of W^O. The attention itself is :class:`~heedful.attention.attend.Attend`
-(fused or math path); a key/value cache, when given, stores the keys and attends
-(:meth:`KVCache.attend`), which is where beam search's grouped storage lives.
+``d_model // n_heads``), W^O maps back to ``d_model``. They are ``nn.Linear`` modules the forward
+only calls, so the module quantizes (``torch.ao.quantization.quantize_dynamic``) and its heads can
+be pruned by rows of W^Q/W^K/W^V and columns of W^O: ``q_proj``, ``k_proj``, ``v_proj``, or — for
+a module built with ``packed=True``, which serves self-attention only — one ``qkv_proj``
+(D → 3·inner) whose output is split, so self-attention is one matmul. The attention itself is
+:class:`~heedful.attention.attend.Attend` (fused or math path); a key/value cache, when given,
+stores the keys and attends (:meth:`KVCache.attend`), which is where beam search's grouped
+storage lives.
 
 Masks follow the package convention, ``True`` = may attend (see :mod:`heedful.attention.masks`).
 """
@@ -57,6 +60,8 @@ class MultiHeadAttention(AttentionModule):
             ``"additive"``); the last two run on the math path only.
         position: an :class:`AttentionPositions` (RoPE, ALiBi, relative) for self-attention.
         path: ``"auto"`` (default), or force ``"fused"`` / ``"math"``.
+        packed: self-attention only: q, k and v from one ``qkv_proj`` (one matmul instead of
+            three; on a bf16 CPU a whole layer measured 10–25 % faster, docs/RESULTS.md).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class MultiHeadAttention(AttentionModule):
         score: Score | str = "scaled_dot",
         position: AttentionPositions | None = None,
         path: Path = "auto",
+        packed: bool = False,
     ):
         super().__init__()
         if d_head is None:
@@ -81,9 +87,15 @@ class MultiHeadAttention(AttentionModule):
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_head
         self.inner_dim = n_heads * d_head
         self.kdim, self.vdim = kdim or d_model, vdim or d_model
-        self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)
-        self.k_proj = nn.Linear(self.kdim, self.inner_dim, bias=bias)
-        self.v_proj = nn.Linear(self.vdim, self.inner_dim, bias=bias)
+        self.packed = packed
+        if packed:
+            if (self.kdim, self.vdim) != (d_model, d_model):
+                raise ValueError("a packed (self-attention) projection needs kdim = vdim = d_model")
+            self.qkv_proj = nn.Linear(d_model, 3 * self.inner_dim, bias=bias)
+        else:
+            self.q_proj = nn.Linear(d_model, self.inner_dim, bias=bias)
+            self.k_proj = nn.Linear(self.kdim, self.inner_dim, bias=bias)
+            self.v_proj = nn.Linear(self.vdim, self.inner_dim, bias=bias)
         self.out_proj = nn.Linear(self.inner_dim, d_model, bias=bias)
         self.attend = Attend(build_score(score, d_head), dropout, path)
         self.position = position
@@ -93,7 +105,7 @@ class MultiHeadAttention(AttentionModule):
         # As nn.MultiheadAttention: Xavier over the packed (3·inner, D) matrix, i.e. the bound of
         # xavier_uniform_ on that shape for each part, so re-packing changes no initialisation.
         bound = (6.0 / (self.d_model + 3 * self.inner_dim)) ** 0.5 if self.kdim == self.vdim == self.d_model else None
-        for linear in (self.q_proj, self.k_proj, self.v_proj):
+        for linear in [self.qkv_proj] if self.packed else [self.q_proj, self.k_proj, self.v_proj]:
             if bound is None:
                 nn.init.xavier_uniform_(linear.weight)
             else:
@@ -129,12 +141,16 @@ class MultiHeadAttention(AttentionModule):
 
         # 1. Project to per-head queries, keys and values (B, H, T, D_h); a filled static cache
         #    already holds the keys and values of its memory.
-        q = self._split_heads(self.q_proj(query))
-        k = v = None
-        if cache is None or not (cache.static and cache.filled):
-            key = query if key is None else key
-            value = key if value is None else value
-            k, v = self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value))
+        if self.packed:  # self-attention, one matmul: (B, T, D) -> (B, T, 3·H·D_h) -> 3 × (B, T, H·D_h)
+            if key is not None or value is not None or (cache is not None and cache.static):
+                raise ValueError("a packed MultiHeadAttention does self-attention only: pass no key/value")
+            q, k, v = (self._split_heads(x) for x in self.qkv_proj(query).chunk(3, dim=-1))
+        else:
+            q, k, v = self._split_heads(self.q_proj(query)), None, None
+            if cache is None or not (cache.static and cache.filled):
+                key = query if key is None else key
+                value = key if value is None else value
+                k, v = self._split_heads(self.k_proj(key)), self._split_heads(self.v_proj(value))
 
         # 2. Positions: RoPE rotates the new q and k at their absolute positions; ALiBi and
         #    relative positions give a score bias (1|B, H, T_q, T_k).
@@ -165,11 +181,13 @@ class MultiHeadAttention(AttentionModule):
         return x.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, T, H·D_h) -> (B, H, T, D_h)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Read checkpoints of the earlier layout too: a packed ``in_proj`` (3·D, D), split here
-        into q/k/v, and the score's parameters (general, additive) directly on the module."""
+        """Read checkpoints of the earlier layout too: a packed ``in_proj`` (3·D, D) — ``qkv_proj``
+        now, or split into q/k/v — and the score's parameters (general, additive) on the module."""
         for part in ("weight", "bias"):
             packed = state_dict.pop(f"{prefix}in_proj.{part}", None)
-            if packed is not None:
+            if packed is not None and self.packed:
+                state_dict[f"{prefix}qkv_proj.{part}"] = packed
+            elif packed is not None:
                 for name, tensor in zip("qkv", packed.chunk(3, dim=0), strict=True):
                     state_dict[f"{prefix}{name}_proj.{part}"] = tensor
         for old in [key for key in state_dict if key.startswith(f"{prefix}score.")]:
@@ -178,4 +196,6 @@ class MultiHeadAttention(AttentionModule):
 
     def extra_repr(self) -> str:
         score = type(self.attend.score).__name__
-        return f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, score={score}"
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, score={score}, packed={self.packed}"
+        )

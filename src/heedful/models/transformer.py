@@ -98,7 +98,8 @@ class Sublayer(nn.Module):
 
 
 def _attention(cfg: TransformerConfig, *, self_attention: bool) -> MultiHeadAttention:
-    """Self-attention (with the config's attention positions, if any) or cross-attention (none)."""
+    """Self-attention (the config's attention positions, if any; q/k/v packed in one matmul) or
+    cross-attention (no positions; q from the target, k/v from the memory)."""
     d_head = cfg.d_head or cfg.d_model // cfg.n_heads
     position = None
     if self_attention:
@@ -110,6 +111,7 @@ def _attention(cfg: TransformerConfig, *, self_attention: bool) -> MultiHeadAtte
         dropout=cfg.attention_dropout,
         score=cfg.attention_score,
         position=position,
+        packed=self_attention,
     )
 
 
