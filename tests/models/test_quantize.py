@@ -173,17 +173,19 @@ def test_a_quantized_classifier_predicts_what_float32_predicts(dates, encoder_ty
     assert (got - expected).abs().max() <= MAX_PROBABILITY_GAP
 
 
-def test_quantized_linears_are_the_ones_attention_runs():
+@pytest.mark.parametrize("packed", [False, True])
+def test_quantized_linears_are_the_ones_attention_runs(packed):
     """The attention module's projections are modules it calls, not weights it reads: swapping
     them for int8 ones changes its output (a module that sliced ``q_proj.weight`` would fail on
     the quantized module, whose ``weight`` is a method, or ignore the swap)."""
     from heedful.attention import MultiHeadAttention
 
     torch.manual_seed(0)
-    attn = MultiHeadAttention(16, 2).eval()
+    attn = MultiHeadAttention(16, 2, packed=packed).eval()
     x = torch.randn(2, 5, 16)
     quantized = quantize(attn)
-    assert isinstance(quantized.q_proj, qdynamic.Linear) and isinstance(quantized.out_proj, qdynamic.Linear)
+    projections = [quantized.qkv_proj] if packed else [quantized.q_proj, quantized.k_proj, quantized.v_proj]
+    assert all(isinstance(p, qdynamic.Linear) for p in [*projections, quantized.out_proj])
     with torch.no_grad():
         fp32, int8 = attn(x).output, quantized(x).output
     assert not torch.equal(fp32, int8)  # the int8 projections did run
