@@ -4,10 +4,12 @@
     python benchmarks/attention.py --quick         # smoke run: 1,024 tokens, T = 128 and 512 (~1 minute)
     python benchmarks/attention.py --device cuda --strict
 
-Four implementations of the same self-attention layer (d_model = 512, 8 heads, packed q/k/v input
-projection and an output projection, a key padding mask with a couple of padded sequences):
+Four implementations of the same self-attention layer (d_model = 512, 8 heads, q/k/v input
+projections and an output projection, a key padding mask with a couple of padded sequences):
 
-  ours   heedful.attention.MultiHeadAttention, path="auto" (it picks fused or math itself)
+  ours   heedful.attention.MultiHeadAttention(packed=True), path="auto" (it picks fused or math
+         itself): q, k, v from one (3D, D) Linear whose output is split, as the models'
+         self-attention layers are built
   nn     torch.nn.MultiheadAttention(batch_first=True), need_weights=False
   math   the equations written out: softmax(QKᵀ/√d + mask) V, as in nanoGPT's slow path
   sdpa   the same projections around one bare F.scaled_dot_product_attention call
@@ -107,7 +109,7 @@ class BareSDPA(PlainMath):
 class Ours(nn.Module):
     def __init__(self, d_model: int, n_heads: int):
         super().__init__()
-        self.attn = MultiHeadAttention(d_model, n_heads, path="auto")
+        self.attn = MultiHeadAttention(d_model, n_heads, path="auto", packed=True)  # as the models' self-attention
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         return self.attn(x, key_padding_mask=keep).output
@@ -130,12 +132,13 @@ def build_layers(device: str, dtype: torch.dtype, seed: int = 0) -> dict[str, nn
     layers: dict[str, nn.Module] = {"ours": ours, "nn": TorchMHA(D_MODEL, N_HEADS)}
     layers["math"], layers["sdpa"] = PlainMath(D_MODEL, N_HEADS), BareSDPA(D_MODEL, N_HEADS)
     src = ours.attn
+    packed = {"weight": src.qkv_proj.weight, "bias": src.qkv_proj.bias}
     with torch.no_grad():
-        layers["nn"].attn.in_proj_weight.copy_(src.in_proj.weight)
-        layers["nn"].attn.in_proj_bias.copy_(src.in_proj.bias)
+        layers["nn"].attn.in_proj_weight.copy_(packed["weight"])
+        layers["nn"].attn.in_proj_bias.copy_(packed["bias"])
         layers["nn"].attn.out_proj.load_state_dict(src.out_proj.state_dict())
         for name in ("math", "sdpa"):
-            layers[name].in_proj.load_state_dict(src.in_proj.state_dict())
+            layers[name].in_proj.load_state_dict(packed)
             layers[name].out_proj.load_state_dict(src.out_proj.state_dict())
     return {name: layer.to(device=device, dtype=dtype).train() for name, layer in layers.items()}
 

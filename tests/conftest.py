@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from heedful.attention import multihead as multihead_module
+from heedful.attention import attend as attend_module
 from heedful.tasks import get_task
 from heedful.train.checkpoint import list_checkpoints
 
@@ -97,7 +97,7 @@ def tiny_dates_overrides(run_dir: Path, **extra: object) -> list[str]:
 
 
 class CountingFunctional:
-    """Stands in for ``torch.nn.functional`` inside heedful's multihead module, counting SDPA calls."""
+    """Stands in for ``torch.nn.functional`` inside heedful's attention kernel, counting SDPA calls."""
 
     def __init__(self):
         self.sdpa_calls = 0
@@ -114,7 +114,7 @@ class CountingFunctional:
 def functional(monkeypatch):
     """Counts how often the fused kernel runs: ``functional.sdpa_calls``."""
     counting = CountingFunctional()
-    monkeypatch.setattr(multihead_module, "F", counting)
+    monkeypatch.setattr(attend_module, "F", counting)
     return counting
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from heedful.attention import GeneralScore, MultiHeadAttention, causal_mask, prefer_fused
-from heedful.attention import multihead as multihead_module
+from heedful.attention import attend as attend_module
 
 D, H = 16, 4
 B, T_Q, T_K = 3, 5, 7
@@ -23,14 +23,13 @@ def pair(kdim=None, vdim=None, seed=0):
         for p in ours.parameters():
             if p.dim() == 1:
                 p.normal_(std=0.1)
-        if ours.packed:
-            theirs.in_proj_weight.copy_(ours.in_proj.weight)
-            theirs.in_proj_bias.copy_(ours.in_proj.bias)
+        if theirs._qkv_same_embed_dim:  # torch packs q, k, v into one (3D, D) matrix
+            theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
         else:
             theirs.q_proj_weight.copy_(ours.q_proj.weight)
             theirs.k_proj_weight.copy_(ours.k_proj.weight)
             theirs.v_proj_weight.copy_(ours.v_proj.weight)
-            theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+        theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
         theirs.out_proj.weight.copy_(ours.out_proj.weight)
         theirs.out_proj.bias.copy_(ours.out_proj.bias)
     return ours, theirs
@@ -44,12 +43,13 @@ def param_grads(module) -> list[torch.Tensor]:
         else:
             weights = [module.q_proj_weight.grad, module.k_proj_weight.grad, module.v_proj_weight.grad]
         return [*weights, module.in_proj_bias.grad, module.out_proj.weight.grad, module.out_proj.bias.grad]
-    if module.packed:
-        weights, bias = [module.in_proj.weight.grad], module.in_proj.bias.grad
-    else:
-        projections = (module.q_proj, module.k_proj, module.v_proj)
-        weights = [p.weight.grad for p in projections]
-        bias = torch.cat([p.bias.grad for p in projections])
+    projections = (module.q_proj, module.k_proj, module.v_proj)
+    weights = (
+        [torch.cat([p.weight.grad for p in projections])]
+        if module.kdim == module.vdim == module.d_model
+        else [p.weight.grad for p in projections]
+    )
+    bias = torch.cat([p.bias.grad for p in projections])
     return [*weights, bias, module.out_proj.weight.grad, module.out_proj.bias.grad]
 
 
@@ -84,7 +84,7 @@ def masks(kind: str, t_q: int, t_k: int):
 
 def run_both(ours, theirs, kind, mask_kind, path, need_weights, kdim=D, vdim=D):
     """Forward and backward through both modules on the same inputs; returns outputs and leaves."""
-    ours.path = path
+    ours.attend.path = path
     query, key, value = inputs(kind, kdim, vdim)
     our_masks, their_masks = masks(mask_kind, query.shape[1], T_K)
 
@@ -148,7 +148,7 @@ def test_head_averaged_weights_match_torch_default_average():
 @pytest.mark.parametrize("mask_kind", ["none", "padding+causal"])
 def test_matches_torch_with_different_key_and_value_widths(path, mask_kind, functional):
     ours, theirs = pair(kdim=12, vdim=10)
-    assert not ours.packed
+    assert ours.k_proj.in_features == 12 and ours.v_proj.in_features == 10
     out, (their_out, their_weights), our_leaves, their_leaves = run_both(
         ours, theirs, "cross_kv", mask_kind, path, path == "math", kdim=12, vdim=10
     )
@@ -239,7 +239,7 @@ def test_unmasked_attention_does_see_every_token():
 # ------------------------------------------------------------------------------- path policy
 def test_prefer_fused_policy():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    limit = multihead_module.CPU_16BIT_MATH_MAX_SCORES
+    limit = attend_module.CPU_16BIT_MATH_MAX_SCORES
     assert prefer_fused(cuda, torch.bfloat16, 8, 8)
     assert prefer_fused(cuda, torch.float32, 8, 8)
     assert prefer_fused(cpu, torch.float32, 8, 8)
@@ -254,7 +254,7 @@ def test_prefer_fused_policy():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("limit", [0, 10**9])
 def test_auto_path_follows_the_policy(dtype, limit, functional, monkeypatch):
-    monkeypatch.setattr(multihead_module, "CPU_16BIT_MATH_MAX_SCORES", limit)
+    monkeypatch.setattr(attend_module, "CPU_16BIT_MATH_MAX_SCORES", limit)
     attn = MultiHeadAttention(D, H).to(dtype)
     x = torch.randn(B, T_K, D, dtype=dtype)
     out = attn(x, key_padding_mask=torch.ones(B, T_K, dtype=torch.bool))
@@ -295,7 +295,7 @@ def test_dot_score_agrees_on_both_paths():
     attn = MultiHeadAttention(D, H, score="dot", path="fused")
     x = torch.randn(B, T_K, D)
     fused = attn(x, is_causal=True).output
-    attn.path = "math"
+    attn.attend.path = "math"
     torch.testing.assert_close(fused, attn(x, is_causal=True).output, **TOL)
 
 
@@ -329,3 +329,67 @@ def test_dropout_acts_in_training_only():
     torch.testing.assert_close(first.weights.sum(-1), torch.ones(B, H, T_K))  # reported before dropout
     attn.eval()
     torch.testing.assert_close(attn(x).output, attn(x).output)
+
+
+# ------------------------------------------------------------------------------- head width
+@pytest.mark.parametrize("path", ["math", "fused"])
+def test_an_explicit_head_width_computes_the_equation(path):
+    """d_head = 5 with D = 16, H = 4: inner width 20, not D. The output is
+    Concat_h softmax(q_h k_hᵀ / √5) v_h · W^O, written out head by head."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(D, H, d_head=5, path=path)
+    with torch.no_grad():
+        for p in attn.parameters():
+            if p.dim() == 1:
+                p.normal_(std=0.1)
+    assert attn.inner_dim == 20 and attn.out_proj.in_features == 20
+    x = torch.randn(B, T_K, D)
+    q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)  # (B, T, 20) each
+    heads = []
+    for h in range(H):
+        cols = slice(5 * h, 5 * (h + 1))
+        weights = torch.softmax(q[..., cols] @ k[..., cols].transpose(1, 2) / 5**0.5, dim=-1)  # (B, T, T)
+        heads.append(weights @ v[..., cols])  # (B, T, 5)
+    expected = attn.out_proj(torch.cat(heads, dim=-1))
+    torch.testing.assert_close(attn(x).output, expected, **TOL)
+
+
+# ------------------------------------------------------------------------- packed projection
+@pytest.mark.parametrize("path", ["math", "fused"])
+@pytest.mark.parametrize("position", ["none", "rope", "alibi"])
+def test_a_packed_module_is_the_same_self_attention_in_one_matmul(path, position):
+    """packed=True: one qkv_proj whose output is split. With its three row blocks copied into an
+    unpacked module's q/k/v, both give the same outputs, weights and input gradients — in one pass
+    and step by step through a KV cache."""
+    from heedful.attention import KVCache
+    from heedful.attention.positions import build_attention_positions
+
+    torch.manual_seed(0)
+    pos = build_attention_positions(position, H, D // H, max_len=64)
+    packed = MultiHeadAttention(D, H, path=path, position=pos, packed=True)
+    plain = MultiHeadAttention(D, H, path=path, position=pos)
+    with torch.no_grad():
+        packed.qkv_proj.bias.normal_(std=0.1)
+        for proj, w, b in zip((plain.q_proj, plain.k_proj, plain.v_proj), packed.qkv_proj.weight.chunk(3),
+                              packed.qkv_proj.bias.chunk(3), strict=True):  # fmt: skip
+            proj.weight.copy_(w)
+            proj.bias.copy_(b)
+        plain.out_proj.load_state_dict(packed.out_proj.state_dict())
+    x = torch.randn(B, T_K, D)
+    keep = torch.arange(T_K)[None, :] < torch.tensor([T_K, 4, 2])[:, None]
+    outs = []
+    for module in (packed, plain):
+        inp = x.clone().requires_grad_()
+        out = module(inp, key_padding_mask=keep, is_causal=True, need_weights=True)
+        out.output.sum().backward()
+        outs.append((out.output, out.weights, inp.grad))
+    for got, expected in zip(*outs, strict=True):
+        torch.testing.assert_close(got, expected, **TOL)
+    with torch.no_grad():
+        cache = KVCache()
+        steps = [packed(x[:, t : t + 1], is_causal=True, cache=cache).output for t in range(T_K)]
+        torch.testing.assert_close(torch.cat(steps, 1), plain(x, is_causal=True).output, **TOL)
+    with pytest.raises(ValueError, match="self-attention only"):
+        packed(x, torch.randn(B, T_K, D))
+    with pytest.raises(ValueError, match="kdim = vdim = d_model"):
+        MultiHeadAttention(D, H, kdim=8, packed=True)

@@ -1,6 +1,8 @@
 import pickle
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from heedful.errors import CheckpointError
@@ -168,3 +170,42 @@ def test_keep_returns_exactly_the_kept_positions_logits():
     src, tgt = torch.randint(3, 20, (2, 6)), torch.randint(3, 20, (2, 5))
     keep = torch.tensor([[True, True, True, False, False], [True, False, True, True, True]])
     torch.testing.assert_close(model(src, tgt, keep=keep), model(src, tgt)[keep])
+
+
+def test_a_model_saved_with_the_packed_in_proj_layout_still_loads():
+    """tests/models/data/transformer-packed-in-proj was saved by the code before q/k/v became
+    separate projections (commit 18813b1): one packed ``in_proj`` (3D, D) per attention module and
+    the general score's ``score.W`` on the module. It loads, strictly, and computes the logits that
+    code computed."""
+    folder = Path(__file__).parent / "data" / "transformer-packed-in-proj"
+    saved = safetensors.torch.load_file(str(folder / WEIGHTS_NAME))
+    assert {"encoder.layers.0.self_attn.in_proj.weight", "decoder.layers.0.cross_attn.score.W.weight"} <= set(saved)
+    expected = safetensors.torch.load_file(str(folder / "expected.safetensors"))
+    model = load_pretrained(folder).eval()  # raises on any missing or unexpected tensor
+    with torch.no_grad():
+        torch.testing.assert_close(model(expected["src"], expected["tgt_in"]), expected["logits"], atol=1e-6, rtol=0)
+    # Self-attention keeps the packed matrix (now qkv_proj); cross-attention splits it into its
+    # three row blocks, q, k, v in that order.
+    self_attn = model.decoder.layers[0].self_attn
+    assert torch.equal(self_attn.qkv_proj.weight, saved["decoder.layers.0.self_attn.in_proj.weight"])
+    q, k, v = saved["decoder.layers.0.cross_attn.in_proj.weight"].chunk(3)
+    attn = model.decoder.layers[0].cross_attn
+    for projection, block in ((attn.q_proj, q), (attn.k_proj, k), (attn.v_proj, v)):
+        assert torch.equal(projection.weight, block)
+
+
+def test_an_explicit_head_width_sets_the_inner_width_and_round_trips(tmp_path):
+    """d_head need not divide d_model: inner_dim = n_heads · d_head (what head pruning leaves)."""
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(small_config(d_model=30, n_heads=3, d_head=8, position="rope")).eval()
+    attn = model.decoder.layers[0].self_attn
+    assert (attn.inner_dim, attn.qkv_proj.weight.shape, attn.out_proj.weight.shape) == (24, (72, 30), (30, 24))
+    assert model.decoder.layers[0].cross_attn.k_proj.weight.shape == (24, 30)
+    src, tgt = batch()
+    full = model(src, tgt)
+    memory, padding = model.encode(src)
+    cache = model.new_cache()
+    steps = [model.decode(tgt[:, t : t + 1], memory, padding, cache) for t in range(tgt.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(load_pretrained(tmp_path).eval()(src, tgt), full)

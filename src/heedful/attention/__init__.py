@@ -1,5 +1,6 @@
 """The attention core every heedful model is built on."""
 
+from heedful.attention.attend import Attend
 from heedful.attention.base import AttentionModule
 from heedful.attention.cache import KVCache
 from heedful.attention.coattention import CoAttentionOutput, ParallelCoAttention
@@ -26,6 +27,7 @@ from heedful.attention.scores import (
 __all__ = [
     "ALiBiPositions",
     "AdditiveScore",
+    "Attend",
     "AttentionModule",
     "AttentionOutput",
     "AttentionPositions",

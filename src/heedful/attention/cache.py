@@ -26,12 +26,21 @@ done) moves lineage rows and, when sources are dropped, the kept sources' keys. 
 grouped attention cannot serve (masks, position biases, weights of a growing cache) reads
 :meth:`KVCache.ungrouped`, the plain per-row keys. A reorder that leaves the groups falls back to
 plain storage, so every index stays correct.
+
+The storage is the cache's own business: an attention module hands :meth:`KVCache.attend` its
+new per-head q, k, v and its attention kernel, and gets back every row's context — the module
+never sees groups or lineage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+# The attention kernel a cache calls (heedful.attention.attend.Attend): (q, k, v, **masks) -> (context, weights).
+AttendFn = Callable[..., tuple[Tensor, Tensor | None]]
 
 
 class KVCache:
@@ -54,6 +63,71 @@ class KVCache:
     @property
     def filled(self) -> bool:
         return self._k is not None
+
+    @property
+    def q_offset(self) -> int:
+        """The absolute position of the next query: the positions stored so far in a growing cache
+        (self-attention while decoding), 0 in a static one (cross-attention has no positions)."""
+        return 0 if self.static else self.length
+
+    def attend(
+        self,
+        attend: AttendFn,
+        q: Tensor,
+        k: Tensor | None,
+        v: Tensor | None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        bias: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Store the new keys and values, then attend ``q`` to everything stored with ``attend``.
+
+        q: (B, H, T_q, D_h); k, v: the new (B, H, T_new, D_h) — None when a filled static cache
+        already holds them (a static cache is filled once, at the first call). Masks and ``bias``
+        are ``attend``'s, for the plain rows. Returns the context (B, H, T_q, D_h) and, with
+        ``need_weights``, the weights (B, H, T_q, T_k).
+        """
+        if not self.static:
+            self.append(k, v)  # type: ignore[arg-type]
+        elif not self.filled:
+            self.set(k, v)  # type: ignore[arg-type]
+        group, T_q = self.group, q.shape[2]
+        if group == 1 or not self._serves_groups(T_q, key_padding_mask, attn_mask, is_causal, bias, need_weights):
+            k, v = self.ungrouped()  # every row's own keys, (B, H, T_k, D_h)
+            masks = {"key_padding_mask": key_padding_mask, "attn_mask": attn_mask, "is_causal": is_causal}
+            return attend(q, k, v, **masks, bias=bias, need_weights=need_weights)
+        # Grouped: a source's `group` rows attend together, as one row of group·T_q queries, to the
+        # source's keys — a static cache's one row, or a growing cache's `group` keys per position
+        # with each row masked to its own lineage.
+        q = _group_rows(q, group)  # (B, H, T_q, D_h) -> (B / group, H, group·T_q, D_h)
+        if key_padding_mask is not None:  # the rows of a group share their source's padding
+            key_padding_mask = key_padding_mask[::group]
+        lineage = None if self.static else self.lineage_mask()  # (B / group, 1, group, T·group)
+        context, weights = attend(
+            q, self.k, self.v, key_padding_mask=key_padding_mask, attn_mask=lineage, need_weights=need_weights
+        )
+        weights = None if weights is None else _ungroup_rows(weights, group)  # (B, H, T_q, T_k)
+        return _ungroup_rows(context, group), weights  # (B, H, T_q, D_h)
+
+    def _serves_groups(
+        self,
+        t_q: int,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        is_causal: bool,
+        bias: Tensor | None,
+        need_weights: bool,
+    ) -> bool:
+        """Whether grouped attention computes what each row's own attention would."""
+        if attn_mask is not None or (is_causal and t_q > 1) or bias is not None:
+            return False  # per-row masks and biases are laid out for plain rows
+        if self.static:  # one source's keys for all its rows: any number of queries, its padding
+            return True
+        # A growing cache: one new position per row, and weights only over each row's own keys.
+        return t_q == 1 and key_padding_mask is None and not need_weights
 
     @property
     def k(self) -> Tensor:
@@ -103,8 +177,8 @@ class KVCache:
 
     def set(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Replace the contents (used by static cross-attention caches)."""
-        # Contiguous: projections arrive as chunks of one packed matmul, and attention over
-        # strided keys was 1.5x slower at every later step.
+        # Contiguous: projections arrive as strided head views, (B, T, H, D_h) transposed to
+        # (B, H, T, D_h), and attention over strided keys was 1.5x slower at every later step.
         self._k, self._v, self.length = k.contiguous(), v.contiguous(), k.shape[2]
         self.group, self._lineage = 1, None
         return self._k, self._v
@@ -193,6 +267,18 @@ class KVCache:
         selected = buffer.new_empty(index.shape[0], *buffer.shape[1:])  # (B_new, H, capacity, D_h)
         torch.index_select(buffer[:, :, filled], 0, index, out=selected[:, :, filled])
         return selected
+
+
+def _group_rows(q: Tensor, group: int) -> Tensor:
+    """(B, H, T, X) -> (B / group, H, group·T, X): each run of ``group`` rows becomes one row."""
+    B, H, T, X = q.shape
+    return q.view(B // group, group, H, T, X).transpose(1, 2).reshape(B // group, H, group * T, X)
+
+
+def _ungroup_rows(x: Tensor, group: int) -> Tensor:
+    """The inverse of :func:`_group_rows`: (B / group, H, group·T, X) -> (B, H, T, X)."""
+    Bg, H, GT, X = x.shape
+    return x.view(Bg, H, group, GT // group, X).transpose(1, 2).reshape(Bg * group, H, GT // group, X)
 
 
 def _grow(buffer: Tensor, used: int, capacity: int) -> Tensor:

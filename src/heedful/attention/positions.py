@@ -79,8 +79,9 @@ class AttentionPositions(nn.Module):
 
     gives_bias = False  # True when bias() returns a tensor
 
-    def rotate(self, q: Tensor, k: Tensor, q_offset: int = 0) -> tuple[Tensor, Tensor]:
-        """q: (B, H, T_q, D_h), k: (B, H, T_k_new, D_h); new keys sit at the same positions as q."""
+    def rotate(self, q: Tensor, k: Tensor | None, q_offset: int = 0) -> tuple[Tensor, Tensor | None]:
+        """q: (B, H, T_q, D_h), k: (B, H, T_k_new, D_h); new keys sit at the same positions as q.
+        k is None when a cache already holds every key (they were rotated when they were new)."""
         return q, k
 
     def bias(self, q: Tensor, t_k: int, q_offset: int = 0) -> Tensor | None:
@@ -105,8 +106,8 @@ class RotaryPositions(AttentionPositions):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def rotate(self, q: Tensor, k: Tensor, q_offset: int = 0) -> tuple[Tensor, Tensor]:
-        return self._rotate(q, q_offset), self._rotate(k, q_offset)
+    def rotate(self, q: Tensor, k: Tensor | None, q_offset: int = 0) -> tuple[Tensor, Tensor | None]:
+        return self._rotate(q, q_offset), None if k is None else self._rotate(k, q_offset)
 
     def _rotate(self, x: Tensor, offset: int) -> Tensor:
         T = x.shape[-2]

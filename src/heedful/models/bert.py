@@ -87,9 +87,9 @@ def convert_bert_state_dict(hf: dict[str, torch.Tensor], n_layers: int) -> dict[
         src, dst = f"encoder.layer.{i}.", f"encoder.layers.{i}."
         attn = src + "attention.self."
         for part in ("weight", "bias"):
-            # Our attention packs q, k, v into one projection, in that order.
+            # Our self-attention packs q, k, v into one projection, in that order.
             qkv = [hf[f"{attn}{name}.{part}"] for name in ("query", "key", "value")]
-            ours[f"{dst}self_attn.in_proj.{part}"] = torch.cat(qkv, 0)
+            ours[f"{dst}self_attn.qkv_proj.{part}"] = torch.cat(qkv, 0)
             ours[f"{dst}self_attn.out_proj.{part}"] = hf[f"{src}attention.output.dense.{part}"]
             ours[f"{dst}attn_sublayer.norm.{part}"] = hf[f"{src}attention.output.LayerNorm.{part}"]
             ours[f"{dst}ff.linear1.{part}"] = hf[f"{src}intermediate.dense.{part}"]

@@ -36,6 +36,7 @@ class TransformerConfig(BaseModel):
     pad_id: int = 0
     d_model: int = Field(256, ge=8)
     n_heads: int = Field(4, ge=1)
+    d_head: int | None = Field(None, ge=1, description="width of each attention head; null: d_model // n_heads")
     n_encoder_layers: int = Field(3, ge=0)
     n_decoder_layers: int = Field(3, ge=0)
     d_ff: int = Field(1024, ge=1)
@@ -57,7 +58,7 @@ class TransformerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> TransformerConfig:
-        if self.d_model % self.n_heads:
+        if self.d_head is None and self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.position not in POSITIONS:
             raise ValueError(f"position {self.position!r} is not one of {', '.join(POSITIONS)}")
@@ -96,18 +97,28 @@ class Sublayer(nn.Module):
         return self.norm(x + self.dropout(fn(x)))
 
 
-def _self_attention(cfg: TransformerConfig) -> MultiHeadAttention:
-    d_head = cfg.d_model // cfg.n_heads
-    position = build_attention_positions(cfg.position, cfg.n_heads, d_head, cfg.max_len, cfg.relative_max_distance)
+def _attention(cfg: TransformerConfig, *, self_attention: bool) -> MultiHeadAttention:
+    """Self-attention (the config's attention positions, if any; q/k/v packed in one matmul) or
+    cross-attention (no positions; q from the target, k/v from the memory)."""
+    d_head = cfg.d_head or cfg.d_model // cfg.n_heads
+    position = None
+    if self_attention:
+        position = build_attention_positions(cfg.position, cfg.n_heads, d_head, cfg.max_len, cfg.relative_max_distance)
     return MultiHeadAttention(
-        cfg.d_model, cfg.n_heads, dropout=cfg.attention_dropout, score=cfg.attention_score, position=position
+        cfg.d_model,
+        cfg.n_heads,
+        d_head=d_head,
+        dropout=cfg.attention_dropout,
+        score=cfg.attention_score,
+        position=position,
+        packed=self_attention,
     )
 
 
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.self_attn = _self_attention(cfg)
+        self.self_attn = _attention(cfg, self_attention=True)
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
         self.attn_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
         self.ff_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
@@ -121,10 +132,8 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.self_attn = _self_attention(cfg)
-        self.cross_attn = MultiHeadAttention(
-            cfg.d_model, cfg.n_heads, dropout=cfg.attention_dropout, score=cfg.attention_score
-        )
+        self.self_attn = _attention(cfg, self_attention=True)
+        self.cross_attn = _attention(cfg, self_attention=False)
         self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout, cfg.activation)
         self.self_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
         self.cross_sublayer = Sublayer(cfg.d_model, cfg.dropout, cfg.norm_first, cfg.layer_norm_eps)
