@@ -457,14 +457,15 @@ def audit(args) -> list[str]:
     has ratings its texts do not predict)."""
     head, rows, text = raw_amazon_rows()
     rating, brand = head.index("Rating"), head.index("Brand Name")
+    stripped = [row[text].replace("\ufeff", "").strip() for row in rows]  # as the reader gives them
     ratings: dict[str, set[str]] = {}
-    for row in rows:
-        ratings.setdefault(row[text].replace("\ufeff", "").strip(), set()).add(row[rating])
-    counts = Counter(row[text].replace("\ufeff", "").strip() for row in rows)
+    for row, t in zip(rows, stripped, strict=True):
+        ratings.setdefault(t, set()).add(row[rating])
+    counts = Counter(stripped)
     repeated = [t for t, n in counts.items() if n > 1]
     conflicting = [t for t in repeated if len(ratings[t]) > 1]
     anonymised = sum(bool(re.search(r"Brand [A-Z]\b", row[brand] + " " + row[text])) for row in rows)
-    fragments = fragment_texts()
+    fragments = {t for row, t in zip(rows, stripped, strict=True) if is_fragment(row[text])}  # fragment_texts()
     flagged = sum(counts[t] for t in fragments)
     lines = ["### Amazon sample audit", "",
              f"- {len(rows):,} rows, {len(counts):,} distinct texts; {len(repeated):,} texts occur more than once "

@@ -267,12 +267,13 @@ class TextRows:
 def read_texts(path: str | Path, column: str | None) -> list[str]:
     """The texts to predict from ``path``: the ``column`` of a CSV/TSV/JSONL file, or each
     non-blank line of any other file. A row without text stops with its file and line."""
-    return read_text_rows(path, column).texts
+    return read_text_rows(path, column, keep_columns=False).texts
 
 
-def read_text_rows(path: str | Path, column: str | None) -> TextRows:
+def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool = True) -> TextRows:
     """``read_texts`` with every other column of each row kept (as text; a JSONL value that is not
-    a string as JSON, a key a row lacks as ""); a file of lines has no other columns."""
+    a string as JSON, a key a row lacks as ""); a file of lines has no other columns.
+    ``keep_columns=False`` keeps the texts alone (a large file's other columns can outweigh them)."""
     path = Path(path)
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     fmt = suffixes[-1].lstrip(".") if suffixes and suffixes[-1] in (".csv", ".tsv", ".jsonl") else "lines"
@@ -296,6 +297,8 @@ def read_text_rows(path: str | Path, column: str | None) -> TextRows:
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {line}: no text in column {column!r}")
         texts.append(text.strip())
+        if not keep_columns:
+            continue
         rest = {
             k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in record.items() if k != column
         }
