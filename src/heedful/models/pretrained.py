@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-import safetensors.torch
+import safetensors
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from heedful.errors import CheckpointError
+from heedful.nn.weights import load_weights, save_weights
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -39,8 +40,7 @@ class PretrainedModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"model_type": self.model_type, **self.config.model_dump(mode="json")}
         (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-        # save_model handles tied (shared) parameters, which save_file refuses.
-        safetensors.torch.save_model(self, str(directory / WEIGHTS_NAME))
+        save_weights(self, directory / WEIGHTS_NAME)
         return directory
 
     @classmethod
@@ -60,7 +60,7 @@ class PretrainedModel(nn.Module):
         if not weights.is_file():
             raise CheckpointError(f"{weights}: weights file missing")
         try:
-            missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False, device=device)
+            missing, unexpected = load_weights(model, weights, strict=False)
         except RuntimeError as exc:  # tensor shapes that do not match the config
             first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
             raise CheckpointError(f"{weights}: does not fit {CONFIG_NAME} ({first})") from None

@@ -40,6 +40,7 @@ from heedful.explain.capture import capture
 from heedful.explain.plots import save_grid
 from heedful.metrics.fid import FeatureClassifier, feature_statistics, frechet_distance
 from heedful.models.sagan import SAGAN, SAGANConfig
+from heedful.nn.weights import load_weights, save_weights
 from heedful.tasks.base import (
     Batch,
     BatchSource,
@@ -310,16 +311,12 @@ class ImageGenTask(Task):
     def save_artifacts(self, directory: Path) -> None:
         import json
 
-        import safetensors.torch
-
         if self.classifier is not None:
-            safetensors.torch.save_model(self.classifier, str(directory / CLASSIFIER_FILE))
+            save_weights(self.classifier, directory / CLASSIFIER_FILE)
         (directory / "classes.json").write_text(json.dumps(self.classes, ensure_ascii=False) + "\n")
 
     def load_artifacts(self, directory: Path) -> None:
         import json
-
-        import safetensors.torch
 
         try:
             self.classes = json.loads((directory / "classes.json").read_text())
@@ -328,7 +325,7 @@ class ImageGenTask(Task):
         m = self.cfg.model
         classifier = FeatureClassifier(m.channels, m.image_size, max(len(self.classes), 2))
         if (directory / CLASSIFIER_FILE).is_file():
-            safetensors.torch.load_model(classifier, str(directory / CLASSIFIER_FILE))
+            load_weights(classifier, directory / CLASSIFIER_FILE)
             self.classifier = classifier.eval()
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from heedful.errors import CheckpointError
+from heedful.nn.weights import load_weights, save_weights
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -103,7 +104,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+    save_weights(model, tmp / "model.safetensors")
     opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
     rng_tensors, rng_meta = rng_state()
     tensors = {**opt_tensors, **rng_tensors, **{k: v.detach().cpu() for k, v in (extra_tensors or {}).items()}}
@@ -143,7 +144,7 @@ def load_checkpoint(
     saved through ``extra_tensors`` (e.g. a weight average) are put into that dict."""
     try:
         payload = json.loads((path / "state.json").read_text())
-        missing, unexpected = safetensors.torch.load_model(model, str(path / "model.safetensors"), strict=False)
+        missing, unexpected = load_weights(model, path / "model.safetensors", strict=False)
         tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
     except FileNotFoundError as exc:
         raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
