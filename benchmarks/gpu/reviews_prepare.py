@@ -12,6 +12,7 @@ this script writes a copy that does and that gives the same outputs on these rev
   equal the full model's on 200 reviews, bit for bit);
 - the float32 bytes are stored plane by plane (byte 0 of every float, then byte 1, …) and
   xz-compressed: the exponent planes pack well (46 MB); `unpack_minilm.py` restores the file.
+Per-fold records already made here (runs/bench-reviews/records) go along as records.tgz.
 The wheels the image lacks go to .whl-reviews (Babel's locale data, unused by this benchmark,
 is left out: its wheel is 11 MB).
 """
@@ -24,6 +25,7 @@ import lzma
 import random
 import shutil
 import subprocess
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -79,6 +81,16 @@ def check_same_outputs(full: Path, compact: Path) -> None:
                 raise SystemExit(f"the compacted MiniLM differs from the full one on {text!r}")
 
 
+def pack_records() -> None:
+    """The per-fold records already made here (e.g. on the CPU) travel along, so the GPU run trains
+    only the models they lack (further MiniLM seeds)."""
+    records = Path("runs/bench-reviews/records")
+    if records.is_dir():
+        with tarfile.open(OUT / "records.tgz", "w:gz") as tar:
+            tar.add(records, arcname="records")
+        print(f"{OUT / 'records.tgz'}: {len(list(records.glob('*.json')))} fold records", flush=True)
+
+
 def main() -> None:
     subprocess.run(["bash", "../shared/gpu/wheels.sh"], check=True)
     WHEELS.mkdir(exist_ok=True)
@@ -95,6 +107,7 @@ def main() -> None:
     (OUT / "reviews").mkdir(parents=True, exist_ok=True)
     shutil.copy(DATA, OUT / "reviews" / DATA.name)
     compact_minilm(OUT / "minilm")
+    pack_records()
     exclude = Path(".git/info/exclude")
     lines = exclude.read_text().splitlines() if exclude.is_file() else []
     exclude.write_text("\n".join([*lines, *(p for p in ("/.gpu-data/", "/.whl-reviews/") if p not in lines)]) + "\n")
