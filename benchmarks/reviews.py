@@ -322,8 +322,10 @@ def model_probabilities(record: dict) -> dict[str, tuple[torch.Tensor, float | N
         average = torch.stack([torch.tensor(runs[s]["probs"]) for s in seeds]).mean(0)  # (N, C), example by example
         best = f"minilm_{len(seeds)}_seeds"
         out[best] = (average, cpu_minutes(seeds))
-    tau = chosen_tau(record, seeds) if seeds else None
-    if tau is not None:
+    if seeds and "train_counts" in record:
+        # A fold none of whose MiniLM runs is here to give validation probabilities keeps the
+        # plain rule (τ = 0): nothing was chosen for it.
+        tau = chosen_tau(record, seeds) or 0.0
         out[f"{best}_prior_adjusted"] = (prior_adjust(out[best][0], record["train_counts"], tau), None)
     out |= {name: (torch.tensor(p), None) for name, p in record["baselines"].items()}
     return out
@@ -389,6 +391,8 @@ def prior_adjustment_lines(records: list[dict]) -> list[str]:
         seeds = [name for name in record["models"] if name.startswith("minilm")]
         tau = chosen_tau(record, seeds) if seeds else None
         if tau is None:
+            if seeds and "train_counts" in record:
+                rows.append(f"| {k} | 0 of {len(seeds)} | – (τ = 0 kept) | | | | |")
             continue
         classes, counts = len(record["classes"]), record["train_counts"]
         val = torch.stack([torch.tensor(record["models"][s]["val_probs"]) for s in seeds
