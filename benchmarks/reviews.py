@@ -25,6 +25,9 @@ Reported: mean ± std over folds of accuracy, macro-F1 and MAE (stars), and the 
 per fold. Product quality: every review is held out exactly once, so the held-out predictions of
 all folds are pooled; for each product with ≥ 10 of them, the mean predicted rating (expected
 value of the predicted distribution) against the mean true rating, as a Spearman ρ.
+The records also keep each local run's validation probabilities: MiniLM's row "prior_adjusted"
+divides its probabilities by the training prior to a power τ that each fold chooses on its own
+validation rows (never on the test rows), reported per fold beside the plain rule.
 
 amazon --subset typed runs the same cross-validation on the typed reviews alone: the rows whose
 texts `audit` finds predictive of their ratings (the sentence fragments are left out, into
