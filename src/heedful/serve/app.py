@@ -420,6 +420,8 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
                 shown = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
                 return await _predict(served, [str(p) for p in paths], shown, sum(frames), attention)
 
+        # The module's annotations are strings (postponed); FastAPI needs the classes themselves.
+        predict_audio.__annotations__ = {"request": Request, "files": list[UploadFile], "attention": bool}
         app.post(path, response_model=served.response, tags=["models"], summary=summary)(predict_audio)
         return
 
