@@ -40,6 +40,7 @@ def test_predictions_are_the_runs_own(client, dates_run):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "dates" and body["task"] == "translate" and body["attention"] is None
+    client.app.state.served["dates"].response.model_validate(body)  # what the OpenAPI schema says
     want = dates_run.predict(texts)
     for got, p in zip(body["predictions"], want, strict=True):
         assert got["input"] == p.input and got["output"] == p.output and got["output_ids"] == p.output_ids
@@ -65,6 +66,7 @@ def test_attention_equals_explain_capture_on_the_same_input(client, dates_run):
     text = "5. März 2021"
     r = client.post("/v1/models/dates/predict", json={"texts": [text], "attention": True})
     assert r.status_code == 200, r.text
+    client.app.state.served["dates"].response.model_validate(r.json())
     (prediction,), (attention,) = r.json()["predictions"], r.json()["attention"]
     task, model = dates_run.task, dates_run.model
     src_ids = task.src_tok.encode(text)

@@ -387,14 +387,19 @@ def _describe(problems: list[dict]) -> str:
     return "; ".join(parts) + more
 
 
-async def _predict(served: Served, inputs: list[Any], shown: list[Any], size: int, attention: bool) -> dict:
+async def _predict(served: Served, inputs: list[Any], shown: list[Any], size: int, attention: bool) -> Any:
     try:
         results = await served.batcher.submit(inputs, size, attention)
     except Overloaded as exc:
         raise ApiError(503, "overloaded", str(exc)) from None
     except UserError as exc:
         raise ApiError(422, "cannot predict", str(exc)) from None
-    return _answer(served, shown, results)
+    from starlette.responses import Response
+
+    # Built to the route's response_model (which documents it); returned as a Response so FastAPI
+    # does not validate the whole answer again, attention maps included, on every request.
+    body = json.dumps(_answer(served, shown, results), ensure_ascii=False, allow_nan=False)
+    return Response(body.encode(), media_type="application/json")
 
 
 def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Request, UploadFile) -> None:
