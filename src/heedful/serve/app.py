@@ -44,6 +44,10 @@ from heedful.serve.batching import DynamicBatcher, Overloaded
 log = logging.getLogger("heedful.serve")
 
 HEALTH_ROUTES = frozenset({"/healthz", "/readyz"})
+# The explorer's static files hold no data (the page asks the API, with the key the user types),
+# so a browser can load them without sending a key.
+EXPLORER = "/explorer"
+STATIC = Path(__file__).parent / "static"
 API_KEY_ENV = "HEEDFUL_API_KEY"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -91,7 +95,7 @@ class Attention(BaseModel):
     query_tokens: list[str] = Field(description="the rows, e.g. output pieces then <eos>")
     key_tokens: list[str] = Field(description="the columns, e.g. source pieces")
     summary: list[list[float]] = Field(description="(T_q, T_k): the map the task shows by default")
-    layers: dict[str, list[list[list[float]]]] = Field(description="module path -> (heads, T_q, T_k)")
+    layers: dict[str, list[Any]] = Field(description="module path -> its weights, (heads, T_q, T_k) for most")
 
 
 def _json_type(annotation: Any) -> Any:
@@ -191,7 +195,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.api_key is not None and scope["path"] not in HEALTH_ROUTES and not self._key_ok(headers):
+        open_path = scope["path"] in HEALTH_ROUTES or scope["path"] == "/" or scope["path"].startswith(EXPLORER + "/")
+        if self.api_key is not None and not open_path and not self._key_ok(headers):
             given = "authorization" in headers or "x-api-key" in headers
             detail = (
                 "the API key is wrong"
@@ -365,6 +370,15 @@ def create_app(
 
     for s in served.values():
         _add_predict_route(app, s, limits, File, Form, Request, UploadFile)
+
+    from fastapi.responses import RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse(f"{EXPLORER}/")
+
+    app.mount(EXPLORER, StaticFiles(directory=STATIC, html=True), name="explorer")
 
     @app.post("/v1/models/{name}/predict", tags=["models"], include_in_schema=False)
     async def unknown_model(name: str):
