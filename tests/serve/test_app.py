@@ -198,3 +198,13 @@ def test_cli_refuses_a_non_local_bind_without_a_key_in_one_line(dates_run):
     assert result.stderr.strip() == (
         "heedful: error: --host 0.0.0.0: not a local address; set --api-key (or HEEDFUL_API_KEY), or pass --insecure"
     )
+
+
+def test_the_explorer_needs_no_key_and_serves_only_its_own_files(keyed):
+    page = keyed.get("/")  # redirected
+    assert page.status_code == 200 and "heedful attention explorer" in page.text
+    assert keyed.get("/explorer/explorer.js").headers["content-type"].startswith("text/javascript")
+    for path in ["/explorer/../app.py", "/explorer/%2e%2e/app.py", "/explorer/..%2Fapp.py", "/explorer/nope.js"]:
+        r = keyed.get(path)
+        assert r.status_code in (401, 404), path  # outside the folder: the key rule again, or no such file
+        assert "create_app" not in r.text, path
