@@ -354,7 +354,9 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="HEEDFUL_API_KEY", help="Required on every route but /healthz and /readyz when set."),
+        typer.Option(
+            envvar="HEEDFUL_API_KEY", help="Required on every route but /healthz, /readyz and the explorer's page."
+        ),
     ] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-local --host without an API key.")] = False,
     threads: Annotated[int, typer.Option(help="Torch threads for inference.", min=1)] = 1,
@@ -372,7 +374,8 @@ def serve(
     max_sample_rate: Annotated[int, typer.Option(help="Highest audio sample rate, Hz.", min=1)] = 48_000,
     max_images: Annotated[int, typer.Option(help="Images per request.", min=1)] = 16,
 ) -> None:
-    """Serve runs over HTTP: POST /v1/models/NAME/predict, GET /v1/models, /healthz, /readyz, /docs."""
+    """Serve runs over HTTP: POST /v1/models/NAME/predict, GET /v1/models, /healthz, /readyz, /docs, and the
+    attention explorer at /."""
     from heedful.serve import Batching, Limits
     from heedful.serve import serve as serve_runs
 

@@ -10,8 +10,9 @@ labels) picks the request schema, and the fields of the task's ``Prediction`` cl
 tokens). Requests to one model are batched dynamically (``serve/batching.py``).
 
 Security: the routes are only those of the loaded runs (a model name never reaches the file
-system); with an API key every route but ``/healthz`` and ``/readyz`` needs it (``Authorization:
-Bearer KEY`` or ``X-API-Key: KEY``); no CORS headers; every error is JSON ``{"error", "detail"}``
+system); with an API key every route but ``/healthz``, ``/readyz`` and the explorer's static page
+(``/explorer/``, which holds no data) needs it (``Authorization: Bearer KEY`` or ``X-API-Key:
+KEY``); no CORS headers; every error is JSON ``{"error", "detail"}``
 with its 4xx (or 500 with no traceback: that goes to the server's log).
 """
 
