@@ -3,6 +3,7 @@ the images-per-request limit, and a tensor field of the task's Prediction sent a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ class Draw(Task):
         for item in inputs:
             if not item.isdigit():
                 raise UserError(f"unknown class {item!r}; this model has 0–9")
-        return [Picture(x, x, None, image=torch.full((1, 2, 2), int(x) / 10)) for x in inputs]
+        # a "0" scores -inf, which JSON cannot carry: the answer says null
+        return [Picture(x, x, -math.inf if x == "0" else 1.0, image=torch.full((1, 2, 2), int(x) / 10)) for x in inputs]
 
     build_data = build_model = loss = evaluate = explain = None  # not needed to serve
 
@@ -58,6 +60,9 @@ def test_labels_in_images_out(client):
     images = [p["image"] for p in r.json()["predictions"]]
     want = torch.tensor([0.3, 0.7])[:, None, None, None].expand(2, 1, 2, 2)  # (N, 1, 2, 2)
     torch.testing.assert_close(torch.tensor(images), want)
+    assert [p["score"] for p in r.json()["predictions"]] == [1.0, 1.0]
+    r = client.post("/v1/models/draw/predict", json={"inputs": ["0", "5"]})
+    assert r.status_code == 200 and [p["score"] for p in r.json()["predictions"]] == [None, 1.0]
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     assert "image" in schema["draw_Prediction"]["properties"] and "inputs" in schema["draw_Request"]["properties"]
 

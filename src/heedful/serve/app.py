@@ -25,6 +25,7 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import re
 import tempfile
 import typing
@@ -413,7 +414,11 @@ async def _predict(served: Served, inputs: list[Any], shown: list[Any], size: in
 
     # Built to the route's response_model (which documents it); returned as a Response so FastAPI
     # does not validate the whole answer again, attention maps included, on every request.
-    body = json.dumps(_answer(served, shown, results), ensure_ascii=False, allow_nan=False)
+    answer = _answer(served, shown, results)
+    try:
+        body = json.dumps(answer, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a NaN or infinite float (say, a score of -inf): JSON has none, null stands in
+        body = json.dumps(_finite(answer), ensure_ascii=False, allow_nan=False)
     return Response(body.encode(), media_type="application/json")
 
 
@@ -456,6 +461,16 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
     # FastAPI reads the body's model from the annotation; make it the concrete class.
     predict.__annotations__ = {"request": Request, "body": request_model}
     app.post(path, response_model=served.response, tags=["models"], summary=summary)(predict)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _check_audio(blob: bytes, name: str, limits: Limits) -> int:
