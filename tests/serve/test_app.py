@@ -208,3 +208,18 @@ def test_the_explorer_needs_no_key_and_serves_only_its_own_files(keyed):
         r = keyed.get(path)
         assert r.status_code in (401, 404), path  # outside the folder: the key rule again, or no such file
         assert "create_app" not in r.text, path
+
+
+def test_runs_whose_names_differ_in_punctuation_get_schemas_of_their_own(dates_run):
+    import dataclasses
+
+    other = dataclasses.replace(dates_run, cfg=dates_run.cfg.model_copy(update={"name": "dates.v2"}))
+    renamed = dataclasses.replace(dates_run, cfg=dates_run.cfg.model_copy(update={"name": "dates-v2"}))
+    with TestClient(create_app([dates_run, other, renamed])) as c:
+        schema = c.get("/openapi.json").json()
+        requests = {p: v["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                    for p, v in schema["paths"].items() if "predict" in p}  # fmt: skip
+        assert len(set(requests.values())) == 3, requests
+        for name in ("dates", "dates.v2", "dates-v2"):
+            r = c.post(f"/v1/models/{name}/predict", json={"texts": ["5 May 2020"]})
+            assert r.status_code == 200 and r.json()["model"] == name

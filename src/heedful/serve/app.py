@@ -29,7 +29,6 @@ import math
 import re
 import tempfile
 import typing
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,6 +150,7 @@ class Served:
     batcher: DynamicBatcher
     response: type[BaseModel]
     request: type[BaseModel] | None
+    schema_name: str  # the name's stem in the OpenAPI schema (models, operation id)
 
     def infer(self, inputs: list[Any], attention: bool) -> list[tuple[Any, Any]]:
         """(prediction, explanation or None) per input: the batcher's call, in the inference thread."""
@@ -286,6 +286,7 @@ def create_app(
         raise UserError("the API key is empty")
 
     served: dict[str, Served] = {}
+    schema_names: set[str] = set()
     for run in runs:
         name = str(run.cfg.name)
         if not _NAME.fullmatch(name):
@@ -294,18 +295,21 @@ def create_app(
             raise UserError(f"{run.run_dir}: two runs are named {name!r} ({served[name].run.run_dir}); rename one")
         task = type(run.task)
         kind, safe = task.inputs, re.sub(r"\W", "_", name)
+        while safe in schema_names:  # "a-b" and "a.b": schemas of their own
+            safe += "_"
+        schema_names.add(safe)
         prediction = prediction_schema(task.prediction_class, f"{safe}_Prediction")
         response = create_model(
             f"{safe}_Response", model=(str, ...), task=(str, ...), predictions=(list[prediction], ...),
             attention=(list[Attention] | None, None),
         )  # fmt: skip
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"heedful-{name}")
         batcher = DynamicBatcher(
-            lambda inputs, attention, n=name: served[n].infer(inputs, attention), executor,
+            lambda inputs, attention, n=name: served[n].infer(inputs, attention), name=name,
             enabled=batching.enabled, max_batch_chars=batching.max_batch_tokens, max_wait_ms=batching.max_wait_ms,
             max_queue=limits.max_queue,
         )  # fmt: skip
-        served[name] = Served(name, run, kind, batcher, response, request_schema(kind, limits, f"{safe}_Request"))
+        request = request_schema(kind, limits, f"{safe}_Request")
+        served[name] = Served(name, run, kind, batcher, response, request, safe)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
@@ -316,7 +320,6 @@ def create_app(
         app.state.ready = False
         for s in served.values():
             await s.batcher.stop()
-            s.batcher.executor.shutdown(wait=False)
 
     app = fastapi.FastAPI(
         title="heedful",
@@ -447,7 +450,13 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
 
         # The module's annotations are strings (postponed); FastAPI needs the classes themselves.
         predict_audio.__annotations__ = {"request": Request, "files": list[UploadFile], "attention": bool}
-        app.post(path, response_model=served.response, tags=["models"], summary=summary)(predict_audio)
+        app.post(
+            path,
+            response_model=served.response,
+            tags=["models"],
+            summary=summary,
+            operation_id=f"predict_{served.schema_name}",
+        )(predict_audio)
         return
 
     request_model = served.request
@@ -460,7 +469,13 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
 
     # FastAPI reads the body's model from the annotation; make it the concrete class.
     predict.__annotations__ = {"request": Request, "body": request_model}
-    app.post(path, response_model=served.response, tags=["models"], summary=summary)(predict)
+    app.post(
+        path,
+        response_model=served.response,
+        tags=["models"],
+        summary=summary,
+        operation_id=f"predict_{served.schema_name}",
+    )(predict)
 
 
 def _finite(value: Any) -> Any:

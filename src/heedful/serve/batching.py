@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,19 +35,20 @@ class _Job:
 
 class DynamicBatcher:
     """One model's queue and worker. ``infer(inputs, attention)`` returns one result per input;
-    it runs in ``executor`` (one thread), never on the event loop."""
+    it runs in the batcher's own inference thread (made by ``start``), never on the event loop."""
 
     def __init__(
         self,
         infer: Callable[[list[Any], bool], list[Any]],
-        executor: Executor,
         *,
+        name: str = "model",
         enabled: bool = True,
         max_batch_chars: int = 4096,
         max_wait_ms: float = 5.0,
         max_queue: int = 1024,
     ) -> None:
-        self.infer, self.executor = infer, executor
+        self.infer, self.name = infer, name
+        self.executor: ThreadPoolExecutor | None = None
         self.enabled, self.max_batch_chars, self.max_wait = enabled, max_batch_chars, max_wait_ms / 1000
         self.max_queue = max_queue
         self.queue: asyncio.Queue[_Job] | None = None
@@ -55,6 +56,7 @@ class DynamicBatcher:
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # requests per model call
 
     def start(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"heedful-{self.name}")
         self.queue = asyncio.Queue()
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
@@ -62,6 +64,8 @@ class DynamicBatcher:
         if self.worker is not None:
             self.worker.cancel()
             await asyncio.gather(self.worker, return_exceptions=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
 
     async def submit(self, inputs: list[Any], size: int, attention: bool) -> list[Any]:
         """The results of ``inputs`` (one per input), computed in some batch."""
