@@ -13,8 +13,9 @@ from tests.conftest import ROOT, tiny_dates_overrides
 
 SRC = ROOT / "src" / "heedful"
 
-# Every optional extra's packages (pyproject.toml: speech, classify, pretrained, bench, test).
-BLOCKED = ["soundfile", "soxr", "jiwer", "sklearn", "scipy", "tokenizers", "transformers", "librosa"]
+# Every optional extra's packages (pyproject.toml: speech, classify, pretrained, bench, serve, test).
+BLOCKED = ["soundfile", "soxr", "jiwer", "sklearn", "scipy", "tokenizers", "transformers", "librosa", "fastapi",
+           "uvicorn", "multipart"]  # fmt: skip
 
 BLOCKER = '''
 import importlib.machinery
@@ -110,6 +111,12 @@ def test_a_task_without_its_extra_is_one_line_naming_the_extra(tmp_path):
     result = run_without(tmp_path, ["sklearn"], "-m", "heedful.cli", "train", "configs/reviews/amazon.yaml")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "heedful: error: the classify task needs sklearn: pip install 'heedful[classify]'"
+
+
+def test_serve_without_its_extra_is_one_line_naming_the_extra(tmp_path):
+    result = run_without(tmp_path, ["fastapi", "uvicorn"], "-m", "heedful.cli", "serve", "runs/anything")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "heedful: error: heedful serve needs uvicorn: pip install 'heedful[serve]'"
 
 
 def test_a_missing_extra_at_the_point_of_use_is_one_line(tmp_path):

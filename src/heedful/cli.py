@@ -345,6 +345,51 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
         typer.echo(f"{len(texts)} predictions written: {output}")
 
 
+@app.command()
+def serve(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to serve, each named by its run name.")],
+    host: Annotated[str, typer.Option(help="Address to bind; a non-local one needs --api-key or --insecure.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HEEDFUL_API_KEY", help="Required on every route but /healthz, /readyz and the explorer's page."
+        ),
+    ] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-local --host without an API key.")] = False,
+    threads: Annotated[int, typer.Option(help="Torch threads for inference.", min=1)] = 1,
+    device: DeviceOption = "cpu",
+    batching: Annotated[bool, typer.Option(help="Gather concurrent requests to one model into one batch.")] = True,
+    max_batch_tokens: Annotated[
+        int, typer.Option(help="A batch's budget: characters of text, 10-ms frames of audio, 64 per image.", min=1)
+    ] = 4096,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch's first request waits for others.", min=0)] = 5.0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.", min=1)] = 1_000_000,
+    max_texts: Annotated[int, typer.Option(help="Texts per request.", min=1)] = 32,
+    max_text_chars: Annotated[int, typer.Option(help="Characters per text.", min=1)] = 2000,
+    max_audio_files: Annotated[int, typer.Option(help="Audio files per request.", min=1)] = 8,
+    max_audio_seconds: Annotated[float, typer.Option(help="Seconds per audio file.", min=0)] = 30.0,
+    max_sample_rate: Annotated[int, typer.Option(help="Highest audio sample rate, Hz.", min=1)] = 48_000,
+    max_images: Annotated[int, typer.Option(help="Images per request.", min=1)] = 16,
+) -> None:
+    """Serve runs over HTTP: POST /v1/models/NAME/predict, GET /v1/models, /healthz, /readyz, /docs, and the
+    attention explorer at /."""
+    from heedful.serve import Batching, Limits
+    from heedful.serve import serve as serve_runs
+
+    limits = Limits(
+        max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
+        max_audio_files=max_audio_files, max_audio_seconds=max_audio_seconds, max_sample_rate=max_sample_rate,
+        max_images=max_images,
+    )  # fmt: skip
+    serve_runs(
+        run_dirs, host=host, port=port, api_key=api_key, insecure=insecure, limits=limits, threads=threads,
+        batching=Batching(enabled=batching, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms), device=device,
+    )  # fmt: skip
+
+
 def main() -> None:
     # Typer handles usage mistakes itself (unknown option, missing argument: exit 2); our own
     # UserErrors propagate out of the command and become one line here.

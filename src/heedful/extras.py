@@ -21,6 +21,9 @@ EXTRAS: dict[str, str] = {
     "scipy": "classify",
     "tokenizers": "pretrained",
     "transformers": "bench",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
 }
 
 

@@ -195,3 +195,64 @@ def test_need_weights_still_returns_weights_during_capture():
         assert attn(x).weights is None  # capture does not change what the caller gets back
         returned = attn(x, need_weights=True).weights
     assert torch.equal(returned, seen[""])
+
+
+def test_two_threads_capturing_one_model_at_once_get_their_own_weights(model, batch):
+    """A capture is per thread: both threads hold their capture open while the other runs the
+    model, yet each sees only its own calls' weights, equal to a capture made alone."""
+    import threading
+
+    x, memory, keep = batch
+    inputs = [(x[:1], memory[:1], keep[:1]), (x[1:, :4], memory[1:], keep[1:, :4])]  # different shapes
+    alone = []
+    for args in inputs:
+        with capture(model) as seen:
+            model(*args)
+        alone.append({name: seen.calls(name) for name in seen})
+
+    both_open, results, errors = threading.Barrier(2), [None, None], []
+
+    def work(i: int) -> None:
+        try:
+            with capture(model) as seen:
+                both_open.wait(timeout=10)  # the other thread's capture is open too
+                model(*inputs[i])
+                both_open.wait(timeout=10)  # …and it has run the model before either closes
+            results[i] = {name: seen.calls(name) for name in seen}
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for got, want in zip(results, alone, strict=True):
+        assert got.keys() == want.keys()
+        for name in want:
+            assert len(got[name]) == len(want[name]) == 1, name
+            for a, b in zip(got[name], want[name], strict=True):
+                if isinstance(b, dict):
+                    for key in b:
+                        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+                else:
+                    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_a_capture_in_one_thread_leaves_another_threads_calls_alone(model, batch, functional):
+    import threading
+
+    x, memory, keep = batch
+    result = {}
+    with capture(model) as seen:
+        t = threading.Thread(
+            target=lambda: result.update(
+                capturing=any(m.capturing for m in attention_modules(model).values()), out=model(x, memory, keep)
+            )
+        )
+        t.start()
+        t.join()
+    assert result["capturing"] is False
+    assert len(seen) == 0  # the other thread's call reported nothing here
+    assert functional.sdpa_calls == 3  # and it took the fused path

@@ -9,6 +9,10 @@ While the block is active each :class:`~heedful.attention.base.AttentionModule` 
 weights path and reports to ``seen``; on exit the modules go back to choosing their own (usually
 fused) path. Weights are detached by default; ``detach=False`` keeps them in the autograd graph
 (for gradient × attention explanations).
+
+A capture is per call: it holds for the thread (or asyncio task) that opened it, through a
+context variable, so two threads capturing on one shared model at once each get their own
+weights, and other threads' calls meanwhile keep the fused path and report nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from heedful.attention.base import AttentionModule
+from heedful.attention.base import AttentionModule, close_sinks, open_sinks
 
 
 class Captured(Mapping[str, Any]):
@@ -79,10 +83,8 @@ def capture(model: nn.Module, *, detach: bool = True) -> Iterator[Captured]:
     if busy:
         raise RuntimeError(f"attention of {busy[0]!r} is already being captured (nested capture)")
     seen = Captured()
+    token = open_sinks({module: seen._sink(name, detach) for name, module in modules.items()})
     try:
-        for name, module in modules.items():
-            module._capture_sink = seen._sink(name, detach)
         yield seen
     finally:
-        for module in modules.values():
-            module._capture_sink = None
+        close_sinks(token)

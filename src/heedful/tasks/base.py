@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
@@ -121,6 +121,11 @@ class Task(ABC):
     # task method name; ``run.<attribute>(*args)`` calls ``task.<method>(run.model, *args)``
     # (e.g. translate's ``run.translate(lines, beam=5)``).
     run_methods: ClassVar[dict[str, str]] = {}
+    # What ``predict`` takes, for the server's request schema (heedful serve): "text" (strings),
+    # "audio" (sound files) or "label" (a class name or any string: one generated output each).
+    inputs: ClassVar[Literal["text", "audio", "label"]] = "text"
+    # The Prediction subclass ``predict`` returns; its fields make the server's response schema.
+    prediction_class: ClassVar[type[Prediction]] = Prediction
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg

@@ -100,6 +100,8 @@ class Generated(Prediction):
 class ImageGenTask(Task):
     name = "imagegen"
     config_class = ImageGenConfig
+    inputs = "label"  # predict() takes a class name (or anything, unconditional) per image
+    prediction_class = Generated
     run_methods: ClassVar[dict[str, str]] = {"generate": "generate_grid"}  # run.generate(64, "3", out="threes.png")
 
     @classmethod

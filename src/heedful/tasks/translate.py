@@ -111,6 +111,7 @@ class TranslateTask(Task):
     config_class = TranslateConfig
     cfg: TranslateConfig
     run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines"}  # run.translate(lines, beam=5)
+    prediction_class = Translation
 
     @classmethod
     def commands(cls) -> list:

@@ -1,0 +1,538 @@
+"""The HTTP server: FastAPI on uvicorn, one ``POST /v1/models/{name}/predict`` per loaded run.
+
+    app = create_app([load_run("runs/dates")], api_key="…")     # heedful serve runs/dates --api-key …
+    serve(["runs/dates"], host="127.0.0.1", port=8000)          # the same, and run it with uvicorn
+
+The server knows no task by name. What a run takes (``Task.inputs``: texts, audio files or
+labels) picks the request schema, and the fields of the task's ``Prediction`` class
+(``Task.prediction_class``) make the response schema; ``Run.predict`` answers, and with
+``"attention": true`` ``Run.explain`` does (every attention layer's weights per head, with the
+tokens). Requests to one model are batched dynamically (``serve/batching.py``).
+
+Security: the routes are only those of the loaded runs (a model name never reaches the file
+system); with an API key every route but ``/healthz``, ``/readyz`` and the explorer's static page
+(``/explorer/``, which holds no data) needs it (``Authorization: Bearer KEY`` or ``X-API-Key:
+KEY``); no CORS headers; every error is JSON ``{"error", "detail"}``
+with its 4xx (or 500 with no traceback: that goes to the server's log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hmac
+import io
+import ipaddress
+import json
+import logging
+import math
+import re
+import tempfile
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, create_model
+from torch import Tensor
+
+from heedful.errors import UserError
+from heedful.extras import optional_import
+from heedful.runs import Run, load_run
+from heedful.serve.batching import DynamicBatcher, Overloaded
+
+log = logging.getLogger("heedful.serve")
+
+HEALTH_ROUTES = frozenset({"/healthz", "/readyz"})
+# The explorer's static files hold no data (the page asks the API, with the key the user types),
+# so a browser can load them without sending a key.
+EXPLORER = "/explorer"
+STATIC = Path(__file__).parent / "static"
+API_KEY_ENV = "HEEDFUL_API_KEY"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; anything beyond is a 4xx before any inference runs."""
+
+    max_body_bytes: int = 1_000_000  # 413 past this (checked on the header and while reading)
+    max_texts: int = 32  # texts (or labels) per request
+    max_text_chars: int = 2_000  # characters per text (a character tokenizer's tokens; sentencepiece makes fewer)
+    max_audio_files: int = 8  # files per request
+    max_audio_seconds: float = 30.0  # per file
+    max_sample_rate: int = 48_000  # Hz, per file
+    max_images: int = 16  # images per request (tasks that generate)
+    max_queue: int = 1_024  # requests waiting for one model; 503 past this
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching of one model's concurrent requests (``serve/batching.py``)."""
+
+    enabled: bool = True
+    max_batch_tokens: int = 4_096  # characters of text, 10-ms frames of audio, or 64 per image
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others
+
+
+class ApiError(Exception):
+    """An error answered as JSON ``{"error": error, "detail": detail}`` with ``status``."""
+
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def error_body(error: str, detail: Any = None) -> bytes:
+    return json.dumps({"error": error, "detail": detail}).encode()
+
+
+# ----------------------------------------------------------------------------------------- schemas
+class Attention(BaseModel):
+    """What one input attended to (``Run.explain``): every attention module's weights per head."""
+
+    title: str
+    query_tokens: list[str] = Field(description="the rows, e.g. output pieces then <eos>")
+    key_tokens: list[str] = Field(description="the columns, e.g. source pieces")
+    summary: list[list[float]] = Field(description="(T_q, T_k): the map the task shows by default")
+    layers: dict[str, list[Any]] = Field(description="module path -> its weights, (heads, T_q, T_k) for most")
+
+
+def _json_type(annotation: Any) -> Any:
+    """A Prediction field's type as JSON carries it: tensors become nested lists."""
+    if annotation is Tensor or "Tensor" in repr(annotation):
+        return list[Any] | None
+    return annotation
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach().float().cpu().tolist()
+    return value
+
+
+def prediction_schema(prediction_class: type, name: str) -> type[BaseModel]:
+    """A pydantic model of ``prediction_class``'s fields (the task's typed ``Prediction``),
+    without ``attention`` (answered apart, per layer and head)."""
+    hints = typing.get_type_hints(prediction_class)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(prediction_class):
+        if f.name == "attention":
+            continue
+        required = f.name in ("input", "output")
+        fields[f.name] = (_json_type(hints[f.name]), ... if required else None)
+    return create_model(name, **fields)
+
+
+def request_schema(kind: str, limits: Limits, name: str) -> type[BaseModel] | None:
+    """The JSON body of a text or label model's predict; audio models take multipart uploads."""
+    strict = ConfigDict(extra="forbid")
+    if kind == "text":
+        text = typing.Annotated[StrictStr, Field(min_length=1, max_length=limits.max_text_chars)]
+        texts = (list[text], Field(min_length=1, max_length=limits.max_texts, description="the texts to predict"))
+        return create_model(name, __config__=strict, texts=texts, attention=(StrictBool, False))
+    if kind == "label":
+        label = typing.Annotated[StrictStr, Field(max_length=100)]
+        inputs = (list[label], Field(min_length=1, max_length=limits.max_images, description="one image per label"))
+        return create_model(name, __config__=strict, inputs=inputs, attention=(StrictBool, False))
+    return None
+
+
+# ------------------------------------------------------------------------------------------ models
+@dataclass
+class Served:
+    """One loaded run behind its route."""
+
+    name: str
+    run: Run
+    kind: str  # "text", "audio" or "label": Task.inputs
+    batcher: DynamicBatcher
+    response: type[BaseModel]
+    request: type[BaseModel] | None
+    schema_name: str  # the name's stem in the OpenAPI schema (models, operation id)
+
+    def infer(self, inputs: list[Any], attention: bool) -> list[tuple[Any, Any]]:
+        """(prediction, explanation or None) per input: the batcher's call, in the inference thread."""
+        with torch.inference_mode():
+            if attention:
+                return [(e.prediction, e) for e in self.run.explain(inputs)]
+            return [(p, None) for p in self.run.predict(inputs)]
+
+
+def _answer(served: Served, shown_inputs: list[Any], results: list[tuple[Any, Any]]) -> dict[str, Any]:
+    predictions, attention = [], []
+    for shown, (prediction, explanation) in zip(shown_inputs, results, strict=True):
+        record = {f.name: _jsonable(getattr(prediction, f.name)) for f in dataclasses.fields(prediction)}
+        record.pop("attention", None)
+        record["input"] = shown  # what the client sent (an upload's name, not our temporary path)
+        predictions.append(record)
+        if explanation is not None:
+            attention.append({
+                "title": explanation.title,
+                "query_tokens": list(explanation.query_tokens),
+                "key_tokens": list(explanation.key_tokens),
+                "summary": _jsonable(explanation.summary),
+                "layers": {k: _jsonable(v) for k, v in explanation.weights.items()},
+            })  # fmt: skip
+    return {"model": served.name, "task": served.run.cfg.task, "predictions": predictions,
+            "attention": attention if attention else None}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------- ASGI guarding
+class _TooLarge(Exception):
+    pass
+
+
+class Guard:
+    """Before any route: the API key (every path but health) and the body size limit, both
+    answered as JSON errors. Pure ASGI, so a body is counted as it streams in."""
+
+    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, content_types: dict[str, str]) -> None:
+        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+        self.content_types = content_types  # POST path -> the media type its body must have
+        self.state = app.state
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        open_path = scope["path"] in HEALTH_ROUTES or scope["path"] == "/" or scope["path"].startswith(EXPLORER + "/")
+        if self.api_key is not None and not open_path and not self._key_ok(headers):
+            given = "authorization" in headers or "x-api-key" in headers
+            detail = (
+                "the API key is wrong"
+                if given
+                else "send the API key as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+            )
+            return await _send_error(send, 401, "unauthorized", detail)
+        wanted = self.content_types.get(scope["path"]) if scope.get("method") == "POST" else None
+        given = headers.get("content-type", "").split(";")[0].strip().lower()
+        if wanted is not None and given != wanted:  # before the body is parsed as the wrong thing
+            return await _send_error(send, 415, "unsupported content type", f"send {wanted}, not {given or 'none'}")
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return await _send_error(send, 413, "body too large", f"at most {self.max_body} bytes per request")
+        seen, started, too_large = 0, False, False
+
+        async def counted_receive() -> dict:
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    too_large = True
+                    raise _TooLarge
+            return message
+
+        async def watched_send(message: dict) -> None:
+            nonlocal started
+            if too_large:  # the app answered the broken-off body its own way (a 400): ours instead
+                if not started:
+                    started = True
+                    await _send_error(send, 413, "body too large", f"at most {self.max_body} bytes per request")
+                return
+            started |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _TooLarge:
+            if not started:
+                await _send_error(send, 413, "body too large", f"at most {self.max_body} bytes per request")
+
+    def _key_ok(self, headers: dict[str, str]) -> bool:
+        given = headers.get("x-api-key")
+        auth = headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return given is not None and hmac.compare_digest(given.encode(), self.api_key.encode())
+
+
+async def _send_error(send: Any, status: int, error: str, detail: Any) -> None:
+    body = error_body(error, detail)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------------------------------------- app
+def create_app(
+    runs: list[Run],
+    *,
+    limits: Limits = Limits(),
+    batching: Batching = Batching(),
+    api_key: str | None = None,
+    threads: int | None = 1,
+) -> Any:
+    """The FastAPI app serving ``runs`` (each named by its run name). ``threads``: torch's
+    intra-op threads for inference (None leaves torch's setting); each model runs its batches in
+    one inference thread of its own."""
+    fastapi = optional_import("fastapi", "heedful serve")
+    from fastapi import File, Form, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    if not runs:
+        raise UserError("heedful serve needs at least one run directory")
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"threads: {threads}; give at least 1")
+        torch.set_num_threads(threads)
+    if api_key is not None and not api_key.strip():
+        raise UserError("the API key is empty")
+
+    served: dict[str, Served] = {}
+    schema_names: set[str] = set()
+    for run in runs:
+        name = str(run.cfg.name)
+        if not _NAME.fullmatch(name):
+            raise UserError(f"{run.run_dir}: run name {name!r} cannot name a model (letters, digits, '.', '_', '-')")
+        if name in served:
+            raise UserError(f"{run.run_dir}: two runs are named {name!r} ({served[name].run.run_dir}); rename one")
+        task = type(run.task)
+        kind, safe = task.inputs, re.sub(r"\W", "_", name)
+        while safe in schema_names:  # "a-b" and "a.b": schemas of their own
+            safe += "_"
+        schema_names.add(safe)
+        prediction = prediction_schema(task.prediction_class, f"{safe}_Prediction")
+        response = create_model(
+            f"{safe}_Response", model=(str, ...), task=(str, ...), predictions=(list[prediction], ...),
+            attention=(list[Attention] | None, None),
+        )  # fmt: skip
+        batcher = DynamicBatcher(
+            lambda inputs, attention, n=name: served[n].infer(inputs, attention), name=name,
+            enabled=batching.enabled, max_batch_chars=batching.max_batch_tokens, max_wait_ms=batching.max_wait_ms,
+            max_queue=limits.max_queue,
+        )  # fmt: skip
+        request = request_schema(kind, limits, f"{safe}_Request")
+        served[name] = Served(name, run, kind, batcher, response, request, safe)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):
+        for s in served.values():
+            s.batcher.start()
+        app.state.ready = True
+        yield
+        app.state.ready = False
+        for s in served.values():
+            await s.batcher.stop()
+
+    app = fastapi.FastAPI(
+        title="heedful",
+        summary="Predictions and the attention behind them, from trained heedful runs.",
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+    app.state.served = served
+
+    # -- errors: always JSON {"error", "detail"}, never a traceback -------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        error = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "request refused")
+        detail = exc.detail if exc.status_code not in (404, 405) else f"no route {request.method} {request.url.path}"
+        return JSONResponse({"error": error, "detail": detail}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        problems = exc.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            return JSONResponse({"error": "malformed JSON", "detail": _describe(problems)}, status_code=400)
+        return JSONResponse({"error": "invalid request", "detail": _describe(problems)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("error serving %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error", "detail": "see the server's log"}, status_code=500)
+
+    # -- routes ------------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> dict[str, Any]:
+        """Every model is loaded and its batcher running."""
+        if not app.state.ready:
+            raise ApiError(503, "not ready", "the models are still loading")
+        return {"status": "ready", "models": list(served)}
+
+    @app.get("/v1/models", tags=["models"])
+    async def models() -> dict[str, Any]:
+        """The loaded runs: name, task, what they take and where to send it."""
+        return {"models": [
+            {"name": s.name, "task": s.run.cfg.task, "inputs": s.kind, "predict": f"/v1/models/{s.name}/predict"}
+            for s in served.values()
+        ]}  # fmt: skip
+
+    for s in served.values():
+        _add_predict_route(app, s, limits, File, Form, Request, UploadFile)
+
+    from fastapi.responses import RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+
+    @app.get("/", include_in_schema=False)
+    async def root():
+        return RedirectResponse(f"{EXPLORER}/")
+
+    app.mount(EXPLORER, StaticFiles(directory=STATIC, html=True), name="explorer")
+
+    @app.post("/v1/models/{name}/predict", tags=["models"], include_in_schema=False)
+    async def unknown_model(name: str):
+        raise ApiError(404, "unknown model", f"no model {name!r} is loaded; loaded: {', '.join(served)}")
+
+    content_types = {
+        f"/v1/models/{s.name}/predict": "multipart/form-data" if s.kind == "audio" else "application/json"
+        for s in served.values()
+    }
+    return Guard(app, api_key=api_key, max_body_bytes=limits.max_body_bytes, content_types=content_types)
+
+
+def _describe(problems: list[dict]) -> str:
+    """Pydantic's errors as one line: 'body.texts.0: String should have at most 2000 characters'."""
+    parts = []
+    for p in problems[:5]:
+        where = ".".join(str(x) for x in p.get("loc", ()))
+        parts.append(f"{where}: {p.get('msg', 'invalid')}")
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def _predict(served: Served, inputs: list[Any], shown: list[Any], size: int, attention: bool) -> Any:
+    try:
+        results = await served.batcher.submit(inputs, size, attention)
+    except Overloaded as exc:
+        raise ApiError(503, "overloaded", str(exc)) from None
+    except UserError as exc:
+        raise ApiError(422, "cannot predict", str(exc)) from None
+    from starlette.responses import Response
+
+    # Built to the route's response_model (which documents it); returned as a Response so FastAPI
+    # does not validate the whole answer again, attention maps included, on every request.
+    answer = _answer(served, shown, results)
+    try:
+        body = json.dumps(answer, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a NaN or infinite float (say, a score of -inf): JSON has none, null stands in
+        body = json.dumps(_finite(answer), ensure_ascii=False, allow_nan=False)
+    return Response(body.encode(), media_type="application/json")
+
+
+def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Request, UploadFile) -> None:
+    path, summary = f"/v1/models/{served.name}/predict", f"{served.run.cfg.task}: {served.name}"
+
+    if served.kind == "audio":
+
+        async def predict_audio(
+            request: Request,
+            files: list[UploadFile] = File(..., description="WAV/FLAC files (what libsndfile reads)"),
+            attention: bool = Form(False),
+        ):
+            if len(files) > limits.max_audio_files:
+                raise ApiError(413, "too many files", f"at most {limits.max_audio_files} per request")
+            blobs = [await f.read() for f in files]
+            frames = [_check_audio(blob, f.filename or f"file {i + 1}", limits) for i, (blob, f) in
+                      enumerate(zip(blobs, files, strict=True))]  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="heedful-serve-") as tmp:
+                paths = []
+                for i, blob in enumerate(blobs):  # our own names: nothing the client sent reaches a path
+                    paths.append(Path(tmp) / f"{i}.audio")
+                    paths[-1].write_bytes(blob)
+                shown = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
+                return await _predict(served, [str(p) for p in paths], shown, sum(frames), attention)
+
+        # The module's annotations are strings (postponed); FastAPI needs the classes themselves.
+        predict_audio.__annotations__ = {"request": Request, "files": list[UploadFile], "attention": bool}
+        app.post(
+            path,
+            response_model=served.response,
+            tags=["models"],
+            summary=summary,
+            operation_id=f"predict_{served.schema_name}",
+        )(predict_audio)
+        return
+
+    request_model = served.request
+    field = "texts" if served.kind == "text" else "inputs"
+
+    async def predict(request: Request, body: request_model):  # type: ignore[valid-type]
+        items = getattr(body, field)
+        size = sum(len(x) for x in items) if served.kind == "text" else 64 * len(items)
+        return await _predict(served, list(items), list(items), max(size, 1), body.attention)
+
+    # FastAPI reads the body's model from the annotation; make it the concrete class.
+    predict.__annotations__ = {"request": Request, "body": request_model}
+    app.post(
+        path,
+        response_model=served.response,
+        tags=["models"],
+        summary=summary,
+        operation_id=f"predict_{served.schema_name}",
+    )(predict)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _check_audio(blob: bytes, name: str, limits: Limits) -> int:
+    """An upload libsndfile can read, short enough; its length in 10-ms frames (the batch budget)."""
+    sf = optional_import("soundfile", "audio uploads")
+    try:
+        info = sf.info(io.BytesIO(blob))
+    except Exception:
+        raise ApiError(415, "not audio", f"{name}: not an audio file libsndfile can read (WAV, FLAC, …)") from None
+    if info.samplerate > limits.max_sample_rate:
+        raise ApiError(422, "sample rate too high", f"{name}: {info.samplerate} Hz; at most {limits.max_sample_rate}")
+    seconds = info.frames / max(info.samplerate, 1)
+    if seconds > limits.max_audio_seconds:
+        raise ApiError(413, "audio too long", f"{name}: {seconds:.1f} s; at most {limits.max_audio_seconds:g} s")
+    return max(1, int(seconds * 100))
+
+
+# -------------------------------------------------------------------------------------------- serve
+def is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    run_dirs: list[str | Path],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    insecure: bool = False,
+    limits: Limits = Limits(),
+    batching: Batching = Batching(),
+    threads: int | None = 1,
+    device: str = "cpu",
+    log_level: str = "info",
+) -> None:
+    """Load ``run_dirs`` once each and serve them until interrupted (``heedful serve``)."""
+    if not is_local(host) and api_key is None and not insecure:
+        raise UserError(f"--host {host}: not a local address; set --api-key (or {API_KEY_ENV}), or pass --insecure")
+    uvicorn = optional_import("uvicorn", "heedful serve")
+    app = create_app([load_run(d, device) for d in run_dirs], limits=limits, batching=batching, api_key=api_key,
+                     threads=threads)  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+
+
+__all__ = ["ApiError", "Batching", "Limits", "create_app", "is_local", "serve"]
