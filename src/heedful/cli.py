@@ -349,7 +349,9 @@ def main() -> None:
     # Typer handles usage mistakes itself (unknown option, missing argument: exit 2); our own
     # UserErrors propagate out of the command and become one line here.
     try:
-        app()
+        # One name whatever started it (the script, ``python -m heedful``, torchrun): click would
+        # otherwise print ``python -m heedful`` in usage lines.
+        app(prog_name="heedful")
     except UserError as exc:
         typer.echo(f"heedful: error: {exc}", err=True)
         sys.exit(2)
