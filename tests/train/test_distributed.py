@@ -2,6 +2,7 @@
 2-process gloo run against one process with the same global batch."""
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -93,3 +94,15 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == sorted(
         p.name for p in (tmp_path / "one" / "checkpoints").iterdir()
     )
+
+    # A checkpoint names its place in the epoch in global batches, and holds every rank's partial
+    # sums: one process resumes the 2-process run from mid-epoch 2 (step 4, batch 2 of 5) and
+    # ends where the others did.
+    shutil.copytree(tmp_path / "two", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-6")
+    cfg = load_config(ROOT / "configs" / "dates.yaml", overrides(tmp_path / "resumed", grad_accum=2))
+    resumed = fit(cfg, resume=True)
+    c = latest_checkpoint_weights(tmp_path / "resumed")
+    for name in a:
+        torch.testing.assert_close(c[name], a[name], rtol=0, atol=1e-6, msg=name)
+    assert resumed["train_loss"] == pytest.approx(one["train_loss"], abs=1e-5)

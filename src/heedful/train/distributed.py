@@ -138,6 +138,12 @@ class Dist:
         return box[0]
 
 
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a torchrun launch, or the only one (what the command
+    line asks before printing its summary)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class LossModule(nn.Module):
     """``task.loss(model, batch)`` as a module, so that DDP wraps the loss rather than the
     model: the task works on the plain model (its submodules, ``functional_call``…)."""
