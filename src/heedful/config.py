@@ -48,6 +48,7 @@ class TrainConfig(Section):
         None, gt=0, lt=1, description="validate and save an exponential moving average of the weights (e.g. 0.999)"
     )
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the model (falls back, saying why, where it cannot)")
     deterministic: bool = True
     monitor: str = Field("val_loss", description="metric for best checkpoint and early stopping")
     monitor_mode: Literal["min", "max"] = "min"

@@ -38,6 +38,7 @@ from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
 from heedful.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from heedful.train.compile import compile_model
 from heedful.train.distributed import Dist, LossModule, rank_batches, rounds
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
@@ -199,6 +200,8 @@ class Trainer:
         )
         if run is not None:
             run.record_new("tb", before)
+        if tc.compile and (reason := compile_model(model, self.device)) is not None and dist.main:
+            print(f"heedful: warning: train.compile: training uncompiled: {reason}", file=sys.stderr)
         # The task's loss as a module (DDP wraps it when torchrun started several processes).
         wrapped = dist.wrap(LossModule(self.task, model))
         try:
