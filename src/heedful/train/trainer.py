@@ -170,7 +170,11 @@ class Trainer:
         self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if resume:
             extra: dict[str, torch.Tensor] = {}
+            if not dist.main:
+                dist.barrier()  # after rank 0, which deletes a damaged checkpoint it meets
             latest, loaded = load_latest_checkpoint(self.run_dir / "checkpoints", model, optimizer, extra)
+            if dist.main:
+                dist.barrier()
             state.update(loaded)
             if self.ema is not None:
                 if not any(k.startswith("ema.") for k in extra):
