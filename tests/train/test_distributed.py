@@ -106,3 +106,56 @@ def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
     for name in a:
         torch.testing.assert_close(c[name], a[name], rtol=0, atol=1e-6, msg=name)
     assert resumed["train_loss"] == pytest.approx(one["train_loss"], abs=1e-5)
+
+
+def train_toy_rank(rank: int, world: int, port: int, run_dir: str) -> None:
+    """A 2-process toy run in which only rank 1's loss turns NaN, at its 3rd batch, while the
+    gradients stay finite (so DDP's average does not spread the NaN: the ranks must agree)."""
+    import importlib
+
+    import safetensors.torch
+
+    from heedful.config import validate
+    from heedful.tasks import registry
+    from heedful.train import Trainer
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    toy = importlib.import_module("tests.toy_task")
+    registry.MODULES["toy"], registry.TASKS["toy"] = "tests.toy_task", toy.ToyTask
+    original, calls = toy.ToyTask.loss, {"n": 0}
+
+    def loss(self, model, batch):
+        calls["n"] += 1
+        value, stats = original(self, model, batch)
+        if rank == 1 and calls["n"] == 3:  # NaN, with finite gradients: only rank 1 can tell
+            value = value + (float("nan") - value.detach())
+        return value, stats
+
+    toy.ToyTask.loss = loss
+    train = {"epochs": 2, "lr": 0.1, "batch_size": 32, "schedule": "constant", "warmup_steps": 0, "progress": False,
+             "tensorboard": False, "max_minutes": None, "num_threads": 1}  # fmt: skip
+    cfg = validate(toy.ToyConfig, {"task": "toy", "run_dir": run_dir, "device": "cpu", "train": train})
+    trainer = Trainer(toy.ToyTask(cfg), cfg)
+    history = trainer.fit()
+    weights = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
+    steps = str(history.last()["step"])
+    safetensors.torch.save_file(weights, f"{run_dir}-rank{rank}.safetensors", metadata={"steps": steps})
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    import safetensors
+
+    run_dir = str(tmp_path / "toy")
+    mp.spawn(train_toy_rank, args=(2, free_port(), run_dir), nprocs=2, join=True)
+    states = []
+    for rank in range(2):
+        with safetensors.safe_open(f"{run_dir}-rank{rank}.safetensors", "pt") as f:
+            states.append(({k: f.get_tensor(k) for k in f.keys()}, f.metadata()["steps"]))  # noqa: SIM118
+    # 512 numbers in batches of 32 on 2 ranks: 8 steps an epoch, one skipped by both ranks.
+    assert states[0][1] == states[1][1] == "15"
+    for name, value in states[0][0].items():
+        assert torch.isfinite(value).all() and torch.equal(value, states[1][0][name]), name
