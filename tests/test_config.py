@@ -64,6 +64,8 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
 
 # A value each train field must refuse: out of its range where it has one, else of the wrong type.
 BAD_TRAIN_VALUES = {
+    "max_nonfinite_steps": 0,
+    "compile": "sometimes",
     "epochs": 0,
     "steps_per_epoch": 0,
     "batch_size": 0,
@@ -112,3 +114,25 @@ def test_the_architecture_key_picks_the_model_section_and_errors_name_plain_keys
         load_config(configs_dir / "multi30k" / "rnn_bahdanau.yaml", ["model.atention=none"])
     with pytest.raises(ConfigError, match=r"config key 'model\.arch': 'lstm' is not one of 'transformer', 'rnn'"):
         load_config(configs_dir / "multi30k" / "rnn_bahdanau.yaml", ["model.arch=lstm"])
+
+
+def test_the_gpu_config_follows_its_learning_rate_rule(configs_dir):
+    """configs/multi30k/transformer_gpu.yaml scales the CPU config's rate by √(batch ratio) and
+    keeps its warm-up tokens, as its header says."""
+    cpu = load_config(configs_dir / "multi30k" / "transformer.yaml")
+    gpu = load_config(configs_dir / "multi30k" / "transformer_gpu.yaml")
+    ratio = gpu.data.batch_tokens / cpu.data.batch_tokens
+    assert ratio > 1 and gpu.data.pad_to_multiple == 8 and gpu.device == "cuda"
+    assert gpu.train.lr == pytest.approx(cpu.train.lr * ratio**0.5)
+    assert gpu.train.warmup_steps == round(cpu.train.warmup_steps / ratio)
+    # Otherwise the same run: model, tokenizer, data files, decoding.
+    assert gpu.model == cpu.model and gpu.data.tokenizer == cpu.data.tokenizer and gpu.decode == cpu.decode
+    assert (gpu.data.train, gpu.data.test) == (cpu.data.train, cpu.data.test)
+
+
+def test_the_scale_fields_are_set_from_the_command_line(configs_dir):
+    overrides = ["train.compile=true", "train.max_nonfinite_steps=2", "data.pad_to_multiple=8"]
+    cfg = load_config(configs_dir / "dates.yaml", overrides)
+    assert (cfg.train.compile, cfg.train.max_nonfinite_steps, cfg.data.pad_to_multiple) == (True, 2, 8)
+    with pytest.raises(ConfigError, match=r"config key 'data\.pad_to_multiple'"):
+        load_config(configs_dir / "dates.yaml", ["data.pad_to_multiple=0"])

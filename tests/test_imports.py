@@ -158,9 +158,10 @@ def stated_importers(cell: str, package: str, layers: dict[str, int]) -> set[str
 
 def package_of(path: Path) -> str:
     """``src/heedful/tasks/speech.py`` -> ``tasks``; ``src/heedful/cli.py`` -> ``cli``; the root
-    ``__init__.py`` re-exports ``errors`` and counts as it."""
+    ``__init__.py`` re-exports ``errors`` and counts as it; ``__main__.py`` (``python -m heedful``)
+    only calls the command line and counts as ``cli``."""
     parts = path.relative_to(SRC).with_suffix("").parts
-    return "errors" if parts == ("__init__",) else parts[0]
+    return {("__init__",): "errors", ("__main__",): "cli"}.get(parts, parts[0])
 
 
 def heedful_imports(path: Path) -> list[tuple[int, str]]:

@@ -96,6 +96,7 @@ def train(
 ) -> None:
     """Train the model a config describes; writes config, checkpoints, metrics and plots to the run dir."""
     from heedful.runs import load_config
+    from heedful.train.distributed import is_main_process
     from heedful.train.trainer import fit
 
     overrides = _task_overrides(config, {k: v for k, v in task_options.items() if v is not None})
@@ -106,6 +107,8 @@ def train(
     if run_dir is not None:
         cfg.run_dir = run_dir  # a path as given, never read as YAML
     history = fit(cfg, resume=resume, overwrite=overwrite)
+    if not is_main_process():  # one of several torchrun processes: rank 0 reports
+        return
     out = cfg.resolved_run_dir()
     best = history.epochs[history.best_epoch - 1] if history.best_epoch else history.last()
     typer.echo(
@@ -394,7 +397,9 @@ def main() -> None:
     # Typer handles usage mistakes itself (unknown option, missing argument: exit 2); our own
     # UserErrors propagate out of the command and become one line here.
     try:
-        app()
+        # One name whatever started it (the script, ``python -m heedful``, torchrun): click would
+        # otherwise print ``python -m heedful`` in usage lines.
+        app(prog_name="heedful")
     except UserError as exc:
         typer.echo(f"heedful: error: {exc}", err=True)
         sys.exit(2)

@@ -41,10 +41,14 @@ class TrainConfig(Section):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     clip_grad_norm: float | None = Field(1.0, gt=0)
+    max_nonfinite_steps: int = Field(
+        5, ge=1, description="steps skipped for a NaN/Inf loss or gradient in a row before training stops"
+    )
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="validate and save an exponential moving average of the weights (e.g. 0.999)"
     )
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the model (falls back, saying why, where it cannot)")
     deterministic: bool = True
     monitor: str = Field("val_loss", description="metric for best checkpoint and early stopping")
     monitor_mode: Literal["min", "max"] = "min"

@@ -19,11 +19,13 @@ Masks follow the package convention, ``True`` = may attend (see :mod:`heedful.at
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from heedful.attention.dropout import dropout
 from heedful.attention.masks import attn_mask_to_4d, causal_mask, combine_masks, key_padding_to_4d
@@ -37,7 +39,9 @@ Path = Literal["auto", "fused", "math"]
 # time over fused-path time, paired by round — T = 128: 0.73; 192: 0.87; 256: 0.87–0.93; 320: 0.93;
 # 512: 1.26; 768: 1.36. Below the bound the math path's quadratic memory is small (bf16, T = 256:
 # 69 MiB against the fused path's 42 MiB); above it the fused kernel is both faster and linear in T.
-# In fp32 the fused kernel wins at every size, and on GPUs the flash kernels do.
+# In fp32 the fused kernel wins at every size. On CUDA the fused path is taken at every size and
+# dtype, minus cuDNN's kernel (CUDA_SDPA_BACKENDS below); the GPU measurements to confirm the
+# rule, and the bound if the math path wins small bf16 shapes there too, are still to be made.
 CPU_16BIT_MATH_MAX_SCORES = 256 * 256
 
 
@@ -48,6 +52,22 @@ def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int) -
     if dtype in (torch.bfloat16, torch.float16):
         return t_q * t_k > CPU_16BIT_MATH_MAX_SCORES
     return True
+
+
+# The fused kernels allowed on CUDA, in PyTorch's order of preference: every one but cuDNN's.
+# PyTorch prefers cuDNN attention for bf16/fp16 on Hopper, and cuDNN builds an execution plan for
+# each new (B, H, T_q, T_k); token-count batches make nearly every batch a new shape. Measured on
+# an H200 (torch 2.11, CUDA 13, issue 29, 2026-12-04): the Multi30k Transformer trained in bf16
+# at 7–14 k target tokens/s with cuDNN allowed, 147 k without; its first epoch took 29 s, later
+# ones 6 s. Flash and memory-efficient kernels need no plan. docs/DISTRIBUTED.md ("GPU") has the
+# commands that re-measure this.
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def sdpa_backends(device: torch.device) -> list[SDPBackend] | None:
+    """The fused kernels ``scaled_dot_product_attention`` may choose from on ``device`` (None:
+    PyTorch's own choice, as on the CPU, which has one fused kernel)."""
+    return CUDA_SDPA_BACKENDS if device.type == "cuda" else None
 
 
 class Attend(nn.Module):
@@ -101,15 +121,17 @@ class Attend(nn.Module):
         if bias is not None:  # a float mask: the bias where allowed, −inf where not (such rows give zeros)
             bias = bias.to(q.dtype)
             mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
-        context = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=None if only_causal else mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=only_causal,
-            scale=self.score.fused_scale,
-        )
+        backends = sdpa_backends(q.device)
+        with sdpa_kernel(backends) if backends is not None else contextlib.nullcontext():
+            context = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=None if only_causal else mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=only_causal,
+                scale=self.score.fused_scale,
+            )
         return context, None
 
     def _use_fused(self, q: Tensor, t_q: int, t_k: int) -> bool:

@@ -62,9 +62,9 @@ class Tokenizer(Protocol):
     def save(self, path: Path) -> None: ...
 
 
-def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> Tensor:
-    """Right-pad id lists into one (B, T_max) long tensor (T_max at least 1)."""
-    width = max(1, max((len(s) for s in sequences), default=0))
+def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0, width: int = 0) -> Tensor:
+    """Right-pad id lists into one (B, W) long tensor: W the longest list, at least ``width`` and 1."""
+    width = max(1, width, max((len(s) for s in sequences), default=0))
     out = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     for row, ids in enumerate(sequences):
         if ids:
@@ -269,3 +269,11 @@ def train_tokenizers(sources: list[str], targets: list[str], t: Any) -> tuple[To
         joint = train(sources + targets)
         return joint, joint
     return train(sources), train(targets)
+
+
+def padded_width(longest: int, multiple: int, limit: int | None = None) -> int:
+    """``longest`` rounded up to a multiple of ``multiple``, but not past ``limit`` (e.g. the
+    model's position table) when rounding would cross it: shapes then repeat from batch to batch
+    (a GPU plans and tunes a kernel once per shape) and fill its tensor cores' tiles of 8."""
+    rounded = -(-longest // multiple) * multiple
+    return rounded if limit is None or rounded <= limit else max(longest, limit)

@@ -60,6 +60,7 @@ from heedful.data.tokenizers import (
     Tokenizer,
     load_tokenizers,
     pad_ids,
+    padded_width,
     save_tokenizers,
     train_tokenizers,
 )
@@ -126,18 +127,22 @@ class TranslateTask(Task):
 
     # ---------------------------------------------------------------------------------------- data
     def encode_examples(self, examples: list[Example]) -> Batch:
-        target = self.tgt_tok.batch([e.target for e in examples], bos=True, eos=True)  # (B, T+1)
+        return self.collate([(self.src_tok.encode(e.source), self.tgt_tok.encode(e.target)) for e in examples])
+
+    def collate(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
+        """Encoded (source ids, target ids) pairs -> the batch ``loss`` reads, its lengths S and T
+        padded up to a multiple of ``data.pad_to_multiple`` (padding is masked: same loss)."""
+        pad, bos, eos = self.tgt_tok.pad_id, self.tgt_tok.bos_id, self.tgt_tok.eos_id
+        multiple, limit = self.cfg.data.pad_to_multiple, getattr(self.cfg.model, "max_len", None)
+        sources, targets = [s for s, _ in examples], [[bos, *t, eos] for _, t in examples]
+        s_width = padded_width(max(map(len, sources)), multiple, limit)
+        t_width = padded_width(max(map(len, targets)) - 1, multiple, limit) + 1
+        target = pad_ids(targets, pad, t_width)  # (B, T+1)
         return {
-            "src": self.src_tok.batch([e.source for e in examples]),  # (B, S)
+            "src": pad_ids(sources, pad, s_width),  # (B, S)
             "tgt_in": target[:, :-1],  # <bos> y1 … yT
             "tgt_out": target[:, 1:],  # y1 … yT <eos>
         }
-
-    def collate(self, examples: list[tuple[list[int], list[int]]]) -> Batch:
-        """Encoded (source ids, target ids) pairs -> the batch ``loss`` reads."""
-        pad, bos, eos = self.tgt_tok.pad_id, self.tgt_tok.bos_id, self.tgt_tok.eos_id
-        target = pad_ids([[bos, *t, eos] for _, t in examples], pad)  # (B, T+1)
-        return {"src": pad_ids([s for s, _ in examples], pad), "tgt_in": target[:, :-1], "tgt_out": target[:, 1:]}
 
     def build_data(self, cfg: TranslateConfig) -> DataBundle:
         if cfg.data.source == "parallel":

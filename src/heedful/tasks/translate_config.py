@@ -59,6 +59,9 @@ class TranslateData(Section):
     max_tokens: int | None = Field(128, ge=1, description="parallel: drop training pairs longer (either side)")
     max_ratio: float | None = Field(None, ge=1, description="parallel: drop training pairs with a longer length ratio")
     batch_tokens: int = Field(4096, ge=1, description="parallel: tokens per training batch and side, padding included")
+    pad_to_multiple: int = Field(
+        1, ge=1, description="pad batch lengths (source and target) to a multiple of this: 8 on a GPU"
+    )
 
 
 class DecodeConfig(Section):

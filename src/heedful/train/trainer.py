@@ -9,7 +9,9 @@ task may supply its own parameter groups with learning-rate scales), a warm-up +
 cosine schedule, gradient clipping and accumulation, bf16 autocast on CPU and GPU, an optional
 weight average that is what gets validated and saved, seeded and deterministic runs, progress
 bars, TensorBoard (and W&B), per-epoch validation, best-model saving, early stopping, atomic
-checkpoints and exact resumption.
+checkpoints and exact resumption; steps whose loss or gradient is not finite are skipped (and
+training stops after ``train.max_nonfinite_steps`` of them in a row); and data parallelism on
+PyTorch's own engine when torchrun starts it (``heedful/train/distributed.py``, docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,11 +38,17 @@ from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
 from heedful.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
+from heedful.train.compile import compile_model
+from heedful.train.distributed import Dist, LossModule, rank_batches, rounds
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.logging import RunLogger
 from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
 from heedful.train.schedules import lr_at
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradients stayed NaN or infinite for ``train.max_nonfinite_steps`` steps."""
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -69,6 +78,7 @@ class Trainer:
         self.tc = cfg.train
         self.run_dir = Path(run_dir) if run_dir is not None else cfg.resolved_run_dir()
         self.device = resolve_device(cfg.device)
+        self.dist = Dist(device=self.device)  # until fit() joins torchrun's process group, if any
         self.model: nn.Module | None = None
         self.ema: WeightAverage | None = None
         self.run: RunDirectory | None = None
@@ -90,9 +100,22 @@ class Trainer:
     # -------------------------------------------------------------------------------------- train
     def fit(self, *, resume: bool = False, overwrite: bool = False) -> History:
         """Train in the run directory, which this holds locked until it returns. A start that fails
-        before its first checkpoint leaves the directory as it found it (docs/RUN_DIRECTORY.md)."""
+        before its first checkpoint leaves the directory as it found it (docs/RUN_DIRECTORY.md).
+        Started by torchrun, every process trains its share and only rank 0 touches the directory."""
+        dist = self.dist = Dist.start(self.cfg.device)
+        self.device = dist.device
+        try:
+            if not dist.main:
+                dist.barrier()  # rank 0 claims the directory first (and clears what a kill left)
+                return self._fit(None, resume, overwrite)
+            return self._fit_main(resume, overwrite)
+        finally:
+            dist.end()
+
+    def _fit_main(self, resume: bool, overwrite: bool) -> History:
         run = self.run = RunDirectory.claim(self.run_dir, resume=resume, overwrite=overwrite)
         try:
+            self.dist.barrier()
             return self._fit(run, resume, overwrite)
         except OSError as exc:  # the run directory cannot be written (read-only, full, …)
             if not _inside(exc.filename, self.run_dir):
@@ -109,8 +132,9 @@ class Trainer:
         finally:
             run.release()
 
-    def _fit(self, run: RunDirectory, resume: bool, overwrite: bool) -> History:
-        tc = self.tc
+    def _fit(self, run: RunDirectory | None, resume: bool, overwrite: bool) -> History:
+        """Train; ``run`` is None on every rank but 0, which alone writes."""
+        tc, dist = self.tc, self.dist
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         seed_everything(self.cfg.seed, tc.deterministic)
@@ -127,8 +151,8 @@ class Trainer:
             weight_decay=tc.weight_decay,
             fused=self.device.type in ("cpu", "cuda"),
         )
-        steps_per_epoch = data.train.steps_per_epoch()  # micro-batches
-        total_steps = math.ceil(steps_per_epoch / tc.grad_accum) * tc.epochs
+        steps_per_epoch = data.train.steps_per_epoch()  # batches; an optimizer step takes grad_accum per rank
+        total_steps = math.ceil(steps_per_epoch / (tc.grad_accum * dist.world)) * tc.epochs
 
         state: dict[str, Any] = {
             "step": 0,
@@ -139,84 +163,127 @@ class Trainer:
             "elapsed": 0.0,
             "best": None,
             "bad_epochs": 0,
+            "nonfinite_in_a_row": 0,  # steps skipped for a NaN/Inf loss or gradient, in a row …
+            "skipped_steps": 0,  # … and in all
             "history": History().to_dict(),
         }
         self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if resume:
             extra: dict[str, torch.Tensor] = {}
+            if not dist.main:
+                dist.barrier()  # after rank 0, which deletes a damaged checkpoint it meets
             latest, loaded = load_latest_checkpoint(self.run_dir / "checkpoints", model, optimizer, extra)
+            if dist.main:
+                dist.barrier()
             state.update(loaded)
             if self.ema is not None:
                 if not any(k.startswith("ema.") for k in extra):
                     raise UserError(f"{latest}: has no weight average; resume without train.ema_decay")
                 self.ema.load(extra, state.get("ema_updates", 0))
-            print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
+            if dist.main:
+                print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
+            else:  # the checkpoint's partial sums are every rank's: rank 0 carries them on
+                state["train_sums"], state["train_weight"] = {}, 0.0
         history = History.from_dict(state["history"])
 
-        # The start succeeded: only now is an earlier run cleared (--overwrite) and config.yaml written.
-        run.begin(overwrite=overwrite)
-        config_tmp = self.run_dir / "config.yaml.tmp"
-        config_tmp.write_text(to_yaml(self.cfg))
-        os.replace(config_tmp, self.run_dir / "config.yaml")
-        before = files_under(self.run_dir / "tb")
-        if tc.wandb:
-            run.record("wandb/")  # wandb's own folder, written on the run's behalf
+        if run is not None:
+            # The start succeeded: only now is an earlier run cleared (--overwrite) and config.yaml written.
+            run.begin(overwrite=overwrite)
+            config_tmp = self.run_dir / "config.yaml.tmp"
+            config_tmp.write_text(to_yaml(self.cfg))
+            os.replace(config_tmp, self.run_dir / "config.yaml")
+            before = files_under(self.run_dir / "tb")
+            if tc.wandb:
+                run.record("wandb/")  # wandb's own folder, written on the run's behalf
         logger = RunLogger(
             self.run_dir,
-            tensorboard=tc.tensorboard,
-            wandb=tc.wandb,
+            tensorboard=tc.tensorboard and dist.main,
+            wandb=tc.wandb and dist.main,
             config=self.cfg.model_dump(mode="json"),
             name=self.cfg.name,
         )
-        run.record_new("tb", before)
+        if run is not None:
+            run.record_new("tb", before)
+        if tc.compile and (reason := compile_model(model, self.device)) is not None and dist.main:
+            print(f"heedful: warning: train.compile: training uncompiled: {reason}", file=sys.stderr)
+        # The task's loss as a module (DDP wraps it when torchrun started several processes).
+        wrapped = dist.wrap(LossModule(self.task, model))
         try:
-            self._loop(model, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
+            self._loop(model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
         finally:
             logger.close()
         history.completed = True
-        history.save(self.run_dir / "history.json")
-        plot_history(history.history, self.run_dir / "plots" / "history.png")
+        if dist.main:
+            history.save(self.run_dir / "history.json")
+            plot_history(history.history, self.run_dir / "plots" / "history.png")
         return history
 
-    def _loop(self, model, optimizer, data, state, history, logger, steps_per_epoch, total_steps) -> None:
-        tc = self.tc
+    def _loop(self, model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps) -> None:
+        tc, dist = self.tc, self.dist
         started = time.perf_counter() - state["elapsed"]
         out_of_time = False
         while state["epoch"] < tc.epochs and not out_of_time:
             epoch = state["epoch"]
             model.train()
-            sums: dict[str, float] = state["train_sums"]  # not empty when resumed mid-epoch
+            start = state["batch_in_epoch"]  # global batches of this epoch already trained on (resumed)
+            n_rounds = rounds(steps_per_epoch, start, dist.world)
             bar = tqdm(
                 total=steps_per_epoch,
-                initial=state["batch_in_epoch"],
+                initial=start,
                 desc=f"epoch {epoch + 1}/{tc.epochs}",
-                disable=not tc.progress,
+                disable=not (tc.progress and dist.main),
                 dynamic_ncols=True,
                 leave=False,
             )
-            batches = data.train.batches(epoch)
-            for _ in range(state["batch_in_epoch"]):  # resumed mid-epoch: skip what was trained on
-                next(batches, None)
-            for batch in batches:
+            # This step's statistics, added to the epoch's only if the step is taken.
+            pending: dict[str, float] = {}
+            pending_weight, bad_loss = 0.0, False
+            # Round k trains batch start + k·W + rank on each of the W ranks (one process: W = 1).
+            for k, (batch, real) in enumerate(rank_batches(data.train, epoch, start, dist)):
+                ends_step = (k + 1) % tc.grad_accum == 0 or k + 1 == n_rounds
                 batch = move_to(batch, self.device)
-                with autocast(self.device, tc.precision):
-                    loss, stats = self.task.loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise UserError(
-                        f"loss became {loss.item()} at step {state['step']}; lower train.lr "
-                        "or enable train.clip_grad_norm"
-                    )
-                (loss / tc.grad_accum).backward()
-                weight = float(stats.get("weight", 1.0))
-                state["train_weight"] += weight
-                for key, value in stats.items():
-                    if key != "weight":
-                        sums[key] = sums.get(key, 0.0) + float(value) * weight
-                state["batch_in_epoch"] += 1
-                bar.update(1)
-
-                if state["batch_in_epoch"] % tc.grad_accum and state["batch_in_epoch"] < steps_per_epoch:
+                with dist.no_sync(wrapped, sync=ends_step):  # average gradients across ranks once per step
+                    with autocast(self.device, tc.precision):
+                        loss, stats = wrapped(batch)
+                    finite = bool(torch.isfinite(loss))
+                    bad_loss |= not finite
+                    # A rank with no batch left in the epoch's last round trains at weight zero.
+                    (loss * (1.0 if real else 0.0) / tc.grad_accum).backward()
+                if real and finite:
+                    weight = float(stats.get("weight", 1.0))
+                    pending_weight += weight
+                    for key, value in stats.items():
+                        if key != "weight":
+                            pending[key] = pending.get(key, 0.0) + float(value) * weight
+                state["batch_in_epoch"] = min(start + (k + 1) * dist.world, steps_per_epoch)
+                bar.update(state["batch_in_epoch"] - bar.n)
+                if not ends_step:
                     continue
+
+                # ---- an optimizer step, unless a loss or gradient is NaN/Inf on some rank
+                if tc.clip_grad_norm:
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm, foreach=True)
+                else:
+                    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+                elapsed = time.perf_counter() - started
+                bad, over = dist.agree(
+                    bad_loss or not bool(torch.isfinite(norm)), bool(tc.max_minutes) and elapsed > tc.max_minutes * 60
+                )
+                state["elapsed"] = elapsed
+                bad_loss = False
+                if bad:
+                    optimizer.zero_grad(set_to_none=True)
+                    pending, pending_weight = {}, 0.0
+                    self._skip_step(state)
+                    if over:
+                        out_of_time = True
+                        break
+                    continue
+                state["nonfinite_in_a_row"] = 0
+                state["train_weight"] += pending_weight
+                for key, value in pending.items():
+                    state["train_sums"][key] = state["train_sums"].get(key, 0.0) + value
+                pending, pending_weight = {}, 0.0
                 state["step"] += 1
                 lr = lr_at(
                     state["step"],
@@ -228,51 +295,76 @@ class Trainer:
                 )
                 for group in optimizer.param_groups:  # a task may scale groups (layer-wise decay)
                     group["lr"] = lr * group.get("lr_scale", 1.0)
-                if tc.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad_norm, foreach=True)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if self.ema is not None:
                     self.ema.update(model)
-                state["elapsed"] = time.perf_counter() - started
 
                 if state["step"] % tc.log_every == 0:
                     logger.scalars(state["step"], {**stats, "lr": lr}, prefix="train/")
                     bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}", lr=f"{lr:.2e}")
                 if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
                     self._checkpoint(model, optimizer, state, history)
-                if tc.max_minutes and state["elapsed"] > tc.max_minutes * 60:
+                if over:
                     out_of_time = True
                     break
             bar.close()
 
             # ---- end of epoch (or of the time budget): validate, keep the best, maybe stop
             row = {"epoch": epoch + 1, "step": state["step"], "time": round(state["elapsed"], 2)}
-            row |= {f"train_{k}": v / max(state["train_weight"], 1e-9) for k, v in sums.items()}
+            sums, weight = dist.sum_across(state["train_sums"], state["train_weight"])  # every rank's
+            row |= {f"train_{k}": v / max(weight, 1e-9) for k, v in sums.items()}
             # With a weight average, the average is what gets validated and saved as the model.
             with self.ema.swapped_in(model) if self.ema is not None else contextlib.nullcontext():
-                row |= {f"val_{k}": v for k, v in self.task.validate(model).items()}
+                # Rank 0 validates; the others wait for its metrics and so take the same decisions.
+                val = {k: float(v) for k, v in self.task.validate(model).items()} if dist.main else None
+                row |= {f"val_{k}": v for k, v in dist.share(val).items()}
                 history.epochs.append(row)
                 improved = self._track_best(row, state, history, model)
-                before = files_under(self.run_dir / "plots")
-                self.task.after_validation(model, epoch + 1, self.run_dir)
-                if self.run is not None:
-                    self.run.record_new("plots", before)
+                if dist.main:
+                    before = files_under(self.run_dir / "plots")
+                    self.task.after_validation(model, epoch + 1, self.run_dir)
+                    if self.run is not None:
+                        self.run.record_new("plots", before)
             model.train()
             logger.scalars(state["step"], {k: v for k, v in row.items() if k != "epoch"}, prefix="epoch/")
-            (tqdm.write if tc.progress else print)(_format_row(row, improved))
+            if dist.main:
+                (tqdm.write if tc.progress else print)(_format_row(row, improved))
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
             state["train_sums"], state["train_weight"] = {}, 0.0
             if tc.early_stopping_patience and state["bad_epochs"] >= tc.early_stopping_patience:
                 history.stopped_early = True
                 out_of_time = True
-            if out_of_time and tc.max_minutes and not history.stopped_early:
+            if out_of_time and tc.max_minutes and not history.stopped_early and dist.main:
                 print(f"time budget of {tc.max_minutes} min reached after {state['elapsed'] / 60:.1f} min")
             self._checkpoint(model, optimizer, state, history)
-            history.save(self.run_dir / "history.json")
+            if dist.main:
+                history.save(self.run_dir / "history.json")
+
+    def _skip_step(self, state: dict[str, Any]) -> None:
+        """A step whose loss or gradient was NaN/Inf (on any rank) is not taken: the weights, the
+        optimizer and the schedule stay as they were. Too many in a row stop the run."""
+        state["nonfinite_in_a_row"] += 1
+        state["skipped_steps"] += 1
+        in_a_row, limit = state["nonfinite_in_a_row"], self.tc.max_nonfinite_steps
+        if self.dist.main:
+            print(
+                f"heedful: warning: step {state['step'] + 1} skipped: the loss or a gradient is NaN or "
+                f"infinite ({in_a_row} in a row; training stops at {limit})",
+                file=sys.stderr,
+            )
+        if in_a_row >= limit:
+            kept = list_checkpoints(self.run_dir / "checkpoints")
+            raise TrainingDiverged(
+                f"training stopped at step {state['step']}: the loss or a gradient was NaN or infinite "
+                f"{in_a_row} steps in a row; "
+                + (f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint had been written")
+                + "; lower train.lr or set train.clip_grad_norm"
+            )
 
     def _track_best(self, row: dict[str, float], state: dict[str, Any], history: History, model) -> bool:
+        """Keep the best model (rank 0 writes it; every rank keeps the same count of bad epochs)."""
         tc = self.tc
         if tc.monitor not in row:
             raise ConfigError(f"config key 'train.monitor': {tc.monitor!r} is not a metric; have {', '.join(row)}")
@@ -282,12 +374,19 @@ class Trainer:
         if improved:
             state["best"], state["bad_epochs"] = value, 0
             history.best_epoch = int(row["epoch"])
-            self._save_model(model)
+            if self.dist.main:
+                self._save_model(model)
         else:
             state["bad_epochs"] += 1
         return improved
 
     def _checkpoint(self, model, optimizer, state, history) -> None:
+        # The epoch's partial statistics so far are every rank's (sum, weight): rank 0 saves and
+        # carries the totals on, the others start again from zero.
+        sums, weight = self.dist.sum_across(state["train_sums"], state["train_weight"])
+        state["train_sums"], state["train_weight"] = (sums, weight) if self.dist.main else ({}, 0.0)
+        if not self.dist.main:
+            return
         state["history"] = history.to_dict()
         if self.ema is not None:
             state["ema_updates"] = self.ema.updates

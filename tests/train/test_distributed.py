@@ -1,0 +1,161 @@
+"""Data parallelism (heedful/train/distributed.py): which batches each rank trains on, and a
+2-process gloo run against one process with the same global batch."""
+
+import os
+import shutil
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from heedful.runs import load_config
+from heedful.train import fit
+from heedful.train.distributed import Dist, rank_batches, rounds
+from heedful.train.history import History
+from tests.conftest import ROOT, latest_checkpoint_weights, tiny_dates_overrides
+
+
+class Numbered:
+    """A batch source whose batches are their own numbers."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def steps_per_epoch(self) -> int:
+        return self.steps
+
+    def batches(self, epoch: int):
+        yield from range(self.steps)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 6, 7])
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("start", [0, 2])
+def test_ranks_share_every_batch_once_in_the_same_number_of_rounds(steps, world, start):
+    shares = [list(rank_batches(Numbered(steps), 0, start, Dist(rank=r, world=world))) for r in range(world)]
+    # Every rank makes the same number of rounds, so their collective calls match.
+    assert {len(share) for share in shares} == {rounds(steps, start, world)}
+    # Round k trains batch start + k·W + r on rank r; every batch after `start` exactly once.
+    real = sorted(b for share in shares for b, is_real in share if is_real)
+    assert real == list(range(start, steps))
+    for r, share in enumerate(shares):
+        for k, (b, is_real) in enumerate(share):
+            if is_real:
+                assert b == start + k * world + r
+            else:  # only in the last round: the epoch's last batch again, at weight zero
+                assert k == len(share) - 1 and b == steps - 1 and start + k * world + r >= steps
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def overrides(run_dir, grad_accum: int) -> list[str]:
+    # 5 batches an epoch: with 2 ranks the last round leaves rank 1 without a batch. A mid-epoch
+    # checkpoint every 2 steps carries partial sums.
+    return tiny_dates_overrides(
+        run_dir,
+        **{
+            "model.dropout": 0.0,
+            "train.steps_per_epoch": 5,
+            "train.grad_accum": grad_accum,
+            "train.checkpoint_every": 2,
+            "train.keep_checkpoints": 10,
+        },
+    )
+
+
+def train_rank(rank: int, world: int, port: int, run_dir: str) -> None:
+    """One process of a torchrun-style launch: the environment torchrun would give it."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    fit(load_config(ROOT / "configs" / "dates.yaml", overrides(run_dir, grad_accum=1)))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_same_weights_as_one(tmp_path):
+    one = fit(load_config(ROOT / "configs" / "dates.yaml", overrides(tmp_path / "one", grad_accum=2)))
+    mp.spawn(train_rank, args=(2, free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+
+    a, b = latest_checkpoint_weights(tmp_path / "one"), latest_checkpoint_weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    two = History.load(tmp_path / "two" / "history.json")
+    assert [row["step"] for row in two.epochs] == [row["step"] for row in one.epochs] == [3, 6]
+    # Training statistics are every rank's (sum, weight), so the epoch's loss is the same figure.
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=1e-5)
+    assert two["val_loss"] == pytest.approx(one["val_loss"], abs=1e-5)
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one" / "checkpoints").iterdir()
+    )
+
+    # A checkpoint names its place in the epoch in global batches, and holds every rank's partial
+    # sums: one process resumes the 2-process run from mid-epoch 2 (step 4, batch 2 of 5) and
+    # ends where the others did.
+    shutil.copytree(tmp_path / "two", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-6")
+    cfg = load_config(ROOT / "configs" / "dates.yaml", overrides(tmp_path / "resumed", grad_accum=2))
+    resumed = fit(cfg, resume=True)
+    c = latest_checkpoint_weights(tmp_path / "resumed")
+    for name in a:
+        torch.testing.assert_close(c[name], a[name], rtol=0, atol=1e-6, msg=name)
+    assert resumed["train_loss"] == pytest.approx(one["train_loss"], abs=1e-5)
+
+
+def train_toy_rank(rank: int, world: int, port: int, run_dir: str) -> None:
+    """A 2-process toy run in which only rank 1's loss turns NaN, at its 3rd batch, while the
+    gradients stay finite (so DDP's average does not spread the NaN: the ranks must agree)."""
+    import importlib
+
+    import safetensors.torch
+
+    from heedful.config import validate
+    from heedful.tasks import registry
+    from heedful.train import Trainer
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    torch.set_num_threads(1)
+    toy = importlib.import_module("tests.toy_task")
+    registry.MODULES["toy"], registry.TASKS["toy"] = "tests.toy_task", toy.ToyTask
+    original, calls = toy.ToyTask.loss, {"n": 0}
+
+    def loss(self, model, batch):
+        calls["n"] += 1
+        value, stats = original(self, model, batch)
+        if rank == 1 and calls["n"] == 3:  # NaN, with finite gradients: only rank 1 can tell
+            value = value + (float("nan") - value.detach())
+        return value, stats
+
+    toy.ToyTask.loss = loss
+    train = {"epochs": 2, "lr": 0.1, "batch_size": 32, "schedule": "constant", "warmup_steps": 0, "progress": False,
+             "tensorboard": False, "max_minutes": None, "num_threads": 1}  # fmt: skip
+    cfg = validate(toy.ToyConfig, {"task": "toy", "run_dir": run_dir, "device": "cpu", "train": train})
+    trainer = Trainer(toy.ToyTask(cfg), cfg)
+    history = trainer.fit()
+    weights = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
+    steps = str(history.last()["step"])
+    safetensors.torch.save_file(weights, f"{run_dir}-rank{rank}.safetensors", metadata={"steps": steps})
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    import safetensors
+
+    run_dir = str(tmp_path / "toy")
+    mp.spawn(train_toy_rank, args=(2, free_port(), run_dir), nprocs=2, join=True)
+    states = []
+    for rank in range(2):
+        with safetensors.safe_open(f"{run_dir}-rank{rank}.safetensors", "pt") as f:
+            states.append(({k: f.get_tensor(k) for k in f.keys()}, f.metadata()["steps"]))  # noqa: SIM118
+    # 512 numbers in batches of 32 on 2 ranks: 8 steps an epoch, one skipped by both ranks.
+    assert states[0][1] == states[1][1] == "15"
+    for name, value in states[0][0].items():
+        assert torch.isfinite(value).all() and torch.equal(value, states[1][0][name]), name
