@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, zip_longest
 from pathlib import Path
 from typing import Literal
 
@@ -325,6 +325,20 @@ def forced_alignments(
             src_words = piece_words(src_tok.pieces(source)[: len(s)])
             tgt_words = piece_words([tgt_tok.id_to_piece(i) for i in t])
             yield align_maps(method_map(m, names, method), tgt_words, src_words, method)
+
+
+def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(source, target) pairs, lazily, refusing an empty side or one side running out first
+    (``DataError`` naming the side and the pair, 1-based)."""
+    sides = ("sources", "targets")
+    n = 0
+    for n, pair in enumerate(zip_longest(sources, targets), 1):
+        for side, text in zip(sides, pair, strict=True):
+            if text is None:
+                raise DataError(f"{side}: ends at pair {n - 1}, the other side goes on; pairs must match one to one")
+            if not text.strip():
+                raise DataError(f"{side} line {n}: empty line: nothing to align")
+        yield pair
 
 
 def parallel_lines(source: Path, target: Path) -> Iterator[tuple[str, str]]:

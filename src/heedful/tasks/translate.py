@@ -65,7 +65,14 @@ from heedful.data.tokenizers import (
 )
 from heedful.decode.batching import decode_in_batches
 from heedful.errors import ConfigError, UserError
-from heedful.explain.alignment import alignment_hits, cross_attention_maps, stacked_attention
+from heedful.explain.alignment import (
+    AlignMethod,
+    alignment_hits,
+    checked_pairs,
+    cross_attention_maps,
+    forced_alignments,
+    stacked_attention,
+)
 from heedful.explain.capture import capture
 from heedful.metrics.translation import bleu_and_chrf
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
@@ -110,13 +117,14 @@ class TranslateTask(Task):
     name = "translate"
     config_class = TranslateConfig
     cfg: TranslateConfig
-    run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines"}  # run.translate(lines, beam=5)
+    # run.translate(lines, beam=5); run.align(sources, targets)
+    run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines", "align": "align_lines"}
 
     @classmethod
     def commands(cls) -> list:
-        from heedful.tasks.verbs.translate import translate
+        from heedful.tasks.verbs.translate import align, translate
 
-        return [translate]
+        return [translate, align]
 
     def __init__(self, cfg: TranslateConfig):
         super().__init__(cfg)
@@ -401,6 +409,17 @@ class TranslateTask(Task):
         return self.translate(
             model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention, n_best=n_best
         )
+
+    def align_lines(
+        self, model: nn.Module, sources: Iterable[str], targets: Iterable[str], *,
+        method: AlignMethod | None = None, batch_tokens: int | None = None,
+    ) -> Iterable[set[tuple[int, int]]]:  # fmt: skip
+        """``run.align(sources, targets)``: per pair, lazily and in order, the (source word,
+        target word) links that forced decoding of the target gives (explain/alignment.py)."""
+        self._cross_attention_name(model)  # a model without cross-attention is refused here
+        budget = batch_tokens or self.cfg.decode.batch_tokens
+        pairs = checked_pairs(sources, targets)
+        return forced_alignments(model, self.src_tok, self.tgt_tok, pairs, method or AlignMethod(), batch_tokens=budget)
 
     # ------------------------------------------------------------------------------- predict/explain
     @torch.no_grad()
