@@ -10,7 +10,6 @@ import yaml
 from heedful.explain.alignment import AlignMethod, piece_words
 from heedful.runs import load_config, load_run
 from heedful.train.trainer import fit
-from tests.conftest import ROOT, tiny_dates_overrides
 
 PAIRS = [("5. März 2021", "2021-03-05"), ("March 5, 2021", "2021-03-05"), ("2021年3月5日", "2021-03-05")]
 
@@ -28,13 +27,6 @@ def heedful(*args: str, capsys) -> tuple[int, str, str]:
             code = exc.code or 0
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture(scope="module")
-def dates_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("align") / "dates"
-    fit(load_config(ROOT / "configs" / "dates.yaml", tiny_dates_overrides(run_dir, **{"train.epochs": 1})))
-    return run_dir
 
 
 @pytest.fixture
