@@ -60,7 +60,7 @@ def main() -> None:
         with torch.no_grad(), capture(model) as seen:
             logits = model(tokens)
         target = int(logits.argmax(-1))
-        pool = seen["pool.attn"][0, 0].float()  # (T,)
+        pool = seen["pool.attn"][0, 0, 0].float()  # (B, 1 head, 1 query, T) -> (T,)
         layers = [seen[f"encoder.layers.{i}.self_attn"] for i in range(len(model.encoder.layers))]
         rolled = pool @ attention_rollout(layers)[0]  # (T,): pooled vector ← input tokens
 

@@ -52,3 +52,8 @@ def test_the_worst_ranking_is_not_comprehensive_and_random_draws_are_reproducibl
 
 def test_ranking_orders_by_weight_then_position():
     assert ranking([0.1, 0.5, 0.5, 0.0]) == [1, 2, 0, 3]
+
+
+def test_a_ranking_that_is_not_an_order_of_the_units_is_refused():
+    with pytest.raises(ValueError, match="ranking 1 is not an order of its input's 3 units"):
+        erasure(toy_score, [[1, 2], [KEY, 3, 4]], [[1, 0], []])

@@ -65,6 +65,9 @@ def erasure(
     unit indices, most important first), averaged over ``inputs``."""
     if len(inputs) != len(rankings):
         raise ValueError(f"{len(inputs)} inputs but {len(rankings)} rankings")
+    for n, (x, order) in enumerate(zip(inputs, rankings, strict=True)):
+        if sorted(order) != list(range(len(x))):
+            raise ValueError(f"ranking {n} is not an order of its input's {len(x)} units: {list(order)[:8]}…")
     full = _batched(score, [reduce(x, [True] * len(x)) for x in inputs], batch_size)  # (N,)
     comp, suff = torch.zeros(len(fractions)), torch.zeros(len(fractions))
     for f, fraction in enumerate(fractions):
