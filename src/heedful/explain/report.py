@@ -1,8 +1,9 @@
 """``heedful report RUN``: one self-contained HTML page about a run.
 
 It holds the config, the training curves, the metrics of every evaluated split beside their
-baselines, sample predictions with their attention map and (for models with a Transformer
-encoder) the encoder's attention rollout, and the faithfulness table when one was measured
+baselines, sample predictions with their attention map, (for encoder–decoder Transformers) the
+encoder's attention rollout and (for Transformers) the decision path — the logit lens — and
+the faithfulness table when one was measured
 (``faithfulness.json`` in the run directory, see ``benchmarks/faithfulness_reviews.py``).
 Nothing is fetched: images are PNGs inlined as ``data:`` URIs, the style sheet is inline, there
 is no script — the file can be mailed, archived or opened offline.
@@ -26,7 +27,7 @@ import torch
 from heedful.errors import UserError
 from heedful.explain.capture import capture
 from heedful.explain.plots import plot_history
-from heedful.explain.rollout import attention_rollout
+from heedful.explain.rollout import attention_rollout, classifier_logit_lens, decoder_logit_lens
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
@@ -173,8 +174,55 @@ def _samples(run: Any, inputs: list[Any]) -> str:
                               title="encoder attention rollout (Abnar & Zuidema 2020)")  # fmt: skip
             out.append(_figure(png_data_uri(tmp), "encoder attention rollout: row = position at the top, "
                                                   "column = the input position that flows into it"))  # fmt: skip
+        path = decision_path(run, explanation, inputs[i])
+        if path is not None:
+            weights, rows, columns, caption = path
+            attention_heatmap(weights, rows, columns, tmp, title="decision path: the logit lens")
+            out.append(_figure(png_data_uri(tmp), caption))
     tmp.unlink(missing_ok=True)
     return "".join(out)
+
+
+def decision_path(run: Any, explanation: Any, text: Any) -> tuple[torch.Tensor, list[str], list[str], str] | None:
+    """The logit lens of one prediction as a (layers, outputs) map, its labels and a caption: for
+    an encoder–decoder Transformer, the probability each decoder layer's read-out gives the
+    token finally output at each step; for a Transformer-encoder classifier, each layer's class
+    probabilities. None for other models."""
+    model, task = run.model, run.task
+    device = next(model.parameters()).device
+    prediction = explanation.prediction
+    output_ids = getattr(prediction, "output_ids", None)
+    tokenizer = getattr(task, "src_tok", None)
+    if output_ids is not None and tokenizer is not None and hasattr(getattr(model, "decoder", None), "norm"):
+        src = torch.tensor([tokenizer.encode(text)[: model.config.max_len]], device=device)
+        bos, eos = task.tgt_tok.bos_id, task.tgt_tok.eos_id
+        tgt_in = torch.tensor([[bos, *output_ids]], device=device)  # (1, T + 1)
+        chosen = torch.tensor([*output_ids, eos], device=device)  # what each step finally output
+        lens = decoder_logit_lens(model, src, tgt_in)  # per layer (1, T + 1, V)
+        probs = torch.stack([layer[0].float().softmax(-1)[torch.arange(len(chosen)), chosen] for layer in lens])
+        rows = [f"layer {i}" for i in range(len(lens))]
+        return (
+            probs.cpu(),
+            rows,
+            explanation.query_tokens,
+            "decision path: per decoder layer, the probability its "
+            "read-out (final norm and output projection) gives the token finally chosen at each step",
+        )
+    encode, config = getattr(task, "encode", None), getattr(model, "config", None)
+    if encode is not None and getattr(config, "encoder_type", None) == "transformer" and hasattr(model, "head"):
+        tokens = torch.tensor([encode(text)], device=device)
+        lens = classifier_logit_lens(model, tokens)  # per layer (1, C)
+        probs = torch.stack([layer[0].float().softmax(-1) for layer in lens])  # (L, C)
+        classes = list(prediction.probabilities or {}) or [str(c) for c in range(probs.shape[1])]
+        rows = [f"layer {i}" for i in range(len(lens))]
+        return (
+            probs.cpu(),
+            rows,
+            classes,
+            "decision path: per encoder layer, the class probabilities its states "
+            "give through the final norm, the pooling and the head",
+        )
+    return None
 
 
 def encoder_rollout(run: Any, key_tokens: list[str], text: Any) -> torch.Tensor | None:
