@@ -71,9 +71,15 @@ def label_text(text: str) -> str:
 
 
 def attention_heatmap(
-    weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: str | Path, title: str = ""
+    weights: Tensor,
+    query_tokens: list[str],
+    key_tokens: list[str],
+    path: str | Path,
+    title: str = "",
+    labels: tuple[str, str] = ("source (keys)", "output (queries)"),
 ) -> Path:
-    """Save a (T_q, T_k) attention map as a PNG: rows are queries, columns are keys."""
+    """Save a (T_q, T_k) attention map as a PNG: rows are queries, columns are keys; ``labels``
+    names the x and y axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,10 +87,18 @@ def attention_heatmap(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _draw(plt, weights, query_tokens, key_tokens, path, title)
+    return _draw(plt, weights, query_tokens, key_tokens, path, title, labels)
 
 
-def _draw(plt, weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: Path, title: str) -> Path:
+def _draw(
+    plt,
+    weights: Tensor,
+    query_tokens: list[str],
+    key_tokens: list[str],
+    path: Path,
+    title: str,
+    labels: tuple[str, str],
+) -> Path:
     fonts = label_families()
     data = weights.float().cpu().numpy()
     t_q, t_k = data.shape
@@ -92,8 +106,8 @@ def _draw(plt, weights: Tensor, query_tokens: list[str], key_tokens: list[str], 
     image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=max(float(data.max()), 1e-6), aspect="auto")
     ax.set_xticks(range(t_k), [label_text(_visible(t)) for t in key_tokens], fontfamily=fonts)
     ax.set_yticks(range(t_q), [label_text(_visible(t)) for t in query_tokens], fontfamily=fonts)
-    ax.set_xlabel("source (keys)")
-    ax.set_ylabel("output (queries)")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
     if title:
         ax.set_title(label_text(title), fontfamily=fonts, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04)

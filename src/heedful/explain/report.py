@@ -171,13 +171,17 @@ def _samples(run: Any, inputs: list[Any]) -> str:
         rollout = encoder_rollout(run, explanation.key_tokens, inputs[i])
         if rollout is not None:
             attention_heatmap(rollout, explanation.key_tokens, explanation.key_tokens, tmp,
-                              title="encoder attention rollout (Abnar & Zuidema 2020)")  # fmt: skip
+                              title="encoder attention rollout (Abnar & Zuidema 2020)",
+                              labels=("input position", "position at the encoder's top"))  # fmt: skip
             out.append(_figure(png_data_uri(tmp), "encoder attention rollout: row = position at the top, "
                                                   "column = the input position that flows into it"))  # fmt: skip
         path = decision_path(run, explanation, inputs[i])
         if path is not None:
             weights, rows, columns, caption = path
-            attention_heatmap(weights, rows, columns, tmp, title="decision path: the logit lens")
+            axis = "token finally chosen" if "decoder" in caption else "class"
+            attention_heatmap(
+                weights, rows, columns, tmp, title="decision path: the logit lens", labels=(axis, "layer")
+            )
             out.append(_figure(png_data_uri(tmp), caption))
     tmp.unlink(missing_ok=True)
     return "".join(out)
