@@ -9,6 +9,7 @@ from heedful.explain.rollout import (
     classifier_logit_lens,
     decoder_logit_lens,
     gradient_x_attention,
+    head_importance,
     input_x_gradient,
 )
 from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
@@ -106,3 +107,27 @@ def test_input_x_gradient_of_a_linear_score_is_exact():
     tokens = torch.tensor([[1, 2, 3]])
     scores = input_x_gradient(emb, lambda: (emb(tokens) @ w).sum(-1))  # y = Σ_t e_t · w: ∂y/∂e_t = w
     torch.testing.assert_close(scores, (emb.weight[tokens] @ w).detach())
+
+
+def test_head_importance_is_the_drop_when_a_head_is_silenced():
+    model = _translator()
+    src, tgt_in = torch.randint(4, 11, (2, 7)), torch.randint(4, 13, (2, 5))
+
+    def score():
+        return model(src, tgt_in).log_softmax(-1)[..., 4].mean(-1)  # (B,)
+
+    importance = head_importance(model, score)
+    assert len(importance) == 2 * 1 + 3 * 2 and all(v.shape == (2,) for v in importance.values())
+    # reference: silence head 1 of the last decoder layer's cross-attention by zeroing its
+    # columns of out_proj (the same thing done to the weights instead of the activations)
+    name = "decoder.layers.2.cross_attn"
+    module = model.get_submodule(name)
+    with torch.no_grad():
+        base = float(score().mean())
+        saved = module.out_proj.weight.clone()
+        module.out_proj.weight[:, module.d_head :] = 0
+        expected = base - float(score().mean())
+        module.out_proj.weight.copy_(saved)
+    assert importance[name][1] == pytest.approx(expected, abs=1e-5)
+    with torch.no_grad():
+        assert float(score().mean()) == pytest.approx(base)  # every hook is gone

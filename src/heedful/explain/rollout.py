@@ -137,3 +137,34 @@ def classifier_logit_lens(model: nn.Module, tokens: Tensor) -> list[Tensor]:
         return model.head(model.dropout(pooled))  # (B, C)
 
     return logit_lens(model.encoder.layers, head, lambda: model(tokens))
+
+
+def head_importance(model: nn.Module, score: Callable[[], Tensor]) -> dict[str, Tensor]:
+    """Per multi-head attention module, (H,) importances: how much the mean explained score drops
+    when that one head's output is zeroed (Michel et al. 2019, by masking rather than by its
+    gradient). The head's slice of ``out_proj``'s input is masked by a hook; no weight changes.
+    Positive: the head helps the explained output."""
+    from heedful.attention import MultiHeadAttention
+
+    with torch.no_grad():
+        base = float(score().float().mean())
+        out: dict[str, Tensor] = {}
+        for name, module in model.named_modules():
+            if not isinstance(module, MultiHeadAttention):
+                continue
+            drops = torch.zeros(module.n_heads)
+            for h in range(module.n_heads):
+                cols = slice(h * module.d_head, (h + 1) * module.d_head)
+
+                def mask(_module: nn.Module, inputs: tuple[Tensor, ...], cols: slice = cols) -> tuple[Tensor, ...]:
+                    context = inputs[0].clone()  # (…, H·d_head): the heads side by side
+                    context[..., cols] = 0
+                    return (context, *inputs[1:])
+
+                handle = module.out_proj.register_forward_pre_hook(mask)
+                try:
+                    drops[h] = base - float(score().float().mean())
+                finally:
+                    handle.remove()
+            out[name] = drops
+    return out
