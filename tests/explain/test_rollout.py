@@ -5,6 +5,7 @@ import torch
 
 from heedful.explain.capture import capture
 from heedful.explain.rollout import (
+    attention_flow,
     attention_rollout,
     classifier_logit_lens,
     decoder_logit_lens,
@@ -131,3 +132,16 @@ def test_head_importance_is_the_drop_when_a_head_is_silenced():
     assert importance[name][1] == pytest.approx(expected, abs=1e-5)
     with torch.no_grad():
         assert float(score().mean()) == pytest.approx(base)  # every hook is gone
+
+
+def test_attention_flow_has_the_known_answers():
+    eye = torch.eye(4)[None]  # (H, T, T)
+    torch.testing.assert_close(attention_flow([eye, eye, eye]), torch.eye(4))
+    torch.manual_seed(1)
+    a1, a2 = (torch.softmax(torch.randn(2, 5, 5), -1) for _ in range(2))  # (H, T, T)
+    # one layer: the flow from j to i is the edge itself
+    torch.testing.assert_close(attention_flow([a1], residual=False), a1.mean(0))
+    # two layers: the paths j -> k -> i share no edge, so the flow is Σ_k min(A2[i, k], A1[k, j])
+    m1, m2 = a1.mean(0), a2.mean(0)
+    expected = torch.minimum(m2[:, :, None], m1[None, :, :]).sum(1)  # (T_i, T_j)
+    torch.testing.assert_close(attention_flow([a1, a2], residual=False), expected)

@@ -4,6 +4,8 @@
   attention plus the residual connection, ``Â_l = ½ A_l + ½ I`` (rows renormalised), multiplied
   through the layers: ``R = Â_L · … · Â_1``. Row q of R is how much each input position flows
   into position q at the top.
+* :func:`attention_flow` — the same graph read as a flow network: the maximum flow from each
+  input position to each top position (Abnar & Zuidema 2020, §3).
 * :func:`gradient_x_attention` — each captured attention map times the gradient of the
   explained score with respect to it (``A ⊙ ∂y/∂A``, positive part, mean over heads): what
   the attention did *and* what the output is sensitive to.
@@ -50,6 +52,64 @@ def attention_rollout(layers: Sequence[Tensor], *, residual: bool = True, head_f
             a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)  # rows of probability again
         rollout = a if rollout is None else a @ rollout  # (B, T, T): Â_l · R_{l-1}
     return rollout
+
+
+def attention_flow(layers: Sequence[Tensor], *, residual: bool = True) -> Tensor:
+    """Attention flow (Abnar & Zuidema 2020, §3): the layers as a graph whose nodes are (layer,
+    position) and whose edge (l−1, j) → (l, i) has capacity ``Â_l[i, j]`` (heads averaged, the
+    residual added as in rollout); entry (i, j) is the maximum flow from input position j to
+    position i at the top. One example's layers, each (H, T, T) or (1, H, T, T); returns (T, T).
+    Costs one max-flow per (i, j) pair: meant for sentences, not documents."""
+    if not layers:
+        raise ValueError("attention_flow needs at least one layer's attention")
+    caps = []
+    for weights in layers:
+        a = weights.float().reshape(-1, *weights.shape[-2:]).mean(0)  # (T, T)
+        if residual:
+            a = 0.5 * a + 0.5 * torch.eye(a.shape[-1])
+            a = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+        caps.append(a.tolist())
+    t, n_layers = len(caps[0]), len(caps)
+    flow = torch.zeros(t, t)
+    for j in range(t):
+        for i in range(t):
+            flow[i, j] = _max_flow(caps, j, i, t, n_layers)
+    return flow
+
+
+def _max_flow(caps: list[list[list[float]]], source: int, sink: int, t: int, n_layers: int) -> float:
+    """Edmonds–Karp on the layered graph: node (l, p) is l·t + p; the source is (0, source) and
+    the sink (n_layers, sink)."""
+    n = (n_layers + 1) * t
+    residual: list[dict[int, float]] = [{} for _ in range(n)]
+    for layer, a in enumerate(caps):
+        for i in range(t):
+            for j in range(t):
+                if a[i][j] > 0:
+                    u, v = layer * t + j, (layer + 1) * t + i
+                    residual[u][v] = residual[u].get(v, 0.0) + a[i][j]
+                    residual[v].setdefault(u, 0.0)
+    s, z, total = source, n_layers * t + sink, 0.0
+    while True:
+        parent = {s: s}
+        queue = [s]
+        for u in queue:  # breadth first: the shortest augmenting path
+            for v, c in residual[u].items():
+                if c > 1e-12 and v not in parent:
+                    parent[v] = u
+                    queue.append(v)
+        if z not in parent:
+            return total
+        push, v = float("inf"), z
+        while v != s:
+            push, v = min(push, residual[parent[v]][v]), parent[v]
+        v = z
+        while v != s:
+            u = parent[v]
+            residual[u][v] -= push
+            residual[v][u] += push
+            v = u
+        total += push
 
 
 def gradient_x_attention(
