@@ -97,3 +97,14 @@ def test_align_refuses_a_model_without_cross_attention(tmp_path, files, capsys):
     )
     assert code == 2
     assert err == "heedful: error: this rnn model has no attention to show (model.attention: none)\n"
+
+
+def test_evaluate_reports_the_field_level_aer_of_the_last_layer(dates_run):
+    from heedful.explain.alignment import date_alignment_scores
+
+    run = load_run(dates_run, device="cpu")
+    metrics = run.evaluate("test")
+    task = run.task
+    method = {"last layer, target": AlignMethod(layers=(-1,), direction="target")}
+    scores = date_alignment_scores(run.model, task.src_tok, task.tgt_tok, task.data.splits["test"], method)
+    assert metrics["alignment_aer"] == pytest.approx(scores["last layer, target"]["aer"], abs=1e-9)

@@ -110,3 +110,21 @@ def test_parallel_lines_refuse_mismatched_or_empty_lines(tmp_path):
     tgt.write_text("x\n  \n", encoding="utf-8")
     with pytest.raises(DataError, match=r"tgt.txt line 2: empty line"):
         list(parallel_lines(src, tgt))
+
+
+def test_date_field_links_from_a_hand_built_attention_map():
+    from heedful.explain.alignment import AlignmentCounts, add_date_field_links
+
+    example = render_date(__import__("datetime").date(2021, 3, 5), "de_DE", "d. MMMM y")  # "5. März 2021"
+    weights = torch.zeros(1, 2, 11, 12)  # (B, H, T + 1, S): row j predicts target character j
+    weights[0, :, 0, 8] = 1.0  # the year's first digit looks at "2021"
+    weights[0, :, 5, 3] = 1.0  # the month's at "März"
+    weights[0, :, 8, 0] = 1.0  # the day's at "5"
+    counts = AlignmentCounts()
+    add_date_field_links(weights, [example], counts)
+    assert counts.scores()["aer"] == 0.0
+    weights[0, :, 8] = 0.0
+    weights[0, :, 8, 9] = 1.0  # the day's first digit looks at the year: one wrong link of three
+    counts = AlignmentCounts()
+    add_date_field_links(weights, [example], counts)
+    assert counts.scores()["aer"] == pytest.approx(1 - (2 + 2) / (3 + 3))

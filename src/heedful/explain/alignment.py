@@ -430,3 +430,14 @@ def date_alignment_scores(
                 links = align_maps(method_map(m, names[name], method), target, source, method)
                 counts[name].add(links, gold, gold)
     return {name: c.scores() for name, c in counts.items()}
+
+
+def add_date_field_links(weights: Tensor, examples: list[DateExample], counts: AlignmentCounts) -> None:
+    """Add each date's field links to ``counts``: the teacher-forced cross-attention of one module,
+    (B, H, T + 1, S) (row j predicts target character j), mean over heads, each ISO field to the
+    source field it attends to most (``AlignMethod(direction="target")``)."""
+    method = AlignMethod(direction="target")
+    for row, example in enumerate(examples):
+        target, source, gold = date_fields(example)
+        piece_map = weights[row].float().mean(0)[: len(target), : len(source)].cpu()  # (T, S)
+        counts.add(align_maps(piece_map, target, source, method), gold, gold)

@@ -66,7 +66,9 @@ from heedful.data.tokenizers import (
 from heedful.decode.batching import decode_in_batches
 from heedful.errors import ConfigError, UserError
 from heedful.explain.alignment import (
+    AlignmentCounts,
     AlignMethod,
+    add_date_field_links,
     alignment_hits,
     checked_pairs,
     cross_attention_maps,
@@ -284,10 +286,13 @@ class TranslateTask(Task):
         """The evaluation loop: summed cross-entropy and token accuracy over the real target
         positions of ``batches``, fed the gold target (teacher forcing). With ``gold``, the date
         examples of each batch, also how often a target digit's cross-attention peaks inside its
-        field (explain/alignment.py): (hits, digits)."""
+        field (explain/alignment.py): (hits, digits), and the field-level AER of the attention's
+        links against gold (``alignment_aer``: last layer by default, mean over heads, each ISO
+        field to its most attended source field)."""
         device = next(model.parameters()).device
         pad = self.tgt_tok.pad_id
         loss_sum, tokens, correct, hits, digits = 0.0, 0, 0, 0, 0
+        links = AlignmentCounts()
         for i, batch in enumerate(batches):
             target = batch["tgt_out"].to(device)  # (B, T)
             with capture(model) if gold else contextlib.nullcontext() as seen:
@@ -298,9 +303,14 @@ class TranslateTask(Task):
             tokens += int(real.sum())
             correct += int(((logits.argmax(-1) == target) & real).sum())
             if seen is not None:
-                h, d = alignment_hits(stacked_attention(seen, self._cross_attention_name(model)), gold[i])
+                weights = stacked_attention(seen, self._cross_attention_name(model))  # (B, H, T + 1, S)
+                h, d = alignment_hits(weights, gold[i])
                 hits, digits = hits + h, digits + d
-        return {"loss": loss_sum / tokens, "accuracy": correct / tokens}, (hits, digits)
+                add_date_field_links(weights, gold[i], links)
+        metrics = {"loss": loss_sum / tokens, "accuracy": correct / tokens}
+        if links.sure:
+            metrics["alignment_aer"] = links.scores()["aer"]
+        return metrics, (hits, digits)
 
     def _cross_attention_name(self, model: nn.Module) -> str:
         name = model.cross_attention_name(self.cfg.decode.explain_layer)
