@@ -79,6 +79,20 @@ def test_align_refuses_files_that_do_not_pair_up(dates_run, tmp_path, src_text, 
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (("--layers", "5"), "decoder layer 5: the model has 1 (0..0)"),
+        (("--heads", "2"), "head 2: the model's cross-attention has 2 (0..1)"),
+    ],
+)
+def test_align_refuses_layers_and_heads_the_model_lacks(dates_run, files, option, message, capsys):
+    code, _, err = heedful(
+        "align", str(dates_run), "--src", str(files[0]), "--tgt", str(files[1]), *option, capsys=capsys
+    )
+    assert (code, err) == (2, f"heedful: error: {message}\n")
+
+
 @pytest.mark.slow
 def test_align_refuses_a_model_without_cross_attention(tmp_path, files, capsys):
     config = {

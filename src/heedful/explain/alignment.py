@@ -312,6 +312,10 @@ def forced_alignments(
     of the target. Pairs are read ``chunk`` at a time and run in token batches of similar
     length: memory depends on the chunk, not on how many pairs there are."""
     names = module_names(model, method.layers)
+    n_heads = getattr(model.config, "n_heads", 1)  # an RNN's content attention has one
+    for head in method.heads or ():
+        if not -n_heads <= head < n_heads:
+            raise DataError(f"head {head}: the model's cross-attention has {n_heads} (0..{n_heads - 1})")
     max_len = model.config.max_len
     model.eval()
     iterator = iter(pairs)
