@@ -286,6 +286,26 @@ def predict(
             typer.echo(f"attention heatmap: {path}")
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where the HTML goes (default: RUN_DIR/report.html).")
+    ] = None,
+    inputs: Annotated[
+        list[str] | None, typer.Option("--input", help="A sample to predict and explain in the report (repeatable).")
+    ] = None,
+    set_: SetOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Write one self-contained HTML report of a run (no network needed to view it): config, training
+    curves, metrics beside baselines, sample predictions with attention and rollout, faithfulness."""
+    from heedful.runs import load_run
+
+    run = load_run(run_dir, device, list(set_ or []))
+    typer.echo(f"report: {run.report(out, list(inputs or []) or None)}")
+
+
 def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
     """``run`` alone, or with ``others`` an ``Ensemble`` that averages their class probabilities."""
     if not others:

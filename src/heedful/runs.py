@@ -9,6 +9,8 @@ run.show_attention(["5. März 2021"])       # … --show-attention
 load_ensemble(["runs/a", "runs/b"]).predict(["one.wav"])   # heedful transcribe runs/a one.wav --ensemble runs/b
 load_ensemble(["runs/a", "runs/b"]).evaluate("test")        # heedful evaluate runs/a --ensemble runs/b
 run.translate(["A man rides a bike."], beam=5)   # heedful translate runs/multi30k --beam 5 < in.txt
+run.align(sources, targets)                # heedful align runs/multi30k --src en.txt --tgt fr.txt
+run.report(inputs=["5. März 2021"])        # heedful report runs/dates --input "5. März 2021"
 
 ``Run`` knows no task by name: ``evaluate``/``predict``/``explain`` call the task's, and a
 task's own methods (``translate``, ``generate``) come from its ``run_methods``.
@@ -100,6 +102,17 @@ class Run:
 
     def __dir__(self) -> list[str]:
         return [*super().__dir__(), *type(self.task).run_methods]
+
+    def report(self, path: str | Path | None = None, inputs: list[Any] | None = None) -> Path:
+        """One self-contained HTML page (``run_dir/report.html`` unless ``path`` is given): config,
+        curves, metrics beside baselines, ``inputs``' predictions with attention and rollout, and
+        the faithfulness table where measured (``heedful report RUN``; explain/report.py)."""
+        from heedful.explain.report import write_report
+
+        written = write_report(self, Path(path) if path is not None else None, inputs)
+        if path is None:
+            record_written(self.run_dir, written)  # --overwrite clears it
+        return written
 
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""

@@ -195,7 +195,8 @@ def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
     assert [p.input for p in predictions] == ["5. März 2021", "March 5, 2021"]
     assert all(isinstance(p.output, str) and p.score <= 0 for p in predictions)
     metrics = run.evaluate("test")
-    assert set(metrics) >= {"loss", "accuracy", "exact_match", "alignment_hit"}
+    assert set(metrics) >= {"loss", "accuracy", "exact_match", "alignment_hit", "alignment_aer"}
+    assert 0 <= metrics["alignment_aer"] <= 1
     assert json.loads((tmp_path / "run" / "eval-test.json").read_text()) == metrics
     (explanation,) = run.explain(["5. März 2021"])
     T = len(explanation.prediction.output) + 1  # the output and <eos>

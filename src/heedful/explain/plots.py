@@ -3,6 +3,7 @@ image) and the figures runs write (training history, confusion matrix, groups, i
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-# DejaVu Sans covers Latin, Greek and Cyrillic; the CJK fonts are used for characters it lacks
-# when the system has them (matplotlib falls back along this list).
+# DejaVu Sans covers Latin, Greek, Cyrillic and Arabic letters (unshaped: matplotlib draws them
+# isolated, left to right); a CJK font draws the characters it lacks, matplotlib falling back along
+# this list. Debian: fonts-noto-cjk or fonts-droid-fallback (.ci/run installs the latter).
 FONT_CANDIDATES = (
     "DejaVu Sans",
     "Noto Sans CJK JP",
@@ -20,19 +22,64 @@ FONT_CANDIDATES = (
     "Droid Sans Fallback",
     "WenQuanYi Zen Hei",
 )
+_warned_missing = False
 
 
-def _installed_fonts() -> list[str]:
+@functools.cache
+def _label_fonts() -> tuple[tuple[str, frozenset[int]], ...]:
+    """The installed candidates, in fallback order, each with the code points it draws. Fonts
+    installed after matplotlib built its font cache are found through the system's font list."""
     from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
 
-    installed = {f.name for f in font_manager.fontManager.ttflist}
-    return [name for name in FONT_CANDIDATES if name in installed] or ["DejaVu Sans"]
+    paths = {f.name: f.fname for f in font_manager.fontManager.ttflist if f.name in FONT_CANDIDATES}
+    if len(paths) < len(FONT_CANDIDATES):
+        for path in font_manager.findSystemFonts():
+            try:
+                name = FT2Font(path).family_name
+            except (OSError, RuntimeError):
+                continue
+            if name in FONT_CANDIDATES and name not in paths:
+                font_manager.fontManager.addfont(path)
+                paths[name] = path
+    return tuple((name, frozenset(FT2Font(paths[name]).get_charmap())) for name in FONT_CANDIDATES if name in paths)
+
+
+def label_families() -> list[str]:
+    """Font families for labels, in fallback order (those installed)."""
+    return [name for name, _ in _label_fonts()] or ["DejaVu Sans"]
+
+
+def label_text(text: str) -> str:
+    """``text`` as a label can show it: a character that no installed font draws is written as
+    its code point (``U+5E74``) instead of an empty box, with one warning per process that
+    says which font to install."""
+    global _warned_missing
+    fonts = _label_fonts()
+    missing = [c for c in text if not c.isspace() and not any(ord(c) in points for _, points in fonts)]
+    if not missing:
+        return text
+    if not _warned_missing:
+        _warned_missing = True
+        shown = "".join(dict.fromkeys(missing))[:8]
+        warnings.warn(
+            f"no installed font draws {shown!r}: plot labels show such characters as U+XXXX; install a font "
+            "that covers them (Debian: apt-get install fonts-noto-cjk)",
+            stacklevel=2,
+        )
+    return "".join(f"U+{ord(c):04X}" if c in missing else c for c in text)
 
 
 def attention_heatmap(
-    weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: str | Path, title: str = ""
+    weights: Tensor,
+    query_tokens: list[str],
+    key_tokens: list[str],
+    path: str | Path,
+    title: str = "",
+    labels: tuple[str, str] = ("source (keys)", "output (queries)"),
 ) -> Path:
-    """Save a (T_q, T_k) attention map as a PNG: rows are queries, columns are keys."""
+    """Save a (T_q, T_k) attention map as a PNG: rows are queries, columns are keys; ``labels``
+    names the x and y axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,23 +87,29 @@ def attention_heatmap(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # a glyph no installed font has is drawn as a box; say nothing
-        warnings.filterwarnings("ignore", message=".*[Gg]lyph.*")
-        return _draw(plt, weights, query_tokens, key_tokens, path, title)
+    return _draw(plt, weights, query_tokens, key_tokens, path, title, labels)
 
 
-def _draw(plt, weights: Tensor, query_tokens: list[str], key_tokens: list[str], path: Path, title: str) -> Path:
-    fonts = _installed_fonts()
+def _draw(
+    plt,
+    weights: Tensor,
+    query_tokens: list[str],
+    key_tokens: list[str],
+    path: Path,
+    title: str,
+    labels: tuple[str, str],
+) -> Path:
+    fonts = label_families()
     data = weights.float().cpu().numpy()
     t_q, t_k = data.shape
     fig, ax = plt.subplots(figsize=(max(4.0, 0.32 * t_k + 1.8), max(3.0, 0.32 * t_q + 1.4)))
     image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=max(float(data.max()), 1e-6), aspect="auto")
-    ax.set_xticks(range(t_k), [_visible(t) for t in key_tokens], fontfamily=fonts)
-    ax.set_yticks(range(t_q), [_visible(t) for t in query_tokens], fontfamily=fonts)
-    ax.set_xlabel("source (keys)")
-    ax.set_ylabel("output (queries)")
+    ax.set_xticks(range(t_k), [label_text(_visible(t)) for t in key_tokens], fontfamily=fonts)
+    ax.set_yticks(range(t_q), [label_text(_visible(t)) for t in query_tokens], fontfamily=fonts)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
     if title:
-        ax.set_title(title, fontfamily=fonts, fontsize=10)
+        ax.set_title(label_text(title), fontfamily=fonts, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

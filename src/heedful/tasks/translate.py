@@ -66,7 +66,16 @@ from heedful.data.tokenizers import (
 )
 from heedful.decode.batching import decode_in_batches
 from heedful.errors import ConfigError, UserError
-from heedful.explain.alignment import alignment_hits, cross_attention_maps, stacked_attention
+from heedful.explain.alignment import (
+    AlignmentCounts,
+    AlignMethod,
+    add_date_field_links,
+    alignment_hits,
+    checked_pairs,
+    cross_attention_maps,
+    forced_alignments,
+    stacked_attention,
+)
 from heedful.explain.capture import capture
 from heedful.metrics.translation import bleu_and_chrf
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
@@ -111,14 +120,15 @@ class TranslateTask(Task):
     name = "translate"
     config_class = TranslateConfig
     cfg: TranslateConfig
-    run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines"}  # run.translate(lines, beam=5)
+    # run.translate(lines, beam=5); run.align(sources, targets)
+    run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines", "align": "align_lines"}
     prediction_class = Translation
 
     @classmethod
     def commands(cls) -> list:
-        from heedful.tasks.verbs.translate import translate
+        from heedful.tasks.verbs.translate import align, translate
 
-        return [translate]
+        return [translate, align]
 
     def __init__(self, cfg: TranslateConfig):
         super().__init__(cfg)
@@ -282,10 +292,13 @@ class TranslateTask(Task):
         """The evaluation loop: summed cross-entropy and token accuracy over the real target
         positions of ``batches``, fed the gold target (teacher forcing). With ``gold``, the date
         examples of each batch, also how often a target digit's cross-attention peaks inside its
-        field (explain/alignment.py): (hits, digits)."""
+        field (explain/alignment.py): (hits, digits), and the field-level AER of the attention's
+        links against gold (``alignment_aer``: last layer by default, mean over heads, each ISO
+        field to its most attended source field)."""
         device = next(model.parameters()).device
         pad = self.tgt_tok.pad_id
         loss_sum, tokens, correct, hits, digits = 0.0, 0, 0, 0, 0
+        links = AlignmentCounts()
         for i, batch in enumerate(batches):
             target = batch["tgt_out"].to(device)  # (B, T)
             with capture(model) if gold else contextlib.nullcontext() as seen:
@@ -296,9 +309,14 @@ class TranslateTask(Task):
             tokens += int(real.sum())
             correct += int(((logits.argmax(-1) == target) & real).sum())
             if seen is not None:
-                h, d = alignment_hits(stacked_attention(seen, self._cross_attention_name(model)), gold[i])
+                weights = stacked_attention(seen, self._cross_attention_name(model))  # (B, H, T + 1, S)
+                h, d = alignment_hits(weights, gold[i])
                 hits, digits = hits + h, digits + d
-        return {"loss": loss_sum / tokens, "accuracy": correct / tokens}, (hits, digits)
+                add_date_field_links(weights, gold[i], links)
+        metrics = {"loss": loss_sum / tokens, "accuracy": correct / tokens}
+        if links.sure:
+            metrics["alignment_aer"] = links.scores()["aer"]
+        return metrics, (hits, digits)
 
     def _cross_attention_name(self, model: nn.Module) -> str:
         name = model.cross_attention_name(self.cfg.decode.explain_layer)
@@ -407,6 +425,17 @@ class TranslateTask(Task):
         return self.translate(
             model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention, n_best=n_best
         )
+
+    def align_lines(
+        self, model: nn.Module, sources: Iterable[str], targets: Iterable[str], *,
+        method: AlignMethod | None = None, batch_tokens: int | None = None,
+    ) -> Iterable[set[tuple[int, int]]]:  # fmt: skip
+        """``run.align(sources, targets)``: per pair, lazily and in order, the (source word,
+        target word) links that forced decoding of the target gives (explain/alignment.py)."""
+        self._cross_attention_name(model)  # a model without cross-attention is refused here
+        budget = batch_tokens or self.cfg.decode.batch_tokens
+        pairs = checked_pairs(sources, targets)
+        return forced_alignments(model, self.src_tok, self.tgt_tok, pairs, method or AlignMethod(), batch_tokens=budget)
 
     # ------------------------------------------------------------------------------- predict/explain
     @torch.no_grad()

@@ -138,3 +138,73 @@ def translate(
                 maps.flush()
             bar.update(len(lines))
     bar.close()
+
+
+def _positions(text: str, option: str) -> tuple[int, ...] | None:
+    """``all`` -> None; ``0,2`` -> (0, 2)."""
+    if text.strip() == "all":
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"{option} {text!r}: 'all' or numbers separated by commas, e.g. 0,2") from None
+
+
+def align(
+    ctx: typer.Context,
+    run_dir: Annotated[Path, typer.Argument(help="A translate run directory written by `heedful train`.")],
+    src: Annotated[Path, typer.Option("--src", help="Source sentences, one per line.")],
+    tgt: Annotated[Path, typer.Option("--tgt", help="Their translations, line for line (forced, not decoded).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the Pharaoh lines here (default: stdout).")] = None,
+    layers: Annotated[
+        str, typer.Option(help="Decoder layers to average: 'all' or e.g. 0,2 (negative from the top).")
+    ] = "all",
+    heads: Annotated[str, typer.Option(help="Heads to average: 'all' or e.g. 1,3.")] = "all",
+    shift: Annotated[
+        bool, typer.Option(help="Read each target word's row at the step that reads it (shift-att).")
+    ] = False,
+    extract: Annotated[str, typer.Option(help="argmax | threshold: which source words a word links to.")] = "argmax",
+    threshold: Annotated[float, typer.Option(help="With --extract threshold: least share of a row.")] = 0.5,
+    direction: Annotated[
+        str, typer.Option(help="grow-diag-final | intersection | union | target | source")
+    ] = "grow-diag-final",
+    batch_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Tokens per batch; default: decode.batch_tokens.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Count aligned lines on stderr.")] = False,
+    set_: SetOption = None,
+    device: DeviceOption = "auto",
+) -> None:
+    """Word alignments from cross-attention: forced decoding of each --tgt line given its --src line,
+    one Pharaoh line per pair ('i-j': 0-based source word i, target word j; words split at spaces)."""
+    from tqdm.auto import tqdm
+
+    from heedful.explain.alignment import AlignMethod, parallel_lines, pharaoh
+
+    if extract not in ("argmax", "threshold"):
+        raise UserError(f"--extract {extract!r}: argmax or threshold")
+    if direction not in ("grow-diag-final", "intersection", "union", "target", "source"):
+        raise UserError(f"--direction {direction!r}: grow-diag-final, intersection, union, target or source")
+    method = AlignMethod(
+        layers=_positions(layers, "--layers"), heads=_positions(heads, "--heads"), shift=shift,
+        extract=extract, threshold=threshold, direction=direction,
+    )  # fmt: skip
+    pairs = parallel_lines(src, tgt)  # checks both files (line counts, empty lines) before the first pair
+    first = next(pairs, None)
+    run = run_loader(ctx).load_run(run_dir, device, list(set_ or []), task="translate", verb="align")
+    if first is None:
+        return
+    sources, targets = _unzip_lazily(first, pairs)
+    handle = open(out, "w", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    with handle as sink, tqdm(unit=" lines", file=sys.stderr, disable=not progress) as bar:
+        for links in run.align(sources, targets, method=method, batch_tokens=batch_tokens):
+            sink.write(pharaoh(links) + "\n")
+            bar.update(1)
+
+
+def _unzip_lazily(first: tuple[str, str], rest: Iterator[tuple[str, str]]) -> tuple[Iterator[str], Iterator[str]]:
+    """Two iterators, sources and targets, over one stream of pairs, each pair read once."""
+    import itertools
+
+    a, b = itertools.tee(itertools.chain([first], rest))
+    return (s for s, _ in a), (t for _, t in b)

@@ -1,0 +1,109 @@
+"""ERASER faithfulness for translation, on the dates model: which source characters does the
+probability of the reference output depend on?
+
+    python benchmarks/faithfulness_dates.py runs/dates [--n 300] [--draws 5]
+
+Units are the source characters; removing one deletes it. The score is the mean probability of
+the reference's tokens (its ISO date and <eos>) under forced decoding (teacher forcing on the
+reference). Rankings, each a total over the output steps:
+
+* attention — the last decoder layer's cross-attention (mean over heads), summed over steps;
+* rollout — the cross-attention of every decoder layer (mean), pushed back through the encoder's
+  attention rollout: (T, S) · (S, S), summed over steps;
+* gradient × attention — the last layer's cross-attention times its gradient;
+* input × gradient — embedding · gradient per source character (the non-attention control).
+
+Writes RUN/faithfulness.json, which `heedful report RUN` shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+
+import torch
+
+from heedful.data.tokenizers import pad_ids
+from heedful.explain.capture import capture
+from heedful.explain.faithfulness import faithfulness_table, ranking
+from heedful.explain.rollout import attention_rollout, gradient_x_attention, input_x_gradient
+from heedful.runs import load_run
+
+
+class Units(list):
+    """A date's source character ids, with its reference output ids (<bos> … <eos>)."""
+
+    reference: list[int]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--n", type=int, default=300, help="test dates scored")
+    parser.add_argument("--draws", type=int, default=5, help="random rankings")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    run = load_run(args.run_dir, device="cpu")
+    task, model = run.task, run.model
+    task.build_data(run.cfg)
+    task.load_artifacts(run.run_dir / "model")
+    examples = task.data.splits["test"][: args.n]
+    n_enc, n_dec = len(model.encoder.layers), len(model.decoder.layers)
+    last = model.cross_attention_name(-1)
+    start = time.perf_counter()
+    inputs, methods = [], {"attention": [], "rollout": [], "gradient × attention": [], "input × gradient": []}
+    for example in examples:
+        src_ids = task.src_tok.encode(example.source)
+        reference = task.tgt_tok.encode(example.target, bos=True, eos=True)
+        src, tgt = torch.tensor([src_ids]), torch.tensor([reference])
+
+        def score(src=src, tgt=tgt):
+            logp = model(src, tgt[:, :-1]).log_softmax(-1)  # (1, T, V)
+            return logp.gather(-1, tgt[:, 1:, None])[..., 0].sum(-1)  # (1,): log p(reference)
+
+        with torch.no_grad(), capture(model) as seen:
+            model(src, tgt[:, :-1])
+        cross = seen[last][0].mean(0)  # (T, S)
+        encoder = attention_rollout([seen[f"encoder.layers.{i}.self_attn"] for i in range(n_enc)])[0]  # (S, S)
+        every = torch.stack([seen[model.cross_attention_name(i)][0].mean(0) for i in range(n_dec)]).mean(0)  # (T, S)
+        rolled = (every @ encoder).sum(0)  # (S,)
+        gxa = gradient_x_attention(model, score, [last])[last][0].sum(0)  # (S,)
+        ixg = input_x_gradient(model.encoder.embed.embedding, score)[0]  # (S,)
+        units = Units(src_ids)
+        units.reference = reference
+        inputs.append(units)
+        for name, weights in zip(methods, (cross.sum(0), rolled, gxa, ixg), strict=True):
+            methods[name].append(ranking(weights))
+
+    def reduce(x, keep):
+        return x.reference, [u for u, k in zip(x, keep, strict=True) if k]
+
+    @torch.no_grad()
+    def prob(batch):
+        src = pad_ids([ids for _, ids in batch], task.src_tok.pad_id)  # (B, S)
+        tgt = pad_ids([ref for ref, _ in batch], task.tgt_tok.pad_id)  # (B, T + 1)
+        p = model(src, tgt[:, :-1]).softmax(-1).gather(-1, tgt[:, 1:, None])[..., 0]  # (B, T)
+        real = (tgt[:, 1:] != task.tgt_tok.pad_id).float()
+        return (p * real).sum(-1) / real.sum(-1)  # mean probability of the reference's tokens
+
+    model.eval()
+    table = faithfulness_table(prob, inputs, methods, draws=args.draws, reduce=reduce)
+    seconds = time.perf_counter() - start
+    print(
+        f"{len(inputs)} test dates of {args.run_dir}, ERASER AOPC over 1/5/10/20/50 % of characters ({seconds:.0f} s)"
+    )
+    print(f"{'method':<24}{'comprehensiveness':>20}{'sufficiency':>14}{'× random':>10}")
+    for name, row in table.items():
+        comp = f"{row['comprehensiveness']:.4f}" + (f" ± {row['comprehensiveness_sd']:.4f}" if name == "random" else "")
+        ratio = f"{row['comp_vs_random']:.2f}" if "comp_vs_random" in row else ""
+        print(f"{name:<24}{comp:>20}{row['sufficiency']:>14.4f}{ratio:>10}")
+    record = {"methods": table, "examples": len(inputs), "draws": args.draws, "seconds": round(seconds, 1),
+              "machine": platform.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    (run.run_dir / "faithfulness.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""ERASER faithfulness of a review classifier's explanations: attention, rollout, gradient ×
+attention and input × gradient against random rankings.
+
+    python benchmarks/faithfulness_reviews.py runs/reviews [--n 300] [--draws 5]
+
+A classify run with a Transformer encoder and attention pooling. Units are the sentencepiece
+tokens of each test review's window (the <bos> position, where nothing is written, always
+stays); removing a unit deletes it (ERASER). Rankings:
+
+* attention — the pooling attention over the tokens (what `heedful predict --explain` shows);
+* rollout — that pooling attention pushed through the encoder's attention rollout
+  (pool · R: how much of each input token reaches the pooled vector);
+* gradient × attention — the pooling attention times its gradient (predicted class's logit);
+* input × gradient — embedding · gradient per token (the non-attention control).
+
+Writes RUN/faithfulness.json, which `heedful report RUN` shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+
+import torch
+
+from heedful.data.tokenizers import pad_ids
+from heedful.explain.capture import capture
+from heedful.explain.faithfulness import faithfulness_table, ranking
+from heedful.explain.rollout import attention_rollout, gradient_x_attention, input_x_gradient
+from heedful.runs import load_run
+
+
+class Units(list):
+    """A review's tokens after <bos>, with the class the model predicted for the whole review."""
+
+    target: int
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--n", type=int, default=300, help="test reviews scored")
+    parser.add_argument("--draws", type=int, default=5, help="random rankings")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    run = load_run(args.run_dir, device="cpu")
+    task, model = run.task, run.model
+    task.build_data(run.cfg)
+    task.load_artifacts(run.run_dir / "model")
+    texts = [t for t in task.split_inputs("test") if len(task.encode(t)) > 2][: args.n]
+    start = time.perf_counter()
+    inputs, methods = [], {"attention": [], "rollout": [], "gradient × attention": [], "input × gradient": []}
+    for text in texts:
+        ids = task.encode(text)
+        tokens = torch.tensor([ids])
+        with torch.no_grad(), capture(model) as seen:
+            logits = model(tokens)
+        target = int(logits.argmax(-1))
+        pool = seen["pool.attn"][0, 0, 0].float()  # (B, 1 head, 1 query, T) -> (T,)
+        layers = [seen[f"encoder.layers.{i}.self_attn"] for i in range(len(model.encoder.layers))]
+        rolled = pool @ attention_rollout(layers)[0]  # (T,): pooled vector ← input tokens
+
+        def score(tokens=tokens, target=target):
+            return model(tokens)[:, target]
+
+        gxa = gradient_x_attention(model, score, ["pool.attn"])["pool.attn"][0, 0]  # (T,)
+        ixg = input_x_gradient(model.encoder.embed.embedding, score)[0]  # (T,)
+        units = Units(ids[1:])
+        units.target = target
+        inputs.append(units)
+        for name, weights in zip(methods, (pool, rolled, gxa, ixg), strict=True):
+            methods[name].append(ranking(weights[1:]))
+
+    bos = ids[0]
+
+    def reduce(x, keep):
+        return x.target, [bos] + [u for u, k in zip(x, keep, strict=True) if k]
+
+    @torch.no_grad()
+    def prob(batch):
+        tokens = pad_ids([ids for _, ids in batch], task.pad_id)  # (B, T)
+        probs = model(tokens).softmax(-1)  # (B, C)
+        return probs[torch.arange(len(batch)), torch.tensor([t for t, _ in batch])]
+
+    model.eval()
+    table = faithfulness_table(prob, inputs, methods, draws=args.draws, reduce=reduce)
+    seconds = time.perf_counter() - start
+    print(f"{len(inputs)} test reviews of {args.run_dir}, ERASER AOPC over 1/5/10/20/50 % of tokens ({seconds:.0f} s)")
+    print(f"{'method':<24}{'comprehensiveness':>20}{'sufficiency':>14}{'× random':>10}")
+    for name, row in table.items():
+        comp = f"{row['comprehensiveness']:.4f}" + (f" ± {row['comprehensiveness_sd']:.4f}" if name == "random" else "")
+        ratio = f"{row['comp_vs_random']:.2f}" if "comp_vs_random" in row else ""
+        print(f"{name:<24}{comp:>20}{row['sufficiency']:>14.4f}{ratio:>10}")
+    record = {"methods": table, "examples": len(inputs), "draws": args.draws, "seconds": round(seconds, 1),
+              "machine": platform.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    (run.run_dir / "faithfulness.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""``heedful report RUN``: one self-contained HTML page about a run.
+
+It holds the config, the training curves, the metrics of every evaluated split beside their
+baselines, sample predictions with their attention map, (for encoder–decoder Transformers) the
+encoder's attention rollout and (for Transformers) the decision path — the logit lens — and
+the faithfulness table when one was measured
+(``faithfulness.json`` in the run directory, see ``benchmarks/faithfulness_reviews.py``).
+Nothing is fetched: images are PNGs inlined as ``data:`` URIs, the style sheet is inline, there
+is no script — the file can be mailed, archived or opened offline.
+
+The run is anything with ``run_dir``, ``cfg``, ``task`` and ``model`` (``heedful.runs.Run``);
+this module is below ``runs`` and imports none of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heedful.errors import UserError
+from heedful.explain.capture import capture
+from heedful.explain.plots import plot_history
+from heedful.explain.rollout import attention_rollout, classifier_logit_lens, decoder_logit_lens
+
+STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; } caption { text-align: left; font-weight: 600; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 13px; }
+figure { margin: 1em 0; } figcaption { font-size: 13px; color: #555; } img { max-width: 100%; }
+.note { color: #555; font-style: italic; }
+"""
+
+
+def write_report(run: Any, path: Path | None = None, inputs: list[Any] | None = None, samples: int = 3) -> Path:
+    """Write the report of ``run`` to ``path`` (default ``run_dir/report.html``). ``inputs``: the
+    sample predictions to show (default: up to ``samples`` of the task's test inputs, where it
+    lists them)."""
+    run_dir = Path(run.run_dir)
+    path = Path(path) if path is not None else run_dir / "report.html"
+    sections = [
+        _config(run_dir),
+        _curves(run_dir),
+        _metrics(run_dir, run.task),
+        _samples(run, _sample_inputs(run, inputs, samples)),
+        _faithfulness(run_dir),
+    ]
+    title = f"heedful report: {run_dir.name} ({run.cfg.task})"
+    page = (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------ pieces
+def png_data_uri(figure_or_path: Any) -> str:
+    """A matplotlib figure (closed afterwards) or a PNG file as a ``data:image/png;base64,…`` URI."""
+    if isinstance(figure_or_path, str | Path):
+        data = Path(figure_or_path).read_bytes()
+    else:
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        figure_or_path.savefig(buffer, format="png", dpi=100)
+        plt.close(figure_or_path)
+        data = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _figure(uri: str, caption: str) -> str:
+    alt = html.escape(caption, quote=True)
+    return f'<figure><img src="{uri}" alt="{alt}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def _table(caption: str, header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
+
+
+def _config(run_dir: Path) -> str:
+    text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
+    return f'<h2 id="config">Config</h2><pre>{html.escape(text) or "(no config.yaml)"}</pre>'
+
+
+def _curves(run_dir: Path) -> str:
+    history = run_dir / "history.json"
+    if not history.is_file():
+        return (
+            '<h2 id="curves">Training curves</h2><p class="note">no history.json: the run has not finished an epoch</p>'
+        )
+    epochs = json.loads(history.read_text(encoding="utf-8")).get("epochs", [])
+    curves: dict[str, list[float]] = {}
+    for record in epochs:
+        for key, value in record.items():
+            curves.setdefault(key, []).append(value)
+    png = run_dir / ".report-history.png"
+    plot_history(curves, png)
+    rows = [
+        [r.get("epoch"), *(r.get(k, float("nan")) for k in ("train_loss", "val_loss", "val_accuracy"))] for r in epochs
+    ]
+    out = ['<h2 id="curves">Training curves</h2>']
+    if png.is_file():
+        out.append(_figure(png_data_uri(png), "loss and accuracy per epoch, train and validation"))
+        png.unlink()
+    out.append(_table("per epoch", ["epoch", "train loss", "val loss", "val accuracy"], rows))
+    return "".join(out)
+
+
+def _metrics(run_dir: Path, task: Any) -> str:
+    out = ['<h2 id="metrics">Metrics</h2>']
+    files = sorted(run_dir.glob("eval-*.json"))
+    if not files:
+        out.append(
+            f'<p class="note">no split evaluated yet: <code>heedful evaluate {html.escape(str(run_dir))}</code></p>'
+        )
+    for file in files:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        split = file.stem.removeprefix("eval-")
+        baselines = record.pop("baselines", {}) or {}
+        metrics = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        keys = list(metrics)
+        rows = [["this model", *(float(metrics[k]) for k in keys)]]
+        rows += [[name, *(float(b[k]) if k in b else "" for k in keys)] for name, b in baselines.items()]
+        out.append(_table(f"{split}" + (" (beside baselines fit on the same training data)" if baselines else ""),
+                          ["", *keys], rows))  # fmt: skip
+    return "".join(out)
+
+
+def _sample_inputs(run: Any, inputs: list[Any] | None, samples: int) -> list[Any]:
+    if inputs:
+        return list(inputs)
+    if getattr(run.task, "data", None) is None:  # data not loaded (a run opened to predict): no samples
+        return []
+    try:
+        return list(run.task.split_inputs("test"))[:samples]
+    except UserError:  # a task that cannot list its test inputs (translate gives pairs): none
+        return []
+
+
+def _samples(run: Any, inputs: list[Any]) -> str:
+    out = ['<h2 id="samples">Sample predictions</h2>']
+    if not inputs:
+        out.append('<p class="note">no sample inputs (give some: <code>heedful report RUN --input TEXT</code>)</p>')
+        return "".join(out)
+    from heedful.explain.plots import attention_heatmap
+
+    tmp = Path(run.run_dir) / ".report-attention.png"
+    for i, explanation in enumerate(run.task.explain(run.model, inputs)):
+        p = explanation.prediction
+        out.append(f"<h3>{i + 1}. {html.escape(str(p.input))} → {html.escape(str(p.output))}</h3>")
+        run.task.plot_explanation(explanation, tmp)
+        out.append(_figure(png_data_uri(tmp), explanation.title or "attention"))
+        rollout = encoder_rollout(run, explanation.key_tokens, inputs[i])
+        if rollout is not None:
+            attention_heatmap(rollout, explanation.key_tokens, explanation.key_tokens, tmp,
+                              title="encoder attention rollout (Abnar & Zuidema 2020)",
+                              labels=("input position", "position at the encoder's top"))  # fmt: skip
+            out.append(_figure(png_data_uri(tmp), "encoder attention rollout: row = position at the top, "
+                                                  "column = the input position that flows into it"))  # fmt: skip
+        path = decision_path(run, explanation, inputs[i])
+        if path is not None:
+            weights, rows, columns, caption = path
+            axis = "token finally chosen" if "decoder" in caption else "class"
+            attention_heatmap(
+                weights, rows, columns, tmp, title="decision path: the logit lens", labels=(axis, "layer")
+            )
+            out.append(_figure(png_data_uri(tmp), caption))
+    tmp.unlink(missing_ok=True)
+    return "".join(out)
+
+
+def decision_path(run: Any, explanation: Any, text: Any) -> tuple[torch.Tensor, list[str], list[str], str] | None:
+    """The logit lens of one prediction as a (layers, outputs) map, its labels and a caption: for
+    an encoder–decoder Transformer, the probability each decoder layer's read-out gives the
+    token finally output at each step; for a Transformer-encoder classifier, each layer's class
+    probabilities. None for other models."""
+    model, task = run.model, run.task
+    device = next(model.parameters()).device
+    prediction = explanation.prediction
+    output_ids = getattr(prediction, "output_ids", None)
+    tokenizer = getattr(task, "src_tok", None)
+    if output_ids is not None and tokenizer is not None and hasattr(getattr(model, "decoder", None), "norm"):
+        src = torch.tensor([tokenizer.encode(text)[: model.config.max_len]], device=device)
+        bos, eos = task.tgt_tok.bos_id, task.tgt_tok.eos_id
+        tgt_in = torch.tensor([[bos, *output_ids]], device=device)  # (1, T + 1)
+        chosen = torch.tensor([*output_ids, eos], device=device)  # what each step finally output
+        lens = decoder_logit_lens(model, src, tgt_in)  # per layer (1, T + 1, V)
+        probs = torch.stack([layer[0].float().softmax(-1)[torch.arange(len(chosen)), chosen] for layer in lens])
+        rows = [f"layer {i}" for i in range(len(lens))]
+        return (
+            probs.cpu(),
+            rows,
+            explanation.query_tokens,
+            "decision path: per decoder layer, the probability its "
+            "read-out (final norm and output projection) gives the token finally chosen at each step",
+        )
+    encode, config = getattr(task, "encode", None), getattr(model, "config", None)
+    if encode is not None and getattr(config, "encoder_type", None) == "transformer" and hasattr(model, "head"):
+        tokens = torch.tensor([encode(text)], device=device)
+        lens = classifier_logit_lens(model, tokens)  # per layer (1, C)
+        probs = torch.stack([layer[0].float().softmax(-1) for layer in lens])  # (L, C)
+        classes = list(prediction.probabilities or {}) or [str(c) for c in range(probs.shape[1])]
+        rows = [f"layer {i}" for i in range(len(lens))]
+        return (
+            probs.cpu(),
+            rows,
+            classes,
+            "decision path: per encoder layer, the class probabilities its states "
+            "give through the final norm, the pooling and the head",
+        )
+    return None
+
+
+def encoder_rollout(run: Any, key_tokens: list[str], text: Any) -> torch.Tensor | None:
+    """The rollout (S, S) of an encoder–decoder Transformer's encoder self-attention over one
+    source text; None for models without one (or a tokenization that does not match the labels)."""
+    model, tokenizer = run.model, getattr(run.task, "src_tok", None)
+    if tokenizer is None or not hasattr(model, "encode") or not isinstance(text, str):
+        return None
+    ids = tokenizer.encode(text)[: model.config.max_len]
+    if len(ids) != len(key_tokens):
+        return None
+    device = next(model.parameters()).device
+    with torch.no_grad(), capture(model) as seen:
+        model.encode(torch.tensor([ids], device=device))
+    pattern = re.compile(r"encoder\.layers\.(\d+)\.self_attn")
+    names = sorted((n for n in seen if pattern.fullmatch(n)), key=lambda n: int(pattern.fullmatch(n)[1]))
+    if not names:
+        return None
+    return attention_rollout([seen[n][0] for n in names])  # (S, S)
+
+
+def _faithfulness(run_dir: Path) -> str:
+    out = ['<h2 id="faithfulness">Faithfulness</h2>']
+    file = run_dir / "faithfulness.json"
+    if not file.is_file():
+        out.append('<p class="note">not measured for this run (no faithfulness.json)</p>')
+        return "".join(out)
+    table = json.loads(file.read_text(encoding="utf-8"))
+    rows = [[name, v.get("comprehensiveness", ""), v.get("comprehensiveness_sd", ""), v.get("sufficiency", ""),
+             v.get("comp_vs_random", "")] for name, v in table.get("methods", table).items()]  # fmt: skip
+    out.append(_table("ERASER AOPC over the top 1/5/10/20/50 % of units (random: mean and sd over draws)",
+                      ["method", "comprehensiveness", "sd", "sufficiency", "× random"], rows))  # fmt: skip
+    return "".join(out)

@@ -1,0 +1,130 @@
+"""Alignments from attention: extraction, symmetrisation, word merging, scoring, file checks."""
+
+import pytest
+import torch
+
+from heedful.data.builtin import render_date
+from heedful.errors import DataError
+from heedful.explain.alignment import (
+    AlignMethod,
+    align_maps,
+    alignment_scores,
+    date_fields,
+    directional_links,
+    grow_diag_final,
+    merge_pieces,
+    parallel_lines,
+    parse_links,
+    pharaoh,
+    piece_words,
+    symmetrize,
+)
+
+
+def test_aer_of_gold_against_itself_is_zero_and_of_a_disjoint_alignment_is_one():
+    sure, possible = {(0, 0), (1, 2)}, {(0, 0), (1, 2), (2, 1)}
+    assert alignment_scores([(sure, sure, possible)]) == {"aer": 0.0, "precision": 1.0, "recall": 1.0}
+    disjoint = {(3, 3), (0, 1)}
+    assert alignment_scores([(disjoint, sure, possible)]) == {"aer": 1.0, "precision": 0.0, "recall": 0.0}
+
+
+def test_aer_follows_och_and_ney_over_a_corpus():
+    # sentence 1: A = {00, 11, 22}, S = {00, 11}, P = S + {22}; sentence 2: A = {01}, S = {00}, P = S
+    items = [({(0, 0), (1, 1), (2, 2)}, {(0, 0), (1, 1)}, {(2, 2)}), ({(0, 1)}, {(0, 0)}, set())]
+    scores = alignment_scores(items)
+    # |A| = 4, |S| = 3, |A∩S| = 2, |A∩P| = 3 (P includes S)
+    assert scores["precision"] == pytest.approx(3 / 4)
+    assert scores["recall"] == pytest.approx(2 / 3)
+    assert scores["aer"] == pytest.approx(1 - (2 + 3) / (4 + 3))
+
+
+def test_extraction_from_a_hand_built_attention_matrix_gives_the_known_pairs():
+    # rows: 3 target words, columns: 4 source words
+    weights = torch.tensor(
+        [
+            [0.70, 0.10, 0.10, 0.10],  # t0 -> s0
+            [0.05, 0.05, 0.45, 0.45],  # t1 -> s2 and s3 share it (argmax takes the first)
+            [0.10, 0.80, 0.05, 0.05],  # t2 -> s1
+        ]
+    )
+    assert directional_links(weights, "target") == {(0, 0), (2, 1), (1, 2)}
+    assert directional_links(weights, "target", "threshold", 0.4) == {(0, 0), (2, 1), (3, 1), (1, 2)}
+    # columns: s0 -> t0, s1 -> t2, s2 -> t1, s3 -> t1
+    assert directional_links(weights, "source") == {(0, 0), (1, 2), (2, 1), (3, 1)}
+    assert align_maps(weights, [0, 1, 2], [0, 1, 2, 3], AlignMethod(direction="intersection")) == {
+        (0, 0),
+        (1, 2),
+        (2, 1),
+    }
+
+
+def test_grow_diag_final_on_a_hand_made_case():
+    # source -> target: each source word's choice; target -> source: each target word's choice
+    s2t = {(0, 0), (1, 1), (2, 1), (3, 3)}
+    t2s = {(0, 0), (1, 1), (2, 2), (0, 3)}
+    # intersection {00, 11}; grow: (2,1) beside (1,1) (source 2 unaligned), then (2,2) diagonal
+    # to (1,1) (target 2 unaligned), then (3,3) diagonal to (2,2); final: (0,3) has both ends
+    # aligned by then, so it stays out.
+    assert grow_diag_final(s2t, t2s) == {(0, 0), (1, 1), (2, 1), (2, 2), (3, 3)}
+    assert symmetrize(s2t, t2s, "intersection") == {(0, 0), (1, 1)}
+    assert symmetrize(s2t, t2s, "union") == s2t | t2s
+    # final: a link far from the others joins when one of its words is unaligned
+    assert grow_diag_final({(0, 0)}, {(0, 0), (5, 4)}) == {(0, 0), (5, 4)}
+    assert grow_diag_final({(0, 0)}, {(0, 0), (0, 4)}) == {(0, 0), (0, 4)}  # target 4 unaligned is enough
+
+
+def test_pieces_merge_into_words():
+    assert piece_words(["▁The", "▁cat", "s", "▁", "!"]) == [0, 1, 1, None, 2]
+    assert piece_words(list("ab c")) == [0, 0, None, 1]
+    # target pieces [0, 0, 1], source pieces [0, 1, 1]: sum over source pieces, mean over target ones
+    weights = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2], [1.0, 0.0, 0.0]])
+    merged = merge_pieces(weights, [0, 0, 1], [0, 1, 1])
+    torch.testing.assert_close(merged, torch.tensor([[0.4, 0.6], [1.0, 0.0]]))
+
+
+def test_pharaoh_and_gold_parsing():
+    assert pharaoh({(2, 1), (0, 0)}) == "0-0 2-1"
+    sure, possible = parse_links("1-1 2p3 4?4", one_based=True)
+    assert sure == {(0, 0)} and possible == {(0, 0), (1, 2), (3, 3)}
+    with pytest.raises(DataError, match=r"gold line 3: 'x-1' is not a link"):
+        parse_links("1-1 x-1", where="gold line 3")
+
+
+def test_date_fields_give_each_iso_field_its_source_span():
+    example = render_date(__import__("datetime").date(2021, 3, 5), "de_DE", "d. MMMM y")
+    assert example.source == "5. März 2021"
+    target, source, gold = date_fields(example)
+    assert target == [0, 0, 0, 0, None, 1, 1, None, 2, 2]
+    assert source == [2, None, None, 1, 1, 1, 1, None, 0, 0, 0, 0]
+    assert gold == {(0, 0), (1, 1), (2, 2)}
+
+
+def test_parallel_lines_refuse_mismatched_or_empty_lines(tmp_path):
+    src, tgt = tmp_path / "src.txt", tmp_path / "tgt.txt"
+    src.write_text("a b\nc\n", encoding="utf-8")
+    tgt.write_text("x\ny z\n", encoding="utf-8")
+    assert list(parallel_lines(src, tgt)) == [("a b", "x"), ("c", "y z")]
+    tgt.write_text("x\ny z\nw\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"tgt.txt line 3: .*src.txt has only 2 lines"):
+        list(parallel_lines(src, tgt))
+    tgt.write_text("x\n  \n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"tgt.txt line 2: empty line"):
+        list(parallel_lines(src, tgt))
+
+
+def test_date_field_links_from_a_hand_built_attention_map():
+    from heedful.explain.alignment import AlignmentCounts, add_date_field_links
+
+    example = render_date(__import__("datetime").date(2021, 3, 5), "de_DE", "d. MMMM y")  # "5. März 2021"
+    weights = torch.zeros(1, 2, 11, 12)  # (B, H, T + 1, S): row j predicts target character j
+    weights[0, :, 0, 8] = 1.0  # the year's first digit looks at "2021"
+    weights[0, :, 5, 3] = 1.0  # the month's at "März"
+    weights[0, :, 8, 0] = 1.0  # the day's at "5"
+    counts = AlignmentCounts()
+    add_date_field_links(weights, [example], counts)
+    assert counts.scores()["aer"] == 0.0
+    weights[0, :, 8] = 0.0
+    weights[0, :, 8, 9] = 1.0  # the day's first digit looks at the year: one wrong link of three
+    counts = AlignmentCounts()
+    add_date_field_links(weights, [example], counts)
+    assert counts.scores()["aer"] == pytest.approx(1 - (2 + 2) / (3 + 3))

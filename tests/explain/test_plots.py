@@ -1,0 +1,39 @@
+"""Labels in any script: a font that draws them, or one warning and code points — never empty boxes."""
+
+import warnings
+
+import pytest
+import torch
+
+from heedful.explain import plots
+
+DATE = "2021年3月5日"
+
+
+def _covered(text):
+    return all(any(ord(c) in points for _, points in plots._label_fonts()) for c in text)
+
+
+@pytest.mark.skipif(
+    not _covered("年月日"), reason="no CJK font installed (Debian: fonts-droid-fallback or fonts-noto-cjk)"
+)
+def test_cjk_cyrillic_and_arabic_labels_are_drawn_with_real_glyphs(tmp_path):
+    tokens = [*DATE, *"марта", *"مارس"]
+    assert plots.label_text("".join(tokens)) == "".join(tokens)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.attention_heatmap(torch.rand(3, len(tokens)), ["a", "b", "c"], tokens, tmp_path / "map.png", title=DATE)
+    # matplotlib says "Glyph … missing from font(s)" when it draws a box
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert (tmp_path / "map.png").stat().st_size > 0
+
+
+def test_without_a_font_for_them_characters_become_code_points_with_one_warning(monkeypatch, tmp_path):
+    latin = frozenset(range(0x20, 0x250))
+    monkeypatch.setattr(plots, "_label_fonts", lambda: (("DejaVu Sans", latin),))
+    monkeypatch.setattr(plots, "_warned_missing", False)
+    with pytest.warns(UserWarning, match="no installed font draws '年月日'.*fonts-noto-cjk") as caught:
+        assert plots.label_text(DATE) == "2021U+5E743U+67085U+65E5"
+        assert plots.label_text("日本") == "U+65E5U+672C"
+    assert len(caught) == 1
+    assert plots.label_text("5 March") == "5 March"

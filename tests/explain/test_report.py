@@ -1,0 +1,103 @@
+"""`heedful report RUN`: one self-contained HTML file holding the figures and tables."""
+
+import base64
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from heedful.runs import load_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+SAMPLES = ["5. März 2021", "2021年3月5日"]
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.captions: list[str] = []
+        self._in_caption = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_caption = tag == "caption"
+
+    def handle_data(self, data):
+        if self._in_caption:
+            self.captions.append(data)
+            self._in_caption = False
+
+
+@pytest.fixture(scope="module")
+def report(dates_run):
+    run = load_run(dates_run, device="cpu")
+    run.evaluate("test")
+    return run.report(inputs=SAMPLES)
+
+
+def test_the_report_is_self_contained_and_holds_the_figures_and_tables(report, dates_run):
+    assert report == dates_run / "report.html"
+    text = report.read_text(encoding="utf-8")
+    page = Page()
+    page.feed(text)
+    tags = [tag for tag, _ in page.tags]
+    assert "script" not in tags and "link" not in tags and "iframe" not in tags  # nothing to fetch or run
+    for _, attrs in page.tags:
+        for key in ("src", "href", "srcset", "data"):
+            assert not attrs.get(key, "").lower().startswith(("http:", "https:", "//", "file:")), attrs
+    assert "url(" not in text  # no style sheet pulls anything in either
+    images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    # training curves, then per sample its cross-attention, its encoder rollout, its decision path
+    assert len(images) == 1 + 3 * len(SAMPLES)
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(attrs.get("alt") for tag, attrs in page.tags if tag == "img")
+    assert "per epoch" in page.captions and any(c.startswith("test") for c in page.captions)
+    for sample in SAMPLES:
+        assert sample in text
+    assert text.count("<figcaption>decision path: per decoder layer") == len(SAMPLES)
+    assert "exact_match" in text and "configs/dates.yaml" not in text and "task: translate" in text
+    assert not list(dates_run.glob(".report-*"))  # its scratch images are gone
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (Debian: apt-get install chromium)")
+def test_the_report_renders_offline_in_headless_chromium(report, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")
+    copy = tmp_path / "moved" / "report.html"  # opened from anywhere: nothing is relative to the run
+    copy.parent.mkdir()
+    shutil.copy(report, copy)
+    requested = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
+        page = browser.new_page()
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(copy.as_uri())
+        widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.complete ? i.naturalWidth : 0)")
+        tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.rows.length)")
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    assert len(widths) == 1 + 3 * len(SAMPLES) and all(w > 100 for w in widths)
+    assert len(tables) >= 2 and all(rows >= 2 for rows in tables)
+    assert [u for u in requested if not u.startswith(("file:", "data:"))] == []
+
+
+def test_the_decision_path_reads_the_last_layer_as_the_model_does(dates_run):
+    from types import SimpleNamespace
+
+    from heedful.explain.report import decision_path
+
+    run = load_run(dates_run, device="cpu")
+    ids = [5, 9, 6, 12, 7]  # any output, not only the model's own: each step's chosen token differs
+    explanation = SimpleNamespace(prediction=SimpleNamespace(output_ids=ids), query_tokens=[*"abcde", "<eos>"])
+    probs, rows, columns, _ = decision_path(run, explanation, SAMPLES[0])
+    assert rows == ["layer 0"] and columns == explanation.query_tokens  # the tiny run has one decoder layer
+    # the last layer's read-out is the model's own distribution at each step
+    src = torch.tensor([run.task.src_tok.encode(SAMPLES[0])])
+    with torch.no_grad():
+        own = run.model(src, torch.tensor([[run.task.tgt_tok.bos_id, *ids]]))[0].softmax(-1)  # (T + 1, V)
+    chosen = torch.tensor([*ids, run.task.tgt_tok.eos_id])
+    torch.testing.assert_close(probs[-1], own[torch.arange(len(chosen)), chosen])
