@@ -46,7 +46,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     data = apply_overrides(data, list(overrides or []))
     if "task" not in data:
         raise ConfigError(f"{path}: missing config key 'task'")
-    task_class = get_task(str(data["task"]))
+    try:
+        task_class = get_task(str(data["task"]))
+    except ConfigError as exc:  # an unknown task: say which file names it
+        raise ConfigError(f"{path}: config key 'task': {exc}") from None
     return validate(task_class.config_class, data, source=str(path))
 
 

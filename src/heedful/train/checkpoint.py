@@ -142,20 +142,37 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer and RNG states from ``path``; return the trainer state. Tensors
     saved through ``extra_tensors`` (e.g. a weight average) are put into that dict."""
+    state_file, weights_file, optimizer_file = (
+        path / "state.json",
+        path / "model.safetensors",
+        path / "optimizer.safetensors",
+    )
     try:
-        payload = json.loads((path / "state.json").read_text())
-        missing, unexpected = load_weights(model, path / "model.safetensors", strict=False)
-        tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
-    except FileNotFoundError as exc:
-        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
-    except (json.JSONDecodeError, safetensors.SafetensorError) as exc:
-        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({exc})") from None
+        payload = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint (state.json missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnreadableCheckpoint(f"{state_file}: unreadable checkpoint file ({exc})") from None
+    for file in (weights_file, optimizer_file):
+        if not file.is_file():
+            raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({file.name} missing)")
+    try:
+        missing, unexpected = load_weights(model, weights_file, strict=False)
+    except safetensors.SafetensorError as exc:
+        raise UnreadableCheckpoint(f"{weights_file}: unreadable checkpoint file ({exc})") from None
     except RuntimeError as exc:  # tensor shapes that do not match the model
         raise CheckpointError(
-            f"{path}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})"
+            f"{weights_file}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})"
         ) from None
     if missing or unexpected:
-        raise CheckpointError(f"{path}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]})")
+        raise CheckpointError(
+            f"{weights_file}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    try:
+        tensors = safetensors.torch.load_file(str(optimizer_file))
+    except safetensors.SafetensorError as exc:
+        raise UnreadableCheckpoint(f"{optimizer_file}: unreadable checkpoint file ({exc})") from None
     optimizer.load_state_dict(
         _optimizer_from_flat({k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"])
     )
