@@ -145,7 +145,8 @@ def run(kills: int, seed: int, work: Path, extra: dict[str, object] | None = Non
         here = signals / f"kill-{kills_done}"
         here.mkdir()
         process = start([*train_args(killed, extra), *flags], here)
-        while process.poll() is None and not (here / f"step-{target}").exists():
+        # The first save at or past the target: a kill that came late may have let the run pass it.
+        while process.poll() is None and not any(int(p.name[5:]) >= target for p in here.iterdir()):
             time.sleep(0.001)
         mid_save = rng.random() < 0.5
         delay = 0.0 if mid_save else rng.uniform(0, step_seconds * 1.5)
