@@ -106,7 +106,9 @@ CASES = [
     Case("model-wrong-shapes", "model", "generated/wrong_shapes.safetensors", "model.safetensors"),
     Case("model-missing-tensor", "model", "generated/missing_tensor.safetensors", "model.safetensors"),
     Case("model-config-not-json", "model-config", "models/not_json_config.json", "config.json"),
-    Case("model-config-of-another-task", "model-config", "generated/speech_config.json", "config.json"),
+    Case("model-config-of-another-task", "model-config", "generated/speech_config.json", "holds a 'speech' model"),
+    Case("model-folder-of-another-task", "model-folder", "speech/model", "holds a 'speech' model; a translate run"),
+    Case("speech-run-with-a-translate-model", "transcribe-model-folder", "dates/model", "a speech run's model is"),
     Case("model-no-weights", "model-evaluate", "generated/missing", "model.safetensors"),
     Case("checkpoint-pickle", "checkpoint", "models/pickle.safetensors", "model.safetensors"),
     Case("checkpoint-wrong-shapes", "checkpoint", "generated/wrong_shapes.safetensors", "does not fit"),
@@ -181,7 +183,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def source(case: Case, workspace: Path) -> Path:
-    return workspace / case.file if case.file.startswith("generated/") else BAD / case.file
+    return workspace / case.file if case.file.startswith(("generated/", "speech/", "dates/")) else BAD / case.file
 
 
 def command(case: Case, workspace: Path, tmp: Path) -> tuple[list[str], Path]:
@@ -211,6 +213,20 @@ def command(case: Case, workspace: Path, tmp: Path) -> tuple[list[str], Path]:
         return ["train", str(CONFIGS / "digits_gan.yaml"), *sets(values)], file
     if case.kind == "config":
         return ["train", str(file), "--set", f"run_dir={run_dir}"], file
+    if case.kind in ("model-folder", "transcribe-model-folder"):  # another run's whole model/ copied in
+        run = tmp / "run"
+        shutil.copytree(workspace / ("dates" if case.kind == "model-folder" else "speech"), run)
+        shutil.rmtree(run / "model")
+        shutil.copytree(workspace / case.file, run / "model")
+        if case.kind == "model-folder":
+            return ["predict", str(run), "1. Mai 2020", "--device", "cpu"], run / "model" / "config.json"
+        return [
+            "transcribe",
+            str(run),
+            str(BAD / "audio" / "stereo.wav"),
+            "--device",
+            "cpu",
+        ], run / "model" / "config.json"
     run = tmp / "dates"
     shutil.copytree(workspace / "dates", run)
     if case.kind == "checkpoint":
@@ -264,7 +280,7 @@ def test_the_corpus_is_at_least_forty_files_each_used():
     committed = {p.relative_to(BAD).as_posix() for p in BAD.rglob("*") if p.is_file() and p.suffix != ".py"}
     assert len(CASES) >= 40 and len(committed) >= 40
     # a case names a file, a pair's prefix (parallel/x → x.en, x.de) or an image folder
-    used = [c.file for c in CASES if not c.file.startswith("generated/")] + ["parallel/good"]
+    used = [c.file for c in CASES if not c.file.startswith(("generated/", "speech/", "dates/"))] + ["parallel/good"]
     assert [f for f in sorted(committed) if not any(f.startswith(u) for u in used)] == []
 
 

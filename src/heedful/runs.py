@@ -204,6 +204,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
     cfg = load_config(run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
+    task.check_model_folder(run_dir / "model")
     task.load_artifacts(run_dir / "model")
     model = task.load_model(run_dir / "model", str(resolve_device(device)))
     model.eval()

@@ -85,6 +85,7 @@ class Classification(Prediction):
 class ClassifyTask(LabelledTextTask):
     name = "classify"
     config_class = ClassifyConfig
+    model_types = ("encoder-classifier",)
     requires = ("sklearn", "scipy")  # metrics, group correlations and TF-IDF baselines
     headline_metrics = ("accuracy", "macro_f1", "mae", "group_spearman")
 

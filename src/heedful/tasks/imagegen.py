@@ -100,6 +100,7 @@ class Generated(Prediction):
 class ImageGenTask(Task):
     name = "imagegen"
     config_class = ImageGenConfig
+    model_types = ("sagan",)
     run_methods: ClassVar[dict[str, str]] = {"generate": "generate_grid"}  # run.generate(64, "3", out="threes.png")
 
     @classmethod

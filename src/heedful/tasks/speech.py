@@ -70,6 +70,7 @@ HOP_SECONDS = 0.01  # log_mel's default hop: 80 samples at 8 kHz
 class SpeechTask(Task):
     name = "speech"
     config_class = SpeechTaskConfig
+    model_types = ("speech",)
     requires = ("soundfile", "soxr", "jiwer")  # reading and resampling audio, digit error rates
 
     @classmethod
