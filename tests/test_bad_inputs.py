@@ -100,6 +100,12 @@ CASES = [
     Case("config-unknown-task", "config", "configs/unknown_task.yaml", "tranlsate"),
     Case("config-not-a-mapping", "config", "configs/not_a_mapping.yaml", "mapping"),
     Case("config-tab-indent", "config", "configs/tab_indent.yaml", "line 3"),
+    # ---- files to predict (predict RUN --input FILE, a tiny dates run)
+    Case("predict-latin1", "predict-input", "predict/latin1.txt", "not valid UTF-8", line=2),
+    Case("predict-utf16", "predict-input", "predict/utf16.txt", "NUL byte", line=1),
+    Case("predict-no-text-column", "predict-input", "predict/no_text_column.csv", "which column holds the text"),
+    Case("predict-broken-jsonl", "predict-input", "predict/broken_row.jsonl", "broken JSON", line=2),
+    Case("predict-missing-file", "predict-input", "predict/no_such.txt", "file not found"),
     # ---- model folders (predict / evaluate a copy of a tiny run) and checkpoints (train --resume)
     Case("model-pickle-as-safetensors", "model", "models/pickle.safetensors", "model.safetensors"),
     Case("model-truncated-safetensors", "model", "models/truncated.safetensors", "model.safetensors"),
@@ -211,6 +217,9 @@ def command(case: Case, workspace: Path, tmp: Path) -> tuple[list[str], Path]:
     if case.kind == "images":
         values = {**TINY_IMAGES, "data.root": file, "run_dir": run_dir}
         return ["train", str(CONFIGS / "digits_gan.yaml"), *sets(values)], file
+    if case.kind == "predict-input":
+        column = ["--text-column", "text"] if file.suffix == ".jsonl" else []
+        return ["predict", str(workspace / "dates"), "--input", str(file), *column, "--device", "cpu"], file
     if case.kind == "config":
         return ["train", str(file), "--set", f"run_dir={run_dir}"], file
     if case.kind in ("model-folder", "transcribe-model-folder"):  # another run's whole model/ copied in

@@ -179,6 +179,14 @@ class _Planted:
         return (open, ("PICKLE_RAN", "w"))
 
 
+def predict_inputs(root: Path) -> None:
+    """Files for ``heedful predict RUN --input FILE`` (a dates run: one input a line)."""
+    write(root / "latin1.txt", "1. Mai 2020\n3. M\xe4rz 2021\n".encode("latin-1"))
+    write(root / "utf16.txt", "1. Mai 2020\n".encode("utf-16-le"))
+    write(root / "no_text_column.csv", "date,id\n1. Mai 2020,1\n")
+    write(root / "broken_row.jsonl", '{"text": "1. Mai 2020"}\n{"text": \n')
+
+
 def models(root: Path) -> None:
     write(root / "pickle.safetensors", pickle.dumps({"weight": _Planted()}))
     write(root / "truncated.safetensors", struct.pack("<Q", 10_000) + b'{"w": {"dtype"')
@@ -192,3 +200,4 @@ if __name__ == "__main__":
     images(HERE / "images")
     configs(HERE / "configs")
     models(HERE / "models")
+    predict_inputs(HERE / "predict")

@@ -290,6 +290,8 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
             for number, line in enumerate(handle, 1):  # numbered as in the file, blank lines included
                 if UNDECODABLE.search(line):
                     raise DataError(f"{path}, line {number}: text is not valid UTF-8")
+                if "\0" in line:  # decodes, yet is no text: a binary file, or UTF-16
+                    raise DataError(f"{path}, line {number}: a NUL byte (a binary file, or UTF-16 text?)")
                 if line.strip():
                     texts.append(line.strip())
         return TextRows(texts, [], [[] for _ in texts])
