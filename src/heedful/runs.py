@@ -48,7 +48,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     data = apply_overrides(data, list(overrides or []))
     if "task" not in data:
         raise ConfigError(f"{path}: missing config key 'task'")
-    task_class = get_task(str(data["task"]))
+    try:
+        task_class = get_task(str(data["task"]))
+    except ConfigError as exc:  # an unknown task: say which file names it
+        raise ConfigError(f"{path}: config key 'task': {exc}") from None
     return validate(task_class.config_class, data, source=str(path))
 
 
@@ -214,6 +217,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
     cfg = load_config(run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
+    task.check_model_folder(run_dir / "model")
     task.load_artifacts(run_dir / "model")
     model = task.load_model(run_dir / "model", str(resolve_device(device)))
     model.eval()

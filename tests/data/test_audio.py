@@ -452,3 +452,23 @@ def test_trim_silence_end_floor_cuts_a_fading_tail_but_not_a_weak_onset():
     assert np.array_equal(end_cut[:400], both[:400])  # the same start, weak onset and all
     # The −30 dB tail is gone (give or take the 10 ms RMS window's reach at either end).
     assert abs(len(end_cut) - (400 + 1600)) <= 82 and len(both) - len(end_cut) >= 800 - 41
+
+
+def _wav_with_list_chunk(samples: np.ndarray, cut: int = 0) -> bytes:
+    """A 16-bit mono 8 kHz WAV with an odd-sized LIST chunk (padded to even) before its data,
+    the last ``cut`` bytes of the data missing."""
+    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+    data = samples.astype("<i2").tobytes()
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"LIST" + struct.pack("<I", 3) + b"abc\0"
+    chunks += b"data" + struct.pack("<I", len(data)) + data[: len(data) - cut]
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def test_a_wav_whose_header_promises_more_samples_than_it_holds_is_refused(tmp_path):
+    samples = (np.sin(np.arange(1000) / 5) * 10_000).astype(np.int16)
+    whole, cut = tmp_path / "whole.wav", tmp_path / "cut.wav"
+    whole.write_bytes(_wav_with_list_chunk(samples))
+    cut.write_bytes(_wav_with_list_chunk(samples, cut=600))
+    np.testing.assert_allclose(read_audio(whole, 8000), samples / 32768, atol=1e-6)  # chunks walked past LIST
+    with pytest.raises(DataError, match=r"cut\.wav: truncated: its header promises 1000 samples, the file holds 700"):
+        read_audio(cut, 8000)

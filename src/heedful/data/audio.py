@@ -72,6 +72,10 @@ def read_audio(path: str | Path, target_rate: int, *, mono: MonoPolicy = "error"
         raise DataError(f"{path}: not a readable audio file ({_soundfile_reason(e)})") from None
     if wave.shape[0] == 0:
         raise DataError(f"{path}: empty audio (0 samples)")
+    promised = _wav_promised_frames(path)
+    if promised is not None and promised > wave.shape[0]:
+        # libsndfile quietly reads what there is: a cut download or copy would pass as a short clip
+        raise DataError(f"{path}: truncated: its header promises {promised} samples, the file holds {wave.shape[0]}")
     if channels > 1:
         if mono == "error":
             raise DataError(f"{path}: {channels} channels, expected mono (set mono: mix to average them)")
@@ -82,6 +86,32 @@ def read_audio(path: str | Path, target_rate: int, *, mono: MonoPolicy = "error"
     if rate != target_rate:
         wave = optional_import("soxr", "resampling audio").resample(wave, rate, target_rate, quality=RESAMPLE_QUALITY)
     return wave.astype(np.float32, copy=False)
+
+
+def _wav_promised_frames(path: Path) -> int | None:
+    """The samples a RIFF/WAVE header's ``data`` chunk promises (per channel), or None for another
+    format, a header that does not say (streaming writers put 0 or 0xFFFFFFFF there) or one we
+    cannot walk — libsndfile has read the file by then and judges those itself."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            kind, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if kind == b"fmt ":
+                fmt = f.read(size)
+                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) >= 14 else None
+                f.seek(size % 2, 1)  # chunks are padded to an even size
+            elif kind == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):
+                    return None
+                return size // block_align
+            else:
+                f.seek(size + size % 2, 1)
 
 
 def _soundfile_reason(error: Exception) -> str:

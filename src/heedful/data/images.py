@@ -81,18 +81,26 @@ def image_folder(root: Path, on_bad: str = "error") -> tuple[Tensor, Tensor, lis
                 continue
             try:
                 with Image.open(path) as image:
-                    array = np.asarray(image.convert(image.mode if image.mode in ("L", "RGB") else "RGB"))
-                    size, mode = image.size, array.ndim
+                    size, raw_mode = image.size, image.mode
+                    # 16/32-bit grey would be clipped to 0–255 by convert(): refused below instead
+                    deep = raw_mode.startswith(("I", "F"))
+                    array = None if deep else np.asarray(image.convert(raw_mode if raw_mode in ("L", "RGB") else "RGB"))
             except (UnidentifiedImageError, OSError) as exc:
                 problem = f"{path}: not a readable image ({type(exc).__name__})"
             else:
-                first = first or (size, mode, path)
-                if (size, mode) == first[:2]:
+                mode = None if array is None else array.ndim
+                first = first or (None if mode is None else (size, mode, path))
+                if mode is None:
+                    problem = f"{path}: 16-bit or 32-bit pixels (mode {raw_mode}); heedful reads 8-bit grey or RGB"
+                elif (size, mode) == first[:2]:
                     images.append(array)
                     labels.append(index)
                     continue
-                problem = f"{path}: {size[0]}×{size[1]} {'RGB' if mode == 3 else 'grey'}, but {first[2].name} is "
-                problem += f"{first[0][0]}×{first[0][1]} {'RGB' if first[1] == 3 else 'grey'}; resize them to one size"
+                else:
+                    problem = f"{path}: {size[0]}×{size[1]} {'RGB' if mode == 3 else 'grey'}, but {first[2].name} is "
+                    problem += (
+                        f"{first[0][0]}×{first[0][1]} {'RGB' if first[1] == 3 else 'grey'}; resize them to one size"
+                    )
             if on_bad == "error":
                 raise DataError(problem)
             skipped += 1

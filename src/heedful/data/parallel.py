@@ -10,10 +10,11 @@ Three layouts, chosen by ``format``:
 
 A name ending in ``.gz`` is read through gzip. Text must be UTF-8 (a leading byte-order mark is
 dropped); surrounding whitespace is stripped. A line that cannot be used — empty, undecodable,
-a malformed TSV or JSONL record — stops the read with a one-line :class:`DataError` naming the
-file and line (``on_bad_line="error"``), or is skipped and counted (``"skip"``), with one summary
-line naming the files, the count and the first few line numbers. Files of a pair with different
-line counts are always an error: no line could be trusted to match its translation.
+holding a NUL byte, longer than 64 KiB, a malformed TSV or JSONL record — stops the read with a
+one-line :class:`DataError` naming the file and line (``on_bad_line="error"``), or is skipped and
+counted (``"skip"``), with one summary line naming the files, the count and the first few line
+numbers. Files of a pair with different line counts are always an error: no line could be trusted
+to match its translation.
 
 Training batches hold a budget of tokens rather than a number of sentences (Vaswani et al. 2017
 §5.1; fairseq's ``--max-tokens``): sentences of similar length are batched together so little is
@@ -39,6 +40,7 @@ from heedful.errors import ConfigError, DataError
 Format = Literal["text", "tsv", "jsonl"]
 OnBadLine = Literal["error", "skip"]
 SHOWN_LINES = 5  # line numbers a skip summary lists
+MAX_LINE_BYTES = 1 << 16  # no sentence is this long: a longer line is a file without line breaks
 Batch = dict[str, Any]
 
 
@@ -118,7 +120,15 @@ def read_lines(path: Path) -> list[bytes]:
 
 
 def _text(raw: bytes, path: Path, number: int, bad: BadLines) -> str | None:
-    """Decode one line as UTF-8, or report it; None when it is bad."""
+    """Decode one line as UTF-8, or report it; None when it is bad. A NUL byte is never text (a
+    binary file, or UTF-16), and a line of more than 64 KiB is no sentence (a file whose line
+    breaks were lost, or not text at all): both would otherwise train silently."""
+    if len(raw) > MAX_LINE_BYTES:
+        bad(path, number, f"{len(raw):,} bytes long, no sentence is (at most {MAX_LINE_BYTES:,}; lost line breaks?)")
+        return None
+    if b"\0" in raw:
+        bad(path, number, f"NUL byte at column {raw.index(0) + 1} (a binary file, or UTF-16 text?)")
+        return None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

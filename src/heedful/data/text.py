@@ -176,10 +176,17 @@ def _records(path: Path, fmt: str, spec: TextColumns) -> Iterator[tuple[int, dic
             (spec.group, "data.group_column; null if there is none"),
             *((column, "data.filters") for column in spec.filters),
         ]
+        if any("\0" in h or UNDECODABLE.search(h) for h in header):
+            raise DataError(f"{path}, line 1: not UTF-8 text (a binary file, or UTF-16?)")
         missing = [(column, key) for column, key in wanted if column and column not in header]
         if missing:
             column, key = missing[0]
-            raise DataError(f"{path}: no column {column!r} ({key}); the header has {', '.join(header)}")
+            hint = ""
+            if len(header) == 1:  # one column: the file is likely separated by something else
+                other = next((c for c in ";\t|," if c in header[0]), None)
+                if other:
+                    hint = f" — one column: separated by {other!r}? heedful reads commas (CSV) or tabs (TSV)"
+            raise DataError(f"{path}: no column {column!r} ({key}); the header has {', '.join(header)}{hint}")
         start = reader.line_num + 1
         while True:
             try:
@@ -283,6 +290,8 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
             for number, line in enumerate(handle, 1):  # numbered as in the file, blank lines included
                 if UNDECODABLE.search(line):
                     raise DataError(f"{path}, line {number}: text is not valid UTF-8")
+                if "\0" in line:  # decodes, yet is no text: a binary file, or UTF-16
+                    raise DataError(f"{path}, line {number}: a NUL byte (a binary file, or UTF-16 text?)")
                 if line.strip():
                     texts.append(line.strip())
         return TextRows(texts, [], [[] for _ in texts])

@@ -68,8 +68,8 @@ class PretrainedModel(nn.Module):
             raise CheckpointError(f"{weights}: unreadable weights file ({exc})") from None
         if missing or unexpected:
             raise CheckpointError(
-                f"{weights}: does not fit the config "
-                f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+                f"{weights}: does not fit {directory / CONFIG_NAME} (a {model_type!r} model: "
+                f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
             )
         return model.to(device)
 

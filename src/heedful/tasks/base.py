@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from heedful.config import RunConfig
-from heedful.errors import UserError
+from heedful.errors import CheckpointError, UserError
 from heedful.tasks.registry import TASKS, get_task, register_task  # noqa: F401 - task modules import them from here
 from heedful.tasks.verbs import TrainOption
 
@@ -114,6 +114,9 @@ class Task(ABC):
     # Packages of optional extras the task needs (import names, see heedful/extras.py): ``get_task``
     # refuses the task in one line when one is missing. The module imports them inside functions.
     requires: ClassVar[tuple[str, ...]] = ()
+    #: The ``model_type`` values (models/pretrained.py) a run of this task holds in model/; a
+    #: folder holding another kind is refused in one line. Empty: any (a task from elsewhere).
+    model_types: ClassVar[tuple[str, ...]] = ()
 
     # Metrics `heedful evaluate` shows beside the baselines' (the first ones the result has).
     headline_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
@@ -247,7 +250,20 @@ class Task(ABC):
             explanation.summary, explanation.query_tokens, explanation.key_tokens, path, title=explanation.title
         )
 
+    def check_model_folder(self, directory: Path) -> None:
+        """Refuse a model folder of another task's kind (``model_types``) in one line, before its
+        vocabulary or weights are read: it would load, then fail deep inside."""
+        from heedful.models.pretrained import CONFIG_NAME, read_model_config
+
+        model_type = read_model_config(directory).get("model_type")
+        if self.model_types and model_type not in self.model_types:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: holds a {model_type!r} model; a {self.name} run's model is "
+                + " or ".join(repr(t) for t in self.model_types)
+            )
+
     def load_model(self, directory: Path, device: str = "cpu") -> nn.Module:
         from heedful.models import load_pretrained
 
+        self.check_model_folder(directory)
         return load_pretrained(directory, device)

@@ -86,6 +86,7 @@ class ClassifyTask(LabelledTextTask):
     name = "classify"
     config_class = ClassifyConfig
     prediction_class = Classification
+    model_types = ("encoder-classifier",)
     requires = ("sklearn", "scipy")  # metrics, group correlations and TF-IDF baselines
     headline_metrics = ("accuracy", "macro_f1", "mae", "group_spearman")
 

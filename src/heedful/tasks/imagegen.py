@@ -102,6 +102,7 @@ class ImageGenTask(Task):
     config_class = ImageGenConfig
     inputs = "label"  # predict() takes a class name (or anything, unconditional) per image
     prediction_class = Generated
+    model_types = ("sagan",)
     run_methods: ClassVar[dict[str, str]] = {"generate": "generate_grid"}  # run.generate(64, "3", out="threes.png")
 
     @classmethod

@@ -22,7 +22,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -120,6 +120,8 @@ class LabelledTextTask(Task):
     tokenizer, windows, batches and the model folder's ``labels.json`` + tokenizer file. A
     subclass adds its model, loss, metrics, predictions and explanations."""
 
+    needs_classes: ClassVar[bool] = True  # a file of one class is refused (the MLM reads no labels)
+
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
         self.tokenizer: Any = None
@@ -213,6 +215,16 @@ class LabelledTextTask(Task):
             if bad.counts:
                 why.append(f"{sum(bad.counts.values())} bad; the first: {next(iter(bad.first.values()))}")
             raise DataError(f"{d.path}: no usable rows ({'; '.join(why) or 'the file has no rows'})")
+        seen = {r.label for r in rows}
+        if self.needs_classes and len(seen) < 2:  # it would train, and learn to say one class
+            name = self.labels.name(next(iter(seen)))
+            raise DataError(f"{d.path}: only one class in {len(rows)} rows ({name}); a classifier needs two or more")
+        distinct = len({" ".join(r.text.split()) for r in rows})
+        if distinct < 3 and not (d.val_path and d.test_path):  # else "no val examples", which hides why
+            raise DataError(
+                f"{d.path}: {len(rows)} rows but {distinct} distinct text(s); identical texts stay in one split, "
+                "so train, val and test need 3 or more"
+            )
         if d.val_path or d.test_path:
             splits = {"train": rows, "val": [], "test": []}
             for name, path in (("val", d.val_path), ("test", d.test_path)):

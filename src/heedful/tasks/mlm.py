@@ -76,6 +76,8 @@ def mask_tokens(
 class MaskedLMTask(LabelledTextTask):
     name = "mlm"
     config_class = MaskedLMRunConfig
+    model_types = ("masked-lm",)
+    needs_classes = False  # labels are read but never used
     requires = ()  # its metrics are its own: no scikit-learn
 
     @classmethod

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heedful.data.audio import (
+    DEFAULT_HOP,
     add_noise,
     log_mel,
     normalize,
@@ -45,7 +46,7 @@ from heedful.data.fsdd import (
 )
 from heedful.data.utterances import Utterance, UtteranceBatches, augment
 from heedful.decode.ctc import ctc_greedy_decode, ctc_transcribe, digit_error_rate, sentence_accuracy
-from heedful.errors import ConfigError, UserError
+from heedful.errors import ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.models.speech import SpeechModel
 from heedful.tasks.base import (
@@ -70,6 +71,7 @@ class SpeechTask(Task):
     name = "speech"
     config_class = SpeechTaskConfig
     inputs = "audio"  # predict() takes sound files
+    model_types = ("speech",)
     requires = ("soundfile", "soxr", "jiwer")  # reading and resampling audio, digit error rates
 
     @classmethod
@@ -92,9 +94,26 @@ class SpeechTask(Task):
         """A clip as the model hears it: read, resampled, and trimmed when ``data.trim_db`` is set."""
         d = self.cfg.data
         wave = read_audio(path, d.sample_rate, mono=mono)
-        if d.trim_db is None:
-            return wave
-        return trim_silence(wave, d.sample_rate, d.trim_db, d.trim_margin, end_floor_db=d.trim_end_db)
+        if d.trim_db is not None:
+            wave = trim_silence(wave, d.sample_rate, d.trim_db, d.trim_margin, end_floor_db=d.trim_end_db)
+        self._check_length(path, len(wave))
+        return wave
+
+    def _check_length(self, path, n_samples: int) -> None:
+        """Refuse a clip longer than the model's position table (``model.max_frames`` frames after
+        the front end, each of whose blocks halves time) before any feature or batch is made of it:
+        an hour of audio is a wrong file, not an utterance, and would otherwise fail deep in the
+        model (after minutes of training, when it is a training clip)."""
+        m, rate = self.cfg.model, self.cfg.data.sample_rate
+        frames = 1 + n_samples // DEFAULT_HOP  # log_mel's frames (centred STFT)
+        for _ in m.conv_channels:
+            frames = (frames - 1) // 2 + 1  # kernel 3, stride 2, padding 1
+        if frames > m.max_frames:
+            longest = (m.max_frames * 2 ** len(m.conv_channels) - 1) * DEFAULT_HOP / rate
+            raise DataError(
+                f"{path}: {n_samples / rate:.1f} s of audio; this model hears at most {longest:.1f} s "
+                f"(model.max_frames {m.max_frames} frames after the front end) — cut it into shorter clips"
+            )
 
     def _noisy(self, wave, seed: int):
         snr = self.cfg.data.test_noise_snr_db

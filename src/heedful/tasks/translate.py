@@ -119,6 +119,7 @@ def _one_line(text: str) -> str:
 class TranslateTask(Task):
     name = "translate"
     config_class = TranslateConfig
+    model_types = ("transformer-encoder-decoder", "rnn-encoder-decoder")
     cfg: TranslateConfig
     # run.translate(lines, beam=5); run.align(sources, targets)
     run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines", "align": "align_lines"}

@@ -88,6 +88,16 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk: a rename is only as durable as
+    what it renames, and after a power cut an un-synced file can be there yet empty."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(
     directory: Path,
     step: int,
@@ -97,31 +107,49 @@ def save_checkpoint(
     keep: int,
     extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``directory/step-N`` atomically and keep only the newest ``keep`` checkpoints."""
+    """Write ``directory/step-N`` atomically and keep only the newest ``keep`` checkpoints.
+
+    Every file is written and fsynced in a temporary folder, which is fsynced, renamed into place,
+    and the parent fsynced. A write that fails (a full disk, a permission error) removes the
+    temporary folder and raises the ``OSError``: the checkpoints already there are untouched, and
+    older ones are pruned only once the new one is in place."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step}"
     tmp = directory / f".tmp-step-{step}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors")
-    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
-    rng_tensors, rng_meta = rng_state()
-    tensors = {**opt_tensors, **rng_tensors, **{k: v.detach().cpu() for k, v in (extra_tensors or {}).items()}}
-    safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
-    payload = {"optimizer": opt_meta, "rng": rng_meta, **state}
-    with open(tmp / "state.json", "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
     old = directory / f".old-step-{step}-{os.getpid()}"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():  # re-saving the same step (e.g. epoch end right after a periodic save)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    for old in list_checkpoints(directory)[:-keep]:
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_weights(model, tmp / "model.safetensors")
+        opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+        rng_tensors, rng_meta = rng_state()
+        tensors = {**opt_tensors, **rng_tensors, **{k: v.detach().cpu() for k, v in (extra_tensors or {}).items()}}
+        safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
+        payload = {"optimizer": opt_meta, "rng": rng_meta, **state}
+        with open(tmp / "state.json", "w") as f:
+            json.dump(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        for name in ("model.safetensors", "optimizer.safetensors"):
+            _fsync(tmp / name)
+        _fsync(tmp)
         shutil.rmtree(old, ignore_errors=True)
+        if final.exists():  # re-saving the same step (e.g. epoch end right after a periodic save)
+            final.rename(old)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if old.exists() and not final.exists():
+                old.rename(final)  # the step's earlier checkpoint goes back
+            raise
+        _fsync(directory)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # best effort: rundir also clears leftovers
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -142,20 +170,37 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer and RNG states from ``path``; return the trainer state. Tensors
     saved through ``extra_tensors`` (e.g. a weight average) are put into that dict."""
+    state_file, weights_file, optimizer_file = (
+        path / "state.json",
+        path / "model.safetensors",
+        path / "optimizer.safetensors",
+    )
     try:
-        payload = json.loads((path / "state.json").read_text())
-        missing, unexpected = load_weights(model, path / "model.safetensors", strict=False)
-        tensors = safetensors.torch.load_file(str(path / "optimizer.safetensors"))
-    except FileNotFoundError as exc:
-        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({Path(exc.filename).name} missing)") from None
-    except (json.JSONDecodeError, safetensors.SafetensorError) as exc:
-        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({exc})") from None
+        payload = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint (state.json missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnreadableCheckpoint(f"{state_file}: unreadable checkpoint file ({exc})") from None
+    for file in (weights_file, optimizer_file):
+        if not file.is_file():
+            raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({file.name} missing)")
+    try:
+        missing, unexpected = load_weights(model, weights_file, strict=False)
+    except safetensors.SafetensorError as exc:
+        raise UnreadableCheckpoint(f"{weights_file}: unreadable checkpoint file ({exc})") from None
     except RuntimeError as exc:  # tensor shapes that do not match the model
         raise CheckpointError(
-            f"{path}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})"
+            f"{weights_file}: checkpoint does not fit this model's config ({str(exc).splitlines()[-1].strip()})"
         ) from None
     if missing or unexpected:
-        raise CheckpointError(f"{path}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]})")
+        raise CheckpointError(
+            f"{weights_file}: checkpoint does not fit this model's config (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    try:
+        tensors = safetensors.torch.load_file(str(optimizer_file))
+    except safetensors.SafetensorError as exc:
+        raise UnreadableCheckpoint(f"{optimizer_file}: unreadable checkpoint file ({exc})") from None
     optimizer.load_state_dict(
         _optimizer_from_flat({k: v for k, v in tensors.items() if k.startswith("state.")}, payload["optimizer"])
     )
