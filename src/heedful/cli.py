@@ -283,6 +283,50 @@ def predict(
             typer.echo(f"attention heatmap: {path}")
 
 
+@app.command("optimize")
+def optimize_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train` (or by optimize).")],
+    method: Annotated[
+        str, typer.Option(help="int8 | average | low-rank | prune-heads (docs/OPTIMIZE.md).", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option(help="The optimized run directory to write (new or empty).")],
+    last: Annotated[int | None, typer.Option(help="average: how many of the last checkpoints (default 5).")] = None,
+    energy: Annotated[
+        float | None, typer.Option(help="low-rank: keep this share of each layer's Σσ² (e.g. 0.9).")
+    ] = None,
+    size: Annotated[
+        float | None, typer.Option(help="low-rank: each factorized layer's parameters as this share (e.g. 0.5).")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="low-rank: only Linear layers whose name contains this (e.g. ff).")
+    ] = None,
+    fraction: Annotated[float | None, typer.Option(help="prune-heads: share of all heads to remove (0.5).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="prune-heads: prune in this many rounds (1).")] = None,
+    batches: Annotated[
+        int | None, typer.Option(help="prune-heads: training batches that measure head importance (8).")
+    ] = None,
+    fine_tune_steps: Annotated[
+        int | None, typer.Option(help="low-rank, prune-heads: Adam steps of fine-tuning after each change (0).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="The fine-tuning learning rate (1e-4).")] = None,
+) -> None:
+    """Make a trained run cheaper to run; writes OUT as a run directory that translate, predict and
+    evaluate read like any other (and OUT/optimize.json: what was done)."""
+    from heedful.optimize import count_parameters, optimize
+    from heedful.runs import load_run
+
+    run = load_run(run_dir, "cpu")
+    options = {"last": last, "energy": energy, "size": size, "layers": layers, "fraction": fraction,
+               "rounds": rounds, "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr}  # fmt: skip
+    written = optimize(run, method, out, **options)
+    optimized = load_run(written, "cpu")
+    before, after = count_parameters(run.model), count_parameters(optimized.model)
+    size_before = (run_dir / "model" / "model.safetensors").stat().st_size
+    size_after = (written / "model" / "model.safetensors").stat().st_size
+    typer.echo(f"{method}: {before:,} → {after:,} parameters, model file {size_before:,} → {size_after:,} bytes")
+    typer.echo(f"optimized run directory: {written}")
+
+
 def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
     """``run`` alone, or with ``others`` an ``Ensemble`` that averages their class probabilities."""
     if not others:
