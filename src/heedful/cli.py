@@ -188,7 +188,7 @@ def evaluate(
             "--ensemble",
             help="Another run of the same task to average with RUN_DIR (classifiers: digits, reviews): the mean "
             "of their class probabilities is scored, each member's accuracy too. The runs must hold out the same "
-            "examples. "
+            "examples. Translation runs of one vocabulary decode together (log-probabilities averaged). "
             "Repeat for more runs; writes RUN_DIR/eval-<split>-ensemble.json.",
         ),
     ] = None,
@@ -240,8 +240,9 @@ def predict(
         list[Path] | None,
         typer.Option(
             "--ensemble",
-            help="Another run of the same task (a classifier) to average with RUN_DIR: each reads the inputs its "
-            "own way, the mean of their class probabilities decides. Repeat for more runs. --explain and "
+            help="Another run of the same task to average with RUN_DIR: a classifier reads the inputs its own "
+            "way, the mean of their class probabilities decides; translation runs of one vocabulary decode "
+            "together, log-probabilities averaged. Repeat for more runs. --explain and "
             "--show-attention still show RUN_DIR's attention.",
         ),
     ] = None,

@@ -203,3 +203,37 @@ def test_the_cli_writes_a_run_that_translate_reads(run_dir, tmp_path):
     translated = run_cli("translate", str(out), "--beam", "2", stdin="5. März 2021\n")
     assert translated.returncode == 0, translated.stderr
     assert len(translated.stdout.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------- ensembles
+def test_a_translation_ensemble_of_one_run_translates_as_the_run(run_dir):
+    from heedful.runs import load_ensemble
+
+    run, ensemble = load_run(run_dir, "cpu"), load_ensemble([run_dir], "cpu")
+    for beam in (1, 3):
+        alone, together = run.translate(SOURCES, beam=beam), ensemble.translate(SOURCES, beam=beam)
+        assert [t.output for t in together] == [t.output for t in alone]
+        assert [t.score for t in together] == pytest.approx([t.score for t in alone], abs=1e-5)
+    assert [p.output for p in ensemble.predict(SOURCES)] == [p.output for p in run.predict(SOURCES)]
+
+
+def test_translate_with_an_ensemble_of_another_vocabulary_is_refused(run_dir, tmp_path):
+    from heedful.runs import load_ensemble
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    vocab = json.loads((other / "model" / "tgt_vocab.json").read_text())
+    vocab["itos"][4:6] = vocab["itos"][5:3:-1]  # "1" before "0": same size, other ids
+    (other / "model" / "tgt_vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(UserError, match="another vocabulary"):
+        load_ensemble([run_dir, other], "cpu")
+
+
+@pytest.mark.slow
+def test_translate_ensemble_on_the_command_line(run_dir):
+    alone = run_cli("translate", str(run_dir), "--beam", "3", stdin="\n".join(SOURCES) + "\n")
+    both = run_cli(
+        "translate", str(run_dir), "--beam", "3", "--ensemble", str(run_dir), stdin="\n".join(SOURCES) + "\n"
+    )
+    assert alone.returncode == 0 and both.returncode == 0, both.stderr
+    assert both.stdout == alone.stdout and len(both.stdout.splitlines()) == len(SOURCES)
