@@ -328,6 +328,23 @@ def optimize_command(
     typer.echo(f"optimized run directory: {written}")
 
 
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory: a Transformer translator or text classifier.")],
+    out: Annotated[Path, typer.Option(help="The folder to write (new or empty).")],
+    format_: Annotated[str, typer.Option("--format", help="onnx (run with onnxruntime).")] = "onnx",
+) -> None:
+    """Export a run's model for another runtime: ONNX — a classifier as classifier.onnx, a translator as
+    encoder.onnx + decoder_step.onnx (the cache as explicit inputs and outputs); see docs/OPTIMIZE.md."""
+    from heedful.optimize.export import export_onnx
+    from heedful.runs import load_run
+
+    if format_ != "onnx":
+        raise UserError(f"--format {format_!r}: unknown; choose from onnx")
+    written = export_onnx(load_run(run_dir, "cpu"), out)
+    typer.echo(f"exported: {', '.join(sorted(p.name for p in written.glob('*.onnx')))} in {written}")
+
+
 def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
     """``run`` alone, or with ``others`` an ``Ensemble`` that averages their class probabilities."""
     if not others:

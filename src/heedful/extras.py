@@ -21,6 +21,9 @@ EXTRAS: dict[str, str] = {
     "scipy": "classify",
     "tokenizers": "pretrained",
     "transformers": "bench",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "ctranslate2": "export",
 }
 
 

@@ -20,20 +20,11 @@ from heedful.attention import MultiHeadAttention
 from heedful.errors import UserError
 from heedful.nn.lowrank import factorize, rank_for_energy
 from heedful.optimize import average_tensors, int8, low_rank, optimize
-from heedful.runs import load_config, load_run
+from heedful.runs import load_run
 from heedful.train.checkpoint import list_checkpoints
-from heedful.train.trainer import fit
-from tests.conftest import ROOT, run_cli, tiny_dates_overrides
+from tests.conftest import ROOT, run_cli
 
 SOURCES = ["5. März 2021", "March 3, 1999", "3/4/05", "12 décembre 1987"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("optimize") / "dates"
-    overrides = tiny_dates_overrides(directory, **{"train.epochs": 2, "train.keep_checkpoints": 2})
-    fit(load_config(ROOT / "configs" / "dates.yaml", overrides))
-    return directory
 
 
 def logits(model, run, sources=SOURCES):
