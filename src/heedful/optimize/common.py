@@ -101,6 +101,6 @@ def fine_tune(run: Run, model: nn.Module, steps: int, lr: float) -> list[float]:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
