@@ -332,16 +332,31 @@ def optimize_command(
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory: a Transformer translator or text classifier.")],
     out: Annotated[Path, typer.Option(help="The folder to write (new or empty).")],
-    format_: Annotated[str, typer.Option("--format", help="onnx (run with onnxruntime).")] = "onnx",
+    format_: Annotated[
+        str, typer.Option("--format", help="onnx (run with onnxruntime) | ctranslate2 (a Transformer translator).")
+    ] = "onnx",
+    quantization: Annotated[
+        str | None, typer.Option(help="ctranslate2: store the weights as this type (int8, int8_float32, float16).")
+    ] = None,
 ) -> None:
     """Export a run's model for another runtime: ONNX — a classifier as classifier.onnx, a translator as
-    encoder.onnx + decoder_step.onnx (the cache as explicit inputs and outputs); see docs/OPTIMIZE.md."""
-    from heedful.optimize.export import export_onnx
+    encoder.onnx + decoder_step.onnx (the cache as explicit inputs and outputs) — or a CTranslate2 model
+    folder; see docs/OPTIMIZE.md."""
     from heedful.runs import load_run
 
-    if format_ != "onnx":
-        raise UserError(f"--format {format_!r}: unknown; choose from onnx")
-    written = export_onnx(load_run(run_dir, "cpu"), out)
+    if format_ not in ("onnx", "ctranslate2"):
+        raise UserError(f"--format {format_!r}: unknown; choose from onnx, ctranslate2")
+    if quantization is not None and format_ != "ctranslate2":
+        raise UserError("--quantization is for --format ctranslate2 (ONNX exports float32)")
+    run = load_run(run_dir, "cpu")
+    if format_ == "ctranslate2":
+        from heedful.optimize.ct2 import export_ctranslate2
+
+        typer.echo(f"exported a CTranslate2 model: {export_ctranslate2(run, out, quantization)}")
+        return
+    from heedful.optimize.export import export_onnx
+
+    written = export_onnx(run, out)
     typer.echo(f"exported: {', '.join(sorted(p.name for p in written.glob('*.onnx')))} in {written}")
 
 
