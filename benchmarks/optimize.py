@@ -8,7 +8,10 @@ Rows: the run as trained (fp32); int8 (dynamic, torch.ao); the mean of its last 
 low-rank factorization at three sizes (each factorized Linear keeps 75 / 50 / 25 % of its
 parameters) and the 50 % one after a short fine-tuning; half of the attention heads removed
 (gradient importance, Michel et al. 2019) without and with a short fine-tuning; pruned + int8;
-and the fp32 model exported to ONNX, decoded by the same beam search through onnxruntime.
+the fp32 model exported to ONNX, decoded by the same beam search through onnxruntime; and the
+model converted to CTranslate2, float32 and int8, decoded by CTranslate2's own beam search (its
+length penalty is length^α, not GNMT's, so it runs without one: its quality is not at the run's
+decode.alpha like the others').
 
 Columns: size on disk (the weights file; the two .onnx files for ONNX), parameters, batch-1
 latency (median over --latency-n sentences, one at a time), batched throughput (sentences per
@@ -56,17 +59,25 @@ def quality(task, hyps: list[str], examples) -> dict[str, float]:
 
 
 def measure(name: str, model, task, examples, args, size: int, params: int) -> dict:
+    """One row. ``model`` decodes through our beam search; a ``Ct2Translator`` through its own."""
     sources = [e.source for e in examples]
     max_len, alpha = task.cfg.decode.max_len, task.cfg.decode.alpha
+
+    def decode(lines: list[str], batch: int) -> list[str]:
+        if hasattr(model, "translate_scored"):  # CTranslate2: its own beam search, batches as ours
+            return [out for start in range(0, len(lines), batch)
+                    for out in model.translate(lines[start : start + batch], args.beam, max_len)]  # fmt: skip
+        return decode_all(model, task, lines, args.beam, batch, max_len, alpha)
+
     with torch.inference_mode():
-        decode_all(model, task, sources[:8], args.beam, args.batch, max_len, alpha)  # warm-up
+        decode(sources[:8], args.batch)  # warm-up
         single = []
         for s in sources[: args.latency_n]:
             started = time.perf_counter()
-            decode_all(model, task, [s], args.beam, 1, max_len, alpha)
+            decode([s], 1)
             single.append(time.perf_counter() - started)
         started = time.perf_counter()
-        hyps = decode_all(model, task, sources, args.beam, args.batch, max_len, alpha)
+        hyps = decode(sources, args.batch)
         seconds = time.perf_counter() - started
     row = {"model": name, "size_mb": round(size / 1e6, 3), "params": params,
            "latency_ms": round(1000 * statistics.median(single), 2),
@@ -134,6 +145,17 @@ def main() -> None:
         rows.append(measure("ONNX (onnxruntime)", onnx, run.task, examples, args, size, count_parameters(run.model)))
     except ImportError as exc:
         print(f"ONNX row skipped: {exc}", file=sys.stderr)
+    try:
+        from heedful.optimize.ct2 import Ct2Translator, export_ctranslate2
+
+        for quantization in (None, "int8"):
+            folder = export_ctranslate2(run, work / f"ct2_{quantization or 'float'}", quantization)
+            size = (folder / "model.bin").stat().st_size
+            ct2 = Ct2Translator(folder, run.task.src_tok, run.task.tgt_tok, threads=args.threads)
+            name = f"CTranslate2 {quantization or 'float32'} (length penalty 0)"
+            rows.append(measure(name, ct2, run.task, examples, args, size, count_parameters(run.model)))
+    except ImportError as exc:
+        print(f"CTranslate2 rows skipped: {exc}", file=sys.stderr)
 
     base = rows[0]
     metric = next(k for k in ("bleu", "exact_match") if k in base)
