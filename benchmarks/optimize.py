@@ -3,6 +3,7 @@ every row measured in the same run of this script.
 
     python benchmarks/optimize.py --run runs/dates                      # ~10 minutes on a busy 2-core CPU
     python benchmarks/optimize.py --run runs/dates --n 200 --fine-tune-steps 50 --json optimize.json
+    python benchmarks/optimize.py --run runs/amazon-reviews --classifier   # a text classifier: fp32 against int8
 
 Rows: the run as trained (fp32); int8 (dynamic, torch.ao); the mean of its last checkpoints;
 low-rank factorization at three sizes (each factorized Linear keeps 75 / 50 / 25 % of its
@@ -86,6 +87,49 @@ def measure(name: str, model, task, examples, args, size: int, params: int) -> d
     return row
 
 
+def classifier_table(run_dir: Path, work: Path, args) -> None:
+    """A text classifier before and after int8: size, parameters, batch-1 latency, predict
+    throughput (the test texts in batches of 1,024), accuracy and macro-F1 on its test split."""
+    run = load_run(run_dir, "cpu")
+    run.task.build_data(run.cfg)
+    run.task.load_artifacts(run_dir / "model")
+    texts = run.task.split_inputs("test")
+    rows = []
+    for name, directory in [("fp32", run_dir), ("int8", optimize(run, "int8", work / "classifier_int8"))]:
+        r = load_run(directory, "cpu") if directory != run_dir else run
+        r.task = run.task  # one task, its data read once
+        with torch.inference_mode():
+            r.predict(texts[:16])  # warm-up
+            single = []
+            for text in texts[: args.latency_n]:
+                started = time.perf_counter()
+                r.predict([text])
+                single.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            for start in range(0, len(texts), 1024):
+                r.predict(texts[start : start + 1024])
+            seconds = time.perf_counter() - started
+            metrics = run.task.evaluate(r.model, "test")
+        row = {"model": name, "size_mb": round((directory / "model" / "model.safetensors").stat().st_size / 1e6, 3),
+               "params": count_parameters(r.model), "latency_ms": round(1000 * statistics.median(single), 2),
+               "texts_per_s": round(len(texts) / seconds, 1), "accuracy": round(metrics["accuracy"], 4),
+               "macro_f1": round(metrics["macro_f1"], 4)}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    base = rows[0]
+    print(f"\n{run_dir} — {len(texts)} test texts, {args.threads} threads, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}\n")  # fmt: skip
+    print("| model | size MB | × | batch-1 ms | speed-up | texts/s | × | accuracy | Δ | macro-F1 | Δ |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['size_mb']:.2f} | {r['size_mb'] / base['size_mb']:.2f} | {r['latency_ms']:.1f} | "
+            f"{base['latency_ms'] / r['latency_ms']:.2f} | {r['texts_per_s']:.0f} | "
+            f"{r['texts_per_s'] / base['texts_per_s']:.2f} | {r['accuracy']:.4f} | "
+            f"{r['accuracy'] - base['accuracy']:+.4f} | {r['macro_f1']:.4f} | {r['macro_f1'] - base['macro_f1']:+.4f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a trained translate run directory")
@@ -98,11 +142,15 @@ def main() -> None:
     parser.add_argument("--fine-tune-steps", type=int, default=100)
     parser.add_argument("--average", type=int, default=4, help="checkpoints averaged")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--classifier", action="store_true", help="RUN is a text classifier: int8 only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work or args.run.with_name(args.run.name + "-optimized")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    if args.classifier:
+        classifier_table(args.run, work, args)
+        return
 
     run = load_run(args.run, "cpu")
     run.task.build_data(run.cfg)
