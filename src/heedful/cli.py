@@ -191,7 +191,7 @@ def evaluate(
             "--ensemble",
             help="Another run of the same task to average with RUN_DIR (classifiers: digits, reviews): the mean "
             "of their class probabilities is scored, each member's accuracy too. The runs must hold out the same "
-            "examples. "
+            "examples. Translation runs of one vocabulary decode together (log-probabilities averaged). "
             "Repeat for more runs; writes RUN_DIR/eval-<split>-ensemble.json.",
         ),
     ] = None,
@@ -243,8 +243,9 @@ def predict(
         list[Path] | None,
         typer.Option(
             "--ensemble",
-            help="Another run of the same task (a classifier) to average with RUN_DIR: each reads the inputs its "
-            "own way, the mean of their class probabilities decides. Repeat for more runs. --explain and "
+            help="Another run of the same task to average with RUN_DIR: a classifier reads the inputs its own "
+            "way, the mean of their class probabilities decides; translation runs of one vocabulary decode "
+            "together, log-probabilities averaged. Repeat for more runs. --explain and "
             "--show-attention still show RUN_DIR's attention.",
         ),
     ] = None,
@@ -304,6 +305,82 @@ def report(
 
     run = load_run(run_dir, device, list(set_ or []))
     typer.echo(f"report: {run.report(out, list(inputs or []) or None)}")
+
+
+@app.command("optimize")
+def optimize_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train` (or by optimize).")],
+    method: Annotated[
+        str, typer.Option(help="int8 | average | low-rank | prune-heads (docs/OPTIMIZE.md).", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option(help="The optimized run directory to write (new or empty).")],
+    last: Annotated[int | None, typer.Option(help="average: how many of the last checkpoints (default 5).")] = None,
+    energy: Annotated[
+        float | None, typer.Option(help="low-rank: keep this share of each layer's Σσ² (e.g. 0.9).")
+    ] = None,
+    size: Annotated[
+        float | None, typer.Option(help="low-rank: each factorized layer's parameters as this share (e.g. 0.5).")
+    ] = None,
+    layers: Annotated[
+        str | None, typer.Option(help="low-rank: only Linear layers whose name contains this (e.g. ff).")
+    ] = None,
+    fraction: Annotated[float | None, typer.Option(help="prune-heads: share of all heads to remove (0.5).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="prune-heads: prune in this many rounds (1).")] = None,
+    batches: Annotated[
+        int | None, typer.Option(help="prune-heads: training batches that measure head importance (8).")
+    ] = None,
+    fine_tune_steps: Annotated[
+        int | None, typer.Option(help="low-rank, prune-heads: Adam steps of fine-tuning after each change (0).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="The fine-tuning learning rate (1e-4).")] = None,
+) -> None:
+    """Make a trained run cheaper to run; writes OUT as a run directory that translate, predict and
+    evaluate read like any other (and OUT/optimize.json: what was done)."""
+    from heedful.optimize import count_parameters, optimize
+    from heedful.runs import load_run
+
+    run = load_run(run_dir, "cpu")
+    options = {"last": last, "energy": energy, "size": size, "layers": layers, "fraction": fraction,
+               "rounds": rounds, "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr}  # fmt: skip
+    written = optimize(run, method, out, **options)
+    optimized = load_run(written, "cpu")
+    before, after = count_parameters(run.model), count_parameters(optimized.model)
+    size_before = (run_dir / "model" / "model.safetensors").stat().st_size
+    size_after = (written / "model" / "model.safetensors").stat().st_size
+    typer.echo(f"{method}: {before:,} → {after:,} parameters, model file {size_before:,} → {size_after:,} bytes")
+    typer.echo(f"optimized run directory: {written}")
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory: a Transformer translator or text classifier.")],
+    out: Annotated[Path, typer.Option(help="The folder to write (new or empty).")],
+    format_: Annotated[
+        str, typer.Option("--format", help="onnx (run with onnxruntime) | ctranslate2 (a Transformer translator).")
+    ] = "onnx",
+    quantization: Annotated[
+        str | None, typer.Option(help="ctranslate2: store the weights as this type (int8, int8_float32, float16).")
+    ] = None,
+) -> None:
+    """Export a run's model for another runtime: ONNX — a classifier as classifier.onnx, a translator as
+    encoder.onnx + decoder_step.onnx (the cache as explicit inputs and outputs) — or a CTranslate2 model
+    folder; see docs/OPTIMIZE.md."""
+    from heedful.runs import load_run
+
+    if format_ not in ("onnx", "ctranslate2"):
+        raise UserError(f"--format {format_!r}: unknown; choose from onnx, ctranslate2")
+    if quantization is not None and format_ != "ctranslate2":
+        raise UserError("--quantization is for --format ctranslate2 (ONNX exports float32)")
+    run = load_run(run_dir, "cpu")
+    if format_ == "ctranslate2":
+        from heedful.optimize.ct2 import export_ctranslate2
+
+        typer.echo(f"exported a CTranslate2 model: {export_ctranslate2(run, out, quantization)}")
+        return
+    from heedful.optimize.export import export_onnx
+
+    written = export_onnx(run, out)
+    typer.echo(f"exported: {', '.join(sorted(p.name for p in written.glob('*.onnx')))} in {written}")
 
 
 def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[str] | None = None):

@@ -24,6 +24,9 @@ EXTRAS: dict[str, str] = {
     "fastapi": "serve",
     "uvicorn": "serve",
     "multipart": "serve",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "ctranslate2": "export",
 }
 
 

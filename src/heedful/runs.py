@@ -11,6 +11,7 @@ load_ensemble(["runs/a", "runs/b"]).evaluate("test")        # heedful evaluate r
 run.translate(["A man rides a bike."], beam=5)   # heedful translate runs/multi30k --beam 5 < in.txt
 run.align(sources, targets)                # heedful align runs/multi30k --src en.txt --tgt fr.txt
 run.report(inputs=["5. März 2021"])        # heedful report runs/dates --input "5. März 2021"
+load_ensemble(["runs/m1", "runs/m2"]).translate(lines)  # heedful translate runs/m1 --ensemble runs/m2 < in.txt
 
 ``Run`` knows no task by name: ``evaluate``/``predict``/``explain`` call the task's, and a
 task's own methods (``translate``, ``generate``) come from its ``run_methods``.
@@ -131,11 +132,15 @@ class NotARunMethod(UserError, AttributeError):
 
 @dataclass
 class Ensemble:
-    """Runs whose class probabilities are averaged: each hears an input its own way (its own
-    features, vocabulary, trim), then the mean of their probabilities picks the class. The runs
-    must predict the same classes: speech runs with a classifier head, or classify runs."""
+    """Runs used together. Classifiers average their class probabilities: each hears an input
+    its own way (its own features, vocabulary, trim), then the mean of their probabilities picks
+    the class; the runs must predict the same classes (speech runs with a classifier head,
+    classify runs). A task that decodes as an ensemble (translate: next-token log-probabilities
+    averaged inside greedy and beam search) gives one ``model`` of the members instead
+    (``Task.ensemble_model``), used wherever one run's model is: ``ensemble.translate(lines)``."""
 
     runs: list[Run]
+    model: nn.Module | None = None  # the members as one model, for tasks that decode as an ensemble
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -143,6 +148,10 @@ class Ensemble:
         tasks = {run.cfg.task for run in self.runs}
         if len(tasks) > 1:
             raise UserError(f"an ensemble's runs must be of one task; these are {', '.join(sorted(tasks))}")
+        first = self.runs[0].task
+        if type(first).ensemble_model is not Task.ensemble_model:
+            self.model = first.ensemble_model([run.model for run in self.runs], [run.task for run in self.runs])
+            return
         for run in self.runs:  # no inputs: only whether the run can give class probabilities at all
             try:
                 run.task.class_probabilities(run.model, [])
@@ -175,6 +184,15 @@ class Ensemble:
         split also depends on the seed). Written to the first run's directory as
         ``eval-<split>-ensemble.json``, naming the members; figures go to ``plots/ensemble``."""
         first = self.runs[0]
+        if self.model is not None:  # one model of the members, scored like any run's model
+            if first.task.data is None:
+                first.task.build_data(first.cfg)
+                first.task.load_artifacts(first.run_dir / "model")
+            result = first.task.evaluate(self.model, split)
+            path = result.artifacts["eval"] = first.run_dir / f"eval-{split}-ensemble.json"
+            record = {"members": [str(run.run_dir) for run in self.runs], **result.record()}
+            path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+            return result
         inputs = first.task.split_inputs(split)
         for run in self.runs[1:]:
             if run.task.split_inputs(split) != inputs:
@@ -198,8 +216,19 @@ class Ensemble:
         """Per input: the class with the highest mean probability, and that probability (as the
         task reports it: a review's prediction also lists every class's mean probability)."""
         inputs = list(inputs)
+        if self.model is not None:
+            return self.runs[0].task.predict(self.model, inputs)
         probs, classes = self.class_probabilities(inputs)
         return self.runs[0].task.predictions(inputs, probs, classes)
+
+    def __getattr__(self, name: str) -> Any:
+        """The task's run methods with the members as one model: ``ensemble.translate(lines, beam=5)``."""
+        if name.startswith("_") or name in {"runs", "model"}:
+            raise AttributeError(name)
+        method = type(self.runs[0].task).run_methods.get(name)
+        if method is None or self.model is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return functools.partial(getattr(self.runs[0].task, method), self.model)
 
 
 def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from heedful.attention.attend import CPU_16BIT_MATH_MAX_SCORES, Attend, Path, prefer_fused
@@ -99,6 +100,9 @@ class MultiHeadAttention(AttentionModule):
         self.out_proj = nn.Linear(self.inner_dim, d_model, bias=bias)
         self.attend = Attend(build_score(score, d_head), dropout, path)
         self.position = position
+        # (H,) multiplies each head's context when set (not a parameter, never saved): how head
+        # pruning measures a head's importance, as ∂loss/∂mask_h (optimize/prune.py).
+        self.head_mask: Tensor | None = None
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
@@ -171,10 +175,35 @@ class MultiHeadAttention(AttentionModule):
             context, weights = cache.attend(self.attend, q, k, v, **masks, bias=bias, need_weights=want_weights)
 
         # 4. Merge heads and project out: (B, H, T_q, D_h) -> (B, T_q, H·D_h) -> (B, T_q, D).
+        if self.head_mask is not None:  # (H,): head importance (Michel et al. 2019) differentiates it
+            context = context * self.head_mask.view(1, -1, 1, 1).to(context.dtype)
         context = context.transpose(1, 2).reshape(B, T_q, self.inner_dim)
         if weights is not None:
             self.report(weights)
         return AttentionOutput(self.out_proj(context), weights if need_weights else None)
+
+    def prune_heads(self, keep: list[int]) -> None:
+        """Keep only the heads ``keep`` (indices into the current heads), physically: the rows of
+        each head in W^Q, W^K, W^V (each of ``qkv_proj``'s three row blocks when packed) and its
+        columns of W^O go, so every projection gets thinner. A head's output is
+        ``context_h W^O[:, h]``, so removing a head whose context was zeroed changes nothing."""
+        keep = sorted(set(keep))
+        if not keep or not all(0 <= h < self.n_heads for h in keep):
+            raise ValueError(f"keep at least one of the {self.n_heads} heads, by index; got {keep}")
+        device = self.out_proj.weight.device
+        rows = torch.cat([torch.arange(h * self.d_head, (h + 1) * self.d_head) for h in keep]).to(device)
+        projections = {"qkv_proj": 3} if self.packed else {"q_proj": 1, "k_proj": 1, "v_proj": 1}
+        for name, blocks in projections.items():
+            old = getattr(self, name)
+            # In a packed projection the rows are [q heads | k heads | v heads]: the same rows of each block.
+            picked = torch.cat([rows + b * self.inner_dim for b in range(blocks)])
+            setattr(self, name, _sliced_linear(old, rows=picked))
+        self.out_proj = _sliced_linear(self.out_proj, columns=rows)
+        slopes = getattr(self.position, "slopes", None)  # ALiBi: one slope per head (RoPE, relative: shared)
+        if slopes is not None:
+            self.position.slopes = slopes[torch.tensor(keep, device=slopes.device)]
+        self.n_heads = len(keep)
+        self.inner_dim = self.n_heads * self.d_head
 
     def _split_heads(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -199,3 +228,20 @@ class MultiHeadAttention(AttentionModule):
         return (
             f"d_model={self.d_model}, n_heads={self.n_heads}, d_head={self.d_head}, score={score}, packed={self.packed}"
         )
+
+
+def _sliced_linear(linear: nn.Linear, rows: Tensor | None = None, columns: Tensor | None = None) -> nn.Linear:
+    """A new Linear holding only ``rows`` (outputs) or ``columns`` (inputs) of ``linear``."""
+    weight, bias = linear.weight.detach(), linear.bias
+    if rows is not None:
+        weight = weight[rows]  # (out', in)
+        bias = bias.detach()[rows] if bias is not None else None
+    if columns is not None:
+        weight = weight[:, columns]  # (out, in')
+        bias = bias.detach() if bias is not None else None
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias)
+    return new

@@ -1,5 +1,12 @@
 """``save_pretrained(dir)`` / ``from_pretrained(dir)``: a folder with ``config.json`` and
 ``model.safetensors``. Loading reads tensors with safetensors and never unpickles anything.
+
+An optimized model (``heedful optimize``) is the same folder: config.json also lists the steps
+that changed its structure, under ``"optimized"``, in the order they were made —
+``{"method": "prune_heads", "heads": {module: [kept head indices]}}``, ``{"method": "low_rank",
+"ranks": {linear: rank}}``, ``{"method": "int8"}`` (others, e.g. checkpoint averaging, only
+record what was done). Loading builds the model from its config, makes the same changes to it
+(``apply_structure``), then reads the weights — int8 ones through :mod:`heedful.nn.int8`.
 """
 
 from __future__ import annotations
@@ -34,13 +41,21 @@ class PretrainedModel(nn.Module):
     def __init__(self, config: BaseModel):
         super().__init__()
         self.config = config
+        self.optimized: list[dict[str, Any]] = []  # what ``heedful optimize`` did to it, in order
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"model_type": self.model_type, **self.config.model_dump(mode="json")}
+        if self.optimized:
+            payload["optimized"] = self.optimized
         (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-        save_weights(self, directory / WEIGHTS_NAME)
+        if is_int8(self):
+            from heedful.nn.int8 import save_int8
+
+            save_int8(self, directory / WEIGHTS_NAME)
+        else:
+            save_weights(self, directory / WEIGHTS_NAME)
         return directory
 
     @classmethod
@@ -48,6 +63,7 @@ class PretrainedModel(nn.Module):
         directory = Path(directory)
         config = read_model_config(directory)
         model_type = config.pop("model_type", None)
+        steps = config.pop("optimized", [])
         if model_type != cls.model_type:
             raise CheckpointError(f"{directory / CONFIG_NAME}: holds a {model_type!r} model, not {cls.model_type!r}")
         try:
@@ -60,7 +76,18 @@ class PretrainedModel(nn.Module):
         if not weights.is_file():
             raise CheckpointError(f"{weights}: weights file missing")
         try:
-            missing, unexpected = load_weights(model, weights, strict=False)
+            model = apply_structure(model, steps)
+        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME}: its 'optimized' steps do not fit the model ({exc})"
+            ) from None
+        try:
+            if is_int8(model):
+                from heedful.nn.int8 import load_int8
+
+                missing, unexpected = load_int8(model, weights)
+            else:
+                missing, unexpected = load_weights(model, weights, strict=False)
         except RuntimeError as exc:  # tensor shapes that do not match the config
             first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
             raise CheckpointError(f"{weights}: does not fit {CONFIG_NAME} ({first})") from None
@@ -71,7 +98,41 @@ class PretrainedModel(nn.Module):
                 f"{weights}: does not fit {directory / CONFIG_NAME} (a {model_type!r} model: "
                 f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
             )
+        if is_int8(model) and device != "cpu":
+            return model  # int8 dynamic modules run on the CPU only
         return model.to(device)
+
+
+STRUCTURAL = ("prune_heads", "low_rank", "int8")
+
+
+def is_int8(model: nn.Module) -> bool:
+    return any(step.get("method") == "int8" for step in getattr(model, "optimized", []))
+
+
+def apply_structure(model: PretrainedModel, steps: list[dict[str, Any]]) -> PretrainedModel:
+    """Make the structural changes ``steps`` record, in order, to a freshly built model, so that
+    the optimized weights fit it: heads removed, Linears factorized, int8 modules swapped in."""
+    from heedful.nn.lowrank import LowRankLinear, replace_module
+
+    for step in steps:
+        method = step["method"]
+        if method == "prune_heads":
+            for name, keep in step["heads"].items():
+                model.get_submodule(name).prune_heads(list(keep))
+        elif method == "low_rank":
+            for name, rank in step["ranks"].items():
+                old = model.get_submodule(name)
+                new = LowRankLinear(old.in_features, int(rank), old.out_features, bias=old.bias is not None)
+                replace_module(model, name, new)
+        elif method == "int8":
+            from heedful.nn.int8 import quantize_int8
+
+            steps_before = model.optimized
+            model = quantize_int8(model)
+            model.optimized = steps_before
+    model.optimized = [dict(step) for step in steps]
+    return model
 
 
 def read_model_config(directory: Path) -> dict[str, Any]:

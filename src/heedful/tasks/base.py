@@ -182,6 +182,13 @@ class Task(ABC):
         runs averages. Tasks whose predictions are one class out of a fixed set provide it."""
         raise UserError(f"a {self.name!r} run does not predict class probabilities, so it cannot join an ensemble")
 
+    def ensemble_model(self, models: list[nn.Module], tasks: list[Task]) -> nn.Module:
+        """One model made of several runs' models (``tasks[i]`` opened ``models[i]``; ``self`` is
+        the first), used wherever one model is (translate averages next-token log-probabilities
+        inside its searches). Tasks whose ensembles average class probabilities instead give
+        ``class_probabilities``."""
+        raise UserError(f"a {self.name!r} run does not decode as an ensemble")
+
     def split_inputs(self, split: str) -> list[Any]:
         """A held-out split's inputs, in order, as ``class_probabilities`` takes them (file paths,
         texts): what an ensemble is scored on."""

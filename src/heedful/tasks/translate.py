@@ -65,6 +65,7 @@ from heedful.data.tokenizers import (
     train_tokenizers,
 )
 from heedful.decode.batching import decode_in_batches
+from heedful.decode.ensemble import EnsembleDecoder
 from heedful.errors import ConfigError, UserError
 from heedful.explain.alignment import (
     AlignmentCounts,
@@ -466,9 +467,23 @@ class TranslateTask(Task):
             )
         return explanations
 
+    def ensemble_model(self, models: list[nn.Module], tasks: list[Task]) -> nn.Module:
+        """The models decoding together, their next-token log-probabilities averaged
+        (decode/ensemble.py); they must share this run's source and target vocabularies."""
+        mine = (_pieces(self.src_tok), _pieces(self.tgt_tok))
+        for i, task in enumerate(tasks[1:], 2):
+            if (_pieces(task.src_tok), _pieces(task.tgt_tok)) != mine:
+                raise UserError(f"ensemble member {i}: has another vocabulary than the first run; "
+                                "translation ensembles need one vocabulary")  # fmt: skip
+        return EnsembleDecoder(list(models)).eval()
+
     # ------------------------------------------------------------------------------------ artifacts
     def save_artifacts(self, directory: Path) -> None:
         save_tokenizers(directory, self.src_tok, self.tgt_tok)
 
     def load_artifacts(self, directory: Path) -> None:
         self.src_tok, self.tgt_tok = load_tokenizers(directory)
+
+
+def _pieces(tok: Tokenizer) -> list[str]:
+    return [tok.id_to_piece(i) for i in range(len(tok))]

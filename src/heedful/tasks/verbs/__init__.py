@@ -62,7 +62,7 @@ class RunLoader(Protocol):
         """``heedful.runs.load_run``, refusing a run of another task than ``task`` in one line."""
 
     def with_ensemble(self, run: Any, others: list[Path] | None, device: str, overrides: list[str] | None) -> Any:
-        """``run`` alone, or with ``others`` an ``Ensemble`` averaging their class probabilities."""
+        """``run`` alone, or with ``others`` an ``Ensemble`` (class probabilities averaged, or one decoding model)."""
 
 
 def run_loader(ctx: typer.Context) -> RunLoader:

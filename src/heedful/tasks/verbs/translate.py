@@ -96,6 +96,14 @@ def translate(
             "log-probability' (LINE counts input lines from 0, the Moses n-best format). Needs a beam of at least N.",
         ),
     ] = 1,
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ensemble",
+            help="Another translate run of the same vocabulary to decode with RUN_DIR: their next-token "
+            "log-probabilities are averaged inside greedy and beam search. Repeat for more runs.",
+        ),
+    ] = None,
     set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
@@ -103,7 +111,9 @@ def translate(
     --set changes decoding, e.g. decode.alpha=1.0 or decode.precision=bf16."""
     from tqdm.auto import tqdm
 
-    run = run_loader(ctx).load_run(run_dir, device, list(set_ or []), task="translate", verb="translate")
+    loader = run_loader(ctx)
+    run = loader.load_run(run_dir, device, list(set_ or []), task="translate", verb="translate")
+    translator = loader.with_ensemble(run, ensemble, device, list(set_ or []))  # the run itself without --ensemble
     out = sys.stdout.buffer
     bar = tqdm(unit=" lines", file=sys.stderr, disable=not progress or sys.stdin.isatty(), dynamic_ncols=True)
     if n_best > (beam or run.cfg.decode.beam_size):
@@ -111,7 +121,7 @@ def translate(
     done = 0  # input lines answered so far (the n-best line numbers)
     with open(attention, "w", encoding="utf-8") if attention else contextlib.nullcontext() as maps:
         for lines in _stdin_chunks(CHUNK_LINES):
-            results = run.translate(
+            results = translator.translate(
                 lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None, n_best=n_best
             )
             if n_best > 1:

@@ -1,0 +1,67 @@
+"""Make a trained run cheaper to run: int8, checkpoint averaging, low-rank factorization, head
+pruning (``heedful optimize RUN --method … --out DIR``), each written as a run directory that
+``load_run`` and every command read unchanged.
+
+    run = load_run("runs/dates")
+    optimize(run, "int8", "runs/dates-int8")                    # heedful optimize runs/dates --method int8 --out …
+    optimize(run, "prune-heads", "runs/p", fraction=0.5, fine_tune_steps=100)
+
+Each method also exists on its own (``int8(run)``, ``average(run, last=5)``, ``low_rank(run,
+energy=0.9)``, ``prune_heads(run, fraction=0.5)``), returning the optimized model in memory and
+a record of what was done, without writing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from heedful.optimize.average import average, average_tensors
+from heedful.optimize.common import OptimizeError, check_out_dir, count_parameters, write_run
+from heedful.optimize.lowrank import low_rank
+from heedful.optimize.prune import head_importance, prune_heads
+from heedful.optimize.quantize import int8
+
+if TYPE_CHECKING:
+    from heedful.runs import Run
+
+# method name (as the CLI spells it) -> (function, the options it takes)
+METHODS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
+    "int8": (int8, ()),
+    "average": (average, ("last",)),
+    "low-rank": (low_rank, ("energy", "size", "layers", "fine_tune_steps", "lr")),
+    "prune-heads": (prune_heads, ("fraction", "rounds", "batches", "fine_tune_steps", "lr")),
+}
+
+__all__ = [
+    "METHODS",
+    "OptimizeError",
+    "average",
+    "average_tensors",
+    "count_parameters",
+    "head_importance",
+    "int8",
+    "low_rank",
+    "optimize",
+    "prune_heads",
+]
+
+
+def optimize(run: Run, method: str, out: str | Path, **options: Any) -> Path:
+    """Apply ``method`` to ``run``'s model and write the result as the run directory ``out``
+    (new or empty). Options a method does not take are refused, and nothing is written when
+    anything is refused."""
+    if method not in METHODS:
+        raise OptimizeError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    function, accepted = METHODS[method]
+    given = {k: v for k, v in options.items() if v is not None}
+    foreign = [k for k in given if k not in accepted]
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        takes = ", ".join("--" + k.replace("_", "-") for k in accepted) or "no options"
+        raise OptimizeError(f"--method {method} does not take {flags} (it takes {takes})")
+    out = check_out_dir(Path(out), run.run_dir)  # before any work: a bad --out costs nothing
+    model, record = function(run, **given)
+    record["parameters"] = {"before": count_parameters(run.model), "after": count_parameters(model)}
+    return write_run(run, model, out, record)

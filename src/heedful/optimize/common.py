@@ -1,0 +1,106 @@
+"""What every optimization shares: checking the output folder, writing the optimized run
+directory, and a short fine-tuning loop on the task's own loss.
+
+An optimized run is a run directory like the one it came from — the same ``config.yaml``, a
+``model/`` folder with the task's vocabulary files and the optimized ``config.json`` +
+``model.safetensors`` — so ``load_run``, ``heedful translate/predict/evaluate`` read it
+unchanged; ``optimize.json`` beside them says what was done, from which run, with which options.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from heedful.errors import UserError
+
+if TYPE_CHECKING:
+    from heedful.runs import Run
+
+RECORD_NAME = "optimize.json"
+
+
+class OptimizeError(UserError):
+    """An optimization that cannot be made: the run's model has no such part, a bad option."""
+
+
+def check_out_dir(out: Path, run_dir: Path) -> Path:
+    """The output folder must be new (or empty) and not the run itself: nothing is overwritten."""
+    out = Path(out)
+    if out.resolve() == Path(run_dir).resolve():
+        raise OptimizeError(f"{out}: is the run being optimized; give another --out folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OptimizeError(f"{out}: exists and is not empty; give a new --out folder")
+    return out
+
+
+def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any]) -> Path:
+    """``out`` as a run directory holding ``model``: the run's config.yaml, its model folder's
+    vocabulary files, the model (config.json + model.safetensors) and ``optimize.json``."""
+    out = check_out_dir(out, run.run_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "model").mkdir(parents=True)
+    try:
+        shutil.copy2(run.run_dir / "config.yaml", tmp / "config.yaml")
+        for path in (run.run_dir / "model").iterdir():  # tokenizers, vocabularies: everything but the weights
+            if path.is_file() and path.name not in ("config.json", "model.safetensors"):
+                shutil.copy2(path, tmp / "model" / path.name)
+        model.save_pretrained(tmp / "model")
+        payload = {"source": str(run.run_dir), **record}
+        (tmp / RECORD_NAME).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters a model holds, int8 weights included (``quantize_dynamic`` hides them from
+    ``parameters()``)."""
+    from heedful.nn.int8 import int8_tensors
+
+    if any(step.get("method") == "int8" for step in getattr(model, "optimized", [])):
+        return sum(t.numel() for name, t in int8_tensors(model).items() if not name.endswith((".scale", ".zero_point")))
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def training_batches(run: Run, n: int) -> list[Any]:
+    """The first ``n`` batches of the run's training data (epoch 0), as its task's loss takes them."""
+    if run.task.data is None:
+        run.task.build_data(run.cfg)
+        run.task.load_artifacts(run.run_dir / "model")  # the run's own vocabulary wins
+    return list(itertools.islice(run.task.data.train.batches(0), n))
+
+
+def fine_tune(run: Run, model: nn.Module, steps: int, lr: float) -> list[float]:
+    """``steps`` Adam steps of the task's own loss on its training batches (a short repair after
+    a structural change, not a training run); returns the losses."""
+    if steps <= 0:
+        return []
+    torch.manual_seed(run.cfg.seed)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    model.train()
+    batches = itertools.cycle(training_batches(run, min(steps, 200)))
+    for batch in itertools.islice(batches, steps):
+        loss, _ = run.task.loss(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses

@@ -1,0 +1,184 @@
+"""A heedful Transformer translator as a CTranslate2 model (``heedful export RUN --format
+ctranslate2 --out DIR``), the inference engine OpenNMT and Marian models are deployed with.
+
+The ``TransformerSpec`` is built from our config — pre-LN (or post-LN), ReLU/GELU, the number of
+layers and heads — and filled with our weights as OpenNMT-py's converter fills its own: the
+packed self-attention ``qkv_proj`` is CTranslate2's fused ``linear[0]``; cross-attention's q is
+``linear[0]`` and k, v fused into ``linear[1]``; the sublayers' LayerNorms sit on the attention
+and FFN specs; token embeddings are scaled by √D as ours are. Our sinusoidal table interleaves
+sin and cos (CTranslate2's built-in one puts them in halves), so the table itself is stored. The
+vocabulary is our tokenizer's pieces, in id order, with our specials (<bos>, <eos>, <unk>).
+
+``Ct2Translator`` decodes with it: the run's tokenizer makes the pieces, CTranslate2 translates
+them (float32 or int8, ``compute_type``), the tokenizer detokenizes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from heedful.data.tokenizers import content_ids
+from heedful.extras import optional_import
+from heedful.optimize.common import OptimizeError, check_out_dir
+
+if TYPE_CHECKING:
+    from heedful.runs import Run
+
+RECORD_NAME = "export.json"
+
+
+def _np(tensor: torch.Tensor):
+    return tensor.detach().float().cpu().contiguous().numpy()
+
+
+def _linear(spec, linear: torch.nn.Linear) -> None:
+    spec.weight = _np(linear.weight)
+    if linear.bias is not None:
+        spec.bias = _np(linear.bias)
+
+
+def _norm(spec, norm: torch.nn.LayerNorm) -> None:
+    spec.gamma, spec.beta = _np(norm.weight), _np(norm.bias)
+
+
+def _embeddings(spec, embed, cfg) -> None:
+    tables = spec.embeddings if isinstance(spec.embeddings, list) else [spec.embeddings]  # encoder: one per input
+    tables[0].weight = _np(embed.embedding.weight)
+    spec.scale_embeddings = bool(cfg.embed_scale)
+    spec.position_encodings.encodings = _np(embed.positions.table)  # (max_len, D), sin/cos interleaved
+
+
+def transformer_spec(model: Any):
+    """Our ``TransformerEncoderDecoder`` as a ``ctranslate2.specs.TransformerSpec``."""
+    ct2 = optional_import("ctranslate2", "CTranslate2 conversion")
+    from ctranslate2.specs import common_spec
+    from ctranslate2.specs import transformer_spec as ts
+
+    cfg = model.config
+    unsupported = []
+    if cfg.position != "sinusoidal":
+        unsupported.append(f"position {cfg.position}")
+    if cfg.attention_score != "scaled_dot":
+        unsupported.append(f"score {cfg.attention_score}")
+    if cfg.embed_norm or cfg.type_vocab_size:
+        unsupported.append("BERT-style embeddings")
+    heads = {m.n_heads for m in model.modules() if hasattr(m, "n_heads") and hasattr(m, "out_proj")}
+    if len(heads) > 1 or (cfg.d_head and cfg.d_head * cfg.n_heads != cfg.d_model):
+        unsupported.append("heads of their own width or pruned heads")
+    if unsupported:
+        raise OptimizeError(f"CTranslate2 conversion supports this Transformer but not: {', '.join(unsupported)}")
+    activation = common_spec.Activation.GELU if cfg.activation == "gelu" else common_spec.Activation.RELU
+    spec = ts.TransformerSpec.from_config(
+        (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm_first, activation=activation
+    )
+    spec.config.layer_norm_epsilon = cfg.layer_norm_eps
+    encoder, decoder = model.encoder, model.decoder
+    _embeddings(spec.encoder, encoder.embed, cfg)
+    _embeddings(spec.decoder, decoder.embed, cfg)
+    if cfg.norm_first:
+        _norm(spec.encoder.layer_norm, encoder.norm)
+        _norm(spec.decoder.layer_norm, decoder.norm)
+    for layer_spec, layer in zip(spec.encoder.layer, encoder.layers, strict=True):
+        _linear(layer_spec.self_attention.linear[0], layer.self_attn.qkv_proj)  # (3·D, D): q, k, v rows
+        _linear(layer_spec.self_attention.linear[1], layer.self_attn.out_proj)
+        _norm(layer_spec.self_attention.layer_norm, layer.attn_sublayer.norm)
+        _linear(layer_spec.ffn.linear_0, layer.ff.linear1)
+        _linear(layer_spec.ffn.linear_1, layer.ff.linear2)
+        _norm(layer_spec.ffn.layer_norm, layer.ff_sublayer.norm)
+    for layer_spec, layer in zip(spec.decoder.layer, decoder.layers, strict=True):
+        _linear(layer_spec.self_attention.linear[0], layer.self_attn.qkv_proj)
+        _linear(layer_spec.self_attention.linear[1], layer.self_attn.out_proj)
+        _norm(layer_spec.self_attention.layer_norm, layer.self_sublayer.norm)
+        cross = layer.cross_attn
+        _linear(layer_spec.attention.linear[0], cross.q_proj)
+        fused = torch.nn.Linear(cross.kdim, 2 * cross.inner_dim, bias=cross.k_proj.bias is not None)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([cross.k_proj.weight, cross.v_proj.weight]))  # (2·D, D): k rows, v rows
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([cross.k_proj.bias, cross.v_proj.bias]))
+        _linear(layer_spec.attention.linear[1], fused)
+        _linear(layer_spec.attention.linear[2], cross.out_proj)
+        _norm(layer_spec.attention.layer_norm, layer.cross_sublayer.norm)
+        _linear(layer_spec.ffn.linear_0, layer.ff.linear1)
+        _linear(layer_spec.ffn.linear_1, layer.ff.linear2)
+        _norm(layer_spec.ffn.layer_norm, layer.ff_sublayer.norm)
+    _linear(spec.decoder.projection, decoder.output)
+    del ct2
+    return spec
+
+
+def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = None) -> Path:
+    """Convert the run's Transformer translator into the CTranslate2 model folder ``out`` (new or
+    empty); ``quantization`` (e.g. "int8") is CTranslate2's own weight type at conversion time."""
+    ct2 = optional_import("ctranslate2", "CTranslate2 conversion")
+    from heedful.models import TransformerEncoderDecoder
+
+    model = run.model
+    if not isinstance(model, TransformerEncoderDecoder) or getattr(model, "optimized", []):
+        raise OptimizeError(
+            f"{run.run_dir}: CTranslate2 conversion takes a Transformer translator as trained "
+            "(convert before other optimizations; CTranslate2 quantizes with --quantization)"
+        )
+    spec = transformer_spec(model)
+    src_tok, tgt_tok = run.task.src_tok, run.task.tgt_tok
+    spec.register_source_vocabulary([src_tok.id_to_piece(i) for i in range(len(src_tok))])
+    spec.register_target_vocabulary([tgt_tok.id_to_piece(i) for i in range(len(tgt_tok))])
+    spec.config.bos_token = tgt_tok.id_to_piece(tgt_tok.bos_id)
+    spec.config.eos_token = tgt_tok.id_to_piece(tgt_tok.eos_id)
+    spec.config.unk_token = tgt_tok.id_to_piece(3)
+    spec.config.decoder_start_token = spec.config.bos_token
+    out = check_out_dir(Path(out), run.run_dir)
+
+    class Converter(ct2.converters.Converter):
+        def _load(self):
+            return spec
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        Converter().convert(str(tmp), quantization=quantization, force=True)
+        for path in (run.run_dir / "model").iterdir():  # our tokenizer, to make and undo the pieces
+            if path.is_file() and path.name not in ("model.safetensors",):
+                shutil.copy2(path, tmp / f"heedful-{path.name}")
+        shutil.copy2(run.run_dir / "config.yaml", tmp / "heedful-config.yaml")
+        record = {"source": str(run.run_dir), "format": "ctranslate2", "quantization": quantization}
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class Ct2Translator:
+    """A converted model in CTranslate2, with the run's tokenizer around it."""
+
+    def __init__(self, directory: str | Path, src_tok, tgt_tok, compute_type: str = "default", threads: int = 1):
+        ct2 = optional_import("ctranslate2", "CTranslate2 decoding")
+        self.translator = ct2.Translator(str(directory), device="cpu", compute_type=compute_type,
+                                         intra_threads=threads, inter_threads=1)  # fmt: skip
+        self.src_tok, self.tgt_tok = src_tok, tgt_tok
+        self.tgt_ids = {tgt_tok.id_to_piece(i): i for i in range(len(tgt_tok))}
+
+    def translate_scored(self, src_ids: list[list[int]], beam: int = 5, max_len: int = 200):
+        """Each source's best output ids and its log-probability (no length penalty: CTranslate2's
+        is length^α, not GNMT's, so compare with decode.alpha=0)."""
+        pieces = [[self.src_tok.id_to_piece(i) for i in ids] for ids in src_ids]
+        results = self.translator.translate_batch(pieces, beam_size=beam, max_decoding_length=max_len,
+                                                  length_penalty=0.0, return_scores=True)  # fmt: skip
+        # As ours: cut at <eos>, specials dropped (content_ids), so the ids are those behind the text.
+        eos = self.tgt_tok.eos_id
+        return [(content_ids([self.tgt_ids[p] for p in r.hypotheses[0]], eos), r.scores[0]) for r in results]
+
+    def translate_ids(self, src_ids: list[list[int]], beam: int = 5, max_len: int = 200) -> list[list[int]]:
+        return [ids for ids, _ in self.translate_scored(src_ids, beam, max_len)]
+
+    def translate(self, lines: list[str], beam: int = 5, max_len: int = 200) -> list[str]:
+        ids = self.translate_ids([self.src_tok.encode(line) for line in lines], beam, max_len)
+        return [self.tgt_tok.decode(row) for row in ids]

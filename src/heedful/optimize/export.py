@@ -1,0 +1,283 @@
+"""Export to ONNX, run with onnxruntime (``heedful export RUN --format onnx --out DIR``).
+
+What is exported depends on the model, not the task:
+
+* a text classifier (``EncoderClassifier``): ``classifier.onnx``, tokens (B, S) int64 → logits
+  (B, C);
+* a Transformer encoder–decoder: ``encoder.onnx`` — src (B, S) int64 → its padding mask (B, S)
+  bool and, for every decoder layer l, the cross-attention keys and values of the memory,
+  ``cross_k_l``/``cross_v_l`` (B, H, S, D_h), computed once per sentence; and
+  ``decoder_step.onnx`` — one decoding step with its cache as explicit inputs and outputs:
+  token (B, 1) int64, offset (1,) int64 (tokens decoded so far), the padding mask, the cross
+  keys/values and ``self_k_l``/``self_v_l`` (B, H, t, D_h) of the t earlier steps → logits
+  (B, V) and the self-attention keys/values grown to t + 1.
+
+``OnnxSeq2Seq`` drives the two sessions through heedful's decoding protocol (``encode``,
+``new_cache``, ``decode``), so our greedy and beam search decode with onnxruntime unchanged.
+
+The legacy TorchScript exporter is used (``dynamo=False``): the torch.export one needs
+onnxscript, which the ``export`` extra would otherwise add for no gain on these models.
+Decoder steps support what the step re-implements: the scaled dot-product score and input
+positions (sinusoidal, learned, none); other attention positions are refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heedful.extras import optional_import
+from heedful.optimize.common import OptimizeError, check_out_dir
+
+if TYPE_CHECKING:
+    from heedful.runs import Run
+
+OPSET = 17
+RECORD_NAME = "export.json"
+
+
+def _split(x: Tensor, n_heads: int, d_head: int) -> Tensor:
+    B, T, _ = x.shape
+    return x.view(B, T, n_heads, d_head).transpose(1, 2)  # (B, T, H·D_h) -> (B, H, T, D_h)
+
+
+def _merge(x: Tensor) -> Tensor:
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)  # (B, H, T, D_h) -> (B, T, H·D_h)
+
+
+class EncoderExport(nn.Module):
+    """src (B, S) -> padding (B, S) and every decoder layer's cross keys and values (B, H, S, D_h)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src: Tensor) -> tuple[Tensor, ...]:
+        memory, padding = self.model.encode(src)  # (B, S, D), (B, S)
+        out = [padding]
+        for layer in self.model.decoder.layers:
+            a = layer.cross_attn
+            out += [_split(a.k_proj(memory), a.n_heads, a.d_head), _split(a.v_proj(memory), a.n_heads, a.d_head)]
+        return tuple(out)
+
+
+class DecoderStepExport(nn.Module):
+    """One step of the decoder with its cache as tensors (see the module docstring)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token: Tensor, offset: Tensor, padding: Tensor, *caches: Tensor) -> tuple[Tensor, ...]:
+        decoder = self.model.decoder
+        embed = decoder.embed
+        y = embed.embedding(token) * embed.scale  # (B, 1, D)
+        positions = embed.positions
+        if positions is not None and hasattr(positions, "table"):  # sinusoidal
+            y = y + positions.table.index_select(0, offset)[None].to(y.dtype)
+        elif positions is not None:  # learned
+            y = y + positions.embedding(offset)[None].to(y.dtype)
+        y = embed.norm(y)
+        grown: list[Tensor] = []
+        key_mask = padding[:, None, None, :]  # (B, 1, 1, S), True = may attend
+        for i, layer in enumerate(decoder.layers):
+            self_k, self_v, cross_k, cross_v = caches[4 * i : 4 * i + 4]
+
+            def self_attention(h: Tensor, a=layer.self_attn, past_k=self_k, past_v=self_v) -> Tensor:
+                q, k, v = (_split(x, a.n_heads, a.d_head) for x in a.qkv_proj(h).chunk(3, dim=-1))
+                k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)  # (B, H, t + 1, D_h)
+                grown.extend([k, v])
+                return a.out_proj(_merge(F.scaled_dot_product_attention(q, k, v)))  # the new token sees all
+
+            def cross_attention(h: Tensor, a=layer.cross_attn, k=cross_k, v=cross_v) -> Tensor:
+                q = _split(a.q_proj(h), a.n_heads, a.d_head)
+                return a.out_proj(_merge(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)))
+
+            y = layer.self_sublayer(y, self_attention)
+            y = layer.cross_sublayer(y, cross_attention)
+            y = layer.ff_sublayer(y, layer.ff)
+        logits = decoder.output(decoder.norm(y))[:, -1]  # (B, V)
+        return (logits, *grown)
+
+
+def _check_seq2seq(model: nn.Module) -> None:
+    cfg = model.config
+    if getattr(cfg, "arch", None) != "transformer":
+        raise OptimizeError(f"ONNX export of a {getattr(cfg, 'arch', type(model).__name__)} encoder–decoder "
+                            "is not supported (Transformer only)")  # fmt: skip
+    if cfg.attention_score != "scaled_dot" or cfg.position not in ("sinusoidal", "learned", "none"):
+        raise OptimizeError(
+            f"ONNX export supports the scaled_dot score with sinusoidal, learned or no input positions; this model "
+            f"has {cfg.attention_score} and {cfg.position}"
+        )
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], axes: dict) -> None:
+    # The exporter restores the wrapper's training flag afterwards, recursively: a fresh wrapper
+    # (training=True) would leave the run's model with dropout on.
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=OPSET, dynamo=False)  # fmt: skip
+
+
+def export_onnx(run: Run, out: str | Path) -> Path:
+    """Write the run's model as ONNX into ``out`` (new or empty), with the vocabulary files and
+    ``export.json`` (what each file takes and gives). Float32, on the CPU."""
+    optional_import("onnx", "ONNX export")
+    from heedful.models import EncoderClassifier, TransformerEncoderDecoder
+
+    model = run.model
+    if getattr(model, "optimized", []) and any(s.get("method") == "int8" for s in model.optimized):
+        raise OptimizeError(f"{run.run_dir}: its model is int8; export the float model (onnxruntime quantizes its own)")
+    if not isinstance(model, EncoderClassifier | TransformerEncoderDecoder):
+        raise OptimizeError(f"{run.run_dir}: ONNX export takes text classifiers and Transformer translators, "
+                            f"not a {type(model).__name__}")  # fmt: skip
+    if isinstance(model, TransformerEncoderDecoder):
+        _check_seq2seq(model)
+    out = check_out_dir(Path(out), run.run_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model = model.cpu().eval()
+    try:
+        pad = model.config.pad_id
+        tokens = torch.full((2, 7), 5, dtype=torch.long)
+        tokens[1, 5:] = pad
+        if isinstance(model, EncoderClassifier):
+            if model.config.encoder_type != "transformer":
+                raise OptimizeError(f"{run.run_dir}: ONNX export of a {model.config.encoder_type} classifier is not "
+                                    "supported (packed sequences); Transformer encoders only")  # fmt: skip
+            _export(model, (tokens,), tmp / "classifier.onnx", ["tokens"], ["logits"],
+                    {"tokens": {0: "batch", 1: "length"}, "logits": {0: "batch"}})  # fmt: skip
+            record: dict[str, Any] = {"kind": "classifier", "files": {"classifier.onnx": {
+                "inputs": {"tokens": "(B, S) int64"}, "outputs": {"logits": "(B, C) float32"}}}}  # fmt: skip
+        else:
+            n_layers = len(model.decoder.layers)
+            cross = [f"cross_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
+            self_in = [f"self_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
+            self_out = [f"new_self_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
+            axes = {"src": {0: "batch", 1: "source"}, "padding": {0: "batch", 1: "source"}}
+            axes |= {name: {0: "batch", 2: "source"} for name in cross}
+            _export(EncoderExport(model), (tokens,), tmp / "encoder.onnx", ["src"], ["padding", *cross], axes)
+            encoded = EncoderExport(model)(tokens)
+            a = model.decoder.layers[0].self_attn
+            past = [torch.zeros(2, a.n_heads, 3, a.d_head) for _ in self_in]
+            step_caches = [
+                t for i in range(n_layers) for t in (*past[2 * i : 2 * i + 2], *encoded[1 + 2 * i : 3 + 2 * i])
+            ]
+            names = [
+                n for i in range(n_layers) for n in (self_in[2 * i], self_in[2 * i + 1], cross[2 * i], cross[2 * i + 1])
+            ]
+            step_axes = {"token": {0: "batch"}, "padding": {0: "batch", 1: "source"}, "logits": {0: "batch"}}
+            step_axes |= {n: {0: "batch", 2: "source"} for n in cross}
+            step_axes |= {n: {0: "batch", 2: "past"} for n in self_in} | {n: {0: "batch", 2: "now"} for n in self_out}
+            args = (torch.full((2, 1), 1, dtype=torch.long), torch.tensor([3]), encoded[0], *step_caches)
+            _export(DecoderStepExport(model), args, tmp / "decoder_step.onnx", ["token", "offset", "padding", *names],
+                    ["logits", *self_out], step_axes)  # fmt: skip
+            heads = [(layer.self_attn.n_heads, layer.self_attn.d_head) for layer in model.decoder.layers]
+            record = {"kind": "seq2seq", "layers": n_layers, "self_heads": heads, "pad_id": pad,
+                      "max_len": model.config.max_len}  # fmt: skip
+        for path in (run.run_dir / "model").iterdir():  # the vocabulary, to tokenize as the run does
+            if path.is_file() and path.name != "model.safetensors":
+                shutil.copy2(path, tmp / path.name)
+        shutil.copy2(run.run_dir / "config.yaml", tmp / "config.yaml")
+        (tmp / RECORD_NAME).write_text(
+            json.dumps({"source": str(run.run_dir), "opset": OPSET, **record}, indent=2) + "\n"
+        )
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _session(path: Path, threads: int):
+    ort = optional_import("onnxruntime", "running an ONNX export")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxClassifier:
+    """``classifier.onnx`` in onnxruntime: ``logits(tokens)`` as the model's forward."""
+
+    def __init__(self, directory: str | Path, threads: int = 1):
+        self.session = _session(Path(directory) / "classifier.onnx", threads)
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {"tokens": tokens.numpy()})[0])
+
+
+class OnnxCache:
+    """The decoder step's self-attention keys/values, per layer (B, H, t, D_h), and the offset."""
+
+    def __init__(self, n_layers: int, heads: list[tuple[int, int]]):
+        self.tensors: list[Tensor] | None = None
+        self.heads, self.n_layers, self.offset = heads, n_layers, 0
+
+    def reorder(self, index: Tensor, sources_unchanged: bool = False) -> None:
+        if self.tensors is not None:
+            self.tensors = [t[index] for t in self.tensors]
+
+
+class OnnxSeq2Seq:
+    """The exported encoder and decoder step in onnxruntime, speaking heedful's decoding protocol
+    (``beam_search(OnnxSeq2Seq(dir), src, …)``). The memory the searches carry is every layer's
+    cross keys/values side by side, (B, S, L·2·H·D_h), so that their row selection moves them."""
+
+    def __init__(self, directory: str | Path, threads: int = 1):
+        directory = Path(directory)
+        record = json.loads((directory / RECORD_NAME).read_text())
+        self.encoder = _session(directory / "encoder.onnx", threads)
+        self.step = _session(directory / "decoder_step.onnx", threads)
+        self.n_layers, self.heads = record["layers"], [tuple(h) for h in record["self_heads"]]
+        self._shapes: list[tuple[int, int]] = []
+
+        class Config:  # what the searches read
+            pad_id = record["pad_id"]
+            max_len = record["max_len"]
+
+        self.config = Config()
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        padding, *cross = self.encoder.run(None, {"src": src.numpy()})
+        cross_t = [torch.from_numpy(c) for c in cross]  # (B, H, S, D_h) each
+        self._shapes = [(c.shape[1], c.shape[3]) for c in cross_t]
+        memory = torch.cat([_merge(c) for c in cross_t], dim=-1)  # (B, S, Σ H·D_h)
+        return memory, torch.from_numpy(padding)
+
+    def new_cache(self) -> OnnxCache:
+        return OnnxCache(self.n_layers, self.heads)
+
+    def decode(self, tokens: Tensor, memory: Tensor, padding: Tensor, cache: OnnxCache) -> Tensor:
+        """tokens (B, 1) -> logits (B, 1, V); the cache grows by one step."""
+        if tokens.shape[1] != 1:
+            raise ValueError("the exported decoder step takes one token at a time")
+        B = tokens.shape[0]
+        widths = [h * d for h, d in self._shapes]
+        cross = [_split(part, h, d) for part, (h, d) in zip(memory.split(widths, dim=-1), self._shapes, strict=True)]
+        if cache.tensors is None:
+            cache.tensors = [torch.zeros(B, h, 0, d) for h, d in self.heads for _ in "kv"]
+        feeds: dict[str, Any] = {"token": tokens.numpy(), "offset": torch.tensor([cache.offset]).numpy(),
+                                 "padding": padding.numpy()}  # fmt: skip
+        for i in range(self.n_layers):  # the memory holds k_0, v_0, k_1, v_1, …
+            feeds[f"self_k_{i}"], feeds[f"self_v_{i}"] = cache.tensors[2 * i].numpy(), cache.tensors[2 * i + 1].numpy()
+            feeds[f"cross_k_{i}"] = cross[2 * i].contiguous().numpy()
+            feeds[f"cross_v_{i}"] = cross[2 * i + 1].contiguous().numpy()
+        wanted = {i.name for i in self.step.get_inputs()}  # the exporter drops inputs a model never reads
+        logits, *grown = self.step.run(None, {k: v for k, v in feeds.items() if k in wanted})
+        cache.tensors = [torch.from_numpy(t) for t in grown]
+        cache.offset += 1
+        return torch.from_numpy(logits)[:, None]

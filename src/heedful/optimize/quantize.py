@@ -1,0 +1,34 @@
+"""int8: every Linear, GRU and LSTM of a run's model as dynamic int8 modules, for CPU inference
+(``heedful.nn.int8`` says how, and why ``torch.ao`` rather than torchao)."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from heedful.nn.int8 import INT8_TYPES, quantize_int8
+from heedful.optimize.common import OptimizeError
+
+if TYPE_CHECKING:
+    from heedful.runs import Run
+
+
+def int8(run: Run) -> tuple[nn.Module, dict[str, Any]]:
+    """The run's model with int8 Linear/GRU/LSTM layers (a copy, on the CPU), and what was done."""
+    model = run.model
+    if any(step.get("method") == "int8" for step in getattr(model, "optimized", [])):
+        raise OptimizeError(f"{run.run_dir}: its model is int8 already")
+    parametrized = [name for name, m in model.named_modules() if hasattr(m, "parametrizations")]
+    if parametrized:
+        raise OptimizeError(
+            f"{run.run_dir}: a {run.cfg.task!r} model with spectral normalisation ({parametrized[0]}, …): "
+            "dynamic int8 cannot quantize parametrized layers"
+        )
+    layers = [name for name, m in model.named_modules() if type(m) in INT8_TYPES]
+    if not layers:
+        raise OptimizeError(f"{run.run_dir}: its model has no Linear, GRU or LSTM layer to quantize")
+    quantized = quantize_int8(copy.deepcopy(model).cpu().eval())
+    quantized.optimized = [*getattr(model, "optimized", []), {"method": "int8"}]
+    return quantized, {"method": "int8", "layers": len(layers)}

@@ -1,0 +1,76 @@
+"""ONNX export: the exported graphs compute what PyTorch computes (to 1e-4, float32), and our
+searches decode with onnxruntime to the same outputs. Skipped where the export extra is absent."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from heedful.decode import beam_search
+from heedful.errors import UserError
+from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
+from heedful.runs import load_run
+
+pytest.importorskip("onnx", reason="ONNX export needs the export extra: pip install 'heedful[export]'")
+pytest.importorskip("onnxruntime", reason="running an export needs the export extra: pip install 'heedful[export]'")
+
+from heedful.optimize.export import OnnxClassifier, OnnxSeq2Seq, export_onnx
+
+N_INPUTS = 100
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory):
+    run = load_run(run_dir, "cpu")
+    return run, OnnxSeq2Seq(export_onnx(run, tmp_path_factory.mktemp("onnx") / "dates"))
+
+
+def test_the_exported_translator_computes_what_pytorch_does(exported):
+    run, onnx = exported
+    run.task.build_data(run.cfg)
+    sources = [e.source for e in run.task.data.splits["test"]][:N_INPUTS]
+    sources = (sources * (N_INPUTS // len(sources) + 1))[:N_INPUTS]  # the tiny run holds out 32
+    src = run.task.src_tok.batch(sources)  # (100, S)
+    model = run.model
+    with torch.no_grad():
+        memory, padding = model.encode(src)
+        o_memory, o_padding = onnx.encode(src)
+        assert torch.equal(o_padding, padding)
+        cache, o_cache = model.new_cache(), onnx.new_cache()
+        tokens = torch.full((N_INPUTS, 1), run.task.tgt_tok.bos_id)
+        for _ in range(6):  # steps with a growing cache, fed the model's own greedy choices
+            expected = model.decode(tokens, memory, padding, cache)
+            got = onnx.decode(tokens, o_memory, o_padding, o_cache)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+            tokens = expected[:, -1].argmax(-1, keepdim=True)
+    hyps = beam_search(model, src[:20], bos_id=1, eos_id=2, beam_size=4, max_len=16)
+    o_hyps = beam_search(onnx, src[:20], bos_id=1, eos_id=2, beam_size=4, max_len=16)
+    assert [h[0].tokens for h in o_hyps] == [h[0].tokens for h in hyps]
+
+
+def test_the_exported_classifier_computes_what_pytorch_does(tmp_path, run_dir):
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(n_classes=3, vocab_size=50, encoder_type="transformer", pooling="attention",
+                           encoder={"n_encoder_layers": 2, "n_decoder_layers": 0, "d_model": 32, "n_heads": 4,
+                                    "d_ff": 64, "dropout": 0.0, "max_len": 64})  # fmt: skip
+    model = EncoderClassifier(cfg).eval()
+    model.save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "config.yaml").write_text("task: classify\n")
+    run = types.SimpleNamespace(run_dir=tmp_path / "run", model=model, cfg=None)
+    onnx = OnnxClassifier(export_onnx(run, tmp_path / "onnx"))
+    tokens = torch.randint(4, 50, (N_INPUTS, 17))
+    tokens[::3, 9:] = 0  # padded rows too
+    with torch.no_grad():
+        torch.testing.assert_close(onnx(tokens), model(tokens), atol=1e-4, rtol=0)
+
+
+def test_a_model_it_cannot_export_is_one_line(tmp_path, run_dir):
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(n_classes=3, vocab_size=50, encoder_type="bigru", embed_dim=8, hidden_size=8)
+    (tmp_path / "run").mkdir()
+    run = types.SimpleNamespace(run_dir=tmp_path / "run", model=EncoderClassifier(cfg).eval(), cfg=None)
+    with pytest.raises(UserError, match="bigru classifier is not supported"):
+        export_onnx(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

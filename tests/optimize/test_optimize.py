@@ -1,0 +1,230 @@
+"""heedful optimize: each method's defining property checked numerically on a small model, the
+optimized run read back by ``load_run``, and bad input refused in one line with nothing written.
+
+The run is a tiny dates Transformer trained for a few steps: its predictions mean little, which
+does not matter here — every check compares the optimized model with the model it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+
+from heedful.attention import MultiHeadAttention
+from heedful.errors import UserError
+from heedful.nn.lowrank import factorize, rank_for_energy
+from heedful.optimize import average_tensors, int8, low_rank, optimize
+from heedful.runs import load_run
+from heedful.train.checkpoint import list_checkpoints
+from tests.conftest import ROOT, run_cli
+
+SOURCES = ["5. März 2021", "March 3, 1999", "3/4/05", "12 décembre 1987"]
+
+
+def logits(model, run, sources=SOURCES):
+    """Teacher-forced logits (B, T, V) of the sources with a fixed target prefix."""
+    tok = run.task.src_tok
+    src = tok.batch(sources)
+    tgt = run.task.tgt_tok.batch(["2021-03-05"] * len(sources), bos=True)
+    with torch.no_grad():
+        return model(src, tgt)
+
+
+# ------------------------------------------------------------------------------------------ int8
+def test_an_int8_model_reloaded_from_disk_computes_what_the_one_in_memory_does(run_dir, tmp_path):
+    run = load_run(run_dir, "cpu")
+    quantized, _ = int8(run)
+    out = optimize(run, "int8", tmp_path / "int8")
+    reloaded = load_run(out, "cpu")
+    assert torch.equal(logits(reloaded.model, reloaded), logits(quantized, run))  # bit for bit
+    assert not torch.equal(logits(quantized, run), logits(run.model, run))  # and it is not the float model
+    ours = [t.output for t in reloaded.translate(SOURCES, beam=3)]
+    assert ours == [t.output for t in run.task.translate(quantized, SOURCES, beam_size=3)]
+    # int8 weights and their scales are what the file holds: no float copy of a quantized weight.
+    stored = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
+    assert stored["encoder.layers.0.ff.linear1.weight.int8"].dtype == torch.int8
+    assert "encoder.layers.0.ff.linear1.weight" not in stored
+
+
+# ------------------------------------------------------------------------------------- averaging
+def test_averaging_two_identical_checkpoints_is_the_identity(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    first, second = list_checkpoints(copy / "checkpoints")
+    shutil.copy2(second / "model.safetensors", first / "model.safetensors")
+    out = optimize(load_run(copy, "cpu"), "average", tmp_path / "averaged", last=2)
+    expected = safetensors.torch.load_file(str(second / "model.safetensors"))
+    got = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_averaging_is_the_mean_of_the_checkpoints():
+    a, b = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)}
+    averaged = average_tensors([a, b])
+    assert torch.equal(averaged["w"], torch.tensor([2.0, 4.0])) and int(averaged["n"]) == 4
+
+
+# -------------------------------------------------------------------------------------- low rank
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24)])
+def test_full_rank_svd_reproduces_the_layer(shape):
+    torch.manual_seed(0)
+    linear = nn.Linear(*shape)
+    low = factorize(linear, min(shape))
+    x = torch.randn(7, shape[0])
+    torch.testing.assert_close(low(x), linear(x), atol=1e-5, rtol=0)
+    smaller = factorize(linear, 4)  # and a truncation is not the layer
+    assert (smaller(x) - linear(x)).abs().max() > 1e-2
+
+
+def test_rank_for_energy_keeps_the_asked_share():
+    sigma = torch.tensor([3.0, 2.0, 1.0])  # σ² = 9, 4, 1 of 14
+    assert [rank_for_energy(sigma, e) for e in (0.5, 9 / 14, 0.92, 0.93)] == [1, 1, 2, 3]
+
+
+def test_a_low_rank_run_loads_and_matches_the_model_it_wrote(run_dir, tmp_path):
+    run = load_run(run_dir, "cpu")
+    in_memory, record = low_rank(run, size=0.5)
+    out = optimize(run, "low-rank", tmp_path / "low", size=0.5)
+    reloaded = load_run(out, "cpu")
+    linear1 = reloaded.model.get_submodule("encoder.layers.0.ff.linear1")
+    assert type(linear1).__name__ == "LowRankLinear" and linear1.rank == record["ranks"]["encoder.layers.0.ff.linear1"]
+    assert linear1.rank == int(0.5 * 32 * 64 / (32 + 64))
+    assert "decoder.output" not in record["ranks"]  # tied to the embedding: left whole
+    assert torch.equal(logits(reloaded.model, run), logits(in_memory, run))
+
+
+# ---------------------------------------------------------------------------------- head pruning
+@pytest.mark.parametrize("packed", [True, False])
+def test_removing_only_heads_whose_output_was_zeroed_changes_nothing(packed):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(24, 4, d_head=5, packed=packed).eval()
+    x, memory = torch.randn(2, 6, 24), torch.randn(2, 9, 24)
+    key = None if packed else memory
+    with torch.no_grad():
+        attn.head_mask = torch.tensor([1.0, 0.0, 1.0, 0.0])
+        zeroed = attn(x, key).output
+        attn.head_mask = None
+        whole = attn(x, key).output
+        attn.prune_heads([0, 2])
+        pruned = attn(x, key).output
+    assert attn.n_heads == 2 and attn.out_proj.in_features == 10
+    torch.testing.assert_close(pruned, zeroed, atol=1e-5, rtol=0)
+    assert (pruned - whole).abs().max() > 1e-3  # the removed heads did contribute before
+
+
+def test_a_pruned_run_is_physically_smaller_and_reloads(run_dir, tmp_path):
+    run = load_run(run_dir, "cpu")
+    out = optimize(run, "prune-heads", tmp_path / "pruned", fraction=0.5, batches=2)
+    reloaded = load_run(out, "cpu")
+    heads = [m.n_heads for m in reloaded.model.modules() if isinstance(m, MultiHeadAttention)]
+    assert sum(heads) == 3 and all(h == 1 for h in heads)  # 6 heads of 2 → 3 heads, one per module
+    qkv = reloaded.model.get_submodule("encoder.layers.0.self_attn.qkv_proj")
+    assert qkv.weight.shape == (3 * 16, 32)  # one head of 16 left, in each of the q, k, v blocks
+    assert len(reloaded.translate(SOURCES)) == len(SOURCES)
+
+
+# ------------------------------------------------------------------------------------- bad input
+def gan_run(directory):
+    """An imagegen run directory: config and a small untrained SAGAN, nothing trained."""
+    from heedful.models.sagan import SAGAN, SAGANConfig
+
+    directory.mkdir()
+    shutil.copy2(ROOT / "configs" / "digits_gan.yaml", directory / "config.yaml")
+    cfg = SAGANConfig(image_size=8, z_dim=8, width=8, n_classes=10, attention_resolution=4)
+    SAGAN(cfg).save_pretrained(directory / "model")
+    (directory / "model" / "classes.json").write_text(json.dumps([str(d) for d in range(10)]))
+    return directory
+
+
+def test_bad_input_is_a_user_error_and_writes_nothing(run_dir, tmp_path):
+    gan = load_run(gan_run(tmp_path / "gan"), "cpu")
+    run = load_run(run_dir, "cpu")
+    (tmp_path / "untrained").mkdir()
+    shutil.copy2(run_dir / "config.yaml", tmp_path / "untrained" / "config.yaml")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    cases = [
+        (gan, "prune-heads", {}, "model without multi-head attention: no heads to prune"),
+        (gan, "int8", {}, "spectral normalisation"),
+        (run, "distil", {}, "unknown method 'distil'"),
+        (run, "int8", {"fraction": 0.5}, "--method int8 does not take --fraction"),
+        (run, "average", {"last": 9}, "only 2 checkpoints are kept"),
+        (run, "low-rank", {}, "give one of --energy"),
+        (run, "prune-heads", {"fraction": 1.5}, "--fraction 1.5: must be in (0, 1)"),
+    ]
+    for source, method, options, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            optimize(source, method, out, **options)
+        assert not out.exists(), (method, options)
+    with pytest.raises(UserError, match="has no trained model yet"):
+        load_run(tmp_path / "untrained", "cpu")
+    with pytest.raises(UserError, match="exists and is not empty"):
+        optimize(run, "int8", taken)
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_the_cli_says_it_in_one_line_with_exit_code_2(run_dir, tmp_path):
+    out = tmp_path / "out"
+    gan = gan_run(tmp_path / "gan")
+    result = run_cli("optimize", str(gan), "--method", "prune-heads", "--out", str(out))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("heedful: error: ") and "no heads to prune" in result.stderr
+    result = run_cli("optimize", str(run_dir), "--method", "int8", "--out", str(out), "--no-such-option")
+    assert result.returncode == 2 and "No such option" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_the_cli_writes_a_run_that_translate_reads(run_dir, tmp_path):
+    out = tmp_path / "int8"
+    result = run_cli("optimize", str(run_dir), "--method", "int8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "int8:" in result.stdout and (out / "optimize.json").is_file()
+    translated = run_cli("translate", str(out), "--beam", "2", stdin="5. März 2021\n")
+    assert translated.returncode == 0, translated.stderr
+    assert len(translated.stdout.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------- ensembles
+def test_a_translation_ensemble_of_one_run_translates_as_the_run(run_dir):
+    from heedful.runs import load_ensemble
+
+    run, ensemble = load_run(run_dir, "cpu"), load_ensemble([run_dir], "cpu")
+    for beam in (1, 3):
+        alone, together = run.translate(SOURCES, beam=beam), ensemble.translate(SOURCES, beam=beam)
+        assert [t.output for t in together] == [t.output for t in alone]
+        assert [t.score for t in together] == pytest.approx([t.score for t in alone], abs=1e-5)
+    assert [p.output for p in ensemble.predict(SOURCES)] == [p.output for p in run.predict(SOURCES)]
+
+
+def test_translate_with_an_ensemble_of_another_vocabulary_is_refused(run_dir, tmp_path):
+    from heedful.runs import load_ensemble
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    vocab = json.loads((other / "model" / "tgt_vocab.json").read_text())
+    vocab["itos"][4:6] = vocab["itos"][5:3:-1]  # "1" before "0": same size, other ids
+    (other / "model" / "tgt_vocab.json").write_text(json.dumps(vocab))
+    with pytest.raises(UserError, match="another vocabulary"):
+        load_ensemble([run_dir, other], "cpu")
+
+
+@pytest.mark.slow
+def test_translate_ensemble_on_the_command_line(run_dir):
+    alone = run_cli("translate", str(run_dir), "--beam", "3", stdin="\n".join(SOURCES) + "\n")
+    both = run_cli(
+        "translate", str(run_dir), "--beam", "3", "--ensemble", str(run_dir), stdin="\n".join(SOURCES) + "\n"
+    )
+    assert alone.returncode == 0 and both.returncode == 0, both.stderr
+    assert both.stdout == alone.stdout and len(both.stdout.splitlines()) == len(SOURCES)
