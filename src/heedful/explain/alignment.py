@@ -56,19 +56,36 @@ def cross_attention_maps(
 ) -> list[dict[str, Tensor]]:
     """Teacher-forced pass over the given outputs (the same attention decoding saw, as the
     decoder is causal): per example, every cross-attention module's (H, T_out + 1, S) map."""
+    return [cross for cross, _ in attention_maps(model, src_ids, out_ids, bos=bos, pad=pad, batch_tokens=batch_tokens)]
+
+
+def attention_maps(
+    model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]], *, bos: int, pad: int, batch_tokens: int
+) -> list[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    """:func:`cross_attention_maps` and, from the same pass, the encoder's self-attention: per
+    example (cross-attention module -> (H, T_out + 1, S), encoder self-attention module ->
+    (H, S, S)), the encoder's in module order (``encoder.layers.N.self_attn``)."""
     device = next(model.parameters()).device
     sizes = [max(len(s), len(o) + 1) for s, o in zip(src_ids, out_ids, strict=True)]
-    maps: list[dict[str, Tensor]] = [{}] * len(src_ids)
+    maps: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = [({}, {})] * len(src_ids)
     for indices in batches_by_length(sizes, batch_tokens):
         src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
         tgt_in = pad_ids([[bos, *out_ids[i]] for i in indices], pad).to(device)  # (B, T + 1)
         with torch.no_grad(), capture(model) as seen:
             model(src, tgt_in)
         stacked = {k: stacked_attention(seen, k).float().cpu() for k in seen if "cross_attn" in k}  # (B, H, T+1, S)
+        # (B, H, S, S) each: the encoder's self-attention, kept for a rollout
+        encoder = {k: stacked_attention(seen, k).float().cpu() for k in seen if _ENCODER_SELF.fullmatch(k)}
         for row, i in enumerate(indices):
             s, t = len(src_ids[i]), len(out_ids[i])
-            maps[i] = {k: weights[row, :, : t + 1, :s] for k, weights in stacked.items()}
+            maps[i] = (
+                {k: weights[row, :, : t + 1, :s] for k, weights in stacked.items()},
+                {k: weights[row, :, :s, :s] for k, weights in encoder.items()},
+            )
     return maps
+
+
+_ENCODER_SELF = re.compile(r"encoder\.layers\.\d+\.self_attn")
 
 
 # ------------------------------------------------------------------------------ pieces and words

@@ -7,7 +7,10 @@ The server knows no task by name. What a run takes (``Task.inputs``: texts, audi
 labels) picks the request schema, and the fields of the task's ``Prediction`` class
 (``Task.prediction_class``) make the response schema; ``Run.predict`` answers, and with
 ``"attention": true`` ``Run.explain`` does (every attention layer's weights per head, with the
-tokens). Requests to one model are batched dynamically (``serve/batching.py``).
+tokens); ``"explain": "rollout"`` answers the attention rollout (Abnar & Zuidema 2020) of the
+encoder's self-attention over the input tokens, from the weights that same explanation captured
+(``Explanation.self_attention``), or a 422 for a model with none. Requests to one model are
+batched dynamically (``serve/batching.py``).
 
 Security: the routes are only those of the loaded runs (a model name never reaches the file
 system); with an API key every route but ``/healthz``, ``/readyz`` and the explorer's static page
@@ -31,13 +34,14 @@ import tempfile
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, create_model
 from torch import Tensor
 
 from heedful.errors import UserError
+from heedful.explain.rollout import attention_rollout
 from heedful.extras import optional_import
 from heedful.runs import Run, load_run
 from heedful.serve.batching import DynamicBatcher, Overloaded
@@ -99,6 +103,31 @@ class Attention(BaseModel):
     layers: dict[str, list[Any]] = Field(description="module path -> its weights, (heads, T_q, T_k) for most")
 
 
+class Rollout(BaseModel):
+    """Attention rollout over one input's tokens (``"explain": "rollout"``)."""
+
+    tokens: list[str] = Field(description="the input tokens: rows and columns")
+    layers: list[str] = Field(description="the self-attention modules rolled out, first layer first")
+    weights: list[list[float]] = Field(description="(T, T): row q = how much of each input token reaches q at the top")
+
+
+EXPLAIN_METHODS = ("rollout",)
+_ENCODER_SELF = re.compile(r"encoder\.layers\.(\d+)\.self_attn")
+
+
+def rollout(explanation: Any) -> dict[str, Any]:
+    """The rollout of ``explanation.self_attention`` (each (H, T, T), T = the key tokens), first
+    layer first: the weights the explanation already holds, no second pass. An ``ApiError`` (422)
+    when it holds no encoder self-attention (an RNN, a decoder-only model, a task that keeps none)."""
+    found = {n: w for n, w in getattr(explanation, "self_attention", {}).items() if _ENCODER_SELF.fullmatch(n)}
+    if not found:
+        raise ApiError(422, "cannot explain", "explain 'rollout': this model's explanation holds no encoder "
+                       "self-attention to roll out; ask for \"attention\": true instead")  # fmt: skip
+    names = sorted(found, key=lambda n: int(_ENCODER_SELF.fullmatch(n)[1]))
+    weights = attention_rollout([found[n] for n in names])  # (T, T)
+    return {"tokens": list(explanation.key_tokens), "layers": names, "weights": _jsonable(weights)}
+
+
 def _json_type(annotation: Any) -> Any:
     """A Prediction field's type as JSON carries it: tensors become nested lists."""
     if annotation is Tensor or "Tensor" in repr(annotation):
@@ -125,17 +154,20 @@ def prediction_schema(prediction_class: type, name: str) -> type[BaseModel]:
     return create_model(name, **fields)
 
 
+EXPLAIN = (Literal["rollout"] | None, Field(None, description="'rollout': the encoder self-attention's rollout"))
+
+
 def request_schema(kind: str, limits: Limits, name: str) -> type[BaseModel] | None:
     """The JSON body of a text or label model's predict; audio models take multipart uploads."""
     strict = ConfigDict(extra="forbid")
     if kind == "text":
         text = typing.Annotated[StrictStr, Field(min_length=1, max_length=limits.max_text_chars)]
         texts = (list[text], Field(min_length=1, max_length=limits.max_texts, description="the texts to predict"))
-        return create_model(name, __config__=strict, texts=texts, attention=(StrictBool, False))
+        return create_model(name, __config__=strict, texts=texts, attention=(StrictBool, False), explain=EXPLAIN)
     if kind == "label":
         label = typing.Annotated[StrictStr, Field(max_length=100)]
         inputs = (list[label], Field(min_length=1, max_length=limits.max_images, description="one image per label"))
-        return create_model(name, __config__=strict, inputs=inputs, attention=(StrictBool, False))
+        return create_model(name, __config__=strict, inputs=inputs, attention=(StrictBool, False), explain=EXPLAIN)
     return None
 
 
@@ -160,14 +192,21 @@ class Served:
             return [(p, None) for p in self.run.predict(inputs)]
 
 
-def _answer(served: Served, shown_inputs: list[Any], results: list[tuple[Any, Any]]) -> dict[str, Any]:
+def _answer(
+    served: Served,
+    shown_inputs: list[Any],
+    results: list[tuple[Any, Any]],
+    attention_wanted: bool = True,
+    explain: str | None = None,
+) -> dict[str, Any]:
     predictions, attention = [], []
+    rollouts = [rollout(e) for _, e in results] if explain == "rollout" else None  # 422 before any answer
     for shown, (prediction, explanation) in zip(shown_inputs, results, strict=True):
         record = {f.name: _jsonable(getattr(prediction, f.name)) for f in dataclasses.fields(prediction)}
         record.pop("attention", None)
         record["input"] = shown  # what the client sent (an upload's name, not our temporary path)
         predictions.append(record)
-        if explanation is not None:
+        if explanation is not None and attention_wanted:
             attention.append({
                 "title": explanation.title,
                 "query_tokens": list(explanation.query_tokens),
@@ -176,7 +215,7 @@ def _answer(served: Served, shown_inputs: list[Any], results: list[tuple[Any, An
                 "layers": {k: _jsonable(v) for k, v in explanation.weights.items()},
             })  # fmt: skip
     return {"model": served.name, "task": served.run.cfg.task, "predictions": predictions,
-            "attention": attention if attention else None}  # fmt: skip
+            "attention": attention if attention else None, "rollout": rollouts}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- ASGI guarding
@@ -301,7 +340,7 @@ def create_app(
         prediction = prediction_schema(task.prediction_class, f"{safe}_Prediction")
         response = create_model(
             f"{safe}_Response", model=(str, ...), task=(str, ...), predictions=(list[prediction], ...),
-            attention=(list[Attention] | None, None),
+            attention=(list[Attention] | None, None), rollout=(list[Rollout] | None, None),
         )  # fmt: skip
         batcher = DynamicBatcher(
             lambda inputs, attention, n=name: served[n].infer(inputs, attention), name=name,
@@ -406,9 +445,11 @@ def _describe(problems: list[dict]) -> str:
     return "; ".join(parts) + more
 
 
-async def _predict(served: Served, inputs: list[Any], shown: list[Any], size: int, attention: bool) -> Any:
-    try:
-        results = await served.batcher.submit(inputs, size, attention)
+async def _predict(
+    served: Served, inputs: list[Any], shown: list[Any], size: int, attention: bool, explain: str | None = None
+) -> Any:
+    try:  # a rollout reads the explanation's weights: it asks for the explanation as attention does
+        results = await served.batcher.submit(inputs, size, attention or explain is not None)
     except Overloaded as exc:
         raise ApiError(503, "overloaded", str(exc)) from None
     except UserError as exc:
@@ -417,7 +458,7 @@ async def _predict(served: Served, inputs: list[Any], shown: list[Any], size: in
 
     # Built to the route's response_model (which documents it); returned as a Response so FastAPI
     # does not validate the whole answer again, attention maps included, on every request.
-    answer = _answer(served, shown, results)
+    answer = _answer(served, shown, results, attention, explain)
     try:
         body = json.dumps(answer, ensure_ascii=False, allow_nan=False)
     except ValueError:  # a NaN or infinite float (say, a score of -inf): JSON has none, null stands in
@@ -434,6 +475,7 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
             request: Request,
             files: list[UploadFile] = File(..., description="WAV/FLAC files (what libsndfile reads)"),
             attention: bool = Form(False),
+            explain: Literal["rollout"] | None = Form(None),
         ):
             if len(files) > limits.max_audio_files:
                 raise ApiError(413, "too many files", f"at most {limits.max_audio_files} per request")
@@ -446,10 +488,12 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
                     paths.append(Path(tmp) / f"{i}.audio")
                     paths[-1].write_bytes(blob)
                 shown = [f.filename or f"file {i + 1}" for i, f in enumerate(files)]
-                return await _predict(served, [str(p) for p in paths], shown, sum(frames), attention)
+                return await _predict(served, [str(p) for p in paths], shown, sum(frames), attention, explain)
 
         # The module's annotations are strings (postponed); FastAPI needs the classes themselves.
-        predict_audio.__annotations__ = {"request": Request, "files": list[UploadFile], "attention": bool}
+        predict_audio.__annotations__ = {
+            "request": Request, "files": list[UploadFile], "attention": bool, "explain": Literal["rollout"] | None,
+        }  # fmt: skip
         app.post(
             path,
             response_model=served.response,
@@ -465,7 +509,7 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
     async def predict(request: Request, body: request_model):  # type: ignore[valid-type]
         items = getattr(body, field)
         size = sum(len(x) for x in items) if served.kind == "text" else 64 * len(items)
-        return await _predict(served, list(items), list(items), max(size, 1), body.attention)
+        return await _predict(served, list(items), list(items), max(size, 1), body.attention, body.explain)
 
     # FastAPI reads the body's model from the annotation; make it the concrete class.
     predict.__annotations__ = {"request": Request, "body": request_model}
@@ -535,4 +579,4 @@ def serve(
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
 
 
-__all__ = ["ApiError", "Batching", "Limits", "create_app", "is_local", "serve"]
+__all__ = ["ApiError", "Batching", "Limits", "create_app", "is_local", "rollout", "serve"]

@@ -104,6 +104,9 @@ class Explanation:
     summary: Tensor  # (T_q, T_k): the map a heatmap shows by default
     title: str = ""
     context: dict[str, Any] = field(default_factory=dict)  # task-specific, e.g. the spectrogram
+    # module path -> (H, T_k, T_k): the encoder's self-attention over the key tokens, from the same
+    # pass, named ``encoder.layers.N.self_attn`` (what a rollout reads); empty where there is none
+    self_attention: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Task(ABC):

@@ -72,6 +72,7 @@ from heedful.explain.alignment import (
     AlignMethod,
     add_date_field_links,
     alignment_hits,
+    attention_maps,
     checked_pairs,
     cross_attention_maps,
     forced_alignments,
@@ -452,9 +453,11 @@ class TranslateTask(Task):
         name = self._cross_attention_name(model)
         translations = self.translate(model, inputs)
         src_ids = [self._source_ids(t, model) for t in inputs]
-        maps = self._cross_attention(model, src_ids, [t.output_ids for t in translations])
+        bos, pad, budget = self.tgt_tok.bos_id, self.tgt_tok.pad_id, self.cfg.decode.batch_tokens
+        maps = attention_maps(model, src_ids, [t.output_ids for t in translations], bos=bos, pad=pad,
+                              batch_tokens=budget)  # fmt: skip
         explanations = []
-        for text, ids, t, weights in zip(inputs, src_ids, translations, maps, strict=True):
+        for text, ids, t, (weights, encoder) in zip(inputs, src_ids, translations, maps, strict=True):
             explanations.append(
                 Explanation(
                     prediction=t,
@@ -463,6 +466,7 @@ class TranslateTask(Task):
                     weights=weights,
                     summary=weights[name].mean(0),
                     title=f"{t.input}  →  {t.output}   ({name}, mean over heads)",
+                    self_attention=encoder,
                 )
             )
         return explanations
