@@ -45,9 +45,9 @@ def page_and_api(dates_run, review_run):
         page.click("#reload")
         page.wait_for_selector("#model option[value=reviews]", state="attached")
 
-        def api(model: str, text: str) -> dict:
-            r = httpx.post(f"{server.url}/v1/models/{model}/predict", json={"texts": [text], "attention": True},
-                           headers={"X-API-Key": KEY}, timeout=60)  # fmt: skip
+        def api(model: str, text: str, **extra) -> dict:
+            body = {"texts": [text], "attention": True, **extra}
+            r = httpx.post(f"{server.url}/v1/models/{model}/predict", json=body, headers={"X-API-Key": KEY}, timeout=60)
             assert r.status_code == 200, r.text
             return r.json()
 
@@ -95,6 +95,14 @@ def test_translate_hover_a_token_switch_heads(page_and_api, tmp_path):
 
     page.focus("#queries .token >> nth=0")  # keyboard focus chooses a token too
     torch.testing.assert_close(torch.tensor(shaded(page)), weights[1, 0], atol=1e-6, rtol=0)
+
+    # The rollout: its rows are the input tokens, its map the API's own.
+    (rollout,) = api("dates", text, explain="rollout")["rollout"]
+    page.select_option("#layer", "rollout")
+    queries = page.eval_on_selector_all("#queries .token", "els => els.map(e => e.textContent)")
+    assert queries == rollout["tokens"] == attention["key_tokens"]
+    page.hover(f"#queries .token >> nth={row}")
+    torch.testing.assert_close(torch.tensor(shaded(page)), torch.tensor(rollout["weights"][row]), atol=1e-6, rtol=0)
     assert errors == []
 
 
@@ -107,6 +115,8 @@ def test_classify_a_review(page_and_api, tmp_path):
     assert page.inner_text("#output") == prediction["output"]
     rows = page.eval_on_selector_all("#probabilities tbody tr th", "els => els.map(e => e.textContent)")
     assert rows == list(prediction["probabilities"])
+    layers = page.eval_on_selector_all("#layer option", "els => els.map(e => e.value)")
+    assert "rollout" not in layers  # the classifier's explanation keeps no encoder self-attention
     page.select_option("#layer", "summary")
     page.hover("#queries .token >> nth=0")
     torch.testing.assert_close(torch.tensor(shaded(page)), torch.tensor(attention["summary"][0]), atol=1e-6, rtol=0)

@@ -1,10 +1,12 @@
 // The attention explorer: vanilla ES module, no build step, talks only to the server it came from.
 // It asks /v1/models/{name}/predict with "attention": true and draws attention.layers, whose
 // entries are (heads, T_q, T_k) weights: rows are output tokens (query_tokens), columns input
-// tokens (key_tokens).
+// tokens (key_tokens). Where the model has encoder self-attention it asks "explain": "rollout" too
+// and offers "rollout" in the layer selector: a (T_k, T_k) map whose rows are input tokens.
 
 const $ = (selector) => document.querySelector(selector);
 const state = { answer: null, layer: "summary", head: "mean", row: 0 };
+const ROLLOUT = "rollout";
 
 function headers() {
   const h = { "content-type": "application/json" };
@@ -39,10 +41,15 @@ async function predict(event) {
   if (!name || !text.trim()) return;
   $("#go").disabled = true;
   try {
-    const response = await fetch(`/v1/models/${encodeURIComponent(name)}/predict`, {
-      method: "POST", headers: headers(), body: JSON.stringify({ texts: [text], attention: true }),
+    const ask = (request) => fetch(`/v1/models/${encodeURIComponent(name)}/predict`, {
+      method: "POST", headers: headers(), body: JSON.stringify({ texts: [text], attention: true, ...request }),
     });
-    const body = await response.json();
+    let response = await ask({ explain: ROLLOUT });
+    let body = await response.json();
+    if (response.status === 422 && body.error === "cannot explain") {  // no encoder self-attention
+      response = await ask({});
+      body = await response.json();
+    }
     if (!response.ok) return showError(body);
     showError(null);
     state.answer = body;
@@ -60,6 +67,7 @@ async function predict(event) {
 function heads(layer) {
   const att = state.answer.attention[0];
   if (layer === "summary") return [att.summary];
+  if (layer === ROLLOUT) return [state.answer.rollout[0].weights];
   const w = att.layers[layer];
   return Array.isArray(w[0][0]) ? w : [w];
 }
@@ -69,6 +77,11 @@ export function currentMap() {
   const hs = heads(state.layer);
   if (state.head !== "mean") return hs[Number(state.head)];
   return hs[0].map((row, i) => row.map((_, j) => hs.reduce((sum, h) => sum + h[i][j], 0) / hs.length));
+}
+
+// The rows' labels: output tokens, or the input tokens for the rollout (input x input).
+function queryTokens() {
+  return state.layer === ROLLOUT ? state.answer.rollout[0].tokens : state.answer.attention[0].query_tokens;
 }
 
 function fillSelect(select, values, chosen) {
@@ -93,13 +106,19 @@ function render() {
       return tr;
     }));
   }
-  fillSelect($("#layer"), [["summary", "the task's summary"], ...Object.keys(att.layers).map((n) => [n, n])], state.layer);
+  const layers = [["summary", "the task's summary"], ...Object.keys(att.layers).map((n) => [n, n])];
+  if (answer.rollout) layers.push([ROLLOUT, "rollout (encoder self-attention, all layers)"]);
+  fillSelect($("#layer"), layers, state.layer);
   const nHeads = heads(state.layer).length;
   if (state.head !== "mean" && Number(state.head) >= nHeads) state.head = "mean";
   fillSelect($("#head"), [["mean", "mean over heads"], ...[...Array(nHeads).keys()].map((h) => [String(h), `head ${h}`])], state.head);
-  $("#title").textContent = att.title;
+  $("#title").textContent = state.layer === ROLLOUT
+    ? `attention rollout of ${answer.rollout[0].layers.join(", ")}: rows and columns are the input tokens`
+    : att.title;
+  const rowTokens = queryTokens();
+  if (state.row >= rowTokens.length) state.row = 0;
   const queries = $("#queries");
-  queries.replaceChildren(...att.query_tokens.map((token, i) => {
+  queries.replaceChildren(...rowTokens.map((token, i) => {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "token";
@@ -132,7 +151,7 @@ function drawRow() {
     span.className = "token";
     span.textContent = token;
     shade(span, row[j] ?? 0, max);
-    const label = `${token}: ${(100 * (row[j] ?? 0)).toFixed(1)} % of ${att.query_tokens[state.row]}'s attention`;
+    const label = `${token}: ${(100 * (row[j] ?? 0)).toFixed(1)} % of ${queryTokens()[state.row]}'s attention`;
     span.title = label;
     span.setAttribute("aria-label", label);
     span.setAttribute("role", "img");
@@ -144,18 +163,19 @@ function drawRow() {
 function drawGrid() {
   const att = state.answer.attention[0];
   const map = currentMap();
+  const rowTokens = queryTokens();
   const grid = $("#grid");
   const head = document.createElement("tr");
   head.append(document.createElement("th"), ...att.key_tokens.map((t) => Object.assign(document.createElement("th"), { textContent: t, scope: "col" })));
   const rows = map.map((row, i) => {
     const tr = document.createElement("tr");
     tr.dataset.row = String(i);
-    tr.append(Object.assign(document.createElement("th"), { textContent: att.query_tokens[i] ?? "", scope: "row" }));
+    tr.append(Object.assign(document.createElement("th"), { textContent: rowTokens[i] ?? "", scope: "row" }));
     const max = Math.max(0, ...row);
     for (const [j, w] of row.entries()) {
       const td = document.createElement("td");
       shade(td, w, max);
-      td.title = `${att.query_tokens[i]} → ${att.key_tokens[j]}: ${(100 * w).toFixed(1)} %`;
+      td.title = `${rowTokens[i]} → ${att.key_tokens[j]}: ${(100 * w).toFixed(1)} %`;
       tr.append(td);
     }
     return tr;
