@@ -56,15 +56,24 @@ def cross_attention_maps(
 ) -> list[dict[str, Tensor]]:
     """Teacher-forced pass over the given outputs (the same attention decoding saw, as the
     decoder is causal): per example, every cross-attention module's (H, T_out + 1, S) map."""
-    return [cross for cross, _ in attention_maps(model, src_ids, out_ids, bos=bos, pad=pad, batch_tokens=batch_tokens)]
+    maps = attention_maps(model, src_ids, out_ids, bos=bos, pad=pad, batch_tokens=batch_tokens, encoder=False)
+    return [cross for cross, _ in maps]
 
 
 def attention_maps(
-    model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]], *, bos: int, pad: int, batch_tokens: int
+    model: nn.Module,
+    src_ids: list[list[int]],
+    out_ids: list[list[int]],
+    *,
+    bos: int,
+    pad: int,
+    batch_tokens: int,
+    encoder: bool = True,
 ) -> list[tuple[dict[str, Tensor], dict[str, Tensor]]]:
     """:func:`cross_attention_maps` and, from the same pass, the encoder's self-attention: per
     example (cross-attention module -> (H, T_out + 1, S), encoder self-attention module ->
-    (H, S, S)), the encoder's in module order (``encoder.layers.N.self_attn``)."""
+    (H, S, S)), the encoder's in module order (``encoder.layers.N.self_attn``; left empty
+    without ``encoder``)."""
     device = next(model.parameters()).device
     sizes = [max(len(s), len(o) + 1) for s, o in zip(src_ids, out_ids, strict=True)]
     maps: list[tuple[dict[str, Tensor], dict[str, Tensor]]] = [({}, {})] * len(src_ids)
@@ -75,12 +84,13 @@ def attention_maps(
             model(src, tgt_in)
         stacked = {k: stacked_attention(seen, k).float().cpu() for k in seen if "cross_attn" in k}  # (B, H, T+1, S)
         # (B, H, S, S) each: the encoder's self-attention, kept for a rollout
-        encoder = {k: stacked_attention(seen, k).float().cpu() for k in seen if _ENCODER_SELF.fullmatch(k)}
+        kept = [k for k in seen if encoder and _ENCODER_SELF.fullmatch(k)]
+        selves = {k: stacked_attention(seen, k).float().cpu() for k in kept}
         for row, i in enumerate(indices):
             s, t = len(src_ids[i]), len(out_ids[i])
             maps[i] = (
                 {k: weights[row, :, : t + 1, :s] for k, weights in stacked.items()},
-                {k: weights[row, :, :s, :s] for k, weights in encoder.items()},
+                {k: weights[row, :, :s, :s] for k, weights in selves.items()},
             )
     return maps
 
