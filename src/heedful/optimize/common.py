@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +46,8 @@ def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any]) -> 
     """``out`` as a run directory holding ``model``: the run's config.yaml, its model folder's
     vocabulary files, the model (config.json + model.safetensors) and ``optimize.json``."""
     out = check_out_dir(out, run.run_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "model").mkdir(parents=True)
-    try:
+    with staged(out) as tmp:
+        (tmp / "model").mkdir()
         shutil.copy2(run.run_dir / "config.yaml", tmp / "config.yaml")
         for path in (run.run_dir / "model").iterdir():  # tokenizers, vocabularies: everything but the weights
             if path.is_file() and path.name not in ("config.json", "model.safetensors"):
@@ -55,12 +55,24 @@ def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any]) -> 
         model.save_pretrained(tmp / "model")
         payload = {"source": str(run.run_dir), **record}
         (tmp / RECORD_NAME).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write ``out``'s files into: renamed to ``out`` (new or empty,
+    see ``check_out_dir``) only when the block completes, removed whatever happens — so a failed
+    optimization or export leaves nothing behind."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,7 +24,7 @@ import torch
 
 from heedful.data.tokenizers import content_ids
 from heedful.extras import optional_import
-from heedful.optimize.common import OptimizeError, check_out_dir
+from heedful.optimize.common import OptimizeError, check_out_dir, staged
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -138,9 +138,7 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
         def _load(self):
             return spec
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged(out) as tmp:
         Converter().convert(str(tmp), quantization=quantization, force=True)
         for path in (run.run_dir / "model").iterdir():  # our tokenizer, to make and undo the pieces
             if path.is_file() and path.name not in ("model.safetensors",):
@@ -148,11 +146,6 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
         shutil.copy2(run.run_dir / "config.yaml", tmp / "heedful-config.yaml")
         record = {"source": str(run.run_dir), "format": "ctranslate2", "quantization": quantization}
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heedful.extras import optional_import
-from heedful.optimize.common import OptimizeError, check_out_dir
+from heedful.optimize.common import OptimizeError, check_out_dir, staged
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -145,11 +145,8 @@ def export_onnx(run: Run, out: str | Path) -> Path:
     if isinstance(model, TransformerEncoderDecoder):
         _check_seq2seq(model)
     out = check_out_dir(Path(out), run.run_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     model = model.cpu().eval()
-    try:
+    with staged(out) as tmp:
         pad = model.config.pad_id
         tokens = torch.full((2, 7), 5, dtype=torch.long)
         tokens[1, 5:] = pad
@@ -194,11 +191,6 @@ def export_onnx(run: Run, out: str | Path) -> Path:
         (tmp / RECORD_NAME).write_text(
             json.dumps({"source": str(run.run_dir), "opset": OPSET, **record}, indent=2) + "\n"
         )
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
