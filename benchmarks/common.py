@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -64,3 +65,18 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def report_faithfulness(table: dict, run_dir: Path, examples: int, kind: str, units: str, draws: int,
+                        seconds: float) -> None:  # fmt: skip
+    """Print a ``faithfulness_table`` (comprehensiveness, ± its spread for random, sufficiency, the
+    ratio to random) and keep it with the run as ``RUN_DIR/faithfulness.json``."""
+    print(f"{examples} test {kind} of {run_dir}, ERASER AOPC over 1/5/10/20/50 % of {units} ({seconds:.0f} s)")
+    print(f"{'method':<24}{'comprehensiveness':>20}{'sufficiency':>14}{'× random':>10}")
+    for name, row in table.items():
+        comp = f"{row['comprehensiveness']:.4f}" + (f" ± {row['comprehensiveness_sd']:.4f}" if name == "random" else "")
+        ratio = f"{row['comp_vs_random']:.2f}" if "comp_vs_random" in row else ""
+        print(f"{name:<24}{comp:>20}{row['sufficiency']:>14.4f}{ratio:>10}")
+    record = {"methods": table, "examples": examples, "draws": draws, "seconds": round(seconds, 1),
+              "machine": platform.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+    (Path(run_dir) / "faithfulness.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -19,13 +19,11 @@ Writes RUN/faithfulness.json, which `heedful report RUN` shows.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from datetime import UTC, datetime
 
 import torch
 
+from common import report_faithfulness
 from heedful.data.tokenizers import pad_ids
 from heedful.explain.capture import capture
 from heedful.explain.faithfulness import faithfulness_table, ranking
@@ -92,17 +90,7 @@ def main() -> None:
     model.eval()
     table = faithfulness_table(prob, inputs, methods, draws=args.draws, reduce=reduce)
     seconds = time.perf_counter() - start
-    print(
-        f"{len(inputs)} test dates of {args.run_dir}, ERASER AOPC over 1/5/10/20/50 % of characters ({seconds:.0f} s)"
-    )
-    print(f"{'method':<24}{'comprehensiveness':>20}{'sufficiency':>14}{'× random':>10}")
-    for name, row in table.items():
-        comp = f"{row['comprehensiveness']:.4f}" + (f" ± {row['comprehensiveness_sd']:.4f}" if name == "random" else "")
-        ratio = f"{row['comp_vs_random']:.2f}" if "comp_vs_random" in row else ""
-        print(f"{name:<24}{comp:>20}{row['sufficiency']:>14.4f}{ratio:>10}")
-    record = {"methods": table, "examples": len(inputs), "draws": args.draws, "seconds": round(seconds, 1),
-              "machine": platform.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
-    (run.run_dir / "faithfulness.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    report_faithfulness(table, run.run_dir, len(inputs), "dates", "characters", args.draws, seconds)
 
 
 if __name__ == "__main__":
