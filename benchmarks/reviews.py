@@ -188,12 +188,13 @@ def fold_record(args, labels: str, fold: int, folds: int, prefix: str, extra: li
         record = json.loads(path.read_text())
     models = amazon_models(args, labels, fold, folds, extra)
     task = None
+    path.parent.mkdir(parents=True, exist_ok=True)
     for name, overrides in models.items():
-        if name in record["models"]:
-            if "val_probs" not in record["models"][name]:
-                add_validation(record, name, ROOT / f"{prefix}-{labels}-{name}-fold{fold}", device_of(args), path)
-            continue
         run_dir = ROOT / f"{prefix}-{labels}-{name}-fold{fold}"
+        if name in record["models"]:
+            if "val_probs" not in record["models"][name] and add_validation(record, name, run_dir, device_of(args)):
+                path.write_text(json.dumps(record) + "\n")
+            continue
         minutes = fit_or_reuse(load_config(AMAZON, common(run_dir, overrides)), args.retrain)
         run = load_run(run_dir, device_of(args), OWN_BASELINES)
         run.evaluate("test")
@@ -209,21 +210,21 @@ def fold_record(args, labels: str, fold: int, folds: int, prefix: str, extra: li
                                   "device": run.cfg.device}  # fmt: skip
         if "baselines" not in record:  # fit on the training texts of this same fold
             record["baselines"] = {k: v.tolist() for k, v in baselines(task).items()}
-        add_validation(record, name, run_dir, device_of(args), path, run)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        add_validation(record, name, run_dir, device_of(args), run)
         path.write_text(json.dumps(record) + "\n")
         print(f"{labels} fold {fold} {name}: " + json.dumps(score(torch.tensor(record["models"][name]["probs"]),
               torch.tensor(rows["label"]), record["classes"])), flush=True)  # fmt: skip
     return record
 
 
-def add_validation(record: dict, name: str, run_dir: Path, device: str, path: Path, run=None) -> None:
-    """Keep the fold's validation rows' labels, its training class counts and ``name``'s validation
-    probabilities (N_val, C) in the record: decision rules are chosen on them (``prior_adjusted``),
-    never on the test rows. A model trained elsewhere (no finished run here) is left without."""
+def add_validation(record: dict, name: str, run_dir: Path, device: str, run=None) -> bool:
+    """Put the fold's validation rows' labels, its training class counts and ``name``'s validation
+    probabilities (N_val, C) into the record (the caller writes it): decision rules are chosen on
+    them (``prior_adjusted``), never on the test rows. A model trained elsewhere (no finished run
+    here) is left without: False."""
     if run is None:
         if not (run_dir / "history.json").is_file() or not History.load(run_dir / "history.json").completed:
-            return
+            return False
         run = load_run(run_dir, device, OWN_BASELINES)
         if run.task.data is None:
             run.task.build_data(run.cfg)
@@ -234,8 +235,8 @@ def add_validation(record: dict, name: str, run_dir: Path, device: str, path: Pa
     counts = Counter(e.label for e in run.task.train_texts)
     record["train_counts"] = [counts.get(c, 0) for c in range(len(record["classes"]))]
     record["models"][name]["val_probs"] = probabilities(run, val).cpu().tolist()
-    path.write_text(json.dumps(record) + "\n")
-    print(f"{path.name}: validation probabilities of {name}", flush=True)
+    print(f"{run_dir.name}: validation probabilities", flush=True)
+    return True
 
 
 # The decision rule tried as the first change (chosen on validation rows only): logit adjustment
