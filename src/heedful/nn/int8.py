@@ -11,6 +11,9 @@ thread, 2026-12-04): its kernels target GPUs and ``torch.compile``, and its weig
 subclasses that torch serializes by pickling. ``torch.ao.quantization`` warns that it is
 deprecated but still ships with our pinned torch; we silence that warning here, in one place.
 
+Parametrized layers (the GAN's spectral norm) are baked into plain weights first
+(``bake_parametrizations``), on saving and on loading alike, so both build the same modules.
+
 A quantized module's ``state_dict`` holds packed-parameter objects, not tensors, so the file is
 written from the int8 values themselves: for each quantized weight ``W`` (named as in the float
 model, e.g. ``decoder.output.weight``) three tensors ``W.int8`` (int8, the weight's shape),
@@ -33,9 +36,31 @@ from heedful.nn.weights import _tied_groups
 INT8_TYPES = (nn.Linear, nn.GRU, nn.LSTM)
 
 
+def bake_parametrizations(model: nn.Module) -> nn.Module:
+    """``model`` with every parametrization (spectral norm: ``W / σ(W)``) replaced, in place, by
+    the plain weight it computes now. Dynamic int8 swaps a Linear for a module with no
+    ``parametrizations``, so a parametrized layer cannot be quantized as it is; at inference the
+    parametrization is a fixed function of stored tensors (in eval mode spectral norm runs no
+    power iteration), so baking it changes no output. Call it in eval mode."""
+    from torch.nn.utils import parametrize
+
+    # Not ``parametrize.remove_parametrizations``: it deletes the property from the module's
+    # generated class, which a deep copy shares with its original, and so breaks the original.
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            module.__class__ = module.__class__.__bases__[0]  # the plain class, e.g. nn.Linear
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module.register_parameter(name, nn.Parameter(value))
+    return model
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """``model`` with every Linear/GRU/LSTM swapped for its dynamic int8 module (a new module;
-    ``model`` itself is left in float32). CPU only."""
+    ``model`` itself is left in float32, except that parametrizations are baked first: see
+    ``bake_parametrizations``). CPU only."""
+    bake_parametrizations(model.eval())
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from heedful.nn.int8 import INT8_TYPES, quantize_int8
+from heedful.nn.int8 import INT8_TYPES, bake_parametrizations, quantize_int8
 from heedful.optimize.common import OptimizeError
 
 if TYPE_CHECKING:
@@ -20,15 +20,10 @@ def int8(run: Run) -> tuple[nn.Module, dict[str, Any]]:
     model = run.model
     if any(step.get("method") == "int8" for step in getattr(model, "optimized", [])):
         raise OptimizeError(f"{run.run_dir}: its model is int8 already")
-    parametrized = [name for name, m in model.named_modules() if hasattr(m, "parametrizations")]
-    if parametrized:
-        raise OptimizeError(
-            f"{run.run_dir}: a {run.cfg.task!r} model with spectral normalisation ({parametrized[0]}, …): "
-            "dynamic int8 cannot quantize parametrized layers"
-        )
-    layers = [name for name, m in model.named_modules() if type(m) in INT8_TYPES]
+    baked = bake_parametrizations(copy.deepcopy(model).cpu().eval())  # a parametrized Linear is its own type
+    layers = [name for name, m in baked.named_modules() if type(m) in INT8_TYPES]
     if not layers:
         raise OptimizeError(f"{run.run_dir}: its model has no Linear, GRU or LSTM layer to quantize")
-    quantized = quantize_int8(copy.deepcopy(model).cpu().eval())
+    quantized = quantize_int8(baked)
     quantized.optimized = [*getattr(model, "optimized", []), {"method": "int8"}]
     return quantized, {"method": "int8", "layers": len(layers)}
