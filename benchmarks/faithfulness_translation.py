@@ -1,11 +1,13 @@
-"""ERASER faithfulness for translation, on the dates model: which source characters does the
-probability of the reference output depend on?
+"""ERASER faithfulness for translation: which source tokens does the probability of the
+reference translation depend on?
 
-    python benchmarks/faithfulness_dates.py runs/dates [--n 300] [--draws 5]
+    python benchmarks/faithfulness_translation.py runs/dates [--n 300] [--draws 5]
+    python benchmarks/faithfulness_translation.py runs/multi30k-transformer --n 300
 
-Units are the source characters; removing one deletes it. The score is the mean probability of
-the reference's tokens (its ISO date and <eos>) under forced decoding (teacher forcing on the
-reference). Rankings, each a total over the output steps:
+Any Transformer translate run: the dates model (units: source characters) or a Multi30k model
+(units: source sentencepiece pieces). Removing a unit deletes it. The score is the mean
+probability of the reference's tokens (its target pieces and <eos>) under forced decoding
+(teacher forcing on the reference), over the run's test split. Rankings, each a total over the output steps:
 
 * attention — the last decoder layer's cross-attention (mean over heads), summed over steps;
 * rollout — the cross-attention of every decoder layer (mean), pushed back through the encoder's
@@ -32,7 +34,7 @@ from heedful.runs import load_run
 
 
 class Units(list):
-    """A date's source character ids, with its reference output ids (<bos> … <eos>)."""
+    """A source's token ids, with its reference output ids (<bos> … <eos>)."""
 
     reference: list[int]
 
@@ -40,7 +42,7 @@ class Units(list):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--n", type=int, default=300, help="test dates scored")
+    parser.add_argument("--n", type=int, default=300, help="test examples scored")
     parser.add_argument("--draws", type=int, default=5, help="random rankings")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -90,7 +92,8 @@ def main() -> None:
     model.eval()
     table = faithfulness_table(prob, inputs, methods, draws=args.draws, reduce=reduce)
     seconds = time.perf_counter() - start
-    report_faithfulness(table, run.run_dir, len(inputs), "dates", "characters", args.draws, seconds)
+    units = "characters" if run.cfg.data.source == "dates" else "source tokens"
+    report_faithfulness(table, run.run_dir, len(inputs), "examples", units, args.draws, seconds)
 
 
 if __name__ == "__main__":
