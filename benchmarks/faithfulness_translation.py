@@ -92,7 +92,7 @@ def main() -> None:
     model.eval()
     table = faithfulness_table(prob, inputs, methods, draws=args.draws, reduce=reduce)
     seconds = time.perf_counter() - start
-    units = "characters" if run.cfg.data.source == "dates" else "source tokens"
+    units = "source pieces" if run.cfg.data.source == "parallel" else "characters"
     report_faithfulness(table, run.run_dir, len(inputs), "examples", units, args.draws, seconds)
 
 
