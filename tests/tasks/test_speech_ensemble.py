@@ -48,11 +48,14 @@ def test_an_ensemble_averages_its_members_probabilities(two_runs):
     # A member's probabilities are the ones its own predict reports.
     for p, row in zip(a.predict(clips), probs_a, strict=True):
         assert p.output == str(int(row.argmax())) and p.score == pytest.approx(float(row.max()), abs=1e-6)
+        assert list(p.probabilities) == classes  # every digit's probability, as every classifier gives
+        assert list(p.probabilities.values()) == pytest.approx(row.tolist(), abs=1e-6)
     mean = (probs_a + probs_b) / 2
     ensemble = load_ensemble([first, second], device="cpu")
     torch.testing.assert_close(ensemble.class_probabilities(clips)[0], mean)
     for p, row in zip(ensemble.predict(clips), mean, strict=True):
         assert p.output == str(int(row.argmax())) and p.score == pytest.approx(float(row.max()), abs=1e-6)
+        assert list(p.probabilities.values()) == pytest.approx(row.tolist(), abs=1e-6)
 
 
 def test_an_ensemble_of_one_run_twice_predicts_as_that_run(two_runs):

@@ -208,10 +208,13 @@ class Task(ABC):
         return {}
 
     def predictions(self, inputs: list[Any], probs: Tensor, classes: list[str]) -> list[Prediction]:
-        """Per input, from its class probabilities (N, C): the likeliest class and its probability
-        (a task may list every class's probability too, as classify does)."""
+        """Per input, from its class probabilities (N, C): the likeliest class, its probability,
+        and every class's probability."""
         best = probs.argmax(-1).tolist()  # (N,)
-        return [Prediction(x, classes[c], float(row[c])) for x, row, c in zip(inputs, probs, best, strict=True)]
+        return [
+            Prediction(x, classes[c], float(row[c]), probabilities=dict(zip(classes, row.tolist(), strict=True)))
+            for x, row, c in zip(inputs, probs, best, strict=True)
+        ]
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]] | None:
         """Optimizer parameter groups, when the task wants its own (e.g. layer-wise learning-rate

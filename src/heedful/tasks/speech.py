@@ -317,6 +317,9 @@ class SpeechTask(Task):
         device = next(model.parameters()).device
         batch = {k: v.to(device) for k, v in self.pad([u.features for u in utterances]).items()}
         logits, frame_lengths = model(batch["features"], batch["lengths"])
+        if self.cfg.model.head == "classify":  # every digit's probability, as every classifier gives
+            classes = [str(d) for d in range(logits.shape[-1])]
+            return self.predictions([u.source for u in utterances], logits.float().softmax(-1), classes), frame_lengths
         return [
             Prediction(u.source, label, conf)
             for u, (label, conf) in zip(utterances, self._decode(logits, frame_lengths), strict=True)
