@@ -149,6 +149,8 @@ def test_gold_pairs_from_the_awesome_align_layout(tmp_path):
     ],
 )
 def test_gold_refuses_what_does_not_fit(tmp_path, text, gold, message):
+    with pytest.raises(DataError, match=r"enfr.src-tgt: no such file"):
+        read_gold(tmp_path / "enfr.src-tgt", tmp_path / "enfr.gold")
     (tmp_path / "enfr.src-tgt").write_text(text, encoding="utf-8")
     (tmp_path / "enfr.gold").write_text(gold, encoding="utf-8")
     with pytest.raises(DataError, match=message):

@@ -445,6 +445,8 @@ def _read_lines(path: Path) -> Iterator[str]:
                 yield line.decode("utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path} line {n}: not valid UTF-8") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"{path}: no such file") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable gzip file ({exc or 'truncated'})") from None
 
