@@ -82,8 +82,9 @@ def attention_maps(
     for indices in batches_by_length(sizes, batch_tokens):
         src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
         tgt_in = pad_ids([[bos, *out_ids[i]] for i in indices], pad).to(device)  # (B, T + 1)
-        with torch.no_grad(), capture(model) as seen:
-            model(src, tgt_in)
+        no_logits = torch.zeros_like(tgt_in, dtype=torch.bool)  # (B, T + 1): only the attention is wanted,
+        with torch.no_grad(), capture(model) as seen:  # so the vocabulary projection (the largest matmul) is skipped
+            model(src, tgt_in, keep=no_logits)
         stacked = {k: stacked_attention(seen, k).float().cpu() for k in seen if "cross_attn" in k}  # (B, H, T+1, S)
         # (B, H, S, S) each: the encoder's self-attention, kept for a rollout
         kept = [k for k in seen if encoder and _ENCODER_SELF.fullmatch(k)]
