@@ -113,6 +113,18 @@ def attention_links(run_dir: Path, gold) -> tuple[dict[str, list[set]], dict, fl
     return links, methods, time.perf_counter() - start
 
 
+def recased(pair):
+    """The pair as the model was trained to read it: first word capitalised, English ``i`` as
+    ``I`` (the gold lowercases sentence starts); the words and so the links are unchanged."""
+    from dataclasses import replace
+
+    def cap(text: str, english: bool) -> str:
+        words = ["I" if english and w == "i" else w for w in text.split()]
+        return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
+
+    return replace(pair, source=cap(pair.source, True), target=cap(pair.target, False))
+
+
 def scores(predicted: list[set], gold, part: slice) -> dict[str, float]:
     from heedful.explain.alignment import alignment_scores
 
@@ -126,6 +138,7 @@ def main() -> None:
     parser.add_argument("--gold", type=Path, default=DATA / "alignment", help="enfr.src-tgt and enfr.gold")
     parser.add_argument("--multi30k", type=Path, default=DATA / "multi30k", help="train.en.gz and train.fr.gz")
     parser.add_argument("--dev", type=int, default=147, help="the first DEV gold pairs choose; the rest report")
+    parser.add_argument("--recase", action="store_true", help="give the model each sentence's first word capitalised")
     args = parser.parse_args()
     try:
         import eflomal  # noqa: F401
@@ -165,7 +178,8 @@ def main() -> None:
     }
     eflomal_seconds = time.perf_counter() - start
 
-    ours, methods, ours_seconds = attention_links(args.run_dir, gold)
+    shown = [recased(p) for p in gold] if args.recase else gold
+    ours, methods, ours_seconds = attention_links(args.run_dir, shown)
     on_dev = {name: scores(links, gold, dev)["aer"] for name, links in ours.items()}
     families = {
         "layer average": lambda m: m.layers is None,
@@ -205,7 +219,7 @@ def main() -> None:
         print(f"  {on_dev[name]:.3f}  {name}")
     if args.json:
         record = {"run": str(args.run_dir), "gold_pairs": len(gold), "dev_pairs": args.dev, "test_pairs": n_test,
-                  "multi30k_pairs": n_train, "table": table, "dev_aer_every_method": on_dev,
+                  "multi30k_pairs": n_train, "recase": args.recase, "table": table, "dev_aer_every_method": on_dev,
                   "seconds": {"eflomal": round(eflomal_seconds, 1), "ours": round(ours_seconds, 1)},
                   "gap_points_test": gaps, "torch_threads": 1, "machine": platform.machine(),
                   "date": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
