@@ -1,5 +1,7 @@
 """Alignments from attention: extraction, symmetrisation, word merging, scoring, file checks."""
 
+import gzip
+
 import pytest
 import torch
 
@@ -17,6 +19,7 @@ from heedful.explain.alignment import (
     parse_links,
     pharaoh,
     piece_words,
+    read_gold,
     symmetrize,
 )
 
@@ -110,6 +113,48 @@ def test_parallel_lines_refuse_mismatched_or_empty_lines(tmp_path):
     tgt.write_text("x\n  \n", encoding="utf-8")
     with pytest.raises(DataError, match=r"tgt.txt line 2: empty line"):
         list(parallel_lines(src, tgt))
+
+
+def test_parallel_lines_read_gzip_as_plain_text_and_refuse_a_broken_one(tmp_path):
+    src, tgt = tmp_path / "src.txt.gz", tmp_path / "tgt.txt"
+    src.write_bytes(gzip.compress("a b\nc ü\n".encode()))
+    tgt.write_text("x\ny z\n", encoding="utf-8")
+    assert list(parallel_lines(src, tgt)) == [("a b", "x"), ("c ü", "y z")]
+    src.write_bytes(gzip.compress(b"a b\nc\nd\n")[:-12])  # cut: the end of the stream is missing
+    with pytest.raises(DataError, match=r"src.txt.gz: not a readable gzip file"):
+        list(parallel_lines(src, tgt))
+    src.write_bytes(gzip.compress(b"a b\n\xff\n"))
+    with pytest.raises(DataError, match=r"src.txt.gz line 2: not valid UTF-8"):
+        list(parallel_lines(src, tgt))
+
+
+def test_gold_pairs_from_the_awesome_align_layout(tmp_path):
+    text, gold = tmp_path / "enfr.src-tgt", tmp_path / "enfr.gold"
+    text.write_text("oh , oh !   ||| oh , oh !  \nthe cat ||| le  chat\n", encoding="utf-8")
+    gold.write_text("1-1 2p2 4-4\n2-2 1p1 1p2\n", encoding="utf-8")
+    first, second = read_gold(text, gold)
+    assert (first.source, first.target) == ("oh , oh !", "oh , oh !")
+    assert first.sure == {(0, 0), (3, 3)} and first.possible == {(0, 0), (1, 1), (3, 3)}
+    assert (second.source, second.target) == ("the cat", "le chat")
+    assert second.sure == {(1, 1)} and second.possible == {(1, 1), (0, 0), (0, 1)}
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "message"),
+    [
+        ("a b ||| x\n", "1-1\n3-1\n", r"enfr.gold line 2: .*enfr.src-tgt has only 1 lines"),
+        ("a b ||| x\nc\n", "1-1\n1-1\n", r"enfr.src-tgt line 2: expected 'source words \|\|\| target words'"),
+        ("a b ||| x\n", "3-1\n", r"enfr.gold line 1: link 3-1 outside the sentence \(2 source words, 1 target"),
+        ("a b ||| x\n", "1-1 2x1\n", r"enfr.gold line 1: '2x1' is not a link"),
+    ],
+)
+def test_gold_refuses_what_does_not_fit(tmp_path, text, gold, message):
+    with pytest.raises(DataError, match=r"enfr.src-tgt: no such file"):
+        read_gold(tmp_path / "enfr.src-tgt", tmp_path / "enfr.gold")
+    (tmp_path / "enfr.src-tgt").write_text(text, encoding="utf-8")
+    (tmp_path / "enfr.gold").write_text(gold, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        read_gold(tmp_path / "enfr.src-tgt", tmp_path / "enfr.gold")
 
 
 def test_date_field_links_from_a_hand_built_attention_map():

@@ -25,7 +25,9 @@ output), in chunks, so memory stays flat however long the input is.
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, zip_longest
@@ -80,8 +82,9 @@ def attention_maps(
     for indices in batches_by_length(sizes, batch_tokens):
         src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
         tgt_in = pad_ids([[bos, *out_ids[i]] for i in indices], pad).to(device)  # (B, T + 1)
-        with torch.no_grad(), capture(model) as seen:
-            model(src, tgt_in)
+        no_logits = torch.zeros_like(tgt_in, dtype=torch.bool)  # (B, T + 1): only the attention is wanted,
+        with torch.no_grad(), capture(model) as seen:  # so the vocabulary projection (the largest matmul) is skipped
+            model(src, tgt_in, keep=no_logits)
         stacked = {k: stacked_attention(seen, k).float().cpu() for k in seen if "cross_attn" in k}  # (B, H, T+1, S)
         # (B, H, S, S) each: the encoder's self-attention, kept for a rollout
         kept = [k for k in seen if encoder and _ENCODER_SELF.fullmatch(k)]
@@ -271,6 +274,42 @@ def alignment_scores(items: Iterable[tuple[set[Link], set[Link], set[Link]]]) ->
     return counts.scores()
 
 
+@dataclass(frozen=True)
+class GoldPair:
+    """A sentence pair of an alignment gold: its words (space-separated) and links (0-based)."""
+
+    source: str
+    target: str
+    sure: frozenset[Link]
+    possible: frozenset[Link]  # includes the sure links
+
+
+def read_gold(text: Path, links: Path, *, one_based: bool = True) -> list[GoldPair]:
+    """A gold standard in the awesome-align layout: ``text`` holds ``source ||| target`` a line,
+    ``links`` the same line's gold (:func:`parse_links`). A line without one ``|||``, a link
+    outside its sentence, or files of different lengths: a one-line ``DataError`` naming the
+    file and line."""
+    pairs = []
+    for n, (line, gold) in enumerate(zip_longest(_read_lines(text), _read_lines(links)), 1):
+        if line is None or gold is None:
+            shorter, longer = (text, links) if line is None else (links, text)
+            raise DataError(f"{longer} line {n}: {shorter} has only {n - 1} lines; the files must be line-aligned")
+        sides = line.split(" ||| ")
+        if len(sides) != 2 or not all(side.split() for side in sides):
+            raise DataError(f"{text} line {n}: expected 'source words ||| target words'")
+        source, target = (" ".join(side.split()) for side in sides)
+        sure, possible = parse_links(gold, one_based=one_based, where=f"{links} line {n}")
+        n_src, n_tgt = len(source.split()), len(target.split())
+        for s, t in sorted(possible):
+            if s >= n_src or t >= n_tgt:
+                raise DataError(
+                    f"{links} line {n}: link {s + one_based}-{t + one_based} outside the sentence "
+                    f"({n_src} source words, {n_tgt} target words)"
+                )
+        pairs.append(GoldPair(source, target, frozenset(sure), frozenset(possible)))
+    return pairs
+
+
 # ------------------------------------------------------------------------------ maps -> links
 @dataclass(frozen=True)
 class AlignMethod:
@@ -373,21 +412,17 @@ def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tu
 
 
 def parallel_lines(source: Path, target: Path) -> Iterator[tuple[str, str]]:
-    """The line pairs of two line-aligned files, streamed. Both files are checked first (one
-    pass, nothing held): the same number of lines, none empty; else a one-line ``DataError``
-    naming the file and line."""
+    """The line pairs of two line-aligned files (gzip when a name ends in ``.gz``), streamed.
+    Both files are checked first (one pass, nothing held): the same number of lines, none
+    empty, valid UTF-8; else a one-line ``DataError`` naming the file and line."""
     counts = []
     for path in (source, target):
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         n = 0
-        with open(path, encoding="utf-8", errors="strict", newline="\n") as lines:
-            try:
-                for n, line in enumerate(lines, 1):
-                    if not line.strip():
-                        raise DataError(f"{path} line {n}: empty line: nothing to align")
-            except UnicodeDecodeError:
-                raise DataError(f"{path} line {n + 1}: not valid UTF-8") from None
+        for n, line in enumerate(_read_lines(path), 1):
+            if not line.strip():
+                raise DataError(f"{path} line {n}: empty line: nothing to align")
         counts.append(n)
     if counts[0] != counts[1]:
         longer, shorter = (source, target) if counts[0] > counts[1] else (target, source)
@@ -395,9 +430,26 @@ def parallel_lines(source: Path, target: Path) -> Iterator[tuple[str, str]]:
             f"{longer} line {min(counts) + 1}: {shorter} has only {min(counts)} lines "
             f"({source}: {counts[0]}, {target}: {counts[1]}); the files must be line-aligned"
         )
-    with open(source, encoding="utf-8", newline="\n") as src, open(target, encoding="utf-8", newline="\n") as tgt:
-        for s, t in zip(src, tgt, strict=True):
-            yield s.rstrip("\n").removesuffix("\r"), t.rstrip("\n").removesuffix("\r")
+    for s, t in zip(_read_lines(source), _read_lines(target), strict=True):
+        yield s.rstrip("\n").removesuffix("\r"), t.rstrip("\n").removesuffix("\r")
+
+
+def _read_lines(path: Path) -> Iterator[str]:
+    """A text file's lines, each read when it is asked for (through gzip when the name ends in
+    ``.gz``, so ``train.en.gz`` streams without being unpacked), split on ``\\n`` only and decoded
+    one by one, so a bad byte or a broken gzip stream is a ``DataError`` naming the line."""
+    n = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as raw:
+            for line in raw:
+                n += 1  # the line being decoded, for the message
+                yield line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} line {n}: not valid UTF-8") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise DataError(f"{path}: no such file") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: not a readable gzip file ({exc or 'truncated'})") from None
 
 
 # ------------------------------------------------------------------------------ the dates' gold

@@ -163,7 +163,7 @@ def _positions(text: str, option: str) -> tuple[int, ...] | None:
 def align(
     ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A translate run directory written by `heedful train`.")],
-    src: Annotated[Path, typer.Option("--src", help="Source sentences, one per line.")],
+    src: Annotated[Path, typer.Option("--src", help="Source sentences, one per line (.gz: read through gzip).")],
     tgt: Annotated[Path, typer.Option("--tgt", help="Their translations, line for line (forced, not decoded).")],
     out: Annotated[Path | None, typer.Option("--out", help="Write the Pharaoh lines here (default: stdout).")] = None,
     layers: Annotated[
