@@ -71,7 +71,7 @@ def main() -> None:
         every = torch.stack([seen[model.cross_attention_name(i)][0].mean(0) for i in range(n_dec)]).mean(0)  # (T, S)
         rolled = (every @ encoder).sum(0)  # (S,)
         gxa = gradient_x_attention(model, score, [last])[last][0].sum(0)  # (S,)
-        ixg = input_x_gradient(model.encoder.embed.embedding, score)[0]  # (S,)
+        ixg = input_x_gradient(model.encoder.embed.embedding, score, call=0)[0]  # (S,): the source's lookup
         units = Units(src_ids)
         units.reference = reference
         inputs.append(units)

@@ -110,6 +110,23 @@ def test_input_x_gradient_of_a_linear_score_is_exact():
     torch.testing.assert_close(scores, (emb.weight[tokens] @ w).detach())
 
 
+def test_input_x_gradient_of_a_shared_embedding_takes_the_call_asked_for():
+    """One matrix embeds source and target (shared embeddings): the source is its first call."""
+    emb = torch.nn.Embedding(10, 4)
+    w, v = torch.randn(4), torch.randn(4)
+    src, tgt = torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]])
+
+    def score():
+        return (emb(src) @ w).sum(-1) + (emb(tgt) @ v).sum(-1)
+
+    with pytest.raises(ValueError, match="ran 2 times"):
+        input_x_gradient(emb, score)
+    torch.testing.assert_close(input_x_gradient(emb, score, call=0), (emb.weight[src] @ w).detach())
+    torch.testing.assert_close(input_x_gradient(emb, score, call=1), (emb.weight[tgt] @ v).detach())
+    with pytest.raises(ValueError, match="no call 2"):
+        input_x_gradient(emb, score, call=2)
+
+
 def test_head_importance_is_the_drop_when_a_head_is_silenced():
     model = _translator()
     src, tgt_in = torch.randint(4, 11, (2, 7)), torch.randint(4, 13, (2, 5))

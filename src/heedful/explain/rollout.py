@@ -133,10 +133,11 @@ def gradient_x_attention(
     return out
 
 
-def input_x_gradient(embedding: nn.Module, score: Callable[[], Tensor]) -> Tensor:
+def input_x_gradient(embedding: nn.Module, score: Callable[[], Tensor], *, call: int | None = None) -> Tensor:
     """Per input token, ``Σ_d e_d ∂Σscore/∂e_d`` over the output ``e`` (B, T, D) of ``embedding``
-    (the model's token embedding module, called once inside ``score()``); returns (B, T). Signed:
-    positive tokens push the score up."""
+    (the model's token embedding module, called once inside ``score()``; or, where one matrix
+    embeds source and target alike, ``call`` says which of its calls is the input: 0 = the first,
+    the encoder's); returns (B, T). Signed: positive tokens push the score up."""
     kept: list[Tensor] = []
 
     def keep(_module: nn.Module, _inputs: object, output: Tensor) -> None:
@@ -146,12 +147,15 @@ def input_x_gradient(embedding: nn.Module, score: Callable[[], Tensor]) -> Tenso
     try:
         with torch.enable_grad():
             y = score()
-            if len(kept) != 1:
-                raise ValueError(f"the embedding ran {len(kept)} times in score(); input × gradient needs once")
-            (grad,) = torch.autograd.grad(y.sum(), kept[0])
+            if call is None and len(kept) != 1:
+                raise ValueError(f"the embedding ran {len(kept)} times in score(); say which call is the input")
+            if call is not None and not -len(kept) <= call < len(kept):
+                raise ValueError(f"the embedding ran {len(kept)} times in score(); there is no call {call}")
+            chosen = kept[0 if call is None else call]
+            (grad,) = torch.autograd.grad(y.sum(), chosen)
     finally:
         handle.remove()
-    return (kept[0].detach() * grad).sum(-1).float()  # (B, T)
+    return (chosen.detach() * grad).sum(-1).float()  # (B, T)
 
 
 def logit_lens(
