@@ -14,6 +14,7 @@ RUN is a finished en→fr translate run (Multi30k). The script
    the Hansard lines are eflomal's own alignments, scored as the reference;
 2. fine-tunes RUN for ``--minutes`` with ``train.init_from: RUN`` and ``alignment_supervision``
    on (layer ``--layer``, head ``--head``, weight ``--weight``) into ``DIR/finetuned``;
+   (``--control``: the same fine-tuning without the supervision, into ``DIR/finetuned-control``);
 3. scores on the Hansard gold (AER, precision, recall; all 447 sentences and the last 300) the
    supervised head before and after, the mean of its layer's heads before and after, and
    eflomal; and the test2016 BLEU before and after (the supervision must not wreck translation).
@@ -152,6 +153,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4, help="fine-tuning learning rate (constant after warm-up)")
     parser.add_argument("--beam", type=int, default=None, help="test BLEU beam (default: the run's decode.beam_size)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--control", action="store_true", help="the same fine-tuning without the supervision (what training alone does)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -164,7 +168,7 @@ def main() -> None:
     results["before"] = measure(args.run, args.layer, args.head, args.beam)
     print(json.dumps(results, indent=1))
 
-    tuned = work / "finetuned"
+    tuned = work / ("finetuned-control" if args.control else "finetuned")
     overrides = [
         f"run_dir={tuned}", f"train.init_from={args.run.resolve()}", f"train.max_minutes={args.minutes}",
         "train.epochs=100", f"train.lr={args.lr}", "train.schedule=constant", "train.warmup_steps=50",
@@ -173,6 +177,8 @@ def main() -> None:
         f"alignment_supervision.layer={args.layer}", f"alignment_supervision.head={args.head}",
         f"alignment_supervision.weight={args.weight}",
     ]  # fmt: skip
+    if args.control:
+        overrides = [o for o in overrides if not o.startswith("alignment_supervision.")]
     cfg = load_config(args.run / "config.yaml", overrides)
     started = time.perf_counter()
     history = fit(cfg, overwrite=True)
@@ -185,9 +191,10 @@ def main() -> None:
     results["after"] = measure(tuned, args.layer, args.head, args.beam)
     results["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} thread(s)"
     results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    written = work / ("results-control.json" if args.control else "results.json")
+    written.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps({k: results[k] for k in ("eflomal", "before", "after")}, indent=1))
-    print(f"written: {work / 'results.json'}")
+    print(f"written: {written}")
 
 
 if __name__ == "__main__":
