@@ -93,6 +93,7 @@ BAD_TRAIN_VALUES = {
     "wandb": "sometimes",
     "progress": "sometimes",
     "num_threads": 0,
+    "init_from": [1, 2],
 }
 
 

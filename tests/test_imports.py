@@ -100,7 +100,8 @@ def test_importing_the_api_and_the_cli_imports_no_task(tmp_path):
     )
     result = run_without(tmp_path, [], "-c", code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[]", "['heedful.tasks.translate', 'heedful.tasks.translate_config']"]
+    translate = "['heedful.tasks.alignment_supervision', 'heedful.tasks.translate', 'heedful.tasks.translate_config']"
+    assert result.stdout.splitlines() == ["[]", translate]
 
 
 def test_a_task_without_its_extra_is_one_line_naming_the_extra(tmp_path):

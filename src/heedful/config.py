@@ -62,6 +62,11 @@ class TrainConfig(Section):
     wandb: bool = False
     progress: bool = True
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    init_from: Path | None = Field(
+        None,
+        description="fine-tune: start from this run directory's saved model (its model/ folder, weights and "
+        "vocabulary) instead of a fresh one; the model config must give the same shapes",
+    )
 
 
 class RunConfig(Section):

@@ -173,3 +173,23 @@ def test_date_field_links_from_a_hand_built_attention_map():
     counts = AlignmentCounts()
     add_date_field_links(weights, [example], counts)
     assert counts.scores()["aer"] == pytest.approx(1 - (2 + 2) / (3 + 3))
+
+
+def test_gold_attention_spreads_each_linked_target_piece_over_its_source_words_pieces():
+    from heedful.explain.alignment import gold_attention, piece_words
+
+    source = piece_words(["▁the", "▁do", "g", "▁runs", "."])  # words 0, 1, 1, 2, 2
+    target = piece_words(["▁der", "▁Hu", "nd", "▁ren", "nt", "▁", "."])  # 0, 1, 1, 2, 2, None, 3
+    links = {(0, 0), (1, 1), (0, 1), (2, 2)}  # "Hund" links to "the" and "dog"; "." (word 3) to nothing
+    want = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],  # der -> the
+            [1 / 3, 1 / 3, 1 / 3, 0, 0],  # Hu -> the, do, g
+            [1 / 3, 1 / 3, 1 / 3, 0, 0],  # nd -> the, do, g
+            [0, 0, 0, 1 / 2, 1 / 2],  # ren -> runs, .
+            [0, 0, 0, 1 / 2, 1 / 2],  # nt
+            [0, 0, 0, 0, 0],  # a bare ▁: no word
+            [0, 0, 0, 0, 0],  # . : a word without links
+        ]
+    )
+    torch.testing.assert_close(gold_attention(links, target, source), want)

@@ -256,3 +256,20 @@ def test_a_capture_in_one_thread_leaves_another_threads_calls_alone(model, batch
     assert result["capturing"] is False
     assert len(seen) == 0  # the other thread's call reported nothing here
     assert functional.sdpa_calls == 3  # and it took the fused path
+
+
+def test_capture_only_some_modules_leaves_the_others_uncaptured_and_keeps_the_gradient(model, batch):
+    """What alignment supervision uses: one module's weights, in the graph; the rest untouched."""
+    x, memory, keep = batch
+    with capture(model, detach=False, only=["decoder.cross"]) as seen:
+        out = model(x, memory, keep)
+        assert [name for name, m in attention_modules(model).items() if m.capturing] == ["decoder.cross"]
+    assert list(seen) == ["decoder.cross"] and seen["decoder.cross"].shape == (B, H, T, T_MEM)
+    with capture(model) as everything:
+        torch.testing.assert_close(model(x, memory, keep), out)
+    torch.testing.assert_close(seen["decoder.cross"].detach(), everything["decoder.cross"])
+    seen["decoder.cross"][..., 0].sum().backward()  # the weights carry their gradient
+    assert model.decoder["cross"].q_proj.weight.grad.abs().sum() > 0
+    unknown = pytest.raises(ValueError, match="no attention module 'decoder.crosss'")
+    with unknown, capture(model, only=["decoder.crosss"]):
+        pass

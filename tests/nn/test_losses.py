@@ -1,5 +1,7 @@
 """smoothed_cross_entropy against PyTorch's label-smoothed cross-entropy: loss, gradient, argmax."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,3 +60,17 @@ def test_bad_shapes_and_smoothing_are_named():
         smoothed_cross_entropy(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), 1.5)
     with pytest.raises(ValueError, match="at least one row"):
         smoothed_cross_entropy(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+
+
+def test_attention_cross_entropy_is_the_hand_computed_value():
+    """Garg et al.'s −Σ g log a, averaged over the rows with links; a row without links is ignored."""
+    from heedful.nn.losses import attention_cross_entropy
+
+    weights = torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.2, 0.7], [0.2, 0.6, 0.2]]])  # (1, T=3, S=3)
+    gold = torch.tensor([[[0.5, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])  # row 1: no links
+    # row 0: −(½ log ½ + ½ log ¼) = 1.5 log 2; row 2: −log 0.6; two supervised rows
+    want = (1.5 * math.log(2) - math.log(0.6)) / 2
+    assert float(attention_cross_entropy(weights, gold)) == pytest.approx(want, rel=1e-6)
+    assert float(attention_cross_entropy(weights, torch.zeros_like(gold))) == 0.0
+    zero = torch.tensor([[[0.0, 1.0]]])  # an attention that underflowed: large, finite
+    assert math.isfinite(float(attention_cross_entropy(zero, torch.tensor([[[1.0, 0.0]]]))))

@@ -276,9 +276,10 @@ def fit_for_training(
     max_tokens: int,
     max_ratio: float | None,
     batch_tokens: int,
-) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+) -> tuple[list[tuple[list[int], list[int]]], list[int], list[int]]:
     """The encoded (source, target) training pairs of ``files`` that fit (says on stderr how many
-    did not), and each one's width in a padded batch: the wider of src and tgt_in/tgt_out.
+    did not), each one's width in a padded batch (the wider of src and tgt_in/tgt_out), and
+    each one's index in ``encoded`` (what carries per-pair data such as alignment links along).
     Refuses a budget of ``batch_tokens`` that the widest pair alone would exceed."""
     kept = keep_by_length([(len(s), len(t)) for s, t in encoded], max_tokens=max_tokens, max_ratio=max_ratio)
     if len(kept) < len(encoded):
@@ -297,7 +298,7 @@ def fit_for_training(
             f"config key 'data.batch_tokens': {batch_tokens} is less than the longest training pair "
             f"({max(sizes)} tokens); raise it or lower data.max_tokens"
         )
-    return encoded, sizes
+    return encoded, sizes, kept
 
 
 # ---------------------------------------------------------------------------------------- batching

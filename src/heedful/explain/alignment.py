@@ -138,6 +138,25 @@ def merge_pieces(weights: Tensor, target_words: Sequence[int | None], source_wor
     return tgt @ weights.float() @ src.T  # (Wt, Ws)
 
 
+def gold_attention(
+    links: Iterable[Link], target_words: Sequence[int | None], source_words: Sequence[int | None]
+) -> Tensor:
+    """Word links -> the (T, S) piece distribution a supervised head should attend with (Garg et
+    al. 2019): row j, the step predicting target piece j, is uniform over the source pieces of
+    every source word that piece j's word links to; rows of pieces whose word has no link (and
+    of pieces in no word) are all zero — nothing to learn there."""
+    rows = torch.zeros(len(target_words), len(source_words))  # (T, S)
+    linked: dict[int, set[int]] = {}
+    for s, t in links:
+        linked.setdefault(t, set()).add(s)
+    for j, word in enumerate(target_words):
+        sources = linked.get(word, ()) if word is not None else ()
+        pieces = [p for p, w in enumerate(source_words) if w is not None and w in sources]
+        if pieces:
+            rows[j, pieces] = 1.0 / len(pieces)
+    return rows
+
+
 # ------------------------------------------------------------------------------ links
 def directional_links(
     weights: Tensor, direction: Literal["target", "source"], extract: str = "argmax", threshold: float = 0.5

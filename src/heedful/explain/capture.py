@@ -8,7 +8,8 @@
 While the block is active each :class:`~heedful.attention.base.AttentionModule` takes its
 weights path and reports to ``seen``; on exit the modules go back to choosing their own (usually
 fused) path. Weights are detached by default; ``detach=False`` keeps them in the autograd graph
-(for gradient × attention explanations).
+(for gradient × attention explanations, or a loss on the weights); ``only=[name, …]`` captures just
+those modules, and the rest of the model keeps its fused kernel.
 
 A capture is per call: it holds for the thread (or asyncio task) that opened it, through a
 context variable, so two threads capturing on one shared model at once each get their own
@@ -17,7 +18,7 @@ weights, and other threads' calls meanwhile keep the fused path and report nothi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -74,11 +75,17 @@ def attention_modules(model: nn.Module) -> dict[str, AttentionModule]:
 
 
 @contextmanager
-def capture(model: nn.Module, *, detach: bool = True) -> Iterator[Captured]:
-    """Collect the attention weights of every attention module in ``model`` while active."""
+def capture(model: nn.Module, *, detach: bool = True, only: Collection[str] | None = None) -> Iterator[Captured]:
+    """Collect the attention weights of every attention module in ``model`` while active, or of
+    the modules named in ``only`` (module paths): the others keep their fused path."""
     modules = attention_modules(model)
     if not modules:
         raise ValueError(f"{type(model).__name__} contains no heedful attention modules to capture")
+    if only is not None:
+        unknown = sorted(set(only) - set(modules))
+        if unknown:
+            raise ValueError(f"no attention module {unknown[0]!r} in {type(model).__name__}")
+        modules = {name: m for name, m in modules.items() if name in only}
     busy = [name for name, m in modules.items() if m.capturing]
     if busy:
         raise RuntimeError(f"attention of {busy[0]!r} is already being captured (nested capture)")

@@ -84,3 +84,19 @@ def smoothed_cross_entropy(logits: Tensor, gold: Tensor, smoothing: float = 0.0)
     if logits.shape[0] == 0:
         raise ValueError("smoothed_cross_entropy needs at least one row")
     return _SmoothedCrossEntropy.apply(logits, gold, smoothing)
+
+
+def attention_cross_entropy(weights: Tensor, gold: Tensor) -> Tensor:
+    """Garg et al. 2019 (§4.2)'s alignment loss: −Σ_s gold_ts · log a_ts, averaged over the rows
+    that have a gold distribution (rows of ``gold`` that are all zero do not count).
+
+    weights: (…, T, S) attention probabilities; gold: the same shape, each row a distribution or
+    zeros. Computed in fp32; log a is clamped at log(1e-12) so an attention that underflowed to
+    zero (bf16) gives a large finite loss, not inf. With no supervised row the loss is 0 (and
+    still in the graph, so the backward pass is the same either way)."""
+    if weights.shape != gold.shape:
+        raise ValueError(f"weights {tuple(weights.shape)} and gold {tuple(gold.shape)} must have one shape")
+    gold = gold.float()
+    supervised = (gold.sum(-1) > 0).sum()  # rows with a gold distribution
+    log_weights = weights.float().clamp_min(1e-12).log()
+    return -(gold * log_weights).sum() / supervised.clamp_min(1)

@@ -83,6 +83,7 @@ from heedful.metrics.translation import bleu_and_chrf
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerEncoderDecoder
 from heedful.nn.losses import smoothed_cross_entropy
+from heedful.tasks.alignment_supervision import AlignmentSupervisor, check_supervised_model, supervisor_for
 from heedful.tasks.base import (
     Batch,
     BatchSource,
@@ -137,6 +138,7 @@ class TranslateTask(Task):
         super().__init__(cfg)
         self.src_tok: Tokenizer | None = None
         self.tgt_tok: Tokenizer | None = None
+        self.supervisor: AlignmentSupervisor | None = None  # alignment_supervision, once the data is read
 
     # ---------------------------------------------------------------------------------------- data
     def encode_examples(self, examples: list[Example]) -> Batch:
@@ -160,6 +162,7 @@ class TranslateTask(Task):
     def build_data(self, cfg: TranslateConfig) -> DataBundle:
         if cfg.data.source == "parallel":
             return self._build_parallel(cfg)
+        supervisor_for(cfg.alignment_supervision, cfg.data.source, None)  # refuses it: parallel only
         built = builtin_data(cfg.data)
         self.src_tok, self.tgt_tok = built.src_tok, built.tgt_tok
         steps = cfg.train.steps_per_epoch or 200
@@ -202,12 +205,24 @@ class TranslateTask(Task):
         d, longest = self.cfg.data, self.cfg.model.max_len - 1  # tgt_in is <bos> + target: one position more
         cap = min(d.max_tokens or longest, longest)
         encoded = [(self.src_tok.encode(p.source), self.tgt_tok.encode(p.target)) for p in pairs]
-        encoded, sizes = fit_for_training(
+        encoded, sizes, kept = fit_for_training(
             encoded, self.split_files("train"), max_tokens=cap, max_ratio=d.max_ratio, batch_tokens=d.batch_tokens
         )
-        return TokenBatches(
-            sizes, d.batch_tokens, self.cfg.seed, lambda indices: self.collate([encoded[i] for i in indices])
-        )
+        # Read here, when training needs it: evaluating a finished run does not need the file.
+        self.supervisor = supervisor_for(self.cfg.alignment_supervision, d.source, self.split_files("train"))
+        if self.supervisor is None:
+            return TokenBatches(
+                sizes, d.batch_tokens, self.cfg.seed, lambda indices: self.collate([encoded[i] for i in indices])
+            )
+        # Each kept pair's links, by its line in the files: they follow the pair's index into any batch.
+        links = self.supervisor.pair_links([pairs[i] for i in kept], encoded, self.src_tok, self.tgt_tok)
+
+        def supervised_batch(indices: list[int]) -> Batch:
+            batch = self.collate([encoded[i] for i in indices])
+            batch["alignment"] = self.supervisor.gold(batch, [links[i] for i in indices])  # (B, T, S)
+            return batch
+
+        return TokenBatches(sizes, d.batch_tokens, self.cfg.seed, supervised_batch)
 
     # --------------------------------------------------------------------------------------- model
     def build_model(self, cfg: TranslateConfig, data: DataBundle) -> nn.Module:
@@ -219,9 +234,10 @@ class TranslateTask(Task):
         sizes = {"src_vocab_size": len(self.src_tok), "tgt_vocab_size": len(self.tgt_tok)}
         sizes["pad_id"] = self.src_tok.pad_id
         model_cfg = cfg.model.model_validate(cfg.model.model_dump() | sizes)
-        if isinstance(model_cfg, RNNConfig):
-            return RNNEncoderDecoder(model_cfg)
-        return TransformerEncoderDecoder(model_cfg)
+        rnn = isinstance(model_cfg, RNNConfig)
+        model = RNNEncoderDecoder(model_cfg) if rnn else TransformerEncoderDecoder(model_cfg)
+        check_supervised_model(cfg.alignment_supervision, model)
+        return model
 
     # ---------------------------------------------------------------------------------------- loss
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
@@ -229,16 +245,20 @@ class TranslateTask(Task):
         real = target != self.tgt_tok.pad_id
         # Logits of the real target positions only (N, V): padding never reaches the vocabulary
         # projection or the loss, which walks them in cache-sized blocks (nn/losses.py).
-        logits = model(batch["src"], batch["tgt_in"], keep=real)
+        supervised = self.supervisor is not None and "alignment" in batch
+        if supervised:  # one head trained to align (tasks/alignment_supervision.py)
+            logits, alignment = self.supervisor.forward(model, batch, real)
+        else:
+            logits = model(batch["src"], batch["tgt_in"], keep=real)
         gold = target[real]  # (N,)
         loss, predicted = smoothed_cross_entropy(logits, gold, self.cfg.train.label_smoothing)
         n_tokens = int(gold.numel())
         correct = int((predicted == gold).sum())
-        return loss, {
-            "loss": float(loss.detach()),
-            "accuracy": correct / max(n_tokens, 1),
-            "weight": n_tokens,
-        }
+        stats = {"loss": float(loss.detach()), "accuracy": correct / max(n_tokens, 1), "weight": n_tokens}
+        if supervised:  # "loss" stays the translation cross-entropy, comparable with val_loss
+            stats["alignment_loss"] = float(alignment.detach())
+            loss = loss + self.supervisor.cfg.weight * alignment
+        return loss, stats
 
     # ------------------------------------------------------------------------------------ evaluate
     def _examples(self, split: str) -> list:

@@ -96,8 +96,27 @@ ModelConfig = Annotated[
 ]
 
 
+class AlignmentSupervision(Section):
+    """One cross-attention head trained to align (Garg et al. 2019, §4.2): during training its
+    weights are pulled toward gold word alignments by a cross-entropy added to the loss
+    (tasks/alignment_supervision.py; docs/EXPLAIN.md, "Trained alignment"). ``data.source:
+    parallel`` only."""
+
+    path: Path = Field(
+        description="Pharaoh word alignments, one line per line of the training files in corpus order: "
+        "0-based 'i-j' links from source word i to target word j, words being what whitespace separates "
+        "(as heedful align counts them); a line may be empty (that pair is not supervised)"
+    )
+    layer: int = Field(-1, description="decoder layer whose cross-attention holds the supervised head")
+    head: int = Field(0, ge=0, description="the supervised head of that layer")
+    weight: float = Field(0.05, gt=0, description="λ in loss = cross-entropy + λ · alignment cross-entropy")
+
+
 class TranslateConfig(RunConfig):
     task: Literal["translate"] = "translate"
     data: TranslateData = TranslateData()
     model: ModelConfig = TransformerConfig()
     decode: DecodeConfig = DecodeConfig()
+    alignment_supervision: AlignmentSupervision | None = Field(
+        None, description="train one cross-attention head toward word alignments (off by default)"
+    )

@@ -42,6 +42,7 @@ from heedful.train.compile import compile_model
 from heedful.train.distributed import Dist, LossModule, rank_batches, rounds
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
+from heedful.train.init_from import init_model_folder, load_initial_weights
 from heedful.train.logging import RunLogger
 from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
 from heedful.train.schedules import lr_at
@@ -139,8 +140,17 @@ class Trainer:
             torch.set_num_threads(tc.num_threads)
         seed_everything(self.cfg.seed, tc.deterministic)
 
+        # train.init_from: the other run's vocabulary before the data (a task may then skip training
+        # its own) and again after (it wins, as in Run.evaluate); its weights before step 0.
+        init = init_model_folder(Path(tc.init_from), self.cfg.task) if tc.init_from is not None else None
+        if init is not None:
+            self.task.load_artifacts(init)
         data = self.task.build_data(self.cfg)
+        if init is not None:
+            self.task.load_artifacts(init)
         model = self.task.build_model(self.cfg, data).to(self.device)
+        if init is not None and not resume:  # a resumed run's checkpoint holds its weights
+            load_initial_weights(model, init)
         self.model = model
         # The fused kernel: one pass over all parameters (5x faster than the default on CPU here).
         groups = self.task.parameter_groups(model, tc.weight_decay) or parameter_groups(model, tc.weight_decay)

@@ -1,0 +1,56 @@
+"""``train.init_from: RUN_DIR``: fine-tuning starts from another run's saved model.
+
+The run's ``model/`` folder (its best model, the weight average where it kept one) gives the
+weights, loaded before step 0, and its vocabulary files (``Task.load_artifacts``), so the new
+run speaks the same ids. The new model is built from the new config; every tensor must have the
+shape it has there: one that does not, or a name one side lacks, is a one-line
+``CheckpointError`` (an architecture change is a new run, not a fine-tuning). A model that
+``heedful optimize`` changed (pruned heads, int8) is refused too. Resuming a fine-tuning run
+reads its own checkpoint and takes only the vocabulary from ``init_from`` again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import safetensors
+from torch import nn
+
+from heedful.config import read_yaml
+from heedful.errors import CheckpointError
+from heedful.models.pretrained import read_model_config
+from heedful.nn.weights import load_weights
+
+
+def init_model_folder(run_dir: Path, task_name: str) -> Path:
+    """``run_dir/model``, checked: a finished run of the same task."""
+    config, folder = run_dir / "config.yaml", run_dir / "model"
+    if not config.is_file():
+        raise CheckpointError(f"train.init_from: {run_dir}: not a run directory (no config.yaml)")
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"train.init_from: {run_dir}: has no saved model yet (no model/model.safetensors)")
+    other = read_yaml(config).get("task")
+    if other != task_name:
+        raise CheckpointError(f"train.init_from: {run_dir}: is a {other!r} run; this run is {task_name!r}")
+    return folder
+
+
+def load_initial_weights(model: nn.Module, folder: Path) -> None:
+    """Load ``folder/model.safetensors`` into ``model`` in place, refusing any shape or name that differs."""
+    weights = folder / "model.safetensors"
+    if read_model_config(folder).get("optimized"):
+        raise CheckpointError(
+            f"train.init_from: {folder}: holds an optimized model (heedful optimize); start from the run it came from"
+        )
+    try:
+        missing, unexpected = load_weights(model, weights, strict=False)
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CheckpointError(f"train.init_from: {weights}: does not fit this run's model ({first})") from None
+    except safetensors.SafetensorError as exc:
+        raise CheckpointError(f"train.init_from: {weights}: unreadable weights file ({exc})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"train.init_from: {weights}: does not fit this run's model "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
