@@ -125,7 +125,6 @@ def distill(teacher: Run, out: str | Path, *, beam: int | None = None, student_s
     """Distil ``teacher`` into a student run directory ``out`` (new or empty): decode the teacher's
     training sources with beam ``beam`` (default: the teacher's decode.beam_size), train the
     student (the teacher's config + ``student_set`` overrides) on the outputs, and record it."""
-    from heedful.runs import load_run
     from heedful.tasks.registry import get_task
     from heedful.train.trainer import Trainer
 
@@ -155,12 +154,12 @@ def distill(teacher: Run, out: str | Path, *, beam: int | None = None, student_s
                 )
             training_cfg = student_config(teacher, list(student_set or []), tmp, corpus_tmp / "train")
             task = get_task(training_cfg.task)(training_cfg)
-            Trainer(task, training_cfg, tmp).fit()
+            trainer = Trainer(task, training_cfg, tmp)
+            trainer.fit()
             corpus_tmp.rename(tmp / CORPUS)
         finally:
             shutil.rmtree(corpus_tmp, ignore_errors=True)
         (tmp / "config.yaml").write_text(to_yaml(cfg))  # the paths the student has once renamed
-        student = load_run(tmp, "cpu")
         record = {
             "source": str(teacher.run_dir),
             "method": "distill",
@@ -169,7 +168,7 @@ def distill(teacher: Run, out: str | Path, *, beam: int | None = None, student_s
             **counts,
             "decode_seconds": round(decode_seconds, 1),
             "student_set": list(student_set or []),
-            "parameters": {"before": count_parameters(teacher.model), "after": count_parameters(student.model)},
+            "parameters": {"before": count_parameters(teacher.model), "after": count_parameters(trainer.model)},
         }
         record["parameters"]["ratio"] = round(record["parameters"]["after"] / record["parameters"]["before"], 4)
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
