@@ -311,7 +311,8 @@ def report(
 def optimize_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train` (or by optimize).")],
     method: Annotated[
-        str, typer.Option(help="int8 | average | low-rank | prune-heads (docs/OPTIMIZE.md).", show_default=False)
+        str,
+        typer.Option(help="int8 | average | low-rank | prune-heads | distill (docs/OPTIMIZE.md).", show_default=False),
     ],
     out: Annotated[Path, typer.Option(help="The optimized run directory to write (new or empty).")],
     last: Annotated[int | None, typer.Option(help="average: how many of the last checkpoints (default 5).")] = None,
@@ -333,6 +334,18 @@ def optimize_command(
         int | None, typer.Option(help="low-rank, prune-heads: Adam steps of fine-tuning after each change (0).")
     ] = None,
     lr: Annotated[float | None, typer.Option(help="The fine-tuning learning rate (1e-4).")] = None,
+    beam: Annotated[
+        int | None,
+        typer.Option(help="distill: the teacher's beam over its training sources (1 = greedy; decode.beam_size)."),
+    ] = None,
+    student_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--student-set",
+            help="distill: a change to the teacher's config for the student, e.g. model.d_model=192 or "
+            "train.max_minutes=20. Repeat for more.",
+        ),
+    ] = None,
 ) -> None:
     """Make a trained run cheaper to run; writes OUT as a run directory that translate, predict and
     evaluate read like any other (and OUT/optimize.json: what was done)."""
@@ -341,7 +354,8 @@ def optimize_command(
 
     run = load_run(run_dir, "cpu")
     options = {"last": last, "energy": energy, "size": size, "layers": layers, "fraction": fraction,
-               "rounds": rounds, "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr}  # fmt: skip
+               "rounds": rounds, "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr,
+               "beam": beam, "student_set": student_set}  # fmt: skip
     written = optimize(run, method, out, **options)
     optimized = load_run(written, "cpu")
     before, after = count_parameters(run.model), count_parameters(optimized.model)

@@ -1,14 +1,16 @@
 """Make a trained run cheaper to run: int8, checkpoint averaging, low-rank factorization, head
-pruning (``heedful optimize RUN --method … --out DIR``), each written as a run directory that
-``load_run`` and every command read unchanged.
+pruning, sequence-level distillation into a smaller student (``heedful optimize RUN --method …
+--out DIR``), each written as a run directory that ``load_run`` and every command read unchanged.
 
     run = load_run("runs/dates")
     optimize(run, "int8", "runs/dates-int8")                    # heedful optimize runs/dates --method int8 --out …
     optimize(run, "prune-heads", "runs/p", fraction=0.5, fine_tune_steps=100)
+    optimize(teacher, "distill", "runs/student", beam=5, student_set=["model.d_model=192"])
 
 Each method also exists on its own (``int8(run)``, ``average(run, last=5)``, ``low_rank(run,
 energy=0.9)``, ``prune_heads(run, fraction=0.5)``), returning the optimized model in memory and
-a record of what was done, without writing anything.
+a record of what was done, without writing anything — except ``distill(run, out)``, which trains a
+new model and so writes its run directory itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from heedful.optimize.average import average, average_tensors
 from heedful.optimize.common import OptimizeError, check_out_dir, count_parameters, write_run
+from heedful.optimize.distill import distill
 from heedful.optimize.lowrank import low_rank
 from heedful.optimize.prune import head_importance, prune_heads
 from heedful.optimize.quantize import int8
@@ -32,6 +35,7 @@ METHODS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "average": (average, ("last",)),
     "low-rank": (low_rank, ("energy", "size", "layers", "fine_tune_steps", "lr")),
     "prune-heads": (prune_heads, ("fraction", "rounds", "batches", "fine_tune_steps", "lr")),
+    "distill": (distill, ("beam", "student_set")),  # writes its run directory itself (trains a student)
 }
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "average",
     "average_tensors",
     "count_parameters",
+    "distill",
     "head_importance",
     "int8",
     "low_rank",
@@ -61,6 +66,8 @@ def optimize(run: Run, method: str, out: str | Path, **options: Any) -> Path:
         flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
         takes = ", ".join("--" + k.replace("_", "-") for k in accepted) or "no options"
         raise OptimizeError(f"--method {method} does not take {flags} (it takes {takes})")
+    if method == "distill":
+        return distill(run, out, **given)
     out = check_out_dir(Path(out), run.run_dir)  # before any work: a bad --out costs nothing
     model, record = function(run, **given)
     record["parameters"] = {"before": count_parameters(run.model), "after": count_parameters(model)}

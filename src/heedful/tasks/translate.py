@@ -53,6 +53,7 @@ from heedful.data.parallel import (
     TokenBatches,
     batches_by_length,
     fit_for_training,
+    keep_by_length,
     read_parallel,
     split_files,
 )
@@ -186,10 +187,36 @@ class TranslateTask(Task):
             if getattr(d, split) is not None
         }
         if self.src_tok is None or self.tgt_tok is None:  # a loaded run brings its own (load_artifacts)
-            self._train_tokenizers(pairs["train"])
+            if d.tokenizer.from_run is not None:
+                self._borrow_tokenizers(d.tokenizer.from_run)
+            else:
+                self._train_tokenizers(pairs["train"])
         train_pairs = pairs.pop("train")
         self.data = DataBundle(LazyBatches(lambda: self._train_batches(train_pairs)), pairs)
         return self.data
+
+    def _borrow_tokenizers(self, run_dir: Path) -> None:
+        """``data.tokenizer.from_run``: that run's tokenizers, as its model folder stores them."""
+        folder = Path(run_dir) / "model"
+        if not folder.is_dir():
+            raise ConfigError(
+                f"config key 'data.tokenizer.from_run': {run_dir} has no model/ folder to take the tokenizers from"
+            )
+        self.src_tok, self.tgt_tok = load_tokenizers(folder)
+
+    def training_pairs(self) -> list[Pair]:
+        """The training pairs a training on ``data.train`` uses, in corpus order: those that the
+        length filters (data.max_tokens, data.max_ratio, model.max_len) keep, with this task's
+        tokenizers (which must be set: a loaded run's)."""
+        d = self.cfg.data
+        pairs = read_parallel(self.split_files("train"), on_bad_line=d.on_bad_line)
+        lengths = [(len(self.src_tok.encode(p.source)), len(self.tgt_tok.encode(p.target))) for p in pairs]
+        return [pairs[i] for i in keep_by_length(lengths, max_tokens=self._length_cap(), max_ratio=d.max_ratio)]
+
+    def _length_cap(self) -> int:
+        """The most tokens a training pair may have on either side."""
+        longest = self.cfg.model.max_len - 1  # tgt_in is <bos> + target: one position more
+        return min(self.cfg.data.max_tokens or longest, longest)
 
     def _train_tokenizers(self, pairs: list[Pair]) -> None:
         t = self.cfg.data.tokenizer
@@ -202,8 +229,7 @@ class TranslateTask(Task):
         print(f"tokenizer: {kind}, {sizes}")
 
     def _train_batches(self, pairs: list[Pair]) -> TokenBatches:
-        d, longest = self.cfg.data, self.cfg.model.max_len - 1  # tgt_in is <bos> + target: one position more
-        cap = min(d.max_tokens or longest, longest)
+        d, cap = self.cfg.data, self._length_cap()
         encoded = [(self.src_tok.encode(p.source), self.tgt_tok.encode(p.target)) for p in pairs]
         encoded, sizes, kept = fit_for_training(
             encoded, self.split_files("train"), max_tokens=cap, max_ratio=d.max_ratio, batch_tokens=d.batch_tokens

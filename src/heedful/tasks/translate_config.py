@@ -35,6 +35,11 @@ class TokenizerConfig(Section):
     joint: bool = Field(True, description="one vocabulary for source and target (lets model.share_embeddings)")
     character_coverage: float = Field(1.0, gt=0, le=1, description="sentencepiece: 1.0 for Latin text")
     normalization: Normalization = Field("nmt_nfkc", description="sentencepiece normalization rule")
+    from_run: Path | None = Field(
+        None,
+        description="a translate run directory whose tokenizers (its model/ folder) this run uses instead of "
+        "training its own: one vocabulary with that run (a distilled student and its teacher)",
+    )
 
 
 class TranslateData(Section):
@@ -49,7 +54,9 @@ class TranslateData(Section):
     root: Path | None = Field(None, description="parallel: folder the split paths are relative to")
     format: Format = Field("text", description="parallel: text (two files) | tsv | jsonl")
     train: str | SplitPaths | None = Field(
-        None, description="parallel: text: a prefix (train → train.<lang>[.gz]) or {src, tgt}; tsv/jsonl: a file"
+        None,
+        description="parallel: text: a prefix (train → train.<lang>[.gz]) or {src, tgt}; tsv/jsonl: a file; "
+        "relative to data.root, or absolute (a distilled corpus inside the student's run directory)",
     )
     val: str | SplitPaths | None = None
     test: str | SplitPaths | None = None
