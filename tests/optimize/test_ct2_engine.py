@@ -16,9 +16,7 @@ from heedful.optimize import optimize
 from heedful.runs import load_run
 from tests.conftest import run_cli
 
-pytest.importorskip(
-    "ctranslate2", reason="CTranslate2 decoding needs the export extra: pip install 'heedful[export]'"
-)
+pytest.importorskip("ctranslate2", reason="CTranslate2 decoding needs the export extra: pip install 'heedful[export]'")
 
 from heedful.optimize.ct2 import ct2_engine
 

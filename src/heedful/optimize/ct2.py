@@ -203,9 +203,9 @@ def cached_export(run: Run, quantization: str = "float32") -> Path:
         raise OptimizeError(f"--quantization {quantization!r}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
     folder = run.run_dir / CACHE_NAME.format(quantization)
     record = folder / RECORD_NAME
-    if record.is_file() and (folder / "model.bin").is_file():
-        if json.loads(record.read_text()).get("weights") == _weights_stamp(run):
-            return folder
+    fresh = record.is_file() and (folder / "model.bin").is_file()
+    if fresh and json.loads(record.read_text()).get("weights") == _weights_stamp(run):
+        return folder
     stored = None if quantization == "float32" else quantization
     try:
         shutil.rmtree(folder, ignore_errors=True)
@@ -223,8 +223,8 @@ class Ct2Engine:
     """A run's translator decoded by CTranslate2 (``heedful translate RUN --engine ctranslate2``,
     ``ct2_engine(run)``): ``translate`` answers as ``run.translate`` does, with ``Translation``s.
 
-    What matches ours: the tokenizer, the beam size (decode.beam_size), each sentence's output
-    limit (decode.max_len, decode.max_len_ratio), greedy decoding exactly. What differs:
+    What matches ours: the tokenizer, the beam size (decode.beam_size), greedy decoding exactly
+    (outputs, log-probabilities, attention). What differs:
 
     - the length penalty. Ours (decode.alpha) divides a finished hypothesis' log-probability by
       GNMT's ((5 + |y|) / 6)^α, |y| its tokens without <eos>; CTranslate2's ``length_penalty``
@@ -234,7 +234,9 @@ class Ct2Engine:
     - when a beam stops: CTranslate2 stops a sentence once ``beam`` hypotheses have ended, as
       ours does with decode.early_stopping=true (ours by default goes on while a live beam could
       still win).
-    - CTranslate2 never ends an output at its first step (an empty output); ours can.
+    - the output limit: CTranslate2 takes one per call, the longest of the batch's sentences'
+      (decode.max_len, decode.max_len_ratio); a longer output is cut at its own limit afterwards,
+      where ours ranks the cut hypothesis inside the search.
     - ``attention``: decode.explain_layer's cross-attention, mean over heads, as CTranslate2
       returns it for each output piece; ours adds a row for <eos>, CTranslate2 does not return
       one, so the last row is zeros.
@@ -263,34 +265,32 @@ class Ct2Engine:
         if attention:
             for t in out:
                 t.source_pieces, t.output_pieces, t.attention = [], ["<eos>"], torch.zeros(1, 0)
-        # CTranslate2 takes one length limit per call: sentences grouped by theirs.
-        groups: dict[int, list[int]] = {}
-        for i, ids in enumerate(src_ids):
-            if ids:
-                groups.setdefault(task._output_limit(len(ids), self.model), []).append(i)
-        budget = batch_tokens or d.batch_tokens
-        for limit, members in groups.items():
-            pieces = [[task.src_tok.id_to_piece(j) for j in src_ids[i]] for i in members]
-            results = self.translator.translator.translate_batch(
-                pieces, beam_size=beam, num_hypotheses=n_best, length_penalty=d.alpha,
-                max_decoding_length=limit, min_decoding_length=0, return_scores=True, return_attention=attention,
-                max_batch_size=max(1, budget // beam), batch_type="tokens",
-            )  # fmt: skip
-            for i, result in zip(members, results, strict=True):
-                ranked = []
-                for hyp, score in zip(result.hypotheses, result.scores, strict=True):
-                    ids = content_ids([self.translator.tgt_ids[p] for p in hyp], tgt.eos_id)
-                    ended = len(hyp) < limit  # CTranslate2 leaves <eos> out; a cut one has no <eos>
-                    ranked.append((ids, score * (len(hyp) + ended) ** d.alpha))  # undo its length^α
-                (ids, score), alternatives = ranked[0], None
-                if n_best > 1:
-                    alternatives = [(task._detokenize(other), s) for other, s in ranked]
-                t = out[i] = Translation(texts[i], task._detokenize(ids), score, ids, alternatives=alternatives)
-                if attention:
-                    rows = torch.tensor(result.attention[0], dtype=torch.float32).reshape(len(result.hypotheses[0]), -1)
-                    t.source_pieces = task.src_tok.pieces(texts[i])[: len(src_ids[i])]
-                    t.output_pieces = [*map(tgt.id_to_piece, ids), "<eos>"]
-                    t.attention = torch.cat([rows[: len(ids), : len(src_ids[i])], torch.zeros(1, len(src_ids[i]))])
+        filled = [i for i, ids in enumerate(src_ids) if ids]
+        limits = {i: task._output_limit(len(src_ids[i]), self.model) for i in filled}
+        # CTranslate2 takes one output limit per call: the batch's longest; an output past its
+        # own sentence's limit is cut there below (ours ends it at the limit inside the search).
+        results = self.translator.translator.translate_batch(
+            [[task.src_tok.id_to_piece(j) for j in src_ids[i]] for i in filled],
+            beam_size=beam, num_hypotheses=n_best, length_penalty=d.alpha,
+            max_decoding_length=max(limits.values(), default=1), min_decoding_length=0,
+            return_scores=True, return_attention=attention,
+            max_batch_size=max(1, (batch_tokens or d.batch_tokens) // beam), batch_type="tokens",
+        )  # fmt: skip
+        for i, result in zip(filled, results, strict=True):
+            ranked, limit = [], limits[i]
+            for hyp, score in zip(result.hypotheses, result.scores, strict=True):
+                ended = len(hyp) < max(limits.values())  # CTranslate2 leaves <eos> out; a cut one has none
+                ids = content_ids([self.translator.tgt_ids[p] for p in hyp[:limit]], tgt.eos_id)
+                ranked.append((ids, score * (len(hyp) + ended) ** d.alpha))  # undo its (|y|+1)^α
+            (ids, score), alternatives = ranked[0], None
+            if n_best > 1:
+                alternatives = [(task._detokenize(other), s) for other, s in ranked]
+            t = out[i] = Translation(texts[i], task._detokenize(ids), score, ids, alternatives=alternatives)
+            if attention:
+                rows = torch.tensor(result.attention[0], dtype=torch.float32).reshape(len(result.hypotheses[0]), -1)
+                t.source_pieces = task.src_tok.pieces(texts[i])[: len(src_ids[i])]
+                t.output_pieces = [*map(tgt.id_to_piece, ids), "<eos>"]
+                t.attention = torch.cat([rows[: len(ids), : len(src_ids[i])], torch.zeros(1, len(src_ids[i]))])
         return out
 
 
