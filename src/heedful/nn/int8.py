@@ -82,10 +82,12 @@ def _rows_to_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
 
 
-def _int8_embedding_modules(model: nn.Module) -> dict[str, nn.Module]:
+def _int8_embedding_modules(model: nn.Module, every_name: bool = False) -> dict[str, nn.Module]:
+    """The int8 embedding tables by name: each once, or (``every_name``) under every name a shared
+    one has (e.g. a source embedding also used as the decoder's: both names are in the state)."""
     return {
         name: m
-        for name, m in model.named_modules()
+        for name, m in model.named_modules(remove_duplicate=not every_name)
         if isinstance(m, nn.Embedding) and (hasattr(m, "int8_tied_to") or getattr(m, "int8_rows", False))
     }
 
@@ -125,7 +127,7 @@ def int8_tensors(model: nn.Module) -> dict[str, Tensor]:
     for name, module in _int8_embedding_modules(model).items():
         if getattr(module, "int8_rows", False):  # rows as int8 with their scales; a tied one: not at all
             tensors[f"{name}.weight.int8"], tensors[f"{name}.weight.row_scale"] = _rows_to_int8(module.weight.data)
-    prefixes = tuple(f"{name}." for name in [*quantized, *_int8_embedding_modules(model)])
+    prefixes = tuple(f"{name}." for name in [*quantized, *_int8_embedding_modules(model, every_name=True)])
     rest = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
     for names in _tied_groups(rest):  # a tied parameter once; shared storage copied apart below
         tensors[names[0]] = rest[names[0]].detach().clone()
@@ -184,7 +186,8 @@ def load_int8(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]
             used.update(parts)
     # The float rest, module by module: a quantized module's own loader wants its packed
     # parameters even when loading non-strictly, so ``load_state_dict`` cannot be used.
-    prefixes = tuple(f"{name}." for name in [*_quantized_modules(model), *_int8_embedding_modules(model)])
+    embeddings = _int8_embedding_modules(model, every_name=True)
+    prefixes = tuple(f"{name}." for name in [*_quantized_modules(model), *embeddings])
     rest = {k: v for k, v in stored.items() if k not in used}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
     for names in _tied_groups(own):
