@@ -19,7 +19,7 @@ from heedful.optimize.ct2 import Ct2Engine
 from heedful.runs import load_run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from optimize import decode_all  # noqa: E402  (benchmarks/optimize.py, beside this file)
+from optimize import decode_all  # benchmarks/optimize.py, beside this file
 
 torch.set_num_threads(2)
 run = load_run(sys.argv[1], "cpu")
