@@ -75,6 +75,11 @@ class RunLoader:
     def with_ensemble(self, run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
         return _with_ensemble(run, others, device, overrides)
 
+    def ct2_engine(self, run, quantization: str):
+        from heedful.optimize.ct2 import ct2_engine
+
+        return ct2_engine(run, quantization)
+
 
 @app.callback()
 def _root(ctx: typer.Context) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -190,3 +191,26 @@ def test_quantized_linears_are_the_ones_attention_runs(packed):
         fp32, int8 = attn(x).output, quantized(x).output
     assert not torch.equal(fp32, int8)  # the int8 projections did run
     torch.testing.assert_close(int8, fp32, atol=0.05, rtol=0)
+
+
+def test_int8_stores_a_shared_and_tied_embedding_once_as_int8(tmp_path):
+    """One table as source embedding, target embedding and output projection (share_embeddings,
+    tie_embeddings, as the joint-vocabulary Multi30k model): no float copy of it in the file,
+    and the reloaded model computes bit for bit what the quantized one did."""
+    from heedful.nn.int8 import load_int8, quantize_int8, save_int8
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=300, tgt_vocab_size=300, d_model=32, n_heads=2, d_ff=64,
+                            n_encoder_layers=1, n_decoder_layers=1, share_embeddings=True)  # fmt: skip
+    float32 = TransformerEncoderDecoder(cfg).eval()
+    quantized = quantize_int8(float32)
+    save_int8(quantized, tmp_path / "w.safetensors")
+    stored = safetensors.torch.load_file(str(tmp_path / "w.safetensors"))
+    assert not [n for n, t in stored.items() if t.is_floating_point() and t.numel() >= 300 * 32], sorted(stored)
+    reloaded = quantize_int8(TransformerEncoderDecoder(cfg).eval())
+    missing, unexpected = load_int8(reloaded, tmp_path / "w.safetensors")
+    assert not missing and not unexpected
+    src, tgt = torch.randint(4, 300, (3, 7)), torch.randint(4, 300, (3, 5))
+    with torch.no_grad():
+        assert torch.equal(reloaded(src, tgt), quantized(src, tgt))
+        assert not torch.equal(quantized(src, tgt), float32(src, tgt))

@@ -50,6 +50,14 @@ def test_an_int8_model_reloaded_from_disk_computes_what_the_one_in_memory_does(r
     stored = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
     assert stored["encoder.layers.0.ff.linear1.weight.int8"].dtype == torch.int8
     assert "encoder.layers.0.ff.linear1.weight" not in stored
+    # Embedding tables too: the source one as int8 rows with their scales; the decoder's, tied to
+    # the output projection, not at all (it is that projection's int8 weight, stored once).
+    assert stored["encoder.embed.embedding.weight.int8"].dtype == torch.int8
+    assert not any(name.startswith("decoder.embed.embedding.") for name in stored)
+    assert not any(t.is_floating_point() and t.numel() >= 32 * 32 for n, t in stored.items() if "embed" in n)
+    table = reloaded.model.decoder.embed.embedding.weight
+    assert torch.equal(table, reloaded.model.decoder.output.weight().dequantize())
+    assert torch.equal(table, quantized.decoder.embed.embedding.weight)
 
 
 # ------------------------------------------------------------------------------------- averaging

@@ -3,6 +3,9 @@
 Every ``nn.Linear``, ``nn.GRU`` and ``nn.LSTM`` becomes torch's dynamic int8 module
 (``torch.ao.quantization.quantize_dynamic``): weights stored as int8 with one scale per tensor,
 activations quantized on the fly per batch, the matmuls run by fbgemm/oneDNN's int8 kernels.
+Embedding tables are rounded to int8 values as well and stored as int8 (``_int8_embeddings``):
+a decoder's input embedding tied to its output projection becomes that projection's
+dequantized int8 weight and is stored once; other tables get one scale per row.
 
 Why ``torch.ao`` and not torchao: torchao 0.18 (the one on our index) installs beside torch 2.13,
 but its dynamic int8 CPU path (``Int8DynamicActivationInt8WeightConfig``) ran a 256→1024→256 MLP
@@ -57,16 +60,61 @@ def bake_parametrizations(model: nn.Module) -> nn.Module:
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """``model`` with every Linear/GRU/LSTM swapped for its dynamic int8 module (a new module;
-    ``model`` itself is left in float32, except that parametrizations are baked first: see
-    ``bake_parametrizations``). CPU only."""
+    """``model`` with every Linear/GRU/LSTM swapped for its dynamic int8 module, and every
+    embedding table rounded to int8 values (see ``_int8_embeddings``); parametrizations are baked
+    first (``bake_parametrizations``). CPU only."""
     bake_parametrizations(model.eval())
+    tied = {}  # embedding name -> the Linear sharing its weight (a decoder's output projection)
+    linears = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Embedding) and id(m.weight) in linears:
+            tied[name] = linears[id(m.weight)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(model.cpu(), set(INT8_TYPES), dtype=torch.qint8)
+        quantized = quantize_dynamic(model.cpu(), set(INT8_TYPES), dtype=torch.qint8)
+    _int8_embeddings(quantized, tied)
+    return quantized
+
+
+def _int8_embeddings(model: nn.Module, tied: dict[str, str]) -> None:
+    """Embedding tables hold int8 values too, kept as float for the lookup (a lookup is no
+    matmul: nothing to gain from int8 kernels, only the file's size). A table tied to a Linear
+    (a decoder's input embedding and output projection) becomes that Linear's int8 weight
+    dequantized, so the file holds it once, as int8; any other table is rounded per row
+    (symmetric, scale = max |row| / 127) and stored as int8 with its row scales. Without this,
+    an 8,000-piece vocabulary's float tables would be most of an int8 Transformer's file."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, m in modules.items():
+            if not isinstance(m, nn.Embedding):
+                continue
+            if name in tied:
+                m.weight.data = modules[tied[name]].weight().dequantize().contiguous()
+                m.int8_tied_to = tied[name]
+            else:
+                int8, scale = _rows_to_int8(m.weight.data)
+                m.weight.data = int8.float() * scale[:, None]
+                m.int8_rows = True
+
+
+def _rows_to_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(V, D) float -> (V, D) int8 and (V,) float32 scales: symmetric, one scale per row."""
+    scale = (weight.abs().amax(dim=1) / 127.0).float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row (padding): 0 stays 0
+    return torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def _int8_embedding_modules(model: nn.Module, every_name: bool = False) -> dict[str, nn.Module]:
+    """The int8 embedding tables by name: each once, or (``every_name``) under every name a shared
+    one has (e.g. a source embedding also used as the decoder's: both names are in the state)."""
+    return {
+        name: m
+        for name, m in model.named_modules(remove_duplicate=not every_name)
+        if isinstance(m, nn.Embedding) and (hasattr(m, "int8_tied_to") or getattr(m, "int8_rows", False))
+    }
 
 
 def _quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -101,7 +149,10 @@ def int8_tensors(model: nn.Module) -> dict[str, Tensor]:
                 tensors[f"{full}.zero_point"] = torch.tensor(value.q_zero_point(), dtype=torch.int64)
             else:
                 tensors[full] = value.detach().contiguous()
-    prefixes = tuple(f"{name}." for name in quantized)
+    for name, module in _int8_embedding_modules(model).items():
+        if getattr(module, "int8_rows", False):  # rows as int8 with their scales; a tied one: not at all
+            tensors[f"{name}.weight.int8"], tensors[f"{name}.weight.row_scale"] = _rows_to_int8(module.weight.data)
+    prefixes = tuple(f"{name}." for name in [*quantized, *_int8_embedding_modules(model, every_name=True)])
     rest = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
     for names in _tied_groups(rest):  # a tied parameter once; shared storage copied apart below
         tensors[names[0]] = rest[names[0]].detach().clone()
@@ -141,9 +192,27 @@ def load_int8(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]
             module.set_weight_bias(values["weight"], values.get("bias"))
         else:
             module.set_weight_bias(values)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, module in _int8_embedding_modules(model).items():
+            if hasattr(module, "int8_tied_to"):  # the tied Linear's int8 weight, as quantize_int8 made it
+                module.weight.data = modules[module.int8_tied_to].weight().dequantize().contiguous()
+                continue
+            parts = [f"{name}.weight.int8", f"{name}.weight.row_scale"]
+            if not all(p in stored for p in parts):
+                missing.append(f"{name}.weight")
+                continue
+            int8, scale = (stored[p] for p in parts)
+            if int8.shape != module.weight.shape:
+                raise RuntimeError(
+                    f"size mismatch for {name}.weight: {tuple(int8.shape)} vs {tuple(module.weight.shape)}"
+                )
+            module.weight.data = int8.float() * scale[:, None]
+            used.update(parts)
     # The float rest, module by module: a quantized module's own loader wants its packed
     # parameters even when loading non-strictly, so ``load_state_dict`` cannot be used.
-    prefixes = tuple(f"{name}." for name in _quantized_modules(model))
+    embeddings = _int8_embedding_modules(model, every_name=True)
+    prefixes = tuple(f"{name}." for name in [*_quantized_modules(model), *embeddings])
     rest = {k: v for k, v in stored.items() if k not in used}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
     for names in _tied_groups(own):

@@ -81,7 +81,11 @@ def count_parameters(model: nn.Module) -> int:
     from heedful.nn.int8 import int8_tensors
 
     if any(step.get("method") == "int8" for step in getattr(model, "optimized", [])):
-        return sum(t.numel() for name, t in int8_tensors(model).items() if not name.endswith((".scale", ".zero_point")))
+        return sum(
+            t.numel()
+            for name, t in int8_tensors(model).items()
+            if not name.endswith((".scale", ".zero_point", ".row_scale"))
+        )
     seen, total = set(), 0
     for p in model.parameters():
         if id(p) not in seen:

@@ -53,8 +53,9 @@ def _embeddings(spec, embed, cfg) -> None:
     spec.position_encodings.encodings = _np(embed.positions.table)  # (max_len, D), sin/cos interleaved
 
 
-def transformer_spec(model: Any):
-    """Our ``TransformerEncoderDecoder`` as a ``ctranslate2.specs.TransformerSpec``."""
+def transformer_spec(model: Any, alignment_layer: int = -1):
+    """Our ``TransformerEncoderDecoder`` as a ``ctranslate2.specs.TransformerSpec``; the
+    attention it returns is ``alignment_layer``'s cross-attention, mean over heads."""
     ct2 = optional_import("ctranslate2", "CTranslate2 conversion")
     from ctranslate2.specs import common_spec
     from ctranslate2.specs import transformer_spec as ts
@@ -73,9 +74,12 @@ def transformer_spec(model: Any):
     if unsupported:
         raise OptimizeError(f"CTranslate2 conversion supports this Transformer but not: {', '.join(unsupported)}")
     activation = common_spec.Activation.GELU if cfg.activation == "gelu" else common_spec.Activation.RELU
+    # The attention CTranslate2 returns (return_attention): the mean over all heads of one
+    # decoder layer's cross-attention, the layer ours shows (decode.explain_layer).
     spec = ts.TransformerSpec.from_config(
-        (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm_first, activation=activation
-    )
+        (cfg.n_encoder_layers, cfg.n_decoder_layers), cfg.n_heads, pre_norm=cfg.norm_first, activation=activation,
+        alignment_layer=alignment_layer, alignment_heads=cfg.n_heads,
+    )  # fmt: skip
     spec.config.layer_norm_epsilon = cfg.layer_norm_eps
     encoder, decoder = model.encoder, model.decoder
     _embeddings(spec.encoder, encoder.embed, cfg)
@@ -112,6 +116,14 @@ def transformer_spec(model: Any):
     return spec
 
 
+def _weights_stamp(run: Run) -> dict[str, Any]:
+    """What says a conversion is of the run's current weights and attention layer (the cache test)."""
+    weights = run.run_dir / "model" / "model.safetensors"
+    stat = weights.stat()
+    layer = getattr(getattr(run.cfg, "decode", None), "explain_layer", -1)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "alignment_layer": layer}
+
+
 def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = None) -> Path:
     """Convert the run's Transformer translator into the CTranslate2 model folder ``out`` (new or
     empty); ``quantization`` (e.g. "int8") is CTranslate2's own weight type at conversion time."""
@@ -124,7 +136,7 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
             f"{run.run_dir}: CTranslate2 conversion takes a Transformer translator as trained "
             "(convert before other optimizations; CTranslate2 quantizes with --quantization)"
         )
-    spec = transformer_spec(model)
+    spec = transformer_spec(model, getattr(getattr(run.cfg, "decode", None), "explain_layer", -1))
     src_tok, tgt_tok = run.task.src_tok, run.task.tgt_tok
     spec.register_source_vocabulary([src_tok.id_to_piece(i) for i in range(len(src_tok))])
     spec.register_target_vocabulary([tgt_tok.id_to_piece(i) for i in range(len(tgt_tok))])
@@ -144,7 +156,8 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
             if path.is_file() and path.name not in ("model.safetensors",):
                 shutil.copy2(path, tmp / f"heedful-{path.name}")
         shutil.copy2(run.run_dir / "config.yaml", tmp / "heedful-config.yaml")
-        record = {"source": str(run.run_dir), "format": "ctranslate2", "quantization": quantization}
+        record = {"source": str(run.run_dir), "format": "ctranslate2", "quantization": quantization,
+                  "weights": _weights_stamp(run)}  # fmt: skip
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
@@ -175,3 +188,121 @@ class Ct2Translator:
     def translate(self, lines: list[str], beam: int = 5, max_len: int = 200) -> list[str]:
         ids = self.translate_ids([self.src_tok.encode(line) for line in lines], beam, max_len)
         return [self.tgt_tok.decode(row) for row in ids]
+
+
+# ------------------------------------------------------------------------ translate --engine
+ENGINE_QUANTIZATIONS = ("float32", "int8")
+CACHE_NAME = "ctranslate2-{}"  # RUN/ctranslate2-float32, RUN/ctranslate2-int8: conversions kept for reuse
+
+
+def cached_export(run: Run, quantization: str = "float32") -> Path:
+    """The run's CTranslate2 conversion in ``RUN/ctranslate2-<quantization>``: reused when it was
+    made from the run's current weights (and attention layer), else (re)made there. A run folder
+    that cannot be written to gets its conversion in a temporary folder instead, made anew."""
+    if quantization not in ENGINE_QUANTIZATIONS:
+        raise OptimizeError(f"--quantization {quantization!r}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
+    folder = run.run_dir / CACHE_NAME.format(quantization)
+    record = folder / RECORD_NAME
+    fresh = record.is_file() and (folder / "model.bin").is_file()
+    if fresh and json.loads(record.read_text()).get("weights") == _weights_stamp(run):
+        return folder
+    stored = None if quantization == "float32" else quantization
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+        return export_ctranslate2(run, folder, stored)
+    except PermissionError:
+        import sys
+        import tempfile
+
+        where = Path(tempfile.mkdtemp(prefix="heedful-ct2-")) / "model"
+        print(f"{run.run_dir}: not writable; converting into {where.parent} (not kept)", file=sys.stderr)
+        return export_ctranslate2(run, where, stored)
+
+
+class Ct2Engine:
+    """A run's translator decoded by CTranslate2 (``heedful translate RUN --engine ctranslate2``,
+    ``ct2_engine(run)``): ``translate`` answers as ``run.translate`` does, with ``Translation``s.
+
+    What matches ours: the tokenizer, the beam size (decode.beam_size), greedy decoding exactly
+    (outputs, log-probabilities, attention). What differs:
+
+    - the length penalty. Ours (decode.alpha) divides a finished hypothesis' log-probability by
+      GNMT's ((5 + |y|) / 6)^α, |y| its tokens without <eos>; CTranslate2's ``length_penalty``
+      divides it by (|y| + 1)^α, <eos> counted. The same α is passed, so with α = 0 (``--set
+      decode.alpha=0``) or beam 1 the two searches rank alike; with α > 0 they can pick
+      different hypotheses. ``.score`` is the raw log-probability either way.
+    - when a beam stops: CTranslate2 stops a sentence once ``beam`` hypotheses have ended, as
+      ours does with decode.early_stopping=true (ours by default goes on while a live beam could
+      still win).
+    - the output limit: CTranslate2 takes one per call, the longest of the batch's sentences'
+      (decode.max_len, decode.max_len_ratio); a longer output is cut at its own limit afterwards,
+      where ours ranks the cut hypothesis inside the search.
+    - ``attention``: decode.explain_layer's cross-attention, mean over heads, as CTranslate2
+      returns it for each output piece; ours adds a row for <eos>, CTranslate2 does not return
+      one, so the last row is zeros.
+    """
+
+    def __init__(self, run: Run, folder: Path, threads: int | None = None):
+        self.task, self.folder = run.task, folder
+        self.model = run.model  # its max_len: the output limits, as ours
+        self.decode_cfg = run.cfg.decode
+        self.translator = Ct2Translator(folder, run.task.src_tok, run.task.tgt_tok,
+                                        threads=threads or torch.get_num_threads())  # fmt: skip
+
+    def translate(
+        self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,
+        attention: bool = False, n_best: int = 1,
+    ) -> list:  # fmt: skip
+        from heedful.tasks.translate import Translation
+
+        d, task, tgt = self.decode_cfg, self.task, self.task.tgt_tok
+        beam = beam or d.beam_size
+        if not 1 <= n_best <= beam:
+            raise OptimizeError(f"n-best {n_best}: needs a beam of at least {n_best} (the beam is {beam})")
+        texts = list(lines)
+        src_ids = [task.src_tok.encode(t)[: self.model.config.max_len] if t.strip() else [] for t in texts]
+        out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
+        if attention:
+            for t in out:
+                t.source_pieces, t.output_pieces, t.attention = [], ["<eos>"], torch.zeros(1, 0)
+        filled = [i for i, ids in enumerate(src_ids) if ids]
+        limits = {i: task._output_limit(len(src_ids[i]), self.model) for i in filled}
+        # CTranslate2 takes one output limit per call: the batch's longest; an output past its
+        # own sentence's limit is cut there below (ours ends it at the limit inside the search).
+        results = self.translator.translator.translate_batch(
+            [[task.src_tok.id_to_piece(j) for j in src_ids[i]] for i in filled],
+            beam_size=beam, num_hypotheses=n_best, length_penalty=d.alpha,
+            max_decoding_length=max(limits.values(), default=1), min_decoding_length=0,
+            return_scores=True, return_attention=attention,
+            max_batch_size=max(1, (batch_tokens or d.batch_tokens) // beam), batch_type="tokens",
+        )  # fmt: skip
+        for i, result in zip(filled, results, strict=True):
+            ranked, limit = [], limits[i]
+            for hyp, score in zip(result.hypotheses, result.scores, strict=True):
+                ended = len(hyp) < max(limits.values())  # CTranslate2 leaves <eos> out; a cut one has none
+                ids = content_ids([self.translator.tgt_ids[p] for p in hyp[:limit]], tgt.eos_id)
+                ranked.append((ids, score * (len(hyp) + ended) ** d.alpha))  # undo its (|y|+1)^α
+            (ids, score), alternatives = ranked[0], None
+            if n_best > 1:
+                alternatives = [(task._detokenize(other), s) for other, s in ranked]
+            t = out[i] = Translation(texts[i], task._detokenize(ids), score, ids, alternatives=alternatives)
+            if attention:
+                rows = torch.tensor(result.attention[0], dtype=torch.float32).reshape(len(result.hypotheses[0]), -1)
+                t.source_pieces = task.src_tok.pieces(texts[i])[: len(src_ids[i])]
+                t.output_pieces = [*map(tgt.id_to_piece, ids), "<eos>"]
+                t.attention = torch.cat([rows[: len(ids), : len(src_ids[i])], torch.zeros(1, len(src_ids[i]))])
+        return out
+
+
+def ct2_engine(run: Run, quantization: str = "float32", threads: int | None = None) -> Ct2Engine:
+    """``run``'s Transformer translator decoded by CTranslate2 (its conversion cached in the run
+    folder, see ``cached_export``): ``ct2_engine(run, "int8").translate(lines, beam=5)``."""
+    from heedful.models import TransformerEncoderDecoder
+
+    optional_import("ctranslate2", "--engine ctranslate2")
+    if not isinstance(run.model, TransformerEncoderDecoder) or getattr(run.model, "optimized", []):
+        raise OptimizeError(
+            f"{run.run_dir}: --engine ctranslate2 takes a Transformer translator as trained, "
+            f"not a {run.model.config.arch} model or an optimized one"
+        )
+    return Ct2Engine(run, cached_export(run, quantization), threads)

@@ -64,6 +64,10 @@ class RunLoader(Protocol):
     def with_ensemble(self, run: Any, others: list[Path] | None, device: str, overrides: list[str] | None) -> Any:
         """``run`` alone, or with ``others`` an ``Ensemble`` (class probabilities averaged, or one decoding model)."""
 
+    def ct2_engine(self, run: Any, quantization: str) -> Any:
+        """``run``'s translator decoded by CTranslate2 (``heedful.optimize.ct2.ct2_engine``): an
+        object whose ``translate`` answers as ``run.translate`` does."""
+
 
 def run_loader(ctx: typer.Context) -> RunLoader:
     if ctx.obj is None:

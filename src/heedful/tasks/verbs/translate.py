@@ -104,6 +104,19 @@ def translate(
             "log-probabilities are averaged inside greedy and beam search. Repeat for more runs.",
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="torch (heedful's own search) | ctranslate2: a Transformer run converted to CTranslate2 "
+            "(kept in RUN_DIR/ctranslate2-<quantization>, remade when the weights change) decodes. It uses the "
+            "run's beam and output limits, but its length penalty divides by (|y|+1)^alpha, not GNMT's "
+            "((5+|y|)/6)^alpha (decode.alpha=0 or beam 1: the same ranking), and a sentence stops once --beam "
+            "hypotheses have ended (ours: decode.early_stopping=true). Needs pip install 'heedful[export]'."
+        ),
+    ] = "torch",
+    quantization: Annotated[
+        str, typer.Option(help="With --engine ctranslate2: float32 | int8 (CTranslate2's own int8 weights).")
+    ] = "float32",
     set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
@@ -111,9 +124,18 @@ def translate(
     --set changes decoding, e.g. decode.alpha=1.0 or decode.precision=bf16."""
     from tqdm.auto import tqdm
 
+    if engine not in ("torch", "ctranslate2"):
+        raise UserError(f"--engine {engine!r}: torch or ctranslate2")
+    if engine == "torch" and quantization != "float32":
+        raise UserError("--quantization is for --engine ctranslate2 (int8 for our own search: heedful optimize)")
+    if engine == "ctranslate2" and ensemble:
+        raise UserError("--engine ctranslate2 decodes one model; --ensemble needs --engine torch")
     loader = run_loader(ctx)
     run = loader.load_run(run_dir, device, list(set_ or []), task="translate", verb="translate")
-    translator = loader.with_ensemble(run, ensemble, device, list(set_ or []))  # the run itself without --ensemble
+    if engine == "ctranslate2":
+        translator = loader.ct2_engine(run, quantization)
+    else:
+        translator = loader.with_ensemble(run, ensemble, device, list(set_ or []))  # the run itself alone
     out = sys.stdout.buffer
     bar = tqdm(unit=" lines", file=sys.stderr, disable=not progress or sys.stdin.isatty(), dynamic_ncols=True)
     if n_best > (beam or run.cfg.decode.beam_size):

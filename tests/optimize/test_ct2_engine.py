@@ -1,0 +1,111 @@
+"""`heedful translate RUN --engine ctranslate2`: CTranslate2 decodes what our search decodes —
+greedy exactly (outputs, log-probabilities, cross-attention), beam search with the one length
+penalty both share (none) — its conversion is cached in the run folder, and what it cannot do
+is refused in one line. Skipped where the export extra (ctranslate2) is absent."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from heedful.errors import UserError
+from heedful.models import TransformerEncoderDecoder
+from heedful.optimize import optimize
+from heedful.runs import load_run
+from tests.conftest import run_cli
+
+pytest.importorskip("ctranslate2", reason="CTranslate2 decoding needs the export extra: pip install 'heedful[export]'")
+
+from heedful.optimize.ct2 import ct2_engine
+
+
+@pytest.fixture(scope="module")
+def confident_run(run_dir, tmp_path_factory):
+    """The tiny dates run with random, confident weights (the trained one is near-constant and
+    would end every output at once), so that outputs run long and every piece counts."""
+    copy = tmp_path_factory.mktemp("engine") / "run"
+    shutil.copytree(run_dir, copy)
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(load_run(run_dir, "cpu").model.config)
+    with torch.no_grad():  # distinct, confident choices; the specials' rows (0..3) at zero: long outputs
+        model.decoder.output.weight.mul_(4.0)
+        model.decoder.output.weight[:4] = 0.0
+    model.save_pretrained(copy / "model")
+    return copy
+
+
+def sources(run) -> list[str]:
+    run.task.build_data(run.cfg)
+    return [e.source for e in run.task.data.splits["test"]]
+
+
+def test_greedy_is_ours_exactly_with_scores_and_attention(confident_run):
+    run = load_run(confident_run, "cpu", ["decode.alpha=0.6"])  # alpha changes nothing greedy; scores undo it
+    lines = sources(run)
+    ours = run.translate(lines, beam=1, attention=True)
+    theirs = ct2_engine(run).translate(lines, beam=1, attention=True)
+    assert [t.output for t in theirs] == [t.output for t in ours]
+    assert sum(len(t.output_ids) for t in ours) > 3 * len(ours)  # outputs of some length, not all empty
+    assert [t.score for t in theirs] == pytest.approx([t.score for t in ours], abs=1e-4)
+    for a, b in zip(theirs, ours, strict=True):
+        assert a.source_pieces == b.source_pieces and a.output_pieces == b.output_pieces
+        assert a.attention.shape == b.attention.shape
+        # every output piece's row; ours also has the <eos> step's row, CTranslate2 none (zeros)
+        torch.testing.assert_close(a.attention[:-1], b.attention[:-1], atol=1e-4, rtol=0)
+
+
+def test_beam_search_without_a_length_penalty_is_ours(confident_run):
+    run = load_run(confident_run, "cpu", ["decode.alpha=0", "decode.early_stopping=true"])
+    lines = sources(run)
+    ours = run.translate(lines, beam=4, n_best=2)
+    theirs = ct2_engine(run).translate(lines, beam=4, n_best=2)
+    assert [t.output for t in theirs] == [t.output for t in ours]
+    assert [t.score for t in theirs] == pytest.approx([t.score for t in ours], abs=1e-4)
+    assert [[o for o, _ in t.alternatives] for t in theirs] == [[o for o, _ in t.alternatives] for t in ours]
+
+
+def test_int8_is_close_to_float(confident_run):
+    run = load_run(confident_run, "cpu")
+    lines = sources(run)
+    float32 = ct2_engine(run).translate(lines, beam=1)
+    int8 = ct2_engine(run, "int8").translate(lines, beam=1)
+    assert (confident_run / "ctranslate2-int8" / "model.bin").stat().st_size < 0.5 * (
+        confident_run / "ctranslate2-float32" / "model.bin"
+    ).stat().st_size
+    same = sum(a.output == b.output for a, b in zip(float32, int8, strict=True))
+    assert same >= 0.5 * len(lines)
+
+
+def test_the_cli_translates_as_ours_and_keeps_its_conversion(confident_run):
+    text = "".join(f"{line}\n" for line in sources(load_run(confident_run, "cpu"))[:8])
+    ours = run_cli("translate", str(confident_run), "--beam", "1", stdin=text)
+    theirs = run_cli("translate", str(confident_run), "--beam", "1", "--engine", "ctranslate2", stdin=text)
+    assert ours.returncode == 0 and theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout == ours.stdout and len(theirs.stdout.splitlines()) == 8
+    converted = confident_run / "ctranslate2-float32" / "model.bin"
+    made = converted.stat().st_mtime_ns
+    again = run_cli("translate", str(confident_run), "--beam", "1", "--engine", "ctranslate2", stdin=text)
+    assert again.stdout == ours.stdout and converted.stat().st_mtime_ns == made  # reused, not remade
+
+
+def test_what_it_cannot_do_is_one_line(run_dir, tmp_path):
+    int8 = optimize(load_run(run_dir, "cpu"), "int8", tmp_path / "int8")
+    cases = [
+        (["translate", str(int8), "--engine", "ctranslate2"], "takes a Transformer translator as trained"),
+        (["translate", str(run_dir), "--engine", "marian"], "--engine 'marian': torch or ctranslate2"),
+        (["translate", str(run_dir), "--quantization", "int8"], "--quantization is for --engine ctranslate2"),
+        (["translate", str(run_dir), "--engine", "ctranslate2", "--quantization", "int4"], "choose from float32, int8"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, stdin="5. März 2021\n")
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (int8 / "ctranslate2-float32").exists()
+
+
+def test_without_ctranslate2_it_says_what_to_install(run_dir, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ctranslate2", None)
+    with pytest.raises(UserError, match=r"needs ctranslate2: pip install 'heedful\[export\]'"):
+        ct2_engine(load_run(run_dir, "cpu"))
