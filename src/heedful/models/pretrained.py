@@ -12,6 +12,7 @@ record what was done). Loading builds the model from its config, makes the same 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -81,23 +82,12 @@ class PretrainedModel(nn.Module):
             raise CheckpointError(
                 f"{directory / CONFIG_NAME}: its 'optimized' steps do not fit the model ({exc})"
             ) from None
-        try:
-            if is_int8(model):
-                from heedful.nn.int8 import load_int8
+        if is_int8(model):
+            from heedful.nn.int8 import load_int8
 
-                missing, unexpected = load_int8(model, weights)
-            else:
-                missing, unexpected = load_weights(model, weights, strict=False)
-        except RuntimeError as exc:  # tensor shapes that do not match the config
-            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-            raise CheckpointError(f"{weights}: does not fit {CONFIG_NAME} ({first})") from None
-        except safetensors.SafetensorError as exc:
-            raise CheckpointError(f"{weights}: unreadable weights file ({exc})") from None
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{weights}: does not fit {directory / CONFIG_NAME} (a {model_type!r} model: "
-                f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-            )
+            load_weights_checked(model, weights, f"{directory / CONFIG_NAME} (a {model_type!r} model)", load_int8)
+        else:
+            load_weights_checked(model, weights, f"{directory / CONFIG_NAME} (a {model_type!r} model)")
         if is_int8(model) and device != "cpu":
             return model  # int8 dynamic modules run on the CPU only
         return model.to(device)
@@ -133,6 +123,25 @@ def apply_structure(model: PretrainedModel, steps: list[dict[str, Any]]) -> Pret
             model.optimized = steps_before
     model.optimized = [dict(step) for step in steps]
     return model
+
+
+def load_weights_checked(
+    model: nn.Module, weights: Path, fits: str, load: Callable[..., tuple[list[str], list[str]]] | None = None
+) -> None:
+    """Fill ``model`` from the safetensors file ``weights`` (``load``: ``load_weights`` non-strict,
+    or another loader returning (missing, unexpected)); a tensor of another shape, a name one side
+    lacks or an unreadable file is a one-line ``CheckpointError``: "WEIGHTS: does not fit FITS (…)"."""
+    try:
+        missing, unexpected = load(model, weights) if load else load_weights(model, weights, strict=False)
+    except RuntimeError as exc:  # tensor shapes that do not match the config
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise CheckpointError(f"{weights}: does not fit {fits}: {first}") from None
+    except safetensors.SafetensorError as exc:
+        raise CheckpointError(f"{weights}: unreadable weights file ({exc})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: does not fit {fits}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
 
 
 def read_model_config(directory: Path) -> dict[str, Any]:

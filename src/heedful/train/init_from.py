@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import safetensors
 from torch import nn
 
 from heedful.config import read_yaml
 from heedful.errors import CheckpointError
-from heedful.models.pretrained import read_model_config
-from heedful.nn.weights import load_weights
+from heedful.models.pretrained import load_weights_checked, read_model_config
 
 
 def init_model_folder(run_dir: Path, task_name: str) -> Path:
@@ -43,14 +41,6 @@ def load_initial_weights(model: nn.Module, folder: Path) -> None:
             f"train.init_from: {folder}: holds an optimized model (heedful optimize); start from the run it came from"
         )
     try:
-        missing, unexpected = load_weights(model, weights, strict=False)
-    except RuntimeError as exc:
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
-        raise CheckpointError(f"train.init_from: {weights}: does not fit this run's model ({first})") from None
-    except safetensors.SafetensorError as exc:
-        raise CheckpointError(f"train.init_from: {weights}: unreadable weights file ({exc})") from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"train.init_from: {weights}: does not fit this run's model "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
+        load_weights_checked(model, weights, "this run's model")
+    except CheckpointError as exc:
+        raise CheckpointError(f"train.init_from: {exc}") from None
