@@ -468,6 +468,13 @@ async def _predict(
 
 def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Request, UploadFile) -> None:
     path, summary = f"/v1/models/{served.name}/predict", f"{served.run.cfg.task}: {served.name}"
+    route = app.post(
+        path,
+        response_model=served.response,
+        tags=["models"],
+        summary=summary,
+        operation_id=f"predict_{served.schema_name}",
+    )
 
     if served.kind == "audio":
 
@@ -494,13 +501,7 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
         predict_audio.__annotations__ = {
             "request": Request, "files": list[UploadFile], "attention": bool, "explain": Literal["rollout"] | None,
         }  # fmt: skip
-        app.post(
-            path,
-            response_model=served.response,
-            tags=["models"],
-            summary=summary,
-            operation_id=f"predict_{served.schema_name}",
-        )(predict_audio)
+        route(predict_audio)
         return
 
     request_model = served.request
@@ -513,13 +514,7 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
 
     # FastAPI reads the body's model from the annotation; make it the concrete class.
     predict.__annotations__ = {"request": Request, "body": request_model}
-    app.post(
-        path,
-        response_model=served.response,
-        tags=["models"],
-        summary=summary,
-        operation_id=f"predict_{served.schema_name}",
-    )(predict)
+    route(predict)
 
 
 def _finite(value: Any) -> Any:
