@@ -17,6 +17,10 @@ embedding matrix shared by source, target and output, pre-LN):
              the translate task (logits .float(), then label-smoothed cross-entropy), AdamW on
              parameter_groups, gradient clipping — at precision "fp32"
   ours-bf16  the same at precision "bf16" (torch.autocast to bfloat16), as the Multi30k config trains
+  ours-bf16-compiled  (only with ``--compiled``) ours-bf16 with the model compiled in place as
+             ``train.compile: true`` does (heedful.train.compile: inductor); its warm-up steps
+             include the compilations (a static graph for the first batch shape, then one with
+             dynamic shapes), which are not timed
 
 Every loop: AdamW (lr 1e-3, betas (0.9, 0.98), weight decay 0.01), cross-entropy with label
 smoothing 0.1 ignoring <pad>, gradient norm clipped to 1.0; one step = forward, loss, backward,
@@ -91,6 +95,7 @@ from heedful.models import TransformerConfig, TransformerEncoderDecoder
 from heedful.runs import load_config
 from heedful.tasks.base import Batch
 from heedful.tasks.translate import TranslateConfig, TranslateTask
+from heedful.train.compile import compile_model
 from heedful.train.trainer import parameter_groups
 
 # torch.nn.MultiheadAttention turns a bool key padding mask into a float one beside the float causal
@@ -101,7 +106,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/multi30k/transformer.yaml"
 TOKENIZER_DIR = REPO / "runs/multi30k-transformer/model"
 IMPLS = ("plain", "ours-fp32", "ours-bf16")
-PRECISION = {"plain": "fp32", "ours-fp32": "fp32", "ours-bf16": "bf16"}
+PRECISION = {"plain": "fp32", "ours-fp32": "fp32", "ours-bf16": "bf16", "ours-bf16-compiled": "bf16"}
 TARGET = 2.0  # ours (bf16) / plain fp32, target tokens per second
 QUICK_PAIRS, QUICK_MAX_TOKENS, QUICK_BATCH_TOKENS = 2000, 24, 512
 
@@ -303,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-dir", type=Path, default=TOKENIZER_DIR, help="a run's model folder")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the acceptance fails")
+    parser.add_argument(
+        "--compiled", action="store_true", help="add a fourth loop: ours-bf16 with train.compile (inductor)"
+    )
     args = parser.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -341,9 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     plain = PlainTransformer(m).to(device).train()
     models: dict[str, nn.Module] = {"plain": plain}
     steps = {"plain": plain_step(plain, hp, device)}
-    for name in IMPLS[1:]:
+    impls = (*IMPLS, "ours-bf16-compiled") if args.compiled else IMPLS
+    for name in impls[1:]:
         torch.manual_seed(cfg.seed)
         models[name] = TransformerEncoderDecoder(m).to(device).train()
+        if name.endswith("-compiled") and (reason := compile_model(models[name], device)) is not None:
+            parser.error(f"--compiled: {reason}")
         steps[name] = our_step(task, models[name], hp, device, PRECISION[name])
     n_params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
 
@@ -382,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in (torch.float32, torch.bfloat16)
     }
     first_loss: dict[str, float] = {}
-    for name in IMPLS:
+    for name in impls:
         for i in range(warmup):
             loss = steps[name](batches[i])
             first_loss.setdefault(name, loss)
@@ -390,13 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         matmul_gflops(a, b, device, repeats=1)
 
     # Timed rounds: the same K batches for every loop, the order rotating.
-    seconds: dict[str, list[float]] = {name: [] for name in IMPLS}
+    seconds: dict[str, list[float]] = {name: [] for name in impls}
     peak: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for r in range(rounds):
         peak["fp32"].append(matmul_gflops(*operands[torch.float32], device))
         peak["bf16"].append(matmul_gflops(*operands[torch.bfloat16], device))
         chunk = timed[r * per_round : (r + 1) * per_round]
-        order = IMPLS[r % len(IMPLS) :] + IMPLS[: r % len(IMPLS)]
+        order = impls[r % len(impls) :] + impls[: r % len(impls)]
         for name in order:
             sync(device)
             start = time.perf_counter()
@@ -424,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_loss": first_loss[name],
             "round_seconds": seconds[name],
         }
-        for name in IMPLS
+        for name in impls
     }
 
     ratio = figures["ours-bf16"]["vs_plain"]

@@ -40,3 +40,39 @@ def test_reasons(monkeypatch):
     assert "C++ compiler" in why_not_compiled(torch.device("cpu"))
     monkeypatch.setattr(compile_module.importlib.util, "find_spec", lambda name: None)
     assert "triton" in why_not_compiled(torch.device("cuda"))
+
+
+def test_the_transformer_traces_in_one_graph_per_stack_with_dropout_on():
+    """Dynamo traces a training-mode Transformer without breaking at the CPU dropout's in-place
+    ``random_`` or at the capture hook (each break was one graph per module call, and the
+    capture's module-id guard hit the recompile limit, leaving every module uncompiled)."""
+    from heedful.models import TransformerEncoderDecoder
+    from tests.models.test_transformer import small_config
+
+    torch.manual_seed(0)
+    model = TransformerEncoderDecoder(small_config(dropout=0.1)).train()
+    src, tgt = torch.randint(3, 40, (2, 7)), torch.randint(3, 30, (2, 5))
+    explanation = torch._dynamo.explain(model)(src, tgt)
+    assert explanation.graph_break_count == 0, [str(b.reason).splitlines()[0] for b in explanation.break_reasons]
+    # and dropout still drops under compile: two traced training calls differ, eval calls agree
+    compiled = torch.compile(model, backend="eager")
+    assert not torch.equal(compiled(src, tgt), compiled(src, tgt))
+    model.eval()
+    assert torch.equal(compiled(src, tgt), model(src, tgt))
+
+
+def test_a_capture_still_sees_a_compiled_model():
+    """Captures (explain, the supervised alignment head) keep working on a compiled model."""
+    from heedful.explain.capture import capture
+    from heedful.models import TransformerEncoderDecoder
+    from tests.models.test_transformer import small_config
+
+    model = TransformerEncoderDecoder(small_config()).eval()
+    src, tgt = torch.randint(3, 40, (2, 7)), torch.randint(3, 30, (2, 5))
+    compiled = torch.compile(model, backend="eager")
+    compiled(src, tgt)  # traced once with no capture open
+    with capture(model) as eager_maps:
+        model(src, tgt)
+    with capture(model) as compiled_maps:
+        compiled(src, tgt)
+    assert len(compiled_maps) == len(eager_maps) > 0

@@ -8,7 +8,8 @@ kept when its lane clears a threshold, with probability 1 − p′ where p′ = 
 p to within 2⁻¹⁷ (0.2 becomes 0.199997); kept elements are scaled by 1 / (1 − p′), so the output's
 expectation is exactly the input, as with ``nn.Dropout``. The masks come from torch's default
 generator, so ``torch.manual_seed`` makes them reproducible. On other devices ``F.dropout`` is
-already fast and is used as it is.
+already fast and is used as it is; so it is under ``torch.compile`` (``train.compile``), which
+cannot trace the in-place ``random_`` (one graph break per call) and fuses its own mask.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cp
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
     keep, keep_rate = keep_mask(x.shape, p, x.device)
     return x * keep.to(x.dtype).mul_(1.0 / keep_rate)
