@@ -65,6 +65,24 @@ def decode_all(model, task, sources: list[str], beam: int, batch: int, alpha: fl
     return out
 
 
+def interleaved_rounds(decoders: dict, sources: list[str], rounds: int) -> tuple[dict, dict]:
+    """Each round, every decoder translates all ``sources`` in turn, the order rotating by one per
+    round so that a load burst hits them alike; returns the seconds of each decoder's rounds and
+    its first round's outputs (decoding is deterministic)."""
+    names = list(decoders)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    outputs: dict[str, list[str]] = {}
+    with torch.inference_mode():
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                start = time.perf_counter()
+                out = decoders[name](sources)
+                seconds[name].append(time.perf_counter() - start)
+                outputs.setdefault(name, out)
+            print(f"  round {r + 1}: " + "  ".join(f"{k} {v[-1]:.1f} s" for k, v in seconds.items()), flush=True)
+    return seconds, outputs
+
+
 def quality(task, hyps: list[str], examples) -> dict[str, float]:
     if hasattr(examples[0], "source") and task.cfg.data.source == "parallel":
         from heedful.metrics.translation import bleu_and_chrf

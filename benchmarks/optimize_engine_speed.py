@@ -1,57 +1,93 @@
-"""Decoding speed of ours (fp32, int8) and CTranslate2 (float32, int8) on one run, interleaved so
-that a load burst on a shared machine hits every engine alike: 200 test sources, batches of 100,
-beam 5, the run's alpha, 2 threads; 5 rounds, the median per engine.
+"""Decoding speed and quality of one run's engines side by side: ours fp32, ours int8 (one or more
+int8 run directories, e.g. packed for different engines), and optionally CTranslate2 float32 and
+int8 — interleaved, so a load burst on a shared machine hits every engine alike.
 
-    python benchmarks/optimize_engine_speed.py RUN INT8_RUN WORK
-    # INT8_RUN: heedful optimize RUN --method int8; WORK: the --work folder of benchmarks/optimize.py
-    # (its ct2_float32/ and ct2_int8/ conversions)
+    python benchmarks/optimize_engine_speed.py RUN --int8 onednn=RUN_INT8 [--int8 x86=OTHER] \\
+        [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--json FILE]
+    # RUN_INT8: heedful optimize RUN --method int8 --out RUN_INT8
+    # WORK: a folder with ct2_float32/ and ct2_int8/ (heedful export RUN --format ctranslate2
+    #       [--quantization int8] --out WORK/ct2_…, or benchmarks/optimize.py's --work)
+
+The first ``--n`` sentences of the run's test split, beam 5, the run's alpha (CTranslate2: its own
+length penalty, (|y|+1)^α), batches of 100. Each round decodes all of them with every engine in
+turn (the order rotating); the table gives the median sentences/s, its ratio to ours fp32, the
+spread of the rounds, and BLEU / chrF of the outputs (decoding is deterministic: the first
+round's outputs are scored).
 """
 
+from __future__ import annotations
+
+import argparse
+import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from heedful.optimize.ct2 import Ct2Engine
 from heedful.runs import load_run
 
 sys.path.insert(0, str(Path(__file__).parent))
-from optimize import decode_all  # benchmarks/optimize.py, beside this file
+from optimize import decode_all, interleaved_rounds, quality  # benchmarks/optimize.py, beside this file
 
-torch.set_num_threads(2)
-run = load_run(sys.argv[1], "cpu")
-run.task.build_data(run.cfg)
-run.task.load_artifacts(run.run_dir / "model")
-src = [e.source for e in list(run.task.data.splits["test"])[:200]]
-int8 = load_run(sys.argv[2], "cpu").model
-ct2f = Ct2Engine(run, Path(sys.argv[3]) / "ct2_float32", threads=2)
-ct2i = Ct2Engine(run, Path(sys.argv[3]) / "ct2_int8", threads=2)
-a = run.cfg.decode.alpha
-engines = {
-    "ours fp32": lambda lines: decode_all(run.model, run.task, lines, 5, 100, a),
-    "ours int8": lambda lines: decode_all(int8, run.task, lines, 5, 100, a),
-    "CTranslate2 float32": lambda lines: [
-        t.output for i in range(0, len(lines), 100) for t in ct2f.translate(lines[i : i + 100], beam=5)
-    ],
-    "CTranslate2 int8": lambda lines: [
-        t.output for i in range(0, len(lines), 100) for t in ct2i.translate(lines[i : i + 100], beam=5)
-    ],
-}
-times = {k: [] for k in engines}
-print("load average at start", os.getloadavg(), flush=True)
-with torch.inference_mode():
-    for f in engines.values():
-        f(src[:20])
-    for _ in range(5):
-        for k, f in engines.items():
-            t = time.perf_counter()
-            f(src)
-            times[k].append(time.perf_counter() - t)
-print("load average at end", os.getloadavg(), flush=True)
-base = statistics.median(times["ours fp32"])
-for k, v in times.items():
-    m = statistics.median(v)
-    print(f"| {k} | {len(src) / m:.1f} | {base / m:.2f} | {min(v):.2f}–{max(v):.2f} |", flush=True)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--int8", action="append", default=[], metavar="NAME=DIR", help="an int8 run of RUN")
+    parser.add_argument("--ct2", type=Path, default=None, help="folder holding ct2_float32/ and ct2_int8/")
+    parser.add_argument("--n", type=int, default=1000, help="test sentences (the first N)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    run = load_run(args.run, "cpu")
+    run.task.build_data(run.cfg)
+    run.task.load_artifacts(run.run_dir / "model")
+    examples = list(run.task.data.splits["test"])[: args.n]
+    sources = [e.source for e in examples]
+    alpha, beam = run.cfg.decode.alpha, args.beam
+    engines = {"ours fp32": lambda lines, m=run.model: decode_all(m, run.task, lines, beam, 100, alpha)}
+    for spec in args.int8:
+        name, _, directory = spec.partition("=")
+        model = load_run(directory, "cpu").model
+        engines[f"ours int8 ({name})"] = lambda lines, m=model: decode_all(m, run.task, lines, beam, 100, alpha)
+    if args.ct2:
+        from heedful.optimize.ct2 import Ct2Engine
+
+        for kind in ("float32", "int8"):
+            engine = Ct2Engine(run, args.ct2 / f"ct2_{kind}", threads=args.threads)
+            engines[f"CTranslate2 {kind}"] = lambda lines, e=engine: [
+                t.output for i in range(0, len(lines), 100) for t in e.translate(lines[i : i + 100], beam=beam)
+            ]
+
+    load_start = os.getloadavg()
+    print(f"{len(sources)} sentences, beam {beam}, {args.threads} threads; load average at start {load_start}")
+    with torch.inference_mode():
+        for f in engines.values():
+            f(sources[:20])  # warm-up
+    times, outputs = interleaved_rounds(engines, sources, args.rounds)
+    load_end = os.getloadavg()
+    base = statistics.median(times["ours fp32"])
+    rows = {}
+    print(f"load average at end {load_end}")
+    print("| engine | sent/s (median) | × ours fp32 | rounds, s | BLEU | chrF |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for name, secs in times.items():
+        median = statistics.median(secs)
+        q = quality(run.task, outputs[name], examples)
+        rows[name] = {"sent_per_s": len(sources) / median, "vs_fp32": base / median, "seconds": secs, **q}
+        print(f"| {name} | {len(sources) / median:.1f} | {base / median:.2f}× | {min(secs):.1f}–{max(secs):.1f} "
+              f"| {q.get('bleu', '')} | {q.get('chrf', '')} |")  # fmt: skip
+    if args.json:
+        record = {"run": str(args.run), "n": len(sources), "beam": beam, "threads": args.threads,
+                  "load_average": [load_start, load_end], "engines": rows}  # fmt: skip
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -60,6 +60,37 @@ def test_an_int8_model_reloaded_from_disk_computes_what_the_one_in_memory_does(r
     assert torch.equal(table, quantized.decoder.embed.embedding.weight)
 
 
+def test_int8_packs_for_the_engine_it_records_and_reloads_with_it(run_dir, tmp_path, monkeypatch):
+    """The engine the weights were packed for is written with the model, and packing on reload
+    uses it again (not whatever torch's global engine is then), leaving the global as it was."""
+    from heedful.nn import int8 as int8_module
+
+    supported = torch.backends.quantized.supported_engines
+    default = torch.backends.quantized.engine
+    assert int8_module.int8_engine() == default
+    other = next(e for e in ("fbgemm", "onednn", "x86") if e in supported and e != int8_module.int8_engine())
+    from heedful.optimize import quantize
+
+    monkeypatch.setattr(quantize, "int8_engine", lambda: other)
+    packed_for = []
+    real_packing = int8_module._packing_for
+
+    def spying(engine):
+        packed_for.append(engine)
+        return real_packing(engine)
+
+    monkeypatch.setattr(int8_module, "_packing_for", spying)
+    run = load_run(run_dir, "cpu")
+    out = optimize(run, "int8", tmp_path / "int8")
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["optimized"][-1] == {"method": "int8", "engine": other}
+    packed_for.clear()
+    reloaded = load_run(out, "cpu")
+    assert packed_for and set(packed_for) == {other}  # built, then every weight packed again, for it
+    assert torch.backends.quantized.engine == default
+    assert torch.equal(logits(reloaded.model, reloaded), logits(int8(run)[0], run))
+
+
 # ------------------------------------------------------------------------------------- averaging
 def test_averaging_two_identical_checkpoints_is_the_identity(run_dir, tmp_path):
     copy = tmp_path / "run"
@@ -137,6 +168,31 @@ def test_a_pruned_run_is_physically_smaller_and_reloads(run_dir, tmp_path):
     qkv = reloaded.model.get_submodule("encoder.layers.0.self_attn.qkv_proj")
     assert qkv.weight.shape == (3 * 16, 32)  # one head of 16 left, in each of the q, k, v blocks
     assert len(reloaded.translate(SOURCES)) == len(SOURCES)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_fine_tuning_runs_at_the_runs_precision(run_dir, precision, monkeypatch):
+    """The repair steps after pruning or factorizing train as the run trained (bf16 autocast for
+    the Multi30k configs): the logits reaching the loss have that dtype, and the weights move."""
+    from heedful.optimize.common import fine_tune
+
+    run = load_run(run_dir, "cpu", overrides=[f"train.precision={precision}", "train.progress=false"])
+    seen, loss = [], run.task.loss
+
+    def spying_loss(model, batch):
+        hook = model.decoder.output.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+        try:
+            return loss(model, batch)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(run.task, "loss", spying_loss)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    losses = fine_tune(run, run.model, steps=2, lr=1e-3)
+    assert len(losses) == 2 and all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2
+    assert any(not torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    assert not run.model.training
 
 
 # ------------------------------------------------------------------------------------- bad input

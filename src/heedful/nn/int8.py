@@ -14,6 +14,18 @@ thread, 2026-12-04): its kernels target GPUs and ``torch.compile``, and its weig
 subclasses that torch serializes by pickling. ``torch.ao.quantization`` warns that it is
 deprecated but still ships with our pinned torch; we silence that warning here, in one place.
 
+Which int8 kernels: torch packs each weight for one quantized engine when it quantizes, and the
+packed weight keeps that engine's kernels. We pack for torch's default engine ("x86": fbgemm's
+kernels for dynamic Linears), record it with the model (``{"method": "int8", "engine": …}``) and
+pack for it again on loading, so a reloaded model runs the kernels it was saved with. oneDNN was
+tried and is not the default: on an Intel Xeon with AMX int8 units its kernels ran a lone
+500 × 256 → 8,000 projection (a beam-5 decoder's vocabulary step, 100 sentences) in 1.8 ms
+against fbgemm's 10.7 ms (benchmarks/int8_engines.py, 1 thread), but the whole beam-5 decoding
+of test2016 was slower with it than with fbgemm (81.7 against 93.1 sentences/s, 2 threads,
+benchmarks/optimize_engine_speed.py, 2026-12-04): a beam's row count changes at every step as
+sentences finish, and oneDNN at small or new shapes cost more than it saved. The stored int8
+values and scales do not depend on the engine.
+
 Parametrized layers (the GAN's spectral norm) are baked into plain weights first
 (``bake_parametrizations``), on saving and on loading alike, so both build the same modules.
 
@@ -27,7 +39,9 @@ reloaded model computes exactly what the saved one did.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import safetensors.torch
@@ -59,10 +73,37 @@ def bake_parametrizations(model: nn.Module) -> nn.Module:
     return model
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """``model`` with every Linear/GRU/LSTM swapped for its dynamic int8 module, and every
-    embedding table rounded to int8 values (see ``_int8_embeddings``); parametrizations are baked
-    first (``bake_parametrizations``). CPU only."""
+def int8_engine() -> str:
+    """The quantized engine int8 weights are packed for: torch's default (see the module docstring)."""
+    return torch.backends.quantized.engine
+
+
+@contextlib.contextmanager
+def _packing_for(engine: str) -> Iterator[None]:
+    """torch's quantized engine set to ``engine`` while weights are packed, then restored."""
+    if engine not in torch.backends.quantized.supported_engines:
+        engine = torch.backends.quantized.engine  # recorded elsewhere, not built here: the same int8 values
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def recorded_engine(model: nn.Module) -> str:
+    """The engine a loaded int8 model was packed for (its ``optimized`` record), or torch's default
+    for a model saved before engines were recorded."""
+    steps = getattr(model, "optimized", [])
+    engines = [step.get("engine") for step in steps if step.get("method") == "int8"]
+    return engines[-1] if engines and engines[-1] else torch.backends.quantized.engine
+
+
+def quantize_int8(model: nn.Module, engine: str | None = None) -> nn.Module:
+    """``model`` with every Linear/GRU/LSTM swapped for its dynamic int8 module, packed for
+    ``engine`` (default :func:`int8_engine`), and every embedding table rounded to int8 values
+    (see ``_int8_embeddings``); parametrizations are baked first (``bake_parametrizations``).
+    CPU only."""
     bake_parametrizations(model.eval())
     tied = {}  # embedding name -> the Linear sharing its weight (a decoder's output projection)
     linears = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -74,7 +115,8 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
         from torch.ao.quantization import quantize_dynamic
 
-        quantized = quantize_dynamic(model.cpu(), set(INT8_TYPES), dtype=torch.qint8)
+        with _packing_for(engine or int8_engine()):
+            quantized = quantize_dynamic(model.cpu(), set(INT8_TYPES), dtype=torch.qint8)
     _int8_embeddings(quantized, tied)
     return quantized
 
@@ -188,10 +230,11 @@ def load_int8(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]
                 used.add(full)
             else:
                 missing.append(full)
-        if hasattr(module, "_packed_params"):
-            module.set_weight_bias(values["weight"], values.get("bias"))
-        else:
-            module.set_weight_bias(values)
+        with _packing_for(recorded_engine(model)):  # packed again: for the kernels it was quantized for
+            if hasattr(module, "_packed_params"):
+                module.set_weight_bias(values["weight"], values.get("bias"))
+            else:
+                module.set_weight_bias(values)
     modules = dict(model.named_modules())
     with torch.no_grad():
         for name, module in _int8_embedding_modules(model).items():

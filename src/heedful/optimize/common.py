@@ -104,19 +104,31 @@ def training_batches(run: Run, n: int) -> list[Any]:
 
 def fine_tune(run: Run, model: nn.Module, steps: int, lr: float) -> list[float]:
     """``steps`` Adam steps of the task's own loss on its training batches (a short repair after
-    a structural change, not a training run); returns the losses."""
+    a structural change, not a training run), at the run's ``train.precision`` (bf16 autocast
+    for the Multi30k configs, as they were trained) with a progress bar; returns the losses."""
+    from tqdm.auto import tqdm
+
+    from heedful.device import autocast, move_to
+
     if steps <= 0:
         return []
     torch.manual_seed(run.cfg.seed)
+    device = next(model.parameters()).device
+    precision = getattr(run.cfg.train, "precision", "fp32")
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     model.train()
     batches = itertools.cycle(training_batches(run, min(steps, 200)))
-    for batch in itertools.islice(batches, steps):
-        loss, _ = run.task.loss(model, batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+    progress = tqdm(total=steps, desc="fine-tuning", unit="step", disable=not getattr(run.cfg.train, "progress", True))
+    with progress:
+        for batch in itertools.islice(batches, steps):
+            with autocast(device, precision):
+                loss, _ = run.task.loss(model, move_to(batch, device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            progress.update()
+            progress.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     model.eval()
     return losses

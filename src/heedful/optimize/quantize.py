@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from heedful.nn.int8 import INT8_TYPES, bake_parametrizations, quantize_int8
+from heedful.nn.int8 import INT8_TYPES, bake_parametrizations, int8_engine, quantize_int8
 from heedful.optimize.common import OptimizeError
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ def int8(run: Run) -> tuple[nn.Module, dict[str, Any]]:
     layers = [name for name, m in baked.named_modules() if type(m) in INT8_TYPES]
     if not layers:
         raise OptimizeError(f"{run.run_dir}: its model has no Linear, GRU or LSTM layer to quantize")
-    quantized = quantize_int8(baked)
-    quantized.optimized = [*getattr(model, "optimized", []), {"method": "int8"}]
-    return quantized, {"method": "int8", "layers": len(layers)}
+    engine = int8_engine()
+    quantized = quantize_int8(baked, engine)
+    quantized.optimized = [*getattr(model, "optimized", []), {"method": "int8", "engine": engine}]
+    return quantized, {"method": "int8", "layers": len(layers), "engine": engine}
