@@ -1,6 +1,7 @@
 """A cross-attention head trained to align (Garg et al. 2019), scored on the Hansard gold.
 
     python benchmarks/alignment_supervised.py RUN --minutes 8 [--work DIR] [--layer -1 --head 0]
+    python benchmarks/alignment_supervised.py RUN --minutes 20 --hansard-copies 10 --name hansard-l1 --layer 1
 
 RUN is a finished en→fr translate run (Multi30k). The script
 
@@ -14,7 +15,14 @@ RUN is a finished en→fr translate run (Multi30k). The script
    the Hansard lines are eflomal's own alignments, scored as the reference;
 2. fine-tunes RUN for ``--minutes`` with ``train.init_from: RUN`` and ``alignment_supervision``
    on (layer ``--layer``, head ``--head``, weight ``--weight``) into ``DIR/finetuned``;
-   (``--control``: the same fine-tuning without the supervision, into ``DIR/finetuned-control``);
+   (``--control``: the same fine-tuning without the supervision, into ``DIR/finetuned-control``;
+   ``--name N``: into ``DIR/N`` and ``DIR/results-N.json``, so variants share one DIR's links;
+   ``--init-from R``: the fine-tuning starts from run R's weights, e.g. to train a variant longer).
+   With ``--hansard-copies K`` the fine-tuning text is the Multi30k training pairs plus K copies
+   of the 447 Hansard sentence pairs, supervised with eflomal's links of them: the text eflomal
+   itself trains on (its usual protocol for an unsupervised aligner). The Hansard *gold* links
+   are never read before scoring; the head learns eflomal's output on sentences it then aligns;
+   the data folder ``DIR/data-hansardK`` holds the joined text and links-by-symlink the rest;
 3. scores on the Hansard gold (AER, precision, recall; all 447 sentences and the last 300) the
    supervised head before and after, the mean of its layer's heads before and after, and
    eflomal; and the test2016 BLEU before and after (the supervision must not wreck translation).
@@ -42,7 +50,8 @@ from heedful.runs import load_config, load_run
 from heedful.train import fit
 
 HANSARD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "alignment"
-LAST = 300  # the other helper chooses methods on the first 147 sentences and reports on the last 300
+LAST = 300  # alignment_hansard.py chooses methods on the first 147 sentences and reports on the last 300
+DEV = 147
 
 
 def model_words(tok, text: str) -> list[str]:
@@ -119,8 +128,32 @@ def scores(predicted: list[set], gold: list[tuple[set, set]]) -> dict[str, dict[
     items = [(p, sure, possible) for p, (sure, possible) in zip(predicted, gold, strict=True)]
     return {
         "all": {k: round(v, 4) for k, v in alignment_scores(items).items()},
+        f"first{DEV}": {k: round(v, 4) for k, v in alignment_scores(items[:DEV]).items()},
         f"last{LAST}": {k: round(v, 4) for k, v in alignment_scores(items[-LAST:]).items()},
     }
+
+
+def with_hansard(run_dir: Path, links_file: Path, copies: int, work: Path) -> tuple[Path, Path]:
+    """A data folder with the run's training text plus ``copies`` copies of the Hansard pairs
+    (val/test linked to the run's own files), and the matching links file."""
+    cfg = load_config(run_dir / "config.yaml")
+    d = cfg.data
+    folder = work / f"data-hansard{copies}"
+    folder.mkdir(exist_ok=True)
+    sources, targets, _ = hansard_gold()
+    train = split_files(d, "train")
+    for path, extra, lang in zip(train.paths, (sources, targets), (d.source_lang, d.target_lang), strict=True):
+        lines = [line.decode("utf-8").rstrip("\n") for line in read_lines(path)]
+        (folder / f"train.{lang}").write_text("\n".join(lines + extra * copies) + "\n", encoding="utf-8")
+    for split in ("val", "test"):
+        for path in split_files(d, split).paths:
+            link = folder / path.name.replace(Path(str(getattr(d, split))).name, split, 1)
+            if not link.exists():
+                link.symlink_to(path.resolve())
+    hansard_links = (work / "hansard.links").read_text().splitlines()
+    joined = folder / "train.links"
+    joined.write_text(links_file.read_text() + "".join(line + "\n" for line in hansard_links * copies))
+    return folder, joined
 
 
 def measure(run_dir: Path, layer: int, head: int, beam: int | None) -> dict:
@@ -156,6 +189,15 @@ def main() -> None:
     parser.add_argument(
         "--control", action="store_true", help="the same fine-tuning without the supervision (what training alone does)"
     )
+    parser.add_argument(
+        "--hansard-copies", type=int, default=0,
+        help="also fine-tune on K copies of the 447 Hansard pairs' text, supervised by eflomal's links (not the gold)",
+    )  # fmt: skip
+    parser.add_argument("--name", default=None, help="fine-tuned folder and results-NAME.json in --work")
+    parser.add_argument(
+        "--init-from", type=Path, default=None,
+        help="start the fine-tuning from this run's weights (e.g. an earlier fine-tuned one) instead of RUN's",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -168,14 +210,20 @@ def main() -> None:
     results["before"] = measure(args.run, args.layer, args.head, args.beam)
     print(json.dumps(results, indent=1))
 
-    tuned = work / ("finetuned-control" if args.control else "finetuned")
+    name = args.name or ("finetuned-control" if args.control else "finetuned")
+    tuned = work / name
+    data_overrides = []
+    if args.hansard_copies:
+        folder, links_file = with_hansard(args.run, links_file, args.hansard_copies, work)
+        data_overrides = [f"data.root={folder.resolve()}", "data.train=train", "data.test=test", "data.val=val"]
+    start_from = (args.init_from or args.run).resolve()
     overrides = [
-        f"run_dir={tuned}", f"train.init_from={args.run.resolve()}", f"train.max_minutes={args.minutes}",
+        f"run_dir={tuned}", f"train.init_from={start_from}", f"train.max_minutes={args.minutes}",
         "train.epochs=100", f"train.lr={args.lr}", "train.schedule=constant", "train.warmup_steps=50",
         "train.ema_decay=0.99", f"train.num_threads={args.threads}", "train.progress=false",
         "train.tensorboard=false", f"alignment_supervision.path={links_file}",
         f"alignment_supervision.layer={args.layer}", f"alignment_supervision.head={args.head}",
-        f"alignment_supervision.weight={args.weight}",
+        f"alignment_supervision.weight={args.weight}", *data_overrides,
     ]  # fmt: skip
     if args.control:
         overrides = [o for o in overrides if not o.startswith("alignment_supervision.")]
@@ -191,7 +239,11 @@ def main() -> None:
     results["after"] = measure(tuned, args.layer, args.head, args.beam)
     results["machine"] = f"{platform.processor() or platform.machine()}, {args.threads} thread(s)"
     results["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    written = work / ("results-control.json" if args.control else "results.json")
+    written = (
+        work / f"results-{name}.json"
+        if args.name
+        else work / ("results-control.json" if args.control else "results.json")
+    )
     written.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps({k: results[k] for k in ("eflomal", "before", "after")}, indent=1))
     print(f"written: {written}")
