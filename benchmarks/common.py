@@ -7,6 +7,7 @@ path and `from common import …` finds this file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from heedful.config import RunConfig
-from heedful.runs import load_config, load_run
+from heedful.runs import Run, load_config, load_run
 from heedful.train import History, fit
 
 
@@ -65,6 +66,21 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def faithfulness_args(description: str, kind: str, seed: int | None = None) -> tuple[argparse.Namespace, Run]:
+    """The faithfulness benchmarks' command line (RUN_DIR, --n test ``kind`` scored, --draws
+    random rankings), one torch thread, ``torch.manual_seed(seed)`` if given, and the run loaded
+    on the CPU."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("run_dir")
+    parser.add_argument("--n", type=int, default=300, help=f"test {kind} scored")
+    parser.add_argument("--draws", type=int, default=5, help="random rankings")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return args, load_run(args.run_dir, device="cpu")
 
 
 def report_faithfulness(table: dict, run_dir: Path, examples: int, kind: str, units: str, draws: int,

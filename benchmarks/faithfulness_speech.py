@@ -23,16 +23,14 @@ Writes RUN/faithfulness.json, which `heedful report RUN` shows.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from common import report_faithfulness
+from common import faithfulness_args, report_faithfulness
 from heedful.explain.capture import capture
 from heedful.explain.faithfulness import faithfulness_table, ranking
 from heedful.explain.rollout import attention_rollout, gradient_x_attention, input_x_gradient
-from heedful.runs import load_run
 
 FRAMES_PER_UNIT = 4  # two stride-2 convolutions in time
 
@@ -45,13 +43,7 @@ class Clip(list):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("--n", type=int, default=300, help="test clips scored")
-    parser.add_argument("--draws", type=int, default=5, help="random rankings")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    run = load_run(args.run_dir, device="cpu")
+    args, run = faithfulness_args(__doc__.splitlines()[0], "clips")
     task, model = run.task, run.model.eval()
     cfg = model.config
     if cfg.head != "classify" or cfg.encoder != "attention" or len(cfg.conv_channels) != 2:

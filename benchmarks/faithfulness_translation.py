@@ -20,17 +20,15 @@ Writes RUN/faithfulness.json, which `heedful report RUN` shows.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from common import report_faithfulness
+from common import faithfulness_args, report_faithfulness
 from heedful.data.tokenizers import pad_ids
 from heedful.explain.capture import capture
 from heedful.explain.faithfulness import faithfulness_table, ranking
 from heedful.explain.rollout import attention_rollout, gradient_x_attention, input_x_gradient
-from heedful.runs import load_run
 
 
 class Units(list):
@@ -40,13 +38,7 @@ class Units(list):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
-    parser.add_argument("--n", type=int, default=300, help="test examples scored")
-    parser.add_argument("--draws", type=int, default=5, help="random rankings")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    run = load_run(args.run_dir, device="cpu")
+    args, run = faithfulness_args(__doc__.splitlines()[0], "examples")
     task, model = run.task, run.model
     task.build_data(run.cfg)
     task.load_artifacts(run.run_dir / "model")
