@@ -214,3 +214,35 @@ def test_int8_stores_a_shared_and_tied_embedding_once_as_int8(tmp_path):
     with torch.no_grad():
         assert torch.equal(reloaded(src, tgt), quantized(src, tgt))
         assert not torch.equal(quantized(src, tgt), float32(src, tgt))
+
+
+def test_packing_for_an_engine_holds_it_against_other_threads():
+    """torch's quantized engine is process-wide: while one thread packs weights for its engine,
+    another thread packing for a different one waits instead of switching it underneath."""
+    import threading
+    import time
+
+    from heedful.nn.int8 import _packing_for
+
+    supported = torch.backends.quantized.supported_engines
+    first, second = [e for e in ("fbgemm", "onednn", "x86", "qnnpack") if e in supported][:2]
+    default = torch.backends.quantized.engine
+    seen: dict[str, list[str]] = {first: [], second: []}
+    inside = threading.Event()
+
+    def pack(engine: str, hold: float) -> None:
+        with _packing_for(engine):
+            inside.set()
+            seen[engine].append(torch.backends.quantized.engine)
+            time.sleep(hold)
+            seen[engine].append(torch.backends.quantized.engine)
+
+    holder = threading.Thread(target=pack, args=(first, 0.3))
+    holder.start()
+    inside.wait()
+    other = threading.Thread(target=pack, args=(second, 0.6))  # would still hold it when the first looks again
+    other.start()
+    holder.join()
+    other.join()
+    assert seen == {first: [first, first], second: [second, second]}
+    assert torch.backends.quantized.engine == default

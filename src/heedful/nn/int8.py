@@ -40,6 +40,7 @@ reloaded model computes exactly what the saved one did.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,17 +79,24 @@ def int8_engine() -> str:
     return torch.backends.quantized.engine
 
 
+# torch's quantized engine is one process-wide setting: two threads loading int8 models at once
+# (a server's workers) must not interleave their set-pack-restore sequences.
+_ENGINE_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _packing_for(engine: str) -> Iterator[None]:
-    """torch's quantized engine set to ``engine`` while weights are packed, then restored."""
-    if engine not in torch.backends.quantized.supported_engines:
-        engine = torch.backends.quantized.engine  # recorded elsewhere, not built here: the same int8 values
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = before
+    """torch's quantized engine set to ``engine`` while weights are packed, then restored; one
+    thread at a time."""
+    with _ENGINE_LOCK:
+        if engine not in torch.backends.quantized.supported_engines:
+            engine = torch.backends.quantized.engine  # recorded elsewhere, not built here: the same int8 values
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = before
 
 
 def recorded_engine(model: nn.Module) -> str:
