@@ -3,7 +3,7 @@ int8 run directories, e.g. packed for different engines), and optionally CTransl
 int8 — interleaved, so a load burst on a shared machine hits every engine alike.
 
     python benchmarks/optimize_engine_speed.py RUN --int8 onednn=RUN_INT8 [--int8 x86=OTHER] \\
-        [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--json FILE]
+        [--optimized low-rank=RUN_LR] [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--json FILE]
     # RUN_INT8: heedful optimize RUN --method int8 --out RUN_INT8
     # WORK: a folder with ct2_float32/ and ct2_int8/ (heedful export RUN --format ctranslate2
     #       [--quantization int8] --out WORK/ct2_…, or benchmarks/optimize.py's --work)
@@ -36,6 +36,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--int8", action="append", default=[], metavar="NAME=DIR", help="an int8 run of RUN")
+    parser.add_argument(
+        "--optimized", action="append", default=[], metavar="NAME=DIR", help="any other optimized run of RUN"
+    )
     parser.add_argument("--ct2", type=Path, default=None, help="folder holding ct2_float32/ and ct2_int8/")
     parser.add_argument("--n", type=int, default=1000, help="test sentences (the first N)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -56,6 +59,10 @@ def main() -> None:
         name, _, directory = spec.partition("=")
         model = load_run(directory, "cpu").model
         engines[f"ours int8 ({name})"] = lambda lines, m=model: decode_all(m, run.task, lines, beam, 100, alpha)
+    for spec in args.optimized:  # low-rank, pruned, …: decoded as ours fp32 is
+        name, _, directory = spec.partition("=")
+        model = load_run(directory, "cpu").model
+        engines[f"ours {name}"] = lambda lines, m=model: decode_all(m, run.task, lines, beam, 100, alpha)
     if args.ct2:
         from heedful.optimize.ct2 import Ct2Engine
 
