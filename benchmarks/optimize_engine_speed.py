@@ -55,14 +55,12 @@ def main() -> None:
     sources = [e.source for e in examples]
     alpha, beam = run.cfg.decode.alpha, args.beam
     engines = {"ours fp32": lambda lines, m=run.model: decode_all(m, run.task, lines, beam, 100, alpha)}
-    for spec in args.int8:
-        name, _, directory = spec.partition("=")
-        model = load_run(directory, "cpu").model
-        engines[f"ours int8 ({name})"] = lambda lines, m=model: decode_all(m, run.task, lines, beam, 100, alpha)
-    for spec in args.optimized:  # low-rank, pruned, …: decoded as ours fp32 is
-        name, _, directory = spec.partition("=")
-        model = load_run(directory, "cpu").model
-        engines[f"ours {name}"] = lambda lines, m=model: decode_all(m, run.task, lines, beam, 100, alpha)
+    # int8, low-rank, pruned, …: every optimized run decoded as ours fp32 is
+    for label, specs in (("ours int8 ({})", args.int8), ("ours {}", args.optimized)):
+        for spec in specs:
+            name, _, directory = spec.partition("=")
+            model = load_run(directory, "cpu").model
+            engines[label.format(name)] = lambda lines, m=model: decode_all(m, run.task, lines, beam, 100, alpha)
     if args.ct2:
         from heedful.optimize.ct2 import Ct2Engine
 

@@ -219,6 +219,7 @@ def load_int8(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]
     stored = safetensors.torch.load_file(str(path))
     used: set[str] = set()
     missing: list[str] = []
+    engine = recorded_engine(model)  # packed again for the kernels it was quantized for
     for name, module in _quantized_modules(model).items():
         values: dict[str, Tensor] = {}
         for key, current in _weights_and_biases(module).items():
@@ -238,7 +239,7 @@ def load_int8(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]
                 used.add(full)
             else:
                 missing.append(full)
-        with _packing_for(recorded_engine(model)):  # packed again: for the kernels it was quantized for
+        with _packing_for(engine):
             if hasattr(module, "_packed_params"):
                 module.set_weight_bias(values["weight"], values.get("bias"))
             else:
