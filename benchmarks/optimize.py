@@ -4,6 +4,7 @@ every row measured in the same run of this script.
     python benchmarks/optimize.py --run runs/dates                      # ~10 minutes on a busy 2-core CPU
     python benchmarks/optimize.py --run runs/mt-de --n 1000 --sweep --json docs/optimize_multi30k.json
     python benchmarks/optimize.py --run runs/mt-de --ensemble runs/mt-de-2 runs/mt-de-3   # 3 runs, not checkpoints
+    python benchmarks/optimize.py --run runs/multi30k-rnn-bahdanau --n 1000  # GRU + attention: no heads
     python benchmarks/optimize.py --run runs/amazon-reviews --classifier   # a text classifier: fp32 against int8
 
 Rows (each built by one function: baseline_rows, fusion_rows, method_rows, export_rows, sweep):
@@ -18,6 +19,8 @@ by the same beam search through onnxruntime; and the model converted to CTransla
 its own beam search as `heedful translate --engine ctranslate2` does: float32 without a length
 penalty (compare with the fp32 row without one: the only penalty both compute alike), float32
 and int8 at the run's α (CTranslate2 divides by (|y|+1)^α, ours by GNMT's ((5+|y|)/6)^α).
+A GRU/LSTM run (configs/multi30k/rnn_*.yaml) gets the same table without the rows that need a
+Transformer: head pruning, ONNX and CTranslate2 (and no --sweep).
 --sweep adds BLEU against heads removed (0/25/50/75 %, each + the same fine-tuning) and against
 low-rank size, as docs/optimize_bleu_vs_{heads,lowrank}.png with optimize_sweep.json beside them.
 
@@ -193,6 +196,12 @@ def fusion_rows(run, examples, args, work: Path) -> list[dict]:
     return rows
 
 
+def has_heads(run) -> bool:
+    """Whether head pruning and the Transformer-only exports (ONNX's decoder step, CTranslate2's
+    TransformerSpec) apply: a Transformer translator, not the GRU/LSTM + attention one."""
+    return getattr(run.model.config, "arch", None) == "transformer"
+
+
 def method_rows(run, examples, args, work: Path) -> tuple[list[dict], dict[str, Path]]:
     """``heedful optimize``'s methods: int8, low-rank at three sizes (and the 50 % one fine-tuned),
     half the heads removed (and fine-tuned), and pruned + int8."""
@@ -203,15 +212,18 @@ def method_rows(run, examples, args, work: Path) -> tuple[list[dict], dict[str, 
         "low-rank 50%": ("low-rank", {"size": 0.5}),
         "low-rank 25%": ("low-rank", {"size": 0.25}),
         f"low-rank 50% + {ft} steps": ("low-rank", {"size": 0.5, "fine_tune_steps": ft}),
-        "heads −50%": ("prune-heads", {"fraction": 0.5}),
-        f"heads −50% + {ft} steps": ("prune-heads", {"fraction": 0.5, "fine_tune_steps": ft}),
     }
+    if has_heads(run):  # an RNN's attention has no heads to remove
+        variants["heads −50%"] = ("prune-heads", {"fraction": 0.5})
+        variants[f"heads −50% + {ft} steps"] = ("prune-heads", {"fraction": 0.5, "fine_tune_steps": ft})
     rows, made = [], {}
     for name, (method, options) in variants.items():
         started = time.perf_counter()
         made[name] = optimize(load_run(args.run, "cpu"), method, work / folder_name(name), **options)
         print(f"{name}: optimized in {time.perf_counter() - started:.1f} s", flush=True)
         rows.append(measure_run(name, made[name], run.task, examples, args))
+    if not has_heads(run):
+        return rows, made
     name = f"heads −50% + {ft} steps, int8"
     made[name] = optimize(load_run(made[f"heads −50% + {ft} steps"], "cpu"), "int8", work / folder_name(name))
     rows.append(measure_run(name, made[name], run.task, examples, args))
@@ -223,6 +235,10 @@ def export_rows(run, examples, args, work: Path) -> list[dict]:
     CTranslate2 float32 and int8 (its own beam search via ``Ct2Engine``, as ``heedful translate
     --engine ctranslate2``): at the run's α (its (|y|+1)^α form) and, float32, without a penalty."""
     rows, params = [], count_parameters(run.model)
+    if not has_heads(run):
+        print(f"ONNX and CTranslate2 rows skipped: they export Transformer translators, not a "
+              f"{run.model.config.arch} one", file=sys.stderr)  # fmt: skip
+        return rows
     if not args.no_onnx:
         try:
             from heedful.optimize.export import OnnxSeq2Seq, export_onnx
@@ -410,7 +426,7 @@ def main() -> None:
         rows += fusion_rows(run, examples, args, work)
     method, made = method_rows(run, examples, args, work)
     rows += method + export_rows(run, examples, args, work)
-    if args.sweep:
+    if args.sweep and has_heads(run):
         sweep(run, examples, args, work, rows, made)
     print(f"load average at end: {os.getloadavg()}", flush=True)
     print_table(rows, len(examples), args)
