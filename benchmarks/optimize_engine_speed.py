@@ -3,7 +3,7 @@ int8 run directories, e.g. packed for different engines), and optionally CTransl
 int8 — interleaved, so a load burst on a shared machine hits every engine alike.
 
     python benchmarks/optimize_engine_speed.py RUN --int8 onednn=RUN_INT8 [--int8 x86=OTHER] \\
-        [--optimized low-rank=RUN_LR] [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--json FILE]
+        [--optimized low-rank=RUN_LR] [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--workers 2] [--json FILE]
     # RUN_INT8: heedful optimize RUN --method int8 --out RUN_INT8
     # WORK: a folder with ct2_float32/ and ct2_int8/ (heedful export RUN --format ctranslate2
     #       [--quantization int8] --out WORK/ct2_…, or benchmarks/optimize.py's --work)
@@ -12,7 +12,8 @@ The first ``--n`` sentences of the run's test split, beam 5, the run's alpha (CT
 length penalty, (|y|+1)^α), batches of 100. Each round decodes all of them with every engine in
 turn (the order rotating); the table gives the median sentences/s, its ratio to ours fp32, the
 spread of the rounds, and BLEU / chrF of the outputs (decoding is deterministic: the first
-round's outputs are scored).
+round's outputs are scored). ``--workers W`` adds every engine again decoding W batches at once,
+one thread each (ours: decode.workers; CTranslate2: inter_threads, its own token batches).
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="also every engine with this many batches at once, one thread each (decode.workers; CTranslate2: "
+        "inter_threads)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,21 +62,34 @@ def main() -> None:
     examples = list(run.task.data.splits["test"])[: args.n]
     sources = [e.source for e in examples]
     alpha, beam = run.cfg.decode.alpha, args.beam
-    engines = {"ours fp32": lambda lines, m=run.model: decode_all(m, run.task, lines, beam, 100, alpha)}
+    models = {"ours fp32": run.model}
     # int8, low-rank, pruned, …: every optimized run decoded as ours fp32 is
     for label, specs in (("ours int8 ({})", args.int8), ("ours {}", args.optimized)):
         for spec in specs:
             name, _, directory = spec.partition("=")
-            model = load_run(directory, "cpu").model
-            engines[label.format(name)] = lambda lines, m=model: decode_all(m, run.task, lines, beam, 100, alpha)
+            models[label.format(name)] = load_run(directory, "cpu").model
+    worker_counts = [1] if args.workers == 1 else [1, args.workers]
+    engines = {}
+    for workers in worker_counts:
+        suffix = f", {workers} workers" if workers > 1 else ""
+        for name, model in models.items():
+            engines[name + suffix] = lambda lines, m=model, w=workers: decode_all(
+                m, run.task, lines, beam, 100, alpha, workers=w
+            )
     if args.ct2:
         from heedful.optimize.ct2 import Ct2Engine
 
-        for kind in ("float32", "int8"):
-            engine = Ct2Engine(run, args.ct2 / f"ct2_{kind}", threads=args.threads)
-            engines[f"CTranslate2 {kind}"] = lambda lines, e=engine: [
-                t.output for i in range(0, len(lines), 100) for t in e.translate(lines[i : i + 100], beam=beam)
-            ]
+        for workers in worker_counts:
+            for kind in ("float32", "int8"):
+                engine = Ct2Engine(run, args.ct2 / f"ct2_{kind}", threads=args.threads, workers=workers)
+                if workers == 1:  # batches of 100, as ours
+                    engines[f"CTranslate2 {kind}"] = lambda lines, e=engine: [
+                        t.output for i in range(0, len(lines), 100) for t in e.translate(lines[i : i + 100], beam=beam)
+                    ]
+                else:  # one call: CTranslate2 cuts it into token batches (decode.batch_tokens) for its workers
+                    engines[f"CTranslate2 {kind}, {workers} workers"] = lambda lines, e=engine: [
+                        t.output for t in e.translate(lines, beam=beam)
+                    ]
 
     load_start = os.getloadavg()
     print(f"{len(sources)} sentences, beam {beam}, {args.threads} threads; load average at start {load_start}")

@@ -66,6 +66,16 @@ def test_beam_search_without_a_length_penalty_is_ours(confident_run):
     assert [[o for o, _ in t.alternatives] for t in theirs] == [[o for o, _ in t.alternatives] for t in ours]
 
 
+def test_decode_workers_are_its_inter_threads_with_the_same_outputs(confident_run):
+    run = load_run(confident_run, "cpu", ["decode.workers=2"])
+    lines = sources(run)
+    engine = ct2_engine(run)
+    single = ct2_engine(load_run(confident_run, "cpu"))
+    assert (engine.translator.translator.num_translators, single.translator.translator.num_translators) == (2, 1)
+    one = single.translate(lines, beam=3, batch_tokens=12)
+    assert [t.output for t in engine.translate(lines, beam=3, batch_tokens=12)] == [t.output for t in one]
+
+
 def test_int8_is_close_to_float(confident_run):
     run = load_run(confident_run, "cpu")
     lines = sources(run)

@@ -399,3 +399,35 @@ def test_bf16_decoding_gives_the_same_kind_of_output(trained):
     assert all(isinstance(o, str) and o for o in outputs)
     # A toy model trained to near certainty decodes the same in 16 bits as in 32.
     assert outputs == [t.output for t in load_run(trained[0], device="cpu").translate(lines, beam=3)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("beam", [1, 3])
+def test_decoding_workers_give_the_same_outputs_from_several_threads(trained, beam):
+    lines = [en for en, _ in sentence_pairs(9, 7)] + ["", "A cat."]
+    one = load_run(trained[0], device="cpu").translate(lines, beam=beam, batch_tokens=1)
+    run = load_run(trained[0], device="cpu", overrides=["decode.workers=3"])
+    threads_seen: set[str] = set()
+    hook = run.model.decoder.register_forward_hook(lambda *_: threads_seen.add(threading.current_thread().name))
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        several = run.translate(lines, beam=beam, batch_tokens=1)  # one sentence a batch: 10 batches
+        assert torch.get_num_threads() == 2  # set to 1 per worker meanwhile, then restored
+    finally:
+        torch.set_num_threads(torch_threads)
+        hook.remove()
+    assert [(t.input, t.output, t.score) for t in several] == [(t.input, t.output, t.score) for t in one]
+    assert len(threads_seen) > 1 and all(name.startswith("heedful-decode") for name in threads_seen)
+
+
+@pytest.mark.slow
+def test_decoding_workers_decode_under_the_callers_bf16_autocast(trained):
+    run = load_run(trained[0], device="cpu", overrides=["decode.precision=bf16", "decode.workers=2"])
+    seen: set[tuple[str, torch.dtype]] = set()
+    hook = run.model.decoder.register_forward_hook(
+        lambda _m, _i, out: seen.add((threading.current_thread().name[:14], out.dtype))
+    )
+    run.translate(["The dog sleeps at home.", "A woman sings on the beach.", "A cat."], beam=3, batch_tokens=1)
+    hook.remove()
+    assert seen == {("heedful-decode", torch.bfloat16)}  # autocast is per thread: entered again in each worker

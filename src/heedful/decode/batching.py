@@ -1,8 +1,19 @@
 """Decoding many sources at once: sources of similar length share a batch of at most a budget of
 tokens (source tokens × beam, padding included), each batch is decoded greedily or by beam search,
-and the outputs come back in input order."""
+and the outputs come back in input order.
+
+On a CPU, ``workers`` > 1 decodes that many batches at once, each in its own Python thread on one
+torch thread, instead of one batch at a time on all of torch's threads. A beam step is many small
+kernels and Python bookkeeping, which intra-op threads barely split; whole batches split evenly
+(docs/RESULTS.md, "Decoding workers"). The outputs are the same: each batch is decoded alone.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -26,13 +37,15 @@ def decode_in_batches(
     alpha: float,
     early_stopping: bool,
     n_best: int = 1,
+    workers: int = 1,
 ) -> list[list[tuple[list[int], float]]]:
     """Decode every source (non-empty id lists); ``limits[i]`` is source i's longest output.
     Returns, in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
-    log-probability."""
+    log-probability. ``workers``: batches decoded at once on a CPU (see the module docstring)."""
     device = next(model.parameters()).device
     results: list[list[tuple[list[int], float]]] = [[]] * len(src_ids)
-    for indices in batches_by_length([len(s) * beam for s in src_ids], budget):
+
+    def decode_batch(indices: list[int]) -> None:
         src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
         batch_limits = [limits[i] for i in indices]
         if beam == 1:
@@ -55,4 +68,42 @@ def decode_in_batches(
             )
             for ranked, i in zip(hyps, indices, strict=True):
                 results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]
+
+    batches = batches_by_length([len(s) * beam for s in src_ids], budget)
+    map_in_workers(decode_batch, batches, workers if device.type == "cpu" else 1)
     return results
+
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def map_in_workers(fn: Callable[[Item], Result], items: Sequence[Item], workers: int) -> list[Result]:
+    """``fn`` over ``items``, results in order. With ``workers`` > 1 (and more than one item) that
+    many run at once in threads, torch on one thread each meanwhile — torch's thread count is
+    process-wide, so it is restored afterwards. Autocast, being per thread in torch, is entered
+    again in each worker as the caller has it."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    autocast = _callers_autocast()
+
+    def in_worker(item: Item) -> Result:
+        with autocast():
+            return fn(item)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="heedful-decode") as pool:
+            return list(pool.map(in_worker, items))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _callers_autocast() -> Callable[[], contextlib.AbstractContextManager]:
+    """A context that re-enters, in another thread, the autocast the calling thread is under."""
+    for device_type in ("cpu", "cuda"):
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            return lambda: torch.autocast(device_type, dtype=dtype)
+    return contextlib.nullcontext

@@ -165,10 +165,14 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
 class Ct2Translator:
     """A converted model in CTranslate2, with the run's tokenizer around it."""
 
-    def __init__(self, directory: str | Path, src_tok, tgt_tok, compute_type: str = "default", threads: int = 1):
+    def __init__(
+        self, directory: str | Path, src_tok, tgt_tok, compute_type: str = "default", threads: int = 1, workers: int = 1
+    ):
         ct2 = optional_import("ctranslate2", "CTranslate2 decoding")
+        # workers > 1: that many batches at once, one thread each — as ours does with decode.workers.
+        intra = threads if workers == 1 else 1
         self.translator = ct2.Translator(str(directory), device="cpu", compute_type=compute_type,
-                                         intra_threads=threads, inter_threads=1)  # fmt: skip
+                                         intra_threads=intra, inter_threads=workers)  # fmt: skip
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
         self.tgt_ids = {tgt_tok.id_to_piece(i): i for i in range(len(tgt_tok))}
 
@@ -242,12 +246,13 @@ class Ct2Engine:
       one, so the last row is zeros.
     """
 
-    def __init__(self, run: Run, folder: Path, threads: int | None = None):
+    def __init__(self, run: Run, folder: Path, threads: int | None = None, workers: int | None = None):
         self.task, self.folder = run.task, folder
         self.model = run.model  # its max_len: the output limits, as ours
         self.decode_cfg = run.cfg.decode
         self.translator = Ct2Translator(folder, run.task.src_tok, run.task.tgt_tok,
-                                        threads=threads or torch.get_num_threads())  # fmt: skip
+                                        threads=threads or torch.get_num_threads(),
+                                        workers=workers or run.cfg.decode.workers)  # fmt: skip
 
     def translate(
         self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,

@@ -86,6 +86,12 @@ class DecodeConfig(Section):
     max_len_ratio: float | None = Field(None, gt=0, description="cap output at ratio × source tokens + offset")
     max_len_offset: int = Field(10, ge=0)
     batch_tokens: int = Field(4096, ge=1, description="source tokens × beam per decoding batch, padding included")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="CPU: decode this many batches at once, one torch thread each (e.g. the number of cores); "
+        "1: one batch at a time on all of torch's threads",
+    )
     explain_layer: int = Field(-1, description="decoder layer whose cross-attention maps show")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: decode under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)"
