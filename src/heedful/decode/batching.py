@@ -80,19 +80,19 @@ Result = TypeVar("Result")
 
 def map_in_workers(fn: Callable[[Item], Result], items: Sequence[Item], workers: int) -> list[Result]:
     """``fn`` over ``items``, results in order. With ``workers`` > 1 (and more than one item) that
-    many run at once in threads, torch on one thread each meanwhile — torch's thread count is
-    process-wide, so it is restored afterwards. Autocast, being per thread in torch, is entered
-    again in each worker as the caller has it."""
+    many run at once in threads, each on one torch thread. What torch's thread setting reaches
+    (this thread, new threads) depends on its backend, so each worker sets its own and the caller
+    sets its own count again afterwards. Autocast, per thread in torch, is entered again in each
+    worker as the caller has it."""
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    autocast = _callers_autocast()
+    autocast, threads = _callers_autocast(), torch.get_num_threads()
 
     def in_worker(item: Item) -> Result:
+        torch.set_num_threads(1)
         with autocast():
             return fn(item)
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="heedful-decode") as pool:
             return list(pool.map(in_worker, items))
