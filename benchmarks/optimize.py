@@ -5,7 +5,7 @@ every row measured in the same run of this script.
     python benchmarks/optimize.py --run runs/mt-de --n 1000 --sweep --json docs/optimize_multi30k.json
     python benchmarks/optimize.py --run runs/mt-de --ensemble runs/mt-de-2 runs/mt-de-3   # 3 runs, not checkpoints
     python benchmarks/optimize.py --run runs/multi30k-rnn-bahdanau --n 1000  # GRU + attention: no heads
-    python benchmarks/optimize.py --run runs/amazon-reviews --classifier   # a text classifier: fp32 against int8
+    python benchmarks/optimize.py --run runs/amazon-reviews --classifier   # a text classifier: its own table
 
 Rows (each built by one function: baseline_rows, fusion_rows, method_rows, export_rows, sweep):
 the run as trained (fp32), and again without a length penalty; checkpoint fusion — the mean of
@@ -341,14 +341,26 @@ def print_table(rows: list[dict], n: int, args) -> None:
 
 
 def classifier_table(run_dir: Path, work: Path, args) -> None:
-    """A text classifier before and after int8: size, parameters, batch-1 latency, predict
-    throughput (the test texts in batches of 1,024), accuracy and macro-F1 on its test split."""
+    """A text classifier as trained, int8, low-rank 50 % and half its heads removed (both fine-tuned
+    --fine-tune-steps), and pruned + int8: size, parameters, batch-1 latency, predict throughput
+    (the test texts in batches of 1,024), accuracy and macro-F1 on its test split."""
     run = load_run(run_dir, "cpu")
     run.task.build_data(run.cfg)
     run.task.load_artifacts(run_dir / "model")
     texts = run.task.split_inputs("test")
+    ft = args.fine_tune_steps
+    variants = {  # name -> (method, options, made from)
+        "int8": ("int8", {}, None),
+        f"low-rank 50% + {ft} steps": ("low-rank", {"size": 0.5, "fine_tune_steps": ft}, None),
+        f"heads −50% + {ft} steps": ("prune-heads", {"fraction": 0.5, "fine_tune_steps": ft}, None),
+        f"heads −50% + {ft} steps, int8": ("int8", {}, f"heads −50% + {ft} steps"),
+    }
+    made = {"fp32": run_dir}
+    for name, (method, options, source) in variants.items():
+        source_run = load_run(made[source] if source else run_dir, "cpu")
+        made[name] = optimize(source_run, method, work / f"classifier_{folder_name(name)}", **options)
     rows = []
-    for name, directory in [("fp32", run_dir), ("int8", optimize(run, "int8", work / "classifier_int8"))]:
+    for name, directory in made.items():
         r = load_run(directory, "cpu") if directory != run_dir else run
         r.task = run.task  # one task, its data read once
         with torch.inference_mode():
@@ -372,11 +384,12 @@ def classifier_table(run_dir: Path, work: Path, args) -> None:
     base = rows[0]
     print(f"\n{run_dir} — {len(texts)} test texts, {args.threads} threads, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}\n")  # fmt: skip
-    print("| model | size MB | × | batch-1 ms | speed-up | texts/s | × | accuracy | Δ | macro-F1 | Δ |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | size MB | × | params | × | batch-1 ms | speed-up | texts/s | × | accuracy | Δ | macro-F1 | Δ |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['model']} | {r['size_mb']:.2f} | {r['size_mb'] / base['size_mb']:.2f} | {r['latency_ms']:.1f} | "
+            f"| {r['model']} | {r['size_mb']:.2f} | {r['size_mb'] / base['size_mb']:.2f} | {r['params']:,} | "
+            f"{r['params'] / base['params']:.2f} | {r['latency_ms']:.1f} | "
             f"{base['latency_ms'] / r['latency_ms']:.2f} | {r['texts_per_s']:.0f} | "
             f"{r['texts_per_s'] / base['texts_per_s']:.2f} | {r['accuracy']:.4f} | "
             f"{r['accuracy'] - base['accuracy']:+.4f} | {r['macro_f1']:.4f} | {r['macro_f1'] - base['macro_f1']:+.4f} |"
@@ -410,7 +423,7 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, default=Path("docs"), help="where --sweep writes its figures")
     parser.add_argument("--no-onnx", action="store_true", help="leave out the ONNX row (slow on a busy CPU)")
     parser.add_argument("--no-fusion", action="store_true", help="leave out averaging, best checkpoint, ensemble")
-    parser.add_argument("--classifier", action="store_true", help="RUN is a text classifier: int8 only")
+    parser.add_argument("--classifier", action="store_true", help="RUN is a text classifier (its own table)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = args.work or args.run.with_name(args.run.name + "-optimized")
