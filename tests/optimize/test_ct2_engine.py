@@ -67,13 +67,20 @@ def test_beam_search_without_a_length_penalty_is_ours(confident_run):
 
 
 def test_decode_workers_are_its_inter_threads_with_the_same_outputs(confident_run):
-    run = load_run(confident_run, "cpu", ["decode.workers=2"])
-    lines = sources(run)
-    engine = ct2_engine(run)
+    lines = sources(load_run(confident_run, "cpu"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = ct2_engine(load_run(confident_run, "cpu", ["decode.workers=2"]))
+        # CTranslate2's workers set OpenMP's default thread count to their own 1; torch gets its 2 back
+        assert torch.get_num_threads() == 2
+        several = engine.translate(lines, beam=3, batch_tokens=12)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     single = ct2_engine(load_run(confident_run, "cpu"))
     assert (engine.translator.translator.num_translators, single.translator.translator.num_translators) == (2, 1)
-    one = single.translate(lines, beam=3, batch_tokens=12)
-    assert [t.output for t in engine.translate(lines, beam=3, batch_tokens=12)] == [t.output for t in one]
+    assert [t.output for t in several] == [t.output for t in single.translate(lines, beam=3, batch_tokens=12)]
 
 
 def test_int8_is_close_to_float(confident_run):
