@@ -5,7 +5,7 @@ and the outputs come back in input order.
 On a CPU, ``workers`` > 1 decodes that many batches at once, each in its own Python thread on one
 torch thread, instead of one batch at a time on all of torch's threads. A beam step is many small
 kernels and Python bookkeeping, which intra-op threads barely split; whole batches split evenly
-(docs/RESULTS.md, "Decoding workers"). The outputs are the same: each batch is decoded alone.
+(docs/RESULTS.md, "Decoding on 2 cores: workers"). The outputs are the same: each batch is decoded alone.
 """
 
 from __future__ import annotations
