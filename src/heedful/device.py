@@ -4,6 +4,7 @@ and every task, so it sits below all of them."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,3 +36,17 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def keeping_torch_threads() -> Iterator[None]:
+    """torch's thread count as it was on entry, set again on leaving. What changes it under us: our
+    own decoding workers (each sets 1 for itself, decode/batching.py) and CTranslate2, which sets
+    OpenMP's count to its intra_threads where torch reads it too — after creating a 2-worker
+    translator (intra_threads 1), torch was left on 1 thread and our decoding ran 1.5× slower
+    (measured, torch 2.13 and CTranslate2 4.8 on the CPU)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -22,6 +22,7 @@ from heedful.data.parallel import batches_by_length
 from heedful.data.tokenizers import content_ids, pad_ids
 from heedful.decode.beam import beam_search
 from heedful.decode.greedy import greedy_decode
+from heedful.device import keeping_torch_threads
 
 
 def decode_in_batches(
@@ -86,18 +87,16 @@ def map_in_workers(fn: Callable[[Item], Result], items: Sequence[Item], workers:
     worker as the caller has it."""
     if workers <= 1 or len(items) <= 1:
         return [fn(item) for item in items]
-    autocast, threads = _callers_autocast(), torch.get_num_threads()
+    autocast = _callers_autocast()
 
     def in_worker(item: Item) -> Result:
         torch.set_num_threads(1)
         with autocast():
             return fn(item)
 
-    try:
-        with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="heedful-decode") as pool:
-            return list(pool.map(in_worker, items))
-    finally:
-        torch.set_num_threads(threads)
+    pool = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="heedful-decode")
+    with keeping_torch_threads(), pool:
+        return list(pool.map(in_worker, items))
 
 
 def _callers_autocast() -> Callable[[], contextlib.AbstractContextManager]:

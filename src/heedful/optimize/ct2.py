@@ -15,16 +15,15 @@ them (float32 or int8, ``compute_type``), the tokenizer detokenizes.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from heedful.data.tokenizers import content_ids
+from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
 from heedful.optimize.common import OptimizeError, check_out_dir, staged
 
@@ -162,19 +161,6 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
                   "weights": _weights_stamp(run)}  # fmt: skip
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return out
-
-
-@contextlib.contextmanager
-def keeping_torch_threads() -> Iterator[None]:
-    """Give torch back its thread count after creating or calling a CTranslate2 translator, which
-    sets OpenMP's thread count to its intra_threads where torch reads it too: after creating a
-    2-worker translator (intra_threads 1), torch was left on 1 thread and our decoding ran 1.5×
-    slower (measured, torch 2.13 and CTranslate2 4.8 on the CPU)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class Ct2Translator:
