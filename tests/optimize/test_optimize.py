@@ -195,6 +195,40 @@ def test_fine_tuning_runs_at_the_runs_precision(run_dir, precision, monkeypatch)
     assert not run.model.training
 
 
+def test_fine_tuning_meets_new_batches_each_epoch(run_dir, monkeypatch):
+    """A fine-tuning longer than an epoch goes on to the next epoch's batches, in that epoch's
+    own order, as the trainer would: it does not repeat the first epoch's batches."""
+    from heedful.optimize.common import fine_tune, training_batches
+
+    run = load_run(run_dir, "cpu", overrides=["train.progress=false"])
+    epoch0 = training_batches(run, 10_000)
+    epoch1 = list(run.task.data.train.batches(1))
+    key = lambda batch: tuple(batch["src"].flatten().tolist())  # noqa: E731
+    assert [key(b) for b in epoch0] != [key(b) for b in epoch1]  # the data shuffles per epoch
+    seen, loss = [], run.task.loss
+    monkeypatch.setattr(run.task, "loss", lambda model, batch: (seen.append(key(batch)), loss(model, batch))[1])
+    fine_tune(run, run.model, steps=len(epoch0) + 3, lr=1e-4)
+    assert seen == [key(b) for b in epoch0] + [key(b) for b in epoch1[:3]]
+
+
+def test_fine_tuning_a_run_trained_with_a_weight_average_ends_with_the_average(run_dir):
+    """A run trained with ``train.ema_decay`` is judged by its weight average, so its repair ends
+    with one too: after a single step the weights are the warm-up average of the start and that
+    step, w0 + (1 − 2/11)·(w1 − w0), not the step's own w1."""
+    from heedful.optimize.common import fine_tune
+
+    plain = load_run(run_dir, "cpu", overrides=["train.progress=false", "train.ema_decay=null"])
+    averaged = load_run(run_dir, "cpu", overrides=["train.progress=false", "train.ema_decay=0.999"])
+    w0 = {k: v.clone() for k, v in plain.model.state_dict().items() if v.is_floating_point()}
+    fine_tune(plain, plain.model, steps=1, lr=1e-2)
+    fine_tune(averaged, averaged.model, steps=1, lr=1e-2)
+    w1, got = plain.model.state_dict(), averaged.model.state_dict()
+    moved = [k for k in w0 if not torch.equal(w0[k], w1[k])]
+    assert moved
+    for k in moved:
+        torch.testing.assert_close(got[k], w0[k] + (1 - 2 / 11) * (w1[k] - w0[k]), rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------- bad input
 def gan_run(directory):
     """An imagegen run directory: config and a small untrained SAGAN, nothing trained."""

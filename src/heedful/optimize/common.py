@@ -94,41 +94,67 @@ def count_parameters(model: nn.Module) -> int:
     return total
 
 
-def training_batches(run: Run, n: int) -> list[Any]:
-    """The first ``n`` batches of the run's training data (epoch 0), as its task's loss takes them."""
+def _ensure_data(run: Run) -> None:
     if run.task.data is None:
         run.task.build_data(run.cfg)
         run.task.load_artifacts(run.run_dir / "model")  # the run's own vocabulary wins
+
+
+def training_batches(run: Run, n: int) -> list[Any]:
+    """The first ``n`` batches of the run's training data (epoch 0), as its task's loss takes them."""
+    _ensure_data(run)
     return list(itertools.islice(run.task.data.train.batches(0), n))
 
 
+def training_stream(run: Run) -> Iterator[Any]:
+    """The run's training batches epoch after epoch, each epoch in its own order, as the trainer
+    sees them: a long fine-tuning meets all the data instead of the same first batches again."""
+    _ensure_data(run)
+    for epoch in itertools.count():
+        yield from run.task.data.train.batches(epoch)
+
+
 def fine_tune(run: Run, model: nn.Module, steps: int, lr: float) -> list[float]:
-    """``steps`` Adam steps of the task's own loss on its training batches (a short repair after
-    a structural change, not a training run), at the run's ``train.precision`` (bf16 autocast
-    for the Multi30k configs, as they were trained) with a progress bar; returns the losses."""
+    """``steps`` Adam steps of the task's own loss on its training data (a short repair after a
+    structural change, not a training run) at the run's ``train.precision`` (bf16 autocast for
+    the Multi30k configs, as they were trained), with a progress bar; returns the losses.
+
+    A run trained with ``train.ema_decay`` is judged by its weight average, not by its last
+    weights (on the 60-minute Multi30k run the average scores 39.19 BLEU, its last raw
+    checkpoint 38.03), so its repair ends the same way: ``model`` gets the average of the
+    fine-tuning's weights (``WeightAverage``, with its warm-up), not the last step's."""
     from tqdm.auto import tqdm
 
     from heedful.device import autocast, move_to
+    from heedful.train.ema import WeightAverage
 
     if steps <= 0:
         return []
     torch.manual_seed(run.cfg.seed)
     device = next(model.parameters()).device
     precision = getattr(run.cfg.train, "precision", "fp32")
+    ema_decay = getattr(run.cfg.train, "ema_decay", None)
+    average = WeightAverage(model, ema_decay) if ema_decay else None
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     model.train()
-    batches = itertools.cycle(training_batches(run, min(steps, 200)))
     progress = tqdm(total=steps, desc="fine-tuning", unit="step", disable=not getattr(run.cfg.train, "progress", True))
     with progress:
-        for batch in itertools.islice(batches, steps):
+        for batch in itertools.islice(training_stream(run), steps):
             with autocast(device, precision):
                 loss, _ = run.task.loss(model, move_to(batch, device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update(model)
             losses.append(float(loss.detach()))
             progress.update()
             progress.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    if average is not None:
+        with torch.no_grad():
+            state = model.state_dict()
+            for name in average.names:
+                state[name].copy_(average.shadow[name])
     model.eval()
     return losses
