@@ -330,6 +330,13 @@ def optimize_command(
     layers: Annotated[
         str | None, typer.Option(help="low-rank: only Linear layers whose name contains this (e.g. ff).")
     ] = None,
+    untie: Annotated[
+        bool,
+        typer.Option(
+            "--untie",
+            help="low-rank: factorize a projection tied to an embedding too (a decoder's output), untying them.",
+        ),
+    ] = False,
     fraction: Annotated[float | None, typer.Option(help="prune-heads: share of all heads to remove (0.5).")] = None,
     rounds: Annotated[int | None, typer.Option(help="prune-heads: prune in this many rounds (1).")] = None,
     batches: Annotated[
@@ -358,8 +365,8 @@ def optimize_command(
     from heedful.runs import load_run
 
     run = load_run(run_dir, "cpu")
-    options = {"last": last, "energy": energy, "size": size, "layers": layers, "fraction": fraction,
-               "rounds": rounds, "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr,
+    options = {"last": last, "energy": energy, "size": size, "layers": layers, "untie": untie or None,
+               "fraction": fraction, "rounds": rounds, "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr,
                "beam": beam, "student_set": student_set}  # fmt: skip
     written = optimize(run, method, out, **options)
     optimized = load_run(written, "cpu")

@@ -140,6 +140,29 @@ def test_a_low_rank_run_loads_and_matches_the_model_it_wrote(run_dir, tmp_path):
     assert torch.equal(logits(reloaded.model, run), logits(in_memory, run))
 
 
+def test_untie_factorizes_the_output_projection_and_leaves_the_embedding_whole(run_dir, tmp_path):
+    """``--untie``: the decoder's output projection, tied to the vocabulary table, becomes its own
+    rank-r pair — the table's best rank-r approximation — while the embedding keeps the full
+    table; the run reloads from disk to the same logits."""
+    run = load_run(run_dir, "cpu")
+    table = run.model.decoder.embed.embedding.weight.detach().clone()
+    out = run_cli("optimize", str(run_dir), "--method", "low-rank", "--size", "0.5", "--untie",
+                  "--out", str(tmp_path / "untied"))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    record = json.loads((tmp_path / "untied" / "optimize.json").read_text())
+    assert record["untie"] is True and "decoder.output" in record["ranks"]
+    reloaded = load_run(tmp_path / "untied", "cpu")
+    output, r = reloaded.model.decoder.output, record["ranks"]["decoder.output"]
+    vocab, width = table.shape
+    assert type(output).__name__ == "LowRankLinear" and output.rank == r == int(0.5 * vocab * width / (vocab + width))
+    assert torch.equal(reloaded.model.decoder.embed.embedding.weight, table)  # the lookup keeps every value
+    U, S, Vh = torch.linalg.svd(table.double(), full_matrices=False)
+    best = (U[:, :r] * S[:r]) @ Vh[:r]
+    torch.testing.assert_close((output.second.weight @ output.first.weight).double(), best, atol=1e-5, rtol=0)
+    in_memory, _ = low_rank(run, size=0.5, untie=True)
+    assert torch.equal(logits(reloaded.model, run), logits(in_memory, run))
+
+
 # ---------------------------------------------------------------------------------- head pruning
 @pytest.mark.parametrize("packed", [True, False])
 def test_removing_only_heads_whose_output_was_zeroed_changes_nothing(packed):
@@ -281,6 +304,7 @@ def test_bad_input_is_a_user_error_and_writes_nothing(run_dir, tmp_path):
         (run, "average", {"last": 9}, "only 2 checkpoints are kept"),
         (run, "low-rank", {}, "give one of --energy"),
         (run, "prune-heads", {"fraction": 1.5}, "--fraction 1.5: must be in (0, 1)"),
+        (run, "prune-heads", {"untie": True}, "--method prune-heads does not take --untie"),
     ]
     for source, method, options, message in cases:
         with pytest.raises(UserError, match=re.escape(message)):

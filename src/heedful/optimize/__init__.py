@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 METHODS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "int8": (int8, ()),
     "average": (average, ("last",)),
-    "low-rank": (low_rank, ("energy", "size", "layers", "fine_tune_steps", "lr")),
+    "low-rank": (low_rank, ("energy", "size", "layers", "untie", "fine_tune_steps", "lr")),
     "prune-heads": (prune_heads, ("fraction", "rounds", "batches", "fine_tune_steps", "lr")),
     "distill": (distill, ("beam", "student_set")),  # writes its run directory itself (trains a student)
 }
