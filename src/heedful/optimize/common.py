@@ -152,9 +152,6 @@ def fine_tune(run: Run, model: nn.Module, steps: int, lr: float) -> list[float]:
             progress.update()
             progress.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     if average is not None:
-        with torch.no_grad():
-            state = model.state_dict()
-            for name in average.names:
-                state[name].copy_(average.shadow[name])
+        average.copy_to(model)
     model.eval()
     return losses

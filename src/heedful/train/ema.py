@@ -35,14 +35,20 @@ class WeightAverage:
         current = [state[n].detach().float() for n in self.names]
         torch._foreach_lerp_([self.shadow[n] for n in self.names], current, 1.0 - decay)
 
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Put the averaged weights into ``model``, for good."""
+        state = model.state_dict()
+        for n in self.names:
+            state[n].copy_(self.shadow[n])
+
     @contextlib.contextmanager
     @torch.no_grad()
     def swapped_in(self, model: nn.Module) -> Iterator[None]:
         """Run the body with the averaged weights in ``model``; the trained weights come back after."""
         state = model.state_dict()
         kept = {n: state[n].detach().clone() for n in self.names}
-        for n in self.names:
-            state[n].copy_(self.shadow[n])
+        self.copy_to(model)
         try:
             yield
         finally:
