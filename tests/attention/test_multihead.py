@@ -242,7 +242,11 @@ def test_prefer_fused_policy():
     limit = attend_module.CPU_16BIT_MATH_MAX_SCORES
     assert prefer_fused(cuda, torch.bfloat16, 8, 8)
     assert prefer_fused(cuda, torch.float32, 8, 8)
-    assert prefer_fused(cpu, torch.float32, 8, 8)
+    fp32_limit = attend_module.CPU_FP32_MATH_MAX_SCORES
+    assert not prefer_fused(cpu, torch.float32, 8, 8)  # small: the math path (decoding, short sentences)
+    assert not prefer_fused(cpu, torch.float32, 2, fp32_limit // 2)
+    assert prefer_fused(cpu, torch.float32, 2, fp32_limit // 2 + 1)
+    assert prefer_fused(cpu, torch.float32, 1, 8)  # a lone query keeps the kernel
     assert prefer_fused(cpu, torch.float32, 4096, 4096)
     for dtype in (torch.bfloat16, torch.float16):
         assert not prefer_fused(cpu, dtype, 8, 8)
@@ -255,6 +259,7 @@ def test_prefer_fused_policy():
 @pytest.mark.parametrize("limit", [0, 10**9])
 def test_auto_path_follows_the_policy(dtype, limit, functional, monkeypatch):
     monkeypatch.setattr(attend_module, "CPU_16BIT_MATH_MAX_SCORES", limit)
+    monkeypatch.setattr(attend_module, "CPU_FP32_MATH_MAX_SCORES", 0)  # fp32: the kernel at any size
     attn = MultiHeadAttention(D, H).to(dtype)
     x = torch.randn(B, T_K, D, dtype=dtype)
     out = attn(x, key_padding_mask=torch.ones(B, T_K, dtype=torch.bool))

@@ -160,6 +160,18 @@ def test_masked_softmax_fully_masked_rows(dtype):
     assert torch.isfinite(scores.grad).all()
 
 
+def test_masked_softmax_with_a_mask_wider_than_the_scores_takes_the_masks_shape():
+    """Scores shared by every head, a mask per head: the weights are per head (no in-place write
+    into the narrower scores), and equal to masking each copy of the scores."""
+    scores = torch.randn(2, 1, 3, 4, dtype=torch.float64)  # (B, 1, T_q, T_k)
+    mask = torch.rand(2, 5, 3, 4) > 0.3  # (B, H, T_q, T_k)
+    mask[..., 0] = True
+    weights = masked_softmax(scores, mask)
+    assert weights.shape == (2, 5, 3, 4)
+    assert torch.allclose(weights, masked_softmax(scores.expand(2, 5, 3, 4).clone(), mask))
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 5, 3, dtype=torch.float64))
+
+
 def test_masked_softmax_gradcheck():
     scores = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from heedful.attention import MultiHeadAttention, ParallelCoAttention
+from heedful.attention import attend as attend_module
 from heedful.explain import Captured, attention_modules, capture
 
 D, H, B, T, T_MEM = 16, 4, 2, 6, 5
@@ -26,6 +27,13 @@ class TinyModel(nn.Module):
         x = x + self.decoder["cross"](x, memory).output
         summary = self.co(x, x, keep, keep).a_summary
         return self.head(summary)
+
+
+@pytest.fixture(autouse=True)
+def fused_at_every_size(monkeypatch):
+    """Let float32 take the fused kernel at these tiny sizes too (without capture), so the tests
+    can tell the paths apart."""
+    monkeypatch.setattr(attend_module, "CPU_FP32_MATH_MAX_SCORES", 0)
 
 
 @pytest.fixture

@@ -39,10 +39,23 @@ Path = Literal["auto", "fused", "math"]
 # time over fused-path time, paired by round — T = 128: 0.73; 192: 0.87; 256: 0.87–0.93; 320: 0.93;
 # 512: 1.26; 768: 1.36. Below the bound the math path's quadratic memory is small (bf16, T = 256:
 # 69 MiB against the fused path's 42 MiB); above it the fused kernel is both faster and linear in T.
-# In fp32 the fused kernel wins at every size. On CUDA the fused path is taken at every size and
-# dtype, minus cuDNN's kernel (CUDA_SDPA_BACKENDS below); the GPU measurements to confirm the
-# rule, and the bound if the math path wins small bf16 shapes there too, are still to be made.
+# In fp32 the fused kernel wins at these sizes (small ones: CPU_FP32_MATH_MAX_SCORES). On CUDA
+# the fused path is taken at every size and dtype, minus cuDNN's kernel (CUDA_SDPA_BACKENDS
+# below); the GPU measurements to confirm the rule, and the bound if the math path wins small
+# bf16 shapes there too, are still to be made.
 CPU_16BIT_MATH_MAX_SCORES = 256 * 256
+
+# The bound for float32 on CPU, where the fused kernel wins at training sizes (T ≥ 128, above) but
+# not at the small ones of short sentences and of decoding — beam search asks for a handful of
+# queries (a source's hypotheses, grouped) against a few dozen keys, and there the kernel's fixed
+# cost dominates. A lone query (T_q = 1: greedy decoding) keeps the fused path. Measured with
+# benchmarks/attention_paths.py on a 2-core Zen 4 host (torch 2.13, 2 threads, H = 4, D_h = 64;
+# docs/RESULTS.md, "Attention paths at small sizes"), math time over fused time — forward,
+# B·H = 400, T_q = 5 against T_k = 16 / 64 / 128 / 256: 0.46 / 0.49 / 0.87 / 0.93; T_q = 16:
+# 0.64 / 0.67 / 0.94 / 0.92; T_q = 64, T_k = 64: 0.80; forward and backward, B·H = 640, T_q = T_k
+# = 16 / 32 / 48 / 64 / 96 / 128: 0.56 / 0.70 / 0.65 / 0.68 / 0.84 / 1.10. T_q = 1: 0.7–1.2 with
+# B·H = 400, 1.2–1.9 with 64.
+CPU_FP32_MATH_MAX_SCORES = 64 * 64
 
 
 def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int) -> bool:
@@ -51,7 +64,7 @@ def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int) -
         return True
     if dtype in (torch.bfloat16, torch.float16):
         return t_q * t_k > CPU_16BIT_MATH_MAX_SCORES
-    return True
+    return t_q == 1 or t_q * t_k > CPU_FP32_MATH_MAX_SCORES
 
 
 # The fused kernels allowed on CUDA, in PyTorch's order of preference: every one but cuDNN's.

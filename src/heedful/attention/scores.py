@@ -37,9 +37,10 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, bias: Tensor | No
 
 def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
     weights = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), dim=-1)
-    if torch.broadcast_shapes(weights.shape, mask.shape) == weights.shape:
-        return weights.mul_(mask)  # in place: no second (..., T_q, T_k) tensor
-    return weights * mask
+    # masked_fill broadcast the scores to the mask's shape already: the weights have the full shape,
+    # so the mask multiplies them in place (no second (..., T_q, T_k) tensor). Asking
+    # torch.broadcast_shapes first cost tens of µs per attention call while decoding.
+    return weights.mul_(mask)
 
 
 class _MaskedSoftmax(torch.autograd.Function):
