@@ -13,12 +13,14 @@ its last --average checkpoints, the best single kept checkpoint (by the validati
 recorded for it), a 3-model ensemble (decode/ensemble.py: RUN with the --ensemble runs, or its
 last 3 checkpoints); int8 (dynamic, torch.ao); low-rank factorization at three sizes (each
 factorized Linear keeps 75 / 50 / 25 % of its parameters) and the 50 % one after a short
-fine-tuning; half of the attention heads removed (gradient importance, Michel et al. 2019)
-without and with a short fine-tuning; pruned + int8; the fp32 model exported to ONNX, decoded
-by the same beam search through onnxruntime; and the model converted to CTranslate2, decoded by
-its own beam search as `heedful translate --engine ctranslate2` does: float32 without a length
-penalty (compare with the fp32 row without one: the only penalty both compute alike), float32
-and int8 at the run's α (CTranslate2 divides by (|y|+1)^α, ours by GNMT's ((5+|y|)/6)^α).
+fine-tuning (and, for a model whose output projection is tied to its embedding, the 50 % one
+with that projection factorized too, --untie, after the same fine-tuning); half of the attention
+heads removed (gradient importance, Michel et al. 2019) without and with a short fine-tuning;
+pruned + int8; the fp32 model exported to ONNX, decoded by the same beam search through
+onnxruntime; and the model converted to CTranslate2, decoded by its own beam search as `heedful
+translate --engine ctranslate2` does: float32 without a length penalty (compare with the fp32
+row without one: the only penalty both compute alike), float32 and int8 at the run's α
+(CTranslate2 divides by (|y|+1)^α, ours by GNMT's ((5+|y|)/6)^α).
 A GRU/LSTM run (configs/multi30k/rnn_*.yaml) gets the same table without the rows that need a
 Transformer: head pruning, ONNX and CTranslate2 (and no --sweep).
 --sweep adds BLEU against heads removed (0/25/50/75 %, each + the same fine-tuning) and against
@@ -207,8 +209,9 @@ def has_heads(run) -> bool:
 
 
 def method_rows(run, examples, args, work: Path) -> tuple[list[dict], dict[str, Path]]:
-    """``heedful optimize``'s methods: int8, low-rank at three sizes (and the 50 % one fine-tuned),
-    half the heads removed (and fine-tuned), and pruned + int8."""
+    """``heedful optimize``'s methods: int8, low-rank at three sizes (and the 50 % one fine-tuned,
+    and — where the output projection is tied to the embedding — fine-tuned with it factorized too,
+    ``--untie``), half the heads removed (and fine-tuned), and pruned + int8."""
     ft = args.fine_tune_steps
     variants = {  # name -> (method, options)
         "int8": ("int8", {}),
@@ -217,6 +220,11 @@ def method_rows(run, examples, args, work: Path) -> tuple[list[dict], dict[str, 
         "low-rank 25%": ("low-rank", {"size": 0.25}),
         f"low-rank 50% + {ft} steps": ("low-rank", {"size": 0.5, "fine_tune_steps": ft}),
     }
+    if getattr(run.model.config, "tie_embeddings", False):  # the output projection is the embedding
+        variants[f"low-rank 50% untied + {ft} steps"] = (
+            "low-rank",
+            {"size": 0.5, "untie": True, "fine_tune_steps": ft},
+        )
     if has_heads(run):  # an RNN's attention has no heads to remove
         variants["heads −50%"] = ("prune-heads", {"fraction": 0.5})
         variants[f"heads −50% + {ft} steps"] = ("prune-heads", {"fraction": 0.5, "fine_tune_steps": ft})

@@ -3,22 +3,27 @@ int8 run directories, e.g. packed for different engines), and optionally CTransl
 int8 — interleaved, so a load burst on a shared machine hits every engine alike.
 
     python benchmarks/optimize_engine_speed.py RUN --int8 onednn=RUN_INT8 [--int8 x86=OTHER] \\
-        [--optimized low-rank=RUN_LR] [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--workers 2] [--json FILE]
+        [--optimized low-rank=RUN_LR] [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--workers 2] \\
+        [--fused-attention] [--task-batches] [--json FILE]
     # RUN_INT8: heedful optimize RUN --method int8 --out RUN_INT8
     # WORK: a folder with ct2_float32/ and ct2_int8/ (heedful export RUN --format ctranslate2
     #       [--quantization int8] --out WORK/ct2_…, or benchmarks/optimize.py's --work)
 
 The first ``--n`` sentences of the run's test split, beam 5, the run's alpha (CTranslate2: its own
-length penalty, (|y|+1)^α), batches of 100. Each round decodes all of them with every engine in
+length penalty, (|y|+1)^α), batches of 100 (``--task-batches``: ours as ``heedful translate``
+decodes, length-sorted token batches). Each round decodes all of them with every engine in
 turn (the order rotating); the table gives the median sentences/s, its ratio to ours fp32, the
 spread of the rounds, and BLEU / chrF of the outputs (decoding is deterministic: the first
 round's outputs are scored). ``--workers W`` adds every engine again decoding W batches at once,
 one thread each (ours: decode.workers; CTranslate2: inter_threads, its own token batches).
+``--fused-attention`` adds each of ours again with its attention on the fused kernel at every
+size, as float32 on CPU was before the small-size bound (``CPU_FP32_MATH_MAX_SCORES``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from heedful.attention.attend import Attend
 from heedful.runs import load_run
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -52,6 +58,17 @@ def main() -> None:
         help="also every engine with this many batches at once, one thread each (decode.workers; CTranslate2: "
         "inter_threads)",
     )
+    parser.add_argument(
+        "--fused-attention",
+        action="store_true",
+        help="also each of ours with every attention module on the fused kernel (the path choice before "
+        "2026-12-05, when float32 on CPU always took it)",
+    )
+    parser.add_argument(
+        "--task-batches",
+        action="store_true",
+        help="ours decode as heedful translate does (length-sorted batches of decode.batch_tokens), not in 100s",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -71,11 +88,10 @@ def main() -> None:
     worker_counts = [1] if args.workers == 1 else [1, args.workers]
     engines = {}
     for workers in worker_counts:
-        suffix = f", {workers} workers" if workers > 1 else ""
         for name, model in models.items():
-            engines[name + suffix] = lambda lines, m=model, w=workers: decode_all(
-                m, run.task, lines, beam, 100, alpha, workers=w
-            )
+            for fused in (False, True) if args.fused_attention else (False,):
+                label = name + (", fused attention" if fused else "") + (f", {workers} workers" if workers > 1 else "")
+                engines[label] = lambda lines, m=model, w=workers, f=fused: ours(m, lines, w, f)
     if args.ct2:
         from heedful.optimize.ct2 import Ct2Engine
 
@@ -90,6 +106,13 @@ def main() -> None:
                     engines[f"CTranslate2 {kind}, {workers} workers"] = lambda lines, e=engine: [
                         t.output for t in e.translate(lines, beam=beam)
                     ]
+
+    def ours(model, lines: list[str], workers: int, fused: bool) -> list[str]:
+        with attention_paths(model, "fused" if fused else None):
+            if not args.task_batches:
+                return decode_all(model, run.task, lines, beam, 100, alpha, workers=workers)
+            run.task.cfg.decode.workers = workers
+            return [t.output for t in run.task.translate(model, lines, beam_size=beam)]
 
     load_start = os.getloadavg()
     print(f"{len(sources)} sentences, beam {beam}, {args.threads} threads; load average at start {load_start}")
@@ -113,6 +136,20 @@ def main() -> None:
         record = {"run": str(args.run), "n": len(sources), "beam": beam, "threads": args.threads,
                   "load_average": [load_start, load_end], "engines": rows}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+@contextlib.contextmanager
+def attention_paths(model, path: str | None):
+    """Every fusable attention kernel of ``model`` on ``path`` for the block (None: as it is)."""
+    kernels = [m for m in model.modules() if isinstance(m, Attend) and m.score.fusable]
+    before = [m.path for m in kernels]
+    for m in kernels:
+        m.path = path or m.path
+    try:
+        yield
+    finally:
+        for m, kept in zip(kernels, before, strict=True):
+            m.path = kept
 
 
 if __name__ == "__main__":
