@@ -103,7 +103,7 @@ def main() -> None:
     cases += [("fwd+bwd", training_rows, t, t) for t in square]
     for name, rows, t_q, t_k in cases:
         ratio, fused_us = case(rows, t_q, t_k, dtype, name == "fwd+bwd", rounds, repeats)
-        takes = "fused" if prefer_fused(cpu, dtype, t_q, t_k) else "math"
+        takes = "fused" if prefer_fused(cpu, dtype, t_q, t_k, backward=name == "fwd+bwd") else "math"
         slower = (takes == "math" and ratio > 1.1) or (takes == "fused" and ratio < 1 / 1.1)
         mark = " !" if slower else ""
         print(

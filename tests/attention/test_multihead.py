@@ -247,6 +247,8 @@ def test_prefer_fused_policy():
     assert not prefer_fused(cpu, torch.float32, 2, fp32_limit // 2)
     assert prefer_fused(cpu, torch.float32, 2, fp32_limit // 2 + 1)
     assert prefer_fused(cpu, torch.float32, 1, 8)  # a lone query keeps the kernel
+    assert prefer_fused(cpu, torch.float32, 8, 8, backward=True)  # and so does training
+    assert not prefer_fused(cpu, torch.bfloat16, 8, 8, backward=True)  # 16-bit: the math path either way
     assert prefer_fused(cpu, torch.float32, 4096, 4096)
     for dtype in (torch.bfloat16, torch.float16):
         assert not prefer_fused(cpu, dtype, 8, 8)
@@ -267,6 +269,18 @@ def test_auto_path_follows_the_policy(dtype, limit, functional, monkeypatch):
     assert expected == (dtype == torch.float32 or limit == 0)
     assert functional.sdpa_calls == int(expected)
     assert out.weights is None
+
+
+def test_float32_at_small_sizes_takes_the_math_path_for_inference_and_the_kernel_for_training(functional):
+    attn = MultiHeadAttention(D, H)
+    x = torch.randn(B, T_K, D)
+    assert T_K * T_K <= attend_module.CPU_FP32_MATH_MAX_SCORES
+    trained = attn(x).output  # parameters require grad: a backward pass may follow
+    assert functional.sdpa_calls == 1
+    with torch.no_grad():
+        inferred = attn(x).output
+    assert functional.sdpa_calls == 1  # no grad: the math path
+    torch.testing.assert_close(inferred, trained.detach(), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("path", ["auto", "fused", "math"])

@@ -46,25 +46,27 @@ Path = Literal["auto", "fused", "math"]
 CPU_16BIT_MATH_MAX_SCORES = 256 * 256
 
 # The bound for float32 on CPU, where the fused kernel wins at training sizes (T ≥ 128, above) but
-# not at the small ones of short sentences and of decoding — beam search asks for a handful of
-# queries (a source's hypotheses, grouped) against a few dozen keys, and there the kernel's fixed
-# cost dominates. A lone query (T_q = 1: greedy decoding) keeps the fused path. Measured with
-# benchmarks/attention_paths.py on a 2-core Zen 4 host (torch 2.13, 2 threads, H = 4, D_h = 64;
-# docs/RESULTS.md, "Attention paths at small sizes"), math time over fused time — forward,
-# B·H = 400, T_q = 5 against T_k = 16 / 64 / 128 / 256: 0.46 / 0.49 / 0.87 / 0.93; T_q = 16:
-# 0.64 / 0.67 / 0.94 / 0.92; T_q = 64, T_k = 64: 0.80; forward and backward, B·H = 640, T_q = T_k
-# = 16 / 32 / 48 / 64 / 96 / 128: 0.56 / 0.70 / 0.65 / 0.68 / 0.84 / 1.10. T_q = 1: 0.7–1.2 with
-# B·H = 400, 1.2–1.9 with 64.
+# not at the small sizes of inference — beam search asks for a handful of queries (a source's
+# hypotheses, grouped) against a few dozen keys, and there the kernel's fixed cost dominates.
+# Measured with benchmarks/attention_paths.py on a 2-core Zen 4 host (torch 2.13, 2 threads, H = 4,
+# D_h = 64; docs/RESULTS.md, "Small sizes"), math time over fused time, forward, B·H = 400:
+# T_q = 5 against T_k = 16 / 64 / 128 / 256: 0.38 / 0.63 / 0.77 / 0.94; T_q = 16: 1.02 / 0.87 /
+# 0.95 / 0.98; T_q = 64, T_k = 64: 0.75. Two exceptions stay on the kernel: a lone query (T_q = 1,
+# greedy decoding: 0.7–0.9 with B·H = 400 but 1.1–1.4 with 64), and training. The bare kernel's
+# forward and backward were faster on the math path too (0.48–0.74 up to T = 64), but a whole
+# float32 training step of the Multi30k model was about 3 % slower with it (train_throughput.py,
+# ours-fp32 against plain: 1.35–1.36× against 1.39–1.40×, same session), so training keeps it.
 CPU_FP32_MATH_MAX_SCORES = 64 * 64
 
 
-def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int) -> bool:
-    """Whether the fused kernel is the faster way to compute attention of this size."""
+def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int, backward: bool = False) -> bool:
+    """Whether the fused kernel is the faster way to compute attention of this size
+    (``backward``: a backward pass will follow, as in training)."""
     if device.type != "cpu":
         return True
     if dtype in (torch.bfloat16, torch.float16):
         return t_q * t_k > CPU_16BIT_MATH_MAX_SCORES
-    return t_q == 1 or t_q * t_k > CPU_FP32_MATH_MAX_SCORES
+    return backward or t_q == 1 or t_q * t_k > CPU_FP32_MATH_MAX_SCORES
 
 
 # The fused kernels allowed on CUDA, in PyTorch's order of preference: every one but cuDNN's.
@@ -150,7 +152,8 @@ class Attend(nn.Module):
     def _use_fused(self, q: Tensor, t_q: int, t_k: int) -> bool:
         if not self.score.fusable or self.path == "math":
             return False
-        return self.path == "fused" or prefer_fused(q.device, q.dtype, t_q, t_k)
+        backward = torch.is_grad_enabled() and q.requires_grad
+        return self.path == "fused" or prefer_fused(q.device, q.dtype, t_q, t_k, backward)
 
     def extra_repr(self) -> str:
         return f"path={self.path}, dropout={self.dropout}"
