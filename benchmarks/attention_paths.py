@@ -15,7 +15,9 @@ heads), a boolean key padding mask with about 10 % of keys masked; ``forward`` u
 T_k). Both paths run in turn for ``--rounds`` rounds, the order alternating; the ratio is the
 median of the per-round ratios math / fused (below 1: the math path is faster). The last column
 says which path ``prefer_fused`` takes there, and ``!`` marks a case where it takes the path that
-measured more than 10 % slower.
+measured more than 10 % slower. The fwd+bwd rows are marked by design: the bare kernel's backward
+is faster on the math path at these sizes, but a whole float32 training step was not
+(``benchmarks/train_throughput.py``; docs/RESULTS.md, "Small sizes"), so training keeps the kernel.
 """
 
 from __future__ import annotations
