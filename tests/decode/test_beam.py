@@ -196,6 +196,14 @@ def test_best_continuations_are_the_exact_top_candidates(vocab):
     torch.testing.assert_close(top, expected, atol=1e-5, rtol=0)
     # Each returned (beam, token) pair scores what it claims.
     torch.testing.assert_close(candidates.gather(1, beam_of * vocab + token_of), top, atol=1e-5, rtol=0)
+    # With beam search's reused buffer (more rows than needed): the same answer, and the
+    # log-probabilities were written into the buffer rather than a fresh tensor.
+    buffer = torch.full((2 * sentences * beams, vocab), float("nan"))
+    with_buffer = best_continuations(logits.clone(), scores, n, out=buffer)
+    for got, want in zip(with_buffer, (top, beam_of, token_of), strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(buffer[: sentences * beams], logits.log_softmax(-1))
+    assert buffer[sentences * beams :].isnan().all()
 
 
 def test_a_large_vocabulary_agrees_with_the_reference_loop():
