@@ -7,6 +7,7 @@ does not matter here — every check compares the optimized model with the model
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -232,6 +233,31 @@ def test_fine_tuning_meets_new_batches_each_epoch(run_dir, monkeypatch):
     monkeypatch.setattr(run.task, "loss", lambda model, batch: (seen.append(key(batch)), loss(model, batch))[1])
     fine_tune(run, run.model, steps=len(epoch0) + 3, lr=1e-4)
     assert seen == [key(b) for b in epoch0] + [key(b) for b in epoch1[:3]]
+
+
+def test_pruning_rounds_fine_tune_on_from_where_the_last_round_stopped(run_dir, monkeypatch):
+    """Two pruning rounds of k fine-tuning steps meet 2k consecutive batches of the stream, not
+    the same first k twice."""
+    import heedful.optimize.prune as prune_module
+    from heedful.optimize.common import fine_tune, training_stream
+
+    run = load_run(run_dir, "cpu", overrides=["train.progress=false"])
+    key = lambda batch: tuple(batch["src"].flatten().tolist())  # noqa: E731
+    rounds_seen: list[list[tuple]] = []
+
+    def spying_fine_tune(run, model, steps, lr, stream=None):
+        seen, loss = [], run.task.loss
+        run.task.loss = lambda model, batch: (seen.append(key(batch)), loss(model, batch))[1]
+        try:
+            return fine_tune(run, model, steps, lr, stream)
+        finally:
+            run.task.loss = loss
+            rounds_seen.append(seen)
+
+    monkeypatch.setattr(prune_module, "fine_tune", spying_fine_tune)
+    prune_module.prune_heads(run, fraction=0.5, rounds=2, fine_tune_steps=3, batches=2)
+    expected = [key(b) for b in itertools.islice(training_stream(run), 6)]
+    assert rounds_seen == [expected[:3], expected[3:]]
 
 
 def test_fine_tuning_a_run_trained_with_a_weight_average_ends_with_the_average(run_dir):

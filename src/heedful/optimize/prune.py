@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from heedful.attention import MultiHeadAttention
-from heedful.optimize.common import OptimizeError, fine_tune, training_batches
+from heedful.optimize.common import OptimizeError, fine_tune, training_batches, training_stream
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -83,6 +83,7 @@ def prune_heads(
     # Original head indices still present in each module, so the record names heads of the float model.
     alive = {name: list(range(m.n_heads)) for name, m in modules.items()}
     history = []
+    stream = training_stream(run)  # every round's fine-tuning goes on where the last one stopped
     for r in range(rounds):
         goal = math.ceil(target * (r + 1) / rounds)
         removed = total - sum(len(h) for h in alive.values())
@@ -102,7 +103,7 @@ def prune_heads(
             keep = [h for h in range(sub[name].n_heads) if h not in heads]
             sub[name].prune_heads(keep)
             alive[name] = [alive[name][h] for h in keep]
-        losses = fine_tune(run, model, fine_tune_steps, lr)
+        losses = fine_tune(run, model, fine_tune_steps, lr, stream)
         history.append({"round": r + 1, "removed": n, "fine_tune_loss": [losses[0], losses[-1]] if losses else None})
     step = {"method": "prune_heads", "heads": alive}
     model.optimized = [*getattr(run.model, "optimized", []), step]
