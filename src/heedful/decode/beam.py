@@ -85,7 +85,7 @@ def beam_search(
     log_prob_buffer = None  # best_continuations' (B·K, V) log-probabilities, reused every step
     for step in range(max(limits)):
         logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1]  # (B·k_now, V)
-        if log_prob_buffer is None or log_prob_buffer.shape[1] != logits.shape[1]:
+        if log_prob_buffer is None:  # V is known from the first step's logits
             log_prob_buffer = logits.new_empty(B * K, logits.shape[1], dtype=torch.float32)
         top_scores, beam_of, token_of = best_continuations(logits, scores, 2 * K, out=log_prob_buffer)  # (B, ≤ 2K)
         del logits  # free before the next step's logits are allocated, so the memory is reused
@@ -190,10 +190,8 @@ def best_continuations(
     """
     B, k = scores.shape
     V = logits.shape[-1]
-    if out is not None and out.dtype == torch.float32 and out.shape[0] >= B * k and out.shape[1] == V:
-        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=out[: B * k]).view(B, k, V)
-    else:
-        log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32).view(B, k, V)  # (B, k, V)
+    buffer = None if out is None else out[: B * k]
+    log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=buffer).view(B, k, V)  # (B, k, V)
     n_chunks = V // CHUNK
     if n_chunks <= n:  # a small vocabulary: one top-k over all k·V candidates
         candidates = (log_probs + scores[:, :, None]).view(B, k * V)
