@@ -166,10 +166,14 @@ def test_masked_softmax_with_a_mask_wider_than_the_scores_takes_the_masks_shape(
     scores = torch.randn(2, 1, 3, 4, dtype=torch.float64)  # (B, 1, T_q, T_k)
     mask = torch.rand(2, 5, 3, 4) > 0.3  # (B, H, T_q, T_k)
     mask[..., 0] = True
+    mask[1, 3, 2] = False  # one head's query sees no key: its weights are zeros, the others' not
     weights = masked_softmax(scores, mask)
     assert weights.shape == (2, 5, 3, 4)
     assert torch.allclose(weights, masked_softmax(scores.expand(2, 5, 3, 4).clone(), mask))
-    assert torch.allclose(weights.sum(-1), torch.ones(2, 5, 3, dtype=torch.float64))
+    assert not weights[1, 3, 2].any() and weights[1, 2, 2].sum() == pytest.approx(1.0)
+    rows = torch.ones(2, 5, 3, dtype=torch.float64)
+    rows[1, 3, 2] = 0.0
+    assert torch.allclose(weights.sum(-1), rows)
 
 
 def test_masked_softmax_gradcheck():
