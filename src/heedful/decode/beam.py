@@ -180,8 +180,8 @@ def best_continuations(
     beams' log-probabilities so far. Returns, best first, (B, min(n, k·V)) scores (beam score +
     the token's log-probability), the beam each came from and its token. ``out``: a float32
     buffer of at least B·k rows of V for the log-probabilities, which beam search keeps from step
-    to step — a fresh (B·k, V) tensor every step cost about a third of the log-softmax itself
-    (1.35 against 1.86 ms at 500 × 8,000 on 2 cores), the memory being new to the process.
+    to step — a fresh (B·k, V) tensor every step made the log-softmax 10–25 % slower (500 × 8,000
+    on 2 cores: 1.37–1.48 ms against 1.17–1.31; docs/RESULTS.md, "Small sizes").
 
     Exact, in two levels, because ``topk`` over k·V values per sentence was the costliest part of
     a step after the matmuls: split each beam's log-probabilities into chunks of CHUNK tokens;
