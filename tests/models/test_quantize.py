@@ -29,6 +29,7 @@ calling the modules).
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -214,6 +215,25 @@ def test_int8_stores_a_shared_and_tied_embedding_once_as_int8(tmp_path):
     with torch.no_grad():
         assert torch.equal(reloaded(src, tgt), quantized(src, tgt))
         assert not torch.equal(quantized(src, tgt), float32(src, tgt))
+
+
+def test_int8_linear_computes_what_torchs_dynamic_linear_does():
+    """quantize_int8 swaps Linears for Int8Linear, whose forward calls the int8 kernel directly:
+    it must compute exactly what torch's dynamic Linear computes from the same packed weights."""
+    from torch.ao.nn.quantized import dynamic as qdynamic
+
+    from heedful.nn.int8 import int8_linear_class, quantize_int8
+
+    torch.manual_seed(0)
+    float32 = nn.Sequential(nn.Linear(48, 80), nn.ReLU(), nn.Linear(80, 16, bias=False)).eval()
+    ours = quantize_int8(copy.deepcopy(float32))
+    torchs = quantize(copy.deepcopy(float32))
+    assert [type(m) for m in ours if not isinstance(m, nn.ReLU)] == [int8_linear_class()] * 2
+    assert type(torchs[0]) is qdynamic.Linear and isinstance(ours[0], qdynamic.Linear)
+    x = torch.randn(7, 3, 48) * 3
+    with torch.no_grad():
+        assert torch.equal(ours(x), torchs(x))
+        assert not torch.equal(ours(x), float32(x))
 
 
 def test_packing_for_an_engine_holds_it_against_other_threads():

@@ -92,6 +92,36 @@ def test_int8_packs_for_the_engine_it_records_and_reloads_with_it(run_dir, tmp_p
     assert torch.equal(logits(reloaded.model, reloaded), logits(int8(run)[0], run))
 
 
+def test_int8_packs_the_vocabulary_projection_for_onednn_records_it_and_reloads_it_so(run_dir, tmp_path, monkeypatch):
+    """A Linear at least WIDE_OUTPUT_FEATURES wide (here, with the bound lowered to the tiny
+    model's widest Linears, those) is packed for oneDNN, the record names it, and reloading packs
+    it for oneDNN again (at building and at filling); the reloaded model computes what the one in
+    memory does, bit for bit."""
+    from heedful.nn import int8 as int8_module
+
+    if int8_module.int8_engine() not in int8_module.FBGEMM_ENGINES:
+        pytest.skip(f"torch's default quantized engine here is {int8_module.int8_engine()!r}, not fbgemm's")
+    if int8_module.WIDE_ENGINE not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch has no oneDNN quantized engine")
+    run = load_run(run_dir, "cpu")
+    width = max(m.out_features for m in run.model.modules() if isinstance(m, nn.Linear))
+    narrower = [n for n, m in run.model.named_modules() if isinstance(m, nn.Linear) and m.out_features < width]
+    assert narrower  # so the bound picks layers out, not all of them
+    monkeypatch.setattr(int8_module, "WIDE_OUTPUT_FEATURES", width)
+    quantized, summary = int8(run)
+    wide = {n for n, m in run.model.named_modules() if isinstance(m, nn.Linear) and m.out_features >= width}
+    assert wide and summary["layer_engines"] == dict.fromkeys(sorted(wide), "onednn")
+    out = optimize(run, "int8", tmp_path / "int8")
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["optimized"][-1]["layer_engines"] == summary["layer_engines"]
+    packed_for = []
+    real_packing = int8_module._packing_for
+    monkeypatch.setattr(int8_module, "_packing_for", lambda engine: packed_for.append(engine) or real_packing(engine))
+    reloaded = load_run(out, "cpu")
+    assert packed_for.count("onednn") >= 2 * len(wide)  # at build and at filling, each wide layer
+    assert torch.equal(logits(reloaded.model, reloaded), logits(quantized, run))
+
+
 # ------------------------------------------------------------------------------------- averaging
 def test_averaging_two_identical_checkpoints_is_the_identity(run_dir, tmp_path):
     copy = tmp_path / "run"

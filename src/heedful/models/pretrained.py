@@ -119,7 +119,7 @@ def apply_structure(model: PretrainedModel, steps: list[dict[str, Any]]) -> Pret
             from heedful.nn.int8 import quantize_int8
 
             steps_before = model.optimized
-            model = quantize_int8(model, step.get("engine"))  # the kernels it was saved with
+            model = quantize_int8(model, step.get("engine"), step.get("layer_engines"))  # the kernels it was saved with
             model.optimized = steps_before
     model.optimized = [dict(step) for step in steps]
     return model

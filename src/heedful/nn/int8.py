@@ -26,6 +26,21 @@ benchmarks/optimize_engine_speed.py, 2026-12-04): a beam's row count changes at 
 sentences finish, and oneDNN at small or new shapes cost more than it saved. The stored int8
 values and scales do not depend on the engine.
 
+One exception, layer by layer: a Linear at least ``WIDE_OUTPUT_FEATURES`` wide — a decoder's
+vocabulary projection — is packed for oneDNN when the default engine is fbgemm's. On the AMD Zen 4
+host (AVX-512 VNNI, no AMX) fbgemm ran the 500 × 256 → 8,000 projection in 4.0–12.5 ms (its
+(M, N) int32 buffer and output are fresh memory at every call, and often fresh pages) against
+oneDNN's 2.8–3.1 ms, while at the narrow layers fbgemm was as fast or faster; beam-5 decoding of
+Multi30k was 6 % faster with the projection alone on oneDNN and not faster with every layer on
+it (docs/RESULTS.md, "int8: the vocabulary projection on oneDNN"). The two engines' outputs
+differ by rounding only (≤ 1e-6 on unit-scale logits). Which layers went to which engine is
+recorded with the model (``layer_engines``) and honoured on loading.
+
+Every int8 Linear is ``Int8Linear`` (:func:`int8_linear_class`): torch's dynamic Linear, with a
+forward that calls the int8 kernel directly. torch's own goes through the operator's Python
+dispatch checks and two module attribute lookups first — some 6 µs a call, a few per cent of a
+beam-5 step at batch 1, where a decoder step is 19 such calls and little arithmetic.
+
 Parametrized layers (the GAN's spectral norm) are baked into plain weights first
 (``bake_parametrizations``), on saving and on loading alike, so both build the same modules.
 
@@ -52,6 +67,49 @@ from torch import Tensor, nn
 from heedful.nn.weights import _tied_groups
 
 INT8_TYPES = (nn.Linear, nn.GRU, nn.LSTM)
+
+# A Linear with at least this many outputs (a vocabulary projection) is packed for WIDE_ENGINE
+# when the default engine is fbgemm's (see the module docstring).
+WIDE_OUTPUT_FEATURES = 4096
+WIDE_ENGINE = "onednn"
+FBGEMM_ENGINES = ("x86", "fbgemm")
+
+
+def int8_linear_class() -> type[nn.Module]:
+    """``Int8Linear``, built on first use (so that importing this module does not import
+    ``torch.ao``)."""
+    global _INT8_LINEAR
+    if _INT8_LINEAR is None:
+        from torch.ao.nn.quantized import dynamic as qdynamic
+
+        linear_dynamic = torch.ops.quantized.linear_dynamic.default  # the overload: no dispatch checks
+
+        class Int8Linear(qdynamic.Linear):
+            """``torch.ao.nn.quantized.dynamic.Linear`` (qint8 weights), computing the same: the
+            int8 kernel with 7-bit activations (``reduce_range``, as torch's module does)."""
+
+            def forward(self, x: Tensor) -> Tensor:
+                y = linear_dynamic(x, self._packed_params._packed_params, True)
+                return y if y.dtype == x.dtype else y.to(x.dtype)
+
+        _INT8_LINEAR = Int8Linear
+    return _INT8_LINEAR
+
+
+_INT8_LINEAR: type[nn.Module] | None = None
+
+
+def wide_layer_engines(model: nn.Module, engine: str) -> dict[str, str]:
+    """The Linears of a float ``model`` to pack for another engine than ``engine``, by name: those
+    at least WIDE_OUTPUT_FEATURES wide, for WIDE_ENGINE, when ``engine`` is fbgemm's and torch
+    has WIDE_ENGINE."""
+    if engine not in FBGEMM_ENGINES or WIDE_ENGINE not in torch.backends.quantized.supported_engines:
+        return {}
+    return {
+        name: WIDE_ENGINE
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m.out_features >= WIDE_OUTPUT_FEATURES
+    }
 
 
 def bake_parametrizations(model: nn.Module) -> nn.Module:
@@ -102,16 +160,28 @@ def _packing_for(engine: str) -> Iterator[None]:
 def recorded_engine(model: nn.Module) -> str:
     """The engine a loaded int8 model was packed for (its ``optimized`` record), or torch's default
     for a model saved before engines were recorded."""
-    steps = getattr(model, "optimized", [])
-    engines = [step.get("engine") for step in steps if step.get("method") == "int8"]
-    return engines[-1] if engines and engines[-1] else torch.backends.quantized.engine
+    return _int8_step(model).get("engine") or torch.backends.quantized.engine
 
 
-def quantize_int8(model: nn.Module, engine: str | None = None) -> nn.Module:
+def recorded_layer_engines(model: nn.Module) -> dict[str, str]:
+    """The layers a loaded int8 model packed for another engine than :func:`recorded_engine`
+    (``layer_engines`` in its record; none for a model saved before they were recorded)."""
+    return dict(_int8_step(model).get("layer_engines", {}))
+
+
+def _int8_step(model: nn.Module) -> dict:
+    steps = [step for step in getattr(model, "optimized", []) if step.get("method") == "int8"]
+    return steps[-1] if steps else {}
+
+
+def quantize_int8(
+    model: nn.Module, engine: str | None = None, layer_engines: dict[str, str] | None = None
+) -> nn.Module:
     """``model`` with every Linear/GRU/LSTM swapped for its dynamic int8 module, packed for
-    ``engine`` (default :func:`int8_engine`), and every embedding table rounded to int8 values
-    (see ``_int8_embeddings``); parametrizations are baked first (``bake_parametrizations``).
-    CPU only."""
+    ``engine`` (default :func:`int8_engine`) — the Linears named in ``layer_engines`` for the
+    engine given there (see :func:`wide_layer_engines`) — and every embedding table rounded to
+    int8 values (see ``_int8_embeddings``); parametrizations are baked first
+    (``bake_parametrizations``). CPU only."""
     bake_parametrizations(model.eval())
     tied = {}  # embedding name -> the Linear sharing its weight (a decoder's output projection)
     linears = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -122,9 +192,16 @@ def quantize_int8(model: nn.Module, engine: str | None = None) -> nn.Module:
         warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*")
         from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization.quantization_mappings import get_default_dynamic_quant_module_mappings
 
+        mapping = get_default_dynamic_quant_module_mappings() | {nn.Linear: int8_linear_class()}
         with _packing_for(engine or int8_engine()):
-            quantized = quantize_dynamic(model.cpu(), set(INT8_TYPES), dtype=torch.qint8)
+            quantized = quantize_dynamic(model.cpu(), set(INT8_TYPES), dtype=torch.qint8, mapping=mapping)
+        for name, layer_engine in (layer_engines or {}).items():
+            module = quantized.get_submodule(name)
+            weight, bias = module._packed_params._weight_bias()
+            with _packing_for(layer_engine):
+                module.set_weight_bias(weight, bias)
     _int8_embeddings(quantized, tied)
     return quantized
 
@@ -220,6 +297,7 @@ def load_int8(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]
     used: set[str] = set()
     missing: list[str] = []
     engine = recorded_engine(model)  # packed again for the kernels it was quantized for
+    layer_engines = recorded_layer_engines(model)
     for name, module in _quantized_modules(model).items():
         values: dict[str, Tensor] = {}
         for key, current in _weights_and_biases(module).items():
@@ -239,7 +317,7 @@ def load_int8(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]
                 used.add(full)
             else:
                 missing.append(full)
-        with _packing_for(engine):
+        with _packing_for(layer_engines.get(name, engine)):
             if hasattr(module, "_packed_params"):
                 module.set_weight_bias(values["weight"], values.get("bias"))
             else:

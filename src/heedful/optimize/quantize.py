@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from heedful.nn.int8 import INT8_TYPES, bake_parametrizations, int8_engine, quantize_int8
+from heedful.nn.int8 import INT8_TYPES, bake_parametrizations, int8_engine, quantize_int8, wide_layer_engines
 from heedful.optimize.common import OptimizeError
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ def int8(run: Run) -> tuple[nn.Module, dict[str, Any]]:
     if not layers:
         raise OptimizeError(f"{run.run_dir}: its model has no Linear, GRU or LSTM layer to quantize")
     engine = int8_engine()
-    quantized = quantize_int8(baked, engine)
-    quantized.optimized = [*getattr(model, "optimized", []), {"method": "int8", "engine": engine}]
-    return quantized, {"method": "int8", "layers": len(layers), "engine": engine}
+    layer_engines = wide_layer_engines(baked, engine)  # the vocabulary projection on oneDNN (heedful.nn.int8)
+    quantized = quantize_int8(baked, engine, layer_engines)
+    step = {"method": "int8", "engine": engine} | ({"layer_engines": layer_engines} if layer_engines else {})
+    quantized.optimized = [*getattr(model, "optimized", []), step]
+    return quantized, {"method": "int8", "layers": len(layers), **{k: v for k, v in step.items() if k != "method"}}
