@@ -3,6 +3,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from torch import nn
 
 from heedful.decode import beam_search, greedy_decode
 from heedful.models import TransformerConfig, TransformerEncoderDecoder
@@ -204,6 +205,46 @@ def test_best_continuations_are_the_exact_top_candidates(vocab):
         assert torch.equal(got, want)
     assert torch.equal(buffer[: sentences * beams], logits.log_softmax(-1))
     assert buffer[sentences * beams :].isnan().all()
+
+
+def test_beam_search_writes_float32_log_probabilities_over_the_logits_and_16_bit_ones_into_a_buffer():
+    """Float32 logits are overwritten by their log-probabilities (no second (B·K, V) tensor);
+    bf16 logits are left alone, their float32 log-probabilities going to a buffer. Same answer."""
+    torch.manual_seed(3)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=200, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = TransformerEncoderDecoder(cfg).eval()
+    src = torch.randint(4, 30, (3, 6))
+
+    class Keeping(nn.Module):
+        """The model, keeping every step's logits as returned and a copy of them as they were."""
+
+        def __init__(self, inner, dtype):
+            super().__init__()
+            self.inner, self.dtype, self.returned, self.copies = inner, dtype, [], []
+
+        def encode(self, src):
+            return self.inner.encode(src)
+
+        def new_cache(self):
+            return self.inner.new_cache()
+
+        def decode(self, *args):
+            logits = self.inner.decode(*args).to(self.dtype)
+            self.returned.append(logits)
+            self.copies.append(logits.clone())
+            return logits
+
+    kwargs = {"bos_id": 1, "eos_id": 2, "beam_size": 4, "max_len": 7, "alpha": 0.6}
+    plain = beam_search(model, src, **kwargs)
+    for dtype in (torch.float32, torch.bfloat16):
+        keeping = Keeping(model, dtype)
+        got = beam_search(keeping, src, **kwargs)
+        if dtype == torch.float32:
+            assert_same_hypotheses(got, plain)
+            for returned, copy in zip(keeping.returned, keeping.copies, strict=True):
+                assert torch.equal(returned[:, -1], copy[:, -1].log_softmax(-1))  # overwritten in place
+        else:
+            assert all(torch.equal(r, c) for r, c in zip(keeping.returned, keeping.copies, strict=True))
 
 
 def test_a_large_vocabulary_agrees_with_the_reference_loop():
