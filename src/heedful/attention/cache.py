@@ -254,10 +254,11 @@ class KVCache:
         self.group = group
         if self.static:
             return
-        n, H, capacity, D = self._k.shape
-        # So far the rows of a group share their history: each position's key goes into every slot.
-        self._k = self._k[:, :, :, None].expand(n, H, capacity, group, D).reshape(n, H, capacity * group, D)
-        self._v = self._v[:, :, :, None].expand(n, H, capacity, group, D).reshape(n, H, capacity * group, D)
+        n, capacity = self._k.shape[0], self._k.shape[2]
+        self._k, self._v = (
+            _spread_positions(self._k, self.length, group),
+            _spread_positions(self._v, self.length, group),
+        )
         self._lineage = torch.zeros(n, group, capacity, dtype=torch.long, device=self._k.device)
 
     def _select_filled(self, buffer: Tensor, index: Tensor) -> Tensor:
@@ -279,6 +280,19 @@ def _ungroup_rows(x: Tensor, group: int) -> Tensor:
     """The inverse of :func:`_group_rows`: (B / group, H, group·T, X) -> (B, H, T, X)."""
     Bg, H, GT, X = x.shape
     return x.view(Bg, H, group, GT // group, X).transpose(1, 2).reshape(Bg * group, H, GT // group, X)
+
+
+def _spread_positions(buffer: Tensor, filled: int, group: int) -> Tensor:
+    """(n, H, capacity, D_h) plain keys -> (n, H, capacity·group, D_h) grouped, position-major: so
+    far the rows of a group share their history, so each filled position's key goes into all its
+    ``group`` slots. Only the ``filled`` positions are copied (beam search groups after one step:
+    copying the whole capacity was 16× the work)."""
+    n, H, capacity, D = buffer.shape
+    spread = buffer.new_empty(n, H, capacity * group, D)
+    spread[:, :, : filled * group].view(n, H, filled, group, D).copy_(
+        buffer[:, :, :filled, None].expand(-1, -1, -1, group, -1)
+    )
+    return spread
 
 
 def _grow(buffer: Tensor, used: int, capacity: int) -> Tensor:
