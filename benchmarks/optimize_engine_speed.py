@@ -13,9 +13,10 @@ The first ``--n`` sentences of the run's test split, beam 5, the run's alpha (CT
 length penalty, (|y|+1)^α), batches of 100 (``--task-batches``: ours as ``heedful translate``
 decodes, length-sorted token batches). Each round decodes all of them with every engine in
 turn (the order rotating); the table gives the median sentences/s, its ratio to ours fp32, the
-spread of the rounds, and BLEU / chrF of the outputs (decoding is deterministic: the first
-round's outputs are scored). ``--workers W`` adds every engine again decoding W batches at once,
-one thread each (ours: decode.workers; CTranslate2: inter_threads, its own token batches).
+ratios to ours fp32 paired round by round (their median and range), the spread of the rounds,
+and BLEU / chrF of the outputs (decoding is deterministic: the first round's outputs are scored).
+``--workers W`` adds every engine again decoding W batches at once, one thread each (ours:
+decode.workers; CTranslate2: inter_threads, its own token batches).
 ``--fused-attention`` adds each of ours again with its attention on the fused kernel at every
 size, as float32 on CPU was before the small-size bound (``CPU_FP32_MATH_MAX_SCORES``).
 """
@@ -124,14 +125,19 @@ def main() -> None:
     base = statistics.median(times["ours fp32"])
     rows = {}
     print(f"load average at end {load_end}")
-    print("| engine | sent/s (median) | × ours fp32 | rounds, s | BLEU | chrF |")
-    print("|---|--:|--:|--:|--:|--:|")
+    print("| engine | sent/s (median) | × ours fp32 | × ours fp32, paired by round | rounds, s | BLEU | chrF |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
     for name, secs in times.items():
         median = statistics.median(secs)
+        # The same round's fp32 time over this engine's: a drift in the host's speed between rounds
+        # moves both, so these ratios spread less than the times do.
+        paired = [fp32 / own for fp32, own in zip(times["ours fp32"], secs, strict=True)]
         q = quality(run.task, outputs[name], examples)
-        rows[name] = {"sent_per_s": len(sources) / median, "vs_fp32": base / median, "seconds": secs, **q}
-        print(f"| {name} | {len(sources) / median:.1f} | {base / median:.2f}× | {min(secs):.1f}–{max(secs):.1f} "
-              f"| {q.get('bleu', '')} | {q.get('chrf', '')} |")  # fmt: skip
+        rows[name] = {"sent_per_s": len(sources) / median, "vs_fp32": base / median, "vs_fp32_paired": paired,
+                      "seconds": secs, **q}  # fmt: skip
+        print(f"| {name} | {len(sources) / median:.1f} | {base / median:.2f}× | {statistics.median(paired):.2f}× "
+              f"({min(paired):.2f}–{max(paired):.2f}) | {min(secs):.1f}–{max(secs):.1f} | {q.get('bleu', '')} "
+              f"| {q.get('chrf', '')} |")  # fmt: skip
     if args.json:
         record = {"run": str(args.run), "n": len(sources), "beam": beam, "threads": args.threads,
                   "load_average": [load_start, load_end], "engines": rows}  # fmt: skip
