@@ -4,7 +4,7 @@ int8 — interleaved, so a load burst on a shared machine hits every engine alik
 
     python benchmarks/optimize_engine_speed.py RUN --int8 onednn=RUN_INT8 [--int8 x86=OTHER] \\
         [--optimized low-rank=RUN_LR] [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--workers 2] \\
-        [--fused-attention] [--task-batches] [--json FILE]
+        [--fused-attention] [--task-batches] [--torch-int8-forward] [--latency N] [--json FILE]
     # RUN_INT8: heedful optimize RUN --method int8 --out RUN_INT8
     # WORK: a folder with ct2_float32/ and ct2_int8/ (heedful export RUN --format ctranslate2
     #       [--quantization int8] --out WORK/ct2_…, or benchmarks/optimize.py's --work)
@@ -17,6 +17,8 @@ ratios to ours fp32 paired round by round (their median and range), the spread o
 and BLEU / chrF of the outputs (decoding is deterministic: the first round's outputs are scored).
 ``--workers W`` adds every engine again decoding W batches at once, one thread each (ours:
 decode.workers; CTranslate2: inter_threads, its own token batches).
+``--torch-int8-forward`` adds each int8 model again with torch's own dynamic-Linear forward.
+``--latency N`` adds batch-1 latency over the first N sentences, every engine in turn on each.
 ``--fused-attention`` adds each of ours again with its attention on the fused kernel at every
 size, as float32 on CPU was before the small-size bound (``CPU_FP32_MATH_MAX_SCORES``).
 """
@@ -29,6 +31,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -70,6 +73,18 @@ def main() -> None:
         action="store_true",
         help="ours decode as heedful translate does (length-sorted batches of decode.batch_tokens), not in 100s",
     )
+    parser.add_argument(
+        "--torch-int8-forward",
+        action="store_true",
+        help="also each int8 model with torch's own dynamic-Linear forward (before heedful's Int8Linear, 2026-12-05)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also batch-1 latency: the first N sentences one at a time, every engine in turn on each",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,6 +101,10 @@ def main() -> None:
         for spec in specs:
             name, _, directory = spec.partition("=")
             models[label.format(name)] = load_run(directory, "cpu").model
+            if args.torch_int8_forward and label.startswith("ours int8"):
+                models[label.format(name) + ", torch's Linear forward"] = with_torch_int8_forward(
+                    load_run(directory, "cpu").model
+                )
     worker_counts = [1] if args.workers == 1 else [1, args.workers]
     engines = {}
     for workers in worker_counts:
@@ -138,10 +157,44 @@ def main() -> None:
         print(f"| {name} | {len(sources) / median:.1f} | {base / median:.2f}× | {statistics.median(paired):.2f}× "
               f"({min(paired):.2f}–{max(paired):.2f}) | {min(secs):.1f}–{max(secs):.1f} | {q.get('bleu', '')} "
               f"| {q.get('chrf', '')} |")  # fmt: skip
+    if args.latency:
+        latency = batch1_latency(engines, sources[: args.latency])
+        print(f"batch-1 latency, {args.latency} sentences one at a time (median ms; × ours fp32, paired by sentence):")
+        for name, (ms, paired) in latency.items():
+            rows[name].update(latency_ms=ms, latency_vs_fp32_paired=paired)
+            print(f"  {name}: {ms:.1f} ms, {paired:.2f}×")
     if args.json:
         record = {"run": str(args.run), "n": len(sources), "beam": beam, "threads": args.threads,
                   "load_average": [load_start, load_end], "engines": rows}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def batch1_latency(engines: dict, sentences: list[str]) -> dict[str, tuple[float, float]]:
+    """Each engine's median ms for one sentence, and its paired speed against ours fp32 (the median
+    over sentences of fp32's time over its own): every engine decodes each sentence in turn."""
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    with torch.inference_mode():
+        for sentence in sentences:
+            for name, decode in engines.items():
+                start = time.perf_counter()
+                decode([sentence])
+                seconds[name].append(time.perf_counter() - start)
+    fp32 = seconds["ours fp32"]
+    return {
+        name: (statistics.median(secs) * 1e3, statistics.median(a / b for a, b in zip(fp32, secs, strict=True)))
+        for name, secs in seconds.items()
+    }
+
+
+def with_torch_int8_forward(model):
+    """``model`` with every int8 Linear running torch's own ``forward`` (heedful's ``Int8Linear``
+    calls the kernel directly; the packed weights, and so the outputs, are the same)."""
+    from torch.ao.nn.quantized import dynamic as qdynamic
+
+    for m in model.modules():
+        if isinstance(m, qdynamic.Linear):
+            m.forward = qdynamic.Linear.forward.__get__(m)
+    return model
 
 
 @contextlib.contextmanager
