@@ -31,11 +31,11 @@ vocabulary projection — is packed for oneDNN when the default engine is fbgemm
 host (AVX-512 VNNI, no AMX) fbgemm ran the 500 × 256 → 8,000 projection in 4.0–12.5 ms (its
 (M, N) int32 buffer and output are fresh memory at every call, and often fresh pages) against
 oneDNN's 2.8–3.1 ms, while at the narrow layers fbgemm was as fast or faster; beam-5 decoding of
-Multi30k was 1–7 % faster with the projection alone on oneDNN (paired medians of three runs) and
+Multi30k was 1–8 % faster with the projection alone on oneDNN (paired medians of four runs) and
 not faster with every layer on it (docs/RESULTS.md, "int8: the vocabulary projection on
-oneDNN"). The two engines' outputs
-differ by rounding only (≤ 1e-6 on unit-scale logits). Which layers went to which engine is
-recorded with the model (``layer_engines``) and honoured on loading.
+oneDNN"). The two engines' outputs differ by rounding only (≤ 1e-6 on unit-scale logits). Which
+layers went to which engine is recorded with the model (``layer_engines``) and honoured on
+loading.
 
 Every int8 Linear is ``Int8Linear`` (:func:`int8_linear_class`): torch's dynamic Linear, with a
 forward that calls the int8 kernel's overload directly. torch's own checks the weights' dtype

@@ -29,4 +29,4 @@ def int8(run: Run) -> tuple[nn.Module, dict[str, Any]]:
     quantized = quantize_int8(baked, engine, layer_engines)
     step = {"method": "int8", "engine": engine} | ({"layer_engines": layer_engines} if layer_engines else {})
     quantized.optimized = [*getattr(model, "optimized", []), step]
-    return quantized, {"method": "int8", "layers": len(layers), **{k: v for k, v in step.items() if k != "method"}}
+    return quantized, {"method": "int8", "layers": len(layers)} | step
