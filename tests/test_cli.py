@@ -31,10 +31,12 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
         (["predict", "runs/does-not-exist", "5 May 2020"], "not a run directory"),
     ],
 )
+@pytest.mark.slow
 def test_user_mistakes_give_one_line_and_exit_code_2(args, expected):
     assert expected in one_line_error(run_cli(*args))
 
 
+@pytest.mark.slow
 def test_unknown_option_is_a_usage_error_with_exit_code_2():
     result = run_cli("train", "configs/dates.yaml", "--no-such-flag")
     assert result.returncode == 2 and "No such option" in result.stderr
@@ -55,6 +57,7 @@ def listed_commands(help_text: str) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_help_lists_the_commands():
     result = run_cli("--help")
     assert result.returncode == 0

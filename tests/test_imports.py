@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, tiny_dates_overrides
 
 SRC = ROOT / "src" / "heedful"
@@ -60,6 +62,7 @@ def test_the_blocker_blocks(tmp_path):
     assert result.returncode == 1 and "ModuleNotFoundError: No module named 'soundfile'" in result.stderr
 
 
+@pytest.mark.slow
 def test_dates_train_and_predict_without_any_extra(tmp_path):
     run = tmp_path / "run"
     imports = (
@@ -88,6 +91,7 @@ def test_dates_train_and_predict_without_any_extra(tmp_path):
     assert "test exact_match:" in evaluated.stdout
 
 
+@pytest.mark.slow
 def test_importing_the_api_and_the_cli_imports_no_task(tmp_path):
     code = (
         "import sys, heedful, heedful.runs, heedful.cli, heedful.train, heedful.tasks\n"
@@ -104,6 +108,7 @@ def test_importing_the_api_and_the_cli_imports_no_task(tmp_path):
     assert result.stdout.splitlines() == ["[]", translate]
 
 
+@pytest.mark.slow
 def test_a_task_without_its_extra_is_one_line_naming_the_extra(tmp_path):
     result = run_without(tmp_path, ["soundfile"], "-m", "heedful.cli", "train", "configs/speech_digits.yaml")
     assert result.returncode == 2, result.stderr
@@ -114,12 +119,14 @@ def test_a_task_without_its_extra_is_one_line_naming_the_extra(tmp_path):
     assert result.stderr.strip() == "heedful: error: the classify task needs sklearn: pip install 'heedful[classify]'"
 
 
+@pytest.mark.slow
 def test_serve_without_its_extra_is_one_line_naming_the_extra(tmp_path):
     result = run_without(tmp_path, ["fastapi", "uvicorn"], "-m", "heedful.cli", "serve", "runs/anything")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "heedful: error: heedful serve needs uvicorn: pip install 'heedful[serve]'"
 
 
+@pytest.mark.slow
 def test_a_missing_extra_at_the_point_of_use_is_one_line(tmp_path):
     code = (
         "from heedful.errors import UserError\n"

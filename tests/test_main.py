@@ -6,6 +6,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -28,6 +30,7 @@ def test_main_module_calls_the_scripts_function():
     assert imports == [(module, function)]
 
 
+@pytest.mark.slow
 def test_python_m_heedful_behaves_as_the_script():
     # A usage error: the usage line names the program, and the exit code is 2.
     args = ["train", "configs/dates.yaml", "--no-such-flag"]

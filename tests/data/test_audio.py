@@ -167,6 +167,7 @@ def test_filterbank_rejects_impossible_settings():
         MelFilterbank(8000, 64, 60)
 
 
+@pytest.mark.slow
 def test_log_mel_matches_librosa():
     wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
     wave[:2000] *= np.linspace(0, 1, 2000, dtype=np.float32)  # something less flat than white noise

@@ -31,6 +31,7 @@ def test_held_out_numbers_never_reach_training():
         fixed_numbers(50, 1, "en", "de", 20, exclude=frozenset(range(10)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lang", ["en", "de", "fr"])
 def test_charset_covers_what_the_stream_writes(lang):
     charset = set(number_charset(lang, 999_999))

@@ -64,6 +64,7 @@ def test_the_report_is_self_contained_and_holds_the_figures_and_tables(report, d
     assert not list(dates_run.glob(".report-*"))  # its scratch images are gone
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (Debian: apt-get install chromium)")
 def test_the_report_renders_offline_in_headless_chromium(report, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright for Python is not installed")

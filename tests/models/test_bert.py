@@ -26,6 +26,7 @@ def encode(texts):
     return ids, mask
 
 
+@pytest.mark.slow
 @needs_minilm
 def test_our_encoder_matches_transformers_bert_model_to_1e_5():
     transformers = pytest.importorskip("transformers", reason="transformers is the reference (a test dependency)")

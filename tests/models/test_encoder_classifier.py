@@ -33,6 +33,7 @@ def classifier(encoder_type="transformer", pooling="attention"):
     return EncoderClassifier(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder_type", ["transformer", "bigru"])
 def test_a_keyword_task_is_learned_to_100_percent_and_the_keyword_gets_the_most_attention(encoder_type):
     model = classifier(encoder_type)
@@ -73,6 +74,7 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded(tokens), model(tokens))
 
 
+@pytest.mark.slow
 def test_the_minilm_becomes_the_encoder():
     from heedful.models.bert import bert_config, load_bert, minilm_dir
 

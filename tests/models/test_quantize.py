@@ -236,6 +236,7 @@ def test_int8_linear_computes_what_torchs_dynamic_linear_does():
         assert not torch.equal(ours(x), float32(x))
 
 
+@pytest.mark.slow
 def test_packing_for_an_engine_holds_it_against_other_threads():
     """torch's quantized engine is process-wide: while one thread packs weights for its engine,
     another thread packing for a different one waits instead of switching it underneath."""

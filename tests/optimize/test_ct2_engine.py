@@ -95,6 +95,7 @@ def test_int8_is_close_to_float(confident_run):
     assert same >= 0.5 * len(lines)
 
 
+@pytest.mark.slow
 def test_the_cli_translates_as_ours_and_keeps_its_conversion(confident_run):
     text = "".join(f"{line}\n" for line in sources(load_run(confident_run, "cpu"))[:8])
     ours = run_cli("translate", str(confident_run), "--beam", "1", stdin=text)
@@ -107,6 +108,7 @@ def test_the_cli_translates_as_ours_and_keeps_its_conversion(confident_run):
     assert again.stdout == ours.stdout and converted.stat().st_mtime_ns == made  # reused, not remade
 
 
+@pytest.mark.slow
 def test_what_it_cannot_do_is_one_line(run_dir, tmp_path):
     int8 = optimize(load_run(run_dir, "cpu"), "int8", tmp_path / "int8")
     cases = [

@@ -55,6 +55,7 @@ def test_the_converted_model_decodes_what_ours_decodes(run_dir, tmp_path):
         assert sum(len(ids) for ids, _ in theirs) > 3 * len(theirs)  # outputs of some length, not all empty
 
 
+@pytest.mark.slow
 def test_a_run_it_cannot_convert_is_one_line(run_dir, tmp_path):
     result = run_cli("export", str(run_dir), "--format", "onnx", "--quantization", "int8", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "--quantization is for --format ctranslate2" in result.stderr

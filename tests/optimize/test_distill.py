@@ -27,6 +27,9 @@ from heedful.train.trainer import Trainer
 from tests.conftest import crash_translate_loss_at, run_cli
 from tests.tasks.test_translate_parallel import config, write_corpus
 
+# A teacher trained, then a student distilled from it: seconds, not the fast subset.
+pytestmark = pytest.mark.slow
+
 STUDENT_SET = ["model.d_ff=32", "model.n_heads=1", "train.epochs=1"]  # fewer parameters than the teacher
 
 

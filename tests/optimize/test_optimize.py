@@ -171,6 +171,7 @@ def test_a_low_rank_run_loads_and_matches_the_model_it_wrote(run_dir, tmp_path):
     assert torch.equal(logits(reloaded.model, run), logits(in_memory, run))
 
 
+@pytest.mark.slow
 def test_untie_factorizes_the_output_projection_and_leaves_the_embedding_whole(run_dir, tmp_path):
     """``--untie``: the decoder's output projection, tied to the vocabulary table, becomes its own
     rank-r pair — the table's best rank-r approximation — while the embedding keeps the full
@@ -374,6 +375,7 @@ def test_bad_input_is_a_user_error_and_writes_nothing(run_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+@pytest.mark.slow
 def test_the_cli_says_it_in_one_line_with_exit_code_2(run_dir, tmp_path):
     out = tmp_path / "out"
     gan = gan_run(tmp_path / "gan")

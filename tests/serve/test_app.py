@@ -190,6 +190,7 @@ def test_two_runs_with_one_name_are_refused(dates_run):
         create_app([dates_run, dates_run])
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_non_local_bind_without_a_key_in_one_line(dates_run):
     from tests.conftest import run_cli
 

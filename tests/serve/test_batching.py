@@ -35,6 +35,7 @@ def fire(url: str, bodies: list[dict]) -> list[dict]:
     return answers
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched_and_answered_as_if_alone(dates_run):
     bodies = [{"texts": [t], "attention": i % 2 == 1} for i, t in enumerate(TEXTS)] + [{"texts": TEXTS[:3]}]
     app = create_app([dates_run], batching=Batching(max_wait_ms=200, max_batch_tokens=10_000))
@@ -59,6 +60,7 @@ def test_concurrent_requests_are_batched_and_answered_as_if_alone(dates_run):
                 )
 
 
+@pytest.mark.slow
 def test_one_bad_request_in_a_batch_fails_alone(dates_run):
     bodies = [{"texts": [t], "attention": True} for t in TEXTS[:4]] + [{"texts": ["   "], "attention": True}]
     app = create_app([dates_run], batching=Batching(max_wait_ms=200, max_batch_tokens=10_000))

@@ -13,6 +13,7 @@ schemathesis = pytest.importorskip("schemathesis", reason="the schema fuzz test 
 GenerationMode = schemathesis.GenerationMode
 
 
+@pytest.mark.slow
 def test_no_request_the_schema_allows_or_nearly_allows_is_a_5xx(dates_run):
     app = create_app([dates_run], limits=Limits(max_texts=4, max_text_chars=48))
     seen: dict[str, set[int]] = {}

@@ -53,6 +53,7 @@ def test_digits_train_evaluate_transcribe_and_show_attention(tmp_path, configs_d
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_speaker_split_holds_out_one_speaker_and_vtlp_warps_training_clips(tmp_path, configs_dir):
     only_vtlp = {"augment.speed": "null", "augment.noise_snr_db": "null", "augment.spec_augment": "false",
                  "augment.vtlp": "[1.1, 1.1]"}  # fmt: skip
@@ -102,6 +103,7 @@ def test_transcribe_cli_reports_bad_audio_in_one_line(tmp_path, configs_dir):
     assert bad.stderr.strip().startswith(f"heedful: error: {broken}") and len(bad.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_transcribe_layer_and_head_choose_the_figure_without_changing_the_run(tmp_path, configs_dir, monkeypatch):
     from typer.testing import CliRunner
 

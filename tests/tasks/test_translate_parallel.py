@@ -273,6 +273,7 @@ def test_translate_command_answers_each_line_as_it_arrives(trained):
     assert all(a.endswith("\n") for a in answers)
 
 
+@pytest.mark.slow
 def test_translate_command_errors_are_one_line(tmp_path):
     result = run_cli("translate", str(tmp_path / "nothing"), stdin="")
     assert result.returncode == 2 and "Traceback" not in result.stderr

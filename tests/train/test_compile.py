@@ -3,6 +3,7 @@ one warning line and an uncompiled run where it cannot."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from heedful.train import Trainer
@@ -19,6 +20,7 @@ def train(toy, run_dir, **train_fields):  # noqa: F811
     return trainer.model
 
 
+@pytest.mark.slow
 def test_a_compiled_model_trains_as_the_uncompiled_one(toy, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setattr(compile_module, "BACKEND", "eager")  # graph capture without code generation: fast
     compiled = train(toy, tmp_path / "compiled", compile=True)
@@ -42,6 +44,7 @@ def test_reasons(monkeypatch):
     assert "triton" in why_not_compiled(torch.device("cuda"))
 
 
+@pytest.mark.slow
 def test_the_transformer_traces_in_one_graph_per_stack_with_dropout_on():
     """Dynamo traces a training-mode Transformer without breaking at the CPU dropout's in-place
     ``random_`` or at the capture hook (each break was one graph per module call, and the
@@ -61,6 +64,7 @@ def test_the_transformer_traces_in_one_graph_per_stack_with_dropout_on():
     assert torch.equal(compiled(src, tgt), model(src, tgt))
 
 
+@pytest.mark.slow
 def test_a_capture_still_sees_a_compiled_model():
     """Captures (explain, the supervised alignment head) keep working on a compiled model."""
     from heedful.explain.capture import capture

@@ -62,6 +62,7 @@ def drop_batches(monkeypatch, toy, dropped: set[int]) -> None:
     monkeypatch.setattr(toy.Numbers, "batches", batches)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["nan-loss", "inf-gradient"])
 def test_a_nonfinite_step_is_skipped_as_if_its_batch_never_came(toy, tmp_path, monkeypatch, capsys, how):
     spoil_loss_at(monkeypatch, toy, {3, 11}, how)  # batch 3 of epoch 1, batch 3 of epoch 2

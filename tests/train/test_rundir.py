@@ -49,6 +49,7 @@ def foreign_folder(tmp_path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- where heedful may write
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [[], ["--overwrite"]], ids=["plain", "overwrite"])
 def test_a_foreign_folder_is_refused_and_left_unchanged(tmp_path, flags):
     home = foreign_folder(tmp_path)
@@ -92,11 +93,13 @@ def test_a_name_cannot_leave_the_runs_folder(configs_dir, tmp_path, monkeypatch)
     assert config(configs_dir, "../elsewhere").resolved_run_dir() == Path("../elsewhere")
 
 
+@pytest.mark.slow
 def test_a_name_that_leaves_runs_is_one_line_on_the_command_line():
     line = one_line_error(run_cli("train", "configs/dates.yaml", "--set", "name=../../x", "--set", "device=cpu"))
     assert "config key 'name': '../../x' would put the run outside runs/" in line
 
 
+@pytest.mark.slow
 def test_path_values_keep_their_text(configs_dir, tmp_path):
     assert config(configs_dir, "runs/exp #2").run_dir == Path("runs/exp #2")  # --set run_dir=runs/exp #2
     assert config(configs_dir, "runs/a: b").run_dir == Path("runs/a: b")
@@ -121,6 +124,7 @@ def test_a_failed_start_leaves_nothing_behind(configs_dir, tmp_path):
     assert empty.is_dir() and not list(empty.iterdir())
 
 
+@pytest.mark.slow
 def test_a_failed_start_on_the_command_line_leaves_no_folder(tmp_path):
     new = tmp_path / "new"
     line = one_line_error(run_cli("train", "configs/dates.yaml", *cli_args(new, **{"train.monitor": "nope"})))
@@ -146,6 +150,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(configs_dir, tmp_p
     assert {k: v for k, v in after.items() if not k.startswith(MARKER)} == before
 
 
+@pytest.mark.slow
 def test_overwrite_deletes_only_what_heedful_wrote(configs_dir, tmp_path):
     run = tmp_path / "run"
     fit(config(configs_dir, run, **{"train.tensorboard": True}))
@@ -164,6 +169,7 @@ def test_overwrite_deletes_only_what_heedful_wrote(configs_dir, tmp_path):
     assert (run / "plots" / "history.png").is_file() and History.load(run / "history.json").completed
 
 
+@pytest.mark.slow
 def test_a_run_made_before_the_marker_is_resumed(configs_dir, tmp_path):
     run = tmp_path / "run"
     fit(config(configs_dir, run, **{"train.tensorboard": True}))
@@ -176,6 +182,7 @@ def test_a_run_made_before_the_marker_is_resumed(configs_dir, tmp_path):
 
 
 # --------------------------------------------------------------------------------- moving and copying
+@pytest.mark.slow
 def test_resuming_a_copy_writes_only_into_the_copy(configs_dir, tmp_path):
     original, copy = tmp_path / "original", tmp_path / "copy"
     fit(config(configs_dir, original, **{"train.checkpoint_every": 1}))
@@ -201,6 +208,7 @@ def test_a_failed_resume_does_not_rewrite_the_config(configs_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------ folders it cannot write
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("where", "expected"),
     [
@@ -283,6 +291,7 @@ cli.main()
 """
 
 
+@pytest.mark.slow
 def test_a_second_training_into_a_run_directory_in_use_is_refused(tmp_path):
     run, signals = tmp_path / "run", tmp_path / "signals"
     signals.mkdir()
@@ -313,6 +322,7 @@ def test_a_second_training_into_a_run_directory_in_use_is_refused(tmp_path):
     assert load_config(run).seed == 1 and History.load(run / "history.json").completed
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_training_does_not_block(configs_dir, tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
@@ -377,6 +387,7 @@ cli.main()
 """
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_save_resumes_bit_identically(configs_dir, tmp_path):
     extra = {"train.epochs": 2, "train.checkpoint_every": 3, "train.keep_checkpoints": 5}
     fit(config(configs_dir, tmp_path / "straight", **extra))
