@@ -71,7 +71,9 @@ from heedful.nn.weights import _tied_groups
 INT8_TYPES = (nn.Linear, nn.GRU, nn.LSTM)
 
 # A Linear with at least this many outputs (a vocabulary projection) is packed for WIDE_ENGINE
-# when the default engine is fbgemm's (see the module docstring).
+# when the default engine is fbgemm's (see the module docstring). Lower bounds were tried on the
+# Zen 4 host: 1,024 (the feed-forward inputs too) and 768 (the q/k/v projections too) decoded no
+# faster, 768 slower in 7 of 8 paired rounds (docs/RESULTS.md, "int8: the vocabulary projection").
 WIDE_OUTPUT_FEATURES = 4096
 WIDE_ENGINE = "onednn"
 FBGEMM_ENGINES = ("x86", "fbgemm")
