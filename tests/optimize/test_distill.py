@@ -132,7 +132,7 @@ def test_bad_input_is_one_line_and_writes_nothing(teacher_dir, run_dir, tmp_path
 def test_a_teacher_that_says_nothing_is_refused(teacher_dir, tmp_path, monkeypatch):
     teacher = load_run(teacher_dir, "cpu")
     silent = [SimpleNamespace(output="")] * 200
-    monkeypatch.setattr(type(teacher.task), "translate_lines", lambda self, model, lines, **_: silent[: len(lines)])
+    monkeypatch.setattr(type(teacher.task), "translate", lambda self, model, lines, **_: silent[: len(lines)])
     with pytest.raises(UserError, match="translated all .* training sources as empty lines"):
         optimize(teacher, "distill", tmp_path / "student", student_set=STUDENT_SET)
     assert not list(tmp_path.iterdir())
@@ -143,7 +143,7 @@ def test_an_interrupted_distillation_leaves_nothing(teacher_dir, tmp_path, monke
     teacher = load_run(teacher_dir, "cpu")
     if where == "decoding":
         calls = {"n": 0}
-        translate = type(teacher.task).translate_lines
+        translate = type(teacher.task).translate
 
         def interrupted(self, *args, **kwargs):
             calls["n"] += 1
@@ -153,7 +153,7 @@ def test_an_interrupted_distillation_leaves_nothing(teacher_dir, tmp_path, monke
 
         # several chunks: the first is on disk when the second is interrupted
         monkeypatch.setattr(sys.modules["heedful.optimize.distill"], "CHUNK_PAIRS", 16)
-        monkeypatch.setattr(type(teacher.task), "translate_lines", interrupted)
+        monkeypatch.setattr(type(teacher.task), "translate", interrupted)
     else:
         crash_translate_loss_at(monkeypatch, 2)
     out = tmp_path / "student"

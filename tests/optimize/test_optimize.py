@@ -46,7 +46,7 @@ def test_an_int8_model_reloaded_from_disk_computes_what_the_one_in_memory_does(r
     assert torch.equal(logits(reloaded.model, reloaded), logits(quantized, run))  # bit for bit
     assert not torch.equal(logits(quantized, run), logits(run.model, run))  # and it is not the float model
     ours = [t.output for t in reloaded.translate(SOURCES, beam=3)]
-    assert ours == [t.output for t in run.task.translate(quantized, SOURCES, beam_size=3)]
+    assert ours == [t.output for t in run.task.translate(quantized, SOURCES, beam=3)]
     # int8 weights and their scales are what the file holds: no float copy of a quantized weight.
     stored = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
     assert stored["encoder.layers.0.ff.linear1.weight.int8"].dtype == torch.int8

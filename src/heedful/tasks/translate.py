@@ -23,8 +23,9 @@ penalty: ``decode.beam_size``, ``decode.alpha``) → explain (cross-attention ma
 or subword pieces).
 
 What is not the task itself lives with its kind: the sources in data/builtin.py and
-data/parallel.py, decoding in token batches in decode/batching.py, BLEU and chrF in
-metrics/translation.py, cross-attention maps and the dates' alignment score in
+data/parallel.py (and how this task's config applies to the parallel files — splits, tokenizers,
+training batches — in tasks/translate_data.py), decoding in token batches in decode/batching.py,
+BLEU and chrF in metrics/translation.py, cross-attention maps and the dates' alignment score in
 explain/alignment.py.
 """
 
@@ -42,29 +43,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heedful.data.batching import GeneratedBatches, LazyBatches
-from heedful.data.builtin import (
-    DateExample,
-    NumberExample,
-    builtin_data,
-)
-from heedful.data.parallel import (
-    Pair,
-    ParallelFiles,
-    TokenBatches,
-    batches_by_length,
-    fit_for_training,
-    keep_by_length,
-    read_parallel,
-    split_files,
-)
-from heedful.data.tokenizers import (
-    Tokenizer,
-    load_tokenizers,
-    pad_ids,
-    padded_width,
-    save_tokenizers,
-    train_tokenizers,
-)
+from heedful.data.builtin import DateExample, NumberExample, builtin_data
+from heedful.data.parallel import Pair, ParallelFiles, TokenBatches, batches_by_length, split_files
+from heedful.data.tokenizers import Tokenizer, load_tokenizers, pad_ids, padded_width, save_tokenizers
 from heedful.decode.batching import decode_in_batches
 from heedful.decode.ensemble import EnsembleDecoder
 from heedful.errors import ConfigError, UserError
@@ -85,17 +66,9 @@ from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerEncoderDecoder
 from heedful.nn.losses import smoothed_cross_entropy
 from heedful.tasks.alignment_supervision import AlignmentSupervisor, check_supervised_model, supervisor_for
-from heedful.tasks.base import (
-    Batch,
-    BatchSource,
-    DataBundle,
-    EvalResult,
-    Explanation,
-    Prediction,
-    Task,
-    register_task,
-)
-from heedful.tasks.translate_config import SPLITS, TranslateConfig
+from heedful.tasks.base import Batch, BatchSource, DataBundle, EvalResult, Explanation, Prediction, Task, register_task
+from heedful.tasks.translate_config import TranslateConfig
+from heedful.tasks.translate_data import kept_training_pairs, read_splits, tokenizers_for, training_batches
 
 Example = DateExample | NumberExample
 # heedful.data does not import tasks; these are batch sources all the same
@@ -126,7 +99,7 @@ class TranslateTask(Task):
     model_types = ("transformer-encoder-decoder", "rnn-encoder-decoder")
     cfg: TranslateConfig
     # run.translate(lines, beam=5); run.align(sources, targets)
-    run_methods: ClassVar[dict[str, str]] = {"translate": "translate_lines", "align": "align_lines"}
+    run_methods: ClassVar[dict[str, str]] = {"translate": "translate", "align": "align_lines"}
     prediction_class = Translation
 
     @classmethod
@@ -177,78 +150,22 @@ class TranslateTask(Task):
         return split_files(self.cfg.data, split)
 
     def _build_parallel(self, cfg: TranslateConfig) -> DataBundle:
-        d = cfg.data
-        for split in ("train", "val"):
-            if getattr(d, split) is None:
-                raise ConfigError(f"config key 'data.{split}': required when data.source is 'parallel'")
-        pairs = {
-            split: read_parallel(self.split_files(split), on_bad_line=d.on_bad_line)
-            for split in SPLITS
-            if getattr(d, split) is not None
-        }
+        pairs = read_splits(cfg)
         if self.src_tok is None or self.tgt_tok is None:  # a loaded run brings its own (load_artifacts)
-            if d.tokenizer.from_run is not None:
-                self._borrow_tokenizers(d.tokenizer.from_run)
-            else:
-                self._train_tokenizers(pairs["train"])
+            self.src_tok, self.tgt_tok = tokenizers_for(cfg, pairs["train"])
         train_pairs = pairs.pop("train")
         self.data = DataBundle(LazyBatches(lambda: self._train_batches(train_pairs)), pairs)
         return self.data
-
-    def _borrow_tokenizers(self, run_dir: Path) -> None:
-        """``data.tokenizer.from_run``: that run's tokenizers, as its model folder stores them."""
-        folder = Path(run_dir) / "model"
-        if not folder.is_dir():
-            raise ConfigError(
-                f"config key 'data.tokenizer.from_run': {run_dir} has no model/ folder to take the tokenizers from"
-            )
-        self.src_tok, self.tgt_tok = load_tokenizers(folder)
 
     def training_pairs(self) -> list[Pair]:
         """The training pairs a training on ``data.train`` uses, in corpus order: those that the
         length filters (data.max_tokens, data.max_ratio, model.max_len) keep, with this task's
         tokenizers (which must be set: a loaded run's)."""
-        d = self.cfg.data
-        pairs = read_parallel(self.split_files("train"), on_bad_line=d.on_bad_line)
-        lengths = [(len(self.src_tok.encode(p.source)), len(self.tgt_tok.encode(p.target))) for p in pairs]
-        return [pairs[i] for i in keep_by_length(lengths, max_tokens=self._length_cap(), max_ratio=d.max_ratio)]
-
-    def _length_cap(self) -> int:
-        """The most tokens a training pair may have on either side."""
-        longest = self.cfg.model.max_len - 1  # tgt_in is <bos> + target: one position more
-        return min(self.cfg.data.max_tokens or longest, longest)
-
-    def _train_tokenizers(self, pairs: list[Pair]) -> None:
-        t = self.cfg.data.tokenizer
-        self.src_tok, self.tgt_tok = train_tokenizers([p.source for p in pairs], [p.target for p in pairs], t)
-        if t.joint:
-            sizes = f"{len(self.src_tok)} tokens, joint"
-        else:
-            sizes = f"{len(self.src_tok)} source + {len(self.tgt_tok)} target tokens"
-        kind = f"sentencepiece {t.model_type}" if t.kind == "sentencepiece" else "characters"
-        print(f"tokenizer: {kind}, {sizes}")
+        return kept_training_pairs(self.cfg, self.src_tok, self.tgt_tok)
 
     def _train_batches(self, pairs: list[Pair]) -> TokenBatches:
-        d, cap = self.cfg.data, self._length_cap()
-        encoded = [(self.src_tok.encode(p.source), self.tgt_tok.encode(p.target)) for p in pairs]
-        encoded, sizes, kept = fit_for_training(
-            encoded, self.split_files("train"), max_tokens=cap, max_ratio=d.max_ratio, batch_tokens=d.batch_tokens
-        )
-        # Read here, when training needs it: evaluating a finished run does not need the file.
-        self.supervisor = supervisor_for(self.cfg.alignment_supervision, d.source, self.split_files("train"))
-        if self.supervisor is None:
-            return TokenBatches(
-                sizes, d.batch_tokens, self.cfg.seed, lambda indices: self.collate([encoded[i] for i in indices])
-            )
-        # Each kept pair's links, by its line in the files: they follow the pair's index into any batch.
-        links = self.supervisor.pair_links([pairs[i] for i in kept], encoded, self.src_tok, self.tgt_tok)
-
-        def supervised_batch(indices: list[int]) -> Batch:
-            batch = self.collate([encoded[i] for i in indices])
-            batch["alignment"] = self.supervisor.gold(batch, [links[i] for i in indices])  # (B, T, S)
-            return batch
-
-        return TokenBatches(sizes, d.batch_tokens, self.cfg.seed, supervised_batch)
+        batches, self.supervisor = training_batches(self.cfg, pairs, self.src_tok, self.tgt_tok, self.collate)
+        return batches
 
     # --------------------------------------------------------------------------------------- model
     def build_model(self, cfg: TranslateConfig, data: DataBundle) -> nn.Module:
@@ -426,22 +343,24 @@ class TranslateTask(Task):
     def translate(
         self,
         model: nn.Module,
-        inputs: list[str],
+        inputs: Iterable[str],
         *,
-        beam_size: int | None = None,
+        beam: int | None = None,
         batch_tokens: int | None = None,
         attention: bool = False,
         n_best: int = 1,
     ) -> list[Translation]:
-        """Translate each input (an empty or blank one gives an empty output, keeping lines
-        aligned). ``beam_size``/``batch_tokens`` override ``decode.*``; ``attention=True`` also
-        returns each sentence's pieces and its cross-attention map (decode.explain_layer, mean
-        over heads); ``n_best`` > 1 also returns the beam's n best outputs as ``.alternatives``."""
+        """``run.translate(lines, beam=5)``: each input translated (an empty or blank one gives an
+        empty output, keeping lines aligned), as a ``Translation`` (``.output``, ``.score``).
+        ``beam``/``batch_tokens`` override ``decode.beam_size``/``decode.batch_tokens``;
+        ``attention=True`` also gives each sentence's ``.source_pieces``, ``.output_pieces`` and
+        ``.attention``, its cross-attention map (decode.explain_layer, mean over heads);
+        ``n_best`` > 1 also the beam's n best (output, log-probability) as ``.alternatives``."""
         model.eval()
         texts = list(inputs)
         src_ids = [self._source_ids(t, model) if t.strip() else [] for t in texts]
         filled = [i for i, s in enumerate(src_ids) if s]
-        generated = self._generate(model, [src_ids[i] for i in filled], beam_size, batch_tokens, n_best)
+        generated = self._generate(model, [src_ids[i] for i in filled], beam, batch_tokens, n_best)
         out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
         for i, ranked in zip(filled, generated, strict=True):
             (ids, score), alternatives = ranked[0], None
@@ -458,23 +377,6 @@ class TranslateTask(Task):
                 out[i].output_pieces = [*map(self.tgt_tok.id_to_piece, out[i].output_ids), "<eos>"]
                 out[i].attention = weights[name].mean(0)  # (T_out + 1, S)
         return out
-
-    def translate_lines(
-        self,
-        model: nn.Module,
-        lines: list[str],
-        *,
-        beam: int | None = None,
-        batch_tokens: int | None = None,
-        attention: bool = False,
-        n_best: int = 1,
-    ) -> list[Translation]:
-        """``run.translate(lines, beam=5)``: ``Translation``s (``.output``, ``.score``; with
-        ``attention=True`` also ``.source_pieces``, ``.output_pieces`` and ``.attention``; with
-        ``n_best`` > 1, ``.alternatives``: the beam's n best (output, log-probability), best first)."""
-        return self.translate(
-            model, list(lines), beam_size=beam, batch_tokens=batch_tokens, attention=attention, n_best=n_best
-        )
 
     def align_lines(
         self, model: nn.Module, sources: Iterable[str], targets: Iterable[str], *,

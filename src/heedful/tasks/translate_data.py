@@ -1,0 +1,97 @@
+"""The translate task's ``data.source: parallel``: the split files' pairs, the tokenizers, and the
+training batches the trainer sees.
+
+Reading and batching parallel text is :mod:`heedful.data.parallel`'s; this module only applies the
+task's config to it: which splits are required, where the tokenizers come from (trained on the
+training text, or borrowed from another run with ``data.tokenizer.from_run``), which training
+pairs the length filters keep (``data.max_tokens``, ``data.max_ratio``, ``model.max_len``), and,
+with ``alignment_supervision``, the gold links that travel with each pair into its batch
+(tasks/alignment_supervision.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from heedful.data.parallel import Pair, TokenBatches, fit_for_training, keep_by_length, read_parallel, split_files
+from heedful.data.tokenizers import Tokenizer, load_tokenizers, train_tokenizers
+from heedful.errors import ConfigError
+from heedful.tasks.alignment_supervision import AlignmentSupervisor, supervisor_for
+from heedful.tasks.base import Batch
+from heedful.tasks.translate_config import SPLITS, TranslateConfig
+
+Encoded = tuple[list[int], list[int]]  # (source ids, target ids), no specials
+
+
+def read_splits(cfg: TranslateConfig) -> dict[str, list[Pair]]:
+    """Every split that ``data.*`` names, read (``data.train`` and ``data.val`` are required)."""
+    d = cfg.data
+    for split in ("train", "val"):
+        if getattr(d, split) is None:
+            raise ConfigError(f"config key 'data.{split}': required when data.source is 'parallel'")
+    return {
+        split: read_parallel(split_files(d, split), on_bad_line=d.on_bad_line)
+        for split in SPLITS
+        if getattr(d, split) is not None
+    }
+
+
+def tokenizers_for(cfg: TranslateConfig, train: list[Pair]) -> tuple[Tokenizer, Tokenizer]:
+    """The run's (source, target) tokenizers: ``data.tokenizer.from_run``'s, or trained on ``train``."""
+    t = cfg.data.tokenizer
+    if t.from_run is not None:
+        folder = Path(t.from_run) / "model"
+        if not folder.is_dir():
+            raise ConfigError(
+                f"config key 'data.tokenizer.from_run': {t.from_run} has no model/ folder to take the tokenizers from"
+            )
+        return load_tokenizers(folder)
+    src_tok, tgt_tok = train_tokenizers([p.source for p in train], [p.target for p in train], t)
+    sizes = f"{len(src_tok)} tokens, joint" if t.joint else f"{len(src_tok)} source + {len(tgt_tok)} target tokens"
+    kind = f"sentencepiece {t.model_type}" if t.kind == "sentencepiece" else "characters"
+    print(f"tokenizer: {kind}, {sizes}")
+    return src_tok, tgt_tok
+
+
+def length_cap(cfg: TranslateConfig) -> int:
+    """The most tokens a training pair may have on either side."""
+    longest = cfg.model.max_len - 1  # tgt_in is <bos> + target: one position more
+    return min(cfg.data.max_tokens or longest, longest)
+
+
+def kept_training_pairs(cfg: TranslateConfig, src_tok: Tokenizer, tgt_tok: Tokenizer) -> list[Pair]:
+    """The pairs of ``data.train`` that a training keeps, in corpus order."""
+    d = cfg.data
+    pairs = read_parallel(split_files(d, "train"), on_bad_line=d.on_bad_line)
+    lengths = [(len(src_tok.encode(p.source)), len(tgt_tok.encode(p.target))) for p in pairs]
+    return [pairs[i] for i in keep_by_length(lengths, max_tokens=length_cap(cfg), max_ratio=d.max_ratio)]
+
+
+def training_batches(
+    cfg: TranslateConfig, pairs: list[Pair], src_tok: Tokenizer, tgt_tok: Tokenizer,
+    collate: Callable[[list[Encoded]], Batch],
+) -> tuple[TokenBatches, AlignmentSupervisor | None]:  # fmt: skip
+    """The training pairs, length-filtered, cut into batches of at most ``data.batch_tokens``
+    tokens per side; and the alignment supervisor, whose gold attention each batch then carries."""
+    d = cfg.data
+    train_files = split_files(d, "train")
+    encoded = [(src_tok.encode(p.source), tgt_tok.encode(p.target)) for p in pairs]
+    encoded, sizes, kept = fit_for_training(
+        encoded, train_files, max_tokens=length_cap(cfg), max_ratio=d.max_ratio, batch_tokens=d.batch_tokens
+    )
+    # Read here, when training needs it: evaluating a finished run does not need the file.
+    supervisor = supervisor_for(cfg.alignment_supervision, d.source, train_files)
+    if supervisor is None:
+        return TokenBatches(
+            sizes, d.batch_tokens, cfg.seed, lambda indices: collate([encoded[i] for i in indices])
+        ), None
+    # Each kept pair's links, by its line in the files: they follow the pair's index into any batch.
+    links = supervisor.pair_links([pairs[i] for i in kept], encoded, src_tok, tgt_tok)
+
+    def supervised_batch(indices: list[int]) -> Batch:
+        batch = collate([encoded[i] for i in indices])
+        batch["alignment"] = supervisor.gold(batch, [links[i] for i in indices])  # (B, T, S)
+        return batch
+
+    return TokenBatches(sizes, d.batch_tokens, cfg.seed, supervised_batch), supervisor
