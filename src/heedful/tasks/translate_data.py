@@ -83,9 +83,8 @@ def training_batches(
     # Read here, when training needs it: evaluating a finished run does not need the file.
     supervisor = supervisor_for(cfg.alignment_supervision, d.source, train_files)
     if supervisor is None:
-        return TokenBatches(
-            sizes, d.batch_tokens, cfg.seed, lambda indices: collate([encoded[i] for i in indices])
-        ), None
+        plain = TokenBatches(sizes, d.batch_tokens, cfg.seed, lambda indices: collate([encoded[i] for i in indices]))
+        return plain, None
     # Each kept pair's links, by its line in the files: they follow the pair's index into any batch.
     links = supervisor.pair_links([pairs[i] for i in kept], encoded, src_tok, tgt_tok)
 
