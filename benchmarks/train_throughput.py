@@ -88,13 +88,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heedful.data.parallel import TokenBatches, keep_by_length, read_text_pair
+from heedful.data.parallel import ParallelFiles, TokenBatches, fit_for_training, read_text_pair
 from heedful.data.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizers
 from heedful.device import autocast, move_to
 from heedful.models import TransformerConfig, TransformerEncoderDecoder
 from heedful.runs import load_config
 from heedful.tasks.base import Batch
 from heedful.tasks.translate import TranslateConfig, TranslateTask
+from heedful.tasks.translate_data import length_cap
 from heedful.train.compile import compile_model
 from heedful.train.trainer import parameter_groups
 
@@ -131,15 +132,16 @@ def get_tokenizer(directory: Path, cfg: TranslateConfig, sentences: list[str]) -
 
 
 def token_batches(
-    task: TranslateTask, pairs: list[tuple[list[int], list[int]]], batch_tokens: int, max_tokens: int | None
-) -> TokenBatches:
-    """What the translate task's ``_train_batches`` builds: filter by length, size by the wider
-    side (tgt_in/tgt_out are one longer than the target), batch by tokens, collate with the task."""
-    d = task.cfg.data
-    cap = min(max_tokens or task.cfg.model.max_len - 1, task.cfg.model.max_len - 1)
-    kept = keep_by_length([(len(s), len(t)) for s, t in pairs], max_tokens=cap, max_ratio=d.max_ratio)
-    encoded = [pairs[i] for i in kept]
-    sizes = [max(len(s), len(t) + 1) for s, t in encoded]
+    task: TranslateTask, pairs: list[tuple[list[int], list[int]]], files: ParallelFiles, batch_tokens: int,
+    max_tokens: int | None,
+) -> TokenBatches:  # fmt: skip
+    """What the translate task's ``_train_batches`` builds, with the same functions: filter by
+    length, size by the wider side (tgt_in/tgt_out are one longer than the target), batch by
+    tokens, collate with the task."""
+    cap = length_cap(max_tokens, task.cfg.model.max_len)
+    encoded, sizes, _ = fit_for_training(
+        pairs, files, max_tokens=cap, max_ratio=task.cfg.data.max_ratio, batch_tokens=batch_tokens
+    )
     return TokenBatches(sizes, batch_tokens, task.cfg.seed, lambda indices: task.collate([encoded[i] for i in indices]))
 
 
@@ -329,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.config}: expected a translate config with a Transformer model")
     root = args.data_root or REPO / (cfg.data.root or Path())  # the config's root is relative to the repository
     d = cfg.data
-    pairs = read_text_pair(root / f"train.{d.source_lang}.gz", root / f"train.{d.target_lang}.gz")
+    train_files = ParallelFiles("text", (root / f"train.{d.source_lang}.gz", root / f"train.{d.target_lang}.gz"))
+    pairs = read_text_pair(*train_files.paths)
     if args.quick:
         pairs = pairs[:QUICK_PAIRS]
     tok, tok_note = get_tokenizer(args.tokenizer_dir, cfg, [p.source for p in pairs] + [p.target for p in pairs])
@@ -337,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     task.src_tok = task.tgt_tok = tok
     encoded = [(tok.encode(p.source), tok.encode(p.target)) for p in pairs]
     batch_tokens = args.batch_tokens or (QUICK_BATCH_TOKENS if args.quick else d.batch_tokens)
-    source = token_batches(task, encoded, batch_tokens, QUICK_MAX_TOKENS if args.quick else d.max_tokens)
+    source = token_batches(task, encoded, train_files, batch_tokens, QUICK_MAX_TOKENS if args.quick else d.max_tokens)
     batches = take(source, warmup + rounds * per_round)
 
     # Three models of one size, each with its own optimizer.

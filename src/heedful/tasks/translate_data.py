@@ -54,18 +54,19 @@ def tokenizers_for(cfg: TranslateConfig, train: list[Pair]) -> tuple[Tokenizer, 
     return src_tok, tgt_tok
 
 
-def length_cap(cfg: TranslateConfig) -> int:
-    """The most tokens a training pair may have on either side."""
-    longest = cfg.model.max_len - 1  # tgt_in is <bos> + target: one position more
-    return min(cfg.data.max_tokens or longest, longest)
+def length_cap(max_tokens: int | None, max_len: int) -> int:
+    """The most tokens a training pair may have on either side: ``data.max_tokens``, within a
+    model of ``model.max_len`` positions."""
+    longest = max_len - 1  # tgt_in is <bos> + target: one position more
+    return min(max_tokens or longest, longest)
 
 
 def kept_training_pairs(cfg: TranslateConfig, src_tok: Tokenizer, tgt_tok: Tokenizer) -> list[Pair]:
     """The pairs of ``data.train`` that a training keeps, in corpus order."""
-    d = cfg.data
+    d, cap = cfg.data, length_cap(cfg.data.max_tokens, cfg.model.max_len)
     pairs = read_parallel(split_files(d, "train"), on_bad_line=d.on_bad_line)
     lengths = [(len(src_tok.encode(p.source)), len(tgt_tok.encode(p.target))) for p in pairs]
-    return [pairs[i] for i in keep_by_length(lengths, max_tokens=length_cap(cfg), max_ratio=d.max_ratio)]
+    return [pairs[i] for i in keep_by_length(lengths, max_tokens=cap, max_ratio=d.max_ratio)]
 
 
 def training_batches(
@@ -74,11 +75,11 @@ def training_batches(
 ) -> tuple[TokenBatches, AlignmentSupervisor | None]:  # fmt: skip
     """The training pairs, length-filtered, cut into batches of at most ``data.batch_tokens``
     tokens per side; and the alignment supervisor, whose gold attention each batch then carries."""
-    d = cfg.data
+    d, cap = cfg.data, length_cap(cfg.data.max_tokens, cfg.model.max_len)
     train_files = split_files(d, "train")
     encoded = [(src_tok.encode(p.source), tgt_tok.encode(p.target)) for p in pairs]
     encoded, sizes, kept = fit_for_training(
-        encoded, train_files, max_tokens=length_cap(cfg), max_ratio=d.max_ratio, batch_tokens=d.batch_tokens
+        encoded, train_files, max_tokens=cap, max_ratio=d.max_ratio, batch_tokens=d.batch_tokens
     )
     # Read here, when training needs it: evaluating a finished run does not need the file.
     supervisor = supervisor_for(cfg.alignment_supervision, d.source, train_files)
