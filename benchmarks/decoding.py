@@ -19,7 +19,10 @@ decode.batch_tokens = 8,000 source tokens × beam (so about 160 sentences, 800 b
   greedy    heedful.decode.greedy_decode: one new token per step through the key/value cache
   recompute the same model without the cache: every step runs ``model.decode`` on the whole
             prefix (<bos> + all tokens so far) and takes the last position — N = 50 tokens
-  beam      heedful.decode.beam_search, beam 5, batched over sentences (B·5 rows per step)
+  beam      heedful.decode.beam_search, beam 5, batched over sentences (B·5 rows per step), as
+            the translate task runs it: float32 Linears on oneDNN's prepacked kernels
+            (heedful.nn.packed; ``decode.prepacked``)
+  beam (F.linear)  the same with ``prepacked=False``: every Linear on torch's own F.linear, as HF's
   HF        transformers.MarianMTModel(MarianConfig(...)).generate, num_beams = 5, random weights,
             the same size (d_model 256, 4 heads, 3 + 3 layers, FFN 1024, ReLU, shared and tied
             embeddings, scaled embeddings, sinusoidal positions), the same vocabulary size and
@@ -74,6 +77,7 @@ from heedful.data.parallel import batches_by_length
 from heedful.data.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizers, pad_ids
 from heedful.decode import Hypothesis, beam_search, greedy_decode
 from heedful.models import TransformerEncoderDecoder, load_pretrained
+from heedful.nn.packed import packed_linears
 from heedful.runs import load_config
 
 CONFIG = Path("configs/multi30k/transformer.yaml")
@@ -174,12 +178,13 @@ def build_peer(model: TransformerEncoderDecoder, tok: Tokenizer, device: str) ->
 # ------------------------------------------------------------------------------- the decoders
 def recompute_greedy(model: TransformerEncoderDecoder, src: Tensor, *, bos_id: int, steps: int) -> Tensor:
     """Greedy decoding without the cache: every step runs the decoder over the whole prefix."""
-    memory, padding = model.encode(src)  # (B, S, D), (B, S)
-    prefix = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
-    for _ in range(steps):
-        logits = model.decode(prefix, memory, padding, None)[:, -1].float()  # (B, t, V) -> (B, V)
-        best = logits.log_softmax(-1).argmax(-1)  # the same operations as greedy_decode
-        prefix = torch.cat([prefix, best[:, None]], dim=1)  # (B, t + 1)
+    with packed_linears(model):  # the same Linear kernels as greedy_decode's
+        memory, padding = model.encode(src)  # (B, S, D), (B, S)
+        prefix = torch.full((src.shape[0], 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
+        for _ in range(steps):
+            logits = model.decode(prefix, memory, padding, None)[:, -1].float()  # (B, t, V) -> (B, V)
+            best = logits.log_softmax(-1).argmax(-1)  # the same operations as greedy_decode
+            prefix = torch.cat([prefix, best[:, None]], dim=1)  # (B, t + 1)
     return prefix[:, 1:]  # (B, steps)
 
 
@@ -201,8 +206,10 @@ def methods(
     def ours_recompute(src: Tensor) -> Tensor:
         return recompute_greedy(model, src, bos_id=bos, steps=greedy_n)
 
-    def ours_beam(src: Tensor) -> list[list[Hypothesis]]:
-        return beam_search(model, src, bos_id=bos, eos_id=NEVER, beam_size=BEAM_SIZE, max_len=beam_n)
+    def ours_beam(src: Tensor, prepacked: bool = True) -> list[list[Hypothesis]]:
+        return beam_search(
+            model, src, bos_id=bos, eos_id=NEVER, beam_size=BEAM_SIZE, max_len=beam_n, prepacked=prepacked
+        )
 
     def ours_beam_bf16(src: Tensor) -> list[list[Hypothesis]]:
         # What `decode.precision: bf16` does: autocast around the search (weights stay fp32).
@@ -236,6 +243,7 @@ def methods(
         "greedy": Method("greedy (cache)", ours_greedy, lambda out: out),
         "recompute": Method("recompute prefix", ours_recompute, lambda out: out),
         "beam": Method("beam-5 (ours)", ours_beam, beam_tokens),
+        "beam_plain": Method("beam-5 (ours, F.linear)", lambda src: ours_beam(src, prepacked=False), beam_tokens),
     }
     found["beam_bf16"] = Method("beam-5 (ours, bf16)", ours_beam_bf16, beam_tokens)
     for name, peer in peers.items():
@@ -296,7 +304,7 @@ def counting_calls(module: nn.Module):
 
 def check_steps(setup: Setup, peers: dict[str, nn.Module], found: dict[str, Method], src: Tensor, steps: dict) -> list:
     """Untimed warm-up that counts decoder calls: exactly N for a batch, and N tokens per sentence."""
-    decoders = {name: setup.model.decoder for name in ("greedy", "recompute", "beam", "beam_bf16")}
+    decoders = {name: setup.model.decoder for name in ("greedy", "recompute", "beam", "beam_plain", "beam_bf16")}
     decoders |= {name: peer.get_decoder() for name, peer in peers.items()}
     failures = []
     with torch.inference_mode():
@@ -390,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(beam_batches)} beam; timed passes: {greedy_passes} greedy, {passes} beam; HF forcing: {args.hf_forcing}"
     )
     steps = {"greedy": greedy_n, "recompute": greedy_n, "beam": beam_n, "hf": beam_n, "beam_bf16": beam_n}
-    steps["hf_bf16"] = beam_n
+    steps |= {"hf_bf16": beam_n, "beam_plain": beam_n}
     print("step check (untimed warm-up on 4 sentences):")
     failures = check_steps(setup, peers, found, beam_batches[0][:4], steps)
 
@@ -412,18 +420,27 @@ def main(argv: list[str] | None = None) -> int:
         failures.append(f"greedy with the cache is only {greedy_ratio:.2f}× faster than recompute (< {GREEDY_MIN}×)")
 
     print(f"\nbeam {BEAM_SIZE}, {beam_n} output tokens per sentence:", flush=True)
-    beam_names = ("beam", "hf", "beam_bf16", "hf_bf16") if peer is not None else ("beam", "beam_bf16")
+    beam_names = ("beam", "beam_plain", "beam_bf16") + (("hf", "hf_bf16") if peer is not None else ())
     beam = compare(found, beam_names, beam_batches, passes, args.device)
     for name in beam.names:
         print(report_line(found[name].name, beam.seconds[name], n_src, n_src * beam_n))
         if not token_counts_ok(beam.tokens[name], beam_n):
             failures.append(f"{found[name].name}: an output does not have {beam_n} tokens")
-    beam_ratio = None
+    prepacked_ratio = median_ratio(beam.seconds["beam_plain"], beam.seconds["beam"])
+    differ_plain = sum(
+        int((a != b).any(1).sum()) if a.shape == b.shape else a.shape[0]
+        for a, b in zip(beam.tokens["beam"], beam.tokens["beam_plain"], strict=True)
+    )
+    print(f"  prepacked Linears vs F.linear (heedful.nn.packed): {prepacked_ratio:.2f}× (paired, median over passes); "
+          f"best hypotheses differing: {differ_plain} of {n_src} sentences")  # fmt: skip
+    beam_ratio = plain_ratio = None
     if peer is not None:
         beam_ratio = median_ratio(beam.seconds["hf"], beam.seconds["beam"])
         bf16_ratio = median_ratio(beam.seconds["hf_bf16"], beam.seconds["beam_bf16"])
         cross_ratio = median_ratio(beam.seconds["hf"], beam.seconds["beam_bf16"])
+        plain_ratio = median_ratio(beam.seconds["hf"], beam.seconds["beam_plain"])
         print(f"  speed vs HF, both fp32: HF time / ours = {beam_ratio:.2f}× (paired, median over passes)")
+        print(f"  speed vs HF, both fp32, ours on F.linear: {plain_ratio:.2f}×")
         print(f"  speed vs HF, both bf16: HF time / ours = {bf16_ratio:.2f}×")
         print(f"  ours bf16 vs HF fp32 (each at its default / cheapest): {cross_ratio:.2f}×")
         if beam_ratio < BEAM_MIN:
@@ -465,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                 "hf_forcing": args.hf_forcing,
                 "seconds": beam.seconds,
                 "speed_vs_hf": beam_ratio,
+                "speed_vs_hf_f_linear": plain_ratio,
+                "prepacked_vs_f_linear": prepacked_ratio,
+                "sentences_differing_prepacked_vs_f_linear": differ_plain,
                 "speed_vs_hf_bf16": bf16_ratio if peer is not None else None,
                 "ours_bf16_vs_hf_fp32": cross_ratio if peer is not None else None,
             },

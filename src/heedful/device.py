@@ -31,6 +31,13 @@ def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def eager() -> bool:
+    """Whether code runs op by op as written: not traced (TorchScript, ONNX export) nor compiled
+    or exported by dynamo. Shape-dependent shortcuts (a padding sized from a tensor's length, a
+    kernel chosen per call) are for eager runs only: a trace would record them as constants."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export())
+
+
 def autocast(device: torch.device, precision: str):
     """bfloat16 autocast on ``device`` for ``precision == "bf16"``; otherwise a no-op context."""
     if precision == "bf16":

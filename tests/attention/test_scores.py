@@ -205,6 +205,34 @@ def test_masked_softmax_values_and_gradients_match_the_definition(mask_shape):
         torch.testing.assert_close(masked_softmax(scores, mask), reference)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_short_rows_padded_for_the_cpu_kernel_give_each_rows_own_softmax(dtype):
+    """Rows shorter than a SIMD vector are padded with −inf before torch's softmax (its short-row
+    path is ten times slower); the weights and their gradients are still each row's own."""
+    from heedful.attention.scores import _short_row_padding
+
+    assert _short_row_padding(torch.zeros(4, 3, dtype=dtype)) > 0  # the padded path is the one tested here
+    g = torch.Generator().manual_seed(5)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    for length in (1, 5, 14, 15, 16, 31, 33):
+        scores = torch.randn(3, 5, length, generator=g).to(dtype).requires_grad_()
+        mask = torch.rand(3, 1, length, generator=g) > 0.3
+        mask[..., 0] = True
+        grad = torch.randn(3, 5, length, generator=g).to(dtype)
+        exact = scores.detach().double().requires_grad_()
+        for ours, reference in (
+            (masked_softmax(scores, mask), reference_masked_softmax(exact, mask)),
+            (masked_softmax(scores), torch.softmax(exact, dim=-1)),
+        ):
+            (ours_grad,) = torch.autograd.grad(ours, scores, grad)
+            (reference_grad,) = torch.autograd.grad(reference, exact, grad.double())
+            torch.testing.assert_close(ours.double(), reference, **tolerance)
+            torch.testing.assert_close(ours_grad.double(), reference_grad, **tolerance)
+        with torch.no_grad():
+            expected = reference_masked_softmax(exact, mask)
+            torch.testing.assert_close(masked_softmax(scores, mask).double(), expected, **tolerance)
+
+
 def test_masked_softmax_second_derivatives():
     scores = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)

@@ -16,7 +16,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from heedful.device import eager
 
 
 def masked_softmax(scores: Tensor, mask: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
@@ -29,14 +32,41 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, bias: Tensor | No
     if bias is not None:
         scores = scores + bias
     if mask is None:
-        return torch.softmax(scores, dim=-1)
+        return softmax_last(scores)
     if torch.is_grad_enabled() and scores.requires_grad:
         return _MaskedSoftmax.apply(scores, mask)
     return _masked_softmax(scores, mask)
 
 
+# torch's CPU softmax over a last axis shorter than one SIMD vector (16 float32 or 32 bfloat16
+# values with AVX-512) leaves its vectorized kernel for a path about ten times slower per value:
+# 51,200 float32 values in rows of 15 took 440 µs, in rows of 16 35 µs; bfloat16 rows of 31, 263
+# µs, of 32, 38 µs (2-core Zen 4, torch 2.13, 2 threads). Attention meets such rows all the time
+# when decoding: cross-attention over a sentence of a dozen tokens, a beam's first few positions.
+# Padding the axis to a whole vector with −inf (weight exp(−inf) = 0) gives the same weights in
+# a fraction of the time, the padding included: rows of 14, 390 → 50 µs (docs/RESULTS.md,
+# "Short softmax rows"). AVX-512 hosts have 64-byte vectors, the others at most 32 bytes.
+_CPU_VECTOR_BYTES = 64 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 32
+
+
+def _short_row_padding(x: Tensor) -> int:
+    """How many values to add to ``x``'s last axis so a CPU softmax over it is vectorized (0: none;
+    also when tracing or compiling, whose graphs must not fix the padding to one length)."""
+    pad = _CPU_VECTOR_BYTES // x.element_size() - x.shape[-1]
+    return pad if pad > 0 and x.device.type == "cpu" and eager() else 0
+
+
+def softmax_last(scores: Tensor) -> Tensor:
+    """``torch.softmax(scores, dim=-1)``, with short rows padded on the CPU (see above). The
+    result may be a strided view of the padded weights; matmuls take it as it is."""
+    pad = _short_row_padding(scores)
+    if not pad:
+        return torch.softmax(scores, dim=-1)
+    return torch.softmax(F.pad(scores, (0, pad), value=float("-inf")), dim=-1)[..., : scores.shape[-1]]
+
+
 def _masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    weights = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), dim=-1)
+    weights = softmax_last(scores.masked_fill(~mask, torch.finfo(scores.dtype).min))
     # masked_fill broadcast the scores to the mask's shape already: the weights have the full shape,
     # so the mask multiplies them in place (no second (..., T_q, T_k) tensor). Asking
     # torch.broadcast_shapes first cost tens of µs per attention call while decoding.
@@ -62,8 +92,15 @@ class _MaskedSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (weights,) = ctx.saved_tensors
-        # The fused kernel of torch.softmax's own backward: y ⊙ (g − Σ_j g_j y_j).
-        return torch._softmax_backward_data(grad, weights, -1, weights.dtype), None
+        # The fused kernel of torch.softmax's own backward: y ⊙ (g − Σ_j g_j y_j). It slows down
+        # on short rows as the forward does; zeros padded to both y and g change neither the sum
+        # nor the values kept.
+        pad = _short_row_padding(weights)
+        if not pad:
+            return torch._softmax_backward_data(grad, weights, -1, weights.dtype), None
+        n = weights.shape[-1]
+        grad, weights = F.pad(grad, (0, pad)), F.pad(weights, (0, pad))
+        return torch._softmax_backward_data(grad, weights, -1, weights.dtype)[..., :n], None
 
 
 class Score(nn.Module):

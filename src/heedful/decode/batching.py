@@ -39,10 +39,12 @@ def decode_in_batches(
     early_stopping: bool,
     n_best: int = 1,
     workers: int = 1,
+    prepacked: bool = True,
 ) -> list[list[tuple[list[int], float]]]:
     """Decode every source (non-empty id lists); ``limits[i]`` is source i's longest output.
     Returns, in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
-    log-probability. ``workers``: batches decoded at once on a CPU (see the module docstring)."""
+    log-probability. ``workers``: batches decoded at once on a CPU (see the module docstring);
+    ``prepacked``: as in :func:`heedful.decode.beam_search`."""
     device = next(model.parameters()).device
     results: list[list[tuple[list[int], float]]] = [[]] * len(src_ids)
 
@@ -52,7 +54,9 @@ def decode_in_batches(
         if beam == 1:
             # One limit per batch; rows with a lower limit are cut afterwards (their score
             # then counts the tokens past the cut — only rows that never ended are affected).
-            tokens, log_prob = greedy_decode(model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits))
+            tokens, log_prob = greedy_decode(
+                model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits), prepacked=prepacked
+            )
             for row, i in enumerate(indices):
                 results[i] = [(content_ids(tokens[row, : limits[i]].tolist(), eos), float(log_prob[row]))]
         else:
@@ -66,6 +70,7 @@ def decode_in_batches(
                 alpha=alpha,
                 n_best=n_best,
                 early_stopping=early_stopping,
+                prepacked=prepacked,
             )
             for ranked, i in zip(hyps, indices, strict=True):
                 results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]

@@ -7,18 +7,25 @@ from torch import Tensor
 
 from heedful.decode.beam import DROP_SETTLED
 from heedful.models.transformer import TransformerEncoderDecoder
+from heedful.nn.packed import packed_linears
 
 
 @torch.no_grad()
 def greedy_decode(
-    model: TransformerEncoderDecoder, src: Tensor, *, bos_id: int, eos_id: int, max_len: int
+    model: TransformerEncoderDecoder, src: Tensor, *, bos_id: int, eos_id: int, max_len: int, prepacked: bool = True
 ) -> tuple[Tensor, Tensor]:
     """Pick the most likely next token until every row has produced <eos> or ``max_len`` tokens.
 
     src: (B, S) ids  ->  tokens (B, L) without <bos> (<pad> after a row's <eos>), and each row's
     summed log-probability (B,). Rows that have ended leave the batch once they are DROP_SETTLED
     of it (a ``cache.reorder``), so later steps decode only the rows still running.
+    ``prepacked``: as in :func:`heedful.decode.beam_search`.
     """
+    with packed_linears(model, enabled=prepacked):
+        return _search(model, src, bos_id, eos_id, max_len)
+
+
+def _search(model, src: Tensor, bos_id: int, eos_id: int, max_len: int) -> tuple[Tensor, Tensor]:
     pad_id = model.config.pad_id
     memory, padding = model.encode(src)  # (B, S, D), (B, S)
     cache = model.new_cache()

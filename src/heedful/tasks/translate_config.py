@@ -92,6 +92,11 @@ class DecodeConfig(Section):
         description="CPU: decode this many batches at once, one torch thread each (e.g. the number of cores); "
         "1: one batch at a time on all of torch's threads",
     )
+    prepacked: bool = Field(
+        True,
+        description="CPU, float32: Linear layers on oneDNN's prepacked kernels (faster; equal to plain PyTorch's "
+        "up to rounding, so a near-tie between beams may break the other way); false: plain F.linear",
+    )
     explain_layer: int = Field(-1, description="decoder layer whose cross-attention maps show")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: decode under bfloat16 autocast (faster on CPUs with AVX512-BF16 and on GPUs)"

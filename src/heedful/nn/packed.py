@@ -1,0 +1,127 @@
+"""Float32 Linear layers on oneDNN's prepacked matmul, for CPU inference.
+
+Within :func:`packed_linears`, every plain ``nn.Linear`` of a model computes its float32
+forward, when no gradient is wanted, with oneDNN's matmul on a copy of its weight reordered once
+into oneDNN's own blocked layout (``torch.ops.mkldnn._reorder_linear_weight`` and
+``_linear_pointwise``, the ops PyTorch's inductor compiles frozen CPU models to). It is the same
+float32 arithmetic in another summation order: outputs differ from ``F.linear``'s by rounding
+(≤ 1e-4 on unit-scale inputs of width 256–1,024, about 1e-7 relative).
+
+Why: ``F.linear`` on a CPU calls MKL's sgemm on the plain weight, which it repacks at every call.
+At a decoder step's shapes that repacking is a large part of a small matmul. Measured on the
+2-core Zen 4 host (torch 2.13, 2 threads, 2026-12-05; ``benchmarks/decoding.py`` and
+docs/RESULTS.md, "Prepacked float32 Linears"), rows × the Multi30k model's layers, µs,
+``F.linear`` / prepacked:
+
+    rows   256→8,000     256→768     256→1,024   1,024→256   256→256
+       5     439 / 119    44 / 28     58 / 31     77 / 31     15 / 20
+     100   3,281 / 1,931  283 / 197   385 / 255   331 / 257   83 / 78
+     800  19,821 / 15,394 1,597 / 1,410 2,171 / 1,872 2,102 / 1,853 532 / 483
+
+Beam-5 decoding got 1.1–1.3× faster batched and 1.4–1.8× faster one sentence at a time.
+
+The reordered weight is kept per module (a weak reference to it: it goes with the module) and
+made again when the weight changes (its storage or its version counter: an optimizer step, a
+``copy_`` of averaged weights). A call takes the ordinary path whenever the packed one would not
+compute the same thing or could not be recorded: gradients enabled, autocast on, not float32, not
+on the CPU, while tracing, compiling or exporting to ONNX, and for parametrized weights (spectral
+norm computes its weight at every access). Hosts whose torch lacks oneDNN, and CPUs other than
+x86-64, keep ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+import threading
+import weakref
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from heedful.device import eager
+
+# The weight's (storage, version, shape) when it was packed, and the packed copy.
+_PACKS: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
+# How many packed_linears blocks are open on each model (threads decoding one model at once).
+_OPEN: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this torch and CPU have the prepacked kernels (x86-64 with oneDNN)."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@contextlib.contextmanager
+def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Run ``model``'s float32 ``nn.Linear`` layers on prepacked oneDNN kernels inside the block
+    (see the module docstring); ``enabled=False`` or a host without them: a no-op. Blocks may
+    nest and may be open in several threads at once on one model; the layers go back to their
+    own ``forward`` when the last one closes. A model that is not an ``nn.Module`` (anything
+    speaking the decoding protocol) is left alone."""
+    if not enabled or not available() or not isinstance(model, nn.Module):
+        yield model
+        return
+    with _LOCK:
+        opened = _OPEN.get(model, 0)
+        _OPEN[model] = opened + 1
+        if opened == 0:
+            for module in _packable(model):
+                module.forward = functools.partial(_forward, module)  # shadows the class's forward
+    try:
+        yield model
+    finally:
+        with _LOCK:
+            _OPEN[model] -= 1
+            if _OPEN[model] == 0:
+                del _OPEN[model]
+                for module in model.modules():
+                    if isinstance(module.__dict__.get("forward"), functools.partial):
+                        del module.forward
+
+
+def _packable(model: nn.Module) -> list[nn.Linear]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and "forward" not in m.__dict__ and not parametrize.is_parametrized(m)
+    ]
+
+
+def _forward(module: nn.Linear, x: Tensor) -> Tensor:
+    weight = module.weight
+    if (
+        torch.is_grad_enabled()
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or x.device.type != "cpu"
+        or weight.device.type != "cpu"
+        or torch.is_autocast_enabled("cpu")
+        or not eager()
+    ):
+        return F.linear(x, weight, module.bias)
+    packed = _packed_weight(module, weight)
+    if packed is None:
+        return F.linear(x, weight, module.bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+
+
+def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor | None:
+    try:  # inference tensors (made under inference_mode) keep no version: nothing to key them by
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    except RuntimeError:
+        return None
+    held = _PACKS.get(module)
+    if held is not None and held[0] == key:
+        return held[1]
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+    _PACKS[module] = (key, packed)
+    return packed
