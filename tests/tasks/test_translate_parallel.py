@@ -20,6 +20,7 @@ from heedful.data.parallel import read_parallel
 from heedful.data.tokenizers import SentencePieceTokenizer
 from heedful.decode import beam_search
 from heedful.errors import ConfigError, DataError, UserError
+from heedful.nn import packed
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import fit
@@ -400,6 +401,21 @@ def test_bf16_decoding_gives_the_same_kind_of_output(trained):
     assert all(isinstance(o, str) and o for o in outputs)
     # A toy model trained to near certainty decodes the same in 16 bits as in 32.
     assert outputs == [t.output for t in load_run(trained[0], device="cpu").translate(lines, beam=3)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not packed.available(), reason="torch without oneDNN, or not an x86-64 CPU")
+@pytest.mark.parametrize("beam", [1, 3])
+def test_decode_prepacked_chooses_the_linear_kernels(trained, beam):
+    lines = [en for en, _ in sentence_pairs(9, 7)]
+    plain = load_run(trained[0], device="cpu", overrides=["decode.prepacked=false"])
+    packed._PACKS.clear()
+    plain_outputs = [t.output for t in plain.translate(lines, beam=beam)]
+    assert not packed._PACKS  # every Linear on F.linear
+    run = load_run(trained[0], device="cpu")
+    outputs = [t.output for t in run.translate(lines, beam=beam)]
+    assert run.model.decoder.output in packed._PACKS  # the default: prepacked
+    assert outputs == plain_outputs
 
 
 @pytest.mark.slow
