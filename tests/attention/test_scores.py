@@ -211,10 +211,10 @@ def test_short_rows_padded_for_the_cpu_kernel_give_each_rows_own_softmax(dtype):
     path is ten times slower); the weights and their gradients are still each row's own."""
     from heedful.attention.scores import _short_row_padding
 
-    assert _short_row_padding(torch.zeros(4, 3, dtype=dtype)) > 0  # the padded path is the one tested here
+    assert _short_row_padding(torch.zeros(4, 14, dtype=dtype)) > 0  # the padded path is among those tested
     g = torch.Generator().manual_seed(5)
     tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
-    for length in (1, 5, 14, 15, 16, 31, 33):
+    for length in (1, 2, 5, 8, 14, 15, 16, 31, 33):
         scores = torch.randn(3, 5, length, generator=g).to(dtype).requires_grad_()
         mask = torch.rand(3, 1, length, generator=g) > 0.3
         mask[..., 0] = True

@@ -3,6 +3,7 @@ F.linear up to rounding, the packed path really taken, and the ordinary path whe
 one would compute something else."""
 
 import threading
+import unittest.mock
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ def test_packed_linears_compute_f_linear_on_the_packed_kernels():
         out = model(x)
         assert all(layer in packed._PACKS for layer in (model[0], model[2]))  # the packed path was taken
     torch.testing.assert_close(out, plain(model, x), atol=1e-5, rtol=1e-5)
+    assert model[0] not in packed._PACKS  # dropped with the block
 
 
 def test_the_layers_get_their_own_forward_back_and_blocks_nest():
@@ -39,6 +41,10 @@ def test_the_layers_get_their_own_forward_back_and_blocks_nest():
     with packed_linears(model), packed_linears(model):
         assert "forward" in model[0].__dict__
     assert "forward" not in model[0].__dict__ and model not in packed._OPEN
+    model[2].forward = own = lambda x: x  # a forward of the user's own is neither replaced nor removed
+    with packed_linears(model):
+        assert model[2].forward is own
+    assert model[2].forward is own
     with packed_linears(model, enabled=False):
         assert "forward" not in model[0].__dict__
 
@@ -62,12 +68,17 @@ def test_a_block_open_in_another_thread_keeps_the_layers_packed():
     assert "forward" not in model[0].__dict__
 
 
-def test_a_changed_weight_is_packed_again():
+def test_weights_changed_between_blocks_are_packed_again():
     model, x = mlp(), torch.randn(4, 32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # moves no version counter
+    for _ in range(2):  # validation, a training step, validation: each block sees the weights of its time
+        with torch.no_grad(), packed_linears(model):
+            torch.testing.assert_close(model(x), plain(model, x), atol=1e-5, rtol=1e-5)
+        model(x).square().sum().backward()
+        optimizer.step()
     with torch.no_grad(), packed_linears(model):
         model(x)
-        model[0].weight.mul_(2)  # in place: the version counter moves
-        model[2].weight = nn.Parameter(torch.randn(8, 64))  # a new tensor: the storage moves
+        model[2].weight = nn.Parameter(torch.randn(8, 64))  # a parameter replaced inside the block
         torch.testing.assert_close(model(x), plain(model, x), atol=1e-5, rtol=1e-5)
 
 
@@ -103,10 +114,13 @@ def transformer() -> TransformerEncoderDecoder:
 def test_decoding_with_prepacked_linears_finds_what_f_linear_finds():
     model = transformer()
     src = torch.randint(4, 40, (6, 9))
-    packed._PACKS.clear()
-    fast = beam_search(model, src, bos_id=1, eos_id=2, beam_size=4, max_len=12)
-    assert model.decoder.output in packed._PACKS  # the search ran on the packed kernels
-    slow = beam_search(model, src, bos_id=1, eos_id=2, beam_size=4, max_len=12, prepacked=False)
+    with unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing:
+        fast = beam_search(model, src, bos_id=1, eos_id=2, beam_size=4, max_len=12)
+        packed_weights = {id(call.args[0]) for call in packing.call_args_list}
+        assert id(model.decoder.output.weight) in packed_weights  # the search ran on the packed kernels
+        packing.reset_mock()
+        slow = beam_search(model, src, bos_id=1, eos_id=2, beam_size=4, max_len=12, prepacked=False)
+        assert not packing.called
     assert [[h.tokens for h in hyps] for hyps in fast] == [[h.tokens for h in hyps] for hyps in slow]
     for a, b in zip(fast, slow, strict=True):
         assert a[0].score == pytest.approx(b[0].score, abs=1e-4)

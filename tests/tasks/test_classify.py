@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import random
+import unittest.mock
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from heedful.data.labelled import split_examples
 from heedful.errors import ConfigError, UserError
+from heedful.nn import packed
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
 from heedful.train import fit
@@ -103,6 +105,23 @@ def test_a_keyword_is_learned_and_gets_the_attention(trained):
     assert top in keyword, (top, explanation.key_tokens)
     with pytest.raises(UserError, match="input 1 is empty"):
         run.predict(["  "])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not packed.available(), reason="torch without oneDNN, or not an x86-64 CPU")
+def test_predictions_run_on_prepacked_linears_and_match_f_linear(trained):
+    run = load_run(trained[0], device="cpu")
+    texts = ["battery sound excellent seller box", "screen broke after a week", "fine"]
+    with unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing:
+        probabilities = [p.probabilities for p in run.predict(texts)]
+        assert packing.called  # predicted on the packed kernels
+        assert all("forward" not in m.__dict__ for m in run.model.modules())  # and given back
+        packing.reset_mock()
+        with unittest.mock.patch.object(packed, "available", lambda: False):  # every Linear on F.linear
+            reference = [p.probabilities for p in run.predict(texts)]
+        assert not packing.called
+    for ours, theirs in zip(probabilities, reference, strict=True):
+        assert ours == pytest.approx(theirs, abs=1e-5)
 
 
 def test_class_weights_change_the_loss_as_computed_by_hand(tmp_path):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import unicodedata
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -409,12 +410,14 @@ def test_bf16_decoding_gives_the_same_kind_of_output(trained):
 def test_decode_prepacked_chooses_the_linear_kernels(trained, beam):
     lines = [en for en, _ in sentence_pairs(9, 7)]
     plain = load_run(trained[0], device="cpu", overrides=["decode.prepacked=false"])
-    packed._PACKS.clear()
-    plain_outputs = [t.output for t in plain.translate(lines, beam=beam)]
-    assert not packed._PACKS  # every Linear on F.linear
     run = load_run(trained[0], device="cpu")
-    outputs = [t.output for t in run.translate(lines, beam=beam)]
-    assert run.model.decoder.output in packed._PACKS  # the default: prepacked
+    with unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing:
+        plain_outputs = [t.output for t in plain.translate(lines, beam=beam)]
+        assert not packing.called  # every Linear on F.linear
+        outputs = [t.output for t in run.translate(lines, beam=beam, batch_tokens=40)]  # several batches
+    packed_weights = [id(call.args[0]) for call in packing.call_args_list]
+    assert id(run.model.decoder.output.weight) in packed_weights  # the default: prepacked
+    assert len(packed_weights) == len(set(packed_weights))  # each layer packed once for all the batches
     assert outputs == plain_outputs
 
 

@@ -20,13 +20,18 @@ docs/RESULTS.md, "Prepacked float32 Linears"), rows × the Multi30k model's laye
 
 Beam-5 decoding got 1.1–1.3× faster batched and 1.4–1.8× faster one sentence at a time.
 
-The reordered weight is kept per module (a weak reference to it: it goes with the module) and
-made again when the weight changes (its storage or its version counter: an optimizer step, a
-``copy_`` of averaged weights). A call takes the ordinary path whenever the packed one would not
-compute the same thing or could not be recorded: gradients enabled, autocast on, not float32, not
-on the CPU, while tracing, compiling or exporting to ONNX, and for parametrized weights (spectral
-norm computes its weight at every access). Hosts whose torch lacks oneDNN, and CPUs other than
-x86-64, keep ``F.linear``.
+A layer's weight is packed at its first call inside the block and the packed copy is dropped
+when the model's outermost block closes, so every block computes with the weights the model has
+when it opens: weights must not change *inside* a block (one decoding, one ``predict``), and may
+change between blocks (training between two validations). Weight versions cannot say this:
+torch's fused optimizer steps update parameters without moving their version counter. Packing
+every Linear of the Multi30k Transformer takes a few milliseconds (docs/RESULTS.md), so the tasks
+open one block per ``translate`` / ``predict`` call, around all its batches.
+
+A call takes the ordinary path whenever the packed one would not compute the same thing or could
+not be recorded: gradients enabled, autocast on, not float32, not on the CPU, while tracing,
+compiling or exporting to ONNX, and for parametrized weights (spectral norm computes its weight at
+every access). Hosts whose torch lacks oneDNN, and CPUs other than x86-64, keep ``F.linear``.
 """
 
 from __future__ import annotations
@@ -45,10 +50,11 @@ from torch.nn.utils import parametrize
 
 from heedful.device import eager
 
-# The weight's (storage, version, shape) when it was packed, and the packed copy.
+# Inside open blocks: each layer's weight (storage, shape) when it was packed, and the packed copy.
 _PACKS: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
-# How many packed_linears blocks are open on each model (threads decoding one model at once).
-_OPEN: weakref.WeakKeyDictionary[nn.Module, int] = weakref.WeakKeyDictionary()
+# Per model: how many packed_linears blocks are open on it (threads decoding one model at once),
+# and the layers whose forward they replaced.
+_OPEN: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Linear]]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -64,28 +70,31 @@ def available() -> bool:
 def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Run ``model``'s float32 ``nn.Linear`` layers on prepacked oneDNN kernels inside the block
     (see the module docstring); ``enabled=False`` or a host without them: a no-op. Blocks may
-    nest and may be open in several threads at once on one model; the layers go back to their
-    own ``forward`` when the last one closes. A model that is not an ``nn.Module`` (anything
-    speaking the decoding protocol) is left alone."""
+    nest and may be open in several threads at once on one model; when the last one closes, the
+    layers go back to their own ``forward`` and their packed weights are dropped. The weights
+    must not change inside the block. A model that is not an ``nn.Module`` (anything speaking
+    the decoding protocol) is left alone."""
     if not enabled or not available() or not isinstance(model, nn.Module):
         yield model
         return
     with _LOCK:
-        opened = _OPEN.get(model, 0)
-        _OPEN[model] = opened + 1
+        opened, layers = _OPEN.get(model, (0, []))
         if opened == 0:
-            for module in _packable(model):
-                module.forward = functools.partial(_forward, module)  # shadows the class's forward
+            layers = _packable(model)
+            for layer in layers:
+                layer.forward = functools.partial(_forward, layer)  # shadows the class's forward
+        _OPEN[model] = (opened + 1, layers)
     try:
         yield model
     finally:
         with _LOCK:
-            _OPEN[model] -= 1
-            if _OPEN[model] == 0:
-                del _OPEN[model]
-                for module in model.modules():
-                    if isinstance(module.__dict__.get("forward"), functools.partial):
-                        del module.forward
+            opened, layers = _OPEN.pop(model)
+            if opened > 1:
+                _OPEN[model] = (opened - 1, layers)
+            else:
+                for layer in layers:
+                    del layer.forward
+                    _PACKS.pop(layer, None)
 
 
 def _packable(model: nn.Module) -> list[nn.Linear]:
@@ -108,20 +117,19 @@ def _forward(module: nn.Linear, x: Tensor) -> Tensor:
         or not eager()
     ):
         return F.linear(x, weight, module.bias)
-    packed = _packed_weight(module, weight)
-    if packed is None:
-        return F.linear(x, weight, module.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, module.bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(module, weight), module.bias, "none", [], "")
 
 
-def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor | None:
-    try:  # inference tensors (made under inference_mode) keep no version: nothing to key them by
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
-    except RuntimeError:
-        return None
+def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor:
+    key = (weight.data_ptr(), tuple(weight.shape))  # a parameter replaced inside the block is packed anew
     held = _PACKS.get(module)
     if held is not None and held[0] == key:
         return held[1]
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+    packed = _pack(weight)
     _PACKS[module] = (key, packed)
     return packed
+
+
+def _pack(weight: Tensor) -> Tensor:
+    """The weight (out, in) reordered into oneDNN's blocked layout, once per block."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach())

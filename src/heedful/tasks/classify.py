@@ -42,6 +42,7 @@ from heedful.explain.plots import plot_confusion, plot_groups
 from heedful.metrics.classification import classification_metrics, group_quality
 from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
 from heedful.models.masked_lm import MaskedLanguageModel, masked_lm_folder
+from heedful.nn.packed import packed_linears
 from heedful.tasks.base import Batch, DataBundle, EvalResult, Explanation, Prediction, register_task
 from heedful.tasks.labelled_text import (
     SPLIT_KEYS,
@@ -246,10 +247,11 @@ class ClassifyTask(LabelledTextTask):
         order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths together
         per_window = torch.zeros(len(id_lists), len(self.labels.classes))  # (W, C)
         size = self.cfg.train.eval_batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            tokens = pad_ids([id_lists[i] for i in chunk], self.pad_id).to(device)
-            per_window[chunk] = model(tokens).float().softmax(-1).cpu()
+        with packed_linears(model):  # float32 on a CPU: oneDNN's prepacked Linears (heedful.nn.packed)
+            for start in range(0, len(order), size):
+                chunk = order[start : start + size]
+                tokens = pad_ids([id_lists[i] for i in chunk], self.pad_id).to(device)
+                per_window[chunk] = model(tokens).float().softmax(-1).cpu()
         if len(id_lists) == len(window_lists):
             return per_window  # one window each
         total = torch.zeros(len(window_lists), per_window.shape[1]).index_add_(0, owner, per_window)
