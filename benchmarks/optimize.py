@@ -53,25 +53,32 @@ import torch
 from heedful.data.tokenizers import content_ids, pad_ids
 from heedful.decode import beam_search
 from heedful.decode.batching import map_in_workers
+from heedful.nn.packed import packed_linears
 from heedful.nn.weights import load_weights
 from heedful.optimize import count_parameters, optimize
 from heedful.runs import load_run
 
 
-def decode_all(model, task, sources: list[str], beam: int, batch: int, alpha: float, workers: int = 1) -> list[str]:
+def decode_all(
+    model, task, sources: list[str], beam: int, batch: int, alpha: float, workers: int = 1, prepacked: bool = True
+) -> list[str]:
     """Our beam search over ``sources`` in batches of ``batch``, each sentence's output limit the
     task's own (decode.max_len, decode.max_len_ratio), as ``heedful translate`` decodes; with
-    ``workers`` > 1, that many batches at once, one torch thread each (decode.workers)."""
+    ``workers`` > 1, that many batches at once, one torch thread each (decode.workers). Float32
+    Linears run prepacked, packed once for all the batches, as the task does (``prepacked=False``:
+    on F.linear)."""
 
     def decode_batch(lines: list[str]) -> list[str]:
         ids = [task.src_tok.encode(s) for s in lines]
         limits = torch.tensor([task._output_limit(len(i), model) for i in ids])
         hyps = beam_search(model, pad_ids(ids, task.src_tok.pad_id), bos_id=task.tgt_tok.bos_id,
-                           eos_id=task.tgt_tok.eos_id, beam_size=beam, max_len=limits, alpha=alpha)  # fmt: skip
+                           eos_id=task.tgt_tok.eos_id, beam_size=beam, max_len=limits, alpha=alpha,
+                           prepacked=prepacked)  # fmt: skip
         return [task.tgt_tok.decode(content_ids(h[0].tokens, task.tgt_tok.eos_id)) for h in hyps]
 
     batches = [sources[start : start + batch] for start in range(0, len(sources), batch)]
-    return [line for lines in map_in_workers(decode_batch, batches, workers) for line in lines]
+    with packed_linears(model, enabled=prepacked):
+        return [line for lines in map_in_workers(decode_batch, batches, workers) for line in lines]
 
 
 def interleaved_rounds(decoders: dict, sources: list[str], rounds: int) -> tuple[dict, dict]:

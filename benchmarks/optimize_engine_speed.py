@@ -4,7 +4,7 @@ int8 — interleaved, so a load burst on a shared machine hits every engine alik
 
     python benchmarks/optimize_engine_speed.py RUN --int8 onednn=RUN_INT8 [--int8 x86=OTHER] \\
         [--optimized low-rank=RUN_LR] [--ct2 WORK] [--n 1000] [--rounds 5] [--threads 2] [--workers 2] \\
-        [--fused-attention] [--task-batches] [--torch-int8-forward] [--latency N] [--json FILE]
+        [--fused-attention] [--task-batches] [--torch-int8-forward] [--f-linear] [--latency N] [--json FILE]
     # RUN_INT8: heedful optimize RUN --method int8 --out RUN_INT8
     # WORK: a folder with ct2_float32/ and ct2_int8/ (heedful export RUN --format ctranslate2
     #       [--quantization int8] --out WORK/ct2_…, or benchmarks/optimize.py's --work)
@@ -21,6 +21,8 @@ decode.workers; CTranslate2: inter_threads, its own token batches).
 ``--latency N`` adds batch-1 latency over the first N sentences, every engine in turn on each.
 ``--fused-attention`` adds each of ours again with its attention on the fused kernel at every
 size, as float32 on CPU was before the small-size bound (``CPU_FP32_MATH_MAX_SCORES``).
+``--f-linear`` adds ours fp32 again with ``decode.prepacked`` off: every float32 Linear on
+F.linear instead of oneDNN's prepacked kernels (heedful.nn.packed).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def main() -> None:
         metavar="N",
         help="also batch-1 latency: the first N sentences one at a time, every engine in turn on each",
     )
+    parser.add_argument("--f-linear", action="store_true", help="add ours fp32 on F.linear (decode.prepacked off)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,6 +115,9 @@ def main() -> None:
             for fused in (False, True) if args.fused_attention else (False,):
                 label = name + (", fused attention" if fused else "") + (f", {workers} workers" if workers > 1 else "")
                 engines[label] = lambda lines, m=model, w=workers, f=fused: ours(m, lines, w, f)
+        if args.f_linear:
+            label = "ours fp32, F.linear" + (f", {workers} workers" if workers > 1 else "")
+            engines[label] = lambda lines, w=workers: ours(run.model, lines, w, False, prepacked=False)
     if args.ct2:
         from heedful.optimize.ct2 import Ct2Engine
 
@@ -127,12 +133,12 @@ def main() -> None:
                         t.output for t in e.translate(lines, beam=beam)
                     ]
 
-    def ours(model, lines: list[str], workers: int, fused: bool) -> list[str]:
+    def ours(model, lines: list[str], workers: int, fused: bool, prepacked: bool = True) -> list[str]:
         with attention_paths(model, "fused" if fused else None):
             if not args.task_batches:
-                return decode_all(model, run.task, lines, beam, 100, alpha, workers=workers)
-            run.task.cfg.decode.workers = workers
-            return [t.output for t in run.task.translate(model, lines, beam_size=beam)]
+                return decode_all(model, run.task, lines, beam, 100, alpha, workers=workers, prepacked=prepacked)
+            run.task.cfg.decode.workers, run.task.cfg.decode.prepacked = workers, prepacked
+            return [t.output for t in run.task.translate(model, lines, beam=beam)]
 
     load_start = os.getloadavg()
     print(f"{len(sources)} sentences, beam {beam}, {args.threads} threads; load average at start {load_start}")
