@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(not packed.available(), reason="torch without on
 
 
 def mlp() -> nn.Sequential:
+    """Large enough for the packed kernels at 16 rows (packed.PACKED_MIN_MACS)."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8, bias=False)).eval()
+    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256, bias=False)).eval()
 
 
 def plain(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +29,7 @@ def plain(model: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_packed_linears_compute_f_linear_on_the_packed_kernels():
-    model, x = mlp(), torch.randn(5, 3, 32)
+    model, x = mlp(), torch.randn(4, 4, 256)
     with torch.no_grad(), packed_linears(model):
         out = model(x)
         assert all(layer in packed._PACKS for layer in (model[0], model[2]))  # the packed path was taken
@@ -68,8 +69,16 @@ def test_a_block_open_in_another_thread_keeps_the_layers_packed():
     assert "forward" not in model[0].__dict__
 
 
+def test_the_smallest_products_keep_f_linear():
+    model = mlp()
+    with torch.no_grad(), packed_linears(model), unittest.mock.patch.object(packed, "_pack") as packing:
+        x = torch.randn(3, 256)  # 3 · 256 · 512 multiply-adds: below PACKED_MIN_MACS
+        assert torch.equal(model[0](x), F.linear(x, model[0].weight, model[0].bias))
+        assert not packing.called
+
+
 def test_weights_changed_between_blocks_are_packed_again():
-    model, x = mlp(), torch.randn(4, 32)
+    model, x = mlp(), torch.randn(16, 256)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)  # moves no version counter
     for _ in range(2):  # validation, a training step, validation: each block sees the weights of its time
         with torch.no_grad(), packed_linears(model):
@@ -78,12 +87,12 @@ def test_weights_changed_between_blocks_are_packed_again():
         optimizer.step()
     with torch.no_grad(), packed_linears(model):
         model(x)
-        model[2].weight = nn.Parameter(torch.randn(8, 64))  # a parameter replaced inside the block
+        model[2].weight = nn.Parameter(torch.randn(256, 512) / 512**0.5)  # a parameter replaced inside the block
         torch.testing.assert_close(model(x), plain(model, x), atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_autocast_and_other_dtypes_take_the_ordinary_path():
-    model, x = mlp(), torch.randn(4, 32)
+    model, x = mlp(), torch.randn(16, 256)
     with packed_linears(model):
         out = model(x)  # gradients enabled: training must see autograd's F.linear
         out.sum().backward()
@@ -106,14 +115,15 @@ def test_parametrized_weights_and_models_that_are_not_modules_are_left_alone():
 def transformer() -> TransformerEncoderDecoder:
     torch.manual_seed(0)
     config = TransformerConfig(
-        src_vocab_size=40, tgt_vocab_size=40, d_model=32, n_heads=4, n_encoder_layers=2, n_decoder_layers=2, d_ff=64
-    )
+        src_vocab_size=1000, tgt_vocab_size=1000, d_model=128, n_heads=4, n_encoder_layers=2, n_decoder_layers=2,
+        d_ff=256,
+    )  # fmt: skip
     return TransformerEncoderDecoder(config).eval()
 
 
 def test_decoding_with_prepacked_linears_finds_what_f_linear_finds():
     model = transformer()
-    src = torch.randint(4, 40, (6, 9))
+    src = torch.randint(4, 1000, (6, 9))
     with unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing:
         fast = beam_search(model, src, bos_id=1, eos_id=2, beam_size=4, max_len=12)
         packed_weights = {id(call.args[0]) for call in packing.call_args_list}

@@ -112,7 +112,10 @@ def test_a_keyword_is_learned_and_gets_the_attention(trained):
 def test_predictions_run_on_prepacked_linears_and_match_f_linear(trained):
     run = load_run(trained[0], device="cpu")
     texts = ["battery sound excellent seller box", "screen broke after a week", "fine"]
-    with unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing:
+    with (
+        unittest.mock.patch.object(packed, "PACKED_MIN_MACS", 0),  # the toy model's layers are small
+        unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing,
+    ):
         probabilities = [p.probabilities for p in run.predict(texts)]
         assert packing.called  # predicted on the packed kernels
         assert all("forward" not in m.__dict__ for m in run.model.modules())  # and given back

@@ -45,7 +45,7 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, bias: Tensor | No
 # when decoding: cross-attention over a sentence of a dozen tokens, a beam's first few positions.
 # Padding the axis to a whole vector with −inf (weight exp(−inf) = 0) gives the same weights in
 # a fraction of the time, the padding included: rows of 14, 390 → 50 µs (docs/RESULTS.md,
-# "Short softmax rows"). AVX-512 hosts have 64-byte vectors, the others at most 32 bytes.
+# "Prepacked float32 Linears and short softmax rows"). AVX-512 hosts have 64-byte vectors, the others at most 32 bytes.
 _CPU_VECTOR_BYTES = 64 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 32
 # A padded row costs a whole vector whatever its length, so the shortest rows are faster as they
 # are: float32 rows of 1 (814 against 2,288 µs, 1 thread) and bfloat16 rows of up to 7 (7: 377

@@ -10,7 +10,7 @@ float32 arithmetic in another summation order: outputs differ from ``F.linear``'
 Why: ``F.linear`` on a CPU calls MKL's sgemm on the plain weight, which it repacks at every call.
 At a decoder step's shapes that repacking is a large part of a small matmul. Measured on the
 2-core Zen 4 host (torch 2.13, 2 threads, 2026-12-05; ``benchmarks/decoding.py`` and
-docs/RESULTS.md, "Prepacked float32 Linears"), rows × the Multi30k model's layers, µs,
+docs/RESULTS.md, "Prepacked float32 Linears and short softmax rows"), rows × the Multi30k model's layers, µs,
 ``F.linear`` / prepacked:
 
     rows   256→8,000     256→768     256→1,024   1,024→256   256→256
@@ -50,6 +50,11 @@ from torch.nn.utils import parametrize
 
 from heedful.device import eager
 
+# Where F.linear stayed faster: the smallest products, a row or a few through a narrow layer (5
+# rows, 256 -> 256: 17 against 23 µs; one row, 256 -> 768: 20 against 23), while from about a
+# million multiply-adds the packed kernel wins (5 rows, 256 -> 768: 46 against 33 µs; 1,024 ->
+# 256: 78 against 37). Calls of fewer multiply-adds (rows × in × out) than this keep F.linear.
+PACKED_MIN_MACS = 500_000
 # Inside open blocks: each layer's weight (storage, shape) when it was packed, and the packed copy.
 _PACKS: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
 # Per model: how many packed_linears blocks are open on it (threads decoding one model at once),
@@ -119,6 +124,7 @@ def _forward(module: nn.Linear, x: Tensor) -> Tensor:
         or x.device.type != "cpu"
         or weight.device.type != "cpu"
         or torch.is_autocast_enabled("cpu")
+        or x.numel() * weight.shape[0] < PACKED_MIN_MACS
         or not eager()
     ):
         return F.linear(x, weight, module.bias)
