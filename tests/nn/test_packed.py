@@ -34,7 +34,16 @@ def test_packed_linears_compute_f_linear_on_the_packed_kernels():
         out = model(x)
         assert all(layer in packed._PACKS for layer in (model[0], model[2]))  # the packed path was taken
     torch.testing.assert_close(out, plain(model, x), atol=1e-5, rtol=1e-5)
-    assert model[0] not in packed._PACKS  # dropped with the block
+
+
+def test_unchanged_weights_are_packed_once_for_many_blocks():
+    model, x = mlp(), torch.randn(16, 256)
+    with unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing:
+        for _ in range(3):
+            with torch.no_grad(), packed_linears(model):
+                model(x)
+                model(x)
+    assert packing.call_count == 2  # one per layer, for all three blocks
 
 
 def test_the_layers_get_their_own_forward_back_and_blocks_nest():

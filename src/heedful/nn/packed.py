@@ -20,13 +20,17 @@ docs/RESULTS.md, "Prepacked float32 Linears and short softmax rows"), rows × th
 
 Beam-5 decoding got 1.1–1.3× faster batched and 1.4–1.8× faster one sentence at a time.
 
-A layer's weight is packed at its first call inside the block and the packed copy is dropped
-when the model's outermost block closes, so every block computes with the weights the model has
-when it opens: weights must not change *inside* a block (one decoding, one ``predict``), and may
-change between blocks (training between two validations). Weight versions cannot say this:
-torch's fused optimizer steps update parameters without moving their version counter. Packing
-every Linear of the Multi30k Transformer takes a few milliseconds (docs/RESULTS.md), so the tasks
-open one block per ``translate`` / ``predict`` call, around all its batches.
+A layer's packed weight is kept with the layer (a weak reference: it goes with the module) from
+one block to the next, and checked at the layer's first call in each block: its storage, its
+shape, and a fingerprint of its values, the dot product with a fixed random vector. A weight that
+changed between blocks (a training step between two validations, averaged weights copied in) is
+packed again. Weight versions cannot say this: torch's fused optimizer steps update parameters
+without moving their version counter. The fingerprint reads the weight once, a fraction of the
+cost of packing it (docs/RESULTS.md), which matters when a block is one short sentence. A change
+that leaves the fingerprint as it was would have to be orthogonal to a random vector: in float32,
+only changes far below the rounding of the layer's own outputs. Weights must not change *inside*
+a block (one decoding, one ``predict``); the tasks open one block per ``translate`` / ``predict``
+call, around all its batches.
 
 A call takes the ordinary path whenever the packed one would not compute the same thing or could
 not be recorded: gradients enabled, autocast on, not float32, not on the CPU, while tracing,
@@ -55,8 +59,11 @@ from heedful.device import eager
 # million multiply-adds the packed kernel wins (5 rows, 256 -> 768: 46 against 33 µs; 1,024 ->
 # 256: 78 against 37). Calls of fewer multiply-adds (rows × in × out) than this keep F.linear.
 PACKED_MIN_MACS = 500_000
-# Inside open blocks: each layer's weight (storage, shape) when it was packed, and the packed copy.
-_PACKS: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, Tensor]] = weakref.WeakKeyDictionary()
+# Each layer's weight (storage, shape) and fingerprint when it was packed, and the packed copy.
+_PACKS: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, float, Tensor]] = weakref.WeakKeyDictionary()
+# The layers whose packed weight was checked in the blocks open now.
+_CHECKED: weakref.WeakSet[nn.Linear] = weakref.WeakSet()
+_PROBES: dict[int, Tensor] = {}  # the fingerprints' random vectors, by weight size
 # Per model: how many packed_linears blocks are open on it (threads decoding one model at once),
 # and the layers whose forward they replaced.
 _OPEN: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Linear]]] = weakref.WeakKeyDictionary()
@@ -76,9 +83,9 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
     """Run ``model``'s float32 ``nn.Linear`` layers on prepacked oneDNN kernels inside the block
     (see the module docstring); ``enabled=False`` or a host without them: a no-op. Blocks may
     nest and may be open in several threads at once on one model; when the last one closes, the
-    layers go back to their own ``forward`` and their packed weights are dropped. The weights
-    must not change inside the block. A model that is not an ``nn.Module`` (anything speaking
-    the decoding protocol) is left alone."""
+    layers go back to their own ``forward``, and their packed weights wait for the next block,
+    which checks them before use. The weights must not change inside the block. A model that is
+    not an ``nn.Module`` (anything speaking the decoding protocol) is left alone."""
     if not enabled or not available() or not isinstance(model, nn.Module):
         yield model
         return
@@ -99,7 +106,7 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
             else:
                 for layer in layers:
                     del layer.forward
-                    _PACKS.pop(layer, None)
+                    _CHECKED.discard(layer)
 
 
 def _packable(model: nn.Module) -> list[nn.Linear]:
@@ -134,13 +141,24 @@ def _forward(module: nn.Linear, x: Tensor) -> Tensor:
 def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor:
     key = (weight.data_ptr(), tuple(weight.shape))  # a parameter replaced inside the block is packed anew
     held = _PACKS.get(module)
-    if held is not None and held[0] == key:
-        return held[1]
-    packed = _pack(weight)
-    _PACKS[module] = (key, packed)
-    return packed
+    if held is not None and held[0] == key and module in _CHECKED:
+        return held[2]
+    fingerprint = _fingerprint(weight)
+    if held is None or held[0] != key or held[1] != fingerprint:
+        held = _PACKS[module] = (key, fingerprint, _pack(weight))
+    _CHECKED.add(module)
+    return held[2]
+
+
+def _fingerprint(weight: Tensor) -> float:
+    """The weight's values as one number: their dot product with a fixed random vector."""
+    n = weight.numel()
+    probe = _PROBES.get(n)
+    if probe is None:
+        probe = _PROBES[n] = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    return float(torch.dot(weight.detach().reshape(-1), probe))
 
 
 def _pack(weight: Tensor) -> Tensor:
-    """The weight (out, in) reordered into oneDNN's blocked layout, once per block."""
+    """The weight (out, in) reordered into oneDNN's blocked layout."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
