@@ -40,12 +40,13 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, bias: Tensor | No
 
 # torch's CPU softmax over a last axis shorter than one SIMD vector (16 float32 or 32 bfloat16
 # values with AVX-512) leaves its vectorized kernel for a path about ten times slower per value:
-# 51,200 float32 values in rows of 15 took 440 µs, in rows of 16 35 µs; bfloat16 rows of 31, 263
-# µs, of 32, 38 µs (2-core Zen 4, torch 2.13, 2 threads). Attention meets such rows all the time
-# when decoding: cross-attention over a sentence of a dozen tokens, a beam's first few positions.
-# Padding the axis to a whole vector with −inf (weight exp(−inf) = 0) gives the same weights in
-# a fraction of the time, the padding included: rows of 14, 390 → 50 µs (docs/RESULTS.md,
-# "Prepacked float32 Linears and short softmax rows"). AVX-512 hosts have 64-byte vectors, the others at most 32 bytes.
+# 51,200 float32 values in rows of 15 took 454 µs, in rows of 16 37 µs; bfloat16 in rows of 31,
+# 169 µs, of 32, 32 µs (2-core Zen 4, torch 2.13, 2 threads; benchmarks/cpu_kernels.py). Attention
+# meets such rows all the time when decoding: cross-attention over a sentence of a dozen tokens, a
+# beam's first positions. Padding the axis to a whole vector with −inf (weight exp(−inf) = 0)
+# gives the same weights in a fraction of the time, the padding included: float32 rows of 14,
+# 443 → 65 µs (docs/RESULTS.md, "Prepacked float32 Linears and short softmax rows"). AVX-512
+# hosts have 64-byte vectors, the others at most 32 bytes.
 _CPU_VECTOR_BYTES = 64 if "AVX512" in torch.backends.cpu.get_cpu_capability() else 32
 # A padded row costs a whole vector whatever its length, so the shortest rows are faster as they
 # are: float32 rows of 1 (814 against 2,288 µs, 1 thread) and bfloat16 rows of up to 7 (7: 377

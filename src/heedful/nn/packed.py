@@ -7,18 +7,20 @@ into oneDNN's own blocked layout (``torch.ops.mkldnn._reorder_linear_weight`` an
 float32 arithmetic in another summation order: outputs differ from ``F.linear``'s by rounding
 (a few 1e-6 on unit-scale outputs of layers 256–1,024 wide).
 
-Why: ``F.linear`` on a CPU calls MKL's sgemm on the plain weight, which it repacks at every call.
-At a decoder step's shapes that repacking is a large part of a small matmul. Measured on the
-2-core Zen 4 host (torch 2.13, 2 threads, 2026-12-05; ``benchmarks/decoding.py`` and
-docs/RESULTS.md, "Prepacked float32 Linears and short softmax rows"), rows × the Multi30k model's layers, µs,
-``F.linear`` / prepacked:
+Why: ``F.linear`` on a CPU calls MKL's sgemm on the plain weight, which packs it into its own
+panels at every call. At a decoder step's shapes that is a large part of a small matmul. Rows
+through the Multi30k model's layers, µs, ``F.linear`` / prepacked (2-core Zen 4 host, torch 2.13,
+2 threads, 2026-12-05; ``benchmarks/cpu_kernels.py``; docs/RESULTS.md, "Prepacked float32 Linears
+and short softmax rows"):
 
-    rows   256→8,000     256→768     256→1,024   1,024→256   256→256
-       5     439 / 119    44 / 28     58 / 31     77 / 31     15 / 20
-     100   3,281 / 1,931  283 / 197   385 / 255   331 / 257   83 / 78
-     800  19,821 / 15,394 1,597 / 1,410 2,171 / 1,872 2,102 / 1,853 532 / 483
+    rows   256→8,000        256→768        256→1,024      1,024→256      256→256
+       5      479 / 140       46 / 33        65 / 39        78 / 37        17 / 23
+     100    3,038 / 2,000    313 / 209      401 / 268      338 / 261      87 / 78
+     800   18,414 / 16,819  1,738 / 1,532  2,273 / 1,941  2,152 / 1,924  536 / 494
 
-Beam-5 decoding got 1.1–1.3× faster batched and 1.4–1.8× faster one sentence at a time.
+Beam-5 decoding of the 1,000 test2016 sources got 1.11× faster at forced lengths
+(``benchmarks/decoding.py``) and 1.12× at natural lengths with a trained model; one sentence at a
+time, 1.07×.
 
 A layer's packed weight is kept with the layer (a weak reference: it goes with the module) from
 one block to the next, and checked at the layer's first call in each block: its storage, its
@@ -26,9 +28,11 @@ shape, and a fingerprint of its values, the dot product with a fixed random vect
 changed between blocks (a training step between two validations, averaged weights copied in) is
 packed again. Weight versions cannot say this: torch's fused optimizer steps update parameters
 without moving their version counter. The fingerprint reads the weight once, a fraction of the
-cost of packing it (docs/RESULTS.md), which matters when a block is one short sentence. A change
-that leaves the fingerprint as it was would have to be orthogonal to a random vector: in float32,
-only changes far below the rounding of the layer's own outputs. Weights must not change *inside*
+cost of packing it (1.4 against 12–22 ms for the Multi30k model), which matters when a block is
+one short sentence. What the fingerprint can miss: a change orthogonal to a random vector, or one
+too small to move a float32 sum of the weights — a few weights moved by less than about 1e-5 of
+their scale, whose effect on the outputs is of the order of the rounding difference between the
+two kernels. Weights must not change *inside*
 a block (one decoding, one ``predict``); the tasks open one block per ``translate`` / ``predict``
 call, around all its batches.
 
