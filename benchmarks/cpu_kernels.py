@@ -65,24 +65,20 @@ def softmax_rows(number: int) -> list[dict]:
     return out
 
 
-def packed_linear(x: torch.Tensor, weight_packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight_packed, bias, "none", [], "")
-
-
 def linears(number: int) -> list[dict]:
     out = []
     with torch.inference_mode():
         for k, n in LINEAR_SHAPES:
             weight, bias = torch.randn(n, k) / k**0.5, (None if n == 8000 else torch.randn(n))
-            weight_packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+            weight_packed = packed._pack(weight)
             for rows in ROWS:
                 x = torch.randn(rows, k)
-                diff = (packed_linear(x, weight_packed, bias)
+                diff = (packed.packed_matmul(x, weight_packed, bias)
                         - F.linear(x, weight, bias)).abs().max().item()  # fmt: skip
                 plain, ours = best_of(
                     [
                         lambda x=x, w=weight, b=bias: F.linear(x, w, b),
-                        lambda x=x, w=weight_packed, b=bias: packed_linear(x, w, b),
+                        lambda x=x, w=weight_packed, b=bias: packed.packed_matmul(x, w, b),
                     ],
                     number,
                 )

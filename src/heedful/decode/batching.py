@@ -23,6 +23,7 @@ from heedful.data.tokenizers import content_ids, pad_ids
 from heedful.decode.beam import beam_search
 from heedful.decode.greedy import greedy_decode
 from heedful.device import keeping_torch_threads
+from heedful.nn.packed import packed_linears
 
 
 def decode_in_batches(
@@ -44,7 +45,8 @@ def decode_in_batches(
     """Decode every source (non-empty id lists); ``limits[i]`` is source i's longest output.
     Returns, in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
     log-probability. ``workers``: batches decoded at once on a CPU (see the module docstring);
-    ``prepacked``: as in :func:`heedful.decode.beam_search`."""
+    ``prepacked``: as in :func:`heedful.decode.beam_search`, one block around all the batches (the
+    weights are checked once, not once per batch)."""
     device = next(model.parameters()).device
     results: list[list[tuple[list[int], float]]] = [[]] * len(src_ids)
 
@@ -76,7 +78,8 @@ def decode_in_batches(
                 results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]
 
     batches = batches_by_length([len(s) * beam for s in src_ids], budget)
-    map_in_workers(decode_batch, batches, workers if device.type == "cpu" else 1)
+    with packed_linears(model, enabled=prepacked):
+        map_in_workers(decode_batch, batches, workers if device.type == "cpu" else 1)
     return results
 
 

@@ -139,7 +139,12 @@ def _forward(module: nn.Linear, x: Tensor) -> Tensor:
         or not eager()
     ):
         return F.linear(x, weight, module.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, _packed_weight(module, weight), module.bias, "none", [], "")
+    return packed_matmul(x, _packed_weight(module, weight), module.bias)
+
+
+def packed_matmul(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` on oneDNN's kernel, ``packed`` being :func:`_pack` of ``weight``."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor:

@@ -65,7 +65,6 @@ from heedful.metrics.translation import bleu_and_chrf
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerEncoderDecoder
 from heedful.nn.losses import smoothed_cross_entropy
-from heedful.nn.packed import packed_linears
 from heedful.tasks.alignment_supervision import AlignmentSupervisor, check_supervised_model, supervisor_for
 from heedful.tasks.base import Batch, BatchSource, DataBundle, EvalResult, Explanation, Prediction, Task, register_task
 from heedful.tasks.translate_config import TranslateConfig
@@ -328,8 +327,7 @@ class TranslateTask(Task):
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16) if d.precision == "bf16" else contextlib.nullcontext()
         )
-        # One block of prepacked Linears around all the batches: the weights are packed once.
-        with precision, packed_linears(model, enabled=d.prepacked):
+        with precision:
             return decode_in_batches(
                 model, src_ids, bos=self.tgt_tok.bos_id, eos=self.tgt_tok.eos_id, pad=self.src_tok.pad_id,
                 beam=beam, budget=budget, limits=limits, alpha=d.alpha, early_stopping=d.early_stopping, n_best=n_best,
