@@ -414,6 +414,7 @@ def test_decode_prepacked_chooses_the_linear_kernels(trained, beam):
     with (
         unittest.mock.patch.object(packed, "PACKED_MIN_MACS", 0),  # the toy model's layers are small
         unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing,
+        unittest.mock.patch.object(packed, "_fingerprint", wraps=packed._fingerprint) as checking,
     ):
         plain_outputs = [t.output for t in plain.translate(lines, beam=beam)]
         assert not packing.called  # every Linear on F.linear
@@ -421,6 +422,8 @@ def test_decode_prepacked_chooses_the_linear_kernels(trained, beam):
     packed_weights = [id(call.args[0]) for call in packing.call_args_list]
     assert id(run.model.decoder.output.weight) in packed_weights  # the default: prepacked
     assert len(packed_weights) == len(set(packed_weights))  # each layer packed once for all the batches
+    checked_weights = [id(call.args[0]) for call in checking.call_args_list]
+    assert sorted(checked_weights) == sorted(packed_weights)  # and checked once: one block around the batches
     assert outputs == plain_outputs
 
 
