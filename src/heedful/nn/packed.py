@@ -28,7 +28,7 @@ shape, and a fingerprint of its values, the dot product with a fixed random vect
 changed between blocks (a training step between two validations, averaged weights copied in) is
 packed again. Weight versions cannot say this: torch's fused optimizer steps update parameters
 without moving their version counter. The fingerprint reads the weight once, a fraction of the
-cost of packing it (1.4 against 12–22 ms for the Multi30k model), which matters when a block is
+cost of packing it (1.4–2.6 against 12–23 ms for the Multi30k model), which matters when a block is
 one short sentence. What the fingerprint can miss: a change orthogonal to a random vector, or one
 too small to move a float32 sum of the weights — a few weights moved by less than about 1e-5 of
 their scale, whose effect on the outputs is of the order of the rounding difference between the
