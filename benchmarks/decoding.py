@@ -21,7 +21,8 @@ decode.batch_tokens = 8,000 source tokens × beam (so about 160 sentences, 800 b
             prefix (<bos> + all tokens so far) and takes the last position — N = 50 tokens
   beam      heedful.decode.beam_search, beam 5, batched over sentences (B·5 rows per step), as
             the translate task runs it: float32 Linears on oneDNN's prepacked kernels
-            (heedful.nn.packed; ``decode.prepacked``)
+            (heedful.nn.packed; ``decode.prepacked``), and the key/value caches' memory from one
+            CacheArena kept from batch to batch (heedful.decode.decode_in_batches keeps one too)
   beam (F.linear)  the same with ``prepacked=False``: every Linear on torch's own F.linear, as HF's
   HF        transformers.MarianMTModel(MarianConfig(...)).generate, num_beams = 5, random weights,
             the same size (d_model 256, 4 heads, 3 + 3 layers, FFN 1024, ReLU, shared and tied
@@ -73,6 +74,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from heedful.attention import CacheArena
 from heedful.data.parallel import batches_by_length
 from heedful.data.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizers, pad_ids
 from heedful.decode import Hypothesis, beam_search, greedy_decode
@@ -199,16 +201,17 @@ def methods(
     setup: Setup, peers: dict[str, nn.Module], greedy_n: int, beam_n: int, hf_forcing: str
 ) -> dict[str, Method]:
     model, bos = setup.model, setup.tok.bos_id
+    arena = CacheArena()  # ours' searches run one at a time: one arena serves them all, batch after batch
 
     def ours_greedy(src: Tensor) -> Tensor:
-        return greedy_decode(model, src, bos_id=bos, eos_id=NEVER, max_len=greedy_n)[0]
+        return greedy_decode(model, src, bos_id=bos, eos_id=NEVER, max_len=greedy_n, arena=arena)[0]
 
     def ours_recompute(src: Tensor) -> Tensor:
         return recompute_greedy(model, src, bos_id=bos, steps=greedy_n)
 
     def ours_beam(src: Tensor, prepacked: bool = True) -> list[list[Hypothesis]]:
         return beam_search(
-            model, src, bos_id=bos, eos_id=NEVER, beam_size=BEAM_SIZE, max_len=beam_n, prepacked=prepacked
+            model, src, bos_id=bos, eos_id=NEVER, beam_size=BEAM_SIZE, max_len=beam_n, prepacked=prepacked, arena=arena
         )
 
     def ours_beam_bf16(src: Tensor) -> list[list[Hypothesis]]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from heedful.attention import KVCache, MultiHeadAttention
+from heedful.attention import CacheArena, KVCache, MultiHeadAttention
 from heedful.attention.positions import build_attention_positions
 
 D, H, B, T = 16, 4, 2, 9
@@ -271,3 +271,54 @@ def test_grouped_static_cache_serves_each_source_to_its_rows(path):
     torch.testing.assert_close(
         got, attn(query, memory[spread][index], key_padding_mask=keep[spread][index]).output, **TOL
     )
+
+
+# ------------------------------------------------------------------ memory: reserved room, arenas
+def test_a_reserved_cache_keeps_its_buffers_and_the_same_keys():
+    """With room reserved for every position, grouping and re-ranking never reallocate the keys
+    (only the grouping's one spread does), and the keys are those of an unreserved cache."""
+    plain, reserved = KVCache(), KVCache()
+    reserved.reserve(24)
+    g = torch.Generator().manual_seed(2)
+    first = torch.randn(2, H, 3, 4, generator=g)
+    for cache in (plain, reserved):
+        cache.append(first, first + 1)
+        cache.reorder(torch.tensor([0, 0, 0, 1, 1, 1]))
+    grouped_buffer = reserved._k.data_ptr()
+    for step in range(21):  # 24 positions in all: the unreserved cache grows at 16
+        new = torch.randn(6, H, 1, 4, generator=g)
+        index = torch.tensor([2, 0, 0, 4, 5, 3]) if step % 2 else torch.tensor([1, 1, 2, 3, 3, 3])
+        for cache in (plain, reserved):
+            cache.append(new, new + 1)
+            cache.reorder(index)
+        assert reserved._k.data_ptr() == grouped_buffer
+    assert plain._k.data_ptr() != grouped_buffer and plain._k.shape[2] > reserved._k.shape[2] == 24 * 3
+    for got, expected in zip(reserved.ungrouped(), plain.ungrouped(), strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_an_arena_hands_a_lease_the_memory_of_the_lease_before():
+    arena, like = CacheArena(), torch.empty(0)
+    with arena.lease():
+        small, large = arena.empty(like, 4, 8), arena.empty(like, 100)
+        ids = arena.empty(like.long(), 10)
+    with arena.lease():
+        fits_small = arena.empty(like, 2, 8)  # the smallest free buffer that holds it
+        fits_large = arena.empty(like, 50)
+        assert fits_small.shape == (2, 8) and fits_small.data_ptr() == small.data_ptr()
+        assert fits_large.data_ptr() == large.data_ptr()
+        assert arena.empty(like, 10).data_ptr() not in {small.data_ptr(), large.data_ptr(), ids.data_ptr()}
+        arena.give_back(fits_large)  # replaced within the search: free at once
+        assert arena.empty(like, 60).data_ptr() == large.data_ptr()
+    assert arena.held_bytes == (32 + 100 + 10) * 4  # the long buffer went unused in the last lease
+    with arena.lease():
+        pass
+    assert arena.held_bytes == 0
+
+
+def test_an_arena_serves_one_search_at_a_time():
+    arena = CacheArena()
+    with arena.lease(), pytest.raises(RuntimeError, match="give each thread its own"), arena.lease():
+        pass
+    with arena.lease():  # free again once the first lease ended
+        pass

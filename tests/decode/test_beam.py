@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from heedful.attention import CacheArena
 from heedful.decode import beam_search, greedy_decode
 from heedful.models import TransformerConfig, TransformerEncoderDecoder
 
@@ -326,3 +327,31 @@ def test_early_stopping_ends_a_sentence_with_its_first_k_finished_hypotheses():
     # Its hypotheses ended by then; the exact search keeps looking and can only do better.
     assert all(len(h.tokens) < len(calls) for h in early)
     assert exact[0].score >= early[0].score
+
+
+def test_searches_on_one_arena_reuse_its_memory_and_decode_as_without_it(monkeypatch):
+    """Beam and greedy searches drawing their caches from one CacheArena (as decode_in_batches
+    does, batch after batch) give exactly what a search with fresh memory gives, and a search
+    no larger than the one before allocates nothing."""
+    torch.manual_seed(9)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval(), boost=1.5)  # ends at many lengths: rows leave
+    first, second = torch.randint(3, 30, (6, 5)), torch.randint(3, 30, (4, 7))
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": 4, "alpha": 0.6}
+    limits = torch.tensor([3, 20, 20, 20, 20, 20])  # past the 16 positions an unreserved cache starts with
+    fresh = [beam_search(model, first, max_len=limits, **kwargs), beam_search(model, second, max_len=9, **kwargs)]
+    fresh_greedy = greedy_decode(model, first, bos_id=BOS, eos_id=EOS, max_len=20)
+    arena, allocations = CacheArena(), []
+    allocate = CacheArena._allocate
+    monkeypatch.setattr(CacheArena, "_allocate", lambda self, like, n: allocations.append(n) or allocate(self, like, n))
+    assert beam_search(model, first, max_len=limits, arena=arena, **kwargs) == fresh[0]
+    made = len(allocations)
+    assert made > 0
+    assert beam_search(model, first, max_len=limits, arena=arena, **kwargs) == fresh[0]
+    assert len(allocations) == made  # all from the first search's buffers
+    assert beam_search(model, second, max_len=9, arena=arena, **kwargs) == fresh[1]
+    tokens, log_prob = greedy_decode(model, first, bos_id=BOS, eos_id=EOS, max_len=20, arena=arena)
+    assert torch.equal(tokens, fresh_greedy[0]) and torch.equal(log_prob, fresh_greedy[1])
+    made = len(allocations)
+    tokens, _ = greedy_decode(model, first, bos_id=BOS, eos_id=EOS, max_len=20, arena=arena)
+    assert torch.equal(tokens, fresh_greedy[0]) and len(allocations) == made

@@ -2,7 +2,7 @@
 
 from heedful.attention.attend import Attend
 from heedful.attention.base import AttentionModule
-from heedful.attention.cache import KVCache
+from heedful.attention.cache import CacheArena, KVCache
 from heedful.attention.coattention import CoAttentionOutput, ParallelCoAttention
 from heedful.attention.content import ContentAttention
 from heedful.attention.masks import causal_mask, combine_masks, lengths_mask, padding_mask
@@ -31,6 +31,7 @@ __all__ = [
     "AttentionModule",
     "AttentionOutput",
     "AttentionPositions",
+    "CacheArena",
     "CoAttentionOutput",
     "ContentAttention",
     "DotScore",

@@ -30,17 +30,85 @@ plain storage, so every index stays correct.
 The storage is the cache's own business: an attention module hands :meth:`KVCache.attend` its
 new per-head q, k, v and its attention kernel, and gets back every row's context — the module
 never sees groups or lineage.
+
+**Memory (a search's caches, batch after batch).** A search that knows its longest output
+reserves that many positions (:meth:`KVCache.reserve`), so the keys never grow by copying. Their
+buffers come from a :class:`CacheArena`, which takes them back when the search ends and hands them
+to the next search. Why: fresh memory costs a page fault per 4 KiB at its first write, and the
+allocator gives the freed caches of one batch back to the system before the next batch asks
+again. On the Multi30k beam-5 benchmark that was about 280,000 faults per 1,000 sentences, some
+5 % of the time; drawn from one arena, a quarter of them remain.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 # The attention kernel a cache calls (heedful.attention.attend.Attend): (q, k, v, **masks) -> (context, weights).
 AttendFn = Callable[..., tuple[Tensor, Tensor | None]]
+
+
+class CacheArena:
+    """Memory for the key/value caches of one search at a time, kept for the next search.
+
+    ``with arena.lease():`` around a search; its caches take buffers with :meth:`empty` and give
+    back the ones they replace (:meth:`give_back`). When the lease ends every buffer it handed out
+    is free again, for the next lease — so a batch's caches reuse the pages of the batch before.
+    An arena keeps only the buffers its last search used (about that search's caches) until it is
+    dropped; it serves one search at a time (decoding in several threads takes one arena per thread).
+    """
+
+    def __init__(self) -> None:
+        self._free: list[Tensor] = []  # flat buffers nobody uses
+        self._lent: dict[int, Tensor] = {}  # data_ptr -> the flat buffer handed out from there
+        self._used: list[Tensor] = []  # every buffer handed out in this lease
+        self._leased = False
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lease(self) -> Iterator[CacheArena]:
+        with self._lock:
+            if self._leased:
+                raise RuntimeError("this CacheArena already serves a search: give each thread its own")
+            self._leased = True
+        try:
+            yield self
+        finally:  # the search's caches are gone: the buffers it used are free, the others let go
+            self._free, self._used = self._used, []
+            self._lent.clear()
+            self._leased = False
+
+    @property
+    def held_bytes(self) -> int:
+        held = {id(b): b for b in [*self._free, *self._lent.values(), *self._used]}
+        return sum(b.numel() * b.element_size() for b in held.values())
+
+    def empty(self, like: Tensor, *shape: int) -> Tensor:
+        """An uninitialised tensor of ``shape`` with ``like``'s dtype and device: the smallest free
+        buffer that holds it, or a new one."""
+        n = math.prod(shape)
+        fits = [b for b in self._free if b.dtype == like.dtype and b.device == like.device and b.numel() >= n]
+        flat = min(fits, key=Tensor.numel) if fits else self._allocate(like, n)
+        self._free = [b for b in self._free if b is not flat]
+        self._lent[flat.data_ptr()] = flat
+        if not any(b is flat for b in self._used):
+            self._used.append(flat)
+        return flat[:n].view(shape)
+
+    def _allocate(self, like: Tensor, n: int) -> Tensor:
+        return like.new_empty(n)
+
+    def give_back(self, tensor: Tensor) -> None:
+        """A buffer from :meth:`empty` that its cache no longer uses (anything else is ignored)."""
+        flat = self._lent.pop(tensor.data_ptr(), None)
+        if flat is not None:
+            self._free.append(flat)
 
 
 class KVCache:
@@ -59,6 +127,32 @@ class KVCache:
         self._v: Tensor | None = None
         self._lineage: Tensor | None = None  # grouped, growing: (n, group, capacity) which key each row reads
         self.length = 0  # positions stored
+        self._positions = 0  # reserved capacity (0: start at 16 and double)
+        self._arena: CacheArena | None = None
+
+    def reserve(self, positions: int, arena: CacheArena | None = None) -> None:
+        """Before the first step: room for ``positions`` positions at once (no growing by copies;
+        a static cache ignores it), and buffers from ``arena`` (inside its lease) — decoding's
+        hints, followed only without gradients."""
+        self._positions, self._arena = positions, arena
+
+    def _empty(self, like: Tensor, *shape: int) -> Tensor:
+        if self._arena is None or torch.is_grad_enabled():
+            return like.new_empty(*shape)
+        return self._arena.empty(like, *shape)
+
+    def _contiguous(self, x: Tensor) -> Tensor:
+        if self._arena is None or torch.is_grad_enabled():
+            return x.contiguous()
+        return self._empty(x, *x.shape).copy_(x)
+
+    def _replace(self, k: Tensor, v: Tensor) -> None:
+        """New storage; the old buffers go back to the arena (nothing else holds them)."""
+        if self._arena is not None:
+            for old in (self._k, self._v):
+                if old is not None:
+                    self._arena.give_back(old)
+        self._k, self._v = k, v
 
     @property
     def filled(self) -> bool:
@@ -158,15 +252,17 @@ class KVCache:
             k = k.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4)
             v = v.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4)
         if self._k is None or self._v is None:
-            capacity = max(16, 2 * t_new)
-            self._k = k.new_empty(*k.shape[:2], capacity, k.shape[3])
-            self._v = v.new_empty(*v.shape[:2], capacity, v.shape[3])
+            capacity = max(self._positions or 16, 2 * t_new)
+            self._k = self._empty(k, *k.shape[:2], capacity, k.shape[3])
+            self._v = self._empty(v, *v.shape[:2], capacity, v.shape[3])
         elif (self.length + t_new) * group > self._k.shape[2]:
             capacity = max(2 * self._k.shape[2] // group, self.length + t_new)  # in positions
-            self._k = _grow(self._k, self.length * group, capacity * group)
-            self._v = _grow(self._v, self.length * group, capacity * group)
+            used = self.length * group
+            self._replace(
+                _grow(self._k, used, capacity * group, self._empty), _grow(self._v, used, capacity * group, self._empty)
+            )
             if self._lineage is not None:
-                self._lineage = _grow(self._lineage, self.length, capacity)
+                self._lineage = _grow(self._lineage, self.length, capacity, Tensor.new_empty)
         start, stop = self.length * group, (self.length + t_new) * group
         self._k[:, :, start:stop].view(k.shape)[...] = k  # written in place, one copy
         self._v[:, :, start:stop].view(v.shape)[...] = v
@@ -179,8 +275,8 @@ class KVCache:
         """Replace the contents (used by static cross-attention caches)."""
         # Contiguous: projections arrive as strided head views, (B, T, H, D_h) transposed to
         # (B, H, T, D_h), and attention over strided keys was 1.5x slower at every later step.
-        self._k, self._v, self.length = k.contiguous(), v.contiguous(), k.shape[2]
-        self.group, self._lineage = 1, None
+        self._replace(self._contiguous(k), self._contiguous(v))
+        self.length, self.group, self._lineage = k.shape[2], 1, None
         return self._k, self._v
 
     def lineage_mask(self) -> Tensor:
@@ -224,14 +320,14 @@ class KVCache:
             self._start_groups(new // rows)
             return
         if self.group > 1:  # leaving the groups: back to plain storage, then a plain reorder
-            self._k, self._v = self.ungrouped()
+            self._replace(*self.ungrouped())
             self.group, self._lineage = 1, None
         if self.static:
-            self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
+            self._replace(self._k.index_select(0, index), self._v.index_select(0, index))
             return
         # Copy only the filled positions: copying the unused capacity too made a reorder cost up
         # to twice the keys it keeps.
-        self._k, self._v = self._select_filled(self._k, index), self._select_filled(self._v, index)
+        self._replace(self._select_filled(self._k, index), self._select_filled(self._v, index))
 
     def _keep_groups(self, stored: Tensor, index: Tensor) -> None:
         """Grouped storage: new group i reads stored row ``stored[i]``, new row r reads row
@@ -244,9 +340,9 @@ class KVCache:
         if stored.shape == in_place.shape and torch.equal(stored, in_place):
             return  # every source stays where it is: no keys move
         if self.static:
-            self._k, self._v = self._k.index_select(0, stored), self._v.index_select(0, stored)
+            self._replace(self._k.index_select(0, stored), self._v.index_select(0, stored))
         else:
-            self._k, self._v = self._select_filled(self._k, stored), self._select_filled(self._v, stored)
+            self._replace(self._select_filled(self._k, stored), self._select_filled(self._v, stored))
 
     def _start_groups(self, group: int) -> None:
         """Every stored row now serves ``group`` consecutive query rows."""
@@ -255,9 +351,9 @@ class KVCache:
         if self.static:
             return
         n, capacity = self._k.shape[0], self._k.shape[2]
-        self._k, self._v = (
-            _spread_positions(self._k, self.length, group),
-            _spread_positions(self._v, self.length, group),
+        self._replace(
+            _spread_positions(self._k, self.length, group, self._empty),
+            _spread_positions(self._v, self.length, group, self._empty),
         )
         self._lineage = torch.zeros(n, group, capacity, dtype=torch.long, device=self._k.device)
 
@@ -265,7 +361,7 @@ class KVCache:
         filled = slice(0, self._stored_length)
         if buffer.requires_grad and torch.is_grad_enabled():  # autograd takes no out=: no spare capacity
             return buffer[:, :, filled].index_select(0, index)
-        selected = buffer.new_empty(index.shape[0], *buffer.shape[1:])  # (B_new, H, capacity, D_h)
+        selected = self._empty(buffer, index.shape[0], *buffer.shape[1:])  # (B_new, H, capacity, D_h)
         torch.index_select(buffer[:, :, filled], 0, index, out=selected[:, :, filled])
         return selected
 
@@ -282,22 +378,22 @@ def _ungroup_rows(x: Tensor, group: int) -> Tensor:
     return x.view(Bg, H, group, GT // group, X).transpose(1, 2).reshape(Bg * group, H, GT // group, X)
 
 
-def _spread_positions(buffer: Tensor, filled: int, group: int) -> Tensor:
+def _spread_positions(buffer: Tensor, filled: int, group: int, empty: Callable[..., Tensor]) -> Tensor:
     """(n, H, capacity, D_h) plain keys -> (n, H, capacity·group, D_h) grouped, position-major: so
     far the rows of a group share their history, so each filled position's key goes into all its
     ``group`` slots. Only the ``filled`` positions are copied (beam search groups after one step:
     copying the whole capacity was 16× the work)."""
     n, H, capacity, D = buffer.shape
-    spread = buffer.new_empty(n, H, capacity * group, D)
+    spread = empty(buffer, n, H, capacity * group, D)
     spread[:, :, : filled * group].view(n, H, filled, group, D).copy_(
         buffer[:, :, :filled, None].expand(-1, -1, -1, group, -1)
     )
     return spread
 
 
-def _grow(buffer: Tensor, used: int, capacity: int) -> Tensor:
+def _grow(buffer: Tensor, used: int, capacity: int, empty: Callable[..., Tensor]) -> Tensor:
     """A copy of ``buffer`` with room for ``capacity`` entries along dim 2, the first ``used`` kept."""
-    bigger = buffer.new_empty(*buffer.shape[:2], capacity, *buffer.shape[3:])
+    bigger = empty(buffer, *buffer.shape[:2], capacity, *buffer.shape[3:])
     bigger[:, :, :used] = buffer[:, :, :used]
     return bigger
 

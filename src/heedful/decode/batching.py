@@ -11,6 +11,7 @@ kernels and Python bookkeeping, which intra-op threads barely split; whole batch
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -18,6 +19,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from heedful.attention.cache import CacheArena
 from heedful.data.parallel import batches_by_length
 from heedful.data.tokenizers import content_ids, pad_ids
 from heedful.decode.beam import beam_search
@@ -46,18 +48,24 @@ def decode_in_batches(
     Returns, in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
     log-probability. ``workers``: batches decoded at once on a CPU (see the module docstring);
     ``prepacked``: as in :func:`heedful.decode.beam_search`, one block around all the batches (the
-    weights are checked once, not once per batch)."""
+    weights are checked once, not once per batch). Each thread's batches draw their key/value
+    caches from one :class:`~heedful.attention.CacheArena`, so a batch reuses the memory of the
+    one before it."""
     device = next(model.parameters()).device
     results: list[list[tuple[list[int], float]]] = [[]] * len(src_ids)
+    per_thread = threading.local()
 
     def decode_batch(indices: list[int]) -> None:
         src = pad_ids([src_ids[i] for i in indices], pad).to(device)  # (B, S)
         batch_limits = [limits[i] for i in indices]
+        if not hasattr(per_thread, "arena"):
+            per_thread.arena = CacheArena()
+        arena = per_thread.arena
         if beam == 1:
             # One limit per batch; rows with a lower limit are cut afterwards (their score
             # then counts the tokens past the cut — only rows that never ended are affected).
             tokens, log_prob = greedy_decode(
-                model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits), prepacked=prepacked
+                model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits), prepacked=prepacked, arena=arena
             )
             for row, i in enumerate(indices):
                 results[i] = [(content_ids(tokens[row, : limits[i]].tolist(), eos), float(log_prob[row]))]
@@ -73,6 +81,7 @@ def decode_in_batches(
                 n_best=n_best,
                 early_stopping=early_stopping,
                 prepacked=prepacked,
+                arena=arena,
             )
             for ranked, i in zip(hyps, indices, strict=True):
                 results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]

@@ -2,6 +2,7 @@
 
     memory, padding = model.encode(src)                  # (B, S, D), (B, S)
     cache = model.new_cache()                            # .reorder(index, sources_unchanged=False)
+                                                         # optional: .reserve(positions, arena)
     logits = model.decode(tokens, memory, padding, cache)  # new tokens only: (B, 1) -> (B, 1, V)
 
 Every source sentence keeps ``beam_size`` live hypotheses, expanded as rows of one batch of
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from heedful.attention.cache import CacheArena
 from heedful.nn.packed import packed_linears
 
 
@@ -53,6 +55,7 @@ def beam_search(
     n_best: int = 1,
     early_stopping: bool = False,
     prepacked: bool = True,
+    arena: CacheArena | None = None,
 ) -> list[list[Hypothesis]]:
     """src: (B, S) -> for each sentence, its ``n_best`` hypotheses, best first.
 
@@ -61,16 +64,29 @@ def beam_search(
     fairseq, instead of when no live hypothesis can beat them any more (exact, and the default).
     ``prepacked``: float32 Linear layers on the CPU run oneDNN's prepacked kernels
     (:mod:`heedful.nn.packed`; faster, equal to ``F.linear`` up to rounding).
+    ``arena``: memory for the key/value caches, kept between calls (see
+    :class:`heedful.attention.CacheArena`; :func:`decode_in_batches` passes one to all its
+    batches); by default a new one for this call.
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
-    with packed_linears(model, enabled=prepacked):
-        return _search(model, src, bos_id, eos_id, beam_size, max_len, alpha, n_best, early_stopping)
+    with packed_linears(model, enabled=prepacked), (arena or CacheArena()).lease() as leased:
+        return _search(model, src, bos_id, eos_id, beam_size, max_len, alpha, n_best, early_stopping, leased)
+
+
+def new_cache(model, positions: int, arena: CacheArena):
+    """``model.new_cache()``, told how many positions the search may decode and where its memory
+    comes from, when the cache takes such hints (``reserve`` is optional in the protocol)."""
+    cache = model.new_cache()
+    reserve = getattr(cache, "reserve", None)
+    if reserve is not None:
+        reserve(positions, arena)
+    return cache
 
 
 def _search(
     model, src: Tensor, bos_id: int, eos_id: int, beam_size: int, max_len: int | Tensor, alpha: float,
-    n_best: int, early_stopping: bool,
+    n_best: int, early_stopping: bool, arena: CacheArena,
 ) -> list[list[Hypothesis]]:  # fmt: skip
     B, K = src.shape[0], beam_size
     device = src.device
@@ -79,7 +95,7 @@ def _search(
     # The best a live beam could still score, divided by the largest length penalty it can reach.
     best_divisor = ((5.0 + limit_t.float()) / 6.0) ** alpha  # (B,)
     memory, padding = model.encode(src)  # (B, S, D), (B, S)
-    cache = model.new_cache()
+    cache = new_cache(model, max(limits), arena)  # one position per step
     inf = float("-inf")
     slots = torch.arange(2 * K, device=device)
 

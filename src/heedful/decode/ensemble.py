@@ -24,6 +24,12 @@ class EnsembleCache:
     def __init__(self, caches: list):
         self.caches = caches
 
+    def reserve(self, positions: int, arena=None) -> None:
+        for cache in self.caches:
+            reserve = getattr(cache, "reserve", None)  # optional in the decoding protocol
+            if reserve is not None:
+                reserve(positions, arena)
+
     def reorder(self, index: Tensor, sources_unchanged: bool = False) -> None:
         for cache in self.caches:
             cache.reorder(index, sources_unchanged=sources_unchanged)

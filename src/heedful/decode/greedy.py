@@ -5,30 +5,38 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from heedful.decode.beam import DROP_SETTLED
+from heedful.attention.cache import CacheArena
+from heedful.decode.beam import DROP_SETTLED, new_cache
 from heedful.models.transformer import TransformerEncoderDecoder
 from heedful.nn.packed import packed_linears
 
 
 @torch.no_grad()
 def greedy_decode(
-    model: TransformerEncoderDecoder, src: Tensor, *, bos_id: int, eos_id: int, max_len: int, prepacked: bool = True
+    model: TransformerEncoderDecoder,
+    src: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_len: int,
+    prepacked: bool = True,
+    arena: CacheArena | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Pick the most likely next token until every row has produced <eos> or ``max_len`` tokens.
 
     src: (B, S) ids  ->  tokens (B, L) without <bos> (<pad> after a row's <eos>), and each row's
     summed log-probability (B,). Rows that have ended leave the batch once they are DROP_SETTLED
     of it (a ``cache.reorder``), so later steps decode only the rows still running.
-    ``prepacked``: as in :func:`heedful.decode.beam_search`.
+    ``prepacked``, ``arena``: as in :func:`heedful.decode.beam_search`.
     """
-    with packed_linears(model, enabled=prepacked):
-        return _search(model, src, bos_id, eos_id, max_len)
+    with packed_linears(model, enabled=prepacked), (arena or CacheArena()).lease() as leased:
+        return _search(model, src, bos_id, eos_id, max_len, leased)
 
 
-def _search(model, src: Tensor, bos_id: int, eos_id: int, max_len: int) -> tuple[Tensor, Tensor]:
+def _search(model, src: Tensor, bos_id: int, eos_id: int, max_len: int, arena: CacheArena) -> tuple[Tensor, Tensor]:
     pad_id = model.config.pad_id
     memory, padding = model.encode(src)  # (B, S, D), (B, S)
-    cache = model.new_cache()
+    cache = new_cache(model, max_len, arena)
     B, device = src.shape[0], src.device
     out = torch.full((B, max_len), pad_id, dtype=torch.long, device=device)  # (B, max_len)
     log_prob = torch.zeros(B, device=device)

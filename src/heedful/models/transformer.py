@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
-from heedful.attention import KVCache, MultiHeadAttention
+from heedful.attention import CacheArena, KVCache, MultiHeadAttention
 from heedful.attention.dropout import Dropout
 from heedful.attention.positions import POSITIONS, build_attention_positions, build_input_positions
 from heedful.models.pretrained import PretrainedModel
@@ -166,6 +166,12 @@ class DecoderCache:
     def __init__(self, n_layers: int):
         self.layers = [LayerCache(KVCache(), KVCache(static=True)) for _ in range(n_layers)]
         self.offset = 0
+
+    def reserve(self, positions: int, arena: CacheArena | None = None) -> None:
+        """Room for ``positions`` decoded positions and buffers from ``arena`` (:meth:`KVCache.reserve`)."""
+        for layer in self.layers:
+            layer.self_attn.reserve(positions, arena)
+            layer.cross_attn.reserve(positions, arena)
 
     def reorder(self, index: Tensor, sources_unchanged: bool = False) -> None:
         """Keep batch rows ``index`` — for beam search. With ``sources_unchanged`` every row keeps
