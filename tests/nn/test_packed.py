@@ -46,6 +46,36 @@ def test_unchanged_weights_are_packed_once_for_many_blocks():
     assert packing.call_count == 2  # one per layer, for all three blocks
 
 
+def test_blocks_on_other_thread_counts_reuse_the_packing():
+    """The fingerprint is the same number on any number of torch threads, so a block in a
+    one-thread decoding worker after one on the caller's threads packs nothing again (with one
+    float32 dot product over the weight, the Multi30k-sized layer below was packed twice)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(256, 8000, bias=False), nn.Linear(8000, 256)).eval()
+    x = torch.randn(16, 256)
+    threads = torch.get_num_threads()
+    fingerprints = []
+
+    def block(n_threads: int) -> None:
+        torch.set_num_threads(n_threads)
+        fingerprints.append([packed._fingerprint(layer.weight) for layer in model])
+        with torch.no_grad(), packed_linears(model):
+            model(x)
+
+    with unittest.mock.patch.object(packed, "_pack", wraps=packed._pack) as packing:
+        try:
+            block(2)
+            worker = threading.Thread(target=block, args=(1,))  # as decode.workers runs its batches
+            worker.start()
+            worker.join()
+            block(1)
+            block(3)
+        finally:
+            torch.set_num_threads(threads)
+    assert all(f == fingerprints[0] for f in fingerprints)
+    assert packing.call_count == 2  # each layer once
+
+
 def test_the_layers_get_their_own_forward_back_and_blocks_nest():
     model = mlp()
     with packed_linears(model), packed_linears(model):

@@ -24,17 +24,17 @@ time, 1.07×.
 
 A layer's packed weight is kept with the layer (a weak reference: it goes with the module) from
 one block to the next, and checked at the layer's first call in each block: its storage, its
-shape, and a fingerprint of its values, the dot product with a fixed random vector. A weight that
+shape, and a fingerprint of its values, the dot product with a fixed random vector (summed so
+that it is the same number at any thread count, see :func:`_fingerprint`). A weight that
 changed between blocks (a training step between two validations, averaged weights copied in) is
 packed again. Weight versions cannot say this: torch's fused optimizer steps update parameters
 without moving their version counter. The fingerprint reads the weight once, a fraction of the
 cost of packing it (1.4–2.6 against 12–23 ms for the Multi30k model), which matters when a block is
 one short sentence. What the fingerprint can miss: a change orthogonal to a random vector, or one
-too small to move a float32 sum of the weights — a few weights moved by less than about 1e-5 of
-their scale, whose effect on the outputs is of the order of the rounding difference between the
-two kernels. Weights must not change *inside*
-a block (one decoding, one ``predict``); the tasks open one block per ``translate`` / ``predict``
-call, around all its batches.
+too small to move a float32 sum of 4,096 weights times the probe — a few weights moved by less
+than a few 1e-6 of their scale, whose effect on the outputs is of the order of the rounding
+difference between the two kernels. Weights must not change *inside* a block (one decoding, one
+``predict``); the tasks open one block per ``translate`` / ``predict`` call, around all its batches.
 
 A call takes the ordinary path whenever the packed one would not compute the same thing or could
 not be recorded: gradients enabled, autocast on, not float32, not on the CPU, while tracing,
@@ -67,7 +67,8 @@ PACKED_MIN_MACS = 500_000
 _PACKS: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, float, Tensor]] = weakref.WeakKeyDictionary()
 # The layers whose packed weight was checked in the blocks open now.
 _CHECKED: weakref.WeakSet[nn.Linear] = weakref.WeakSet()
-_PROBES: dict[int, Tensor] = {}  # the fingerprints' random vectors, by weight size
+# The fingerprint's probe: this many random values, laid over the weight again and again.
+PROBE_WIDTH = 4096
 # Per model: how many packed_linears blocks are open on it (threads decoding one model at once),
 # and the layers whose forward they replaced.
 _OPEN: weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Linear]]] = weakref.WeakKeyDictionary()
@@ -160,12 +161,24 @@ def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor:
 
 
 def _fingerprint(weight: Tensor) -> float:
-    """The weight's values as one number: their dot product with a fixed random vector."""
-    n = weight.numel()
-    probe = _PROBES.get(n)
-    if probe is None:
-        probe = _PROBES[n] = torch.randn(n, generator=torch.Generator().manual_seed(n))
-    return float(torch.dot(weight.detach().reshape(-1), probe))
+    """The weight's values as one number: their dot product with a fixed random vector, the same
+    number whatever torch's thread count. One float32 ``torch.dot`` over the whole weight was not:
+    its threads split the sum differently (the Multi30k vocabulary projection's fingerprint moved in
+    the 6th digit from 2 threads to 1), so a decoding in one-thread workers after one on the
+    caller's threads packed every layer again. Here each run of PROBE_WIDTH values is one row of a
+    matrix–vector product, which one thread computes whatever the count, and the rows' results
+    are summed in float64."""
+    flat = weight.detach().reshape(-1)
+    probe = _probe(flat.dtype, flat.device)
+    rows = flat.numel() // PROBE_WIDTH
+    total = torch.mv(flat[: rows * PROBE_WIDTH].view(rows, PROBE_WIDTH), probe).double().sum().item() if rows else 0.0
+    rest = flat[rows * PROBE_WIDTH :]
+    return total + (float(torch.dot(rest, probe[: rest.numel()])) if rest.numel() else 0.0)
+
+
+@functools.cache
+def _probe(dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.randn(PROBE_WIDTH, generator=torch.Generator().manual_seed(PROBE_WIDTH)).to(dtype=dtype, device=device)
 
 
 def _pack(weight: Tensor) -> Tensor:
