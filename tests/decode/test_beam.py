@@ -355,3 +355,20 @@ def test_searches_on_one_arena_reuse_its_memory_and_decode_as_without_it(monkeyp
     made = len(allocations)
     tokens, _ = greedy_decode(model, first, bos_id=BOS, eos_id=EOS, max_len=20, arena=arena)
     assert torch.equal(tokens, fresh_greedy[0]) and len(allocations) == made
+
+
+def test_a_generous_max_len_reserves_no_more_than_the_cap(monkeypatch):
+    """Outputs that end early must not cost a cache as long as max_len: the search reserves at
+    most RESERVE_AT_MOST positions and grows beyond them by doubling."""
+    from heedful.decode import beam as beam_module
+
+    torch.manual_seed(10)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval(), boost=6.0)  # <eos> within a few steps
+    allocations = []
+    allocate = CacheArena._allocate
+    monkeypatch.setattr(CacheArena, "_allocate", lambda self, like, n: allocations.append(n) or allocate(self, like, n))
+    src = torch.randint(3, 30, (6, 5))
+    beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=4, max_len=500, alpha=0.0)
+    sources, heads, d_head = 6, 2, 16
+    assert max(allocations) <= sources * heads * beam_module.RESERVE_AT_MOST * 4 * d_head  # grouped (n, H, T·4, D_h)

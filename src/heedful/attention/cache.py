@@ -32,7 +32,8 @@ new per-head q, k, v and its attention kernel, and gets back every row's context
 never sees groups or lineage.
 
 **Memory (a search's caches, batch after batch).** A search that knows its longest output
-reserves that many positions (:meth:`KVCache.reserve`), so the keys never grow by copying. Their
+reserves that many positions (:meth:`KVCache.reserve`; the searches in ``heedful.decode`` reserve
+up to 64), so the keys need not grow by copying. Their
 buffers come from a :class:`CacheArena`, which takes them back when the search ends and hands them
 to the next search. Why: fresh memory costs a page fault per 4 KiB at its first write, and the
 allocator gives the freed caches of one batch back to the system before the next batch asks

@@ -74,13 +74,19 @@ def beam_search(
         return _search(model, src, bos_id, eos_id, beam_size, max_len, alpha, n_best, early_stopping, leased)
 
 
+# Positions a search reserves in its caches up front, at most: a longer search grows them by
+# doubling, so a generous max_len costs no memory for outputs that end early.
+RESERVE_AT_MOST = 64
+
+
 def new_cache(model, positions: int, arena: CacheArena):
-    """``model.new_cache()``, told how many positions the search may decode and where its memory
-    comes from, when the cache takes such hints (``reserve`` is optional in the protocol)."""
+    """``model.new_cache()``, told how many positions the search may decode (up to
+    RESERVE_AT_MOST) and where its memory comes from, when the cache takes such hints
+    (``reserve`` is optional in the protocol)."""
     cache = model.new_cache()
     reserve = getattr(cache, "reserve", None)
     if reserve is not None:
-        reserve(positions, arena)
+        reserve(min(positions, RESERVE_AT_MOST), arena)
     return cache
 
 
