@@ -255,6 +255,13 @@ def methods(
     return found
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type: a count of passes (0 would silently mean the default)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return int(text)
+
+
 # ---------------------------------------------------------------------------------- timing
 def sync(device: str) -> None:
     if device == "cuda":
@@ -362,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", default="runs/multi30k-transformer/model", help="a trained model folder")
     parser.add_argument("--data-root", default="../shared/data/multi30k", help="folder with test_2016_flickr.en.gz")
     parser.add_argument("--sentences", type=int, default=None, help="decode only the first N sources")
-    parser.add_argument("--passes", type=int, default=None, help="timed passes of the beam comparison")
-    parser.add_argument("--greedy-passes", type=int, default=None, help="timed passes of the greedy comparison")
+    parser.add_argument("--passes", type=at_least_one, default=None, help="timed passes of the beam comparison")
+    parser.add_argument(
+        "--greedy-passes", type=at_least_one, default=None, help="timed passes of the greedy comparison"
+    )
     parser.add_argument("--batch-tokens", type=int, default=None, help="source tokens × beam per batch")
     parser.add_argument("--hf-forcing", choices=("no-eos", "min-new-tokens"), default="no-eos",
                         help="how HF generate is held to N tokens (see the docstring)")  # fmt: skip
