@@ -138,15 +138,19 @@ class KVCache:
         hints, followed only without gradients."""
         self._positions, self._arena = positions, arena
 
+    @property
+    def _lender(self) -> CacheArena | None:
+        """Where new buffers come from: the arena, but not with gradients (autograd may keep a
+        tensor past the lease)."""
+        return None if torch.is_grad_enabled() else self._arena
+
     def _empty(self, like: Tensor, *shape: int) -> Tensor:
-        if self._arena is None or torch.is_grad_enabled():
-            return like.new_empty(*shape)
-        return self._arena.empty(like, *shape)
+        lender = self._lender
+        return like.new_empty(*shape) if lender is None else lender.empty(like, *shape)
 
     def _contiguous(self, x: Tensor) -> Tensor:
-        if self._arena is None or torch.is_grad_enabled():
-            return x.contiguous()
-        return self._empty(x, *x.shape).copy_(x)
+        lender = self._lender
+        return x.contiguous() if lender is None else lender.empty(x, *x.shape).copy_(x)
 
     def _replace(self, k: Tensor, v: Tensor) -> None:
         """New storage; the old buffers go back to the arena (nothing else holds them)."""

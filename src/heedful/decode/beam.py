@@ -81,13 +81,18 @@ RESERVE_AT_MOST = 64
 
 def new_cache(model, positions: int, arena: CacheArena):
     """``model.new_cache()``, told how many positions the search may decode (up to
-    RESERVE_AT_MOST) and where its memory comes from, when the cache takes such hints
-    (``reserve`` is optional in the protocol)."""
+    RESERVE_AT_MOST) and where its memory comes from."""
     cache = model.new_cache()
-    reserve = getattr(cache, "reserve", None)
-    if reserve is not None:
-        reserve(min(positions, RESERVE_AT_MOST), arena)
+    reserve(cache, min(positions, RESERVE_AT_MOST), arena)
     return cache
+
+
+def reserve(cache, positions: int, arena: CacheArena | None) -> None:
+    """``cache.reserve(positions, arena)`` when the cache takes such hints (``reserve`` is optional
+    in the decoding protocol: an RNN's or an ONNX decoder's cache has nothing to reserve)."""
+    method = getattr(cache, "reserve", None)
+    if method is not None:
+        method(positions, arena)
 
 
 def _search(

@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from heedful.attention.cache import CacheArena
+from heedful.decode.beam import reserve
+
 
 class EnsembleCache:
     """One cache per member, re-ordered together."""
@@ -24,11 +27,9 @@ class EnsembleCache:
     def __init__(self, caches: list):
         self.caches = caches
 
-    def reserve(self, positions: int, arena=None) -> None:
+    def reserve(self, positions: int, arena: CacheArena | None = None) -> None:
         for cache in self.caches:
-            reserve = getattr(cache, "reserve", None)  # optional in the decoding protocol
-            if reserve is not None:
-                reserve(positions, arena)
+            reserve(cache, positions, arena)
 
     def reorder(self, index: Tensor, sources_unchanged: bool = False) -> None:
         for cache in self.caches:
