@@ -23,6 +23,11 @@ decode.workers; CTranslate2: inter_threads, its own token batches).
 size, as float32 on CPU was before the small-size bound (``CPU_FP32_MATH_MAX_SCORES``).
 ``--f-linear`` adds ours fp32 again with ``decode.prepacked`` off: every float32 Linear on
 F.linear instead of oneDNN's prepacked kernels (heedful.nn.packed).
+``--processes P`` runs the whole comparison P times, each in a fresh process, and sums them up:
+per engine, the median over processes of each process's paired ratio to ours fp32, and their
+range. On the 2-core Zen 4 host the same engine's speed differed by up to 15 % from process to
+process while staying within a few % inside one (int8: 5.96–6.86 s for the same 1,000 sentences
+in five processes), so one process's ratio can be a lucky or an unlucky draw.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,8 +95,13 @@ def main() -> None:
         help="also batch-1 latency: the first N sentences one at a time, every engine in turn on each",
     )
     parser.add_argument("--f-linear", action="store_true", help="add ours fp32 on F.linear (decode.prepacked off)")
+    parser.add_argument(
+        "--processes", type=int, default=1, metavar="P", help="repeat the comparison in P fresh processes and sum up"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.processes > 1:
+        return across_processes(args)
     torch.set_num_threads(args.threads)
 
     run = load_run(args.run, "cpu")
@@ -173,6 +185,38 @@ def main() -> None:
         record = {"run": str(args.run), "n": len(sources), "beam": beam, "threads": args.threads,
                   "load_average": [load_start, load_end], "engines": rows}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def across_processes(args: argparse.Namespace) -> None:
+    """Run this benchmark ``args.processes`` times, each in a fresh Python process with the same
+    options, and print (and save) per engine the median over processes of its paired ratio."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # every option but --processes and --json (each as "--x V" or "--x=V")
+        if skip:
+            skip = False
+        elif arg in ("--processes", "--json"):
+            skip = True
+        elif not arg.startswith(("--processes=", "--json=")):
+            argv.append(arg)
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for p in range(args.processes):
+            out = Path(tmp) / f"process{p}.json"
+            print(f"--- process {p + 1} of {args.processes}", flush=True)
+            subprocess.run([sys.executable, __file__, *argv, "--json", str(out)], check=True)
+            records.append(json.loads(out.read_text()))
+    print(f"=== {args.processes} processes: each one's paired ratio to ours fp32 (the median over its rounds)")
+    print("| engine | × ours fp32, median over processes | range | sent/s, median over processes |")
+    print("|---|--:|--:|--:|")
+    summary = {}
+    for name in records[0]["engines"]:
+        ratios = [statistics.median(r["engines"][name]["vs_fp32_paired"]) for r in records]
+        speeds = [r["engines"][name]["sent_per_s"] for r in records]
+        summary[name] = {"vs_fp32_paired_per_process": ratios, "sent_per_s_per_process": speeds}
+        print(f"| {name} | {statistics.median(ratios):.2f}× | {min(ratios):.2f}–{max(ratios):.2f} "
+              f"| {statistics.median(speeds):.1f} |")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"processes": records, "summary": summary}, indent=1) + "\n")
 
 
 def batch1_latency(engines: dict, sentences: list[str]) -> dict[str, tuple[float, float]]:
