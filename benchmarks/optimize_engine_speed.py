@@ -23,6 +23,9 @@ decode.workers; CTranslate2: inter_threads, its own token batches).
 size, as float32 on CPU was before the small-size bound (``CPU_FP32_MATH_MAX_SCORES``).
 ``--f-linear`` adds ours fp32 again with ``decode.prepacked`` off: every float32 Linear on
 F.linear instead of oneDNN's prepacked kernels (heedful.nn.packed).
+CTranslate2 decodes in a second process, which loads its translators once and keeps them: one
+that has translated, alive in this process, slowed our decoding by about 20 % (``--ct2-in-process``
+puts them here, as this benchmark did before 2026-12-05).
 ``--processes P`` runs the whole comparison P times, each in a fresh process, and sums them up:
 per engine, the median over processes of each process's paired ratio to ours fp32, and their
 range. On the 2-core Zen 4 host the same engine's speed differed by up to 15 % from process to
@@ -34,13 +37,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -96,6 +102,11 @@ def main() -> None:
     )
     parser.add_argument("--f-linear", action="store_true", help="add ours fp32 on F.linear (decode.prepacked off)")
     parser.add_argument(
+        "--ct2-in-process",
+        action="store_true",
+        help="CTranslate2 in this process, as before 2026-12-05 (a used translator slows ours by ~20 %%)",
+    )
+    parser.add_argument(
         "--processes", type=int, default=1, metavar="P", help="repeat the comparison in P fresh processes and sum up"
     )
     parser.add_argument("--json", type=Path, default=None)
@@ -133,17 +144,16 @@ def main() -> None:
     if args.ct2:
         from heedful.optimize.ct2 import Ct2Engine
 
+        pool = None if args.ct2_in_process else ct2_process(args, worker_counts)
         for workers in worker_counts:
             for kind in ("float32", "int8"):
-                engine = Ct2Engine(run, args.ct2 / f"ct2_{kind}", threads=args.threads, workers=workers)
-                if workers == 1:  # batches of 100, as ours
-                    engines[f"CTranslate2 {kind}"] = lambda lines, e=engine: [
-                        t.output for i in range(0, len(lines), 100) for t in e.translate(lines[i : i + 100], beam=beam)
-                    ]
-                else:  # one call: CTranslate2 cuts it into token batches (decode.batch_tokens) for its workers
-                    engines[f"CTranslate2 {kind}, {workers} workers"] = lambda lines, e=engine: [
-                        t.output for t in e.translate(lines, beam=beam)
-                    ]
+                label = f"CTranslate2 {kind}" + (f", {workers} workers" if workers > 1 else "")
+                batch = 100 if workers == 1 else None  # 1 worker: batches of 100, as ours
+                if pool is not None:
+                    engines[label] = functools.partial(ct2_in_process_pool, pool, kind, workers, beam, batch)
+                else:
+                    engine = Ct2Engine(run, args.ct2 / f"ct2_{kind}", threads=args.threads, workers=workers)
+                    engines[label] = functools.partial(ct2_translate, engine, beam, batch)
 
     def ours(model, lines: list[str], workers: int, fused: bool, prepacked: bool = True) -> list[str]:
         with attention_paths(model, "fused" if fused else None):
@@ -234,6 +244,57 @@ def batch1_latency(engines: dict, sentences: list[str]) -> dict[str, tuple[float
         name: (statistics.median(secs) * 1e3, statistics.median(a / b for a, b in zip(fp32, secs, strict=True)))
         for name, secs in seconds.items()
     }
+
+
+def ct2_translate(engine, beam: int, batch: int | None, lines: list[str]) -> list[str]:
+    """``engine``'s outputs for ``lines``, ``batch`` sentences per call (None: all in one call, which
+    CTranslate2 cuts into token batches for its workers)."""
+    step = batch or len(lines)
+    return [t.output for i in range(0, len(lines), step) for t in engine.translate(lines[i : i + step], beam=beam)]
+
+
+def ct2_process(args: argparse.Namespace, worker_counts: list[int]) -> ProcessPoolExecutor:
+    """One process holding every CTranslate2 engine, loaded once and kept (warm) for the whole run.
+    Why not this process: while a CTranslate2 translator that has translated is alive, our torch
+    decoding in the same process ran about 20 % slower (fp32, 1,000 sentences: 11.0–12.5 s per pass
+    against 9.2–10.5 s, and 9.2–9.6 s once the translator was deleted; docs/RESULTS.md, "int8
+    against fp32 in five fresh processes"), which flattered CTranslate2 in every comparison made
+    that way. Each call's time includes sending the lines and the outputs between the processes
+    (a few ms for 1,000 sentences)."""
+    pool = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ct2_load,
+        initargs=(str(args.run), str(args.ct2), args.threads, worker_counts),
+    )
+    pool.submit(int).result()  # loaded before the first timed call
+    return pool
+
+
+_CT2_ENGINES: dict[tuple[str, int], object] = {}  # in the CTranslate2 process: (kind, workers) -> engine
+
+
+def _ct2_load(run_dir: str, folder: str, threads: int, worker_counts: list[int]) -> None:
+    from heedful.optimize.ct2 import Ct2Engine
+
+    torch.set_num_threads(threads)
+    run = load_run(run_dir, "cpu")
+    run.task.build_data(run.cfg)
+    run.task.load_artifacts(run.run_dir / "model")
+    for workers in worker_counts:
+        for kind in ("float32", "int8"):
+            engine = Ct2Engine(run, Path(folder) / f"ct2_{kind}", threads=threads, workers=workers)
+            _CT2_ENGINES[kind, workers] = engine
+
+
+def _ct2_run(kind: str, workers: int, beam: int, batch: int | None, lines: list[str]) -> list[str]:
+    return ct2_translate(_CT2_ENGINES[kind, workers], beam, batch, lines)
+
+
+def ct2_in_process_pool(
+    pool: ProcessPoolExecutor, kind: str, workers: int, beam: int, batch: int | None, lines: list[str]
+) -> list[str]:
+    return pool.submit(_ct2_run, kind, workers, beam, batch, lines).result()
 
 
 def with_torch_int8_forward(model):
