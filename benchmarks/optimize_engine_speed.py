@@ -24,8 +24,9 @@ size, as float32 on CPU was before the small-size bound (``CPU_FP32_MATH_MAX_SCO
 ``--f-linear`` adds ours fp32 again with ``decode.prepacked`` off: every float32 Linear on
 F.linear instead of oneDNN's prepacked kernels (heedful.nn.packed).
 CTranslate2 decodes in a second process, which loads its translators once and keeps them: one
-that has translated, alive in this process, slowed our decoding by about 20 % (``--ct2-in-process``
-puts them here, as this benchmark did before 2026-12-05).
+that has translated, alive in this process, slowed our decoding by about 20 % (the two share
+torch's OpenMP runtime; see ``ct2_process``). ``--ct2-in-process`` puts them here, as this
+benchmark did before 2026-12-05.
 ``--processes P`` runs the whole comparison P times, each in a fresh process, and sums them up:
 per engine, the median over processes of each process's paired ratio to ours fp32, and their
 range. On the 2-core Zen 4 host the same engine's speed differed by up to 15 % from process to
@@ -259,8 +260,11 @@ def ct2_process(args: argparse.Namespace, worker_counts: list[int]) -> ProcessPo
     decoding in the same process ran about 20 % slower (fp32, 1,000 sentences: 11.0–12.5 s per pass
     against 9.2–10.5 s, and 9.2–9.6 s once the translator was deleted; docs/RESULTS.md, "int8
     against fp32 in five fresh processes"), which flattered CTranslate2 in every comparison made
-    that way. Each call's time includes sending the lines and the outputs between the processes
-    (a few ms for 1,000 sentences)."""
+    that way. CTranslate2's OpenMP calls bind to torch's libgomp, its worker thread keeps a second
+    thread team alive, and with more OpenMP threads than cores libgomp barely spins before
+    sleeping at its barriers, so each of our small parallel regions pays a wake-up. Each
+    call's time includes sending the lines and the outputs between the processes (a few ms for
+    1,000 sentences)."""
     pool = ProcessPoolExecutor(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
@@ -277,7 +281,10 @@ _CT2_ENGINES: dict[tuple[str, int], object] = {}  # in the CTranslate2 process: 
 def _ct2_load(run_dir: str, folder: str, threads: int, worker_counts: list[int]) -> None:
     from heedful.optimize.ct2 import Ct2Engine
 
-    torch.set_num_threads(threads)
+    # torch on one thread here: an OpenMP team of its own beside CTranslate2's would put more of
+    # the shared runtime's threads than cores in this process, and libgomp then stops spinning at
+    # its barriers (see ct2_process)
+    torch.set_num_threads(1)
     run = load_run(run_dir, "cpu")
     run.task.build_data(run.cfg)
     run.task.load_artifacts(run.run_dir / "model")
