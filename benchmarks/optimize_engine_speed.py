@@ -151,7 +151,7 @@ def main() -> None:
                 label = f"CTranslate2 {kind}" + (f", {workers} workers" if workers > 1 else "")
                 batch = 100 if workers == 1 else None  # 1 worker: batches of 100, as ours
                 if pool is not None:
-                    engines[label] = functools.partial(ct2_in_process_pool, pool, kind, workers, beam, batch)
+                    engines[label] = functools.partial(ct2_in_own_process, pool, kind, workers, beam, batch)
                 else:
                     engine = Ct2Engine(run, args.ct2 / f"ct2_{kind}", threads=args.threads, workers=workers)
                     engines[label] = functools.partial(ct2_translate, engine, beam, batch)
@@ -298,7 +298,7 @@ def _ct2_run(kind: str, workers: int, beam: int, batch: int | None, lines: list[
     return ct2_translate(_CT2_ENGINES[kind, workers], beam, batch, lines)
 
 
-def ct2_in_process_pool(
+def ct2_in_own_process(
     pool: ProcessPoolExecutor, kind: str, workers: int, beam: int, batch: int | None, lines: list[str]
 ) -> list[str]:
     return pool.submit(_ct2_run, kind, workers, beam, batch, lines).result()
