@@ -224,3 +224,50 @@ def test_runs_whose_names_differ_in_punctuation_get_schemas_of_their_own(dates_r
         for name in ("dates", "dates.v2", "dates-v2"):
             r = c.post(f"/v1/models/{name}/predict", json={"texts": ["5 May 2020"]})
             assert r.status_code == 200 and r.json()["model"] == name
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+def test_torch_runs_in_one_thread_when_it_computes_with_several(dates_run, tmp_path, monkeypatch, threads):
+    """With several torch threads, loading and every model's batches run in one thread: each thread
+    that runs a parallel region keeps an OpenMP team, and teams beyond the cores make libgomp's
+    barriers sleep (decoding ~20 % slower). At one thread each model keeps a thread of its own."""
+    import shutil
+    import threading
+
+    from heedful.serve import app as app_module
+
+    second = tmp_path / "dates-b"
+    shutil.copytree(dates_run.run_dir, second)
+    config = second / "config.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("name: dates\n", "name: dates-b\n"), encoding="utf-8")
+    seen: dict[str, set[int]] = {"load": set(), "dates": set(), "dates-b": set()}
+    load_run, infer = app_module.load_run, app_module.Served.infer
+
+    def recording_load(*args, **kwargs):
+        seen["load"].add(threading.get_ident())
+        return load_run(*args, **kwargs)
+
+    def recording_infer(self, inputs, attention):
+        seen[self.name].add(threading.get_ident())
+        return infer(self, inputs, attention)
+
+    monkeypatch.setattr(app_module, "load_run", recording_load)
+    monkeypatch.setattr(app_module.Served, "infer", recording_infer)
+    before = torch.get_num_threads()
+    try:
+        app, inference = app_module.load_app([dates_run.run_dir, second], threads=threads)
+        with TestClient(app) as c:
+            for name in ("dates", "dates-b", "dates"):
+                r = c.post(f"/v1/models/{name}/predict", json={"texts": ["5 May 2020"], "attention": True})
+                assert r.status_code == 200 and r.json()["model"] == name
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+        if inference is not None:
+            inference.shutdown()
+    assert all(len(idents) == 1 for idents in seen.values()), seen
+    if threads > 1:
+        assert len(seen["load"] | seen["dates"] | seen["dates-b"]) == 1, seen
+        assert threading.get_ident() not in seen["load"]
+    else:
+        assert inference is None and seen["dates"] != seen["dates-b"], seen

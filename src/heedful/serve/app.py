@@ -32,6 +32,7 @@ import math
 import re
 import tempfile
 import typing
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -298,6 +299,29 @@ async def _send_error(send: Any, status: int, error: str, detail: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- app
+def set_threads(threads: int | None) -> None:
+    """torch's intra-op threads for inference; None leaves torch's setting."""
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"threads: {threads}; give at least 1")
+        torch.set_num_threads(threads)
+
+
+def inference_thread(threads: int | None) -> ThreadPoolExecutor | None:
+    """One thread for every torch call of the server when torch computes with several threads;
+    None at one thread.
+
+    Why one: torch's OpenMP runtime (libgomp) keeps a team of worker threads for every thread
+    that has run a parallel region, for as long as that thread lives. Once the teams hold more
+    threads than there are cores, libgomp's barriers sleep after about 100 spins instead of
+    about 300,000, and each of the many barriers of a decoding step then costs a wake-up: a
+    Multi30k Transformer decoded about 20 % slower in an inference thread after its run had been
+    loaded on the main thread (docs/RESULTS.md, "Serving: one thread for torch"). So ``serve``
+    loads the runs in this thread too, and every model's batches run in it."""
+    n = threads if threads is not None else torch.get_num_threads()
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="heedful-inference") if n > 1 else None
+
+
 def create_app(
     runs: list[Run],
     *,
@@ -305,10 +329,14 @@ def create_app(
     batching: Batching = Batching(),
     api_key: str | None = None,
     threads: int | None = 1,
+    inference: ThreadPoolExecutor | None = None,
 ) -> Any:
     """The FastAPI app serving ``runs`` (each named by its run name). ``threads``: torch's
-    intra-op threads for inference (None leaves torch's setting); each model runs its batches in
-    one inference thread of its own."""
+    intra-op threads for inference (None leaves torch's setting). Where the models' batches run:
+    ``inference`` (one thread, shared by every model; the caller shuts it down) — best the
+    thread the runs were loaded in, as ``serve`` does (see ``inference_thread``); by default one
+    shared thread of the app's own when torch computes with several threads, and at one thread
+    one inference thread per model, so that several models answer at once on several cores."""
     fastapi = optional_import("fastapi", "heedful serve")
     from fastapi import File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
@@ -317,10 +345,7 @@ def create_app(
 
     if not runs:
         raise UserError("heedful serve needs at least one run directory")
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"threads: {threads}; give at least 1")
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if api_key is not None and not api_key.strip():
         raise UserError("the API key is empty")
 
@@ -352,13 +377,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any):
+        shared = inference or inference_thread(threads)  # None: one thread per model
         for s in served.values():
-            s.batcher.start()
+            s.batcher.start(shared)
         app.state.ready = True
         yield
         app.state.ready = False
         for s in served.values():
             await s.batcher.stop()
+        if shared is not None and shared is not inference:
+            shared.shutdown(wait=False)
 
     app = fastapi.FastAPI(
         title="heedful",
@@ -569,9 +597,43 @@ def serve(
     if not is_local(host) and api_key is None and not insecure:
         raise UserError(f"--host {host}: not a local address; set --api-key (or {API_KEY_ENV}), or pass --insecure")
     uvicorn = optional_import("uvicorn", "heedful serve")
-    app = create_app([load_run(d, device) for d in run_dirs], limits=limits, batching=batching, api_key=api_key,
-                     threads=threads)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    app, inference = load_app(run_dirs, device, limits=limits, batching=batching, api_key=api_key, threads=threads)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    finally:
+        if inference is not None:
+            inference.shutdown(wait=False)
 
 
-__all__ = ["ApiError", "Batching", "Limits", "create_app", "is_local", "rollout", "serve"]
+def load_app(
+    run_dirs: list[str | Path], device: str = "cpu", *, threads: int | None = 1, **options: Any
+) -> tuple[Any, ThreadPoolExecutor | None]:
+    """``create_app`` of the runs in ``run_dirs``, loaded in the thread that will run their
+    batches (``inference_thread``: with several torch threads, one for every model; at one thread
+    the runs load here and each model gets its own), and that thread, for the caller to shut
+    down. ``options``: ``create_app``'s."""
+    set_threads(threads)  # first: a thread's OpenMP team is sized at its first parallel region
+    inference = inference_thread(threads)
+    try:
+        if inference is None:
+            runs = [load_run(d, device) for d in run_dirs]
+        else:
+            runs = inference.submit(lambda: [load_run(d, device) for d in run_dirs]).result()
+        return create_app(runs, threads=threads, inference=inference, **options), inference
+    except BaseException:
+        if inference is not None:
+            inference.shutdown(wait=False)
+        raise
+
+
+__all__ = [
+    "ApiError",
+    "Batching",
+    "Limits",
+    "create_app",
+    "inference_thread",
+    "is_local",
+    "load_app",
+    "rollout",
+    "serve",
+]

@@ -35,7 +35,8 @@ class _Job:
 
 class DynamicBatcher:
     """One model's queue and worker. ``infer(inputs, attention)`` returns one result per input;
-    it runs in the batcher's own inference thread (made by ``start``), never on the event loop."""
+    it runs in the inference thread given to ``start`` (which other batchers may share; its owner
+    shuts it down), or by default in the batcher's own — never on the event loop."""
 
     def __init__(
         self,
@@ -49,14 +50,16 @@ class DynamicBatcher:
     ) -> None:
         self.infer, self.name = infer, name
         self.executor: ThreadPoolExecutor | None = None
+        self.own_executor = False
         self.enabled, self.max_batch_chars, self.max_wait = enabled, max_batch_chars, max_wait_ms / 1000
         self.max_queue = max_queue
         self.queue: asyncio.Queue[_Job] | None = None
         self.worker: asyncio.Task | None = None
         self.batch_sizes: collections.Counter[int] = collections.Counter()  # requests per model call
 
-    def start(self) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"heedful-{self.name}")
+    def start(self, executor: ThreadPoolExecutor | None = None) -> None:
+        self.own_executor = executor is None
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"heedful-{self.name}")
         self.queue = asyncio.Queue()
         self.worker = asyncio.get_running_loop().create_task(self._work())
 
@@ -64,7 +67,7 @@ class DynamicBatcher:
         if self.worker is not None:
             self.worker.cancel()
             await asyncio.gather(self.worker, return_exceptions=True)
-        if self.executor is not None:
+        if self.own_executor and self.executor is not None:
             self.executor.shutdown(wait=False)
 
     async def submit(self, inputs: list[Any], size: int, attention: bool) -> list[Any]:
