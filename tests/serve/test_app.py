@@ -253,7 +253,7 @@ def test_torch_runs_in_one_thread_when_it_computes_with_several(dates_run, tmp_p
 
     monkeypatch.setattr(app_module, "load_run", recording_load)
     monkeypatch.setattr(app_module.Served, "infer", recording_infer)
-    before = torch.get_num_threads()
+    before, inference = torch.get_num_threads(), None
     try:
         app, inference = app_module.load_app([dates_run.run_dir, second], threads=threads)
         with TestClient(app) as c:
