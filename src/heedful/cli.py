@@ -485,7 +485,9 @@ def serve(
         ),
     ] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-local --host without an API key.")] = False,
-    threads: Annotated[int, typer.Option(help="Torch threads for inference.", min=1)] = 1,
+    threads: Annotated[
+        int, typer.Option(help="Torch threads for inference; above 1, every model runs in one inference thread.", min=1)
+    ] = 1,
     device: DeviceOption = "cpu",
     batching: Annotated[bool, typer.Option(help="Gather concurrent requests to one model into one batch.")] = True,
     max_batch_tokens: Annotated[
