@@ -87,6 +87,8 @@ def free_port() -> int:
 
 
 def start_server(runs: list[str], port: int, batching: bool, args: argparse.Namespace) -> subprocess.Popen:
+    # The server starts in this checkout (cwd=ROOT): run directories as the caller named them, made absolute.
+    runs = [str(Path(r).resolve()) for r in runs]
     cmd = [sys.executable, "-m", "heedful.cli", "serve", *runs, "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(args.threads), "--max-wait-ms", str(args.max_wait_ms),
            "--max-batch-tokens", str(args.max_batch_tokens), "--batching" if batching else "--no-batching"]  # fmt: skip
