@@ -614,11 +614,12 @@ def load_app(
     down. ``options``: ``create_app``'s."""
     set_threads(threads)  # first: a thread's OpenMP team is sized at its first parallel region
     inference = inference_thread(threads)
+
+    def load() -> list[Run]:
+        return [load_run(d, device) for d in run_dirs]
+
     try:
-        if inference is None:
-            runs = [load_run(d, device) for d in run_dirs]
-        else:
-            runs = inference.submit(lambda: [load_run(d, device) for d in run_dirs]).result()
+        runs = load() if inference is None else inference.submit(load).result()
         return create_app(runs, threads=threads, inference=inference, **options), inference
     except BaseException:
         if inference is not None:
