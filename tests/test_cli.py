@@ -1,5 +1,6 @@
 """The command line, run as a user runs it: a subprocess, its output and its exit code."""
 
+import itertools
 import json
 import re
 import subprocess
@@ -62,6 +63,42 @@ def test_help_lists_the_commands():
     result = run_cli("--help")
     assert result.returncode == 0
     assert {"train", "evaluate", "predict"} <= set(listed_commands(result.stdout))
+
+
+def command_descriptions(help_text: str) -> tuple[dict[str, list[str]], int]:
+    """Each command's description rows in the help's Commands box, as printed, and the width
+    the box gives a description."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "─ Commands ─" in line)
+    rows: dict[str, list[str]] = {}
+    name, room = "", 0
+    for line in lines[start + 1 :]:
+        if line.startswith("╰"):
+            break
+        body = line[1:-1]  # between the box's borders
+        if match := re.match(r" (\S+) +", body):
+            name, column = match.group(1), match.end()
+            room = len(body) - column - 1  # a space before the right border
+        rows.setdefault(name, []).append(body[column:].rstrip())
+    return rows, room
+
+
+def test_the_commands_box_wraps_each_summary_as_one_paragraph():
+    """A docstring's own line breaks must not reach the box: a row may end early only where its
+    next word would not fit (typer's rich mode kept them, which gave ragged half-lines)."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    descriptions, room = command_descriptions(result.stdout)
+    assert {"train", "evaluate", "translate", "optimize"} <= set(descriptions) and room > 40
+    for name, rows in descriptions.items():
+        for row, following in itertools.pairwise(rows):
+            assert len(row) + 1 + len(following.split()[0]) > room, (name, row)
+    assert " ".join(descriptions["translate"]).startswith("Translate stdin to stdout, one line for each line")
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and re.fullmatch(r"heedful \d+\.\d+\.\d+\n", result.stdout), result.stdout
 
 
 @pytest.mark.slow

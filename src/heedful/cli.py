@@ -31,9 +31,14 @@ class Commands(TyperGroup):
         return ["train", *super().list_commands(ctx), *self._task_verbs()]
 
     def get_command(self, ctx: Any, name: str) -> Any:
-        if name == "train":
-            return _train_command()
-        return super().get_command(ctx, name) or self._task_verbs().get(name)
+        command = (
+            _train_command() if name == "train" else super().get_command(ctx, name) or self._task_verbs().get(name)
+        )
+        if command is not None and command.short_help is None and command.help:
+            # The Commands box shows a help's first paragraph with its line breaks kept (typer's
+            # rich mode): wrapped docstrings came out as ragged half-lines. One line per paragraph.
+            command.short_help = " ".join(command.help.split("\n\n")[0].split())
+        return command
 
     def _task_verbs(self) -> dict[str, Any]:
         if not hasattr(self, "_verbs"):
@@ -81,8 +86,22 @@ class RunLoader:
         return ct2_engine(run, quantization)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from heedful import __version__
+
+        typer.echo(f"heedful {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(ctx: typer.Context) -> None:
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print heedful's version and exit."),
+    ] = False,
+) -> None:
     ctx.obj = RunLoader()  # every verb's context inherits it
 
 

@@ -120,8 +120,8 @@ def translate(
     set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Translate stdin to stdout, one line for each line, in order: heedful translate RUN < in.txt > out.txt
-    --set changes decoding, e.g. decode.alpha=1.0 or decode.precision=bf16."""
+    """Translate stdin to stdout, one line for each line, in order (heedful translate RUN < in.txt >
+    out.txt). --set changes decoding, e.g. decode.alpha=1.0 or decode.precision=bf16."""
     from tqdm.auto import tqdm
 
     if engine not in ("torch", "ctranslate2"):
