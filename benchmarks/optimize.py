@@ -70,7 +70,7 @@ def decode_all(
 
     def decode_batch(lines: list[str]) -> list[str]:
         ids = [task.src_tok.encode(s) for s in lines]
-        limits = torch.tensor([task._output_limit(len(i), model) for i in ids])
+        limits = torch.tensor([task._output_limit(len(i), model.config.max_len) for i in ids])
         hyps = beam_search(model, pad_ids(ids, task.src_tok.pad_id), bos_id=task.tgt_tok.bos_id,
                            eos_id=task.tgt_tok.eos_id, beam_size=beam, max_len=limits, alpha=alpha,
                            prepacked=prepacked)  # fmt: skip

@@ -28,32 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from heedful.config import RunConfig, apply_overrides, read_yaml, validate
+from heedful.config import RunConfig
 from heedful.device import resolve_device
-from heedful.errors import CheckpointError, ConfigError, UserError
+from heedful.errors import CheckpointError, UserError
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task
-from heedful.tasks.registry import all_task_classes, get_task
+from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.rundir import record_written
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or a run directory's config.yaml), apply ``key=value`` overrides, validate.
-    A run directory's config runs in that directory, wherever it was made (runs move and copy)."""
-    path = Path(path)
-    run_dir = path if path.is_dir() else None
-    if run_dir is not None:
-        path = path / "config.yaml"
-    data = read_yaml(path)
-    if run_dir is not None:
-        data["run_dir"] = str(run_dir)
-    data = apply_overrides(data, list(overrides or []))
-    if "task" not in data:
-        raise ConfigError(f"{path}: missing config key 'task'")
-    try:
-        task_class = get_task(str(data["task"]))
-    except ConfigError as exc:  # an unknown task: say which file names it
-        raise ConfigError(f"{path}: config key 'task': {exc}") from None
-    return validate(task_class.config_class, data, source=str(path))
 
 
 @dataclass
@@ -236,10 +216,23 @@ def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:
     return Ensemble([load_run(run_dir, device) for run_dir in run_dirs])
 
 
+def _export_kind(record: Path) -> str:
+    """What an export's ``export.json`` says it is: "a CTranslate2 export of runs/x", in words."""
+    try:
+        fields = json.loads(record.read_text(encoding="utf-8"))
+        kind = {"ctranslate2": "a CTranslate2 export", "onnx": "an ONNX export"}.get(fields.get("format"), "an export")
+        return f"{kind} of {fields['source']}" if fields.get("source") else kind
+    except (ValueError, AttributeError, OSError):
+        return "an export"
+
+
 def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Run:
     """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best
     model. ``overrides`` ("decode.beam_size=1", …) change how it is used, not what was trained."""
     run_dir = Path(run_dir)
+    if (run_dir / "export.json").is_file():  # `heedful export` wrote it: weights for another runtime
+        raise CheckpointError(f"{run_dir}: {_export_kind(run_dir / 'export.json')}, not a run directory; give the run "
+                              "it came from (docs/OPTIMIZE.md, 'Export', says what reads an export)")  # fmt: skip
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`")
     if not (run_dir / "model").is_dir():

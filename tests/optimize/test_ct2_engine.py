@@ -128,3 +128,54 @@ def test_without_ctranslate2_it_says_what_to_install(run_dir, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ctranslate2", None)
     with pytest.raises(UserError, match=r"needs ctranslate2: pip install 'heedful\[export\]'"):
         ct2_engine(load_run(run_dir, "cpu"))
+
+
+@pytest.mark.slow
+def test_an_export_folder_translates_on_its_own(confident_run, tmp_path):
+    """`heedful export --format ctranslate2` then `heedful translate EXPORT`: the folder, moved away
+    from its run and with the run gone, decodes what the run decodes with --engine ctranslate2 —
+    its config and tokenizer travel inside it — and --set and --quantization apply."""
+    from heedful.optimize.ct2 import export_ctranslate2, open_ct2_export
+
+    gone = tmp_path / "run"  # a copy of the run, deleted once exported
+    shutil.copytree(confident_run, gone)
+    run = load_run(gone, "cpu")
+    lines = sources(run)[:8]
+    text = "".join(f"{line}\n" for line in lines)
+    expected = [t.output for t in ct2_engine(run).translate(lines, beam=1)]
+    shipped = tmp_path / "shipped"
+    shutil.copytree(export_ctranslate2(run, tmp_path / "export"), shipped)
+    shutil.rmtree(tmp_path / "export")
+    shutil.rmtree(gone)
+
+    result = run_cli("translate", str(shipped), "--beam", "1", stdin=text)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == expected and any(len(line) > 5 for line in expected)
+    engine = open_ct2_export(shipped, ["decode.beam_size=1"])
+    assert [t.output for t in engine.translate(lines)] == expected
+    int8 = run_cli("translate", str(shipped), "--beam", "1", "--quantization", "int8", stdin=text)
+    assert int8.returncode == 0 and len(int8.stdout.splitlines()) == 8, int8.stderr
+
+
+@pytest.mark.slow
+def test_an_export_folder_where_a_run_is_expected_is_one_line(run_dir, tmp_path):
+    from heedful.optimize.ct2 import export_ctranslate2
+    from heedful.optimize.export import export_onnx
+
+    run = load_run(run_dir, "cpu")
+    ct2_dir, onnx_dir = export_ctranslate2(run, tmp_path / "ct2"), export_onnx(run, tmp_path / "onnx")
+    old = tmp_path / "old"  # an export made before the run's files went into heedful/
+    shutil.copytree(ct2_dir, old)
+    shutil.rmtree(old / "heedful")
+    cases = [
+        (["predict", str(ct2_dir), "5. März 2021"], f"a CTranslate2 export of {run_dir}, not a run directory"),
+        (["evaluate", str(onnx_dir)], f"an ONNX export of {run_dir}, not a run directory"),
+        (["translate", str(onnx_dir)], "an ONNX export"),
+        (["translate", str(ct2_dir), "--ensemble", str(run_dir)], "--ensemble needs --engine torch"),
+        (["translate", str(ct2_dir), "--quantization", "int4"], "choose from float32, int8"),
+        (["translate", str(old)], "export again"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args, stdin="5. März 2021\n")
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1

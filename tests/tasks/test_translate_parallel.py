@@ -233,8 +233,8 @@ def test_n_best_translations_come_from_the_beam_best_first(trained):
     # The same as the beam search's own n-best list.
     task, src = run.task, [run.task._source_ids(lines[0], run.model)]
     (hyps,) = beam_search(run.model, torch.tensor(src), bos_id=task.tgt_tok.bos_id, eos_id=task.tgt_tok.eos_id,
-                          beam_size=3, max_len=task._output_limit(len(src[0]), run.model), alpha=run.cfg.decode.alpha,
-                          n_best=3)  # fmt: skip
+                          beam_size=3, max_len=task._output_limit(len(src[0]), run.model.config.max_len),
+                          alpha=run.cfg.decode.alpha, n_best=3)  # fmt: skip
     assert [score for _, score in ranked[0].alternatives] == pytest.approx([h.log_prob for h in hyps])
 
     result = run_cli("translate", str(run_dir), "--beam", "2", "--n-best", "2", stdin="\n".join(lines) + "\n")

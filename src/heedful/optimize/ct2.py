@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from heedful.runs import Run
 
 RECORD_NAME = "export.json"
+RUN_FILES = "heedful"  # the folder inside an export that holds the run's config.yaml and tokenizer files
 
 
 def _np(tensor: torch.Tensor):
@@ -153,12 +154,15 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
 
     with staged(out) as tmp:
         Converter().convert(str(tmp), quantization=quantization, force=True)
-        for path in (run.run_dir / "model").iterdir():  # our tokenizer, to make and undo the pieces
-            if path.is_file() and path.name not in ("model.safetensors",):
-                shutil.copy2(path, tmp / f"heedful-{path.name}")
-        shutil.copy2(run.run_dir / "config.yaml", tmp / "heedful-config.yaml")
+        # The run's config and tokenizer (to make and undo the pieces), so the folder translates on
+        # its own: open_ct2_export, `heedful translate DIR`.
+        (tmp / RUN_FILES).mkdir()
+        for path in (run.run_dir / "model").iterdir():
+            if path.is_file() and path.name != "model.safetensors":
+                shutil.copy2(path, tmp / RUN_FILES / path.name)
+        shutil.copy2(run.run_dir / "config.yaml", tmp / RUN_FILES / "config.yaml")
         record = {"source": str(run.run_dir), "format": "ctranslate2", "quantization": quantization,
-                  "weights": _weights_stamp(run)}  # fmt: skip
+                  "max_len": model.config.max_len, "weights": _weights_stamp(run)}  # fmt: skip
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
     return out
 
@@ -167,9 +171,16 @@ class Ct2Translator:
     """A converted model in CTranslate2, with the run's tokenizer around it."""
 
     def __init__(
-        self, directory: str | Path, src_tok, tgt_tok, compute_type: str = "default", threads: int = 1, workers: int = 1
+        self,
+        directory: str | Path,
+        src_tok,
+        tgt_tok,
+        compute_type: str | None = None,
+        threads: int = 1,
+        workers: int = 1,
     ):
         ct2 = optional_import("ctranslate2", "CTranslate2 decoding")
+        compute_type = compute_type or "default"  # default: the type the weights were stored in
         # workers > 1: that many batches at once, one thread each — as ours does with decode.workers.
         intra = threads if workers == 1 else 1
         with keeping_torch_threads():
@@ -249,13 +260,34 @@ class Ct2Engine:
       one, so the last row is zeros.
     """
 
-    def __init__(self, run: Run, folder: Path, threads: int | None = None, workers: int | None = None):
-        self.task, self.folder = run.task, folder
-        self.model = run.model  # its max_len: the output limits, as ours
-        self.decode_cfg = run.cfg.decode
-        self.translator = Ct2Translator(folder, run.task.src_tok, run.task.tgt_tok,
+    def __init__(
+        self, run: Run, folder: Path, threads: int | None = None, workers: int | None = None,
+        compute_type: str | None = None,
+    ) -> None:  # fmt: skip
+        self._open(run.task, run.cfg, run.model.config.max_len, folder, threads, workers, compute_type)
+
+    @classmethod
+    def from_parts(
+        cls,
+        task: Any,
+        cfg: Any,
+        max_len: int,
+        folder: Path,
+        threads: int | None = None,
+        compute_type: str | None = None,
+    ) -> Ct2Engine:
+        """An engine without the run's model: its task (tokenizers loaded), config and positions."""
+        engine = cls.__new__(cls)
+        engine._open(task, cfg, max_len, folder, threads, None, compute_type)
+        return engine
+
+    def _open(self, task, cfg, max_len: int, folder: Path, threads, workers, compute_type) -> None:
+        self.task, self.cfg, self.folder = task, cfg, folder
+        self.max_len = max_len  # the model's positions: the output limits, as ours
+        self.decode_cfg = cfg.decode
+        self.translator = Ct2Translator(folder, task.src_tok, task.tgt_tok, compute_type=compute_type,
                                         threads=threads or torch.get_num_threads(),
-                                        workers=workers or run.cfg.decode.workers)  # fmt: skip
+                                        workers=workers or cfg.decode.workers)  # fmt: skip
 
     def translate(
         self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,
@@ -268,13 +300,13 @@ class Ct2Engine:
         if not 1 <= n_best <= beam:
             raise OptimizeError(f"n-best {n_best}: needs a beam of at least {n_best} (the beam is {beam})")
         texts = list(lines)
-        src_ids = [task.src_tok.encode(t)[: self.model.config.max_len] if t.strip() else [] for t in texts]
+        src_ids = [task.src_tok.encode(t)[: self.max_len] if t.strip() else [] for t in texts]
         out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
         if attention:
             for t in out:
                 t.source_pieces, t.output_pieces, t.attention = [], ["<eos>"], torch.zeros(1, 0)
         filled = [i for i, ids in enumerate(src_ids) if ids]
-        limits = {i: task._output_limit(len(src_ids[i]), self.model) for i in filled}
+        limits = {i: task._output_limit(len(src_ids[i]), self.max_len) for i in filled}
         # CTranslate2 takes one output limit per call: the batch's longest; an output past its
         # own sentence's limit is cut there below (ours ends it at the limit inside the search).
         with keeping_torch_threads():
@@ -315,3 +347,41 @@ def ct2_engine(run: Run, quantization: str = "float32", threads: int | None = No
             f"not a {run.model.config.arch} model or an optimized one"
         )
     return Ct2Engine(run, cached_export(run, quantization), threads)
+
+
+def open_ct2_export(
+    folder: str | Path, overrides: list[str] | None = None, compute_type: str | None = None, threads: int | None = None
+) -> Ct2Engine:
+    """A folder ``heedful export --format ctranslate2`` wrote, on its own: the run's config and
+    tokenizer from ``FOLDER/heedful/``, CTranslate2 on the weights (``compute_type``: as stored, or
+    float32 / int8 converted on loading). ``overrides`` change decoding, as for a run."""
+    from heedful.tasks.registry import get_task, load_config
+
+    folder = Path(folder)
+    record = read_export_record(folder)
+    if record.get("format") != "ctranslate2":
+        raise OptimizeError(f"{folder}: an export in {record.get('format')!r}, not a CTranslate2 one")
+    files = folder / RUN_FILES
+    if not (files / "config.yaml").is_file() or "max_len" not in record:
+        raise OptimizeError(f"{folder}: exported before exports kept the run's files in {RUN_FILES}/; export again")
+    if compute_type not in (None, *ENGINE_QUANTIZATIONS):
+        raise OptimizeError(f"--quantization {compute_type!r}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
+    optional_import("ctranslate2", "CTranslate2 decoding")
+    cfg = load_config(files / "config.yaml", overrides)
+    task = get_task(cfg.task)(cfg)
+    task.load_artifacts(files)
+    return Ct2Engine.from_parts(task, cfg, int(record["max_len"]), folder, threads, compute_type)
+
+
+def read_export_record(folder: Path) -> dict[str, Any]:
+    """``FOLDER/export.json``, the record every export writes (one-line errors when it is not there or unreadable)."""
+    path = folder / RECORD_NAME
+    if not path.is_file():
+        raise OptimizeError(f"{folder}: not an export folder (no {RECORD_NAME}); `heedful export` writes one")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OptimizeError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise OptimizeError(f"{path}: expected a JSON object")
+    return record

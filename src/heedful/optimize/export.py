@@ -189,7 +189,7 @@ def export_onnx(run: Run, out: str | Path) -> Path:
                 shutil.copy2(path, tmp / path.name)
         shutil.copy2(run.run_dir / "config.yaml", tmp / "config.yaml")
         (tmp / RECORD_NAME).write_text(
-            json.dumps({"source": str(run.run_dir), "opset": OPSET, **record}, indent=2) + "\n"
+            json.dumps({"source": str(run.run_dir), "format": "onnx", "opset": OPSET, **record}, indent=2) + "\n"
         )
     return out
 

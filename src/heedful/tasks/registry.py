@@ -15,12 +15,14 @@ in one line naming the extra, a task whose modules are missing.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from heedful.errors import ConfigError
 from heedful.extras import MissingExtra, install_hint
 
 if TYPE_CHECKING:
+    from heedful.config import RunConfig
     from heedful.tasks.base import Task
 
 MODULES: dict[str, str] = {
@@ -80,3 +82,27 @@ def installed(module: str) -> bool:
     except ModuleNotFoundError:
         return False
     return True
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or a run directory's config.yaml), apply ``key=value`` overrides, validate
+    it as its task's config class (``heedful.runs.load_config``; here, below the runs and the
+    optimizations, so that both can read a config). A run directory's config runs in that
+    directory, wherever it was made (runs move and copy)."""
+    from heedful.config import apply_overrides, read_yaml, validate
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else None
+    if run_dir is not None:
+        path = path / "config.yaml"
+    data = read_yaml(path)
+    if run_dir is not None:
+        data["run_dir"] = str(run_dir)
+    data = apply_overrides(data, list(overrides or []))
+    if "task" not in data:
+        raise ConfigError(f"{path}: missing config key 'task'")
+    try:
+        task_class = get_task(str(data["task"]))
+    except ConfigError as exc:  # an unknown task: say which file names it
+        raise ConfigError(f"{path}: config key 'task': {exc}") from None
+    return validate(task_class.config_class, data, source=str(path))

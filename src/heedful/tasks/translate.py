@@ -297,14 +297,14 @@ class TranslateTask(Task):
     def _detokenize(self, ids: list[int]) -> str:
         return _one_line(self.tgt_tok.decode(ids))
 
-    def _output_limit(self, source_length: int, model: nn.Module) -> int:
+    def _output_limit(self, source_length: int, max_positions: int) -> int:
         """The longest output for a source of ``source_length`` tokens: decode.max_len, or less
-        with decode.max_len_ratio; never past the model's positions."""
+        with decode.max_len_ratio; never past the model's ``max_positions``."""
         d = self.cfg.decode
         limit = d.max_len
         if d.max_len_ratio is not None:
             limit = min(limit, math.ceil(d.max_len_ratio * source_length) + d.max_len_offset)
-        return max(1, min(limit, model.config.max_len - 1))
+        return max(1, min(limit, max_positions - 1))
 
     def _generate(
         self,
@@ -323,7 +323,7 @@ class TranslateTask(Task):
             raise UserError(f"n-best {n_best}: needs a beam of at least {n_best} (the beam is {beam})")
         budget = batch_tokens or d.batch_tokens
         device = next(model.parameters()).device
-        limits = [self._output_limit(len(s), model) for s in src_ids]
+        limits = [self._output_limit(len(s), model.config.max_len) for s in src_ids]
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16) if d.precision == "bf16" else contextlib.nullcontext()
         )

@@ -68,6 +68,13 @@ class RunLoader(Protocol):
         """``run``'s translator decoded by CTranslate2 (``heedful.optimize.ct2.ct2_engine``): an
         object whose ``translate`` answers as ``run.translate`` does."""
 
+    def is_ct2_export(self, folder: Path) -> bool:
+        """Whether ``folder`` is a CTranslate2 export (``heedful export --format ctranslate2``)."""
+
+    def open_ct2_export(self, folder: Path, overrides: list[str] | None, quantization: str | None) -> Any:
+        """That export on its own (``heedful.optimize.ct2.open_ct2_export``): ``translate`` as
+        :meth:`ct2_engine`'s, ``cfg`` the run's config."""
+
 
 def run_loader(ctx: typer.Context) -> RunLoader:
     if ctx.obj is None:

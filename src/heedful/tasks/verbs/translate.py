@@ -77,7 +77,13 @@ def _stdin_chunks(max_lines: int) -> Iterator[list[str]]:
 
 def translate(
     ctx: typer.Context,
-    run_dir: Annotated[Path, typer.Argument(help="A translate run directory written by `heedful train`.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A translate run directory written by `heedful train`, or a CTranslate2 export of one "
+            "(`heedful export --format ctranslate2`)."
+        ),
+    ],
     beam: Annotated[int | None, typer.Option(min=1, help="Beam size (1 = greedy); default: decode.beam_size.")] = None,
     batch_tokens: Annotated[
         int | None, typer.Option(min=1, help="Source tokens × beam per batch; default: decode.batch_tokens.")
@@ -115,8 +121,12 @@ def translate(
         ),
     ] = "torch",
     quantization: Annotated[
-        str, typer.Option(help="With --engine ctranslate2: float32 | int8 (CTranslate2's own int8 weights).")
-    ] = "float32",
+        str | None,
+        typer.Option(
+            help="With --engine ctranslate2: float32 (default) | int8 (CTranslate2's own int8 weights); for a "
+            "CTranslate2 export, the type it computes in (default: as exported)."
+        ),
+    ] = None,
     set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
@@ -126,19 +136,25 @@ def translate(
 
     if engine not in ("torch", "ctranslate2"):
         raise UserError(f"--engine {engine!r}: torch or ctranslate2")
-    if engine == "torch" and quantization != "float32":
-        raise UserError("--quantization is for --engine ctranslate2 (int8 for our own search: heedful optimize)")
-    if engine == "ctranslate2" and ensemble:
-        raise UserError("--engine ctranslate2 decodes one model; --ensemble needs --engine torch")
     loader = run_loader(ctx)
-    run = loader.load_run(run_dir, device, list(set_ or []), task="translate", verb="translate")
-    if engine == "ctranslate2":
-        translator = loader.ct2_engine(run, quantization)
+    exported = loader.is_ct2_export(run_dir)
+    if engine == "torch" and quantization is not None and not exported:
+        raise UserError("--quantization is for --engine ctranslate2 (int8 for our own search: heedful optimize)")
+    if (engine == "ctranslate2" or exported) and ensemble:
+        raise UserError("CTranslate2 decodes one model; --ensemble needs --engine torch and run directories")
+    if exported:  # CTranslate2 decodes it; the run's config and tokenizer travel inside
+        translator = loader.open_ct2_export(run_dir, list(set_ or []), quantization)
+        cfg = translator.cfg
     else:
-        translator = loader.with_ensemble(run, ensemble, device, list(set_ or []))  # the run itself alone
+        run = loader.load_run(run_dir, device, list(set_ or []), task="translate", verb="translate")
+        cfg = run.cfg
+        if engine == "ctranslate2":
+            translator = loader.ct2_engine(run, quantization or "float32")
+        else:
+            translator = loader.with_ensemble(run, ensemble, device, list(set_ or []))  # the run itself alone
     out = sys.stdout.buffer
     bar = tqdm(unit=" lines", file=sys.stderr, disable=not progress or sys.stdin.isatty(), dynamic_ncols=True)
-    if n_best > (beam or run.cfg.decode.beam_size):
+    if n_best > (beam or cfg.decode.beam_size):
         raise UserError(f"--n-best {n_best}: needs a beam of at least {n_best} (--beam)")
     done = 0  # input lines answered so far (the n-best line numbers)
     with open(attention, "w", encoding="utf-8") if attention else contextlib.nullcontext() as maps:
