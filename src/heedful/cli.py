@@ -353,6 +353,14 @@ def optimize_command(
         typer.Option(help="int8 | average | low-rank | prune-heads | distill (docs/OPTIMIZE.md).", show_default=False),
     ],
     out: Annotated[Path, typer.Option(help="The optimized run directory to write (new or empty).")],
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace OUT when an earlier optimize or export wrote it (it holds optimize.json or "
+            "export.json); nothing else is replaced, and the old folder goes only once the new one is complete.",
+        ),
+    ] = False,
     last: Annotated[int | None, typer.Option(help="average: how many of the last checkpoints (default 5).")] = None,
     energy: Annotated[
         float | None, typer.Option(help="low-rank: keep this share of each layer's Σσ² (e.g. 0.9).")
@@ -401,7 +409,7 @@ def optimize_command(
     options = {"last": last, "energy": energy, "size": size, "layers": layers, "untie": untie or None,
                "fraction": fraction, "rounds": rounds, "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr,
                "beam": beam, "student_set": student_set}  # fmt: skip
-    written = optimize(run, method, out, **options)
+    written = optimize(run, method, out, overwrite=overwrite, **options)
     optimized = load_run(written, "cpu")
     before, after = count_parameters(run.model), count_parameters(optimized.model)
     size_before = (run_dir / "model" / "model.safetensors").stat().st_size
@@ -414,6 +422,14 @@ def optimize_command(
 def export_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory: a Transformer translator or text classifier.")],
     out: Annotated[Path, typer.Option(help="The folder to write (new or empty).")],
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace OUT when an earlier export or optimize wrote it (it holds export.json or "
+            "optimize.json); nothing else is replaced, and the old folder goes only once the new one is complete.",
+        ),
+    ] = False,
     format_: Annotated[
         str, typer.Option("--format", help="onnx (run with onnxruntime) | ctranslate2 (a Transformer translator).")
     ] = "onnx",
@@ -434,11 +450,11 @@ def export_command(
     if format_ == "ctranslate2":
         from heedful.optimize.ct2 import export_ctranslate2
 
-        typer.echo(f"exported a CTranslate2 model: {export_ctranslate2(run, out, quantization)}")
+        typer.echo(f"exported a CTranslate2 model: {export_ctranslate2(run, out, quantization, overwrite)}")
         return
     from heedful.optimize.export import export_onnx
 
-    written = export_onnx(run, out)
+    written = export_onnx(run, out, overwrite)
     typer.echo(f"exported: {', '.join(sorted(p.name for p in written.glob('*.onnx')))} in {written}")
 
 

@@ -430,3 +430,42 @@ def test_translate_ensemble_on_the_command_line(run_dir):
     )
     assert alone.returncode == 0 and both.returncode == 0, both.stderr
     assert both.stdout == alone.stdout and len(both.stdout.splitlines()) == len(SOURCES)
+
+
+def test_overwrite_replaces_only_an_earlier_output_and_only_once_the_new_one_is_done(run_dir, tmp_path):
+    run = load_run(run_dir, "cpu")
+    out = optimize(run, "int8", tmp_path / "out")
+    assert json.loads((out / "optimize.json").read_text())["method"] == "int8"
+    with pytest.raises(UserError, match=re.escape("(or --overwrite: an earlier optimize or export wrote it)")):
+        optimize(run, "average", out, last=2)
+    with pytest.raises(UserError, match="give one of --energy"):  # refused: the old output stays whole
+        optimize(run, "low-rank", out, overwrite=True)
+    assert json.loads((out / "optimize.json").read_text())["method"] == "int8"
+
+    assert optimize(run, "average", out, last=2, overwrite=True) == out
+    assert json.loads((out / "optimize.json").read_text())["method"] == "average"
+    assert load_run(out, "cpu").model.state_dict().keys() == run.model.state_dict().keys()  # float again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.tmp / .out.old left
+
+    mine = tmp_path / "mine"  # not heedful's output: never replaced
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="--overwrite replaces only what heedful optimize or export wrote"):
+        optimize(run, "int8", mine, overwrite=True)
+    with pytest.raises(UserError, match="is \\(or holds\\) the run being optimized"):
+        optimize(run, "int8", run_dir.parent, overwrite=True)
+    assert [p.name for p in mine.iterdir()] == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_the_cli_overwrites_an_earlier_output_when_asked(run_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["optimize", str(run_dir), "--method", "int8", "--out", str(out)]
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 2 and "--overwrite" in again.stderr, again.stderr
+    replaced = run_cli(*args[:3], "average", "--last", "2", "--out", str(out), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads((out / "optimize.json").read_text())["method"] == "average"
+    exported = run_cli("export", str(run_dir), "--format", "onnx", "--out", str(out), "--overwrite")
+    assert exported.returncode == 0 and (out / "export.json").is_file() and not (out / "optimize.json").exists()

@@ -53,9 +53,10 @@ __all__ = [
 ]
 
 
-def optimize(run: Run, method: str, out: str | Path, **options: Any) -> Path:
+def optimize(run: Run, method: str, out: str | Path, *, overwrite: bool = False, **options: Any) -> Path:
     """Apply ``method`` to ``run``'s model and write the result as the run directory ``out``
-    (new or empty). Options a method does not take are refused, and nothing is written when
+    (new or empty; with ``overwrite``, also an earlier optimization's output, replaced once the new
+    one is complete). Options a method does not take are refused, and nothing is written when
     anything is refused."""
     if method not in METHODS:
         raise OptimizeError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -67,8 +68,8 @@ def optimize(run: Run, method: str, out: str | Path, **options: Any) -> Path:
         takes = ", ".join("--" + k.replace("_", "-") for k in accepted) or "no options"
         raise OptimizeError(f"--method {method} does not take {flags} (it takes {takes})")
     if method == "distill":
-        return distill(run, out, **given)
-    out = check_out_dir(Path(out), run.run_dir)  # before any work: a bad --out costs nothing
+        return distill(run, out, overwrite=overwrite, **given)
+    out = check_out_dir(Path(out), run.run_dir, overwrite)  # before any work: a bad --out costs nothing
     model, record = function(run, **given)
     record["parameters"] = {"before": count_parameters(run.model), "after": count_parameters(model)}
-    return write_run(run, model, out, record)
+    return write_run(run, model, out, record, overwrite)

@@ -32,20 +32,34 @@ class OptimizeError(UserError):
     """An optimization that cannot be made: the run's model has no such part, a bad option."""
 
 
-def check_out_dir(out: Path, run_dir: Path) -> Path:
-    """The output folder must be new (or empty) and not the run itself: nothing is overwritten."""
+# What an optimization or an export writes at the top of its folder: the mark --overwrite looks for.
+OUTPUT_RECORDS = (RECORD_NAME, "export.json")
+
+
+def check_out_dir(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
+    """The output folder must be new (or empty) and not the run itself — or, with ``overwrite``, a
+    folder an earlier optimization or export wrote (it holds optimize.json or export.json), which
+    :func:`staged` replaces once the new one is complete. Nothing else is ever overwritten."""
     out = Path(out)
-    if out.resolve() == Path(run_dir).resolve():
-        raise OptimizeError(f"{out}: is the run being optimized; give another --out folder")
+    if out.resolve() == Path(run_dir).resolve() or out.resolve() in Path(run_dir).resolve().parents:
+        raise OptimizeError(f"{out}: is (or holds) the run being optimized; give another --out folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OptimizeError(f"{out}: exists and is not empty; give a new --out folder")
+        ours = out.is_dir() and any((out / name).is_file() for name in OUTPUT_RECORDS)
+        if not overwrite:
+            hint = " (or --overwrite: an earlier optimize or export wrote it)" if ours else ""
+            raise OptimizeError(f"{out}: exists and is not empty; give a new --out folder{hint}")
+        if not ours:
+            raise OptimizeError(
+                f"{out}: --overwrite replaces only what heedful optimize or export wrote (a folder with "
+                f"{' or '.join(OUTPUT_RECORDS)}), and this is not one; give a new --out folder"
+            )
     return out
 
 
-def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any]) -> Path:
+def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any], overwrite: bool = False) -> Path:
     """``out`` as a run directory holding ``model``: the run's config.yaml, its model folder's
     vocabulary files, the model (config.json + model.safetensors) and ``optimize.json``."""
-    out = check_out_dir(out, run.run_dir)
+    out = check_out_dir(out, run.run_dir, overwrite)
     with staged(out) as tmp:
         (tmp / "model").mkdir()
         shutil.copy2(run.run_dir / "config.yaml", tmp / "config.yaml")
@@ -60,19 +74,23 @@ def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any]) -> 
 
 @contextmanager
 def staged(out: Path) -> Iterator[Path]:
-    """A temporary sibling folder to write ``out``'s files into: renamed to ``out`` (new or empty,
-    see ``check_out_dir``) only when the block completes, removed whatever happens — so a failed
-    optimization or export leaves nothing behind."""
+    """A temporary sibling folder to write ``out``'s files into: renamed to ``out`` only when the
+    block completes, removed whatever happens — so a failed optimization or export leaves nothing
+    behind. An ``out`` that exists (empty, or an earlier output that ``check_out_dir`` let
+    --overwrite replace) is set aside at that moment and removed after the rename."""
     tmp = out.with_name(f".{out.name}.tmp")
+    old = out.with_name(f".{out.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
         if out.exists():
-            out.rmdir()
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def count_parameters(model: nn.Module) -> int:

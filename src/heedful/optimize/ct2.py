@@ -126,9 +126,10 @@ def _weights_stamp(run: Run) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "alignment_layer": layer}
 
 
-def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = None) -> Path:
+def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = None, overwrite: bool = False) -> Path:
     """Convert the run's Transformer translator into the CTranslate2 model folder ``out`` (new or
-    empty); ``quantization`` (e.g. "int8") is CTranslate2's own weight type at conversion time."""
+    empty; ``overwrite``: or an earlier export, replaced once this one is complete);
+    ``quantization`` (e.g. "int8") is CTranslate2's own weight type at conversion time."""
     ct2 = optional_import("ctranslate2", "CTranslate2 conversion")
     from heedful.models import TransformerEncoderDecoder
 
@@ -146,7 +147,7 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
     spec.config.eos_token = tgt_tok.id_to_piece(tgt_tok.eos_id)
     spec.config.unk_token = tgt_tok.id_to_piece(3)
     spec.config.decoder_start_token = spec.config.bos_token
-    out = check_out_dir(Path(out), run.run_dir)
+    out = check_out_dir(Path(out), run.run_dir, overwrite)
 
     class Converter(ct2.converters.Converter):
         def _load(self):

@@ -121,7 +121,10 @@ def distill_corpus(teacher: Run, pairs: list[Pair], prefix: Path, beam: int, pro
     return {"pairs": written, "empty_left_out": empty}
 
 
-def distill(teacher: Run, out: str | Path, *, beam: int | None = None, student_set: list[str] | None = None) -> Path:
+def distill(
+    teacher: Run, out: str | Path, *, beam: int | None = None, student_set: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:  # fmt: skip
     """Distil ``teacher`` into a student run directory ``out`` (new or empty): decode the teacher's
     training sources with beam ``beam`` (default: the teacher's decode.beam_size), train the
     student (the teacher's config + ``student_set`` overrides) on the outputs, and record it."""
@@ -129,7 +132,7 @@ def distill(teacher: Run, out: str | Path, *, beam: int | None = None, student_s
     from heedful.train.trainer import Trainer
 
     check_teacher(teacher)
-    out = check_out_dir(Path(out), teacher.run_dir)  # before any work: a bad --out costs nothing
+    out = check_out_dir(Path(out), teacher.run_dir, overwrite)  # before any work: a bad --out costs nothing
     beam = teacher.cfg.decode.beam_size if beam is None else beam
     if beam < 1:
         raise OptimizeError(f"--beam {beam}: at least 1 (1 = greedy)")

@@ -130,9 +130,10 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                           opset_version=OPSET, dynamo=False)  # fmt: skip
 
 
-def export_onnx(run: Run, out: str | Path) -> Path:
-    """Write the run's model as ONNX into ``out`` (new or empty), with the vocabulary files and
-    ``export.json`` (what each file takes and gives). Float32, on the CPU."""
+def export_onnx(run: Run, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the run's model as ONNX into ``out`` (new or empty; ``overwrite``: or an earlier
+    export, replaced once this one is complete), with the vocabulary files and ``export.json``
+    (what each file takes and gives). Float32, on the CPU."""
     optional_import("onnx", "ONNX export")
     from heedful.models import EncoderClassifier, TransformerEncoderDecoder
 
@@ -144,7 +145,7 @@ def export_onnx(run: Run, out: str | Path) -> Path:
                             f"not a {type(model).__name__}")  # fmt: skip
     if isinstance(model, TransformerEncoderDecoder):
         _check_seq2seq(model)
-    out = check_out_dir(Path(out), run.run_dir)
+    out = check_out_dir(Path(out), run.run_dir, overwrite)
     model = model.cpu().eval()
     with staged(out) as tmp:
         pad = model.config.pad_id
