@@ -85,19 +85,13 @@ class RunLoader:
 
         return ct2_engine(run, quantization)
 
-    def is_ct2_export(self, folder: Path) -> bool:
-        from heedful.optimize.ct2 import RECORD_NAME
+    def is_export(self, folder: Path) -> bool:
+        return (folder / "export.json").is_file()  # heedful.optimize.export.RECORD_NAME
 
-        if not (folder / RECORD_NAME).is_file():
-            return False
-        from heedful.optimize.ct2 import read_export_record
+    def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None):
+        from heedful.optimize.export import open_export
 
-        return read_export_record(folder).get("format") == "ctranslate2"
-
-    def open_ct2_export(self, folder: Path, overrides: list[str] | None, quantization: str | None):
-        from heedful.optimize.ct2 import open_ct2_export
-
-        return open_ct2_export(folder, overrides, quantization)
+        return open_export(folder, overrides, quantization)
 
 
 def _print_version(value: bool) -> None:

@@ -50,6 +50,34 @@ def test_the_exported_translator_computes_what_pytorch_does(exported):
     assert [h[0].tokens for h in o_hyps] == [h[0].tokens for h in hyps]
 
 
+def test_an_export_folder_translates_on_its_own(exported, tmp_path):
+    """`heedful translate ONNX_DIR`: the folder, without the run it came from, gives the run's own
+    translations (our search over onnxruntime), and what it cannot do is one line."""
+    import shutil
+
+    from heedful.optimize.export import open_export
+    from tests.conftest import run_cli
+
+    run, onnx = exported
+    run.task.build_data(run.cfg)
+    lines = [e.source for e in run.task.data.splits["test"]][:12]
+    shipped = tmp_path / "shipped"  # a copy elsewhere: nothing points back at the run
+    shutil.copytree(onnx.directory, shipped)
+    expected = [t.output for t in run.translate(lines, beam=3)]
+    translator = open_export(shipped)
+    assert [t.output for t in translator.translate(lines, beam=3)] == expected
+    assert open_export(shipped, ["decode.beam_size=3"]).cfg.decode.beam_size == 3
+    result = run_cli("translate", str(shipped), "--beam", "3", stdin="".join(f"{line}\n" for line in lines))
+    assert result.returncode == 0 and result.stdout.splitlines() == expected, result.stderr
+    for args, message in [
+        (["--attention", str(tmp_path / "maps.jsonl")], "does not return attention (an ONNX export)"),
+        (["--quantization", "int8"], "--quantization is for CTranslate2 exports"),
+    ]:
+        refused = run_cli("translate", str(shipped), *args, stdin="5. März 2021\n")
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert not (tmp_path / "maps.jsonl").exists()
+
+
 def test_the_exported_classifier_computes_what_pytorch_does(tmp_path, run_dir):
     torch.manual_seed(0)
     cfg = ClassifierConfig(n_classes=3, vocab_size=50, encoder_type="transformer", pooling="attention",

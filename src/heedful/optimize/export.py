@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -231,7 +232,7 @@ class OnnxSeq2Seq:
     cross keys/values side by side, (B, S, L·2·H·D_h), so that their row selection moves them."""
 
     def __init__(self, directory: str | Path, threads: int = 1):
-        directory = Path(directory)
+        self.directory = directory = Path(directory)
         record = json.loads((directory / RECORD_NAME).read_text())
         self.encoder = _session(directory / "encoder.onnx", threads)
         self.step = _session(directory / "decoder_step.onnx", threads)
@@ -243,6 +244,14 @@ class OnnxSeq2Seq:
             max_len = record["max_len"]
 
         self.config = Config()
+
+    # What the searches ask of a model besides the protocol: its device (through its first
+    # parameter; the sessions take CPU tensors) and eval mode (an exported model is always in it).
+    def parameters(self) -> Iterator[Tensor]:
+        yield torch.empty(0)
+
+    def eval(self) -> OnnxSeq2Seq:
+        return self
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         padding, *cross = self.encoder.run(None, {"src": src.numpy()})
@@ -274,3 +283,46 @@ class OnnxSeq2Seq:
         cache.tensors = [torch.from_numpy(t) for t in grown]
         cache.offset += 1
         return torch.from_numpy(logits)[:, None]
+
+
+class OnnxTranslator:
+    """An ONNX export of a translator, on its own (``heedful translate DIR``): the run's config and
+    tokenizer from the folder, our search over ``OnnxSeq2Seq``; ``translate`` as ``run.translate``."""
+
+    returns_attention = False  # the exported decoder step gives logits and the cache only
+
+    def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):
+        from heedful.tasks.registry import get_task, load_config
+
+        self.folder = folder
+        self.cfg = load_config(folder / "config.yaml", overrides)
+        self.task = get_task(self.cfg.task)(self.cfg)
+        self.task.load_artifacts(folder)
+        self.model = OnnxSeq2Seq(folder, threads or torch.get_num_threads())
+
+    def translate(
+        self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,
+        attention: bool = False, n_best: int = 1,
+    ) -> list:  # fmt: skip
+        if attention:
+            raise OptimizeError(f"{self.folder}: the ONNX decoder step returns no attention; translate the run for it")
+        return self.task.translate(self.model, lines, beam=beam, batch_tokens=batch_tokens, n_best=n_best)
+
+
+def open_export(folder: str | Path, overrides: list[str] | None = None, quantization: str | None = None) -> Any:
+    """A translator's export folder, ready to translate on its own — CTranslate2 (see
+    ``heedful.optimize.ct2.open_ct2_export``; ``quantization``: the type it computes in) or ONNX
+    (``OnnxTranslator``): ``.translate(lines, beam=5)`` gives ``Translation``s, ``.cfg`` is the
+    run's config with ``overrides``."""
+    from heedful.optimize.ct2 import open_ct2_export, read_export_record
+
+    folder = Path(folder)
+    record = read_export_record(folder)
+    if record.get("format") == "ctranslate2":
+        return open_ct2_export(folder, overrides, quantization)
+    if record.get("kind") != "seq2seq":
+        raise OptimizeError(f"{folder}: an export of a {record.get('kind', 'model')}, not of a translator")
+    if quantization is not None:
+        raise OptimizeError("--quantization is for CTranslate2 exports (an ONNX export computes in float32)")
+    optional_import("onnxruntime", "running an ONNX export")
+    return OnnxTranslator(folder, overrides)

@@ -68,12 +68,12 @@ class RunLoader(Protocol):
         """``run``'s translator decoded by CTranslate2 (``heedful.optimize.ct2.ct2_engine``): an
         object whose ``translate`` answers as ``run.translate`` does."""
 
-    def is_ct2_export(self, folder: Path) -> bool:
-        """Whether ``folder`` is a CTranslate2 export (``heedful export --format ctranslate2``)."""
+    def is_export(self, folder: Path) -> bool:
+        """Whether ``folder`` is an export (``heedful export``) rather than a run directory."""
 
-    def open_ct2_export(self, folder: Path, overrides: list[str] | None, quantization: str | None) -> Any:
-        """That export on its own (``heedful.optimize.ct2.open_ct2_export``): ``translate`` as
-        :meth:`ct2_engine`'s, ``cfg`` the run's config."""
+    def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None) -> Any:
+        """A translator's export on its own (``heedful.optimize.export.open_export``): ``translate``
+        as ``run.translate``'s, ``cfg`` the run's config."""
 
 
 def run_loader(ctx: typer.Context) -> RunLoader:

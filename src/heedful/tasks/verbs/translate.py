@@ -80,8 +80,8 @@ def translate(
     run_dir: Annotated[
         Path,
         typer.Argument(
-            help="A translate run directory written by `heedful train`, or a CTranslate2 export of one "
-            "(`heedful export --format ctranslate2`)."
+            help="A translate run directory written by `heedful train`, or an export of one (`heedful export`: "
+            "CTranslate2 or ONNX), which then decodes on its own."
         ),
     ],
     beam: Annotated[int | None, typer.Option(min=1, help="Beam size (1 = greedy); default: decode.beam_size.")] = None,
@@ -124,7 +124,7 @@ def translate(
         str | None,
         typer.Option(
             help="With --engine ctranslate2: float32 (default) | int8 (CTranslate2's own int8 weights); for a "
-            "CTranslate2 export, the type it computes in (default: as exported)."
+            "CTranslate2 export folder, the type it computes in (default: as exported)."
         ),
     ] = None,
     set_: SetOption = None,
@@ -137,13 +137,13 @@ def translate(
     if engine not in ("torch", "ctranslate2"):
         raise UserError(f"--engine {engine!r}: torch or ctranslate2")
     loader = run_loader(ctx)
-    exported = loader.is_ct2_export(run_dir)
+    exported = loader.is_export(run_dir)
     if engine == "torch" and quantization is not None and not exported:
         raise UserError("--quantization is for --engine ctranslate2 (int8 for our own search: heedful optimize)")
     if (engine == "ctranslate2" or exported) and ensemble:
-        raise UserError("CTranslate2 decodes one model; --ensemble needs --engine torch and run directories")
-    if exported:  # CTranslate2 decodes it; the run's config and tokenizer travel inside
-        translator = loader.open_ct2_export(run_dir, list(set_ or []), quantization)
+        raise UserError("--ensemble needs run directories and --engine torch (an export decodes one model)")
+    if exported:  # CTranslate2 or onnxruntime decodes it; the run's config and tokenizer travel inside
+        translator = loader.open_export(run_dir, list(set_ or []), quantization)
         cfg = translator.cfg
     else:
         run = loader.load_run(run_dir, device, list(set_ or []), task="translate", verb="translate")
@@ -156,6 +156,8 @@ def translate(
     bar = tqdm(unit=" lines", file=sys.stderr, disable=not progress or sys.stdin.isatty(), dynamic_ncols=True)
     if n_best > (beam or cfg.decode.beam_size):
         raise UserError(f"--n-best {n_best}: needs a beam of at least {n_best} (--beam)")
+    if attention and not getattr(translator, "returns_attention", True):
+        raise UserError(f"--attention: {run_dir} does not return attention (an ONNX export); translate its run")
     done = 0  # input lines answered so far (the n-best line numbers)
     with open(attention, "w", encoding="utf-8") if attention else contextlib.nullcontext() as maps:
         for lines in _stdin_chunks(CHUNK_LINES):
