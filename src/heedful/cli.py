@@ -86,7 +86,9 @@ class RunLoader:
         return ct2_engine(run, quantization)
 
     def is_export(self, folder: Path) -> bool:
-        return (folder / "export.json").is_file()  # heedful.optimize.export.RECORD_NAME
+        from heedful.optimize.common import EXPORT_RECORD
+
+        return (folder / EXPORT_RECORD).is_file()
 
     def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None):
         from heedful.optimize.export import open_export

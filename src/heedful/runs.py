@@ -230,7 +230,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
     """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best
     model. ``overrides`` ("decode.beam_size=1", …) change how it is used, not what was trained."""
     run_dir = Path(run_dir)
-    if (run_dir / "export.json").is_file():  # `heedful export` wrote it: weights for another runtime
+    if (run_dir / "export.json").is_file():  # optimize.common.EXPORT_RECORD: `heedful export` wrote it
         raise CheckpointError(f"{run_dir}: {_export_kind(run_dir / 'export.json')}, not a run directory; give the run "
                               "it came from (docs/OPTIMIZE.md, 'Export', says what reads an export)")  # fmt: skip
     if not (run_dir / "config.yaml").is_file():

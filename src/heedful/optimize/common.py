@@ -32,8 +32,9 @@ class OptimizeError(UserError):
     """An optimization that cannot be made: the run's model has no such part, a bad option."""
 
 
+EXPORT_RECORD = "export.json"  # what every export writes at its top: format, source run, its files
 # What an optimization or an export writes at the top of its folder: the mark --overwrite looks for.
-OUTPUT_RECORDS = (RECORD_NAME, "export.json")
+OUTPUT_RECORDS = (RECORD_NAME, EXPORT_RECORD)
 
 
 def check_out_dir(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
@@ -177,3 +178,17 @@ def fine_tune(run: Run, model: nn.Module, steps: int, lr: float, stream: Iterato
         average.copy_to(model)
     model.eval()
     return losses
+
+
+def read_export_record(folder: Path) -> dict[str, Any]:
+    """``FOLDER/export.json``, the record every export writes (one-line errors when it is not there or unreadable)."""
+    path = folder / EXPORT_RECORD
+    if not path.is_file():
+        raise OptimizeError(f"{folder}: not an export folder (no {EXPORT_RECORD}); `heedful export` writes one")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OptimizeError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise OptimizeError(f"{path}: expected a JSON object")
+    return record

@@ -25,12 +25,12 @@ import torch
 from heedful.data.tokenizers import content_ids
 from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
-from heedful.optimize.common import OptimizeError, check_out_dir, staged
+from heedful.optimize.common import EXPORT_RECORD, OptimizeError, check_out_dir, read_export_record, staged
 
 if TYPE_CHECKING:
     from heedful.runs import Run
 
-RECORD_NAME = "export.json"
+RECORD_NAME = EXPORT_RECORD
 RUN_FILES = "heedful"  # the folder inside an export that holds the run's config.yaml and tokenizer files
 
 
@@ -372,17 +372,3 @@ def open_ct2_export(
     task = get_task(cfg.task)(cfg)
     task.load_artifacts(files)
     return Ct2Engine.from_parts(task, cfg, int(record["max_len"]), folder, threads, compute_type)
-
-
-def read_export_record(folder: Path) -> dict[str, Any]:
-    """``FOLDER/export.json``, the record every export writes (one-line errors when it is not there or unreadable)."""
-    path = folder / RECORD_NAME
-    if not path.is_file():
-        raise OptimizeError(f"{folder}: not an export folder (no {RECORD_NAME}); `heedful export` writes one")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OptimizeError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise OptimizeError(f"{path}: expected a JSON object")
-    return record

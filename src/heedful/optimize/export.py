@@ -35,13 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heedful.extras import optional_import
-from heedful.optimize.common import OptimizeError, check_out_dir, staged
+from heedful.optimize.common import EXPORT_RECORD, OptimizeError, check_out_dir, read_export_record, staged
 
 if TYPE_CHECKING:
     from heedful.runs import Run
 
 OPSET = 17
-RECORD_NAME = "export.json"
+RECORD_NAME = EXPORT_RECORD
 
 
 def _split(x: Tensor, n_heads: int, d_head: int) -> Tensor:
@@ -314,7 +314,7 @@ def open_export(folder: str | Path, overrides: list[str] | None = None, quantiza
     ``heedful.optimize.ct2.open_ct2_export``; ``quantization``: the type it computes in) or ONNX
     (``OnnxTranslator``): ``.translate(lines, beam=5)`` gives ``Translation``s, ``.cfg`` is the
     run's config with ``overrides``."""
-    from heedful.optimize.ct2 import open_ct2_export, read_export_record
+    from heedful.optimize.ct2 import open_ct2_export
 
     folder = Path(folder)
     record = read_export_record(folder)
