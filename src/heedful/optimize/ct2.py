@@ -261,6 +261,8 @@ class Ct2Engine:
       one, so the last row is zeros.
     """
 
+    runtime = "ctranslate2"
+
     def __init__(
         self, run: Run, folder: Path, threads: int | None = None, workers: int | None = None,
         compute_type: str | None = None,

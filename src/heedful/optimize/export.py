@@ -289,6 +289,7 @@ class OnnxTranslator:
     """An ONNX export of a translator, on its own (``heedful translate DIR``): the run's config and
     tokenizer from the folder, our search over ``OnnxSeq2Seq``; ``translate`` as ``run.translate``."""
 
+    runtime = "onnxruntime"
     returns_attention = False  # the exported decoder step gives logits and the cache only
 
     def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):

@@ -73,7 +73,8 @@ class RunLoader(Protocol):
 
     def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None) -> Any:
         """A translator's export on its own (``heedful.optimize.export.open_export``): ``translate``
-        as ``run.translate``'s, ``cfg`` the run's config."""
+        as ``run.translate``'s, ``cfg`` the run's config, ``runtime`` what decodes it
+        ("ctranslate2" or "onnxruntime")."""
 
 
 def run_loader(ctx: typer.Context) -> RunLoader:
