@@ -278,7 +278,7 @@ def export_rows(run, examples, args, work: Path) -> list[dict]:
         folder = work / f"ct2_{quantization or 'float32'}"
         if not folder.exists():
             export_ctranslate2(run, folder, quantization)
-        engine = Ct2Engine(run, folder, threads=args.threads)
+        engine = Ct2Engine.for_run(run, folder, threads=args.threads)
         engine.decode_cfg = run.cfg.decode.model_copy(update={"alpha": penalty})
         name = f"CTranslate2 {quantization or 'float32'}, " + (
             f"length penalty (|y|+1)^{penalty:g}" if penalty else "no length penalty"

@@ -153,7 +153,7 @@ def main() -> None:
                 if pool is not None:
                     engines[label] = functools.partial(ct2_in_own_process, pool, kind, workers, beam, batch)
                 else:
-                    engine = Ct2Engine(run, args.ct2 / f"ct2_{kind}", threads=args.threads, workers=workers)
+                    engine = Ct2Engine.for_run(run, args.ct2 / f"ct2_{kind}", threads=args.threads, workers=workers)
                     engines[label] = functools.partial(ct2_translate, engine, beam, batch)
 
     def ours(model, lines: list[str], workers: int, fused: bool, prepacked: bool = True) -> list[str]:
@@ -290,7 +290,7 @@ def _ct2_load(run_dir: str, folder: str, threads: int, worker_counts: list[int])
     run.task.load_artifacts(run.run_dir / "model")
     for workers in worker_counts:
         for kind in ("float32", "int8"):
-            engine = Ct2Engine(run, Path(folder) / f"ct2_{kind}", threads=threads, workers=workers)
+            engine = Ct2Engine.for_run(run, Path(folder) / f"ct2_{kind}", threads=threads, workers=workers)
             _CT2_ENGINES[kind, workers] = engine
 
 

@@ -264,33 +264,21 @@ class Ct2Engine:
     runtime = "ctranslate2"
 
     def __init__(
-        self, run: Run, folder: Path, threads: int | None = None, workers: int | None = None,
-        compute_type: str | None = None,
+        self, task: Any, cfg: Any, max_len: int, folder: Path, threads: int | None = None,
+        workers: int | None = None, compute_type: str | None = None,
     ) -> None:  # fmt: skip
-        self._open(run.task, run.cfg, run.model.config.max_len, folder, threads, workers, compute_type)
-
-    @classmethod
-    def from_parts(
-        cls,
-        task: Any,
-        cfg: Any,
-        max_len: int,
-        folder: Path,
-        threads: int | None = None,
-        compute_type: str | None = None,
-    ) -> Ct2Engine:
-        """An engine without the run's model: its task (tokenizers loaded), config and positions."""
-        engine = cls.__new__(cls)
-        engine._open(task, cfg, max_len, folder, threads, None, compute_type)
-        return engine
-
-    def _open(self, task, cfg, max_len: int, folder: Path, threads, workers, compute_type) -> None:
-        self.task, self.cfg, self.folder = task, cfg, folder
-        self.max_len = max_len  # the model's positions: the output limits, as ours
+        """``task`` with its tokenizers loaded, the run's ``cfg``, the model's positions ``max_len``
+        (the output limits, as ours), the CTranslate2 model ``folder``."""
+        self.task, self.cfg, self.folder, self.max_len = task, cfg, folder, max_len
         self.decode_cfg = cfg.decode
         self.translator = Ct2Translator(folder, task.src_tok, task.tgt_tok, compute_type=compute_type,
                                         threads=threads or torch.get_num_threads(),
                                         workers=workers or cfg.decode.workers)  # fmt: skip
+
+    @classmethod
+    def for_run(cls, run: Run, folder: Path, threads: int | None = None, workers: int | None = None) -> Ct2Engine:
+        """``run``'s translator converted into ``folder``."""
+        return cls(run.task, run.cfg, run.model.config.max_len, folder, threads, workers)
 
     def translate(
         self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,
@@ -349,7 +337,7 @@ def ct2_engine(run: Run, quantization: str = "float32", threads: int | None = No
             f"{run.run_dir}: --engine ctranslate2 takes a Transformer translator as trained, "
             f"not a {run.model.config.arch} model or an optimized one"
         )
-    return Ct2Engine(run, cached_export(run, quantization), threads)
+    return Ct2Engine.for_run(run, cached_export(run, quantization), threads)
 
 
 def open_ct2_export(
@@ -373,4 +361,4 @@ def open_ct2_export(
     cfg = load_config(files / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.load_artifacts(files)
-    return Ct2Engine.from_parts(task, cfg, int(record["max_len"]), folder, threads, compute_type)
+    return Ct2Engine(task, cfg, int(record["max_len"]), folder, threads, compute_type=compute_type)
