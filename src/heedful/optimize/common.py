@@ -180,6 +180,17 @@ def fine_tune(run: Run, model: nn.Module, steps: int, lr: float, stream: Iterato
     return losses
 
 
+def exported_task(files: Path, overrides: list[str] | None = None) -> tuple[Any, Any]:
+    """The config and the task (tokenizers loaded) of the run an export came from, from the copies
+    of its config.yaml and tokenizer files in ``files``: what an export needs to translate alone."""
+    from heedful.tasks.registry import get_task, load_config
+
+    cfg = load_config(files / "config.yaml", overrides)
+    task = get_task(cfg.task)(cfg)
+    task.load_artifacts(files)
+    return cfg, task
+
+
 def read_export_record(folder: Path) -> dict[str, Any]:
     """``FOLDER/export.json``, the record every export writes (one-line errors when it is not there or unreadable)."""
     path = folder / EXPORT_RECORD

@@ -25,7 +25,14 @@ import torch
 from heedful.data.tokenizers import content_ids
 from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
-from heedful.optimize.common import EXPORT_RECORD, OptimizeError, check_out_dir, read_export_record, staged
+from heedful.optimize.common import (
+    EXPORT_RECORD,
+    OptimizeError,
+    check_out_dir,
+    exported_task,
+    read_export_record,
+    staged,
+)
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -346,8 +353,6 @@ def open_ct2_export(
     """A folder ``heedful export --format ctranslate2`` wrote, on its own: the run's config and
     tokenizer from ``FOLDER/heedful/``, CTranslate2 on the weights (``compute_type``: as stored, or
     float32 / int8 converted on loading). ``overrides`` change decoding, as for a run."""
-    from heedful.tasks.registry import get_task, load_config
-
     folder = Path(folder)
     record = read_export_record(folder)
     if record.get("format") != "ctranslate2":
@@ -358,7 +363,5 @@ def open_ct2_export(
     if compute_type not in (None, *ENGINE_QUANTIZATIONS):
         raise OptimizeError(f"--quantization {compute_type!r}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
     optional_import("ctranslate2", "CTranslate2 decoding")
-    cfg = load_config(files / "config.yaml", overrides)
-    task = get_task(cfg.task)(cfg)
-    task.load_artifacts(files)
+    cfg, task = exported_task(files, overrides)
     return Ct2Engine(task, cfg, int(record["max_len"]), folder, threads, compute_type=compute_type)

@@ -35,7 +35,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heedful.extras import optional_import
-from heedful.optimize.common import EXPORT_RECORD, OptimizeError, check_out_dir, read_export_record, staged
+from heedful.optimize.common import (
+    EXPORT_RECORD,
+    OptimizeError,
+    check_out_dir,
+    exported_task,
+    read_export_record,
+    staged,
+)
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -293,12 +300,8 @@ class OnnxTranslator:
     returns_attention = False  # the exported decoder step gives logits and the cache only
 
     def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):
-        from heedful.tasks.registry import get_task, load_config
-
         self.folder = folder
-        self.cfg = load_config(folder / "config.yaml", overrides)
-        self.task = get_task(self.cfg.task)(self.cfg)
-        self.task.load_artifacts(folder)
+        self.cfg, self.task = exported_task(folder, overrides)
         self.model = OnnxSeq2Seq(folder, threads or torch.get_num_threads())
 
     def translate(
