@@ -86,9 +86,9 @@ class RunLoader:
         return ct2_engine(run, quantization)
 
     def is_export(self, folder: Path) -> bool:
-        from heedful.optimize.common import EXPORT_RECORD
+        from heedful.optimize.common import is_export
 
-        return (folder / EXPORT_RECORD).is_file()
+        return is_export(folder)
 
     def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None):
         from heedful.optimize.export import open_export
@@ -250,7 +250,13 @@ def evaluate(
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory written by `heedful train`, or an export of one (`heedful export`: ONNX or "
+            "CTranslate2), which predicts on the CPU without the run's weights."
+        ),
+    ],
     inputs: Annotated[
         list[str] | None, typer.Argument(help='Inputs, e.g. "5. März 2021" or "The battery dies by noon".')
     ] = None,
@@ -285,16 +291,27 @@ def predict(
     ] = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Predict outputs for the given inputs (or every row of --input) with a trained run. --set changes
-    how inputs are read or decoded, e.g. data.truncation=windows."""
+    """Predict outputs for the given inputs (or every row of --input) with a trained run, or with an
+    export of one (`heedful export`), which then predicts on its own. --set changes how inputs are
+    read or decoded, e.g. data.truncation=windows."""
     from heedful.runs import load_run
 
     if not inputs and input_file is None:
         raise UserError("give inputs to predict, or --input FILE")
     if output_file is not None and input_file is None:
         raise UserError("--output needs --input (predictions for single inputs are printed)")
-    run = load_run(run_dir, device, list(set_ or []))
-    predictor = _with_ensemble(run, ensemble, device, list(set_ or []))
+    loader = RunLoader()
+    if loader.is_export(run_dir):  # onnxruntime or CTranslate2 computes; the run's config and tokenizer travel inside
+        wanted = [flag for flag, given in (("--explain", explain), ("--show-attention", show_attention)) if given]
+        if wanted:
+            raise UserError(f"{' and '.join(wanted)}: {run_dir} is an export, which keeps no attention; "
+                            "give the run it came from")  # fmt: skip
+        if ensemble:
+            raise UserError("--ensemble needs run directories (an export predicts with its one model)")
+        run = predictor = loader.open_export(run_dir, list(set_ or []), None)
+    else:
+        run = load_run(run_dir, device, list(set_ or []))
+        predictor = _with_ensemble(run, ensemble, device, list(set_ or []))
     if input_file is not None:
         _predict_file(run, predictor, input_file, output_file, text_column, batch_size)
         return
@@ -518,7 +535,13 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
 
 @app.command()
 def serve(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories to serve, each named by its run name.")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories to serve, each named by its run name; an export of a run (`heedful export`) "
+            "serves under its run's name, without attention."
+        ),
+    ],
     host: Annotated[str, typer.Option(help="Address to bind; a non-local one needs --api-key or --insecure.")] = (
         "127.0.0.1"
     ),

@@ -155,6 +155,9 @@ def test_an_export_folder_translates_on_its_own(confident_run, tmp_path):
     assert [t.output for t in engine.translate(lines)] == expected
     int8 = run_cli("translate", str(shipped), "--beam", "1", "--quantization", "int8", stdin=text)
     assert int8.returncode == 0 and len(int8.stdout.splitlines()) == 8, int8.stderr
+    predicted = run_cli("predict", str(shipped), *lines[:3], "--set", "decode.beam_size=1")  # as a run predicts
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.splitlines() == [f"{s}  →  {t}" for s, t in zip(lines[:3], expected, strict=False)]
 
 
 @pytest.mark.slow
@@ -168,7 +171,10 @@ def test_an_export_folder_where_a_run_is_expected_is_one_line(run_dir, tmp_path)
     shutil.copytree(ct2_dir, old)
     shutil.rmtree(old / "heedful")
     cases = [
-        (["predict", str(ct2_dir), "5. März 2021"], f"a CTranslate2 export of {run_dir}, not a run directory"),
+        (
+            ["optimize", str(ct2_dir), "--method", "int8", "--out", str(tmp_path / "int8")],
+            f"a CTranslate2 export of {run_dir}, not a run directory",
+        ),
         (["evaluate", str(onnx_dir)], f"an ONNX export of {run_dir}, not a run directory"),
         (["report", str(onnx_dir)], "an ONNX export"),
         (["translate", str(ct2_dir), "--ensemble", str(run_dir)], "--ensemble needs run directories"),

@@ -3,6 +3,7 @@ searches decode with onnxruntime to the same outputs. Skipped where the export e
 
 from __future__ import annotations
 
+import json
 import types
 
 import pytest
@@ -69,6 +70,9 @@ def test_an_export_folder_translates_on_its_own(exported, tmp_path):
     assert open_export(shipped, ["decode.beam_size=3"]).cfg.decode.beam_size == 3
     result = run_cli("translate", str(shipped), "--beam", "3", stdin="".join(f"{line}\n" for line in lines))
     assert result.returncode == 0 and result.stdout.splitlines() == expected, result.stderr
+    predicted = run_cli("predict", str(shipped), *lines[:3], "--set", "decode.beam_size=3", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    assert [json.loads(line)["output"] for line in predicted.stdout.splitlines()] == expected[:3]
     for args, message in [
         (["--attention", str(tmp_path / "maps.jsonl")], "does not return attention (an ONNX export)"),
         (["--quantization", "int8"], "--quantization is for CTranslate2 exports"),

@@ -191,6 +191,38 @@ def exported_task(files: Path, overrides: list[str] | None = None) -> tuple[Any,
     return cfg, task
 
 
+def is_export(folder: str | Path) -> bool:
+    """Whether ``folder`` is an export (``heedful export`` wrote its ``export.json``), not a run directory."""
+    return (Path(folder) / EXPORT_RECORD).is_file()
+
+
+class ExportedModel:
+    """An export folder opened on its own, standing in for a ``Run`` where the run's weights are
+    not needed: ``cfg`` and ``task`` are the run's (from the copies the export carries) and
+    ``predict`` answers as ``run.predict`` does — what ``heedful predict`` and ``heedful serve``
+    call. An export keeps no attention to explain: ``explain`` refuses in one line. Subclasses set
+    ``folder``, ``cfg``, ``task``, ``runtime`` (what computes: "onnxruntime", "ctranslate2") and
+    ``predict``."""
+
+    runtime: str
+    folder: Path
+    cfg: Any
+    task: Any
+
+    @property
+    def run_dir(self) -> Path:
+        """Where it was opened from, the name messages give it (as ``Run.run_dir``)."""
+        return self.folder
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def explain(self, inputs: list[Any]) -> list[Any]:
+        raise OptimizeError(
+            f"{self.folder}: an export ({self.runtime}) keeps no attention to explain; explain the run it came from"
+        )
+
+
 def read_export_record(folder: Path) -> dict[str, Any]:
     """``FOLDER/export.json``, the record every export writes (one-line errors when it is not there or unreadable)."""
     path = folder / EXPORT_RECORD

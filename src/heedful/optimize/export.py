@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from heedful.extras import optional_import
 from heedful.optimize.common import (
     EXPORT_RECORD,
+    ExportedModel,
     OptimizeError,
     check_out_dir,
     exported_task,
@@ -212,13 +213,22 @@ def _session(path: Path, threads: int):
 
 
 class OnnxClassifier:
-    """``classifier.onnx`` in onnxruntime: ``logits(tokens)`` as the model's forward."""
+    """``classifier.onnx`` in onnxruntime: ``logits(tokens)`` as the model's forward, so the
+    classify task's ``predict`` and ``evaluate`` take it in the model's place."""
 
     def __init__(self, directory: str | Path, threads: int = 1):
         self.session = _session(Path(directory) / "classifier.onnx", threads)
 
     def __call__(self, tokens: Tensor) -> Tensor:
         return torch.from_numpy(self.session.run(["logits"], {"tokens": tokens.numpy()})[0])
+
+    # What the task asks of a model besides its forward: its device (through its first parameter;
+    # the session takes CPU tensors) and eval mode (an exported model is always in it).
+    def parameters(self) -> Iterator[Tensor]:
+        yield torch.empty(0)
+
+    def eval(self) -> OnnxClassifier:
+        return self
 
 
 class OnnxCache:
@@ -292,9 +302,26 @@ class OnnxSeq2Seq:
         return torch.from_numpy(logits)[:, None]
 
 
-class OnnxTranslator:
-    """An ONNX export of a translator, on its own (``heedful translate DIR``): the run's config and
-    tokenizer from the folder, our search over ``OnnxSeq2Seq``; ``translate`` as ``run.translate``."""
+class OnnxTextClassifier(ExportedModel):
+    """An ONNX export of a text classifier, on its own (``heedful predict DIR``, ``heedful serve
+    DIR``): the run's config and tokenizer from the folder, ``OnnxClassifier`` in the model's
+    place; ``predict`` as ``run.predict`` (long texts in windows, as the run reads them)."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):
+        self.folder = folder
+        self.cfg, self.task = exported_task(folder, overrides)
+        self.model = OnnxClassifier(folder, threads or torch.get_num_threads())
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        return self.task.predict(self.model, list(inputs))
+
+
+class OnnxTranslator(ExportedModel):
+    """An ONNX export of a translator, on its own (``heedful translate DIR``, ``heedful predict
+    DIR``, ``heedful serve DIR``): the run's config and tokenizer from the folder, our search over
+    ``OnnxSeq2Seq``; ``translate`` as ``run.translate``."""
 
     runtime = "onnxruntime"
     returns_attention = False  # the exported decoder step gives logits and the cache only
@@ -303,6 +330,9 @@ class OnnxTranslator:
         self.folder = folder
         self.cfg, self.task = exported_task(folder, overrides)
         self.model = OnnxSeq2Seq(folder, threads or torch.get_num_threads())
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        return self.translate(list(inputs))
 
     def translate(
         self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,
@@ -314,19 +344,22 @@ class OnnxTranslator:
 
 
 def open_export(folder: str | Path, overrides: list[str] | None = None, quantization: str | None = None) -> Any:
-    """A translator's export folder, ready to translate on its own — CTranslate2 (see
-    ``heedful.optimize.ct2.open_ct2_export``; ``quantization``: the type it computes in) or ONNX
-    (``OnnxTranslator``): ``.translate(lines, beam=5)`` gives ``Translation``s, ``.cfg`` is the
-    run's config with ``overrides``."""
+    """An export folder, ready to predict on its own (an ``ExportedModel``: ``.predict(inputs)``
+    as ``run.predict``, ``.cfg`` the run's config with ``overrides``, ``.runtime`` what computes).
+    A translator's — CTranslate2 (``heedful.optimize.ct2.open_ct2_export``; ``quantization``: the
+    type it computes in) or ONNX (``OnnxTranslator``) — also translates: ``.translate(lines,
+    beam=5)`` gives ``Translation``s. A classifier's ONNX export is an ``OnnxTextClassifier``."""
     from heedful.optimize.ct2 import open_ct2_export
 
     folder = Path(folder)
     record = read_export_record(folder)
     if record.get("format") == "ctranslate2":
         return open_ct2_export(folder, overrides, quantization)
-    if record.get("kind") != "seq2seq":
-        raise OptimizeError(f"{folder}: an export of a {record.get('kind', 'model')}, not of a translator")
+    if record.get("kind") not in ("seq2seq", "classifier"):
+        raise OptimizeError(f"{folder}: an export of a {record.get('kind', 'model')}, which heedful cannot open")
     if quantization is not None:
         raise OptimizeError("--quantization is for CTranslate2 exports (an ONNX export computes in float32)")
     optional_import("onnxruntime", "running an ONNX export")
+    if record["kind"] == "classifier":
+        return OnnxTextClassifier(folder, overrides)
     return OnnxTranslator(folder, overrides)

@@ -12,6 +12,10 @@ encoder's self-attention over the input tokens, from the weights that same expla
 (``Explanation.self_attention``), or a 422 for a model with none. Requests to one model are
 batched dynamically (``serve/batching.py``).
 
+An export folder (``heedful export``: ONNX or CTranslate2) serves beside run directories:
+``open_served`` opens it with ``open_export``, its runtime answers ``predict`` on the CPU, and a
+request for attention or a rollout gets a 422, since an export keeps none.
+
 Security: the routes are only those of the loaded runs (a model name never reaches the file
 system); with an API key every route but ``/healthz``, ``/readyz`` and the explorer's static page
 (``/explorer/``, which holds no data) needs it (``Authorization: Bearer KEY`` or ``X-API-Key:
@@ -44,6 +48,7 @@ from torch import Tensor
 from heedful.errors import UserError
 from heedful.explain.rollout import attention_rollout
 from heedful.extras import optional_import
+from heedful.optimize.common import ExportedModel, is_export
 from heedful.runs import Run, load_run
 from heedful.serve.batching import DynamicBatcher, Overloaded
 
@@ -178,7 +183,7 @@ class Served:
     """One loaded run behind its route."""
 
     name: str
-    run: Run
+    run: Run | ExportedModel
     kind: str  # "text", "audio" or "label": Task.inputs
     batcher: DynamicBatcher
     response: type[BaseModel]
@@ -323,7 +328,7 @@ def inference_thread(threads: int | None) -> ThreadPoolExecutor | None:
 
 
 def create_app(
-    runs: list[Run],
+    runs: list[Run | ExportedModel],
     *,
     limits: Limits = Limits(),
     batching: Batching = Batching(),
@@ -331,7 +336,8 @@ def create_app(
     threads: int | None = 1,
     inference: ThreadPoolExecutor | None = None,
 ) -> Any:
-    """The FastAPI app serving ``runs`` (each named by its run name). ``threads``: torch's
+    """The FastAPI app serving ``runs`` (each named by its run name; an export folder opened by
+    ``open_export`` serves as its run does, without attention). ``threads``: torch's
     intra-op threads for inference (None leaves torch's setting). Where the models' batches run:
     ``inference`` (one thread, shared by every model; the caller shuts it down) — best the
     thread the runs were loaded in, as ``serve`` does (see ``inference_thread``); by default one
@@ -605,6 +611,17 @@ def serve(
             inference.shutdown(wait=False)
 
 
+def open_served(folder: str | Path, device: str = "cpu") -> Run | ExportedModel:
+    """A run directory (``load_run``), or an export of one (``open_export``: onnxruntime or
+    CTranslate2 computes on the CPU, ``device`` aside), which answers without the run's weights —
+    and so without attention: a request for it gets a 422."""
+    if is_export(folder):
+        from heedful.optimize.export import open_export
+
+        return open_export(folder)
+    return load_run(folder, device)
+
+
 def load_app(
     run_dirs: list[str | Path], device: str = "cpu", *, threads: int | None = 1, **options: Any
 ) -> tuple[Any, ThreadPoolExecutor | None]:
@@ -615,8 +632,8 @@ def load_app(
     set_threads(threads)  # first: a thread's OpenMP team is sized at its first parallel region
     inference = inference_thread(threads)
 
-    def load() -> list[Run]:
-        return [load_run(d, device) for d in run_dirs]
+    def load() -> list[Run | ExportedModel]:
+        return [open_served(d, device) for d in run_dirs]
 
     try:
         runs = load() if inference is None else inference.submit(load).result()
@@ -635,6 +652,7 @@ __all__ = [
     "inference_thread",
     "is_local",
     "load_app",
+    "open_served",
     "rollout",
     "serve",
 ]

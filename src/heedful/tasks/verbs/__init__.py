@@ -72,9 +72,9 @@ class RunLoader(Protocol):
         """Whether ``folder`` is an export (``heedful export``) rather than a run directory."""
 
     def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None) -> Any:
-        """A translator's export on its own (``heedful.optimize.export.open_export``): ``translate``
-        as ``run.translate``'s, ``cfg`` the run's config, ``runtime`` what decodes it
-        ("ctranslate2" or "onnxruntime")."""
+        """An export on its own (``heedful.optimize.export.open_export``): ``cfg`` the run's config,
+        ``runtime`` what computes it ("ctranslate2" or "onnxruntime"), ``predict`` as
+        ``run.predict``'s, and for a translator's, ``translate`` as ``run.translate``'s."""
 
 
 def run_loader(ctx: typer.Context) -> RunLoader:

@@ -145,6 +145,8 @@ def translate(
     if exported:  # CTranslate2 or onnxruntime decodes it; the run's config and tokenizer travel inside
         translator = loader.open_export(run_dir, list(set_ or []), quantization)
         cfg = translator.cfg
+        if cfg.task != "translate":
+            raise UserError(f"{run_dir}: is an export of a {cfg.task!r} run; translate needs a translate run")
         if engine == "ctranslate2" and translator.runtime != "ctranslate2":
             raise UserError(f"--engine ctranslate2: {run_dir} is an export for {translator.runtime}, which decodes it")
     else:
