@@ -96,6 +96,24 @@ def test_the_commands_box_wraps_each_summary_as_one_paragraph():
     assert " ".join(descriptions["translate"]).startswith("Translate stdin to stdout, one line for each line")
 
 
+def test_flags_show_no_type_in_any_help():
+    """A flag takes no value, so its help row shows none (typer 0.29 printed ``--overwrite <bool>``
+    and ``--help <bool>``); options that take one keep their type."""
+    from typer.testing import CliRunner
+
+    from heedful.cli import app
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}, prog_name="heedful")
+    names = re.findall(r"^│ (\w[\w-]*) ", top.stdout.split("Commands")[1], flags=re.MULTILINE)
+    assert {"train", "predict", "translate", "optimize", "export", "serve"} <= set(names)
+    for args in [[], *([name] for name in names)]:
+        shown = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "200"}, prog_name="heedful")
+        assert shown.exit_code == 0 and "--help" in shown.stdout, args
+        assert "<bool>" not in shown.stdout, (args, [r for r in shown.stdout.splitlines() if "<bool>" in r])
+    assert re.search(r"--beam +<int range>", runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "200"}).stdout)
+
+
 def test_version():
     result = run_cli("--version")
     assert result.returncode == 0 and re.fullmatch(r"heedful \d+\.\d+\.\d+\n", result.stdout), result.stdout

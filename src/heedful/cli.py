@@ -38,7 +38,12 @@ class Commands(TyperGroup):
             # The Commands box shows a help's first paragraph with its line breaks kept (typer's
             # rich mode): wrapped docstrings came out as ragged half-lines. One line per paragraph.
             command.short_help = " ".join(command.help.split("\n\n")[0].split())
+        if command is not None:
+            _untyped_flags(command.get_params(ctx))
         return command
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _untyped_flags(super().get_params(ctx))
 
     def _task_verbs(self) -> dict[str, Any]:
         if not hasattr(self, "_verbs"):
@@ -54,6 +59,15 @@ class Commands(TyperGroup):
                         functions[name] = verbs.command(name)(function)
             self._verbs = dict(typer.main.get_group(verbs).commands) if functions else {}
         return self._verbs
+
+
+def _untyped_flags(params: list[Any]) -> list[Any]:
+    """typer 0.29's help prints a flag's Python type beside it (``--overwrite <bool>``, even
+    ``--help <bool>``), as if it took a value; an empty metavar leaves its type column blank."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
 
 
 app = typer.Typer(
