@@ -101,6 +101,10 @@ def test_heedful_serve_answers_from_an_export(shipped):
     assert isinstance(exported, OnnxTextClassifier)
     with TestClient(create_app([exported])) as client:
         name = run.cfg.name
+        assert client.get("/v1/models").json()["models"] == [
+            {"name": name, "task": "classify", "inputs": "text", "predict": f"/v1/models/{name}/predict",
+             "runtime": "onnxruntime", "attention": False}
+        ]  # fmt: skip
         answer = client.post(f"/v1/models/{name}/predict", json={"texts": TEXTS})
         assert answer.status_code == 200, answer.text
         got = answer.json()["predictions"]

@@ -51,8 +51,9 @@ def test_models_health_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "models": ["dates"]}
     assert client.get("/v1/models").json()["models"] == [
-        {"name": "dates", "task": "translate", "inputs": "text", "predict": "/v1/models/dates/predict"}
-    ]
+        {"name": "dates", "task": "translate", "inputs": "text", "predict": "/v1/models/dates/predict",
+         "runtime": "torch", "attention": True}
+    ]  # fmt: skip
     schema = client.get("/openapi.json").json()
     route = schema["paths"]["/v1/models/dates/predict"]["post"]
     assert route["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("dates_Request")

@@ -34,8 +34,20 @@ def review_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page_and_api(dates_run, review_run):
-    with LiveServer(create_app([dates_run, review_run], api_key=KEY)) as server, sync_api.sync_playwright() as p:
+def review_export(review_run, tmp_path_factory):
+    """The review run's ONNX export, served beside it under its own name: it answers no attention,
+    so the explorer must not offer it."""
+    pytest.importorskip("onnxruntime", reason="the export extra is not installed")
+    from heedful.optimize.export import export_onnx, open_export
+
+    folder = export_onnx(review_run, tmp_path_factory.mktemp("reviews-onnx") / "onnx")
+    return open_export(folder, ["name=reviews-onnx"])
+
+
+@pytest.fixture(scope="module")
+def page_and_api(dates_run, review_run, review_export):
+    served = [dates_run, review_run, review_export]
+    with LiveServer(create_app(served, api_key=KEY)) as server, sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         errors: list[str] = []
@@ -108,6 +120,8 @@ def test_translate_hover_a_token_switch_heads(page_and_api, tmp_path):
 
 def test_classify_a_review(page_and_api, tmp_path):
     page, api, errors = page_and_api
+    offered = page.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
+    assert offered == ["dates", "reviews"]  # not the export (reviews-onnx): it keeps no attention
     text = "battery sound excellent seller box"
     ask(page, "reviews", text)
     answer = api("reviews", text)

@@ -190,6 +190,11 @@ class Served:
     request: type[BaseModel] | None
     schema_name: str  # the name's stem in the OpenAPI schema (models, operation id)
 
+    @property
+    def runtime(self) -> str:
+        """What computes its answers: "torch" for a run, an export's runtime otherwise."""
+        return self.run.runtime if isinstance(self.run, ExportedModel) else "torch"
+
     def infer(self, inputs: list[Any], attention: bool) -> list[tuple[Any, Any]]:
         """(prediction, explanation or None) per input: the batcher's call, in the inference thread."""
         with torch.inference_mode():
@@ -440,9 +445,11 @@ def create_app(
 
     @app.get("/v1/models", tags=["models"])
     async def models() -> dict[str, Any]:
-        """The loaded runs: name, task, what they take and where to send it."""
+        """The loaded runs: name, task, what they take, where to send it, what computes it
+        ("torch", or an export's "onnxruntime" / "ctranslate2") and whether it answers attention."""
         return {"models": [
-            {"name": s.name, "task": s.run.cfg.task, "inputs": s.kind, "predict": f"/v1/models/{s.name}/predict"}
+            {"name": s.name, "task": s.run.cfg.task, "inputs": s.kind, "predict": f"/v1/models/{s.name}/predict",
+             "runtime": s.runtime, "attention": s.runtime == "torch"}
             for s in served.values()
         ]}  # fmt: skip
 

@@ -28,7 +28,7 @@ async function loadModels() {
   showError(null);
   const select = $("#model");
   select.replaceChildren();
-  for (const m of body.models.filter((m) => m.inputs === "text")) {
+  for (const m of body.models.filter((m) => m.inputs === "text" && m.attention !== false)) {  // exports keep none
     const option = new Option(`${m.name} (${m.task})`, m.name);
     select.append(option);
   }
