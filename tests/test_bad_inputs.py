@@ -119,6 +119,11 @@ CASES = [
     Case("checkpoint-pickle", "checkpoint", "models/pickle.safetensors", "model.safetensors"),
     Case("checkpoint-wrong-shapes", "checkpoint", "generated/wrong_shapes.safetensors", "does not fit"),
     Case("checkpoint-missing-tensor", "checkpoint", "generated/missing_tensor.safetensors", "does not fit"),
+    # ---- export folders (predict with an export of the tiny dates run, one of its files broken)
+    Case("onnx-export-missing-graph", "onnx-export-missing", "export/decoder_step.onnx", "missing; the export is"),
+    Case("onnx-export-truncated-graph", "onnx-export-truncated", "export/encoder.onnx", "onnxruntime cannot load it"),
+    Case("ct2-export-missing-weights", "ct2-export-missing", "export/model.bin", "missing; the CTranslate2 model"),
+    Case("ct2-export-truncated-weights", "ct2-export-truncated", "export/model.bin", "CTranslate2 cannot load it"),
 ]
 
 
@@ -236,6 +241,8 @@ def command(case: Case, workspace: Path, tmp: Path) -> tuple[list[str], Path]:
             "--device",
             "cpu",
         ], run / "model" / "config.json"
+    if case.kind.startswith(("onnx-export", "ct2-export")):
+        return export_command(case, workspace, tmp)
     run = tmp / "dates"
     shutil.copytree(workspace / "dates", run)
     if case.kind == "checkpoint":
@@ -255,6 +262,26 @@ def command(case: Case, workspace: Path, tmp: Path) -> tuple[list[str], Path]:
         else ["predict", str(run), "1. Mai 2020", "--device", "cpu"]
     )
     return verb, target
+
+
+def export_command(case: Case, workspace: Path, tmp: Path) -> tuple[list[str], Path]:
+    """``heedful predict`` of an export of the tiny dates run (ONNX or CTranslate2, made into
+    ``tmp``) whose file ``case.file`` is deleted or cut to its first kilobyte."""
+    pytest.importorskip("onnxruntime", reason="exports need the export extra: pip install 'heedful[export]'")
+    pytest.importorskip("ctranslate2", reason="exports need the export extra: pip install 'heedful[export]'")
+    from heedful.optimize.ct2 import export_ctranslate2
+    from heedful.optimize.export import export_onnx
+    from heedful.runs import load_run
+
+    run = load_run(workspace / "dates", "cpu")
+    folder = (export_onnx if case.kind.startswith("onnx") else export_ctranslate2)(run, tmp / "export")
+    target = folder / case.file.removeprefix("export/")
+    if case.kind.endswith("missing"):
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[:1024])
+    named = folder if case.kind == "ct2-export-truncated" else target  # CTranslate2 reads the folder as one model
+    return ["predict", str(folder), "1. Mai 2020"], named
 
 
 def snapshot(*folders: Path) -> dict[str, bytes | None]:

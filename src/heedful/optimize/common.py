@@ -223,6 +223,14 @@ class ExportedModel:
         )
 
 
+def runtime_reason(exc: Exception) -> str:
+    """Why onnxruntime or CTranslate2 refused a file, in a few words: their messages repeat the
+    path and an error code ("[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X
+    failed:Protobuf parsing failed."); what follows the last "failed:" is the reason."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.rsplit("failed:", 1)[-1].strip() or text
+
+
 def read_export_record(folder: Path) -> dict[str, Any]:
     """``FOLDER/export.json``, the record every export writes (one-line errors when it is not there or unreadable)."""
     path = folder / EXPORT_RECORD

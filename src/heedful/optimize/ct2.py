@@ -32,6 +32,7 @@ from heedful.optimize.common import (
     check_out_dir,
     exported_task,
     read_export_record,
+    runtime_reason,
     staged,
 )
 
@@ -192,9 +193,17 @@ class Ct2Translator:
         compute_type = compute_type or "default"  # default: the type the weights were stored in
         # workers > 1: that many batches at once, one thread each — as ours does with decode.workers.
         intra = threads if workers == 1 else 1
-        with keeping_torch_threads():
-            self.translator = ct2.Translator(str(directory), device="cpu", compute_type=compute_type,
-                                             intra_threads=intra, inter_threads=workers)  # fmt: skip
+        weights = Path(directory) / "model.bin"
+        if not weights.is_file():
+            raise OptimizeError(f"{weights}: missing; the CTranslate2 model is incomplete (export the run again)")
+        try:
+            with keeping_torch_threads():
+                self.translator = ct2.Translator(str(directory), device="cpu", compute_type=compute_type,
+                                                 intra_threads=intra, inter_threads=workers)  # fmt: skip
+        except (RuntimeError, ValueError, OSError) as exc:  # a truncated or foreign model.bin, a bad config.json
+            raise OptimizeError(
+                f"{directory}: CTranslate2 cannot load it ({runtime_reason(exc)}); export the run again"
+            ) from None
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
         self.tgt_ids = {tgt_tok.id_to_piece(i): i for i in range(len(tgt_tok))}
 

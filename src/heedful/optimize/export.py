@@ -42,6 +42,7 @@ from heedful.optimize.common import (
     check_out_dir,
     exported_task,
     read_export_record,
+    runtime_reason,
     staged,
 )
 
@@ -205,11 +206,18 @@ def export_onnx(run: Run, out: str | Path, overwrite: bool = False) -> Path:
 
 
 def _session(path: Path, threads: int):
+    """An onnxruntime session of the graph at ``path``; a missing or unreadable file is one line."""
     ort = optional_import("onnxruntime", "running an ONNX export")
+    if not path.is_file():
+        raise OptimizeError(f"{path}: missing; the export is incomplete (export the run again)")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own kinds (InvalidProtobuf, Fail, …) share no base but Exception
+        reason = runtime_reason(exc)
+        raise OptimizeError(f"{path}: onnxruntime cannot load it ({reason}); export the run again") from None
 
 
 class OnnxClassifier:
