@@ -230,7 +230,13 @@ def _task_overrides(config: Path, given: dict[str, object]) -> list[str]:
 
 @app.command()
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `heedful train`.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory written by `heedful train`, or an export of one (`heedful export`), scored "
+            "from its own predictions: a translator's loss and perplexity need the weights and are left out."
+        ),
+    ],
     split: Annotated[str, typer.Option(help="Which held-out split to score.")] = "test",
     set_: SetOption = None,
     ensemble: Annotated[
@@ -246,20 +252,31 @@ def evaluate(
     device: DeviceOption = "auto",
 ) -> None:
     """Score a trained run (or an --ensemble of runs) on a held-out split; writes eval-<split>.json
-    (and, for text outputs, hyps-<split>.txt) into the run directory. --set changes decoding,
-    e.g. decode.beam_size=1."""
+    (and, for text outputs, hyps-<split>.txt) into the run directory. Given an export (`heedful
+    export`), scores what it ships from its own predictions and writes nothing. --set changes
+    decoding, e.g. decode.beam_size=1."""
     from heedful.runs import load_run
 
-    run = load_run(run_dir, device, list(set_ or []))
-    if ensemble:
-        result = _with_ensemble(run, ensemble, device, list(set_ or [])).evaluate(split, progress=True)
-    else:
+    loader = RunLoader()
+    if loader.is_export(run_dir):  # onnxruntime or CTranslate2 predicts; the run's config and tokenizer travel inside
+        if ensemble:
+            raise UserError("--ensemble needs run directories (an export is scored alone)")
+        run = loader.open_export(run_dir, list(set_ or []), None)
         result = run.evaluate(split)
+    else:
+        run = load_run(run_dir, device, list(set_ or []))
+        if ensemble:
+            result = _with_ensemble(run, ensemble, device, list(set_ or [])).evaluate(split, progress=True)
+        else:
+            result = run.evaluate(split)
     for key, value in result.items():
         typer.echo(f"{split} {key}: {value:.4f}")
     for line in run.task.describe(result, split):  # the task's notes and tables, its baselines
         typer.echo(line)
-    typer.echo(f"written: {result.artifacts['eval']}")
+    if "eval" in result.artifacts:
+        typer.echo(f"written: {result.artifacts['eval']}")
+    else:
+        typer.echo(f"(an export, scored from its {run.runtime} predictions: nothing written)")
 
 
 @app.command()

@@ -143,6 +143,8 @@ def test_an_export_folder_translates_on_its_own(confident_run, tmp_path):
     lines = sources(run)[:8]
     text = "".join(f"{line}\n" for line in lines)
     expected = [t.output for t in ct2_engine(run).translate(lines, beam=1)]
+    test_set = run.task.data.splits["test"]
+    whole_test = [t.output for t in ct2_engine(run).translate([e.source for e in test_set], beam=1)]
     shipped = tmp_path / "shipped"
     shutil.copytree(export_ctranslate2(run, tmp_path / "export"), shipped)
     shutil.rmtree(tmp_path / "export")
@@ -155,6 +157,18 @@ def test_an_export_folder_translates_on_its_own(confident_run, tmp_path):
     assert [t.output for t in engine.translate(lines)] == expected
     int8 = run_cli("translate", str(shipped), "--beam", "1", "--quantization", "int8", stdin=text)
     assert int8.returncode == 0 and len(int8.stdout.splitlines()) == 8, int8.stderr
+    # `heedful evaluate EXPORT`: the split's exact match from the export's own translations, nothing written
+    scored = open_ct2_export(shipped, ["decode.beam_size=1"]).evaluate("test")
+    assert scored.outputs == whole_test
+    assert scored["exact_match"] == sum(o == e.target for o, e in zip(whole_test, test_set, strict=True)) / 32
+    before = sorted(p for p in shipped.rglob("*"))
+    evaluated = run_cli("evaluate", str(shipped), "--set", "decode.beam_size=1")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.splitlines() == [
+        f"test exact_match: {scored['exact_match']:.4f}",
+        "(an export, scored from its ctranslate2 predictions: nothing written)",
+    ]
+    assert sorted(p for p in shipped.rglob("*")) == before
     predicted = run_cli("predict", str(shipped), *lines[:3], "--set", "decode.beam_size=1")  # as a run predicts
     assert predicted.returncode == 0, predicted.stderr
     assert predicted.stdout.splitlines() == [f"{s}  →  {t}" for s, t in zip(lines[:3], expected, strict=False)]
@@ -175,7 +189,7 @@ def test_an_export_folder_where_a_run_is_expected_is_one_line(run_dir, tmp_path)
             ["optimize", str(ct2_dir), "--method", "int8", "--out", str(tmp_path / "int8")],
             f"a CTranslate2 export of {run_dir}, not a run directory",
         ),
-        (["evaluate", str(onnx_dir)], f"an ONNX export of {run_dir}, not a run directory"),
+        (["evaluate", str(onnx_dir), "--ensemble", str(run_dir)], "--ensemble needs run directories"),
         (["report", str(onnx_dir)], "an ONNX export"),
         (["translate", str(ct2_dir), "--ensemble", str(run_dir)], "--ensemble needs run directories"),
         (["translate", str(ct2_dir), "--quantization", "int4"], "choose from float32, int8"),

@@ -70,6 +70,10 @@ def test_an_export_folder_translates_on_its_own(exported, tmp_path):
     assert open_export(shipped, ["decode.beam_size=3"]).cfg.decode.beam_size == 3
     result = run_cli("translate", str(shipped), "--beam", "3", stdin="".join(f"{line}\n" for line in lines))
     assert result.returncode == 0 and result.stdout.splitlines() == expected, result.stderr
+    scored = open_export(shipped).evaluate("test")  # the run's own search over onnxruntime: the run's outputs
+    expected_eval = run.evaluate("test")
+    assert scored.outputs == expected_eval.outputs
+    assert dict(scored) == {"exact_match": expected_eval["exact_match"]}  # no loss: that needs the weights
     predicted = run_cli("predict", str(shipped), *lines[:3], "--set", "decode.beam_size=3", "--json")
     assert predicted.returncode == 0, predicted.stderr
     assert [json.loads(line)["output"] for line in predicted.stdout.splitlines()] == expected[:3]
@@ -81,6 +85,22 @@ def test_an_export_folder_translates_on_its_own(exported, tmp_path):
         refused = run_cli("translate", str(shipped), *args, stdin="5. März 2021\n")
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
     assert not (tmp_path / "maps.jsonl").exists()
+
+
+def test_an_exports_translations_are_scored_by_exact_match_on_dates(exported):
+    """What ``heedful evaluate DIR`` scores a dates export with: its outputs against the split's
+    targets, sentence by sentence (a known answer: 8 of 32 wrong gives 0.75)."""
+    from heedful.tasks.translate import Translation
+
+    run, _ = exported
+    run.task.build_data(run.cfg)
+    examples = run.task.data.splits["test"]
+    assert run.task.split_inputs("test") == [e.source for e in examples] and len(examples) == 32
+    outputs = [e.target for e in examples]
+    outputs[::4] = [""] * 8
+    translations = [Translation(e.source, o, 0.0, []) for e, o in zip(examples, outputs, strict=True)]
+    scored = run.task.score_predictions("test", translations)
+    assert dict(scored) == {"exact_match": 0.75} and scored.outputs == outputs
 
 
 def test_the_exported_classifier_computes_what_pytorch_does(tmp_path, run_dir):

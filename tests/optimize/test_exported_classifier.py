@@ -5,6 +5,7 @@ line. Skipped where the export extra is absent."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 
 import pytest
@@ -63,6 +64,22 @@ def test_heedful_predict_reads_an_export_folder(shipped, tmp_path):
     table = list(csv.DictReader((tmp_path / "out.csv").open()))
     assert [r["prediction"] for r in table] == [p.output for p in run.predict(TEXTS)]
     assert [r["id"] for r in table] == ["0", "1", "2"]
+
+
+def test_heedful_evaluate_scores_an_export_as_its_run_and_writes_nothing(shipped):
+    run, folder = shipped
+    expected = run.evaluate("test")
+    scored = open_export(folder).evaluate("test")
+    assert scored.keys() == expected.keys() and "accuracy" in scored
+    for key in expected:  # the graph's probabilities equal the model's to 1e-4: the same metrics
+        assert scored[key] == pytest.approx(expected[key], abs=1e-3), key
+    assert json.dumps(scored.baselines, sort_keys=True) == json.dumps(expected.baselines, sort_keys=True)  # NaNs too
+    before = sorted(folder.rglob("*"))
+    result = run_cli("evaluate", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert f"test accuracy: {expected['accuracy']:.4f}" in result.stdout.splitlines()
+    assert result.stdout.splitlines()[-1] == "(an export, scored from its onnxruntime predictions: nothing written)"
+    assert sorted(folder.rglob("*")) == before
 
 
 @pytest.mark.parametrize(

@@ -144,6 +144,34 @@ def test_greedy_and_beam_decode_every_line_in_input_order(trained, beam):
 
 
 @pytest.mark.slow
+def test_translations_alone_are_scored_by_sacrebleu_against_the_split(trained):
+    """``score_predictions`` (what an export is scored with): the references themselves score
+    BLEU 100; shifted by one sentence, exactly what sacreBLEU gives those pairs; the run's own
+    outputs, what ``evaluate`` reports beside its loss; a wrong count is one line."""
+    import sacrebleu
+
+    from heedful.tasks.translate import Translation
+
+    run = load_run(trained[0], device="cpu")
+    result = run.evaluate("test")
+    task, sources = run.task, run.task.split_inputs("test")
+    targets = [e.target for e in task.data.splits["test"]]
+    assert len(sources) == len(targets) == 12 and len(set(targets)) == 12
+
+    def as_translations(outputs):
+        return [Translation(s, o, 0.0, []) for s, o in zip(sources, outputs, strict=True)]
+
+    assert task.score_predictions("test", as_translations(targets))["bleu"] == pytest.approx(100.0)
+    shifted = task.score_predictions("test", as_translations(targets[1:] + targets[:1]))
+    assert shifted["bleu"] == pytest.approx(sacrebleu.corpus_bleu(targets[1:] + targets[:1], [targets]).score)
+    assert shifted["bleu"] < 50 and shifted.outputs == targets[1:] + targets[:1]
+    own = task.score_predictions("test", run.predict(sources))
+    assert dict(own) == {"bleu": result["bleu"], "chrf": result["chrf"]} and own.notes == result.notes
+    with pytest.raises(UserError, match="11 translations for the 12 sentences of 'test'"):
+        task.score_predictions("test", as_translations(targets)[:11])
+
+
+@pytest.mark.slow
 def test_predict_uses_the_configured_beam(trained):
     run = load_run(trained[0], device="cpu")
     lines = [en for en, _ in sentence_pairs(6, 5)]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from heedful.errors import UserError
+from heedful.tasks.base import EvalResult
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -206,6 +207,7 @@ class ExportedModel:
 
     runtime: str
     folder: Path
+    files: Path  # where the run's config.yaml and tokenizer files are (in the export)
     cfg: Any
     task: Any
 
@@ -216,6 +218,21 @@ class ExportedModel:
 
     def predict(self, inputs: list[Any]) -> list[Any]:
         raise NotImplementedError
+
+    def evaluate(self, split: str = "test") -> EvalResult:
+        """What the export ships, scored on the run's held-out ``split`` (``heedful evaluate DIR``):
+        the task's metrics from this export's own predictions, with the task's baselines, as
+        ``Run.evaluate`` gives them — less what needs the model's weights (a translator's
+        teacher-forced loss). Nothing is written: the folder is what ships."""
+        if self.task.data is None:
+            self.task.build_data(self.cfg)
+            self.task.load_artifacts(self.files)  # the run's own vocabulary wins
+        result = self._scored(split)
+        result.baselines = self.task.baselines(split)
+        return result
+
+    def _scored(self, split: str) -> EvalResult:
+        return self.task.score_predictions(split, self.predict(self.task.split_inputs(split)))
 
     def explain(self, inputs: list[Any]) -> list[Any]:
         raise OptimizeError(

@@ -283,11 +283,13 @@ class Ct2Engine(ExportedModel):
 
     def __init__(
         self, task: Any, cfg: Any, max_len: int, folder: Path, threads: int | None = None,
-        workers: int | None = None, compute_type: str | None = None,
+        workers: int | None = None, compute_type: str | None = None, files: Path | None = None,
     ) -> None:  # fmt: skip
         """``task`` with its tokenizers loaded, the run's ``cfg``, the model's positions ``max_len``
-        (the output limits, as ours), the CTranslate2 model ``folder``."""
+        (the output limits, as ours), the CTranslate2 model ``folder``; ``files``: where the
+        tokenizer files ``task`` was loaded from (default ``FOLDER/heedful``)."""
         self.task, self.cfg, self.folder, self.max_len = task, cfg, folder, max_len
+        self.files = files or folder / RUN_FILES
         self.decode_cfg = cfg.decode
         self.translator = Ct2Translator(folder, task.src_tok, task.tgt_tok, compute_type=compute_type,
                                         threads=threads or torch.get_num_threads(),
@@ -296,7 +298,7 @@ class Ct2Engine(ExportedModel):
     @classmethod
     def for_run(cls, run: Run, folder: Path, threads: int | None = None, workers: int | None = None) -> Ct2Engine:
         """``run``'s translator converted into ``folder``."""
-        return cls(run.task, run.cfg, run.model.config.max_len, folder, threads, workers)
+        return cls(run.task, run.cfg, run.model.config.max_len, folder, threads, workers, files=run.run_dir / "model")
 
     def predict(self, inputs: list[Any]) -> list[Any]:
         """``run.predict``'s answer: ``translate`` at the run's decoding settings."""

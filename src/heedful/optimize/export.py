@@ -318,12 +318,15 @@ class OnnxTextClassifier(ExportedModel):
     runtime = "onnxruntime"
 
     def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):
-        self.folder = folder
+        self.folder = self.files = folder
         self.cfg, self.task = exported_task(folder, overrides)
         self.model = OnnxClassifier(folder, threads or torch.get_num_threads())
 
     def predict(self, inputs: list[Any]) -> list[Any]:
         return self.task.predict(self.model, list(inputs))
+
+    def _scored(self, split: str) -> Any:
+        return self.task.evaluate(self.model, split)  # the graph stands in for the model: every metric
 
 
 class OnnxTranslator(ExportedModel):
@@ -335,7 +338,7 @@ class OnnxTranslator(ExportedModel):
     returns_attention = False  # the exported decoder step gives logits and the cache only
 
     def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):
-        self.folder = folder
+        self.folder = self.files = folder
         self.cfg, self.task = exported_task(folder, overrides)
         self.model = OnnxSeq2Seq(folder, threads or torch.get_num_threads())
 

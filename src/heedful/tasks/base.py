@@ -193,9 +193,15 @@ class Task(ABC):
         raise UserError(f"a {self.name!r} run does not decode as an ensemble")
 
     def split_inputs(self, split: str) -> list[Any]:
-        """A held-out split's inputs, in order, as ``class_probabilities`` takes them (file paths,
-        texts): what an ensemble is scored on."""
+        """A held-out split's inputs, in order, as ``predict`` and ``class_probabilities`` take
+        them (file paths, texts): what an ensemble or an export is scored on."""
         raise UserError(f"a {self.name!r} run cannot score an ensemble on a held-out split")
+
+    def score_predictions(self, split: str, predictions: list[Prediction]) -> EvalResult:
+        """The split's metrics that its predictions alone give (``predict`` of its ``split_inputs``,
+        in order), without the model: what an export, which keeps no weights to run a loss with, is
+        scored on (``heedful evaluate EXPORT``)."""
+        raise UserError(f"a {self.name!r} run's predictions alone cannot be scored; evaluate the run")
 
     def score_probabilities(self, split: str, probs: Tensor) -> EvalResult:
         """The split's metrics, as ``evaluate`` reports them, from class probabilities (N, C) of

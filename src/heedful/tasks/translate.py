@@ -221,13 +221,10 @@ class TranslateTask(Task):
         gold = split == "test" and isinstance(examples[0], DateExample) and model.cross_attention_name() is not None
         batches = (self.encode_examples(chunk) for chunk in chunks)
         metrics, (hits, fields) = self._teacher_forced(model, batches, chunks if gold else None)
-        predictions = [p for chunk in chunks for p in self.predict(model, [e.source for e in chunk])]
-        metrics["exact_match"] = sum(p.output == e.target for p, e in zip(predictions, examples, strict=True)) / len(
-            examples
-        )
-        if fields:
-            metrics["alignment_hit"] = hits / fields
-        return EvalResult(metrics, outputs=[p.output for p in predictions])
+        outputs = [p.output for chunk in chunks for p in self.predict(model, [e.source for e in chunk])]
+        scored = self._output_metrics(examples, outputs)
+        alignment = {"alignment_hit": hits / fields} if fields else {}
+        return EvalResult(metrics | scored.metrics | alignment, notes=scored.notes, outputs=outputs)
 
     @torch.no_grad()
     def validate(self, model: nn.Module) -> EvalResult:
@@ -249,8 +246,30 @@ class TranslateTask(Task):
         )
         metrics, _ = self._teacher_forced(model, batches)
         hyps = [self._detokenize(ranked[0][0]) for ranked in self._generate(model, src_ids, beam_size)]
-        scores, signatures = bleu_and_chrf(hyps, [p.target for p in pairs], self.cfg.data.target_lang)
-        return EvalResult(metrics | scores, notes=signatures, outputs=hyps)
+        scored = self._output_metrics(pairs, hyps)
+        return EvalResult(metrics | scored.metrics, notes=scored.notes, outputs=hyps)
+
+    def split_inputs(self, split: str) -> list[str]:
+        """The split's source sentences, in the order ``evaluate`` scores them."""
+        return [e.source for e in self._examples(split)]
+
+    def score_predictions(self, split: str, predictions: list[Translation]) -> EvalResult:
+        """BLEU and chrF (parallel data) or exact match (dates, numbers) of translations of the
+        split's sources: an export's score, which has no teacher-forced loss to add."""
+        examples = self._examples(split)
+        if len(predictions) != len(examples):
+            raise UserError(f"{len(predictions)} translations for the {len(examples)} sentences of {split!r}")
+        return self._output_metrics(examples, [p.output for p in predictions])
+
+    def _output_metrics(self, examples: list, outputs: list[str]) -> EvalResult:
+        """What the outputs alone score against the examples' targets: sacreBLEU's BLEU and chrF
+        (detokenized, case-sensitive, against the untokenized references; their signatures as
+        notes) for parallel data, exact match for the built-in tasks."""
+        if self.cfg.data.source == "parallel":
+            scores, signatures = bleu_and_chrf(outputs, [e.target for e in examples], self.cfg.data.target_lang)
+            return EvalResult(scores, notes=signatures, outputs=outputs)
+        exact = sum(o == e.target for o, e in zip(outputs, examples, strict=True)) / len(examples)
+        return EvalResult({"exact_match": exact}, outputs=outputs)
 
     def _teacher_forced(
         self, model: nn.Module, batches: Iterable[Batch], gold: list[list[DateExample]] | None = None
