@@ -199,11 +199,11 @@ def is_export(folder: str | Path) -> bool:
 
 class ExportedModel:
     """An export folder opened on its own, standing in for a ``Run`` where the run's weights are
-    not needed: ``cfg`` and ``task`` are the run's (from the copies the export carries) and
-    ``predict`` answers as ``run.predict`` does — what ``heedful predict`` and ``heedful serve``
-    call. An export keeps no attention to explain: ``explain`` refuses in one line. Subclasses set
-    ``folder``, ``cfg``, ``task``, ``runtime`` (what computes: "onnxruntime", "ctranslate2") and
-    ``predict``."""
+    not needed: ``cfg`` and ``task`` are the run's (from the copies the export carries),
+    ``predict`` answers as ``run.predict`` does and ``evaluate`` scores those predictions — what
+    ``heedful predict``, ``heedful evaluate`` and ``heedful serve`` call. An export keeps no
+    attention to explain: ``explain`` refuses in one line. Subclasses set ``folder``, ``files``,
+    ``cfg``, ``task``, ``runtime`` (what computes: "onnxruntime", "ctranslate2") and ``predict``."""
 
     runtime: str
     folder: Path
