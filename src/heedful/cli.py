@@ -257,11 +257,8 @@ def evaluate(
     decoding, e.g. decode.beam_size=1."""
     from heedful.runs import load_run
 
-    loader = RunLoader()
-    if loader.is_export(run_dir):  # onnxruntime or CTranslate2 predicts; the run's config and tokenizer travel inside
-        if ensemble:
-            raise UserError("--ensemble needs run directories (an export is scored alone)")
-        run = loader.open_export(run_dir, list(set_ or []), None)
+    if RunLoader().is_export(run_dir):
+        run = _open_export(run_dir, list(set_ or []), device, ensemble)
         result = run.evaluate(split)
     else:
         run = load_run(run_dir, device, list(set_ or []))
@@ -331,15 +328,12 @@ def predict(
         raise UserError("give inputs to predict, or --input FILE")
     if output_file is not None and input_file is None:
         raise UserError("--output needs --input (predictions for single inputs are printed)")
-    loader = RunLoader()
-    if loader.is_export(run_dir):  # onnxruntime or CTranslate2 computes; the run's config and tokenizer travel inside
+    if RunLoader().is_export(run_dir):
         wanted = [flag for flag, given in (("--explain", explain), ("--show-attention", show_attention)) if given]
         if wanted:
             raise UserError(f"{' and '.join(wanted)}: {run_dir} is an export, which keeps no attention; "
                             "give the run it came from")  # fmt: skip
-        if ensemble:
-            raise UserError("--ensemble needs run directories (an export predicts with its one model)")
-        run = predictor = loader.open_export(run_dir, list(set_ or []), None)
+        run = predictor = _open_export(run_dir, list(set_ or []), device, ensemble)
     else:
         run = load_run(run_dir, device, list(set_ or []))
         predictor = _with_ensemble(run, ensemble, device, list(set_ or []))
@@ -500,6 +494,16 @@ def export_command(
 
     written = export_onnx(run, out, overwrite)
     typer.echo(f"exported: {', '.join(sorted(p.name for p in written.glob('*.onnx')))} in {written}")
+
+
+def _open_export(folder: Path, overrides: list[str], device: str, ensemble: list[Path] | None):
+    """An export folder for `predict` and `evaluate`: onnxruntime or CTranslate2 computes, on the
+    CPU, with the run's config and tokenizer from inside the folder (``open_export``)."""
+    if ensemble:
+        raise UserError("--ensemble needs run directories (an export is one model)")
+    if device not in ("auto", "cpu"):
+        raise UserError(f"--device {device}: an export computes on the CPU (onnxruntime or CTranslate2)")
+    return RunLoader().open_export(folder, overrides, None)
 
 
 def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
