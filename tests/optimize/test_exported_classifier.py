@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from heedful.errors import UserError
 from heedful.runs import load_run
 from heedful.train import fit
 from tests.conftest import run_cli
@@ -115,6 +116,8 @@ def test_heedful_serve_answers_from_an_export(shipped):
     from heedful.serve.app import open_served
 
     run, folder = shipped
+    with pytest.raises(UserError, match="an export computes on the CPU"):
+        open_served(folder, "cuda")
     exported = open_served(folder)
     assert isinstance(exported, OnnxTextClassifier)
     with TestClient(create_app([exported])) as client:

@@ -620,11 +620,14 @@ def serve(
 
 def open_served(folder: str | Path, device: str = "cpu") -> Run | ExportedModel:
     """A run directory (``load_run``), or an export of one (``open_export``: onnxruntime or
-    CTranslate2 computes on the CPU, ``device`` aside), which answers without the run's weights —
-    and so without attention: a request for it gets a 422."""
+    CTranslate2 computes, on the CPU), which answers without the run's weights — and so without
+    attention: a request for it gets a 422."""
     if is_export(folder):
         from heedful.optimize.export import open_export
 
+        if device not in ("auto", "cpu"):
+            raise UserError(f"{folder}: an export computes on the CPU (onnxruntime or CTranslate2); --device {device} "
+                            "is for run directories")  # fmt: skip
         return open_export(folder)
     return load_run(folder, device)
 
