@@ -234,7 +234,8 @@ def evaluate(
         Path,
         typer.Argument(
             help="A run directory written by `heedful train`, or an export of one (`heedful export`), scored "
-            "from its own predictions: a translator's loss and perplexity need the weights and are left out."
+            "from its own predictions: a translator's loss, token accuracy and alignment scores need the weights and "
+            "are left out."
         ),
     ],
     split: Annotated[str, typer.Option(help="Which held-out split to score.")] = "test",
