@@ -201,8 +201,10 @@ class Ct2Translator:
                 self.translator = ct2.Translator(str(directory), device="cpu", compute_type=compute_type,
                                                  intra_threads=intra, inter_threads=workers)  # fmt: skip
         except (RuntimeError, ValueError, OSError) as exc:  # a truncated or foreign model.bin, a bad config.json
+            # For an export folder and for translate --engine's conversion in the run alike (removed,
+            # the latter is converted anew at the next call).
             raise OptimizeError(
-                f"{directory}: CTranslate2 cannot load it ({runtime_reason(exc)}); export the run again"
+                f"{directory}: CTranslate2 cannot load it ({runtime_reason(exc)}); remove it and export the run again"
             ) from None
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
         self.tgt_ids = {tgt_tok.id_to_piece(i): i for i in range(len(tgt_tok))}
