@@ -1,6 +1,6 @@
-"""A classifier's ONNX export on its own: `heedful predict DIR` and `heedful serve DIR` answer as
-the run does, without the run beside it; what an export cannot do (attention, ensembles) is one
-line. Skipped where the export extra is absent."""
+"""A classifier's ONNX export on its own: `heedful predict DIR`, `heedful evaluate DIR` and
+`heedful serve DIR` answer as the run does, without the run beside it; what an export cannot do
+(attention, ensembles, a GPU) is one line. Skipped where the export extra is absent."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ TEXTS = ["excellent phone, excellent battery", "the charger broke after a week",
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    """The run (tiny, one epoch) and a copy of its ONNX export elsewhere, nothing pointing back."""
+    """The run (tiny, two epochs) and a copy of its ONNX export elsewhere, nothing pointing back."""
     tmp = tmp_path_factory.mktemp("exported-classifier")
     fit(config(tmp, **{"train.epochs": 2}))
     run = load_run(tmp / "run", "cpu")
@@ -48,7 +48,7 @@ def test_an_exported_classifier_predicts_what_its_run_does(shipped):
     exported = open_export(folder)
     assert isinstance(exported, OnnxTextClassifier) and exported.run_dir == folder
     _same_predictions(exported.predict(TEXTS), run.predict(TEXTS))
-    with pytest.raises(Exception, match="keeps no attention to explain"):
+    with pytest.raises(UserError, match="keeps no attention to explain"):
         exported.explain(TEXTS)
 
 
