@@ -56,9 +56,7 @@ class Run:
         task's baselines scored on the same split (classify: majority class, TF-IDF + LR). Writes
         ``eval-<split>.json`` (metrics, notes, baselines), ``hyps-<split>.txt`` for a task that
         generates text, and the task's figures into ``plots/``; their paths are in the result."""
-        if self.task.data is None:
-            self.task.build_data(self.cfg)
-            self.task.load_artifacts(self.run_dir / "model")  # the run's own vocabulary wins
+        self.task.ensure_data(self.run_dir / "model")
         result = self.task.evaluate(self.model, split)
         result.baselines = self.task.baselines(split)
         if result.outputs is not None:
@@ -165,9 +163,7 @@ class Ensemble:
         ``eval-<split>-ensemble.json``, naming the members; figures go to ``plots/ensemble``."""
         first = self.runs[0]
         if self.model is not None:  # one model of the members, scored like any run's model
-            if first.task.data is None:
-                first.task.build_data(first.cfg)
-                first.task.load_artifacts(first.run_dir / "model")
+            first.task.ensure_data(first.run_dir / "model")
             result = first.task.evaluate(self.model, split)
             path = result.artifacts["eval"] = first.run_dir / f"eval-{split}-ensemble.json"
             record = {"members": [str(run.run_dir) for run in self.runs], **result.record()}

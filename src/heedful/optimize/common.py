@@ -114,22 +114,16 @@ def count_parameters(model: nn.Module) -> int:
     return total
 
 
-def _ensure_data(run: Run) -> None:
-    if run.task.data is None:
-        run.task.build_data(run.cfg)
-        run.task.load_artifacts(run.run_dir / "model")  # the run's own vocabulary wins
-
-
 def training_batches(run: Run, n: int) -> list[Any]:
     """The first ``n`` batches of the run's training data (epoch 0), as its task's loss takes them."""
-    _ensure_data(run)
+    run.task.ensure_data(run.run_dir / "model")
     return list(itertools.islice(run.task.data.train.batches(0), n))
 
 
 def training_stream(run: Run) -> Iterator[Any]:
     """The run's training batches epoch after epoch, each epoch in its own order, as the trainer
     sees them: a long fine-tuning meets all the data instead of the same first batches again."""
-    _ensure_data(run)
+    run.task.ensure_data(run.run_dir / "model")
     for epoch in itertools.count():
         yield from run.task.data.train.batches(epoch)
 
@@ -224,9 +218,7 @@ class ExportedModel:
         the task's metrics from this export's own predictions, with the task's baselines, as
         ``Run.evaluate`` gives them — less what needs the model's weights (a translator's
         teacher-forced loss). Nothing is written: the folder is what ships."""
-        if self.task.data is None:
-            self.task.build_data(self.cfg)
-            self.task.load_artifacts(self.files)  # the run's own vocabulary wins
+        self.task.ensure_data(self.files)
         result = self._scored(split)
         result.baselines = self.task.baselines(split)
         return result
@@ -238,6 +230,17 @@ class ExportedModel:
         raise OptimizeError(
             f"{self.folder}: an export ({self.runtime}) keeps no attention to explain; explain the run it came from"
         )
+
+
+class ExportedTranslator(ExportedModel):
+    """A translator's export (ONNX or CTranslate2): ``predict`` is ``translate`` at the run's
+    decoding settings, as ``run.predict`` is for a translate run. Subclasses give ``translate``."""
+
+    def predict(self, inputs: list[Any]) -> list[Any]:
+        return self.translate(list(inputs))
+
+    def translate(self, lines: list[str], **options: Any) -> list[Any]:
+        raise NotImplementedError
 
 
 def runtime_reason(exc: Exception) -> str:

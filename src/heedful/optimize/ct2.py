@@ -27,7 +27,7 @@ from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
 from heedful.optimize.common import (
     EXPORT_RECORD,
-    ExportedModel,
+    ExportedTranslator,
     OptimizeError,
     check_out_dir,
     exported_task,
@@ -257,7 +257,7 @@ def cached_export(run: Run, quantization: str = "float32") -> Path:
         return export_ctranslate2(run, where, stored)
 
 
-class Ct2Engine(ExportedModel):
+class Ct2Engine(ExportedTranslator):
     """A run's translator decoded by CTranslate2 (``heedful translate RUN --engine ctranslate2``,
     ``ct2_engine(run)``, or a CTranslate2 export on its own): ``translate`` answers as
     ``run.translate`` does, with ``Translation``s, and ``predict`` as ``run.predict``.
@@ -301,10 +301,6 @@ class Ct2Engine(ExportedModel):
     def for_run(cls, run: Run, folder: Path, threads: int | None = None, workers: int | None = None) -> Ct2Engine:
         """``run``'s translator converted into ``folder``."""
         return cls(run.task, run.cfg, run.model.config.max_len, folder, threads, workers, files=run.run_dir / "model")
-
-    def predict(self, inputs: list[Any]) -> list[Any]:
-        """``run.predict``'s answer: ``translate`` at the run's decoding settings."""
-        return self.translate(list(inputs))
 
     def translate(
         self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,

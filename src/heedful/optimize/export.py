@@ -38,6 +38,7 @@ from heedful.extras import optional_import
 from heedful.optimize.common import (
     EXPORT_RECORD,
     ExportedModel,
+    ExportedTranslator,
     OptimizeError,
     check_out_dir,
     exported_task,
@@ -329,7 +330,7 @@ class OnnxTextClassifier(ExportedModel):
         return self.task.evaluate(self.model, split)  # the graph stands in for the model: every metric
 
 
-class OnnxTranslator(ExportedModel):
+class OnnxTranslator(ExportedTranslator):
     """An ONNX export of a translator, on its own (``heedful translate DIR``, ``heedful predict
     DIR``, ``heedful serve DIR``): the run's config and tokenizer from the folder, our search over
     ``OnnxSeq2Seq``; ``translate`` as ``run.translate``."""
@@ -341,9 +342,6 @@ class OnnxTranslator(ExportedModel):
         self.folder = self.files = folder
         self.cfg, self.task = exported_task(folder, overrides)
         self.model = OnnxSeq2Seq(folder, threads or torch.get_num_threads())
-
-    def predict(self, inputs: list[Any]) -> list[Any]:
-        return self.translate(list(inputs))
 
     def translate(
         self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,

@@ -261,6 +261,14 @@ class Task(ABC):
     def load_artifacts(self, directory: Path) -> None:  # noqa: B027 - optional hook
         """Read what save_artifacts wrote, so predict() works without rebuilding the data."""
 
+    def ensure_data(self, artifacts: Path) -> None:
+        """A loaded run's data, built from its config the first time something scores it
+        (``evaluate``, an ensemble, an export, a fine-tuning), then the run's own vocabulary files
+        in ``artifacts`` read over what building made: the run's vocabulary wins."""
+        if self.data is None:
+            self.build_data(self.cfg)
+            self.load_artifacts(artifacts)
+
     def plot_explanation(self, explanation: Explanation, path: Path) -> Path:
         """Draw one explanation as a PNG; by default a heatmap of ``summary`` with token labels."""
         from heedful.explain.plots import attention_heatmap
