@@ -199,3 +199,65 @@ def test_an_export_folder_where_a_run_is_expected_is_one_line(run_dir, tmp_path)
         result = run_cli(*args, stdin="5. März 2021\n")
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def ending_run(tmp_path_factory):
+    """A tiny dates run trained long enough (150 steps, a second or two) that its beam-4 outputs
+    end with <eos> at 6–11 pieces, before their limit of 16."""
+    from heedful.runs import load_config
+    from heedful.train.trainer import fit
+    from tests.conftest import ROOT, tiny_dates_overrides
+
+    directory = tmp_path_factory.mktemp("ending") / "dates"
+    extra = {"train.epochs": 1, "train.steps_per_epoch": 150, "train.lr": 3e-3}
+    fit(load_config(ROOT / "configs" / "dates.yaml", tiny_dates_overrides(directory, **extra)))
+    return directory
+
+
+def search_errors_script():
+    """benchmarks/search_errors.py as a module."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("search_errors", ROOT / "benchmarks" / "search_errors.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_errors_rescores_each_output_as_the_search_scored_it(ending_run):
+    """The teacher-forced log-probability the benchmark judges outputs by is the search's own sum
+    (pieces, then <eos>), batch by batch."""
+    run = load_run(ending_run, "cpu")
+    lines = sources(run)
+    ours = run.translate(lines, beam=4)
+    assert all(0 < len(t.output_ids) < 16 for t in ours)  # every output ended, none empty
+    rescored = search_errors_script().log_probs(run, lines, [t.output_ids for t in ours], batch=7)
+    assert rescored == pytest.approx([t.score for t in ours], abs=1e-4)
+
+
+def test_search_errors_compares_three_searches_in_one_table(ending_run, tmp_path, capsys):
+    import json
+
+    from heedful.optimize.ct2 import export_ctranslate2
+
+    export = export_ctranslate2(load_run(ending_run, "cpu"), tmp_path / "ct2")
+    written = tmp_path / "rows.json"
+    assert search_errors_script().main([str(ending_run), str(export), "--alpha", "0", "--json", str(written)]) == 0
+    rows = json.loads(written.read_text())
+    assert [r["search"] for r in rows] == ["ours", "ours, early", "export (ct2)"]
+    assert all({"exact_match", "pieces", "empty"} <= r.keys() for r in rows)
+    n = len(sources(load_run(ending_run, "cpu")))
+    # With no length penalty all three keep the same live beams, and ours searches on until no
+    # live one can win, keeping every ended one it meets: no other search beats it.
+    assert all(r["higher_log_prob"] == 0 and 0 <= r["lower_log_prob"] <= n for r in rows)
+    assert rows[0]["lower_log_prob"] == 0 and rows[0]["pieces"] > 3 * n
+    assert "ours, early" in capsys.readouterr().out
+
+
+def test_search_errors_counts_only_differences_beyond_the_tolerance():
+    compared = search_errors_script().compared
+    # 1e-4 apart: equal; 1.0 higher; 1.0 lower; 2e-3 lower
+    assert compared([1.0, 2.0, 3.0, -5.002], [1.0001, 1.0, 4.0, -5.0]) == {"higher_log_prob": 1, "lower_log_prob": 2}

@@ -270,9 +270,14 @@ class Ct2Engine(ExportedTranslator):
       divides it by (|y| + 1)^α, <eos> counted. The same α is passed, so with α = 0 (``--set
       decode.alpha=0``) or beam 1 the two searches rank alike; with α > 0 they can pick
       different hypotheses. ``.score`` is the raw log-probability either way.
-    - when a beam stops: CTranslate2 stops a sentence once ``beam`` hypotheses have ended, as
-      ours does with decode.early_stopping=true (ours by default goes on while a live beam could
-      still win).
+    - which hypotheses end, and when a sentence stops. Both rank 2·beam candidates a step, but
+      CTranslate2 lets only the ``beam`` best of them end (an <eos> ranked below is dropped),
+      where ours keeps up to ``beam`` ended ones from all 2·beam. CTranslate2 stops a sentence
+      once ``beam`` hypotheses have ended (ours: decode.early_stopping), and with no length
+      penalty as soon as its best candidate ends (no live beam can beat it then); ours by
+      default goes on while a live beam could still win. At α = 0 ours finds the more probable
+      output more often — often a shorter or empty one, which BLEU punishes
+      (benchmarks/search_errors.py; docs/RESULTS.md, "Search errors or model errors").
     - the output limit: CTranslate2 takes one per call, the longest of the batch's sentences'
       (decode.max_len, decode.max_len_ratio); a longer output is cut at its own limit afterwards,
       where ours ranks the cut hypothesis inside the search.
