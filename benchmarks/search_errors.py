@@ -1,7 +1,8 @@
 """Search errors or model errors: which of two beam searches over the same translator finds the
 outputs that translator scores higher, and what that does to BLEU.
 
-    python benchmarks/search_errors.py RUN EXPORT [--alpha 0 0.6] [--split test] [--json FILE]
+    python benchmarks/search_errors.py RUN EXPORT [--alpha 0 0.6] [--set decode.min_len=1] [--split test]
+        [--json FILE]
     # EXPORT: heedful export RUN --format ctranslate2 --out EXPORT (or --format onnx)
 
 For every α given, the run's held-out split is translated three ways at the run's beam size and
@@ -80,8 +81,8 @@ def compared(scores: list[float], reference: list[float]) -> dict[str, int]:
     return {"higher_log_prob": higher, "lower_log_prob": lower}
 
 
-def one_alpha(run_dir: Path, export: Path, alpha: float, split: str) -> list[dict]:
-    overrides = [f"decode.alpha={alpha}"]
+def one_alpha(run_dir: Path, export: Path, alpha: float, split: str, extra: list[str] = ()) -> list[dict]:
+    overrides = [*extra, f"decode.alpha={alpha}"]
     searches = {
         "ours": load_run(run_dir, device="cpu", overrides=overrides),
         "ours, early": load_run(run_dir, device="cpu", overrides=[*overrides, "decode.early_stopping=true"]),
@@ -112,14 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a trained translation run")
     parser.add_argument("export", type=Path, help="an export of it (CTranslate2 or ONNX)")
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.6], help="length penalties to compare")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="a config override for all three searches, e.g. decode.min_len=1 (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--split", default="test")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
-    rows = [row for alpha in args.alpha for row in one_alpha(args.run_dir, args.export, alpha, args.split)]
+    rows = [
+        row for alpha in args.alpha for row in one_alpha(args.run_dir, args.export, alpha, args.split, args.overrides)
+    ]
     counts = ["pieces", "empty", "higher_log_prob", "lower_log_prob"]
     metrics = [k for k in rows[0] if k not in ("alpha", "search", *counts)]
     columns = ["alpha", "search", *metrics, *counts]
-    print(f"{args.split} of {args.run_dir}: log-probabilities compared with 'ours' at the same α (1e-3 apart at least)")
+    settings = "".join(f", {o}" for o in args.overrides)
+    print(f"{args.split} of {args.run_dir}{settings}: log-probabilities against ours' at the same α (≥ 1e-3 apart)")
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row[c]) for c in columns))

@@ -21,10 +21,12 @@ def reference_beam_search(
     max_len: int | Tensor = 100,
     alpha: float = 1.0,
     n_best: int = 1,
+    min_len: int = 0,
 ) -> list[list[Hypothesis]]:
     """src: (B, S) -> for each sentence, its ``n_best`` hypotheses, best first.
 
     ``max_len`` may be one int or a (B,) tensor (e.g. a ratio of each source length).
+    ``min_len``: <eos> has log-probability −∞ at the steps before it.
     """
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
@@ -46,6 +48,8 @@ def reference_beam_search(
     for step in range(max(limits)):
         logits = model.decode(tokens[:, -1:], memory, padding, cache)[:, -1].float()  # (B·K, V)
         log_probs = logits.log_softmax(-1)
+        if step < min_len:
+            log_probs[:, eos_id] = float("-inf")
         V = log_probs.shape[-1]
         candidates = (scores.view(B, K, 1) + log_probs.view(B, K, V)).view(B, K * V)  # (B, K·V)
         top_scores, top_index = candidates.topk(2 * K, dim=-1)  # room for K live beams after <eos>s

@@ -170,6 +170,51 @@ def test_the_batched_search_agrees_with_the_reference_loop(beam, alpha, n_best):
     assert_same_hypotheses(got, expected)
 
 
+def test_min_len_forbids_early_endings_and_keeps_the_models_own_scores():
+    """The toy's best is "b" (0.36); with two tokens at least, "b" must go on ("b a", 0.4 · 0.1),
+    so "a a" (0.216) wins — scored as the model scores it, <eos>'s share not handed to the others."""
+    src = torch.ones(1, 3, dtype=torch.long)
+    search = {"bos_id": BOS, "eos_id": EOS, "beam_size": 3, "max_len": 5, "alpha": 0.0, "n_best": 3}
+    (hyps,) = beam_search(ToyModel(), src, min_len=2, **search)
+    assert [h.tokens for h in hyps] == [[A, A], [A, B], [B, A]]
+    assert [round(math.exp(h.log_prob), 4) for h in hyps] == [0.216, 0.204, 0.04]
+    (unchanged,) = beam_search(ToyModel(), src, min_len=1, **search)  # no <eos> at the first step anyway
+    assert [h.tokens for h in unchanged] == [[B], [A, A], [A, B]]
+
+
+@pytest.mark.parametrize(("beam", "alpha"), [(1, 0.0), (4, 0.0), (3, 0.6)])
+def test_min_len_agrees_with_the_reference_loop_and_no_output_is_shorter(beam, alpha):
+    from tests.decode.reference_beam import reference_beam_search
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval(), boost=4.0)
+    src = torch.randint(3, 30, (6, 7))
+    limits = torch.tensor([3, 9, 6, 12, 2, 8])  # two limits below min_len: the limit still ends them
+    kwargs = {"bos_id": BOS, "eos_id": EOS, "beam_size": beam, "max_len": limits, "alpha": alpha, "n_best": beam}
+    free = beam_search(model, src, **kwargs)
+    assert min(len(h.tokens) for hyps in free for h in hyps if h.ended) < 4  # without it, some end sooner
+    got, expected = beam_search(model, src, min_len=4, **kwargs), reference_beam_search(model, src, min_len=4, **kwargs)
+    assert_same_hypotheses(got, expected)
+    for hyps, limit in zip(got, limits.tolist(), strict=True):
+        assert all(len(h.tokens) >= min(4, limit) for h in hyps)
+
+
+def test_greedy_min_len_is_beam_one_with_min_len():
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=30, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = EosProne(TransformerEncoderDecoder(cfg).eval(), boost=6.0)
+    src = torch.randint(3, 30, (6, 7))
+    plain, _ = greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=10)
+    assert (plain[:, 0] == EOS).all()  # without min_len every row ends at once
+    tokens, log_prob = greedy_decode(model, src, bos_id=BOS, eos_id=EOS, max_len=10, min_len=3)
+    beams = beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=1, max_len=10, alpha=0.0, min_len=3)
+    assert not (tokens[:, :3] == EOS).any()
+    for row, (hyp,), lp in zip(tokens.tolist(), beams, log_prob.tolist(), strict=True):
+        assert hyp.tokens == (row[: row.index(EOS)] if EOS in row else row)
+        assert hyp.log_prob == pytest.approx(lp, abs=1e-4)
+
+
 def test_a_vocabulary_smaller_than_two_beams_agrees_with_the_reference_loop():
     """V = 6 < 2K = 10: each beam has fewer candidate tokens than the step keeps."""
     from tests.decode.reference_beam import reference_beam_search

@@ -215,6 +215,18 @@ def ending_run(tmp_path_factory):
     return directory
 
 
+def test_min_len_reaches_ours_and_ctranslate2_alike(ending_run):
+    """decode.min_len goes to our search and to CTranslate2's min_decoding_length: greedy, both
+    give the same outputs, none shorter than it, where some were shorter without it."""
+    lines = sources(load_run(ending_run, "cpu"))
+    free = load_run(ending_run, "cpu").translate(lines, beam=1)
+    assert min(len(t.output_ids) for t in free) < 8
+    run = load_run(ending_run, "cpu", ["decode.min_len=8"])
+    ours, theirs = run.translate(lines, beam=1), ct2_engine(run).translate(lines, beam=1)
+    assert all(len(t.output_ids) >= 8 for t in ours)
+    assert [t.output for t in theirs] == [t.output for t in ours]
+
+
 def search_errors_script():
     """benchmarks/search_errors.py as a module."""
     import importlib.util

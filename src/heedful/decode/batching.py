@@ -40,15 +40,17 @@ def decode_in_batches(
     limits: list[int],
     alpha: float,
     early_stopping: bool,
+    min_len: int = 0,
     n_best: int = 1,
     workers: int = 1,
     prepacked: bool = True,
 ) -> list[list[tuple[list[int], float]]]:
     """Decode every source (non-empty id lists); ``limits[i]`` is source i's longest output.
     Returns, in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
-    log-probability. ``workers``: batches decoded at once on a CPU (see the module docstring);
-    ``prepacked``: as in :func:`heedful.decode.beam_search`, one block around all the batches (the
-    weights are checked once, not once per batch). Each thread's batches draw their key/value
+    log-probability. ``min_len``: the shortest output (see :func:`heedful.decode.beam_search`).
+    ``workers``: batches decoded at once on a CPU (see the module docstring); ``prepacked``: as in
+    :func:`heedful.decode.beam_search`, one block around all the batches (the weights are checked
+    once, not once per batch). Each thread's batches draw their key/value
     caches from one :class:`~heedful.attention.CacheArena`, so a batch reuses the memory of the
     one before it."""
     device = next(model.parameters()).device
@@ -65,8 +67,9 @@ def decode_in_batches(
             # One limit per batch; rows with a lower limit are cut afterwards (their score
             # then counts the tokens past the cut — only rows that never ended are affected).
             tokens, log_prob = greedy_decode(
-                model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits), prepacked=prepacked, arena=arena
-            )
+                model, src, bos_id=bos, eos_id=eos, max_len=max(batch_limits), min_len=min_len, prepacked=prepacked,
+                arena=arena,
+            )  # fmt: skip
             for row, i in enumerate(indices):
                 results[i] = [(content_ids(tokens[row, : limits[i]].tolist(), eos), float(log_prob[row]))]
         else:
@@ -80,6 +83,7 @@ def decode_in_batches(
                 alpha=alpha,
                 n_best=n_best,
                 early_stopping=early_stopping,
+                min_len=min_len,
                 prepacked=prepacked,
                 arena=arena,
             )

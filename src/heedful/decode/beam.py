@@ -54,6 +54,7 @@ def beam_search(
     alpha: float = 1.0,
     n_best: int = 1,
     early_stopping: bool = False,
+    min_len: int = 0,
     prepacked: bool = True,
     arena: CacheArena | None = None,
 ) -> list[list[Hypothesis]]:
@@ -62,6 +63,9 @@ def beam_search(
     ``max_len`` may be one int or a (B,) tensor (e.g. a ratio of each source length).
     ``early_stopping``: a sentence is done as soon as ``beam_size`` hypotheses have ended, as in
     fairseq, instead of when no live hypothesis can beat them any more (exact, and the default).
+    ``min_len``: no hypothesis ends with <eos> before this many tokens (its log-probability is set
+    to −∞ after the softmax, as fairseq's ``--min-len`` and Hugging Face's ``min_length`` do, so
+    scores stay the model's own); a length limit below it still ends them.
     ``prepacked``: float32 Linear layers on the CPU run oneDNN's prepacked kernels
     (:mod:`heedful.nn.packed`; faster, equal to ``F.linear`` up to rounding).
     ``arena``: memory for the key/value caches, kept between calls (see
@@ -71,7 +75,7 @@ def beam_search(
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
     with packed_linears(model, enabled=prepacked), (arena or CacheArena()).lease() as leased:
-        return _search(model, src, bos_id, eos_id, beam_size, max_len, alpha, n_best, early_stopping, leased)
+        return _search(model, src, bos_id, eos_id, beam_size, max_len, alpha, n_best, early_stopping, min_len, leased)
 
 
 # Positions a search reserves in its caches up front, at most: a longer search grows them by
@@ -97,7 +101,7 @@ def reserve(cache, positions: int, arena: CacheArena | None) -> None:
 
 def _search(
     model, src: Tensor, bos_id: int, eos_id: int, beam_size: int, max_len: int | Tensor, alpha: float,
-    n_best: int, early_stopping: bool, arena: CacheArena,
+    n_best: int, early_stopping: bool, min_len: int, arena: CacheArena,
 ) -> list[list[Hypothesis]]:  # fmt: skip
     B, K = src.shape[0], beam_size
     device = src.device
@@ -134,7 +138,8 @@ def _search(
             if log_prob_buffer is None:  # V is known from the first step's logits
                 log_prob_buffer = logits.new_empty(B * K, logits.shape[1], dtype=torch.float32)
             log_probs_into = log_prob_buffer
-        top_scores, beam_of, token_of = best_continuations(logits, scores, 2 * K, out=log_probs_into)  # (B, ≤ 2K)
+        banned = eos_id if step < min_len else None  # too short to end yet
+        top_scores, beam_of, token_of = best_continuations(logits, scores, 2 * K, out=log_probs_into, banned=banned)
         del logits  # free before the next step's logits are allocated, so the memory is reused
         if top_scores.shape[1] < 2 * K:  # a vocabulary below 2K: pad with impossible candidates
             top_scores = F.pad(top_scores, (0, 2 * K - top_scores.shape[1]), value=inf)
@@ -219,7 +224,7 @@ CHUNK = 64
 
 
 def best_continuations(
-    logits: Tensor, scores: Tensor, n: int, out: Tensor | None = None
+    logits: Tensor, scores: Tensor, n: int, out: Tensor | None = None, banned: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The ``n`` best continuations of every sentence, over all its beams and tokens.
 
@@ -229,7 +234,8 @@ def best_continuations(
     float32 log-probabilities go, at least B·k rows of V — float32 ``logits`` themselves (beam
     search overwrites them), or a buffer it keeps from step to step for 16-bit logits: a fresh
     (B·k, V) tensor every step made the log-softmax 10–25 % slower (500 × 8,000 on 2 cores:
-    1.37–1.48 ms against 1.17–1.31; docs/RESULTS.md, "Small sizes").
+    1.37–1.48 ms against 1.17–1.31; docs/RESULTS.md, "Small sizes"). ``banned``: a token no
+    candidate may take (its log-probability −∞; <eos> before ``min_len``).
 
     Exact, in two levels, because ``topk`` over k·V values per sentence was the costliest part of
     a step after the matmuls: split each beam's log-probabilities into chunks of CHUNK tokens;
@@ -240,6 +246,8 @@ def best_continuations(
     V = logits.shape[-1]
     buffer = None if out is None else out[: B * k]
     log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=buffer).view(B, k, V)  # (B, k, V)
+    if banned is not None and 0 <= banned < V:
+        log_probs[:, :, banned] = float("-inf")
     n_chunks = V // CHUNK
     if n_chunks <= n:  # a small vocabulary: one top-k over all k·V candidates
         candidates = (log_probs + scores[:, :, None]).view(B, k * V)

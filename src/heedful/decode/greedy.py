@@ -19,6 +19,7 @@ def greedy_decode(
     bos_id: int,
     eos_id: int,
     max_len: int,
+    min_len: int = 0,
     prepacked: bool = True,
     arena: CacheArena | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -27,13 +28,15 @@ def greedy_decode(
     src: (B, S) ids  ->  tokens (B, L) without <bos> (<pad> after a row's <eos>), and each row's
     summed log-probability (B,). Rows that have ended leave the batch once they are DROP_SETTLED
     of it (a ``cache.reorder``), so later steps decode only the rows still running.
-    ``prepacked``, ``arena``: as in :func:`heedful.decode.beam_search`.
+    ``min_len``, ``prepacked``, ``arena``: as in :func:`heedful.decode.beam_search`.
     """
     with packed_linears(model, enabled=prepacked), (arena or CacheArena()).lease() as leased:
-        return _search(model, src, bos_id, eos_id, max_len, leased)
+        return _search(model, src, bos_id, eos_id, max_len, min_len, leased)
 
 
-def _search(model, src: Tensor, bos_id: int, eos_id: int, max_len: int, arena: CacheArena) -> tuple[Tensor, Tensor]:
+def _search(
+    model, src: Tensor, bos_id: int, eos_id: int, max_len: int, min_len: int, arena: CacheArena
+) -> tuple[Tensor, Tensor]:
     pad_id = model.config.pad_id
     memory, padding = model.encode(src)  # (B, S, D), (B, S)
     cache = new_cache(model, max_len, arena)
@@ -47,6 +50,8 @@ def _search(model, src: Tensor, bos_id: int, eos_id: int, max_len: int, arena: C
     for step in range(max_len):
         logits = model.decode(last, memory, padding, cache)[:, -1].float()  # (B_now, V)
         step_log_probs = logits.log_softmax(-1)
+        if step < min_len and 0 <= eos_id < step_log_probs.shape[-1]:  # too short to end yet
+            step_log_probs[:, eos_id] = float("-inf")
         best = step_log_probs.argmax(-1)  # (B_now,)
         log_prob[rows] += torch.where(finished, 0.0, step_log_probs.gather(-1, best[:, None]).squeeze(-1))
         best = torch.where(finished, pad_id, best)

@@ -278,6 +278,9 @@ class Ct2Engine(ExportedTranslator):
       default goes on while a live beam could still win. At α = 0 ours finds the more probable
       output more often — often a shorter or empty one, which BLEU punishes
       (benchmarks/search_errors.py; docs/RESULTS.md, "Search errors or model errors").
+    - decode.min_len: CTranslate2's min_decoding_length removes <eos> before the softmax (the
+      other tokens share its probability), ours after it (the model's own log-probabilities), so
+      beam search may rank differently; greedy outputs are the same.
     - the output limit: CTranslate2 takes one per call, the longest of the batch's sentences'
       (decode.max_len, decode.max_len_ratio); a longer output is cut at its own limit afterwards,
       where ours ranks the cut hypothesis inside the search.
@@ -331,7 +334,7 @@ class Ct2Engine(ExportedTranslator):
             results = self.translator.translator.translate_batch(
                 [[task.src_tok.id_to_piece(j) for j in src_ids[i]] for i in filled],
                 beam_size=beam, num_hypotheses=n_best, length_penalty=d.alpha,
-                max_decoding_length=max(limits.values(), default=1), min_decoding_length=0,
+                max_decoding_length=max(limits.values(), default=1), min_decoding_length=d.min_len,
                 return_scores=True, return_attention=attention,
                 max_batch_size=max(1, (batch_tokens or d.batch_tokens) // beam), batch_type="tokens",
             )  # fmt: skip

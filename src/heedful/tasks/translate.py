@@ -350,7 +350,7 @@ class TranslateTask(Task):
             return decode_in_batches(
                 model, src_ids, bos=self.tgt_tok.bos_id, eos=self.tgt_tok.eos_id, pad=self.src_tok.pad_id,
                 beam=beam, budget=budget, limits=limits, alpha=d.alpha, early_stopping=d.early_stopping, n_best=n_best,
-                workers=d.workers, prepacked=d.prepacked,
+                min_len=d.min_len, workers=d.workers, prepacked=d.prepacked,
             )  # fmt: skip
 
     def _cross_attention(self, model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]]):

@@ -73,6 +73,12 @@ class TranslateData(Section):
 
 class DecodeConfig(Section):
     max_len: int = Field(32, ge=1, description="longest output, in tokens")
+    min_len: int = Field(
+        0,
+        ge=0,
+        description="shortest output, in tokens: <eos> is not allowed before it (1: never an empty output); "
+        "an output limit below it still ends the output",
+    )
     beam_size: int = Field(1, ge=1, description="1: greedy (KV cache); more: beam search")
     val_beam_size: int | None = Field(
         None, ge=1, description="beam for the per-epoch validation during training (default: beam_size)"
