@@ -86,8 +86,9 @@ class DecodeConfig(Section):
     alpha: float = Field(0.6, ge=0, description="beam length penalty ((5 + |y|) / 6)^alpha")
     early_stopping: bool = Field(
         False,
-        description="beam: a sentence is done once beam_size hypotheses have ended (faster; by default it goes "
-        "on while a live hypothesis could still beat them)",
+        description="beam: a sentence is done once beam_size hypotheses have ended (faster, and it can miss the "
+        "best: 0.9 BLEU lower on the Multi30k model in docs/RESULTS.md; by default it goes on while a live "
+        "hypothesis could still beat them)",
     )
     max_len_ratio: float | None = Field(None, gt=0, description="cap output at ratio × source tokens + offset")
     max_len_offset: int = Field(10, ge=0)
