@@ -101,6 +101,8 @@ def test_an_exports_translations_are_scored_by_exact_match_on_dates(exported):
     translations = [Translation(e.source, o, 0.0, []) for e, o in zip(examples, outputs, strict=True)]
     scored = run.task.score_predictions("test", translations)
     assert dict(scored) == {"exact_match": 0.75} and scored.outputs == outputs
+    assert scored.notes == {"empty_outputs": "8 of 32 (decode.min_len=1 forbids them)"}
+    assert run.task.score_predictions("test", translations[1:2] * 32).notes == {}  # none empty, no note
 
 
 def test_the_exported_classifier_computes_what_pytorch_does(tmp_path, run_dir):

@@ -264,12 +264,16 @@ class TranslateTask(Task):
     def _output_metrics(self, examples: list, outputs: list[str]) -> EvalResult:
         """What the outputs alone score against the examples' targets: sacreBLEU's BLEU and chrF
         (detokenized, case-sensitive, against the untokenized references; their signatures as
-        notes) for parallel data, exact match for the built-in tasks."""
+        notes) for parallel data, exact match for the built-in tasks; and a note of how many outputs
+        of non-blank sources are empty, when some are (a model that likes to stop at once, often
+        seen at α = 0; docs/RESULTS.md, "Search errors or model errors")."""
+        empty = sum(not o.strip() and bool(e.source.strip()) for o, e in zip(outputs, examples, strict=True))
+        notes = {"empty_outputs": f"{empty} of {len(outputs)} (decode.min_len=1 forbids them)"} if empty else {}
         if self.cfg.data.source == "parallel":
             scores, signatures = bleu_and_chrf(outputs, [e.target for e in examples], self.cfg.data.target_lang)
-            return EvalResult(scores, notes=signatures, outputs=outputs)
+            return EvalResult(scores, notes=signatures | notes, outputs=outputs)
         exact = sum(o == e.target for o, e in zip(outputs, examples, strict=True)) / len(examples)
-        return EvalResult({"exact_match": exact}, outputs=outputs)
+        return EvalResult({"exact_match": exact}, notes=notes, outputs=outputs)
 
     def _teacher_forced(
         self, model: nn.Module, batches: Iterable[Batch], gold: list[list[DateExample]] | None = None
