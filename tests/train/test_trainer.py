@@ -197,7 +197,7 @@ def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
     metrics = run.evaluate("test")
     assert set(metrics) >= {"loss", "accuracy", "exact_match", "alignment_hit", "alignment_aer"}
     assert 0 <= metrics["alignment_aer"] <= 1
-    assert json.loads((tmp_path / "run" / "eval-test.json").read_text()) == metrics
+    assert json.loads((tmp_path / "run" / "eval-test.json").read_text()) == metrics.record()  # metrics and notes
     (explanation,) = run.explain(["5. März 2021"])
     T = len(explanation.prediction.output) + 1  # the output and <eos>
     assert explanation.summary.shape == (T, len("5. März 2021"))
