@@ -104,10 +104,10 @@ class RunLoader:
 
         return is_export(folder)
 
-    def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None):
+    def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None, device: str):
         from heedful.optimize.export import open_export
 
-        return open_export(folder, overrides, quantization)
+        return open_export(folder, overrides, quantization, device)
 
 
 def _print_version(value: bool) -> None:
@@ -502,9 +502,7 @@ def _open_export(folder: Path, overrides: list[str], device: str, ensemble: list
     CPU, with the run's config and tokenizer from inside the folder (``open_export``)."""
     if ensemble:
         raise UserError("--ensemble needs run directories (an export is one model)")
-    if device not in ("auto", "cpu"):
-        raise UserError(f"--device {device}: an export computes on the CPU (onnxruntime or CTranslate2)")
-    return RunLoader().open_export(folder, overrides, None)
+    return RunLoader().open_export(folder, overrides, None, device)
 
 
 def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[str] | None = None):

@@ -221,7 +221,18 @@ def _session(path: Path, threads: int):
         raise OptimizeError(f"{path}: onnxruntime cannot load it ({reason}); export the run again") from None
 
 
-class OnnxClassifier:
+class _OnnxGraphs:
+    """What the tasks and the searches ask of a model besides its forward: its device (through its
+    first parameter; the sessions take CPU tensors) and eval mode (an exported model is always in it)."""
+
+    def parameters(self) -> Iterator[Tensor]:
+        yield torch.empty(0)
+
+    def eval(self) -> _OnnxGraphs:
+        return self
+
+
+class OnnxClassifier(_OnnxGraphs):
     """``classifier.onnx`` in onnxruntime: ``logits(tokens)`` as the model's forward, so the
     classify task's ``predict`` and ``evaluate`` take it in the model's place."""
 
@@ -230,14 +241,6 @@ class OnnxClassifier:
 
     def __call__(self, tokens: Tensor) -> Tensor:
         return torch.from_numpy(self.session.run(["logits"], {"tokens": tokens.numpy()})[0])
-
-    # What the task asks of a model besides its forward: its device (through its first parameter;
-    # the session takes CPU tensors) and eval mode (an exported model is always in it).
-    def parameters(self) -> Iterator[Tensor]:
-        yield torch.empty(0)
-
-    def eval(self) -> OnnxClassifier:
-        return self
 
 
 class OnnxCache:
@@ -252,7 +255,7 @@ class OnnxCache:
             self.tensors = [t[index] for t in self.tensors]
 
 
-class OnnxSeq2Seq:
+class OnnxSeq2Seq(_OnnxGraphs):
     """The exported encoder and decoder step in onnxruntime, speaking heedful's decoding protocol
     (``beam_search(OnnxSeq2Seq(dir), src, …)``). The memory the searches carry is every layer's
     cross keys/values side by side, (B, S, L·2·H·D_h), so that their row selection moves them."""
@@ -270,14 +273,6 @@ class OnnxSeq2Seq:
             max_len = record["max_len"]
 
         self.config = Config()
-
-    # What the searches ask of a model besides the protocol: its device (through its first
-    # parameter; the sessions take CPU tensors) and eval mode (an exported model is always in it).
-    def parameters(self) -> Iterator[Tensor]:
-        yield torch.empty(0)
-
-    def eval(self) -> OnnxSeq2Seq:
-        return self
 
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         padding, *cross = self.encoder.run(None, {"src": src.numpy()})
@@ -311,17 +306,25 @@ class OnnxSeq2Seq:
         return torch.from_numpy(logits)[:, None]
 
 
-class OnnxTextClassifier(ExportedModel):
-    """An ONNX export of a text classifier, on its own (``heedful predict DIR``, ``heedful serve
-    DIR``): the run's config and tokenizer from the folder, ``OnnxClassifier`` in the model's
-    place; ``predict`` as ``run.predict`` (long texts in windows, as the run reads them)."""
+class _OnnxExport(ExportedModel):
+    """An ONNX export on its own: the run's config and tokenizer from the folder, its graphs
+    (``graphs``: ``OnnxClassifier`` or ``OnnxSeq2Seq``) in the model's place."""
 
     runtime = "onnxruntime"
+    graphs: type[_OnnxGraphs]
 
     def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):
         self.folder = self.files = folder
         self.cfg, self.task = exported_task(folder, overrides)
-        self.model = OnnxClassifier(folder, threads or torch.get_num_threads())
+        self.model = self.graphs(folder, threads or torch.get_num_threads())
+
+
+class OnnxTextClassifier(_OnnxExport):
+    """An ONNX export of a text classifier, on its own (``heedful predict DIR``, ``heedful serve
+    DIR``): ``OnnxClassifier`` in the model's place; ``predict`` as ``run.predict`` (long texts in
+    windows, as the run reads them)."""
+
+    graphs = OnnxClassifier
 
     def predict(self, inputs: list[Any]) -> list[Any]:
         return self.task.predict(self.model, list(inputs))
@@ -330,18 +333,13 @@ class OnnxTextClassifier(ExportedModel):
         return self.task.evaluate(self.model, split)  # the graph stands in for the model: every metric
 
 
-class OnnxTranslator(ExportedTranslator):
+class OnnxTranslator(_OnnxExport, ExportedTranslator):
     """An ONNX export of a translator, on its own (``heedful translate DIR``, ``heedful predict
-    DIR``, ``heedful serve DIR``): the run's config and tokenizer from the folder, our search over
-    ``OnnxSeq2Seq``; ``translate`` as ``run.translate``."""
+    DIR``, ``heedful serve DIR``): our search over ``OnnxSeq2Seq``; ``translate`` as
+    ``run.translate``."""
 
-    runtime = "onnxruntime"
+    graphs = OnnxSeq2Seq
     returns_attention = False  # the exported decoder step gives logits and the cache only
-
-    def __init__(self, folder: Path, overrides: list[str] | None = None, threads: int | None = None):
-        self.folder = self.files = folder
-        self.cfg, self.task = exported_task(folder, overrides)
-        self.model = OnnxSeq2Seq(folder, threads or torch.get_num_threads())
 
     def translate(
         self, lines: list[str], *, beam: int | None = None, batch_tokens: int | None = None,
@@ -352,15 +350,22 @@ class OnnxTranslator(ExportedTranslator):
         return self.task.translate(self.model, lines, beam=beam, batch_tokens=batch_tokens, n_best=n_best)
 
 
-def open_export(folder: str | Path, overrides: list[str] | None = None, quantization: str | None = None) -> Any:
+def open_export(
+    folder: str | Path, overrides: list[str] | None = None, quantization: str | None = None, device: str = "cpu"
+) -> Any:
     """An export folder, ready to predict on its own (an ``ExportedModel``: ``.predict(inputs)``
     as ``run.predict``, ``.cfg`` the run's config with ``overrides``, ``.runtime`` what computes).
     A translator's — CTranslate2 (``heedful.optimize.ct2.open_ct2_export``; ``quantization``: the
     type it computes in) or ONNX (``OnnxTranslator``) — also translates: ``.translate(lines,
-    beam=5)`` gives ``Translation``s. A classifier's ONNX export is an ``OnnxTextClassifier``."""
+    beam=5)`` gives ``Translation``s. A classifier's ONNX export is an ``OnnxTextClassifier``.
+    ``device``: what a caller asked for (``--device``); an export computes on the CPU only."""
     from heedful.optimize.ct2 import open_ct2_export
 
     folder = Path(folder)
+    if device not in ("auto", "cpu"):
+        raise OptimizeError(
+            f"--device {device}: an export computes on the CPU (onnxruntime or CTranslate2), and {folder} is one"
+        )
     record = read_export_record(folder)
     if record.get("format") == "ctranslate2":
         return open_ct2_export(folder, overrides, quantization)

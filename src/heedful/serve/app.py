@@ -625,10 +625,7 @@ def open_served(folder: str | Path, device: str = "cpu") -> Run | ExportedModel:
     if is_export(folder):
         from heedful.optimize.export import open_export
 
-        if device not in ("auto", "cpu"):
-            raise UserError(f"{folder}: an export computes on the CPU (onnxruntime or CTranslate2); --device {device} "
-                            "is for run directories")  # fmt: skip
-        return open_export(folder)
+        return open_export(folder, device=device)
     return load_run(folder, device)
 
 

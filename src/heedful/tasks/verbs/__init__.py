@@ -71,8 +71,9 @@ class RunLoader(Protocol):
     def is_export(self, folder: Path) -> bool:
         """Whether ``folder`` is an export (``heedful export``) rather than a run directory."""
 
-    def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None) -> Any:
-        """An export on its own (``heedful.optimize.export.open_export``): ``cfg`` the run's config,
+    def open_export(self, folder: Path, overrides: list[str] | None, quantization: str | None, device: str) -> Any:
+        """An export on its own (``heedful.optimize.export.open_export``; a ``device`` other than the
+        CPU is refused in one line): ``cfg`` the run's config,
         ``runtime`` what computes it ("ctranslate2" or "onnxruntime"), ``predict`` as
         ``run.predict``'s, and for a translator's, ``translate`` as ``run.translate``'s."""
 

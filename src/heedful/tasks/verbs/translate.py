@@ -144,7 +144,7 @@ def translate(
     if (engine == "ctranslate2" or exported) and ensemble:
         raise UserError("--ensemble needs run directories and --engine torch (an export decodes one model)")
     if exported:  # CTranslate2 or onnxruntime decodes it; the run's config and tokenizer travel inside
-        translator = loader.open_export(run_dir, list(set_ or []), quantization)
+        translator = loader.open_export(run_dir, list(set_ or []), quantization, device)
         cfg = translator.cfg
         if cfg.task != "translate":
             raise UserError(f"{run_dir}: is an export of a {cfg.task!r} run; translate needs a translate run")
