@@ -23,8 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+# Whether the test being set up or run is marked `slow`: `run_cli` starts a process (about a second
+# of imports), which the fast subset (`pytest -m "not slow"`, README) promises not to do.
+_running_slow_test = True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _running_slow_test
+    _running_slow_test = item.get_closest_marker("slow") is not None
+
+
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """``heedful ARGS`` as a user runs it, from the repository root, on one thread."""
+    """``heedful ARGS`` as a user runs it, from the repository root, on one thread. Only in tests
+    marked `slow`: a fixture or test of the fast subset that calls it fails."""
+    if not _running_slow_test:
+        command = " ".join(args[:1])
+        raise AssertionError(f"run_cli starts `heedful {command}` in a process: mark the test @pytest.mark.slow")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "heedful.cli", *args],

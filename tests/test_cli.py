@@ -83,6 +83,7 @@ def command_descriptions(help_text: str) -> tuple[dict[str, list[str]], int]:
     return rows, room
 
 
+@pytest.mark.slow
 def test_the_commands_box_wraps_each_summary_as_one_paragraph():
     """A docstring's own line breaks must not reach the box: a row may end early only where its
     next word would not fit (typer's rich mode kept them, which gave ragged half-lines)."""
@@ -114,6 +115,7 @@ def test_flags_show_no_type_in_any_help():
     assert re.search(r"--beam +<int range>", runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "200"}).stdout)
 
 
+@pytest.mark.slow
 def test_version():
     result = run_cli("--version")
     assert result.returncode == 0 and re.fullmatch(r"heedful \d+\.\d+\.\d+\n", result.stdout), result.stdout

@@ -51,6 +51,7 @@ def test_the_exported_translator_computes_what_pytorch_does(exported):
     assert [h[0].tokens for h in o_hyps] == [h[0].tokens for h in hyps]
 
 
+@pytest.mark.slow
 def test_an_export_folder_translates_on_its_own(exported, tmp_path):
     """`heedful translate ONNX_DIR`: the folder, without the run it came from, gives the run's own
     translations (our search over onnxruntime), and what it cannot do is one line."""

@@ -52,6 +52,7 @@ def test_an_exported_classifier_predicts_what_its_run_does(shipped):
         exported.explain(TEXTS)
 
 
+@pytest.mark.slow
 def test_heedful_predict_reads_an_export_folder(shipped, tmp_path):
     run, folder = shipped
     expected = run_cli("predict", str(run.run_dir), *TEXTS)
@@ -67,6 +68,7 @@ def test_heedful_predict_reads_an_export_folder(shipped, tmp_path):
     assert [r["id"] for r in table] == ["0", "1", "2"]
 
 
+@pytest.mark.slow
 def test_heedful_evaluate_scores_an_export_as_its_run_and_writes_nothing(shipped):
     run, folder = shipped
     expected = run.evaluate("test")
@@ -83,6 +85,7 @@ def test_heedful_evaluate_scores_an_export_as_its_run_and_writes_nothing(shipped
     assert sorted(folder.rglob("*")) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -100,6 +103,7 @@ def test_what_an_export_cannot_predict_is_one_line(shipped, args, message):
     assert len(lines) == 1 and lines[0].startswith("heedful: error: " + message.format(folder=folder)), result.stderr
 
 
+@pytest.mark.slow
 def test_translate_refuses_a_classifier_export(shipped):
     _, folder = shipped
     result = run_cli("translate", str(folder), stdin="hello\n")
