@@ -115,6 +115,28 @@ def test_flags_show_no_type_in_any_help():
     assert re.search(r"--beam +<int range>", runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "200"}).stdout)
 
 
+def test_every_help_text_reaches_help_whole():
+    """Each option's help, as written, is in its command's --help: typer's rich mode read
+    ``'heedful[export]'`` in translate's --engine help as a markup tag and printed ``'heedful'``."""
+    import typer
+    from rich.markup import render
+    from typer.testing import CliRunner
+
+    from heedful.cli import app
+
+    runner = CliRunner()
+    group = typer.main.get_command(app)
+    context = group.make_context("heedful", ["--help"], resilient_parsing=True)
+    shown = {}
+    for name in group.list_commands(context):
+        text = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}, prog_name="heedful").stdout
+        shown[name] = " ".join(text.replace("│", " ").split())  # the boxes' borders and wrapping removed
+        for param in group.get_command(context, name).params:
+            if getattr(param, "help", None):
+                assert " ".join(render(param.help).plain.split()) in shown[name], (name, param.name, param.help)
+    assert "Needs pip install 'heedful[export]'." in shown["translate"]
+
+
 @pytest.mark.slow
 def test_version():
     result = run_cli("--version")

@@ -63,10 +63,16 @@ class Commands(TyperGroup):
 
 def _untyped_flags(params: list[Any]) -> list[Any]:
     """typer 0.29's help prints a flag's Python type beside it (``--overwrite <bool>``, even
-    ``--help <bool>``), as if it took a value; an empty metavar leaves its type column blank."""
+    ``--help <bool>``), as if it took a value; an empty metavar leaves its type column blank.
+    Help texts are plain text: typer's rich mode reads ``'heedful[export]'`` as a markup tag and
+    drops it, so brackets are escaped (once: this runs each time a command is looked up)."""
+    from rich.markup import escape
+
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        if getattr(param, "help", None) and not getattr(param, "help_escaped", False):
+            param.help, param.help_escaped = escape(param.help), True
     return params
 
 
