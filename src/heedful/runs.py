@@ -168,6 +168,7 @@ class Ensemble:
             path = result.artifacts["eval"] = first.run_dir / f"eval-{split}-ensemble.json"
             record = {"members": [str(run.run_dir) for run in self.runs], **result.record()}
             path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+            record_written(first.run_dir, path)  # --overwrite clears it
             return result
         inputs = first.task.split_inputs(split)
         for run in self.runs[1:]:
@@ -186,6 +187,7 @@ class Ensemble:
         record = {"members": [str(run.run_dir) for run in self.runs], **result.record()}
         path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         result.figures = first.task.write_reports(split, first.run_dir / "plots" / "ensemble", result)
+        record_written(first.run_dir, path, *result.figures)  # --overwrite clears them
         return result
 
     def predict(self, inputs: list[Any]) -> list[Prediction]:

@@ -5,6 +5,7 @@ is refused in one line. Skipped where the export extra (ctranslate2) is absent."
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -106,6 +107,8 @@ def test_the_cli_translates_as_ours_and_keeps_its_conversion(confident_run):
     made = converted.stat().st_mtime_ns
     again = run_cli("translate", str(confident_run), "--beam", "1", "--engine", "ctranslate2", stdin=text)
     assert again.stdout == ours.stdout and converted.stat().st_mtime_ns == made  # reused, not remade
+    written = json.loads((confident_run / ".heedful" / "run.json").read_text())["written"]
+    assert "ctranslate2-float32/" in written  # heedful's: `train --overwrite` removes it
 
 
 @pytest.mark.slow

@@ -349,6 +349,8 @@ def test_an_ensemble_is_scored_on_the_split_its_runs_share(trained, tmp_path):
     assert metrics["loss"] == pytest.approx(float(F.nll_loss(mean.log(), torch.tensor(labels))), abs=1e-5)
     assert metrics["member_1_accuracy"] == pytest.approx(load_run(run_dir, device="cpu").evaluate("test")["accuracy"])
     assert (Path(run_dir) / "plots" / "ensemble" / "confusion-test.png").is_file()
+    written = json.loads((Path(run_dir) / ".heedful" / "run.json").read_text())["written"]
+    assert {"eval-test-ensemble.json", "plots/ensemble/confusion-test.png"} <= set(written)  # --overwrite clears
     result = run_cli("evaluate", str(run_dir), "--ensemble", str(other_dir))
     assert result.returncode == 0, result.stderr
     assert f"test macro_f1: {metrics['macro_f1']:.4f}" in result.stdout

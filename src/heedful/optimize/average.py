@@ -49,7 +49,8 @@ def checkpoint_paths(run_dir: Path, last: int) -> list[Path]:
         raise OptimizeError(f"--last {last}: average at least one checkpoint")
     if last > len(found):
         raise OptimizeError(
-            f"{run_dir}: --last {last}, but only {len(found)} checkpoints are kept (train.keep_checkpoints)"
+            f"{run_dir}: --last {last}, but only {len(found)} checkpoints are kept (train.keep_checkpoints): "
+            f"give --last {len(found)}, or train with --set train.keep_checkpoints={last}"
         )
     return found[-last:]
 

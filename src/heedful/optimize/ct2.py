@@ -35,6 +35,7 @@ from heedful.optimize.common import (
     runtime_reason,
     staged,
 )
+from heedful.train.rundir import record_written
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -247,7 +248,9 @@ def cached_export(run: Run, quantization: str = "float32") -> Path:
     stored = None if quantization == "float32" else quantization
     try:
         shutil.rmtree(folder, ignore_errors=True)
-        return export_ctranslate2(run, folder, stored)
+        made = export_ctranslate2(run, folder, stored)
+        record_written(run.run_dir, f"{folder}/")  # heedful's whole: `train --overwrite` removes it
+        return made
     except PermissionError:
         import sys
         import tempfile
