@@ -38,6 +38,20 @@ def test_wrong_type_names_the_key_and_value(configs_dir):
         load_config(configs_dir / "dates.yaml", ["train.epochs=many"])
 
 
+@pytest.mark.parametrize("value", ["inf", "-.inf", ".nan", "nan"])
+def test_no_number_is_infinite_or_nan(configs_dir, value):
+    """``decode.alpha=inf`` divided by zero deep inside the beam search; every section refuses it."""
+    for key in ("train.lr", "decode.alpha"):
+        with pytest.raises(ConfigError, match=rf"config key '{key}'.*finite number"):
+            load_config(configs_dir / "dates.yaml", [f"{key}={value}"])
+
+
+def test_the_length_penalty_is_bounded(configs_dir):
+    assert load_config(configs_dir / "dates.yaml", ["decode.alpha=10"]).decode.alpha == 10
+    with pytest.raises(ConfigError, match=r"config key 'decode\.alpha'.*less than or equal to 10"):
+        load_config(configs_dir / "dates.yaml", ["decode.alpha=1e308"])  # overflowed ((5 + |y|) / 6)^alpha
+
+
 def test_bad_override_syntax_and_sections():
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["train.lr"])
@@ -52,6 +66,10 @@ def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
     bad.write_text("task: translate\ntrain:\n  lr: [1, 2\n")
     with pytest.raises(ConfigError, match=r"bad.yaml line \d+: invalid YAML"):
         load_config(bad)
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("task: dates\n# März\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml line 2: not UTF-8 text \(byte 0xe4\)"):
+        load_config(latin1)
     no_task = tmp_path / "no_task.yaml"
     no_task.write_text("seed: 1\n")
     with pytest.raises(ConfigError, match="missing config key 'task'"):

@@ -10,7 +10,10 @@ stderr and exits with code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from heedful.errors import UserError
+from heedful.outputs import check_output, check_output_folder, written_whole
 from heedful.tasks.verbs import DeviceOption, SetOption, TrainOption
 
 
@@ -333,8 +337,27 @@ def predict(
 
     if not inputs and input_file is None:
         raise UserError("give inputs to predict, or --input FILE")
+    if inputs and input_file is not None:
+        raise UserError("give inputs to predict or --input FILE, not both")
     if output_file is not None and input_file is None:
         raise UserError("--output needs --input (predictions for single inputs are printed)")
+    if output_file is not None and as_json:
+        raise UserError("--json prints the predictions; --output writes them as CSV: give one")
+    for flag, given, needs, needed in (
+        ("--html", html_file, explain, "--explain"),
+        ("--out-dir", out_dir, show_attention, "--show-attention"),
+    ):
+        if given is not None and not needs:
+            raise UserError(f"{flag} needs {needed}")
+    if input_file is not None and not input_file.is_file():
+        problem = "is a folder; give a file" if input_file.is_dir() else "file not found"
+        raise UserError(f"--input {input_file}: {problem}")
+    runs = [run_dir, *(ensemble or [])]
+    if output_file is not None:
+        check_output(output_file, "--output", inputs=[input_file], runs=runs)
+    if html_file is not None:
+        check_output(html_file, "--html", runs=runs)
+    check_output_folder(out_dir, "--out-dir")
     if RunLoader().is_export(run_dir):
         wanted = [flag for flag, given in (("--explain", explain), ("--show-attention", show_attention)) if given]
         if wanted:
@@ -345,7 +368,7 @@ def predict(
         run = load_run(run_dir, device, list(set_ or []))
         predictor = _with_ensemble(run, ensemble, device, list(set_ or []))
     if input_file is not None:
-        _predict_file(run, predictor, input_file, output_file, text_column, batch_size)
+        _predict_file(run, predictor, input_file, output_file, text_column, batch_size, as_json)
         return
     inputs = list(inputs or [])
     for p in predictor.predict(inputs):
@@ -386,6 +409,8 @@ def report(
     curves, metrics beside baselines, sample predictions with attention and rollout, faithfulness."""
     from heedful.runs import load_run
 
+    if out is not None:
+        check_output(out, "--out", runs=[run_dir])
     run = load_run(run_dir, device, list(set_ or []))
     typer.echo(f"report: {run.report(out, list(inputs or []) or None)}")
 
@@ -530,7 +555,9 @@ def _plain_weights(tokens: list[str], weights: list[float]) -> str:
     return "  ".join(f"{t.replace('▁', '') or '▁'}:{w:.2f}" for t, w in zip(tokens, weights, strict=True))
 
 
-def _predict_file(run, predictor, path: Path, output: Path | None, text_column: str | None, batch_size: int) -> None:
+def _predict_file(
+    run, predictor, path: Path, output: Path | None, text_column: str | None, batch_size: int, as_json: bool = False
+) -> None:
     """Every row's text (in ``run``'s text column unless given), predicted by ``predictor`` (the
     run, or an ensemble) in batches with a progress bar; CSV out (or lines to stdout). The CSV
     keeps the input's other columns after the predictions, so a product or an id stays beside
@@ -544,8 +571,7 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
     column = text_column or getattr(getattr(run.cfg, "data", None), "text_column", None)
     rows = read_text_rows(path, column)
     texts = rows.texts
-    handle = open(output, "w", newline="", encoding="utf-8") if output else None  # noqa: SIM115
-    try:
+    with written_whole(output, "--output", newline="") if output else contextlib.nullcontext() as handle:
         writer = csv.writer(handle) if handle else None
         header_written = False
         with tqdm(total=len(texts), desc="predicting", unit="text", disable=handle is None) as bar:
@@ -554,7 +580,8 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
                 for line, p in zip(range(start, start + len(chunk)), predictor.predict(chunk), strict=True):
                     probs = p.probabilities or {}
                     if writer is None:
-                        typer.echo(f"{p.output}\t{p.score:.4f}")
+                        shown = json.dumps(p.record(), ensure_ascii=False) if as_json else f"{p.output}\t{p.score:.4f}"
+                        typer.echo(shown)
                         continue
                     if not header_written:
                         ours = ["row", "text", "prediction", "score", *probs]
@@ -566,9 +593,6 @@ def _predict_file(run, predictor, path: Path, output: Path | None, text_column: 
                          *rows.values[line]]
                     )  # fmt: skip
                 bar.update(len(chunk))
-    finally:
-        if handle:
-            handle.close()
     if output:
         typer.echo(f"{len(texts)} predictions written: {output}")
 
@@ -630,11 +654,30 @@ def main() -> None:
     # Typer handles usage mistakes itself (unknown option, missing argument: exit 2); our own
     # UserErrors propagate out of the command and become one line here.
     try:
+        for argument in sys.argv[1:]:  # bytes the terminal's encoding could not decode (surrogates)
+            try:
+                argument.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UserError(f"{argument!a}: is not UTF-8 text (the terminal's encoding?)") from None
         # One name whatever started it (the script, ``python -m heedful``, torchrun): click would
         # otherwise print ``python -m heedful`` in usage lines.
         app(prog_name="heedful")
     except UserError as exc:
         typer.echo(f"heedful: error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        with contextlib.suppress(OSError):  # stdout may be what is full: say it once, on stderr
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        typer.echo(f"heedful: error: {where}{exc.strerror} while writing the output", err=True)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as exc:
+        said = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if not isinstance(exc, MemoryError) and "allocate memory" not in said and "out of memory" not in said:
+            raise
+        typer.echo(f"heedful: error: out of memory ({said}): try a smaller --beam or smaller batches", err=True)
         sys.exit(2)
     except ModuleNotFoundError as exc:  # a package of an optional extra, imported where it is used
         from heedful.extras import EXTRAS, install_hint

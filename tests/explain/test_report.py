@@ -102,3 +102,24 @@ def test_the_decision_path_reads_the_last_layer_as_the_model_does(dates_run):
         own = run.model(src, torch.tensor([[run.task.tgt_tok.bos_id, *ids]]))[0].softmax(-1)  # (T + 1, V)
     chosen = torch.tensor([*ids, run.task.tgt_tok.eos_id])
     torch.testing.assert_close(probs[-1], own[torch.arange(len(chosen)), chosen])
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("history.json", "{", r"history.json line 1: not valid JSON \(Expecting"),
+        ("eval-test.json", "[1, 2]", r"eval-test.json: not a JSON record heedful wrote \(a list, not an object\)"),
+        ("eval-val.json", b"\xff{}", r"eval-val.json: not UTF-8 text"),
+    ],
+)
+def test_a_damaged_record_in_the_run_is_one_line(dates_run, tmp_path, name, content, message):
+    from heedful.errors import UserError
+
+    copy = tmp_path / "run"
+    shutil.copytree(dates_run, copy)
+    target = copy / name
+    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = (copy / "report.html").read_bytes() if (copy / "report.html").exists() else None
+    with pytest.raises(UserError, match=message):
+        load_run(copy, device="cpu").report(inputs=SAMPLES[:1])
+    assert ((copy / "report.html").read_bytes() if (copy / "report.html").exists() else None) == before

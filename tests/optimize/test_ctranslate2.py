@@ -11,6 +11,7 @@ import torch
 
 from heedful.data.tokenizers import pad_ids
 from heedful.decode.batching import decode_in_batches
+from heedful.errors import UserError
 from heedful.models import TransformerEncoderDecoder
 from heedful.runs import load_run
 from tests.conftest import run_cli
@@ -59,4 +60,7 @@ def test_the_converted_model_decodes_what_ours_decodes(run_dir, tmp_path):
 def test_a_run_it_cannot_convert_is_one_line(run_dir, tmp_path):
     result = run_cli("export", str(run_dir), "--format", "onnx", "--quantization", "int8", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "--quantization is for --format ctranslate2" in result.stderr
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UserError, match=r"--quantization 'int4': choose from int8, int8_float32, "):
+        export_ctranslate2(load_run(run_dir, "cpu"), tmp_path / "x", "int4")  # CTranslate2's own was a traceback
     assert not (tmp_path / "x").exists()

@@ -362,6 +362,9 @@ def test_bad_input_is_a_user_error_and_writes_nothing(run_dir, tmp_path):
         (run, "low-rank", {}, "give one of --energy"),
         (run, "prune-heads", {"fraction": 1.5}, "--fraction 1.5: must be in (0, 1)"),
         (run, "prune-heads", {"untie": True}, "--method prune-heads does not take --untie"),
+        (run, "prune-heads", {"lr": -1.0, "fine_tune_steps": 2}, "--lr -1.0: a learning rate above 0"),
+        (run, "low-rank", {"energy": 0.9, "lr": float("nan")}, "--lr nan: a learning rate above 0"),
+        (run, "low-rank", {"energy": 0.9, "fine_tune_steps": -1}, "--fine-tune-steps -1: 0 or more"),
     ]
     for source, method, options, message in cases:
         with pytest.raises(UserError, match=re.escape(message)):

@@ -28,6 +28,7 @@ from heedful.errors import UserError
 from heedful.explain.capture import capture
 from heedful.explain.plots import plot_history
 from heedful.explain.rollout import attention_rollout, classifier_logit_lens, decoder_logit_lens
+from heedful.outputs import written_whole
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
@@ -61,8 +62,8 @@ def write_report(run: Any, path: Path | None = None, inputs: list[Any] | None = 
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    with written_whole(Path(path), "--out") as handle:
+        handle.write(page)
     return path
 
 
@@ -100,13 +101,26 @@ def _config(run_dir: Path) -> str:
     return f'<h2 id="config">Config</h2><pre>{html.escape(text) or "(no config.yaml)"}</pre>'
 
 
+def _read_json(file: Path) -> dict[str, Any]:
+    """A record a command wrote into the run (history, eval, faithfulness); a damaged one is one line."""
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{file} line {exc.lineno}: not valid JSON ({exc.msg}); remove it or write it again") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{file}: not UTF-8 text; remove it or write it again") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{file}: not a JSON record heedful wrote (a {type(record).__name__}, not an object)")
+    return record
+
+
 def _curves(run_dir: Path) -> str:
     history = run_dir / "history.json"
     if not history.is_file():
         return (
             '<h2 id="curves">Training curves</h2><p class="note">no history.json: the run has not finished an epoch</p>'
         )
-    epochs = json.loads(history.read_text(encoding="utf-8")).get("epochs", [])
+    epochs = _read_json(history).get("epochs", [])
     curves: dict[str, list[float]] = {}
     for record in epochs:
         for key, value in record.items():
@@ -132,7 +146,7 @@ def _metrics(run_dir: Path, task: Any) -> str:
             f'<p class="note">no split evaluated yet: <code>heedful evaluate {html.escape(str(run_dir))}</code></p>'
         )
     for file in files:
-        record = json.loads(file.read_text(encoding="utf-8"))
+        record = _read_json(file)
         split = file.stem.removeprefix("eval-")
         baselines = record.pop("baselines", {}) or {}
         metrics = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -254,7 +268,7 @@ def _faithfulness(run_dir: Path) -> str:
     if not file.is_file():
         out.append('<p class="note">not measured for this run (no faithfulness.json)</p>')
         return "".join(out)
-    table = json.loads(file.read_text(encoding="utf-8"))
+    table = _read_json(file)
     rows = [[name, v.get("comprehensiveness", ""), v.get("comprehensiveness_sd", ""), v.get("sufficiency", ""),
              v.get("comp_vs_random", "")] for name, v in table.get("methods", table).items()]  # fmt: skip
     out.append(_table("ERASER AOPC over the top 1/5/10/20/50 % of units (random: mean and sd over draws)",

@@ -15,6 +15,7 @@ new model and so writes its run directory itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,11 @@ def optimize(run: Run, method: str, out: str | Path, *, overwrite: bool = False,
         flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
         takes = ", ".join("--" + k.replace("_", "-") for k in accepted) or "no options"
         raise OptimizeError(f"--method {method} does not take {flags} (it takes {takes})")
+    lr, steps = given.get("lr"), given.get("fine_tune_steps")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise OptimizeError(f"--lr {lr}: a learning rate above 0")
+    if steps is not None and steps < 0:
+        raise OptimizeError(f"--fine-tune-steps {steps}: 0 or more")
     if method == "distill":
         return distill(run, out, overwrite=overwrite, **given)
     out = check_out_dir(Path(out), run.run_dir, overwrite)  # before any work: a bad --out costs nothing

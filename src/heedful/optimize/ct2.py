@@ -136,10 +136,16 @@ def _weights_stamp(run: Run) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "alignment_layer": layer}
 
 
+# The weight types CTranslate2's converter stores (its `Converter.convert` documents these).
+STORED_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
+
+
 def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = None, overwrite: bool = False) -> Path:
     """Convert the run's Transformer translator into the CTranslate2 model folder ``out`` (new or
     empty; ``overwrite``: or an earlier export, replaced once this one is complete);
     ``quantization`` (e.g. "int8") is CTranslate2's own weight type at conversion time."""
+    if quantization is not None and quantization not in STORED_TYPES:
+        raise OptimizeError(f"--quantization {quantization!r}: choose from {', '.join(STORED_TYPES)}")
     ct2 = optional_import("ctranslate2", "CTranslate2 conversion")
     from heedful.models import TransformerEncoderDecoder
 

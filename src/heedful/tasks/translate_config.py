@@ -83,7 +83,7 @@ class DecodeConfig(Section):
     val_beam_size: int | None = Field(
         None, ge=1, description="beam for the per-epoch validation during training (default: beam_size)"
     )
-    alpha: float = Field(0.6, ge=0, description="beam length penalty ((5 + |y|) / 6)^alpha")
+    alpha: float = Field(0.6, ge=0, le=10, description="beam length penalty ((5 + |y|) / 6)^alpha, 0 to 10")
     early_stopping: bool = Field(
         False,
         description="beam: a sentence is done once beam_size hypotheses have ended (faster, and it can miss the "

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from heedful.errors import DataError, UserError
+from heedful.outputs import check_output, written_whole
 from heedful.tasks.verbs import DeviceOption, SetOption, run_loader
 
 CHUNK_LINES = 256  # most lines translated together: enough for full token batches
@@ -45,6 +46,8 @@ def _stdin_chunks(max_lines: int) -> Iterator[list[str]]:
         except UnicodeDecodeError as exc:
             raise DataError(f"<stdin> line {number}: not valid UTF-8 (byte 0x{raw[exc.start]:02x})") from None
 
+    if sys.stdin is None:  # started with stdin closed (`<&-`)
+        raise UserError("stdin is closed: give the lines to translate on stdin")
     if fd is None:
         for line in sys.stdin:
             chunk.append(line.rstrip("\n").removesuffix("\r"))
@@ -143,6 +146,8 @@ def translate(
         raise UserError("--quantization is for --engine ctranslate2 (int8 for our own search: heedful optimize)")
     if (engine == "ctranslate2" or exported) and ensemble:
         raise UserError("--ensemble needs run directories and --engine torch (an export decodes one model)")
+    if attention is not None:  # before any work; stdin too, which writing it would empty
+        check_output(attention, "--attention", inputs=[Path("/dev/stdin")], runs=[run_dir, *(ensemble or [])])
     if exported:  # CTranslate2 or onnxruntime decodes it; the run's config and tokenizer travel inside
         translator = loader.open_export(run_dir, list(set_ or []), quantization, device)
         cfg = translator.cfg
@@ -164,7 +169,7 @@ def translate(
     if attention and not getattr(translator, "returns_attention", True):
         raise UserError(f"--attention: {run_dir} does not return attention (an ONNX export); translate its run")
     done = 0  # input lines answered so far (the n-best line numbers)
-    with open(attention, "w", encoding="utf-8") if attention else contextlib.nullcontext() as maps:
+    with written_whole(attention, "--attention") if attention else contextlib.nullcontext() as maps:
         for lines in _stdin_chunks(CHUNK_LINES):
             results = translator.translate(
                 lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None, n_best=n_best
@@ -240,6 +245,10 @@ def align(
         raise UserError(f"--extract {extract!r}: argmax or threshold")
     if direction not in ("grow-diag-final", "intersection", "union", "target", "source"):
         raise UserError(f"--direction {direction!r}: grow-diag-final, intersection, union, target or source")
+    if extract == "threshold" and not 0.0 < threshold <= 1.0:
+        raise UserError(f"--threshold {threshold}: an attention weight in (0, 1]")
+    if out is not None:
+        check_output(out, "--out", inputs=[src, tgt], runs=[run_dir])
     method = AlignMethod(
         layers=_positions(layers, "--layers"), heads=_positions(heads, "--heads"), shift=shift,
         extract=extract, threshold=threshold, direction=direction,
@@ -250,7 +259,7 @@ def align(
     if first is None:
         return
     sources, targets = _unzip_lazily(first, pairs)
-    handle = open(out, "w", encoding="utf-8") if out else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+    handle = written_whole(out, "--out") if out else contextlib.nullcontext(sys.stdout)
     with handle as sink, tqdm(unit=" lines", file=sys.stderr, disable=not progress) as bar:
         for links in run.align(sources, targets, method=method, batch_tokens=batch_tokens):
             sink.write(pharaoh(links) + "\n")

@@ -1,0 +1,95 @@
+"""What the command line refuses, or turns into one line, in process (``cli.main`` with an argv):
+options that would be ignored, a closed stdin, memory that runs out."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from heedful import cli
+from heedful.runs import load_config
+from heedful.train.trainer import fit
+from tests.conftest import ROOT, tiny_dates_overrides
+
+
+def heedful(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["heedful", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "nowhere", "x", "--input", "in.csv"], "give inputs to predict or --input FILE, not both"),
+        (["predict", "nowhere", "x", "--html", "why.html"], "--html needs --explain"),
+        (["predict", "nowhere", "x", "--out-dir", "maps"], "--out-dir needs --show-attention"),
+        (["predict", "nowhere", "--input", "in.csv", "--output", "p.csv", "--json"], "--json prints the predictions"),
+        (["predict", "nowhere", "--input", "no_such.csv"], "--input no_such.csv: file not found"),
+    ],
+)
+def test_options_that_would_be_ignored_are_refused(monkeypatch, capsys, tmp_path, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.csv").write_text("text\n5. März 2021\n")
+    code, out, err = heedful(monkeypatch, capsys, *args)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"heedful: error: {message}") and err.count("\n") == 1, err
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    def app(**_):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 8e10 bytes")
+
+    monkeypatch.setattr(cli, "app", app)
+    code, _, err = heedful(monkeypatch, capsys, "translate", "run")
+    assert code == 2
+    assert err.startswith("heedful: error: out of memory ([enforce fail") and err.count("\n") == 1
+    assert err.rstrip().endswith("try a smaller --beam or smaller batches")
+
+    def other(**_):
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(cli, "app", other)
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else still shows its traceback
+        heedful(monkeypatch, capsys, "translate", "run")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("refusals") / "dates"
+    fit(load_config(ROOT / "configs" / "dates.yaml", tiny_dates_overrides(directory)))
+    return directory
+
+
+def test_translate_with_stdin_closed_is_one_line(tiny_run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", None)
+    code, out, err = heedful(monkeypatch, capsys, "translate", str(tiny_run))
+    assert (code, out, err) == (2, "", "heedful: error: stdin is closed: give the lines to translate on stdin\n")
+
+
+def test_predict_input_prints_json_lines_with_json(tiny_run, monkeypatch, capsys, tmp_path):
+    import json
+
+    table = tmp_path / "in.csv"
+    table.write_text("text\n5. März 2021\n2021年3月5日\n")
+    args = ["predict", str(tiny_run), "--input", str(table), "--text-column", "text", "--json"]
+    code, out, _ = heedful(monkeypatch, capsys, *args)
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["input"] for r in records] == ["5. März 2021", "2021年3月5日"]
+    assert all(set(r) >= {"input", "output", "score"} for r in records)
+
+
+def test_align_threshold_must_be_a_weight(tiny_run, monkeypatch, capsys, tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("5. März 2021\n")
+    for bad in ["2", "nan", "-1"]:
+        args = ["align", str(tiny_run), "--src", str(lines), "--tgt", str(lines), "--extract", "threshold"]
+        code, _, err = heedful(monkeypatch, capsys, *args, "--threshold", bad)
+        assert code == 2 and f"--threshold {float(bad)}: an attention weight in (0, 1]" in err, err
