@@ -74,8 +74,8 @@ def test_a_task_flag_on_another_tasks_config_is_refused(toy):
     result = invoke("train", "configs/dates.yaml", "--margin", "1")
     assert isinstance(result.exception, UserError)
     assert str(result.exception) == (
-        "configs/dates.yaml: --margin set the toy numbers (task toy); this config's task reads none "
-        "— use --set data.<field>=…"
+        "configs/dates.yaml: --margin: a flag for the toy numbers (task toy); this config's task (translate) "
+        "reads none — use --set data.<field>=…"
     )
 
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from heedful.errors import UserError
+from heedful.errors import UserError, a_run
 from heedful.outputs import check_output, check_output_folder, written_whole
 from heedful.tasks.verbs import DeviceOption, SetOption, TrainOption
 
@@ -98,7 +98,7 @@ class RunLoader:
         run = load_run(run_dir, device, overrides)
         if run.cfg.task != task:
             article = "an" if task[:1] in "aeiou" else "a"
-            raise UserError(f"{run_dir}: is a {run.cfg.task!r} run; {verb} needs {article} {task} run")
+            raise UserError(f"{run_dir}: is {a_run(run.cfg.task)}; {verb} needs {article} {task} run")
         return run
 
     def with_ensemble(self, run, others: list[Path] | None, device: str, overrides: list[str] | None = None):
@@ -233,8 +233,9 @@ def _task_overrides(config: Path, given: dict[str, object]) -> list[str]:
         names = " and ".join(c.name for c in offering)
         about = " and ".join(dict.fromkeys(o.about for o in options))
         section = options[0].key.split(".")[0]
-        raise UserError(f"{config}: {named} set {about} (task{'s' if len(offering) > 1 else ''} {names}); this "
-                        f"config's task reads none — use --set {section}.<field>=…")  # fmt: skip
+        flags = "flags" if len(given) > 1 else "a flag"
+        raise UserError(f"{config}: {named}: {flags} for {about} (task{'s' if len(offering) > 1 else ''} {names}); "
+                        f"this config's task ({task.name}) reads none — use --set {section}.<field>=…")  # fmt: skip
     return [f"{own[k].key}={v}" for k, v in given.items()]
 
 
@@ -545,7 +546,7 @@ def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[
     members = [load_run(other, device, overrides) for other in others]
     for member in members:
         if member.cfg.task != run.cfg.task:
-            raise UserError(f"{member.run_dir}: is a {member.cfg.task!r} run; --ensemble needs {run.cfg.task!r} runs")
+            raise UserError(f"{member.run_dir}: is {a_run(member.cfg.task)}; --ensemble needs {run.cfg.task!r} runs")
     return Ensemble([run, *members])
 
 

@@ -6,6 +6,11 @@ and keeps its traceback.
 """
 
 
+def a_run(task: str) -> str:
+    """ "a 'translate' run", "an 'imagegen' run": the article a task's name takes in a message."""
+    return f"{'an' if task[:1].lower() in 'aeiou' else 'a'} {task!r} run"
+
+
 class UserError(Exception):
     """Something the user can fix: a bad config, a missing file, a malformed line."""
 

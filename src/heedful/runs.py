@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from heedful.config import RunConfig
 from heedful.device import resolve_device
-from heedful.errors import CheckpointError, UserError
+from heedful.errors import CheckpointError, UserError, a_run
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task
 from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.rundir import record_written
@@ -79,7 +79,7 @@ class Run:
         owners = [c.name for c in all_task_classes() if name in c.run_methods]
         if owners:
             article = "an" if owners[0][:1] in "aeiou" else "a"
-            raise NotARunMethod(f"{self.run_dir}: is a {self.cfg.task!r} run; {name} needs {article} {owners[0]} run")
+            raise NotARunMethod(f"{self.run_dir}: is {a_run(self.cfg.task)}; {name} needs {article} {owners[0]} run")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __dir__(self) -> list[str]:
@@ -232,7 +232,8 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         raise CheckpointError(f"{run_dir}: {_export_kind(run_dir / 'export.json')}, not a run directory; give the run "
                               "it came from (docs/OPTIMIZE.md, 'Export', says what reads an export)")  # fmt: skip
     if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml) — train one with `heedful train`")
+        missing = "no config.yaml" if run_dir.is_dir() else "a file" if run_dir.exists() else "no such folder"
+        raise CheckpointError(f"{run_dir}: not a run directory ({missing}) — train one with `heedful train`")
     if not (run_dir / "model").is_dir():
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
     cfg = load_config(run_dir / "config.yaml", overrides)

@@ -455,8 +455,11 @@ def test_overwrite_replaces_only_an_earlier_output_and_only_once_the_new_one_is_
     (mine / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="--overwrite replaces only what heedful optimize or export wrote"):
         optimize(run, "int8", mine, overwrite=True)
-    with pytest.raises(UserError, match="is \\(or holds\\) the run being optimized"):
+    with pytest.raises(UserError, match=f"is \\(or holds\\) the run {re.escape(str(run_dir))} itself"):
         optimize(run, "int8", run_dir.parent, overwrite=True)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(UserError, match="file: is a file; give a new --out folder"):
+        optimize(run, "int8", tmp_path / "file")
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
 
 

@@ -419,8 +419,8 @@ def test_train_reads_your_own_file_through_data_and_column_flags(tmp_path):
     assert "best epoch 1: val_loss" in result.stdout  # trained on the file, read through those columns
     refused = run_cli("train", str(ROOT / "configs/dates.yaml"), "--text-column", "Body")
     assert refused.returncode == 2
-    expected = "--text-column set the data of a file of labelled texts (tasks classify and mlm); this config's task"
-    assert refused.stderr.strip().endswith(expected + " reads none — use --set data.<field>=…")
+    expected = "--text-column: a flag for reading a file of labelled texts (tasks classify and mlm); this config's task"
+    assert refused.stderr.strip().endswith(expected + " (translate) reads none — use --set data.<field>=…")
 
 
 @pytest.mark.slow

@@ -305,10 +305,14 @@ def test_translate_command_answers_each_line_as_it_arrives(trained):
 
 @pytest.mark.slow
 def test_translate_command_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("translate", str(tmp_path / "empty"), stdin="")
+    assert result.stderr.strip() == f"heedful: error: {tmp_path / 'empty'}: not a run directory (no config.yaml) — " \
+        "train one with `heedful train`"  # fmt: skip
     result = run_cli("translate", str(tmp_path / "nothing"), stdin="")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"heedful: error: {tmp_path / 'nothing'}: not a run directory "
-                                                  "(no config.yaml) — train one with `heedful train`"]  # fmt: skip
+                                                  "(no such folder) — train one with `heedful train`"]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- configuration

@@ -207,6 +207,17 @@ def test_a_failed_resume_does_not_rewrite_the_config(configs_dir, tmp_path):
     assert {k for k in after if not k.startswith(MARKER)} == {k for k in before if not k.startswith(MARKER)}
 
 
+def test_resuming_another_tasks_run_is_one_line(configs_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(config(configs_dir, run))
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("task: translate", "task: imagegen"))
+    before = snapshot(run)
+    with pytest.raises(UserError, match=r"holds an 'imagegen' run, and this config trains 'translate'; resume it with"):
+        fit(config(configs_dir, run, **{"train.epochs": 2}), resume=True)
+    assert snapshot(run) == before
+
+
 # ------------------------------------------------------------------------------ folders it cannot write
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -417,3 +428,11 @@ def test_a_run_killed_mid_save_resumes_bit_identically(configs_dir, tmp_path):
     straight = tmp_path / "straight"
     assert snapshot(run / "model") == snapshot(straight / "model")  # the weights, bit for bit
     assert History.load(run / "history.json")["train_loss"] == History.load(straight / "history.json")["train_loss"]
+
+
+def test_resume_and_overwrite_together_are_refused_before_anything_is_made(tmp_path):
+    from heedful.train.rundir import RunDirectory
+
+    with pytest.raises(UserError, match=r"run: --resume continues the run and --overwrite discards it; give one$"):
+        RunDirectory.claim(tmp_path / "run", resume=True, overwrite=True)
+    assert not (tmp_path / "run").exists()

@@ -44,8 +44,10 @@ def check_out_dir(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
     :func:`staged` replaces once the new one is complete. Nothing else is ever overwritten."""
     out = Path(out)
     if out.resolve() == Path(run_dir).resolve() or out.resolve() in Path(run_dir).resolve().parents:
-        raise OptimizeError(f"{out}: is (or holds) the run being optimized; give another --out folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OptimizeError(f"{out}: is (or holds) the run {run_dir} itself; give another --out folder")
+    if out.exists() and not out.is_dir():
+        raise OptimizeError(f"{out}: is a file; give a new --out folder")
+    if out.exists() and any(out.iterdir()):
         ours = out.is_dir() and any((out / name).is_file() for name in OUTPUT_RECORDS)
         if not overwrite:
             hint = " (or --overwrite: an earlier optimize or export wrote it)" if ours else ""

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from heedful.config import read_yaml
-from heedful.errors import CheckpointError
+from heedful.errors import CheckpointError, a_run
 from heedful.models.pretrained import load_weights_checked, read_model_config
 
 
@@ -29,7 +29,7 @@ def init_model_folder(run_dir: Path, task_name: str) -> Path:
         raise CheckpointError(f"train.init_from: {run_dir}: has no saved model yet (no model/model.safetensors)")
     other = read_yaml(config).get("task")
     if other != task_name:
-        raise CheckpointError(f"train.init_from: {run_dir}: is a {other!r} run; this run is {task_name!r}")
+        raise CheckpointError(f"train.init_from: {run_dir}: is {a_run(other)}; this run is {task_name!r}")
     return folder
 
 

@@ -83,6 +83,8 @@ class RunDirectory:
     def claim(cls, path: Path, *, resume: bool, overwrite: bool) -> RunDirectory:
         """Check that heedful may write ``path``, create it, lock it. Nothing is deleted here."""
         path = Path(path)
+        if resume and overwrite:  # one continues the run, the other deletes it
+            raise RunDirectoryError(f"{path}: --resume continues the run and --overwrite discards it; give one")
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"{path}: is a file, not a folder; choose another --run-dir")
         exists = path.is_dir()

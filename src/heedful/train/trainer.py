@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from heedful.config import RunConfig, to_yaml
+from heedful.config import RunConfig, read_yaml, to_yaml
 from heedful.device import autocast, move_to, resolve_device
-from heedful.errors import ConfigError, UserError
+from heedful.errors import ConfigError, UserError, a_run
 from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
@@ -179,6 +179,11 @@ class Trainer:
         }
         self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if resume:
+            saved = self.run_dir / "config.yaml"
+            other = read_yaml(saved).get("task") if saved.is_file() else None
+            if other is not None and other != self.cfg.task:  # else: a page of mismatched weight names
+                raise UserError(f"{self.run_dir}: holds {a_run(other)}, and this config trains {self.cfg.task!r}; "
+                                f"resume it with its own config: heedful train {self.run_dir} --resume")  # fmt: skip
             extra: dict[str, torch.Tensor] = {}
             if not dist.main:
                 dist.barrier()  # after rank 0, which deletes a damaged checkpoint it meets

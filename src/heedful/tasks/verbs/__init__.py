@@ -35,7 +35,7 @@ class TrainOption:
     flag: str  # "--data"
     key: str  # the config key it sets: "data.path"
     help: str  # "Your CSV, TSV or JSONL of labelled texts"
-    about: str  # what the task's flags set, for the refusal on other tasks: "the data of a file of labelled texts"
+    about: str  # what the task's flags are for, for the refusal on other tasks: "reading a file of labelled texts"
     type: type = str  # str or Path
 
     @property
@@ -46,7 +46,7 @@ class TrainOption:
 
 def labelled_text_options() -> list[TrainOption]:
     """`heedful train` flags of the tasks that read a file of labelled texts (classify, mlm)."""
-    about = "the data of a file of labelled texts"
+    about = "reading a file of labelled texts"
     return [
         TrainOption("--data", "data.path", "your CSV, TSV or JSONL of labelled texts", about, Path),
         TrainOption("--text-column", "data.text_column", "its text column", about),
