@@ -44,6 +44,7 @@ class Run:
     cfg: RunConfig
     task: Task
     model: nn.Module
+    overrides: tuple[str, ...] = ()  # the --set changes it was opened with, recorded in what evaluate writes
 
     def predict(self, inputs: list[Any]) -> list[Prediction]:
         return self.task.predict(self.model, list(inputs))
@@ -54,8 +55,9 @@ class Run:
     def evaluate(self, split: str = "test") -> EvalResult:
         """The task's ``EvalResult`` on ``split`` (it reads as the mapping of the metrics), with the
         task's baselines scored on the same split (classify: majority class, TF-IDF + LR). Writes
-        ``eval-<split>.json`` (metrics, notes, baselines), ``hyps-<split>.txt`` for a task that
-        generates text, and the task's figures into ``plots/``; their paths are in the result."""
+        ``eval-<split>.json`` (metrics, notes, baselines, and the ``overrides`` it was opened with, if
+        any), ``hyps-<split>.txt`` for a task that generates text, and the task's figures into
+        ``plots/``; their paths are in the result."""
         self.task.ensure_data(self.run_dir / "model")
         result = self.task.evaluate(self.model, split)
         result.baselines = self.task.baselines(split)
@@ -63,7 +65,8 @@ class Run:
             hyps = result.artifacts["hyps"] = self.run_dir / f"hyps-{split}.txt"
             hyps.write_text("".join(f"{line}\n" for line in result.outputs), encoding="utf-8")
         written = result.artifacts["eval"] = self.run_dir / f"eval-{split}.json"
-        written.write_text(json.dumps(result.record(), indent=2, ensure_ascii=False) + "\n")
+        record = result.record() | ({"overrides": list(self.overrides)} if self.overrides else {})
+        written.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         result.figures = self.task.write_reports(split, self.run_dir / "plots", result)
         record_written(self.run_dir, *result.artifacts.values(), *result.figures)  # --overwrite clears them
         return result
@@ -242,4 +245,4 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
     task.load_artifacts(run_dir / "model")
     model = task.load_model(run_dir / "model", str(resolve_device(device)))
     model.eval()
-    return Run(run_dir, cfg, task, model)
+    return Run(run_dir, cfg, task, model, tuple(overrides or ()))

@@ -204,6 +204,9 @@ def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
     torch.testing.assert_close(explanation.summary.sum(-1), torch.ones(T))
     paths = run.show_attention(["5. März 2021"])
     assert paths[0].is_file() and paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    greedy = load_run(tmp_path / "run", device="cpu", overrides=["decode.beam_size=1"]).evaluate("test")
+    written = json.loads((tmp_path / "run" / "eval-test.json").read_text())  # says how it was scored
+    assert written == greedy.record() | {"overrides": ["decode.beam_size=1"]}
 
 
 def test_trainer_class_matches_fit(configs_dir, tmp_path):
