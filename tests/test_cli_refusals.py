@@ -3,6 +3,7 @@ options that would be ignored, a closed stdin, memory that runs out."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -93,3 +94,15 @@ def test_align_threshold_must_be_a_weight(tiny_run, monkeypatch, capsys, tmp_pat
         args = ["align", str(tiny_run), "--src", str(lines), "--tgt", str(lines), "--extract", "threshold"]
         code, _, err = heedful(monkeypatch, capsys, *args, "--threshold", bad)
         assert code == 2 and f"--threshold {float(bad)}: an attention weight in (0, 1]" in err, err
+
+
+@pytest.mark.parametrize("override", ["model.n_heads=8", "model={}", "task=classify"])
+def test_a_trained_runs_model_and_task_cannot_be_set(tiny_run, override):
+    """They would change nothing (model/config.json is what loads) or load the run as another task."""
+    from heedful.config import ConfigError
+    from heedful.runs import load_run
+
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^--set {re.escape(override)}: {key} is fixed when a run is trained; "):
+        load_run(tiny_run, "cpu", ["decode.beam_size=1", override])
+    assert load_run(tiny_run, "cpu", ["decode.beam_size=1", "train.progress=false"]).cfg.decode.beam_size == 1

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from heedful.config import RunConfig
+from heedful.config import ConfigError, RunConfig
 from heedful.device import resolve_device
 from heedful.errors import CheckpointError, UserError, a_run
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task
@@ -239,6 +239,11 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         raise CheckpointError(f"{run_dir}: not a run directory ({missing}) — train one with `heedful train`")
     if not (run_dir / "model").is_dir():
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if key in ("task", "model") or key.startswith("model."):  # model/config.json is what loads
+            raise ConfigError(f"--set {item}: {key} is fixed when a run is trained; --set here changes how "
+                              "it reads inputs or decodes (data.*, decode.*)")  # fmt: skip
     cfg = load_config(run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.check_model_folder(run_dir / "model")

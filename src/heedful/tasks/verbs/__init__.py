@@ -22,7 +22,8 @@ SetOption = Annotated[
         "--set",
         "-s",
         metavar="KEY=VALUE",
-        help="Override a config field, e.g. --set train.lr=3e-4 (repeatable).",
+        help="Override a config field (repeatable): e.g. --set train.lr=3e-4 to train, --set decode.beam_size=1 "
+        "to decode; a trained run's model.* and task are fixed.",
     ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]

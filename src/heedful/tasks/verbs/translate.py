@@ -93,7 +93,10 @@ def translate(
     ] = None,
     attention: Annotated[
         Path | None,
-        typer.Option(help="Also write JSON lines: source pieces, output pieces, cross-attention (mean over heads)."),
+        typer.Option(
+            help="Also write JSON lines: source pieces, output pieces, cross-attention (mean over heads); the file "
+            "appears whole when stdin ends."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Count translated lines on stderr (when stdin is not a TTY).")] = False,
     n_best: Annotated[
@@ -215,7 +218,9 @@ def align(
     run_dir: Annotated[Path, typer.Argument(help="A translate run directory written by `heedful train`.")],
     src: Annotated[Path, typer.Option("--src", help="Source sentences, one per line (.gz: read through gzip).")],
     tgt: Annotated[Path, typer.Option("--tgt", help="Their translations, line for line (forced, not decoded).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Write the Pharaoh lines here (default: stdout).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the Pharaoh lines here, whole at the end (default: stdout).")
+    ] = None,
     layers: Annotated[
         str, typer.Option(help="Decoder layers to average: 'all' or e.g. 0,2 (negative from the top).")
     ] = "all",
