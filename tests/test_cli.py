@@ -128,12 +128,15 @@ def test_every_help_text_reaches_help_whole():
     group = typer.main.get_command(app)
     context = group.make_context("heedful", ["--help"], resilient_parsing=True)
     shown = {}
-    for name in group.list_commands(context):
-        text = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"}, prog_name="heedful").stdout
+    for width, name in itertools.product(["200", "80"], group.list_commands(context)):  # 80: no word cut with …
+        text = runner.invoke(app, [name, "--help"], env={"COLUMNS": width}, prog_name="heedful").stdout
+        text = re.sub(r"\[[\d.<=-]*x[\d.<=>-]*\]", " ", text)  # a range (e.g. [x>=1]) wraps beside the help
         shown[name] = " ".join(text.replace("│", " ").split())  # the boxes' borders and wrapping removed
         for param in group.get_command(context, name).params:
             if getattr(param, "help", None):
-                assert " ".join(render(param.help).plain.split()) in shown[name], (name, param.name, param.help)
+                assert " ".join(render(param.help).plain.split()) in shown[name], (width, name, param.name)
+            if getattr(param, "is_bool_flag", False) and param.default is False:  # --no-X would say the default
+                assert not param.secondary_opts and f"--no-{param.name.replace('_', '-')}" not in shown[name]
     assert "Needs pip install 'heedful[export]'." in shown["translate"]
 
 

@@ -75,6 +75,8 @@ def _untyped_flags(params: list[Any]) -> list[Any]:
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
+        if getattr(param, "is_bool_flag", False) and param.secondary_opts and param.default is False:
+            param.secondary_opts = []  # --no-overwrite would only say the default again, and widen the help
         if getattr(param, "help", None) and not getattr(param, "help_escaped", False):
             param.help, param.help_escaped = escape(param.help), True
     return params

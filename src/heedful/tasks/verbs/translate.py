@@ -120,7 +120,7 @@ def translate(
         str,
         typer.Option(
             help="torch (heedful's own search) | ctranslate2: a Transformer run converted to CTranslate2 "
-            "(kept in RUN_DIR/ctranslate2-<quantization>, remade when the weights change) decodes. It uses the "
+            "(kept in RUN_DIR as ctranslate2-float32 or -int8, remade when the weights change) decodes. It uses the "
             "run's beam and output limits, but its length penalty divides by (|y|+1)^alpha, not GNMT's "
             "((5+|y|)/6)^alpha (decode.alpha=0 or beam 1: the same ranking), only the --beam best candidates of a "
             "step may end, and a sentence stops once --beam hypotheses have ended (with alpha 0: once its best "
