@@ -106,6 +106,12 @@ ABUSE = [
     ("no texts", {"json": {"texts": []}}, 422, "invalid request"),
     ("unknown field", {"json": {"texts": ["a"], "beam": 99}}, 422, "invalid request"),
     ("a list body", {"json": ["5 May 2020"]}, 422, "invalid request"),
+    (
+        "not UTF-8",
+        {"content": b'{"texts": ["\xff"]}', "headers": {"content-type": "application/json"}},
+        400,
+        "malformed JSON",
+    ),
 ]
 
 
@@ -205,6 +211,7 @@ def test_cli_refuses_a_non_local_bind_without_a_key_in_one_line(dates_run):
 def test_the_explorer_needs_no_key_and_serves_only_its_own_files(keyed):
     page = keyed.get("/")  # redirected
     assert page.status_code == 200 and "heedful attention explorer" in page.text
+    assert keyed.get("/explorer").status_code == 200  # redirected to /explorer/, not refused for a key
     assert keyed.get("/explorer/explorer.js").headers["content-type"].startswith("text/javascript")
     for path in ["/explorer/../app.py", "/explorer/%2e%2e/app.py", "/explorer/..%2Fapp.py", "/explorer/nope.js"]:
         r = keyed.get(path)
@@ -272,3 +279,48 @@ def test_torch_runs_in_one_thread_when_it_computes_with_several(dates_run, tmp_p
         assert threading.get_ident() not in seen["load"]
     else:
         assert inference is None and seen["dates"] != seen["dates-b"], seen
+
+
+def test_a_local_keyless_server_answers_only_local_host_names(dates_run):
+    """A page on another site reaches a local server through DNS rebinding: its requests name that
+    site as Host, and are refused (``serve`` without a key passes the local names)."""
+    from heedful.serve.app import local_hosts
+
+    app = create_app([dates_run], limits=LIMITS, allowed_hosts=local_hosts("127.0.0.1"))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert_serving(c)
+        for host in ["localhost:8000", "[::1]:8000", "127.0.0.1"]:
+            assert c.get("/healthz", headers={"host": host}).status_code == 200, host
+        for host in ["attacker.example", "attacker.example:8000", "127.0.0.1.attacker.example", ""]:
+            r = c.post("/v1/models/dates/predict", json={"texts": ["5 May 2020"]}, headers={"host": host})
+            assert r.status_code == 400 and r.json()["error"] == "host not allowed", (host, r.text)
+    assert local_hosts("localhost") == {"localhost", "127.0.0.1", "::1"}
+
+
+def test_health_answers_head_and_a_405_says_what_is_allowed(client):
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
+    r = client.put("/v1/models/dates/predict", json={"texts": ["a"]})
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"] == "method not allowed"
+
+
+def test_an_api_key_a_header_cannot_carry_is_refused_at_start(dates_run):
+    with pytest.raises(UserError, match="printable ASCII"):
+        create_app([dates_run], api_key="kä-key")
+
+
+def test_a_large_answer_is_written_off_the_event_loop(client, monkeypatch):
+    """json.dumps of attention over long texts took ~0.6 s, during which /healthz waited."""
+    import threading
+
+    import heedful.serve.app as app_module
+
+    threads, original = [], app_module._answer_json
+
+    def watched(*args):
+        threads.append(threading.current_thread())
+        return original(*args)
+
+    monkeypatch.setattr(app_module, "_answer_json", watched)
+    loop_thread = client.portal.call(threading.current_thread)  # the event loop's own thread
+    assert client.post("/v1/models/dates/predict", json={"texts": ["5 May 2020"]}).status_code == 200
+    assert threads and threads[-1] is not loop_thread

@@ -238,8 +238,16 @@ class Guard:
     """Before any route: the API key (every path but health) and the body size limit, both
     answered as JSON errors. Pure ASGI, so a body is counted as it streams in."""
 
-    def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int, content_types: dict[str, str]) -> None:
-        self.app, self.api_key, self.max_body = app, api_key, max_body_bytes
+    def __init__(
+        self,
+        app: Any,
+        *,
+        api_key: str | None,
+        max_body_bytes: int,
+        content_types: dict[str, str],
+        allowed_hosts: frozenset[str] | None = None,
+    ) -> None:
+        self.app, self.api_key, self.max_body, self.allowed_hosts = app, api_key, max_body_bytes, allowed_hosts
         self.content_types = content_types  # POST path -> the media type its body must have
         self.state = app.state
 
@@ -247,7 +255,13 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        open_path = scope["path"] in HEALTH_ROUTES or scope["path"] == "/" or scope["path"].startswith(EXPLORER + "/")
+        if self.allowed_hosts is not None and _host_name(headers.get("host", "")) not in self.allowed_hosts:
+            # A page on another site can reach a local, keyless server through DNS rebinding: its
+            # requests then name that site as Host. Only the local names are answered.
+            names = ", ".join(sorted(self.allowed_hosts))
+            return await _send_error(send, 400, "host not allowed", f"a local server answers {names}")
+        path = scope["path"]
+        open_path = path in HEALTH_ROUTES or path in ("/", EXPLORER) or path.startswith(EXPLORER + "/")
         if self.api_key is not None and not open_path and not self._key_ok(headers):
             given = "authorization" in headers or "x-api-key" in headers
             detail = (
@@ -299,6 +313,19 @@ class Guard:
         return given is not None and hmac.compare_digest(given.encode(), self.api_key.encode())
 
 
+def _host_name(host: str) -> str:
+    """The Host header without its port: 'localhost:8000' -> 'localhost', '[::1]:8000' -> '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def local_hosts(host: str) -> frozenset[str]:
+    """The Host names a server bound to the local ``host`` answers (``serve`` without a key)."""
+    return frozenset({"localhost", "127.0.0.1", "::1", _host_name(host)})
+
+
 async def _send_error(send: Any, status: int, error: str, detail: Any) -> None:
     body = error_body(error, detail)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -340,6 +367,7 @@ def create_app(
     api_key: str | None = None,
     threads: int | None = 1,
     inference: ThreadPoolExecutor | None = None,
+    allowed_hosts: frozenset[str] | None = None,
 ) -> Any:
     """The FastAPI app serving ``runs`` (each named by its run name; an export folder opened by
     ``open_export`` serves as its run does, without attention). ``threads``: torch's
@@ -359,6 +387,8 @@ def create_app(
     set_threads(threads)
     if api_key is not None and not api_key.strip():
         raise UserError("the API key is empty")
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable()):
+        raise UserError("the API key: use printable ASCII characters (an HTTP header carries bytes, not text)")
 
     served: dict[str, Served] = {}
     schema_names: set[str] = set()
@@ -415,8 +445,11 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
         error = {404: "not found", 405: "method not allowed"}.get(exc.status_code, "request refused")
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # not UTF-8, too deep
+            error = "malformed JSON"
         detail = exc.detail if exc.status_code not in (404, 405) else f"no route {request.method} {request.url.path}"
-        return JSONResponse({"error": error, "detail": detail}, status_code=exc.status_code)
+        headers = getattr(exc, "headers", None)  # a 405's Allow
+        return JSONResponse({"error": error, "detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -442,6 +475,9 @@ def create_app(
         if not app.state.ready:
             raise ApiError(503, "not ready", "the models are still loading")
         return {"status": "ready", "models": list(served)}
+
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):  # HEAD too: probes that send it
+        app.head(path, include_in_schema=False)(probe)
 
     @app.get("/v1/models", tags=["models"])
     async def models() -> dict[str, Any]:
@@ -473,7 +509,13 @@ def create_app(
         f"/v1/models/{s.name}/predict": "multipart/form-data" if s.kind == "audio" else "application/json"
         for s in served.values()
     }
-    return Guard(app, api_key=api_key, max_body_bytes=limits.max_body_bytes, content_types=content_types)
+    return Guard(
+        app,
+        api_key=api_key,
+        max_body_bytes=limits.max_body_bytes,
+        content_types=content_types,
+        allowed_hosts=allowed_hosts,
+    )
 
 
 def _describe(problems: list[dict]) -> str:
@@ -495,16 +537,23 @@ async def _predict(
         raise ApiError(503, "overloaded", str(exc)) from None
     except UserError as exc:
         raise ApiError(422, "cannot predict", str(exc)) from None
+    from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
 
     # Built to the route's response_model (which documents it); returned as a Response so FastAPI
-    # does not validate the whole answer again, attention maps included, on every request.
+    # does not validate the whole answer again, attention maps included, on every request. Off the
+    # event loop: a large answer (attention over long texts) takes a good part of a second to
+    # write, and every other client, /healthz included, would wait for it.
+    body = await run_in_threadpool(_answer_json, served, shown, results, attention, explain)
+    return Response(body, media_type="application/json")
+
+
+def _answer_json(served: Served, shown: list[Any], results: Any, attention: bool, explain: str | None) -> bytes:
     answer = _answer(served, shown, results, attention, explain)
     try:
-        body = json.dumps(answer, ensure_ascii=False, allow_nan=False)
+        return json.dumps(answer, ensure_ascii=False, allow_nan=False).encode()
     except ValueError:  # a NaN or infinite float (say, a score of -inf): JSON has none, null stands in
-        body = json.dumps(_finite(answer), ensure_ascii=False, allow_nan=False)
-    return Response(body.encode(), media_type="application/json")
+        return json.dumps(_finite(answer), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Request, UploadFile) -> None:
@@ -610,7 +659,10 @@ def serve(
     if not is_local(host) and api_key is None and not insecure:
         raise UserError(f"--host {host}: not a local address; set --api-key (or {API_KEY_ENV}), or pass --insecure")
     uvicorn = optional_import("uvicorn", "heedful serve")
-    app, inference = load_app(run_dirs, device, limits=limits, batching=batching, api_key=api_key, threads=threads)
+    hosts = local_hosts(host) if is_local(host) and api_key is None else None  # no key: only local pages
+    app, inference = load_app(
+        run_dirs, device, limits=limits, batching=batching, api_key=api_key, threads=threads, allowed_hosts=hosts
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
     finally:
@@ -659,6 +711,7 @@ __all__ = [
     "inference_thread",
     "is_local",
     "load_app",
+    "local_hosts",
     "open_served",
     "rollout",
     "serve",
