@@ -61,6 +61,20 @@ def test_models_health_and_openapi(client):
     assert {"input", "output", "score", "output_ids", "alternatives"} <= set(prediction)  # Translation's fields
     texts = schema["components"]["schemas"]["dates_Request"]["properties"]["texts"]
     assert texts["maxItems"] == LIMITS.max_texts and texts["items"]["maxLength"] == LIMITS.max_text_chars
+    # The errors as they are sent (not FastAPI's HTTPValidationError, which a generated client would expect)
+    for status in ["400", "401", "413", "415", "422", "503"]:
+        assert route["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert set(schema["components"]["schemas"]["ErrorBody"]["properties"]) == {"error", "detail"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"] and "security" not in schema
+
+
+def test_with_a_key_the_schema_says_how_to_send_it(keyed):
+    schema = keyed.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+    assert schema["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    assert schema["security"] == [{"bearer": []}, {"apiKey": []}]
 
 
 def test_attention_equals_explain_capture_on_the_same_input(client, dates_run):

@@ -99,6 +99,24 @@ def error_body(error: str, detail: Any = None) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------- schemas
+class ErrorBody(BaseModel):
+    """Every error's body, whatever its status."""
+
+    error: str = Field(description="what kind of error, e.g. 'invalid request'")
+    detail: Any = Field(None, description="what exactly was wrong")
+
+
+# What a predict route answers besides 200, for the OpenAPI schema (clients generated from it).
+PREDICT_ERRORS = {
+    400: "malformed JSON (or a body that is not UTF-8), or a Host a local server does not answer",
+    401: "no API key, or a wrong one (where the server has a key)",
+    413: "the body, a file or the audio is too large, or too many files",
+    415: "the wrong content type, or an upload that is not audio",
+    422: "an invalid request, or the task's refusal of an input",
+    503: "overloaded (the queue is full) or not ready",
+}
+
+
 class Attention(BaseModel):
     """What one input attended to (``Run.explain``): every attention module's weights per head."""
 
@@ -436,6 +454,19 @@ def create_app(
     )
     app.state.ready = False
     app.state.served = served
+    if api_key is not None:  # the schema says how to send the key: /docs gets its Authorize button
+        plain_openapi = app.openapi
+
+        def openapi_with_key() -> dict[str, Any]:
+            schema = plain_openapi()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            return schema
+
+        app.openapi = openapi_with_key
 
     # -- errors: always JSON {"error", "detail"}, never a traceback -------------------------------
     @app.exception_handler(ApiError)
@@ -564,6 +595,7 @@ def _add_predict_route(app: Any, served: Served, limits: Limits, File, Form, Req
         tags=["models"],
         summary=summary,
         operation_id=f"predict_{served.schema_name}",
+        responses={status: {"model": ErrorBody, "description": text} for status, text in PREDICT_ERRORS.items()},
     )
 
     if served.kind == "audio":
