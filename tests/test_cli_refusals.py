@@ -1,5 +1,6 @@
 """What the command line refuses, or turns into one line, in process (``cli.main`` with an argv):
-options that would be ignored, a closed stdin, memory that runs out."""
+options that would be ignored, a closed stdin, memory that runs out; and what the Python API
+refuses that would otherwise do something else than asked."""
 
 from __future__ import annotations
 
@@ -106,3 +107,17 @@ def test_a_trained_runs_model_and_task_cannot_be_set(tiny_run, override):
     with pytest.raises(ConfigError, match=rf"^--set {re.escape(override)}: {key} is fixed when a run is trained; "):
         load_run(tiny_run, "cpu", ["decode.beam_size=1", override])
     assert load_run(tiny_run, "cpu", ["decode.beam_size=1", "train.progress=false"]).cfg.decode.beam_size == 1
+
+
+def test_one_text_alone_is_refused_not_read_character_by_character(tiny_run):
+    from heedful.errors import UserError
+    from heedful.runs import load_ensemble, load_run
+
+    run = load_run(tiny_run, "cpu")
+    for call, name in [(run.predict, "predict"), (run.translate, "translate"), (run.explain, "explain"),
+                       (load_ensemble([tiny_run, tiny_run], "cpu").predict, "predict")]:  # fmt: skip
+        with pytest.raises(UserError, match=rf"^{name} takes a list of inputs, not one str: {name}\(\['5. März"):
+            call("5. März 2021")
+    with pytest.raises(UserError, match=r"^align takes a list of inputs, not one str"):
+        list(run.align("5. März 2021", ["2021-03-05"]))
+    assert len(run.predict(("5. März 2021",))) == len(run.translate(iter(["a", "b"]))) - 1 == 1  # any iterable

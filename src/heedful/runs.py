@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from heedful.config import ConfigError, RunConfig
 from heedful.device import resolve_device
 from heedful.errors import CheckpointError, UserError, a_run
-from heedful.tasks.base import EvalResult, Explanation, Prediction, Task
+from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.rundir import record_written
 
@@ -47,10 +47,10 @@ class Run:
     overrides: tuple[str, ...] = ()  # the --set changes it was opened with, recorded in what evaluate writes
 
     def predict(self, inputs: list[Any]) -> list[Prediction]:
-        return self.task.predict(self.model, list(inputs))
+        return self.task.predict(self.model, input_list(inputs, "predict"))
 
     def explain(self, inputs: list[Any]) -> list[Explanation]:
-        return self.task.explain(self.model, list(inputs))
+        return self.task.explain(self.model, input_list(inputs, "explain"))
 
     def evaluate(self, split: str = "test") -> EvalResult:
         """The task's ``EvalResult`` on ``split`` (it reads as the mapping of the metrics), with the
@@ -196,7 +196,7 @@ class Ensemble:
     def predict(self, inputs: list[Any]) -> list[Prediction]:
         """Per input: the class with the highest mean probability, and that probability (as the
         task reports it: a review's prediction also lists every class's mean probability)."""
-        inputs = list(inputs)
+        inputs = input_list(inputs, "predict")
         if self.model is not None:
             return self.runs[0].task.predict(self.model, inputs)
         probs, classes = self.class_probabilities(inputs)

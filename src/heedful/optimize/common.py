@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from heedful.errors import UserError
-from heedful.tasks.base import EvalResult
+from heedful.tasks.base import EvalResult, input_list
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -239,7 +239,7 @@ class ExportedTranslator(ExportedModel):
     decoding settings, as ``run.predict`` is for a translate run. Subclasses give ``translate``."""
 
     def predict(self, inputs: list[Any]) -> list[Any]:
-        return self.translate(list(inputs))
+        return self.translate(input_list(inputs, "predict"))
 
     def translate(self, lines: list[str], **options: Any) -> list[Any]:
         raise NotImplementedError

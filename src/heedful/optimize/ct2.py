@@ -35,6 +35,7 @@ from heedful.optimize.common import (
     runtime_reason,
     staged,
 )
+from heedful.tasks.base import input_list
 from heedful.train.rundir import record_written
 
 if TYPE_CHECKING:
@@ -329,7 +330,7 @@ class Ct2Engine(ExportedTranslator):
         beam = beam or d.beam_size
         if not 1 <= n_best <= beam:
             raise OptimizeError(f"n-best {n_best}: needs a beam of at least {n_best} (the beam is {beam})")
-        texts = list(lines)
+        texts = input_list(lines, "translate")
         src_ids = [task.src_tok.encode(t)[: self.max_len] if t.strip() else [] for t in texts]
         out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
         if attention:

@@ -46,6 +46,7 @@ from heedful.optimize.common import (
     runtime_reason,
     staged,
 )
+from heedful.tasks.base import input_list
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -327,7 +328,7 @@ class OnnxTextClassifier(_OnnxExport):
     graphs = OnnxClassifier
 
     def predict(self, inputs: list[Any]) -> list[Any]:
-        return self.task.predict(self.model, list(inputs))
+        return self.task.predict(self.model, input_list(inputs, "predict"))
 
     def _scored(self, split: str) -> Any:
         return self.task.evaluate(self.model, split)  # the graph stands in for the model: every metric

@@ -23,6 +23,15 @@ from heedful.tasks.verbs import TrainOption
 Batch = dict[str, Any]
 
 
+def input_list(inputs: Any, method: str) -> list[Any]:
+    """``inputs`` as a list. One text (or path) given alone is refused: iterated, it would be
+    predicted character by character."""
+    if isinstance(inputs, str | bytes | Path):
+        shown = repr(inputs if len(str(inputs)) <= 30 else f"{str(inputs)[:27]}...")
+        raise UserError(f"{method} takes a list of inputs, not one {type(inputs).__name__}: {method}([{shown}])")
+    return list(inputs)
+
+
 class BatchSource(ABC):
     """Training batches for one epoch, reproducible from (seed, epoch) alone.
 

@@ -66,7 +66,17 @@ from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerEncoderDecoder
 from heedful.nn.losses import smoothed_cross_entropy
 from heedful.tasks.alignment_supervision import AlignmentSupervisor, check_supervised_model, supervisor_for
-from heedful.tasks.base import Batch, BatchSource, DataBundle, EvalResult, Explanation, Prediction, Task, register_task
+from heedful.tasks.base import (
+    Batch,
+    BatchSource,
+    DataBundle,
+    EvalResult,
+    Explanation,
+    Prediction,
+    Task,
+    input_list,
+    register_task,
+)
 from heedful.tasks.translate_config import TranslateConfig
 from heedful.tasks.translate_data import kept_training_pairs, read_splits, tokenizers_for, training_batches
 
@@ -380,7 +390,7 @@ class TranslateTask(Task):
         ``.attention``, its cross-attention map (decode.explain_layer, mean over heads);
         ``n_best`` > 1 also the beam's n best (output, log-probability) as ``.alternatives``."""
         model.eval()
-        texts = list(inputs)
+        texts = input_list(inputs, "translate")
         src_ids = [self._source_ids(t, model) if t.strip() else [] for t in texts]
         filled = [i for i, s in enumerate(src_ids) if s]
         generated = self._generate(model, [src_ids[i] for i in filled], beam, batch_tokens, n_best)
@@ -407,6 +417,9 @@ class TranslateTask(Task):
     ) -> Iterable[set[tuple[int, int]]]:  # fmt: skip
         """``run.align(sources, targets)``: per pair, lazily and in order, the (source word,
         target word) links that forced decoding of the target gives (explain/alignment.py)."""
+        for given in (sources, targets):  # lazily read iterables stay lazy; one text alone is refused
+            if isinstance(given, str | bytes):
+                input_list(given, "align")
         self._cross_attention_name(model)  # a model without cross-attention is refused here
         budget = batch_tokens or self.cfg.decode.batch_tokens
         pairs = checked_pairs(sources, targets)
