@@ -121,3 +121,19 @@ def test_one_text_alone_is_refused_not_read_character_by_character(tiny_run):
     with pytest.raises(UserError, match=r"^align takes a list of inputs, not one str"):
         list(run.align("5. März 2021", ["2021-03-05"]))
     assert len(run.predict(("5. März 2021",))) == len(run.translate(iter(["a", "b"]))) - 1 == 1  # any iterable
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"5. M\xe4rz 2021\n", "<stdin> line 1: not valid UTF-8 (byte 0xe4)"),
+        (b"5. Mai 2021\nab\x00c\n", "<stdin> line 2: a NUL byte (a binary file, or UTF-16 text?)"),
+    ],
+)
+def test_stdin_that_is_not_text_is_one_line(tiny_run, monkeypatch, capsys, tmp_path, data, message):
+    given = tmp_path / "stdin"
+    given.write_bytes(data)
+    with given.open() as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code, _, err = heedful(monkeypatch, capsys, "translate", str(tiny_run))
+    assert (code, err) == (2, f"heedful: error: {message}\n")

@@ -46,6 +46,13 @@ def test_no_number_is_infinite_or_nan(configs_dir, value):
             load_config(configs_dir / "dates.yaml", [f"{key}={value}"])
 
 
+def test_a_section_or_pair_error_names_the_key_without_dumping_the_section(configs_dir):
+    with pytest.raises(ConfigError, match=r"config key 'train\.betas': too few values \(nothing at position 2\)$"):
+        load_config(configs_dir / "dates.yaml", ["train.betas=[0.9]"])
+    with pytest.raises(ConfigError, match=r"config key 'model': d_model \(128\) must be divisible by n_heads \(3\)$"):
+        load_config(configs_dir / "dates.yaml", ["model.n_heads=3"])  # a section's own check, its values not dumped
+
+
 def test_the_length_penalty_is_bounded(configs_dir):
     assert load_config(configs_dir / "dates.yaml", ["decode.alpha=10"]).decode.alpha == 10
     with pytest.raises(ConfigError, match=r"config key 'decode\.alpha'.*less than or equal to 10"):

@@ -173,12 +173,17 @@ def describe_error(config_class: type[BaseModel], exc: ValidationError) -> str:
         close = difflib.get_close_matches(parts[-1], list(model.model_fields), n=1) if model else []
         hint = ".".join([*parts[:-1], close[0]]) if close else None
         return f"unknown config key '{key}'" + (f" (did you mean '{hint}'?)" if hint else "")
+    if err["type"] == "missing" and parts and str(parts[-1]).isdigit():  # a list or pair given too few values
+        return f"config key '{'.'.join(parts[:-1])}': too few values (nothing at position {int(parts[-1]) + 1})"
     if err["type"] == "missing":
         return f"missing config key '{key}'"
     if err["type"] == "union_tag_invalid":  # the key that picks the section, e.g. model.arch
         ctx = err.get("ctx", {})
         return f"config key '{key}.arch': {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
-    return f"config key '{key}': {err['msg']} (got {err.get('input')!r})"
+    message = err["msg"].removeprefix("Value error, ")  # a validator's own sentence, as written
+    got = repr(err.get("input"))
+    shown = "" if isinstance(err.get("input"), dict) or len(got) > 60 else f" (got {got})"  # not a whole section
+    return f"config key '{key}': {message}{shown}"
 
 
 def _walk(config_class: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], Any]:

@@ -65,8 +65,9 @@ def test_alignment_is_streamed(dates_run):
 @pytest.mark.parametrize(
     ("src_text", "tgt_text", "message"),
     [
-        ("a\nb\n", "x\n", "tgt.txt line 2: .*src.txt has only 1 lines|src.txt line 2: .*tgt.txt has only 1 lines"),
+        ("a\nb\n", "x\n", "tgt.txt line 2: .*src.txt has only 1 line |src.txt line 2: .*tgt.txt has only 1 line "),
         ("a\n\nb\n", "x\ny\nz\n", "src.txt line 2: empty line"),
+        ("a\nb\0c\n", "x\ny\n", "src.txt line 2: a NUL byte"),  # as predict --input and training refuse it
     ],
 )
 def test_align_refuses_files_that_do_not_pair_up(dates_run, tmp_path, src_text, tgt_text, message, capsys):

@@ -142,7 +142,7 @@ def test_gold_pairs_from_the_awesome_align_layout(tmp_path):
 @pytest.mark.parametrize(
     ("text", "gold", "message"),
     [
-        ("a b ||| x\n", "1-1\n3-1\n", r"enfr.gold line 2: .*enfr.src-tgt has only 1 lines"),
+        ("a b ||| x\n", "1-1\n3-1\n", r"enfr.gold line 2: .*enfr.src-tgt has only 1 line;"),
         ("a b ||| x\nc\n", "1-1\n1-1\n", r"enfr.src-tgt line 2: expected 'source words \|\|\| target words'"),
         ("a b ||| x\n", "3-1\n", r"enfr.gold line 1: link 3-1 outside the sentence \(2 source words, 1 target"),
         ("a b ||| x\n", "1-1 2x1\n", r"enfr.gold line 1: '2x1' is not a link"),

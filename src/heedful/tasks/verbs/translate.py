@@ -41,6 +41,8 @@ def _stdin_chunks(max_lines: int) -> Iterator[list[str]]:
             return True
 
     def decoded(raw: bytes) -> str:
+        if b"\0" in raw:  # decodes, yet is no text: a binary file, or UTF-16
+            raise DataError(f"<stdin> line {number}: a NUL byte (a binary file, or UTF-16 text?)")
         try:
             return raw.decode("utf-8").removesuffix("\r")
         except UnicodeDecodeError as exc:
