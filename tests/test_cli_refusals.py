@@ -137,3 +137,16 @@ def test_stdin_that_is_not_text_is_one_line(tiny_run, monkeypatch, capsys, tmp_p
         monkeypatch.setattr(sys, "stdin", stdin)
         code, _, err = heedful(monkeypatch, capsys, "translate", str(tiny_run))
     assert (code, err) == (2, f"heedful: error: {message}\n")
+
+
+def test_ctrl_c_in_training_says_how_to_continue(tiny_run, monkeypatch, capsys):
+    import heedful.train.trainer as trainer
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "fit", interrupted)
+    code, _, err = heedful(monkeypatch, capsys, "train", str(tiny_run), "--resume")
+    latest = sorted((tiny_run / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))[-1].name
+    assert code == 130
+    assert err == f"heedful: interrupted; `heedful train {tiny_run} --resume` continues from {latest}\n"

@@ -166,7 +166,16 @@ def train(
     cfg = load_config(config, overrides)  # a run directory as CONFIG trains in that directory
     if run_dir is not None:
         cfg.run_dir = run_dir  # a path as given, never read as YAML
-    history = fit(cfg, resume=resume, overwrite=overwrite)
+    try:
+        history = fit(cfg, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept, then exit 130 as before
+        from heedful.train.checkpoint import list_checkpoints
+
+        out = cfg.resolved_run_dir()
+        kept = list_checkpoints(out / "checkpoints") if is_main_process() else []
+        if kept:
+            typer.echo(f"heedful: interrupted; `heedful train {out} --resume` continues from {kept[-1].name}", err=True)
+        raise
     if not is_main_process():  # one of several torchrun processes: rank 0 reports
         return
     out = cfg.resolved_run_dir()
