@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from heedful.errors import UserError, a_run
+from heedful.errors import UserError, a_run, article
 from heedful.outputs import check_output, check_output_folder, written_whole
 from heedful.tasks.verbs import DeviceOption, SetOption, TrainOption
 
@@ -99,8 +99,7 @@ class RunLoader:
 
         run = load_run(run_dir, device, overrides)
         if run.cfg.task != task:
-            article = "an" if task[:1] in "aeiou" else "a"
-            raise UserError(f"{run_dir}: is {a_run(run.cfg.task)}; {verb} needs {article} {task} run")
+            raise UserError(f"{run_dir}: is {a_run(run.cfg.task)}; {verb} needs {article(task)} {task} run")
         return run
 
     def with_ensemble(self, run, others: list[Path] | None, device: str, overrides: list[str] | None = None):

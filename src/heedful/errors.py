@@ -6,9 +6,14 @@ and keeps its traceback.
 """
 
 
+def article(word: str) -> str:
+    """The article a word takes in a message: "a translate run", "an imagegen run"."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def a_run(task: str) -> str:
-    """ "a 'translate' run", "an 'imagegen' run": the article a task's name takes in a message."""
-    return f"{'an' if task[:1].lower() in 'aeiou' else 'a'} {task!r} run"
+    """ "a 'translate' run", "an 'imagegen' run": a task's run, named in a message."""
+    return f"{article(task)} {task!r} run"
 
 
 class UserError(Exception):

@@ -77,6 +77,13 @@ def written_whole(path: Path, option: str, newline: str | None = None) -> Iterat
             tmp.unlink()
 
 
+def write_whole(path: Path, option: str, text: str) -> Path:
+    """``text`` written to ``path`` as ``written_whole`` writes (a page: the report, --html)."""
+    with written_whole(path, option) as handle:
+        handle.write(text)
+    return Path(path)
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and a.samefile(b)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from heedful.config import ConfigError, RunConfig
 from heedful.device import resolve_device
-from heedful.errors import CheckpointError, UserError, a_run
+from heedful.errors import CheckpointError, UserError, a_run, article
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.rundir import record_written
@@ -81,8 +81,8 @@ class Run:
             return functools.partial(getattr(self.task, method), self.model)
         owners = [c.name for c in all_task_classes() if name in c.run_methods]
         if owners:
-            article = "an" if owners[0][:1] in "aeiou" else "a"
-            raise NotARunMethod(f"{self.run_dir}: is {a_run(self.cfg.task)}; {name} needs {article} {owners[0]} run")
+            needed = f"{article(owners[0])} {owners[0]} run"
+            raise NotARunMethod(f"{self.run_dir}: is {a_run(self.cfg.task)}; {name} needs {needed}")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __dir__(self) -> list[str]:

@@ -59,6 +59,13 @@ _STARS_TO_CLASS = {
 UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
+def refuse_nul(line: str | bytes, where: str) -> None:
+    """A line holding a NUL byte decodes, yet is no text (a binary file, or UTF-16): a one-line
+    ``DataError`` at ``where`` ("FILE, line N")."""
+    if ("\0" if isinstance(line, str) else b"\0") in line:
+        raise DataError(f"{where}: a NUL byte (a binary file, or UTF-16 text?)")
+
+
 @dataclass(frozen=True)
 class TextColumns:
     text: str
@@ -290,8 +297,7 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
             for number, line in enumerate(handle, 1):  # numbered as in the file, blank lines included
                 if UNDECODABLE.search(line):
                     raise DataError(f"{path}, line {number}: text is not valid UTF-8")
-                if "\0" in line:  # decodes, yet is no text: a binary file, or UTF-16
-                    raise DataError(f"{path}, line {number}: a NUL byte (a binary file, or UTF-16 text?)")
+                refuse_nul(line, f"{path}, line {number}")
                 if line.strip():
                     texts.append(line.strip())
         return TextRows(texts, [], [[] for _ in texts])

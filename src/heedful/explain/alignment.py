@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from heedful.data.builtin import ISO_SPANS, DateExample
 from heedful.data.parallel import batches_by_length
+from heedful.data.text import refuse_nul
 from heedful.data.tokenizers import pad_ids
 from heedful.errors import DataError
 from heedful.explain.capture import Captured, capture
@@ -312,8 +313,7 @@ def read_gold(text: Path, links: Path, *, one_based: bool = True) -> list[GoldPa
     for n, (line, gold) in enumerate(zip_longest(_read_lines(text), _read_lines(links)), 1):
         if line is None or gold is None:
             shorter, longer = (text, links) if line is None else (links, text)
-            lines = f"{n - 1} line{'s' * (n != 2)}"
-            raise DataError(f"{longer} line {n}: {shorter} has only {lines}; the files must be line-aligned")
+            raise DataError(f"{longer} line {n}: {shorter} has only {_lines(n - 1)}; the files must be line-aligned")
         sides = line.split(" ||| ")
         if len(sides) != 2 or not all(side.split() for side in sides):
             raise DataError(f"{text} line {n}: expected 'source words ||| target words'")
@@ -431,6 +431,10 @@ def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tu
         yield pair
 
 
+def _lines(n: int) -> str:
+    return f"{n} line{'s' * (n != 1)}"
+
+
 def parallel_lines(source: Path, target: Path) -> Iterator[tuple[str, str]]:
     """The line pairs of two line-aligned files (gzip when a name ends in ``.gz``), streamed.
     Both files are checked first (one pass, nothing held): the same number of lines, none
@@ -443,13 +447,12 @@ def parallel_lines(source: Path, target: Path) -> Iterator[tuple[str, str]]:
         for n, line in enumerate(_read_lines(path), 1):
             if not line.strip():
                 raise DataError(f"{path} line {n}: empty line: nothing to align")
-            if "\0" in line:  # decodes, yet is no text: a binary file, or UTF-16
-                raise DataError(f"{path} line {n}: a NUL byte (a binary file, or UTF-16 text?)")
+            refuse_nul(line, f"{path} line {n}")
         counts.append(n)
     if counts[0] != counts[1]:
         longer, shorter = (source, target) if counts[0] > counts[1] else (target, source)
         raise DataError(
-            f"{longer} line {min(counts) + 1}: {shorter} has only {min(counts)} line{'s' * (min(counts) != 1)} "
+            f"{longer} line {min(counts) + 1}: {shorter} has only {_lines(min(counts))} "
             f"({source}: {counts[0]}, {target}: {counts[1]}); the files must be line-aligned"
         )
     for s, t in zip(_read_lines(source), _read_lines(target), strict=True):

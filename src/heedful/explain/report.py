@@ -28,7 +28,7 @@ from heedful.errors import UserError
 from heedful.explain.capture import capture
 from heedful.explain.plots import plot_history
 from heedful.explain.rollout import attention_rollout, classifier_logit_lens, decoder_logit_lens
-from heedful.outputs import written_whole
+from heedful.outputs import write_whole
 
 STYLE = """
 body { font: 15px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 72em; padding: 0 1em; color: #222; }
@@ -62,9 +62,7 @@ def write_report(run: Any, path: Path | None = None, inputs: list[Any] | None = 
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
-    with written_whole(Path(path), "--out") as handle:
-        handle.write(page)
-    return path
+    return write_whole(path, "--out", page)
 
 
 # ------------------------------------------------------------------------------ pieces

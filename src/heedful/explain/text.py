@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from heedful.outputs import written_whole
+from heedful.outputs import write_whole
 
 # Twelve steps from white to deep orange in the xterm 256-colour cube.
 _ANSI_RAMP = [231, 230, 229, 223, 222, 221, 215, 214, 209, 208, 202, 196]
@@ -55,6 +55,4 @@ def html_tokens(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], path
 {"".join(body)}
 </body></html>
 """
-    with written_whole(Path(path), "--html") as handle:
-        handle.write(page)
-    return path
+    return write_whole(path, "--html", page)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from heedful.data.text import refuse_nul
 from heedful.errors import DataError, UserError
 from heedful.outputs import check_output, written_whole
 from heedful.tasks.verbs import DeviceOption, SetOption, run_loader
@@ -41,8 +42,7 @@ def _stdin_chunks(max_lines: int) -> Iterator[list[str]]:
             return True
 
     def decoded(raw: bytes) -> str:
-        if b"\0" in raw:  # decodes, yet is no text: a binary file, or UTF-16
-            raise DataError(f"<stdin> line {number}: a NUL byte (a binary file, or UTF-16 text?)")
+        refuse_nul(raw, f"<stdin> line {number}")
         try:
             return raw.decode("utf-8").removesuffix("\r")
         except UnicodeDecodeError as exc:
