@@ -19,9 +19,9 @@ from typing import IO
 
 from heedful.errors import UserError
 
-# What a run directory cannot lose (docs/RUN_DIRECTORY.md); an export folder is whole (export.json).
+# What a run directory cannot lose (docs/RUN_DIRECTORY.md); an export folder is whole.
 RUN_OWN = ("config.yaml", "history.json", "model", "checkpoints", ".heedful", "tb")
-EXPORT_RECORD = "export.json"
+EXPORT_RECORD = "export.json"  # what every export (`heedful export`) writes at its top: format, source run, files
 
 
 def check_output(path: Path, option: str, *, inputs: Iterable[Path] = (), runs: Iterable[Path] = ()) -> Path:

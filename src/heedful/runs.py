@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from heedful.config import ConfigError, RunConfig
 from heedful.device import resolve_device
 from heedful.errors import CheckpointError, UserError, a_run, article
+from heedful.outputs import EXPORT_RECORD
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.rundir import record_written
@@ -231,7 +232,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
     """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best
     model. ``overrides`` ("decode.beam_size=1", …) change how it is used, not what was trained."""
     run_dir = Path(run_dir)
-    if (run_dir / "export.json").is_file():  # optimize.common.EXPORT_RECORD: `heedful export` wrote it
+    if (run_dir / EXPORT_RECORD).is_file():  # `heedful export` wrote it
         raise CheckpointError(f"{run_dir}: {_export_kind(run_dir / 'export.json')}, not a run directory; give the run "
                               "it came from (docs/OPTIMIZE.md, 'Export', says what reads an export)")  # fmt: skip
     if not (run_dir / "config.yaml").is_file():

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from heedful.errors import UserError
+from heedful.outputs import EXPORT_RECORD
 from heedful.tasks.base import EvalResult, input_list
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ class OptimizeError(UserError):
     """An optimization that cannot be made: the run's model has no such part, a bad option."""
 
 
-EXPORT_RECORD = "export.json"  # what every export writes at its top: format, source run, its files
 # What an optimization or an export writes at the top of its folder: the mark --overwrite looks for.
 OUTPUT_RECORDS = (RECORD_NAME, EXPORT_RECORD)
 
