@@ -41,4 +41,4 @@ def test_python_m_heedful_behaves_as_the_script():
         as_script.stdout,
         as_script.stderr,
     )
-    assert as_module.returncode == 2 and "Usage: heedful train" in as_module.stderr
+    assert as_module.returncode == 2 and "(try 'heedful train --help')" in as_module.stderr

@@ -11,6 +11,7 @@ stderr and exits with code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import json
 import os
@@ -20,6 +21,11 @@ from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+try:  # typer ≥ 0.22 parses with its own copy of click; before, with click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
 
 from heedful.errors import UserError, a_run, article
 from heedful.outputs import check_output, check_output_folder, written_whole
@@ -48,6 +54,17 @@ class Commands(TyperGroup):
 
     def get_params(self, ctx: Any) -> list[Any]:
         return _untyped_flags(super().get_params(ctx))
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # typer suggests only from ``self.commands``, which lacks train and every task's verb
+        # (``heedful traslate`` got "Did you mean 'evaluate'?"): suggest from all the verbs.
+        try:
+            return self._click_resolve_command(ctx, args)
+        except click_errors.UsageError as exc:
+            matches = difflib.get_close_matches(args[0], self.list_commands(ctx)) if args else []
+            if matches:
+                exc.message = f"{exc.message.rstrip('.')}. Did you mean {' or '.join(map(repr, matches))}?"
+            raise
 
     def _task_verbs(self) -> dict[str, Any]:
         if not hasattr(self, "_verbs"):
@@ -661,9 +678,24 @@ def serve(
     )  # fmt: skip
 
 
+def _command_path(exc: Any) -> str:
+    """``heedful VERB`` of the command a usage error is about. Some errors carry no context
+    (``--out`` given no value); the root takes no option with a value, so the verb is then
+    the first argument that is not an option."""
+    if exc.ctx is not None:
+        return exc.ctx.command_path
+    verb = next((argument for argument in sys.argv[1:] if not argument.startswith("-")), None)
+    return f"heedful {verb}" if verb in app_commands() else "heedful"
+
+
+def app_commands() -> list[str]:
+    return typer.main.get_command(app).list_commands(None)
+
+
 def main() -> None:
-    # Typer handles usage mistakes itself (unknown option, missing argument: exit 2); our own
-    # UserErrors propagate out of the command and become one line here.
+    # Every mistake the user can fix is one line on stderr and exit code 2: our own UserErrors
+    # propagate out of the command, and so do click's usage errors (unknown option, missing
+    # argument), which typer's standalone mode would draw as a five-line box.
     try:
         for argument in sys.argv[1:]:  # bytes the terminal's encoding could not decode (surrogates)
             try:
@@ -672,7 +704,20 @@ def main() -> None:
                 raise UserError(f"{argument!a}: is not UTF-8 text (the terminal's encoding?)") from None
         # One name whatever started it (the script, ``python -m heedful``, torchrun): click would
         # otherwise print ``python -m heedful`` in usage lines.
-        app(prog_name="heedful")
+        code = app(prog_name="heedful", standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):  # typer.Exit, --help, Ctrl-C (130)
+            sys.exit(code)
+    except click_errors.NoArgsIsHelpError:  # bare ``heedful``: typer printed the help already
+        sys.exit(2)
+    except click_errors.UsageError as exc:
+        typer.echo(f"heedful: error: {exc.format_message().rstrip('.')} (try '{_command_path(exc)} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        typer.echo(f"heedful: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        typer.echo("heedful: aborted", err=True)
+        sys.exit(1)
     except UserError as exc:
         typer.echo(f"heedful: error: {exc}", err=True)
         sys.exit(2)
