@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from heedful.config import RunConfig, TrainConfig, apply_overrides, validate
@@ -44,6 +46,39 @@ def test_no_number_is_infinite_or_nan(configs_dir, value):
     for key in ("train.lr", "decode.alpha"):
         with pytest.raises(ConfigError, match=rf"config key '{key}'.*finite number"):
             load_config(configs_dir / "dates.yaml", [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", ["decode.beam_size", "train.lr", "train.clip_grad_norm", "model.d_model"])
+def test_true_or_false_is_not_a_number(configs_dir, key):
+    """pydantic reads true as 1: ``--set decode.beam_size=true`` decoded greedily, saying nothing."""
+    with pytest.raises(ConfigError, match=rf"config key '{key}': expected a number \(got True\)$"):
+        load_config(configs_dir / "dates.yaml", [f"{key}=true"])
+    cfg = load_config(configs_dir / "dates.yaml", ["train.compile=true", "train.clip_grad_norm=null"])
+    assert cfg.train.compile is True and cfg.train.clip_grad_norm is None  # flags and null are untouched
+
+
+@pytest.mark.parametrize(
+    ("config", "override", "message"),
+    [
+        (
+            "dates.yaml",
+            "decode.explain_layer=2",
+            r"decode\.explain_layer=2: the decoder has 2 layers \(0 to 1, or -2 to -1",
+        ),
+        ("dates.yaml", "decode.explain_layer=-3", r"decode\.explain_layer=-3: the decoder has 2 layers"),
+        ("speech_digits.yaml", "decode.explain_layer=9", r"decode\.explain_layer=9: the encoder has \d layers"),
+        ("speech_digits.yaml", "decode.explain_head=99", r"decode\.explain_head=99: the model has \d heads"),
+    ],
+)
+def test_the_layer_and_head_to_show_exist(configs_dir, config, override, message):
+    """Taken modulo the depth, layer 10 of a 2-layer decoder showed layer 0 without a word."""
+    with pytest.raises(ConfigError, match=rf"^{config_path(configs_dir, config)}: {message}"):
+        load_config(configs_dir / config, [override])
+    assert load_config(configs_dir / "dates.yaml", ["decode.explain_layer=-2"]).decode.explain_layer == -2
+
+
+def config_path(configs_dir, name):
+    return re.escape(str(configs_dir / name))
 
 
 def test_a_section_or_pair_error_names_the_key_without_dumping_the_section(configs_dir):

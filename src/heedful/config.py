@@ -10,12 +10,13 @@ subclass) defines and validates the rest. Unknown keys and wrongly-typed values 
 from __future__ import annotations
 
 import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, Tag, ValidationError, ValidationInfo, field_validator
 
 from heedful.errors import ConfigError
 
@@ -25,6 +26,25 @@ class Section(BaseModel):
     number is infinite or NaN (``decode.alpha=inf`` would divide by zero deep in a search)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_true_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for a number: ``--set decode.beam_size=true`` decoded greedily.
+        if isinstance(value, bool) and info.field_name:
+            allowed = _types_in(cls.model_fields[info.field_name].annotation)
+            if bool not in allowed and allowed & {int, float}:
+                raise ValueError("expected a number")
+        return value
+
+
+def _types_in(annotation: Any) -> set[Any]:
+    """The plain types a field's annotation admits: ``int | None`` -> {int, NoneType}."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _types_in(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_types_in(arg) for arg in typing.get_args(annotation)))
+    return {annotation}
 
 
 class TrainConfig(Section):
@@ -181,6 +201,8 @@ def describe_error(config_class: type[BaseModel], exc: ValidationError) -> str:
         ctx = err.get("ctx", {})
         return f"config key '{key}.arch': {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
     message = err["msg"].removeprefix("Value error, ")  # a validator's own sentence, as written
+    if not parts:  # a check across sections: its sentence names the keys
+        return message
     got = repr(err.get("input"))
     shown = "" if isinstance(err.get("input"), dict) or len(got) > 60 else f" (got {got})"  # not a whole section
     return f"config key '{key}': {message}{shown}"

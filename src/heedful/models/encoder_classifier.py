@@ -19,18 +19,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from heedful.attention.content import ContentAttention
+from heedful.config import Section
 from heedful.models.pretrained import PretrainedModel
 from heedful.models.rnn import masked_mean, run_packed
 from heedful.models.transformer import Encoder, TransformerConfig
 
 
-class ClassifierConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ClassifierConfig(Section):
     n_classes: int = Field(0, ge=0, description="set by the task from the labels")
     vocab_size: int = Field(0, ge=0, description="set by the task from its tokenizer")
     pad_id: int = 0

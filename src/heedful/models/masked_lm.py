@@ -20,17 +20,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
+from heedful.config import Section
 from heedful.models.encoder_classifier import vocabulary_encoder
 from heedful.models.pretrained import CONFIG_NAME, PretrainedModel
 from heedful.models.transformer import TransformerConfig
 
 
-class MaskedLMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MaskedLMConfig(Section):
     vocab_size: int = Field(0, ge=0, description="set by the task from its tokenizer")
     pad_id: int = 0
     encoder: TransformerConfig = TransformerConfig(n_encoder_layers=2, n_decoder_layers=0, d_model=128, d_ff=256)

@@ -25,19 +25,18 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from heedful.attention.content import ContentAttention
+from heedful.config import Section
 from heedful.models.pretrained import PretrainedModel
 
 RNN_ATTENTIONS = ("none", "bahdanau", "luong_general", "luong_dot")
 
 
-class RNNConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RNNConfig(Section):
     arch: Literal["rnn"] = "rnn"
     src_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")
     tgt_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")

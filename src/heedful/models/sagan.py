@@ -26,18 +26,17 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from heedful.attention.base import AttentionModule
 from heedful.attention.scores import DotScore
+from heedful.config import Section
 from heedful.models.pretrained import PretrainedModel
 
 
-class SAGANConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SAGANConfig(Section):
     image_size: int = Field(32, description="output side: 4 · 2^k (8, 16, 32, 64)")
     channels: int = Field(1, ge=1, description="image channels (1 for digits)")
     z_dim: int = Field(128, ge=1)

@@ -17,19 +17,18 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from heedful.attention.positions import POSITIONS, build_input_positions
+from heedful.config import Section
 from heedful.models.encoder_classifier import AttentionPooling
 from heedful.models.pretrained import PretrainedModel
 from heedful.models.rnn import masked_mean
 from heedful.models.transformer import EncoderLayer, TransformerConfig
 
 
-class SpeechConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+class SpeechConfig(Section):
     n_mels: int = Field(40, ge=4)
     per_bin_variance: bool = Field(
         True,

@@ -16,19 +16,18 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from heedful.attention import CacheArena, KVCache, MultiHeadAttention
 from heedful.attention.dropout import Dropout
 from heedful.attention.positions import POSITIONS, build_attention_positions, build_input_positions
+from heedful.config import Section
 from heedful.models.pretrained import PretrainedModel
 
 
-class TransformerConfig(BaseModel):
+class TransformerConfig(Section):
     """Everything needed to build a Transformer; saved as the model folder's config.json."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     arch: Literal["transformer"] = "transformer"
     src_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")

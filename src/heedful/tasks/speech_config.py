@@ -126,6 +126,21 @@ class SpeechTaskConfig(RunConfig):
     decode: SpeechDecode = SpeechDecode()
 
     @model_validator(mode="after")
+    def _explained_layer_and_head_exist(self) -> SpeechTaskConfig:
+        # Taken modulo the depth, layer 10 of a 3-layer encoder would silently show layer 1.
+        layers, heads, decode = self.model.n_layers, self.model.n_heads, self.decode
+        if not -layers <= decode.explain_layer < layers:
+            raise ValueError(
+                f"decode.explain_layer={decode.explain_layer}: the encoder has {layers} layers "
+                f"(0 to {layers - 1}, or -{layers} to -1 counting from the top)"
+            )
+        if decode.explain_head is not None and not -heads <= decode.explain_head < heads:
+            raise ValueError(
+                f"decode.explain_head={decode.explain_head}: the model has {heads} heads (0 to {heads - 1})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _edge_crop_needs_clips(self) -> SpeechTaskConfig:
         if self.augment.edge_crop > 0 and self.data.mode == "strings":
             raise ValueError("augment.edge_crop works on single clips (mode 'digits'); it could cut a string's digits")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from heedful.config import RunConfig, Section
 from heedful.data.parallel import Format, OnBadLine
@@ -145,3 +145,14 @@ class TranslateConfig(RunConfig):
     alignment_supervision: AlignmentSupervision | None = Field(
         None, description="train one cross-attention head toward word alignments (off by default)"
     )
+
+    @model_validator(mode="after")
+    def _explain_layer_exists(self) -> TranslateConfig:
+        # Taken modulo the depth, layer 10 of a 2-layer decoder would silently show layer 0.
+        layers = getattr(self.model, "n_decoder_layers", None)
+        if layers and not -layers <= self.decode.explain_layer < layers:
+            raise ValueError(
+                f"decode.explain_layer={self.decode.explain_layer}: the decoder has {layers} layers "
+                f"(0 to {layers - 1}, or -{layers} to -1 counting from the top)"
+            )
+        return self
