@@ -34,6 +34,10 @@ def heedful(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["predict", "nowhere", "x", "--out-dir", "maps"], "--out-dir needs --show-attention"),
         (["predict", "nowhere", "--input", "in.csv", "--output", "p.csv", "--json"], "--json prints the predictions"),
         (["predict", "nowhere", "--input", "no_such.csv"], "--input no_such.csv: file not found"),
+        (
+            ["align", "nowhere", "--src", "a", "--tgt", "b", "--threshold", "0.3"],
+            "--threshold needs --extract threshold",
+        ),
     ],
 )
 def test_options_that_would_be_ignored_are_refused(monkeypatch, capsys, tmp_path, args, message):

@@ -113,6 +113,11 @@ def test_parallel_lines_refuse_mismatched_or_empty_lines(tmp_path):
     tgt.write_text("x\n  \n", encoding="utf-8")
     with pytest.raises(DataError, match=r"tgt.txt line 2: empty line"):
         list(parallel_lines(src, tgt))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataError, match=r"/folder: is a folder; expected a text file"):  # it said "no such file"
+        list(parallel_lines(src, tmp_path / "folder"))
+    with pytest.raises(DataError, match=r"missing.txt: no such file"):
+        list(parallel_lines(tmp_path / "missing.txt", tgt))
 
 
 def test_parallel_lines_read_gzip_as_plain_text_and_refuse_a_broken_one(tmp_path):

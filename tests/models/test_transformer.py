@@ -1,4 +1,5 @@
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,25 @@ def test_loading_a_folder_that_does_not_fit_is_a_clear_error(tmp_path):
         load_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="not found"):
         load_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("null", "expected a JSON object of model settings, found null"),
+        ("[1, 2]", "expected a JSON object of model settings, found a list"),
+        ("{}", "has no model_type; it was not written by heedful"),
+        ('{"model_type": "gpt"}', "unknown model_type 'gpt'"),
+        ('{"model_type": "transformer-encoder-decoder", "d_modl": 3}', "unknown config key 'd_modl' .did you mean"),
+        ('{"model_type": "transformer-encoder-decoder", "d_model": true}', "config key 'd_model': expected a number"),
+        ('{"model_type": ', r"line 1: not valid JSON"),
+    ],
+)
+def test_a_config_json_written_by_hand_is_one_line_naming_the_file(tmp_path, text, message):
+    TransformerEncoderDecoder(small_config()).save_pretrained(tmp_path)
+    (tmp_path / CONFIG_NAME).write_text(text)
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(tmp_path / CONFIG_NAME))}:? .*{message}"):
+        load_pretrained(tmp_path)
 
 
 def test_config_rejects_inconsistent_settings():

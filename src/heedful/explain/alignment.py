@@ -441,6 +441,8 @@ def parallel_lines(source: Path, target: Path) -> Iterator[tuple[str, str]]:
     empty, valid UTF-8; else a one-line ``DataError`` naming the file and line."""
     counts = []
     for path in (source, target):
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder; expected a text file, one sentence per line")
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         n = 0
@@ -475,6 +477,8 @@ def _read_lines(path: Path) -> Iterator[str]:
         raise DataError(f"{path}: no such file") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable gzip file ({exc or 'truncated'})") from None
+    except OSError as exc:  # e.g. no permission to read it
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
 # ------------------------------------------------------------------------------ the dates' gold

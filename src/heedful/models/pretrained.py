@@ -20,6 +20,7 @@ import safetensors
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from heedful.config import describe_error
 from heedful.errors import CheckpointError
 from heedful.nn.weights import load_weights, save_weights
 
@@ -70,9 +71,7 @@ class PretrainedModel(nn.Module):
         try:
             model = cls(cls.config_class.model_validate(config))
         except ValidationError as exc:
-            raise CheckpointError(
-                f"{directory / CONFIG_NAME}: invalid model config ({exc.errors()[0]['msg']})"
-            ) from None
+            raise CheckpointError(f"{directory / CONFIG_NAME}: {describe_error(cls.config_class, exc)}") from None
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"{weights}: weights file missing")
@@ -149,9 +148,18 @@ def read_model_config(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: not found — is {directory} a saved heedful model folder?")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text") from None
+    if not isinstance(config, dict):
+        names = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+        found = names.get(type(config), "a number")
+        raise CheckpointError(f"{path}: expected a JSON object of model settings, found {found}")
+    if "model_type" not in config:  # a file written by hand, or by another program
+        raise CheckpointError(f"{path}: has no model_type; it was not written by heedful")
+    return config
 
 
 def load_pretrained(directory: str | Path, device: str = "cpu") -> PretrainedModel:

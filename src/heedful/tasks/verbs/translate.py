@@ -231,7 +231,9 @@ def align(
         bool, typer.Option(help="Read each target word's row at the step that reads it (shift-att).")
     ] = False,
     extract: Annotated[str, typer.Option(help="argmax | threshold: which source words a word links to.")] = "argmax",
-    threshold: Annotated[float, typer.Option(help="With --extract threshold: least share of a row.")] = 0.5,
+    threshold: Annotated[
+        float | None, typer.Option(help="With --extract threshold: least share of a row (default 0.5).")
+    ] = None,
     direction: Annotated[
         str, typer.Option(help="grow-diag-final | intersection | union | target | source")
     ] = "grow-diag-final",
@@ -252,7 +254,10 @@ def align(
         raise UserError(f"--extract {extract!r}: argmax or threshold")
     if direction not in ("grow-diag-final", "intersection", "union", "target", "source"):
         raise UserError(f"--direction {direction!r}: grow-diag-final, intersection, union, target or source")
-    if extract == "threshold" and not 0.0 < threshold <= 1.0:
+    if threshold is not None and extract != "threshold":  # it would be ignored
+        raise UserError(f"--threshold needs --extract threshold (--extract {extract} links each word to its largest)")
+    threshold = 0.5 if threshold is None else threshold
+    if not 0.0 < threshold <= 1.0:
         raise UserError(f"--threshold {threshold}: an attention weight in (0, 1]")
     if out is not None:
         check_output(out, "--out", inputs=[src, tgt], runs=[run_dir])
