@@ -282,6 +282,7 @@ def evaluate(
         list[Path] | None,
         typer.Option(
             "--ensemble",
+            metavar="RUN",
             help="Another run of the same task to average with RUN_DIR (classifiers: digits, reviews): the mean "
             "of their class probabilities is scored, each member's accuracy too. The runs must hold out the same "
             "examples. Translation runs of one vocabulary decode together (log-probabilities averaged). "
@@ -350,6 +351,7 @@ def predict(
         list[Path] | None,
         typer.Option(
             "--ensemble",
+            metavar="RUN",
             help="Another run of the same task to average with RUN_DIR: a classifier reads the inputs its own "
             "way, the mean of their class probabilities decides; translation runs of one vocabulary decode "
             "together, log-probabilities averaged. Repeat for more runs. --explain and "
@@ -493,6 +495,7 @@ def optimize_command(
         list[str] | None,
         typer.Option(
             "--student-set",
+            metavar="KEY=VALUE",
             help="distill: a change to the teacher's config for the student, e.g. model.d_model=192 or "
             "train.max_minutes=20. Repeat for more.",
         ),

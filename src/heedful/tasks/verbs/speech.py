@@ -20,6 +20,7 @@ def transcribe(
         list[Path] | None,
         typer.Option(
             "--ensemble",
+            metavar="RUN",
             help="Another speech run (classifier head) to average with RUN_DIR: each run hears the files its own "
             "way, the mean of their digit probabilities decides. Repeat for more runs. --show-attention still "
             "shows RUN_DIR's attention.",

@@ -114,6 +114,7 @@ def translate(
         list[Path] | None,
         typer.Option(
             "--ensemble",
+            metavar="RUN",
             help="Another translate run of the same vocabulary to decode with RUN_DIR: their next-token "
             "log-probabilities are averaged inside greedy and beam search. Repeat for more runs.",
         ),
