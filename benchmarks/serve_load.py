@@ -91,7 +91,7 @@ def start_server(runs: list[str], port: int, batching: bool, args: argparse.Name
     runs = [str(Path(r).resolve()) for r in runs]
     cmd = [sys.executable, "-m", "heedful.cli", "serve", *runs, "--host", "127.0.0.1", "--port", str(port),
            "--threads", str(args.threads), "--max-wait-ms", str(args.max_wait_ms),
-           "--max-batch-tokens", str(args.max_batch_tokens), "--batching" if batching else "--no-batching"]  # fmt: skip
+           "--max-batch-tokens", str(args.max_batch_tokens)] + ([] if batching else ["--no-batching"])  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": str(args.threads)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

@@ -135,6 +135,8 @@ def test_every_help_text_reaches_help_whole():
         for param in group.get_command(context, name).params:
             if getattr(param, "help", None):
                 assert " ".join(render(param.help).plain.split()) in shown[name], (width, name, param.name)
+            if param.param_type_name == "option":  # its name whole too: --max-audio-seconds was cut to …-secon…
+                assert set(param.opts + param.secondary_opts) <= set(shown[name].split()), (width, name, param.opts)
             if getattr(param, "is_bool_flag", False) and param.default is False:  # --no-X would say the default
                 assert not param.secondary_opts and f"--no-{param.name.replace('_', '-')}" not in shown[name]
     assert "Needs pip install 'heedful[export]'." in shown["translate"]

@@ -652,7 +652,13 @@ def serve(
         int, typer.Option(help="Torch threads for inference; above 1, every model runs in one inference thread.", min=1)
     ] = 1,
     device: DeviceOption = "cpu",
-    batching: Annotated[bool, typer.Option(help="Gather concurrent requests to one model into one batch.")] = True,
+    no_batching: Annotated[
+        bool,
+        typer.Option(
+            "--no-batching",
+            help="Answer each request on its own (by default concurrent requests to one model are batched).",
+        ),
+    ] = False,
     max_batch_tokens: Annotated[
         int, typer.Option(help="A batch's budget: characters of text, 10-ms frames of audio, 64 per image.", min=1)
     ] = 4096,
@@ -677,7 +683,8 @@ def serve(
     )  # fmt: skip
     serve_runs(
         run_dirs, host=host, port=port, api_key=api_key, insecure=insecure, limits=limits, threads=threads,
-        batching=Batching(enabled=batching, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms), device=device,
+        batching=Batching(enabled=not no_batching, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms),
+        device=device,
     )  # fmt: skip
 
 
