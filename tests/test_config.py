@@ -67,7 +67,8 @@ def test_true_or_false_is_not_a_number(configs_dir, key):
         ),
         ("dates.yaml", "decode.explain_layer=-3", r"decode\.explain_layer=-3: the decoder has 2 layers"),
         ("speech_digits.yaml", "decode.explain_layer=9", r"decode\.explain_layer=9: the encoder has \d layers"),
-        ("speech_digits.yaml", "decode.explain_head=99", r"decode\.explain_head=99: the model has \d heads"),
+        ("speech_digits.yaml", "decode.explain_head=99", r"decode\.explain_head=99: the model has heads 0 to \d"),
+        ("speech_digits.yaml", "decode.explain_head=-1", r"decode\.explain_head=-1: the model has heads 0 to \d"),
     ],
 )
 def test_the_layer_and_head_to_show_exist(configs_dir, config, override, message):

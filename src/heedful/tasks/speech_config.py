@@ -134,9 +134,9 @@ class SpeechTaskConfig(RunConfig):
                 f"decode.explain_layer={decode.explain_layer}: the encoder has {layers} layers "
                 f"(0 to {layers - 1}, or -{layers} to -1 counting from the top)"
             )
-        if decode.explain_head is not None and not -heads <= decode.explain_head < heads:
+        if decode.explain_head is not None and not 0 <= decode.explain_head < heads:
             raise ValueError(
-                f"decode.explain_head={decode.explain_head}: the model has {heads} heads (0 to {heads - 1})"
+                f"decode.explain_head={decode.explain_head}: the model has heads 0 to {heads - 1} (null: their mean)"
             )
         return self
 

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from heedful.errors import UserError
 from heedful.tasks.verbs import DeviceOption, SetOption, run_loader
 
 
@@ -29,8 +28,12 @@ def transcribe(
     show_attention: Annotated[
         bool, typer.Option(help="Save the spectrogram with the frames' self-attention, one PNG per file.")
     ] = False,
-    layer: Annotated[int | None, typer.Option(help="Encoder layer to show (default: the config's, -1 = last).")] = None,
-    head: Annotated[int | None, typer.Option(help="Attention head to show (default: mean over heads).")] = None,
+    layer: Annotated[
+        int | None, typer.Option(help="Encoder layer to show: decode.explain_layer (default: the config's, -1 = last).")
+    ] = None,
+    head: Annotated[
+        int | None, typer.Option(help="Attention head to show: decode.explain_head (default: mean over heads).")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where figures go (default: RUN_DIR/plots).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
     set_: SetOption = None,
@@ -41,9 +44,7 @@ def transcribe(
     overrides = list(set_ or [])
     shown = [f"decode.explain_layer={layer}"] if layer is not None else []  # how this run shows attention
     shown += [f"decode.explain_head={head}"] if head is not None else []
-    run = runs.load_run(run_dir, device, overrides + shown, task="speech", verb="transcribe")
-    if head is not None and not 0 <= head < run.cfg.model.n_heads:
-        raise UserError(f"--head {head}: this model has heads 0–{run.cfg.model.n_heads - 1}")
+    run = runs.load_run(run_dir, device, overrides + shown, task="speech", verb="transcribe")  # checks both
     files = [str(path) for path in audio]
     for p in runs.with_ensemble(run, ensemble, device, overrides).predict(files):
         if as_json:
