@@ -128,6 +128,96 @@ def test_one_text_alone_is_refused_not_read_character_by_character(tiny_run):
 
 
 @pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda run: run.predict(None), r"^predict takes a list of inputs, not None$"),
+        (lambda run: run.explain(5), r"^explain takes a list of inputs, not 5$"),
+        # bytes were read as unknown characters and translated to 1900-01-01
+        (
+            lambda run: run.predict([b"5. Marz 2021"]),
+            r"^translate: input 1 is b'5. Marz 2021' \(bytes\); expected a text",
+        ),
+        (lambda run: run.predict(["ok", 5]), r"^translate: input 2 is 5 \(int\); expected a text \(str\)$"),
+        (lambda run: run.explain([None]), r"^explain: input 1 is None \(NoneType\)"),
+        (lambda run: run.translate(["x"], beam=0), r"^beam=0: a whole number, at least 1$"),  # was: the config's beam
+        (lambda run: run.translate(["x"], beam=2.5), r"^beam=2.5: a whole number"),
+        (lambda run: run.translate(["x"], beam="5"), r"^beam='5': a whole number"),
+        (lambda run: run.translate(["x"], batch_tokens=0), r"^batch_tokens=0: a whole number"),
+        (lambda run: run.translate(["x"], beam=3, n_best=0), r"^n_best=0: a whole number, at least 1$"),
+        (lambda run: list(run.align([5], ["x"])), r"^sources line 1: int 5; expected a text \(str\)$"),
+        (lambda run: list(run.align(["a"], ["x"], method="union")), r"^align: method='union' is not an AlignMethod"),
+        (lambda run: run.evaluate(["test"]), r"^evaluate: split=\['test'\]: the name of one split"),
+        (lambda run: run.report(path=run.run_dir / "config.yaml"), r"^path .*config.yaml: would overwrite .*own files"),
+        (lambda run: run.show_attention(["x"], out_dir=run.run_dir / "config.yaml"), r"^out_dir .*: is a file"),
+        (lambda run: run.generate(3), r": is a 'translate' run; generate needs an imagegen run$"),
+    ],
+)
+def test_the_python_api_refuses_wrong_arguments_in_one_line(tiny_run, call, message):
+    """Each of these raised a bare TypeError/AttributeError from deep inside, or did something else."""
+    from heedful.errors import UserError
+    from heedful.runs import load_run
+
+    run = load_run(tiny_run, "cpu")
+    config = (tiny_run / "config.yaml").read_bytes()
+    with pytest.raises(UserError, match=message):
+        call(run)
+    assert (tiny_run / "config.yaml").read_bytes() == config  # report(path=config.yaml) wrote over it
+
+
+def test_load_functions_refuse_wrong_arguments_in_one_line(tiny_run):
+    from heedful.errors import ConfigError, UserError
+    from heedful.runs import load_ensemble, load_run
+
+    cases = [
+        (lambda: load_run(None), r"^load_run: run_dir=None: a run directory \(str or Path\)$"),
+        (lambda: load_run(tiny_run, "cpu", "decode.beam_size=1"), r"^overrides takes a list of 'key=value' strings"),
+        (lambda: load_run(tiny_run, "cpu", [5]), r"^overrides: 5 is not a 'key=value' string$"),
+        (lambda: load_run(tiny_run, "cpu", ["device=cuda"]), r"^--set device=cuda: give the device as --device"),
+        (lambda: load_config(None), r"^load_config: path=None: a YAML config file or a run directory"),
+        (lambda: load_config(ROOT / "configs/dates.yaml", "train.epochs=3"), r"^overrides takes a list"),
+        (lambda: load_ensemble(str(tiny_run)), r"^load_ensemble takes a list of inputs, not one str"),
+        (lambda: fit("configs/dates.yaml"), r"^fit takes a config, e.g. fit\(load_config\('configs/dates.yaml'\)\)"),
+    ]
+    for call, message in cases:
+        with pytest.raises((UserError, ConfigError), match=message):
+            call()
+
+
+def test_run_methods_read_like_the_task_methods_they_are(tiny_run):
+    import inspect
+
+    from heedful.errors import UserError
+    from heedful.runs import load_ensemble, load_run
+    from heedful.tasks.translate import TranslateTask
+
+    run = load_run(tiny_run, "cpu")
+    assert run.translate.__doc__ == TranslateTask.translate.__doc__ and run.translate.__name__ == "translate"
+    assert list(inspect.signature(run.translate).parameters)[:2] == ["inputs", "beam"]  # model is given
+    assert repr(run) == f"Run({str(tiny_run)!r}, task='translate', model=TransformerEncoderDecoder)"
+    result = run.evaluate("test")
+    assert len(repr(result)) < 2000 and "outputs=" not in repr(result)  # 2,000 outputs were in it
+    assert len(repr(run.explain(["5. März 2021"])[0])) < 1000  # the tensors were
+    ensemble = load_ensemble([tiny_run, tiny_run], "cpu")
+    assert ensemble.translate(["5. März 2021"])[0].output == run.translate(["5. März 2021"])[0].output
+    with pytest.raises(UserError, match=r"^an ensemble of translate runs; generate needs an imagegen run$"):
+        ensemble.generate(3)
+
+
+def test_fit_leaves_torch_as_it_found_it(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = load_config(ROOT / "configs/dates.yaml", tiny_dates_overrides(tmp_path / "run", **{"train.epochs": 1}))
+        cfg.train.num_threads, cfg.train.deterministic = 1, True
+        fit(cfg)
+        assert torch.get_num_threads() == 2 and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
     ("data", "message"),
     [
         (b"5. M\xe4rz 2021\n", "<stdin> line 1: not valid UTF-8 (byte 0xe4)"),

@@ -158,9 +158,22 @@ def override_value(key: str, raw: str) -> Any:
     return value
 
 
+def override_list(overrides: Any) -> list[str]:
+    """``overrides`` as a list of strings, else a one-line ``ConfigError`` (one string alone
+    would be read character by character)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, str) or not isinstance(overrides, list | tuple):
+        raise ConfigError(f"overrides takes a list of 'key=value' strings, e.g. ['train.lr=3e-4'], not {overrides!r}")
+    for item in overrides:
+        if not isinstance(item, str):
+            raise ConfigError(f"overrides: {item!r} is not a 'key=value' string")
+    return list(overrides)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings; values as :func:`override_value` reads them."""
-    for item in overrides:
+    for item in override_list(overrides):
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:

@@ -20,7 +20,9 @@ task's own methods (``translate``, ``generate``) come from its ``run_methods``.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from heedful.config import ConfigError, RunConfig
+from heedful.config import ConfigError, RunConfig, override_list
 from heedful.device import resolve_device
 from heedful.errors import CheckpointError, UserError, a_run, article
-from heedful.outputs import EXPORT_RECORD
+from heedful.outputs import EXPORT_RECORD, check_output, check_output_folder
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.rundir import record_written
@@ -47,10 +49,17 @@ class Run:
     model: nn.Module
     overrides: tuple[str, ...] = ()  # the --set changes it was opened with, recorded in what evaluate writes
 
+    def __repr__(self) -> str:  # the dataclass's would print the whole config and module tree
+        return f"Run({str(self.run_dir)!r}, task={self.cfg.task!r}, model={type(self.model).__name__})"
+
     def predict(self, inputs: list[Any]) -> list[Prediction]:
+        """One prediction per input (texts, or audio paths for speech), in order: ``.output``,
+        ``.score`` and, for classifiers, ``.probabilities`` (``Prediction.record()`` gives JSON)."""
         return self.task.predict(self.model, input_list(inputs, "predict"))
 
     def explain(self, inputs: list[Any]) -> list[Explanation]:
+        """Per input, its prediction and the attention behind it: the captured maps (``.weights``,
+        module path -> (H, T_q, T_k)) and the map a figure shows (``.summary``)."""
         return self.task.explain(self.model, input_list(inputs, "explain"))
 
     def evaluate(self, split: str = "test") -> EvalResult:
@@ -59,6 +68,8 @@ class Run:
         ``eval-<split>.json`` (metrics, notes, baselines, and the ``overrides`` it was opened with, if
         any), ``hyps-<split>.txt`` for a task that generates text, and the task's figures into
         ``plots/``; their paths are in the result."""
+        if not isinstance(split, str):
+            raise UserError(f"evaluate: split={split!r}: the name of one split, e.g. 'test'")
         self.task.ensure_data(self.run_dir / "model")
         result = self.task.evaluate(self.model, split)
         result.baselines = self.task.baselines(split)
@@ -79,11 +90,8 @@ class Run:
             raise AttributeError(name)
         method = type(self.task).run_methods.get(name)
         if method is not None:
-            return functools.partial(getattr(self.task, method), self.model)
-        owners = [c.name for c in all_task_classes() if name in c.run_methods]
-        if owners:
-            needed = f"{article(owners[0])} {owners[0]} run"
-            raise NotARunMethod(f"{self.run_dir}: is {a_run(self.cfg.task)}; {name} needs {needed}")
+            return _bound(getattr(self.task, method), self.model)
+        _refuse_other_tasks_method(name, f"{self.run_dir}: is {a_run(self.cfg.task)}")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __dir__(self) -> list[str]:
@@ -95,6 +103,8 @@ class Run:
         the faithfulness table where measured (``heedful report RUN``; explain/report.py)."""
         from heedful.explain.report import write_report
 
+        if path is not None:  # never over the run's own files (as `heedful report --out` refuses)
+            check_output(Path(path), "path", runs=[self.run_dir])
         written = write_report(self, Path(path) if path is not None else None, inputs)
         if path is None:
             record_written(self.run_dir, written)  # --overwrite clears it
@@ -102,7 +112,7 @@ class Run:
 
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""
-        out_dir = Path(out_dir) if out_dir is not None else self.run_dir / "plots"
+        out_dir = check_output_folder(Path(out_dir), "out_dir") if out_dir is not None else self.run_dir / "plots"
         return [
             self.task.plot_explanation(e, out_dir / f"attention-{i}.png") for i, e in enumerate(self.explain(inputs))
         ]
@@ -110,6 +120,27 @@ class Run:
 
 class NotARunMethod(UserError, AttributeError):
     """``run.<method>`` of another task's runs (e.g. ``generate`` on a translate run)."""
+
+
+def _bound(method: Callable[..., Any], model: nn.Module) -> Callable[..., Any]:
+    """``method`` with ``model`` given: a function whose name, docstring and signature are the
+    method's, less ``model`` (``help(run.translate)`` shows translate's own help)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return method(model, *args, **kwargs)
+
+    functools.update_wrapper(call, method)
+    signature = inspect.signature(method)
+    call.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    del call.__wrapped__  # or inspect would read the method's own signature, model included
+    return call
+
+
+def _refuse_other_tasks_method(name: str, what: str) -> None:
+    """A run method another task offers is a one-line ``NotARunMethod`` naming the task it needs."""
+    owners = [c.name for c in all_task_classes() if name in c.run_methods]
+    if owners:
+        raise NotARunMethod(f"{what}; {name} needs {article(owners[0])} {owners[0]} run")
 
 
 @dataclass
@@ -144,9 +175,9 @@ class Ensemble:
         """Each member's class probabilities, (N, C) apiece, and the C class names they share."""
         from tqdm.auto import tqdm
 
-        per_run, classes = [], None
+        per_run, classes, inputs = [], None, input_list(inputs, "class_probabilities")
         for run in tqdm(self.runs, desc="ensemble", unit="run", disable=not progress):
-            probs, names = run.task.class_probabilities(run.model, list(inputs))
+            probs, names = run.task.class_probabilities(run.model, inputs)
             if classes is not None and names != classes:
                 first_dir = self.runs[0].run_dir
                 raise UserError(f"{run.run_dir}: predicts the classes {names}, not {classes} like {first_dir}")
@@ -208,14 +239,22 @@ class Ensemble:
         if name.startswith("_") or name in {"runs", "model"}:
             raise AttributeError(name)
         method = type(self.runs[0].task).run_methods.get(name)
-        if method is None or self.model is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return functools.partial(getattr(self.runs[0].task, method), self.model)
+        if method is not None and self.model is not None:
+            return _bound(getattr(self.runs[0].task, method), self.model)
+        task = self.runs[0].cfg.task
+        if method is not None:  # classifiers average probabilities: there is no one model to decode with
+            raise NotARunMethod(f"an ensemble of {task} runs averages class probabilities; it has no {name}")
+        _refuse_other_tasks_method(name, f"an ensemble of {task} runs")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"Ensemble({[str(run.run_dir) for run in self.runs]!r}, task={self.runs[0].cfg.task!r})"
 
 
 def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:
-    """Open several run directories (``load_run`` each) as one ``Ensemble``."""
-    return Ensemble([load_run(run_dir, device) for run_dir in run_dirs])
+    """Open several run directories (``load_run`` each, on ``device``: "auto", "cpu", "cuda",
+    "cuda:N") as one ``Ensemble``."""
+    return Ensemble([load_run(run_dir, device) for run_dir in input_list(run_dirs, "load_ensemble")])
 
 
 def _export_kind(record: Path) -> str:
@@ -230,7 +269,11 @@ def _export_kind(record: Path) -> str:
 
 def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Run:
     """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best
-    model. ``overrides`` ("decode.beam_size=1", …) change how it is used, not what was trained."""
+    model, on ``device`` ("auto": a GPU if there is one, "cpu", "cuda", "cuda:N"). ``overrides``
+    ("decode.beam_size=1", …) change how it is used, not what was trained."""
+    if not isinstance(run_dir, str | Path):
+        raise UserError(f"load_run: run_dir={run_dir!r}: a run directory (str or Path)")
+    overrides = override_list(overrides)
     run_dir = Path(run_dir)
     if (run_dir / EXPORT_RECORD).is_file():  # `heedful export` wrote it
         raise CheckpointError(f"{run_dir}: {_export_kind(run_dir / 'export.json')}, not a run directory; give the run "
@@ -245,6 +288,8 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         if key in ("task", "model") or key.startswith("model."):  # model/config.json is what loads
             raise ConfigError(f"--set {item}: {key} is fixed when a run is trained; --set here changes how "
                               "it reads inputs or decodes (data.*, decode.*)")  # fmt: skip
+        if key == "device":  # the device argument (--device) places the model; this would be ignored
+            raise ConfigError(f"--set {item}: give the device as --device (Python: load_run(..., device=...))")
     cfg = load_config(run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.check_model_folder(run_dir / "model")

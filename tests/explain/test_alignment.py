@@ -198,3 +198,24 @@ def test_gold_attention_spreads_each_linked_target_piece_over_its_source_words_p
         ]
     )
     torch.testing.assert_close(gold_attention(links, target, source), want)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"layers": 10}, r"^AlignMethod layers=10: a tuple of numbers, e\.g\. \(0, 2\), or None for all$"),
+        ({"heads": ()}, r"^AlignMethod heads=\(\): a tuple of numbers"),
+        ({"heads": ("1",)}, r"^AlignMethod heads=\('1',\): a tuple of numbers"),
+        ({"extract": "bogus"}, r"^AlignMethod extract='bogus': one of argmax, threshold$"),
+        ({"direction": "bogus"}, r"^AlignMethod direction='bogus': one of grow-diag-final, intersection, union,"),
+        ({"threshold": 0}, r"^AlignMethod threshold=0: an attention weight in \(0, 1\]$"),
+        ({"threshold": float("nan")}, r"^AlignMethod threshold=nan"),
+    ],
+)
+def test_an_align_method_is_checked_when_built(fields, message):
+    """Each was accepted, then failed with a bare TypeError or ValueError inside the first alignment."""
+    from heedful.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        AlignMethod(**fields)
+    assert AlignMethod(layers=[0, -1], heads=(1,)).layers == (0, -1)  # a list is kept as a tuple

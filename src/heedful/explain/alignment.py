@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice, zip_longest
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -41,11 +41,12 @@ from heedful.data.builtin import ISO_SPANS, DateExample
 from heedful.data.parallel import batches_by_length
 from heedful.data.text import refuse_nul
 from heedful.data.tokenizers import pad_ids
-from heedful.errors import DataError
+from heedful.errors import DataError, UserError
 from heedful.explain.capture import Captured, capture
 
 Link = tuple[int, int]  # (source word, target word), 0-based
 Direction = Literal["grow-diag-final", "intersection", "union", "target", "source"]
+Extract = Literal["argmax", "threshold"]
 
 
 def stacked_attention(seen: Captured, name: str) -> Tensor:
@@ -338,9 +339,25 @@ class AlignMethod:
     layers: tuple[int, ...] | None = None  # decoder layers averaged (None: all)
     heads: tuple[int, ...] | None = None  # heads averaged (None: all)
     shift: bool = False  # rows: the step reading target piece j (True) or predicting it (False)
-    extract: Literal["argmax", "threshold"] = "argmax"
+    extract: Extract = "argmax"
     threshold: float = 0.5
     direction: Direction = "grow-diag-final"
+
+    def __post_init__(self) -> None:
+        # Checked when built: a wrong value would otherwise fail deep inside the first alignment.
+        for name in ("layers", "heads"):
+            chosen = getattr(self, name)
+            if chosen is None:
+                continue
+            numbers = isinstance(chosen, tuple | list) and all(type(i) is int for i in chosen)
+            if not chosen or not numbers:
+                raise UserError(f"AlignMethod {name}={chosen!r}: a tuple of numbers, e.g. (0, 2), or None for all")
+            object.__setattr__(self, name, tuple(chosen))  # frozen; a list given is kept as a tuple
+        for name, allowed in (("extract", get_args(Extract)), ("direction", get_args(Direction))):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"AlignMethod {name}={getattr(self, name)!r}: one of {', '.join(allowed)}")
+        if type(self.threshold) not in (int, float) or not 0.0 < self.threshold <= 1.0:
+            raise UserError(f"AlignMethod threshold={self.threshold!r}: an attention weight in (0, 1]")
 
     def describe(self) -> str:
         layers = "all layers" if self.layers is None else "layer " + ",".join(map(str, self.layers))
@@ -426,6 +443,8 @@ def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tu
         for side, text in zip(sides, pair, strict=True):
             if text is None:
                 raise DataError(f"{side}: ends at pair {n - 1}, the other side goes on; pairs must match one to one")
+            if not isinstance(text, str):
+                raise DataError(f"{side} line {n}: {type(text).__name__} {text!r:.30}; expected a text (str)")
             if not text.strip():
                 raise DataError(f"{side} line {n}: empty line: nothing to align")
         yield pair

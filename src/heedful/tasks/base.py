@@ -8,7 +8,7 @@ task touches only ``tasks/`` and ``configs/``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,11 +25,29 @@ Batch = dict[str, Any]
 
 def input_list(inputs: Any, method: str) -> list[Any]:
     """``inputs`` as a list. One text (or path) given alone is refused: iterated, it would be
-    predicted character by character."""
+    predicted character by character; so is anything that is not a collection (None, a number)."""
     if isinstance(inputs, str | bytes | Path):
-        shown = repr(inputs if len(str(inputs)) <= 30 else f"{str(inputs)[:27]}...")
-        raise UserError(f"{method} takes a list of inputs, not one {type(inputs).__name__}: {method}([{shown}])")
+        one = type(inputs).__name__
+        raise UserError(f"{method} takes a list of inputs, not one {one}: {method}([{_short(inputs)}])")
+    if not isinstance(inputs, Iterable):
+        raise UserError(f"{method} takes a list of inputs, not {_short(inputs)}")
     return list(inputs)
+
+
+def text_list(inputs: Any, method: str) -> list[str]:
+    """``input_list`` for tasks that read text: each input must be a ``str`` (bytes would be read
+    as unknown characters, a number has no text)."""
+    texts = input_list(inputs, method)
+    for i, text in enumerate(texts, 1):
+        if not isinstance(text, str):
+            raise UserError(f"{method}: input {i} is {_short(text)} ({type(text).__name__}); expected a text (str)")
+    return texts
+
+
+def _short(value: Any) -> str:
+    """A value's repr cut to about 30 characters, for a one-line message."""
+    shown = repr(value)
+    return shown if len(shown) <= 32 else f"{shown[:29]}..."
 
 
 class BatchSource(ABC):
@@ -82,7 +100,8 @@ class EvalResult(Mapping[str, float]):
     # JSON-ready facts for eval-<split>.json beside the metrics (e.g. sacreBLEU signatures, a
     # confusion matrix); a task's ``describe`` says which of them a console shows.
     notes: dict[str, Any] = field(default_factory=dict)
-    outputs: list[str] | None = None  # tasks that generate text: one line per example (hyps-<split>.txt)
+    # tasks that generate text: one line per example (hyps-<split>.txt); long, so not in the repr
+    outputs: list[str] | None = field(default=None, repr=False)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics (Task.baselines)
     artifacts: dict[str, Path] = field(default_factory=dict)  # files written: "eval" (the JSON), "hyps"
     figures: list[Path] = field(default_factory=list)  # figures written (Task.write_reports)
@@ -109,13 +128,13 @@ class Explanation:
     prediction: Prediction
     query_tokens: list[str]  # rows (e.g. target characters)
     key_tokens: list[str]  # columns (e.g. source characters)
-    weights: dict[str, Tensor]  # module path -> (H, T_q, T_k) for this one example
-    summary: Tensor  # (T_q, T_k): the map a heatmap shows by default
+    weights: dict[str, Tensor] = field(repr=False)  # module path -> (H, T_q, T_k) for this one example
+    summary: Tensor = field(repr=False)  # (T_q, T_k): the map a heatmap shows by default
     title: str = ""
-    context: dict[str, Any] = field(default_factory=dict)  # task-specific, e.g. the spectrogram
+    context: dict[str, Any] = field(default_factory=dict, repr=False)  # task-specific, e.g. the spectrogram
     # module path -> (H, T_k, T_k): the encoder's self-attention over the key tokens, from the same
     # pass, named ``encoder.layers.N.self_attn`` (what a rollout reads); empty where there is none
-    self_attention: dict[str, Tensor] = field(default_factory=dict)
+    self_attention: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
 
 class Task(ABC):

@@ -43,7 +43,7 @@ from heedful.metrics.classification import classification_metrics, group_quality
 from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
 from heedful.models.masked_lm import MaskedLanguageModel, masked_lm_folder
 from heedful.nn.packed import packed_linears
-from heedful.tasks.base import Batch, DataBundle, EvalResult, Explanation, Prediction, register_task
+from heedful.tasks.base import Batch, DataBundle, EvalResult, Explanation, Prediction, register_task, text_list
 from heedful.tasks.labelled_text import (
     SPLIT_KEYS,
     ClassifyData,
@@ -345,8 +345,9 @@ class ClassifyTask(LabelledTextTask):
     def class_probabilities(self, model: nn.Module, inputs: list[str]) -> tuple[Tensor, list[str]]:
         """(N, C) class probabilities of texts (a long text's: the mean over its windows), and the
         C class names."""
+        inputs = text_list(inputs, "predict")
         for i, text in enumerate(inputs):
-            if not str(text).strip():
+            if not text.strip():
                 raise UserError(f"input {i + 1} is empty: nothing to classify")
         return self._probabilities(model, [self.windows(t) for t in inputs]), list(self.labels.classes)
 

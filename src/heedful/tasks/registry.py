@@ -91,6 +91,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     directory, wherever it was made (runs move and copy)."""
     from heedful.config import apply_overrides, read_yaml, validate
 
+    if not isinstance(path, str | Path):
+        raise ConfigError(f"load_config: path={path!r}: a YAML config file or a run directory (str or Path)")
     path = Path(path)
     run_dir = path if path.is_dir() else None
     if run_dir is not None:
@@ -98,7 +100,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     data = read_yaml(path)
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
-    data = apply_overrides(data, list(overrides or []))
+    data = apply_overrides(data, overrides)
     if "task" not in data:
         raise ConfigError(f"{path}: missing config key 'task'")
     try:

@@ -36,7 +36,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,7 @@ from heedful.tasks.base import (
     Task,
     input_list,
     register_task,
+    text_list,
 )
 from heedful.tasks.translate_config import TranslateConfig
 from heedful.tasks.translate_data import kept_training_pairs, read_splits, tokenizers_for, training_batches
@@ -351,10 +352,10 @@ class TranslateTask(Task):
         in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
         log-probability."""
         d = self.cfg.decode
-        beam = beam_size or d.beam_size
-        if not 1 <= n_best <= beam:
+        beam = d.beam_size if beam_size is None else _count(beam_size, "beam")
+        budget = d.batch_tokens if batch_tokens is None else _count(batch_tokens, "batch_tokens")
+        if _count(n_best, "n_best") > beam:
             raise UserError(f"n-best {n_best}: needs a beam of at least {n_best} (the beam is {beam})")
-        budget = batch_tokens or d.batch_tokens
         device = next(model.parameters()).device
         limits = [self._output_limit(len(s), model.config.max_len) for s in src_ids]
         precision = (
@@ -390,7 +391,7 @@ class TranslateTask(Task):
         ``.attention``, its cross-attention map (decode.explain_layer, mean over heads);
         ``n_best`` > 1 also the beam's n best (output, log-probability) as ``.alternatives``."""
         model.eval()
-        texts = input_list(inputs, "translate")
+        texts = text_list(inputs, "translate")
         src_ids = [self._source_ids(t, model) if t.strip() else [] for t in texts]
         filled = [i for i, s in enumerate(src_ids) if s]
         generated = self._generate(model, [src_ids[i] for i in filled], beam, batch_tokens, n_best)
@@ -420,8 +421,10 @@ class TranslateTask(Task):
         for given in (sources, targets):  # lazily read iterables stay lazy; one text alone is refused
             if isinstance(given, str | bytes):
                 input_list(given, "align")
+        if method is not None and not isinstance(method, AlignMethod):
+            raise UserError(f"align: method={method!r} is not an AlignMethod (heedful.explain.alignment)")
         self._cross_attention_name(model)  # a model without cross-attention is refused here
-        budget = batch_tokens or self.cfg.decode.batch_tokens
+        budget = self.cfg.decode.batch_tokens if batch_tokens is None else _count(batch_tokens, "batch_tokens")
         pairs = checked_pairs(sources, targets)
         return forced_alignments(model, self.src_tok, self.tgt_tok, pairs, method or AlignMethod(), batch_tokens=budget)
 
@@ -432,6 +435,7 @@ class TranslateTask(Task):
 
     @torch.no_grad()
     def explain(self, model: nn.Module, inputs: list[str]) -> list[Explanation]:
+        inputs = text_list(inputs, "explain")
         for i, text in enumerate(inputs):
             if not text.strip():
                 raise UserError(f"input {i + 1} is empty: nothing to attend to")
@@ -476,3 +480,10 @@ class TranslateTask(Task):
 
 def _pieces(tok: Tokenizer) -> list[str]:
     return [tok.id_to_piece(i) for i in range(len(tok))]
+
+
+def _count(value: Any, name: str) -> int:
+    """``value`` if it is a whole number ≥ 1 (beam=0 used to mean the config's beam), else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name}={value!r}: a whole number, at least 1")
+    return value

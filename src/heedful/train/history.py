@@ -13,7 +13,7 @@ class History:
 
     epochs: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
-    best_epoch: int | None = None
+    best_epoch: int | None = None  # the epoch number (from 1, as in each row's "epoch") whose weights model/ holds
     completed: bool = False  # fit() returned: every epoch ran, or early stopping / the time budget ended it
 
     @property

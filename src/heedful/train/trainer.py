@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, read_yaml, to_yaml
-from heedful.device import autocast, move_to, resolve_device
+from heedful.device import autocast, keeping_torch_threads, move_to, resolve_device
 from heedful.errors import ConfigError, UserError, a_run
 from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
@@ -105,12 +105,17 @@ class Trainer:
         Started by torchrun, every process trains its share and only rank 0 touches the directory."""
         dist = self.dist = Dist.start(self.cfg.device)
         self.device = dist.device
+        # train.num_threads and train.deterministic are this training's: the caller's are set again after.
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
         try:
-            if not dist.main:
-                dist.barrier()  # rank 0 claims the directory first (and clears what a kill left)
-                return self._fit(None, resume, overwrite)
-            return self._fit_main(resume, overwrite)
+            with keeping_torch_threads():
+                if not dist.main:
+                    dist.barrier()  # rank 0 claims the directory first (and clears what a kill left)
+                    return self._fit(None, resume, overwrite)
+                return self._fit_main(resume, overwrite)
         finally:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
             dist.end()
 
     def _fit_main(self, resume: bool, overwrite: bool) -> History:
@@ -430,6 +435,12 @@ def _format_row(row: dict[str, float], improved: bool) -> str:
 
 
 def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> History:
-    """Train the task ``cfg.task`` names — the Python twin of ``heedful train``."""
+    """Train the task ``cfg.task`` names — the Python twin of ``heedful train`` — in the run
+    directory ``cfg.resolved_run_dir()``, and return its ``History``. ``resume``: continue that
+    run from its latest checkpoint (``--resume``); ``overwrite``: start it again from scratch,
+    deleting what the run wrote (``--overwrite``). An existing run is refused without either.
+    torch's thread count and deterministic-algorithms setting are as they were when it returns."""
+    if not isinstance(cfg, RunConfig):
+        raise UserError(f"fit takes a config, e.g. fit(load_config('configs/dates.yaml')), not {cfg!r:.40}")
     task = get_task(cfg.task)(cfg)
     return Trainer(task, cfg).fit(resume=resume, overwrite=overwrite)
