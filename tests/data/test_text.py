@@ -168,6 +168,10 @@ def test_texts_to_predict_name_the_file_line_that_is_not_utf8(tmp_path):
         read_texts(path, None)
     path.write_bytes("Gut.\n\nDas Gerät ist kaputt.\r\n".encode())
     assert read_texts(path, None) == ["Gut.", "Das Gerät ist kaputt."]
+    folder = tmp_path / "texts.csv"
+    folder.mkdir()
+    with pytest.raises(DataError, match=r"^\S+/texts.csv: is a folder; give a file$"):  # was IsADirectoryError
+        read_texts(folder, "body")
 
 
 def test_texts_to_predict_keep_the_rest_of_their_rows(tmp_path):

@@ -142,6 +142,10 @@ def _open_text(path: Path) -> io.TextIOBase:
         raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 - closed by caller
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; give a file") from None
+    except OSError as exc:  # e.g. no permission to read it
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     # utf-8-sig drops a leading BOM; undecodable bytes are reported per line, not as a crash.
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
 

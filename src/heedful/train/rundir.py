@@ -143,7 +143,8 @@ class RunDirectory:
         if not resume and has_checkpoint and not overwrite:
             raise RunDirectoryError(
                 f"{self.path}: already holds a trained run; pass --resume to continue it, "
-                "--overwrite to start again, or choose another --run-dir"
+                "--overwrite to start again, or choose another --run-dir (Python: fit(cfg, resume=True), "
+                "fit(cfg, overwrite=True), or another run_dir)"
             )
 
     # --------------------------------------------------------------------------------- manifest
