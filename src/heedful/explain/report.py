@@ -44,8 +44,9 @@ figure { margin: 1em 0; } figcaption { font-size: 13px; color: #555; } img { max
 
 def write_report(run: Any, path: Path | None = None, inputs: list[Any] | None = None, samples: int = 3) -> Path:
     """Write the report of ``run`` to ``path`` (default ``run_dir/report.html``). ``inputs``: the
-    sample predictions to show (default: up to ``samples`` of the task's test inputs, where it
-    lists them)."""
+    sample predictions to show (default: up to ``samples`` of the task's test inputs where the
+    run's data is already loaded, e.g. after ``run.evaluate()`` — a report reads no dataset — and
+    where the task lists them; else none)."""
     run_dir = Path(run.run_dir)
     path = Path(path) if path is not None else run_dir / "report.html"
     sections = [
