@@ -233,6 +233,23 @@ def test_stdin_that_is_not_text_is_one_line(tiny_run, monkeypatch, capsys, tmp_p
     assert (code, err) == (2, f"heedful: error: {message}\n")
 
 
+def test_a_source_longer_than_the_model_takes_is_said_to_be_cut(tiny_run, monkeypatch, capsys, tmp_path):
+    from heedful.runs import load_run
+
+    run = load_run(tiny_run, "cpu")
+    limit = run.cfg.model.max_len
+    long = "5. März 2021 " * limit  # more characters than the model's positions
+    assert [t.source_cut for t in run.translate([long, "5. März 2021", ""])] == [len(long) - limit, 0, 0]
+    given = tmp_path / "stdin"
+    given.write_text(f"5. März 2021\n{long}\n\n{long}\n", encoding="utf-8")
+    with given.open() as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code, out, err = heedful(monkeypatch, capsys, "translate", str(tiny_run))
+    assert code == 0 and out.count("\n") == 4  # still one translation per line
+    assert err == f"heedful: note: sources longer than the model's {limit} tokens were cut to them before " \
+                  "translating: lines 2, 4\n"  # fmt: skip
+
+
 def test_ctrl_c_in_training_says_how_to_continue(tiny_run, monkeypatch, capsys):
     import heedful.train.trainer as trainer
 

@@ -96,6 +96,7 @@ class Translation(Prediction):
     output_pieces: list[str] | None = None  # the query tokens: output pieces, then "<eos>"
     # .attention (with attention=True): (T_out + 1, S), decode.explain_layer's cross-attention, mean over heads
     alternatives: list[tuple[str, float]] | None = None  # with n_best > 1: the n best (output, score), this one first
+    source_cut: int = 0  # source tokens past the model's max_len, dropped before decoding (0: the whole source)
 
 
 def _one_line(text: str) -> str:
@@ -389,10 +390,12 @@ class TranslateTask(Task):
         ``beam``/``batch_tokens`` override ``decode.beam_size``/``decode.batch_tokens``;
         ``attention=True`` also gives each sentence's ``.source_pieces``, ``.output_pieces`` and
         ``.attention``, its cross-attention map (decode.explain_layer, mean over heads);
-        ``n_best`` > 1 also the beam's n best (output, log-probability) as ``.alternatives``."""
+        ``n_best`` > 1 also the beam's n best (output, log-probability) as ``.alternatives``. A
+        source longer than the model's ``max_len`` tokens is cut to it; ``.source_cut`` says by how many."""
         model.eval()
         texts = text_list(inputs, "translate")
-        src_ids = [self._source_ids(t, model) if t.strip() else [] for t in texts]
+        encoded = [self.src_tok.encode(t) if t.strip() else [] for t in texts]
+        src_ids = [ids[: model.config.max_len] for ids in encoded]  # positions beyond the model's are cut
         filled = [i for i, s in enumerate(src_ids) if s]
         generated = self._generate(model, [src_ids[i] for i in filled], beam, batch_tokens, n_best)
         out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
@@ -400,7 +403,8 @@ class TranslateTask(Task):
             (ids, score), alternatives = ranked[0], None
             if n_best > 1:
                 alternatives = [(self._detokenize(other), other_score) for other, other_score in ranked]
-            out[i] = Translation(texts[i], self._detokenize(ids), score, ids, alternatives=alternatives)
+            cut = len(encoded[i]) - len(src_ids[i])
+            out[i] = Translation(texts[i], self._detokenize(ids), score, ids, alternatives=alternatives, source_cut=cut)
         if attention:
             name = self._cross_attention_name(model)
             for t in out:  # blank inputs: nothing attended

@@ -175,6 +175,7 @@ def translate(
     if attention and not getattr(translator, "returns_attention", True):
         raise UserError(f"--attention: {run_dir} does not return attention (an ONNX export); translate its run")
     done = 0  # input lines answered so far (the n-best line numbers)
+    cut = []  # the input lines (from 1) whose source was longer than the model takes
     with written_whole(attention, "--attention") if attention else contextlib.nullcontext() as maps:
         for lines in _stdin_chunks(CHUNK_LINES):
             results = translator.translate(
@@ -190,6 +191,7 @@ def translate(
                 text = "".join(f"{t.output}\n" for t in results)
             out.write(text.encode("utf-8"))
             out.flush()
+            cut += [done + i + 1 for i, t in enumerate(results) if getattr(t, "source_cut", 0)]
             done += len(lines)
             if maps is not None:
                 for t in results:
@@ -204,6 +206,11 @@ def translate(
                 maps.flush()
             bar.update(len(lines))
     bar.close()
+    if cut:  # said once at the end, on stderr: stdout stays one translation per line
+        shown = ", ".join(map(str, cut[:5])) + (f", … ({len(cut)} in all)" if len(cut) > 5 else "")
+        limit = getattr(cfg.model, "max_len", "model.max_len")
+        typer.echo(f"heedful: note: sources longer than the model's {limit} tokens were cut to them before "
+                   f"translating: line{'s' * (len(cut) != 1)} {shown}", err=True)  # fmt: skip
 
 
 def _positions(text: str, option: str) -> tuple[int, ...] | None:
