@@ -58,6 +58,24 @@ def test_as_is_collects_classes_in_order_or_keeps_to_the_given_ones():
         fixed.index("meh")
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (None, r"^label null is not a text or a number$"),  # JSON null became the class 'None'
+        (["pos"], r"^label \['pos'\] is not a text or a number$"),
+        (5.0, r"^label '5.0' is the number of the class '5' written another way; write each label one way$"),
+        ("+5", r"^label '\+5' is the number of the class '5' written another way"),
+        ("n\udce9", r"^label is not valid UTF-8$"),
+    ],
+)
+def test_as_is_refuses_a_label_that_is_no_class_name(raw, message):
+    labels = LabelMap("as_is")
+    assert [labels.index(v) for v in (5, "5", "pos", True)] == [0, 0, 1, 2]  # 5 and "5" are one class
+    with pytest.raises(ValueError, match=message):
+        labels.index(raw)
+    assert labels.classes == ["5", "pos", "True"]
+
+
 def test_rows_carry_text_label_group_and_their_first_line(tmp_path):
     path = write(tmp_path, HEADER + 'A,5,"great, really"\nB,1,"two\nlines"\nA,3,ok\n')
     got = rows(path, group="Product Name", labels="stars3")
@@ -168,8 +186,16 @@ def test_texts_to_predict_name_the_file_line_that_is_not_utf8(tmp_path):
         read_texts(path, None)
     path.write_bytes("Gut.\n\nDas Gerät ist kaputt.\r\n".encode())
     assert read_texts(path, None) == ["Gut.", "Das Gerät ist kaputt."]
+    path = tmp_path / "reviews.csv"  # Windows-1252: predict --input ended in sentencepiece's RuntimeError
+    path.write_bytes(b"Reviews,Product\ngood phone,a\nt\xe9l\xe9phone,b\n")
+    with pytest.raises(DataError, match=r"reviews.csv, line 3: text is not valid UTF-8$"):
+        read_text_rows(path, "Reviews")
+    path.write_bytes(b"Reviews,Product\ngood phone,caf\xe9\n")  # a kept column is written out too
+    with pytest.raises(DataError, match=r"reviews.csv, line 2: text is not valid UTF-8$"):
+        read_text_rows(path, "Reviews")
     folder = tmp_path / "texts.csv"
     folder.mkdir()
+
     with pytest.raises(DataError, match=r"^\S+/texts.csv: is a folder; give a file$"):  # was IsADirectoryError
         read_texts(folder, "body")
 

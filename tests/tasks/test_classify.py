@@ -514,6 +514,18 @@ def test_evaluate_says_when_no_group_has_enough_held_out_examples(trained):
     assert "val: no group has 1000 held-out examples (data.min_group_size)" in shown
 
 
+def test_a_validation_label_the_training_data_lacks_is_refused(tmp_path):
+    """It became a class the model never trained on, with a recall of 0 in every validation."""
+    train, val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    rows = [{"body": f"text number {i}", "mood": ["pos", "neg"][i % 2]} for i in range(12)]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    val.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], {"body": "so so", "mood": "meh"}]))
+    columns = {"data.text_column": "body", "data.label_column": "mood", "data.group_column": None}
+    cfg = config(tmp_path, **{"data.path": str(train), "data.val_path": str(val), "data.labels": "as_is", **columns})
+    with pytest.raises(UserError, match=rf"^{val}, line 2: label 'meh' does not occur in {train}, the training data$"):
+        get_task("classify")(cfg).build_data(cfg)
+
+
 def test_a_file_with_no_usable_row_says_where_the_rows_went(tmp_path):
     path = tmp_path / "named.jsonl"
     path.write_text(

@@ -114,12 +114,21 @@ class LabelMap:
     def index(self, raw: Any) -> int | None:
         """The class index of a raw label; None when the scheme leaves it out; ValueError if invalid."""
         if self.scheme == "as_is":
+            if not isinstance(raw, str | int | float):  # JSON null, a list, an object: not a class name
+                shown = "null" if raw is None else f"{raw!r:.30}"
+                raise ValueError(f"label {shown} is not a text or a number")
             name = str(raw).strip()
             if name == "":
                 raise ValueError("empty label")
+            if UNDECODABLE.search(name):
+                raise ValueError("label is not valid UTF-8")
             if name not in self.classes:
                 if self.fixed:
                     raise ValueError(f"label {name!r} is not one of {', '.join(self.classes)}")
+                twin = next((c for c in self.classes if _number(c) is not None and _number(c) == _number(name)), None)
+                if twin is not None:  # 5 and 5.0 would be two classes
+                    raise ValueError(f"label {name!r} is the number of the class {twin!r} written another way; "
+                                     "write each label one way")  # fmt: skip
                 self.classes.append(name)
             return self.classes.index(name)
         try:
@@ -135,6 +144,14 @@ class LabelMap:
 
     def name(self, index: int) -> str:
         return self.classes[index]
+
+
+def _number(name: str) -> float | None:
+    """The number a label names ("5", "5.0", "+5"), or None if it is not one."""
+    try:
+        return float(name)
+    except ValueError:
+        return None
 
 
 def _open_text(path: Path) -> io.TextIOBase:
@@ -315,6 +332,8 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
         text = record.get(column)
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}, line {line}: no text in column {column!r}")
+        if any(UNDECODABLE.search(v) for v in record.values() if isinstance(v, str)):
+            raise DataError(f"{path}, line {line}: text is not valid UTF-8")
         texts.append(text.strip())
         if not keep_columns:
             continue
