@@ -106,7 +106,7 @@ def _bad_files(tmp_path):
         (tmp_path / name).write_bytes(content)
         cases.append((tmp_path / name, problem))
     cases.append((header_only, "empty audio (0 samples)"))
-    cases.append((stereo, "2 channels, expected mono (set mono: mix to average them)"))
+    cases.append((stereo, "2 channels, expected mono; convert it (sox FILE -c 1 MONO.wav)"))
     cases.append((tmp_path / "missing.wav", "no such file"))
     cases.append((tmp_path, "not a file"))
     return cases

@@ -19,6 +19,7 @@ from heedful.data.fsdd import (
     parse_file_name,
     shared_recordings,
     speaker_folds,
+    split_recordings,
     standard_split,
     validation_split,
 )
@@ -72,6 +73,27 @@ def test_list_recordings_skips_odd_names_with_a_count(tmp_path, caplog):
         recordings = list_recordings(tmp_path)
     assert [r.path.name for r in recordings] == ["1_ann_0.wav", "2_ann_1.wav"]
     assert "skipped 2 file(s)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("takes", "split", "val_fraction", "message"),
+    [
+        ([5, 6], "standard", 0.1, "no test recordings (data.split 'standard' holds out takes 0–4 of every digit"),
+        ([0, 1], "standard", 0.1, "no train recordings (data.split 'standard' leaves nothing else"),
+        ([0, 5], "standard", 0.1, "no validation recordings (data.val_fraction 0.1 of the training recordings"),
+        ([0], "speaker:ann", 0.1, "data.split 'speaker:ann' needs two or more speakers; the files have ['ann']"),
+    ],
+)
+def test_a_folder_that_leaves_a_split_empty_is_refused(tmp_path, takes, split, val_fraction, message):
+    """It trained, then divided by zero scoring the empty split (a traceback at the end of epoch 1)."""
+    from types import SimpleNamespace
+
+    (tmp_path / "recordings").mkdir()
+    for take in takes:
+        (tmp_path / "recordings" / f"3_ann_{take}.wav").write_bytes(b"")
+    d = SimpleNamespace(root=tmp_path, split=split, val_fraction=val_fraction, extra_train_roots=[])
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path))}: {re.escape(message)}"):
+        split_recordings(d, seed=0)
 
 
 def test_list_recordings_names_a_missing_or_empty_folder(tmp_path):

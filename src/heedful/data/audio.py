@@ -78,7 +78,7 @@ def read_audio(path: str | Path, target_rate: int, *, mono: MonoPolicy = "error"
         raise DataError(f"{path}: truncated: its header promises {promised} samples, the file holds {wave.shape[0]}")
     if channels > 1:
         if mono == "error":
-            raise DataError(f"{path}: {channels} channels, expected mono (set mono: mix to average them)")
+            raise DataError(f"{path}: {channels} channels, expected mono; convert it (sox FILE -c 1 MONO.wav)")
         wave = wave.mean(axis=1, keepdims=True)
     wave = np.ascontiguousarray(wave[:, 0])  # (T,)
     if not np.isfinite(wave).all():

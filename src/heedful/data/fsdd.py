@@ -306,6 +306,9 @@ def split_recordings(d: Any, seed: int) -> tuple[list[FsddRecording], list[FsddR
         train, test = standard_split(recordings)
     else:
         speaker = d.split.split(":", 1)[1]
+        speakers = sorted({r.speaker for r in recordings})
+        if len(speakers) < 2:
+            raise DataError(f"{d.root}: data.split {d.split!r} needs two or more speakers; the files have {speakers}")
         folds = {fold.held_out: fold for fold in speaker_folds(recordings)}
         if speaker not in folds:
             raise ConfigError(f"config key 'data.split': no speaker {speaker!r}; have {', '.join(sorted(folds))}")
@@ -313,6 +316,14 @@ def split_recordings(d: Any, seed: int) -> tuple[list[FsddRecording], list[FsddR
     train, val = validation_split(train, d.val_fraction, seed=seed)
     # Extras join after the validation split: the model is selected on real voices only.
     train += extra_train_recordings(d.extra_train_roots, {r.speaker for r in recordings})
+    held_out = "takes 0–4 of every digit and speaker" if d.split == "standard" else "that speaker"
+    for name, split, why in [
+        ("test", test, f"data.split {d.split!r} holds out {held_out}"),
+        ("train", train, f"data.split {d.split!r} leaves nothing else"),
+        ("validation", val, f"data.val_fraction {d.val_fraction} of the training recordings rounds to none"),
+    ]:
+        if not split:  # it trained, then divided by zero scoring the empty split
+            raise DataError(f"{d.root}: no {name} recordings ({why}; files are named digit_speaker_take.wav)")
     check_disjoint(train, test)
     check_disjoint(train, val, ("train", "val"))
     return train, val, test
