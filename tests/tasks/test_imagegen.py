@@ -133,6 +133,27 @@ def test_an_odd_sized_or_unreadable_image_names_the_file(tmp_path):
     assert images.shape == (2, 1, 8, 8) and classes == ["a", "b"] and labels.tolist() == [0, 1]
 
 
+def test_a_folder_of_too_few_images_or_an_empty_class_is_refused(tmp_path):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / "images" / cls / f"{i}.png")
+    (tmp_path / "images" / ".ipynb_checkpoints").mkdir()  # not a class
+    assert image_folder(tmp_path / "images")[2] == ["a", "b"]
+    # 6 images, batch 16: it trained no step, saved the untrained model and exited 0
+    values = {"data.source": "folder", "data.root": str(tmp_path / "images"), "model.n_classes": 2,
+              "model.image_size": 8, "train.batch_size": 16}  # fmt: skip
+    cfg = config(tmp_path / "run", **values)
+    with pytest.raises(DataError, match=r"images: \d training images, fewer than one batch \(train.batch_size 16\)"):
+        get_task("imagegen")(cfg).build_data(cfg)
+    (tmp_path / "images" / "c").mkdir()
+    (tmp_path / "images" / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"images/c: a class folder with no readable PNG or JPEG images$"):
+        image_folder(tmp_path / "images")
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(), reason="needs ../shared/data/mnist")
 def test_the_mnist_idx_files_read_with_their_known_counts(tmp_path):
     labels = read_idx(SHARED_DATA / "mnist" / "t10k-labels-idx1-ubyte.gz")

@@ -71,7 +71,8 @@ def image_folder(root: Path, on_bad: str = "error") -> tuple[Tensor, Tensor, lis
 
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of class sub-folders")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    # Hidden folders (.ipynb_checkpoints, __MACOSX from an unzip) are not classes.
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
     if not classes:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<image>.png)")
     images, labels, skipped, first = [], [], 0, None
@@ -106,6 +107,10 @@ def image_folder(root: Path, on_bad: str = "error") -> tuple[Tensor, Tensor, lis
             skipped += 1
     if skipped:
         print(f"{root}: skipped {skipped} unreadable or odd-sized images", file=sys.stderr)
+    seen = set(labels)
+    empty = [name for index, name in enumerate(classes) if index not in seen]
+    if images and empty:  # a class the generator would be asked for but never see
+        raise DataError(f"{root / empty[0]}: a class folder with no readable PNG or JPEG images")
     if not images:
         raise DataError(f"{root}: no readable PNG or JPEG images")
     x = torch.from_numpy(np.stack(images).astype(np.float32)) / 127.5 - 1.0

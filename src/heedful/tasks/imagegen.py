@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from heedful.config import RunConfig, Section
 from heedful.data.images import image_folder, mnist, pad_to, sklearn_digits, stratified_split
-from heedful.errors import CheckpointError, ConfigError, UserError
+from heedful.errors import CheckpointError, ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.explain.plots import save_grid
 from heedful.metrics.fid import FeatureClassifier, feature_statistics, frechet_distance
@@ -136,6 +136,11 @@ class ImageGenTask(Task):
         self.classes = classes
         train_rows, held_rows = stratified_split(labels, cfg.data.held_out_fraction, cfg.seed)
         train = ImageBatches(images[train_rows], labels[train_rows], cfg.train.batch_size, cfg.seed)
+        if not train.steps_per_epoch():  # it trained no step and saved the untrained model
+            raise DataError(
+                f"{cfg.data.root}: {len(train_rows)} training images, fewer than one batch "
+                f"(train.batch_size {cfg.train.batch_size}): add images or lower train.batch_size"
+            )
         held = {"images": images[held_rows], "labels": labels[held_rows]}
         self.data = DataBundle(train=train, splits={"val": held, "test": held})
         if self.classifier is None:
