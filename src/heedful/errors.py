@@ -5,6 +5,8 @@ The CLI prints that line to stderr and exits with code 2; any other exception is
 and keeps its traceback.
 """
 
+import os
+
 
 def article(word: str) -> str:
     """The article a word takes in a message: "a translate run", "an imagegen run"."""
@@ -14,6 +16,14 @@ def article(word: str) -> str:
 def a_run(task: str) -> str:
     """ "a 'translate' run", "an 'imagegen' run": a task's run, named in a message."""
     return f"{article(task)} {task!r} run"
+
+
+def not_found(path: object, also: str = "") -> str:
+    """ "train.en: file not found", saying where a relative path was looked for: a run's config
+    keeps data paths as typed, so one evaluated from another folder misses them."""
+    text = str(path)
+    where = "" if text.startswith(("/", "~")) else f"; a relative path, read from {os.getcwd()}"
+    return f"{text}: file not found{f' ({also}' if also else ''}{where}{')' if also else ''}"
 
 
 class UserError(Exception):

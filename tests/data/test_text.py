@@ -210,3 +210,12 @@ def test_texts_to_predict_keep_the_rest_of_their_rows(tmp_path):
     assert (got.texts, got.columns, got.values) == (["ok", "bad"], ["id", "tags"], [["7", ""], ["8", '["x"]']])
     lines = write(tmp_path, "one\n\ntwo\n", "r.txt")
     assert read_text_rows(lines, None).columns == [] and read_texts(lines, None) == ["one", "two"]
+
+
+def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
+    """A run keeps data paths as typed: evaluated from another folder, 'reviews.csv: file not found' hid why."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"^reviews.csv: file not found; a relative path, read from {tmp_path}$"):
+        read_texts("reviews.csv", "Reviews")
+    with pytest.raises(DataError, match=rf"^{tmp_path}/reviews.csv: file not found$"):
+        read_texts(tmp_path / "reviews.csv", "Reviews")

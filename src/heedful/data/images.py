@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from heedful.errors import DataError
+from heedful.errors import DataError, not_found
 from heedful.extras import optional_import
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -35,7 +35,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(not_found(path)) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: unreadable ({exc})") from None
     if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from heedful.errors import ConfigError, DataError
+from heedful.errors import ConfigError, DataError, not_found
 
 Format = Literal["text", "tsv", "jsonl"]
 OnBadLine = Literal["error", "skip"]
@@ -108,7 +108,7 @@ def read_lines(path: Path) -> list[bytes]:
         else:
             data = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(not_found(path)) from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected a text file") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
@@ -394,4 +394,4 @@ def language_file(prefix: Path, lang: str) -> Path:
         return plain
     if gz.exists():
         return gz
-    raise DataError(f"{plain}: file not found (nor {gz.name})")
+    raise DataError(not_found(plain, f"nor {gz.name}"))

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from heedful.errors import DataError
+from heedful.errors import DataError, not_found
 
 LabelScheme = Literal["stars5", "stars3", "binary", "as_is"]
 STAR_CLASSES: dict[str, tuple[str, ...]] = {
@@ -158,7 +158,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     try:
         raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115 - closed by caller
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        raise DataError(not_found(path)) from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder; give a file") from None
     except OSError as exc:  # e.g. no permission to read it
