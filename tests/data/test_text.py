@@ -219,3 +219,16 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
         read_texts("reviews.csv", "Reviews")
     with pytest.raises(DataError, match=rf"^{tmp_path}/reviews.csv: file not found$"):
         read_texts(tmp_path / "reviews.csv", "Reviews")
+
+
+def test_a_file_with_no_text_to_predict_is_refused(tmp_path):
+    """A header-only CSV wrote 0 predictions and exited 0."""
+    cases = [
+        ("h.csv", "Reviews,Product\n", r"h.csv: no rows with a text in column 'Reviews'$"),
+        ("b.txt", "\n  \n", r"b.txt: no texts in it, only blank lines$"),
+        ("e.txt", "", r"e.txt: empty file$"),
+    ]
+    for name, content, message in cases:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(DataError, match=message):
+            read_texts(tmp_path / name, "Reviews")

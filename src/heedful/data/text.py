@@ -321,6 +321,10 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
                 refuse_nul(line, f"{path}, line {number}")
                 if line.strip():
                     texts.append(line.strip())
+        if not texts:
+            raise DataError(
+                f"{path}: no texts in it, only blank lines" if path.stat().st_size else f"{path}: empty file"
+            )
         return TextRows(texts, [], [[] for _ in texts])
     if column is None:
         raise DataError(f"{path}: which column holds the text? give --text-column")
@@ -342,6 +346,8 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
         }
         columns.update(dict.fromkeys(rest))
         others.append(rest)
+    if not texts:  # predict wrote an empty output and said nothing
+        raise DataError(f"{path}: no rows with a text in column {column!r}")
     names = list(columns)
     return TextRows(texts, names, [[row.get(name, "") for name in names] for row in others])
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, Section
@@ -54,6 +54,15 @@ class ClassifyData(Section):
     group_column: str | None = Field(None, description="e.g. 'Product Name': per-group quality in evaluate")
     labels: Literal["stars5", "stars3", "binary", "as_is"] = "as_is"
     classes: list[str] | None = Field(None, description="as_is: the class names, in order")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _numbers_are_names(cls, value: Any) -> Any:
+        # --set data.classes=[1,5] reads numbers, which a label 1 in a file is named by: "1"
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in value]
+        return value
+
     filters: dict[str, str] = Field(default_factory=dict, description="keep rows whose column equals the value")
     on_bad_row: Literal["error", "skip"] = "error"
     val_fraction: float = Field(0.1, ge=0, lt=1)
