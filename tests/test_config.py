@@ -198,3 +198,9 @@ def test_the_scale_fields_are_set_from_the_command_line(configs_dir):
     assert (cfg.train.compile, cfg.train.max_nonfinite_steps, cfg.data.pad_to_multiple) == (True, 2, 8)
     with pytest.raises(ConfigError, match=r"config key 'data\.pad_to_multiple'"):
         load_config(configs_dir / "dates.yaml", ["data.pad_to_multiple=0"])
+
+
+def test_numeric_class_names_are_the_names_of_numeric_labels(configs_dir):
+    """``--set data.classes=[1,5]`` failed: 'Input should be a valid string (got 1)'."""
+    cfg = load_config(configs_dir / "reviews" / "amazon.yaml", ["data.labels=as_is", "data.classes=[1, 5, pos]"])
+    assert cfg.data.classes == ["1", "5", "pos"]
