@@ -129,6 +129,22 @@ def test_training_evaluates_with_bleu_and_chrf_and_writes_hypotheses(trained):
 
 
 @pytest.mark.slow
+def test_a_trained_run_scores_without_its_training_file(trained, corpus, tmp_path):
+    """evaluate read (and parsed) the whole training corpus, and failed where it was not kept."""
+    import shutil
+
+    run_dir = shutil.copytree(trained[0], tmp_path / "run")
+    held_out = shutil.copytree(corpus, tmp_path / "corpus")
+    expected = load_run(run_dir, "cpu", [f"data.root={corpus}"]).evaluate("test")
+    for path in held_out.glob("train.*"):
+        path.unlink()
+    run = load_run(run_dir, "cpu", [f"data.root={held_out}"])
+    assert dict(run.evaluate("test")) == dict(expected)
+    with pytest.raises(DataError, match=r"train.en: file not found"):  # training still needs it, when it starts
+        run.task.data.train.steps_per_epoch()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 4])
 def test_greedy_and_beam_decode_every_line_in_input_order(trained, beam):
     run = load_run(trained[0], device="cpu")

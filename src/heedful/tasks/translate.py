@@ -79,7 +79,13 @@ from heedful.tasks.base import (
     text_list,
 )
 from heedful.tasks.translate_config import TranslateConfig
-from heedful.tasks.translate_data import kept_training_pairs, read_splits, tokenizers_for, training_batches
+from heedful.tasks.translate_data import (
+    kept_training_pairs,
+    read_splits,
+    read_training_pairs,
+    tokenizers_for,
+    training_batches,
+)
 
 Example = DateExample | NumberExample
 # heedful.data does not import tasks; these are batch sources all the same
@@ -162,11 +168,18 @@ class TranslateTask(Task):
         return split_files(self.cfg.data, split)
 
     def _build_parallel(self, cfg: TranslateConfig) -> DataBundle:
-        pairs = read_splits(cfg)
-        if self.src_tok is None or self.tgt_tok is None:  # a loaded run brings its own (load_artifacts)
+        # A loaded run brings its tokenizers (load_artifacts): scoring it reads the held-out files
+        # only, and the training file waits until something trains (a fine-tuning).
+        loaded = self.src_tok is not None and self.tgt_tok is not None
+        pairs = read_splits(cfg, train=not loaded)
+        if not loaded:
             self.src_tok, self.tgt_tok = tokenizers_for(cfg, pairs["train"])
-        train_pairs = pairs.pop("train")
-        self.data = DataBundle(LazyBatches(lambda: self._train_batches(train_pairs)), pairs)
+        train_pairs = pairs.pop("train", None)
+
+        def train_batches() -> TokenBatches:
+            return self._train_batches(train_pairs if train_pairs is not None else read_training_pairs(cfg))
+
+        self.data = DataBundle(LazyBatches(train_batches), pairs)
         return self.data
 
     def training_pairs(self) -> list[Pair]:

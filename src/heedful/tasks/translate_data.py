@@ -24,8 +24,9 @@ from heedful.tasks.translate_config import SPLITS, TranslateConfig
 Encoded = tuple[list[int], list[int]]  # (source ids, target ids), no specials
 
 
-def read_splits(cfg: TranslateConfig) -> dict[str, list[Pair]]:
-    """Every split that ``data.*`` names, read (``data.train`` and ``data.val`` are required)."""
+def read_splits(cfg: TranslateConfig, *, train: bool = True) -> dict[str, list[Pair]]:
+    """Every split that ``data.*`` names, read (``data.train`` and ``data.val`` are required);
+    ``train=False`` leaves the training file unread (a trained run scores without it)."""
     d = cfg.data
     for split in ("train", "val"):
         if getattr(d, split) is None:
@@ -33,8 +34,13 @@ def read_splits(cfg: TranslateConfig) -> dict[str, list[Pair]]:
     return {
         split: read_parallel(split_files(d, split), on_bad_line=d.on_bad_line)
         for split in SPLITS
-        if getattr(d, split) is not None
+        if getattr(d, split) is not None and (train or split != "train")
     }
+
+
+def read_training_pairs(cfg: TranslateConfig) -> list[Pair]:
+    """``data.train``'s pairs, all of them, in corpus order."""
+    return read_parallel(split_files(cfg.data, "train"), on_bad_line=cfg.data.on_bad_line)
 
 
 def tokenizers_for(cfg: TranslateConfig, train: list[Pair]) -> tuple[Tokenizer, Tokenizer]:
@@ -64,7 +70,7 @@ def length_cap(max_tokens: int | None, max_len: int) -> int:
 def kept_training_pairs(cfg: TranslateConfig, src_tok: Tokenizer, tgt_tok: Tokenizer) -> list[Pair]:
     """The pairs of ``data.train`` that a training keeps, in corpus order."""
     d, cap = cfg.data, length_cap(cfg.data.max_tokens, cfg.model.max_len)
-    pairs = read_parallel(split_files(d, "train"), on_bad_line=d.on_bad_line)
+    pairs = read_training_pairs(cfg)
     lengths = [(len(src_tok.encode(p.source)), len(tgt_tok.encode(p.target))) for p in pairs]
     return [pairs[i] for i in keep_by_length(lengths, max_tokens=cap, max_ratio=d.max_ratio)]
 
