@@ -11,6 +11,7 @@ with ``alignment_supervision``, the gold links that travel with each pair into i
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,16 +32,20 @@ def read_splits(cfg: TranslateConfig, *, train: bool = True) -> dict[str, list[P
     for split in ("train", "val"):
         if getattr(d, split) is None:
             raise ConfigError(f"config key 'data.{split}': required when data.source is 'parallel'")
-    return {
-        split: read_parallel(split_files(d, split), on_bad_line=d.on_bad_line)
-        for split in SPLITS
-        if getattr(d, split) is not None and (train or split != "train")
-    }
+    splits = [s for s in SPLITS if getattr(d, s) is not None and (train or s != "train")]
+    return {split: _read(cfg, split) for split in splits}
+
+
+def _read(cfg: TranslateConfig, split: str) -> list[Pair]:
+    files = split_files(cfg.data, split)
+    if cfg.train.progress:  # a large corpus takes seconds to read: say what is being read
+        print(f"reading {files.describe()}", file=sys.stderr, flush=True)
+    return read_parallel(files, on_bad_line=cfg.data.on_bad_line)
 
 
 def read_training_pairs(cfg: TranslateConfig) -> list[Pair]:
     """``data.train``'s pairs, all of them, in corpus order."""
-    return read_parallel(split_files(cfg.data, "train"), on_bad_line=cfg.data.on_bad_line)
+    return _read(cfg, "train")
 
 
 def tokenizers_for(cfg: TranslateConfig, train: list[Pair]) -> tuple[Tokenizer, Tokenizer]:
@@ -53,6 +58,8 @@ def tokenizers_for(cfg: TranslateConfig, train: list[Pair]) -> tuple[Tokenizer, 
                 f"config key 'data.tokenizer.from_run': {t.from_run} has no model/ folder to take the tokenizers from"
             )
         return load_tokenizers(folder)
+    if cfg.train.progress and t.kind == "sentencepiece":
+        print(f"training the sentencepiece vocabulary on {len(train):,} pairs", file=sys.stderr, flush=True)
     src_tok, tgt_tok = train_tokenizers([p.source for p in train], [p.target for p in train], t)
     sizes = f"{len(src_tok)} tokens, joint" if t.joint else f"{len(src_tok)} source + {len(tgt_tok)} target tokens"
     kind = f"sentencepiece {t.model_type}" if t.kind == "sentencepiece" else "characters"
