@@ -12,7 +12,7 @@ From maps to links, in the order :func:`align_maps` applies them:
    target word's most attended source word (``argmax``), or every source word whose share of
    the row reaches ``threshold``; source → target does the same down the columns.
 4. **Symmetrise** (:func:`symmetrize`): intersection, union or grow-diag-final (Koehn et al.
-   2003, as Moses does it).
+   2003, in a fixed order of its own that differs from Moses' ``symal``; docs/EXPLAIN.md).
 
 Links are ``(source word, target word)`` pairs, 0-based, written in the Pharaoh format
 ``i-j`` (:func:`pharaoh`). Gold has sure and possible links; :func:`alignment_scores` gives
@@ -187,11 +187,13 @@ _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1,
 
 
 def grow_diag_final(source_to_target: set[Link], target_to_source: set[Link]) -> set[Link]:
-    """Koehn et al. 2003 (Moses' ``grow-diag-final``): start from the intersection; grow by
-    union links next to (or diagonal to) a link, whose source or target word is still
-    unaligned, until nothing changes; then add each direction's links whose source or target
-    word is still unaligned. Points are visited in (source, target) order, neighbours in Moses'
-    order (sides before diagonals), which is what makes the result unique."""
+    """Koehn et al. 2003's grow-diag-final: start from the intersection; grow by union links
+    next to (or diagonal to) a link, whose source or target word is still unaligned, until
+    nothing changes; then add each direction's links (source → target first) whose source or
+    target word is still unaligned. Each pass grows from the links as they were when it began,
+    visited in (source, target) order, neighbours in Moses' order (sides before diagonals): the
+    result is unique, but not always Moses' ``symal`` (which adds target → source links first
+    in the final step and grows from links added in the same pass)."""
     union = source_to_target | target_to_source
     links = source_to_target & target_to_source
     aligned_src = {s for s, _ in links}
