@@ -34,8 +34,10 @@ from heedful.models.rnn import masked_mean
 def attention_rollout(layers: Sequence[Tensor], *, residual: bool = True, head_fusion: str = "mean") -> Tensor:
     """Rollout of self-attention through a stack of layers, first layer first.
 
-    layers: each (B, H, T, T) or (H, T, T) (one example), rows = queries summing to 1 (padded
-    rows may be all zero). ``head_fusion``: "mean" (Abnar & Zuidema), "max" or "min" over heads.
+    layers: each (B, H, T, T) or (H, T, T) (one example), rows = queries summing to 1. Padded
+    keys must carry no weight (heedful's captures give them none); padded query rows come out
+    non-zero (a captured padded query still attends to the real keys): slice them off.
+    ``head_fusion``: "mean" (Abnar & Zuidema), "max" or "min" over heads.
     Returns (B, T, T) or (T, T): row q = how much of each input position reaches position q.
     """
     if not layers:
