@@ -476,6 +476,26 @@ def test_decode_prepacked_chooses_the_linear_kernels(trained, beam):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("beam", "workers"), [(1, 1), (3, 2)])
+def test_evaluate_counts_decoded_sentences_and_validation_does_not(trained, beam, workers, tmp_path, capsys):
+    """evaluate decoded test2016 for 14 s without a word: a bar now counts sentences (from the workers too)."""
+    import shutil
+
+    from heedful.decode.batching import decode_in_batches
+
+    run_dir = shutil.copytree(trained[0], tmp_path / "run")
+    overrides = [f"decode.beam_size={beam}", f"decode.workers={workers}", "decode.batch_tokens=40"]
+    run = load_run(run_dir, "cpu", [*overrides, "train.progress=true"])
+    with unittest.mock.patch("heedful.tasks.translate.decode_in_batches", wraps=decode_in_batches) as decoding:
+        run.evaluate("test")
+    bar = decoding.call_args.kwargs["progress"].__self__  # the tqdm whose update the batches call
+    assert bar.total == 12 and bar.n == 12  # every test sentence counted, once
+    assert "decoding test" in capsys.readouterr().err
+    run.task.validate(run.model)
+    assert "decoding" not in capsys.readouterr().err  # training's validation keeps its own bar quiet
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 3])
 def test_decoding_workers_give_the_same_outputs_from_several_threads(trained, beam):
     lines = [en for en, _ in sentence_pairs(9, 7)] + ["", "A cat."]

@@ -14,7 +14,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +44,7 @@ def decode_in_batches(
     n_best: int = 1,
     workers: int = 1,
     prepacked: bool = True,
+    progress: Callable[[int], Any] | None = None,
 ) -> list[list[tuple[list[int], float]]]:
     """Decode every source (non-empty id lists); ``limits[i]`` is source i's longest output.
     Returns, in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
@@ -52,8 +53,10 @@ def decode_in_batches(
     :func:`heedful.decode.beam_search`, one block around all the batches (the weights are checked
     once, not once per batch). Each thread's batches draw their key/value
     caches from one :class:`~heedful.attention.CacheArena`, so a batch reuses the memory of the
-    one before it."""
+    one before it. ``progress``, if given, is called with each batch's number of sources once
+    it is decoded (e.g. a progress bar's ``update``; from the worker threads, one at a time)."""
     device = next(model.parameters()).device
+    reporting = threading.Lock()
     results: list[list[tuple[list[int], float]]] = [[]] * len(src_ids)
     per_thread = threading.local()
 
@@ -89,6 +92,9 @@ def decode_in_batches(
             )
             for ranked, i in zip(hyps, indices, strict=True):
                 results[i] = [(content_ids(h.tokens, eos), h.log_prob) for h in ranked]
+        if progress is not None:
+            with reporting:
+                progress(len(indices))
 
     batches = batches_by_length([len(s) * beam for s in src_ids], budget)
     with packed_linears(model, enabled=prepacked):

@@ -254,10 +254,12 @@ class TranslateTask(Task):
     @torch.no_grad()
     def validate(self, model: nn.Module) -> EvalResult:
         if self.cfg.data.source == "parallel":
-            return self._evaluate_parallel(model, "val", beam_size=self.cfg.decode.val_beam_size)
+            return self._evaluate_parallel(model, "val", beam_size=self.cfg.decode.val_beam_size, progress=False)
         return self.evaluate(model, "val")
 
-    def _evaluate_parallel(self, model: nn.Module, split: str, beam_size: int | None = None) -> EvalResult:
+    def _evaluate_parallel(
+        self, model: nn.Module, split: str, beam_size: int | None = None, progress: bool = True
+    ) -> EvalResult:
         """Teacher-forced loss and token accuracy, then decoded outputs scored by sacreBLEU
         (detokenized, case-sensitive, against the untokenized references)."""
         pairs: list[Pair] = self._examples(split)
@@ -270,7 +272,8 @@ class TranslateTask(Task):
             for indices in batches_by_length(sizes, self.cfg.decode.batch_tokens)
         )
         metrics, _ = self._teacher_forced(model, batches)
-        hyps = [self._detokenize(ranked[0][0]) for ranked in self._generate(model, src_ids, beam_size)]
+        shown = f"decoding {split}" if progress and self.cfg.train.progress else None  # evaluate's; not validation's
+        hyps = [self._detokenize(ranked[0][0]) for ranked in self._generate(model, src_ids, beam_size, progress=shown)]
         scored = self._output_metrics(pairs, hyps)
         return EvalResult(metrics | scored.metrics, notes=scored.notes, outputs=hyps)
 
@@ -361,10 +364,13 @@ class TranslateTask(Task):
         beam_size: int | None = None,
         batch_tokens: int | None = None,
         n_best: int = 1,
+        progress: str | None = None,
     ) -> list[list[tuple[list[int], float]]]:
         """Decode every source (non-empty id lists), in token batches of similar length; returns,
         in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
-        log-probability."""
+        log-probability. ``progress``: a progress bar on stderr with that description."""
+        from tqdm.auto import tqdm
+
         d = self.cfg.decode
         beam = d.beam_size if beam_size is None else _count(beam_size, "beam")
         budget = d.batch_tokens if batch_tokens is None else _count(batch_tokens, "batch_tokens")
@@ -375,11 +381,12 @@ class TranslateTask(Task):
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16) if d.precision == "bf16" else contextlib.nullcontext()
         )
-        with precision:
+        bar = tqdm(total=len(src_ids), desc=progress, unit=" sentences", leave=False, disable=progress is None)
+        with precision, bar:
             return decode_in_batches(
                 model, src_ids, bos=self.tgt_tok.bos_id, eos=self.tgt_tok.eos_id, pad=self.src_tok.pad_id,
                 beam=beam, budget=budget, limits=limits, alpha=d.alpha, early_stopping=d.early_stopping, n_best=n_best,
-                min_len=d.min_len, workers=d.workers, prepacked=d.prepacked,
+                min_len=d.min_len, workers=d.workers, prepacked=d.prepacked, progress=bar.update,
             )  # fmt: skip
 
     def _cross_attention(self, model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]]):
