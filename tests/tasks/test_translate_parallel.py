@@ -408,7 +408,9 @@ def test_rnn_baselines_train_decode_and_show_attention_through_the_same_task(cor
     task_class = get_task("translate")
     generate = task_class._generate
     monkeypatch.setattr(
-        task_class, "_generate", lambda self, m, s, b=None, *more: beams.append(b) or generate(self, m, s, b, *more)
+        task_class,
+        "_generate",
+        lambda self, m, s, b=None, *more, **kw: beams.append(b) or generate(self, m, s, b, *more, **kw),
     )
     history = fit(cfg)
     assert beams == [1, 1]  # the per-epoch validation decodes greedily (decode.val_beam_size)
