@@ -51,6 +51,23 @@ def test_the_exported_translator_computes_what_pytorch_does(exported):
     assert [h[0].tokens for h in o_hyps] == [h[0].tokens for h in hyps]
 
 
+def test_a_model_with_pruned_heads_exports_and_computes_what_pytorch_does(run_dir, tmp_path):
+    """Its layers' head counts differ: the export traced every layer's cache with layer 0's count."""
+    run = load_run(run_dir, "cpu")
+    run.model.decoder.layers[0].self_attn.prune_heads([1])  # layer 0 keeps one head, the others all
+    onnx = OnnxSeq2Seq(export_onnx(run, tmp_path / "pruned"))
+    src = run.task.src_tok.batch(["5. März 2021", "2021年3月5日", "March 5, 2021"])
+    with torch.no_grad():
+        memory, padding = run.model.encode(src)
+        o_memory, o_padding = onnx.encode(src)
+        cache, o_cache = run.model.new_cache(), onnx.new_cache()
+        tokens = torch.full((3, 1), run.task.tgt_tok.bos_id)
+        for _ in range(4):
+            expected = run.model.decode(tokens, memory, padding, cache)
+            torch.testing.assert_close(onnx.decode(tokens, o_memory, o_padding, o_cache), expected, atol=1e-4, rtol=0)
+            tokens = expected[:, -1].argmax(-1, keepdim=True)
+
+
 @pytest.mark.slow
 def test_an_export_folder_translates_on_its_own(exported, tmp_path):
     """`heedful translate ONNX_DIR`: the folder, without the run it came from, gives the run's own

@@ -180,8 +180,12 @@ def export_onnx(run: Run, out: str | Path, overwrite: bool = False) -> Path:
             axes |= {name: {0: "batch", 2: "source"} for name in cross}
             _export(EncoderExport(model), (tokens,), tmp / "encoder.onnx", ["src"], ["padding", *cross], axes)
             encoded = EncoderExport(model)(tokens)
-            a = model.decoder.layers[0].self_attn
-            past = [torch.zeros(2, a.n_heads, 3, a.d_head) for _ in self_in]
+            # Each layer's own head count: a pruned model's layers differ (self_in is layer-major, k then v).
+            past = [
+                torch.zeros(2, layer.self_attn.n_heads, 3, layer.self_attn.d_head)
+                for layer in model.decoder.layers
+                for _ in "kv"
+            ]
             step_caches = [
                 t for i in range(n_layers) for t in (*past[2 * i : 2 * i + 2], *encoded[1 + 2 * i : 3 + 2 * i])
             ]
