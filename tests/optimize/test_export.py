@@ -53,8 +53,12 @@ def test_the_exported_translator_computes_what_pytorch_does(exported):
 
 def test_a_model_with_pruned_heads_exports_and_computes_what_pytorch_does(run_dir, tmp_path):
     """Its layers' head counts differ: the export traced every layer's cache with layer 0's count."""
+    from heedful.models import TransformerEncoderDecoder
+
     run = load_run(run_dir, "cpu")
-    run.model.decoder.layers[0].self_attn.prune_heads([1])  # layer 0 keeps one head, the others all
+    torch.manual_seed(0)  # the tiny run has one decoder layer: a two-layer model of its sizes, random weights
+    run.model = TransformerEncoderDecoder(run.model.config.model_copy(update={"n_decoder_layers": 2})).eval()
+    run.model.decoder.layers[1].self_attn.prune_heads([1])  # layer 1 keeps one head, layer 0 both
     onnx = OnnxSeq2Seq(export_onnx(run, tmp_path / "pruned"))
     src = run.task.src_tok.batch(["5. März 2021", "2021年3月5日", "March 5, 2021"])
     with torch.no_grad():
