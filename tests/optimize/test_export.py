@@ -60,6 +60,12 @@ def test_a_model_with_pruned_heads_exports_and_computes_what_pytorch_does(run_di
     run.model = TransformerEncoderDecoder(run.model.config.model_copy(update={"n_decoder_layers": 2})).eval()
     run.model.decoder.layers[1].self_attn.prune_heads([1])  # layer 1 keeps one head, layer 0 both
     onnx = OnnxSeq2Seq(export_onnx(run, tmp_path / "pruned"))
+    import onnx as onnx_files
+
+    record = json.loads((tmp_path / "pruned" / "export.json").read_text())
+    for name, named in record["files"].items():  # export.json names each graph's inputs and outputs
+        graph = onnx_files.load(tmp_path / "pruned" / name).graph
+        assert named == {"inputs": [i.name for i in graph.input], "outputs": [o.name for o in graph.output]}
     src = run.task.src_tok.batch(["5. März 2021", "2021年3月5日", "March 5, 2021"])
     with torch.no_grad():
         memory, padding = run.model.encode(src)

@@ -378,6 +378,37 @@ def test_bad_input_is_a_user_error_and_writes_nothing(run_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_outputs_and_orders_that_cannot_work_are_refused_in_one_line(run_dir, tmp_path):
+    """Each of these was a traceback (NotADirectoryError, AttributeError) or wrote into the run."""
+    run = load_run(run_dir, "cpu")
+    (tmp_path / "a_file").write_text("x")
+    factorized = optimize(run, "low_rank", tmp_path / "lr", size=0.5)  # the name optimize.json records
+    cases = [
+        (run, "int8", tmp_path / "a_file" / "sub", "a_file is a file, not a folder"),
+        (run, "int8", run_dir / "inner", f"is inside the run {run_dir}; give a folder outside it"),
+        (run, "int8", run_dir / "checkpoints" / "step-99999", "is inside the run"),
+        (load_run(factorized, "cpu"), "prune-heads", tmp_path / "p", "projections are factorized (low-rank); prune"),
+        (str(run_dir), "int8", tmp_path / "q", "optimize takes a run opened by load_run('runs/…'), not '"),
+    ]
+    for source, method, out, message in cases:
+        with pytest.raises(UserError, match=re.escape(message)):
+            optimize(source, method, out)
+        assert not out.exists()
+    assert json.loads((factorized / "optimize.json").read_text())["method"] == "low_rank"
+
+
+def test_an_averaged_run_converts_to_ctranslate2_like_the_run(run_dir, tmp_path):
+    """Averaging changes the weights only; the conversion refused it as 'an optimized one'."""
+    pytest.importorskip("ctranslate2", reason="CTranslate2 export needs the export extra")
+    from heedful.optimize.ct2 import export_ctranslate2
+
+    averaged = load_run(optimize(load_run(run_dir, "cpu"), "average", tmp_path / "avg", last=2), "cpu")
+    assert (export_ctranslate2(averaged, tmp_path / "ct2") / "model.bin").is_file()
+    pruned = load_run(optimize(load_run(run_dir, "cpu"), "prune-heads", tmp_path / "p", fraction=0.5), "cpu")
+    with pytest.raises(UserError, match="as trained"):  # a structural change still is refused
+        export_ctranslate2(pruned, tmp_path / "ct2-p")
+
+
 @pytest.mark.slow
 def test_the_cli_says_it_in_one_line_with_exit_code_2(run_dir, tmp_path):
     out = tmp_path / "out"

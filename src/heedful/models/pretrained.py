@@ -99,6 +99,12 @@ def is_int8(model: nn.Module) -> bool:
     return any(step.get("method") == "int8" for step in getattr(model, "optimized", []))
 
 
+def structural_steps(model: nn.Module) -> list[dict[str, Any]]:
+    """The steps of ``model.optimized`` that changed its modules (heads removed, Linears
+    factorized, int8); averaging checkpoints changes only the weights."""
+    return [step for step in getattr(model, "optimized", []) if step.get("method") != "average"]
+
+
 def apply_structure(model: PretrainedModel, steps: list[dict[str, Any]]) -> PretrainedModel:
     """Make the structural changes ``steps`` record, in order, to a freshly built model, so that
     the optimized weights fit it: heads removed, Linears factorized, int8 modules swapped in."""

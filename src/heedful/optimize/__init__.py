@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heedful.optimize.average import average, average_tensors
-from heedful.optimize.common import OptimizeError, check_out_dir, count_parameters, write_run
+from heedful.optimize.common import OptimizeError, check_out_dir, count_parameters, given_run, write_run
 from heedful.optimize.distill import distill
 from heedful.optimize.lowrank import low_rank
 from heedful.optimize.prune import head_importance, prune_heads
@@ -59,6 +59,9 @@ def optimize(run: Run, method: str, out: str | Path, *, overwrite: bool = False,
     (new or empty; with ``overwrite``, also an earlier optimization's output, replaced once the new
     one is complete). Options a method does not take are refused, and nothing is written when
     anything is refused."""
+    given_run(run, "optimize")
+    if isinstance(method, str):
+        method = method.replace("_", "-")  # optimize.json records low_rank, prune_heads
     if method not in METHODS:
         raise OptimizeError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     function, accepted = METHODS[method]

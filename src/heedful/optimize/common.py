@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,13 +39,24 @@ class OptimizeError(UserError):
 OUTPUT_RECORDS = (RECORD_NAME, EXPORT_RECORD)
 
 
-def check_out_dir(out: Path, run_dir: Path, overwrite: bool = False) -> Path:
+def given_run(run: Any, function: str) -> None:
+    """A one-line refusal of anything but an opened run (a path was met by an AttributeError)."""
+    if run is None or isinstance(run, str | bytes | os.PathLike) or not hasattr(run, "cfg"):
+        raise OptimizeError(f"{function} takes a run opened by load_run('runs/…'), not {run!r:.40}")
+
+
+def check_out_dir(out: Path, run_dir: Path, overwrite: bool = False, *, inside_run: bool = False) -> Path:
     """The output folder must be new (or empty) and not the run itself — or, with ``overwrite``, a
     folder an earlier optimization or export wrote (it holds optimize.json or export.json), which
     :func:`staged` replaces once the new one is complete. Nothing else is ever overwritten."""
     out = Path(out)
     if out.resolve() == Path(run_dir).resolve() or out.resolve() in Path(run_dir).resolve().parents:
         raise OptimizeError(f"{out}: is (or holds) the run {run_dir} itself; give another --out folder")
+    if not inside_run and Path(run_dir).resolve() in out.resolve().parents:  # retraining would delete it
+        raise OptimizeError(f"{out}: is inside the run {run_dir}; give a folder outside it")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise OptimizeError(f"{out}: {blocking} is a file, not a folder; give another --out folder")
     if out.exists() and not out.is_dir():
         raise OptimizeError(f"{out}: is a file; give a new --out folder")
     if out.exists() and any(out.iterdir()):

@@ -25,12 +25,14 @@ import torch
 from heedful.data.tokenizers import content_ids
 from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
+from heedful.models.pretrained import structural_steps
 from heedful.optimize.common import (
     EXPORT_RECORD,
     ExportedTranslator,
     OptimizeError,
     check_out_dir,
     exported_task,
+    given_run,
     read_export_record,
     runtime_reason,
     staged,
@@ -141,17 +143,20 @@ def _weights_stamp(run: Run) -> dict[str, Any]:
 STORED_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
 
 
-def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = None, overwrite: bool = False) -> Path:
+def export_ctranslate2(
+    run: Run, out: str | Path, quantization: str | None = None, overwrite: bool = False, *, _cache: bool = False
+) -> Path:
     """Convert the run's Transformer translator into the CTranslate2 model folder ``out`` (new or
     empty; ``overwrite``: or an earlier export, replaced once this one is complete);
     ``quantization`` (e.g. "int8") is CTranslate2's own weight type at conversion time."""
+    given_run(run, "export_ctranslate2")
     if quantization is not None and quantization not in STORED_TYPES:
         raise OptimizeError(f"--quantization {quantization!r}: choose from {', '.join(STORED_TYPES)}")
     ct2 = optional_import("ctranslate2", "CTranslate2 conversion")
     from heedful.models import TransformerEncoderDecoder
 
     model = run.model
-    if not isinstance(model, TransformerEncoderDecoder) or getattr(model, "optimized", []):
+    if not isinstance(model, TransformerEncoderDecoder) or structural_steps(model):  # averaged weights convert
         raise OptimizeError(
             f"{run.run_dir}: CTranslate2 conversion takes a Transformer translator as trained "
             "(convert before other optimizations; CTranslate2 quantizes with --quantization)"
@@ -164,7 +169,7 @@ def export_ctranslate2(run: Run, out: str | Path, quantization: str | None = Non
     spec.config.eos_token = tgt_tok.id_to_piece(tgt_tok.eos_id)
     spec.config.unk_token = tgt_tok.id_to_piece(3)
     spec.config.decoder_start_token = spec.config.bos_token
-    out = check_out_dir(Path(out), run.run_dir, overwrite)
+    out = check_out_dir(Path(out), run.run_dir, overwrite, inside_run=_cache)  # the cache is the run's own
 
     class Converter(ct2.converters.Converter):
         def _load(self):
@@ -255,7 +260,7 @@ def cached_export(run: Run, quantization: str = "float32") -> Path:
     stored = None if quantization == "float32" else quantization
     try:
         shutil.rmtree(folder, ignore_errors=True)
-        made = export_ctranslate2(run, folder, stored)
+        made = export_ctranslate2(run, folder, stored, _cache=True)
         record_written(run.run_dir, f"{folder}/")  # heedful's whole: `train --overwrite` removes it
         return made
     except PermissionError:
@@ -372,10 +377,13 @@ def ct2_engine(run: Run, quantization: str = "float32", threads: int | None = No
     from heedful.models import TransformerEncoderDecoder
 
     optional_import("ctranslate2", "--engine ctranslate2")
-    if not isinstance(run.model, TransformerEncoderDecoder) or getattr(run.model, "optimized", []):
+    if not isinstance(run.model, TransformerEncoderDecoder):
+        raise OptimizeError(f"{run.run_dir}: --engine ctranslate2 takes a Transformer translator, not an RNN one")
+    if structural_steps(run.model):
+        steps = ", ".join(step["method"].replace("_", "-") for step in structural_steps(run.model))
         raise OptimizeError(
-            f"{run.run_dir}: --engine ctranslate2 takes a Transformer translator as trained, "
-            f"not a {run.model.config.arch} model or an optimized one"
+            f"{run.run_dir}: --engine ctranslate2 takes a Transformer translator as trained, not one made by {steps}; "
+            "convert the run it came from (CTranslate2 quantizes with --quantization)"
         )
     return Ct2Engine.for_run(run, cached_export(run, quantization), threads)
 

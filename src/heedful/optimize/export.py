@@ -42,6 +42,7 @@ from heedful.optimize.common import (
     OptimizeError,
     check_out_dir,
     exported_task,
+    given_run,
     read_export_record,
     runtime_reason,
     staged,
@@ -146,6 +147,7 @@ def export_onnx(run: Run, out: str | Path, overwrite: bool = False) -> Path:
     """Write the run's model as ONNX into ``out`` (new or empty; ``overwrite``: or an earlier
     export, replaced once this one is complete), with the vocabulary files and ``export.json``
     (what each file takes and gives). Float32, on the CPU."""
+    given_run(run, "export_onnx")
     optional_import("onnx", "ONNX export")
     from heedful.models import EncoderClassifier, TransformerEncoderDecoder
 
@@ -199,8 +201,15 @@ def export_onnx(run: Run, out: str | Path, overwrite: bool = False) -> Path:
             _export(DecoderStepExport(model), args, tmp / "decoder_step.onnx", ["token", "offset", "padding", *names],
                     ["logits", *self_out], step_axes)  # fmt: skip
             heads = [(layer.self_attn.n_heads, layer.self_attn.d_head) for layer in model.decoder.layers]
+            files = {  # what each graph takes and gives, by name (docs/OPTIMIZE.md)
+                "encoder.onnx": {"inputs": ["src"], "outputs": ["padding", *cross]},
+                "decoder_step.onnx": {
+                    "inputs": ["token", "offset", "padding", *names],
+                    "outputs": ["logits", *self_out],
+                },
+            }
             record = {"kind": "seq2seq", "layers": n_layers, "self_heads": heads, "pad_id": pad,
-                      "max_len": model.config.max_len}  # fmt: skip
+                      "max_len": model.config.max_len, "files": files}  # fmt: skip
         for path in (run.run_dir / "model").iterdir():  # the vocabulary, to tokenize as the run does
             if path.is_file() and path.name != "model.safetensors":
                 shutil.copy2(path, tmp / path.name)

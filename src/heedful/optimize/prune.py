@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from heedful.attention import MultiHeadAttention
+from heedful.nn.lowrank import LowRankLinear
 from heedful.optimize.common import OptimizeError, fine_tune, training_batches, training_stream
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ def prune_heads(
     modules = attention_modules(run.model)
     if not modules:
         raise OptimizeError(f"{run.run_dir}: a {run.cfg.task!r} model without multi-head attention: no heads to prune")
+    if any(isinstance(sub, LowRankLinear) for m in modules.values() for sub in m.modules()):
+        raise OptimizeError(f"{run.run_dir}: its attention projections are factorized (low-rank); prune the heads "
+                            "first, then factorize")  # fmt: skip
     model = copy.deepcopy(run.model)
     total = sum(m.n_heads for m in modules.values())
     removable = total - len(modules)  # one head stays in each module
