@@ -38,6 +38,11 @@ def heedful(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
             ["align", "nowhere", "--src", "a", "--tgt", "b", "--threshold", "0.3"],
             "--threshold needs --extract threshold",
         ),
+        (["align", "nowhere", "--src", "a", "--tgt", "b", "--extract", "max"], "--extract 'max': argmax or threshold"),
+        (
+            ["align", "nowhere", "--src", "a", "--tgt", "b", "--direction", "gdf"],
+            "--direction 'gdf': grow-diag-final, intersection, union, target or source",
+        ),
     ],
 )
 def test_options_that_would_be_ignored_are_refused(monkeypatch, capsys, tmp_path, args, message):

@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -256,15 +256,16 @@ def align(
     one Pharaoh line per pair ('i-j': 0-based source word i, target word j; words split at spaces)."""
     from tqdm.auto import tqdm
 
-    from heedful.explain.alignment import AlignMethod, parallel_lines, pharaoh
+    from heedful.explain.alignment import AlignMethod, Direction, Extract, parallel_lines, pharaoh
 
-    if extract not in ("argmax", "threshold"):
-        raise UserError(f"--extract {extract!r}: argmax or threshold")
-    if direction not in ("grow-diag-final", "intersection", "union", "target", "source"):
-        raise UserError(f"--direction {direction!r}: grow-diag-final, intersection, union, target or source")
+    # AlignMethod checks these too; here first, in the flags' own words, before any file is read.
+    checked = (("--extract", extract, get_args(Extract)), ("--direction", direction, get_args(Direction)))
+    for flag, given, allowed in checked:
+        if given not in allowed:
+            raise UserError(f"{flag} {given!r}: {', '.join(allowed[:-1])} or {allowed[-1]}")
     if threshold is not None and extract != "threshold":  # it would be ignored
         raise UserError(f"--threshold needs --extract threshold (--extract {extract} links each word to its largest)")
-    threshold = 0.5 if threshold is None else threshold
+    threshold = AlignMethod.threshold if threshold is None else threshold  # the method's default
     if not 0.0 < threshold <= 1.0:
         raise UserError(f"--threshold {threshold}: an attention weight in (0, 1]")
     if out is not None:
