@@ -343,7 +343,12 @@ class TranslateTask(Task):
 
     # -------------------------------------------------------------------------------------- decoding
     def _source_ids(self, text: str, model: nn.Module) -> list[int]:
-        return self.src_tok.encode(text)[: model.config.max_len]  # positions beyond the model's are cut
+        return self._cut_source(text, model)[0]
+
+    def _cut_source(self, text: str, model: nn.Module) -> tuple[list[int], int]:
+        """The source's ids, cut to the model's positions, and how many were cut off."""
+        ids = self.src_tok.encode(text)
+        return ids[: model.config.max_len], max(0, len(ids) - model.config.max_len)
 
     def _detokenize(self, ids: list[int]) -> str:
         return _one_line(self.tgt_tok.decode(ids))
@@ -414,8 +419,8 @@ class TranslateTask(Task):
         source longer than the model's ``max_len`` tokens is cut to it; ``.source_cut`` says by how many."""
         model.eval()
         texts = text_list(inputs, "translate")
-        encoded = [self.src_tok.encode(t) if t.strip() else [] for t in texts]
-        src_ids = [ids[: model.config.max_len] for ids in encoded]  # positions beyond the model's are cut
+        sources = [self._cut_source(t, model) if t.strip() else ([], 0) for t in texts]  # (ids, tokens cut)
+        src_ids = [ids for ids, _ in sources]
         filled = [i for i, s in enumerate(src_ids) if s]
         generated = self._generate(model, [src_ids[i] for i in filled], beam, batch_tokens, n_best)
         out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
@@ -423,8 +428,9 @@ class TranslateTask(Task):
             (ids, score), alternatives = ranked[0], None
             if n_best > 1:
                 alternatives = [(self._detokenize(other), other_score) for other, other_score in ranked]
-            cut = len(encoded[i]) - len(src_ids[i])
-            out[i] = Translation(texts[i], self._detokenize(ids), score, ids, alternatives=alternatives, source_cut=cut)
+            out[i] = Translation(
+                texts[i], self._detokenize(ids), score, ids, alternatives=alternatives, source_cut=sources[i][1]
+            )
         if attention:
             name = self._cross_attention_name(model)
             for t in out:  # blank inputs: nothing attended
