@@ -18,12 +18,15 @@ import torch
 from torch import nn
 
 from heedful.attention import MultiHeadAttention
-from heedful.errors import UserError
+from heedful.errors import CheckpointError, UserError
 from heedful.nn.lowrank import factorize, rank_for_energy
+from heedful.nn.weights import load_weights
 from heedful.optimize import average_tensors, int8, low_rank, optimize
-from heedful.runs import load_run
+from heedful.runs import load_config, load_run
+from heedful.tasks import get_task
 from heedful.train.checkpoint import list_checkpoints
-from tests.conftest import ROOT, run_cli
+from heedful.train.trainer import Trainer
+from tests.conftest import ROOT, run_cli, tiny_dates_overrides
 
 SOURCES = ["5. März 2021", "March 3, 1999", "3/4/05", "12 décembre 1987"]
 
@@ -506,3 +509,30 @@ def test_the_cli_overwrites_an_earlier_output_when_asked(run_dir, tmp_path):
     assert json.loads((out / "optimize.json").read_text())["method"] == "average"
     exported = run_cli("export", str(run_dir), "--format", "onnx", "--out", str(out), "--overwrite")
     assert exported.returncode == 0 and (out / "export.json").is_file() and not (out / "optimize.json").exists()
+
+
+def test_fine_tuning_may_start_from_an_averaged_run_not_from_a_restructured_one(run_dir, tmp_path, monkeypatch):
+    """Averaging changes only the weights, so ``train.init_from`` takes an averaged run's model as
+    it is; int8 changed the modules, so the fresh model cannot hold its weights: refused, named."""
+    averaged = optimize(load_run(run_dir, "cpu"), "average", tmp_path / "avg", last=2)
+    monkeypatch.setattr(Trainer, "_loop", lambda self, *args: None)  # set up (init_from included), train no step
+    cfg = load_config(
+        ROOT / "configs" / "dates.yaml", tiny_dates_overrides(tmp_path / "tuned", **{"train.init_from": averaged})
+    )
+    trainer = Trainer(get_task(cfg.task)(cfg), cfg)
+    trainer.fit()
+    want = type(trainer.model)(trainer.model.config)
+    load_weights(want, averaged / "model" / "model.safetensors")
+    for (name, got), (_, expected) in zip(trainer.model.state_dict().items(), want.state_dict().items(), strict=True):
+        assert torch.equal(got, expected), name
+
+    quantized = optimize(load_run(run_dir, "cpu"), "int8", tmp_path / "int8")
+    cfg = load_config(
+        ROOT / "configs" / "dates.yaml", tiny_dates_overrides(tmp_path / "from-int8", **{"train.init_from": quantized})
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"^train.init_from: .*int8/model: holds a model whose structure heedful optimize changed \(int8\)",
+    ):
+        Trainer(get_task(cfg.task)(cfg), cfg).fit()
+    assert not (tmp_path / "from-int8").exists()

@@ -4,8 +4,9 @@ The run's ``model/`` folder (its best model, the weight average where it kept on
 weights, loaded before step 0, and its vocabulary files (``Task.load_artifacts``), so the new
 run speaks the same ids. The new model is built from the new config; every tensor must have the
 shape it has there: one that does not, or a name one side lacks, is a one-line
-``CheckpointError`` (an architecture change is a new run, not a fine-tuning). A model that
-``heedful optimize`` changed (pruned heads, int8) is refused too. Resuming a fine-tuning run
+``CheckpointError`` (an architecture change is a new run, not a fine-tuning). A model whose
+structure ``heedful optimize`` changed (pruned heads, low-rank Linears, int8) is refused too; an
+averaged one (only its weights changed) is a start like any other. Resuming a fine-tuning run
 reads its own checkpoint and takes only the vocabulary from ``init_from`` again.
 """
 
@@ -36,9 +37,12 @@ def init_model_folder(run_dir: Path, task_name: str) -> Path:
 def load_initial_weights(model: nn.Module, folder: Path) -> None:
     """Load ``folder/model.safetensors`` into ``model`` in place, refusing any shape or name that differs."""
     weights = folder / "model.safetensors"
-    if read_model_config(folder).get("optimized"):
+    steps = [str(step.get("method")) for step in read_model_config(folder).get("optimized", [])]
+    changed = [method for method in steps if method != "average"]  # as structural_steps counts them
+    if changed:
         raise CheckpointError(
-            f"train.init_from: {folder}: holds an optimized model (heedful optimize); start from the run it came from"
+            f"train.init_from: {folder}: holds a model whose structure heedful optimize changed "
+            f"({', '.join(changed)}); start from the run it came from"
         )
     try:
         load_weights_checked(model, weights, "this run's model")
