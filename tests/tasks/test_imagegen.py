@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from heedful.data.images import image_folder, read_idx
+from heedful.data.images import image_folder, mnist, read_idx
 from heedful.errors import DataError
 from heedful.metrics import feature_statistics, frechet_distance
 from heedful.runs import load_config, load_run
@@ -163,3 +163,10 @@ def test_the_mnist_idx_files_read_with_their_known_counts(tmp_path):
     (tmp_path / "bad-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x02" + b"\x00" * 20)
     with pytest.raises(DataError, match="bad-idx3-ubyte: holds"):
         read_idx(tmp_path / "bad-idx3-ubyte")
+
+
+def test_a_folder_without_the_mnist_files_names_the_file_it_looked_for(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = r"^mnist/t10k-images-idx3-ubyte.gz: file not found \(nor t10k-images-idx3-ubyte beside it; a relative"
+    with pytest.raises(DataError, match=expected + r" path, read from .*\)$"):
+        mnist(Path("mnist"))

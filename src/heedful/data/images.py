@@ -55,7 +55,7 @@ def mnist(root: Path, prefix: str = "t10k") -> tuple[Tensor, Tensor, list[str]]:
         for name in (f"{prefix}-{kind}.gz", f"{prefix}-{kind}"):
             if (root / name).exists():
                 return root / name
-        raise DataError(f"{root / (prefix + '-' + kind)}(.gz): file not found")
+        raise DataError(not_found(root / f"{prefix}-{kind}.gz", f"nor {prefix}-{kind} beside it"))
 
     images = read_idx(find("images-idx3-ubyte"))
     labels = read_idx(find("labels-idx1-ubyte"))
