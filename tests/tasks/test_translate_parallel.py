@@ -493,8 +493,10 @@ def test_evaluate_counts_decoded_sentences_and_validation_does_not(trained, beam
     bar = decoding.call_args.kwargs["progress"].__self__  # the tqdm whose update the batches call
     assert bar.total == 12 and bar.n == 12  # every test sentence counted, once
     assert "decoding test" in capsys.readouterr().err
-    run.task.validate(run.model)
+    with unittest.mock.patch("heedful.tasks.translate.decode_in_batches", wraps=decode_in_batches) as decoding:
+        run.task.validate(run.model)
     assert "decoding" not in capsys.readouterr().err  # training's validation keeps its own bar quiet
+    assert decoding.call_args.kwargs["progress"] is None  # and builds none (serve decodes many small batches)
 
 
 @pytest.mark.slow

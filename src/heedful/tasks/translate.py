@@ -386,12 +386,13 @@ class TranslateTask(Task):
         precision = (
             torch.autocast(device.type, dtype=torch.bfloat16) if d.precision == "bf16" else contextlib.nullcontext()
         )
-        bar = tqdm(total=len(src_ids), desc=progress, unit=" sentences", leave=False, disable=progress is None)
-        with precision, bar:
+        # a bar only when asked for: serve decodes many small batches, each through here
+        bar = None if progress is None else tqdm(total=len(src_ids), desc=progress, unit=" sentences", leave=False)
+        with precision, bar or contextlib.nullcontext():
             return decode_in_batches(
                 model, src_ids, bos=self.tgt_tok.bos_id, eos=self.tgt_tok.eos_id, pad=self.src_tok.pad_id,
                 beam=beam, budget=budget, limits=limits, alpha=d.alpha, early_stopping=d.early_stopping, n_best=n_best,
-                min_len=d.min_len, workers=d.workers, prepacked=d.prepacked, progress=bar.update,
+                min_len=d.min_len, workers=d.workers, prepacked=d.prepacked, progress=bar and bar.update,
             )  # fmt: skip
 
     def _cross_attention(self, model: nn.Module, src_ids: list[list[int]], out_ids: list[list[int]]):
