@@ -356,7 +356,7 @@ class ClassifyTask(LabelledTextTask):
         out = []
         for text, p in zip(inputs, probs, strict=True):
             best = int(p.argmax())
-            dist = {name: round(float(p[i]), 4) for i, name in enumerate(classes)}
+            dist = {name: float(p[i]) for i, name in enumerate(classes)}  # unrounded: the best one is .score
             out.append(Classification(text, classes[best], float(p[best]), probabilities=dist))
         return out
 
