@@ -100,7 +100,7 @@ def test_rows_carry_text_label_group_and_their_first_line(tmp_path):
 )
 def test_each_bad_row_kind_names_file_and_line_or_is_counted(tmp_path, body, kind, message):
     path = write(tmp_path, body)
-    with pytest.raises(DataError, match=f"r.csv, {message}"):
+    with pytest.raises(DataError, match=f"r.csv {message}"):
         rows(path, labels="stars5")
     bad = BadRows()
     kept = list(read_labelled(path, TextColumns("Reviews", "Rating", labels="stars5", on_bad_row="skip"),
@@ -182,16 +182,16 @@ def test_a_reservoir_sample_is_uniform_ordered_seeded_and_reads_the_stream_once(
 def test_texts_to_predict_name_the_file_line_that_is_not_utf8(tmp_path):
     path = tmp_path / "reviews.txt"
     path.write_bytes(b"Gut.\n\nDas Ger\xc3\xa4t ist kaputt.\nEin caf\xe9\n")  # latin-1 on line 4
-    with pytest.raises(DataError, match=r"reviews.txt, line 4: text is not valid UTF-8"):
+    with pytest.raises(DataError, match=r"reviews.txt line 4: text is not valid UTF-8"):
         read_texts(path, None)
     path.write_bytes("Gut.\n\nDas Gerät ist kaputt.\r\n".encode())
     assert read_texts(path, None) == ["Gut.", "Das Gerät ist kaputt."]
     path = tmp_path / "reviews.csv"  # Windows-1252: predict --input ended in sentencepiece's RuntimeError
     path.write_bytes(b"Reviews,Product\ngood phone,a\nt\xe9l\xe9phone,b\n")
-    with pytest.raises(DataError, match=r"reviews.csv, line 3: text is not valid UTF-8$"):
+    with pytest.raises(DataError, match=r"reviews.csv line 3: text is not valid UTF-8$"):
         read_text_rows(path, "Reviews")
     path.write_bytes(b"Reviews,Product\ngood phone,caf\xe9\n")  # a kept column is written out too
-    with pytest.raises(DataError, match=r"reviews.csv, line 2: text is not valid UTF-8$"):
+    with pytest.raises(DataError, match=r"reviews.csv line 2: text is not valid UTF-8$"):
         read_text_rows(path, "Reviews")
     folder = tmp_path / "texts.csv"
     folder.mkdir()

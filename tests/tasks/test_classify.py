@@ -184,7 +184,7 @@ def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, t
     assert top and top in "excellent"  # the keyword's piece carries the most weight
     reviews.write_text("Reviews,Other\nfine,1\n,2\n")
     bad = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out))
-    assert bad.returncode == 2 and "new.csv, line 3: no text in column 'Reviews'" in bad.stderr
+    assert bad.returncode == 2 and "new.csv line 3: no text in column 'Reviews'" in bad.stderr
 
 
 def test_layer_wise_learning_rate_decay_scales_each_layer(tmp_path):
@@ -523,7 +523,7 @@ def test_a_validation_label_the_training_data_lacks_is_refused(tmp_path):
     val.write_text("".join(json.dumps(r) + "\n" for r in [rows[0], {"body": "so so", "mood": "meh"}]))
     columns = {"data.text_column": "body", "data.label_column": "mood", "data.group_column": None}
     cfg = config(tmp_path, **{"data.path": str(train), "data.val_path": str(val), "data.labels": "as_is", **columns})
-    with pytest.raises(UserError, match=rf"^{val}, line 2: label 'meh' does not occur in {train}, the training data$"):
+    with pytest.raises(UserError, match=rf"^{val} line 2: label 'meh' does not occur in {train}, the training data$"):
         get_task("classify")(cfg).build_data(cfg)
 
 
@@ -542,7 +542,7 @@ def test_a_file_with_no_usable_row_says_where_the_rows_went(tmp_path):
         return str(caught.value)
 
     assert error() == (
-        f"{path}: no usable rows (5 bad; the first: {path}, line 1: label 'positive' is not a star rating 1–5 "
+        f"{path}: no usable rows (5 bad; the first: {path} line 1: label 'positive' is not a star rating 1–5 "
         "(data.labels: as_is takes labels as they are))"
     )
     assert error(**{"data.labels": "as_is", "data.filters": "{shop: b}"}) == (

@@ -61,7 +61,7 @@ UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 def refuse_nul(line: str | bytes, where: str) -> None:
     """A line holding a NUL byte decodes, yet is no text (a binary file, or UTF-16): a one-line
-    ``DataError`` at ``where`` ("FILE, line N")."""
+    ``DataError`` at ``where`` ("FILE line N")."""
     if ("\0" if isinstance(line, str) else b"\0") in line:
         raise DataError(f"{where}: a NUL byte (a binary file, or UTF-16 text?)")
 
@@ -197,7 +197,7 @@ def _records(path: Path, fmt: str, spec: TextColumns) -> Iterator[tuple[int, dic
         except StopIteration:
             raise DataError(f"{path}: empty file (no header row)") from None
         except csv.Error as exc:
-            raise DataError(f"{path}, line 1: broken header ({exc})") from None
+            raise DataError(f"{path} line 1: broken header ({exc})") from None
         wanted = [
             (spec.text, "data.text_column"),
             (spec.label, "data.label_column"),
@@ -205,7 +205,7 @@ def _records(path: Path, fmt: str, spec: TextColumns) -> Iterator[tuple[int, dic
             *((column, "data.filters") for column in spec.filters),
         ]
         if any("\0" in h or UNDECODABLE.search(h) for h in header):
-            raise DataError(f"{path}, line 1: not UTF-8 text (a binary file, or UTF-16?)")
+            raise DataError(f"{path} line 1: not UTF-8 text (a binary file, or UTF-16?)")
         missing = [(column, key) for column, key in wanted if column and column not in header]
         if missing:
             column, key = missing[0]
@@ -247,7 +247,7 @@ def read_labelled(
     fmt = _format(path, spec)
 
     def problem(kind: str, line: int, message: str) -> None:
-        where = f"{path}, line {line}: {message}"
+        where = f"{path} line {line}: {message}"
         if spec.on_bad_row == "error":
             raise DataError(where + " (data.on_bad_row: skip counts such rows instead)")
         bad.counts[kind] += 1
@@ -317,8 +317,8 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
         with _open_text(path) as handle:
             for number, line in enumerate(handle, 1):  # numbered as in the file, blank lines included
                 if UNDECODABLE.search(line):
-                    raise DataError(f"{path}, line {number}: text is not valid UTF-8")
-                refuse_nul(line, f"{path}, line {number}")
+                    raise DataError(f"{path} line {number}: text is not valid UTF-8")
+                refuse_nul(line, f"{path} line {number}")
                 if line.strip():
                     texts.append(line.strip())
         if not texts:
@@ -332,12 +332,12 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
     texts, others, columns = [], [], {}  # columns: an ordered set of the other columns' names
     for line, record in _records(path, fmt, spec):
         if isinstance(record, str):
-            raise DataError(f"{path}, line {line}: {record}")
+            raise DataError(f"{path} line {line}: {record}")
         text = record.get(column)
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}, line {line}: no text in column {column!r}")
+            raise DataError(f"{path} line {line}: no text in column {column!r}")
         if any(UNDECODABLE.search(v) for v in record.values() if isinstance(v, str)):
-            raise DataError(f"{path}, line {line}: text is not valid UTF-8")
+            raise DataError(f"{path} line {line}: text is not valid UTF-8")
         texts.append(text.strip())
         if not keep_columns:
             continue

@@ -46,7 +46,7 @@ def bert_config(directory: Path) -> TransformerConfig:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found — expected a BERT model folder") from None
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise CheckpointError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     if hf.get("model_type") != "bert" or hf.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"{path}: model_type {hf.get('model_type')!r} is not a BERT with absolute positions")
     if hf.get("hidden_act", "gelu") != "gelu":

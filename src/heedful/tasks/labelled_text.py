@@ -241,7 +241,7 @@ class LabelledTextTask(Task):
                     splits[name] = self._read(path, bad)
                     unseen = next((r for r in splits[name] if r.label not in seen), None)
                     if unseen is not None and not self.labels.fixed:  # a class the model would never train on
-                        raise DataError(f"{path}, line {unseen.line}: label {self.labels.name(unseen.label)!r} "
+                        raise DataError(f"{path} line {unseen.line}: label {self.labels.name(unseen.label)!r} "
                                         f"does not occur in {d.path}, the training data")  # fmt: skip
             if not d.val_path or not d.test_path:  # split the missing one from path
                 drawn = split_examples(rows, d.model_copy(update={"folds": None}), split_seed(d, cfg.seed))
