@@ -171,6 +171,8 @@ def test_a_low_rank_run_loads_and_matches_the_model_it_wrote(run_dir, tmp_path):
     assert type(linear1).__name__ == "LowRankLinear" and linear1.rank == record["ranks"]["encoder.layers.0.ff.linear1"]
     assert linear1.rank == int(0.5 * 32 * 64 / (32 + 64))
     assert "decoder.output" not in record["ranks"]  # tied to the embedding: left whole
+    _, record = low_rank(run, size=0.5, layers="ff", untie=True, fine_tune_steps=0, lr=3e-4)
+    assert record["untie"] is True and record["untied"] == [] and record["lr"] == 3e-4  # --untie had nothing to untie
     assert torch.equal(logits(reloaded.model, run), logits(in_memory, run))
 
 
@@ -185,7 +187,7 @@ def test_untie_factorizes_the_output_projection_and_leaves_the_embedding_whole(r
                   "--out", str(tmp_path / "untied"))  # fmt: skip
     assert out.returncode == 0, out.stderr
     record = json.loads((tmp_path / "untied" / "optimize.json").read_text())
-    assert record["untie"] is True and "decoder.output" in record["ranks"]
+    assert record["untie"] is True and "decoder.output" in record["ranks"] and record["untied"] == ["decoder.output"]
     reloaded = load_run(tmp_path / "untied", "cpu")
     output, r = reloaded.model.decoder.output, record["ranks"]["decoder.output"]
     vocab, width = table.shape
@@ -226,6 +228,9 @@ def test_a_pruned_run_is_physically_smaller_and_reloads(run_dir, tmp_path):
     qkv = reloaded.model.get_submodule("encoder.layers.0.self_attn.qkv_proj")
     assert qkv.weight.shape == (3 * 16, 32)  # one head of 16 left, in each of the q, k, v blocks
     assert len(reloaded.translate(SOURCES)) == len(SOURCES)
+    record = json.loads((out / "optimize.json").read_text())  # every option, defaults included
+    assert {k: record[k] for k in ("fraction", "batches", "fine_tune_steps", "lr")} == {
+        "fraction": 0.5, "batches": 2, "fine_tune_steps": 0, "lr": 1e-4}  # fmt: skip
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])

@@ -85,8 +85,10 @@ def low_rank(
     losses = fine_tune(run, model, fine_tune_steps, lr)
     step = {"method": "low_rank", "ranks": ranks}
     model.optimized = [*getattr(run.model, "optimized", []), step]
-    record = {**step, "energy": energy, "size": size, "layers": layers, "untie": untie,
-              "fine_tune_steps": fine_tune_steps}  # fmt: skip
+    # every option as given, and what --untie did: the tied Linears it factorized (none, e.g., under --layers ff)
+    untied = sorted(set(ranks) & tied_linears(run.model))
+    record = {**step, "energy": energy, "size": size, "layers": layers, "untie": untie, "untied": untied,
+              "fine_tune_steps": fine_tune_steps, "lr": lr}  # fmt: skip
     if losses:
         record["fine_tune_loss"] = [losses[0], losses[-1]]
     return model.eval(), record

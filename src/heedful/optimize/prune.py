@@ -113,5 +113,5 @@ def prune_heads(
     model.optimized = [*getattr(run.model, "optimized", []), step]
     kept = sum(len(h) for h in alive.values())
     record = {**step, "heads_before": total, "heads_after": kept, "fraction": fraction, "rounds": history,
-              "fine_tune_steps": fine_tune_steps}  # fmt: skip
+              "batches": batches, "fine_tune_steps": fine_tune_steps, "lr": lr}  # fmt: skip
     return model.eval(), record
