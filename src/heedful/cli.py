@@ -634,7 +634,7 @@ def serve(
         list[Path],
         typer.Argument(
             help="Run directories to serve, each named by its run name; an export of a run (`heedful export`) "
-            "serves under its run's name, without attention."
+            "serves as RUN-onnx or RUN-ct2, without attention."
         ),
     ],
     host: Annotated[str, typer.Option(help="Address to bind; a non-local one needs --api-key or --insecure.")] = (

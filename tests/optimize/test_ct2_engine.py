@@ -158,6 +158,7 @@ def test_an_export_folder_translates_on_its_own(confident_run, tmp_path):
     assert result.stdout.splitlines() == expected and any(len(line) > 5 for line in expected)
     engine = open_ct2_export(shipped, ["decode.beam_size=1"])
     assert [t.output for t in engine.translate(lines)] == expected
+    assert engine.cfg.name == f"{run.cfg.name}-ct2"  # served beside its run under a name of its own
     int8 = run_cli("translate", str(shipped), "--beam", "1", "--quantization", "int8", stdin=text)
     assert int8.returncode == 0 and len(int8.stdout.splitlines()) == 8, int8.stderr
     # `heedful evaluate EXPORT`: the split's exact match from the export's own translations, nothing written

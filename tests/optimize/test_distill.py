@@ -100,6 +100,7 @@ def test_the_student_is_a_run_with_the_teachers_vocabulary_and_a_record(teacher_
     assert record["parameters"] == {"before": before, "after": after, "ratio": round(after / before, 4)}
     assert record["method"] == "distill" and record["beam"] == 2 and record["source"] == str(teacher_dir)
     assert record["student_set"] == STUDENT_SET
+    assert student.cfg.name == f"{teacher.cfg.name}-student"  # a name of its own, to be served beside the teacher
     assert not [p for p in student_dir.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 

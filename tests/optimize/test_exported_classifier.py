@@ -125,7 +125,7 @@ def test_heedful_serve_answers_from_an_export(shipped):
     exported = open_served(folder)
     assert isinstance(exported, OnnxTextClassifier)
     with TestClient(create_app([exported])) as client:
-        name = run.cfg.name
+        name = f"{run.cfg.name}-onnx"  # an export is named after its run and format
         assert client.get("/v1/models").json()["models"] == [
             {"name": name, "task": "classify", "inputs": "text", "predict": f"/v1/models/{name}/predict",
              "runtime": "onnxruntime", "attention": False}

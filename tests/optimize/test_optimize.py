@@ -541,3 +541,21 @@ def test_fine_tuning_may_start_from_an_averaged_run_not_from_a_restructured_one(
     ):
         Trainer(get_task(cfg.task)(cfg), cfg).fit()
     assert not (tmp_path / "from-int8").exists()
+
+
+def test_an_optimized_run_has_a_name_of_its_own_and_serves_beside_its_run(run_dir, tmp_path):
+    """``heedful serve runs/dates runs/dates-int8`` refused two runs named 'dates'."""
+    pytest.importorskip("fastapi")
+    from heedful.serve.app import create_app
+
+    run = load_run(run_dir, "cpu")
+    averaged = load_run(optimize(run, "average", tmp_path / "avg", last=2), "cpu")
+    chained = load_run(optimize(averaged, "low_rank", tmp_path / "low", size=0.5), "cpu")
+    assert (averaged.cfg.name, chained.cfg.name) == (f"{run.cfg.name}-average", f"{run.cfg.name}-average-low-rank")
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app([run, averaged, chained])) as client:
+        listed = client.get("/v1/models").json()
+        answer = client.post("/v1/models/dates-average-low-rank/predict", json={"texts": SOURCES[:1]})
+    assert [m["name"] for m in listed["models"]] == ["dates", "dates-average", "dates-average-low-rank"]
+    assert answer.status_code == 200 and answer.json()["model"] == "dates-average-low-rank"

@@ -41,7 +41,7 @@ def review_export(review_run, tmp_path_factory):
     from heedful.optimize.export import export_onnx, open_export
 
     folder = export_onnx(review_run, tmp_path_factory.mktemp("reviews-onnx") / "onnx")
-    return open_export(folder, ["name=reviews-onnx"])
+    return open_export(folder)  # named reviews-onnx by the export
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from torch import nn
 
+from heedful.config import read_yaml
 from heedful.errors import UserError
 from heedful.outputs import EXPORT_RECORD
 from heedful.tasks.base import EvalResult, input_list
@@ -73,12 +75,12 @@ def check_out_dir(out: Path, run_dir: Path, overwrite: bool = False, *, inside_r
 
 
 def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any], overwrite: bool = False) -> Path:
-    """``out`` as a run directory holding ``model``: the run's config.yaml, its model folder's
-    vocabulary files, the model (config.json + model.safetensors) and ``optimize.json``."""
+    """``out`` as a run directory holding ``model``: the run's config.yaml (named NAME-METHOD), its
+    model folder's vocabulary files, the model (config.json + model.safetensors) and ``optimize.json``."""
     out = check_out_dir(out, run.run_dir, overwrite)
     with staged(out) as tmp:
         (tmp / "model").mkdir()
-        shutil.copy2(run.run_dir / "config.yaml", tmp / "config.yaml")
+        write_config_named(run, tmp / "config.yaml", record["method"].replace("_", "-"))
         for path in (run.run_dir / "model").iterdir():  # tokenizers, vocabularies: everything but the weights
             if path.is_file() and path.name not in ("config.json", "model.safetensors"):
                 shutil.copy2(path, tmp / "model" / path.name)
@@ -86,6 +88,14 @@ def write_run(run: Run, model: nn.Module, out: Path, record: dict[str, Any], ove
         payload = {"source": str(run.run_dir), **record}
         (tmp / RECORD_NAME).write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     return out
+
+
+def write_config_named(run: Run, path: Path, suffix: str) -> None:
+    """The run's config.yaml at ``path``, named NAME-SUFFIX ("dates-int8", "dates-onnx"): serving
+    an optimized or exported run beside the run it came from needs two names."""
+    config = read_yaml(run.run_dir / "config.yaml")
+    config["name"] = f"{config.get('name', 'run')}-{suffix}"  # 'run': RunConfig's default name
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
 
 @contextmanager

@@ -36,6 +36,7 @@ from heedful.optimize.common import (
     read_export_record,
     runtime_reason,
     staged,
+    write_config_named,
 )
 from heedful.tasks.base import input_list
 from heedful.train.rundir import record_written
@@ -183,7 +184,7 @@ def export_ctranslate2(
         for path in (run.run_dir / "model").iterdir():
             if path.is_file() and path.name != "model.safetensors":
                 shutil.copy2(path, tmp / RUN_FILES / path.name)
-        shutil.copy2(run.run_dir / "config.yaml", tmp / RUN_FILES / "config.yaml")
+        write_config_named(run, tmp / RUN_FILES / "config.yaml", "ct2")
         record = {"source": str(run.run_dir), "format": "ctranslate2", "quantization": quantization,
                   "max_len": model.config.max_len, "weights": _weights_stamp(run)}  # fmt: skip
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")

@@ -45,9 +45,13 @@ CORPUS = "distilled"
 
 
 def student_config(teacher: Run, student_set: list[str], run_dir: Path, corpus: Path) -> RunConfig:
-    """The teacher's config with ``student_set`` applied (validated by the config itself), trained
+    """The teacher's config, named NAME-student, with ``student_set`` applied (validated by the config itself), trained
     on the distilled ``corpus`` (prefix, absolute) with the teacher's tokenizers, into ``run_dir``."""
-    data = apply_overrides(teacher.cfg.model_dump(mode="json"), list(student_set))
+    teacher_data = teacher.cfg.model_dump(mode="json")
+    teacher_data["name"] = (
+        f"{teacher.cfg.name}-student"  # its own name (served beside the teacher); --student-set may give one
+    )
+    data = apply_overrides(teacher_data, list(student_set))
     data["run_dir"] = str(run_dir)
     data["data"]["train"] = str(corpus.resolve())
     data["data"]["tokenizer"]["from_run"] = str(teacher.run_dir.resolve())

@@ -46,6 +46,7 @@ from heedful.optimize.common import (
     read_export_record,
     runtime_reason,
     staged,
+    write_config_named,
 )
 from heedful.tasks.base import input_list
 
@@ -213,7 +214,7 @@ def export_onnx(run: Run, out: str | Path, overwrite: bool = False) -> Path:
         for path in (run.run_dir / "model").iterdir():  # the vocabulary, to tokenize as the run does
             if path.is_file() and path.name != "model.safetensors":
                 shutil.copy2(path, tmp / path.name)
-        shutil.copy2(run.run_dir / "config.yaml", tmp / "config.yaml")
+        write_config_named(run, tmp / "config.yaml", "onnx")
         (tmp / RECORD_NAME).write_text(
             json.dumps({"source": str(run.run_dir), "format": "onnx", "opset": OPSET, **record}, indent=2) + "\n"
         )
