@@ -43,6 +43,20 @@ def test_what_a_run_may_hold_beside_its_own_files_is_allowed(run_folder, tmp_pat
         assert check_output(allowed, "--out", runs=[run_folder]) == allowed
 
 
+def test_a_file_the_runs_manifest_lists_is_refused_and_a_damaged_manifest_lists_none(run_folder):
+    """``report --out RUN/plots/history.png`` turned the run's curves into an HTML page."""
+    (run_folder / ".heedful").mkdir()
+    manifest = run_folder / ".heedful" / "run.json"
+    manifest.write_text('{"heedful_run": 1, "written": ["plots/history.png", "eval-test.json", "plots/"]}')
+    for listed in ("plots/history.png", "eval-test.json"):
+        with pytest.raises(UserError, match=r"^--out .*: would overwrite .*run's own files; write elsewhere$"):
+            check_output(run_folder / listed, "--out", runs=[run_folder])
+    assert check_output(run_folder / "plots" / "why.html", "--out", runs=[run_folder])  # not listed: a user's file
+    for damaged in ("{not json", "[1, 2]", '{"written": "plots/history.png"}'):
+        manifest.write_text(damaged)
+        assert check_output(run_folder / "plots" / "history.png", "--out", runs=[run_folder])
+
+
 def test_anything_inside_an_export_folder_is_refused(tmp_path):
     export = tmp_path / "export"
     export.mkdir()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -42,9 +43,19 @@ def check_output(path: Path, option: str, *, inputs: Iterable[Path] = (), runs: 
         if root not in target.parents:
             continue
         inside = target.relative_to(root).parts
-        if (root / EXPORT_RECORD).is_file() or inside[0] in RUN_OWN:
+        if (root / EXPORT_RECORD).is_file() or inside[0] in RUN_OWN or "/".join(inside) in _written_by_heedful(root):
             raise UserError(f"{option} {path}: would overwrite {run}'s own files; write elsewhere")
     return path
+
+
+def _written_by_heedful(run: Path) -> set[str]:
+    """The files a run's manifest lists as heedful's (``.heedful/run.json``: plots/history.png,
+    eval-test.json, …); none where it is missing or unreadable (a run from before the manifest)."""
+    try:
+        written = json.loads((run / ".heedful" / "run.json").read_text(encoding="utf-8")).get("written", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {entry for entry in written if isinstance(entry, str) and not entry.endswith("/")}
 
 
 def check_output_folder(path: Path | None, option: str) -> Path | None:

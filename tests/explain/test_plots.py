@@ -37,3 +37,22 @@ def test_without_a_font_for_them_characters_become_code_points_with_one_warning(
         assert plots.label_text("日本") == "U+65E5U+672C"
     assert len(caught) == 1
     assert plots.label_text("5 March") == "5 March"
+
+
+@pytest.mark.parametrize(
+    ("curves", "monitor", "panels"),
+    [
+        ({"train_loss": [2.0, 1.0], "val_loss": [2.1, 1.2], "val_accuracy": [0.5, 0.7], "val_bleu": [3.0, 9.0]},
+         "val_bleu", 3),  # loss, accuracy and the BLEU the run is judged by
+        ({"train_loss": [2.0, 1.0], "val_loss": [2.1, 1.2], "val_accuracy": [0.5, 0.7]}, "val_loss", 2),
+        ({"train_loss": [2.0, 1.0], "val_fid": [40.0, 30.0]}, "val_fid", 2),  # a GAN: loss and FID, no accuracy
+        ({"train_loss": [2.0, 1.0], "val_fid": [40.0, 30.0]}, None, 1),
+    ],
+)  # fmt: skip
+def test_the_history_plot_shows_the_metric_the_run_is_judged_by(tmp_path, curves, monitor, panels):
+    from PIL import Image
+
+    from heedful.explain.plots import plot_history
+
+    plot_history({"epoch": [1, 2], **curves}, tmp_path / "history.png", monitor)
+    assert Image.open(tmp_path / "history.png").size == (450 * panels, 350)  # 4.5 × 3.5 in per panel at 100 dpi

@@ -61,7 +61,33 @@ def test_the_report_is_self_contained_and_holds_the_figures_and_tables(report, d
         assert sample in text
     assert text.count("<figcaption>decision path: per decoder layer") == len(SAMPLES)
     assert "exact_match" in text and "configs/dates.yaml" not in text and "task: translate" in text
-    assert not list(dates_run.glob(".report-*"))  # its scratch images are gone
+    assert "<th>val exact_match</th>" in text  # the per-epoch table holds the metric the run is judged by
+    assert "(val_exact_match judges the run)" in text
+
+
+def test_a_report_draws_its_figures_outside_the_run(dates_run, tmp_path, monkeypatch):
+    """A run folder may be read-only (someone else's, a mounted share): the report's scratch
+    images go to a temporary folder of their own, never into the run."""
+    from heedful.explain import plots, report
+
+    drawn: list[Path] = []
+
+    def recording(draw):
+        def wrapper(*args, **kwargs):
+            drawn.append(Path(next(a for a in args if isinstance(a, Path))))
+            return draw(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(report, "plot_history", recording(plots.plot_history))
+    monkeypatch.setattr(plots, "attention_heatmap", recording(plots.attention_heatmap))
+    run = load_run(dates_run, device="cpu")
+    monkeypatch.setattr(run.task, "plot_explanation", recording(run.task.plot_explanation))
+    before = sorted(dates_run.rglob("*"))
+    run.report(tmp_path / "elsewhere.html", inputs=SAMPLES[:1])
+    assert len(drawn) >= 4  # the curves, then the sample's attention, rollout and decision path
+    assert not [p for p in drawn if dates_run.resolve() in p.resolve().parents], drawn
+    assert sorted(dates_run.rglob("*")) == before
 
 
 @pytest.mark.slow

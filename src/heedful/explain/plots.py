@@ -258,9 +258,11 @@ def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int
     return path
 
 
-def plot_history(curves: dict[str, list[float]], path: Path) -> None:
-    """Loss and accuracy curves per epoch, train beside val (``curves``: a run's history, metric ->
-    one value per epoch, with ``epoch``); nothing is drawn before the first epoch."""
+def plot_history(curves: dict[str, list[float]], path: Path, monitor: str | None = None) -> None:
+    """Per epoch, train beside val: the loss, the accuracy where the task has one, and the
+    metric the run is judged by (``monitor``, e.g. val_bleu or val_fid) where it is neither
+    (``curves``: a run's history, metric -> one value per epoch, with ``epoch``); nothing is drawn
+    before the first epoch."""
     if not curves.get("epoch"):
         return
     import matplotlib
@@ -269,16 +271,19 @@ def plot_history(curves: dict[str, list[float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     h = curves
+    panels = [m for m in ("loss", "accuracy") if m == "loss" or any(f"{s}_{m}" in h for s in ("train", "val"))]
+    if monitor and monitor in h and monitor.removeprefix("val_") not in panels:
+        panels.append(monitor.removeprefix("val_"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, metric in zip(axes[0], panels, strict=True):
         for split in ("train", "val"):
             key = f"{split}_{metric}"
             if key in h:
                 ax.plot(h["epoch"], h[key], marker="o", label=split)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        if ax.get_legend_handles_labels()[0]:  # a task without this metric draws an empty panel
+        if ax.get_legend_handles_labels()[0]:  # a GAN has no validation loss: an empty panel
             ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

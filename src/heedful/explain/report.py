@@ -19,6 +19,7 @@ import html
 import io
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def write_report(run: Any, path: Path | None = None, inputs: list[Any] | None = 
     path = Path(path) if path is not None else run_dir / "report.html"
     sections = [
         _config(run_dir),
-        _curves(run_dir),
+        _curves(run_dir, run.cfg.train.monitor),
         _metrics(run_dir, run.task),
         _samples(run, _sample_inputs(run, inputs, samples)),
         _faithfulness(run_dir),
@@ -113,7 +114,7 @@ def _read_json(file: Path) -> dict[str, Any]:
     return record
 
 
-def _curves(run_dir: Path) -> str:
+def _curves(run_dir: Path, monitor: str | None = None) -> str:
     history = run_dir / "history.json"
     if not history.is_file():
         return (
@@ -124,16 +125,21 @@ def _curves(run_dir: Path) -> str:
     for record in epochs:
         for key, value in record.items():
             curves.setdefault(key, []).append(value)
-    png = run_dir / ".report-history.png"
-    plot_history(curves, png)
-    rows = [
-        [r.get("epoch"), *(r.get(k, float("nan")) for k in ("train_loss", "val_loss", "val_accuracy"))] for r in epochs
-    ]
     out = ['<h2 id="curves">Training curves</h2>']
-    if png.is_file():
-        out.append(_figure(png_data_uri(png), "loss and accuracy per epoch, train and validation"))
-        png.unlink()
-    out.append(_table("per epoch", ["epoch", "train loss", "val loss", "val accuracy"], rows))
+    with tempfile.TemporaryDirectory(prefix="heedful-report-") as scratch:  # not the run: it may be read-only
+        png = Path(scratch) / "history.png"
+        plot_history(curves, png, monitor)
+        if png.is_file():
+            out.append(
+                _figure(
+                    png_data_uri(png),
+                    f"per epoch, train and validation{f' ({monitor} judges the run)' if monitor else ''}",
+                )
+            )
+    # Every figure an epoch recorded but time: the loss, then what validation measured (val_bleu, val_fid, …).
+    keys = [k for k in curves if k.startswith("train_loss")] + [k for k in curves if k.startswith("val_")]
+    rows = [[r.get("epoch"), *(r.get(k, float("nan")) for k in keys)] for r in epochs]
+    out.append(_table("per epoch", ["epoch", *(k.replace("_", " ", 1) for k in keys)], rows))
     return "".join(out)
 
 
@@ -175,28 +181,28 @@ def _samples(run: Any, inputs: list[Any]) -> str:
         return "".join(out)
     from heedful.explain.plots import attention_heatmap
 
-    tmp = Path(run.run_dir) / ".report-attention.png"
-    for i, explanation in enumerate(run.task.explain(run.model, inputs)):
-        p = explanation.prediction
-        out.append(f"<h3>{i + 1}. {html.escape(str(p.input))} → {html.escape(str(p.output))}</h3>")
-        run.task.plot_explanation(explanation, tmp)
-        out.append(_figure(png_data_uri(tmp), explanation.title or "attention"))
-        rollout = encoder_rollout(run, explanation.key_tokens, inputs[i])
-        if rollout is not None:
-            attention_heatmap(rollout, explanation.key_tokens, explanation.key_tokens, tmp,
-                              title="encoder attention rollout (Abnar & Zuidema 2020)",
-                              labels=("input position", "position at the encoder's top"))  # fmt: skip
-            out.append(_figure(png_data_uri(tmp), "encoder attention rollout: row = position at the top, "
-                                                  "column = the input position that flows into it"))  # fmt: skip
-        path = decision_path(run, explanation, inputs[i])
-        if path is not None:
-            weights, rows, columns, caption = path
-            axis = "token finally chosen" if "decoder" in caption else "class"
-            attention_heatmap(
-                weights, rows, columns, tmp, title="decision path: the logit lens", labels=(axis, "layer")
-            )
-            out.append(_figure(png_data_uri(tmp), caption))
-    tmp.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="heedful-report-") as scratch:  # not the run: it may be read-only
+        tmp = Path(scratch) / "figure.png"
+        for i, explanation in enumerate(run.task.explain(run.model, inputs)):
+            p = explanation.prediction
+            out.append(f"<h3>{i + 1}. {html.escape(str(p.input))} → {html.escape(str(p.output))}</h3>")
+            run.task.plot_explanation(explanation, tmp)
+            out.append(_figure(png_data_uri(tmp), explanation.title or "attention"))
+            rollout = encoder_rollout(run, explanation.key_tokens, inputs[i])
+            if rollout is not None:
+                attention_heatmap(rollout, explanation.key_tokens, explanation.key_tokens, tmp,
+                                  title="encoder attention rollout (Abnar & Zuidema 2020)",
+                                  labels=("input position", "position at the encoder's top"))  # fmt: skip
+                out.append(_figure(png_data_uri(tmp), "encoder attention rollout: row = position at the top, "
+                                                      "column = the input position that flows into it"))  # fmt: skip
+            path = decision_path(run, explanation, inputs[i])
+            if path is not None:
+                weights, rows, columns, caption = path
+                axis = "token finally chosen" if "decoder" in caption else "class"
+                attention_heatmap(
+                    weights, rows, columns, tmp, title="decision path: the logit lens", labels=(axis, "layer")
+                )
+                out.append(_figure(png_data_uri(tmp), caption))
     return "".join(out)
 
 

@@ -235,7 +235,7 @@ class Trainer:
         history.completed = True
         if dist.main:
             history.save(self.run_dir / "history.json")
-            plot_history(history.history, self.run_dir / "plots" / "history.png")
+            plot_history(history.history, self.run_dir / "plots" / "history.png", self.tc.monitor)
         return history
 
     def _loop(self, model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps) -> None:
