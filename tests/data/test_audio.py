@@ -473,3 +473,23 @@ def test_a_wav_whose_header_promises_more_samples_than_it_holds_is_refused(tmp_p
     np.testing.assert_allclose(read_audio(whole, 8000), samples / 32768, atol=1e-6)  # chunks walked past LIST
     with pytest.raises(DataError, match=r"cut\.wav: truncated: its header promises 1000 samples, the file holds 700"):
         read_audio(cut, 8000)
+
+
+def test_a_header_claiming_hours_is_refused_before_a_sample_is_read(tmp_path, monkeypatch):
+    """A 40 KB WAV whose header says 1 Hz is 20,000 s at 8 kHz: transcribe read and resampled it
+    (4 GB, 19 s) before saying it was too long. The length check now runs on the header."""
+    from heedful.errors import DataError
+    from heedful.runs import load_config
+    from heedful.tasks import get_task
+    from tests.conftest import ROOT
+
+    path = tmp_path / "one-hertz.wav"
+    sf.write(path, np.zeros(20_000, dtype=np.float32), 1, subtype="PCM_16")
+    seen = []
+    read_audio(path, 1, before_reading=seen.append)
+    assert seen == [20_000]  # the header's length, in samples at the target rate
+    monkeypatch.setattr(sf.SoundFile, "read", lambda *a, **k: pytest.fail("read the samples"))
+    for trim in ("null", "-40"):  # with trimming too: beyond TRIM_SLACK times the limit
+        cfg = load_config(ROOT / "configs" / "speech_digits.yaml", [f"data.trim_db={trim}", "device=cpu"])
+        with pytest.raises(DataError, match=r"one-hertz.wav: 20000.0 s of audio; this model hears at most"):
+            get_task("speech")(cfg)._read(path)

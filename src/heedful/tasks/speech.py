@@ -64,6 +64,8 @@ from heedful.tasks.speech_config import SpeechTaskConfig
 BatchSource.register(UtteranceBatches)  # heedful.data does not import tasks; it is one all the same
 
 HOP_SECONDS = 0.01  # log_mel's default hop: 80 samples at 8 kHz
+# A file this many times longer than the model hears is refused from its header, trimming or not.
+TRIM_SLACK = 4
 
 
 @register_task
@@ -93,19 +95,22 @@ class SpeechTask(Task):
     def _read(self, path, mono: Literal["error", "mix"] = "error"):
         """A clip as the model hears it: read, resampled, and trimmed when ``data.trim_db`` is set."""
         d = self.cfg.data
-        wave = read_audio(path, d.sample_rate, mono=mono)
+        # From the header, before reading: trimming may yet cut silence away, so allow for it there.
+        slack = 1 if d.trim_db is None else TRIM_SLACK
+        wave = read_audio(path, d.sample_rate, mono=mono, before_reading=lambda n: self._check_length(path, n, slack))
         if d.trim_db is not None:
             wave = trim_silence(wave, d.sample_rate, d.trim_db, d.trim_margin, end_floor_db=d.trim_end_db)
         self._check_length(path, len(wave))
         return wave
 
-    def _check_length(self, path, n_samples: int) -> None:
+    def _check_length(self, path, n_samples: int, slack: int = 1) -> None:
         """Refuse a clip longer than the model's position table (``model.max_frames`` frames after
         the front end, each of whose blocks halves time) before any feature or batch is made of it:
         an hour of audio is a wrong file, not an utterance, and would otherwise fail deep in the
-        model (after minutes of training, when it is a training clip)."""
+        model (after minutes of training, when it is a training clip). ``slack``: refuse only
+        beyond that many times the limit (a length before silence is trimmed)."""
         m, rate = self.cfg.model, self.cfg.data.sample_rate
-        frames = 1 + n_samples // DEFAULT_HOP  # log_mel's frames (centred STFT)
+        frames = 1 + n_samples // slack // DEFAULT_HOP  # log_mel's frames (centred STFT)
         for _ in m.conv_channels:
             frames = (frames - 1) // 2 + 1  # kernel 3, stride 2, padding 1
         if frames > m.max_frames:
