@@ -118,6 +118,24 @@ def test_a_trained_runs_model_and_task_cannot_be_set(tiny_run, override):
     assert load_run(tiny_run, "cpu", ["decode.beam_size=1", "train.progress=false"]).cfg.decode.beam_size == 1
 
 
+@pytest.mark.parametrize("override", ["data.sample_rate=16000", "data.mode=strings"])
+def test_what_a_task_fixes_at_training_cannot_be_set_either(tmp_path, override):
+    """transcribe --set data.sample_rate=16000 made other features than the model learnt from, exit 0."""
+    from heedful.config import ConfigError, to_yaml
+    from heedful.errors import CheckpointError
+    from heedful.runs import load_config, load_run
+    from tests.conftest import ROOT
+
+    run = tmp_path / "speech"
+    (run / "model").mkdir(parents=True)  # the check comes before the model is read
+    (run / "config.yaml").write_text(to_yaml(load_config(ROOT / "configs" / "speech_digits.yaml")))
+    key = override.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"^--set {override}: {key} is fixed when a speech run is trained; "):
+        load_run(run, "cpu", [override])
+    with pytest.raises(CheckpointError):  # what it may change passes on to reading the (absent) model
+        load_run(run, "cpu", ["data.trim_db=-40", "decode.beam_size=2"])
+
+
 def test_one_text_alone_is_refused_not_read_character_by_character(tiny_run):
     from heedful.errors import UserError
     from heedful.runs import load_ensemble, load_run

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from heedful.config import ConfigError, RunConfig, override_list
+from heedful.config import ConfigError, RunConfig, override_list, read_yaml
 from heedful.device import resolve_device
 from heedful.errors import CheckpointError, UserError, a_run, article
 from heedful.outputs import EXPORT_RECORD, check_output, check_output_folder
@@ -267,6 +267,17 @@ def _export_kind(record: Path) -> str:
         return "an export"
 
 
+def _trained_settings(config: Path) -> dict[str, str]:
+    """The keys the run's task fixes at training (``Task.trained_settings``) -> the task's name;
+    none where the config names no task heedful knows (load_config says what is wrong with it)."""
+    data = read_yaml(config)
+    task = data.get("task") if isinstance(data, dict) else None
+    try:
+        return dict.fromkeys(get_task(task).trained_settings, task) if isinstance(task, str) else {}
+    except UserError:
+        return {}
+
+
 def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | None = None) -> Run:
     """Open a run directory written by ``fit``/``heedful train``: its config, vocabulary and best
     model, on ``device`` ("auto": a GPU if there is one, "cpu", "cuda", "cuda:N"). ``overrides``
@@ -283,6 +294,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         raise CheckpointError(f"{run_dir}: not a run directory ({missing}) — train one with `heedful train`")
     if not (run_dir / "model").is_dir():
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
+    trained = _trained_settings(run_dir / "config.yaml") if overrides else {}
     for item in overrides or []:
         key = item.partition("=")[0].strip()
         if key in ("task", "model") or key.startswith("model."):  # model/config.json is what loads
@@ -290,6 +302,9 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
                               "it reads inputs or decodes (data.*, decode.*)")  # fmt: skip
         if key == "device":  # the device argument (--device) places the model; this would be ignored
             raise ConfigError(f"--set {item}: give the device as --device (Python: load_run(..., device=...))")
+        if key in trained:  # e.g. the sample rate a speech model's features were made at
+            raise ConfigError(f"--set {item}: {key} is fixed when a {trained[key]} run is trained; the model "
+                              "would get inputs unlike those it learnt from")  # fmt: skip
     cfg = load_config(run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.check_model_folder(run_dir / "model")

@@ -160,6 +160,9 @@ class Task(ABC):
     inputs: ClassVar[Literal["text", "audio", "label"]] = "text"
     # The Prediction subclass ``predict`` returns; its fields make the server's response schema.
     prediction_class: ClassVar[type[Prediction]] = Prediction
+    # Config keys besides model.* that training fixed: ``load_run`` refuses ``--set`` on them
+    # (speech: the sample rate its features were computed at).
+    trained_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg

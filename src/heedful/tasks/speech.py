@@ -75,6 +75,7 @@ class SpeechTask(Task):
     inputs = "audio"  # predict() takes sound files
     model_types = ("speech",)
     requires = ("soundfile", "soxr", "jiwer")  # reading and resampling audio, digit error rates
+    trained_settings = ("data.sample_rate", "data.mode")  # the features' rate; digits or CTC strings
 
     @classmethod
     def commands(cls) -> list:
