@@ -3,6 +3,7 @@ exact resumption, the domain FID's sanity (real vs real near 0, growing with noi
 and attention overlays from the CLI, and bad image folders."""
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -111,9 +112,47 @@ def test_cli_generates_a_grid_of_one_class_and_attention_overlays(trained, tmp_p
     assert result.returncode == 0, result.stderr
     assert grid.read_bytes()[:4] == b"\x89PNG"
     overlays = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("attention overlay")]
-    assert len(overlays) == 3 and all(Path(p).is_file() for p in overlays)
+    assert overlays == [str(tmp_path / f"grid-attention-{i}.png") for i in range(3)]  # named after the grid
+    assert all(Path(p).is_file() for p in overlays)
     bad = run_cli("generate", str(trained[0]), "--class", "11")
     assert bad.returncode == 2 and "unknown class '11'" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("n", "class_name", "seed"), [(16, None, None), (2, "3", 5)])
+def test_the_attention_overlays_are_of_the_grids_own_first_images(trained, n, class_name, seed):
+    """They were drawn from other noise (seed sample_seed + i) and, without --class, other classes."""
+    run = load_run(trained[0], device="cpu")
+    grid = run.generate(n, class_name, seed)
+    explained = run.task.explain_grid(run.model, n, class_name, seed)
+    assert len(explained) == min(3, n)
+    for image, explanation in zip(grid, explained, strict=False):
+        torch.testing.assert_close(explanation.context["image"], image, atol=1e-5, rtol=0)
+    classes = [e.prediction.output for e in explained]
+    assert classes == ([class_name] * 2 if class_name else run.task.classes[:3])
+
+
+@pytest.mark.slow
+def test_generate_refuses_a_bad_out_or_a_model_without_attention_before_writing(trained, tmp_path):
+    run_dir = trained[0]
+    for out, message in [
+        (tmp_path / "grid.txt", "--out .*grid.txt: give a file name ending in .png or .jpg"),
+        (tmp_path / "grid", "--out .*grid: give a file name ending in .png or .jpg"),
+        (run_dir / "config.yaml", "would overwrite .*own files"),
+        (run_dir / "plots" / "history.png", "would overwrite .*own files"),
+    ]:
+        result = run_cli("generate", str(run_dir), "--n", "4", "--out", str(out))
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+        assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "grid.txt").exists() and not (tmp_path / "grid").exists()
+    plain = tmp_path / "plain"
+    fit(config(plain, **{"model.attention_resolution": None, "train.epochs": 1, "gan.classifier_epochs": 1}))
+    grid = tmp_path / "plain.png"
+    result = run_cli("generate", str(plain), "--n", "4", "--out", str(grid), "--show-attention")
+    assert result.returncode == 2 and "no self-attention block" in result.stderr
+    assert not grid.exists() and result.stdout == ""
+    one = run_cli("generate", str(plain), "--n", "1", "--out", str(grid))
+    assert one.returncode == 0 and one.stdout == f"1 image: {grid}\n"
 
 
 def test_an_odd_sized_or_unreadable_image_names_the_file(tmp_path):

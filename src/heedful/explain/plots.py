@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from heedful.errors import UserError
 
 # DejaVu Sans covers Latin, Greek, Cyrillic and Arabic letters (unshaped: matplotlib draws them
 # isolated, left to right); a CJK font draws the characters it lacks, matplotlib falling back along
@@ -239,10 +242,22 @@ def plot_groups(groups: dict[str, Any], path: Path) -> Path:
     return path
 
 
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # what a grid is saved as, by its suffix
+
+
+def image_format(path: Path, option: str) -> str:
+    """The PIL format ``path``'s suffix names, or a one-line ``UserError``."""
+    if Path(path).suffix.lower() not in IMAGE_FORMATS:
+        raise UserError(f"{option} {path}: give a file name ending in .png or .jpg")
+    return IMAGE_FORMATS[Path(path).suffix.lower()]
+
+
 def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 4) -> Path:
-    """Tile (N, C, R, R) images in [−1, 1] into one PNG (nearest-neighbour upscaled ``scale``×)."""
+    """Tile (N, C, R, R) images in [−1, 1] into one PNG or JPEG (by ``path``'s suffix; nearest-
+    neighbour upscaled ``scale``×), written whole: a failure leaves an earlier file as it was."""
     from PIL import Image
 
+    fmt = image_format(path, "out")
     n, c, r, _ = images.shape
     columns = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
@@ -254,7 +269,12 @@ def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int
     array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     picture = Image.fromarray(array[0].numpy(), "L") if c == 1 else Image.fromarray(array.permute(1, 2, 0).numpy())
     path.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        picture.save(tmp, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -37,7 +37,7 @@ from heedful.config import RunConfig, Section
 from heedful.data.images import image_folder, mnist, pad_to, sklearn_digits, stratified_split
 from heedful.errors import CheckpointError, ConfigError, DataError, UserError
 from heedful.explain.capture import capture
-from heedful.explain.plots import save_grid
+from heedful.explain.plots import image_format, save_grid
 from heedful.metrics.fid import FeatureClassifier, feature_statistics, frechet_distance
 from heedful.models.sagan import SAGAN, SAGANConfig
 from heedful.nn.weights import load_weights, save_weights
@@ -208,6 +208,12 @@ class ImageGenTask(Task):
         """n images (n, C, R, R) in [−1, 1] from fixed noise (``seed``, default gan.sample_seed);
         class-conditional models cycle through the classes unless ``class_id`` is given."""
         model.eval()
+        return model.generator(*self._latents(model, n, class_id, seed)).float().cpu()
+
+    def _latents(
+        self, model: nn.Module, n: int, class_id: int | None, seed: int | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The noise (n, z_dim) and classes (n,) of ``generate``'s n images, on the model's device."""
         device = next(model.parameters()).device
         g = torch.Generator().manual_seed(self.cfg.gan.sample_seed if seed is None else seed)
         z = torch.randn(n, self.cfg.model.z_dim, generator=g).to(device)
@@ -219,7 +225,7 @@ class ImageGenTask(Task):
             y = y.to(device)
         elif class_id is not None:
             raise UserError("this model is not class-conditional (model.n_classes: 0); drop --class")
-        return model.generator(z, y).float().cpu()
+        return z, y
 
     def generate_grid(
         self,
@@ -230,11 +236,32 @@ class ImageGenTask(Task):
         out: str | Path | None = None,
     ) -> Tensor:
         """``run.generate``: n images (n, C, R, R) in [−1, 1], of one class (its name) or all in
-        turn; with ``out``, also saved as one grid PNG there."""
+        turn; with ``out`` (.png or .jpg), also saved as one grid there."""
+        if out is not None:
+            image_format(Path(out), "out")  # before any work
         images = self.generate(model, n, self._class_id(class_name) if class_name is not None else None, seed)
         if out is not None:
             save_grid(images, Path(out))
         return images
+
+    @torch.no_grad()
+    def explain_grid(
+        self, model: nn.Module, n: int = 64, class_name: str | None = None, seed: int | None = None, count: int = 3
+    ) -> list[Explanation]:
+        """Where query pixels attend in the first ``count`` images of the grid ``generate_grid``
+        makes with the same arguments (the same noise, so the same images)."""
+        self._check_attention(model)
+        class_id = self._class_id(class_name) if class_name is not None else None
+        model.eval()
+        z, y = self._latents(model, n, class_id, seed)
+        k = min(count, n)
+        with capture(model.generator) as seen:
+            images = model.generator(z[:k], None if y is None else y[:k]).float().cpu()
+        labels = [self.classes[int(c)] for c in y[:k]] if y is not None else ["image"] * k
+        return [
+            self._explanation(label, label, image, seen["attention"][i, 0].float().cpu())
+            for i, (label, image) in enumerate(zip(labels, images, strict=True))
+        ]
 
     # --------------------------------------------------------------------------------- evaluate
     @torch.no_grad()
@@ -283,30 +310,38 @@ class ImageGenTask(Task):
 
     @torch.no_grad()
     def explain(self, model: nn.Module, inputs: list[Any]) -> list[Explanation]:
-        """Where three query pixels (the image's brightest generated strokes) attend, per input."""
-        if model.generator.attention is None:
-            raise UserError("this model has no self-attention block (model.attention_resolution: null)")
+        """Where three query pixels (the image's brightest generated strokes) attend, per input
+        (image i: the image ``predict`` makes of input i)."""
+        self._check_attention(model)
         explanations = []
         for i, item in enumerate(inputs):
             class_id = self._class_id(item) if self.cfg.model.n_classes else None
             with capture(model.generator) as seen:
                 image = self.generate(model, 1, class_id, seed=self.cfg.gan.sample_seed + i)[0]
-            weights = seen["attention"][0, 0].float()  # (N, N)
-            side = math.isqrt(weights.shape[0])
-            queries = _query_pixels(image, side)
-            prediction = Generated(item, self.classes[class_id] if class_id is not None else "image", None, image=image)
-            explanations.append(
-                Explanation(
-                    prediction=prediction,
-                    query_tokens=[f"({r}, {c})" for r, c in queries],
-                    key_tokens=[str(j) for j in range(side * side)],
-                    weights={"generator.attention": weights[None]},
-                    summary=torch.stack([weights[r * side + c] for r, c in queries]),  # (3, N)
-                    title=f"generated {prediction.output}: where {len(queries)} query positions attend",
-                    context={"image": image, "side": side, "queries": queries},
-                )
-            )
+            label = self.classes[class_id] if class_id is not None else "image"
+            explanations.append(self._explanation(item, label, image, seen["attention"][0, 0].float().cpu()))
         return explanations
+
+    @staticmethod
+    def _check_attention(model: nn.Module) -> None:
+        if model.generator.attention is None:
+            raise UserError("this model has no self-attention block (model.attention_resolution: null)")
+
+    @staticmethod
+    def _explanation(item: Any, label: str, image: Tensor, weights: Tensor) -> Explanation:
+        """One generated image's explanation from its attention ``weights`` (N, N), N = side²."""
+        side = math.isqrt(weights.shape[0])
+        queries = _query_pixels(image, side)
+        prediction = Generated(item, label, None, image=image)
+        return Explanation(
+            prediction=prediction,
+            query_tokens=[f"({r}, {c})" for r, c in queries],
+            key_tokens=[str(j) for j in range(side * side)],
+            weights={"generator.attention": weights[None]},
+            summary=torch.stack([weights[r * side + c] for r, c in queries]),  # (3, N)
+            title=f"generated {prediction.output}: where {len(queries)} query positions attend",
+            context={"image": image, "side": side, "queries": queries},
+        )
 
     def plot_explanation(self, explanation: Explanation, path: Path) -> Path:
         from heedful.explain.plots import attention_overlay

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from heedful.explain.plots import image_format
+from heedful.outputs import check_output
 from heedful.tasks.verbs import DeviceOption, run_loader
 
 
@@ -20,16 +22,22 @@ def generate(
     out: Annotated[Path | None, typer.Option(help="The grid PNG (default: RUN_DIR/plots/generated.png).")] = None,
     seed: Annotated[int | None, typer.Option(help="Noise seed (default: the config's gan.sample_seed).")] = None,
     show_attention: Annotated[
-        bool, typer.Option(help="Also save, for three images, where query pixels attend (overlay PNGs).")
+        bool,
+        typer.Option(
+            help="Also save, for the grid's first three images, where query pixels attend (OUT-attention-I.png "
+            "beside the grid)."
+        ),
     ] = False,
     device: DeviceOption = "auto",
 ) -> None:
     """Generate images with a trained GAN and save them as one grid."""
     run = run_loader(ctx).load_run(run_dir, device, task="imagegen", verb="generate")
-    path = out or run.run_dir / "plots" / "generated.png"
+    path = check_output(out or run.run_dir / "plots" / "generated.png", "--out", runs=[run.run_dir])
+    image_format(path, "--out")
+    # The overlays' explanations first: a model without attention is refused before anything is written.
+    explanations = run.task.explain_grid(run.model, n, class_name, seed) if show_attention else []
     run.generate(n, class_name, seed, out=path)
-    typer.echo(f"{n} images: {path}")
-    if show_attention:
-        inputs = [class_name] * 3 if class_name is not None else (run.task.classes[:3] or ["image"] * 3)
-        for figure in run.show_attention(inputs, out.parent if out else None):
-            typer.echo(f"attention overlay: {figure}")
+    typer.echo(f"{n} image{'s' if n != 1 else ''}: {path}")
+    for i, explanation in enumerate(explanations):
+        figure = run.task.plot_explanation(explanation, path.with_name(f"{path.stem}-attention-{i}.png"))
+        typer.echo(f"attention overlay: {figure}")
