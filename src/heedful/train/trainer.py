@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from heedful.config import RunConfig, read_yaml, to_yaml
+from heedful.config import RunConfig, to_yaml
 from heedful.device import autocast, keeping_torch_threads, move_to, resolve_device
-from heedful.errors import ConfigError, UserError, a_run
+from heedful.errors import ConfigError, UserError
 from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
@@ -44,6 +44,7 @@ from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.init_from import init_model_folder, load_initial_weights
 from heedful.train.logging import RunLogger
+from heedful.train.resume import changed_settings
 from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
 from heedful.train.schedules import lr_at
 
@@ -144,6 +145,11 @@ class Trainer:
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         seed_everything(self.cfg.seed, tc.deterministic)
+        if resume:  # before the data is read: a changed model.* is refused, other changes named
+            changed = changed_settings(self.run_dir, self.cfg)
+            if changed and dist.main:
+                print(f"heedful: warning: resuming with settings changed from {self.run_dir / 'config.yaml'}: "
+                      + "; ".join(changed), file=sys.stderr)  # fmt: skip
 
         # train.init_from: the other run's vocabulary before the data (a task may then skip training
         # its own) and again after (it wins, as in Run.evaluate); its weights before step 0.
@@ -184,11 +190,6 @@ class Trainer:
         }
         self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if resume:
-            saved = self.run_dir / "config.yaml"
-            other = read_yaml(saved).get("task") if saved.is_file() else None
-            if other is not None and other != self.cfg.task:  # else: a page of mismatched weight names
-                raise UserError(f"{self.run_dir}: holds {a_run(other)}, and this config trains {self.cfg.task!r}; "
-                                f"resume it with its own config: heedful train {self.run_dir} --resume")  # fmt: skip
             extra: dict[str, torch.Tensor] = {}
             if not dist.main:
                 dist.barrier()  # after rank 0, which deletes a damaged checkpoint it meets

@@ -1,0 +1,57 @@
+"""What a resumed run may change: how long and how visibly it trains, not what it trains.
+
+``heedful train RUN --resume --set model.position=rope`` loaded 4-head sinusoidal weights into a
+RoPE model and trained on, since the tensors kept their shapes; config.yaml and model/ then
+described an architecture the checkpoints never had. So a resume compares its config with the
+run's own ``config.yaml``: another task or any ``model.*`` value is refused in one line; any
+other changed setting (the data, the optimizer) is allowed but named once on stderr, since the
+run's history then mixes two settings (validation on 50 examples, then on 1,000).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from heedful.config import RunConfig, read_yaml
+from heedful.errors import UserError, a_run
+
+# Settings a resume may change without a word: how far it trains, where and how it reports.
+QUIET = {"run_dir", "device", "train.epochs", "train.max_minutes", "train.progress", "train.tensorboard",
+         "train.wandb", "train.num_threads", "train.checkpoint_every", "train.keep_checkpoints",
+         "train.early_stopping_patience"}  # fmt: skip
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
+
+
+def changed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """The settings ``cfg`` changes from ``run_dir/config.yaml`` ("data.val_size 50 → 1000"),
+    QUIET ones left out; a UserError for another task or a changed ``model.*``."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []  # resume says itself what is missing
+    saved = read_yaml(saved_path)
+    if not isinstance(saved, dict):
+        return []
+    other = saved.get("task")
+    if other is not None and other != cfg.task:  # else: a page of mismatched weight names
+        raise UserError(f"{run_dir}: holds {a_run(other)}, and this config trains {cfg.task!r}; "
+                        f"resume it with its own config: heedful train {run_dir} --resume")  # fmt: skip
+    before, now = flat(saved), flat(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    for key in changed:
+        if key.startswith("model."):
+            raise UserError(
+                f"--resume: {key} is {now.get(key)!r}, but {run_dir} was trained with {before.get(key)!r} "
+                f"({saved_path}); a trained run's model is fixed: start a new run (train.init_from={run_dir} "
+                "starts one from its weights)"
+            )
+    return [f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed if k not in QUIET]
