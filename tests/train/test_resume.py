@@ -41,3 +41,23 @@ def test_other_changes_are_named_once_and_how_long_it_trains_is_not(one_epoch, c
         f"heedful: warning: resuming with settings changed from {one_epoch / 'config.yaml'}: "
         "data.val_size 32 → 40; train.lr 0.002 → 0.003"
     ]
+
+
+def test_a_finished_run_or_a_spent_budget_is_refused_not_trained_one_step(one_epoch, tmp_path):
+    """Each resume of a run its time budget had stopped trained one step, validated and added an epoch."""
+    before = {p: p.read_bytes() for p in sorted(one_epoch.rglob("*")) if p.is_file()}
+    with pytest.raises(UserError, match=r"run: has trained all its 1 epochs \(train.epochs 1\); to train longer: "
+                                        r"heedful train .*run --resume --set train.epochs=11$"):  # fmt: skip
+        fit(load_config(one_epoch, []), resume=True)
+    assert {p: p.read_bytes() for p in sorted(one_epoch.rglob("*")) if p.is_file()} == before
+
+    budget = tmp_path / "budget"
+    overrides = tiny_dates_overrides(budget, **{"train.epochs": 3, "train.max_minutes": 1e-9})
+    history = fit(load_config(ROOT / "configs" / "dates.yaml", overrides))
+    assert [row["step"] for row in history.epochs] == [1]  # the budget ends the run after its first step
+    with pytest.raises(UserError, match=r"budget: its time budget is spent \(0.0 min of train.max_minutes 1e-09, "
+                                        r"every session counted\); to train on: heedful train .*budget --resume "
+                                        r"--set train.max_minutes=\d+ \(or null\)$"):  # fmt: skip
+        fit(load_config(budget, ["train.epochs=5"]), resume=True)
+    history = fit(load_config(budget, ["train.max_minutes=null"]), resume=True)  # a raised budget trains on
+    assert [row["epoch"] for row in history.epochs] == [1, 2, 3]

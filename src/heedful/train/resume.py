@@ -6,14 +6,19 @@ described an architecture the checkpoints never had. So a resume compares its co
 run's own ``config.yaml``: another task or any ``model.*`` value is refused in one line; any
 other changed setting (the data, the optimizer) is allowed but named once on stderr, since the
 run's history then mixes two settings (validation on 50 examples, then on 1,000).
+
+A resume with nothing left to do is refused too: a run that trained all its ``train.epochs``, or
+whose ``train.max_minutes`` are spent (the budget counts the run's whole training time, every
+session's). It resumed, trained one step, validated and added an "epoch" each time.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from heedful.config import RunConfig, read_yaml
+from heedful.config import RunConfig, TrainConfig, read_yaml
 from heedful.errors import UserError, a_run
 
 # Settings a resume may change without a word: how far it trains, where and how it reports.
@@ -55,3 +60,18 @@ def changed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
                 "starts one from its weights)"
             )
     return [f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in changed if k not in QUIET]
+
+
+def nothing_left(run_dir: Path, tc: TrainConfig, state: dict[str, Any]) -> None:
+    """A UserError when the checkpoint ``state`` leaves nothing to train under ``tc``."""
+    done = state["epoch"]
+    if done >= tc.epochs:
+        more = f"heedful train {run_dir} --resume --set train.epochs={done + 10}"
+        raise UserError(
+            f"{run_dir}: has trained all its {done} epochs (train.epochs {tc.epochs}); to train longer: {more}"
+        )
+    if tc.max_minutes and state["elapsed"] >= tc.max_minutes * 60:
+        spent = state["elapsed"] / 60
+        raise UserError(f"{run_dir}: its time budget is spent ({spent:.1f} min of train.max_minutes "
+                        f"{tc.max_minutes:g}, every session counted); to train on: heedful train {run_dir} "
+                        f"--resume --set train.max_minutes={math.ceil(spent) + 5} (or null)")  # fmt: skip

@@ -44,7 +44,7 @@ from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.init_from import init_model_folder, load_initial_weights
 from heedful.train.logging import RunLogger
-from heedful.train.resume import changed_settings
+from heedful.train.resume import changed_settings, nothing_left
 from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
 from heedful.train.schedules import lr_at
 
@@ -201,6 +201,7 @@ class Trainer:
                 if not any(k.startswith("ema.") for k in extra):
                     raise UserError(f"{latest}: has no weight average; resume without train.ema_decay")
                 self.ema.load(extra, state.get("ema_updates", 0))
+            nothing_left(self.run_dir, tc, state)  # a finished run, or a spent time budget: one line, not one step
             if dist.main:
                 print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
             else:  # the checkpoint's partial sums are every rank's: rank 0 carries them on
