@@ -184,13 +184,24 @@ def train(
         cfg.run_dir = run_dir  # a path as given, never read as YAML
     try:
         history = fit(cfg, resume=resume, overwrite=overwrite)
-    except KeyboardInterrupt:  # Ctrl-C: say what is kept, then exit 130 as before
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what is kept, then exit 130 (143: SIGTERM)
+        import shlex
+        import signal
+
         from heedful.train.checkpoint import list_checkpoints
+        from heedful.train.stopping import TrainingStopped
 
         out = cfg.resolved_run_dir()
-        kept = list_checkpoints(out / "checkpoints") if is_main_process() else []
-        if kept:
-            typer.echo(f"heedful: interrupted; `heedful train {out} --resume` continues from {kept[-1].name}", err=True)
+        if is_main_process():
+            kept = list_checkpoints(out / "checkpoints")
+            typer.echo(
+                f"heedful: interrupted; `heedful train {shlex.quote(str(out))} --resume` continues from {kept[-1].name}"
+                if kept
+                else "heedful: interrupted before the first checkpoint; nothing was kept",
+                err=True,
+            )
+        if isinstance(exc, TrainingStopped) and exc.signum == signal.SIGTERM:
+            raise typer.Exit(128 + signal.SIGTERM) from None
         raise
     if not is_main_process():  # one of several torchrun processes: rank 0 reports
         return

@@ -74,7 +74,9 @@ class TrainConfig(Section):
     monitor: str = Field("val_loss", description="metric for best checkpoint and early stopping")
     monitor_mode: Literal["min", "max"] = "min"
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without improvement")
-    max_minutes: float | None = Field(None, gt=0, description="stop after this much training time (the run's: a resume counts what it spent)")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop after this much training time (the run's: a resume counts what it spent)"
+    )
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends only)")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(50, ge=1)

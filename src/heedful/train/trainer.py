@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ from heedful.train.logging import RunLogger
 from heedful.train.resume import changed_settings, nothing_left
 from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
 from heedful.train.schedules import lr_at
+from heedful.train.stopping import TrainingStopped, stop_on_signals
 
 
 class TrainingDiverged(UserError):
@@ -231,7 +233,8 @@ class Trainer:
         # The task's loss as a module (DDP wraps it when torchrun started several processes).
         wrapped = dist.wrap(LossModule(self.task, model))
         try:
-            self._loop(model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
+            with stop_on_signals(announce=dist.main) as self._stop:  # Ctrl-C, SIGTERM: stop where a step ends
+                self._loop(model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
         finally:
             logger.close()
         history.completed = True
@@ -288,8 +291,10 @@ class Trainer:
                 else:
                     norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
                 elapsed = time.perf_counter() - started
-                bad, over = dist.agree(
-                    bad_loss or not bool(torch.isfinite(norm)), bool(tc.max_minutes) and elapsed > tc.max_minutes * 60
+                bad, over, stop = dist.agree(
+                    bad_loss or not bool(torch.isfinite(norm)),
+                    bool(tc.max_minutes) and elapsed > tc.max_minutes * 60,
+                    bool(self._stop),
                 )
                 state["elapsed"] = elapsed
                 bad_loss = False
@@ -297,6 +302,8 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     pending, pending_weight = {}, 0.0
                     self._skip_step(state)
+                    if stop:
+                        self._stop_here(model, optimizer, state, history, saved=False)
                     if over:
                         out_of_time = True
                         break
@@ -325,8 +332,11 @@ class Trainer:
                 if state["step"] % tc.log_every == 0:
                     logger.scalars(state["step"], {**stats, "lr": lr}, prefix="train/")
                     bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.3f}", lr=f"{lr:.2e}")
-                if tc.checkpoint_every and state["step"] % tc.checkpoint_every == 0:
+                saved = bool(tc.checkpoint_every) and state["step"] % tc.checkpoint_every == 0
+                if saved:
                     self._checkpoint(model, optimizer, state, history)
+                if stop:
+                    self._stop_here(model, optimizer, state, history, saved)
                 if over:
                     out_of_time = True
                     break
@@ -363,6 +373,8 @@ class Trainer:
             self._checkpoint(model, optimizer, state, history)
             if dist.main:
                 history.save(self.run_dir / "history.json")
+            if dist.agree(bool(self._stop))[0]:  # asked during validation: the epoch's checkpoint is the stop's
+                self._stop_here(model, optimizer, state, history, saved=True)
 
     def _skip_step(self, state: dict[str, Any]) -> None:
         """A step whose loss or gradient was NaN/Inf (on any rank) is not taken: the weights, the
@@ -401,6 +413,15 @@ class Trainer:
         else:
             state["bad_epochs"] += 1
         return improved
+
+    def _stop_here(self, model, optimizer, state, history, saved: bool) -> None:
+        """A signal asked to stop: save this step's checkpoint (unless just saved) and the curves
+        so far, then raise TrainingStopped (the CLI says how to resume)."""
+        if not saved:
+            self._checkpoint(model, optimizer, state, history)
+        if self.dist.main and history.epochs:
+            plot_history(history.history, self.run_dir / "plots" / "history.png", self.tc.monitor)
+        raise TrainingStopped(self._stop.signum or signal.SIGTERM)  # a rank told by the others: theirs
 
     def _checkpoint(self, model, optimizer, state, history) -> None:
         # The epoch's partial statistics so far are every rank's (sum, weight): rank 0 saves and
