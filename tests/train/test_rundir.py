@@ -150,6 +150,22 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_starts(configs_dir, tmp_p
     assert {k: v for k, v in after.items() if not k.startswith(MARKER)} == before
 
 
+def test_a_run_shared_without_its_checkpoints_is_not_trained_over(configs_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(config(configs_dir, run))
+    shutil.rmtree(run / "checkpoints")  # the share layout: `tar --exclude checkpoints`
+    before = snapshot(run)
+    refused = r"already holds a trained run \(a model, but no checkpoint to resume\); pass --overwrite to start again"
+    with pytest.raises(RunDirectoryError, match=refused):
+        fit(config(configs_dir, run))
+    nothing = r"holds a trained model and no checkpoint to resume from \(checkpoints/ is gone\); --overwrite starts"
+    with pytest.raises(RunDirectoryError, match=rf"--resume given, but it {nothing} the run again"):
+        fit(config(configs_dir, run), resume=True)
+    assert snapshot(run) == before
+    history = fit(config(configs_dir, run, seed=7), overwrite=True)
+    assert history.completed and load_config(run).seed == 7 and (run / "checkpoints" / "step-4").is_dir()
+
+
 @pytest.mark.slow
 def test_overwrite_deletes_only_what_heedful_wrote(configs_dir, tmp_path):
     run = tmp_path / "run"

@@ -63,6 +63,11 @@ def _is_legacy_run(path: Path) -> bool:
     )
 
 
+def _holds_model(path: Path) -> bool:
+    model = path / "model"
+    return (model / "model.safetensors").is_file() or (model / "config.json").is_file()
+
+
 def files_under(folder: Path) -> set[Path]:
     """Every file below ``folder`` (none when it does not exist)."""
     return {p for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else set()
@@ -138,13 +143,29 @@ class RunDirectory:
     def _check(self, *, resume: bool, overwrite: bool) -> None:
         """Under the lock (another run may have finished meanwhile)."""
         has_checkpoint = bool(list_checkpoints(self.path / "checkpoints"))
+        # A trained run shared without its checkpoints (`tar --exclude checkpoints`) still holds a
+        # model someone may want: training over it needs --overwrite as much as a resumable run does.
+        has_model = _holds_model(self.path)
         if resume and not has_checkpoint:
+            if has_model:
+                raise RunDirectoryError(
+                    f"{self.path}: --resume given, but it holds a trained model and no checkpoint to resume from "
+                    "(checkpoints/ is gone); --overwrite starts the run again, or choose another --run-dir"
+                )
             raise RunDirectoryError(f"{self.path}: --resume given, but there is no checkpoint to resume from")
-        if not resume and has_checkpoint and not overwrite:
+        if resume or overwrite:
+            return
+        if has_checkpoint:
             raise RunDirectoryError(
                 f"{self.path}: already holds a trained run; pass --resume to continue it, "
                 "--overwrite to start again, or choose another --run-dir (Python: fit(cfg, resume=True), "
                 "fit(cfg, overwrite=True), or another run_dir)"
+            )
+        if has_model:
+            raise RunDirectoryError(
+                f"{self.path}: already holds a trained run (a model, but no checkpoint to resume); pass "
+                "--overwrite to start again, or choose another --run-dir (Python: fit(cfg, overwrite=True), "
+                "or another run_dir)"
             )
 
     # --------------------------------------------------------------------------------- manifest
