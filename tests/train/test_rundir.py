@@ -178,10 +178,12 @@ def test_overwrite_deletes_only_what_heedful_wrote(configs_dir, tmp_path):
 
     record_written(run, run / "eval-test.json")  # … and records it
     (run / "checkpoints" / ".tmp-step-9-1").mkdir()  # leftovers in heedful's own folder go too
+    (run / "checkpoints" / ".damaged-step-9-1").mkdir()  # as is a damaged checkpoint a resume set aside
     fit(config(configs_dir, run, **{"train.tensorboard": False}), overwrite=True)
     assert (run / "notes.txt").read_text() == "mine\n" and (run / "plots" / "mine.png").read_bytes() == b"mine"
     assert not (run / "eval-test.json").exists() and not (run / "tb").exists()
     assert not (run / "checkpoints" / ".tmp-step-9-1").exists()
+    assert not (run / "checkpoints" / ".damaged-step-9-1").exists()
     assert (run / "plots" / "history.png").is_file() and History.load(run / "history.json").completed
 
 

@@ -10,7 +10,9 @@ A checkpoint is a folder ``checkpoints/step-N/``:
 It is written under a temporary name (``.tmp-step-N-pid``) and renamed into place only when
 complete, so a run cut off mid-write leaves the previous checkpoint intact. ``state.json`` is
 written last and marks a complete checkpoint. Re-saving a step moves the old folder aside
-(``.old-step-N-pid``) first; ``rundir`` cleans up (or puts back) what a kill leaves.
+(``.old-step-N-pid``) first; ``rundir`` cleans up (or puts back) what a kill leaves. A checkpoint
+that cannot be read when resuming is moved aside as ``.damaged-step-N-pid``, and removed once a
+checkpoint of that step or a later one has been saved (``--overwrite`` removes ``checkpoints/`` whole).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from heedful.errors import CheckpointError
 from heedful.nn.weights import load_weights, save_weights
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_DAMAGED_DIR = re.compile(r"^\.damaged-step-(\d+)-[\d.]+$")
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -150,6 +154,12 @@ def save_checkpoint(
     shutil.rmtree(old, ignore_errors=True)
     for stale in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
+    # A damaged checkpoint this one supersedes: kept until now in case the resume that set it aside
+    # failed too, it is no longer needed once training has got this far again.
+    for child in directory.iterdir():
+        match = _DAMAGED_DIR.match(child.name)
+        if match and int(match.group(1)) <= step:
+            shutil.rmtree(child, ignore_errors=True)
     return final
 
 
@@ -213,8 +223,10 @@ def load_checkpoint(
 def load_latest_checkpoint(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, extra_tensors: dict[str, torch.Tensor]
 ) -> tuple[Path, dict[str, Any]]:
-    """Restore the newest checkpoint that reads; a damaged newer one is reported and deleted (it
-    would otherwise stay the newest and outlive good ones when old checkpoints are pruned)."""
+    """Restore the newest checkpoint that reads. A damaged newer one is reported on stderr and moved
+    aside as ``.damaged-step-N-pid`` — not left in place, where it would stay the newest and outlive
+    good ones when old checkpoints are pruned, and not deleted, since the resume from the one before
+    may fail as well (``save_checkpoint`` removes it once a later checkpoint is saved)."""
     checkpoints = list_checkpoints(directory)
     for i, path in enumerate(reversed(checkpoints)):
         try:
@@ -222,7 +234,13 @@ def load_latest_checkpoint(
         except UnreadableCheckpoint as exc:
             if i == len(checkpoints) - 1:
                 raise
-            print(f"{exc}; deleted, resuming from the checkpoint before")
-            shutil.rmtree(path, ignore_errors=True)
+            aside = path.with_name(f".damaged-{path.name}-{os.getpid()}")
+            for n in range(1, 1000):  # this process set the step aside before (a resume that failed)
+                if not aside.exists():
+                    break
+                aside = path.with_name(f".damaged-{path.name}-{os.getpid()}.{n}")
+            path.rename(aside)
+            print(f"heedful: warning: {exc}; moved aside to {aside.name}, trying the checkpoint before",
+                  file=sys.stderr)  # fmt: skip
             extra_tensors.clear()
     raise CheckpointError(f"{directory}: no checkpoint to resume from")
