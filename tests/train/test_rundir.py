@@ -199,6 +199,64 @@ def test_a_run_made_before_the_marker_is_resumed(configs_dir, tmp_path):
     assert "eval-test.json" in written and any(name.startswith("tb/events.out") for name in written)
 
 
+# ------------------------------------------------------------------------------------- the manifest
+def written(run: Path) -> set[str]:
+    return set(json.loads((run / MARKER / "run.json").read_text())["written"])
+
+
+def test_the_manifest_keeps_what_another_command_recorded_meanwhile(tmp_path):
+    """A training keeps its own list; `heedful evaluate` adds eval-test.json while it runs."""
+    from heedful.train.rundir import record_written
+
+    path = tmp_path / "run"
+    training = RunDirectory.claim(path, resume=False, overwrite=False)
+    training.begin(overwrite=False)
+    (path / "eval-test.json").write_text('{"exact_match": 0.1}\n')
+    record_written(path, path / "eval-test.json")  # evaluate, between two of the training's records
+    training.record("plots/samples-epoch-1.png")
+    assert {"eval-test.json", "plots/samples-epoch-1.png", "model/"} <= written(path)
+    training.release()
+
+    # --overwrite removes what the list holds when it starts, not what it held when it was claimed.
+    again = RunDirectory.claim(path, resume=False, overwrite=True)
+    (path / "eval-val.json").write_text('{"exact_match": 0.2}\n')
+    record_written(path, "eval-val.json")
+    again.begin(overwrite=True)
+    again.release()
+    assert not (path / "eval-test.json").exists() and not (path / "eval-val.json").exists()
+    assert "eval-val.json" not in written(path) and "model/" in written(path)
+
+
+RECORDING = """
+import sys
+from heedful.train.rundir import record_written
+for i in range(int(sys.argv[2])):
+    record_written(sys.argv[1], f"eval-{i}.json")
+"""
+
+
+def test_writers_of_the_manifest_at_the_same_time_lose_nothing(tmp_path):
+    path, n = tmp_path / "run", 400
+    training = RunDirectory.claim(path, resume=False, overwrite=False)
+    training.begin(overwrite=False)
+    other = subprocess.Popen([sys.executable, "-c", RECORDING, str(path), str(n)], cwd=ROOT)
+    recorded = 0
+    try:
+        deadline = time.monotonic() + 120
+        while '"eval-0.json"' not in (path / MARKER / "run.json").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        while other.poll() is None:  # the training records while the other command does
+            training.record(f"plots/samples-epoch-{recorded}.png")
+            recorded += 1
+    finally:
+        assert other.wait(timeout=120) == 0
+        training.release()
+    listed = written(path)
+    assert recorded > 0
+    assert {f"eval-{i}.json" for i in range(n)} | {f"plots/samples-epoch-{i}.png" for i in range(recorded)} <= listed
+
+
 # --------------------------------------------------------------------------------- moving and copying
 @pytest.mark.slow
 def test_resuming_a_copy_writes_only_into_the_copy(configs_dir, tmp_path):

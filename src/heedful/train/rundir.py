@@ -11,6 +11,11 @@ wrote: files, and folders it owns whole with a trailing ``/``) and ``lock``, loc
 ``flock`` for as long as a training runs there (the kernel drops the lock when the process dies,
 so a killed run never blocks the next). A folder that exists, is not empty and has no
 ``.heedful/`` is refused, whatever the flags. docs/RUN_DIRECTORY.md is the user's page.
+
+``run.json`` has more than one writer: the training, and the commands that add their files
+while it runs (``evaluate`` writing ``eval-test.json``, through ``record_written``). Each write
+takes ``run.json.lock`` (not ``lock``, which the training holds throughout), reads the list
+again, changes it and replaces the file whole, so no writer drops what another added.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from heedful.errors import UserError
@@ -30,6 +36,9 @@ from heedful.train.checkpoint import list_checkpoints
 MARKER = ".heedful"
 MANIFEST = "run.json"
 LOCK = "lock"
+# Taken only while run.json is read and rewritten; LOCK cannot serve: the training holds it for the
+# whole run, and flock on a second descriptor of the same file would block on the trainer's own.
+MANIFEST_LOCK = "run.json.lock"
 # What a training writes; the folders are heedful's whole (nobody else writes into them).
 STANDARD = ("config.yaml", "history.json", "checkpoints/", "model/", "plots/history.png")
 # Names heedful writes while replacing a file or folder; a kill can leave them behind.
@@ -170,34 +179,28 @@ class RunDirectory:
 
     # --------------------------------------------------------------------------------- manifest
     def _load_manifest(self) -> None:
-        manifest = self.path / MARKER / MANIFEST
-        if manifest.is_file():
-            try:
-                self.written = set(json.loads(manifest.read_text(encoding="utf-8"))["written"])
-            except (ValueError, KeyError, TypeError):
-                raise RunDirectoryError(f"{manifest}: unreadable; it lists what heedful wrote here") from None
-            return
-        # A run made before the marker: its standard names are heedful's; so are tb/ and plots/.
-        if _is_legacy_run(self.path):
-            self.written = {*STANDARD, *(p.relative_to(self.path).as_posix() for p in self._legacy_files())}
-        self._save_manifest()
+        with _manifest_locked(self.path):
+            written = _read_manifest(self.path)
+            if written is not None:
+                self.written = written
+                return
+            # A run made before the marker: its standard names are heedful's; so are tb/ and plots/.
+            if _is_legacy_run(self.path):
+                self.written = {*STANDARD, *(p.relative_to(self.path).as_posix() for p in self._legacy_files())}
+            _write_manifest(self.path, self.written)
 
     def _legacy_files(self) -> set[Path]:
         found = files_under(self.path / "tb") | files_under(self.path / "plots")
         return found | {p for p in self.path.glob("eval-*.json")} | {p for p in self.path.glob("hyps-*.txt")}
 
-    def _save_manifest(self) -> None:
-        manifest = self.path / MARKER / MANIFEST
-        tmp = manifest.with_name(MANIFEST + ".tmp")
-        tmp.write_text(json.dumps({"heedful_run": 1, "written": sorted(self.written)}, indent=1) + "\n")
-        tmp.replace(manifest)
-
     def record(self, *names: str | Path) -> None:
         """Add paths (relative to the run directory, or inside it) to what heedful wrote here."""
         new = {_relative(self.path, name) for name in names} - self.written
         if new:
-            self.written |= new
-            self._save_manifest()
+            with _manifest_locked(self.path):
+                # What another command recorded since this run last read the list stays in it.
+                self.written |= (_read_manifest(self.path, strict=False) or set()) | new
+                _write_manifest(self.path, self.written)
 
     def record_new(self, folder: str, before: set[Path]) -> None:
         """Record the files that appeared under ``folder`` since ``before = files_under(...)``."""
@@ -213,18 +216,21 @@ class RunDirectory:
 
     def remove_written(self) -> None:
         """Delete every path heedful wrote here, and folders that held only those."""
-        parents: set[Path] = set()
-        for name in sorted(self.written | set(TRANSIENT)):
-            target = self.path / name.rstrip("/")
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            parents |= {p for p in target.parents if self.path in p.parents}
-        for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-            _remove_empty([folder])
-        self.written = set()
-        self._save_manifest()
+        with _manifest_locked(self.path):
+            # The list as it is now: an eval-test.json recorded since the claim goes with the old run.
+            written = self.written | (_read_manifest(self.path, strict=False) or set())
+            parents: set[Path] = set()
+            for name in sorted(written | set(TRANSIENT)):
+                target = self.path / name.rstrip("/")
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                parents |= {p for p in target.parents if self.path in p.parents}
+            for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
+                _remove_empty([folder])
+            self.written = set()
+            _write_manifest(self.path, self.written)
 
     def _clean_leftovers(self) -> None:
         """What a kill mid-save leaves: ``.tmp-step-N-pid`` folders, a checkpoint moved aside
@@ -284,16 +290,55 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
-def record_written(run_dir: str | Path, *names: str | Path) -> None:
-    """Add files a command other than ``train`` wrote (``eval-test.json``…) to a run's list, so that
-    ``--overwrite`` clears them too. A folder without the marker is left alone."""
-    run_dir = Path(run_dir)
+@contextlib.contextmanager
+def _manifest_locked(run_dir: Path) -> Iterator[None]:
+    """Hold ``.heedful/run.json.lock`` (an OSError when the marker folder cannot hold it)."""
+    fd = os.open(run_dir / MARKER / MANIFEST_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # which releases the lock
+
+
+def _read_manifest(run_dir: Path, *, strict: bool = True) -> set[str] | None:
+    """What ``run.json`` lists; None when there is none. A garbled one is refused in one line, or
+    with ``strict=False`` read as none (a writer that has its own list to go on, or nothing to lose)."""
     manifest = run_dir / MARKER / MANIFEST
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        written = set(data["written"]) | {_relative(run_dir, name) for name in names}
-        tmp = manifest.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**data, "written": sorted(written)}, indent=1) + "\n")
-        tmp.replace(manifest)
-    except (OSError, ValueError, KeyError, TypeError):
+        text = manifest.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        written = json.loads(text)["written"]
+        if not isinstance(written, list) or not all(isinstance(name, str) for name in written):
+            raise TypeError
+        return set(written)
+    except (ValueError, KeyError, TypeError):
+        if not strict:
+            return None
+        raise RunDirectoryError(f"{manifest}: unreadable; it lists what heedful wrote here") from None
+
+
+def _write_manifest(run_dir: Path, written: set[str]) -> None:
+    """Replace ``run.json`` whole (a reader never sees half a list); under ``_manifest_locked``."""
+    manifest = run_dir / MARKER / MANIFEST
+    tmp = manifest.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"heedful_run": 1, "written": sorted(written)}, indent=1) + "\n")
+    os.replace(tmp, manifest)
+
+
+def record_written(run_dir: str | Path, *names: str | Path) -> None:
+    """Add files a command other than ``train`` wrote (``eval-test.json``…) to a run's list, so that
+    ``--overwrite`` clears them too; a training running there meanwhile keeps them. A folder
+    without the marker (or with a damaged list, or one this user may not write) is left alone."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MARKER / MANIFEST).is_file():
+        return
+    try:
+        with _manifest_locked(run_dir):
+            written = _read_manifest(run_dir, strict=False)
+            if written is not None:
+                _write_manifest(run_dir, written | {_relative(run_dir, name) for name in names})
+    except OSError:
         return
