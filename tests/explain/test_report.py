@@ -149,3 +149,16 @@ def test_a_damaged_record_in_the_run_is_one_line(dates_run, tmp_path, name, cont
     with pytest.raises(UserError, match=message):
         load_run(copy, device="cpu").report(inputs=SAMPLES[:1])
     assert ((copy / "report.html").read_bytes() if (copy / "report.html").exists() else None) == before
+
+
+def test_the_command_a_report_suggests_is_quoted_for_the_shell(tmp_path):
+    import html
+    import re
+    import shlex
+
+    from heedful.explain.report import _metrics
+
+    run_dir = tmp_path / "runs" / "exp #2"
+    run_dir.mkdir(parents=True)
+    (command,) = re.findall(r"<code>(.*?)</code>", _metrics(run_dir, task=None))
+    assert shlex.split(html.unescape(command)) == ["heedful", "evaluate", str(run_dir)]

@@ -227,6 +227,28 @@ def test_the_manifest_keeps_what_another_command_recorded_meanwhile(tmp_path):
     assert "eval-val.json" not in written(path) and "model/" in written(path)
 
 
+def test_a_garbled_manifest_says_the_way_out_and_the_way_out_works(configs_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(config(configs_dir, run))
+    (run / "notes.txt").write_text("mine\n")
+    (run / "plots" / "mine.png").write_bytes(b"mine")
+    (run / "eval-test.json").write_text("{}\n")
+    shutil.copytree(run / "checkpoints" / "step-4", run / "checkpoints" / "step-100")  # of the old run
+    (run / MARKER / "run.json").write_text('{"written": ["config.yaml", ')  # cut short
+    with pytest.raises(RunDirectoryError) as refused:
+        fit(config(configs_dir, run), overwrite=True)
+    assert str(refused.value) == (
+        f"{run / MARKER / 'run.json'}: unreadable; it lists which files here are heedful's, the ones --overwrite "
+        "removes — delete it to have heedful count only its standard ones as its own (config.yaml, history.json, "
+        "checkpoints/, model/, tb/, eval-*.json), or choose another --run-dir"
+    )
+    (run / MARKER / "run.json").unlink()  # as the line says
+    fit(config(configs_dir, run), overwrite=True)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-4"]  # the old run's step-100 went
+    assert not (run / "eval-test.json").exists() and (run / "notes.txt").read_text() == "mine\n"
+    assert (run / "plots" / "mine.png").read_bytes() == b"mine"
+
+
 RECORDING = """
 import sys
 from heedful.train.rundir import record_written

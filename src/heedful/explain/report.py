@@ -19,6 +19,7 @@ import html
 import io
 import json
 import re
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,10 +147,9 @@ def _curves(run_dir: Path, monitor: str | None = None) -> str:
 def _metrics(run_dir: Path, task: Any) -> str:
     out = ['<h2 id="metrics">Metrics</h2>']
     files = sorted(run_dir.glob("eval-*.json"))
-    if not files:
-        out.append(
-            f'<p class="note">no split evaluated yet: <code>heedful evaluate {html.escape(str(run_dir))}</code></p>'
-        )
+    if not files:  # a command to copy: quoted for the shell (`runs/exp #2` is two words and a comment)
+        command = html.escape(f"heedful evaluate {shlex.quote(str(run_dir))}")
+        out.append(f'<p class="note">no split evaluated yet: <code>{command}</code></p>')
     for file in files:
         record = _read_json(file)
         split = file.stem.removeprefix("eval-")

@@ -186,12 +186,20 @@ class RunDirectory:
                 return
             # A run made before the marker: its standard names are heedful's; so are tb/ and plots/.
             if _is_legacy_run(self.path):
-                self.written = {*STANDARD, *(p.relative_to(self.path).as_posix() for p in self._legacy_files())}
+                self.written = {*STANDARD, *self._relative(self._own_files() | files_under(self.path / "plots"))}
+            elif not self._new_marker:
+                # The marker without its list: deleted, the way out of a garbled one. Without it
+                # --overwrite would remove nothing and leave the old checkpoints beside the new. The
+                # names only heedful writes are its own; plots/ may hold the user's, and keeps them.
+                self.written = {*STANDARD, *self._relative(self._own_files())}
             _write_manifest(self.path, self.written)
 
-    def _legacy_files(self) -> set[Path]:
-        found = files_under(self.path / "tb") | files_under(self.path / "plots")
+    def _own_files(self) -> set[Path]:
+        found = files_under(self.path / "tb")
         return found | {p for p in self.path.glob("eval-*.json")} | {p for p in self.path.glob("hyps-*.txt")}
+
+    def _relative(self, paths: set[Path]) -> set[str]:
+        return {p.relative_to(self.path).as_posix() for p in paths}
 
     def record(self, *names: str | Path) -> None:
         """Add paths (relative to the run directory, or inside it) to what heedful wrote here."""
@@ -317,7 +325,11 @@ def _read_manifest(run_dir: Path, *, strict: bool = True) -> set[str] | None:
     except (ValueError, KeyError, TypeError):
         if not strict:
             return None
-        raise RunDirectoryError(f"{manifest}: unreadable; it lists what heedful wrote here") from None
+        raise RunDirectoryError(
+            f"{manifest}: unreadable; it lists which files here are heedful's, the ones --overwrite removes — "
+            "delete it to have heedful count only its standard ones as its own (config.yaml, history.json, "
+            "checkpoints/, model/, tb/, eval-*.json), or choose another --run-dir"
+        ) from None
 
 
 def _write_manifest(run_dir: Path, written: set[str]) -> None:
