@@ -1,6 +1,7 @@
 """`heedful report RUN`: one self-contained HTML file holding the figures and tables."""
 
 import base64
+import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -136,8 +137,19 @@ def test_the_decision_path_reads_the_last_layer_as_the_model_does(dates_run):
         ("history.json", "{", r"history.json line 1: not valid JSON \(Expecting"),
         ("eval-test.json", "[1, 2]", r"eval-test.json: not a JSON record heedful wrote \(a list, not an object\)"),
         ("eval-val.json", b"\xff{}", r"eval-val.json: not UTF-8 text"),
+        # Hand-edited: valid JSON, not what heedful writes.
+        ("history.json", '{"epochs": 5}', r'history.json: "epochs" is an int, not a list of per-epoch records; remove'),
+        ("history.json", '{"epochs": [5]}', r"history.json: epoch 1 is an int, not a record of its metrics; remove"),
+        ("history.json", '{"epochs": [{"epoch": 1, "val_loss": "low"}]}',
+         r'history.json: epoch 1: "val_loss" is a string, not a number; remove it or write it again'),
+        ("eval-test.json", '{"exact_match": 0.5, "baselines": [1]}',
+         r'eval-test.json: "baselines" is a list, not the metrics of each baseline by name; remove'),
+        ("eval-test.json", '{"exact_match": 0.5, "baselines": {"majority": 1}}',
+         r'eval-test.json: baseline "majority" is an int, not a record of its metrics; remove'),
+        ("eval-test.json", '{"exact_match": 0.5, "baselines": {"majority": {"exact_match": null}}}',
+         r'eval-test.json: baseline "majority": "exact_match" is null, not a number; remove'),
     ],
-)
+)  # fmt: skip
 def test_a_damaged_record_in_the_run_is_one_line(dates_run, tmp_path, name, content, message):
     from heedful.errors import UserError
 
@@ -162,3 +174,15 @@ def test_the_command_a_report_suggests_is_quoted_for_the_shell(tmp_path):
     run_dir.mkdir(parents=True)
     (command,) = re.findall(r"<code>(.*?)</code>", _metrics(run_dir, task=None))
     assert shlex.split(html.unescape(command)) == ["heedful", "evaluate", str(run_dir)]
+
+
+def test_an_epoch_without_a_metric_leaves_a_gap_in_its_curve(dates_run, tmp_path):
+    """A history.json whose epochs do not all hold the same metrics (edited, or another version's)."""
+    copy = tmp_path / "run"
+    shutil.copytree(dates_run, copy)
+    history = json.loads((copy / "history.json").read_text())
+    first = history["epochs"][0]
+    history["epochs"].append({k: v for k, v in first.items() if k != "val_loss"} | {"epoch": 2})
+    (copy / "history.json").write_text(json.dumps(history))
+    page = load_run(copy, device="cpu").report(tmp_path / "report.html", inputs=SAMPLES[:1]).read_text()
+    assert "<figcaption>per epoch, train and validation" in page and "<td>nan</td>" in page

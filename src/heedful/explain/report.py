@@ -121,11 +121,10 @@ def _curves(run_dir: Path, monitor: str | None = None) -> str:
         return (
             '<h2 id="curves">Training curves</h2><p class="note">no history.json: the run has not finished an epoch</p>'
         )
-    epochs = _read_json(history).get("epochs", [])
-    curves: dict[str, list[float]] = {}
-    for record in epochs:
-        for key, value in record.items():
-            curves.setdefault(key, []).append(value)
+    epochs = _epochs(history, _read_json(history).get("epochs", []))
+    # One value per epoch for every metric (NaN where an epoch lacks it), so the curves line up.
+    keys = dict.fromkeys(key for r in epochs for key in r)
+    curves = {key: [r.get(key, float("nan")) for r in epochs] for key in keys}
     out = ['<h2 id="curves">Training curves</h2>']
     with tempfile.TemporaryDirectory(prefix="heedful-report-") as scratch:  # not the run: it may be read-only
         png = Path(scratch) / "history.png"
@@ -138,10 +137,50 @@ def _curves(run_dir: Path, monitor: str | None = None) -> str:
                 )
             )
     # Every figure an epoch recorded but time: the loss, then what validation measured (val_bleu, val_fid, …).
-    keys = [k for k in curves if k.startswith("train_loss")] + [k for k in curves if k.startswith("val_")]
-    rows = [[r.get("epoch"), *(r.get(k, float("nan")) for k in keys)] for r in epochs]
-    out.append(_table("per epoch", ["epoch", *(k.replace("_", " ", 1) for k in keys)], rows))
+    shown = [k for k in curves if k.startswith("train_loss")] + [k for k in curves if k.startswith("val_")]
+    rows = [[r.get("epoch"), *(r.get(k, float("nan")) for k in shown)] for r in epochs]
+    out.append(_table("per epoch", ["epoch", *(k.replace("_", " ", 1) for k in shown)], rows))
     return "".join(out)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _a(value: Any) -> str:
+    """``a list``, ``an int``, ``null``: what a hand-edited record holds instead."""
+    if value is None:
+        return "null"
+    name = {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _epochs(file: Path, epochs: Any) -> list[dict[str, Any]]:
+    """history.json's ``epochs``: one record of numbers per epoch; anything else one line."""
+    again = "remove it or write it again"
+    if not isinstance(epochs, list):
+        raise UserError(f'{file}: "epochs" is {_a(epochs)}, not a list of per-epoch records; {again}')
+    for i, record in enumerate(epochs, 1):
+        if not isinstance(record, dict):
+            raise UserError(f"{file}: epoch {i} is {_a(record)}, not a record of its metrics; {again}")
+        for key, value in record.items():
+            if not _is_number(value):
+                raise UserError(f'{file}: epoch {i}: "{key}" is {_a(value)}, not a number; {again}')
+    return epochs
+
+
+def _baselines(file: Path, baselines: Any) -> dict[str, dict[str, Any]]:
+    """An eval record's ``baselines``: each baseline's metrics by name; anything else one line."""
+    again = "remove it or write it again"
+    if not isinstance(baselines, dict):
+        raise UserError(f'{file}: "baselines" is {_a(baselines)}, not the metrics of each baseline by name; {again}')
+    for name, metrics in baselines.items():
+        if not isinstance(metrics, dict):
+            raise UserError(f'{file}: baseline "{name}" is {_a(metrics)}, not a record of its metrics; {again}')
+        for key, value in metrics.items():
+            if not _is_number(value):
+                raise UserError(f'{file}: baseline "{name}": "{key}" is {_a(value)}, not a number; {again}')
+    return baselines
 
 
 def _metrics(run_dir: Path, task: Any) -> str:
@@ -153,8 +192,8 @@ def _metrics(run_dir: Path, task: Any) -> str:
     for file in files:
         record = _read_json(file)
         split = file.stem.removeprefix("eval-")
-        baselines = record.pop("baselines", {}) or {}
-        metrics = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        baselines = _baselines(file, record.pop("baselines", {}) or {})
+        metrics = {k: v for k, v in record.items() if _is_number(v)}
         keys = list(metrics)
         rows = [["this model", *(float(metrics[k]) for k in keys)]]
         rows += [[name, *(float(b[k]) if k in b else "" for k in keys)] for name, b in baselines.items()]
