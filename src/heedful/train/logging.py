@@ -10,13 +10,29 @@ from heedful.errors import ConfigError
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, *, tensorboard: bool, wandb: bool, config: dict[str, Any], name: str):
+    """``resumed_from``: the step of the checkpoint a resumed run continues from. What the stopped
+    run logged after it (steps ``resumed_from + 1`` on) is logged again, so TensorBoard is told to
+    hide those events (``purge_step``); without it every such step shows twice."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        tensorboard: bool,
+        wandb: bool,
+        config: dict[str, Any],
+        name: str,
+        resumed_from: int | None = None,
+    ):
         self._tb = None
         self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            # Not the checkpoint's own step: what was logged at it (the epoch's validation, when the
+            # checkpoint ended an epoch) came before the checkpoint and is not logged again.
+            purge_step = resumed_from + 1 if resumed_from is not None else None
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
         if wandb:
             try:
                 import wandb as wandb_module
