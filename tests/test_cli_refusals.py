@@ -32,6 +32,12 @@ def heedful(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["predict", "nowhere", "x", "--input", "in.csv"], "give inputs to predict or --input FILE, not both"),
         (["predict", "nowhere", "x", "--html", "why.html"], "--html needs --explain"),
         (["predict", "nowhere", "x", "--out-dir", "maps"], "--out-dir needs --show-attention"),
+        (["transcribe", "nowhere", "x.wav", "--out-dir", "maps"], "--out-dir needs --show-attention"),
+        # Before the run is even read, so before any file is transcribed (it named the Python `out_dir`, after).
+        (
+            ["transcribe", "nowhere", "x.wav", "--show-attention", "--out-dir", "in.csv"],
+            "--out-dir in.csv: is a file; give a folder",
+        ),
         (["predict", "nowhere", "--input", "in.csv", "--output", "p.csv", "--json"], "--json prints the predictions"),
         (["predict", "nowhere", "--input", "no_such.csv"], "--input no_such.csv: file not found"),
         (
@@ -95,6 +101,21 @@ def test_predict_input_prints_json_lines_with_json(tiny_run, monkeypatch, capsys
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["input"] for r in records] == ["5. März 2021", "2021年3月5日"]
     assert all(set(r) >= {"input", "output", "score"} for r in records)
+
+
+def test_predict_json_keeps_stdout_to_json_lines_with_show_attention(tiny_run, monkeypatch, capsys, tmp_path):
+    import json
+    from pathlib import Path
+
+    args = ["predict", str(tiny_run), "5. März 2021", "1. Mai 2020", "--json", "--show-attention"]
+    code, out, err = heedful(monkeypatch, capsys, *args, "--out-dir", str(tmp_path / "maps"), "--device", "cpu")
+    assert code == 0, err
+    assert [json.loads(line)["input"] for line in out.splitlines()] == ["5. März 2021", "1. Mai 2020"]
+    shown = [line.removeprefix("attention heatmap: ") for line in err.splitlines() if "attention heatmap: " in line]
+    assert len(shown) == 2 and all(Path(p).parent == tmp_path / "maps" and Path(p).is_file() for p in shown)
+    plain = [*args[:-2], "--show-attention", "--out-dir", str(tmp_path / "maps"), "--device", "cpu"]
+    code, out, _ = heedful(monkeypatch, capsys, *plain)
+    assert code == 0 and out.count("attention heatmap: ") == 2  # without --json the paths stay with the output
 
 
 def test_align_threshold_must_be_a_weight(tiny_run, monkeypatch, capsys, tmp_path):

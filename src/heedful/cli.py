@@ -356,7 +356,9 @@ def predict(
     show_attention: Annotated[bool, typer.Option(help="Save an attention heatmap PNG per input.")] = False,
     out_dir: Annotated[Path | None, typer.Option(help="Where heatmaps go (default: RUN_DIR/plots).")] = None,
     batch_size: Annotated[int, typer.Option(help="With --input: texts per call.", min=1)] = 1024,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines instead of text (heatmap paths go to stderr).")
+    ] = False,
     set_: SetOption = None,
     ensemble: Annotated[
         list[Path] | None,
@@ -431,7 +433,7 @@ def predict(
             typer.echo(f"explanation page: {html_tokens(rows, html_file, f'heedful: {run_dir}')}")
     if show_attention:
         for path in run.show_attention(inputs, out_dir):
-            typer.echo(f"attention heatmap: {path}")
+            typer.echo(f"attention heatmap: {path}", err=as_json)  # --json: stdout holds only JSON lines
 
 
 @app.command()

@@ -92,6 +92,18 @@ def test_transcribe_cli_averages_the_ensemble(two_runs):
     assert missing.returncode == 2 and "nowhere" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
 
 
+def test_transcribe_json_with_show_attention_prints_only_json_on_stdout(two_runs, tmp_path):
+    first, _, clips = two_runs
+    figures = tmp_path / "figures"
+    cli = [sys.executable, "-m", "heedful.cli", "transcribe", str(first), *clips[:2], "--show-attention"]
+    done = subprocess.run([*cli, "--json", "--out-dir", str(figures), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["file"] for line in done.stdout.splitlines()] == clips[:2]
+    shown = [line.removeprefix("attention figure: ") for line in done.stderr.splitlines() if "figure: " in line]
+    assert len(shown) == 2 and all(Path(p).parent == figures and Path(p).is_file() for p in shown)
+
+
 def test_an_ensemble_is_scored_on_the_held_out_split_as_its_runs_are(two_runs):
     first, second, _ = two_runs
     a, b = load_run(first, device="cpu"), load_run(second, device="cpu")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from heedful.errors import UserError
+from heedful.outputs import check_output_folder
 from heedful.tasks.verbs import DeviceOption, SetOption, run_loader
 
 
@@ -35,11 +37,16 @@ def transcribe(
         int | None, typer.Option(help="Attention head to show: decode.explain_head (default: mean over heads).")
     ] = None,
     out_dir: Annotated[Path | None, typer.Option(help="Where figures go (default: RUN_DIR/plots).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of text.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON lines instead of text (figure paths go to stderr).")
+    ] = False,
     set_: SetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Transcribe spoken digits: prints the digits and a confidence for each file."""
+    if out_dir is not None and not show_attention:
+        raise UserError("--out-dir needs --show-attention")
+    check_output_folder(out_dir, "--out-dir")  # before any file is transcribed
     runs = run_loader(ctx)
     overrides = list(set_ or [])
     shown = [f"decode.explain_layer={layer}"] if layer is not None else []  # how this run shows attention
@@ -53,4 +60,4 @@ def transcribe(
             typer.echo(f"{p.input}: {p.output}  (confidence {p.score:.3f})")
     if show_attention:
         for path in run.show_attention(files, out_dir):
-            typer.echo(f"attention figure: {path}")
+            typer.echo(f"attention figure: {path}", err=as_json)  # --json: stdout holds only JSON lines
