@@ -15,6 +15,7 @@ session's). It resumed, trained one step, validated and added an "epoch" each ti
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,10 @@ def changed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
     if not isinstance(saved, dict):
         return []
     other = saved.get("task")
+    resume = f"heedful train {shlex.quote(str(run_dir))} --resume"  # a command to paste
     if other is not None and other != cfg.task:  # else: a page of mismatched weight names
         raise UserError(f"{run_dir}: holds {a_run(other)}, and this config trains {cfg.task!r}; "
-                        f"resume it with its own config: heedful train {run_dir} --resume")  # fmt: skip
+                        f"resume it with its own config: {resume}")  # fmt: skip
     before, now = flat(saved), flat(cfg.model_dump(mode="json"))
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
     for key in changed:
@@ -64,14 +66,13 @@ def changed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
 
 def nothing_left(run_dir: Path, tc: TrainConfig, state: dict[str, Any]) -> None:
     """A UserError when the checkpoint ``state`` leaves nothing to train under ``tc``."""
+    resume = f"heedful train {shlex.quote(str(run_dir))} --resume"  # a command to paste
     done = state["epoch"]
     if done >= tc.epochs:
-        more = f"heedful train {run_dir} --resume --set train.epochs={done + 10}"
-        raise UserError(
-            f"{run_dir}: has trained all its {done} epochs (train.epochs {tc.epochs}); to train longer: {more}"
-        )
+        raise UserError(f"{run_dir}: has trained all its {done} epochs (train.epochs {tc.epochs}); "
+                        f"to train longer: {resume} --set train.epochs={done + 10}")  # fmt: skip
     if tc.max_minutes and state["elapsed"] >= tc.max_minutes * 60:
         spent = state["elapsed"] / 60
         raise UserError(f"{run_dir}: its time budget is spent ({spent:.1f} min of train.max_minutes "
-                        f"{tc.max_minutes:g}, every session counted); to train on: heedful train {run_dir} "
-                        f"--resume --set train.max_minutes={math.ceil(spent) + 5} (or null)")  # fmt: skip
+                        f"{tc.max_minutes:g}, every session counted); to train on: {resume} "
+                        f"--set train.max_minutes={math.ceil(spent) + 5} (or null)")  # fmt: skip

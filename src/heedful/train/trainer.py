@@ -225,6 +225,7 @@ class Trainer:
             wandb=tc.wandb and dist.main,
             config=self.cfg.model_dump(mode="json"),
             name=self.cfg.name,
+            resumed_from=state["step"] if resume else None,  # TensorBoard hides what was logged after it
         )
         if run is not None:
             run.record_new("tb", before)
