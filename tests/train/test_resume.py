@@ -61,3 +61,27 @@ def test_a_finished_run_or_a_spent_budget_is_refused_not_trained_one_step(one_ep
         fit(load_config(budget, ["train.epochs=5"]), resume=True)
     history = fit(load_config(budget, ["train.max_minutes=null"]), resume=True)  # a raised budget trains on
     assert [row["epoch"] for row in history.epochs] == [1, 2, 3]
+
+
+def test_the_schedule_goes_on_by_batches_when_a_resumed_step_takes_another_number(tmp_path, monkeypatch, capsys):
+    """Resumed on 1 process, a 2-process run's cosine schedule started again from a longer plan
+    (the lr jumped back up); grad_accum changes a step's batches the same way."""
+    import heedful.train.trainer as trainer
+
+    seen = []
+
+    def recording(step, **kwargs):
+        seen.append((step, kwargs["total_steps"]))
+        return trainer_lr_at(step, **kwargs)
+
+    trainer_lr_at = trainer.lr_at
+    monkeypatch.setattr(trainer, "lr_at", recording)
+    extra = {"train.epochs": 1, "train.steps_per_epoch": 8, "train.grad_accum": 2, "train.schedule": "cosine"}
+    run_dir = tmp_path / "run"
+    fit(load_config(ROOT / "configs" / "dates.yaml", tiny_dates_overrides(run_dir, **extra)))
+    assert seen == [(s, 4) for s in (1.0, 2.0, 3.0, 4.0)]  # 8 batches, 2 a step: 4 steps an epoch
+    seen.clear()
+    fit(load_config(run_dir, ["train.epochs=2", "train.grad_accum=1"]), resume=True)
+    assert seen == [(4.0 + k / 2, 8) for k in range(1, 9)]  # 8 steps of 1 batch: half a planned step each
+    assert "an optimizer step now takes 1 global batches (processes × train.grad_accum), 2 when the run started; the " \
+           "learning-rate schedule goes on where it was" in capsys.readouterr().err  # fmt: skip

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 
 
-def lr_at(step: int, *, lr: float, schedule: str, warmup: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
-    """Learning rate for optimizer step ``step`` (1-based)."""
+def lr_at(step: float, *, lr: float, schedule: str, warmup: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Learning rate for optimizer step ``step`` (1-based; a fraction where a resumed run takes
+    steps of another size than the run planned, see the trainer's ``schedule_step``)."""
     step = max(step, 1)
     if warmup and step < warmup:
         return lr * step / warmup

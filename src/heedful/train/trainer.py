@@ -175,7 +175,7 @@ class Trainer:
             fused=self.device.type in ("cpu", "cuda"),
         )
         steps_per_epoch = data.train.steps_per_epoch()  # batches; an optimizer step takes grad_accum per rank
-        total_steps = math.ceil(steps_per_epoch / (tc.grad_accum * dist.world)) * tc.epochs
+        batches_per_step = tc.grad_accum * dist.world  # global batches one optimizer step takes now
 
         state: dict[str, Any] = {
             "step": 0,
@@ -189,6 +189,10 @@ class Trainer:
             "nonfinite_in_a_row": 0,  # steps skipped for a NaN/Inf loss or gradient, in a row …
             "skipped_steps": 0,  # … and in all
             "history": History().to_dict(),
+            # Where the learning-rate schedule is, in steps of the run's first session: a resume with
+            # other processes or grad_accum takes other-sized steps, and moves it on by their size.
+            "schedule_step": 0.0,
+            "planned_batches_per_step": batches_per_step,
         }
         self.ema = WeightAverage(model, tc.ema_decay) if tc.ema_decay else None
         if resume:
@@ -199,6 +203,8 @@ class Trainer:
             if dist.main:
                 dist.barrier()
             state.update(loaded)
+            if "schedule_step" not in loaded:  # a checkpoint from before the schedule had its own count
+                state["schedule_step"] = float(state["step"])
             if self.ema is not None:
                 if not any(k.startswith("ema.") for k in extra):
                     raise UserError(f"{latest}: has no weight average; resume without train.ema_decay")
@@ -209,6 +215,13 @@ class Trainer:
             else:  # the checkpoint's partial sums are every rank's: rank 0 carries them on
                 state["train_sums"], state["train_weight"] = {}, 0.0
         history = History.from_dict(state["history"])
+        planned = state["planned_batches_per_step"]
+        total_steps = math.ceil(steps_per_epoch / planned) * tc.epochs  # the schedule's length, as first planned
+        self._schedule_advance = batches_per_step / planned  # 1.0 unless processes or grad_accum changed
+        if resume and planned != batches_per_step and dist.main:
+            print(f"heedful: note: an optimizer step now takes {batches_per_step} global batches (processes × "
+                  f"train.grad_accum), {planned} when the run started; the learning-rate schedule goes on "
+                  "where it was, counted in batches", file=sys.stderr)  # fmt: skip
 
         if run is not None:
             # The start succeeded: only now is an earlier run cleared (--overwrite) and config.yaml written.
@@ -315,8 +328,9 @@ class Trainer:
                     state["train_sums"][key] = state["train_sums"].get(key, 0.0) + value
                 pending, pending_weight = {}, 0.0
                 state["step"] += 1
+                state["schedule_step"] += self._schedule_advance
                 lr = lr_at(
-                    state["step"],
+                    state["schedule_step"],
                     lr=tc.lr,
                     schedule=tc.schedule,
                     warmup=tc.warmup_steps,
