@@ -534,3 +534,39 @@ def test_resume_and_overwrite_together_are_refused_before_anything_is_made(tmp_p
     with pytest.raises(UserError, match=r"run: --resume continues the run and --overwrite discards it; give one$"):
         RunDirectory.claim(tmp_path / "run", resume=True, overwrite=True)
     assert not (tmp_path / "run").exists()
+
+
+def _without_locks(snap: dict[str, bytes | None]) -> dict[str, bytes | None]:
+    return {k: v for k, v in snap.items() if not k.endswith((f"{MARKER}/lock", "run.json.lock"))}
+
+
+def test_an_overwrite_or_resume_that_fails_in_its_first_epoch_gives_the_old_run_back(configs_dir, tmp_path):
+    """A mistyped train.monitor is found at the first epoch's end: --overwrite had already deleted
+    the old run, and --resume had rewritten config.yaml with the typo (every later resume failed)."""
+    run = tmp_path / "run"
+    fit(config(configs_dir, run))
+    before = _without_locks(snapshot(run))
+    typo = {"train.monitor": "val_exact_mtch"}
+    with pytest.raises(ConfigError, match="'val_exact_mtch' is not a metric"):
+        fit(config(configs_dir, run, **typo), overwrite=True)
+    assert _without_locks(snapshot(run)) == before
+    with pytest.raises(ConfigError, match="'val_exact_mtch' is not a metric"):
+        fit(config(configs_dir, run, **{"train.epochs": 3, **typo}), resume=True)
+    assert snapshot(run)["config.yaml"] == before["config.yaml"]
+    fit(config(configs_dir, run), overwrite=True)  # and one that succeeds replaces it for good
+    assert not (run / MARKER / "replaced").exists() and not (run / MARKER / "replaced.json").exists()
+    assert set(json.loads((run / MARKER / "run.json").read_text())["written"]) >= {"config.yaml", "model/"}
+
+
+def test_a_run_set_aside_by_a_killed_overwrite_comes_back_at_the_next_claim(configs_dir, tmp_path):
+    run = tmp_path / "run"
+    fit(config(configs_dir, run))
+    before = _without_locks(snapshot(run))
+    claimed = RunDirectory.claim(run, resume=False, overwrite=True)
+    claimed.begin(overwrite=True)  # the old run set aside …
+    (run / "config.yaml").write_text("the new run's\n")
+    assert not (run / "model").exists()
+    claimed.release()  # … and the process killed before its first checkpoint
+    again = RunDirectory.claim(run, resume=True, overwrite=False)
+    again.release()
+    assert _without_locks(snapshot(run)) == before

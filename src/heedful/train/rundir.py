@@ -43,6 +43,10 @@ MANIFEST_LOCK = "run.json.lock"
 STANDARD = ("config.yaml", "history.json", "checkpoints/", "model/", "plots/history.png")
 # Names heedful writes while replacing a file or folder; a kill can leave them behind.
 TRANSIENT = ("history.tmp", "config.yaml.tmp", ".model.tmp", ".model.old")
+# Where --overwrite sets the earlier run aside (its files, and REPLACED_LIST: the list of them) until
+# the new run writes its first checkpoint: a start that fails before then gives the old run back.
+REPLACED = "replaced"
+REPLACED_LIST = "replaced.json"
 # A run made before the marker existed: only these names at its top level.
 _LEGACY = re.compile(r"^(config\.yaml|history\.json|history\.tmp|checkpoints|model|tb|plots|wandb|\.model\.(tmp|old)"
                      r"|eval-.+\.json|hyps-.+\.txt|bench-.+\.json)$")  # fmt: skip
@@ -217,10 +221,51 @@ class RunDirectory:
     # ---------------------------------------------------------------------------------- start
     def begin(self, *, overwrite: bool) -> None:
         """The start succeeded (data read, model built, checkpoint loaded): with ``overwrite``,
-        delete what heedful wrote here before; then record what a training writes."""
+        set what heedful wrote here before aside (``settle`` deletes it at the new run's first
+        checkpoint, ``abandon`` or the next claim puts it back); then record what a training writes."""
         if overwrite:
-            self.remove_written()
+            self._set_aside()
         self.record(*STANDARD)
+
+    def _set_aside(self) -> None:
+        aside = self.path / MARKER / REPLACED
+        shutil.rmtree(aside, ignore_errors=True)
+        with _manifest_locked(self.path):
+            written = self.written | (_read_manifest(self.path, strict=False) or set())
+            for name in sorted(written | set(TRANSIENT)):
+                target = self.path / name.rstrip("/")
+                if target.exists() or target.is_symlink():
+                    (aside / name).parent.mkdir(parents=True, exist_ok=True)
+                    target.rename(aside / name.rstrip("/"))
+            (self.path / MARKER / REPLACED_LIST).write_text(json.dumps({"written": sorted(written)}) + "\n")
+            self.written = set()
+            _write_manifest(self.path, self.written)
+        _remove_empty_below(self.path, {self.path / name for name in written})
+
+    def settle(self) -> None:
+        """The new run has its first checkpoint: the run it replaced is gone for good."""
+        shutil.rmtree(self.path / MARKER / REPLACED, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / MARKER / REPLACED_LIST).unlink()
+
+    def _restore_replaced(self) -> None:
+        """Give back the run set aside by a start that never reached its first checkpoint: what
+        that start wrote goes, the old files return, and so does the old list."""
+        listed = self.path / MARKER / REPLACED_LIST
+        if not listed.is_file():
+            return
+        old = set(json.loads(listed.read_text(encoding="utf-8"))["written"])
+        self.remove_written()
+        aside = self.path / MARKER / REPLACED
+        for name in sorted(old):
+            source = aside / name.rstrip("/")
+            if source.exists() or source.is_symlink():
+                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+                source.rename(self.path / name.rstrip("/"))
+        with _manifest_locked(self.path):
+            self.written = old
+            _write_manifest(self.path, self.written)
+        self.settle()
 
     def remove_written(self) -> None:
         """Delete every path heedful wrote here, and folders that held only those."""
@@ -242,7 +287,14 @@ class RunDirectory:
 
     def _clean_leftovers(self) -> None:
         """What a kill mid-save leaves: ``.tmp-step-N-pid`` folders, a checkpoint moved aside
-        (``.old-step-N-pid``, put back when its replacement never arrived), a model folder mid-swap."""
+        (``.old-step-N-pid``, put back when its replacement never arrived), a model folder mid-swap;
+        and a run set aside by --overwrite, put back when its replacement never reached a checkpoint."""
+        if (self.path / MARKER / REPLACED_LIST).is_file():
+            if list_checkpoints(self.path / "checkpoints"):
+                self.settle()
+            else:
+                self._load_manifest()
+                self._restore_replaced()
         checkpoints = self.path / "checkpoints"
         if checkpoints.is_dir():
             for child in sorted(checkpoints.iterdir()):
@@ -279,6 +331,8 @@ class RunDirectory:
             if self._new_marker:
                 self.remove_written()
                 shutil.rmtree(self.path / MARKER, ignore_errors=True)
+            else:
+                self._restore_replaced()  # --overwrite's earlier run, when this start set it aside
             _remove_empty(self._created)
         finally:
             self.release()
@@ -289,6 +343,12 @@ def _relative(root: Path, name: str | Path) -> str:
     if path.is_absolute() or path.parts[: len(root.parts)] == root.parts:
         path = path.relative_to(root)
     return path.as_posix() + ("/" if str(name).endswith("/") else "")
+
+
+def _remove_empty_below(root: Path, removed: set[Path]) -> None:
+    """Remove the folders under ``root`` that held ``removed`` paths and are empty now, deepest first."""
+    parents = {p for path in removed for p in path.parents if root in p.parents}
+    _remove_empty(sorted(parents, key=lambda p: len(p.parts), reverse=True))
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -86,6 +86,7 @@ class Trainer:
         self.model: nn.Module | None = None
         self.ema: WeightAverage | None = None
         self.run: RunDirectory | None = None
+        self._config_pending = False  # a resume writes its config.yaml at its first checkpoint
 
     # ------------------------------------------------------------------------------------- set-up
     def _save_model(self, model: nn.Module) -> None:
@@ -226,9 +227,11 @@ class Trainer:
         if run is not None:
             # The start succeeded: only now is an earlier run cleared (--overwrite) and config.yaml written.
             run.begin(overwrite=overwrite)
-            config_tmp = self.run_dir / "config.yaml.tmp"
-            config_tmp.write_text(to_yaml(self.cfg))
-            os.replace(config_tmp, self.run_dir / "config.yaml")
+            # A resume's config replaces the run's at its first checkpoint: one that fails before
+            # then (a mistyped train.monitor is only found at the epoch's end) leaves it as it was.
+            self._config_pending = resume
+            if not resume:
+                self._write_config()
             before = files_under(self.run_dir / "tb")
             if tc.wandb:
                 run.record("wandb/")  # wandb's own folder, written on the run's behalf
@@ -457,6 +460,16 @@ class Trainer:
             keep=self.tc.keep_checkpoints,
             extra_tensors=self.ema.tensors() if self.ema is not None else None,
         )
+        if self.run is not None:
+            if self._config_pending:  # a resume's: from now on the run is the resumed one
+                self._config_pending = False
+                self._write_config()
+            self.run.settle()  # the run --overwrite set aside is gone for good
+
+    def _write_config(self) -> None:
+        config_tmp = self.run_dir / "config.yaml.tmp"
+        config_tmp.write_text(to_yaml(self.cfg))
+        os.replace(config_tmp, self.run_dir / "config.yaml")
 
 
 def _inside(filename: object, folder: Path) -> bool:
