@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,6 +156,37 @@ def test_what_a_task_fixes_at_training_cannot_be_set_either(tmp_path, override):
         load_run(run, "cpu", [override])
     with pytest.raises(CheckpointError):  # what it may change passes on to reading the (absent) model
         load_run(run, "cpu", ["data.trim_db=-40", "decode.beam_size=2"])
+
+
+def test_a_run_given_twice_to_an_ensemble_is_refused(tiny_run, tmp_path, monkeypatch):
+    from heedful.errors import UserError
+    from heedful.runs import load_ensemble
+
+    monkeypatch.chdir(tiny_run.parent)
+    with pytest.raises(UserError, match=rf"^{tiny_run.name}: is in the ensemble twice \(as {tiny_run} too\); give "):
+        load_ensemble([tiny_run, tiny_run.name], device="cpu")  # one folder, named two ways
+
+
+def test_evaluate_lists_its_files_in_the_runs_manifest_before_writing_them(tiny_run, tmp_path, monkeypatch):
+    """So a kill between the two still leaves them to --overwrite (the trainer's order)."""
+    import shutil
+
+    import heedful.runs as runs
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+
+    listed_before_written = []
+    plain = runs.record_written
+
+    def checking(run_dir, *paths):
+        listed_before_written.extend(not Path(p).exists() for p in paths if Path(p).suffix != ".png")
+        plain(run_dir, *paths)
+
+    monkeypatch.setattr(runs, "record_written", checking)
+    for stale in [*run.glob("eval-*.json"), *run.glob("hyps-*.txt")]:
+        stale.unlink()
+    runs.load_run(run, "cpu").evaluate("test")
+    assert listed_before_written and all(listed_before_written)
 
 
 def test_one_text_alone_is_refused_not_read_character_by_character(tiny_run):

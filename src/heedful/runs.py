@@ -74,13 +74,16 @@ class Run:
         result = self.task.evaluate(self.model, split)
         result.baselines = self.task.baselines(split)
         if result.outputs is not None:
-            hyps = result.artifacts["hyps"] = self.run_dir / f"hyps-{split}.txt"
-            hyps.write_text("".join(f"{line}\n" for line in result.outputs), encoding="utf-8")
+            result.artifacts["hyps"] = self.run_dir / f"hyps-{split}.txt"
         written = result.artifacts["eval"] = self.run_dir / f"eval-{split}.json"
+        # Listed before written, as the trainer lists its files: --overwrite then clears them, a kill between or not.
+        record_written(self.run_dir, *result.artifacts.values())
+        if result.outputs is not None:
+            result.artifacts["hyps"].write_text("".join(f"{line}\n" for line in result.outputs), encoding="utf-8")
         record = result.record() | ({"overrides": list(self.overrides)} if self.overrides else {})
         written.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         result.figures = self.task.write_reports(split, self.run_dir / "plots", result)
-        record_written(self.run_dir, *result.artifacts.values(), *result.figures)  # --overwrite clears them
+        record_written(self.run_dir, *result.figures)  # a task's figures: named only once drawn
         return result
 
     def __getattr__(self, name: str) -> Any:
@@ -158,6 +161,12 @@ class Ensemble:
     def __post_init__(self) -> None:
         if not self.runs:
             raise UserError("an ensemble needs at least one run")
+        seen: dict[Path, Path] = {}
+        for run in self.runs:  # the same run twice is that run weighted twice, not a second opinion
+            where = Path(run.run_dir).resolve()
+            if where in seen:
+                raise UserError(f"{run.run_dir}: is in the ensemble twice (as {seen[where]} too); give each run once")
+            seen[where] = Path(run.run_dir)
         tasks = {run.cfg.task for run in self.runs}
         if len(tasks) > 1:
             raise UserError(f"an ensemble's runs must be of one task; these are {', '.join(sorted(tasks))}")

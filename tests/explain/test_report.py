@@ -186,3 +186,14 @@ def test_an_epoch_without_a_metric_leaves_a_gap_in_its_curve(dates_run, tmp_path
     (copy / "history.json").write_text(json.dumps(history))
     page = load_run(copy, device="cpu").report(tmp_path / "report.html", inputs=SAMPLES[:1]).read_text()
     assert "<figcaption>per epoch, train and validation" in page and "<td>nan</td>" in page
+
+
+def test_an_ensembles_scores_are_named_as_the_ensemble_of_its_runs(dates_run, tmp_path):
+    import json
+
+    run_dir = shutil.copytree(dates_run, tmp_path / "run")
+    members = [str(run_dir), "runs/other"]
+    (run_dir / "eval-test-ensemble.json").write_text(json.dumps({"members": members, "exact_match": 0.5}))
+    text = load_run(run_dir, device="cpu").report(tmp_path / "r.html").read_text(encoding="utf-8")
+    assert f"<caption>test-ensemble (the ensemble of {run_dir}, runs/other)</caption>" in text
+    assert "<td>the ensemble</td><td>0.5000</td>" in text  # not "this model"

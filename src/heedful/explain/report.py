@@ -195,10 +195,13 @@ def _metrics(run_dir: Path, task: Any) -> str:
         baselines = _baselines(file, record.pop("baselines", {}) or {})
         metrics = {k: v for k, v in record.items() if _is_number(v)}
         keys = list(metrics)
-        rows = [["this model", *(float(metrics[k]) for k in keys)]]
+        members = record.get("members")  # `heedful evaluate RUN --ensemble …` names its runs
+        ours = "the ensemble" if isinstance(members, list) else "this model"
+        rows = [[ours, *(float(metrics[k]) for k in keys)]]
         rows += [[name, *(float(b[k]) if k in b else "" for k in keys)] for name, b in baselines.items()]
-        out.append(_table(f"{split}" + (" (beside baselines fit on the same training data)" if baselines else ""),
-                          ["", *keys], rows))  # fmt: skip
+        caption = split + (f" (the ensemble of {', '.join(map(str, members))})" if isinstance(members, list) else "")
+        caption += " (beside baselines fit on the same training data)" if baselines else ""
+        out.append(_table(caption, ["", *keys], rows))
     return "".join(out)
 
 
