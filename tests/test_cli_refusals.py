@@ -158,13 +158,14 @@ def test_what_a_task_fixes_at_training_cannot_be_set_either(tmp_path, override):
         load_run(run, "cpu", ["data.trim_db=-40", "decode.beam_size=2"])
 
 
-def test_a_run_given_twice_to_an_ensemble_is_refused(tiny_run, tmp_path, monkeypatch):
-    from heedful.errors import UserError
-    from heedful.runs import load_ensemble
-
-    monkeypatch.chdir(tiny_run.parent)
-    with pytest.raises(UserError, match=rf"^{tiny_run.name}: is in the ensemble twice \(as {tiny_run} too\); give "):
-        load_ensemble([tiny_run, tiny_run.name], device="cpu")  # one folder, named two ways
+def test_a_run_given_twice_to_an_ensemble_on_the_command_line_is_refused(tiny_run, monkeypatch, capsys):
+    monkeypatch.chdir(tiny_run.parent)  # one folder, named two ways
+    code, out, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), "5 May 2020", "--ensemble", tiny_run.name)
+    assert code == 2 and out == ""
+    assert (
+        err
+        == f"heedful: error: --ensemble {tiny_run.name}: is {tiny_run}, already in the ensemble; give each run once\n"
+    )
 
 
 def test_evaluate_lists_its_files_in_the_runs_manifest_before_writing_them(tiny_run, tmp_path, monkeypatch):

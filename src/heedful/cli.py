@@ -586,6 +586,12 @@ def _with_ensemble(run, others: list[Path] | None, device: str, overrides: list[
         return run
     from heedful.runs import Ensemble, load_run
 
+    seen = {Path(run.run_dir).resolve(): Path(run.run_dir)}
+    for other in others:  # the same run twice is that run weighted twice, not a second opinion: a slip
+        if Path(other).resolve() in seen:
+            raise UserError(f"--ensemble {other}: is {seen[Path(other).resolve()]}, already in the ensemble; "
+                            "give each run once")  # fmt: skip
+        seen[Path(other).resolve()] = Path(other)
     members = [load_run(other, device, overrides) for other in others]
     for member in members:
         if member.cfg.task != run.cfg.task:

@@ -161,12 +161,6 @@ class Ensemble:
     def __post_init__(self) -> None:
         if not self.runs:
             raise UserError("an ensemble needs at least one run")
-        seen: dict[Path, Path] = {}
-        for run in self.runs:  # the same run twice is that run weighted twice, not a second opinion
-            where = Path(run.run_dir).resolve()
-            if where in seen:
-                raise UserError(f"{run.run_dir}: is in the ensemble twice (as {seen[where]} too); give each run once")
-            seen[where] = Path(run.run_dir)
         tasks = {run.cfg.task for run in self.runs}
         if len(tasks) > 1:
             raise UserError(f"an ensemble's runs must be of one task; these are {', '.join(sorted(tasks))}")
