@@ -168,6 +168,18 @@ def test_a_run_given_twice_to_an_ensemble_on_the_command_line_is_refused(tiny_ru
     )
 
 
+@pytest.mark.parametrize("verb", [["evaluate"], ["predict", "5 May 2020"], ["report"]])
+def test_under_torchrun_only_train_runs(tiny_run, monkeypatch, capsys, verb):
+    """`torchrun --nproc-per-node 2 -m heedful evaluate RUN` scored the split twice, both processes
+    writing eval-test.json at once."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    before = sorted(tiny_run.rglob("*"))
+    code, out, err = heedful(monkeypatch, capsys, verb[0], str(tiny_run), *verb[1:])
+    assert code == 2 and out == "" and sorted(tiny_run.rglob("*")) == before
+    assert err == f"heedful: error: heedful {verb[0]} runs in one process; torchrun is for `heedful train` " \
+                  "(this is one of 2 processes)\n"  # fmt: skip
+
+
 def test_evaluate_lists_its_files_in_the_runs_manifest_before_writing_them(tiny_run, tmp_path, monkeypatch):
     """So a kill between the two still leaves them to --overwrite (the trainer's order)."""
     import shutil

@@ -155,6 +155,11 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = RunLoader()  # every verb's context inherits it
+    world = os.environ.get("WORLD_SIZE", "1")
+    if ctx.invoked_subcommand not in (None, "train") and world.isdigit() and int(world) > 1:
+        # Each process would do the whole job and write the same files at once.
+        raise UserError(f"heedful {ctx.invoked_subcommand} runs in one process; torchrun is for `heedful train` "
+                        f"(this is one of {world} processes)")  # fmt: skip
 
 
 def train(
