@@ -168,6 +168,24 @@ def test_a_run_given_twice_to_an_ensemble_on_the_command_line_is_refused(tiny_ru
     )
 
 
+def test_a_run_without_a_model_says_whether_a_resume_can_finish_it(tiny_run, tmp_path):
+    """It said "train or --resume it" where no checkpoint was there to resume."""
+    import shutil
+
+    from heedful.errors import CheckpointError
+    from heedful.runs import load_run
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    shutil.rmtree(run / "model")
+    latest = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))[-1].name
+    with pytest.raises(CheckpointError, match=rf"run: has no trained model yet \(no model/ folder\); `heedful train "
+                                              rf".*run --resume` continues it from {latest}$"):  # fmt: skip
+        load_run(run, "cpu")
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(CheckpointError, match=r"no checkpoint either: it stopped before its first; train it again"):
+        load_run(run, "cpu")
+
+
 @pytest.mark.parametrize("verb", [["evaluate"], ["predict", "5 May 2020"], ["report"]])
 def test_under_torchrun_only_train_runs(tiny_run, monkeypatch, capsys, verb):
     """`torchrun --nproc-per-node 2 -m heedful evaluate RUN` scored the split twice, both processes

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from heedful.errors import CheckpointError, UserError, a_run, article
 from heedful.outputs import EXPORT_RECORD, check_output, check_output_folder
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, get_task, load_config
+from heedful.train.checkpoint import list_checkpoints
 from heedful.train.rundir import record_written
 
 
@@ -296,7 +298,13 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         missing = "no config.yaml" if run_dir.is_dir() else "a file" if run_dir.exists() else "no such folder"
         raise CheckpointError(f"{run_dir}: not a run directory ({missing}) — train one with `heedful train`")
     if not (run_dir / "model").is_dir():
-        raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); train or --resume it")
+        kept = list_checkpoints(run_dir / "checkpoints")
+        way = (
+            f"`heedful train {shlex.quote(str(run_dir))} --resume` continues it from {kept[-1].name}"
+            if kept
+            else "no checkpoint either: it stopped before its first; train it again (--overwrite)"
+        )
+        raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); {way}")
     trained = _trained_settings(run_dir / "config.yaml") if overrides else {}
     for item in overrides or []:
         key = item.partition("=")[0].strip()
