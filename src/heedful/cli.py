@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover
 
 from heedful.errors import UserError, a_run, article
 from heedful.outputs import check_output, check_output_folder, written_whole
-from heedful.tasks.verbs import DeviceOption, SetOption, TrainOption
+from heedful.tasks.verbs import DeviceOption, RunSetOption, SetOption, TrainOption
 
 
 class Commands(TyperGroup):
@@ -293,7 +293,7 @@ def evaluate(
         ),
     ],
     split: Annotated[str, typer.Option(help="Which held-out split to score.")] = "test",
-    set_: SetOption = None,
+    set_: RunSetOption = None,
     ensemble: Annotated[
         list[Path] | None,
         typer.Option(
@@ -364,7 +364,7 @@ def predict(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON lines instead of text (heatmap paths go to stderr).")
     ] = False,
-    set_: SetOption = None,
+    set_: RunSetOption = None,
     ensemble: Annotated[
         list[Path] | None,
         typer.Option(
@@ -450,7 +450,7 @@ def report(
     inputs: Annotated[
         list[str] | None, typer.Option("--input", help="A sample to predict and explain in the report (repeatable).")
     ] = None,
-    set_: SetOption = None,
+    set_: RunSetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Write one self-contained HTML report of a run (no network needed to view it): config, training

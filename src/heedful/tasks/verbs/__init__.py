@@ -26,6 +26,17 @@ SetOption = Annotated[
         "to decode; a trained run's model.* and task are fixed.",
     ),
 ]
+# The verbs that read a trained run: --set changes how it reads inputs and decodes, not what it learnt.
+RunSetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Change how the run reads inputs or decodes (repeatable): e.g. --set decode.beam_size=1; what "
+        "training fixed (model.*, task, a speech run's sample rate) cannot change.",
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 
 

@@ -10,7 +10,7 @@ import typer
 
 from heedful.errors import UserError
 from heedful.outputs import check_output_folder
-from heedful.tasks.verbs import DeviceOption, SetOption, run_loader
+from heedful.tasks.verbs import DeviceOption, RunSetOption, run_loader
 
 
 def transcribe(
@@ -40,7 +40,7 @@ def transcribe(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON lines instead of text (figure paths go to stderr).")
     ] = False,
-    set_: SetOption = None,
+    set_: RunSetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Transcribe spoken digits: prints the digits and a confidence for each file."""

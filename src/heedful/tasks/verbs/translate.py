@@ -14,7 +14,7 @@ import typer
 from heedful.data.text import refuse_nul
 from heedful.errors import DataError, UserError
 from heedful.outputs import check_output, written_whole
-from heedful.tasks.verbs import DeviceOption, SetOption, run_loader
+from heedful.tasks.verbs import DeviceOption, RunSetOption, run_loader
 
 CHUNK_LINES = 256  # most lines translated together: enough for full token batches
 
@@ -137,7 +137,7 @@ def translate(
             "CTranslate2 export folder, the type it computes in (default: as exported)."
         ),
     ] = None,
-    set_: SetOption = None,
+    set_: RunSetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Translate stdin to stdout, one line for each line, in order (heedful translate RUN < in.txt >
@@ -249,7 +249,7 @@ def align(
         int | None, typer.Option(min=1, help="Tokens per batch; default: decode.batch_tokens.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Count aligned lines on stderr.")] = False,
-    set_: SetOption = None,
+    set_: RunSetOption = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Word alignments from cross-attention: forced decoding of each --tgt line given its --src line,
