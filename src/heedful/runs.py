@@ -38,6 +38,7 @@ from heedful.outputs import EXPORT_RECORD, check_output, check_output_folder
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.checkpoint import list_checkpoints
+from heedful.train.history import History
 from heedful.train.rundir import record_written
 
 
@@ -83,6 +84,8 @@ class Run:
         if result.outputs is not None:
             result.artifacts["hyps"].write_text("".join(f"{line}\n" for line in result.outputs), encoding="utf-8")
         record = result.record() | ({"overrides": list(self.overrides)} if self.overrides else {})
+        if (step := _model_step(self.run_dir)) is not None:  # the report tells a score of an older model
+            record["model"] = {"step": step}
         written.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         result.figures = self.task.write_reports(split, self.run_dir / "plots", result)
         record_written(self.run_dir, *result.figures)  # a task's figures: named only once drawn
@@ -260,6 +263,16 @@ def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:
     """Open several run directories (``load_run`` each, on ``device``: "auto", "cpu", "cuda",
     "cuda:N") as one ``Ensemble``."""
     return Ensemble([load_run(run_dir, device) for run_dir in input_list(run_dirs, "load_ensemble")])
+
+
+def _model_step(run_dir: Path) -> int | None:
+    """The training step of the weights in ``run_dir/model`` (its best epoch's), from history.json;
+    None for a run without one (an optimized run, a run from elsewhere)."""
+    try:
+        history = History.load(run_dir / "history.json")
+        return int(history.epochs[history.best_epoch - 1]["step"]) if history.best_epoch else None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, UserError):
+        return None
 
 
 def _export_kind(record: Path) -> str:

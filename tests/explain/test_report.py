@@ -1,6 +1,7 @@
 """`heedful report RUN`: one self-contained HTML file holding the figures and tables."""
 
 import base64
+import html
 import json
 import shutil
 from html.parser import HTMLParser
@@ -197,3 +198,21 @@ def test_an_ensembles_scores_are_named_as_the_ensemble_of_its_runs(dates_run, tm
     text = load_run(run_dir, device="cpu").report(tmp_path / "r.html").read_text(encoding="utf-8")
     assert f"<caption>test-ensemble (the ensemble of {run_dir}, runs/other)</caption>" in text
     assert "<td>the ensemble</td><td>0.5000</td>" in text  # not "this model"
+
+
+def test_a_score_of_an_older_model_is_marked_after_the_run_trained_on(dates_run, tmp_path):
+    """eval-test.json carried no step, so after a resume the report showed it as the new model's."""
+    import json
+
+    run_dir = shutil.copytree(dates_run, tmp_path / "run")
+    load_run(run_dir, device="cpu").evaluate("test")
+    history = json.loads((run_dir / "history.json").read_text())
+    step = history["epochs"][history["best_epoch"] - 1]["step"]
+    assert json.loads((run_dir / "eval-test.json").read_text())["model"] == {"step": step}
+    text = load_run(run_dir, device="cpu").report(tmp_path / "now.html").read_text(encoding="utf-8")
+    assert "evaluate again" not in text  # scored on the model the run holds
+    history["epochs"][history["best_epoch"] - 1]["step"] = step + 7  # as if a resume saved a newer best
+    (run_dir / "history.json").write_text(json.dumps(history))
+    text = load_run(run_dir, device="cpu").report(tmp_path / "later.html").read_text(encoding="utf-8")
+    expected = f"scored on the model of step {step}; the run's model is now step {step + 7}: evaluate again"
+    assert expected in html.unescape(text)

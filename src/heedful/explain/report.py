@@ -115,6 +115,15 @@ def _read_json(file: Path) -> dict[str, Any]:
     return record
 
 
+def _model_step(run_dir: Path) -> int | None:
+    """The step of the weights in ``run_dir/model`` (its best epoch's, from history.json), or None."""
+    try:
+        history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
+        return int(history["epochs"][history["best_epoch"] - 1]["step"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 def _curves(run_dir: Path, monitor: str | None = None) -> str:
     history = run_dir / "history.json"
     if not history.is_file():
@@ -196,11 +205,15 @@ def _metrics(run_dir: Path, task: Any) -> str:
         metrics = {k: v for k, v in record.items() if _is_number(v)}
         keys = list(metrics)
         members = record.get("members")  # `heedful evaluate RUN --ensemble …` names its runs
+        scored = record.get("model", {}).get("step") if isinstance(record.get("model"), dict) else None
+        now = _model_step(run_dir)
         ours = "the ensemble" if isinstance(members, list) else "this model"
         rows = [[ours, *(float(metrics[k]) for k in keys)]]
         rows += [[name, *(float(b[k]) if k in b else "" for k in keys)] for name, b in baselines.items()]
         caption = split + (f" (the ensemble of {', '.join(map(str, members))})" if isinstance(members, list) else "")
         caption += " (beside baselines fit on the same training data)" if baselines else ""
+        if scored is not None and now is not None and scored != now:  # a resumed run saved a newer best model
+            caption += f" — scored on the model of step {scored}; the run's model is now step {now}: evaluate again"
         out.append(_table(caption, ["", *keys], rows))
     return "".join(out)
 
