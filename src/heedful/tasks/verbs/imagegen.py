@@ -15,7 +15,12 @@ from heedful.tasks.verbs import DeviceOption, run_loader
 def generate(
     ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="An imagegen run directory written by `heedful train`.")],
-    n: Annotated[int, typer.Option("--n", help="How many images.", min=1)] = 64,
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n", help="How many images (one grid: at most 1,024; more from Python: run.generate).", min=1, max=1024
+        ),
+    ] = 64,
     class_name: Annotated[
         str | None, typer.Option("--class", help="Only this class (class-conditional models; default: all in turn).")
     ] = None,
