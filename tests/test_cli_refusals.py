@@ -119,6 +119,28 @@ def test_predict_json_keeps_stdout_to_json_lines_with_show_attention(tiny_run, m
     assert code == 0 and out.count("attention heatmap: ") == 2  # without --json the paths stay with the output
 
 
+def test_predict_json_keeps_stdout_to_json_lines_with_explain(tiny_run, monkeypatch, capsys, tmp_path):
+    import json
+
+    args = ["predict", str(tiny_run), "5. März 2021", "--json", "--explain", "--html", str(tmp_path / "why.html")]
+    code, out, err = heedful(monkeypatch, capsys, *args, "--device", "cpu")
+    assert code == 0, err
+    assert [json.loads(line)["input"] for line in out.splitlines()] == ["5. März 2021"]  # the weights: on stderr
+    assert f"explanation page: {tmp_path / 'why.html'}" in err and (tmp_path / "why.html").is_file()
+
+
+@pytest.mark.parametrize("flags", [["--explain"], ["--explain", "--html", "why.html"], ["--show-attention"]])
+def test_predict_of_a_file_refuses_to_explain_rather_than_ignore_it(tiny_run, monkeypatch, capsys, tmp_path, flags):
+    """`predict --input r.csv --explain --html why.html` exited 0 and wrote no page."""
+    rows = tmp_path / "in.txt"
+    rows.write_text("5. März 2021\n")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), "--input", str(rows), *flags)
+    assert code == 2 and out == "" and not (tmp_path / "why.html").exists()
+    named = " and ".join(f for f in flags if f in ("--explain", "--show-attention"))
+    assert err == f"heedful: error: {named}: explain texts given on the command line, not the rows of --input\n"
+
+
 def test_align_threshold_must_be_a_weight(tiny_run, monkeypatch, capsys, tmp_path):
     lines = tmp_path / "lines.txt"
     lines.write_text("5. März 2021\n")

@@ -397,6 +397,9 @@ def predict(
     ):
         if given is not None and not needs:
             raise UserError(f"{flag} needs {needed}")
+    shown = [flag for flag, given in (("--explain", explain), ("--show-attention", show_attention)) if given]
+    if input_file is not None and shown:  # a file's rows go to --output; their explanations had nowhere to go
+        raise UserError(f"{' and '.join(shown)}: explain texts given on the command line, not the rows of --input")
     if input_file is not None and not input_file.is_file():
         problem = "is a folder; give a file" if input_file.is_dir() else "file not found"
         raise UserError(f"--input {input_file}: {problem}")
@@ -432,10 +435,11 @@ def predict(
 
         explanations = run.explain(inputs)
         rows = [(e.title, e.key_tokens, e.summary.mean(0).tolist()) for e in explanations]
-        for _, tokens, weights in rows:
-            typer.echo(ansi_tokens(tokens, weights) if sys.stdout.isatty() else _plain_weights(tokens, weights))
+        for _, tokens, weights in rows:  # --json: stdout holds only JSON lines, the weights go to stderr
+            shaded = (sys.stderr if as_json else sys.stdout).isatty()
+            typer.echo(ansi_tokens(tokens, weights) if shaded else _plain_weights(tokens, weights), err=as_json)
         if html_file is not None:
-            typer.echo(f"explanation page: {html_tokens(rows, html_file, f'heedful: {run_dir}')}")
+            typer.echo(f"explanation page: {html_tokens(rows, html_file, f'heedful: {run_dir}')}", err=as_json)
     if show_attention:
         for path in run.show_attention(inputs, out_dir):
             typer.echo(f"attention heatmap: {path}", err=as_json)  # --json: stdout holds only JSON lines
