@@ -548,3 +548,36 @@ def test_a_file_with_no_usable_row_says_where_the_rows_went(tmp_path):
     assert error(**{"data.labels": "as_is", "data.filters": "{shop: b}"}) == (
         f"{path}: no usable rows (5 not kept by data.filters)"
     )
+
+
+def _untrained(tmp_path, **extra):
+    """A classify task with its data read and a freshly built model (no training)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = config(tmp_path, **extra)
+    task = get_task("classify")(cfg)
+    return task, task.build_model(cfg, task.build_data(cfg)).eval()
+
+
+def test_what_an_explanation_reads_follows_the_pooling_and_the_last_layer(tmp_path):
+    """Mean pooling was explained by the first row, which the model never reads; with 11 or more
+    layers a text sort took layers.9 for the last."""
+    from heedful.explain.capture import capture
+
+    text = "battery excellent box phone"
+    for pooling in ("cls", "mean"):
+        task, model = _untrained(tmp_path / pooling, **{"model.pooling": pooling, "model.encoder.n_encoder_layers": 11})
+        [explanation] = task.explain(model, [text])
+        with capture(model) as seen, torch.no_grad():
+            model(torch.tensor([task.encode(text)]))
+        maps = seen["encoder.layers.10.self_attn"][0].float().mean(0)  # (T, T), heads averaged
+        expected = maps[:1] if pooling == "cls" else maps.mean(0, keepdim=True)
+        torch.testing.assert_close(explanation.summary, expected)
+        assert "encoder.layers.10.self_attn" in explanation.title
+        assert ("receives" in explanation.title) == (pooling == "mean")
+
+
+def test_a_classifier_without_attention_refuses_to_explain_in_one_line(tmp_path):
+    task, model = _untrained(tmp_path, **{"model.encoder_type": "bigru", "model.pooling": "mean"})
+    with pytest.raises(UserError, match=r"^this classifier has no attention to show \(model.encoder_type 'bigru', "
+                                        r"model.pooling 'mean'\)"):  # fmt: skip
+        task.explain(model, ["battery excellent box"])

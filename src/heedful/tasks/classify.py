@@ -367,22 +367,33 @@ class ClassifyTask(LabelledTextTask):
         explanations = []
         for text, prediction in zip(inputs, predictions, strict=True):
             tokens = torch.tensor([self.encode(text)], device=device)
-            with capture(model) as seen:
-                model(tokens)
-            if model.config.pooling == "attention":
-                name = "pool.attn"
+            try:
+                with capture(model) as seen:
+                    model(tokens)
+            except ValueError:  # an RNN encoder without attention pooling: nothing to show
+                raise UserError(
+                    f"this classifier has no attention to show (model.encoder_type {model.config.encoder_type!r}, "
+                    f"model.pooling {model.config.pooling!r}); attention pooling or a Transformer encoder has"
+                ) from None
+            pooling = model.config.pooling
+            if pooling == "attention":
+                name, read = "pool.attn", "attention pooling"
                 summary = seen[name][0, 0].float().cpu()  # (1, T)
             else:
-                name = sorted(k for k in seen if k.endswith("self_attn"))[-1]  # the last layer
-                summary = seen[name][0, :, :1].mean(0).float().cpu()  # (1, T): from the first position
+                name = [k for k in seen if k.endswith("self_attn")][-1]  # captured in forward order: the last layer
+                maps = seen[name][0].float().cpu().mean(0)  # (T, T), the mean over heads
+                if pooling == "cls":  # what the first position, the one classified, attends to
+                    summary, read = maps[:1], "what the first position attends to"
+                else:  # mean pooling reads every position alike: how much attention each one receives
+                    summary, read = maps.mean(0, keepdim=True), "the attention each position receives, on average"
             explanations.append(
                 Explanation(
                     prediction=prediction,
                     query_tokens=[f"→ {prediction.output}"],
                     key_tokens=self.pieces(text),
                     weights={name: seen[name][0].float().cpu()},
-                    summary=summary,
-                    title=f"{prediction.output} ({prediction.score:.0%})  ({name})",
+                    summary=summary,  # (1, T)
+                    title=f"{prediction.output} ({prediction.score:.0%})  ({name}: {read})",
                 )
             )
         return explanations
