@@ -581,3 +581,16 @@ def test_a_classifier_without_attention_refuses_to_explain_in_one_line(tmp_path)
     with pytest.raises(UserError, match=r"^this classifier has no attention to show \(model.encoder_type 'bigru', "
                                         r"model.pooling 'mean'\)"):  # fmt: skip
         task.explain(model, ["battery excellent box"])
+
+
+def test_max_tokens_beyond_the_encoders_positions_is_one_line_before_any_text_is_read(tmp_path):
+    """It was a ValueError traceback from the position table, after the data and the tokenizer."""
+    with pytest.raises(ConfigError, match=r"^config key 'data.max_tokens': 300 tokens, but the encoder has 256 "
+                                          r"positions \(model.encoder.max_len, or the pretrained model's\); give "
+                                          r"at most 256$"):  # fmt: skip
+        _untrained(tmp_path, **{"data.max_tokens": 300, "model.encoder.max_len": 256})
+    _, model = _untrained(tmp_path / "fits", **{"data.max_tokens": 256, "model.encoder.max_len": 256})
+    model.save_pretrained(tmp_path / "model")  # and a trained run read with --set data.max_tokens=300
+    reader = get_task("classify")(config(tmp_path / "fits", **{"data.max_tokens": 300}))
+    with pytest.raises(ConfigError, match=r"'data.max_tokens': 300 tokens, but the encoder has 256 positions"):
+        reader.load_model(tmp_path / "model")

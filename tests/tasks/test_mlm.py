@@ -46,6 +46,7 @@ def overrides(tmp_path: Path, run: str, **extra) -> list[str]:
         "model.encoder.d_ff": 64,
         "model.encoder.dropout": 0.0,
         "model.encoder.max_len": 64,
+        "data.max_tokens": 64,  # within the encoder's positions (a classifier refuses more)
         "train.lr": 3e-3,
         "train.warmup_steps": 10,
         "train.precision": "fp32",

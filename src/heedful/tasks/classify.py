@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from heedful.config import RunConfig, Section, read_yaml
 from heedful.data.labelled import Example
 from heedful.data.tokenizers import SentencePieceTokenizer, pad_ids
-from heedful.errors import UserError
+from heedful.errors import ConfigError, UserError
 from heedful.explain.capture import capture
 from heedful.explain.plots import plot_confusion, plot_groups
 from heedful.metrics.classification import classification_metrics, group_quality
@@ -175,7 +175,7 @@ class ClassifyTask(LabelledTextTask):
             model_cfg |= {"encoder_type": "transformer", "encoder": encoder.model_dump()}
             model = EncoderClassifier(ClassifierConfig.model_validate(model_cfg))
             model.encoder.load_state_dict(pretrained.encoder.state_dict())
-            return model
+            return self._fits_positions(model)
         if directory is not None:
             from heedful.models.bert import bert_config
 
@@ -184,6 +184,22 @@ class ClassifyTask(LabelledTextTask):
         model = EncoderClassifier(ClassifierConfig.model_validate(model_cfg))
         if directory is not None:
             model.load_pretrained_encoder(directory)
+        return self._fits_positions(model)
+
+    def load_model(self, directory: Path, device: str = "cpu") -> nn.Module:
+        return self._fits_positions(super().load_model(directory, device))
+
+    def _fits_positions(self, model: nn.Module) -> nn.Module:
+        """``model``, if ``data.max_tokens`` fits its encoder's position table; else a one-line
+        ConfigError before any text is read (it was a traceback from inside the encoder)."""
+        config = getattr(model, "config", None)
+        if getattr(config, "encoder_type", None) == "transformer":
+            limit = config.encoder.max_len
+            if self.cfg.data.max_tokens > limit:
+                raise ConfigError(
+                    f"config key 'data.max_tokens': {self.cfg.data.max_tokens} tokens, but the encoder has "
+                    f"{limit} positions (model.encoder.max_len, or the pretrained model's); give at most {limit}"
+                )
         return model
 
     def parameter_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]] | None:
