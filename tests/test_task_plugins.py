@@ -85,3 +85,16 @@ def test_a_verb_refuses_a_run_of_another_task(toy, tmp_path):
     result = invoke("translate", run_dir)
     assert isinstance(result.exception, UserError)
     assert str(result.exception) == f"{run_dir}: is a 'toy' run; translate needs a translate run"
+
+
+def test_an_undefined_metric_is_written_as_null_so_the_record_is_json():
+    """A correlation over one group is NaN: eval-test.json held `NaN`, which JavaScript and jq refuse."""
+    import json
+    import math
+
+    result = EvalResult({"accuracy": 1.0, "group_spearman": math.nan}, notes={"n": [1, math.inf]})
+    result.baselines = {"majority": {"accuracy": 0.5, "group_spearman": math.nan}}
+    text = json.dumps(result.record(), allow_nan=False)  # raises on NaN or inf
+    assert json.loads(text) == {"accuracy": 1.0, "group_spearman": None, "n": [1, None],
+                                "baselines": {"majority": {"accuracy": 0.5, "group_spearman": None}}}  # fmt: skip
+    assert math.isnan(result["group_spearman"])  # the result itself keeps what was measured

@@ -7,6 +7,7 @@ task touches only ``tasks/`` and ``configs/``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -116,9 +117,22 @@ class EvalResult(Mapping[str, float]):
         return len(self.metrics)
 
     def record(self) -> dict[str, Any]:
-        """What eval-<split>.json holds: the metrics, the notes and (if any) the baselines."""
+        """What eval-<split>.json holds: the metrics, the notes and (if any) the baselines; a
+        metric that is undefined (NaN: a correlation over one group) is null, so the file is JSON
+        every reader takes (Python writes NaN, which JavaScript, jq and others refuse)."""
         record: dict[str, Any] = {**self.metrics, **self.notes}
-        return record | ({"baselines": self.baselines} if self.baselines else {})
+        return _finite(record | ({"baselines": self.baselines} if self.baselines else {}))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) in it replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass
