@@ -465,11 +465,10 @@ def test_translate_with_an_ensemble_of_another_vocabulary_is_refused(run_dir, tm
 
 
 @pytest.mark.slow
-def test_translate_ensemble_on_the_command_line(run_dir):
+def test_translate_ensemble_on_the_command_line(run_dir, tmp_path):
+    twin = shutil.copytree(run_dir, tmp_path / "twin")  # the run itself twice is refused as a slip
     alone = run_cli("translate", str(run_dir), "--beam", "3", stdin="\n".join(SOURCES) + "\n")
-    both = run_cli(
-        "translate", str(run_dir), "--beam", "3", "--ensemble", str(run_dir), stdin="\n".join(SOURCES) + "\n"
-    )
+    both = run_cli("translate", str(run_dir), "--beam", "3", "--ensemble", str(twin), stdin="\n".join(SOURCES) + "\n")
     assert alone.returncode == 0 and both.returncode == 0, both.stderr
     assert both.stdout == alone.stdout and len(both.stdout.splitlines()) == len(SOURCES)
 

@@ -201,7 +201,11 @@ def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
     metrics = run.evaluate("test")
     assert set(metrics) >= {"loss", "accuracy", "exact_match", "alignment_hit", "alignment_aer"}
     assert 0 <= metrics["alignment_aer"] <= 1
-    assert json.loads((tmp_path / "run" / "eval-test.json").read_text()) == metrics.record()  # metrics and notes
+    written = json.loads((tmp_path / "run" / "eval-test.json").read_text())
+    history = History.load(tmp_path / "run" / "history.json")
+    scored_step = history.epochs[history.best_epoch - 1]["step"]
+    assert written.pop("model") == {"step": scored_step}  # the step of the model scored
+    assert written == metrics.record()  # metrics and notes
     (explanation,) = run.explain(["5. März 2021"])
     T = len(explanation.prediction.output) + 1  # the output and <eos>
     assert explanation.summary.shape == (T, len("5. März 2021"))
@@ -210,7 +214,7 @@ def test_trained_run_predicts_evaluates_and_explains(configs_dir, tmp_path):
     assert paths[0].is_file() and paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     greedy = load_run(tmp_path / "run", device="cpu", overrides=["decode.beam_size=1"]).evaluate("test")
     written = json.loads((tmp_path / "run" / "eval-test.json").read_text())  # says how it was scored
-    assert written == greedy.record() | {"overrides": ["decode.beam_size=1"]}
+    assert written == greedy.record() | {"overrides": ["decode.beam_size=1"], "model": {"step": scored_step}}
 
 
 def test_trainer_class_matches_fit(configs_dir, tmp_path):
