@@ -20,6 +20,7 @@ def test_flat_names_every_leaf_by_its_dotted_key():
     assert flat({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
 
 
+@pytest.mark.slow  # each trains a tiny run first
 @pytest.mark.parametrize("override", ["model.position=rope", "model.activation=gelu", "model.n_heads=1"])
 def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(one_epoch, override):
     """Each keeps every tensor's shape, so the checkpoint loaded and the run trained on as another model."""
@@ -32,6 +33,7 @@ def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(one_epoc
     assert {p: p.read_bytes() for p in sorted(one_epoch.rglob("*")) if p.is_file()} == before
 
 
+@pytest.mark.slow
 def test_other_changes_are_named_once_and_how_long_it_trains_is_not(one_epoch, capsys):
     assert changed_settings(one_epoch, load_config(one_epoch, ["train.epochs=3", "train.progress=true"])) == []
     capsys.readouterr()
@@ -43,6 +45,7 @@ def test_other_changes_are_named_once_and_how_long_it_trains_is_not(one_epoch, c
     ]
 
 
+@pytest.mark.slow
 def test_a_finished_run_or_a_spent_budget_is_refused_not_trained_one_step(one_epoch, tmp_path):
     """Each resume of a run its time budget had stopped trained one step, validated and added an epoch."""
     before = {p: p.read_bytes() for p in sorted(one_epoch.rglob("*")) if p.is_file()}
@@ -63,6 +66,7 @@ def test_a_finished_run_or_a_spent_budget_is_refused_not_trained_one_step(one_ep
     assert [row["epoch"] for row in history.epochs] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_the_schedule_goes_on_by_batches_when_a_resumed_step_takes_another_number(tmp_path, monkeypatch, capsys):
     """Resumed on 1 process, a 2-process run's cosine schedule started again from a longer plan
     (the lr jumped back up); grad_accum changes a step's batches the same way."""

@@ -257,6 +257,7 @@ for i in range(int(sys.argv[2])):
 """
 
 
+@pytest.mark.slow  # a second process: 2 s
 def test_writers_of_the_manifest_at_the_same_time_lose_nothing(tmp_path):
     path, n = tmp_path / "run", 400
     training = RunDirectory.claim(path, resume=False, overwrite=False)

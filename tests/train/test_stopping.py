@@ -32,6 +32,7 @@ def test_the_first_signal_asks_the_second_interrupts_and_the_handlers_come_back(
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+@pytest.mark.slow  # two short trainings each
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stopped_run_keeps_every_step_and_resumes_bit_identically(tmp_path, monkeypatch, signum):
     """Without train.checkpoint_every, a stop in epoch 2 lost everything since epoch 1's end."""
