@@ -147,8 +147,8 @@ def test_the_decision_path_reads_the_last_layer_as_the_model_does(dates_run):
          r'eval-test.json: "baselines" is a list, not the metrics of each baseline by name; remove'),
         ("eval-test.json", '{"exact_match": 0.5, "baselines": {"majority": 1}}',
          r'eval-test.json: baseline "majority" is an int, not a record of its metrics; remove'),
-        ("eval-test.json", '{"exact_match": 0.5, "baselines": {"majority": {"exact_match": null}}}',
-         r'eval-test.json: baseline "majority": "exact_match" is null, not a number; remove'),
+        ("eval-test.json", '{"exact_match": 0.5, "baselines": {"majority": {"exact_match": "high"}}}',
+         r'eval-test.json: baseline "majority": "exact_match" is a string, not a number; remove'),
     ],
 )  # fmt: skip
 def test_a_damaged_record_in_the_run_is_one_line(dates_run, tmp_path, name, content, message):
@@ -216,3 +216,16 @@ def test_a_score_of_an_older_model_is_marked_after_the_run_trained_on(dates_run,
     text = load_run(run_dir, device="cpu").report(tmp_path / "later.html").read_text(encoding="utf-8")
     expected = f"scored on the model of step {step}; the run's model is now step {step + 7}: evaluate again"
     assert expected in html.unescape(text)
+
+
+def test_an_undefined_metric_written_as_null_is_shown_as_a_blank(dates_run, tmp_path):
+    """eval-SPLIT.json writes NaN as null (a group correlation over one group); the report refused
+    such a baseline as "not a number" and would have turned float(None) into a TypeError."""
+    import json
+
+    run_dir = shutil.copytree(dates_run, tmp_path / "run")
+    record = {"accuracy": 0.9, "group_spearman": None,
+              "baselines": {"majority": {"accuracy": 0.5, "group_spearman": None}}}  # fmt: skip
+    (run_dir / "eval-test.json").write_text(json.dumps(record))
+    text = load_run(run_dir, device="cpu").report(tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<tr><td>majority</td><td>0.5000</td></tr>" in text  # its null metric is no column of this model's

@@ -187,7 +187,7 @@ def _baselines(file: Path, baselines: Any) -> dict[str, dict[str, Any]]:
         if not isinstance(metrics, dict):
             raise UserError(f'{file}: baseline "{name}" is {_a(metrics)}, not a record of its metrics; {again}')
         for key, value in metrics.items():
-            if not _is_number(value):
+            if not _is_number(value) and value is not None:  # null: a metric undefined there (NaN when measured)
                 raise UserError(f'{file}: baseline "{name}": "{key}" is {_a(value)}, not a number; {again}')
     return baselines
 
@@ -209,7 +209,7 @@ def _metrics(run_dir: Path, task: Any) -> str:
         now = _model_step(run_dir)
         ours = "the ensemble" if isinstance(members, list) else "this model"
         rows = [[ours, *(float(metrics[k]) for k in keys)]]
-        rows += [[name, *(float(b[k]) if k in b else "" for k in keys)] for name, b in baselines.items()]
+        rows += [[name, *(float(b[k]) if b.get(k) is not None else "" for k in keys)] for name, b in baselines.items()]
         caption = split + (f" (the ensemble of {', '.join(map(str, members))})" if isinstance(members, list) else "")
         caption += " (beside baselines fit on the same training data)" if baselines else ""
         if scored is not None and now is not None and scored != now:  # a resumed run saved a newer best model
