@@ -190,17 +190,17 @@ def train(
     try:
         history = fit(cfg, resume=resume, overwrite=overwrite)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: say what is kept, then exit 130 (143: SIGTERM)
-        import shlex
         import signal
 
         from heedful.train.checkpoint import list_checkpoints
+        from heedful.train.resume import resume_command
         from heedful.train.stopping import TrainingStopped
 
         out = cfg.resolved_run_dir()
         if is_main_process():
             kept = list_checkpoints(out / "checkpoints")
             typer.echo(
-                f"heedful: interrupted; `heedful train {shlex.quote(str(out))} --resume` continues from {kept[-1].name}"
+                f"heedful: interrupted; `{resume_command(out)}` continues from {kept[-1].name}"
                 if kept
                 else "heedful: interrupted before the first checkpoint; nothing was kept",
                 err=True,

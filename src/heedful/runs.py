@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from heedful.outputs import EXPORT_RECORD, check_output, check_output_folder
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, get_task, load_config
 from heedful.train.checkpoint import list_checkpoints
-from heedful.train.history import History
+from heedful.train.resume import resume_command
 from heedful.train.rundir import record_written
 
 
@@ -84,7 +83,9 @@ class Run:
         if result.outputs is not None:
             result.artifacts["hyps"].write_text("".join(f"{line}\n" for line in result.outputs), encoding="utf-8")
         record = result.record() | ({"overrides": list(self.overrides)} if self.overrides else {})
-        if (step := _model_step(self.run_dir)) is not None:  # the report tells a score of an older model
+        from heedful.explain.report import model_step
+
+        if (step := model_step(self.run_dir)) is not None:  # the report tells a score of an older model
             record["model"] = {"step": step}
         written.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         result.figures = self.task.write_reports(split, self.run_dir / "plots", result)
@@ -265,16 +266,6 @@ def load_ensemble(run_dirs: list[str | Path], device: str = "auto") -> Ensemble:
     return Ensemble([load_run(run_dir, device) for run_dir in input_list(run_dirs, "load_ensemble")])
 
 
-def _model_step(run_dir: Path) -> int | None:
-    """The training step of the weights in ``run_dir/model`` (its best epoch's), from history.json;
-    None for a run without one (an optimized run, a run from elsewhere)."""
-    try:
-        history = History.load(run_dir / "history.json")
-        return int(history.epochs[history.best_epoch - 1]["step"]) if history.best_epoch else None
-    except (OSError, ValueError, KeyError, IndexError, TypeError, UserError):
-        return None
-
-
 def _export_kind(record: Path) -> str:
     """What an export's ``export.json`` says it is: "a CTranslate2 export of runs/x", in words."""
     try:
@@ -313,7 +304,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
     if not (run_dir / "model").is_dir():
         kept = list_checkpoints(run_dir / "checkpoints")
         way = (
-            f"`heedful train {shlex.quote(str(run_dir))} --resume` continues it from {kept[-1].name}"
+            f"`{resume_command(run_dir)}` continues it from {kept[-1].name}"
             if kept
             else "no checkpoint either: it stopped before its first; train it again (--overwrite)"
         )

@@ -115,8 +115,9 @@ def _read_json(file: Path) -> dict[str, Any]:
     return record
 
 
-def _model_step(run_dir: Path) -> int | None:
-    """The step of the weights in ``run_dir/model`` (its best epoch's, from history.json), or None."""
+def model_step(run_dir: Path) -> int | None:
+    """The step of the weights in ``run_dir/model`` (its best epoch's, from history.json), or None
+    (a run without one: optimized, or from elsewhere). ``Run.evaluate`` records it beside a score."""
     try:
         history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
         return int(history["epochs"][history["best_epoch"] - 1]["step"])
@@ -206,7 +207,7 @@ def _metrics(run_dir: Path, task: Any) -> str:
         keys = list(metrics)
         members = record.get("members")  # `heedful evaluate RUN --ensemble …` names its runs
         scored = record.get("model", {}).get("step") if isinstance(record.get("model"), dict) else None
-        now = _model_step(run_dir)
+        now = model_step(run_dir)
         ours = "the ensemble" if isinstance(members, list) else "this model"
         rows = [[ours, *(float(metrics[k]) for k in keys)]]
         rows += [[name, *(float(b[k]) if b.get(k) is not None else "" for k in keys)] for name, b in baselines.items()]

@@ -28,6 +28,11 @@ QUIET = {"run_dir", "device", "train.epochs", "train.max_minutes", "train.progre
          "train.early_stopping_patience"}  # fmt: skip
 
 
+def resume_command(run_dir: Path) -> str:
+    """``heedful train RUN --resume``, quoted for the shell (a command to paste: `runs/exp #2`)."""
+    return f"heedful train {shlex.quote(str(run_dir))} --resume"
+
+
 def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves."""
     if not isinstance(tree, dict):
@@ -48,7 +53,7 @@ def changed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
     if not isinstance(saved, dict):
         return []
     other = saved.get("task")
-    resume = f"heedful train {shlex.quote(str(run_dir))} --resume"  # a command to paste
+    resume = resume_command(run_dir)
     if other is not None and other != cfg.task:  # else: a page of mismatched weight names
         raise UserError(f"{run_dir}: holds {a_run(other)}, and this config trains {cfg.task!r}; "
                         f"resume it with its own config: {resume}")  # fmt: skip
@@ -66,7 +71,7 @@ def changed_settings(run_dir: Path, cfg: RunConfig) -> list[str]:
 
 def nothing_left(run_dir: Path, tc: TrainConfig, state: dict[str, Any]) -> None:
     """A UserError when the checkpoint ``state`` leaves nothing to train under ``tc``."""
-    resume = f"heedful train {shlex.quote(str(run_dir))} --resume"  # a command to paste
+    resume = resume_command(run_dir)
     done = state["epoch"]
     if done >= tc.epochs:
         raise UserError(f"{run_dir}: has trained all its {done} epochs (train.epochs {tc.epochs}); "

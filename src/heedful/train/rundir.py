@@ -272,16 +272,13 @@ class RunDirectory:
         with _manifest_locked(self.path):
             # The list as it is now: an eval-test.json recorded since the claim goes with the old run.
             written = self.written | (_read_manifest(self.path, strict=False) or set())
-            parents: set[Path] = set()
-            for name in sorted(written | set(TRANSIENT)):
-                target = self.path / name.rstrip("/")
+            targets = {self.path / name.rstrip("/") for name in written | set(TRANSIENT)}
+            for target in sorted(targets):
                 if target.is_dir() and not target.is_symlink():
                     shutil.rmtree(target)
                 elif target.exists() or target.is_symlink():
                     target.unlink()
-                parents |= {p for p in target.parents if self.path in p.parents}
-            for folder in sorted(parents, key=lambda p: len(p.parts), reverse=True):
-                _remove_empty([folder])
+            _remove_empty_below(self.path, targets)
             self.written = set()
             _write_manifest(self.path, self.written)
 
