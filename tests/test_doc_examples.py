@@ -1,0 +1,79 @@
+"""The Python examples of README.md and docs/OPTIMIZE.md run as written.
+
+Each block is executed verbatim in a scratch folder (``configs/`` linked in), with one change: the
+dates config is shrunk by appending the tiny overrides every test uses, so the block's training
+takes seconds. Whatever the block itself overrides wins. A renamed function, a changed argument or
+a comment promising a return value that is no longer true fails here before a reader finds it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import heedful.runs
+from tests.conftest import ROOT, tiny_dates_overrides
+
+BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(doc: Path) -> list[str]:
+    return BLOCK.findall(doc.read_text(encoding="utf-8"))
+
+
+def block_with(doc: Path, needle: str) -> str:
+    """The one Python block of ``doc`` containing ``needle``."""
+    (block,) = [b for b in python_blocks(doc) if needle in b]
+    return block
+
+
+def shrunk_load_config(path, overrides=None):
+    """``load_config`` with the tiny dates overrides first and the caller's after them (so they win);
+    other paths (``load_run`` reads a run's saved config with it) as they are."""
+    given = list(overrides or [])
+    if Path(path) != Path("configs/dates.yaml"):
+        return REAL_LOAD_CONFIG(path, given)
+    keys = {o.partition("=")[0] for o in given}
+    tiny = [o for o in tiny_dates_overrides(Path("runs/dates")) if o.partition("=")[0] not in keys]
+    return REAL_LOAD_CONFIG(path, tiny + given)
+
+
+REAL_LOAD_CONFIG = heedful.runs.load_config
+
+
+def test_python_blocks_are_found():
+    readme = python_blocks(ROOT / "README.md")
+    assert len(readme) >= 5 and readme[0].startswith("from heedful.runs import load_config")
+
+
+@pytest.mark.slow
+def test_readme_quick_start_and_optimize_examples_run_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.setattr(heedful.runs, "load_config", shrunk_load_config)
+
+    quick_start = block_with(ROOT / "README.md", "history = fit(cfg)")
+    scope: dict = {}
+    exec(compile(quick_start, "README.md", "exec"), scope)
+
+    # The comments' promises: n_heads from the block's own override, the figure's path, the EvalResult.
+    run = scope["run"]
+    assert run.cfg.model.n_heads == 8 and run.cfg.train.precision == "bf16"
+    printed = capsys.readouterr().out
+    assert "[PosixPath('runs/dates/plots/attention-0.png')]" in printed
+    assert Path("runs/dates/plots/attention-0.png").is_file()
+    result = scope["result"]
+    assert 0.0 <= result["exact_match"] <= 1.0
+    assert result.artifacts["eval"] == Path("runs/dates/eval-test.json") and result.artifacts["eval"].is_file()
+
+    # docs/OPTIMIZE.md's block ensembles runs/m1 and runs/m2: two copies of the run just trained.
+    for name in ("m1", "m2"):
+        shutil.copytree("runs/dates", f"runs/{name}")
+    optimize_block = block_with(ROOT / "docs" / "OPTIMIZE.md", "prune-heads")
+    scope = {}
+    exec(compile(optimize_block, "docs/OPTIMIZE.md", "exec"), scope)
+    assert (Path("runs/dates-p50") / "config.yaml").is_file()
+    assert scope["record"]["method"] == "int8"
