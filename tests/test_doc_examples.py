@@ -77,3 +77,23 @@ def test_readme_quick_start_and_optimize_examples_run_as_written(tmp_path, monke
     exec(compile(optimize_block, "docs/OPTIMIZE.md", "exec"), scope)
     assert (Path("runs/dates-p50") / "config.yaml").is_file()
     assert scope["record"]["method"] == "int8"
+
+
+def test_readme_attention_core_block_runs_as_written():
+    import torch
+
+    from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
+
+    # The block's second half names a model and its inputs the reader brings: a two-decoder-layer one.
+    config = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=16, n_heads=2, d_ff=32,
+                               n_encoder_layers=1, n_decoder_layers=2)  # fmt: skip
+    scope: dict = {
+        "model": TransformerEncoderDecoder(config).eval(),
+        "src": torch.randint(1, 20, (3, 7)),
+        "tgt": torch.randint(1, 20, (3, 5)),
+    }
+    block = block_with(ROOT / "README.md", "MultiHeadAttention(512, 8")
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["out"].shape == (2, 10, 512)
+    assert scope["weights"].shape == (2, 8, 10, 10)  # (B, H, T_q, T_k), as the comment says
+    assert scope["seen"]["decoder.layers.1.cross_attn"].shape == (3, 2, 5, 7)
