@@ -8,6 +8,7 @@ a comment promising a return value that is no longer true fails here before a re
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -30,14 +31,23 @@ def block_with(doc: Path, needle: str) -> str:
     return block
 
 
+TINY_REVIEWS = [
+    "data.tokenizer.vocab_size=300", "data.min_group_size=2", "model.encoder.d_model=16", "model.encoder.n_heads=2",
+    "model.encoder.n_encoder_layers=1", "model.encoder.d_ff=32", "train.epochs=2", "train.progress=false",
+    "train.tensorboard=false", "train.num_threads=1", "device=cpu",
+]  # fmt: skip
+TINY = {
+    Path("configs/dates.yaml"): tiny_dates_overrides(Path("runs/dates")),
+    Path("configs/reviews/amazon.yaml"): TINY_REVIEWS,
+}
+
+
 def shrunk_load_config(path, overrides=None):
-    """``load_config`` with the tiny dates overrides first and the caller's after them (so they win);
+    """``load_config`` with a config's tiny overrides first and the caller's after them (so they win);
     other paths (``load_run`` reads a run's saved config with it) as they are."""
     given = list(overrides or [])
-    if Path(path) != Path("configs/dates.yaml"):
-        return REAL_LOAD_CONFIG(path, given)
     keys = {o.partition("=")[0] for o in given}
-    tiny = [o for o in tiny_dates_overrides(Path("runs/dates")) if o.partition("=")[0] not in keys]
+    tiny = [o for o in TINY.get(Path(path), []) if o.partition("=")[0] not in keys]
     return REAL_LOAD_CONFIG(path, tiny + given)
 
 
@@ -97,3 +107,26 @@ def test_readme_attention_core_block_runs_as_written():
     assert scope["out"].shape == (2, 10, 512)
     assert scope["weights"].shape == (2, 8, 10, 10)  # (B, H, T_q, T_k), as the comment says
     assert scope["seen"]["decoder.layers.1.cross_attn"].shape == (3, 2, 5, 7)
+
+
+@pytest.mark.slow
+def test_readme_own_reviews_block_runs_as_written(tmp_path, monkeypatch):
+    from heedful.train import fit
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    monkeypatch.setattr(heedful.runs, "load_config", shrunk_load_config)
+    # The reader's own file, with the README's column names: 5 stars where the review says "great".
+    words = ["battery", "screen", "camera", "case", "price", "seller", "sound", "box"]
+    with open("my_reviews.jsonl", "w", encoding="utf-8") as f:
+        for i in range(120):
+            good = i % 3 == 0
+            body = " ".join(words[(i + j) % 8] for j in range(5)) + (" great" if good else "")
+            f.write(json.dumps({"body": body, "stars": 5 if good else 1, "product": f"p{i % 4}"}) + "\n")
+
+    scope: dict = {"load_config": heedful.runs.load_config, "load_run": heedful.runs.load_run, "fit": fit}
+    block = block_with(ROOT / "README.md", "my_reviews.jsonl")
+    exec(compile(block, "README.md", "exec"), scope)
+    p = scope["p"]
+    assert scope["run"].run_dir == Path("runs/mine")  # the run the block trained
+    assert p.output in p.probabilities and sum(p.probabilities.values()) == pytest.approx(1.0)
