@@ -130,3 +130,21 @@ def test_readme_own_reviews_block_runs_as_written(tmp_path, monkeypatch):
     p = scope["p"]
     assert scope["run"].run_dir == Path("runs/mine")  # the run the block trained
     assert p.output in p.probabilities and sum(p.probabilities.values()) == pytest.approx(1.0)
+
+
+def test_explain_aggregations_block_runs_as_written():
+    import torch
+
+    from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifier
+    from heedful.models.transformer import TransformerConfig
+
+    torch.manual_seed(0)
+    encoder = TransformerConfig(d_model=16, n_heads=2, d_ff=32, n_encoder_layers=2, n_decoder_layers=0, dropout=0.0)
+    model = EncoderClassifier(ClassifierConfig(n_classes=3, vocab_size=20, encoder=encoder, dropout=0.0)).eval()
+    scope: dict = {"model": model, "tokens": torch.randint(1, 20, (4, 6))}
+    block = block_with(ROOT / "docs" / "EXPLAIN.md", "classifier_logit_lens(model, tokens)")
+    exec(compile(block, "docs/EXPLAIN.md", "exec"), scope)
+    assert scope["rollout"].shape == (4, 6, 6)
+    assert scope["ixg"].shape == (4, 6)
+    assert {g.shape[::2] for g in scope["gxa"].values()} == {(4, 6)}  # (B, T_q, T_k); pooling has T_q 1
+    torch.testing.assert_close(scope["lens"][-1], scope["logits"])  # the comment's "lens[-1] == logits"
