@@ -219,3 +219,50 @@ def test_an_align_method_is_checked_when_built(fields, message):
     with pytest.raises(UserError, match=message):
         AlignMethod(**fields)
     assert AlignMethod(layers=[0, -1], heads=(1,)).layers == (0, -1)  # a list is kept as a tuple
+
+
+@pytest.fixture(scope="module")
+def subword_tok():
+    from heedful.data.tokenizers import SentencePieceTokenizer
+
+    lines = ["the cat sat on the mat", "a dog ran in the park", "der Hund lief im Park", "die Katze saß"] * 20
+    return SentencePieceTokenizer.train(lines, vocab_size=300)
+
+
+@pytest.mark.parametrize("dropped", ["\x07", "\ufeff", "▁", "\u200b"])
+def test_a_word_the_tokenizer_drops_keeps_its_number_and_so_do_the_words_after_it(subword_tok, dropped):
+    from heedful.explain.alignment import encode_words
+
+    ids, words = encode_words(subword_tok, f"the cat {dropped} sat")
+    plain_ids, plain_words = encode_words(subword_tok, "the cat sat")
+    assert ids == plain_ids == subword_tok.encode("the cat sat")  # the model reads what it reads anyway
+    assert words == [w + (w >= 2) if w is not None else None for w in plain_words]
+    assert 3 in words and 2 not in words
+    # a character tokenizer: a literal ▁ inside a word is no word boundary
+    from heedful.data.tokenizers import CharTokenizer
+
+    chars = CharTokenizer.train(["a▁b c"])
+    assert encode_words(chars, "a▁b c") == (chars.encode("a▁b c"), [0, None, 0, None, 1])
+
+
+def test_forced_alignment_counts_a_dropped_word_on_either_side(subword_tok):
+    """The same ids reach the model with and without the dropped word, so the links must be the
+    same but for the word numbers after it."""
+    from heedful.explain.alignment import forced_alignments
+    from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
+
+    torch.manual_seed(0)
+    size = len(subword_tok)
+    config = TransformerConfig(src_vocab_size=size, tgt_vocab_size=size, d_model=16, n_heads=2, d_ff=32,
+                               n_encoder_layers=1, n_decoder_layers=1, dropout=0.0, max_len=64)  # fmt: skip
+    model = TransformerEncoderDecoder(config)
+    pairs = [
+        ("the cat sat on the mat", "die Katze saß"),
+        ("the cat \x07 sat on the mat", "die \ufeff Katze saß"),
+    ]
+    # grow-diag-final is left out: it grows along neighbouring positions, which the gap moves
+    for direction in ("union", "intersection", "target", "source"):
+        plain, dropped = forced_alignments(model, subword_tok, subword_tok, pairs, AlignMethod(direction=direction))
+        assert plain and dropped == {(s + (s >= 2), t + (t >= 1)) for s, t in plain}, direction
+    _, dropped = forced_alignments(model, subword_tok, subword_tok, pairs, AlignMethod())
+    assert {s for s, _ in dropped} <= {0, 1, 3, 4, 5, 6} and {t for _, t in dropped} <= {0, 2, 3}

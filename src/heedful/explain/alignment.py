@@ -5,7 +5,7 @@ From maps to links, in the order :func:`align_maps` applies them:
 1. **Choose** decoder layers and heads and average their cross-attention: (T, S) per sentence,
    row j = the step that predicts target piece j (``shift=True``: the step that reads it, the
    "shift-att" of Chen et al. 2020).
-2. **Merge** pieces into words (:func:`piece_words`, :func:`merge_pieces`): the attention a
+2. **Merge** pieces into words (:func:`encode_words`, :func:`merge_pieces`): the attention a
    target word pays to a source word is the mean over the target word's pieces of the sum over
    the source word's pieces.
 3. **Extract** links in each direction (:func:`directional_links`): target → source takes each
@@ -121,6 +121,32 @@ def piece_words(pieces: Sequence[str]) -> list[int | None]:
             word, starts = word + 1, False
         words.append(word)
     return words
+
+
+def encode_words(tok, text: str) -> tuple[list[int], list[int | None]]:
+    """``text``'s ids and the word of each (0-based, the words of ``text.split()``; None: a
+    piece in no word, such as whitespace or a bare ▁), encoded a stretch at a time: each word
+    alone, and each run of whitespace alone. Counting the pieces that start a word would shift
+    every later word where the tokenizer's normalization drops a word whole (a lone control
+    character, a BOM, a zero-width space, a literal ▁) or makes a space inside one (NFKC's ``¨``):
+    here such a word keeps its number, with fewer pieces or none. For text whose whitespace
+    the tokenizer takes as whitespace too, the ids are the whole line's (sentencepiece splits
+    at whitespace before it segments; characters are characters)."""
+    ids: list[int] = []
+    words: list[int | None] = []
+    word = -1
+    for stretch in _STRETCHES.findall(text):
+        pieces = tok.encode(stretch)
+        if not stretch.isspace():
+            word += 1
+        for i in pieces:
+            ids.append(i)
+            bare = not tok.id_to_piece(i).removeprefix("▁").strip()  # a word boundary, not a word's text
+            words.append(None if stretch.isspace() or bare else word)
+    return ids, words
+
+
+_STRETCHES = re.compile(r"\s+|\S+")  # \S+: exactly the words of str.split()
 
 
 def merge_pieces(weights: Tensor, target_words: Sequence[int | None], source_words: Sequence[int | None]) -> Tensor:
@@ -384,10 +410,13 @@ def align_maps(
 ) -> set[Link]:
     """Links between words from one (T, S) piece map (rows target pieces, columns source pieces)."""
     words = merge_pieces(weights, target_words, source_words)  # (Wt, Ws)
-    t2s = directional_links(words, "target", method.extract, method.threshold)
+    # A word with no pieces (dropped by the tokenizer, or cut off) has an all-zero row or column:
+    # its argmax would be word 0, a link nothing attended to.
+    real = {(s, t) for s in set(source_words) - {None} for t in set(target_words) - {None}}
+    t2s = directional_links(words, "target", method.extract, method.threshold) & real
     s2t = set()
     if method.direction != "target":
-        s2t = directional_links(words, "source", method.extract, method.threshold)
+        s2t = directional_links(words, "source", method.extract, method.threshold) & real
     return symmetrize(s2t, t2s, method.direction)
 
 
@@ -425,15 +454,16 @@ def forced_alignments(
     model.eval()
     iterator = iter(pairs)
     while batch := list(islice(iterator, chunk)):
-        src_ids = [src_tok.encode(s)[:max_len] for s, _ in batch]
-        tgt_ids = [tgt_tok.encode(t)[: max_len - 1] for _, t in batch]
+        sources = [encode_words(src_tok, s) for s, _ in batch]  # (ids, word of each id)
+        targets = [encode_words(tgt_tok, t) for _, t in batch]
+        src_ids = [ids[:max_len] for ids, _ in sources]
+        tgt_ids = [ids[: max_len - 1] for ids, _ in targets]  # and <bos> before them
         maps = cross_attention_maps(
             model, src_ids, tgt_ids, bos=tgt_tok.bos_id, pad=tgt_tok.pad_id, batch_tokens=batch_tokens
         )
-        for (source, _), s, t, m in zip(batch, src_ids, tgt_ids, maps, strict=True):
-            src_words = piece_words(src_tok.pieces(source)[: len(s)])
-            tgt_words = piece_words([tgt_tok.id_to_piece(i) for i in t])
-            yield align_maps(method_map(m, names, method), tgt_words, src_words, method)
+        for (_, src_words), (_, tgt_words), s, t, m in zip(sources, targets, src_ids, tgt_ids, maps, strict=True):
+            piece_map = method_map(m, names, method)  # (T, S)
+            yield align_maps(piece_map, tgt_words[: len(t)], src_words[: len(s)], method)
 
 
 def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tuple[str, str]]:
