@@ -432,6 +432,17 @@ def module_names(model: nn.Module, layers: tuple[int, ...] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+class Alignment(set[Link]):
+    """One pair's links, a set of (source word, target word), and how many pieces of each side
+    lay past the model's positions (``max_len``; the target's ``max_len - 1``, after <bos>): they
+    were cut off before the forced pass, so their words have no links (0: the whole side)."""
+
+    def __init__(self, links: Iterable[Link] = (), *, source_cut: int = 0, target_cut: int = 0):
+        super().__init__(links)
+        self.source_cut = source_cut
+        self.target_cut = target_cut
+
+
 def forced_alignments(
     model: nn.Module,
     src_tok,
@@ -441,10 +452,11 @@ def forced_alignments(
     *,
     batch_tokens: int = 4096,
     chunk: int = 1024,
-) -> Iterator[set[Link]]:
+) -> Iterator[Alignment]:
     """Per (source, target) pair, in order, the word links of ``method`` from forced decoding
-    of the target. Pairs are read ``chunk`` at a time and run in token batches of similar
-    length: memory depends on the chunk, not on how many pairs there are."""
+    of the target (an :class:`Alignment`, which says what was cut to the model's positions).
+    Pairs are read ``chunk`` at a time and run in token batches of similar length: memory
+    depends on the chunk, not on how many pairs there are."""
     names = module_names(model, method.layers)
     n_heads = getattr(model.config, "n_heads", 1)  # an RNN's content attention has one
     for head in method.heads or ():
@@ -463,7 +475,8 @@ def forced_alignments(
         )
         for (_, src_words), (_, tgt_words), s, t, m in zip(sources, targets, src_ids, tgt_ids, maps, strict=True):
             piece_map = method_map(m, names, method)  # (T, S)
-            yield align_maps(piece_map, tgt_words[: len(t)], src_words[: len(s)], method)
+            links = align_maps(piece_map, tgt_words[: len(t)], src_words[: len(s)], method)
+            yield Alignment(links, source_cut=len(src_words) - len(s), target_cut=len(tgt_words) - len(t))
 
 
 def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tuple[str, str]]:

@@ -50,6 +50,7 @@ from heedful.decode.batching import decode_in_batches
 from heedful.decode.ensemble import EnsembleDecoder
 from heedful.errors import ConfigError, UserError
 from heedful.explain.alignment import (
+    Alignment,
     AlignmentCounts,
     AlignMethod,
     add_date_field_links,
@@ -446,9 +447,11 @@ class TranslateTask(Task):
     def align_lines(
         self, model: nn.Module, sources: Iterable[str], targets: Iterable[str], *,
         method: AlignMethod | None = None, batch_tokens: int | None = None,
-    ) -> Iterable[set[tuple[int, int]]]:  # fmt: skip
+    ) -> Iterable[Alignment]:  # fmt: skip
         """``run.align(sources, targets)``: per pair, lazily and in order, the (source word,
-        target word) links that forced decoding of the target gives (explain/alignment.py)."""
+        target word) links that forced decoding of the target gives (explain/alignment.py), a set
+        whose ``.source_cut``/``.target_cut`` say how many pieces past the model's positions were
+        cut off (their words have no links)."""
         for given in (sources, targets):  # lazily read iterables stay lazy; one text alone is refused
             if isinstance(given, str | bytes):
                 input_list(given, "align")
