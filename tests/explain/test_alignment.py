@@ -266,3 +266,15 @@ def test_forced_alignment_counts_a_dropped_word_on_either_side(subword_tok):
         assert plain and dropped == {(s + (s >= 2), t + (t >= 1)) for s, t in plain}, direction
     _, dropped = forced_alignments(model, subword_tok, subword_tok, pairs, AlignMethod())
     assert {s for s, _ in dropped} <= {0, 1, 3, 4, 5, 6} and {t for _, t in dropped} <= {0, 2, 3}
+
+
+def test_a_head_named_twice_counts_once_as_a_layer_does():
+    from heedful.explain.alignment import method_map
+
+    torch.manual_seed(0)
+    maps = {"decoder.layers.0.cross_attn": torch.rand(2, 4, 3)}  # (H, T + 1, S)
+    names = ["decoder.layers.0.cross_attn"]
+    once = method_map(maps, names, AlignMethod(heads=(0, 1)))
+    for heads in ((0, 0, 1), (0, 1, -1), (1, 0)):
+        torch.testing.assert_close(method_map(maps, names, AlignMethod(heads=heads)), once)
+    torch.testing.assert_close(once, maps[names[0]].mean(0)[:-1])

@@ -396,11 +396,13 @@ class AlignMethod:
 
 def method_map(maps: dict[str, Tensor], names: Sequence[str], method: AlignMethod) -> Tensor:
     """The (T, S) piece map a method reads: the chosen modules' (H, T + 1, S) maps, chosen heads,
-    averaged; rows 0..T-1 (the steps predicting each target piece) or 1..T (shifted)."""
+    averaged; rows 0..T-1 (the steps predicting each target piece) or 1..T (shifted). A head
+    named twice (``0,0`` or ``1,-1`` of two) counts once, as a layer does (:func:`module_names`)."""
     chosen = [maps[n] for n in names]
     stacked = torch.stack(chosen)  # (L, H, T + 1, S)
     if method.heads is not None:
-        stacked = stacked[:, list(method.heads)]
+        n_heads = stacked.shape[1]
+        stacked = stacked[:, list(dict.fromkeys(h % n_heads for h in method.heads))]
     mean = stacked.mean((0, 1))  # (T + 1, S)
     return mean[1:] if method.shift else mean[:-1]
 
