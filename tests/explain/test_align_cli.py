@@ -145,3 +145,14 @@ def test_align_says_which_lines_were_cut_to_the_models_length(dates_run, tmp_pat
         f"heedful: warning: sentences longer than the model's {limit} tokens were cut to them before aligning, "
         f"so the words past the cut have no links: {src} lines 2, 4; {tgt} lines 3, 4\n"
     )
+
+
+def test_empty_files_give_an_empty_alignment_file(dates_run, tmp_path, capsys):
+    src, tgt, out = tmp_path / "src.txt", tmp_path / "tgt.txt", tmp_path / "out.txt"
+    src.write_text("", encoding="utf-8")
+    tgt.write_text("", encoding="utf-8")
+    code, stdout, err = heedful("align", str(dates_run), "--src", str(src), "--tgt", str(tgt), "--out", str(out),
+                                "--device", "cpu", capsys=capsys)  # fmt: skip
+    assert (code, stdout, err) == (0, "", "")
+    assert out.read_bytes() == b""  # there, and empty: a pipeline sees a result
+    assert list(load_run(dates_run, device="cpu").align([], [])) == []

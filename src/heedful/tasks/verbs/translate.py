@@ -282,9 +282,8 @@ def align(
     pairs = parallel_lines(src, tgt)  # checks both files (line counts, empty lines) before the first pair
     first = next(pairs, None)
     run = run_loader(ctx).load_run(run_dir, device, list(set_ or []), task="translate", verb="align")
-    if first is None:
-        return
-    sources, targets = _unzip_lazily(first, pairs)
+    # Empty files: no pairs, an empty --out (a filter's answer to empty input), exit 0.
+    sources, targets = _unzip_lazily(first, pairs) if first is not None else (iter(()), iter(()))
     handle = written_whole(out, "--out") if out else contextlib.nullcontext(sys.stdout)
     cut: dict[Path, list[int]] = {src: [], tgt: []}  # the lines (from 1) longer than the model takes
     with handle as sink, tqdm(unit=" lines", file=sys.stderr, disable=not progress) as bar:
