@@ -274,6 +274,9 @@ def test_one_text_alone_is_refused_not_read_character_by_character(tiny_run):
         (lambda run: run.translate(["x"], batch_tokens=0), r"^batch_tokens=0: a whole number"),
         (lambda run: run.translate(["x"], beam=3, n_best=0), r"^n_best=0: a whole number, at least 1$"),
         (lambda run: list(run.align([5], ["x"])), r"^sources line 1: int 5; expected a text \(str\)$"),
+        # a None target was taken for the end of the targets: "ends at pair 0, the other side goes on"
+        (lambda run: list(run.align(["a b"], [None])), r"^targets line 1: NoneType None; expected a text \(str\)$"),
+        (lambda run: list(run.align(["a b", "c"], ["x"])), r"^targets: ends at pair 1, the other side goes on"),
         (lambda run: list(run.align(["a"], ["x"], method="union")), r"^align: method='union' is not an AlignMethod"),
         (lambda run: run.evaluate(["test"]), r"^evaluate: split=\['test'\]: the name of one split"),
         (lambda run: run.report(path=run.run_dir / "config.yaml"), r"^path .*config.yaml: would overwrite .*own files"),

@@ -486,9 +486,10 @@ def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tu
     (``DataError`` naming the side and the pair, 1-based)."""
     sides = ("sources", "targets")
     n = 0
-    for n, pair in enumerate(zip_longest(sources, targets), 1):
+    ended = object()  # not None: a None given is a wrong input, not a side that ran out
+    for n, pair in enumerate(zip_longest(sources, targets, fillvalue=ended), 1):
         for side, text in zip(sides, pair, strict=True):
-            if text is None:
+            if text is ended:
                 raise DataError(f"{side}: ends at pair {n - 1}, the other side goes on; pairs must match one to one")
             if not isinstance(text, str):
                 raise DataError(f"{side} line {n}: {type(text).__name__} {text!r:.30}; expected a text (str)")
