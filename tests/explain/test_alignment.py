@@ -31,6 +31,17 @@ def test_aer_of_gold_against_itself_is_zero_and_of_a_disjoint_alignment_is_one()
     assert alignment_scores([(disjoint, sure, possible)]) == {"aer": 1.0, "precision": 0.0, "recall": 0.0}
 
 
+def test_a_score_with_nothing_to_divide_by_is_undefined_not_perfect():
+    import math
+
+    assert all(math.isnan(v) for v in alignment_scores([]).values())  # was AER 0.0: perfect, on no data
+    nothing_predicted = alignment_scores([(set(), {(0, 0)}, {(0, 0)})])
+    assert math.isnan(nothing_predicted["precision"]) and nothing_predicted["recall"] == 0.0
+    assert nothing_predicted["aer"] == 1.0
+    no_sure_gold = alignment_scores([({(0, 0)}, set(), {(0, 0)})])
+    assert math.isnan(no_sure_gold["recall"]) and no_sure_gold["precision"] == 1.0
+
+
 def test_aer_follows_och_and_ney_over_a_corpus():
     # sentence 1: A = {00, 11, 22}, S = {00, 11}, P = S + {22}; sentence 2: A = {01}, S = {00}, P = S
     items = [({(0, 0), (1, 1), (2, 2)}, {(0, 0), (1, 1)}, {(2, 2)}), ({(0, 1)}, {(0, 0)}, set())]

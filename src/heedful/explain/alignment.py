@@ -306,12 +306,15 @@ class AlignmentCounts:
         self.predicted_possible += len(predicted & possible)
 
     def scores(self) -> dict[str, float]:
-        """precision = |A∩P|/|A|, recall = |A∩S|/|S|, AER = 1 − (|A∩S| + |A∩P|)/(|A| + |S|)."""
+        """precision = |A∩P|/|A|, recall = |A∩S|/|S|, AER = 1 − (|A∩S| + |A∩P|)/(|A| + |S|); a
+        score whose denominator is 0 (no links predicted, no sure gold, no data) is undefined:
+        NaN, which the metrics' JSON writes as null, not a perfect 0 % AER or a 0 % precision."""
         total = self.predicted + self.sure
+        undefined = float("nan")
         return {
-            "aer": 1.0 - (self.predicted_sure + self.predicted_possible) / total if total else 0.0,
-            "precision": self.predicted_possible / self.predicted if self.predicted else 0.0,
-            "recall": self.predicted_sure / self.sure if self.sure else 0.0,
+            "aer": 1.0 - (self.predicted_sure + self.predicted_possible) / total if total else undefined,
+            "precision": self.predicted_possible / self.predicted if self.predicted else undefined,
+            "recall": self.predicted_sure / self.sure if self.sure else undefined,
         }
 
 
