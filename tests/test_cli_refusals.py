@@ -4,6 +4,7 @@ refuses that would otherwise do something else than asked."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -380,6 +381,27 @@ def test_a_source_longer_than_the_model_takes_is_said_to_be_cut(tiny_run, monkey
     assert code == 0 and out.count("\n") == 4  # still one translation per line
     assert err == f"heedful: note: sources longer than the model's {limit} tokens were cut to them before " \
                   "translating: lines 2, 4\n"  # fmt: skip
+
+
+def test_a_blank_line_gets_an_empty_translation_and_no_score(tiny_run, monkeypatch, capsys, tmp_path):
+    """A blank line is not decoded: its score was 0.0, the log-probability of a certain output."""
+    from heedful.runs import load_run
+
+    run = load_run(tiny_run, "cpu")
+    out = run.translate(["5. März 2021", "   ", ""])
+    assert [t.output for t in out][1:] == ["", ""]
+    assert isinstance(out[0].score, float) and out[1].score is None and out[2].score is None
+    assert run.predict([" "])[0].record() == {"input": " ", "output": "", "score": None}
+    assert run.translate([" "], beam=2, n_best=2)[0].alternatives == [("", None)]
+    given = tmp_path / "stdin"
+    given.write_text("5. März 2021\n \n", encoding="utf-8")
+    with given.open() as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code, stdout, err = heedful(monkeypatch, capsys, "translate", str(tiny_run), "--beam", "2", "--n-best", "2")
+    assert code == 0, err
+    assert stdout.splitlines()[-1] == "1 |||  ||| "  # the score field empty, not 0.0000
+    code, stdout, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), " ", "--json")
+    assert (code, json.loads(stdout)) == (0, {"input": " ", "output": "", "score": None}), err
 
 
 def test_ctrl_c_in_training_says_how_to_continue(tiny_run, monkeypatch, capsys):

@@ -182,8 +182,8 @@ def translate(
                 lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None, n_best=n_best
             )
             if n_best > 1:
-                text = "".join(
-                    f"{done + i} ||| {output} ||| {score:.4f}\n"
+                text = "".join(  # a blank line's score field is empty: it was not decoded
+                    f"{done + i} ||| {output} ||| {'' if score is None else f'{score:.4f}'}\n"
                     for i, t in enumerate(results)
                     for output, score in t.alternatives
                 )
