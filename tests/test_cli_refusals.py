@@ -4,6 +4,7 @@ refuses that would otherwise do something else than asked."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -274,6 +275,9 @@ def test_one_text_alone_is_refused_not_read_character_by_character(tiny_run):
         (lambda run: run.translate(["x"], batch_tokens=0), r"^batch_tokens=0: a whole number"),
         (lambda run: run.translate(["x"], beam=3, n_best=0), r"^n_best=0: a whole number, at least 1$"),
         (lambda run: list(run.align([5], ["x"])), r"^sources line 1: int 5; expected a text \(str\)$"),
+        # a None target was taken for the end of the targets: "ends at pair 0, the other side goes on"
+        (lambda run: list(run.align(["a b"], [None])), r"^targets line 1: NoneType None; expected a text \(str\)$"),
+        (lambda run: list(run.align(["a b", "c"], ["x"])), r"^targets: ends at pair 1, the other side goes on"),
         (lambda run: list(run.align(["a"], ["x"], method="union")), r"^align: method='union' is not an AlignMethod"),
         (lambda run: run.evaluate(["test"]), r"^evaluate: split=\['test'\]: the name of one split"),
         (lambda run: run.report(path=run.run_dir / "config.yaml"), r"^path .*config.yaml: would overwrite .*own files"),
@@ -377,6 +381,27 @@ def test_a_source_longer_than_the_model_takes_is_said_to_be_cut(tiny_run, monkey
     assert code == 0 and out.count("\n") == 4  # still one translation per line
     assert err == f"heedful: note: sources longer than the model's {limit} tokens were cut to them before " \
                   "translating: lines 2, 4\n"  # fmt: skip
+
+
+def test_a_blank_line_gets_an_empty_translation_and_no_score(tiny_run, monkeypatch, capsys, tmp_path):
+    """A blank line is not decoded: its score was 0.0, the log-probability of a certain output."""
+    from heedful.runs import load_run
+
+    run = load_run(tiny_run, "cpu")
+    out = run.translate(["5. März 2021", "   ", ""])
+    assert [t.output for t in out][1:] == ["", ""]
+    assert isinstance(out[0].score, float) and out[1].score is None and out[2].score is None
+    assert run.predict([" "])[0].record() == {"input": " ", "output": "", "score": None}
+    assert run.translate([" "], beam=2, n_best=2)[0].alternatives == [("", None)]
+    given = tmp_path / "stdin"
+    given.write_text("5. März 2021\n \n", encoding="utf-8")
+    with given.open() as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        code, stdout, err = heedful(monkeypatch, capsys, "translate", str(tiny_run), "--beam", "2", "--n-best", "2")
+    assert code == 0, err
+    assert stdout.splitlines()[-1] == "1 |||  ||| "  # the score field empty, not 0.0000
+    code, stdout, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), " ", "--json")
+    assert (code, json.loads(stdout)) == (0, {"input": " ", "output": "", "score": None}), err
 
 
 def test_ctrl_c_in_training_says_how_to_continue(tiny_run, monkeypatch, capsys):

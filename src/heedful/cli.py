@@ -614,6 +614,11 @@ def _plain_weights(tokens: list[str], weights: list[float]) -> str:
     return "  ".join(f"{t.replace('▁', '') or '▁'}:{w:.2f}" for t, w in zip(tokens, weights, strict=True))
 
 
+def _score_cell(score: float | None) -> str:
+    """A score to 4 places; none (a translation's blank input, not decoded) is a blank cell."""
+    return "" if score is None else f"{score:.4f}"
+
+
 def _predict_file(
     run, predictor, path: Path, output: Path | None, text_column: str | None, batch_size: int, as_json: bool = False
 ) -> None:
@@ -639,7 +644,11 @@ def _predict_file(
                 for line, p in zip(range(start, start + len(chunk)), predictor.predict(chunk), strict=True):
                     probs = p.probabilities or {}
                     if writer is None:
-                        shown = json.dumps(p.record(), ensure_ascii=False) if as_json else f"{p.output}\t{p.score:.4f}"
+                        shown = (
+                            json.dumps(p.record(), ensure_ascii=False)
+                            if as_json
+                            else f"{p.output}\t{_score_cell(p.score)}"
+                        )
                         typer.echo(shown)
                         continue
                     if not header_written:
@@ -648,7 +657,7 @@ def _predict_file(
                         writer.writerow([*ours, *theirs])
                         header_written = True
                     writer.writerow(
-                        [line + 1, p.input, p.output, f"{p.score:.4f}", *(f"{v:.4f}" for v in probs.values()),
+                        [line + 1, p.input, p.output, _score_cell(p.score), *(f"{v:.4f}" for v in probs.values()),
                          *rows.values[line]]
                     )  # fmt: skip
                 bar.update(len(chunk))

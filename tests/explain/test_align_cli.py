@@ -123,3 +123,36 @@ def test_evaluate_reports_the_field_level_aer_of_the_last_layer(dates_run):
     method = {"last layer, target": AlignMethod(layers=(-1,), direction="target")}
     scores = date_alignment_scores(run.model, task.src_tok, task.tgt_tok, task.data.splits["test"], method)
     assert metrics["alignment_aer"] == pytest.approx(scores["last layer, target"]["aer"], abs=1e-9)
+
+
+def test_align_says_which_lines_were_cut_to_the_models_length(dates_run, tmp_path, capsys):
+    run = load_run(dates_run, device="cpu")
+    limit = run.cfg.model.max_len
+    long_source, long_target = "5 " * limit, "2021-03-05 " * limit  # more characters than the model's positions
+    links = list(run.align(["5. März 2021", long_source], [long_target, "2021-03-05"]))
+    assert [(a.source_cut, a.target_cut) for a in links] == [
+        (0, len(long_target) - (limit - 1)),
+        (len(long_source) - limit, 0),
+    ]
+    assert max(s for s, _ in links[1]) < limit // 2  # the words past the cut have no links
+    src, tgt, out = tmp_path / "src.txt", tmp_path / "tgt.txt", tmp_path / "out.txt"
+    src.write_text(f"5. März 2021\n{long_source}\n5. März 2021\n{long_source}\n", encoding="utf-8")
+    tgt.write_text(f"2021-03-05\n2021-03-05\n{long_target}\n{long_target}\n", encoding="utf-8")
+    code, _, err = heedful("align", str(dates_run), "--src", str(src), "--tgt", str(tgt), "--out", str(out),
+                           "--device", "cpu", capsys=capsys)  # fmt: skip
+    assert code == 0 and out.read_text(encoding="utf-8").count("\n") == 4  # still one line per pair
+    assert err == (
+        f"heedful: warning: sentences longer than the model's {limit} tokens were cut to them before aligning, "
+        f"so the words past the cut have no links: {src} lines 2, 4; {tgt} lines 3, 4\n"
+    )
+
+
+def test_empty_files_give_an_empty_alignment_file(dates_run, tmp_path, capsys):
+    src, tgt, out = tmp_path / "src.txt", tmp_path / "tgt.txt", tmp_path / "out.txt"
+    src.write_text("", encoding="utf-8")
+    tgt.write_text("", encoding="utf-8")
+    code, stdout, err = heedful("align", str(dates_run), "--src", str(src), "--tgt", str(tgt), "--out", str(out),
+                                "--device", "cpu", capsys=capsys)  # fmt: skip
+    assert (code, stdout, err) == (0, "", "")
+    assert out.read_bytes() == b""  # there, and empty: a pipeline sees a result
+    assert list(load_run(dates_run, device="cpu").align([], [])) == []

@@ -31,6 +31,17 @@ def test_aer_of_gold_against_itself_is_zero_and_of_a_disjoint_alignment_is_one()
     assert alignment_scores([(disjoint, sure, possible)]) == {"aer": 1.0, "precision": 0.0, "recall": 0.0}
 
 
+def test_a_score_with_nothing_to_divide_by_is_undefined_not_perfect():
+    import math
+
+    assert all(math.isnan(v) for v in alignment_scores([]).values())  # was AER 0.0: perfect, on no data
+    nothing_predicted = alignment_scores([(set(), {(0, 0)}, {(0, 0)})])
+    assert math.isnan(nothing_predicted["precision"]) and nothing_predicted["recall"] == 0.0
+    assert nothing_predicted["aer"] == 1.0
+    no_sure_gold = alignment_scores([({(0, 0)}, set(), {(0, 0)})])
+    assert math.isnan(no_sure_gold["recall"]) and no_sure_gold["precision"] == 1.0
+
+
 def test_aer_follows_och_and_ney_over_a_corpus():
     # sentence 1: A = {00, 11, 22}, S = {00, 11}, P = S + {22}; sentence 2: A = {01}, S = {00}, P = S
     items = [({(0, 0), (1, 1), (2, 2)}, {(0, 0), (1, 1)}, {(2, 2)}), ({(0, 1)}, {(0, 0)}, set())]
@@ -219,3 +230,62 @@ def test_an_align_method_is_checked_when_built(fields, message):
     with pytest.raises(UserError, match=message):
         AlignMethod(**fields)
     assert AlignMethod(layers=[0, -1], heads=(1,)).layers == (0, -1)  # a list is kept as a tuple
+
+
+@pytest.fixture(scope="module")
+def subword_tok():
+    from heedful.data.tokenizers import SentencePieceTokenizer
+
+    lines = ["the cat sat on the mat", "a dog ran in the park", "der Hund lief im Park", "die Katze saß"] * 20
+    return SentencePieceTokenizer.train(lines, vocab_size=300)
+
+
+@pytest.mark.parametrize("dropped", ["\x07", "\ufeff", "▁", "\u200b"])
+def test_a_word_the_tokenizer_drops_keeps_its_number_and_so_do_the_words_after_it(subword_tok, dropped):
+    from heedful.explain.alignment import encode_words
+
+    ids, words = encode_words(subword_tok, f"the cat {dropped} sat")
+    plain_ids, plain_words = encode_words(subword_tok, "the cat sat")
+    assert ids == plain_ids == subword_tok.encode("the cat sat")  # the model reads what it reads anyway
+    assert words == [w + (w >= 2) if w is not None else None for w in plain_words]
+    assert 3 in words and 2 not in words
+    # a character tokenizer: a literal ▁ inside a word is no word boundary
+    from heedful.data.tokenizers import CharTokenizer
+
+    chars = CharTokenizer.train(["a▁b c"])
+    assert encode_words(chars, "a▁b c") == (chars.encode("a▁b c"), [0, None, 0, None, 1])
+
+
+def test_forced_alignment_counts_a_dropped_word_on_either_side(subword_tok):
+    """The same ids reach the model with and without the dropped word, so the links must be the
+    same but for the word numbers after it."""
+    from heedful.explain.alignment import forced_alignments
+    from heedful.models.transformer import TransformerConfig, TransformerEncoderDecoder
+
+    torch.manual_seed(0)
+    size = len(subword_tok)
+    config = TransformerConfig(src_vocab_size=size, tgt_vocab_size=size, d_model=16, n_heads=2, d_ff=32,
+                               n_encoder_layers=1, n_decoder_layers=1, dropout=0.0, max_len=64)  # fmt: skip
+    model = TransformerEncoderDecoder(config)
+    pairs = [
+        ("the cat sat on the mat", "die Katze saß"),
+        ("the cat \x07 sat on the mat", "die \ufeff Katze saß"),
+    ]
+    # grow-diag-final is left out: it grows along neighbouring positions, which the gap moves
+    for direction in ("union", "intersection", "target", "source"):
+        plain, dropped = forced_alignments(model, subword_tok, subword_tok, pairs, AlignMethod(direction=direction))
+        assert plain and dropped == {(s + (s >= 2), t + (t >= 1)) for s, t in plain}, direction
+    _, dropped = forced_alignments(model, subword_tok, subword_tok, pairs, AlignMethod())
+    assert {s for s, _ in dropped} <= {0, 1, 3, 4, 5, 6} and {t for _, t in dropped} <= {0, 2, 3}
+
+
+def test_a_head_named_twice_counts_once_as_a_layer_does():
+    from heedful.explain.alignment import method_map
+
+    torch.manual_seed(0)
+    maps = {"decoder.layers.0.cross_attn": torch.rand(2, 4, 3)}  # (H, T + 1, S)
+    names = ["decoder.layers.0.cross_attn"]
+    once = method_map(maps, names, AlignMethod(heads=(0, 1)))
+    for heads in ((0, 0, 1), (0, 1, -1), (1, 0)):
+        torch.testing.assert_close(method_map(maps, names, AlignMethod(heads=heads)), once)
+    torch.testing.assert_close(once, maps[names[0]].mean(0)[:-1])

@@ -272,7 +272,7 @@ def test_n_best_translations_come_from_the_beam_best_first(trained):
     single = run.translate(lines, beam=3)
     for r, s in zip(ranked, single, strict=True):
         assert (r.output, r.score) == (s.output, s.score) and r.alternatives[0] == (s.output, s.score)
-    assert ranked[1].alternatives == [("", 0.0)]  # a blank line: one empty output
+    assert ranked[1].alternatives == [("", None)]  # a blank line: one empty output, not decoded: no score
     assert all(len(r.alternatives) == 3 for i, r in enumerate(ranked) if i != 1)
     # The same as the beam search's own n-best list.
     task, src = run.task, [run.task._source_ids(lines[0], run.model)]

@@ -5,7 +5,7 @@ From maps to links, in the order :func:`align_maps` applies them:
 1. **Choose** decoder layers and heads and average their cross-attention: (T, S) per sentence,
    row j = the step that predicts target piece j (``shift=True``: the step that reads it, the
    "shift-att" of Chen et al. 2020).
-2. **Merge** pieces into words (:func:`piece_words`, :func:`merge_pieces`): the attention a
+2. **Merge** pieces into words (:func:`encode_words`, :func:`merge_pieces`): the attention a
    target word pays to a source word is the mean over the target word's pieces of the sum over
    the source word's pieces.
 3. **Extract** links in each direction (:func:`directional_links`): target → source takes each
@@ -121,6 +121,32 @@ def piece_words(pieces: Sequence[str]) -> list[int | None]:
             word, starts = word + 1, False
         words.append(word)
     return words
+
+
+def encode_words(tok, text: str) -> tuple[list[int], list[int | None]]:
+    """``text``'s ids and the word of each (0-based, the words of ``text.split()``; None: a
+    piece in no word, such as whitespace or a bare ▁), encoded a stretch at a time: each word
+    alone, and each run of whitespace alone. Counting the pieces that start a word would shift
+    every later word where the tokenizer's normalization drops a word whole (a lone control
+    character, a BOM, a zero-width space, a literal ▁) or makes a space inside one (NFKC's ``¨``):
+    here such a word keeps its number, with fewer pieces or none. For text whose whitespace
+    the tokenizer takes as whitespace too, the ids are the whole line's (sentencepiece splits
+    at whitespace before it segments; characters are characters)."""
+    ids: list[int] = []
+    words: list[int | None] = []
+    word = -1
+    for stretch in _STRETCHES.findall(text):
+        pieces = tok.encode(stretch)
+        if not stretch.isspace():
+            word += 1
+        for i in pieces:
+            ids.append(i)
+            bare = not tok.id_to_piece(i).removeprefix("▁").strip()  # a word boundary, not a word's text
+            words.append(None if stretch.isspace() or bare else word)
+    return ids, words
+
+
+_STRETCHES = re.compile(r"\s+|\S+")  # \S+: exactly the words of str.split()
 
 
 def merge_pieces(weights: Tensor, target_words: Sequence[int | None], source_words: Sequence[int | None]) -> Tensor:
@@ -280,12 +306,15 @@ class AlignmentCounts:
         self.predicted_possible += len(predicted & possible)
 
     def scores(self) -> dict[str, float]:
-        """precision = |A∩P|/|A|, recall = |A∩S|/|S|, AER = 1 − (|A∩S| + |A∩P|)/(|A| + |S|)."""
+        """precision = |A∩P|/|A|, recall = |A∩S|/|S|, AER = 1 − (|A∩S| + |A∩P|)/(|A| + |S|); a
+        score whose denominator is 0 (no links predicted, no sure gold, no data) is undefined:
+        NaN, which the metrics' JSON writes as null, not a perfect 0 % AER or a 0 % precision."""
         total = self.predicted + self.sure
+        undefined = float("nan")
         return {
-            "aer": 1.0 - (self.predicted_sure + self.predicted_possible) / total if total else 0.0,
-            "precision": self.predicted_possible / self.predicted if self.predicted else 0.0,
-            "recall": self.predicted_sure / self.sure if self.sure else 0.0,
+            "aer": 1.0 - (self.predicted_sure + self.predicted_possible) / total if total else undefined,
+            "precision": self.predicted_possible / self.predicted if self.predicted else undefined,
+            "recall": self.predicted_sure / self.sure if self.sure else undefined,
         }
 
 
@@ -370,11 +399,13 @@ class AlignMethod:
 
 def method_map(maps: dict[str, Tensor], names: Sequence[str], method: AlignMethod) -> Tensor:
     """The (T, S) piece map a method reads: the chosen modules' (H, T + 1, S) maps, chosen heads,
-    averaged; rows 0..T-1 (the steps predicting each target piece) or 1..T (shifted)."""
+    averaged; rows 0..T-1 (the steps predicting each target piece) or 1..T (shifted). A head
+    named twice (``0,0`` or ``1,-1`` of two) counts once, as a layer does (:func:`module_names`)."""
     chosen = [maps[n] for n in names]
     stacked = torch.stack(chosen)  # (L, H, T + 1, S)
     if method.heads is not None:
-        stacked = stacked[:, list(method.heads)]
+        n_heads = stacked.shape[1]
+        stacked = stacked[:, list(dict.fromkeys(h % n_heads for h in method.heads))]
     mean = stacked.mean((0, 1))  # (T + 1, S)
     return mean[1:] if method.shift else mean[:-1]
 
@@ -384,10 +415,13 @@ def align_maps(
 ) -> set[Link]:
     """Links between words from one (T, S) piece map (rows target pieces, columns source pieces)."""
     words = merge_pieces(weights, target_words, source_words)  # (Wt, Ws)
-    t2s = directional_links(words, "target", method.extract, method.threshold)
+    # A word with no pieces (dropped by the tokenizer, or cut off) has an all-zero row or column:
+    # its argmax would be word 0, a link nothing attended to.
+    real = {(s, t) for s in set(source_words) - {None} for t in set(target_words) - {None}}
+    t2s = directional_links(words, "target", method.extract, method.threshold) & real
     s2t = set()
     if method.direction != "target":
-        s2t = directional_links(words, "source", method.extract, method.threshold)
+        s2t = directional_links(words, "source", method.extract, method.threshold) & real
     return symmetrize(s2t, t2s, method.direction)
 
 
@@ -403,6 +437,17 @@ def module_names(model: nn.Module, layers: tuple[int, ...] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+class Alignment(set[Link]):
+    """One pair's links, a set of (source word, target word), and how many pieces of each side
+    lay past the model's positions (``max_len``; the target's ``max_len - 1``, after <bos>): they
+    were cut off before the forced pass, so their words have no links (0: the whole side)."""
+
+    def __init__(self, links: Iterable[Link] = (), *, source_cut: int = 0, target_cut: int = 0):
+        super().__init__(links)
+        self.source_cut = source_cut
+        self.target_cut = target_cut
+
+
 def forced_alignments(
     model: nn.Module,
     src_tok,
@@ -412,10 +457,11 @@ def forced_alignments(
     *,
     batch_tokens: int = 4096,
     chunk: int = 1024,
-) -> Iterator[set[Link]]:
+) -> Iterator[Alignment]:
     """Per (source, target) pair, in order, the word links of ``method`` from forced decoding
-    of the target. Pairs are read ``chunk`` at a time and run in token batches of similar
-    length: memory depends on the chunk, not on how many pairs there are."""
+    of the target (an :class:`Alignment`, which says what was cut to the model's positions).
+    Pairs are read ``chunk`` at a time and run in token batches of similar length: memory
+    depends on the chunk, not on how many pairs there are."""
     names = module_names(model, method.layers)
     n_heads = getattr(model.config, "n_heads", 1)  # an RNN's content attention has one
     for head in method.heads or ():
@@ -425,15 +471,17 @@ def forced_alignments(
     model.eval()
     iterator = iter(pairs)
     while batch := list(islice(iterator, chunk)):
-        src_ids = [src_tok.encode(s)[:max_len] for s, _ in batch]
-        tgt_ids = [tgt_tok.encode(t)[: max_len - 1] for _, t in batch]
+        sources = [encode_words(src_tok, s) for s, _ in batch]  # (ids, word of each id)
+        targets = [encode_words(tgt_tok, t) for _, t in batch]
+        src_ids = [ids[:max_len] for ids, _ in sources]
+        tgt_ids = [ids[: max_len - 1] for ids, _ in targets]  # and <bos> before them
         maps = cross_attention_maps(
             model, src_ids, tgt_ids, bos=tgt_tok.bos_id, pad=tgt_tok.pad_id, batch_tokens=batch_tokens
         )
-        for (source, _), s, t, m in zip(batch, src_ids, tgt_ids, maps, strict=True):
-            src_words = piece_words(src_tok.pieces(source)[: len(s)])
-            tgt_words = piece_words([tgt_tok.id_to_piece(i) for i in t])
-            yield align_maps(method_map(m, names, method), tgt_words, src_words, method)
+        for (_, src_words), (_, tgt_words), s, t, m in zip(sources, targets, src_ids, tgt_ids, maps, strict=True):
+            piece_map = method_map(m, names, method)  # (T, S)
+            links = align_maps(piece_map, tgt_words[: len(t)], src_words[: len(s)], method)
+            yield Alignment(links, source_cut=len(src_words) - len(s), target_cut=len(tgt_words) - len(t))
 
 
 def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tuple[str, str]]:
@@ -441,9 +489,10 @@ def checked_pairs(sources: Iterable[str], targets: Iterable[str]) -> Iterator[tu
     (``DataError`` naming the side and the pair, 1-based)."""
     sides = ("sources", "targets")
     n = 0
-    for n, pair in enumerate(zip_longest(sources, targets), 1):
+    ended = object()  # not None: a None given is a wrong input, not a side that ran out
+    for n, pair in enumerate(zip_longest(sources, targets, fillvalue=ended), 1):
         for side, text in zip(sides, pair, strict=True):
-            if text is None:
+            if text is ended:
                 raise DataError(f"{side}: ends at pair {n - 1}, the other side goes on; pairs must match one to one")
             if not isinstance(text, str):
                 raise DataError(f"{side} line {n}: {type(text).__name__} {text!r:.30}; expected a text (str)")

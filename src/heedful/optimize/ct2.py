@@ -338,7 +338,8 @@ class Ct2Engine(ExportedTranslator):
             raise OptimizeError(f"n-best {n_best}: needs a beam of at least {n_best} (the beam is {beam})")
         texts = input_list(lines, "translate")
         src_ids = [task.src_tok.encode(t)[: self.max_len] if t.strip() else [] for t in texts]
-        out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
+        # A blank input is not decoded: an empty output and no score, as our own search answers it.
+        out = [Translation(t, "", None, [], alternatives=[("", None)] if n_best > 1 else None) for t in texts]
         if attention:
             for t in out:
                 t.source_pieces, t.output_pieces, t.attention = [], ["<eos>"], torch.zeros(1, 0)

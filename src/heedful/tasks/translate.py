@@ -50,6 +50,7 @@ from heedful.decode.batching import decode_in_batches
 from heedful.decode.ensemble import EnsembleDecoder
 from heedful.errors import ConfigError, UserError
 from heedful.explain.alignment import (
+    Alignment,
     AlignmentCounts,
     AlignMethod,
     add_date_field_links,
@@ -101,7 +102,8 @@ class Translation(Prediction):
     source_pieces: list[str] | None = None  # the key tokens
     output_pieces: list[str] | None = None  # the query tokens: output pieces, then "<eos>"
     # .attention (with attention=True): (T_out + 1, S), decode.explain_layer's cross-attention, mean over heads
-    alternatives: list[tuple[str, float]] | None = None  # with n_best > 1: the n best (output, score), this one first
+    # with n_best > 1: the n best (output, score), this one first; a blank input's is [("", None)]
+    alternatives: list[tuple[str, float | None]] | None = None
     source_cut: int = 0  # source tokens past the model's max_len, dropped before decoding (0: the whole source)
 
 
@@ -412,7 +414,8 @@ class TranslateTask(Task):
         n_best: int = 1,
     ) -> list[Translation]:
         """``run.translate(lines, beam=5)``: each input translated (an empty or blank one gives an
-        empty output, keeping lines aligned), as a ``Translation`` (``.output``, ``.score``).
+        empty output and ``.score`` None, keeping lines aligned), as a ``Translation`` (``.output``,
+        ``.score``, the output's log-probability).
         ``beam``/``batch_tokens`` override ``decode.beam_size``/``decode.batch_tokens``;
         ``attention=True`` also gives each sentence's ``.source_pieces``, ``.output_pieces`` and
         ``.attention``, its cross-attention map (decode.explain_layer, mean over heads);
@@ -424,7 +427,8 @@ class TranslateTask(Task):
         src_ids = [ids for ids, _ in sources]
         filled = [i for i, s in enumerate(src_ids) if s]
         generated = self._generate(model, [src_ids[i] for i in filled], beam, batch_tokens, n_best)
-        out = [Translation(t, "", 0.0, [], alternatives=[("", 0.0)] if n_best > 1 else None) for t in texts]
+        # A blank input (or one the tokenizer drops whole) is not decoded: an empty output, no score.
+        out = [Translation(t, "", None, [], alternatives=[("", None)] if n_best > 1 else None) for t in texts]
         for i, ranked in zip(filled, generated, strict=True):
             (ids, score), alternatives = ranked[0], None
             if n_best > 1:
@@ -446,9 +450,11 @@ class TranslateTask(Task):
     def align_lines(
         self, model: nn.Module, sources: Iterable[str], targets: Iterable[str], *,
         method: AlignMethod | None = None, batch_tokens: int | None = None,
-    ) -> Iterable[set[tuple[int, int]]]:  # fmt: skip
+    ) -> Iterable[Alignment]:  # fmt: skip
         """``run.align(sources, targets)``: per pair, lazily and in order, the (source word,
-        target word) links that forced decoding of the target gives (explain/alignment.py)."""
+        target word) links that forced decoding of the target gives (explain/alignment.py), a set
+        whose ``.source_cut``/``.target_cut`` say how many pieces past the model's positions were
+        cut off (their words have no links)."""
         for given in (sources, targets):  # lazily read iterables stay lazy; one text alone is refused
             if isinstance(given, str | bytes):
                 input_list(given, "align")

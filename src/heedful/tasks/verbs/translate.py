@@ -182,8 +182,8 @@ def translate(
                 lines, beam=beam, batch_tokens=batch_tokens, attention=maps is not None, n_best=n_best
             )
             if n_best > 1:
-                text = "".join(
-                    f"{done + i} ||| {output} ||| {score:.4f}\n"
+                text = "".join(  # a blank line's score field is empty: it was not decoded
+                    f"{done + i} ||| {output} ||| {'' if score is None else f'{score:.4f}'}\n"
                     for i, t in enumerate(results)
                     for output, score in t.alternatives
                 )
@@ -207,10 +207,15 @@ def translate(
             bar.update(len(lines))
     bar.close()
     if cut:  # said once at the end, on stderr: stdout stays one translation per line
-        shown = ", ".join(map(str, cut[:5])) + (f", … ({len(cut)} in all)" if len(cut) > 5 else "")
         limit = getattr(cfg.model, "max_len", "model.max_len")
         typer.echo(f"heedful: note: sources longer than the model's {limit} tokens were cut to them before "
-                   f"translating: line{'s' * (len(cut) != 1)} {shown}", err=True)  # fmt: skip
+                   f"translating: {_lines_shown(cut)}", err=True)  # fmt: skip
+
+
+def _lines_shown(numbers: list[int]) -> str:
+    """``lines 2, 4`` (the first five, then how many in all), for a one-line note."""
+    shown = ", ".join(map(str, numbers[:5])) + (f", … ({len(numbers)} in all)" if len(numbers) > 5 else "")
+    return f"line{'s' * (len(numbers) != 1)} {shown}"
 
 
 def _positions(text: str, option: str) -> tuple[int, ...] | None:
@@ -277,14 +282,21 @@ def align(
     pairs = parallel_lines(src, tgt)  # checks both files (line counts, empty lines) before the first pair
     first = next(pairs, None)
     run = run_loader(ctx).load_run(run_dir, device, list(set_ or []), task="translate", verb="align")
-    if first is None:
-        return
-    sources, targets = _unzip_lazily(first, pairs)
+    # Empty files: no pairs, an empty --out (a filter's answer to empty input), exit 0.
+    sources, targets = _unzip_lazily(first, pairs) if first is not None else (iter(()), iter(()))
     handle = written_whole(out, "--out") if out else contextlib.nullcontext(sys.stdout)
+    cut: dict[Path, list[int]] = {src: [], tgt: []}  # the lines (from 1) longer than the model takes
     with handle as sink, tqdm(unit=" lines", file=sys.stderr, disable=not progress) as bar:
-        for links in run.align(sources, targets, method=method, batch_tokens=batch_tokens):
+        for n, links in enumerate(run.align(sources, targets, method=method, batch_tokens=batch_tokens), 1):
             sink.write(pharaoh(links) + "\n")
             bar.update(1)
+            for path, tokens in ((src, links.source_cut), (tgt, links.target_cut)):
+                if tokens:
+                    cut[path].append(n)
+    if any(cut.values()):  # said once at the end, on stderr, as translate says it
+        where = "; ".join(f"{path} {_lines_shown(lines)}" for path, lines in cut.items() if lines)
+        typer.echo(f"heedful: warning: sentences longer than the model's {run.cfg.model.max_len} tokens were cut to "
+                   f"them before aligning, so the words past the cut have no links: {where}", err=True)  # fmt: skip
 
 
 def _unzip_lazily(first: tuple[str, str], rest: Iterator[tuple[str, str]]) -> tuple[Iterator[str], Iterator[str]]:
