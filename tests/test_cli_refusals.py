@@ -455,3 +455,18 @@ def test_predict_input_keeps_one_output_row_per_input_line(tiny_run, monkeypatch
     assert [(r[0], r[1], r[-1]) for r in csv.reader(out.open())][1:] == [
         ("1", "5. März 2021", "1"), ("2", "", ""), ("3", "1. Mai 2020", "2"),
     ]  # fmt: skip
+
+
+def test_predict_output_names_the_text_column_as_the_input_does(tiny_run, monkeypatch, capsys, tmp_path):
+    """The text column was written as `text`, whatever the input called it."""
+    import csv
+
+    table, out = tmp_path / "in.csv", tmp_path / "p.csv"
+    for column, header in (("review_text", "review_text"), ("score", "score (input)")):  # one of ours: marked
+        table.write_text(f"id,{column}\n7,5. März 2021\n")
+        args = ["predict", str(tiny_run), "--input", str(table), "--text-column", column, "--output", str(out)]
+        code, _, err = heedful(monkeypatch, capsys, *args, "--device", "cpu")
+        assert code == 0, err
+        written = list(csv.reader(out.open()))
+        assert written[0][:2] == ["row", header] and written[0][-1] == "id"
+        assert (written[1][:2], written[1][-1]) == (["1", "5. März 2021"], "7")

@@ -619,10 +619,10 @@ def _predict_file(
 ) -> None:
     """Every row's text (in ``run``'s text column unless given), predicted by ``predictor`` (the
     run, or an ensemble) in batches with a progress bar; CSV out (or lines to stdout). The CSV
-    keeps the input's other columns after the predictions, so a product or an id stays beside
-    its row (a column named like one of ours gets " (input)" added). Row N of the output is line N
-    of a text or JSONL file (a blank line gets an empty row: an empty line, or JSON with null
-    fields) and record N of a CSV/TSV file."""
+    keeps the input's text column under its own name and its other columns after the predictions,
+    so a product or an id stays beside its row (a column named like one of ours gets " (input)"
+    added). Row N of the output is line N of a text or JSONL file (a blank line gets an empty row:
+    an empty line, or JSON with null fields) and record N of a CSV/TSV file."""
     import csv
 
     from tqdm.auto import tqdm
@@ -653,7 +653,11 @@ def _predict_file(
                 for index, p in zip(range(start, start + len(chunk)), predictor.predict(chunk), strict=True):
                     probs = p.probabilities or {}
                     if writer is not None and not width:
-                        ours = ["row", "text", "prediction", "score", *probs]
+                        # The text column keeps the input's name ("text" for a file of lines).
+                        named = rows.text_column or "text"
+                        if named in ("row", "prediction", "score", *probs):
+                            named += " (input)"
+                        ours = ["row", named, "prediction", "score", *probs]
                         theirs = [f"{c} (input)" if c in ours else c for c in rows.columns]
                         writer.writerow([*ours, *theirs])
                         width = len(ours) + len(theirs)

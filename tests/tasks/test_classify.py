@@ -170,7 +170,7 @@ def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, t
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(out.open()))
     # The input's other columns follow the predictions; its own "score" is renamed, not lost.
-    assert rows[0] == ["row", "text", "prediction", "score", "neg", "pos", "Product", "score (input)"]
+    assert rows[0] == ["row", "Reviews", "prediction", "score", "neg", "pos", "Product", "score (input)"]
     assert [(r[0], r[1], r[2], r[6], r[7]) for r in rows[1:]] == [
         ("1", "battery excellent box", "pos", "A1", "5"),
         ("2", "sound charger day", "neg", "B2", ""),

@@ -308,6 +308,7 @@ class TextRows:
     # of the output stays line N of the input.
     rows: list[int] = field(default_factory=list)
     count: int = 0  # rows in all, the blank lines included
+    text_column: str | None = None  # the column the texts came from; None for a file of lines
 
     def __post_init__(self) -> None:
         if not self.rows:  # no blank lines: one row per text
@@ -374,7 +375,7 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
         raise DataError(f"{path}: no rows with a text in column {column!r}")
     names = list(columns)
     values = [[row.get(name, "") for name in names] for row in others] if keep_columns else [[] for _ in texts]
-    return TextRows(texts, names, values, rows=rows, count=count)
+    return TextRows(texts, names, values, rows=rows, count=count, text_column=column)
 
 
 T = TypeVar("T")
