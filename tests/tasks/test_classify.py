@@ -594,3 +594,15 @@ def test_max_tokens_beyond_the_encoders_positions_is_one_line_before_any_text_is
     reader = get_task("classify")(config(tmp_path / "fits", **{"data.max_tokens": 300}))
     with pytest.raises(ConfigError, match=r"'data.max_tokens': 300 tokens, but the encoder has 256 positions"):
         reader.load_model(tmp_path / "model")
+
+
+def test_a_text_column_that_is_also_the_label_column_is_refused(tmp_path):
+    """Training went on and stopped later at 'no val examples'."""
+    message = (
+        "config key 'data': data.text_column and data.label_column both name the column 'Reviews'; a text cannot "
+        "be its own label: give the label column (--label-column)"
+    )
+    for task in ("classify", "mlm"):
+        with pytest.raises(ConfigError) as refused:
+            config(tmp_path, **{"task": task, "data.text_column": "Reviews", "data.label_column": "Reviews"})
+        assert str(refused.value) == f"{ROOT}/configs/reviews/amazon.yaml: {message}"

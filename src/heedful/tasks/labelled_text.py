@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, Section
@@ -98,6 +98,17 @@ class ClassifyData(Section):
         description="evaluate also scores the majority class and TF-IDF + logistic regression fit on the training "
         "texts, over word 1–2-grams or character 1–3-grams (text without spaces); auto: chosen from the texts",
     )
+
+    @model_validator(mode="after")
+    def _text_is_not_its_own_label(self) -> ClassifyData:
+        # Read as both, every distinct text becomes a class of one text: training then stopped at
+        # "no val examples", which did not say why.
+        if self.text_column == self.label_column:
+            raise ValueError(
+                f"data.text_column and data.label_column both name the column {self.text_column!r}; "
+                "a text cannot be its own label: give the label column (--label-column)"
+            )
+        return self
 
 
 # The data settings that decide which texts are training texts (with the split seed).
