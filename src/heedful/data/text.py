@@ -69,7 +69,7 @@ def refuse_nul(line: str | bytes, where: str) -> None:
 @dataclass(frozen=True)
 class TextColumns:
     text: str
-    label: str
+    label: str | None  # None: texts alone, every row's label 0 (the mlm task reads no labels)
     group: str | None = None
     labels: LabelScheme = "as_is"
     classes: tuple[str, ...] | None = None  # as_is: the class names in order (default: first seen)
@@ -246,7 +246,8 @@ def read_labelled(
     report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> Iterator[LabelledText]:
     """Stream the rows of ``path`` as (text, class index, group, line). ``label_map`` (default: a
-    new one for ``spec.labels``) collects the classes; ``bad`` collects what was skipped."""
+    new one for ``spec.labels``) collects the classes; ``bad`` collects what was skipped. Without
+    a label column (``spec.label`` None) every row's label is 0 and no label is read."""
     path = Path(path)
     labels = label_map or LabelMap(spec.labels, spec.classes)
     bad = bad if bad is not None else BadRows()
@@ -266,7 +267,7 @@ def read_labelled(
         if any(str(record.get(k, "")).strip() != v for k, v in spec.filters.items()):
             bad.filtered += 1
             continue
-        if spec.text not in record or spec.label not in record:
+        if spec.text not in record or (spec.label is not None and spec.label not in record):
             missing = spec.text if spec.text not in record else spec.label
             problem("missing field", line, f"no field {missing!r}")
             continue
@@ -282,7 +283,7 @@ def read_labelled(
             problem("empty text", line, "empty text")
             continue
         try:
-            label = labels.index(record[spec.label])
+            label = 0 if spec.label is None else labels.index(record[spec.label])
         except ValueError as exc:
             problem("bad label", line, str(exc))
             continue

@@ -50,7 +50,9 @@ class ClassifyData(Section):
     test_path: Path | None = Field(None, description="a separate test file (else split from path)")
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str | None = Field(
+        "label", description="null: the texts alone, without labels (the mlm task only; any file of texts)"
+    )
     group_column: str | None = Field(None, description="e.g. 'Product Name': per-group quality in evaluate")
     labels: Literal["stars5", "stars3", "binary", "as_is"] = "as_is"
     classes: list[str] | None = Field(None, description="as_is: the class names, in order")
@@ -111,9 +113,11 @@ class ClassifyData(Section):
         return self
 
 
-# The data settings that decide which texts are training texts (with the split seed).
+# The data settings that decide which texts are training texts (with the split seed); the label
+# column too: read without one (an mlm run's data.label_column: null), rows with a bad label stay.
 SPLIT_KEYS = (
     "path", "val_path", "test_path", "format", "filters", "sample", "val_fraction", "test_fraction", "folds", "fold",
+    "label_column",
 )  # fmt: skip
 
 
@@ -265,7 +269,7 @@ class LabelledTextTask(Task):
         for name in ("train", "val", "test"):
             if not splits[name]:
                 raise DataError(f"{d.path}: no {name} examples (check the filters, fractions and label scheme)")
-        if len(self.labels.classes) < 2:
+        if self.needs_classes and len(self.labels.classes) < 2:
             raise DataError(f"{d.path}: only one class ({self.labels.classes}); a classifier needs two or more")
         if self.tokenizer is None:  # a loaded run brings its own (load_artifacts)
             self._build_tokenizer([r.text for r in splits["train"]])
