@@ -448,3 +448,50 @@ def test_help_and_version_still_exit_0(monkeypatch, capsys):
     assert code == 0 and "--method" in out and err == ""
     code, out, err = heedful(monkeypatch, capsys, "--version")
     assert code == 0 and out.startswith("heedful ") and err == ""
+
+
+def test_predict_input_keeps_one_output_row_per_input_line(tiny_run, monkeypatch, capsys, tmp_path):
+    """Blank lines were skipped, so the `row` column counted texts and row N was no longer line N."""
+    import csv
+    import json
+
+    lines = tmp_path / "in.txt"
+    lines.write_text("\n5. März 2021\n\n1. Mai 2020\n\n")  # lines 1, 3 and 5 blank
+    out = tmp_path / "p.csv"
+    code, said, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), "--input", str(lines), "--output",
+                              str(out), "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    rows = list(csv.reader(out.open()))
+    assert [(r[0], r[1], bool(r[3])) for r in rows[1:]] == [  # r[3]: the score
+        ("1", "", False), ("2", "5. März 2021", True), ("3", "", False), ("4", "1. Mai 2020", True), ("5", "", False),
+    ]  # fmt: skip
+    assert all(len(r) == len(rows[0]) for r in rows) and said.startswith("2 predictions written (and 3 empty")
+    # On stdout too, one line per input line; a JSONL file's blank line is a row of its own as well.
+    code, said, _ = heedful(monkeypatch, capsys, "predict", str(tiny_run), "--input", str(lines), "--device", "cpu")
+    assert code == 0 and [bool(s) for s in said.split("\n")] == [False, True, False, True, False, False]
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"text": "5. März 2021", "id": 1}\n\n{"text": "1. Mai 2020", "id": 2}\n')
+    args = ["predict", str(tiny_run), "--input", str(jsonl), "--text-column", "text", "--device", "cpu"]
+    code, said, _ = heedful(monkeypatch, capsys, *args, "--json")
+    assert code == 0
+    assert [json.loads(s)["input"] for s in said.splitlines()] == ["5. März 2021", "", "1. Mai 2020"]
+    code, _, err = heedful(monkeypatch, capsys, *args, "--output", str(out))
+    assert code == 0, err
+    assert [(r[0], r[1], r[-1]) for r in csv.reader(out.open())][1:] == [
+        ("1", "5. März 2021", "1"), ("2", "", ""), ("3", "1. Mai 2020", "2"),
+    ]  # fmt: skip
+
+
+def test_predict_output_names_the_text_column_as_the_input_does(tiny_run, monkeypatch, capsys, tmp_path):
+    """The text column was written as `text`, whatever the input called it."""
+    import csv
+
+    table, out = tmp_path / "in.csv", tmp_path / "p.csv"
+    for column, header in (("review_text", "review_text"), ("score", "score (input)")):  # one of ours: marked
+        table.write_text(f"id,{column}\n7,5. März 2021\n")
+        args = ["predict", str(tiny_run), "--input", str(table), "--text-column", column, "--output", str(out)]
+        code, _, err = heedful(monkeypatch, capsys, *args, "--device", "cpu")
+        assert code == 0, err
+        written = list(csv.reader(out.open()))
+        assert written[0][:2] == ["row", header] and written[0][-1] == "id"
+        assert (written[1][:2], written[1][-1]) == (["1", "5. März 2021"], "7")

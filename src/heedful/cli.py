@@ -624,8 +624,10 @@ def _predict_file(
 ) -> None:
     """Every row's text (in ``run``'s text column unless given), predicted by ``predictor`` (the
     run, or an ensemble) in batches with a progress bar; CSV out (or lines to stdout). The CSV
-    keeps the input's other columns after the predictions, so a product or an id stays beside
-    its row (a column named like one of ours gets " (input)" added)."""
+    keeps the input's text column under its own name and its other columns after the predictions,
+    so a product or an id stays beside its row (a column named like one of ours gets " (input)"
+    added). Row N of the output is line N of a text or JSONL file (a blank line gets an empty row:
+    an empty line, or JSON with null fields) and record N of a CSV/TSV file."""
     import csv
 
     from tqdm.auto import tqdm
@@ -635,14 +637,37 @@ def _predict_file(
     column = text_column or getattr(getattr(run.cfg, "data", None), "text_column", None)
     rows = read_text_rows(path, column)
     texts = rows.texts
+    width = 0  # the CSV's columns, known from the first prediction's classes
+    written = 0  # the rows written so far
+
+    def write_blank_rows(upto: int) -> None:
+        """Empty rows for the blank lines before row ``upto``."""
+        nonlocal written
+        for row in range(written + 1, upto):
+            if writer is not None:
+                writer.writerow([row, *[""] * (width - 1)])
+            else:
+                typer.echo(json.dumps({"input": "", "output": None, "score": None}) if as_json else "")
+        written = max(written, upto - 1)
+
     with written_whole(output, "--output", newline="") if output else contextlib.nullcontext() as handle:
         writer = csv.writer(handle) if handle else None
-        header_written = False
         with tqdm(total=len(texts), desc="predicting", unit="text", disable=handle is None) as bar:
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start : start + batch_size]
-                for line, p in zip(range(start, start + len(chunk)), predictor.predict(chunk), strict=True):
+                for index, p in zip(range(start, start + len(chunk)), predictor.predict(chunk), strict=True):
                     probs = p.probabilities or {}
+                    if writer is not None and not width:
+                        # The text column keeps the input's name ("text" for a file of lines).
+                        named = rows.text_column or "text"
+                        if named in ("row", "prediction", "score", *probs):
+                            named += " (input)"
+                        ours = ["row", named, "prediction", "score", *probs]
+                        theirs = [f"{c} (input)" if c in ours else c for c in rows.columns]
+                        writer.writerow([*ours, *theirs])
+                        width = len(ours) + len(theirs)
+                    write_blank_rows(rows.rows[index])
+                    written = rows.rows[index]
                     if writer is None:
                         shown = (
                             json.dumps(p.record(), ensure_ascii=False)
@@ -651,18 +676,16 @@ def _predict_file(
                         )
                         typer.echo(shown)
                         continue
-                    if not header_written:
-                        ours = ["row", "text", "prediction", "score", *probs]
-                        theirs = [f"{c} (input)" if c in ours else c for c in rows.columns]
-                        writer.writerow([*ours, *theirs])
-                        header_written = True
                     writer.writerow(
-                        [line + 1, p.input, p.output, _score_cell(p.score), *(f"{v:.4f}" for v in probs.values()),
-                         *rows.values[line]]
+                        [written, p.input, p.output, _score_cell(p.score), *(f"{v:.4f}" for v in probs.values()),
+                         *rows.values[index]]
                     )  # fmt: skip
                 bar.update(len(chunk))
+        write_blank_rows(rows.count + 1)
     if output:
-        typer.echo(f"{len(texts)} predictions written: {output}")
+        blank = rows.count - len(texts)
+        kept = f" (and {blank} empty for blank lines)" if blank else ""
+        typer.echo(f"{len(texts)} predictions written{kept}: {output}")
 
 
 @app.command()

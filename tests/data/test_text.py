@@ -208,8 +208,10 @@ def test_texts_to_predict_keep_the_rest_of_their_rows(tmp_path):
     jsonl = write(tmp_path, '{"id": 7, "body": "ok"}\n\n{"body": "bad", "tags": ["x"], "id": 8}\n', "r.jsonl")
     got = read_text_rows(jsonl, "body")  # keys in order of first appearance; a missing key is ""
     assert (got.texts, got.columns, got.values) == (["ok", "bad"], ["id", "tags"], [["7", ""], ["8", '["x"]']])
-    lines = write(tmp_path, "one\n\ntwo\n", "r.txt")
-    assert read_text_rows(lines, None).columns == [] and read_texts(lines, None) == ["one", "two"]
+    assert (got.rows, got.count) == ([1, 3], 3)  # a JSONL file's rows are its lines, the blank one included
+    lines = write(tmp_path, "one\n\ntwo\n\n", "r.txt")
+    got = read_text_rows(lines, None)
+    assert got.columns == [] and read_texts(lines, None) == ["one", "two"] and (got.rows, got.count) == ([1, 3], 4)
 
 
 def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypatch):

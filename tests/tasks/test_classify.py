@@ -170,7 +170,7 @@ def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, t
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(out.open()))
     # The input's other columns follow the predictions; its own "score" is renamed, not lost.
-    assert rows[0] == ["row", "text", "prediction", "score", "neg", "pos", "Product", "score (input)"]
+    assert rows[0] == ["row", "Reviews", "prediction", "score", "neg", "pos", "Product", "score (input)"]
     assert [(r[0], r[1], r[2], r[6], r[7]) for r in rows[1:]] == [
         ("1", "battery excellent box", "pos", "A1", "5"),
         ("2", "sound charger day", "neg", "B2", ""),
@@ -594,3 +594,15 @@ def test_max_tokens_beyond_the_encoders_positions_is_one_line_before_any_text_is
     reader = get_task("classify")(config(tmp_path / "fits", **{"data.max_tokens": 300}))
     with pytest.raises(ConfigError, match=r"'data.max_tokens': 300 tokens, but the encoder has 256 positions"):
         reader.load_model(tmp_path / "model")
+
+
+def test_a_text_column_that_is_also_the_label_column_is_refused(tmp_path):
+    """Training went on and stopped later at 'no val examples'."""
+    message = (
+        "config key 'data': data.text_column and data.label_column both name the column 'Reviews'; a text cannot "
+        "be its own label: give the label column (--label-column)"
+    )
+    for task in ("classify", "mlm"):
+        with pytest.raises(ConfigError) as refused:
+            config(tmp_path, **{"task": task, "data.text_column": "Reviews", "data.label_column": "Reviews"})
+        assert str(refused.value) == f"{ROOT}/configs/reviews/amazon.yaml: {message}"

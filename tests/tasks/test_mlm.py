@@ -3,6 +3,7 @@ a corpus whose hidden words follow from their neighbours learned, and the classi
 the pretrained pieces and encoder weights exactly."""
 
 import csv
+import math
 import random
 from pathlib import Path
 
@@ -163,3 +164,31 @@ def test_mlm_refuses_a_pretrained_start(tmp_path):
     )
     with pytest.raises(ConfigError, match="pretrains a Transformer encoder from scratch"):
         get_task("mlm")(cfg).build_data(cfg)
+
+
+def test_mlm_reads_texts_without_labels(tmp_path, caplog):
+    """It required a label column, and dropped the rows whose label did not parse, though it uses no labels."""
+    rng = random.Random(0)
+    path = tmp_path / "texts.jsonl"  # no label anywhere
+    path.write_text("".join(f'{{"review": "{" ".join(rng.choices(CYCLE, k=8))}"}}\n' for _ in range(60)))
+    values = {"data.path": str(path), "data.label_column": None, "model.pooling": "mean"}
+    cfg = load_config(ROOT / "configs" / "reviews" / "chinese_mlm.yaml", overrides(tmp_path, "mlm", **values))
+    data = get_task("mlm")(cfg).build_data(cfg)
+    assert len(data.train.examples) + len(data.splits["val"]) + len(data.splits["test"]) == 60
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        "config key 'model.pooling' (mean) is ignored: the mlm task predicts each hidden piece and pools nothing; "
+        "set it in the classify run started from this one"
+    ]
+    with pytest.raises(ConfigError, match=r"config key 'data.label_column': a classifier learns from labels; name"):
+        load_config(ROOT / "configs" / "reviews" / "chinese.yaml", overrides(tmp_path, "c", **values))
+
+
+@pytest.mark.slow
+def test_mlm_trains_on_texts_without_labels(tmp_path):
+    path = tmp_path / "texts.csv"
+    path.write_text("review\n" + "".join(f"{' '.join(CYCLE[k:] + CYCLE[:k])} {k}\n" for k in range(12)) * 3)
+    values = {"data.path": str(path), "data.label_column": None, "data.group_column": None, "train.epochs": 1,
+              "train.batch_size": 8}  # fmt: skip
+    history = fit(load_config(ROOT / "configs" / "reviews" / "chinese_mlm.yaml", overrides(tmp_path, "mlm", **values)))
+    assert math.isfinite(history["val_loss"][-1]) and (tmp_path / "mlm" / "model" / "spm.model").is_file()

@@ -69,7 +69,7 @@ def refuse_nul(line: str | bytes, where: str) -> None:
 @dataclass(frozen=True)
 class TextColumns:
     text: str
-    label: str
+    label: str | None  # None: texts alone, every row's label 0 (the mlm task reads no labels)
     group: str | None = None
     labels: LabelScheme = "as_is"
     classes: tuple[str, ...] | None = None  # as_is: the class names in order (default: first seen)
@@ -177,12 +177,18 @@ def _format(path: Path, spec: TextColumns) -> str:
     raise DataError(f"{path}: cannot tell the format from the name; give format csv, tsv or jsonl")
 
 
-def _records(path: Path, fmt: str, spec: TextColumns) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(line, record) per row, or (line, problem) for a row that cannot be parsed."""
+def _records(
+    path: Path, fmt: str, spec: TextColumns, *, blank_lines: bool = False
+) -> Iterator[tuple[int, dict[str, Any] | str | None]]:
+    """(line, record) per row, or (line, problem) for a row that cannot be parsed; with
+    ``blank_lines``, (line, None) for a blank line of a JSONL file too (a CSV's blank lines are no
+    rows, as every CSV reader has it)."""
     with _open_text(path) as handle:
         if fmt == "jsonl":
             for number, line in enumerate(handle, 1):
                 if not line.strip():
+                    if blank_lines:
+                        yield number, None
                     continue
                 try:
                     record = json.loads(line)
@@ -240,7 +246,8 @@ def read_labelled(
     report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> Iterator[LabelledText]:
     """Stream the rows of ``path`` as (text, class index, group, line). ``label_map`` (default: a
-    new one for ``spec.labels``) collects the classes; ``bad`` collects what was skipped."""
+    new one for ``spec.labels``) collects the classes; ``bad`` collects what was skipped. Without
+    a label column (``spec.label`` None) every row's label is 0 and no label is read."""
     path = Path(path)
     labels = label_map or LabelMap(spec.labels, spec.classes)
     bad = bad if bad is not None else BadRows()
@@ -260,7 +267,7 @@ def read_labelled(
         if any(str(record.get(k, "")).strip() != v for k, v in spec.filters.items()):
             bad.filtered += 1
             continue
-        if spec.text not in record or spec.label not in record:
+        if spec.text not in record or (spec.label is not None and spec.label not in record):
             missing = spec.text if spec.text not in record else spec.label
             problem("missing field", line, f"no field {missing!r}")
             continue
@@ -276,7 +283,7 @@ def read_labelled(
             problem("empty text", line, "empty text")
             continue
         try:
-            label = labels.index(record[spec.label])
+            label = 0 if spec.label is None else labels.index(record[spec.label])
         except ValueError as exc:
             problem("bad label", line, str(exc))
             continue
@@ -297,6 +304,17 @@ class TextRows:
     texts: list[str]
     columns: list[str] = field(default_factory=list)  # the other columns: CSV order; JSONL: first seen
     values: list[list[str]] = field(default_factory=list)  # per text, its value in each of ``columns``
+    # Per text, its row of the output (1-based): a text file's and a JSONL file's line number, a
+    # CSV's record number. Rows no text has are blank lines, written as empty rows so that row N
+    # of the output stays line N of the input.
+    rows: list[int] = field(default_factory=list)
+    count: int = 0  # rows in all, the blank lines included
+    text_column: str | None = None  # the column the texts came from; None for a file of lines
+
+    def __post_init__(self) -> None:
+        if not self.rows:  # no blank lines: one row per text
+            self.rows = list(range(1, len(self.texts) + 1))
+        self.count = max(self.count, self.rows[-1] if self.rows else 0)
 
 
 def read_texts(path: str | Path, column: str | None) -> list[str]:
@@ -307,13 +325,15 @@ def read_texts(path: str | Path, column: str | None) -> list[str]:
 
 def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool = True) -> TextRows:
     """``read_texts`` with every other column of each row kept (as text; a JSONL value that is not
-    a string as JSON, a key a row lacks as ""); a file of lines has no other columns.
+    a string as JSON, a key a row lacks as ""); a file of lines has no other columns. Each text's
+    row (``TextRows.rows``) is its line in a file of lines or a JSONL file, whose blank lines hold
+    no text, and its record's number in a CSV/TSV file.
     ``keep_columns=False`` keeps the texts alone (a large file's other columns can outweigh them)."""
     path = Path(path)
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     fmt = suffixes[-1].lstrip(".") if suffixes and suffixes[-1] in (".csv", ".tsv", ".jsonl") else "lines"
     if fmt == "lines":
-        texts = []
+        texts, rows, number = [], [], 0
         with _open_text(path) as handle:
             for number, line in enumerate(handle, 1):  # numbered as in the file, blank lines included
                 if UNDECODABLE.search(line):
@@ -321,16 +341,21 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
                 refuse_nul(line, f"{path} line {number}")
                 if line.strip():
                     texts.append(line.strip())
+                    rows.append(number)
         if not texts:
             raise DataError(
                 f"{path}: no texts in it, only blank lines" if path.stat().st_size else f"{path}: empty file"
             )
-        return TextRows(texts, [], [[] for _ in texts])
+        return TextRows(texts, [], [[] for _ in texts], rows=rows, count=number)
     if column is None:
         raise DataError(f"{path}: which column holds the text? give --text-column")
     spec = TextColumns(text=column, label=column, format=fmt)  # the label is not needed: read the text twice
-    texts, others, columns = [], [], {}  # columns: an ordered set of the other columns' names
-    for line, record in _records(path, fmt, spec):
+    texts, rows, others, columns = [], [], [], {}  # columns: an ordered set of the other columns' names
+    count = 0
+    for line, record in _records(path, fmt, spec, blank_lines=True):
+        count += 1
+        if record is None:  # a JSONL file's blank line
+            continue
         if isinstance(record, str):
             raise DataError(f"{path} line {line}: {record}")
         text = record.get(column)
@@ -339,6 +364,7 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
         if any(UNDECODABLE.search(v) for v in record.values() if isinstance(v, str)):
             raise DataError(f"{path} line {line}: text is not valid UTF-8")
         texts.append(text.strip())
+        rows.append(count)  # JSONL: the line's number (each line was counted); CSV: the record's
         if not keep_columns:
             continue
         rest = {
@@ -349,7 +375,8 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
     if not texts:  # predict wrote an empty output and said nothing
         raise DataError(f"{path}: no rows with a text in column {column!r}")
     names = list(columns)
-    return TextRows(texts, names, [[row.get(name, "") for name in names] for row in others])
+    values = [[row.get(name, "") for name in names] for row in others] if keep_columns else [[] for _ in texts]
+    return TextRows(texts, names, values, rows=rows, count=count, text_column=column)
 
 
 T = TypeVar("T")

@@ -1,8 +1,10 @@
 """Tokens coloured by how much attention they got: in the terminal (ANSI 256-colour backgrounds)
 and as a self-contained HTML page — the "which words drove this prediction" view.
 
-Weights are scaled to the largest in the text, so the most-attended token is always the darkest;
-sentencepiece's word-start mark ▁ becomes a space.
+Weights are scaled to the largest in the text, so the most-attended token is always the darkest.
+Pieces show where words begin as the text did: sentencepiece marks a word's first piece with ▁,
+which becomes a space; WordPiece (BERT, MiniLM) marks the pieces after a word's first with ##, so
+there each piece without ## starts a word and gets a space before it, and a ## piece joins its word.
 """
 
 from __future__ import annotations
@@ -22,16 +24,21 @@ def _scaled(weights: Sequence[float]) -> list[float]:
     return [w / top if top > 0 else 0.0 for w in weights]
 
 
-def _surface(piece: str) -> str:
-    return piece.replace("▁", " ").replace("##", "")
+def surfaces(tokens: Sequence[str]) -> list[str]:
+    """Each piece as it reads in the text, with a space before each word but the first."""
+    wordpiece = not any("▁" in t for t in tokens) and any(t.startswith("##") or t in ("[CLS]", "[SEP]") for t in tokens)
+    if not wordpiece:
+        return [t.replace("▁", " ") for t in tokens]
+    # WordPiece: "bat", "##tery" -> "bat", "tery" (one word); "dies" after it -> " dies".
+    return [t[2:] if t.startswith("##") and len(t) > 2 else (" " if i else "") + t for i, t in enumerate(tokens)]
 
 
 def ansi_tokens(tokens: Sequence[str], weights: Sequence[float]) -> str:
     """One line with each token on a background as strong as its weight (black text)."""
     out = []
-    for piece, w in zip(tokens, _scaled(weights), strict=True):
+    for shown, w in zip(surfaces(tokens), _scaled(weights), strict=True):
         colour = _ANSI_RAMP[min(int(w * len(_ANSI_RAMP)), len(_ANSI_RAMP) - 1)]
-        out.append(f"\x1b[48;5;{colour}m\x1b[30m{_surface(piece)}\x1b[0m")
+        out.append(f"\x1b[48;5;{colour}m\x1b[30m{shown}\x1b[0m")
     return "".join(out)
 
 
@@ -41,10 +48,9 @@ def html_tokens(rows: Sequence[tuple[str, Sequence[str], Sequence[float]]], path
     body = []
     for caption, tokens, weights in rows:
         spans = []
-        for piece, w, raw in zip(tokens, _scaled(weights), weights, strict=True):
+        for shown, w, raw in zip(surfaces(tokens), _scaled(weights), weights, strict=True):
             spans.append(
-                f'<span title="{raw:.3f}" style="background: rgba(230, 85, 13, {w:.3f})">'
-                f"{html.escape(_surface(piece))}</span>"
+                f'<span title="{raw:.3f}" style="background: rgba(230, 85, 13, {w:.3f})">{html.escape(shown)}</span>'
             )
         body.append(f'<div class="row"><div class="caption">{html.escape(caption)}</div>{"".join(spans)}</div>')
     page = f"""<!doctype html>

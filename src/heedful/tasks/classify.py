@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from heedful.config import RunConfig, Section, read_yaml
@@ -75,6 +75,12 @@ class ClassifyConfig(RunConfig):
     data: ClassifyData = ClassifyData()
     model: ClassifyModel = ClassifyModel()
     finetune: FinetuneConfig = FinetuneConfig()
+
+    @model_validator(mode="after")
+    def _labels_are_read(self) -> ClassifyConfig:
+        if self.data.label_column is None and self.task == "classify":  # the mlm task's config is a subclass
+            raise ValueError("config key 'data.label_column': a classifier learns from labels; name their column")
+        return self
 
 
 @dataclass

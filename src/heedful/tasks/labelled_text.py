@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, Section
@@ -50,7 +50,9 @@ class ClassifyData(Section):
     test_path: Path | None = Field(None, description="a separate test file (else split from path)")
     format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str | None = Field(
+        "label", description="null: the texts alone, without labels (the mlm task only; any file of texts)"
+    )
     group_column: str | None = Field(None, description="e.g. 'Product Name': per-group quality in evaluate")
     labels: Literal["stars5", "stars3", "binary", "as_is"] = "as_is"
     classes: list[str] | None = Field(None, description="as_is: the class names, in order")
@@ -99,10 +101,23 @@ class ClassifyData(Section):
         "texts, over word 1–2-grams or character 1–3-grams (text without spaces); auto: chosen from the texts",
     )
 
+    @model_validator(mode="after")
+    def _text_is_not_its_own_label(self) -> ClassifyData:
+        # Read as both, every distinct text becomes a class of one text: training then stopped at
+        # "no val examples", which did not say why.
+        if self.text_column == self.label_column:
+            raise ValueError(
+                f"data.text_column and data.label_column both name the column {self.text_column!r}; "
+                "a text cannot be its own label: give the label column (--label-column)"
+            )
+        return self
 
-# The data settings that decide which texts are training texts (with the split seed).
+
+# The data settings that decide which texts are training texts (with the split seed); the label
+# column too: read without one (an mlm run's data.label_column: null), rows with a bad label stay.
 SPLIT_KEYS = (
     "path", "val_path", "test_path", "format", "filters", "sample", "val_fraction", "test_fraction", "folds", "fold",
+    "label_column",
 )  # fmt: skip
 
 
@@ -254,7 +269,7 @@ class LabelledTextTask(Task):
         for name in ("train", "val", "test"):
             if not splits[name]:
                 raise DataError(f"{d.path}: no {name} examples (check the filters, fractions and label scheme)")
-        if len(self.labels.classes) < 2:
+        if self.needs_classes and len(self.labels.classes) < 2:
             raise DataError(f"{d.path}: only one class ({self.labels.classes}); a classifier needs two or more")
         if self.tokenizer is None:  # a loaded run brings its own (load_artifacts)
             self._build_tokenizer([r.text for r in splits["train"]])

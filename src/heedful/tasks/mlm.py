@@ -3,8 +3,11 @@
 data      exactly as ``classify`` reads and splits it (tasks/labelled_text.py, which both build
           on; the same ``data`` section, so the same
           seed and fractions give the same train / val / test texts); only the training texts'
-          tokens are learned from, the labels are read but never used, and the test texts are
-          never seen — a classify run started from this one stays honest about its test score
+          tokens are learned from, and the test texts are never seen — a classify run started
+          from this one stays honest about its test score. Labels are never used: with
+          ``data.label_column: null`` the text column is read alone (a file without labels);
+          with a label column, the rows classify would leave out (a bad or left-out label) are
+          left out here too, so that both runs split the same texts
 tokens    sentencepiece trained on the training texts, saved with the model; the classify run
           that starts from it reuses it, so ids mean the same pieces in both
 masking   BERT's recipe (Devlin et al. 2019, §3.1): ``masking.prob`` of the real pieces (not
@@ -21,6 +24,7 @@ Then: ``heedful train configs/reviews/chinese.yaml --set model.pretrained=runs/<
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -40,6 +44,8 @@ from heedful.tasks.labelled_text import LabelledTextTask
 from heedful.tasks.verbs import TrainOption, labelled_text_options
 
 EVAL_SEED = 1234  # the fixed masking of val/test
+
+log = logging.getLogger(__name__)
 
 
 class MaskingConfig(Section):
@@ -77,7 +83,7 @@ class MaskedLMTask(LabelledTextTask):
     name = "mlm"
     config_class = MaskedLMRunConfig
     model_types = ("masked-lm",)
-    needs_classes = False  # labels are read but never used
+    needs_classes = False  # labels are never used (data.label_column: null reads none)
     requires = ()  # its metrics are its own: no scikit-learn
 
     @classmethod
@@ -89,6 +95,13 @@ class MaskedLMTask(LabelledTextTask):
             raise ConfigError(
                 "config keys 'model.pretrained' / 'model.encoder_type': the mlm task pretrains a Transformer "
                 "encoder from scratch (model.pretrained: null, model.encoder_type: transformer)"
+            )
+        pooling = cfg.model.pooling
+        if pooling != type(cfg.model).model_fields["pooling"].default:  # else every saved config would say it
+            log.warning(
+                "config key 'model.pooling' (%s) is ignored: the mlm task predicts each hidden piece and pools "
+                "nothing; set it in the classify run started from this one",
+                pooling,
             )
         return super().build_data(cfg)
 
