@@ -423,3 +423,29 @@ def test_help_and_version_still_exit_0(monkeypatch, capsys):
     assert code == 0 and "--method" in out and err == ""
     code, out, err = heedful(monkeypatch, capsys, "--version")
     assert code == 0 and out.startswith("heedful ") and err == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "read"),
+    [
+        (["evaluate", "nowhere"], "train.eval_batch_size, train.progress"),
+        (["predict", "nowhere", "x"], "train.eval_batch_size, train.progress"),
+        (["transcribe", "nowhere", "x.wav"], "train.eval_batch_size, train.progress"),
+        (["translate", "nowhere"], "train.eval_batch_size, train.progress"),
+        (["align", "nowhere", "--src", "a", "--tgt", "b"], "train.eval_batch_size, train.progress"),
+        (["report", "nowhere"], "train.eval_batch_size, train.progress, train.monitor"),
+    ],
+)
+def test_training_settings_that_a_trained_run_ignores_are_refused(monkeypatch, capsys, args, read):
+    """evaluate --set train.batch_size=8 changed nothing and said nothing (exit 0)."""
+    code, out, err = heedful(monkeypatch, capsys, *args, "--set", "decode.beam_size=1", "--set", "train.batch_size=8")
+    assert (code, out) == (2, "")
+    verb = args[0]
+    assert err == (f"heedful: error: --set train.batch_size=8: {verb} does not read train.batch_size, which only "
+                   f"shapes training; of train.*, --set here changes only {read}\n")  # fmt: skip
+
+
+def test_training_settings_a_trained_run_reads_are_kept(tiny_run, monkeypatch, capsys):
+    code, out, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), "5. März 2021",
+                             "--set", "train.eval_batch_size=2", "--set", "train.progress=false")  # fmt: skip
+    assert code == 0 and out.startswith("5. März 2021"), (code, out, err)
