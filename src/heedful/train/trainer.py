@@ -232,7 +232,10 @@ class Trainer:
             self._config_pending = resume
             if not resume:
                 self._write_config()
-            before = files_under(self.run_dir / "tb")
+            # Listed before the writers make them: a kill as they start leaves nothing unlisted. The
+            # event file's name (time, host, pid) is SummaryWriter's to choose, so tb/ is listed whole.
+            if tc.tensorboard:
+                run.record("tb/")
             if tc.wandb:
                 run.record("wandb/")  # wandb's own folder, written on the run's behalf
         logger = RunLogger(
@@ -243,8 +246,6 @@ class Trainer:
             name=self.cfg.name,
             resumed_from=state["step"] if resume else None,  # TensorBoard hides what was logged after it
         )
-        if run is not None:
-            run.record_new("tb", before)
         if tc.compile and (reason := compile_model(model, self.device)) is not None and dist.main:
             print(f"heedful: warning: train.compile: training uncompiled: {reason}", file=sys.stderr)
         # The task's loss as a module (DDP wraps it when torchrun started several processes).
@@ -372,9 +373,11 @@ class Trainer:
                 history.epochs.append(row)
                 improved = self._track_best(row, state, history, model)
                 if dist.main:
+                    if self.run is not None:  # listed before the hook writes them, as every file here
+                        self.run.record(*self.task.after_validation_files(epoch + 1))
                     before = files_under(self.run_dir / "plots")
                     self.task.after_validation(model, epoch + 1, self.run_dir)
-                    if self.run is not None:
+                    if self.run is not None:  # what a hook wrote without naming it first: listed late, not never
                         self.run.record_new("plots", before)
             model.train()
             logger.scalars(state["step"], {k: v for k, v in row.items() if k != "epoch"}, prefix="epoch/")
