@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 from torch import Tensor
 
 from heedful.errors import UserError
+from heedful.outputs import written_whole
 
 # DejaVu Sans covers Latin, Greek, Cyrillic and Arabic letters (unshaped: matplotlib draws them
 # isolated, left to right); a CJK font draws the characters it lacks, matplotlib falling back along
@@ -252,9 +252,10 @@ def image_format(path: Path, option: str) -> str:
     return IMAGE_FORMATS[Path(path).suffix.lower()]
 
 
-def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 4) -> Path:
+def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 4, option: str = "out") -> Path:
     """Tile (N, C, R, R) images in [−1, 1] into one PNG or JPEG (by ``path``'s suffix; nearest-
-    neighbour upscaled ``scale``×), written whole: a failure leaves an earlier file as it was."""
+    neighbour upscaled ``scale``×), written whole: a failure leaves an earlier file as it was, and
+    an OS error is one line naming ``option``."""
     from PIL import Image
 
     fmt = image_format(path, "out")
@@ -268,13 +269,8 @@ def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int
     array = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     picture = Image.fromarray(array[0].numpy(), "L") if c == 1 else Image.fromarray(array.permute(1, 2, 0).numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        picture.save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written_whole(path, option, binary=True) as handle:
+        picture.save(handle, format=fmt)
     return path
 
 
