@@ -449,3 +449,20 @@ def test_training_settings_a_trained_run_reads_are_kept(tiny_run, monkeypatch, c
     code, out, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), "5. März 2021",
                              "--set", "train.eval_batch_size=2", "--set", "train.progress=false")  # fmt: skip
     assert code == 0 and out.startswith("5. März 2021"), (code, out, err)
+
+
+def test_load_run_reads_the_runs_config_once(tiny_run, monkeypatch):
+    """With overrides it read and parsed config.yaml twice: once for the checks, once for the config."""
+    from heedful.runs import load_run
+
+    real, reads = Path.read_text, []
+
+    def counting(self, *args, **kwargs):
+        if self.name == "config.yaml":
+            reads.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    run = load_run(tiny_run, "cpu", ["decode.beam_size=1", "train.progress=false"])
+    assert reads == [tiny_run / "config.yaml"]
+    assert (run.cfg.decode.beam_size, run.cfg.train.progress, run.cfg.task) == (1, False, "translate")
