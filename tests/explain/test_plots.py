@@ -83,3 +83,24 @@ def test_a_grid_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match=r"^sample grid .*file/grid\.png: cannot write there \("):
         plots.save_grid(images, tmp_path / "file" / "grid.png", option="sample grid")
+
+
+def test_the_spectrogram_spans_the_attentions_frames(tmp_path, monkeypatch):
+    """13 hops of audio make 4 frames after two halvings (rounded up): 0.16 s; the spectrogram
+    stopped at 0.13 s, a white strip under the last attention column."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    features = torch.randn(13, 8)  # (T, n_mels)
+    plots.spectrogram_attention(features, torch.full((4, 4), 0.25), tmp_path / "a.png", hop_seconds=0.01,
+                                frame_seconds=0.04)  # fmt: skip
+    top, bottom = figures[0].axes[:2]
+    spec, attention = top.images[0], bottom.images[0]
+    assert spec.get_extent() == pytest.approx([0, 0.16, 0, 8]) and attention.get_extent() == pytest.approx(
+        [0, 0.16, 0.16, 0]
+    )
+    assert top.get_xlim() == bottom.get_xlim() == pytest.approx((0, 0.16))
+    drawn = spec.get_array()
+    assert drawn.shape == (8, 16) and (drawn[:, 13:] == features.min().item()).all()  # padded with its quietest
+    assert torch.equal(torch.as_tensor(drawn[:, :13]), features.T)

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -142,14 +143,17 @@ def spectrogram_attention(
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = features.float().cpu().numpy().T  # (n_mels, T)
     weights = attention.float().cpu().numpy()  # (T', T')
-    end = max(features.shape[0] * hop_seconds, attention.shape[0] * frame_seconds)
+    span = attention.shape[0] * frame_seconds
+    # The CNN rounds time up at each halving, so its last frame reaches past the audio: the spectrogram
+    # is padded with its quietest value to the frames' end (as the CNN pads), not left a white strip.
+    columns = max(spec.shape[1], math.ceil(span / hop_seconds - 1e-6))
+    spec = np.pad(spec, ((0, 0), (0, columns - spec.shape[1])), constant_values=spec.min())
+    end = max(columns * hop_seconds, span)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True, gridspec_kw={"height_ratios": [1, 2.2]})
-    top.imshow(spec, origin="lower", aspect="auto", cmap="magma",
-               extent=(0, features.shape[0] * hop_seconds, 0, spec.shape[0]))  # fmt: skip
+    top.imshow(spec, origin="lower", aspect="auto", cmap="magma", extent=(0, columns * hop_seconds, 0, spec.shape[0]))
     top.set_ylabel("mel bin")
     if title:
         top.set_title(title, fontsize=9)
-    span = attention.shape[0] * frame_seconds
     image = bottom.imshow(weights, origin="upper", aspect="auto", cmap="viridis", extent=(0, span, span, 0))
     bottom.set_xlabel("key frame time (s)")
     bottom.set_ylabel("query frame time (s)")
