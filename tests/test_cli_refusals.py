@@ -495,3 +495,46 @@ def test_predict_output_names_the_text_column_as_the_input_does(tiny_run, monkey
         written = list(csv.reader(out.open()))
         assert written[0][:2] == ["row", header] and written[0][-1] == "id"
         assert (written[1][:2], written[1][-1]) == (["1", "5. März 2021"], "7")
+
+
+@pytest.mark.parametrize(
+    ("args", "read"),
+    [
+        (["evaluate", "nowhere"], "train.eval_batch_size, train.progress"),
+        (["predict", "nowhere", "x"], "train.eval_batch_size, train.progress"),
+        (["transcribe", "nowhere", "x.wav"], "train.eval_batch_size, train.progress"),
+        (["translate", "nowhere"], "train.eval_batch_size, train.progress"),
+        (["align", "nowhere", "--src", "a", "--tgt", "b"], "train.eval_batch_size, train.progress"),
+        (["report", "nowhere"], "train.eval_batch_size, train.progress, train.monitor"),
+    ],
+)
+def test_training_settings_that_a_trained_run_ignores_are_refused(monkeypatch, capsys, args, read):
+    """evaluate --set train.batch_size=8 changed nothing and said nothing (exit 0)."""
+    code, out, err = heedful(monkeypatch, capsys, *args, "--set", "decode.beam_size=1", "--set", "train.batch_size=8")
+    assert (code, out) == (2, "")
+    verb = args[0]
+    assert err == (f"heedful: error: --set train.batch_size=8: {verb} does not read train.batch_size, which only "
+                   f"shapes training; of train.*, --set here changes only {read}\n")  # fmt: skip
+
+
+def test_training_settings_a_trained_run_reads_are_kept(tiny_run, monkeypatch, capsys):
+    code, out, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), "5. März 2021",
+                             "--set", "train.eval_batch_size=2", "--set", "train.progress=false")  # fmt: skip
+    assert code == 0 and out.startswith("5. März 2021"), (code, out, err)
+
+
+def test_load_run_reads_the_runs_config_once(tiny_run, monkeypatch):
+    """With overrides it read and parsed config.yaml twice: once for the checks, once for the config."""
+    from heedful.runs import load_run
+
+    real, reads = Path.read_text, []
+
+    def counting(self, *args, **kwargs):
+        if self.name == "config.yaml":
+            reads.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    run = load_run(tiny_run, "cpu", ["decode.beam_size=1", "train.progress=false"])
+    assert reads == [tiny_run / "config.yaml"]
+    assert (run.cfg.decode.beam_size, run.cfg.train.progress, run.cfg.task) == (1, False, "translate")

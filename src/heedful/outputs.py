@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from heedful.errors import UserError
 
@@ -66,14 +66,15 @@ def check_output_folder(path: Path | None, option: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def written_whole(path: Path, option: str, newline: str | None = None) -> Iterator[IO[str]]:
-    """A text handle (UTF-8) whose content becomes ``path`` only when the block ends without an
-    error; the folder is made if missing. An OS error (no room, no permission) is one line."""
+def written_whole(path: Path, option: str, newline: str | None = None, *, binary: bool = False) -> Iterator[IO[Any]]:
+    """A text handle (UTF-8; with ``binary``, a bytes one) whose content becomes ``path`` only when
+    the block ends without an error; the folder is made if missing. An OS error (no room, no
+    permission) is one line."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(tmp, "w", encoding="utf-8", newline=newline)  # noqa: SIM115
+        handle = open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline=newline)  # noqa: SIM115
     except OSError as exc:
         raise UserError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
     try:

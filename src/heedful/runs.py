@@ -35,7 +35,8 @@ from heedful.device import resolve_device
 from heedful.errors import CheckpointError, UserError, a_run, article
 from heedful.outputs import EXPORT_RECORD, check_output, check_output_folder
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
-from heedful.tasks.registry import all_task_classes, get_task, load_config
+from heedful.tasks.registry import all_task_classes, config_from_data, get_task
+from heedful.tasks.registry import load_config as load_config  # the Python API: heedful.runs.load_config
 from heedful.train.checkpoint import list_checkpoints
 from heedful.train.resume import resume_command
 from heedful.train.rundir import record_written
@@ -276,11 +277,11 @@ def _export_kind(record: Path) -> str:
         return "an export"
 
 
-def _trained_settings(config: Path) -> dict[str, str]:
+def _trained_settings(data: dict[str, Any]) -> dict[str, str]:
     """The keys the run's task fixes at training (``Task.trained_settings``) -> the task's name;
-    none where the config names no task heedful knows (load_config says what is wrong with it)."""
-    data = read_yaml(config)
-    task = data.get("task") if isinstance(data, dict) else None
+    none where the config (``data``, as read) names no task heedful knows (load_config says what is
+    wrong with it)."""
+    task = data.get("task")
     try:
         return dict.fromkeys(get_task(task).trained_settings, task) if isinstance(task, str) else {}
     except UserError:
@@ -309,7 +310,8 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
             else "no checkpoint either: it stopped before its first; train it again (--overwrite)"
         )
         raise CheckpointError(f"{run_dir}: has no trained model yet (no model/ folder); {way}")
-    trained = _trained_settings(run_dir / "config.yaml") if overrides else {}
+    data = read_yaml(run_dir / "config.yaml")  # once: the checks below and the config both read it
+    trained = _trained_settings(data) if overrides else {}
     for item in overrides or []:
         key = item.partition("=")[0].strip()
         if key in ("task", "model") or key.startswith("model."):  # model/config.json is what loads
@@ -320,7 +322,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         if key in trained:  # e.g. the sample rate a speech model's features were made at
             raise ConfigError(f"--set {item}: {key} is fixed when a {trained[key]} run is trained; the model "
                               "would get inputs unlike those it learnt from")  # fmt: skip
-    cfg = load_config(run_dir / "config.yaml", overrides)
+    cfg = config_from_data(data, run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.check_model_folder(run_dir / "model")
     task.load_artifacts(run_dir / "model")

@@ -1,5 +1,7 @@
 """Labels in any script: a font that draws them, or one warning and code points — never empty boxes."""
 
+import contextlib
+import os
 import warnings
 
 import pytest
@@ -56,3 +58,49 @@ def test_the_history_plot_shows_the_metric_the_run_is_judged_by(tmp_path, curves
 
     plot_history({"epoch": [1, 2], **curves}, tmp_path / "history.png", monitor)
     assert Image.open(tmp_path / "history.png").size == (450 * panels, 350)  # 4.5 × 3.5 in per panel at 100 dpi
+
+
+def test_a_grid_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from heedful.errors import UserError
+
+    path = tmp_path / "grid.png"
+    images = torch.zeros(4, 1, 2, 2)  # (N, C, R, R), mid-grey
+    assert plots.save_grid(images, path, scale=1) == path
+    first = path.read_bytes()
+    assert first[:4] == b"\x89PNG" and Image.open(path).size == (7, 7)  # 2 × 2 tiles of 2 px, 1-px borders
+
+    def full_disk(self, fp, *args, **kwargs):
+        with open(fp, "wb") if isinstance(fp, str | os.PathLike) else contextlib.nullcontext(fp) as half:
+            half.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        plots.save_grid(-images, path, scale=1)
+    assert path.read_bytes() == first and [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no .tmp left
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"^sample grid .*file/grid\.png: cannot write there \("):
+        plots.save_grid(images, tmp_path / "file" / "grid.png", option="sample grid")
+
+
+def test_the_spectrogram_spans_the_attentions_frames(tmp_path, monkeypatch):
+    """13 hops of audio make 4 frames after two halvings (rounded up): 0.16 s; the spectrogram
+    stopped at 0.13 s, a white strip under the last attention column."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    features = torch.randn(13, 8)  # (T, n_mels)
+    plots.spectrogram_attention(features, torch.full((4, 4), 0.25), tmp_path / "a.png", hop_seconds=0.01,
+                                frame_seconds=0.04)  # fmt: skip
+    top, bottom = figures[0].axes[:2]
+    spec, attention = top.images[0], bottom.images[0]
+    assert spec.get_extent() == pytest.approx([0, 0.16, 0, 8]) and attention.get_extent() == pytest.approx(
+        [0, 0.16, 0.16, 0]
+    )
+    assert top.get_xlim() == bottom.get_xlim() == pytest.approx((0, 0.16))
+    drawn = spec.get_array()
+    assert drawn.shape == (8, 16) and (drawn[:, 13:] == features.min().item()).all()  # padded with its quietest
+    assert torch.equal(torch.as_tensor(drawn[:, :13]), features.T)

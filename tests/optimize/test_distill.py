@@ -109,18 +109,20 @@ def test_bad_input_is_one_line_and_writes_nothing(teacher_dir, run_dir, tmp_path
     out = tmp_path / "out"
     classifier = SimpleNamespace(cfg=SimpleNamespace(task="classify"), run_dir=tmp_path / "reviews")
     cases = [
-        (classifier, {}, "a classify run; --method distill needs a translate run"),
+        (classifier, {}, "a classify run; distill needs a translate run"),
         (load_run(run_dir, "cpu"), {}, "trained on data.source 'dates'"),
         (teacher, {"student_set": ["model.d_modle=64"]}, "unknown config key 'model.d_modle' (did you mean"),
         (teacher, {"student_set": ["model.d_model=-4"]}, "config key 'model.d_model'"),
         (teacher, {"student_set": ["model.d_model"]}, "expected key=value"),
-        (teacher, {"beam": 0}, "--beam 0: at least 1"),
+        (teacher, {"beam": 0}, "beam=0 (--beam): at least 1"),
     ]  # fmt: skip
     for source, options, message in cases:
         with pytest.raises(UserError, match=re.escape(message)):
             optimize(source, "distill", out, **options)
         assert not out.exists(), options
-    with pytest.raises(UserError, match=re.escape("--method int8 does not take --beam")):
+    with pytest.raises(
+        UserError, match=re.escape("method='int8' (--method) does not take beam (--beam) (it takes no options)")
+    ):
         optimize(teacher, "int8", out, beam=5)
     assert not list(tmp_path.iterdir())  # nothing written, not even a temporary folder
 

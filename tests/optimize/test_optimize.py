@@ -365,14 +365,24 @@ def test_bad_input_is_a_user_error_and_writes_nothing(run_dir, tmp_path):
     cases = [
         (gan, "prune-heads", {}, "model without multi-head attention: no heads to prune"),
         (run, "distil", {}, "unknown method 'distil'"),
-        (run, "int8", {"fraction": 0.5}, "--method int8 does not take --fraction"),
+        (
+            run,
+            "int8",
+            {"fraction": 0.5},
+            "method='int8' (--method) does not take fraction (--fraction) (it takes no options)",
+        ),
         (run, "average", {"last": 9}, "only 2 checkpoints are kept"),
-        (run, "low-rank", {}, "give one of --energy"),
-        (run, "prune-heads", {"fraction": 1.5}, "--fraction 1.5: must be in (0, 1)"),
-        (run, "prune-heads", {"untie": True}, "--method prune-heads does not take --untie"),
-        (run, "prune-heads", {"lr": -1.0, "fine_tune_steps": 2}, "--lr -1.0: a learning rate above 0"),
-        (run, "low-rank", {"energy": 0.9, "lr": float("nan")}, "--lr nan: a learning rate above 0"),
-        (run, "low-rank", {"energy": 0.9, "fine_tune_steps": -1}, "--fine-tune-steps -1: 0 or more"),
+        (run, "low-rank", {}, "give one of energy (--energy), e.g. 0.9, or size (--size), e.g. 0.5"),
+        (run, "prune-heads", {"fraction": 1.5}, "fraction=1.5 (--fraction): must be in (0, 1)"),
+        (
+            run,
+            "prune-heads",
+            {"untie": True},
+            "method='prune-heads' (--method) does not take untie (--untie) (it takes fraction (--fraction), ",
+        ),
+        (run, "prune-heads", {"lr": -1.0, "fine_tune_steps": 2}, "lr=-1.0 (--lr): a learning rate above 0"),
+        (run, "low-rank", {"energy": 0.9, "lr": float("nan")}, "lr=nan (--lr): a learning rate above 0"),
+        (run, "low-rank", {"energy": 0.9, "fine_tune_steps": -1}, "fine_tune_steps=-1 (--fine-tune-steps): 0 or more"),
     ]
     for source, method, options, message in cases:
         with pytest.raises(UserError, match=re.escape(message)):
@@ -477,9 +487,9 @@ def test_overwrite_replaces_only_an_earlier_output_and_only_once_the_new_one_is_
     run = load_run(run_dir, "cpu")
     out = optimize(run, "int8", tmp_path / "out")
     assert json.loads((out / "optimize.json").read_text())["method"] == "int8"
-    with pytest.raises(UserError, match=re.escape("(or --overwrite: an earlier optimize or export wrote it)")):
+    with pytest.raises(UserError, match=re.escape("(or overwrite (--overwrite): an earlier optimize or export wrote")):
         optimize(run, "average", out, last=2)
-    with pytest.raises(UserError, match="give one of --energy"):  # refused: the old output stays whole
+    with pytest.raises(UserError, match=re.escape("give one of energy (--energy)")):  # the old output stays whole
         optimize(run, "low-rank", out, overwrite=True)
     assert json.loads((out / "optimize.json").read_text())["method"] == "int8"
 
@@ -491,12 +501,14 @@ def test_overwrite_replaces_only_an_earlier_output_and_only_once_the_new_one_is_
     mine = tmp_path / "mine"  # not heedful's output: never replaced
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="--overwrite replaces only what heedful optimize or export wrote"):
+    with pytest.raises(
+        UserError, match=re.escape("overwrite (--overwrite) replaces only what heedful optimize or export wrote")
+    ):
         optimize(run, "int8", mine, overwrite=True)
     with pytest.raises(UserError, match=f"is \\(or holds\\) the run {re.escape(str(run_dir))} itself"):
         optimize(run, "int8", run_dir.parent, overwrite=True)
     (tmp_path / "file").write_text("mine")
-    with pytest.raises(UserError, match="file: is a file; give a new --out folder"):
+    with pytest.raises(UserError, match=re.escape("file: is a file; give a new out (--out) folder")):
         optimize(run, "int8", tmp_path / "file")
     assert [p.name for p in mine.iterdir()] == ["keep.txt"]
 

@@ -164,3 +164,18 @@ def test_extra_recordings_reach_training_strings_only(tmp_path, fake_fsdd, confi
     assert speakers(data.splits["test"]) == {"cyd"}  # …nor are scored
     for u in data.splits["val"] + data.splits["test"]:
         assert str(synth) not in u.source
+
+
+def test_a_silent_or_one_sample_file_is_transcribed_with_a_warning(tmp_path, configs_dir, capsys):
+    """They got digits and a confidence, and no word that the model heard nothing."""
+    task = get_task("speech")(load_config(configs_dir / "speech_digits.yaml", ["data.trim_db=null", "device=cpu"]))
+    silent, short, tone = tmp_path / "silent.wav", tmp_path / "short.wav", tmp_path / "tone.wav"
+    sf.write(silent, np.zeros(4000, np.float32), 8000, subtype="PCM_16")
+    sf.write(short, np.full(1, 0.5, np.float32), 8000, subtype="PCM_16")
+    sf.write(tone, (0.3 * np.sin(np.arange(4000) / 3)).astype(np.float32), 8000, subtype="PCM_16")
+    for _ in range(2):  # transcribe --show-attention reads each file twice: one warning a file
+        assert len(task._load([silent, short, tone])) == 3
+    assert capsys.readouterr().err.splitlines() == [
+        f"heedful: warning: {silent}: silent; its transcription means nothing",
+        f"heedful: warning: {short}: too short (1 sample, 0.1 ms); its transcription means nothing",
+    ]

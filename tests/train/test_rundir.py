@@ -522,7 +522,7 @@ def test_a_run_killed_mid_save_resumes_bit_identically(configs_dir, tmp_path):
     assert list((run / "checkpoints").glob(".tmp-step-6-*"))
     resumed = run_cli("train", str(run), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming from {run / 'checkpoints' / 'step-4'} " in resumed.stdout
+    assert f"resuming from {run / 'checkpoints' / 'step-4'} " in resumed.stderr  # progress, as the epoch lines
     assert not list((run / "checkpoints").glob(".tmp-*"))
     straight = tmp_path / "straight"
     assert snapshot(run / "model") == snapshot(straight / "model")  # the weights, bit for bit
@@ -571,3 +571,28 @@ def test_a_run_set_aside_by_a_killed_overwrite_comes_back_at_the_next_claim(conf
     again = RunDirectory.claim(run, resume=True, overwrite=False)
     again.release()
     assert _without_locks(snapshot(run)) == before
+
+
+def test_tensorboard_and_a_tasks_plots_are_listed_before_they_are_written(configs_dir, tmp_path, monkeypatch):
+    """A kill just after the writer made its file left it unlisted, and --overwrite never removed it."""
+    from torch.utils import tensorboard
+
+    run, seen = tmp_path / "run", {}
+    real_writer, task_class = tensorboard.SummaryWriter, get_task("translate")
+
+    def writer(log_dir, **kwargs):
+        seen["tb"] = ("tb/" in written(run), list(Path(log_dir).glob("events.out.*")))
+        return real_writer(log_dir=log_dir, **kwargs)
+
+    def draw(self, model, epoch, run_dir):
+        path = run_dir / self.after_validation_files(epoch)[0]
+        seen[epoch] = (path.relative_to(run).as_posix() in written(run), path.exists())
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"grid")
+
+    monkeypatch.setattr(tensorboard, "SummaryWriter", writer)
+    monkeypatch.setattr(task_class, "after_validation_files", lambda self, epoch: [f"plots/grid-{epoch}.png"])
+    monkeypatch.setattr(task_class, "after_validation", draw)
+    fit(config(configs_dir, run, **{"train.tensorboard": True}))
+    assert seen == {"tb": (True, []), 1: (True, False)}  # listed; not yet written
+    assert {"tb/", "plots/grid-1.png"} <= written(run)

@@ -45,6 +45,15 @@ def test_fit_returns_history_and_fills_the_run_directory(configs_dir, tmp_path):
     assert (run / "model" / "src_vocab.json").is_file()
 
 
+@pytest.mark.parametrize("progress", [True, False], ids=["bars", "no-bars"])
+def test_fit_reports_its_progress_on_stderr_not_stdout(configs_dir, tmp_path, capsys, progress):
+    """fit() is a library call: its epoch lines (and bars) are progress, the caller's stdout its own."""
+    fit(config(configs_dir, tmp_path / "run", **{"train.epochs": 1, "train.progress": progress}))
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "epoch 1  time " in err and "  train_loss " in err and "  val_loss " in err
+
+
 def test_training_reduces_the_loss(configs_dir, tmp_path):
     cfg = config(
         configs_dir,
@@ -105,7 +114,7 @@ def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatc
     history = fit(cfg, resume=True)
 
     out, err = capsys.readouterr()
-    assert f"resuming from {checkpoints / resumed_from} " in out
+    assert f"resuming from {checkpoints / resumed_from} " in err and "resuming" not in out
     if cut == "damaged-checkpoint":  # reported on stderr, set aside until step 6 was saved again
         assert f"heedful: warning: {checkpoints / 'step-6' / 'optimizer.safetensors'}: unreadable checkpoint" in err
         assert "; moved aside to .damaged-step-6-" in err and not list(checkpoints.glob(".damaged-*"))

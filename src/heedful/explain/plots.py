@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from heedful.errors import UserError
+from heedful.outputs import written_whole
 
 # DejaVu Sans covers Latin, Greek, Cyrillic and Arabic letters (unshaped: matplotlib draws them
 # isolated, left to right); a CJK font draws the characters it lacks, matplotlib falling back along
@@ -142,14 +143,17 @@ def spectrogram_attention(
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = features.float().cpu().numpy().T  # (n_mels, T)
     weights = attention.float().cpu().numpy()  # (T', T')
-    end = max(features.shape[0] * hop_seconds, attention.shape[0] * frame_seconds)
+    span = attention.shape[0] * frame_seconds
+    # The CNN rounds time up at each halving, so its last frame reaches past the audio: the spectrogram
+    # is padded with its quietest value to the frames' end (as the CNN pads), not left a white strip.
+    columns = max(spec.shape[1], math.ceil(span / hop_seconds - 1e-6))
+    spec = np.pad(spec, ((0, 0), (0, columns - spec.shape[1])), constant_values=spec.min())
+    end = max(columns * hop_seconds, span)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True, gridspec_kw={"height_ratios": [1, 2.2]})
-    top.imshow(spec, origin="lower", aspect="auto", cmap="magma",
-               extent=(0, features.shape[0] * hop_seconds, 0, spec.shape[0]))  # fmt: skip
+    top.imshow(spec, origin="lower", aspect="auto", cmap="magma", extent=(0, columns * hop_seconds, 0, spec.shape[0]))
     top.set_ylabel("mel bin")
     if title:
         top.set_title(title, fontsize=9)
-    span = attention.shape[0] * frame_seconds
     image = bottom.imshow(weights, origin="upper", aspect="auto", cmap="viridis", extent=(0, span, span, 0))
     bottom.set_xlabel("key frame time (s)")
     bottom.set_ylabel("query frame time (s)")
@@ -252,9 +256,10 @@ def image_format(path: Path, option: str) -> str:
     return IMAGE_FORMATS[Path(path).suffix.lower()]
 
 
-def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 4) -> Path:
+def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int = 4, option: str = "out") -> Path:
     """Tile (N, C, R, R) images in [−1, 1] into one PNG or JPEG (by ``path``'s suffix; nearest-
-    neighbour upscaled ``scale``×), written whole: a failure leaves an earlier file as it was."""
+    neighbour upscaled ``scale``×), written whole: a failure leaves an earlier file as it was, and
+    an OS error is one line naming ``option``."""
     from PIL import Image
 
     fmt = image_format(path, "out")
@@ -268,13 +273,8 @@ def save_grid(images: Tensor, path: Path, columns: int | None = None, scale: int
     array = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     array = array.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     picture = Image.fromarray(array[0].numpy(), "L") if c == 1 else Image.fromarray(array.permute(1, 2, 0).numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        picture.save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with written_whole(path, option, binary=True) as handle:
+        picture.save(handle, format=fmt)
     return path
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from heedful.optimize.average import average, average_tensors
-from heedful.optimize.common import OptimizeError, check_out_dir, count_parameters, given_run, write_run
+from heedful.optimize.common import OptimizeError, check_out_dir, count_parameters, given_run, option, write_run
 from heedful.optimize.distill import distill
 from heedful.optimize.lowrank import low_rank
 from heedful.optimize.prune import head_importance, prune_heads
@@ -68,14 +68,15 @@ def optimize(run: Run, method: str, out: str | Path, *, overwrite: bool = False,
     given = {k: v for k, v in options.items() if v is not None}
     foreign = [k for k in given if k not in accepted]
     if foreign:
-        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
-        takes = ", ".join("--" + k.replace("_", "-") for k in accepted) or "no options"
-        raise OptimizeError(f"--method {method} does not take {flags} (it takes {takes})")
+        # Named as both surfaces spell them: optimize(run, "int8", out, fraction=0.5) has no --fraction.
+        named = ", ".join(option(k) for k in foreign)
+        takes = ", ".join(option(k) for k in accepted) or "no options"
+        raise OptimizeError(f"{option('method', method)} does not take {named} (it takes {takes})")
     lr, steps = given.get("lr"), given.get("fine_tune_steps")
     if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise OptimizeError(f"--lr {lr}: a learning rate above 0")
+        raise OptimizeError(f"{option('lr', lr)}: a learning rate above 0")
     if steps is not None and steps < 0:
-        raise OptimizeError(f"--fine-tune-steps {steps}: 0 or more")
+        raise OptimizeError(f"{option('fine_tune_steps', steps)}: 0 or more")
     if method == "distill":
         return distill(run, out, overwrite=overwrite, **given)
     out = check_out_dir(Path(out), run.run_dir, overwrite)  # before any work: a bad --out costs nothing

@@ -13,7 +13,7 @@ import safetensors.torch
 from torch import Tensor, nn
 
 from heedful.nn.weights import load_weights
-from heedful.optimize.common import OptimizeError
+from heedful.optimize.common import OptimizeError, option
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -46,11 +46,11 @@ def checkpoint_paths(run_dir: Path, last: int) -> list[Path]:
     if not found:
         raise OptimizeError(f"{run_dir}: has no checkpoints/ to average")
     if last < 1:
-        raise OptimizeError(f"--last {last}: average at least one checkpoint")
+        raise OptimizeError(f"{option('last', last)}: average at least one checkpoint")
     if last > len(found):
         raise OptimizeError(
-            f"{run_dir}: --last {last}, but only {len(found)} checkpoints are kept (train.keep_checkpoints): "
-            f"give --last {len(found)}, or train with --set train.keep_checkpoints={last}"
+            f"{run_dir}: {option('last', last)}, but only {len(found)} checkpoints are kept (train.keep_checkpoints): "
+            f"give last={len(found)}, or train with train.keep_checkpoints={last}"
         )
     return found[-last:]
 

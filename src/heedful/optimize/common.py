@@ -37,6 +37,17 @@ class OptimizeError(UserError):
     """An optimization that cannot be made: the run's model has no such part, a bad option."""
 
 
+_NO_VALUE = object()
+
+
+def option(name: str, value: Any = _NO_VALUE) -> str:
+    """An option as both the Python API and the CLI spell it, for a message either may show:
+    ``option("lr", -1.0)`` is "lr=-1.0 (--lr)", ``option("fine_tune_steps")`` is
+    "fine_tune_steps (--fine-tune-steps)"."""
+    flag = "--" + name.replace("_", "-")
+    return f"{name} ({flag})" if value is _NO_VALUE else f"{name}={value!r} ({flag})"
+
+
 # What an optimization or an export writes at the top of its folder: the mark --overwrite looks for.
 OUTPUT_RECORDS = (RECORD_NAME, EXPORT_RECORD)
 
@@ -53,23 +64,23 @@ def check_out_dir(out: Path, run_dir: Path, overwrite: bool = False, *, inside_r
     :func:`staged` replaces once the new one is complete. Nothing else is ever overwritten."""
     out = Path(out)
     if out.resolve() == Path(run_dir).resolve() or out.resolve() in Path(run_dir).resolve().parents:
-        raise OptimizeError(f"{out}: is (or holds) the run {run_dir} itself; give another --out folder")
+        raise OptimizeError(f"{out}: is (or holds) the run {run_dir} itself; give another {option('out')} folder")
     if not inside_run and Path(run_dir).resolve() in out.resolve().parents:  # retraining would delete it
         raise OptimizeError(f"{out}: is inside the run {run_dir}; give a folder outside it")
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
-        raise OptimizeError(f"{out}: {blocking} is a file, not a folder; give another --out folder")
+        raise OptimizeError(f"{out}: {blocking} is a file, not a folder; give another {option('out')} folder")
     if out.exists() and not out.is_dir():
-        raise OptimizeError(f"{out}: is a file; give a new --out folder")
+        raise OptimizeError(f"{out}: is a file; give a new {option('out')} folder")
     if out.exists() and any(out.iterdir()):
         ours = out.is_dir() and any((out / name).is_file() for name in OUTPUT_RECORDS)
         if not overwrite:
-            hint = " (or --overwrite: an earlier optimize or export wrote it)" if ours else ""
-            raise OptimizeError(f"{out}: exists and is not empty; give a new --out folder{hint}")
+            hint = f" (or {option('overwrite')}: an earlier optimize or export wrote it)" if ours else ""
+            raise OptimizeError(f"{out}: exists and is not empty; give a new {option('out')} folder{hint}")
         if not ours:
             raise OptimizeError(
-                f"{out}: --overwrite replaces only what heedful optimize or export wrote (a folder with "
-                f"{' or '.join(OUTPUT_RECORDS)}), and this is not one; give a new --out folder"
+                f"{out}: {option('overwrite')} replaces only what heedful optimize or export wrote (a folder with "
+                f"{' or '.join(OUTPUT_RECORDS)}), and this is not one; give a new {option('out')} folder"
             )
     return out
 

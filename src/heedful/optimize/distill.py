@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, apply_overrides, to_yaml, validate
-from heedful.optimize.common import RECORD_NAME, OptimizeError, check_out_dir, count_parameters, staged
+from heedful.optimize.common import RECORD_NAME, OptimizeError, check_out_dir, count_parameters, option, staged
 
 if TYPE_CHECKING:
     from heedful.data.parallel import Pair
@@ -60,11 +60,11 @@ def student_config(teacher: Run, student_set: list[str], run_dir: Path, corpus: 
 
 def check_teacher(teacher: Run) -> None:
     if teacher.cfg.task != "translate":
-        raise OptimizeError(f"{teacher.run_dir}: a {teacher.cfg.task} run; --method distill needs a translate run")
+        raise OptimizeError(f"{teacher.run_dir}: a {teacher.cfg.task} run; distill needs a translate run")
     if teacher.cfg.data.source != "parallel":
         raise OptimizeError(
             f"{teacher.run_dir}: trained on data.source {teacher.cfg.data.source!r}, generated afresh each "
-            "epoch; --method distill needs a run trained on a corpus (data.source: parallel)"
+            "epoch; distill needs a run trained on a corpus (data.source: parallel)"
         )
 
 
@@ -139,7 +139,7 @@ def distill(
     out = check_out_dir(Path(out), teacher.run_dir, overwrite)  # before any work: a bad --out costs nothing
     beam = teacher.cfg.decode.beam_size if beam is None else beam
     if beam < 1:
-        raise OptimizeError(f"--beam {beam}: at least 1 (1 = greedy)")
+        raise OptimizeError(f"{option('beam', beam)}: at least 1 (1 = greedy)")
     final_corpus = out / CORPUS / "train"
     cfg = student_config(teacher, list(student_set or []), out, final_corpus)  # bad --student-set: refused here
     pairs = teacher.task.training_pairs()  # what the teacher trained on, in corpus order

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from heedful.nn.lowrank import factorize, rank_for_energy, replace_module, singular_values
-from heedful.optimize.common import OptimizeError, fine_tune
+from heedful.optimize.common import OptimizeError, fine_tune, option
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -39,11 +39,11 @@ def choose_ranks(
     an embedding only with ``untie``) that the rank makes smaller: by ``energy`` (share of Σσ²
     kept) or ``size`` (the pair's parameters as a share of the layer's)."""
     if (energy is None) == (size is None):
-        raise OptimizeError("low-rank: give one of --energy (e.g. 0.9) or --size (e.g. 0.5)")
+        raise OptimizeError(f"low-rank: give one of {option('energy')}, e.g. 0.9, or {option('size')}, e.g. 0.5")
     if energy is not None and not 0 < energy <= 1:
-        raise OptimizeError(f"--energy {energy}: must be in (0, 1]")
+        raise OptimizeError(f"{option('energy', energy)}: must be in (0, 1]")
     if size is not None and not 0 < size < 1:
-        raise OptimizeError(f"--size {size}: must be in (0, 1)")
+        raise OptimizeError(f"{option('size', size)}: must be in (0, 1)")
     tied = set() if untie else tied_linears(model)
     ranks = {}
     for name, module in model.named_modules():

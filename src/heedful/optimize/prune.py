@@ -25,7 +25,7 @@ from torch import nn
 
 from heedful.attention import MultiHeadAttention
 from heedful.nn.lowrank import LowRankLinear
-from heedful.optimize.common import OptimizeError, fine_tune, training_batches, training_stream
+from heedful.optimize.common import OptimizeError, fine_tune, option, training_batches, training_stream
 
 if TYPE_CHECKING:
     from heedful.runs import Run
@@ -68,9 +68,9 @@ def prune_heads(
     (at least one head kept per module), each round measured on ``batches`` training batches and
     followed by ``fine_tune_steps`` steps of fine-tuning. Returns the pruned copy and a record."""
     if not 0 < fraction < 1:
-        raise OptimizeError(f"--fraction {fraction}: must be in (0, 1)")
+        raise OptimizeError(f"{option('fraction', fraction)}: must be in (0, 1)")
     if rounds < 1 or batches < 1:
-        raise OptimizeError("--rounds and --batches must be at least 1")
+        raise OptimizeError(f"{option('rounds')} and {option('batches')} must be at least 1")
     if any(step.get("method") == "int8" for step in getattr(run.model, "optimized", [])):
         raise OptimizeError(f"{run.run_dir}: its model is int8; prune the float model, then quantize")
     modules = attention_modules(run.model)

@@ -274,7 +274,14 @@ class Task(ABC):
 
     def after_validation(self, model: nn.Module, epoch: int, run_dir: Path) -> None:  # noqa: B027 - optional hook
         """Called by the trainer after each epoch's validation, with the weights it validated
-        (e.g. to save a sample grid into ``run_dir/plots``)."""
+        (e.g. to save a sample grid into ``run_dir/plots``); name what it writes in
+        ``after_validation_files``."""
+
+    def after_validation_files(self, epoch: int) -> list[str]:
+        """The files ``after_validation`` writes at ``epoch``, relative to the run directory: the
+        trainer lists them in ``.heedful/run.json`` before the hook runs, so a kill while it writes
+        leaves none unlisted (files under ``plots/`` it does not name are listed once it returns)."""
+        return []
 
     def write_reports(self, split: str, directory: Path, result: EvalResult) -> list[Path]:
         """Figures of ``result`` (``evaluate(split)``'s; e.g. a confusion matrix), written into

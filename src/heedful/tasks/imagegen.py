@@ -289,7 +289,10 @@ class ImageGenTask(Task):
 
     def after_validation(self, model: nn.Module, epoch: int, run_dir: Path) -> None:
         """A grid from the fixed noise after every epoch: plots/samples-epoch-N.png."""
-        save_grid(self.generate(model, 64), run_dir / "plots" / f"samples-epoch-{epoch:03d}.png")
+        save_grid(self.generate(model, 64), run_dir / self.after_validation_files(epoch)[0], option="sample grid")
+
+    def after_validation_files(self, epoch: int) -> list[str]:
+        return [f"plots/samples-epoch-{epoch:03d}.png"]
 
     # --------------------------------------------------------------------------- predict/explain
     @torch.no_grad()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from heedful.errors import ConfigError
 from heedful.extras import MissingExtra, install_hint
@@ -89,7 +89,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     it as its task's config class (``heedful.runs.load_config``; here, below the runs and the
     optimizations, so that both can read a config). A run directory's config runs in that
     directory, wherever it was made (runs move and copy)."""
-    from heedful.config import apply_overrides, read_yaml, validate
+    from heedful.config import read_yaml
 
     if not isinstance(path, str | Path):
         raise ConfigError(f"load_config: path={path!r}: a YAML config file or a run directory (str or Path)")
@@ -100,6 +100,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     data = read_yaml(path)
     if run_dir is not None:
         data["run_dir"] = str(run_dir)
+    return config_from_data(data, path, overrides)
+
+
+def config_from_data(data: dict[str, Any], path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """``load_config`` of a config already read from ``path`` (``data``, which the overrides
+    change in place): for a caller that looked into the YAML first, so it is read once."""
+    from heedful.config import apply_overrides, validate
+
     data = apply_overrides(data, overrides)
     if "task" not in data:
         raise ConfigError(f"{path}: missing config key 'task'")

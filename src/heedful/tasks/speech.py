@@ -23,6 +23,7 @@ data/utterances.py, CTC transcription with a confidence in decode/ctc.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from heedful.data.audio import (
     DEFAULT_HOP,
+    DEFAULT_WIN,
     add_noise,
     log_mel,
     normalize,
@@ -310,8 +312,23 @@ class SpeechTask(Task):
         utterances = []
         for item in inputs:
             wave = self._read(item, mono="mix")
+            self._warn_if_empty(item, wave)
             utterances.append(Utterance(self.features(wave), "", "", str(item)))
         return utterances
+
+    def _warn_if_empty(self, path: Any, wave: Any) -> None:
+        """A clip with nothing to hear still gets a transcription and a confidence: say so, once a file."""
+        rate = self.cfg.data.sample_rate
+        if len(wave) < DEFAULT_WIN:  # not one whole 25 ms analysis window
+            problem = f"too short ({len(wave)} sample{'s' * (len(wave) != 1)}, {len(wave) / rate * 1000:.1f} ms)"
+        elif float(abs(wave).max()) < 1 / 32768:  # below a 16-bit file's smallest step
+            problem = "silent"
+        else:
+            return
+        warned = self.__dict__.setdefault("_warned_empty", set())
+        if str(path) not in warned:
+            warned.add(str(path))
+            print(f"heedful: warning: {path}: {problem}; its transcription means nothing", file=sys.stderr)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, inputs: list[Any]) -> list[Prediction]:

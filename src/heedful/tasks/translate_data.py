@@ -63,7 +63,7 @@ def tokenizers_for(cfg: TranslateConfig, train: list[Pair]) -> tuple[Tokenizer, 
     src_tok, tgt_tok = train_tokenizers([p.source for p in train], [p.target for p in train], t)
     sizes = f"{len(src_tok)} tokens, joint" if t.joint else f"{len(src_tok)} source + {len(tgt_tok)} target tokens"
     kind = f"sentencepiece {t.model_type}" if t.kind == "sentencepiece" else "characters"
-    print(f"tokenizer: {kind}, {sizes}")
+    print(f"tokenizer: {kind}, {sizes}", file=sys.stderr)
     return src_tok, tgt_tok
 
 

@@ -212,7 +212,7 @@ class Trainer:
                 self.ema.load(extra, state.get("ema_updates", 0))
             nothing_left(self.run_dir, tc, state)  # a finished run, or a spent time budget: one line, not one step
             if dist.main:
-                print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})")
+                print(f"resuming from {latest} (epoch {state['epoch'] + 1}, step {state['step']})", file=sys.stderr)
             else:  # the checkpoint's partial sums are every rank's: rank 0 carries them on
                 state["train_sums"], state["train_weight"] = {}, 0.0
         history = History.from_dict(state["history"])
@@ -232,7 +232,10 @@ class Trainer:
             self._config_pending = resume
             if not resume:
                 self._write_config()
-            before = files_under(self.run_dir / "tb")
+            # Listed before the writers make them: a kill as they start leaves nothing unlisted. The
+            # event file's name (time, host, pid) is SummaryWriter's to choose, so tb/ is listed whole.
+            if tc.tensorboard:
+                run.record("tb/")
             if tc.wandb:
                 run.record("wandb/")  # wandb's own folder, written on the run's behalf
         logger = RunLogger(
@@ -243,8 +246,6 @@ class Trainer:
             name=self.cfg.name,
             resumed_from=state["step"] if resume else None,  # TensorBoard hides what was logged after it
         )
-        if run is not None:
-            run.record_new("tb", before)
         if tc.compile and (reason := compile_model(model, self.device)) is not None and dist.main:
             print(f"heedful: warning: train.compile: training uncompiled: {reason}", file=sys.stderr)
         # The task's loss as a module (DDP wraps it when torchrun started several processes).
@@ -372,14 +373,17 @@ class Trainer:
                 history.epochs.append(row)
                 improved = self._track_best(row, state, history, model)
                 if dist.main:
+                    if self.run is not None:  # listed before the hook writes them, as every file here
+                        self.run.record(*self.task.after_validation_files(epoch + 1))
                     before = files_under(self.run_dir / "plots")
                     self.task.after_validation(model, epoch + 1, self.run_dir)
-                    if self.run is not None:
+                    if self.run is not None:  # what a hook wrote without naming it first: listed late, not never
                         self.run.record_new("plots", before)
             model.train()
             logger.scalars(state["step"], {k: v for k, v in row.items() if k != "epoch"}, prefix="epoch/")
             if dist.main:
-                (tqdm.write if tc.progress else print)(_format_row(row, improved))
+                # Progress, on stderr with the bars: fit() is a library call, its caller's stdout is its own.
+                (tqdm.write if tc.progress else print)(_format_row(row, improved), file=sys.stderr)
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
             state["train_sums"], state["train_weight"] = {}, 0.0
@@ -387,7 +391,10 @@ class Trainer:
                 history.stopped_early = True
                 out_of_time = True
             if out_of_time and tc.max_minutes and not history.stopped_early and dist.main:
-                print(f"time budget of {tc.max_minutes} min reached after {state['elapsed'] / 60:.1f} min")
+                print(
+                    f"time budget of {tc.max_minutes} min reached after {state['elapsed'] / 60:.1f} min",
+                    file=sys.stderr,
+                )
             self._checkpoint(model, optimizer, state, history)
             if dist.main:
                 history.save(self.run_dir / "history.json")
@@ -490,7 +497,8 @@ def fit(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> His
     directory ``cfg.resolved_run_dir()``, and return its ``History``. ``resume``: continue that
     run from its latest checkpoint (``--resume``); ``overwrite``: start it again from scratch,
     deleting what the run wrote (``--overwrite``). An existing run is refused without either.
-    torch's thread count and deterministic-algorithms setting are as they were when it returns."""
+    torch's thread count and deterministic-algorithms setting are as they were when it returns.
+    Its progress (a line per epoch; the bars unless ``train.progress`` is false) goes to stderr."""
     if not isinstance(cfg, RunConfig):
         raise UserError(f"fit takes a config, e.g. fit(load_config('configs/dates.yaml')), not {cfg!r:.40}")
     task = get_task(cfg.task)(cfg)

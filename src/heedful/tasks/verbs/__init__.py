@@ -16,6 +16,8 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
+from heedful.errors import ConfigError
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -26,6 +28,23 @@ SetOption = Annotated[
         "to decode; a trained run's model.* and task are fixed.",
     ),
 ]
+# The train.* keys a verb that reads a trained run still reads; the others only shape a training.
+INFERENCE_TRAIN_KEYS = ("train.eval_batch_size", "train.progress")
+VERB_TRAIN_KEYS = {"report": ("train.monitor",)}  # the curve a report marks
+
+
+def refuse_training_overrides(ctx: typer.Context, overrides: list[str] | None) -> list[str] | None:
+    """``--set train.<key>=…`` on a verb that reads a trained run, where nothing reads that key, is
+    a one-line ``ConfigError`` (``evaluate --set train.batch_size=8`` changed nothing, exit 0)."""
+    read = (*INFERENCE_TRAIN_KEYS, *VERB_TRAIN_KEYS.get(ctx.info_name or "", ()))
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        if (key == "train" or key.startswith("train.")) and key not in read:
+            raise ConfigError(f"--set {item}: {ctx.info_name} does not read {key}, which only shapes training; of "
+                              f"train.*, --set here changes only {', '.join(read)}")  # fmt: skip
+    return overrides
+
+
 # The verbs that read a trained run: --set changes how it reads inputs and decodes, not what it learnt.
 RunSetOption = Annotated[
     list[str] | None,
@@ -33,8 +52,10 @@ RunSetOption = Annotated[
         "--set",
         "-s",
         metavar="KEY=VALUE",
+        callback=refuse_training_overrides,
         help="Change how the run reads inputs or decodes (repeatable): e.g. --set decode.beam_size=1; what "
-        "training fixed (model.*, task, a speech run's sample rate) cannot change.",
+        "training fixed (model.*, task, a speech run's sample rate) cannot change, and of train.* only "
+        "eval_batch_size and progress are read (report: monitor too).",
     ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
