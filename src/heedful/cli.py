@@ -208,6 +208,12 @@ def train(
         if isinstance(exc, TrainingStopped) and exc.signum == signal.SIGTERM:
             raise typer.Exit(128 + signal.SIGTERM) from None
         raise
+    except RuntimeError as exc:  # under torchrun, a collective call whose peer process is gone
+        from heedful.train.distributed import peer_lost_error
+
+        if (error := peer_lost_error(exc, cfg.resolved_run_dir())) is None:
+            raise
+        raise error from None
     if not is_main_process():  # one of several torchrun processes: rank 0 reports
         return
     out = cfg.resolved_run_dir()
