@@ -538,3 +538,41 @@ def test_load_run_reads_the_runs_config_once(tiny_run, monkeypatch):
     run = load_run(tiny_run, "cpu", ["decode.beam_size=1", "train.progress=false"])
     assert reads == [tiny_run / "config.yaml"]
     assert (run.cfg.decode.beam_size, run.cfg.train.progress, run.cfg.task) == (1, False, "translate")
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_rank_0_alone_says_an_error_every_rank_meets(monkeypatch, capsys, rank):
+    """A config error printed once per process: twice with `--nproc-per-node 2`."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    code, out, err = heedful(
+        monkeypatch, capsys, "train", str(ROOT / "configs" / "dates.yaml"), "--set", "train.epoch=3"
+    )
+    assert code == 2 and out == ""
+    if rank == "0":
+        assert err.startswith("heedful: error: ") and "train.epoch" in err and err.count("\n") == 1
+    else:
+        assert err == ""
+    code, out, err = heedful(monkeypatch, capsys, "train", str(ROOT / "configs" / "dates.yaml"), "--no-such-flag")
+    assert code == 2 and (err.startswith("heedful: error: No such option") if rank == "0" else err == "")
+
+
+def test_under_torchrun_an_error_of_one_process_is_said_by_it_with_its_rank(monkeypatch, capsys, tmp_path):
+    from heedful.train import trainer
+
+    def lose_the_peer(cfg, **_):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:24483: Connection reset by peer")
+
+    monkeypatch.setattr(trainer, "fit", lose_the_peer)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = heedful(
+        monkeypatch, capsys, "train", str(ROOT / "configs" / "dates.yaml"), "--run-dir", str(tmp_path / "run")
+    )
+    assert code == 2 and out == ""
+    assert err == (
+        "heedful: error: rank 1: another process of this torchrun job stopped (rank 0?), so this one cannot go on "
+        "(Read error [127.0.0.1]:24483: Connection reset by peer); no checkpoint was written yet: start the "
+        "training again\n"
+    )

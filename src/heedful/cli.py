@@ -208,6 +208,12 @@ def train(
         if isinstance(exc, TrainingStopped) and exc.signum == signal.SIGTERM:
             raise typer.Exit(128 + signal.SIGTERM) from None
         raise
+    except RuntimeError as exc:  # under torchrun, a collective call whose peer process is gone
+        from heedful.train.distributed import peer_lost_error
+
+        if (error := peer_lost_error(exc, cfg.resolved_run_dir())) is None:
+            raise
+        raise error from None
     if not is_main_process():  # one of several torchrun processes: rank 0 reports
         return
     out = cfg.resolved_run_dir()
@@ -762,10 +768,26 @@ def app_commands() -> list[str]:
     return typer.main.get_command(app).list_commands(None)
 
 
+def _torchrun_rank() -> int:
+    """This process's rank among several that torchrun started; 0 for a process on its own."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return int(rank) if world.isdigit() and int(world) > 1 and rank.isdigit() else 0
+
+
+def _error(line: str, rank_specific: bool = False) -> None:
+    """``heedful: error: LINE`` on stderr, once per torchrun job: every process meets a bad config
+    or flag alike, so rank 0 alone says it. What befell one process only (out of memory, its peer
+    gone) each process says itself, its rank named."""
+    rank = _torchrun_rank()
+    if rank == 0 or rank_specific:
+        typer.echo(f"heedful: error: {f'rank {rank}: ' if rank else ''}{line}", err=True)
+
+
 def main() -> None:
     # Every mistake the user can fix is one line on stderr and exit code 2: our own UserErrors
     # propagate out of the command, and so do click's usage errors (unknown option, missing
-    # argument), which typer's standalone mode would draw as a five-line box.
+    # argument), which typer's standalone mode would draw as a five-line box. Under torchrun
+    # the other ranks exit with the same code, silently (``_error``).
     try:
         for argument in sys.argv[1:]:  # bytes the terminal's encoding could not decode (surrogates)
             try:
@@ -780,16 +802,16 @@ def main() -> None:
     except click_errors.NoArgsIsHelpError:  # bare ``heedful``: typer printed the help already
         sys.exit(2)
     except click_errors.UsageError as exc:
-        typer.echo(f"heedful: error: {exc.format_message().rstrip('.')} (try '{_command_path(exc)} --help')", err=True)
+        _error(f"{exc.format_message().rstrip('.')} (try '{_command_path(exc)} --help')")
         sys.exit(exc.exit_code)
     except click_errors.ClickException as exc:
-        typer.echo(f"heedful: error: {exc.format_message()}", err=True)
+        _error(exc.format_message())
         sys.exit(exc.exit_code)
     except typer.Abort:  # end of input at a prompt
         typer.echo("heedful: aborted", err=True)
         sys.exit(1)
     except UserError as exc:
-        typer.echo(f"heedful: error: {exc}", err=True)
+        _error(str(exc), rank_specific=getattr(exc, "rank_specific", False))
         sys.exit(2)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -797,13 +819,13 @@ def main() -> None:
         where = f"{exc.filename}: " if exc.filename else ""
         with contextlib.suppress(OSError):  # stdout may be what is full: say it once, on stderr
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        typer.echo(f"heedful: error: {where}{exc.strerror} while writing the output", err=True)
+        _error(f"{where}{exc.strerror} while writing the output", rank_specific=True)
         sys.exit(2)
     except (MemoryError, RuntimeError) as exc:
         said = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         if not isinstance(exc, MemoryError) and "allocate memory" not in said and "out of memory" not in said:
             raise
-        typer.echo(f"heedful: error: out of memory ({said}): try a smaller --beam or smaller batches", err=True)
+        _error(f"out of memory ({said}): try a smaller --beam or smaller batches", rank_specific=True)
         sys.exit(2)
     except ModuleNotFoundError as exc:  # a package of an optional extra, imported where it is used
         from heedful.extras import EXTRAS, install_hint
@@ -811,7 +833,7 @@ def main() -> None:
         top = (exc.name or "").split(".")[0]
         if top not in EXTRAS:
             raise
-        typer.echo(f"heedful: error: this needs {top}: {install_hint(top)}", err=True)
+        _error(f"this needs {top}: {install_hint(top)}")
         sys.exit(2)
 
 

@@ -131,12 +131,29 @@ def test_averaging_two_identical_checkpoints_is_the_identity(run_dir, tmp_path):
     shutil.copytree(run_dir, copy)
     first, second = list_checkpoints(copy / "checkpoints")
     shutil.copy2(second / "model.safetensors", first / "model.safetensors")
+    state = json.loads((first / "state.json").read_text())  # the copy is meant: its sum goes with it
+    state["sha256"]["model.safetensors"] = json.loads((second / "state.json").read_text())["sha256"][
+        "model.safetensors"
+    ]
+    (first / "state.json").write_text(json.dumps(state))
     out = optimize(load_run(copy, "cpu"), "average", tmp_path / "averaged", last=2)
     expected = safetensors.torch.load_file(str(second / "model.safetensors"))
     got = safetensors.torch.load_file(str(out / "model" / "model.safetensors"))
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
+
+
+def test_averaging_refuses_a_checkpoint_changed_since_it_was_written(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    damaged = list_checkpoints(copy / "checkpoints")[0] / "model.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[(8 + int.from_bytes(data[:8], "little") + len(data)) // 2] ^= 0xFF  # in the tensor data: still parses
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(damaged))}: damaged checkpoint file \(its sha256"):
+        optimize(load_run(copy, "cpu"), "average", tmp_path / "averaged", last=2)
+    assert not (tmp_path / "averaged").exists()
 
 
 def test_averaging_is_the_mean_of_the_checkpoints():

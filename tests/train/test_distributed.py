@@ -4,6 +4,8 @@
 import os
 import shutil
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch.multiprocessing as mp
 
 from heedful.runs import load_config
 from heedful.train import fit
-from heedful.train.distributed import Dist, rank_batches, rounds
+from heedful.train.distributed import Dist, peer_lost_error, rank_batches, rounds
 from heedful.train.history import History
 from tests.conftest import ROOT, latest_checkpoint_weights, tiny_dates_overrides
 
@@ -159,3 +161,56 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path):
     assert states[0][1] == states[1][1] == "15"
     for name, value in states[0][0].items():
         assert torch.isfinite(value).all() and torch.equal(value, states[1][0][name]), name
+
+
+GLOO_PEER_GONE = (
+    "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:24483: "
+    "Connection reset by peer. This is typically caused by a remote worker hanging or bugs in the application. "
+    "Check the logs of the remote worker before reporting an error. GLHF! 🏖️"
+)  # what torch 2.x's gloo raised on rank 0 when rank 1 was SIGKILLed
+
+
+def test_a_collective_failed_by_a_lost_process_is_one_line_naming_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    run = tmp_path / "exp #2"
+    error = peer_lost_error(RuntimeError(GLOO_PEER_GONE), run)
+    assert str(error) == (
+        "another process of this torchrun job stopped (rank 1?), so this one cannot go on (Read error "
+        "[127.0.0.1]:24483: Connection reset by peer); no checkpoint was written yet: start the training again"
+    )
+    assert error.rank_specific
+    (run / "checkpoints" / "step-12").mkdir(parents=True)
+    (run / "checkpoints" / "step-12" / "state.json").write_text("{}")
+    assert str(peer_lost_error(RuntimeError(GLOO_PEER_GONE), run)).endswith(
+        f"; the last checkpoint is at step 12; resume with: torchrun --standalone --nproc-per-node 2 -m heedful train "
+        f"'{run}' --resume"
+    )
+    monkeypatch.setenv("RANK", "1")
+    assert "stopped (rank 0?)" in str(peer_lost_error(RuntimeError(GLOO_PEER_GONE), run))
+    # Any other error is a bug, and keeps its traceback.
+    assert peer_lost_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"), run) is None
+    assert peer_lost_error(ValueError(GLOO_PEER_GONE), run) is None
+
+
+@pytest.mark.slow
+def test_a_process_killed_mid_training_ends_the_job_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(free_port()), str(ROOT / "tests" / "train" / "kill_rank.py"), "train",
+               str(ROOT / "configs" / "dates.yaml")]  # fmt: skip
+    for item in tiny_dates_overrides(run, **{"train.checkpoint_every": 2}):
+        command += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode != 0
+    # 4 batches an epoch are 2 steps with 2 ranks; rank 1 died at its 5th agree (one a step, one at
+    # each epoch's end): at step 4, before its checkpoint, so step 2's is the last.
+    ours = [line for line in done.stderr.splitlines() if line.startswith(("heedful:", "[rank0]", "[rank1]"))]
+    assert ours == [
+        "heedful: error: another process of this torchrun job stopped (rank 1?), so this one cannot go on "
+        + ours[0].split("cannot go on ", 1)[1].split(");", 1)[0]
+        + "); the last checkpoint is at step 2; resume with: torchrun --standalone --nproc-per-node 2 -m heedful "
+        f"train {run} --resume"
+    ], done.stderr

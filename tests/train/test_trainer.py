@@ -116,7 +116,7 @@ def test_resumed_run_continues_bit_identically(configs_dir, tmp_path, monkeypatc
     out, err = capsys.readouterr()
     assert f"resuming from {checkpoints / resumed_from} " in err and "resuming" not in out
     if cut == "damaged-checkpoint":  # reported on stderr, set aside until step 6 was saved again
-        assert f"heedful: warning: {checkpoints / 'step-6' / 'optimizer.safetensors'}: unreadable checkpoint" in err
+        assert f"heedful: warning: {checkpoints / 'step-6' / 'optimizer.safetensors'}: damaged checkpoint file" in err
         assert "; moved aside to .damaged-step-6-" in err and not list(checkpoints.glob(".damaged-*"))
     assert not list(checkpoints.glob(".tmp-*")) and not list(checkpoints.glob(".old-*"))
     assert [p.name for p in list_checkpoints(checkpoints)] == ["step-3", "step-4", "step-6", "step-8"]

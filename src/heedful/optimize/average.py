@@ -59,7 +59,11 @@ def average(run: Run, last: int = 5) -> tuple[nn.Module, dict[str, Any]]:
     """The run's model with the mean weights of its last ``last`` checkpoints."""
     if getattr(run.model, "optimized", []):
         raise OptimizeError(f"{run.run_dir}: average the checkpoints of the original run, before other steps")
+    from heedful.train.checkpoint import verify_checksums
+
     paths = checkpoint_paths(run.run_dir, last)
+    for path in paths:  # a damaged file still parses, and would be averaged into the model unseen
+        verify_checksums(path, ("model.safetensors",))
     states = [safetensors.torch.load_file(str(path / "model.safetensors")) for path in paths]
     try:
         averaged = average_tensors(states)

@@ -5,7 +5,8 @@ A checkpoint is a folder ``checkpoints/step-N/``:
     model.safetensors      model weights
     optimizer.safetensors  optimizer tensors (Adam moments, step counts), RNG states and any
                            extra trainer tensors (the weight average, ``ema.*``)
-    state.json             optimizer hyper-parameters, trainer position, RNG states, history
+    state.json             optimizer hyper-parameters, trainer position, RNG states, history, and the
+                           sha256 of the two safetensors files
 
 It is written under a temporary name (``.tmp-step-N-pid``) and renamed into place only when
 complete, so a run cut off mid-write leaves the previous checkpoint intact. ``state.json`` is
@@ -13,10 +14,16 @@ written last and marks a complete checkpoint. Re-saving a step moves the old fol
 (``.old-step-N-pid``) first; ``rundir`` cleans up (or puts back) what a kill leaves. A checkpoint
 that cannot be read when resuming is moved aside as ``.damaged-step-N-pid``, and removed once a
 checkpoint of that step or a later one has been saved (``--overwrite`` removes ``checkpoints/`` whole).
+
+The checksums catch what the safetensors format cannot: bytes changed inside the tensor data (a
+bad disk sector, a faulty copy) still parse, and the resume then trained on from damaged weights
+to NaN. A file whose sha256 differs from the recorded one is unreadable like a truncated one.
+Checkpoints written before the checksums load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -36,6 +43,7 @@ from heedful.nn.weights import load_weights, save_weights
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _DAMAGED_DIR = re.compile(r"^\.damaged-step-(\d+)-[\d.]+$")
+_HASHED = ("model.safetensors", "optimizer.safetensors")  # the files state.json holds the sha256 of
 
 
 class UnreadableCheckpoint(CheckpointError):
@@ -92,6 +100,41 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
+def sha256(path: Path) -> str:
+    """The file's sha256 in hex, read in blocks: a checkpoint is never held in memory whole for it."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_checksums(path: Path, names: tuple[str, ...] = _HASHED) -> None:
+    """An UnreadableCheckpoint naming the first of ``names`` in checkpoint ``path`` whose sha256 is
+    not the one its ``state.json`` recorded. A checkpoint that recorded none (written before
+    heedful kept them) passes unchecked."""
+    state_file = path / "state.json"
+    try:
+        payload = json.loads(state_file.read_text())
+    except FileNotFoundError:
+        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint (state.json missing)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UnreadableCheckpoint(f"{state_file}: unreadable checkpoint file ({exc})") from None
+    _check_sums(path, payload, names)
+
+
+def _check_sums(path: Path, payload: Any, names: tuple[str, ...]) -> None:
+    recorded = payload.get("sha256") if isinstance(payload, dict) else None
+    for name in names:
+        if not isinstance(recorded, dict) or name not in recorded:
+            continue  # a checkpoint from before the checksums
+        file = path / name
+        if not file.is_file():
+            raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({name} missing)")
+        if sha256(file) != recorded[name]:
+            raise UnreadableCheckpoint(
+                f"{file}: damaged checkpoint file (its sha256 is not the one state.json recorded when it was "
+                "written: it changed on disk since)"
+            )
+
+
 def _fsync(path: Path) -> None:
     """Flush a file's (or a folder's entries') data to the disk: a rename is only as durable as
     what it renames, and after a power cut an un-synced file can be there yet empty."""
@@ -130,7 +173,9 @@ def save_checkpoint(
         rng_tensors, rng_meta = rng_state()
         tensors = {**opt_tensors, **rng_tensors, **{k: v.detach().cpu() for k, v in (extra_tensors or {}).items()}}
         safetensors.torch.save_file(tensors, str(tmp / "optimizer.safetensors"))
-        payload = {"optimizer": opt_meta, "rng": rng_meta, **state}
+        # The sums are of the bytes as read back (from the page cache, just written): what a resume will read.
+        sums = {name: sha256(tmp / name) for name in _HASHED}
+        payload = {"optimizer": opt_meta, "rng": rng_meta, **state, "sha256": sums}
         with open(tmp / "state.json", "w") as f:
             json.dump(payload, f)
             f.flush()
@@ -194,6 +239,7 @@ def load_checkpoint(
     for file in (weights_file, optimizer_file):
         if not file.is_file():
             raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({file.name} missing)")
+    _check_sums(path, payload, _HASHED)  # before a byte is loaded: a damaged file must not half-fill the model
     try:
         missing, unexpected = load_weights(model, weights_file, strict=False)
     except safetensors.SafetensorError as exc:
@@ -217,7 +263,7 @@ def load_checkpoint(
     set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, payload["rng"])
     if extra_tensors is not None:
         extra_tensors.update({k: v for k, v in tensors.items() if not k.startswith(("state.", "rng."))})
-    return {k: v for k, v in payload.items() if k not in ("optimizer", "rng")}
+    return {k: v for k, v in payload.items() if k not in ("optimizer", "rng", "sha256")}
 
 
 def load_latest_checkpoint(

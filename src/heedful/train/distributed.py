@@ -20,6 +20,10 @@ its own in a few lines of train.py); the trainer calls it in six places:
 6. Only rank 0 (``Dist.main``) writes the run directory, logs, checkpoints and the model; it
    validates and tells the others the result (``share``).
 
+A process that dies (killed, out of memory) leaves the others' next collective call to fail with
+gloo's "Connection reset by peer" and a 60-line traceback; ``peer_lost_error`` turns that into
+one line saying where the run stands and how to resume it (the CLI raises it).
+
 One optimizer step therefore consumes ``W × grad_accum`` batches, and DDP's average of the
 ranks' gradients equals what one process gets accumulating those batches: a W-process run
 equals a one-process run with ``grad_accum`` multiplied by W (tested to 1e-6 in fp32,
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +46,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from heedful.device import resolve_device
-from heedful.errors import ConfigError
+from heedful.errors import ConfigError, UserError
 
 
 @dataclass
@@ -142,6 +147,49 @@ def is_main_process() -> bool:
     """Whether this process is rank 0 of a torchrun launch, or the only one (what the command
     line asks before printing its summary)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+# What gloo says when the process at the other end of a connection is gone (PyTorch ≥ 2.1 raises
+# DistBackendError, a RuntimeError, for some of them; older versions a bare RuntimeError).
+_PEER_GONE = re.compile(r"connection (reset|closed|refused)|broken pipe|read error|write error", re.IGNORECASE)
+
+
+def peer_lost_error(exc: BaseException, run_dir: Any) -> UserError | None:
+    """The one-line UserError for ``exc`` when it is a collective call that failed because another
+    process of this torchrun job stopped; None for any other exception (a bug keeps its traceback).
+
+    Which rank stopped gloo does not say; of two processes it can only be the other one. The
+    error is this rank's own (``rank_specific``): each surviving process says it."""
+    from heedful.train.checkpoint import list_checkpoints  # checkpoint imports nothing of this module
+    from heedful.train.resume import resume_command
+
+    text = str(exc)
+    backend_error = type(exc).__name__ in ("DistBackendError", "DistNetworkError")
+    if not isinstance(exc, RuntimeError) or not (backend_error or "gloo" in text) or not _PEER_GONE.search(text):
+        return None
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    who = f"rank {1 - rank}?" if world == 2 else "torchrun's summary below names it"
+    said = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    said = re.sub(r"^\[[^\]]*\]\s*", "", said).split(". ")[0]  # gloo's source location; its advice
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or world)
+    launch = (
+        f"torchrun --standalone --nproc-per-node {per_node}"
+        if per_node == world
+        else f"torchrun --nnodes {world // per_node} --nproc-per-node {per_node} (and this job's rendezvous options)"
+    )
+    again = f"{launch} -m {resume_command(run_dir)}"
+    kept = list_checkpoints(run_dir / "checkpoints")
+    where = (
+        f"the last checkpoint is at step {kept[-1].name.removeprefix('step-')}; resume with: {again}"
+        if kept
+        else "no checkpoint was written yet: start the training again"
+    )
+    error = UserError(
+        f"another process of this torchrun job stopped ({who}), so this one cannot go on ({said}); {where}"
+    )
+    error.rank_specific = True  # type: ignore[attr-defined]
+    return error
 
 
 class LossModule(nn.Module):
