@@ -540,21 +540,25 @@ def test_load_run_reads_the_runs_config_once(tiny_run, monkeypatch):
     assert (run.cfg.decode.beam_size, run.cfg.train.progress, run.cfg.task) == (1, False, "translate")
 
 
-@pytest.mark.parametrize("rank", ["0", "1"])
-def test_under_torchrun_rank_0_alone_says_an_error_every_rank_meets(monkeypatch, capsys, rank):
-    """A config error printed once per process: twice with `--nproc-per-node 2`."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
+@pytest.mark.parametrize(("rank", "local_rank", "said"), [("0", "0", ""), ("1", "1", None), ("2", "0", "rank 2: ")])
+def test_under_torchrun_one_process_per_machine_says_an_error_every_rank_meets(monkeypatch, capsys, rank, local_rank,
+                                                                                said):  # fmt: skip
+    """A config error printed once per process: twice with `--nproc-per-node 2`. The first process of
+    each machine says it (rank 2 on a second machine of two processes each), the others are silent."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
     code, out, err = heedful(
         monkeypatch, capsys, "train", str(ROOT / "configs" / "dates.yaml"), "--set", "train.epoch=3"
     )
     assert code == 2 and out == ""
-    if rank == "0":
-        assert err.startswith("heedful: error: ") and "train.epoch" in err and err.count("\n") == 1
-    else:
+    if said is None:
         assert err == ""
+    else:
+        assert err.startswith(f"heedful: error: {said}") and "train.epoch" in err and err.count("\n") == 1
     code, out, err = heedful(monkeypatch, capsys, "train", str(ROOT / "configs" / "dates.yaml"), "--no-such-flag")
-    assert code == 2 and (err.startswith("heedful: error: No such option") if rank == "0" else err == "")
+    assert code == 2
+    assert err.startswith(f"heedful: error: {said}No such option") if said is not None else err == ""
 
 
 def test_under_torchrun_an_error_of_one_process_is_said_by_it_with_its_rank(monkeypatch, capsys, tmp_path):

@@ -768,18 +768,22 @@ def app_commands() -> list[str]:
     return typer.main.get_command(app).list_commands(None)
 
 
-def _torchrun_rank() -> int:
-    """This process's rank among several that torchrun started; 0 for a process on its own."""
-    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
-    return int(rank) if world.isdigit() and int(world) > 1 and rank.isdigit() else 0
+def _torchrun_ranks() -> tuple[int, int]:
+    """This process's (rank, local rank) among those torchrun started; (0, 0) for one on its own."""
+    if not os.environ.get("WORLD_SIZE", "1").isdigit() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 0
+    rank, local = os.environ.get("RANK", "0"), os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))
+    return (int(rank) if rank.isdigit() else 0), (int(local) if local.isdigit() else 0)
 
 
 def _error(line: str, rank_specific: bool = False) -> None:
-    """``heedful: error: LINE`` on stderr, once per torchrun job: every process meets a bad config
-    or flag alike, so rank 0 alone says it. What befell one process only (out of memory, its peer
-    gone) each process says itself, its rank named."""
-    rank = _torchrun_rank()
-    if rank == 0 or rank_specific:
+    """``heedful: error: LINE`` on stderr, once per machine of a torchrun job: every process meets
+    a bad config or flag alike, so the first process of each machine (local rank 0) says it —
+    once in all on one machine, and an error that only another machine meets (its data path, its
+    disk) is still said there. What befell one process only (out of memory, its peer gone) each
+    process says itself. A rank other than 0 is named."""
+    rank, local = _torchrun_ranks()
+    if local == 0 or rank_specific:
         typer.echo(f"heedful: error: {f'rank {rank}: ' if rank else ''}{line}", err=True)
 
 
