@@ -107,6 +107,7 @@ def test_align_refuses_a_model_without_cross_attention(tmp_path, files, capsys):
     path = tmp_path / "rnn.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     fit(load_config(path, [f"run_dir={tmp_path / 'rnn'}"]))
+    capsys.readouterr()  # fit's epoch lines (stderr)
     code, _, err = heedful(
         "align", str(tmp_path / "rnn"), "--src", str(files[0]), "--tgt", str(files[1]), capsys=capsys
     )
