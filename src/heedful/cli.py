@@ -754,6 +754,49 @@ def serve(
     )  # fmt: skip
 
 
+@app.command("config")
+def config_command(
+    config: Annotated[Path, typer.Argument(help="YAML config (e.g. configs/dates.yaml) or a run directory.")],
+    set_: SetOption = None,
+    fields: Annotated[
+        bool,
+        typer.Option(
+            "--fields", help="List every key --set can change: its value, what it may be, its default, what it does."
+        ),
+    ] = False,
+) -> None:
+    """Show a config as training reads it: every field, defaults filled in and --set applied, as YAML
+    (or with --fields, one line per key). Checks it as train would; trains and writes nothing."""
+    from heedful.config import REQUIRED, describe_fields, to_yaml
+    from heedful.runs import load_config
+
+    cfg = load_config(config, list(set_ or []))
+    if not fields:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    rows = describe_fields(cfg)
+    key_width = max(len(row.key) for row in rows)
+    for row in rows:
+        line = f"{row.key:<{key_width}}  {_flow(row.value)}  ({row.kind}"
+        if row.default is REQUIRED:
+            line += "; required"
+        elif row.default != row.value:
+            line += f"; default {_flow(row.default)}"
+        typer.echo(f"{line})" + (f"  {row.description}" if row.description else ""))
+
+
+def _flow(value: Any) -> str:
+    """A value as one line of YAML, as --set takes it: ``null``, ``true``, ``[0.9, 0.98]``."""
+    import yaml
+
+    return (
+        yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10**6)
+        .strip()
+        .removesuffix("...")
+        .strip()
+    )
+
+
 def _command_path(exc: Any) -> str:
     """``heedful VERB`` of the command a usage error is about. Some errors carry no context
     (``--out`` given no value); the root takes no option with a value, so the verb is then

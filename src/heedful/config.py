@@ -10,8 +10,10 @@ subclass) defines and validates the rest. Unknown keys and wrongly-typed values 
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -261,3 +263,113 @@ def _tagged_members(annotation: Any) -> dict[str, type[BaseModel]]:
 
 def to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ------------------------------------------------------------------------------------ describing
+@dataclass(frozen=True)
+class FieldDoc:
+    """One settable key of a config: ``key`` as ``--set`` names it, its value in this config, its
+    default (``REQUIRED`` where it has none), what it may be (``kind``) and what it does."""
+
+    key: str
+    value: Any
+    default: Any
+    kind: str
+    description: str
+
+
+REQUIRED = object()
+
+
+def describe_fields(cfg: BaseModel, prefix: str = "") -> list[FieldDoc]:
+    """Every key of ``cfg`` that ``--set`` can change, depth first in the config's own order.
+
+    A section is walked through its value, so for a field that picks its section (``model.arch``)
+    the chosen section's keys are listed, and the pick's row names every choice. A section left
+    out (null) is one row naming its keys."""
+    rows: list[FieldDoc] = []
+    for name, field in type(cfg).model_fields.items():
+        key, value = f"{prefix}{name}", getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            choices = _tagged_members(field.annotation)  # tag -> section, where this field picks one
+            picked = [tag for tag, section in choices.items() if section is type(value)]
+            for row in describe_fields(value, f"{key}."):
+                if picked and row.key == f"{key}.{_picking_field(type(value), picked[0])}":
+                    row = FieldDoc(
+                        row.key, row.value, row.default, "|".join(choices), row.description or "picks the section"
+                    )
+                rows.append(row)
+            continue
+        default = REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
+        description = field.description or ""
+        section = _section_in(field.annotation)
+        if section is not None:  # an optional section, left out
+            keys = ", ".join(section.model_fields)
+            first = re.match(r"(.+?)\.(\s+[A-Z]|$)", " ".join((section.__doc__ or "").split()))
+            description = description or (first.group(1) if first else "")
+            description = f"{description} (a section: {keys})".lstrip()
+        rows.append(FieldDoc(key, _plain(value), _plain(default), _kind(field.annotation, field.metadata), description))
+    return rows
+
+
+def _picking_field(section: type[BaseModel], tag: str) -> str | None:
+    """The field of ``section`` that names it by ``tag`` (``arch: Literal["rnn"]``)."""
+    for name, field in section.model_fields.items():
+        if typing.get_origin(field.annotation) is Literal and typing.get_args(field.annotation) == (tag,):
+            return name
+    return None
+
+
+def _section_in(annotation: Any) -> type[BaseModel] | None:
+    for kind in _types_in(annotation):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """A value as YAML writes it (paths as text, tuples as lists)."""
+    if value is REQUIRED:
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+_KIND_NAMES = {int: "int", float: "number", str: "text", bool: "true|false", Path: "path", type(None): "null"}
+_BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<"}
+
+
+def _kind(annotation: Any, metadata: list[Any] = ()) -> str:
+    """What a field may be, in a few words: ``int ≥ 1``, ``fp32|bf16``, ``number > 0, or null``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _kind(args[0], [*args[1:], *metadata])
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        named = [_kind(a, metadata) for a in args if a is not type(None)]
+        return " or ".join(named) + (", or null" if type(None) in args else "")
+    bounds = " ".join(
+        f"{_BOUNDS[name]} {getattr(m, name)}"
+        for m in metadata
+        for name in _BOUNDS
+        if getattr(m, name, None) is not None
+    )
+    if origin is tuple:
+        text = "[" + ", ".join("…" if a is Ellipsis else _kind(a) for a in args) + "]"
+    elif origin is list:
+        text = f"list of {_kind(args[0])}" if args else "list"
+    elif origin is dict:
+        text = "mapping"
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        text = "section"
+    else:
+        text = _KIND_NAMES.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return f"{text} {bounds}" if bounds else text
