@@ -52,40 +52,50 @@ def _types_in(annotation: Any) -> set[Any]:
 class TrainConfig(Section):
     """How the shared trainer runs — the same fields for every task."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the training data (or of steps_per_epoch steps)")
     steps_per_epoch: int | None = Field(None, ge=1, description="for data generated on the fly")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="examples per batch (a task that batches by tokens says so)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.98)
-    schedule: Literal["inverse_sqrt", "cosine", "constant"] = "inverse_sqrt"
-    warmup_steps: int = Field(200, ge=0)
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW, reached after warmup_steps")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW's decoupled weight decay (by default on matrices only)")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW's (β1, β2)")
+    schedule: Literal["inverse_sqrt", "cosine", "constant"] = Field(
+        "inverse_sqrt", description="learning rate after warm-up: lr·√(warmup/step), a cosine to min_lr_ratio, or flat"
+    )
+    warmup_steps: int = Field(200, ge=0, description="steps of linear warm-up from 0 to lr")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final lr as a fraction of lr")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    clip_grad_norm: float | None = Field(1.0, gt=0)
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="ε of label-smoothed cross-entropy: mass spread uniformly over the classes"
+    )
+    clip_grad_norm: float | None = Field(
+        1.0, gt=0, description="clip the gradients' global norm to this; null: no clipping"
+    )
     max_nonfinite_steps: int = Field(
         5, ge=1, description="steps skipped for a NaN/Inf loss or gradient in a row before training stops"
     )
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="validate and save an exponential moving average of the weights (e.g. 0.999)"
     )
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: train under bfloat16 autocast")
     compile: bool = Field(False, description="torch.compile the model (falls back, saying why, where it cannot)")
-    deterministic: bool = True
+    deterministic: bool = Field(
+        True, description="torch's deterministic algorithms where it has them (a warning where not)"
+    )
     monitor: str = Field("val_loss", description="metric for best checkpoint and early stopping")
-    monitor_mode: Literal["min", "max"] = "min"
+    monitor_mode: Literal["min", "max"] = Field("min", description="whether a lower or a higher monitor is better")
     early_stopping_patience: int | None = Field(None, ge=1, description="epochs without improvement")
     max_minutes: float | None = Field(
         None, gt=0, description="stop after this much training time (the run's: a resume counts what it spent)"
     )
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends only)")
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(50, ge=1)
-    eval_batch_size: int = Field(256, ge=1)
-    tensorboard: bool = True
-    wandb: bool = False
-    progress: bool = True
+    keep_checkpoints: int = Field(
+        2, ge=1, description="newest checkpoints kept in checkpoints/ (the best model is kept apart)"
+    )
+    log_every: int = Field(50, ge=1, description="log the training loss and lr every N steps")
+    eval_batch_size: int = Field(256, ge=1, description="examples per batch when validating and evaluating")
+    tensorboard: bool = Field(True, description="write TensorBoard logs to the run's tb/")
+    wandb: bool = Field(False, description="log to Weights & Biases too (needs the wandb package)")
+    progress: bool = Field(True, description="progress bars on stderr")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     init_from: Path | None = Field(
         None,
@@ -97,10 +107,12 @@ class TrainConfig(Section):
 class RunConfig(Section):
     """Fields every run has. Tasks subclass this and add their ``data`` and ``model`` sections."""
 
-    task: str
-    name: str = "run"
+    task: str = Field(description="which task reads the rest of the config (translate, classify, …)")
+    name: str = Field("run", description="the run's name; its directory is runs/<name> unless run_dir says")
     run_dir: Path | None = Field(None, description="default: runs/<name>")
-    seed: int = 0
+    seed: int = Field(
+        0, description="seeds the weights, dropout and the data order (held-out splits have their own seeds)"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     train: TrainConfig = TrainConfig()
 

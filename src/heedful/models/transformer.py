@@ -32,28 +32,35 @@ class TransformerConfig(Section):
     arch: Literal["transformer"] = "transformer"
     src_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")
     tgt_vocab_size: int = Field(0, ge=0, description="set by the task (encoder–decoder only)")
-    pad_id: int = 0
-    d_model: int = Field(256, ge=8)
-    n_heads: int = Field(4, ge=1)
+    pad_id: int = Field(0, description="the padding token's id (set by the task)")
+    d_model: int = Field(256, ge=8, description="width of the residual stream and embeddings")
+    n_heads: int = Field(4, ge=1, description="attention heads per layer")
     d_head: int | None = Field(None, ge=1, description="width of each attention head; null: d_model // n_heads")
-    n_encoder_layers: int = Field(3, ge=0)
-    n_decoder_layers: int = Field(3, ge=0)
-    d_ff: int = Field(1024, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    attention_dropout: float = Field(0.0, ge=0, lt=1)
-    activation: Literal["relu", "gelu"] = "relu"
+    n_encoder_layers: int = Field(3, ge=0, description="encoder layers (self-attention + feed-forward)")
+    n_decoder_layers: int = Field(3, ge=0, description="decoder layers (causal self-, cross-attention, feed-forward)")
+    d_ff: int = Field(1024, ge=1, description="inner width of each feed-forward block")
+    dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="dropout on embeddings, each sublayer's output and the feed-forward's inner activations",
+    )
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the attention weights")
+    activation: Literal["relu", "gelu"] = Field("relu", description="the feed-forward block's nonlinearity")
     norm_first: bool = Field(True, description="pre-LN (True) or post-LN (False)")
     position: str = Field("sinusoidal", description=" | ".join(POSITIONS))
-    max_len: int = Field(512, ge=1)
-    relative_max_distance: int = Field(16, ge=1)
-    attention_score: Literal["scaled_dot", "dot", "general", "additive"] = "scaled_dot"
+    max_len: int = Field(512, ge=1, description="longest sequence, in tokens, the positions cover")
+    relative_max_distance: int = Field(16, ge=1, description="position: relative: distances clipped to ±this")
+    attention_score: Literal["scaled_dot", "dot", "general", "additive"] = Field(
+        "scaled_dot", description="how a query scores a key (heedful/attention/scores.py)"
+    )
     tie_embeddings: bool = Field(True, description="decoder input embedding = output projection")
     share_embeddings: bool = Field(False, description="one embedding for source and target")
     # What BERT-style encoders differ in (models/bert.py loads them with these set):
     embed_scale: bool = Field(True, description="multiply token embeddings by √D (Vaswani); BERT does not")
     embed_norm: bool = Field(False, description="LayerNorm over the summed embeddings (BERT)")
     type_vocab_size: int = Field(0, ge=0, description="segment (token type) embeddings, as in BERT; 0: none")
-    layer_norm_eps: float = Field(1e-5, gt=0)
+    layer_norm_eps: float = Field(1e-5, gt=0, description="ε of every LayerNorm")
 
     @model_validator(mode="after")
     def _check(self) -> TransformerConfig:
