@@ -9,9 +9,10 @@ RUN is a finished en→fr translate run (Multi30k). The script
    the 447 Hansard gold sentences with eflomal (both directions, symmetrised with
    grow-diag-final). eflomal sees lowercased tokens — each word split into letters/digits runs
    and single punctuation marks — and its links are mapped back to *words as the model's
-   alignments count them*: the groups :func:`heedful.explain.alignment.piece_words` makes of the
-   run's own sentencepiece pieces (whitespace-separated words of the normalised text, so
-   ``dog.`` is one word). The training lines become the supervision file (``DIR/train.links``);
+   alignments count them*: the words of ``line.split()``, as
+   :func:`heedful.explain.alignment.encode_words` numbers the run's own sentencepiece pieces
+   (so ``dog.`` is one word, and a word the tokenizer drops keeps its number), each written as
+   its pieces' normalised text. The training lines become the supervision file (``DIR/train.links``);
    the Hansard lines are eflomal's own alignments, scored as the reference;
 2. fine-tunes RUN for ``--minutes`` with ``train.init_from: RUN`` and ``alignment_supervision``
    on (layer ``--layer``, head ``--head``, weight ``--weight``) into ``DIR/finetuned``;
@@ -45,7 +46,7 @@ from pathlib import Path
 import torch
 
 from heedful.data.parallel import read_lines, split_files
-from heedful.explain.alignment import AlignMethod, alignment_scores, grow_diag_final, parse_links, piece_words
+from heedful.explain.alignment import AlignMethod, alignment_scores, encode_words, grow_diag_final, parse_links
 from heedful.runs import load_config, load_run
 from heedful.train import fit
 
@@ -55,16 +56,16 @@ DEV = 147
 
 
 def model_words(tok, text: str) -> list[str]:
-    """The words the model's alignments count (piece_words of the tokenizer's pieces), as text."""
-    pieces = tok.pieces(text)
-    words: list[str] = []
-    for piece, word in zip(pieces, piece_words(pieces), strict=True):
-        if word is None:
-            continue
-        if word == len(words):
-            words.append("")
-        words[word] += piece.removeprefix("▁")
-    return words
+    """The words the model's alignments count (``text.split()``, as encode_words numbers them),
+    each as the text of its pieces (normalised); a word the tokenizer drops whole keeps its place
+    with its raw text, so the links after it keep their numbers."""
+    raw = text.split()
+    words = [""] * len(raw)
+    ids, owners = encode_words(tok, text)
+    for i, word in zip(ids, owners, strict=True):
+        if word is not None:
+            words[word] += tok.id_to_piece(i).removeprefix("▁")
+    return [w or r for w, r in zip(words, raw, strict=True)]
 
 
 def subtokens(words: list[str]) -> tuple[str, list[int]]:

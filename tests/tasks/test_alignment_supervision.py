@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 import heedful.tasks.alignment_supervision as supervision
 from heedful.errors import DataError
@@ -153,3 +154,61 @@ def test_an_alignment_file_of_the_wrong_length_or_with_foreign_links_is_one_line
     with pytest.raises(DataError, match=rf"^{foreign} line 3: link 9-1, but the pair has \d source"):
         fit(supervised(corpus, run_dir, **{"alignment_supervision.path": str(foreign)}))
     assert not run_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def subword_tok():
+    from heedful.data.tokenizers import SentencePieceTokenizer
+
+    lines = ["the cat sat on the mat", "a dog ran in the park", "der Hund lief im Park", "die Katze saß"] * 20
+    return SentencePieceTokenizer.train(lines, vocab_size=300)
+
+
+def gold_of(subword_tok, source: str, target: str, links: str, tmp_path: Path) -> tuple[Tensor, list[int]]:
+    """The gold attention (T, S) that training gives the pair, and its source ids."""
+    from heedful.data.parallel import Pair
+    from heedful.tasks.translate_config import AlignmentSupervision
+
+    cfg = AlignmentSupervision(path=tmp_path / "train.links")
+    supervisor = supervision.AlignmentSupervisor(cfg, [links])
+    encoded = [(subword_tok.encode(source), subword_tok.encode(target))]  # the training ids, as training_batches makes
+    (pair,) = supervisor.pair_links([Pair(source, target, 1)], encoded, subword_tok, subword_tok)
+    batch = {"src": torch.tensor([encoded[0][0]]), "tgt_out": torch.tensor([[*encoded[0][1], 2]])}  # <eos> at the end
+    return supervisor.gold(batch, [pair])[0, :-1], encoded[0][0]
+
+
+@pytest.mark.parametrize("dropped", ["\x07", "\ufeff", "▁", "\u200b"])
+@pytest.mark.parametrize("links", ["0-0 3-3", "0-0 1-1 3-3 4-2"])  # the first was silently shifted, the second refused
+def test_a_word_the_tokenizer_drops_moves_no_later_link(subword_tok, dropped, links, tmp_path, capsys):
+    """Words are counted as heedful align counts them (line.split()): a word with no pieces keeps
+    its number, so the links after it land on the pieces of the same words as with a real word
+    (links to "sat"/"saß" and "mat"/"im", after the third word of both sides)."""
+    plain, plain_src = gold_of(subword_tok, "the cat dog sat mat", "die Katze Hund saß im", links, tmp_path)
+    gold, src = gold_of(subword_tok, f"the cat {dropped} sat mat", f"die Katze {dropped} saß im", links, tmp_path)
+    dog = len(subword_tok.encode("the cat dog")) - len(subword_tok.encode("the cat"))
+    hund = len(subword_tok.encode("die Katze Hund")) - len(subword_tok.encode("die Katze"))
+    start_s, start_t = len(subword_tok.encode("the cat")), len(subword_tok.encode("die Katze"))
+    assert src == plain_src[:start_s] + plain_src[start_s + dog :]  # the training ids: the dropped word has none
+    keep_t = [j for j in range(plain.shape[0]) if not start_t <= j < start_t + hund]
+    keep_s = [s for s in range(plain.shape[1]) if not start_s <= s < start_s + dog]
+    torch.testing.assert_close(gold, plain[keep_t][:, keep_s])  # the same pieces of the same words
+    assert gold.sum() > 0 and "warning" not in capsys.readouterr().err
+
+
+def test_a_pair_whose_ids_differ_word_by_word_trains_without_links_and_says_so(subword_tok, tmp_path, capsys):
+    from heedful.data.parallel import Pair
+    from heedful.tasks.translate_config import AlignmentSupervision
+
+    cfg = AlignmentSupervision(path=tmp_path / "train.links")
+    supervisor = supervision.AlignmentSupervisor(cfg, ["0-0 1-1", "0-0 1-1"])
+    pairs = [Pair("the cat", "die Katze", 1), Pair("the cat", "die Katze", 2)]
+    ids = (subword_tok.encode("the cat"), subword_tok.encode("die Katze"))
+    odd = (ids[0][::-1], ids[1])  # as if the whole line were segmented otherwise than its words
+    kept, skipped = supervisor.pair_links(pairs, [ids, odd], subword_tok, subword_tok)
+    assert kept.links == {(0, 0), (1, 1)} and skipped.links == frozenset()
+    assert skipped.source_words == [None] * len(odd[0]) and skipped.target_words == [None] * len(odd[1])
+    err = capsys.readouterr().err
+    assert err == (
+        f"heedful: warning: {cfg.path}: 1 training pair left unsupervised (line 2): the tokenizer encodes the text "
+        "differently word by word than whole, so the links cannot be placed on its pieces\n"
+    )

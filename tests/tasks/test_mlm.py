@@ -192,3 +192,52 @@ def test_mlm_trains_on_texts_without_labels(tmp_path):
               "train.batch_size": 8}  # fmt: skip
     history = fit(load_config(ROOT / "configs" / "reviews" / "chinese_mlm.yaml", overrides(tmp_path, "mlm", **values)))
     assert math.isfinite(history["val_loss"][-1]) and (tmp_path / "mlm" / "model" / "spm.model").is_file()
+
+
+def mlm_run(tmp_path: Path, **data) -> Path:
+    """An mlm run's folder as a classifier starting from it reads it (config.yaml, model/config.json),
+    from chinese_mlm.yaml with ``data`` changed; nothing trained."""
+    from heedful.config import to_yaml
+    from heedful.models.masked_lm import MaskedLanguageModel
+
+    cfg = load_config(ROOT / "configs" / "reviews" / "chinese_mlm.yaml", overrides(tmp_path, "mlm", **data))
+    (tmp_path / "mlm" / "model").mkdir(parents=True)
+    (tmp_path / "mlm" / "config.yaml").write_text(to_yaml(cfg))
+    (tmp_path / "mlm" / "model" / "config.json").write_text(f'{{"model_type": "{MaskedLanguageModel.model_type}"}}')
+    return tmp_path / "mlm"
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours", "named"),
+    [
+        ({}, {}, []),
+        ({"data.label_column": None}, {}, ["data.label_column"]),  # read without labels, bad-label rows stayed
+        ({"data.text_column": "cat"}, {}, ["data.text_column"]),  # other texts
+        ({"data.labels": "binary"}, {"data.labels": "stars5"}, ["data.labels"]),  # binary leaves 3 stars out
+        ({"data.labels": "stars3"}, {"data.labels": "stars5"}, []),  # both keep every rating
+        ({"data.classes": '["0","1","2"]'}, {}, ["data.classes"]),  # a label 2 was a row there, a bad row here
+        ({"data.classes": '["1","0"]'}, {}, []),  # the same labels, numbered otherwise
+        ({"data.classes": None}, {}, ["data.classes"]),  # any label was a row there
+        ({"data.label_column": None, "data.classes": None}, {}, ["data.label_column"]),  # its labels unread
+        ({"data.on_bad_row": "error", "data.group_column": None}, {}, []),  # they keep the same rows
+    ],
+)
+def test_a_classifier_is_warned_of_each_setting_that_split_its_pretraining_otherwise(
+    tmp_path, caplog, theirs, ours, named
+):
+    folder = mlm_run(tmp_path, **theirs)
+    cfg = load_config(
+        ROOT / "configs" / "reviews" / "chinese.yaml",
+        overrides(tmp_path, "classify", **{"model.pretrained": str(folder), **ours}),
+    )
+    caplog.clear()
+    get_task("classify")(cfg)._check_pretraining_split(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if not named:
+        assert warnings == []
+        return
+    (message,) = warnings
+    assert message == (
+        f"{folder / 'config.yaml'}: the pretraining split its data otherwise ({', '.join(named)} differ), so its "
+        "training texts may include this run's test texts"
+    )

@@ -4,7 +4,10 @@ Translate with Transformer Models" (EMNLP), §4.2.
 ``alignment_supervision: {path, layer, head, weight}`` in a translate config turns it on. The
 file holds word alignments of the training pairs (Pharaoh ``i-j``, 0-based, one line per line of
 the training files, e.g. from eflomal or fast_align, symmetrised); words are what whitespace
-separates, exactly as :func:`heedful.explain.alignment.piece_words` groups the tokenizer's pieces.
+separates, the words of ``line.split()``, numbered as ``heedful align`` numbers them
+(:func:`heedful.explain.alignment.encode_words`): a word the tokenizer drops whole keeps its
+number. A pair whose word-by-word encoding is not its training ids is left unsupervised (said on
+stderr).
 For each training pair the links become a (T, S) piece distribution
 (:func:`~heedful.explain.alignment.gold_attention`): the step that predicts target piece j should
 attend uniformly to the pieces of the source words that j's word links to. The chosen head's
@@ -23,6 +26,7 @@ pair's index into the batch.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +36,7 @@ from torch import Tensor, nn
 from heedful.data.parallel import Pair, ParallelFiles, read_lines
 from heedful.data.tokenizers import Tokenizer
 from heedful.errors import ConfigError, DataError
-from heedful.explain.alignment import Link, gold_attention, parse_links, piece_words
+from heedful.explain.alignment import Link, encode_words, gold_attention, parse_links
 from heedful.explain.capture import capture
 from heedful.nn.losses import attention_cross_entropy
 from heedful.tasks.translate_config import AlignmentSupervision
@@ -78,22 +82,40 @@ class AlignmentSupervisor:
         tgt_tok: Tokenizer,
     ) -> list[PairLinks]:  # fmt: skip
         """Each encoded training pair's :class:`PairLinks`, from the line of its ``Pair.line``;
-        a link naming a word the pair does not have is a one-line ``DataError`` (file, line)."""
-        out = []
+        a link naming a word the pair does not have is a one-line ``DataError`` (file, line).
+
+        The word of each piece comes from the pair's text, a word at a time (``encode_words``, as
+        ``heedful align`` counts): counting the pieces that start a word would shift every later
+        link where the tokenizer drops a word whole (a control character, a BOM, a literal ▁). For
+        text the tokenizer splits at whitespace, those ids are the training ids; a pair where they
+        are not cannot be mapped piece by piece, so it trains without links (one line on stderr)."""
+        out, unmapped = [], []
         for pair, (src, tgt) in zip(pairs, encoded, strict=True):
             where = f"{self.cfg.path} line {pair.line}"
             _, links = parse_links(self.lines[pair.line - 1], where=where)  # possible ⊇ sure: every link
-            source_words = piece_words([src_tok.id_to_piece(i) for i in src])
-            target_words = piece_words([tgt_tok.id_to_piece(i) for i in tgt])
-            n_source = 1 + max((w for w in source_words if w is not None), default=-1)
-            n_target = 1 + max((w for w in target_words if w is not None), default=-1)
+            source_ids, source_words = encode_words(src_tok, pair.source)
+            target_ids, target_words = encode_words(tgt_tok, pair.target)
+            n_source, n_target = len(pair.source.split()), len(pair.target.split())
             for s, t in sorted(links):
                 if s >= n_source or t >= n_target:
                     raise DataError(
                         f"{where}: link {s}-{t}, but the pair has {n_source} source and {n_target} target words "
                         "(0-based, split at whitespace); are the links in corpus order?"
                     )
+            if (source_ids, target_ids) != (src, tgt):
+                unmapped.append(pair.line)
+                out.append(PairLinks([None] * len(src), [None] * len(tgt), frozenset()))
+                continue
             out.append(PairLinks(source_words, target_words, frozenset(links)))
+        if unmapped:
+            n = len(unmapped)
+            shown = ", ".join(map(str, unmapped[:5])) + (", …" if n > 5 else "")
+            print(
+                f"heedful: warning: {self.cfg.path}: {n} training pair{'s' * (n != 1)} left unsupervised "
+                f"(line{'s' * (n != 1)} {shown}): the tokenizer encodes the text differently word by word than "
+                "whole, so the links cannot be placed on its pieces",
+                file=sys.stderr,
+            )
         return out
 
     @staticmethod

@@ -44,13 +44,7 @@ from heedful.models.encoder_classifier import ClassifierConfig, EncoderClassifie
 from heedful.models.masked_lm import MaskedLanguageModel, masked_lm_folder
 from heedful.nn.packed import packed_linears
 from heedful.tasks.base import Batch, DataBundle, EvalResult, Explanation, Prediction, register_task, text_list
-from heedful.tasks.labelled_text import (
-    SPLIT_KEYS,
-    ClassifyData,
-    LabelledTextTask,
-    same_setting,
-    split_seed,
-)
+from heedful.tasks.labelled_text import ClassifyData, LabelledTextTask, split_differences, split_seed
 from heedful.tasks.verbs import TrainOption, labelled_text_options
 
 log = logging.getLogger(__name__)
@@ -151,7 +145,7 @@ class ClassifyTask(LabelledTextTask):
             log.warning("%s: unreadable, so it is unknown which texts the pretraining saw", path)
             return
         ours, their_data = cfg.data.model_dump(mode="json"), theirs.get("data") or {}
-        differ = [f"data.{k}" for k in SPLIT_KEYS if not same_setting(k, their_data.get(k), ours[k])]
+        differ = [f"data.{k}" for k in split_differences(their_data, ours)]
         if split_seed(their_data, theirs.get("seed")) != split_seed(cfg.data, cfg.seed):
             differ.append("data.split_seed or seed")
         if differ:

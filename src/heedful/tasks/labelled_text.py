@@ -113,12 +113,37 @@ class ClassifyData(Section):
         return self
 
 
-# The data settings that decide which texts are training texts (with the split seed); the label
-# column too: read without one (an mlm run's data.label_column: null), rows with a bad label stay.
+# The data settings that decide which texts are training texts (with the split seed): the split
+# is drawn over the distinct texts kept, so whatever keeps other rows (or reads other text) moves
+# it. The label column too: read without one (an mlm run's data.label_column: null), rows with a
+# bad label stay. data.on_bad_row is not one: "error" stops at the first bad row, so two runs
+# that both read their data kept the same rows. group_column keeps every row.
 SPLIT_KEYS = (
     "path", "val_path", "test_path", "format", "filters", "sample", "val_fraction", "test_fraction", "folds", "fold",
-    "label_column",
+    "label_column", "text_column",
 )  # fmt: skip
+# Which labels a scheme keeps a row for (data/text.py's LabelMap): stars5 and stars3 keep every
+# rating 1–5 and differ only in the classes they make of them; binary leaves 3 stars out.
+ROWS_KEPT = {"stars5": "ratings 1-5", "stars3": "ratings 1-5", "binary": "ratings 1, 2, 4, 5", "as_is": "any label"}
+
+
+def split_differences(theirs: dict, ours: dict) -> list[str]:
+    """The ``data`` settings (keys, as dumped to config.yaml) by which two runs may keep other
+    rows or split them otherwise; the split seed is compared apart (:func:`split_seed`)."""
+    differ = [k for k in SPLIT_KEYS if not same_setting(k, theirs.get(k), ours.get(k))]
+    if theirs.get("label_column") is None or ours.get("label_column") is None:
+        return differ  # a run without labels kept rows whatever its label settings said
+    schemes = theirs.get("labels", "as_is"), ours.get("labels", "as_is")
+    if len({ROWS_KEPT.get(s, s) for s in schemes}) > 1:
+        differ.append("labels")
+    elif schemes == ("as_is", "as_is"):  # only as_is reads data.classes: a label outside them is a bad row
+
+        def accepted(classes: Any) -> Any:  # None: any label; else the names, in any order
+            return None if classes is None else sorted(map(str, classes))
+
+        if accepted(theirs.get("classes")) != accepted(ours.get("classes")):
+            differ.append("classes")
+    return differ
 
 
 def split_seed(data: dict | ClassifyData, seed: int | None) -> int | None:
