@@ -22,10 +22,11 @@ from torch import nn
 
 from heedful.config import describe_error
 from heedful.errors import CheckpointError
-from heedful.nn.weights import load_weights, save_weights
+from heedful.nn.weights import load_weights, save_weights, sha256
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SUMS_KEY = "sha256"  # config.json's record of the weights' sum: {"model.safetensors": hex}
 MODEL_TYPES: dict[str, type[PretrainedModel]] = {}
 
 
@@ -46,18 +47,22 @@ class PretrainedModel(nn.Module):
         self.optimized: list[dict[str, Any]] = []  # what ``heedful optimize`` did to it, in order
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``directory/model.safetensors``, then ``config.json`` with the weights' sha256
+        (``"sha256": {"model.safetensors": hex}``), which loading checks."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        payload = {"model_type": self.model_type, **self.config.model_dump(mode="json")}
-        if self.optimized:
-            payload["optimized"] = self.optimized
-        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
         if is_int8(self):
             from heedful.nn.int8 import save_int8
 
             save_int8(self, directory / WEIGHTS_NAME)
         else:
             save_weights(self, directory / WEIGHTS_NAME)
+        payload: dict[str, Any] = {"model_type": self.model_type, **self.config.model_dump(mode="json")}
+        if self.optimized:
+            payload["optimized"] = self.optimized
+        # The sum of the bytes as read back (from the page cache, just written): what a load will read.
+        payload[SUMS_KEY] = {WEIGHTS_NAME: sha256(directory / WEIGHTS_NAME)}
+        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -66,6 +71,7 @@ class PretrainedModel(nn.Module):
         config = read_model_config(directory)
         model_type = config.pop("model_type", None)
         steps = config.pop("optimized", [])
+        config.pop(SUMS_KEY, None)
         if model_type != cls.model_type:
             raise CheckpointError(f"{directory / CONFIG_NAME}: holds a {model_type!r} model, not {cls.model_type!r}")
         try:

@@ -23,7 +23,6 @@ Checkpoints written before the checksums load unchecked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from heedful.errors import CheckpointError
-from heedful.nn.weights import load_weights, save_weights
+from heedful.nn.weights import load_weights, save_weights, sha256
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _DAMAGED_DIR = re.compile(r"^\.damaged-step-(\d+)-[\d.]+$")
@@ -98,12 +97,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((version, tuple(internal), gauss))
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def sha256(path: Path) -> str:
-    """The file's sha256 in hex, read in blocks: a checkpoint is never held in memory whole for it."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify_checksums(path: Path, names: tuple[str, ...] = _HASHED) -> None:
