@@ -213,6 +213,21 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_holding(directory: Path, digest: str) -> Path | None:
+    """The newest complete checkpoint in ``directory`` whose ``model.safetensors`` has the sha256
+    ``digest`` by its state.json's record: the best model is saved with the same bytes as its
+    epoch's checkpoint (unless a weight average is what was saved), so a damaged ``model/`` can be
+    put back from it while that checkpoint is kept."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            recorded = json.loads((path / "state.json").read_text()).get("sha256") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(recorded, dict) and recorded.get("model.safetensors") == digest:
+            return path
+    return None
+
+
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, extra_tensors: dict[str, torch.Tensor] | None = None
 ) -> dict[str, Any]:
