@@ -33,13 +33,14 @@ from torch import Tensor, nn
 from heedful.config import ConfigError, RunConfig, override_list, read_yaml
 from heedful.device import resolve_device
 from heedful.errors import CheckpointError, UserError, a_run, article
+from heedful.models.pretrained import ChangedWeights
 from heedful.outputs import EXPORT_RECORD, check_output, check_output_folder
 from heedful.tasks.base import EvalResult, Explanation, Prediction, Task, input_list
 from heedful.tasks.registry import all_task_classes, config_from_data, get_task
 from heedful.tasks.registry import load_config as load_config  # the Python API: heedful.runs.load_config
 from heedful.train.checkpoint import list_checkpoints
 from heedful.train.resume import resume_command
-from heedful.train.rundir import record_written
+from heedful.train.rundir import record_written, restore_model_hint
 
 
 @dataclass
@@ -326,6 +327,9 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
     task = get_task(cfg.task)(cfg)
     task.check_model_folder(run_dir / "model")
     task.load_artifacts(run_dir / "model")
-    model = task.load_model(run_dir / "model", str(resolve_device(device)))
+    try:
+        model = task.load_model(run_dir / "model", str(resolve_device(device)))
+    except ChangedWeights as exc:  # the run directory knows what can put the file back
+        raise ChangedWeights(exc.weights, exc.recorded, restore_model_hint(run_dir, exc.recorded)) from None
     model.eval()
     return Run(run_dir, cfg, task, model, tuple(overrides or ()))

@@ -7,6 +7,11 @@ that changed its structure, under ``"optimized"``, in the order they were made â
 "ranks": {linear: rank}}``, ``{"method": "int8"}`` (others, e.g. checkpoint averaging, only
 record what was done). Loading builds the model from its config, makes the same changes to it
 (``apply_structure``), then reads the weights â€” int8 ones through :mod:`heedful.nn.int8`.
+
+config.json also records the sha256 of ``model.safetensors`` (``"sha256": {"model.safetensors":
+hex}``), written after the weights; loading checks it before a tensor is read, since bytes changed
+inside the tensor data (a bad disk sector, a faulty copy) still parse and would load into wrong
+outputs. A folder saved before heedful kept the sum loads unchecked.
 """
 
 from __future__ import annotations
@@ -22,11 +27,37 @@ from torch import nn
 
 from heedful.config import describe_error
 from heedful.errors import CheckpointError
-from heedful.nn.weights import load_weights, save_weights
+from heedful.nn.weights import load_weights, save_weights, sha256
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+SUMS_KEY = "sha256"  # config.json's record of the weights' sum: {"model.safetensors": hex}
 MODEL_TYPES: dict[str, type[PretrainedModel]] = {}
+
+
+class ChangedWeights(CheckpointError):
+    """A model folder's weights file whose sha256 is not the one its config.json recorded."""
+
+    def __init__(self, weights: Path, recorded: str, how_to_restore: str = ""):
+        super().__init__(
+            f"{weights}: changed since it was written (its sha256 is not the one {CONFIG_NAME} recorded beside it)"
+            + (f"; {how_to_restore}" if how_to_restore else "")
+        )
+        self.weights, self.recorded = weights, recorded
+
+
+def verify_weights(directory: Path, config: dict[str, Any]) -> None:
+    """``ChangedWeights`` when ``directory/model.safetensors`` is not the file whose sum ``config``
+    (the folder's config.json) recorded; a folder that recorded none (saved before heedful kept the
+    sums) passes unchecked."""
+    recorded = config.get(SUMS_KEY)
+    if not isinstance(recorded, dict) or WEIGHTS_NAME not in recorded:
+        return
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file missing")
+    if sha256(weights) != recorded[WEIGHTS_NAME]:
+        raise ChangedWeights(weights, recorded[WEIGHTS_NAME])
 
 
 class PretrainedModel(nn.Module):
@@ -46,18 +77,22 @@ class PretrainedModel(nn.Module):
         self.optimized: list[dict[str, Any]] = []  # what ``heedful optimize`` did to it, in order
 
     def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``directory/model.safetensors``, then ``config.json`` with the weights' sha256
+        (``"sha256": {"model.safetensors": hex}``), which loading checks."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        payload = {"model_type": self.model_type, **self.config.model_dump(mode="json")}
-        if self.optimized:
-            payload["optimized"] = self.optimized
-        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
         if is_int8(self):
             from heedful.nn.int8 import save_int8
 
             save_int8(self, directory / WEIGHTS_NAME)
         else:
             save_weights(self, directory / WEIGHTS_NAME)
+        payload: dict[str, Any] = {"model_type": self.model_type, **self.config.model_dump(mode="json")}
+        if self.optimized:
+            payload["optimized"] = self.optimized
+        # The sum of the bytes as read back (from the page cache, just written): what a load will read.
+        payload[SUMS_KEY] = {WEIGHTS_NAME: sha256(directory / WEIGHTS_NAME)}
+        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -66,6 +101,7 @@ class PretrainedModel(nn.Module):
         config = read_model_config(directory)
         model_type = config.pop("model_type", None)
         steps = config.pop("optimized", [])
+        sums = {SUMS_KEY: config.pop(SUMS_KEY, None)}
         if model_type != cls.model_type:
             raise CheckpointError(f"{directory / CONFIG_NAME}: holds a {model_type!r} model, not {cls.model_type!r}")
         try:
@@ -75,6 +111,7 @@ class PretrainedModel(nn.Module):
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"{weights}: weights file missing")
+        verify_weights(directory, sums)  # before a byte is loaded: the model would run on whatever it held
         try:
             model = apply_structure(model, steps)
         except (ValueError, KeyError, AttributeError, TypeError) as exc:

@@ -7,10 +7,15 @@ CUDA could not be saved, nor a checkpoint loaded into one. Here tied parameters 
 stored once (under their first name in the state dict) and every other tensor that shares
 memory is copied apart; loading fills a tied name from its stored twin and copies values into
 the module's own tensors, whatever buffer they live in.
+
+``sha256`` is what a checkpoint's ``state.json`` and a model folder's ``config.json`` record of
+the weight files beside them: bytes changed inside the tensor data still parse, and only the sum
+tells a damaged file from a good one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -62,3 +67,9 @@ def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> tu
                 stored.setdefault(name, stored[present[0]])
     missing, unexpected = module.load_state_dict(stored, strict=strict)
     return list(missing), list(unexpected)
+
+
+def sha256(path: str | Path) -> str:
+    """The file's sha256 in hex, read in blocks: a weights file is never held in memory whole for it."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

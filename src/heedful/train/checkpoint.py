@@ -23,7 +23,6 @@ Checkpoints written before the checksums load unchecked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from heedful.errors import CheckpointError
-from heedful.nn.weights import load_weights, save_weights
+from heedful.nn.weights import load_weights, save_weights, sha256
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _DAMAGED_DIR = re.compile(r"^\.damaged-step-(\d+)-[\d.]+$")
@@ -98,12 +97,6 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((version, tuple(internal), gauss))
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
-
-
-def sha256(path: Path) -> str:
-    """The file's sha256 in hex, read in blocks: a checkpoint is never held in memory whole for it."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify_checksums(path: Path, names: tuple[str, ...] = _HASHED) -> None:
@@ -218,6 +211,21 @@ def list_checkpoints(directory: Path) -> list[Path]:
         if match and (child / "state.json").is_file():
             found.append((int(match.group(1)), child))
     return [path for _, path in sorted(found)]
+
+
+def checkpoint_holding(directory: Path, digest: str) -> Path | None:
+    """The newest complete checkpoint in ``directory`` whose ``model.safetensors`` has the sha256
+    ``digest`` by its state.json's record: the best model is saved with the same bytes as its
+    epoch's checkpoint (unless a weight average is what was saved), so a damaged ``model/`` can be
+    put back from it while that checkpoint is kept."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            recorded = json.loads((path / "state.json").read_text()).get("sha256") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(recorded, dict) and recorded.get("model.safetensors") == digest:
+            return path
+    return None
 
 
 def load_checkpoint(

@@ -18,7 +18,8 @@ from torch import nn
 
 from heedful.config import read_yaml
 from heedful.errors import CheckpointError, a_run
-from heedful.models.pretrained import load_weights_checked, read_model_config
+from heedful.models.pretrained import ChangedWeights, load_weights_checked, read_model_config, verify_weights
+from heedful.train.rundir import restore_model_hint
 
 
 def init_model_folder(run_dir: Path, task_name: str) -> Path:
@@ -37,7 +38,8 @@ def init_model_folder(run_dir: Path, task_name: str) -> Path:
 def load_initial_weights(model: nn.Module, folder: Path) -> None:
     """Load ``folder/model.safetensors`` into ``model`` in place, refusing any shape or name that differs."""
     weights = folder / "model.safetensors"
-    steps = [str(step.get("method")) for step in read_model_config(folder).get("optimized", [])]
+    config = read_model_config(folder)
+    steps = [str(step.get("method")) for step in config.get("optimized", [])]
     changed = [method for method in steps if method != "average"]  # as structural_steps counts them
     if changed:
         raise CheckpointError(
@@ -45,6 +47,10 @@ def load_initial_weights(model: nn.Module, folder: Path) -> None:
             f"({', '.join(changed)}); start from the run it came from"
         )
     try:
+        verify_weights(folder, config)
         load_weights_checked(model, weights, "this run's model")
+    except ChangedWeights as exc:  # the run it came from knows what can put the file back
+        restored = ChangedWeights(exc.weights, exc.recorded, restore_model_hint(folder.parent, exc.recorded))
+        raise CheckpointError(f"train.init_from: {restored}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"train.init_from: {exc}") from None

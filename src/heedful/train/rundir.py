@@ -26,12 +26,13 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 from heedful.errors import UserError
-from heedful.train.checkpoint import list_checkpoints
+from heedful.train.checkpoint import checkpoint_holding, list_checkpoints
 
 MARKER = ".heedful"
 MANIFEST = "run.json"
@@ -79,6 +80,21 @@ def _is_legacy_run(path: Path) -> bool:
 def _holds_model(path: Path) -> bool:
     model = path / "model"
     return (model / "model.safetensors").is_file() or (model / "config.json").is_file()
+
+
+def restore_model_hint(run_dir: Path, digest: str | None) -> str:
+    """How to get back ``run_dir/model/model.safetensors`` whose bytes changed on disk (``digest``:
+    the sum its config.json recorded). A kept checkpoint with the same bytes is copied back; else it
+    is written again — by the optimization that made it, or by training again: ``--resume`` does not
+    rewrite model/ (only an epoch that beats the recorded best does, and a finished run has none left)."""
+    weights = run_dir / "model" / "model.safetensors"
+    kept = checkpoint_holding(run_dir / "checkpoints", digest) if digest else None
+    if kept is not None:
+        source, target = shlex.quote(str(kept / weights.name)), shlex.quote(str(weights))
+        return f"checkpoint {kept.name} holds the same weights: cp {source} {target}"
+    if (run_dir / "optimize.json").is_file():
+        return "restore it from a copy, or run the heedful optimize that wrote it again (optimize.json says how)"
+    return f"restore it from a copy, or train the run again (heedful train {shlex.quote(str(run_dir))} --overwrite)"
 
 
 def files_under(folder: Path) -> set[Path]:
