@@ -41,6 +41,15 @@ def test_every_key_of_every_task_is_listed_once_and_sets_its_own_value():
         assert to_yaml(again) == to_yaml(cfg), name
 
 
+def test_every_key_of_every_task_says_what_it_does():
+    # A field added without Field(description=...) shows a blank in heedful config --fields.
+    for name in CONFIGS:
+        blank = [
+            row.key for row in describe_fields(load_config(ROOT / "configs" / name)) if not row.description.strip()
+        ]
+        assert blank == [], name
+
+
 def test_rows_say_value_default_kind_and_description():
     rows = {row.key: row for row in describe_fields(load_config(ROOT / "configs" / "dates.yaml"))}
     epochs = rows["train.epochs"]

@@ -32,9 +32,17 @@ from heedful.models.transformer import Encoder, TransformerConfig
 class ClassifierConfig(Section):
     n_classes: int = Field(0, ge=0, description="set by the task from the labels")
     vocab_size: int = Field(0, ge=0, description="set by the task from its tokenizer")
-    pad_id: int = 0
-    encoder_type: Literal["transformer", "bigru"] = "transformer"
-    pooling: Literal["cls", "attention", "mean"] = "attention"
+    pad_id: int = Field(0, description="the padding token's id (set by the task)")
+    encoder_type: Literal["transformer", "bigru"] = Field(
+        "transformer",
+        description="transformer: the Transformer of model.encoder; bigru: a bidirectional GRU over embed_dim "
+        "embeddings",
+    )
+    pooling: Literal["cls", "attention", "mean"] = Field(
+        "attention",
+        description="how the token states become one vector: the first position's (cls), additive attention of "
+        "one learned query (attention), or their mean (mean)",
+    )
     encoder: TransformerConfig = TransformerConfig(n_encoder_layers=2, n_decoder_layers=0, d_model=128, d_ff=256)
     embed_dim: int = Field(128, ge=1, description="bigru: embedding width")
     hidden_size: int = Field(128, ge=2, multiple_of=2, description="bigru: output width (half per direction)")

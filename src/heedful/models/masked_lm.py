@@ -31,7 +31,7 @@ from heedful.models.transformer import TransformerConfig
 
 class MaskedLMConfig(Section):
     vocab_size: int = Field(0, ge=0, description="set by the task from its tokenizer")
-    pad_id: int = 0
+    pad_id: int = Field(0, description="the padding token's id (set by the task)")
     encoder: TransformerConfig = TransformerConfig(n_encoder_layers=2, n_decoder_layers=0, d_model=128, d_ff=256)
 
 

@@ -37,19 +37,32 @@ RNN_ATTENTIONS = ("none", "bahdanau", "luong_general", "luong_dot")
 
 
 class RNNConfig(Section):
-    arch: Literal["rnn"] = "rnn"
+    arch: Literal["rnn"] = Field(
+        "rnn", description="picks the architecture, and with it this section's other keys (rnn: translate only)"
+    )
     src_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")
     tgt_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")
-    pad_id: int = 0
-    cell: Literal["gru", "lstm"] = "gru"
-    attention: Literal["none", "bahdanau", "luong_general", "luong_dot"] = "bahdanau"
-    embed_dim: int = Field(256, ge=1)
+    pad_id: int = Field(0, description="the padding token's id (set by the task)")
+    cell: Literal["gru", "lstm"] = Field("gru", description="the recurrent cell of the encoder and the decoder")
+    attention: Literal["none", "bahdanau", "luong_general", "luong_dot"] = Field(
+        "bahdanau",
+        description="the decoder's attention over the memory: none (one fixed context, the memory's mean), "
+        "bahdanau (additive, asked by the state before each step), luong_general / luong_dot (Luong et al. "
+        "2015, asked by the state after it)",
+    )
+    embed_dim: int = Field(
+        256, ge=1, description="width of the token embeddings and of the readout before the output layer"
+    )
     hidden_size: int = Field(
         512, ge=2, multiple_of=2, description="memory and decoder width; the encoder has half per direction"
     )
-    n_encoder_layers: int = Field(1, ge=1)
-    n_decoder_layers: int = Field(1, ge=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
+    n_encoder_layers: int = Field(1, ge=1, description="stacked layers of the bidirectional encoder RNN")
+    n_decoder_layers: int = Field(
+        1, ge=1, description="stacked layers of the decoder RNN (each started from the memory's mean)"
+    )
+    dropout: float = Field(
+        0.3, ge=0, lt=1, description="dropout on the embeddings, the memory, the readout and between stacked layers"
+    )
     max_len: int = Field(256, ge=1, description="longest source or target the task feeds, in tokens")
     tie_embeddings: bool = Field(True, description="output layer = target embedding (readout of width embed_dim)")
     share_embeddings: bool = Field(False, description="one embedding for source and target")

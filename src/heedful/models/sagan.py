@@ -39,11 +39,15 @@ from heedful.models.pretrained import PretrainedModel
 class SAGANConfig(Section):
     image_size: int = Field(32, description="output side: 4 · 2^k (8, 16, 32, 64)")
     channels: int = Field(1, ge=1, description="image channels (1 for digits)")
-    z_dim: int = Field(128, ge=1)
+    z_dim: int = Field(128, ge=1, description="length of the generator's noise vector z")
     width: int = Field(64, ge=8, description="feature channels of the widest generator block")
     n_classes: int = Field(0, ge=0, description="> 0: class-conditional (CBN + projection discriminator)")
-    attention_resolution: int | None = Field(16, description="feature-map side that gets self-attention; None: none")
-    spectral_norm: bool = True
+    attention_resolution: int | None = Field(16, description="feature-map side that gets self-attention; null: none")
+    spectral_norm: bool = Field(
+        True,
+        description="spectral normalisation of every conv and linear layer of both networks (and of the "
+        "discriminator's class embedding)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SAGANConfig:

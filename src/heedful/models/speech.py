@@ -29,7 +29,7 @@ from heedful.models.transformer import EncoderLayer, TransformerConfig
 
 
 class SpeechConfig(Section):
-    n_mels: int = Field(40, ge=4)
+    n_mels: int = Field(40, ge=4, description="mel bands of the log-mel features (each frame's frequency axis)")
     per_bin_variance: bool = Field(
         True,
         description="normalise each utterance's mel bins to unit variance one by one (true) or together "
@@ -46,18 +46,37 @@ class SpeechConfig(Section):
         description="smooth each log-mel frame to its first n cepstral coefficients (removes pitch "
         "harmonics, a speaker trait); null = off",
     )
-    conv_channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1, max_length=4)
-    d_model: int = Field(128, ge=8)
-    encoder: Literal["attention", "bigru", "none"] = "attention"
-    n_layers: int = Field(3, ge=1)
-    n_heads: int = Field(4, ge=1)
-    d_ff: int = Field(256, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    conv_channels: list[int] = Field(
+        default_factory=lambda: [32, 64],
+        min_length=1,
+        max_length=4,
+        description="output channels of each front-end block (3×3 conv, stride 2: each block halves the frames "
+        "and the mel bands)",
+    )
+    d_model: int = Field(128, ge=8, description="width of the frame states the front end projects to")
+    encoder: Literal["attention", "bigru", "none"] = Field(
+        "attention",
+        description="what relates the frames after the front end: Transformer layers (attention), a "
+        "bidirectional GRU (bigru; see gru_hidden), or nothing (none: the CNN alone)",
+    )
+    n_layers: int = Field(3, ge=1, description="encoder layers (attention or bigru)")
+    n_heads: int = Field(4, ge=1, description="attention: heads per layer")
+    d_ff: int = Field(256, ge=1, description="attention: inner width of each feed-forward block")
+    dropout: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="dropout on the front end's output, inside the attention layers and between bigru layers",
+    )
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description="attention: dropout on the attention weights")
     position: str = Field("rope", description=" | ".join(POSITIONS))
     max_frames: int = Field(2048, ge=1, description="longest utterance in frames after the CNN")
     gru_hidden: int | None = Field(None, ge=1, description="bigru: per direction; default matches attention's size")
-    head: Literal["classify", "ctc"] = "classify"
+    head: Literal["classify", "ctc"] = Field(
+        "classify",
+        description="classify: one class per utterance (data.mode: digits); ctc: a symbol or blank per frame, "
+        "CTC-trained (data.mode: strings)",
+    )
     pooling: Literal["mean", "attention"] = Field(
         "mean",
         description="classify: the frames' mean, or additive attention of one learned query over them (which can "

@@ -29,7 +29,9 @@ from heedful.models.pretrained import PretrainedModel
 class TransformerConfig(Section):
     """Everything needed to build a Transformer; saved as the model folder's config.json."""
 
-    arch: Literal["transformer"] = "transformer"
+    arch: Literal["transformer"] = Field(
+        "transformer", description="picks the architecture, and with it this section's other keys (rnn: translate only)"
+    )
     src_vocab_size: int = Field(0, ge=0, description="set by the task from its vocabulary")
     tgt_vocab_size: int = Field(0, ge=0, description="set by the task (encoder–decoder only)")
     pad_id: int = Field(0, description="the padding token's id (set by the task)")

@@ -65,7 +65,7 @@ class FinetuneConfig(Section):
 
 
 class ClassifyConfig(RunConfig):
-    task: Literal["classify"] = "classify"
+    task: Literal["classify"] = Field("classify", description="which task reads the rest of the config")
     data: ClassifyData = ClassifyData()
     model: ClassifyModel = ClassifyModel()
     finetune: FinetuneConfig = FinetuneConfig()

@@ -56,10 +56,18 @@ CLASSIFIER_FILE = "feature_classifier.safetensors"
 
 
 class ImageData(Section):
-    source: Literal["digits", "mnist", "folder"] = "digits"
+    source: Literal["digits", "mnist", "folder"] = Field(
+        "digits",
+        description="digits: scikit-learn's bundled 8×8 digits; mnist: MNIST IDX files; folder: images in one "
+        "sub-folder per class",
+    )
     root: Path | None = Field(None, description="mnist: the folder of IDX files; folder: <root>/<class>/*.png")
     held_out_fraction: float = Field(0.2, gt=0, lt=1, description="per class, seeded: the real images FID compares")
-    on_bad: Literal["error", "skip"] = "error"
+    on_bad: Literal["error", "skip"] = Field(
+        "error",
+        description="folder: an unreadable image, or one of another size or mode than the first, stops the run "
+        "(error) or is skipped and counted (skip)",
+    )
 
 
 class GANConfig(Section):
@@ -70,7 +78,7 @@ class GANConfig(Section):
 
 
 class ImageGenConfig(RunConfig):
-    task: Literal["imagegen"] = "imagegen"
+    task: Literal["imagegen"] = Field("imagegen", description="which task reads the rest of the config")
     data: ImageData = ImageData()
     model: SAGANConfig = SAGANConfig(image_size=8, width=32, attention_resolution=4, n_classes=10)
     gan: GANConfig = GANConfig()

@@ -40,7 +40,7 @@ BatchSource.register(ExampleBatches)  # heedful.data does not import tasks; it i
 
 class ClassifyTokenizerConfig(Section):
     vocab_size: int = Field(8000, ge=300, description="sentencepiece: upper bound (specials and bytes included)")
-    model_type: Literal["unigram", "bpe"] = "unigram"
+    model_type: Literal["unigram", "bpe"] = Field("unigram", description="sentencepiece: unigram | bpe")
     character_coverage: float = Field(0.9995, gt=0, le=1, description="below 1 for large CJK alphabets")
 
 
@@ -48,13 +48,19 @@ class ClassifyData(Section):
     path: Path | None = Field(None, description="the labelled texts (CSV, TSV or JSONL, gzip or not)")
     val_path: Path | None = Field(None, description="a separate validation file (else split from path)")
     test_path: Path | None = Field(None, description="a separate test file (else split from path)")
-    format: Literal["auto", "csv", "tsv", "jsonl"] = "auto"
-    text_column: str = "text"
+    format: Literal["auto", "csv", "tsv", "jsonl"] = Field(
+        "auto", description="the files' format; auto: from each file's suffix (.csv, .tsv or .jsonl, gzipped or not)"
+    )
+    text_column: str = Field("text", description="the column (JSONL: field) that holds the text")
     label_column: str | None = Field(
         "label", description="null: the texts alone, without labels (the mlm task only; any file of texts)"
     )
     group_column: str | None = Field(None, description="e.g. 'Product Name': per-group quality in evaluate")
-    labels: Literal["stars5", "stars3", "binary", "as_is"] = "as_is"
+    labels: Literal["stars5", "stars3", "binary", "as_is"] = Field(
+        "as_is",
+        description="how labels become classes: stars5: ratings 1–5, five classes; stars3: 1–2 neg, 3 neutral, "
+        "4–5 pos; binary: 1–2 neg, 4–5 pos, 3 left out; as_is: each distinct label a class",
+    )
     classes: list[str] | None = Field(None, description="as_is: the class names, in order")
 
     @field_validator("classes", mode="before")
@@ -66,9 +72,20 @@ class ClassifyData(Section):
         return value
 
     filters: dict[str, str] = Field(default_factory=dict, description="keep rows whose column equals the value")
-    on_bad_row: Literal["error", "skip"] = "error"
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    test_fraction: float = Field(0.1, ge=0, lt=1)
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error",
+        description="a bad row (empty text, a label out of range, broken quoting, …) stops the read naming its "
+        "line (error), or is skipped and counted (skip)",
+    )
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="share of the distinct texts held out for validation (with folds: of those outside the test fold)",
+    )
+    test_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of the distinct texts held out for testing (unused with folds)"
+    )
     sample: int | None = Field(
         None,
         ge=1,
@@ -81,19 +98,29 @@ class ClassifyData(Section):
         "runs of different seeds on the same held-out texts",
     )
     folds: int | None = Field(None, ge=2, description="k-fold: test = fold `fold`; val drawn from the rest")
-    fold: int = Field(0, ge=0)
+    fold: int = Field(0, ge=0, description="k-fold: the fold that is the test set, 0 to folds − 1")
     tokenizer: ClassifyTokenizerConfig = ClassifyTokenizerConfig()
     max_tokens: int = Field(256, ge=4, description="longer texts are cut or windowed (see truncation)")
-    truncation: Literal["head", "head_tail", "windows"] = "head"
+    truncation: Literal["head", "head_tail", "windows"] = Field(
+        "head",
+        description="a text over max_tokens: keep its head, or its head and tail (half each), or read it all as "
+        "overlapping windows, each trained as an example and their probabilities averaged",
+    )
     window_stride: int | None = Field(
         None, ge=1, description="windows: tokens between window starts (default: half a window)"
     )
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced"] = Field(
+        "none",
+        description="balanced: weigh each class's loss by n / (C · n_c), n_c its training examples (as "
+        "scikit-learn's class_weight='balanced'); none: unweighted",
+    )
     token_dropout: float = Field(
         0.0, ge=0, lt=1, description="training only: hide each token but the first with this probability"
     )
     length_buckets: bool = Field(True, description="batch texts of similar length together (less padding)")
-    balanced_sampling: bool = False
+    balanced_sampling: bool = Field(
+        False, description="draw training examples with replacement, each class equally often"
+    )
     min_group_size: int = Field(10, ge=1, description="groups with fewer held-out examples are not scored")
     baselines: Literal["auto", "word", "char", "none"] = Field(
         "auto",

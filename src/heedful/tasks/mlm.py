@@ -55,7 +55,7 @@ class MaskingConfig(Section):
 class MaskedLMRunConfig(ClassifyConfig):
     """classify's sections, so one data section (and seed) gives both tasks the same texts."""
 
-    task: Literal["mlm"] = "mlm"  # type: ignore[assignment]
+    task: Literal["mlm"] = Field("mlm", description="which task reads the rest of the config")  # type: ignore[assignment]
     masking: MaskingConfig = MaskingConfig()
 
 

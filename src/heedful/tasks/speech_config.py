@@ -16,15 +16,21 @@ from heedful.models.speech import SpeechConfig
 
 class SpeechData(Section):
     root: Path = Field(Path("../shared/data/fsdd"), description="FSDD folder (or its recordings/ folder)")
-    mode: Literal["digits", "strings"] = "digits"
+    mode: Literal["digits", "strings"] = Field(
+        "digits",
+        description="digits: one isolated digit per clip, classified (model.head: classify); strings: several "
+        "clips of one speaker joined with pauses, transcribed (model.head: ctc)",
+    )
     split: str = Field("standard", description="standard | speaker:<name> (leave that speaker out)")
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    sample_rate: int = Field(8000, ge=1000)
-    n_train_strings: int = Field(3000, ge=1)
-    n_val_strings: int = Field(200, ge=1)
-    n_test_strings: int = Field(500, ge=1)
-    min_digits: int = Field(2, ge=1)
-    max_digits: int = Field(7, ge=1)
+    val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of the training recordings held out for validation (per digit and speaker)"
+    )
+    sample_rate: int = Field(8000, ge=1000, description="Hz: every clip is resampled to this rate before its features")
+    n_train_strings: int = Field(3000, ge=1, description="strings: digit strings built from the training recordings")
+    n_val_strings: int = Field(200, ge=1, description="strings: digit strings built from the validation recordings")
+    n_test_strings: int = Field(500, ge=1, description="strings: digit strings built from the test recordings")
+    min_digits: int = Field(2, ge=1, description="strings: fewest digits in a string (lengths drawn uniformly)")
+    max_digits: int = Field(7, ge=1, description="strings: most digits in a string")
     string_noise_snr_db: float | None = Field(None, description="white noise in built strings")
     test_noise_snr_db: float | None = Field(None, description="add white noise to val/test audio (robustness)")
     trim_db: float | None = Field(
@@ -91,11 +97,17 @@ class AugmentConfig(Section):
         (0.0, 10.0), description="direct-to-reverberant energy ratio (dB) range of those rooms"
     )
     reverb_prob: float = Field(0.5, ge=0, le=1, description="share of training utterances that get reverb")
-    spec_augment: bool = True
-    n_freq_masks: int = Field(2, ge=0)
-    max_freq_width: int = Field(6, ge=0)
-    n_time_masks: int = Field(2, ge=0)
-    max_time_width: int = Field(8, ge=0)
+    spec_augment: bool = Field(
+        True,
+        description="SpecAugment: set random mel bands and frames of each training utterance's features to 0 "
+        "(their mean)",
+    )
+    n_freq_masks: int = Field(2, ge=0, description="SpecAugment: frequency masks per training utterance")
+    max_freq_width: int = Field(6, ge=0, description="SpecAugment: widest frequency mask, in mel bands")
+    n_time_masks: int = Field(2, ge=0, description="SpecAugment: time masks per training utterance")
+    max_time_width: int = Field(
+        8, ge=0, description="SpecAugment: widest time mask, in frames (one per 80 samples: 10 ms at 8 kHz)"
+    )
 
     @field_validator("speed", "tempo")
     @classmethod
@@ -119,7 +131,7 @@ class SpeechDecode(Section):
 
 
 class SpeechTaskConfig(RunConfig):
-    task: Literal["speech"] = "speech"
+    task: Literal["speech"] = Field("speech", description="which task reads the rest of the config")
     data: SpeechData = SpeechData()
     augment: AugmentConfig = AugmentConfig()
     model: SpeechConfig = SpeechConfig()

@@ -29,7 +29,9 @@ class SplitPaths(Section):
 class TokenizerConfig(Section):
     """How ``data.source: parallel`` cuts text into tokens (the built-ins always use characters)."""
 
-    kind: Literal["sentencepiece", "char"] = "sentencepiece"
+    kind: Literal["sentencepiece", "char"] = Field(
+        "sentencepiece", description="parallel: sentencepiece subword pieces, or characters (char)"
+    )
     model_type: SentencePieceType = Field("unigram", description="sentencepiece: unigram | bpe")
     vocab_size: int = Field(8000, ge=8, description="sentencepiece: upper bound, incl. 4 specials + 256 bytes")
     joint: bool = Field(True, description="one vocabulary for source and target (lets model.share_embeddings)")
@@ -43,9 +45,13 @@ class TokenizerConfig(Section):
 
 
 class TranslateData(Section):
-    source: Literal["dates", "numbers", "parallel"] = "dates"
-    val_size: int = Field(1000, ge=1)
-    test_size: int = Field(2000, ge=1)
+    source: Literal["dates", "numbers", "parallel"] = Field(
+        "dates",
+        description="dates | numbers: built-in pairs generated on the fly, read as characters; parallel: "
+        "sentence pairs from files",
+    )
+    val_size: int = Field(1000, ge=1, description="dates, numbers: examples in the fixed validation set")
+    test_size: int = Field(2000, ge=1, description="dates, numbers: examples in the fixed test set")
     heldout_seed: int = Field(20211105, description="seed of the fixed validation and test sets")
     source_lang: str = Field("en", description="numbers: num2words code; parallel: file suffix / JSONL field")
     target_lang: str = Field("de", description="numbers: num2words code; parallel: file suffix / JSONL field")
@@ -58,8 +64,8 @@ class TranslateData(Section):
         description="parallel: text: a prefix (train → train.<lang>[.gz]) or {src, tgt}; tsv/jsonl: a file; "
         "relative to data.root, or absolute (a distilled corpus inside the student's run directory)",
     )
-    val: str | SplitPaths | None = None
-    test: str | SplitPaths | None = None
+    val: str | SplitPaths | None = Field(None, description="parallel: the validation split, given as data.train is")
+    test: str | SplitPaths | None = Field(None, description="parallel: the test split, given as data.train is")
     fields: tuple[str, str] | None = Field(None, description="jsonl: source and target field (default: languages)")
     on_bad_line: OnBadLine = Field("error", description="parallel: error | skip (counted and reported)")
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -91,7 +97,7 @@ class DecodeConfig(Section):
         "hypothesis could still beat them)",
     )
     max_len_ratio: float | None = Field(None, gt=0, description="cap output at ratio × source tokens + offset")
-    max_len_offset: int = Field(10, ge=0)
+    max_len_offset: int = Field(10, ge=0, description="with max_len_ratio: tokens added to ratio × source tokens")
     batch_tokens: int = Field(4096, ge=1, description="source tokens × beam per decoding batch, padding included")
     workers: int = Field(
         1,
@@ -138,7 +144,7 @@ class AlignmentSupervision(Section):
 
 
 class TranslateConfig(RunConfig):
-    task: Literal["translate"] = "translate"
+    task: Literal["translate"] = Field("translate", description="which task reads the rest of the config")
     data: TranslateData = TranslateData()
     model: ModelConfig = TransformerConfig()
     decode: DecodeConfig = DecodeConfig()
