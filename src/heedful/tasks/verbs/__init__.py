@@ -25,7 +25,7 @@ SetOption = Annotated[
         "-s",
         metavar="KEY=VALUE",
         help="Override a config field (repeatable): e.g. --set train.lr=3e-4 to train, --set decode.beam_size=1 "
-        "to decode; a trained run's model.* and task are fixed.",
+        "to decode; a trained run's model.* and task are fixed. `heedful config CONFIG --fields` lists the fields.",
     ),
 ]
 # The train.* keys a verb that reads a trained run still reads; the others only shape a training.
