@@ -807,7 +807,8 @@ def main() -> None:
         typer.echo("heedful: aborted", err=True)
         sys.exit(1)
     except UserError as exc:
-        _error(str(exc), rank_specific=getattr(exc, "rank_specific", False))
+        if not getattr(exc, "already_said", False):  # another process of this torchrun job said it
+            _error(str(exc), rank_specific=getattr(exc, "rank_specific", False))
         sys.exit(2)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

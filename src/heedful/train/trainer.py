@@ -40,7 +40,7 @@ from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
 from heedful.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from heedful.train.compile import compile_model
-from heedful.train.distributed import Dist, LossModule, rank_batches, rounds
+from heedful.train.distributed import Dist, LossModule, peer_lost_error, rank_batches, rounds
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.init_from import init_model_folder, load_initial_weights
@@ -118,6 +118,13 @@ class Trainer:
                     dist.barrier()  # rank 0 claims the directory first (and clears what a kill left)
                     return self._fit(None, resume, overwrite)
                 return self._fit_main(resume, overwrite)
+        except UserError as exc:  # the others may be waiting for this process in a collective call
+            dist.say_stopped(exc)
+            raise
+        except RuntimeError as exc:  # … or this one for another, which stopped
+            if (error := peer_lost_error(exc, self.run_dir, dist)) is None:
+                raise
+            raise error from None
         finally:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
             dist.end()
