@@ -27,7 +27,7 @@ try:  # typer ≥ 0.22 parses with its own copy of click; before, with click its
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-from heedful.errors import UserError, a_run, article
+from heedful.errors import UserError, a_run, article, said_here, torchrun_ranks
 from heedful.outputs import check_output, check_output_folder, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, SetOption, TrainOption
 
@@ -811,22 +811,14 @@ def app_commands() -> list[str]:
     return typer.main.get_command(app).list_commands(None)
 
 
-def _torchrun_ranks() -> tuple[int, int]:
-    """This process's (rank, local rank) among those torchrun started; (0, 0) for one on its own."""
-    if not os.environ.get("WORLD_SIZE", "1").isdigit() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 0
-    rank, local = os.environ.get("RANK", "0"), os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))
-    return (int(rank) if rank.isdigit() else 0), (int(local) if local.isdigit() else 0)
-
-
 def _error(line: str, rank_specific: bool = False) -> None:
     """``heedful: error: LINE`` on stderr, once per machine of a torchrun job: every process meets
     a bad config or flag alike, so the first process of each machine (local rank 0) says it —
     once in all on one machine, and an error that only another machine meets (its data path, its
     disk) is still said there. What befell one process only (out of memory, its peer gone) each
     process says itself. A rank other than 0 is named."""
-    rank, local = _torchrun_ranks()
-    if local == 0 or rank_specific:
+    if said_here(rank_specific):
+        rank = torchrun_ranks()[0]
         typer.echo(f"heedful: error: {f'rank {rank}: ' if rank else ''}{line}", err=True)
 
 
@@ -858,7 +850,8 @@ def main() -> None:
         typer.echo("heedful: aborted", err=True)
         sys.exit(1)
     except UserError as exc:
-        _error(str(exc), rank_specific=getattr(exc, "rank_specific", False))
+        if not getattr(exc, "already_said", False):  # another process of this torchrun job said it
+            _error(str(exc), rank_specific=getattr(exc, "rank_specific", False))
         sys.exit(2)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):

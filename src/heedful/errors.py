@@ -6,6 +6,7 @@ and keeps its traceback.
 """
 
 import os
+import sys
 
 
 def article(word: str) -> str:
@@ -24,6 +25,32 @@ def not_found(path: object, also: str = "") -> str:
     text = str(path)
     where = "" if text.startswith(("/", "~")) else f"; a relative path, read from {os.getcwd()}"
     return f"{text}: file not found{f' ({also}' if also else ''}{where}{')' if also else ''}"
+
+
+def torchrun_ranks() -> tuple[int, int]:
+    """This process's (rank, local rank) among those torchrun started; (0, 0) for one on its own."""
+    if not os.environ.get("WORLD_SIZE", "1").isdigit() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 0
+    rank, local = os.environ.get("RANK", "0"), os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))
+    return (int(rank) if rank.isdigit() else 0), (int(local) if local.isdigit() else 0)
+
+
+def said_here(rank_specific: bool = False) -> bool:
+    """Whether this process prints what it met (an error, a warning): the first process of each
+    machine of a torchrun job (local rank 0) says what every process meets alike, each process
+    what befell it alone (``rank_specific``); a process on its own says everything."""
+    return torchrun_ranks()[1] == 0 or rank_specific
+
+
+def warn(message: str, *, rank_specific: bool = False) -> None:
+    """``heedful: warning: MESSAGE`` on stderr, once per machine of a torchrun job, as the CLI says
+    an error: what every process meets alike (a changed setting, a skipped step the ranks agreed on)
+    is said by the first process of each machine (local rank 0), so a second machine's own trouble
+    is still said there. What befell this process only (``rank_specific``) it says itself; a rank
+    other than 0 is named."""
+    if said_here(rank_specific):
+        rank = torchrun_ranks()[0]
+        print(f"heedful: warning: {f'rank {rank}: ' if rank else ''}{message}", file=sys.stderr, flush=True)
 
 
 class UserError(Exception):

@@ -61,6 +61,6 @@ def test_a_run_it_cannot_convert_is_one_line(run_dir, tmp_path):
     result = run_cli("export", str(run_dir), "--format", "onnx", "--quantization", "int8", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "--quantization is for --format ctranslate2" in result.stderr
     assert not (tmp_path / "x").exists()
-    with pytest.raises(UserError, match=r"--quantization 'int4': choose from int8, int8_float32, "):
+    with pytest.raises(UserError, match=r"quantization='int4' \(--quantization\): choose from int8, int8_float32, "):
         export_ctranslate2(load_run(run_dir, "cpu"), tmp_path / "x", "int4")  # CTranslate2's own was a traceback
     assert not (tmp_path / "x").exists()

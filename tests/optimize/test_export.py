@@ -107,11 +107,12 @@ def test_an_export_folder_translates_on_its_own(exported, tmp_path):
     assert [json.loads(line)["output"] for line in predicted.stdout.splitlines()] == expected[:3]
     for args, message in [
         (["--attention", str(tmp_path / "maps.jsonl")], "does not return attention (an ONNX export)"),
-        (["--quantization", "int8"], "--quantization is for CTranslate2 exports"),
+        (["--quantization", "int8"], "quantization (--quantization) is for CTranslate2 exports"),
         (["--engine", "ctranslate2"], "is an export for onnxruntime, which decodes it"),
         (
             ["--device", "cuda"],
-            f"--device cuda: an export computes on the CPU (onnxruntime or CTranslate2), and {shipped} is one",
+            f"device='cuda' (--device): an export computes on the CPU (onnxruntime or CTranslate2), and {shipped} "
+            "is one",
         ),
     ]:
         refused = run_cli("translate", str(shipped), *args, stdin="5. März 2021\n")

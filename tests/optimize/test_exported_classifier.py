@@ -92,7 +92,7 @@ def test_heedful_evaluate_scores_an_export_as_its_run_and_writes_nothing(shipped
         (["--explain"], "--explain: {folder} is an export, which keeps no attention; give the run it came from"),
         (["--show-attention"], "--show-attention: {folder} is an export, which keeps no attention;"),
         (["--ensemble", "{run}"], "--ensemble needs run directories (an export is one model)"),
-        (["--device", "cuda"], "--device cuda: an export computes on the CPU (onnxruntime or CTranslate2)"),
+        (["--device", "cuda"], "device='cuda' (--device): an export computes on the CPU (onnxruntime or CTranslate2)"),
     ],
 )
 def test_what_an_export_cannot_predict_is_one_line(shipped, args, message):

@@ -587,3 +587,26 @@ def test_an_optimized_run_has_a_name_of_its_own_and_serves_beside_its_run(run_di
         answer = client.post("/v1/models/dates-average-low-rank/predict", json={"texts": SOURCES[:1]})
     assert [m["name"] for m in listed["models"]] == ["dates", "dates-average", "dates-average-low-rank"]
     assert answer.status_code == 200 and answer.json()["model"] == "dates-average-low-rank"
+
+
+def test_an_exports_refusals_name_the_argument_and_the_flag(tmp_path):
+    """``open_export`` is the Python twin of opening an export on the command line: its refusals
+    name both spellings (they said only ``--device``, ``--quantization``), before any runtime loads."""
+    from heedful.optimize.export import open_export
+
+    with pytest.raises(UserError) as refused:
+        open_export(tmp_path, device="cuda")
+    assert str(refused.value) == (
+        f"device='cuda' (--device): an export computes on the CPU (onnxruntime or CTranslate2), and {tmp_path} is one"
+    )
+    (tmp_path / "export.json").write_text(json.dumps({"format": "onnx", "kind": "seq2seq"}))
+    with pytest.raises(UserError) as refused:
+        open_export(tmp_path, quantization="int8")
+    assert (
+        str(refused.value)
+        == "quantization (--quantization) is for CTranslate2 exports (an ONNX export computes in float32)"
+    )
+    (tmp_path / "export.json").write_text(json.dumps({"format": "ctranslate2", "kind": "seq2seq"}))
+    with pytest.raises(UserError) as refused:
+        open_export(tmp_path, quantization="int4")
+    assert str(refused.value) == "quantization='int4' (--quantization): choose from float32, int8"

@@ -214,3 +214,54 @@ def test_a_process_killed_mid_training_ends_the_job_in_one_line(tmp_path):
         + "); the last checkpoint is at step 2; resume with: torchrun --standalone --nproc-per-node 2 -m heedful "
         f"train {run} --resume"
     ], done.stderr
+
+
+class Told:
+    """A Dist whose job's store holds the word another process left as it stopped on an error."""
+
+    def __init__(self, word):
+        self.word = word
+
+    def who_stopped(self):
+        return self.word
+
+
+def test_a_peer_that_stopped_on_an_error_it_said_is_not_said_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_RANK", "0")
+    said = "runs/x: --resume given, but there is no checkpoint to resume from"
+    word = {"rank": 0, "node": "0", "said": True, "error": said}
+    error = peer_lost_error(RuntimeError(GLOO_PEER_GONE), tmp_path, Told(word))
+    assert str(error) == f"rank 0 stopped on an error, so this process did too: {said}"
+    assert error.already_said and not getattr(error, "rank_specific", False)
+    # On another machine, or unsaid (a process other than its machine's first, on an error every
+    # process meets), it is said once per machine: rank 2 here is its machine's first.
+    monkeypatch.setenv("GROUP_RANK", "1")
+    assert not peer_lost_error(RuntimeError(GLOO_PEER_GONE), tmp_path, Told(word)).already_said
+    monkeypatch.setenv("GROUP_RANK", "0")
+    assert not peer_lost_error(RuntimeError(GLOO_PEER_GONE), tmp_path, Told({**word, "said": False})).already_said
+    # No word (the peer was killed): its loss is this process's own error, as before.
+    assert str(peer_lost_error(RuntimeError(GLOO_PEER_GONE), tmp_path, Told(None))).startswith(
+        "another process of this torchrun job stopped ("
+    )
+
+
+@pytest.mark.slow
+def test_a_process_that_stops_on_an_error_is_the_one_that_says_it(tmp_path):
+    """Rank 0 refuses the resume while rank 1 waits for it at a barrier, which then fails: rank 1
+    said that its peer was gone, a second error that hid the first. Rank 1 ignores torchrun's
+    SIGTERM (tests/train/deaf_rank.py), which would often stop it before its barrier failed."""
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(free_port()), str(ROOT / "tests" / "train" / "deaf_rank.py"), "train",
+               str(ROOT / "configs" / "dates.yaml"), "--resume"]  # fmt: skip
+    for item in tiny_dates_overrides(run):
+        command += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode != 0
+    ours = [line for line in done.stderr.splitlines() if line.startswith(("heedful:", "[rank0]", "[rank1]"))]
+    assert ours == [f"heedful: error: {run}: --resume given, but there is no checkpoint to resume from"], done.stderr
+    assert "exitcode  : 2" in done.stderr.split("[1]:", 1)[1], done.stderr  # rank 1 stopped on its failed barrier

@@ -40,11 +40,11 @@ class OptimizeError(UserError):
 _NO_VALUE = object()
 
 
-def option(name: str, value: Any = _NO_VALUE) -> str:
+def option(name: str, value: Any = _NO_VALUE, *, flag: str | None = None) -> str:
     """An option as both the Python API and the CLI spell it, for a message either may show:
     ``option("lr", -1.0)`` is "lr=-1.0 (--lr)", ``option("fine_tune_steps")`` is
-    "fine_tune_steps (--fine-tune-steps)"."""
-    flag = "--" + name.replace("_", "-")
+    "fine_tune_steps (--fine-tune-steps)"; ``flag``: a flag named otherwise than the argument."""
+    flag = flag or "--" + name.replace("_", "-")
     return f"{name} ({flag})" if value is _NO_VALUE else f"{name}={value!r} ({flag})"
 
 

@@ -33,6 +33,7 @@ from heedful.optimize.common import (
     check_out_dir,
     exported_task,
     given_run,
+    option,
     read_export_record,
     runtime_reason,
     staged,
@@ -152,15 +153,15 @@ def export_ctranslate2(
     ``quantization`` (e.g. "int8") is CTranslate2's own weight type at conversion time."""
     given_run(run, "export_ctranslate2")
     if quantization is not None and quantization not in STORED_TYPES:
-        raise OptimizeError(f"--quantization {quantization!r}: choose from {', '.join(STORED_TYPES)}")
+        raise OptimizeError(f"{option('quantization', quantization)}: choose from {', '.join(STORED_TYPES)}")
     ct2 = optional_import("ctranslate2", "CTranslate2 conversion")
     from heedful.models import TransformerEncoderDecoder
 
     model = run.model
     if not isinstance(model, TransformerEncoderDecoder) or structural_steps(model):  # averaged weights convert
         raise OptimizeError(
-            f"{run.run_dir}: CTranslate2 conversion takes a Transformer translator as trained "
-            "(convert before other optimizations; CTranslate2 quantizes with --quantization)"
+            f"{run.run_dir}: CTranslate2 conversion takes a Transformer translator as trained: convert before "
+            f"other optimizations, and quantize with CTranslate2's own {option('quantization')}"
         )
     spec = transformer_spec(model, getattr(getattr(run.cfg, "decode", None), "explain_layer", -1))
     src_tok, tgt_tok = run.task.src_tok, run.task.tgt_tok
@@ -252,7 +253,7 @@ def cached_export(run: Run, quantization: str = "float32") -> Path:
     made from the run's current weights (and attention layer), else (re)made there. A run folder
     that cannot be written to gets its conversion in a temporary folder instead, made anew."""
     if quantization not in ENGINE_QUANTIZATIONS:
-        raise OptimizeError(f"--quantization {quantization!r}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
+        raise OptimizeError(f"{option('quantization', quantization)}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
     folder = run.run_dir / CACHE_NAME.format(quantization)
     record = folder / RECORD_NAME
     fresh = record.is_file() and (folder / "model.bin").is_file()
@@ -373,19 +374,23 @@ class Ct2Engine(ExportedTranslator):
         return out
 
 
+# What ct2_engine is, in Python and on the command line (the CLI's translate --engine ctranslate2).
+ENGINE = "CTranslate2 decoding (ct2_engine, --engine ctranslate2)"
+
+
 def ct2_engine(run: Run, quantization: str = "float32", threads: int | None = None) -> Ct2Engine:
     """``run``'s Transformer translator decoded by CTranslate2 (its conversion cached in the run
     folder, see ``cached_export``): ``ct2_engine(run, "int8").translate(lines, beam=5)``."""
     from heedful.models import TransformerEncoderDecoder
 
-    optional_import("ctranslate2", "--engine ctranslate2")
+    optional_import("ctranslate2", ENGINE)
     if not isinstance(run.model, TransformerEncoderDecoder):
-        raise OptimizeError(f"{run.run_dir}: --engine ctranslate2 takes a Transformer translator, not an RNN one")
+        raise OptimizeError(f"{run.run_dir}: {ENGINE} takes a Transformer translator, not an RNN one")
     if structural_steps(run.model):
         steps = ", ".join(step["method"].replace("_", "-") for step in structural_steps(run.model))
         raise OptimizeError(
-            f"{run.run_dir}: --engine ctranslate2 takes a Transformer translator as trained, not one made by {steps}; "
-            "convert the run it came from (CTranslate2 quantizes with --quantization)"
+            f"{run.run_dir}: {ENGINE} takes a Transformer translator as trained, not one made by {steps}; "
+            f"convert the run it came from, and quantize with CTranslate2's own {option('quantization')}"
         )
     return Ct2Engine.for_run(run, cached_export(run, quantization), threads)
 
@@ -404,7 +409,8 @@ def open_ct2_export(
     if not (files / "config.yaml").is_file() or "max_len" not in record:
         raise OptimizeError(f"{folder}: exported before exports kept the run's files in {RUN_FILES}/; export again")
     if compute_type not in (None, *ENGINE_QUANTIZATIONS):
-        raise OptimizeError(f"--quantization {compute_type!r}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
+        choice = option("compute_type", compute_type, flag="--quantization")
+        raise OptimizeError(f"{choice}: choose from {', '.join(ENGINE_QUANTIZATIONS)}")
     optional_import("ctranslate2", "CTranslate2 decoding")
     cfg, task = exported_task(files, overrides)
     return Ct2Engine(task, cfg, int(record["max_len"]), folder, threads, compute_type=compute_type)

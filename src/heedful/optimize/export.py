@@ -43,6 +43,7 @@ from heedful.optimize.common import (
     check_out_dir,
     exported_task,
     given_run,
+    option,
     read_export_record,
     runtime_reason,
     staged,
@@ -374,20 +375,25 @@ def open_export(
     type it computes in) or ONNX (``OnnxTranslator``) — also translates: ``.translate(lines,
     beam=5)`` gives ``Translation``s. A classifier's ONNX export is an ``OnnxTextClassifier``.
     ``device``: what a caller asked for (``--device``); an export computes on the CPU only."""
-    from heedful.optimize.ct2 import open_ct2_export
+    from heedful.optimize.ct2 import ENGINE_QUANTIZATIONS, open_ct2_export
 
     folder = Path(folder)
     if device not in ("auto", "cpu"):
         raise OptimizeError(
-            f"--device {device}: an export computes on the CPU (onnxruntime or CTranslate2), and {folder} is one"
+            f"{option('device', device)}: an export computes on the CPU (onnxruntime or CTranslate2), "
+            f"and {folder} is one"
         )
     record = read_export_record(folder)
     if record.get("format") == "ctranslate2":
+        if quantization not in (None, *ENGINE_QUANTIZATIONS):  # said here, where it is called quantization
+            raise OptimizeError(
+                f"{option('quantization', quantization)}: choose from {', '.join(ENGINE_QUANTIZATIONS)}"
+            )
         return open_ct2_export(folder, overrides, quantization)
     if record.get("kind") not in ("seq2seq", "classifier"):
         raise OptimizeError(f"{folder}: an export of a {record.get('kind', 'model')}, which heedful cannot open")
     if quantization is not None:
-        raise OptimizeError("--quantization is for CTranslate2 exports (an ONNX export computes in float32)")
+        raise OptimizeError(f"{option('quantization')} is for CTranslate2 exports (an ONNX export computes in float32)")
     optional_import("onnxruntime", "running an ONNX export")
     if record["kind"] == "classifier":
         return OnnxTextClassifier(folder, overrides)

@@ -23,7 +23,6 @@ data/utterances.py, CTC transcription with a confidence in decode/ctc.py.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,7 +47,7 @@ from heedful.data.fsdd import (
 )
 from heedful.data.utterances import Utterance, UtteranceBatches, augment
 from heedful.decode.ctc import ctc_greedy_decode, ctc_transcribe, digit_error_rate, sentence_accuracy
-from heedful.errors import ConfigError, DataError, UserError
+from heedful.errors import ConfigError, DataError, UserError, warn
 from heedful.explain.capture import capture
 from heedful.models.speech import SpeechModel
 from heedful.tasks.base import (
@@ -328,7 +327,7 @@ class SpeechTask(Task):
         warned = self.__dict__.setdefault("_warned_empty", set())
         if str(path) not in warned:
             warned.add(str(path))
-            print(f"heedful: warning: {path}: {problem}; its transcription means nothing", file=sys.stderr)
+            warn(f"{path}: {problem}; its transcription means nothing")
 
     @torch.no_grad()
     def predict(self, model: nn.Module, inputs: list[Any]) -> list[Prediction]:

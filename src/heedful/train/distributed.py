@@ -34,6 +34,8 @@ generator (so a checkpoint's RNG state is every rank's); the ranks' batches diff
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import math
 import os
 import re
@@ -46,7 +48,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from heedful.device import resolve_device
-from heedful.errors import ConfigError, UserError
+from heedful.errors import ConfigError, UserError, said_here
 
 
 @dataclass
@@ -134,6 +136,30 @@ class Dist:
         total = t.tolist()
         return dict(zip(keys, total[1:], strict=True)), total[0]
 
+    # ------------------------------------------------------------------------- stopping on an error
+    def say_stopped(self, error: UserError) -> None:
+        """Leave word in the job's key-value store that this process stops on ``error`` (and whether
+        it printed it), so that the processes left waiting for it in a collective call, whose call
+        then fails, stop without a second error that hides the first (``peer_lost_error``).
+        torchrun's agent keeps the store, so the word outlives this process; where no word can be
+        left, the others say that their peer is gone, as when it is killed."""
+        if not self.enabled:
+            return
+        said = said_here(getattr(error, "rank_specific", False))
+        word = {"rank": self.rank, "node": os.environ.get("GROUP_RANK", "0"), "said": said, "error": str(error)}
+        with contextlib.suppress(Exception):
+            _store().set(_stopped_key(), json.dumps(word))
+
+    def who_stopped(self) -> dict[str, Any] | None:
+        """The word another process left when it stopped on an error (``say_stopped``), if any."""
+        if not self.enabled:
+            return None
+        try:
+            store = _store()
+            return json.loads(store.get(_stopped_key())) if store.check([_stopped_key()]) else None
+        except Exception:  # no store left to ask (one that rank 0 kept went with it)
+            return None
+
     def share(self, value: Any) -> Any:
         """Rank 0's ``value`` (any picklable object made by the trainer) on every rank."""
         if not self.enabled:
@@ -141,6 +167,19 @@ class Dist:
         box = [value]
         torch_dist.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def _store() -> Any:
+    """The process group's key-value store (torchrun's agent's, or rank 0's), waited on 5 s at
+    most: the store may be gone as well."""
+    store = torch_dist.distributed_c10d._get_default_store()
+    store.set_timeout(datetime.timedelta(seconds=5))
+    return store
+
+
+def _stopped_key() -> str:
+    # A job torchrun starts again (--max-restarts) keeps its store: each attempt has its own word.
+    return f"heedful/stopped/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 
 
 def is_main_process() -> bool:
@@ -154,12 +193,15 @@ def is_main_process() -> bool:
 _PEER_GONE = re.compile(r"connection (reset|closed|refused)|broken pipe|read error|write error", re.IGNORECASE)
 
 
-def peer_lost_error(exc: BaseException, run_dir: Any) -> UserError | None:
+def peer_lost_error(exc: BaseException, run_dir: Any, dist: Dist | None = None) -> UserError | None:
     """The one-line UserError for ``exc`` when it is a collective call that failed because another
     process of this torchrun job stopped; None for any other exception (a bug keeps its traceback).
 
-    Which rank stopped gloo does not say; of two processes it can only be the other one. The
-    error is this rank's own (``rank_specific``): each surviving process says it."""
+    When that process stopped on an error it said (``dist``'s word from ``Dist.say_stopped``),
+    its error is the cause: a process on the same machine, which printed it, ends without a line of
+    its own (``already_said``); one elsewhere repeats it, once per machine. Otherwise which rank
+    stopped gloo does not say; of two processes it can only be the other one. The error is then
+    this rank's own (``rank_specific``): each surviving process says it."""
     from heedful.train.checkpoint import list_checkpoints  # checkpoint imports nothing of this module
     from heedful.train.resume import resume_command
 
@@ -167,12 +209,17 @@ def peer_lost_error(exc: BaseException, run_dir: Any) -> UserError | None:
     backend_error = type(exc).__name__ in ("DistBackendError", "DistNetworkError")
     if not isinstance(exc, RuntimeError) or not (backend_error or "gloo" in text) or not _PEER_GONE.search(text):
         return None
+    if dist is not None and (word := dist.who_stopped()) is not None:
+        cause = UserError(f"rank {word['rank']} stopped on an error, so this process did too: {word['error']}")
+        here = word["node"] == os.environ.get("GROUP_RANK", "0")
+        cause.already_said = bool(word["said"] and here)  # type: ignore[attr-defined]
+        return cause
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     rank = int(os.environ.get("RANK", "0") or 0)
     who = f"rank {1 - rank}?" if world == 2 else "torchrun's summary below names it"
     said = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     said = re.sub(r"^\[[^\]]*\]\s*", "", said).split(". ")[0]  # gloo's source location; its advice
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or world)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)  # unset: one machine
     launch = (
         f"torchrun --standalone --nproc-per-node {per_node}"
         if per_node == world

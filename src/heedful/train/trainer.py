@@ -34,13 +34,13 @@ from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, to_yaml
 from heedful.device import autocast, keeping_torch_threads, move_to, resolve_device
-from heedful.errors import ConfigError, UserError
+from heedful.errors import ConfigError, UserError, warn
 from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
 from heedful.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from heedful.train.compile import compile_model
-from heedful.train.distributed import Dist, LossModule, rank_batches, rounds
+from heedful.train.distributed import Dist, LossModule, peer_lost_error, rank_batches, rounds
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.init_from import init_model_folder, load_initial_weights
@@ -118,6 +118,13 @@ class Trainer:
                     dist.barrier()  # rank 0 claims the directory first (and clears what a kill left)
                     return self._fit(None, resume, overwrite)
                 return self._fit_main(resume, overwrite)
+        except UserError as exc:  # the others may be waiting for this process in a collective call
+            dist.say_stopped(exc)
+            raise
+        except RuntimeError as exc:  # … or this one for another, which stopped
+            if (error := peer_lost_error(exc, self.run_dir, dist)) is None:
+                raise
+            raise error from None
         finally:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
             dist.end()
@@ -150,9 +157,8 @@ class Trainer:
         seed_everything(self.cfg.seed, tc.deterministic)
         if resume:  # before the data is read: a changed model.* is refused, other changes named
             changed = changed_settings(self.run_dir, self.cfg)
-            if changed and dist.main:
-                print(f"heedful: warning: resuming with settings changed from {self.run_dir / 'config.yaml'}: "
-                      + "; ".join(changed), file=sys.stderr)  # fmt: skip
+            if changed:
+                warn(f"resuming with settings changed from {self.run_dir / 'config.yaml'}: " + "; ".join(changed))
 
         # train.init_from: the other run's vocabulary before the data (a task may then skip training
         # its own) and again after (it wins, as in Run.evaluate); its weights before step 0.
@@ -246,8 +252,8 @@ class Trainer:
             name=self.cfg.name,
             resumed_from=state["step"] if resume else None,  # TensorBoard hides what was logged after it
         )
-        if tc.compile and (reason := compile_model(model, self.device)) is not None and dist.main:
-            print(f"heedful: warning: train.compile: training uncompiled: {reason}", file=sys.stderr)
+        if tc.compile and (reason := compile_model(model, self.device)) is not None:
+            warn(f"train.compile: training uncompiled: {reason}")
         # The task's loss as a module (DDP wraps it when torchrun started several processes).
         wrapped = dist.wrap(LossModule(self.task, model))
         try:
@@ -407,12 +413,11 @@ class Trainer:
         state["nonfinite_in_a_row"] += 1
         state["skipped_steps"] += 1
         in_a_row, limit = state["nonfinite_in_a_row"], self.tc.max_nonfinite_steps
-        if self.dist.main:
-            print(
-                f"heedful: warning: step {state['step'] + 1} skipped: the loss or a gradient is NaN or "
-                f"infinite ({in_a_row} in a row; training stops at {limit})",
-                file=sys.stderr,
-            )
+        # Every rank skips it (the ranks agreed), so it is no rank's own warning.
+        warn(
+            f"step {state['step'] + 1} skipped: the loss or a gradient is NaN or infinite "
+            f"({in_a_row} in a row; training stops at {limit})"
+        )
         if in_a_row >= limit:
             kept = list_checkpoints(self.run_dir / "checkpoints")
             raise TrainingDiverged(

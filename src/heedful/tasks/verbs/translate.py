@@ -12,7 +12,7 @@ from typing import Annotated, get_args
 import typer
 
 from heedful.data.text import refuse_nul
-from heedful.errors import DataError, UserError
+from heedful.errors import DataError, UserError, warn
 from heedful.outputs import check_output, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, run_loader
 
@@ -295,8 +295,10 @@ def align(
                     cut[path].append(n)
     if any(cut.values()):  # said once at the end, on stderr, as translate says it
         where = "; ".join(f"{path} {_lines_shown(lines)}" for path, lines in cut.items() if lines)
-        typer.echo(f"heedful: warning: sentences longer than the model's {run.cfg.model.max_len} tokens were cut to "
-                   f"them before aligning, so the words past the cut have no links: {where}", err=True)  # fmt: skip
+        warn(
+            f"sentences longer than the model's {run.cfg.model.max_len} tokens were cut to them before aligning, "
+            f"so the words past the cut have no links: {where}"
+        )
 
 
 def _unzip_lazily(first: tuple[str, str], rest: Iterator[tuple[str, str]]) -> tuple[Iterator[str], Iterator[str]]:
