@@ -28,7 +28,6 @@ import os
 import random
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from heedful.errors import CheckpointError
+from heedful.errors import CheckpointError, warn
 from heedful.nn.weights import load_weights, save_weights, sha256
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -294,7 +293,6 @@ def load_latest_checkpoint(
                     break
                 aside = path.with_name(f".damaged-{path.name}-{os.getpid()}.{n}")
             path.rename(aside)
-            print(f"heedful: warning: {exc}; moved aside to {aside.name}, trying the checkpoint before",
-                  file=sys.stderr)  # fmt: skip
+            warn(f"{exc}; moved aside to {aside.name}, trying the checkpoint before")
             extra_tensors.clear()
     raise CheckpointError(f"{directory}: no checkpoint to resume from")
