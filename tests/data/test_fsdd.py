@@ -1,4 +1,3 @@
-import logging
 import math
 import re
 from collections import Counter
@@ -65,14 +64,16 @@ def test_parse_file_name():
         assert parse_file_name(odd) is None, odd
 
 
-def test_list_recordings_skips_odd_names_with_a_count(tmp_path, caplog):
+def test_list_recordings_skips_odd_names_with_a_count(tmp_path, capsys):
     for name in ["1_ann_0.wav", "2_ann_1.wav", "notes.txt", "1_ann.wav"]:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub").mkdir()
-    with caplog.at_level(logging.WARNING, logger="heedful.data.fsdd"):
-        recordings = list_recordings(tmp_path)
+    recordings = list_recordings(tmp_path)
     assert [r.path.name for r in recordings] == ["1_ann_0.wav", "2_ann_1.wav"]
-    assert "skipped 2 file(s)" in caplog.text
+    assert capsys.readouterr().err == (
+        f"heedful: warning: {tmp_path}: skipped 2 file(s) not named {{digit}}_{{speaker}}_{{index}}.wav "
+        "(e.g. 1_ann.wav, notes.txt)\n"
+    )
 
 
 @pytest.mark.parametrize(

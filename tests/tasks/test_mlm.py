@@ -133,7 +133,7 @@ def test_a_classifier_starts_from_the_pretrained_pieces_and_encoder(pretrained):
 
 
 @pytest.mark.slow
-def test_a_classifier_split_otherwise_than_its_pretraining_is_warned_about(pretrained, caplog):
+def test_a_classifier_split_otherwise_than_its_pretraining_is_warned_about(pretrained, capsys):
     tmp_path, _ = pretrained
     # Pretrained with seed 0; a split seed of 0 keeps the split whatever the training seed.
     for seed, split, warned in ((0, {}, False), (1, {}, True), (1, {"data.split_seed": 0}, False)):
@@ -141,9 +141,9 @@ def test_a_classifier_split_otherwise_than_its_pretraining_is_warned_about(pretr
             ROOT / "configs" / "reviews" / "chinese.yaml",
             overrides(tmp_path, "classify", **{"model.pretrained": str(tmp_path / "mlm"), "seed": seed, **split}),
         )
-        caplog.clear()
+        capsys.readouterr()
         get_task("classify")(cfg).build_data(cfg)
-        messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        messages = [line for line in capsys.readouterr().err.splitlines() if line.startswith("heedful: warning: ")]
         assert any("seed differ" in m and "test texts" in m for m in messages) == warned, messages
     # The same file written another way is the same data: no warning about data.path.
     (tmp_path / "elsewhere").mkdir(exist_ok=True)
@@ -152,9 +152,11 @@ def test_a_classifier_split_otherwise_than_its_pretraining_is_warned_about(pretr
         ROOT / "configs" / "reviews" / "chinese.yaml",
         overrides(tmp_path, "classify", **{"model.pretrained": str(tmp_path / "mlm"), "data.path": str(same_file)}),
     )
-    caplog.clear()
+    capsys.readouterr()
     get_task("classify")(cfg).build_data(cfg)
-    assert not [r for r in caplog.records if r.levelname == "WARNING" and "differ" in r.getMessage()]
+    assert not [
+        line for line in capsys.readouterr().err.splitlines() if "heedful: warning:" in line and "differ" in line
+    ]
 
 
 def test_mlm_refuses_a_pretrained_start(tmp_path):
@@ -166,7 +168,7 @@ def test_mlm_refuses_a_pretrained_start(tmp_path):
         get_task("mlm")(cfg).build_data(cfg)
 
 
-def test_mlm_reads_texts_without_labels(tmp_path, caplog):
+def test_mlm_reads_texts_without_labels(tmp_path, capsys):
     """It required a label column, and dropped the rows whose label did not parse, though it uses no labels."""
     rng = random.Random(0)
     path = tmp_path / "texts.jsonl"  # no label anywhere
@@ -175,10 +177,10 @@ def test_mlm_reads_texts_without_labels(tmp_path, caplog):
     cfg = load_config(ROOT / "configs" / "reviews" / "chinese_mlm.yaml", overrides(tmp_path, "mlm", **values))
     data = get_task("mlm")(cfg).build_data(cfg)
     assert len(data.train.examples) + len(data.splits["val"]) + len(data.splits["test"]) == 60
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("heedful: warning: ")]
     assert warned == [
-        "config key 'model.pooling' (mean) is ignored: the mlm task predicts each hidden piece and pools nothing; "
-        "set it in the classify run started from this one"
+        "heedful: warning: config key 'model.pooling' (mean) is ignored: the mlm task predicts each hidden piece and "
+        "pools nothing; set it in the classify run started from this one"
     ]
     with pytest.raises(ConfigError, match=r"config key 'data.label_column': a classifier learns from labels; name"):
         load_config(ROOT / "configs" / "reviews" / "chinese.yaml", overrides(tmp_path, "c", **values))
@@ -223,21 +225,34 @@ def mlm_run(tmp_path: Path, **data) -> Path:
     ],
 )
 def test_a_classifier_is_warned_of_each_setting_that_split_its_pretraining_otherwise(
-    tmp_path, caplog, theirs, ours, named
+    tmp_path, capsys, theirs, ours, named
 ):
     folder = mlm_run(tmp_path, **theirs)
     cfg = load_config(
         ROOT / "configs" / "reviews" / "chinese.yaml",
         overrides(tmp_path, "classify", **{"model.pretrained": str(folder), **ours}),
     )
-    caplog.clear()
+    capsys.readouterr()
     get_task("classify")(cfg)._check_pretraining_split(cfg)
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    err = capsys.readouterr().err
     if not named:
-        assert warnings == []
+        assert err == ""
         return
-    (message,) = warnings
-    assert message == (
-        f"{folder / 'config.yaml'}: the pretraining split its data otherwise ({', '.join(named)} differ), so its "
-        "training texts may include this run's test texts"
+    assert err == (
+        f"heedful: warning: {folder / 'config.yaml'}: the pretraining split its data otherwise "
+        f"({', '.join(named)} differ), so its training texts may include this run's test texts\n"
+    )
+
+
+def test_a_classifier_is_warned_when_its_pretraining_config_is_unreadable(tmp_path, capsys):
+    folder = mlm_run(tmp_path)
+    (folder / "config.yaml").unlink()
+    cfg = load_config(
+        ROOT / "configs" / "reviews" / "chinese.yaml",
+        overrides(tmp_path, "classify", **{"model.pretrained": str(folder)}),
+    )
+    capsys.readouterr()
+    get_task("classify")(cfg)._check_pretraining_split(cfg)
+    assert capsys.readouterr().err == (
+        f"heedful: warning: {folder / 'config.yaml'}: unreadable, so it is unknown which texts the pretraining saw\n"
     )

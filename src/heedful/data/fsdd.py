@@ -16,7 +16,6 @@ keeps its source files and the sample where each digit starts, so leaks can be c
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 from collections import defaultdict
@@ -29,9 +28,7 @@ import numpy as np
 import torch
 
 from heedful.data.audio import add_noise, read_audio
-from heedful.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
+from heedful.errors import ConfigError, DataError, warn
 
 FSDD_SAMPLE_RATE = 8000
 TEST_INDICES = range(5)  # the dataset's README: takes 0-4 of every digit and speaker are the test set
@@ -89,11 +86,9 @@ def list_recordings(root: str | Path) -> list[FsddRecording]:
     if not recordings:
         raise DataError(f"{folder}: no FSDD recordings ({{digit}}_{{speaker}}_{{index}}.wav) in this folder")
     if skipped:
-        log.warning(
-            "%s: skipped %d file(s) not named {digit}_{speaker}_{index}.wav (e.g. %s)",
-            folder,
-            len(skipped),
-            ", ".join(skipped[:3]),
+        warn(
+            f"{folder}: skipped {len(skipped)} file(s) not named {{digit}}_{{speaker}}_{{index}}.wav "
+            f"(e.g. {', '.join(skipped[:3])})"
         )
     return sorted(recordings, key=_order)
 

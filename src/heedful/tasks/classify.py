@@ -22,7 +22,6 @@ explain   the pooling attention over the tokens (or, with CLS pooling, the last 
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from heedful.config import RunConfig, Section, read_yaml
 from heedful.data.labelled import Example
 from heedful.data.tokenizers import SentencePieceTokenizer, pad_ids
-from heedful.errors import ConfigError, UserError
+from heedful.errors import ConfigError, UserError, warn
 from heedful.explain.capture import capture
 from heedful.explain.plots import plot_confusion, plot_groups
 from heedful.metrics.classification import classification_metrics, group_quality
@@ -46,8 +45,6 @@ from heedful.nn.packed import packed_linears
 from heedful.tasks.base import Batch, DataBundle, EvalResult, Explanation, Prediction, register_task, text_list
 from heedful.tasks.labelled_text import ClassifyData, LabelledTextTask, split_differences, split_seed
 from heedful.tasks.verbs import TrainOption, labelled_text_options
-
-log = logging.getLogger(__name__)
 
 
 class ClassifyModel(ClassifierConfig):
@@ -142,18 +139,16 @@ class ClassifyTask(LabelledTextTask):
         try:
             theirs = read_yaml(path)
         except UserError:
-            log.warning("%s: unreadable, so it is unknown which texts the pretraining saw", path)
+            warn(f"{path}: unreadable, so it is unknown which texts the pretraining saw")
             return
         ours, their_data = cfg.data.model_dump(mode="json"), theirs.get("data") or {}
         differ = [f"data.{k}" for k in split_differences(their_data, ours)]
         if split_seed(their_data, theirs.get("seed")) != split_seed(cfg.data, cfg.seed):
             differ.append("data.split_seed or seed")
         if differ:
-            log.warning(
-                "%s: the pretraining split its data otherwise (%s differ), so its training texts may include "
-                "this run's test texts",
-                path,
-                ", ".join(differ),
+            warn(
+                f"{path}: the pretraining split its data otherwise ({', '.join(differ)} differ), so its training "
+                "texts may include this run's test texts"
             )
 
     def class_weight_tensor(self) -> Tensor | None:

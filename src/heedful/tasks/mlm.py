@@ -24,7 +24,6 @@ Then: ``heedful train configs/reviews/chinese.yaml --set model.pretrained=runs/<
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Literal
 
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from heedful.config import Section
 from heedful.data.labelled import Example
 from heedful.data.tokenizers import N_SPECIALS, SentencePieceTokenizer, pad_ids
-from heedful.errors import ConfigError, UserError
+from heedful.errors import ConfigError, UserError, warn
 from heedful.models.masked_lm import MaskedLanguageModel, MaskedLMConfig
 from heedful.tasks.base import DataBundle, EvalResult, Explanation, Prediction, register_task
 from heedful.tasks.classify import ClassifyConfig
@@ -44,8 +43,6 @@ from heedful.tasks.labelled_text import LabelledTextTask
 from heedful.tasks.verbs import TrainOption, labelled_text_options
 
 EVAL_SEED = 1234  # the fixed masking of val/test
-
-log = logging.getLogger(__name__)
 
 
 class MaskingConfig(Section):
@@ -98,10 +95,9 @@ class MaskedLMTask(LabelledTextTask):
             )
         pooling = cfg.model.pooling
         if pooling != type(cfg.model).model_fields["pooling"].default:  # else every saved config would say it
-            log.warning(
-                "config key 'model.pooling' (%s) is ignored: the mlm task predicts each hidden piece and pools "
-                "nothing; set it in the classify run started from this one",
-                pooling,
+            warn(
+                f"config key 'model.pooling' ({pooling}) is ignored: the mlm task predicts each hidden piece and "
+                "pools nothing; set it in the classify run started from this one"
             )
         return super().build_data(cfg)
 
