@@ -1,4 +1,4 @@
-"""``warn``: one warning line on stderr, once per machine of a torchrun job (as the CLI says an error)."""
+"""``warn`` and ``note``: one line on stderr, once per machine of a torchrun job (as the CLI says an error)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from heedful.errors import warn
+from heedful.errors import note, warn
 from heedful.train.trainer import Trainer
 
 
@@ -51,3 +51,24 @@ def test_a_step_every_rank_skipped_is_warned_once_per_machine(monkeypatch, capsy
         said.append(capsys.readouterr().err)
     line = "step 3 skipped: the loss or a gradient is NaN or infinite (1 in a row; training stops at 5)\n"
     assert said == ["", f"heedful: warning: {line}", f"heedful: warning: rank 2: {line}"]
+
+
+@pytest.mark.parametrize(
+    ("rank", "said"), [("1", ""), ("0", "heedful: note: the schedule goes on, counted in batches\n")]
+)
+def test_a_note_is_said_by_the_first_process_of_a_machine_only(monkeypatch, capsys, rank, said):
+    """A note (a resumed schedule, inputs cut to fit) follows warn's rule: of two processes on one
+    machine, local rank 0 says it and local rank 1 keeps quiet."""
+    torchrun(monkeypatch, "2", rank, rank)
+    note("the schedule goes on, counted in batches")
+    assert capsys.readouterr() == ("", said)
+
+
+def test_a_note_alone_is_one_line(monkeypatch, capsys):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    note("sources longer than the model's 8 tokens were cut to them before translating: line 2")
+    assert capsys.readouterr() == (
+        "",
+        "heedful: note: sources longer than the model's 8 tokens were cut to them before translating: line 2\n",
+    )

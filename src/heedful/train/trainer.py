@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from heedful.config import RunConfig, to_yaml
 from heedful.device import autocast, keeping_torch_threads, move_to, resolve_device
-from heedful.errors import ConfigError, UserError, warn
+from heedful.errors import ConfigError, UserError, note, warn
 from heedful.explain.plots import plot_history
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
@@ -225,10 +225,12 @@ class Trainer:
         planned = state["planned_batches_per_step"]
         total_steps = math.ceil(steps_per_epoch / planned) * tc.epochs  # the schedule's length, as first planned
         self._schedule_advance = batches_per_step / planned  # 1.0 unless processes or grad_accum changed
-        if resume and planned != batches_per_step and dist.main:
-            print(f"heedful: note: an optimizer step now takes {batches_per_step} global batches (processes × "
-                  f"train.grad_accum), {planned} when the run started; the learning-rate schedule goes on "
-                  "where it was, counted in batches", file=sys.stderr)  # fmt: skip
+        if resume and planned != batches_per_step:  # every process resumes alike: note() says it once per machine
+            note(
+                f"an optimizer step now takes {batches_per_step} global batches (processes × train.grad_accum), "
+                f"{planned} when the run started; the learning-rate schedule goes on where it was, counted in "
+                "batches"
+            )
 
         if run is not None:
             # The start succeeded: only now is an earlier run cleared (--overwrite) and config.yaml written.

@@ -12,7 +12,7 @@ from typing import Annotated, get_args
 import typer
 
 from heedful.data.text import refuse_nul
-from heedful.errors import DataError, UserError, warn
+from heedful.errors import DataError, UserError, note, warn
 from heedful.outputs import check_output, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, run_loader
 
@@ -208,8 +208,7 @@ def translate(
     bar.close()
     if cut:  # said once at the end, on stderr: stdout stays one translation per line
         limit = getattr(cfg.model, "max_len", "model.max_len")
-        typer.echo(f"heedful: note: sources longer than the model's {limit} tokens were cut to them before "
-                   f"translating: {_lines_shown(cut)}", err=True)  # fmt: skip
+        note(f"sources longer than the model's {limit} tokens were cut to them before translating: {_lines_shown(cut)}")
 
 
 def _lines_shown(numbers: list[int]) -> str:
