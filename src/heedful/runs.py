@@ -326,10 +326,11 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
     cfg = config_from_data(data, run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.check_model_folder(run_dir / "model")
-    task.load_artifacts(run_dir / "model")
     try:
+        task.load_artifacts(run_dir / "model")  # imagegen's feature classifier has its sum checked too
         model = task.load_model(run_dir / "model", str(resolve_device(device)))
     except ChangedWeights as exc:  # the run directory knows what can put the file back
-        raise ChangedWeights(exc.weights, exc.recorded, restore_model_hint(run_dir, exc.recorded)) from None
+        hint = restore_model_hint(run_dir, exc.recorded if exc.weights.name == "model.safetensors" else None)
+        raise ChangedWeights(exc.weights, exc.recorded, hint, exc.recorded_in) from None
     model.eval()
     return Run(run_dir, cfg, task, model, tuple(overrides or ()))

@@ -2,18 +2,23 @@
 exact resumption, the domain FID's sanity (real vs real near 0, growing with noise), generation
 and attention overlays from the CLI, and bad image folders."""
 
+import hashlib
+import json
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from heedful.data.images import image_folder, mnist, read_idx
-from heedful.errors import DataError
+from heedful.errors import CheckpointError, DataError
 from heedful.metrics import feature_statistics, frechet_distance
+from heedful.metrics.fid import FeatureClassifier
 from heedful.runs import load_config, load_run
 from heedful.tasks import get_task
+from heedful.tasks.imagegen import CLASSIFIER_FILE, CLASSIFIER_SUMS
 from heedful.train import History, fit
 from heedful.train.checkpoint import list_checkpoints
 from tests.conftest import SHARED_DATA, assert_same_latest_checkpoint, run_cli
@@ -157,6 +162,62 @@ def test_generate_refuses_a_bad_out_or_a_model_without_attention_before_writing(
     assert not grid.exists() and result.stdout == ""
     one = run_cli("generate", str(plain), "--n", "1", "--out", str(grid))
     assert one.returncode == 0 and one.stdout == f"1 image: {grid}\n"
+
+
+def flip_a_byte_in_the_tensor_data(weights):
+    """Change one bit halfway through the tensor data, past the JSON header: the file still parses."""
+    data = bytearray(weights.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    data[header + (len(data) - header) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+
+def classifier_changed(folder):
+    return (
+        f"{folder / CLASSIFIER_FILE}: changed since it was written (its sha256 is not the one {CLASSIFIER_SUMS} "
+        "recorded beside it)"
+    )
+
+
+def test_the_feature_classifier_records_its_sha256_and_a_changed_byte_is_refused(tmp_path):
+    """Its sum is written after it (config.json comes before the task's files), and checked before
+    a tensor is read; a folder saved before heedful kept it loads unchecked."""
+    cfg = config(tmp_path / "run")
+    task = get_task("imagegen")(cfg)
+    task.classifier = FeatureClassifier(1, cfg.model.image_size, 10)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    task.save_artifacts(folder)
+    digest = hashlib.sha256((folder / CLASSIFIER_FILE).read_bytes()).hexdigest()
+    assert json.loads((folder / CLASSIFIER_SUMS).read_text()) == {"sha256": {CLASSIFIER_FILE: digest}}
+    loaded = get_task("imagegen")(cfg)
+    loaded.load_artifacts(folder)
+    for name, value in task.classifier.state_dict().items():
+        assert torch.equal(loaded.classifier.state_dict()[name], value), name
+    flip_a_byte_in_the_tensor_data(folder / CLASSIFIER_FILE)
+    with pytest.raises(CheckpointError) as caught:
+        get_task("imagegen")(cfg).load_artifacts(folder)
+    assert str(caught.value) == classifier_changed(folder)
+    (folder / CLASSIFIER_SUMS).unlink()  # as saved before the sum was kept
+    get_task("imagegen")(cfg).load_artifacts(folder)
+
+
+@pytest.mark.slow
+def test_a_trained_gan_run_with_a_changed_feature_classifier_is_refused_in_one_line(trained, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained[0], run_dir)
+    folder = run_dir / "model"
+    digest = hashlib.sha256((folder / CLASSIFIER_FILE).read_bytes()).hexdigest()
+    assert json.loads((folder / CLASSIFIER_SUMS).read_text()) == {"sha256": {CLASSIFIER_FILE: digest}}
+    flip_a_byte_in_the_tensor_data(folder / CLASSIFIER_FILE)
+    with pytest.raises(CheckpointError) as caught:
+        load_run(run_dir, device="cpu")
+    # No checkpoint keeps the classifier: training again writes it.
+    assert str(caught.value) == classifier_changed(folder) + (
+        f"; restore it from a copy, or train the run again (heedful train {run_dir} --overwrite)"
+    )
+    result = run_cli("evaluate", str(run_dir), "--device", "cpu")
+    assert result.returncode == 2 and result.stderr == f"heedful: error: {caught.value}\n"
 
 
 def test_an_odd_sized_or_unreadable_image_names_the_file(tmp_path):

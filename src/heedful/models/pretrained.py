@@ -38,26 +38,29 @@ MODEL_TYPES: dict[str, type[PretrainedModel]] = {}
 class ChangedWeights(CheckpointError):
     """A model folder's weights file whose sha256 is not the one its config.json recorded."""
 
-    def __init__(self, weights: Path, recorded: str, how_to_restore: str = ""):
+    def __init__(self, weights: Path, recorded: str, how_to_restore: str = "", recorded_in: str = CONFIG_NAME):
         super().__init__(
-            f"{weights}: changed since it was written (its sha256 is not the one {CONFIG_NAME} recorded beside it)"
+            f"{weights}: changed since it was written (its sha256 is not the one {recorded_in} recorded beside it)"
             + (f"; {how_to_restore}" if how_to_restore else "")
         )
-        self.weights, self.recorded = weights, recorded
+        self.weights, self.recorded, self.recorded_in = weights, recorded, recorded_in
 
 
-def verify_weights(directory: Path, config: dict[str, Any]) -> None:
-    """``ChangedWeights`` when ``directory/model.safetensors`` is not the file whose sum ``config``
-    (the folder's config.json) recorded; a folder that recorded none (saved before heedful kept the
-    sums) passes unchecked."""
+def verify_weights(
+    directory: Path, config: dict[str, Any], name: str = WEIGHTS_NAME, recorded_in: str = CONFIG_NAME
+) -> None:
+    """``ChangedWeights`` when ``directory/name`` (model.safetensors) is not the file whose sum
+    ``config`` (the folder's ``recorded_in``, config.json) recorded under ``"sha256"``; a folder that
+    recorded none (saved before heedful kept the sums) passes unchecked. A task's own weights file
+    beside the model's (imagegen's feature classifier) is checked the same way, from its own record."""
     recorded = config.get(SUMS_KEY)
-    if not isinstance(recorded, dict) or WEIGHTS_NAME not in recorded:
+    if not isinstance(recorded, dict) or name not in recorded:
         return
-    weights = directory / WEIGHTS_NAME
+    weights = directory / name
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file missing")
-    if sha256(weights) != recorded[WEIGHTS_NAME]:
-        raise ChangedWeights(weights, recorded[WEIGHTS_NAME])
+    if sha256(weights) != recorded[name]:
+        raise ChangedWeights(weights, recorded[name], recorded_in=recorded_in)
 
 
 class PretrainedModel(nn.Module):

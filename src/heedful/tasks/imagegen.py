@@ -39,8 +39,9 @@ from heedful.errors import CheckpointError, ConfigError, DataError, UserError
 from heedful.explain.capture import capture
 from heedful.explain.plots import image_format, save_grid
 from heedful.metrics.fid import FeatureClassifier, feature_statistics, frechet_distance
+from heedful.models.pretrained import SUMS_KEY, verify_weights
 from heedful.models.sagan import SAGAN, SAGANConfig
-from heedful.nn.weights import load_weights, save_weights
+from heedful.nn.weights import load_weights, save_weights, sha256
 from heedful.tasks.base import (
     Batch,
     BatchSource,
@@ -53,6 +54,9 @@ from heedful.tasks.base import (
 )
 
 CLASSIFIER_FILE = "feature_classifier.safetensors"
+# The classifier's sha256 ({"sha256": {CLASSIFIER_FILE: hex}}), as config.json records model.safetensors':
+# a file of its own, written after the classifier (config.json is written before it).
+CLASSIFIER_SUMS = "feature_classifier.json"
 
 
 class ImageData(Section):
@@ -367,6 +371,8 @@ class ImageGenTask(Task):
 
         if self.classifier is not None:
             save_weights(self.classifier, directory / CLASSIFIER_FILE)
+            sums = {SUMS_KEY: {CLASSIFIER_FILE: sha256(directory / CLASSIFIER_FILE)}}
+            (directory / CLASSIFIER_SUMS).write_text(json.dumps(sums, indent=2) + "\n")
         (directory / "classes.json").write_text(json.dumps(self.classes, ensure_ascii=False) + "\n")
 
     def load_artifacts(self, directory: Path) -> None:
@@ -378,6 +384,13 @@ class ImageGenTask(Task):
             raise CheckpointError(f"{directory / 'classes.json'}: missing — not an imagegen model folder") from None
         m = self.cfg.model
         classifier = FeatureClassifier(m.channels, m.image_size, max(len(self.classes), 2))
+        sums = directory / CLASSIFIER_SUMS
+        if sums.is_file():  # a folder saved before heedful kept the classifier's sum has none: unchecked
+            try:
+                recorded = json.loads(sums.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise CheckpointError(f"{sums}: not the JSON record of the classifier's sha256") from None
+            verify_weights(directory, recorded if isinstance(recorded, dict) else {}, CLASSIFIER_FILE, CLASSIFIER_SUMS)
         if (directory / CLASSIFIER_FILE).is_file():
             load_weights(classifier, directory / CLASSIFIER_FILE)
             self.classifier = classifier.eval()

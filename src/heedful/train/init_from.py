@@ -50,7 +50,9 @@ def load_initial_weights(model: nn.Module, folder: Path) -> None:
         verify_weights(folder, config)
         load_weights_checked(model, weights, "this run's model")
     except ChangedWeights as exc:  # the run it came from knows what can put the file back
-        restored = ChangedWeights(exc.weights, exc.recorded, restore_model_hint(folder.parent, exc.recorded))
+        restored = ChangedWeights(
+            exc.weights, exc.recorded, restore_model_hint(folder.parent, exc.recorded), exc.recorded_in
+        )
         raise CheckpointError(f"train.init_from: {restored}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"train.init_from: {exc}") from None

@@ -86,7 +86,8 @@ def restore_model_hint(run_dir: Path, digest: str | None) -> str:
     """How to get back ``run_dir/model/model.safetensors`` whose bytes changed on disk (``digest``:
     the sum its config.json recorded). A kept checkpoint with the same bytes is copied back; else it
     is written again — by the optimization that made it, or by training again: ``--resume`` does not
-    rewrite model/ (only an epoch that beats the recorded best does, and a finished run has none left)."""
+    rewrite model/ (only an epoch that beats the recorded best does, and a finished run has none left).
+    ``digest`` None: a file no checkpoint keeps (imagegen's feature classifier), written the same ways."""
     weights = run_dir / "model" / "model.safetensors"
     kept = checkpoint_holding(run_dir / "checkpoints", digest) if digest else None
     if kept is not None:
