@@ -8,6 +8,7 @@ a renamed or removed option fails here, not in a reader's terminal. A line the d
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 
@@ -98,3 +99,24 @@ def test_every_command_in_the_docs_names_options_its_verb_has(doc):
                     if flag not in options and flag != "-":
                         wrong.append(f"{verb} {flag}: not an option of {verb}: {line}")
     assert wrong == []
+
+
+def test_every_train_line_in_the_docs_sets_keys_its_config_has():
+    """`heedful train configs/X.yaml --set key=value` as the docs show it reads as a valid config."""
+    from heedful.runs import load_config
+
+    checked, wrong = 0, []
+    for doc in DOCS:
+        for line in shell_lines(doc.read_text(encoding="utf-8")):
+            for words in commands(line):
+                if words[0] != "train" or len(words) < 2 or not words[1].startswith("configs/"):
+                    continue
+                sets = [value for flag, value in itertools.pairwise(words) if flag in ("--set", "-s")]
+                if any("…" in value for value in sets):  # a placeholder
+                    continue
+                checked += 1
+                try:
+                    load_config(ROOT / words[1], sets)
+                except Exception as exc:  # every failure is reported, with its line
+                    wrong.append(f"{doc.name}: {line.strip()}: {exc}")
+    assert checked > 30 and wrong == []
