@@ -212,3 +212,19 @@ def test_a_pair_whose_ids_differ_word_by_word_trains_without_links_and_says_so(s
         f"heedful: warning: {cfg.path}: 1 training pair left unsupervised (line 2): the tokenizer encodes the text "
         "differently word by word than whole, so the links cannot be placed on its pieces\n"
     )
+
+
+def test_the_unsupervised_pairs_warning_is_said_once_per_machine_under_torchrun(subword_tok, tmp_path, capsys,
+                                                                                monkeypatch):  # fmt: skip
+    """Every process reads the same pairs: the second process of a machine stays silent, as errors.warn has it."""
+    from heedful.data.parallel import Pair
+    from heedful.tasks.translate_config import AlignmentSupervision
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    cfg = AlignmentSupervision(path=tmp_path / "train.links")
+    supervisor = supervision.AlignmentSupervisor(cfg, ["0-0 1-1"])
+    ids = (subword_tok.encode("the cat")[::-1], subword_tok.encode("die Katze"))
+    (skipped,) = supervisor.pair_links([Pair("the cat", "die Katze", 1)], [ids], subword_tok, subword_tok)
+    assert skipped.links == frozenset() and capsys.readouterr().err == ""
