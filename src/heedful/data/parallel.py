@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from heedful.errors import ConfigError, DataError, not_found
+from heedful.errors import ConfigError, DataError, not_found, note
 
 Format = Literal["text", "tsv", "jsonl"]
 OnBadLine = Literal["error", "skip"]
@@ -284,10 +284,9 @@ def fit_for_training(
     kept = keep_by_length([(len(s), len(t)) for s, t in encoded], max_tokens=max_tokens, max_ratio=max_ratio)
     if len(kept) < len(encoded):
         ratio = f" or a length ratio above {max_ratio}" if max_ratio else ""
-        print(
+        note(
             f"{files.describe()}: left out {len(encoded) - len(kept)} of {len(encoded)} "
-            f"pairs with more than {max_tokens} tokens{ratio} (data.max_tokens, data.max_ratio, model.max_len)",
-            file=sys.stderr,
+            f"pairs with more than {max_tokens} tokens{ratio} (data.max_tokens, data.max_ratio, model.max_len)"
         )
     if not kept:
         raise DataError(f"{files.describe()}: no training pairs left after length filtering")

@@ -398,11 +398,8 @@ class Trainer:
             if tc.early_stopping_patience and state["bad_epochs"] >= tc.early_stopping_patience:
                 history.stopped_early = True
                 out_of_time = True
-            if out_of_time and tc.max_minutes and not history.stopped_early and dist.main:
-                print(
-                    f"time budget of {tc.max_minutes} min reached after {state['elapsed'] / 60:.1f} min",
-                    file=sys.stderr,
-                )
+            if out_of_time and tc.max_minutes and not history.stopped_early:
+                note(f"time budget of {tc.max_minutes} min reached after {state['elapsed'] / 60:.1f} min")
             self._checkpoint(model, optimizer, state, history)
             if dist.main:
                 history.save(self.run_dir / "history.json")
