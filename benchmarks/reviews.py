@@ -253,10 +253,11 @@ def prior_adjust(probs: torch.Tensor, counts: list[int], tau: float) -> torch.Te
 
 
 def macro_f1(probs: torch.Tensor, labels: list[int], classes: int) -> float:
+    """As ``heedful evaluate`` scores it (metrics/classification.py): the mean over the classes in the
+    labels or the predictions (``classes`` is kept for the callers; every split here holds them all)."""
     from sklearn.metrics import f1_score
 
-    return float(f1_score(labels, probs.argmax(-1).tolist(), labels=list(range(classes)), average="macro",
-                          zero_division=0))  # fmt: skip
+    return float(f1_score(labels, probs.argmax(-1).tolist(), average="macro", zero_division=0))
 
 
 def chosen_tau(record: dict, seeds: list[str]) -> float | None:
