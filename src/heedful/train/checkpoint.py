@@ -102,14 +102,18 @@ def verify_checksums(path: Path, names: tuple[str, ...] = _HASHED) -> None:
     """An UnreadableCheckpoint naming the first of ``names`` in checkpoint ``path`` whose sha256 is
     not the one its ``state.json`` recorded. A checkpoint that recorded none (written before
     heedful kept them) passes unchecked."""
+    _check_sums(path, _read_state(path), names)
+
+
+def _read_state(path: Path) -> Any:
+    """Checkpoint ``path``'s ``state.json``, or an UnreadableCheckpoint saying what is wrong with it."""
     state_file = path / "state.json"
     try:
-        payload = json.loads(state_file.read_text())
+        return json.loads(state_file.read_text())
     except FileNotFoundError:
         raise UnreadableCheckpoint(f"{path}: incomplete checkpoint (state.json missing)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UnreadableCheckpoint(f"{state_file}: unreadable checkpoint file ({exc})") from None
-    _check_sums(path, payload, names)
 
 
 def _check_sums(path: Path, payload: Any, names: tuple[str, ...]) -> None:
@@ -232,17 +236,8 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizer and RNG states from ``path``; return the trainer state. Tensors
     saved through ``extra_tensors`` (e.g. a weight average) are put into that dict."""
-    state_file, weights_file, optimizer_file = (
-        path / "state.json",
-        path / "model.safetensors",
-        path / "optimizer.safetensors",
-    )
-    try:
-        payload = json.loads(state_file.read_text())
-    except FileNotFoundError:
-        raise UnreadableCheckpoint(f"{path}: incomplete checkpoint (state.json missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UnreadableCheckpoint(f"{state_file}: unreadable checkpoint file ({exc})") from None
+    weights_file, optimizer_file = path / "model.safetensors", path / "optimizer.safetensors"
+    payload = _read_state(path)
     for file in (weights_file, optimizer_file):
         if not file.is_file():
             raise UnreadableCheckpoint(f"{path}: incomplete checkpoint ({file.name} missing)")
