@@ -94,7 +94,7 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1, description="log the training loss and lr every N steps")
     eval_batch_size: int = Field(256, ge=1, description="examples per batch when validating and evaluating")
     tensorboard: bool = Field(True, description="write TensorBoard logs to the run's tb/")
-    wandb: bool = Field(False, description="log to Weights & Biases too (needs the wandb package)")
+    wandb: bool = Field(False, description="log to Weights & Biases too (pip install 'heedful[wandb]')")
     progress: bool = Field(True, description="progress bars on stderr")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     init_from: Path | None = Field(
