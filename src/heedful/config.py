@@ -315,7 +315,7 @@ def describe_fields(cfg: BaseModel, prefix: str = "") -> list[FieldDoc]:
         default = REQUIRED if field.is_required() else field.get_default(call_default_factory=True)
         description = field.description or ""
         section = _section_in(field.annotation)
-        if section is not None:  # an optional section, left out
+        if section is not None:  # a field that may hold a section but holds null or text here: name its keys
             keys = ", ".join(section.model_fields)
             first = re.match(r"(.+?)\.(\s+[A-Z]|$)", " ".join((section.__doc__ or "").split()))
             description = description or (first.group(1) if first else "")
