@@ -562,12 +562,14 @@ def test_under_torchrun_one_process_per_machine_says_an_error_every_rank_meets(m
 
 
 def test_under_torchrun_an_error_of_one_process_is_said_by_it_with_its_rank(monkeypatch, capsys, tmp_path):
-    from heedful.train import trainer
+    from heedful.train.distributed import Dist
+    from heedful.train.trainer import Trainer
 
-    def lose_the_peer(cfg, **_):
+    def lose_the_peer(self, *_):  # rank 1's training, whose collective call finds rank 0 gone
         raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:24483: Connection reset by peer")
 
-    monkeypatch.setattr(trainer, "fit", lose_the_peer)
+    monkeypatch.setattr(Dist, "start", classmethod(lambda cls, device: cls(rank=1)))  # no process group here
+    monkeypatch.setattr(Trainer, "_fit", lose_the_peer)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

@@ -27,7 +27,7 @@ try:  # typer ≥ 0.22 parses with its own copy of click; before, with click its
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-from heedful.errors import UserError, a_run, article, said_here, torchrun_ranks
+from heedful.errors import UserError, a_run, article, say
 from heedful.outputs import check_output, check_output_folder, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, SetOption, TrainOption
 
@@ -208,12 +208,6 @@ def train(
         if isinstance(exc, TrainingStopped) and exc.signum == signal.SIGTERM:
             raise typer.Exit(128 + signal.SIGTERM) from None
         raise
-    except RuntimeError as exc:  # under torchrun, a collective call whose peer process is gone
-        from heedful.train.distributed import peer_lost_error
-
-        if (error := peer_lost_error(exc, cfg.resolved_run_dir())) is None:
-            raise
-        raise error from None
     if not is_main_process():  # one of several torchrun processes: rank 0 reports
         return
     out = cfg.resolved_run_dir()
@@ -816,10 +810,8 @@ def _error(line: str, rank_specific: bool = False) -> None:
     a bad config or flag alike, so the first process of each machine (local rank 0) says it —
     once in all on one machine, and an error that only another machine meets (its data path, its
     disk) is still said there. What befell one process only (out of memory, its peer gone) each
-    process says itself. A rank other than 0 is named."""
-    if said_here(rank_specific):
-        rank = torchrun_ranks()[0]
-        typer.echo(f"heedful: error: {f'rank {rank}: ' if rank else ''}{line}", err=True)
+    process says itself. A rank other than 0 is named (``errors.say``, as warnings are)."""
+    say("error", line, rank_specific)
 
 
 def main() -> None:

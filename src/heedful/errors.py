@@ -48,16 +48,18 @@ def warn(message: str, *, rank_specific: bool = False) -> None:
     is said by the first process of each machine (local rank 0), so a second machine's own trouble
     is still said there. What befell this process only (``rank_specific``) it says itself; a rank
     other than 0 is named."""
-    _say("warning", message, rank_specific)
+    say("warning", message, rank_specific)
 
 
 def note(message: str) -> None:
     """``heedful: note: MESSAGE`` on stderr: something worth knowing that needs no action (a changed
     schedule, inputs cut to fit), said by the same rule as ``warn``: once per machine of a torchrun job."""
-    _say("note", message, rank_specific=False)
+    say("note", message, rank_specific=False)
 
 
-def _say(kind: str, message: str, rank_specific: bool) -> None:
+def say(kind: str, message: str, rank_specific: bool = False) -> None:
+    """``heedful: KIND: MESSAGE`` on stderr by the rule of :func:`said_here` (``kind``: error,
+    warning, note), a rank other than 0 named."""
     if said_here(rank_specific):
         rank = torchrun_ranks()[0]
         print(f"heedful: {kind}: {f'rank {rank}: ' if rank else ''}{message}", file=sys.stderr, flush=True)
