@@ -27,6 +27,12 @@ def not_found(path: object, also: str = "") -> str:
     return f"{text}: file not found{f' ({also}' if also else ''}{where}{')' if also else ''}"
 
 
+def lines_shown(numbers: list[int]) -> str:
+    """``lines 2, 4`` (the first five, then how many in all), for a one-line message."""
+    shown = ", ".join(map(str, numbers[:5])) + (f", … ({len(numbers)} in all)" if len(numbers) > 5 else "")
+    return f"line{'s' * (len(numbers) != 1)} {shown}"
+
+
 def torchrun_ranks() -> tuple[int, int]:
     """This process's (rank, local rank) among those torchrun started; (0, 0) for one on its own."""
     if not os.environ.get("WORLD_SIZE", "1").isdigit() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:

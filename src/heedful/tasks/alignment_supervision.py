@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from heedful.data.parallel import Pair, ParallelFiles, read_lines
 from heedful.data.tokenizers import Tokenizer
-from heedful.errors import ConfigError, DataError, warn
+from heedful.errors import ConfigError, DataError, lines_shown, warn
 from heedful.explain.alignment import Link, encode_words, gold_attention, parse_links
 from heedful.explain.capture import capture
 from heedful.nn.losses import attention_cross_entropy
@@ -108,11 +108,10 @@ class AlignmentSupervisor:
             out.append(PairLinks(source_words, target_words, frozenset(links)))
         if unmapped:
             n = len(unmapped)
-            shown = ", ".join(map(str, unmapped[:5])) + (", …" if n > 5 else "")
             # Every torchrun process reads the same pairs alike: said once per machine, as every warning.
             warn(
                 f"{self.cfg.path}: {n} training pair{'s' * (n != 1)} left unsupervised "
-                f"(line{'s' * (n != 1)} {shown}): the tokenizer encodes the text differently word by word than "
+                f"({lines_shown(unmapped)}): the tokenizer encodes the text differently word by word than "
                 "whole, so the links cannot be placed on its pieces"
             )
         return out

@@ -12,7 +12,7 @@ from typing import Annotated, get_args
 import typer
 
 from heedful.data.text import refuse_nul
-from heedful.errors import DataError, UserError, note, warn
+from heedful.errors import DataError, UserError, lines_shown, note, warn
 from heedful.outputs import check_output, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, run_loader
 
@@ -208,13 +208,7 @@ def translate(
     bar.close()
     if cut:  # said once at the end, on stderr: stdout stays one translation per line
         limit = getattr(cfg.model, "max_len", "model.max_len")
-        note(f"sources longer than the model's {limit} tokens were cut to them before translating: {_lines_shown(cut)}")
-
-
-def _lines_shown(numbers: list[int]) -> str:
-    """``lines 2, 4`` (the first five, then how many in all), for a one-line note."""
-    shown = ", ".join(map(str, numbers[:5])) + (f", … ({len(numbers)} in all)" if len(numbers) > 5 else "")
-    return f"line{'s' * (len(numbers) != 1)} {shown}"
+        note(f"sources longer than the model's {limit} tokens were cut to them before translating: {lines_shown(cut)}")
 
 
 def _positions(text: str, option: str) -> tuple[int, ...] | None:
@@ -293,7 +287,7 @@ def align(
                 if tokens:
                     cut[path].append(n)
     if any(cut.values()):  # said once at the end, on stderr, as translate says it
-        where = "; ".join(f"{path} {_lines_shown(lines)}" for path, lines in cut.items() if lines)
+        where = "; ".join(f"{path} {lines_shown(lines)}" for path, lines in cut.items() if lines)
         warn(
             f"sentences longer than the model's {run.cfg.model.max_len} tokens were cut to them before aligning, "
             f"so the words past the cut have no links: {where}"
