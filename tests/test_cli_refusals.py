@@ -402,6 +402,11 @@ def test_a_blank_line_gets_an_empty_translation_and_no_score(tiny_run, monkeypat
     assert stdout.splitlines()[-1] == "1 |||  ||| "  # the score field empty, not 0.0000
     code, stdout, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), " ", "--json")
     assert (code, json.loads(stdout)) == (0, {"input": " ", "output": "", "score": None}), err
+    # Explaining it is refused before anything is printed (the other input's translation was shown first).
+    for flags in (["--explain"], ["--show-attention", "--out-dir", str(tmp_path / "maps")]):
+        code, stdout, err = heedful(monkeypatch, capsys, "predict", str(tiny_run), "5. März 2021", " ", *flags)
+        assert (code, stdout, err) == (2, "", "heedful: error: input 2 is empty: nothing to attend to\n")
+    assert not (tmp_path / "maps").exists() or not list((tmp_path / "maps").iterdir())
 
 
 def test_ctrl_c_in_training_says_how_to_continue(tiny_run, monkeypatch, capsys):

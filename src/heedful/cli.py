@@ -422,6 +422,9 @@ def predict(
         _predict_file(run, predictor, input_file, output_file, text_column, batch_size, as_json)
         return
     inputs = list(inputs or [])
+    # Explained before anything is printed or drawn: an input the task cannot explain (a blank
+    # one) is refused in one line, not after the other inputs' predictions have been shown.
+    explanations = run.explain(inputs) if explain or show_attention else []
     for p in predictor.predict(inputs):
         if as_json:
             typer.echo(json.dumps(p.record(), ensure_ascii=False))
@@ -433,7 +436,6 @@ def predict(
     if explain:
         from heedful.explain.text import ansi_tokens, html_tokens
 
-        explanations = run.explain(inputs)
         rows = [(e.title, e.key_tokens, e.summary.mean(0).tolist()) for e in explanations]
         for _, tokens, weights in rows:  # --json: stdout holds only JSON lines, the weights go to stderr
             shaded = (sys.stderr if as_json else sys.stdout).isatty()
@@ -441,7 +443,7 @@ def predict(
         if html_file is not None:
             typer.echo(f"explanation page: {html_tokens(rows, html_file, f'heedful: {run_dir}')}", err=as_json)
     if show_attention:
-        for path in run.show_attention(inputs, out_dir):
+        for path in run.plot_explanations(explanations, out_dir):
             typer.echo(f"attention heatmap: {path}", err=as_json)  # --json: stdout holds only JSON lines
 
 
@@ -626,8 +628,9 @@ def _predict_file(
     run, or an ensemble) in batches with a progress bar; CSV out (or lines to stdout). The CSV
     keeps the input's text column under its own name and its other columns after the predictions,
     so a product or an id stays beside its row (a column named like one of ours gets " (input)"
-    added). Row N of the output is line N of a text or JSONL file (a blank line gets an empty row:
-    an empty line, or JSON with null fields) and record N of a CSV/TSV file."""
+    added). Row N of the output is line N of a text or JSONL file and record N of a CSV/TSV file;
+    a row without text (a blank line, a blank or missing text cell) gets an empty row — the
+    record's other columns kept — or, on stdout, an empty line or JSON with null fields."""
     import csv
 
     from tqdm.auto import tqdm
@@ -637,15 +640,16 @@ def _predict_file(
     column = text_column or getattr(getattr(run.cfg, "data", None), "text_column", None)
     rows = read_text_rows(path, column)
     texts = rows.texts
-    width = 0  # the CSV's columns, known from the first prediction's classes
+    width = ours_width = 0  # the CSV's columns (and ours among them), known from the first prediction's classes
     written = 0  # the rows written so far
 
     def write_blank_rows(upto: int) -> None:
-        """Empty rows for the blank lines before row ``upto``."""
+        """Empty rows for the rows without text before row ``upto`` (a record's other columns kept)."""
         nonlocal written
         for row in range(written + 1, upto):
             if writer is not None:
-                writer.writerow([row, *[""] * (width - 1)])
+                theirs = rows.blank_values.get(row, [""] * (width - ours_width))
+                writer.writerow([row, *[""] * (ours_width - 1), *theirs])
             else:
                 typer.echo(json.dumps({"input": "", "output": None, "score": None}) if as_json else "")
         written = max(written, upto - 1)
@@ -665,7 +669,7 @@ def _predict_file(
                         ours = ["row", named, "prediction", "score", *probs]
                         theirs = [f"{c} (input)" if c in ours else c for c in rows.columns]
                         writer.writerow([*ours, *theirs])
-                        width = len(ours) + len(theirs)
+                        width, ours_width = len(ours) + len(theirs), len(ours)
                     write_blank_rows(rows.rows[index])
                     written = rows.rows[index]
                     if writer is None:
@@ -684,7 +688,7 @@ def _predict_file(
         write_blank_rows(rows.count + 1)
     if output:
         blank = rows.count - len(texts)
-        kept = f" (and {blank} empty for blank lines)" if blank else ""
+        kept = f" (and {blank} empty, for rows without text)" if blank else ""
         typer.echo(f"{len(texts)} predictions written{kept}: {output}")
 
 

@@ -123,10 +123,13 @@ class Run:
 
     def show_attention(self, inputs: list[Any], out_dir: str | Path | None = None) -> list[Path]:
         """One attention heatmap PNG per input (in ``run_dir/plots`` unless ``out_dir`` is given)."""
+        return self.plot_explanations(self.explain(inputs), out_dir)
+
+    def plot_explanations(self, explanations: list[Any], out_dir: str | Path | None = None) -> list[Path]:
+        """The heatmaps of :meth:`show_attention` for explanations already made by :meth:`explain`
+        (``attention-0.png``, … in their order)."""
         out_dir = check_output_folder(Path(out_dir), "out_dir") if out_dir is not None else self.run_dir / "plots"
-        return [
-            self.task.plot_explanation(e, out_dir / f"attention-{i}.png") for i, e in enumerate(self.explain(inputs))
-        ]
+        return [self.task.plot_explanation(e, out_dir / f"attention-{i}.png") for i, e in enumerate(explanations)]
 
 
 class NotARunMethod(UserError, AttributeError):

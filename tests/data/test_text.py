@@ -214,6 +214,21 @@ def test_texts_to_predict_keep_the_rest_of_their_rows(tmp_path):
     assert got.columns == [] and read_texts(lines, None) == ["one", "two"] and (got.rows, got.count) == ([1, 3], 4)
 
 
+def test_a_record_without_text_is_an_empty_row_that_keeps_its_other_columns(tmp_path):
+    """A blank text cell stopped the whole read ("no text in column"), while a blank line got an empty row."""
+    csv_file = write(tmp_path, "id,Reviews\n1,good\n2,\n3,  \n4,bad\n")
+    got = read_text_rows(csv_file, "Reviews")
+    assert (got.texts, got.rows, got.count) == (["good", "bad"], [1, 4], 4)
+    assert (got.values, got.blank_values) == ([["1"], ["4"]], {2: ["2"], 3: ["3"]})
+    jsonl = write(tmp_path, '{"id": 1, "body": "ok"}\n{"id": 2, "body": null}\n{"id": 3}\n', "r.jsonl")
+    got = read_text_rows(jsonl, "body")
+    assert (got.texts, got.rows, got.count, got.blank_values) == (["ok"], [1], 3, {2: ["2"], 3: ["3"]})
+    assert read_texts(csv_file, "Reviews") == ["good", "bad"]
+    number = write(tmp_path, '{"body": "ok"}\n{"body": 5}\n', "n.jsonl")  # not a text at all: a mistake
+    with pytest.raises(DataError, match=r"n.jsonl line 2: the text in column 'body' is not a string$"):
+        read_text_rows(number, "body")
+
+
 def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypatch):
     """A run keeps data paths as typed: evaluated from another folder, 'reviews.csv: file not found' hid why."""
     monkeypatch.chdir(tmp_path)

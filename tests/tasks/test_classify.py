@@ -182,9 +182,39 @@ def test_cli_predicts_a_file_to_csv_and_explains_with_colour_and_html(trained, t
     weights = {w.rsplit(":", 1)[0]: float(w.rsplit(":", 1)[1]) for w in explained.stdout.splitlines()[1].split("  ")}
     top = max(weights, key=weights.get)
     assert top and top in "excellent"  # the keyword's piece carries the most weight
+    # A record without text gets an empty row that keeps its other columns (it stopped the whole read).
     reviews.write_text("Reviews,Other\nfine,1\n,2\n")
-    bad = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out))
-    assert bad.returncode == 2 and "new.csv line 3: no text in column 'Reviews'" in bad.stderr
+    blank = run_cli("predict", str(run_dir), "--input", str(reviews), "--output", str(out))
+    assert blank.returncode == 0, blank.stderr
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["row", "Reviews", "prediction", "score", "neg", "pos", "Other"]
+    assert (rows[1][:2], rows[1][-1], rows[2]) == (["1", "fine"], "1", ["2", "", "", "", "", "", "2"])
+    assert blank.stdout.startswith("1 predictions written (and 1 empty, for rows without text)")
+
+
+def test_a_blank_text_is_refused_alike_everywhere(trained, tmp_path, monkeypatch, capsys):
+    """The server refused "" by its schema but handed "   " to the task; the CLI printed the other
+    inputs' predictions and then failed on the blank one's explanation."""
+    from fastapi.testclient import TestClient
+
+    from heedful.serve import create_app
+    from tests.test_cli_refusals import heedful
+
+    run_dir, _ = trained
+    run = load_run(run_dir, "cpu")
+    for blank in ("", "   "):
+        with pytest.raises(UserError, match=r"^input 2 is empty: nothing to classify$"):
+            run.predict(["battery excellent box", blank])
+    with TestClient(create_app([run])) as client:
+        for blank in ("", "   "):
+            r = client.post(f"/v1/models/{run.cfg.name}/predict", json={"texts": [blank]})
+            assert (r.status_code, r.json()) == (422, {"error": "cannot predict",
+                                                      "detail": "input 1 is empty: nothing to classify"})  # fmt: skip
+    for flags in (["--explain"], ["--show-attention", "--out-dir", str(tmp_path)]):
+        code, out, err = heedful(monkeypatch, capsys, "predict", str(run_dir), "battery excellent box", " ", *flags)
+        assert (code, out) == (2, ""), err  # nothing printed before the refusal
+        assert err == "heedful: error: input 2 is empty: nothing to classify\n"
+        assert not list(tmp_path.glob("*.png"))
 
 
 def test_layer_wise_learning_rate_decay_scales_each_layer(tmp_path):

@@ -305,11 +305,13 @@ class TextRows:
     columns: list[str] = field(default_factory=list)  # the other columns: CSV order; JSONL: first seen
     values: list[list[str]] = field(default_factory=list)  # per text, its value in each of ``columns``
     # Per text, its row of the output (1-based): a text file's and a JSONL file's line number, a
-    # CSV's record number. Rows no text has are blank lines, written as empty rows so that row N
-    # of the output stays line N of the input.
+    # CSV's record number. Rows no text has — blank lines, and records whose text is blank or
+    # missing — are written as empty rows, so that row N of the output stays row N of the input.
     rows: list[int] = field(default_factory=list)
-    count: int = 0  # rows in all, the blank lines included
+    count: int = 0  # rows in all, the blank ones included
     text_column: str | None = None  # the column the texts came from; None for a file of lines
+    # A record without text keeps its other columns (its product, its id) in its empty row: row -> values.
+    blank_values: dict[int, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.rows:  # no blank lines: one row per text
@@ -319,7 +321,7 @@ class TextRows:
 
 def read_texts(path: str | Path, column: str | None) -> list[str]:
     """The texts to predict from ``path``: the ``column`` of a CSV/TSV/JSONL file, or each
-    non-blank line of any other file. A row without text stops with its file and line."""
+    non-blank line of any other file; rows without text are left out."""
     return read_text_rows(path, column, keep_columns=False).texts
 
 
@@ -327,7 +329,9 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
     """``read_texts`` with every other column of each row kept (as text; a JSONL value that is not
     a string as JSON, a key a row lacks as ""); a file of lines has no other columns. Each text's
     row (``TextRows.rows``) is its line in a file of lines or a JSONL file, whose blank lines hold
-    no text, and its record's number in a CSV/TSV file.
+    no text, and its record's number in a CSV/TSV file. A record whose text is blank, null or
+    missing holds no text either (as a blank line: an empty row, its other columns kept); a text
+    that is not a string (a JSON number) stops the read with its file and line.
     ``keep_columns=False`` keeps the texts alone (a large file's other columns can outweigh them)."""
     path = Path(path)
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
@@ -351,6 +355,7 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
         raise DataError(f"{path}: which column holds the text? give --text-column")
     spec = TextColumns(text=column, label=column, format=fmt)  # the label is not needed: read the text twice
     texts, rows, others, columns = [], [], [], {}  # columns: an ordered set of the other columns' names
+    blank_others: dict[int, dict[str, str]] = {}  # row -> the other columns of a record without text
     count = 0
     for line, record in _records(path, fmt, spec, blank_lines=True):
         count += 1
@@ -359,24 +364,30 @@ def read_text_rows(path: str | Path, column: str | None, *, keep_columns: bool =
         if isinstance(record, str):
             raise DataError(f"{path} line {line}: {record}")
         text = record.get(column)
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path} line {line}: no text in column {column!r}")
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{path} line {line}: the text in column {column!r} is not a string")
         if any(UNDECODABLE.search(v) for v in record.values() if isinstance(v, str)):
             raise DataError(f"{path} line {line}: text is not valid UTF-8")
-        texts.append(text.strip())
-        rows.append(count)  # JSONL: the line's number (each line was counted); CSV: the record's
+        blank = text is None or not text.strip()  # an empty row, as a blank line gets: rows stay aligned
+        if not blank:
+            texts.append(text.strip())
+            rows.append(count)  # JSONL: the line's number (each line was counted); CSV: the record's
         if not keep_columns:
             continue
         rest = {
             k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in record.items() if k != column
         }
         columns.update(dict.fromkeys(rest))
-        others.append(rest)
+        if blank:
+            blank_others[count] = rest
+        else:
+            others.append(rest)
     if not texts:  # predict wrote an empty output and said nothing
         raise DataError(f"{path}: no rows with a text in column {column!r}")
     names = list(columns)
     values = [[row.get(name, "") for name in names] for row in others] if keep_columns else [[] for _ in texts]
-    return TextRows(texts, names, values, rows=rows, count=count, text_column=column)
+    blank_values = {row: [rest.get(name, "") for name in names] for row, rest in blank_others.items()}
+    return TextRows(texts, names, values, rows=rows, count=count, text_column=column, blank_values=blank_values)
 
 
 T = TypeVar("T")

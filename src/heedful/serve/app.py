@@ -185,7 +185,9 @@ def request_schema(kind: str, limits: Limits, name: str) -> type[BaseModel] | No
     """The JSON body of a text or label model's predict; audio models take multipart uploads."""
     strict = ConfigDict(extra="forbid")
     if kind == "text":
-        text = typing.Annotated[StrictStr, Field(min_length=1, max_length=limits.max_text_chars)]
+        # No min_length: "" is a blank text as "   " is, and the task answers both alike (a
+        # translator: an empty output; a classifier: a refusal naming the input) — as on the CLI.
+        text = typing.Annotated[StrictStr, Field(max_length=limits.max_text_chars)]
         texts = (list[text], Field(min_length=1, max_length=limits.max_texts, description="the texts to predict"))
         return create_model(name, __config__=strict, texts=texts, attention=(StrictBool, False), explain=EXPLAIN)
     if kind == "label":
