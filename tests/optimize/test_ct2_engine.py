@@ -6,6 +6,7 @@ is refused in one line. Skipped where the export extra (ctranslate2) is absent."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -19,7 +20,7 @@ from tests.conftest import run_cli
 
 pytest.importorskip("ctranslate2", reason="CTranslate2 decoding needs the export extra: pip install 'heedful[export]'")
 
-from heedful.optimize.ct2 import ct2_engine
+from heedful.optimize.ct2 import cached_export, ct2_engine
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,26 @@ def test_the_cli_translates_as_ours_and_keeps_its_conversion(confident_run):
     assert again.stdout == ours.stdout and converted.stat().st_mtime_ns == made  # reused, not remade
     written = json.loads((confident_run / ".heedful" / "run.json").read_text())["written"]
     assert "ctranslate2-float32/" in written  # heedful's: `train --overwrite` removes it
+
+
+def test_its_conversion_is_remade_for_other_weights_of_the_same_size_and_times(confident_run, tmp_path):
+    """The cache was keyed by the weights file's size and mtime: weights restored with their old
+    times (cp -p, rsync -a) of the same size were decoded by the conversion of the ones before."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(confident_run, run_dir)
+    run = load_run(run_dir, "cpu")
+    converted = cached_export(run) / "model.bin"
+    before, made = converted.read_bytes(), converted.stat().st_mtime_ns
+    assert cached_export(load_run(run_dir, "cpu")) / "model.bin" == converted
+    assert converted.stat().st_mtime_ns == made  # the same weights: reused
+    weights = run_dir / "model" / "model.safetensors"
+    old = weights.stat()
+    with torch.no_grad():
+        run.model.decoder.output.weight.mul_(-1.0)  # other weights, the same shapes: the same size
+    run.model.save_pretrained(run_dir / "model")
+    os.utime(weights, ns=(old.st_atime_ns, old.st_mtime_ns))  # restored with the old file's times
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    assert (cached_export(load_run(run_dir, "cpu")) / "model.bin").read_bytes() != before  # remade
 
 
 @pytest.mark.slow

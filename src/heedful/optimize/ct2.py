@@ -25,7 +25,7 @@ import torch
 from heedful.data.tokenizers import content_ids
 from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
-from heedful.models.pretrained import structural_steps
+from heedful.models.pretrained import CONFIG_NAME, SUMS_KEY, WEIGHTS_NAME, structural_steps
 from heedful.optimize.common import (
     EXPORT_RECORD,
     ExportedTranslator,
@@ -134,10 +134,17 @@ def transformer_spec(model: Any, alignment_layer: int = -1):
 
 
 def _weights_stamp(run: Run) -> dict[str, Any]:
-    """What says a conversion is of the run's current weights and attention layer (the cache test)."""
-    weights = run.run_dir / "model" / "model.safetensors"
-    stat = weights.stat()
+    """What says a conversion is of the run's current weights and attention layer (the cache test):
+    the weights' sha256 that the model folder's config.json records (loading the run checked it
+    against the file), or, for a folder written before sums were recorded, the file's size and
+    modification time — which weights restored with their old times (``cp -p``, ``rsync -a``,
+    ``tar``) of the same size would pass."""
+    folder = run.run_dir / "model"
     layer = getattr(getattr(run.cfg, "decode", None), "explain_layer", -1)
+    recorded = json.loads((folder / CONFIG_NAME).read_text()).get(SUMS_KEY, {}).get(WEIGHTS_NAME)
+    if recorded:
+        return {"sha256": recorded, "alignment_layer": layer}
+    stat = (folder / WEIGHTS_NAME).stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "alignment_layer": layer}
 
 
