@@ -29,11 +29,12 @@ that it is the same number at any thread count, see :func:`_fingerprint`). A wei
 changed between blocks (a training step between two validations, averaged weights copied in) is
 packed again. Weight versions cannot say this: torch's fused optimizer steps update parameters
 without moving their version counter. The fingerprint reads the weight once, a fraction of the
-cost of packing it (1.4–2.6 against 12–23 ms for the Multi30k model), which matters when a block is
-one short sentence. What the fingerprint can miss: a change orthogonal to a random vector, or one
-too small to move a float32 sum of 4,096 weights times the probe — a few weights moved by less
-than a few 1e-6 of their scale, whose effect on the outputs is of the order of the rounding
-difference between the two kernels. Weights must not change *inside* a block (one decoding, one
+cost of packing it (2.1–3.4 against 8–17 ms for the Multi30k model's 37 Linears, 2 threads on an
+Intel host, docs/RESULTS.md), which matters when a block is one short sentence. What the
+fingerprint can miss: a change orthogonal to a random vector, or one too small to move a float32
+sum of 4,096 weights times the probe — a few weights moved by less than a few 1e-6 of their
+scale, whose effect on the outputs is of the order of the rounding difference between the two
+kernels. Weights must not change *inside* a block (one decoding, one
 ``predict``); the tasks open one block per ``translate`` / ``predict`` call, around all its batches.
 
 A call takes the ordinary path whenever the packed one would not compute the same thing or could
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import platform
 import threading
 import weakref
@@ -162,18 +164,21 @@ def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor:
 
 def _fingerprint(weight: Tensor) -> float:
     """The weight's values as one number: their dot product with a fixed random vector, the same
-    number whatever torch's thread count. One float32 ``torch.dot`` over the whole weight was not:
-    its threads split the sum differently (the Multi30k vocabulary projection's fingerprint moved in
-    the 6th digit from 2 threads to 1), so a decoding in one-thread workers after one on the
-    caller's threads packed every layer again. Here each run of PROBE_WIDTH values is one row of a
-    matrix–vector product, which one thread computes whatever the count, and the rows' results
-    are summed in float64."""
+    number whatever torch's thread count. One float32 ``torch.dot`` over the whole weight was not
+    (its threads split the sum differently: the Multi30k vocabulary projection's fingerprint moved
+    in the 6th digit from 2 threads to 1), and neither was a ``torch.mv`` over rows of PROBE_WIDTH
+    values: on an Intel host MKL's threads split the rows, and the rows at the split points (3 of
+    500) came out of another kernel, rounded otherwise. So a decoding in one-thread workers after
+    one on the caller's threads packed every layer again. Here each row is multiplied by the probe
+    and summed by torch's own reduction, which gives each row to one thread and sums it in one
+    order (a row is far below the size at which torch splits one sum), and the rows' sums are
+    added exactly (``math.fsum``), in any order the same."""
     flat = weight.detach().reshape(-1)
     probe = _probe(flat.dtype, flat.device)
     rows = flat.numel() // PROBE_WIDTH
-    total = torch.mv(flat[: rows * PROBE_WIDTH].view(rows, PROBE_WIDTH), probe).double().sum().item() if rows else 0.0
+    row_sums = (flat[: rows * PROBE_WIDTH].view(rows, PROBE_WIDTH) * probe).sum(-1).tolist() if rows else []
     rest = flat[rows * PROBE_WIDTH :]
-    return total + (float(torch.dot(rest, probe[: rest.numel()])) if rest.numel() else 0.0)
+    return math.fsum([*row_sums, float((rest * probe[: rest.numel()]).sum()) if rest.numel() else 0.0])
 
 
 @functools.cache
