@@ -143,7 +143,7 @@ def test_align_says_which_lines_were_cut_to_the_models_length(dates_run, tmp_pat
                            "--device", "cpu", capsys=capsys)  # fmt: skip
     assert code == 0 and out.read_text(encoding="utf-8").count("\n") == 4  # still one line per pair
     assert err == (
-        f"heedful: warning: sentences longer than the model's {limit} tokens were cut to them before aligning, "
+        f"heedful: note: sentences longer than the model's {limit} tokens were cut to them before aligning, "
         f"so the words past the cut have no links: {src} lines 2, 4; {tgt} lines 3, 4\n"
     )
 

@@ -12,7 +12,7 @@ from typing import Annotated, get_args
 import typer
 
 from heedful.data.text import refuse_nul
-from heedful.errors import DataError, UserError, lines_shown, note, warn
+from heedful.errors import DataError, UserError, lines_shown, note
 from heedful.outputs import check_output, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, run_loader
 
@@ -286,9 +286,9 @@ def align(
             for path, tokens in ((src, links.source_cut), (tgt, links.target_cut)):
                 if tokens:
                     cut[path].append(n)
-    if any(cut.values()):  # said once at the end, on stderr, as translate says it
+    if any(cut.values()):  # said once at the end, on stderr, as translate says it: a note, as there
         where = "; ".join(f"{path} {lines_shown(lines)}" for path, lines in cut.items() if lines)
-        warn(
+        note(
             f"sentences longer than the model's {run.cfg.model.max_len} tokens were cut to them before aligning, "
             f"so the words past the cut have no links: {where}"
         )
