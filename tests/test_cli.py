@@ -179,7 +179,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path):
     if _covered("年月日"):  # no font or warning noise
         assert [line for line in predicted.stderr.splitlines() if not line.startswith("attention heatmap")] == []
     else:  # no CJK font on this machine: the documented fallback, one warning naming a font to install
-        assert predicted.stderr.count("Warning:") == 1, predicted.stderr
+        assert predicted.stderr.count("heedful: warning:") == 1, predicted.stderr
         assert "no installed font draws '年'" in predicted.stderr and "apt-get install" in predicted.stderr
 
 

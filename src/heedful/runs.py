@@ -326,6 +326,9 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         if key in trained:  # e.g. the sample rate a speech model's features were made at
             raise ConfigError(f"--set {item}: {key} is fixed when a {trained[key]} run is trained; the model "
                               "would get inputs unlike those it learnt from")  # fmt: skip
+    # The run lies where it was loaded from, whatever run_dir its config.yaml remembers (runs move
+    # and copy), as load_config of a run directory says: run.cfg.run_dir is run.run_dir.
+    data["run_dir"] = str(run_dir)
     cfg = config_from_data(data, run_dir / "config.yaml", overrides)
     task = get_task(cfg.task)(cfg)
     task.check_model_folder(run_dir / "model")

@@ -143,8 +143,23 @@ def test_align_says_which_lines_were_cut_to_the_models_length(dates_run, tmp_pat
                            "--device", "cpu", capsys=capsys)  # fmt: skip
     assert code == 0 and out.read_text(encoding="utf-8").count("\n") == 4  # still one line per pair
     assert err == (
-        f"heedful: warning: sentences longer than the model's {limit} tokens were cut to them before aligning, "
-        f"so the words past the cut have no links: {src} lines 2, 4; {tgt} lines 3, 4\n"
+        f"heedful: note: sentences longer than the model's {limit} tokens were cut to them before aligning, "
+        f"so the words past the cut have no links: --src {src} lines 2, 4; --tgt {tgt} lines 3, 4\n"
+    )
+
+
+def test_align_says_which_side_was_cut_when_one_file_is_both(dates_run, tmp_path, capsys):
+    # One file as --src and --tgt: its lines are cut per side (the target takes one piece fewer,
+    # for <bos>), so the note must say which side each line number belongs to.
+    limit = load_run(dates_run, device="cpu").cfg.model.max_len
+    both, out = tmp_path / "both.txt", tmp_path / "out.txt"
+    both.write_text(f"2021-03-05\n{'5' * limit}\n{'5 ' * limit}\n", encoding="utf-8")
+    code, _, err = heedful("align", str(dates_run), "--src", str(both), "--tgt", str(both), "--out", str(out),
+                           "--device", "cpu", capsys=capsys)  # fmt: skip
+    assert code == 0 and out.read_text(encoding="utf-8").count("\n") == 3
+    assert err == (
+        f"heedful: note: sentences longer than the model's {limit} tokens were cut to them before aligning, "
+        f"so the words past the cut have no links: --src {both} line 3; --tgt {both} lines 2, 3\n"
     )
 
 

@@ -220,6 +220,20 @@ def test_a_trained_gan_run_with_a_changed_feature_classifier_is_refused_in_one_l
     assert result.returncode == 2 and result.stderr == f"heedful: error: {caught.value}\n"
 
 
+@pytest.mark.slow
+def test_train_init_from_a_gan_run_with_a_changed_feature_classifier_is_refused_as_init_from(trained, tmp_path):
+    # The refusal names the other run's file: prefixed train.init_from: as a changed model.safetensors is.
+    first = tmp_path / "first"
+    shutil.copytree(trained[0], first)
+    flip_a_byte_in_the_tensor_data(first / "model" / CLASSIFIER_FILE)
+    with pytest.raises(CheckpointError) as caught:
+        fit(config(tmp_path / "second", **{"train.init_from": str(first)}))
+    assert str(caught.value) == f"train.init_from: {classifier_changed(first / 'model')}" + (
+        f"; restore it from a copy, or train the run again (heedful train {first} --overwrite)"
+    )
+    assert not (tmp_path / "second").exists()
+
+
 def test_an_odd_sized_or_unreadable_image_names_the_file(tmp_path):
     from PIL import Image
 

@@ -179,3 +179,22 @@ def test_a_silent_or_one_sample_file_is_transcribed_with_a_warning(tmp_path, con
         f"heedful: warning: {silent}: silent; its transcription means nothing",
         f"heedful: warning: {short}: too short (1 sample, 0.1 ms); its transcription means nothing",
     ]
+
+
+def test_the_files_warned_about_are_remembered_up_to_a_bound(tmp_path, configs_dir, capsys, monkeypatch):
+    """A server lives on: it remembers the most recent silent files, not every one it was sent."""
+    from heedful.tasks import speech
+
+    monkeypatch.setattr(speech, "WARNED_EMPTY_KEPT", 2, raising=False)  # without a bound, the asserts say so
+    task = get_task("speech")(load_config(configs_dir / "speech_digits.yaml", ["data.trim_db=null", "device=cpu"]))
+    files = [tmp_path / f"silent-{i}.wav" for i in range(3)]
+    for path in files:
+        sf.write(path, np.zeros(4000, np.float32), 8000, subtype="PCM_16")
+    task._load(files[:2])
+    task._load(files[:1])  # seen again: the most recent now, so the next one pushes out silent-1
+    task._load(files[2:])
+    assert len(task._warned_empty) == 2
+    task._load([files[0], files[2], files[1]])  # kept: quiet; forgotten: warned again
+    assert capsys.readouterr().err.splitlines() == [
+        f"heedful: warning: {path}: silent; its transcription means nothing" for path in [*files, files[1]]
+    ]

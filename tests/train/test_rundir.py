@@ -295,6 +295,17 @@ def test_resuming_a_copy_writes_only_into_the_copy(configs_dir, tmp_path):
     assert load_config(copy).train.epochs == 2
 
 
+def test_a_loaded_copy_is_configured_where_it_lies(configs_dir, tmp_path):
+    from heedful.runs import load_run
+
+    original, copy = tmp_path / "original", tmp_path / "elsewhere" / "copy"
+    fit(config(configs_dir, original))
+    shutil.copytree(original, copy)
+    run = load_run(copy, device="cpu")
+    assert load_config(original).run_dir == original  # config.yaml still remembers the original
+    assert run.run_dir == run.cfg.run_dir == run.cfg.resolved_run_dir() == copy
+
+
 def test_a_failed_resume_does_not_rewrite_the_config(configs_dir, tmp_path):
     run = tmp_path / "run"
     fit(config(configs_dir, run))

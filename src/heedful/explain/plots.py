@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from heedful.errors import UserError
+from heedful.errors import UserError, warn
 from heedful.outputs import written_whole
 
 # DejaVu Sans covers Latin, Greek, Cyrillic and Arabic letters (unshaped: matplotlib draws them
@@ -66,10 +65,11 @@ def label_text(text: str) -> str:
     if not _warned_missing:
         _warned_missing = True
         shown = "".join(dict.fromkeys(missing))[:8]
-        warnings.warn(
+        # heedful's own warning line, as every other user-facing warning (not a Python UserWarning
+        # with heedful's file and line in it); once per machine under torchrun.
+        warn(
             f"no installed font draws {shown!r}: plot labels show such characters as U+XXXX; install a font "
-            "that covers them (Debian: apt-get install fonts-noto-cjk)",
-            stacklevel=2,
+            "that covers them (Debian: apt-get install fonts-noto-cjk)"
         )
     return "".join(f"U+{ord(c):04X}" if c in missing else c for c in text)
 

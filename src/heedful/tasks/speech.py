@@ -65,6 +65,9 @@ from heedful.tasks.speech_config import SpeechTaskConfig
 BatchSource.register(UtteranceBatches)  # heedful.data does not import tasks; it is one all the same
 
 HOP_SECONDS = 0.01  # log_mel's default hop: 80 samples at 8 kHz
+# How many silent or too-short files a task remembers having warned about (the most recent): enough
+# for one command's second read (--show-attention) to stay quiet, bounded for a server that lives on.
+WARNED_EMPTY_KEPT = 1024
 # A file this many times longer than the model hears is refused from its header, trimming or not.
 TRIM_SLACK = 4
 
@@ -324,10 +327,15 @@ class SpeechTask(Task):
             problem = "silent"
         else:
             return
-        warned = self.__dict__.setdefault("_warned_empty", set())
-        if str(path) not in warned:
-            warned.add(str(path))
+        # Insertion-ordered, oldest first: a path seen again moves to the end, the oldest drops out.
+        warned: dict[str, None] = self.__dict__.setdefault("_warned_empty", {})
+        key = str(path)
+        if key not in warned:
             warn(f"{path}: {problem}; its transcription means nothing")
+        warned.pop(key, None)
+        warned[key] = None
+        while len(warned) > WARNED_EMPTY_KEPT:
+            del warned[next(iter(warned))]
 
     @torch.no_grad()
     def predict(self, model: nn.Module, inputs: list[Any]) -> list[Prediction]:

@@ -13,6 +13,7 @@ reads its own checkpoint and takes only the vocabulary from ``init_from`` again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -20,6 +21,9 @@ from heedful.config import read_yaml
 from heedful.errors import CheckpointError, a_run
 from heedful.models.pretrained import ChangedWeights, load_weights_checked, read_model_config, verify_weights
 from heedful.train.rundir import restore_model_hint
+
+if TYPE_CHECKING:
+    from heedful.tasks.base import Task
 
 
 def init_model_folder(run_dir: Path, task_name: str) -> Path:
@@ -49,10 +53,24 @@ def load_initial_weights(model: nn.Module, folder: Path) -> None:
     try:
         verify_weights(folder, config)
         load_weights_checked(model, weights, "this run's model")
-    except ChangedWeights as exc:  # the run it came from knows what can put the file back
-        restored = ChangedWeights(
-            exc.weights, exc.recorded, restore_model_hint(folder.parent, exc.recorded), exc.recorded_in
-        )
-        raise CheckpointError(f"train.init_from: {restored}") from None
     except CheckpointError as exc:
-        raise CheckpointError(f"train.init_from: {exc}") from None
+        raise _refused(exc, folder) from None
+
+
+def load_initial_artifacts(task: Task, folder: Path) -> None:
+    """``task.load_artifacts(folder)`` (the vocabulary; imagegen's feature classifier, its sum
+    checked), a refusal prefixed ``train.init_from:`` as the weights' is: the folder named is the
+    other run's, not this one's."""
+    try:
+        task.load_artifacts(folder)
+    except CheckpointError as exc:
+        raise _refused(exc, folder) from None
+
+
+def _refused(exc: CheckpointError, folder: Path) -> CheckpointError:
+    """``exc`` as a ``train.init_from:`` refusal; a changed weights file says how to put it back."""
+    if isinstance(exc, ChangedWeights):  # the run it came from knows what can put the file back
+        # Only model.safetensors is kept in checkpoints; another file (the feature classifier) is written again.
+        digest = exc.recorded if exc.weights.name == "model.safetensors" else None
+        exc = ChangedWeights(exc.weights, exc.recorded, restore_model_hint(folder.parent, digest), exc.recorded_in)
+    return CheckpointError(f"train.init_from: {exc}")

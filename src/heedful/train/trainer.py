@@ -43,7 +43,7 @@ from heedful.train.compile import compile_model
 from heedful.train.distributed import Dist, LossModule, peer_lost_error, rank_batches, rounds
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
-from heedful.train.init_from import init_model_folder, load_initial_weights
+from heedful.train.init_from import init_model_folder, load_initial_artifacts, load_initial_weights
 from heedful.train.logging import RunLogger
 from heedful.train.resume import changed_settings, nothing_left
 from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
@@ -164,10 +164,10 @@ class Trainer:
         # its own) and again after (it wins, as in Run.evaluate); its weights before step 0.
         init = init_model_folder(Path(tc.init_from), self.cfg.task) if tc.init_from is not None else None
         if init is not None:
-            self.task.load_artifacts(init)
+            load_initial_artifacts(self.task, init)
         data = self.task.build_data(self.cfg)
         if init is not None:
-            self.task.load_artifacts(init)
+            load_initial_artifacts(self.task, init)
         model = self.task.build_model(self.cfg, data).to(self.device)
         if init is not None and not resume:  # a resumed run's checkpoint holds its weights
             load_initial_weights(model, init)

@@ -12,7 +12,7 @@ from typing import Annotated, get_args
 import typer
 
 from heedful.data.text import refuse_nul
-from heedful.errors import DataError, UserError, lines_shown, note, warn
+from heedful.errors import DataError, UserError, lines_shown, note
 from heedful.outputs import check_output, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, run_loader
 
@@ -278,17 +278,20 @@ def align(
     # Empty files: no pairs, an empty --out (a filter's answer to empty input), exit 0.
     sources, targets = _unzip_lazily(first, pairs) if first is not None else (iter(()), iter(()))
     handle = written_whole(out, "--out") if out else contextlib.nullcontext(sys.stdout)
-    cut: dict[Path, list[int]] = {src: [], tgt: []}  # the lines (from 1) longer than the model takes
+    # The lines (from 1) longer than the model takes, per side: keyed by flag, not by path, since
+    # one file may be given as both --src and --tgt and each side is cut on its own.
+    cut: dict[str, list[int]] = {"--src": [], "--tgt": []}
     with handle as sink, tqdm(unit=" lines", file=sys.stderr, disable=not progress) as bar:
         for n, links in enumerate(run.align(sources, targets, method=method, batch_tokens=batch_tokens), 1):
             sink.write(pharaoh(links) + "\n")
             bar.update(1)
-            for path, tokens in ((src, links.source_cut), (tgt, links.target_cut)):
+            for side, tokens in (("--src", links.source_cut), ("--tgt", links.target_cut)):
                 if tokens:
-                    cut[path].append(n)
-    if any(cut.values()):  # said once at the end, on stderr, as translate says it
-        where = "; ".join(f"{path} {lines_shown(lines)}" for path, lines in cut.items() if lines)
-        warn(
+                    cut[side].append(n)
+    if any(cut.values()):  # said once at the end, on stderr, as translate says it: a note, as there
+        paths = {"--src": src, "--tgt": tgt}
+        where = "; ".join(f"{side} {paths[side]} {lines_shown(lines)}" for side, lines in cut.items() if lines)
+        note(
             f"sentences longer than the model's {run.cfg.model.max_len} tokens were cut to them before aligning, "
             f"so the words past the cut have no links: {where}"
         )
