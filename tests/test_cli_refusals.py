@@ -306,6 +306,8 @@ def test_load_functions_refuse_wrong_arguments_in_one_line(tiny_run):
         (lambda: load_run(tiny_run, "cpu", "decode.beam_size=1"), r"^overrides takes a list of 'key=value' strings"),
         (lambda: load_run(tiny_run, "cpu", [5]), r"^overrides: 5 is not a 'key=value' string$"),
         (lambda: load_run(tiny_run, "cpu", ["device=cuda"]), r"^--set device=cuda: give the device as --device"),
+        # the run is the folder it is loaded from: run.cfg.run_dir pointing elsewhere would mislead
+        (lambda: load_run(tiny_run, "cpu", ["run_dir=/x"]), r"^--set run_dir=/x: the run is the folder given"),
         (lambda: load_config(None), r"^load_config: path=None: a YAML config file or a run directory"),
         (lambda: load_config(ROOT / "configs/dates.yaml", "train.epochs=3"), r"^overrides takes a list"),
         (lambda: load_ensemble(str(tiny_run)), r"^load_ensemble takes a list of inputs, not one str"),

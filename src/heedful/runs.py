@@ -323,6 +323,9 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
                               "it reads inputs or decodes (data.*, decode.*)")  # fmt: skip
         if key == "device":  # the device argument (--device) places the model; this would be ignored
             raise ConfigError(f"--set {item}: give the device as --device (Python: load_run(..., device=...))")
+        if key == "run_dir":  # the run is the folder it is loaded from; another would be read nowhere
+            raise ConfigError(f"--set {item}: the run is the folder given ({run_dir}); give another run's folder "
+                              "instead")  # fmt: skip
         if key in trained:  # e.g. the sample rate a speech model's features were made at
             raise ConfigError(f"--set {item}: {key} is fixed when a {trained[key]} run is trained; the model "
                               "would get inputs unlike those it learnt from")  # fmt: skip

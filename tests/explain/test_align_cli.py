@@ -143,7 +143,8 @@ def test_align_says_which_lines_were_cut_to_the_models_length(dates_run, tmp_pat
                            "--device", "cpu", capsys=capsys)  # fmt: skip
     assert code == 0 and out.read_text(encoding="utf-8").count("\n") == 4  # still one line per pair
     assert err == (
-        f"heedful: note: sentences longer than the model's {limit} tokens were cut to them before aligning, "
+        f"heedful: note: sentences longer than the model takes ({limit} tokens a source, {limit - 1} a target) "
+        f"were cut to it before aligning, "
         f"so the words past the cut have no links: --src {src} lines 2, 4; --tgt {tgt} lines 3, 4\n"
     )
 
@@ -158,7 +159,8 @@ def test_align_says_which_side_was_cut_when_one_file_is_both(dates_run, tmp_path
                            "--device", "cpu", capsys=capsys)  # fmt: skip
     assert code == 0 and out.read_text(encoding="utf-8").count("\n") == 3
     assert err == (
-        f"heedful: note: sentences longer than the model's {limit} tokens were cut to them before aligning, "
+        f"heedful: note: sentences longer than the model takes ({limit} tokens a source, {limit - 1} a target) "
+        f"were cut to it before aligning, "
         f"so the words past the cut have no links: --src {both} line 3; --tgt {both} lines 2, 3\n"
     )
 

@@ -291,9 +291,10 @@ def align(
     if any(cut.values()):  # said once at the end, on stderr, as translate says it: a note, as there
         paths = {"--src": src, "--tgt": tgt}
         where = "; ".join(f"{side} {paths[side]} {lines_shown(lines)}" for side, lines in cut.items() if lines)
+        limit = run.cfg.model.max_len  # a target takes one token fewer: its <bos> holds a position
         note(
-            f"sentences longer than the model's {run.cfg.model.max_len} tokens were cut to them before aligning, "
-            f"so the words past the cut have no links: {where}"
+            f"sentences longer than the model takes ({limit} tokens a source, {limit - 1} a target) were cut to "
+            f"it before aligning, so the words past the cut have no links: {where}"
         )
 
 
