@@ -193,6 +193,13 @@ def is_main_process() -> bool:
 _PEER_GONE = re.compile(r"connection (reset|closed|refused)|broken pipe|read error|write error", re.IGNORECASE)
 
 
+def peer_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective call that failed because another process of the job is gone."""
+    text = str(exc)
+    backend_error = type(exc).__name__ in ("DistBackendError", "DistNetworkError")
+    return isinstance(exc, RuntimeError) and (backend_error or "gloo" in text) and bool(_PEER_GONE.search(text))
+
+
 def peer_lost_error(exc: BaseException, run_dir: Any, dist: Dist | None = None) -> UserError | None:
     """The one-line UserError for ``exc`` when it is a collective call that failed because another
     process of this torchrun job stopped; None for any other exception (a bug keeps its traceback).
@@ -205,10 +212,9 @@ def peer_lost_error(exc: BaseException, run_dir: Any, dist: Dist | None = None) 
     from heedful.train.checkpoint import list_checkpoints  # checkpoint imports nothing of this module
     from heedful.train.resume import resume_command
 
-    text = str(exc)
-    backend_error = type(exc).__name__ in ("DistBackendError", "DistNetworkError")
-    if not isinstance(exc, RuntimeError) or not (backend_error or "gloo" in text) or not _PEER_GONE.search(text):
+    if not peer_gone(exc):
         return None
+    text = str(exc)
     if dist is not None and (word := dist.who_stopped()) is not None:
         cause = UserError(f"rank {word['rank']} stopped on an error, so this process did too: {word['error']}")
         here = word["node"] == os.environ.get("GROUP_RANK", "0")

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -67,3 +68,25 @@ def stop_on_signals(announce: bool = True) -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+class SigtermHold:
+    """SIGTERM ignored from :meth:`hold` until :meth:`release` (main thread only; elsewhere both do
+    nothing). torchrun terminates the other processes of a job as soon as it sees one gone; a
+    survivor that has just met the loss in a collective call is ending anyway, and a SIGTERM then,
+    before it has said why (the checkpoint to resume from), ended it without a word."""
+
+    def __init__(self) -> None:
+        self._before: Any = None
+        self._held = False
+
+    def hold(self) -> None:
+        if self._held or threading.current_thread() is not threading.main_thread():
+            return
+        self._before = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            signal.signal(signal.SIGTERM, self._before)
+            self._held = False

@@ -40,7 +40,7 @@ from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
 from heedful.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
 from heedful.train.compile import compile_model
-from heedful.train.distributed import Dist, LossModule, peer_lost_error, rank_batches, rounds
+from heedful.train.distributed import Dist, LossModule, peer_gone, peer_lost_error, rank_batches, rounds
 from heedful.train.ema import WeightAverage
 from heedful.train.history import History
 from heedful.train.init_from import init_model_folder, load_initial_artifacts, load_initial_weights
@@ -48,7 +48,7 @@ from heedful.train.logging import RunLogger
 from heedful.train.resume import changed_settings, nothing_left
 from heedful.train.rundir import RunDirectory, RunDirectoryError, files_under
 from heedful.train.schedules import lr_at
-from heedful.train.stopping import TrainingStopped, stop_on_signals
+from heedful.train.stopping import SigtermHold, TrainingStopped, stop_on_signals
 
 
 class TrainingDiverged(UserError):
@@ -109,6 +109,8 @@ class Trainer:
         Started by torchrun, every process trains its share and only rank 0 touches the directory."""
         dist = self.dist = Dist.start(self.cfg.device)
         self.device = dist.device
+        # From a lost peer on, torchrun's SIGTERM must not end this process before it says why.
+        self._sigterm = SigtermHold()
         # train.num_threads and train.deterministic are this training's: the caller's are set again after.
         deterministic = torch.are_deterministic_algorithms_enabled()
         warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -122,12 +124,15 @@ class Trainer:
             dist.say_stopped(exc)
             raise
         except RuntimeError as exc:  # … or this one for another, which stopped
+            if peer_gone(exc):
+                self._sigterm.hold()
             if (error := peer_lost_error(exc, self.run_dir, dist)) is None:
                 raise
             raise error from None
         finally:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
             dist.end()
+            self._sigterm.release()
 
     def _fit_main(self, resume: bool, overwrite: bool) -> History:
         run = self.run = RunDirectory.claim(self.run_dir, resume=resume, overwrite=overwrite)
@@ -261,6 +266,10 @@ class Trainer:
         try:
             with stop_on_signals(announce=dist.main) as self._stop:  # Ctrl-C, SIGTERM: stop where a step ends
                 self._loop(model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
+        except RuntimeError as exc:
+            if peer_gone(exc):  # at once, not after the writers close: torchrun's SIGTERM may be on its way
+                self._sigterm.hold()
+            raise
         finally:
             logger.close()
         history.completed = True
