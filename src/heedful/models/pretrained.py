@@ -53,14 +53,21 @@ def verify_weights(
     ``config`` (the folder's ``recorded_in``, config.json) recorded under ``"sha256"``; a folder that
     recorded none (saved before heedful kept the sums) passes unchecked. A task's own weights file
     beside the model's (imagegen's feature classifier) is checked the same way, from its own record."""
-    recorded = config.get(SUMS_KEY)
-    if not isinstance(recorded, dict) or name not in recorded:
+    recorded = recorded_sum(config, name)
+    if recorded is None:
         return
     weights = directory / name
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file missing")
-    if sha256(weights) != recorded[name]:
-        raise ChangedWeights(weights, recorded[name], recorded_in=recorded_in)
+    if sha256(weights) != recorded:
+        raise ChangedWeights(weights, recorded, recorded_in=recorded_in)
+
+
+def recorded_sum(config: dict[str, Any], name: str = WEIGHTS_NAME) -> str | None:
+    """The sha256 ``config`` (a folder's config.json) recorded for its file ``name``; None for a
+    folder saved before heedful kept the sums."""
+    recorded = config.get(SUMS_KEY)
+    return recorded.get(name) if isinstance(recorded, dict) else None
 
 
 class PretrainedModel(nn.Module):

@@ -25,7 +25,7 @@ import torch
 from heedful.data.tokenizers import content_ids
 from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
-from heedful.models.pretrained import CONFIG_NAME, SUMS_KEY, WEIGHTS_NAME, structural_steps
+from heedful.models.pretrained import WEIGHTS_NAME, read_model_config, recorded_sum, structural_steps
 from heedful.optimize.common import (
     EXPORT_RECORD,
     ExportedTranslator,
@@ -141,7 +141,7 @@ def _weights_stamp(run: Run) -> dict[str, Any]:
     ``tar``) of the same size would pass."""
     folder = run.run_dir / "model"
     layer = getattr(getattr(run.cfg, "decode", None), "explain_layer", -1)
-    recorded = json.loads((folder / CONFIG_NAME).read_text()).get(SUMS_KEY, {}).get(WEIGHTS_NAME)
+    recorded = recorded_sum(read_model_config(folder))
     if recorded:
         return {"sha256": recorded, "alignment_layer": layer}
     stat = (folder / WEIGHTS_NAME).stat()
