@@ -14,8 +14,9 @@ embedding matrix shared by source, target and output, pre-LN):
              written as a user would: fp32, no autocast, no compile
   ours-fp32  heedful.models.TransformerEncoderDecoder built from that config, trained the way
              heedful.train.Trainer trains it: move_to, autocast(device, precision), task.loss of
-             the translate task (logits .float(), then label-smoothed cross-entropy), AdamW on
-             parameter_groups, gradient clipping — at precision "fp32"
+             the translate task (logits .float(), then label-smoothed cross-entropy), the trainer's
+             AdamW (heedful.train.trainer.adamw: the fused kernel) on parameter_groups, gradient
+             clipping with foreach=True as the trainer clips — at precision "fp32"
   ours-bf16  the same at precision "bf16" (torch.autocast to bfloat16), as the Multi30k config trains
   ours-bf16-compiled  (only with ``--compiled``) ours-bf16 with the model compiled in place as
              ``train.compile: true`` does (heedful.train.compile: inductor); its warm-up steps
@@ -88,6 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heedful.config import TrainConfig
 from heedful.data.parallel import ParallelFiles, TokenBatches, fit_for_training, read_text_pair
 from heedful.data.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizers
 from heedful.device import autocast, move_to
@@ -97,7 +99,7 @@ from heedful.tasks.base import Batch
 from heedful.tasks.translate import TranslateConfig, TranslateTask
 from heedful.tasks.translate_data import length_cap
 from heedful.train.compile import compile_model
-from heedful.train.trainer import parameter_groups
+from heedful.train.trainer import adamw, parameter_groups
 
 # torch.nn.MultiheadAttention turns a bool key padding mask into a float one beside the float causal
 # mask anyway; it only warns that mixing the two types is deprecated.
@@ -237,12 +239,12 @@ def plain_step(model: PlainTransformer, hp: Hyper, device: torch.device) -> Call
 
 
 def our_step(
-    task: TranslateTask, model: nn.Module, hp: Hyper, device: torch.device, precision: str
+    task: TranslateTask, model: nn.Module, tc: TrainConfig, device: torch.device, precision: str
 ) -> Callable[[Batch], float]:
-    """One step of heedful.train.Trainer._loop (grad_accum 1), with the trainer's own helpers."""
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, hp.weight_decay), lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay
-    )
+    """One step of heedful.train.Trainer._loop (grad_accum 1), with the trainer's own helpers: its
+    optimizer (``adamw``: the fused kernel) and its foreach gradient clipping."""
+    optimizer = adamw(parameter_groups(model, tc.weight_decay), tc, device)
+    clip = tc.clip_grad_norm or math.inf
 
     def step(batch: Batch) -> float:
         batch = move_to(batch, device)
@@ -251,7 +253,7 @@ def our_step(
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()}")
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), hp.clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         models[name] = TransformerEncoderDecoder(m).to(device).train()
         if name.endswith("-compiled") and (reason := compile_model(models[name], device)) is not None:
             parser.error(f"--compiled: {reason}")
-        steps[name] = our_step(task, models[name], hp, device, PRECISION[name])
+        steps[name] = our_step(task, models[name], t, device, PRECISION[name])
     n_params = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
 
     tokens = [int((b["tgt_out"] != tok.pad_id).sum()) for b in batches]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from heedful.config import RunConfig, to_yaml
+from heedful.config import RunConfig, TrainConfig, to_yaml
 from heedful.device import autocast, keeping_torch_threads, move_to, resolve_device
 from heedful.errors import ConfigError, UserError, note, warn
 from heedful.explain.plots import plot_history
@@ -72,6 +72,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
         seen.add(id(param))
         (decay if param.dim() >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(groups: list[dict[str, Any]], tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """The trainer's optimizer over ``groups`` (:func:`parameter_groups`): AdamW with ``train.lr``,
+    ``betas`` and ``weight_decay``. The fused kernel on CPU and CUDA — one pass over all parameters,
+    5× faster than torch's default (a loop of small ops per parameter) on CPU here."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=fused)
 
 
 class Trainer:
@@ -177,15 +185,8 @@ class Trainer:
         if init is not None and not resume:  # a resumed run's checkpoint holds its weights
             load_initial_weights(model, init)
         self.model = model
-        # The fused kernel: one pass over all parameters (5x faster than the default on CPU here).
         groups = self.task.parameter_groups(model, tc.weight_decay) or parameter_groups(model, tc.weight_decay)
-        optimizer = torch.optim.AdamW(
-            groups,
-            lr=tc.lr,
-            betas=tc.betas,
-            weight_decay=tc.weight_decay,
-            fused=self.device.type in ("cpu", "cuda"),
-        )
+        optimizer = adamw(groups, tc, self.device)
         steps_per_epoch = data.train.steps_per_epoch()  # batches; an optimizer step takes grad_accum per rank
         batches_per_step = tc.grad_accum * dist.world  # global batches one optimizer step takes now
 
