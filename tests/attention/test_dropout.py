@@ -46,3 +46,16 @@ def test_keep_rate_is_p_rounded_to_a_sixteenth_bit_and_the_masks_follow_the_seed
     first = keep_mask((1000,), 0.3)[0]
     torch.manual_seed(5)
     assert torch.equal(first, keep_mask((1000,), 0.3)[0])
+
+
+def test_successive_masks_are_unrelated_draws():
+    """Each call seeds its words from torch's generator, which moves on: a seed repeated (or one
+    fixed stream) would give equal or shifted masks."""
+    from heedful.attention.dropout import random_words
+
+    torch.manual_seed(0)
+    a, b = random_words(1000), random_words(1000)
+    assert not torch.equal(a, b) and not torch.equal(a[1:], b[:-1])
+    assert (a == b).float().mean() < 0.01
+    bits = torch.stack([(a >> k) & 1 for k in range(64)])  # (64, 1000): every bit position is random
+    assert torch.all((bits.float().mean(1) - 0.5).abs() < 0.08), bits.float().mean(1)
