@@ -1,4 +1,5 @@
-"""smoothed_cross_entropy against PyTorch's label-smoothed cross-entropy: loss, gradient, argmax."""
+"""smoothed_cross_entropy and projected_cross_entropy against PyTorch's label-smoothed cross-entropy:
+loss, gradient, argmax."""
 
 import math
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import heedful.nn.losses as losses
-from heedful.nn.losses import smoothed_cross_entropy
+from heedful.nn.losses import projected_cross_entropy, smoothed_cross_entropy
 
 
 @pytest.fixture
@@ -74,3 +75,50 @@ def test_attention_cross_entropy_is_the_hand_computed_value():
     assert float(attention_cross_entropy(weights, torch.zeros_like(gold))) == 0.0
     zero = torch.tensor([[[0.0, 1.0]]])  # an attention that underflowed: large, finite
     assert math.isfinite(float(attention_cross_entropy(zero, torch.tensor([[[1.0, 0.0]]]))))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_projected_loss_and_both_gradients_equal_pytorchs_projection_then_loss(small_blocks, smoothing):
+    torch.manual_seed(2)
+    hidden, weight = torch.randn(7, 6, requires_grad=True), torch.randn(50, 6, requires_grad=True)
+    gold = torch.randint(0, 50, (7,))
+    h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    z = h @ w.T
+    want = F.cross_entropy(z, gold, label_smoothing=smoothing)
+    (3.0 * want).backward()
+    loss, predicted = projected_cross_entropy(hidden, weight, gold, smoothing)
+    (3.0 * loss).backward()  # the upstream gradient reaches both inputs
+    torch.testing.assert_close(loss, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(hidden.grad, h.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(weight.grad, w.grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(predicted, z.argmax(-1))
+    assert torch.equal(hidden, h) and torch.equal(weight, w)  # the inputs are left as they were
+
+
+def test_under_bf16_autocast_it_is_the_linear_then_the_loss_to_the_bit(small_blocks):
+    """The logits, their gradient and both matmuls in bf16 as autocast's nn.Linear computes them;
+    the gradients come back in the parameters' fp32."""
+    torch.manual_seed(3)
+    hidden, weight = torch.randn(9, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    gold = torch.randint(0, 50, (9,))
+    h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, want_predicted = smoothed_cross_entropy(F.linear(h, w), gold, 0.1)
+        loss, predicted = projected_cross_entropy(hidden, weight, gold, 0.1)
+    want.backward()
+    loss.backward()
+    assert torch.equal(loss, want) and torch.equal(predicted, want_predicted)
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
+    assert torch.equal(hidden.grad, h.grad) and torch.equal(weight.grad, w.grad)
+
+
+def test_projected_loss_without_gradients_and_its_bad_shapes():
+    torch.manual_seed(4)
+    hidden, weight, gold = torch.randn(5, 4), torch.randn(30, 4), torch.randint(0, 30, (5,))
+    with torch.no_grad():
+        loss, _ = projected_cross_entropy(hidden, weight, gold, 0.1)
+    torch.testing.assert_close(loss, F.cross_entropy(hidden @ weight.T, gold, label_smoothing=0.1), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"hidden must be \(N, D\), weight \(V, D\) and gold \(N,\)"):
+        projected_cross_entropy(hidden, torch.randn(30, 3), gold)
+    with pytest.raises(ValueError, match="at least one row"):
+        projected_cross_entropy(hidden[:0], weight, gold[:0])

@@ -52,3 +52,33 @@ def test_padding_to_a_multiple_of_8_changes_shapes_not_the_loss_or_gradients(arc
         assert losses[1][0] == pytest.approx(losses[0][0], abs=1e-6)
         for g_plain, g_padded in zip(*grads, strict=True):
             torch.testing.assert_close(g_padded, g_plain, rtol=1e-5, atol=1e-6)
+
+
+def test_the_transformer_loss_applies_the_vocabulary_projection_itself_with_the_same_result(monkeypatch):
+    """translate's loss hands the decoder's final states to projected_cross_entropy; a model whose
+    projection carries a hook (so vocabulary_weight is None) takes the logits path — both give
+    the same loss and gradients, in fp32 and under bf16 autocast."""
+    import heedful.tasks.translate as translate
+
+    task, model, batches = task_and_batches(1, "transformer")
+    calls = []
+    fused = translate.projected_cross_entropy
+    monkeypatch.setattr(translate, "projected_cross_entropy", lambda *a: calls.append(1) or fused(*a))
+    for precision in (torch.float32, torch.bfloat16):
+        results = []
+        for hooked in (False, True):
+            handle = model.decoder.output.register_forward_hook(lambda *_: None) if hooked else None
+            assert (model.vocabulary_weight() is None) == hooked
+            model.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == torch.bfloat16):
+                loss, stats = task.loss(model, batches[0])
+            loss.backward()
+            results.append((loss.detach(), stats["accuracy"], [p.grad.clone() for p in model.parameters()]))
+            if handle is not None:
+                handle.remove()
+        (fused_loss, fused_acc, fused_grads), (plain_loss, plain_acc, plain_grads) = results
+        assert fused_acc == plain_acc
+        torch.testing.assert_close(fused_loss, plain_loss, rtol=0, atol=1e-6)
+        for a, b in zip(fused_grads, plain_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert len(calls) == 2  # once per precision, never for the hooked model

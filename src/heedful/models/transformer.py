@@ -247,8 +247,10 @@ class Decoder(nn.Module):
         memory_padding: Tensor | None,
         cache: DecoderCache | None = None,
         keep: Tensor | None = None,
+        project: bool = True,
     ) -> Tensor:
-        """Logits (B, T, V); with ``keep`` (B, T) bool, only those positions': (N, V)."""
+        """Logits (B, T, V); with ``keep`` (B, T) bool, only those positions': (N, V); with
+        ``project=False``, the final states that the vocabulary projection would take, (…, D)."""
         offset = cache.offset if cache is not None else 0
         y = self.embed(tokens, offset)  # (B, T, D)
         for i, layer in enumerate(self.layers):
@@ -257,7 +259,8 @@ class Decoder(nn.Module):
             cache.offset += tokens.shape[1]
         if keep is not None:  # the vocabulary projection is the largest matmul: skip padded positions
             y = y[keep]  # (N, D)
-        return self.output(self.norm(y))  # (B, T, V) or (N, V)
+        y = self.norm(y)
+        return self.output(y) if project else y  # (B, T, V) or (N, V); or (…, D)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -297,11 +300,23 @@ class TransformerEncoderDecoder(PretrainedModel):
     def new_cache(self) -> DecoderCache:
         return DecoderCache(self.config.n_decoder_layers)
 
-    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None, project: bool = True) -> Tensor:
         """Logits (B, T, V); with ``keep`` (B, T) bool (e.g. the real target positions), only
-        those positions' logits (N, V), in row-major order — what a loss needs, cheaper."""
+        those positions' logits (N, V), in row-major order — what a loss needs, cheaper. With
+        ``project=False``, the states before the vocabulary projection instead, (…, D): a loss
+        that applies :meth:`vocabulary_weight` itself (nn/losses.py's projected_cross_entropy)."""
         memory, padding = self.encode(src)
-        return self.decoder(tgt_in, memory, padding, None, keep)
+        return self.decoder(tgt_in, memory, padding, None, keep, project)
+
+    def vocabulary_weight(self) -> Tensor | None:
+        """The vocabulary projection's weight (V, D) when the projection is a plain bias-free
+        Linear without hooks — one a loss can apply itself; None otherwise (e.g. after
+        ``heedful optimize`` made it low-rank or int8)."""
+        output = self.decoder.output
+        plain = type(output) is nn.Linear and output.bias is None
+        if not plain or output._forward_hooks or output._forward_pre_hooks:
+            return None
+        return output.weight
 
 
 class TransformerEncoderModel(PretrainedModel):

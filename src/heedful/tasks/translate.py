@@ -65,7 +65,7 @@ from heedful.explain.capture import capture
 from heedful.metrics.translation import bleu_and_chrf
 from heedful.models.rnn import RNNConfig, RNNEncoderDecoder
 from heedful.models.transformer import TransformerEncoderDecoder
-from heedful.nn.losses import smoothed_cross_entropy
+from heedful.nn.losses import projected_cross_entropy, smoothed_cross_entropy
 from heedful.tasks.alignment_supervision import AlignmentSupervisor, check_supervised_model, supervisor_for
 from heedful.tasks.base import (
     Batch,
@@ -214,14 +214,21 @@ class TranslateTask(Task):
         target = batch["tgt_out"]  # (B, T)
         real = target != self.tgt_tok.pad_id
         # Logits of the real target positions only (N, V): padding never reaches the vocabulary
-        # projection or the loss, which walks them in cache-sized blocks (nn/losses.py).
+        # projection or the loss, which walks them in cache-sized blocks (nn/losses.py). A
+        # Transformer's plain projection is applied inside the loss (projected_cross_entropy).
         supervised = self.supervisor is not None and "alignment" in batch
+        gold = target[real]  # (N,)
+        smoothing = self.cfg.train.label_smoothing
+        weight = model.vocabulary_weight() if isinstance(model, TransformerEncoderDecoder) else None
         if supervised:  # one head trained to align (tasks/alignment_supervision.py)
             logits, alignment = self.supervisor.forward(model, batch, real)
+            loss, predicted = smoothed_cross_entropy(logits, gold, smoothing)
+        elif weight is not None:  # the projection inside the loss: the logits never reach autograd
+            hidden = model(batch["src"], batch["tgt_in"], keep=real, project=False)  # (N, D)
+            loss, predicted = projected_cross_entropy(hidden, weight, gold, smoothing)
         else:
-            logits = model(batch["src"], batch["tgt_in"], keep=real)
-        gold = target[real]  # (N,)
-        loss, predicted = smoothed_cross_entropy(logits, gold, self.cfg.train.label_smoothing)
+            logits = model(batch["src"], batch["tgt_in"], keep=real)  # (N, V)
+            loss, predicted = smoothed_cross_entropy(logits, gold, smoothing)
         n_tokens = int(gold.numel())
         correct = int((predicted == gold).sum())
         stats = {"loss": float(loss.detach()), "accuracy": correct / max(n_tokens, 1), "weight": n_tokens}
