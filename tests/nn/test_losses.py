@@ -122,3 +122,30 @@ def test_projected_loss_without_gradients_and_its_bad_shapes():
         projected_cross_entropy(hidden, torch.randn(30, 3), gold)
     with pytest.raises(ValueError, match="at least one row"):
         projected_cross_entropy(hidden[:0], weight, gold[:0])
+
+
+def test_the_logits_matrix_is_reused_across_steps_and_a_retained_graph_cannot_read_a_reused_one():
+    """After a backward the (N, V) matrix is kept for the next forward (no fresh pages to map on
+    CPU); a graph backpropagated twice (retain_graph) across a later forward is refused by
+    autograd rather than given a gradient from another batch's matrix."""
+    import heedful.nn.losses as losses
+
+    torch.manual_seed(5)
+    hidden, weight = torch.randn(30, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
+    gold = torch.randint(0, 50, (30,))
+    loss, _ = projected_cross_entropy(hidden, weight, gold, 0.1)
+    loss.backward(retain_graph=True)
+    spare = losses.SPARE_LOGITS._spare
+    assert spare is not None and spare.numel() >= 30 * 50
+    first = hidden.grad.clone()
+    hidden.grad = None
+    again, _ = projected_cross_entropy(hidden[:20], weight, gold[:20], 0.1)  # a smaller batch: the same memory
+    assert losses.SPARE_LOGITS._spare is None  # taken
+    again.backward()
+    assert losses.SPARE_LOGITS._spare.data_ptr() == spare.data_ptr()
+    hidden.grad = None
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    fresh, _ = projected_cross_entropy(hidden, weight, gold, 0.1)
+    fresh.backward()  # the reused matrix gives the same gradient as the first, fresh one
+    torch.testing.assert_close(hidden.grad, first, rtol=0, atol=0)

@@ -31,6 +31,8 @@ by :func:`smoothed_cross_entropy`, to the bit.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
@@ -81,6 +83,38 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return grad, None, None
 
 
+class _SpareLogits:
+    """One (N, V) matrix kept between training steps on CPU.
+
+    A fresh 64 MB matrix is fresh pages for the kernel to map at first touch — about 16,000 page
+    faults, 15 ms of a 30 ms projection matmul here. :class:`_ProjectedCrossEntropy` takes the
+    spare at its forward (or allocates, when there is none or it is too small) and hands it back
+    at the end of its backward, when nothing refers to it any more; a graph that is never
+    backpropagated keeps its matrix and frees it with itself. CUDA's caching allocator already
+    reuses its memory, so only CPU keeps one."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._spare: Tensor | None = None
+
+    def take(self, n: int, v: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is None or spare.dtype != dtype or spare.device != device or spare.numel() < n * v:
+            spare = torch.empty(n * v, dtype=dtype, device=device)
+        return spare[: n * v].view(n, v)
+
+    def give_back(self, logits: Tensor) -> None:
+        if logits.device.type == "cpu":
+            with self._lock:
+                base = logits._base if logits._base is not None else logits.reshape(-1)
+                if self._spare is None or self._spare.numel() < base.numel():
+                    self._spare = base
+
+
+SPARE_LOGITS = _SpareLogits()
+
+
 class _ProjectedCrossEntropy(torch.autograd.Function):
     """The vocabulary projection and the loss in one node that owns the logits: nobody else sees
     them, so their gradient is written over them in the forward, block by block while each block
@@ -94,7 +128,7 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         scale = 1.0 / n  # ∂(mean loss)/∂(row loss); the upstream gradient is applied in the backward
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
-            logits = h @ w.T  # (N, V)
+            logits = torch.mm(h, w.T, out=SPARE_LOGITS.take(n, v, dtype, h.device))  # (N, V)
             rows = _block_rows(logits)
             log_norm = torch.empty(n, device=logits.device)  # (N,) fp32
             row_sum = torch.empty(n, device=logits.device)
@@ -114,6 +148,8 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
                 gold_grad = (torch.exp(gold_logit - log_norm) - smoothing / v - (1.0 - smoothing)) * scale
                 logits[torch.arange(n, device=logits.device), gold] = gold_grad.to(logits.dtype)
                 ctx.save_for_backward(logits, h, w)
+            else:  # nothing will read them again
+                SPARE_LOGITS.give_back(logits)
         ctx.dtypes = hidden.dtype, weight.dtype
         ctx.mark_non_differentiable(predicted)
         loss = (log_norm - (1.0 - smoothing) * gold_logit - smoothing / v * row_sum).mean()
@@ -128,6 +164,10 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
                 grad_hidden = (grad_logits @ w).to(ctx.dtypes[0]).mul_(grad_loss)  # (N, D)
             if ctx.needs_input_grad[1]:
                 grad_weight = (grad_logits.T @ h).to(ctx.dtypes[1]).mul_(grad_loss)  # (V, D)
+        # Done with it: the next forward may write over it. A second backward through this graph
+        # (retain_graph) after that forward is refused by autograd, which sees the saved matrix's
+        # version changed — an error, never a wrong gradient.
+        SPARE_LOGITS.give_back(grad_logits)
         return grad_hidden, grad_weight, None, None, None
 
 
