@@ -149,3 +149,19 @@ def test_the_logits_matrix_is_reused_across_steps_and_a_retained_graph_cannot_re
     fresh, _ = projected_cross_entropy(hidden, weight, gold, 0.1)
     fresh.backward()  # the reused matrix gives the same gradient as the first, fresh one
     torch.testing.assert_close(hidden.grad, first, rtol=0, atol=0)
+
+
+def test_in_float16_a_loss_scaled_gradient_is_the_unfused_one():
+    """A GradScaler-sized upstream gradient must reach the fp16 gradient before it is rounded:
+    (softmax − ε/V)/N alone underflows float16."""
+    torch.manual_seed(6)
+    hidden, weight = torch.randn(4000, 8, requires_grad=True), torch.randn(300, 8, requires_grad=True)
+    gold = torch.randint(0, 300, (4000,))
+    h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        want, _ = smoothed_cross_entropy(F.linear(h, w), gold, 0.1)
+        loss, _ = projected_cross_entropy(hidden, weight, gold, 0.1)
+    (65536.0 * want).backward()
+    (65536.0 * loss).backward()
+    assert torch.equal(hidden.grad, h.grad) and torch.equal(weight.grad, w.grad)
+    assert (weight.grad != 0).float().mean() > 0.99

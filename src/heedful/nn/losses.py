@@ -34,6 +34,7 @@ from __future__ import annotations
 import threading
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 CPU_BLOCK_VALUES = 1 << 17  # logits per block on CPU: 512 kB in fp32, about the size of L2
@@ -178,7 +179,8 @@ def projected_cross_entropy(
     projection, hidden (N, D) and weight (V, D) — computed without handing the (N, V) logits to
     autograd: the same loss and argmax, and the same gradients as the projection followed by the
     loss, with one (N, V) matrix allocated instead of two and one pass over it fewer. Under
-    autocast the matmuls run in autocast's dtype, as ``nn.Linear`` would."""
+    autocast the matmuls run in autocast's dtype, as ``nn.Linear`` would; in float16 (whose range
+    needs a loss scale applied before the gradient is rounded) it is the unfused pair."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or gold.shape != hidden.shape[:1]:
         raise ValueError(
             f"hidden must be (N, D), weight (V, D) and gold (N,), got {tuple(hidden.shape)}, "
@@ -190,6 +192,10 @@ def projected_cross_entropy(
         raise ValueError("projected_cross_entropy needs at least one row")
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    if dtype == torch.float16:
+        # The gradient is written before the upstream one is known; in fp16 an unscaled (softmax −
+        # ε/V)/N underflows, where a GradScaler's factor, applied first, keeps it. Unfused, it is.
+        return smoothed_cross_entropy(F.linear(hidden, weight), gold, smoothing)
     return _ProjectedCrossEntropy.apply(hidden, weight, gold, smoothing, dtype)
 
 
