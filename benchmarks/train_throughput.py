@@ -66,6 +66,12 @@ Achieved GFLOP/s = FLOPs of the round's K steps / their time; the fraction is pa
 median over rounds of (achieved / that round's matmul GFLOP/s), fp32 loops against the fp32
 matmul, ours-bf16 against the bf16 one.
 
+Page faults. Every round also counts each loop's minor page faults per step (``getrusage``; the
+loops run one at a time, so the process's count is the loop's; not on Windows). A step that
+allocates fresh memory has the kernel map every new page at first touch; on a virtual machine
+that cost moves with the host's load, and with it the time of a loop that faults a lot — the
+plain loop makes several times ours (docs/RESULTS.md), so its speed, and the ratio, drift with it.
+
 Acceptance (printed as PASS/FAIL; ``--strict`` exits 1 on FAIL):
   * ours (bf16) reaches ≥ 2× the target tokens/s of plain fp32 (paired ratio; the issue's
     training-throughput target);
@@ -75,6 +81,7 @@ Acceptance (printed as PASS/FAIL; ``--strict`` exits 1 on FAIL):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -88,6 +95,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+with contextlib.suppress(ImportError):  # Unix only: page faults are then not counted
+    import resource
 
 from heedful.config import TrainConfig
 from heedful.data.parallel import ParallelFiles, TokenBatches, fit_for_training, read_text_pair
@@ -291,6 +301,11 @@ def matmul_gflops(a: Tensor, b: Tensor, device: torch.device, repeats: int = 3) 
 
 
 # ---------------------------------------------------------------------------------------- report
+def minor_faults() -> int | None:
+    """This process's minor page faults so far (None where ``resource`` is missing)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if "resource" in globals() else None
+
+
 def paired_median(values: list[float], reference: list[float]) -> float:
     return statistics.median(v / r for v, r in zip(values, reference, strict=True))
 
@@ -407,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Timed rounds: the same K batches for every loop, the order rotating.
     seconds: dict[str, list[float]] = {name: [] for name in impls}
+    faults: dict[str, list[float]] = {name: [] for name in impls}  # minor page faults per step, per round
     peak: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for r in range(rounds):
         peak["fp32"].append(matmul_gflops(*operands[torch.float32], device))
@@ -415,12 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         order = impls[r % len(impls) :] + impls[: r % len(impls)]
         for name in order:
             sync(device)
-            start = time.perf_counter()
+            faults_before, start = minor_faults(), time.perf_counter()
             for batch in chunk:
                 loss = steps[name](batch)
                 first_loss.setdefault(name, loss)
             sync(device)
             seconds[name].append(time.perf_counter() - start)
+            if faults_before is not None:
+                faults[name].append((minor_faults() - faults_before) / len(chunk))
         line = "  ".join(f"{n} {s[-1]:6.2f} s" for n, s in seconds.items())
         print(f"  round {r + 1}/{rounds}: {line}  (matmul fp32 {peak['fp32'][-1]:.0f}, "
               f"bf16 {peak['bf16'][-1]:.0f} GFLOP/s)", flush=True)  # fmt: skip
@@ -439,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": n_params[name],
             "first_loss": first_loss[name],
             "round_seconds": seconds[name],
+            "page_faults_per_step": statistics.median(faults[name]) if faults[name] else None,
+            "round_page_faults_per_step": faults[name],
         }
         for name in impls
     }
@@ -454,20 +474,25 @@ def main(argv: list[str] | None = None) -> int:
     failures = [label for label, (ok, _) in checks.items() if not ok]
 
     print()
-    print("| loop | precision | target tok/s | vs plain | GFLOP/s | % of matmul peak | loss at step 1 |")
-    print("|---|---|--:|--:|--:|--:|--:|")
+    print(
+        "| loop | precision | target tok/s | vs plain | GFLOP/s | % of matmul peak | page faults per step "
+        "| loss at step 1 |"
+    )
+    print("|---|---|--:|--:|--:|--:|--:|--:|")
     for name, f in figures.items():
+        pages = "n/a" if f["page_faults_per_step"] is None else f"{f['page_faults_per_step']:,.0f}"
         print(
             f"| {name} | {f['precision']} | {f['target_tokens_per_s']:,.0f} | {f['vs_plain']:.2f}× "
             f"| {f['gflops']:.1f} | {100 * f['fraction_of_matmul_peak']:.1f} % of {f['precision']} "
-            f"| {f['first_loss']:.2f} |"
+            f"| {pages} | {f['first_loss']:.2f} |"
         )
     mm = {p: statistics.median(v) for p, v in peak.items()}
     print(
         f"\nmatmul peak ({matmul_n}²), median over rounds: fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {mm['bf16']:.0f} "
         "GFLOP/s. tok/s: non-pad target tokens per second, median over rounds. vs plain: median over rounds "
         "of (tok/s / plain's tok/s in the same round). GFLOP/s: model training FLOPs (see the docstring) per "
-        "second; % of peak: median over rounds of (GFLOP/s / the same round's matmul GFLOP/s)."
+        "second; % of peak: median over rounds of (GFLOP/s / the same round's matmul GFLOP/s). Page faults: "
+        "minor faults per step, median over rounds."
     )
     print(
         f"gain of each part: bf16 over fp32 (ours) {paired_median(tps['ours-bf16'], tps['ours-fp32']):.2f}×, "
