@@ -95,21 +95,34 @@ def test_projected_loss_and_both_gradients_equal_pytorchs_projection_then_loss(s
     assert torch.equal(hidden, h) and torch.equal(weight, w)  # the inputs are left as they were
 
 
+def unfused_and_projected(rows: int, vocab: int, dtype: torch.dtype, upstream: float = 1.0):
+    """Under ``dtype`` autocast, nn.Linear then smoothed_cross_entropy, and projected_cross_entropy,
+    on the same random states and weight: (loss, argmax, states' grad, weight's grad) for each."""
+    torch.manual_seed(rows)
+    hidden, weight = torch.randn(rows, 8), torch.randn(vocab, 8)
+    gold = torch.randint(0, vocab, (rows,))
+    results = []
+    for fused in (False, True):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            if fused:
+                loss, predicted = projected_cross_entropy(h, w, gold, 0.1)
+            else:
+                loss, predicted = smoothed_cross_entropy(F.linear(h, w), gold, 0.1)
+        (upstream * loss).backward()
+        results.append((loss, predicted, h.grad, w.grad))
+    return results
+
+
 def test_under_bf16_autocast_it_is_the_linear_then_the_loss_to_the_bit(small_blocks):
     """The logits, their gradient and both matmuls in bf16 as autocast's nn.Linear computes them;
     the gradients come back in the parameters' fp32."""
-    torch.manual_seed(3)
-    hidden, weight = torch.randn(9, 8, requires_grad=True), torch.randn(50, 8, requires_grad=True)
-    gold = torch.randint(0, 50, (9,))
-    h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, want_predicted = smoothed_cross_entropy(F.linear(h, w), gold, 0.1)
-        loss, predicted = projected_cross_entropy(hidden, weight, gold, 0.1)
-    want.backward()
-    loss.backward()
+    (want, want_predicted, want_h, want_w), (loss, predicted, grad_h, grad_w) = unfused_and_projected(
+        9, 50, torch.bfloat16
+    )
     assert torch.equal(loss, want) and torch.equal(predicted, want_predicted)
-    assert hidden.grad.dtype == weight.grad.dtype == torch.float32
-    assert torch.equal(hidden.grad, h.grad) and torch.equal(weight.grad, w.grad)
+    assert grad_h.dtype == grad_w.dtype == torch.float32
+    assert torch.equal(grad_h, want_h) and torch.equal(grad_w, want_w)
 
 
 def test_projected_loss_without_gradients_and_its_bad_shapes():
@@ -154,14 +167,6 @@ def test_the_logits_matrix_is_reused_across_steps_and_a_retained_graph_cannot_re
 def test_in_float16_a_loss_scaled_gradient_is_the_unfused_one():
     """A GradScaler-sized upstream gradient must reach the fp16 gradient before it is rounded:
     (softmax − ε/V)/N alone underflows float16."""
-    torch.manual_seed(6)
-    hidden, weight = torch.randn(4000, 8, requires_grad=True), torch.randn(300, 8, requires_grad=True)
-    gold = torch.randint(0, 300, (4000,))
-    h, w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.float16):
-        want, _ = smoothed_cross_entropy(F.linear(h, w), gold, 0.1)
-        loss, _ = projected_cross_entropy(hidden, weight, gold, 0.1)
-    (65536.0 * want).backward()
-    (65536.0 * loss).backward()
-    assert torch.equal(hidden.grad, h.grad) and torch.equal(weight.grad, w.grad)
-    assert (weight.grad != 0).float().mean() > 0.99
+    (_, _, want_h, want_w), (_, _, grad_h, grad_w) = unfused_and_projected(4000, 300, torch.float16, 65536.0)
+    assert torch.equal(grad_h, want_h) and torch.equal(grad_w, want_w)
+    assert (grad_w != 0).float().mean() > 0.99
