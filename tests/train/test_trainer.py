@@ -27,6 +27,19 @@ def config(configs_dir, run_dir, **extra):
     return load_config(configs_dir / "dates.yaml", tiny_dates_overrides(run_dir, **extra))
 
 
+def test_fit_frees_the_losss_kept_logits_matrix_at_its_end(configs_dir, tmp_path, monkeypatch):
+    """The Transformer's loss keeps its (N, V) matrix from step to step (nn/losses.py); a finished
+    fit holds none."""
+    from heedful.nn.losses import SPARE_LOGITS
+
+    handed_back = []
+    give_back = SPARE_LOGITS.give_back
+    monkeypatch.setattr(SPARE_LOGITS, "give_back", lambda logits: handed_back.append(1) or give_back(logits))
+    fit(config(configs_dir, tmp_path / "run"))
+    assert handed_back  # the steps used it
+    assert SPARE_LOGITS._spare is None
+
+
 def test_fit_returns_history_and_fills_the_run_directory(configs_dir, tmp_path):
     cfg = config(configs_dir, tmp_path / "run", **{"train.tensorboard": True})
     history = fit(cfg)

@@ -105,6 +105,11 @@ class _SpareLogits:
             spare = torch.empty(n * v, dtype=dtype, device=device)
         return spare[: n * v].view(n, v)
 
+    def clear(self) -> None:
+        """Free the kept matrix (the trainer does at the end of ``fit``)."""
+        with self._lock:
+            self._spare = None
+
     def give_back(self, logits: Tensor) -> None:
         if logits.device.type == "cpu":
             with self._lock:

@@ -36,6 +36,7 @@ from heedful.config import RunConfig, TrainConfig, to_yaml
 from heedful.device import autocast, keeping_torch_threads, move_to, resolve_device
 from heedful.errors import ConfigError, UserError, note, warn
 from heedful.explain.plots import plot_history
+from heedful.nn.losses import SPARE_LOGITS
 from heedful.tasks.base import Task
 from heedful.tasks.registry import get_task
 from heedful.train.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
@@ -141,6 +142,7 @@ class Trainer:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
             dist.end()
             self._sigterm.release()
+            SPARE_LOGITS.clear()  # the loss's kept (N, V) matrix: tens of MB a finished run holds no more
 
     def _fit_main(self, resume: bool, overwrite: bool) -> History:
         run = self.run = RunDirectory.claim(self.run_dir, resume=resume, overwrite=overwrite)
