@@ -46,24 +46,50 @@ def _block_rows(logits: Tensor) -> int:
     return max(1, CPU_BLOCK_VALUES // v) if logits.device.type == "cpu" else n
 
 
+def _gold_gradient(gold_logit: Tensor, log_norm: Tensor, smoothing: float, v: int, scale: float | Tensor) -> Tensor:
+    """∂L/∂z at the gold entries (N,), fp32: (p_gold − ε/V − (1 − ε))·scale, computed apart because
+    p − (1 − ε) cancels as the model grows sure."""
+    return (torch.exp(gold_logit - log_norm) - smoothing / v - (1.0 - smoothing)) * scale
+
+
+def _walk(
+    logits: Tensor, gold: Tensor, smoothing: float, gradient_scale: float | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One walk over ``logits`` (N, V) in cache-sized blocks: the mean smoothed loss, each row's
+    argmax (N,), log Σ_j exp z_ij (N,) and gold logit (N,), fp32. With ``gradient_scale``
+    (∂L/∂(a row's loss)), the loss's gradient is written over the logits as the walk goes — only
+    for a caller that owns them."""
+    n, v = logits.shape
+    rows = _block_rows(logits)
+    log_norm = torch.empty(n, device=logits.device)
+    row_sum = torch.empty(n, device=logits.device)  # (N,) Σ_j z_ij
+    predicted = torch.empty(n, dtype=torch.long, device=logits.device)
+    gold_logit = logits.gather(1, gold[:, None]).squeeze(1).float()  # before any overwrite
+    for start in range(0, n, rows):
+        end = start + rows
+        block = logits[start:end].float()  # (R, V); a view when the logits are fp32, read before any overwrite
+        torch.sum(block, dim=-1, out=row_sum[start:end])
+        # One max gives the argmax (the first index of the largest value, as argmax) and the shift
+        # of the log-sum-exp; on CPU it is vectorized where argmax is not (half the forward's time).
+        top, predicted[start:end] = block.max(dim=-1)  # (R,), (R,)
+        exp = (block - top[:, None]).exp_()  # (R, V) exp(z − max)
+        total = exp.sum(dim=-1)  # (R,)
+        log_norm[start:end] = total.log() + top
+        if gradient_scale is not None:  # ∂L/∂z = (softmax − ε/V)·scale, the gold entries fixed below
+            logits[start:end] = exp.mul_((gradient_scale / total)[:, None]).sub_(smoothing / v * gradient_scale)
+    if gradient_scale is not None:
+        gold_grad = _gold_gradient(gold_logit, log_norm, smoothing, v, gradient_scale)
+        logits[torch.arange(n, device=logits.device), gold] = gold_grad.to(logits.dtype)
+    # −log p_gold = log_norm − z_gold;  mean_j(−log p_ij) = log_norm − row_sum / V
+    loss = (log_norm - (1.0 - smoothing) * gold_logit - smoothing / v * row_sum).mean()
+    return loss, predicted, log_norm, gold_logit
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, gold: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
-        n, v = logits.shape  # logits (N, V) in any float dtype; gold (N,) class indices
-        rows = _block_rows(logits)
-        log_norm = torch.empty(n, device=logits.device)  # (N,) log Σ_j exp z_ij, fp32
-        row_sum = torch.empty(n, device=logits.device)  # (N,) Σ_j z_ij
-        predicted = torch.empty(n, dtype=torch.long, device=logits.device)
-        for start in range(0, n, rows):
-            block = logits[start : start + rows].float()  # (R, V)
-            torch.sum(block, dim=-1, out=row_sum[start : start + rows])
-            # One max gives the argmax (the first index of the largest value, as argmax) and the shift
-            # of the log-sum-exp; on CPU it is vectorized where argmax is not (half the forward's time).
-            top, predicted[start : start + rows] = block.max(dim=-1)  # (R,), (R,)
-            log_norm[start : start + rows] = (block - top[:, None]).exp_().sum(dim=-1).log_().add_(top)
-        gold_logit = logits.gather(1, gold[:, None]).squeeze(1).float()  # (N,)
-        # −log p_gold = log_norm − z_gold;  mean_j(−log p_ij) = log_norm − row_sum / V
-        loss = (log_norm - (1.0 - smoothing) * gold_logit - smoothing / v * row_sum).mean()
+        # logits (N, V) in any float dtype; gold (N,) class indices
+        loss, predicted, log_norm, gold_logit = _walk(logits, gold, smoothing)
         ctx.save_for_backward(logits, gold, log_norm, gold_logit)
         ctx.smoothing = smoothing
         ctx.mark_non_differentiable(predicted)
@@ -79,7 +105,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         for start in range(0, n, rows):
             block = logits[start : start + rows].float().sub_(log_norm[start : start + rows, None]).exp_()  # softmax
             grad[start : start + rows] = block.sub_(eps / v).mul_(scale)
-        gold_grad = (torch.exp(gold_logit - log_norm) - eps / v - (1.0 - eps)) * scale  # (N,) fp32
+        gold_grad = _gold_gradient(gold_logit, log_norm, eps, v, scale)  # (N,) fp32
         grad[torch.arange(n, device=grad.device), gold] = gold_grad.to(grad.dtype)
         return grad, None, None
 
@@ -131,34 +157,17 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
         # hidden (N, D), weight (V, D), gold (N,); the matmuls in ``dtype`` (autocast's, or hidden's)
         n, v = hidden.shape[0], weight.shape[0]
         train = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        scale = 1.0 / n  # ∂(mean loss)/∂(row loss); the upstream gradient is applied in the backward
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             logits = torch.mm(h, w.T, out=SPARE_LOGITS.take(n, v, dtype, h.device))  # (N, V)
-            rows = _block_rows(logits)
-            log_norm = torch.empty(n, device=logits.device)  # (N,) fp32
-            row_sum = torch.empty(n, device=logits.device)
-            predicted = torch.empty(n, dtype=torch.long, device=logits.device)
-            gold_logit = logits.gather(1, gold[:, None]).squeeze(1).float()  # (N,), before the overwrite
-            for start in range(0, n, rows):
-                end = start + rows
-                block = logits[start:end].float()  # (R, V); a view when logits are fp32
-                torch.sum(block, dim=-1, out=row_sum[start:end])
-                top, predicted[start:end] = block.max(dim=-1)  # (R,), (R,)
-                exp = (block - top[:, None]).exp_()  # (R, V) exp(z − max)
-                total = exp.sum(dim=-1)  # (R,)
-                log_norm[start:end] = total.log() + top
-                if train:  # ∂L/∂z = (softmax − ε/V)·scale, the gold entries fixed below
-                    logits[start:end] = exp.mul_((scale / total)[:, None]).sub_(smoothing / v * scale)
-            if train:
-                gold_grad = (torch.exp(gold_logit - log_norm) - smoothing / v - (1.0 - smoothing)) * scale
-                logits[torch.arange(n, device=logits.device), gold] = gold_grad.to(logits.dtype)
+            # ∂L/∂(a row's loss) is 1/N; the upstream gradient is applied in the backward
+            loss, predicted, _, _ = _walk(logits, gold, smoothing, 1.0 / n if train else None)
+            if train:  # the logits now hold ∂L/∂z
                 ctx.save_for_backward(logits, h, w)
             else:  # nothing will read them again
                 SPARE_LOGITS.give_back(logits)
         ctx.dtypes = hidden.dtype, weight.dtype
         ctx.mark_non_differentiable(predicted)
-        loss = (log_norm - (1.0 - smoothing) * gold_logit - smoothing / v * row_sum).mean()
         return loss, predicted
 
     @staticmethod
