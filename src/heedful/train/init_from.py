@@ -19,7 +19,13 @@ from torch import nn
 
 from heedful.config import read_yaml
 from heedful.errors import CheckpointError, a_run
-from heedful.models.pretrained import ChangedWeights, load_weights_checked, read_model_config, verify_weights
+from heedful.models.pretrained import (
+    WEIGHTS_NAME,
+    ChangedWeights,
+    load_weights_checked,
+    read_model_config,
+    verify_weights,
+)
 from heedful.train.rundir import restore_model_hint
 
 if TYPE_CHECKING:
@@ -71,6 +77,6 @@ def _refused(exc: CheckpointError, folder: Path) -> CheckpointError:
     """``exc`` as a ``train.init_from:`` refusal; a changed weights file says how to put it back."""
     if isinstance(exc, ChangedWeights):  # the run it came from knows what can put the file back
         # Only model.safetensors is kept in checkpoints; another file (the feature classifier) is written again.
-        digest = exc.recorded if exc.weights.name == "model.safetensors" else None
+        digest = exc.recorded if exc.weights.name == WEIGHTS_NAME else None
         exc = ChangedWeights(exc.weights, exc.recorded, restore_model_hint(folder.parent, digest), exc.recorded_in)
     return CheckpointError(f"train.init_from: {exc}")
