@@ -30,11 +30,13 @@ def test_fp32_loss_gradient_and_argmax_equal_pytorch(small_blocks, smoothing):
     logits = (torch.randn(7, 50) * 3).requires_grad_()
     gold = torch.randint(0, 50, (7,))
     want_loss, want_grad, want_argmax = reference(logits, gold, smoothing)
+    before = logits.detach().clone()
     loss, predicted = smoothed_cross_entropy(logits, gold, smoothing)
     (3.0 * loss).backward()  # the upstream gradient scales the result
     torch.testing.assert_close(loss, want_loss, rtol=0, atol=1e-6)
     torch.testing.assert_close(logits.grad, 3.0 * want_grad, rtol=1e-5, atol=1e-8)
     assert torch.equal(predicted, want_argmax)
+    assert torch.equal(logits.detach(), before)  # the caller's fp32 logits, read in place, are left as they were
 
 
 def test_bf16_gradient_is_pytorchs_rounded_to_bf16_even_at_a_confident_gold(small_blocks):

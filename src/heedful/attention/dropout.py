@@ -1,4 +1,4 @@
-"""Dropout whose CPU mask comes from 16-bit slices of 64-bit random words.
+"""Dropout whose CPU mask comes from 16-bit slices of 64-bit random words, built in the input's bits.
 
 ``F.dropout`` draws its CPU mask with ``bernoulli_``, which costs about 2.5× a uniform draw and
 was 14 % of a bf16 Transformer training step here (benchmarks/train_throughput.py); a float
@@ -8,9 +8,15 @@ come from a generator 2.5× faster than torch's CPU one (:func:`random_words`). 
 kept when its lane clears a threshold, with probability 1 − p′ where p′ = round(p · 2¹⁶) / 2¹⁶ is
 p to within 2⁻¹⁷ (0.2 becomes 0.199997); kept elements are scaled by 1 / (1 − p′), so the output's
 expectation is exactly the input, as with ``nn.Dropout``. The masks follow torch's default
-generator, so ``torch.manual_seed`` makes them reproducible. On other devices ``F.dropout`` is
-already fast and is used as it is; so it is under ``torch.compile`` (``train.compile``), which
-cannot trace the in-place ``random_`` (one graph break per call) and fuses its own mask.
+generator, so ``torch.manual_seed`` makes them reproducible.
+
+The mask is made with integer passes only: a lane becomes 0 or 1 by a clamp and a subtraction,
+and that integer times the *bits* of 1 / (1 − p′) is the float mask itself, read in the input's
+dtype — no comparison (whose bool output converts element by element on CPU), no conversion, no
+scaling pass. :func:`relu_dropout` folds ReLU's gate into the same mask, read from the sign of the
+input's bits. On other devices ``F.dropout`` is already fast and is used as it is; so it is under
+``torch.compile`` (``train.compile``), which cannot trace the in-place ``random_`` (one graph break
+per call) and fuses its own mask.
 """
 
 from __future__ import annotations
@@ -39,23 +45,70 @@ def random_words(count: int, device: torch.device | str = "cpu") -> Tensor:
 
 
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[Tensor, float]:
-    """A bool mask of ``shape``, True with probability 1 − p′, and that probability."""
+    """An int16 mask of ``shape``, 1 with probability 1 − p′ (kept) and 0 otherwise, and 1 − p′.
+
+    Two integer passes (``clamp`` then ``sub_``) turn a lane into 0 or 1: a comparison would write
+    a bool tensor, which converts to anything else element by element on CPU."""
     n = math.prod(shape)
     words = random_words((n + 3) // 4, device)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [−2¹⁵, 2¹⁵)
     dropped = min(round(p * LANES), LANES - 1)  # lanes below −2¹⁵ + dropped are dropped; p < 1 keeps one
-    return lanes >= dropped - LANES // 2, 1.0 - dropped / LANES
+    if dropped == 0:
+        return torch.ones(shape, dtype=torch.int16, device=device), 1.0
+    threshold = dropped - LANES // 2  # kept: lane ≥ threshold
+    return lanes.clamp_(threshold - 1, threshold).sub_(threshold - 1), 1.0 - dropped / LANES  # the words' own memory
+
+
+# The signed integer type of each float type's width. A float's bits read as that integer are
+# positive exactly when the float is (+0 reads as 0, −0 as the most negative integer; positive
+# denormals, infinity and NaN as positive), which lets relu_dropout read ReLU's gate from them.
+_BITS = {
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+}
+
+
+def _scaled_mask(x: Tensor, p: float, gate_by_sign: bool) -> Tensor:
+    """x's dtype and shape: 1/(1 − p′) where kept (and, with ``gate_by_sign``, where x > 0), else 0.
+
+    Built in x's bits: the 0/1 integer mask times the bits of 1/(1 − p′) *is* that float, so no
+    float conversion or scaling pass is needed (the scale is rounded to x's dtype, as a float mask
+    multiplied by it would be)."""
+    keep, keep_rate = keep_mask(x.shape, p, x.device)
+    bits = _BITS[x.dtype]
+    mask = keep if bits == torch.int16 else keep.to(bits)
+    if gate_by_sign:  # min(mask, bits) then ≥ 0: 1 where kept and x > 0, in the mask's memory
+        torch.minimum(mask, x.view(bits), out=mask).clamp_(min=0)
+    scale_bits = int(torch.tensor(1.0 / keep_rate, dtype=x.dtype).view(bits))
+    return mask.mul_(scale_bits).view(x.dtype)
+
+
+def _fast_path(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _BITS and not torch.compiler.is_compiling()
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
+    if not _fast_path(x):
         return F.dropout(x, p, training)
-    keep, keep_rate = keep_mask(x.shape, p, x.device)
-    # A bool tensor converts to a float dtype element by element on CPU; its bytes read as uint8
-    # (0 or 1, the same values) convert vectorized, 6× faster for bf16 here.
-    return x * keep.view(torch.uint8).to(x.dtype).mul_(1.0 / keep_rate)
+    return x * _scaled_mask(x, p, gate_by_sign=False)
+
+
+def relu_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """``dropout(relu(x))`` in one multiplication by a mask that holds both gates.
+
+    relu(x)·m = x·(m·[x > 0]), and the gradient is that same mask: so the forward makes one mask
+    (ReLU's gate read from x's sign bit) and one product, and autograd's backward is one product —
+    three passes over x's size fewer than ReLU then dropout (forward and backward of a bf16
+    (292, 14, 1024) feed-forward activation on 2 threads here: 9.5 ms for ReLU then the dropout
+    before this function, 5.5 ms). Equal to ``dropout(F.relu(x))`` with the same mask wherever x
+    is finite; at x = −inf it gives NaN (−inf · 0) where ReLU gives 0."""
+    if not training or p == 0.0 or not _fast_path(x):
+        return dropout(F.relu(x), p, training)
+    return x * _scaled_mask(x, p, gate_by_sign=True)
 
 
 class Dropout(nn.Module):

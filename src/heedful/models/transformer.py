@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from heedful.attention import CacheArena, KVCache, MultiHeadAttention
-from heedful.attention.dropout import Dropout
+from heedful.attention.dropout import Dropout, relu_dropout
 from heedful.attention.positions import POSITIONS, build_attention_positions, build_input_positions
 from heedful.config import Section
 from heedful.models.pretrained import PretrainedModel
@@ -84,10 +84,14 @@ class FeedForward(nn.Module):
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
         self.dropout = Dropout(dropout)
-        self.activation = F.gelu if activation == "gelu" else F.relu
+        self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.dropout(self.activation(self.linear1(x))))  # (B, T, D)
+        h = self.linear1(x)  # (B, T, d_ff)
+        if self.activation == "gelu":
+            return self.linear2(self.dropout(F.gelu(h)))  # (B, T, D)
+        # ReLU's gate and dropout's mask in one product: three passes over (B, T, d_ff) fewer
+        return self.linear2(relu_dropout(h, self.dropout.p, self.training))
 
 
 class Sublayer(nn.Module):

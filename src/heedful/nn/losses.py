@@ -103,7 +103,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         rows = _block_rows(logits)
         grad = torch.empty_like(logits)
         for start in range(0, n, rows):
-            block = logits[start : start + rows].float().sub_(log_norm[start : start + rows, None]).exp_()  # softmax
+            block, shift = logits[start : start + rows].float(), log_norm[start : start + rows, None]
+            # softmax = exp(z − log_norm); fp32 logits' .float() is the caller's tensor, not a copy to overwrite
+            block = (block - shift if logits.dtype == torch.float32 else block.sub_(shift)).exp_()
             grad[start : start + rows] = block.sub_(eps / v).mul_(scale)
         gold_grad = _gold_gradient(gold_logit, log_norm, eps, v, scale)  # (N,) fp32
         grad[torch.arange(n, device=grad.device), gold] = gold_grad.to(grad.dtype)
