@@ -48,9 +48,10 @@ batches again built none. A training run meets each of its batch shapes many tim
 shapes in an epoch's 120 batches, the same every epoch) and builds their kernels in its first
 epoch, but the rounds here meet most of their shapes for the first time. With ``--warm-shapes``
 every loop first takes one untimed step on one batch of each shape the rounds will time, so the
-rounds measure the steady state — as the compiled loop's compilations are left out of the timing.
-float32 matmuls (MKL) build nothing per shape. The default leaves the building in the timing, as
-every figure before 2026-12-06 15:30 UTC did.
+building is left out of the timing — as the compiled loop's compilations are. float32 matmuls
+(MKL) build nothing per shape. The default leaves the building in the timing, as every figure in
+docs/RESULTS.md does unless it names ``--warm-shapes`` (there the difference was within the
+host's drift).
 
 Figures. Throughput is target tokens per second: the non-<pad> tokens of the batches' tgt_out
 (what the loss is averaged over, the task's ``weight``), over the time of the round's K steps;

@@ -112,6 +112,14 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         return grad, None, None
 
 
+def _check_rows_and_smoothing(loss: str, rows: int, smoothing: float) -> None:
+    """The checks both losses make of their arguments beyond shapes."""
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1], got {smoothing}")
+    if rows == 0:
+        raise ValueError(f"{loss} needs at least one row")
+
+
 class _SpareLogits:
     """One (N, V) matrix kept between training steps on CPU.
 
@@ -202,10 +210,7 @@ def projected_cross_entropy(
             f"hidden must be (N, D), weight (V, D) and gold (N,), got {tuple(hidden.shape)}, "
             f"{tuple(weight.shape)} and {tuple(gold.shape)}"
         )
-    if not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"label smoothing must be in [0, 1], got {smoothing}")
-    if hidden.shape[0] == 0:
-        raise ValueError("projected_cross_entropy needs at least one row")
+    _check_rows_and_smoothing("projected_cross_entropy", hidden.shape[0], smoothing)
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     if dtype == torch.float16:
@@ -222,10 +227,7 @@ def smoothed_cross_entropy(logits: Tensor, gold: Tensor, smoothing: float = 0.0)
     logits' dtype. Every row counts: select the real positions first (there is no ignore_index)."""
     if logits.dim() != 2 or gold.shape != logits.shape[:1]:
         raise ValueError(f"logits must be (N, V) and gold (N,), got {tuple(logits.shape)} and {tuple(gold.shape)}")
-    if not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"label smoothing must be in [0, 1], got {smoothing}")
-    if logits.shape[0] == 0:
-        raise ValueError("smoothed_cross_entropy needs at least one row")
+    _check_rows_and_smoothing("smoothed_cross_entropy", logits.shape[0], smoothing)
     return _SmoothedCrossEntropy.apply(logits, gold, smoothing)
 
 
