@@ -127,6 +127,26 @@ def test_under_bf16_autocast_it_is_the_linear_then_the_loss_to_the_bit(small_blo
     assert torch.equal(grad_h, want_h) and torch.equal(grad_w, want_w)
 
 
+def test_rows_rounded_up_for_the_cpu_kernels_change_no_bit():
+    """In bf16 on CPU the projection's matmuls run on rows rounded up (oneDNN builds a kernel per
+    new shape, and the count of real target tokens is new nearly every batch): zero states below
+    the real ones, and loss, argmax and both gradients still the unfused pair's, to the bit."""
+    import heedful.nn.losses as losses
+
+    cpu = torch.device("cpu")
+    assert [losses._matmul_rows(n, cpu, torch.bfloat16) for n in (7, 63, 64, 1001, 3979, 4096)] == [
+        7, 63, 64, 1008, 4032, 4096
+    ]  # fmt: skip
+    assert losses._matmul_rows(1001, cpu, torch.float32) == 1001  # fp32 runs on MKL: no kernel per shape
+    losses.SPARE_LOGITS.clear()
+    (want, want_predicted, want_h, want_w), (loss, predicted, grad_h, grad_w) = unfused_and_projected(
+        1001, 50, torch.bfloat16
+    )
+    assert losses.SPARE_LOGITS._spare.numel() == 1008 * 50  # the padded rows were computed
+    assert torch.equal(loss, want) and torch.equal(predicted, want_predicted)
+    assert grad_h.shape == (1001, 8) and torch.equal(grad_h, want_h) and torch.equal(grad_w, want_w)
+
+
 def test_projected_loss_without_gradients_and_its_bad_shapes():
     torch.manual_seed(4)
     hidden, weight, gold = torch.randn(5, 4), torch.randn(30, 4), torch.randint(0, 30, (5,))
