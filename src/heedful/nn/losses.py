@@ -73,7 +73,7 @@ def _walk(
     # One fp32 buffer (R, V) for every block, the statistics written in place, and the blocks' views
     # made once by split: with a fresh tensor per block (the cast, then the shift) and row ranges
     # sliced in Python, allocations and dispatch were a third of the walk's time — 3,980 × 8,000
-    # bf16 logits took 43–49 ms, against 30–32 ms now (2 threads; docs/RESULTS.md).
+    # bf16 logits took 41–49 ms, against 30–32 ms now (2 threads; docs/RESULTS.md).
     buffer = torch.empty(min(rows, n), v, device=device)
     for block_logits, block_top, block_total, block_sum, block_predicted in zip(
         *(t.split(rows) for t in (logits, top, total, row_sum, predicted)), strict=True
