@@ -54,6 +54,14 @@ def _gold_gradient(gold_logit: Tensor, log_norm: Tensor, smoothing: float, v: in
     return (torch.exp(gold_logit - log_norm) - smoothing / v - (1.0 - smoothing)) * scale
 
 
+def _fp32_block(block_logits: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor]:
+    """A block of logits (R, V) in fp32, and the rows of ``buffer`` that hold what is computed from
+    it: fp32 logits are read where they are (they may be the caller's, never to be written), any
+    other dtype is copied into the buffer first."""
+    out = buffer[: block_logits.shape[0]]
+    return (block_logits if block_logits.dtype == torch.float32 else out.copy_(block_logits)), out
+
+
 def _walk(
     logits: Tensor, gold: Tensor, smoothing: float, gradient_scale: float | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -78,8 +86,7 @@ def _walk(
     for block_logits, block_top, block_total, block_sum, block_predicted in zip(
         *(t.split(rows) for t in (logits, top, total, row_sum, predicted)), strict=True
     ):
-        out = buffer[: block_logits.shape[0]]
-        block = block_logits if block_logits.dtype == torch.float32 else out.copy_(block_logits)  # (R, V) fp32
+        block, out = _fp32_block(block_logits, buffer)  # (R, V) fp32
         torch.sum(block, dim=-1, keepdim=True, out=block_sum)
         # One max gives the argmax (the first index of the largest value, as argmax) and the shift
         # of the log-sum-exp; on CPU it is vectorized where argmax is not (half the forward's time).
@@ -119,9 +126,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         for block_logits, block_norm, block_grad in zip(
             *(t.split(rows) for t in (logits, log_norm[:, None], grad)), strict=True
         ):
-            out = buffer[: block_logits.shape[0]]
-            block = block_logits if block_logits.dtype == torch.float32 else out.copy_(block_logits)
-            # softmax = exp(z − log_norm), in the buffer: fp32 logits are the caller's, never written
+            block, out = _fp32_block(block_logits, buffer)
+            # softmax = exp(z − log_norm), in the buffer
             block_grad.copy_(torch.sub(block, block_norm, out=out).exp_().sub_(eps / v).mul_(scale))
         gold_grad = _gold_gradient(gold_logit, log_norm, eps, v, scale)  # (N,) fp32
         grad[torch.arange(n, device=grad.device), gold] = gold_grad.to(grad.dtype)
