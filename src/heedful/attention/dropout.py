@@ -21,6 +21,7 @@ per call) and fuses its own mask.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -81,8 +82,14 @@ def _scaled_mask(x: Tensor, p: float, gate_by_sign: bool) -> Tensor:
     mask = keep if bits == torch.int16 else keep.to(bits)
     if gate_by_sign:  # min(mask, bits) then ≥ 0: 1 where kept and x > 0, in the mask's memory
         torch.minimum(mask, x.view(bits), out=mask).clamp_(min=0)
-    scale_bits = int(torch.tensor(1.0 / keep_rate, dtype=x.dtype).view(bits))
-    return mask.mul_(scale_bits).view(x.dtype)
+    return mask.mul_(_scale_bits(keep_rate, x.dtype)).view(x.dtype)
+
+
+@functools.cache
+def _scale_bits(keep_rate: float, dtype: torch.dtype) -> int:
+    """The bits of 1/keep_rate rounded to ``dtype``, read as its signed integer: a few (p, dtype)
+    pairs per model, so made once each rather than by a tensor and a read-back per dropout call."""
+    return int(torch.tensor(1.0 / keep_rate, dtype=dtype).view(_BITS[dtype]))
 
 
 def _fast_path(x: Tensor) -> bool:
