@@ -225,13 +225,7 @@ def peer_lost_error(exc: BaseException, run_dir: Any, dist: Dist | None = None) 
     who = f"rank {1 - rank}?" if world == 2 else "torchrun's summary below names it"
     said = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     said = re.sub(r"^\[[^\]]*\]\s*", "", said).split(". ")[0]  # gloo's source location; its advice
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)  # unset: one machine
-    launch = (
-        f"torchrun --standalone --nproc-per-node {per_node}"
-        if per_node == world
-        else f"torchrun --nnodes {world // per_node} --nproc-per-node {per_node} (and this job's rendezvous options)"
-    )
-    again = f"{launch} -m {resume_command(run_dir)}"
+    again = resume_command(run_dir)  # torchrun's launch of this job in front
     kept = list_checkpoints(run_dir / "checkpoints")
     where = (
         f"the last checkpoint is at step {kept[-1].name.removeprefix('step-')}; resume with: {again}"

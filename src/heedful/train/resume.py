@@ -15,6 +15,7 @@ session's). It resumed, trained one step, validated and added an "epoch" each ti
 from __future__ import annotations
 
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,22 @@ QUIET = {"run_dir", "device", "train.epochs", "train.max_minutes", "train.progre
 
 
 def resume_command(run_dir: Path) -> str:
-    """``heedful train RUN --resume``, quoted for the shell (a command to paste: `runs/exp #2`)."""
-    return f"heedful train {shlex.quote(str(run_dir))} --resume"
+    """``heedful train RUN --resume``, quoted for the shell (a command to paste: `runs/exp #2`);
+    in a process torchrun started, the same job's launch in front (one process alone would resume
+    a run whose batches were cut for several)."""
+    return f"{torchrun_launch()}heedful train {shlex.quote(str(run_dir))} --resume"
+
+
+def torchrun_launch() -> str:
+    """``torchrun … -m `` for the job this process is one of (from torchrun's environment), or "".
+    Of a job on several machines the rendezvous options are not in the environment: named, not given."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return ""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)  # unset: one machine
+    if per_node == world:
+        return f"torchrun --standalone --nproc-per-node {per_node} -m "
+    return f"torchrun --nnodes {world // per_node} --nproc-per-node {per_node} (and this job's rendezvous options) -m "
 
 
 def flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -267,7 +267,11 @@ class Trainer:
         # The task's loss as a module (DDP wraps it when torchrun started several processes).
         wrapped = dist.wrap(LossModule(self.task, model))
         try:
-            with stop_on_signals(announce=dist.main) as self._stop:  # Ctrl-C, SIGTERM: stop where a step ends
+            # Ctrl-C, SIGTERM: stop where a step ends. Under torchrun the stop is announced only once
+            # every process has agreed to it: torchrun also SIGTERMs the survivors of a lost process,
+            # and a survivor that announced a checkpoint it then could not write said two things.
+            announce = dist.main and not dist.enabled
+            with stop_on_signals(announce=announce) as self._stop:
                 self._loop(model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
         except RuntimeError as exc:
             if peer_gone(exc):  # at once, not after the writers close: torchrun's SIGTERM may be on its way
@@ -458,6 +462,9 @@ class Trainer:
     def _stop_here(self, model, optimizer, state, history, saved: bool) -> None:
         """A signal asked to stop: save this step's checkpoint (unless just saved) and the curves
         so far, then raise TrainingStopped (the CLI says how to resume)."""
+        if self.dist.enabled and self.dist.main:
+            step = state["step"]
+            print(f"heedful: stopping every process at step {step} to save a checkpoint", file=sys.stderr, flush=True)
         if not saved:
             self._checkpoint(model, optimizer, state, history)
         if self.dist.main and history.epochs:
