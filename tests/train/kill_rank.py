@@ -9,7 +9,7 @@ order a survivor still busy with its step meets, which otherwise comes about 1 r
 import os
 import signal
 import sys
-import time
+import threading
 
 from heedful.train import distributed
 
@@ -17,20 +17,24 @@ calls = {"n": 0}
 agree = distributed.Dist.agree
 
 
-def wait_for_sigterm(seconds: float = 60.0) -> None:
-    """Let the handler in place (the trainer's) take torchrun's SIGTERM, then go on."""
-    handler, seen = signal.getsignal(signal.SIGTERM), []
+term_seen = threading.Event()
+_install = signal.signal
 
-    def noted(signum, frame):
-        seen.append(signum)
-        if callable(handler):
-            handler(signum, frame)
 
-    signal.signal(signal.SIGTERM, noted)
-    deadline = time.monotonic() + seconds
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
-    signal.signal(signal.SIGTERM, handler)
+def install_noting_sigterm(signum, handler):
+    """signal.signal, with every SIGTERM handler (the trainer's) noting first that one came: it
+    may come before this process reaches its 5th agree (its step still running)."""
+    if signum == signal.SIGTERM and callable(handler):
+        inner = handler
+
+        def handler(s, frame):
+            term_seen.set()
+            inner(s, frame)
+
+    return _install(signum, handler)
+
+
+signal.signal = install_noting_sigterm
 
 
 def agree_then_die(self, *flags):
@@ -39,7 +43,7 @@ def agree_then_die(self, *flags):
         if self.rank == int(os.environ.get("KILL_RANK", "1")):
             os.kill(os.getpid(), signal.SIGKILL)
         elif os.environ.get("TERM_FIRST") == "1":
-            wait_for_sigterm()
+            term_seen.wait(60)  # torchrun's SIGTERM, taken by the trainer's handler
     return agree(self, *flags)
 
 

@@ -74,11 +74,18 @@ class SigtermHold:
     """SIGTERM ignored from :meth:`hold` until :meth:`release` (main thread only; elsewhere both do
     nothing). torchrun terminates the other processes of a job as soon as it sees one gone; a
     survivor that has just met the loss in a collective call is ending anyway, and a SIGTERM then,
-    before it has said why (the checkpoint to resume from), ended it without a word."""
+    before it has said why (the checkpoint to resume from), ended it without a word.
+
+    :meth:`keep` makes the next release do nothing: the error is said after ``fit`` has raised it
+    (by the CLI, or the caller), and a SIGTERM let through in between cut the line short."""
 
     def __init__(self) -> None:
         self._before: Any = None
         self._held = False
+        self._kept = False
+
+    def keep(self) -> None:
+        self._kept = True
 
     def hold(self) -> None:
         if self._held or threading.current_thread() is not threading.main_thread():
@@ -87,6 +94,6 @@ class SigtermHold:
         self._held = True
 
     def release(self) -> None:
-        if self._held:
+        if self._held and not self._kept:
             signal.signal(signal.SIGTERM, self._before)
             self._held = False

@@ -137,6 +137,7 @@ class Trainer:
                 self._sigterm.hold()
             if (error := peer_lost_error(exc, self.run_dir, dist)) is None:
                 raise
+            self._sigterm.keep()  # this process ends: torchrun's SIGTERM must not cut its line short
             raise error from None
         finally:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
