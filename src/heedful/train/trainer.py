@@ -115,7 +115,9 @@ class Trainer:
     def fit(self, *, resume: bool = False, overwrite: bool = False) -> History:
         """Train in the run directory, which this holds locked until it returns. A start that fails
         before its first checkpoint leaves the directory as it found it (docs/RUN_DIRECTORY.md).
-        Started by torchrun, every process trains its share and only rank 0 touches the directory."""
+        Started by torchrun, every process trains its share and only rank 0 touches the directory;
+        one whose peer process was lost raises a one-line UserError and leaves SIGTERM ignored (it
+        is ending, and torchrun's SIGTERM must not cut that line short)."""
         dist = self.dist = Dist.start(self.cfg.device)
         self.device = dist.device
         # From a lost peer on, torchrun's SIGTERM must not end this process before it says why.
