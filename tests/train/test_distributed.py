@@ -261,8 +261,6 @@ def test_a_lost_peer_holds_off_torchruns_sigterm_until_the_error_is_said(tmp_pat
     of the killed-process test on a loaded host). From the failed call on, SIGTERM stays ignored:
     the line is said after fit has raised it, and a SIGTERM between the two cut it short (about 1
     run in 15 with another suite running)."""
-    import signal
-
     import heedful.train.trainer as trainer
 
     def lost(*_args, **_kwargs):

@@ -217,14 +217,14 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
                 ctx.save_for_backward(padded, h, w)
             else:  # nothing will read them again
                 SPARE_LOGITS.give_back(padded)
-        ctx.dtypes, ctx.rows = (hidden.dtype, weight.dtype), n
+        ctx.dtypes, ctx.real_rows = (hidden.dtype, weight.dtype), n
         ctx.mark_non_differentiable(predicted)
         return loss, predicted
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_predicted: Tensor | None):
         padded, h, w = ctx.saved_tensors  # (N', V) ∂L/∂z, zero below row N; (N', D); (V, D)
-        n = ctx.rows
+        n = ctx.real_rows
         grad_hidden = grad_weight = None
         with torch.autocast(h.device.type, enabled=False):
             if ctx.needs_input_grad[0]:  # on the padded rows (the shape seen before), then cut

@@ -273,8 +273,7 @@ class Trainer:
             # Ctrl-C, SIGTERM: stop where a step ends. Under torchrun the stop is announced only once
             # every process has agreed to it: torchrun also SIGTERMs the survivors of a lost process,
             # and a survivor that announced a checkpoint it then could not write said two things.
-            announce = dist.main and not dist.enabled
-            with stop_on_signals(announce=announce) as self._stop:
+            with stop_on_signals(announce=not dist.enabled) as self._stop:
                 self._loop(model, wrapped, optimizer, data, state, history, logger, steps_per_epoch, total_steps)
         except RuntimeError as exc:
             if peer_gone(exc):  # at once, not after the writers close: torchrun's SIGTERM may be on its way
