@@ -229,3 +229,39 @@ def test_an_explicit_head_width_sets_the_inner_width_and_round_trips(tmp_path):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
     model.save_pretrained(tmp_path)
     assert torch.equal(load_pretrained(tmp_path).eval()(src, tgt), full)
+
+
+def run_under_bf16_autocast(model, src, tgt) -> tuple[list[torch.dtype], torch.Tensor]:
+    """The dtype of the stream each layer takes, then of the memory the decoder takes; the logits
+    (a backward pass done through them)."""
+    seen: list[torch.dtype] = []
+    layers = [*model.encoder.layers, *model.decoder.layers]
+    hooks = [layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype)) for layer in layers]
+    hooks.append(model.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[1].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, tgt)
+        logits.float().logsumexp(-1).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    return seen, logits
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_the_residual_stream_is_bf16_under_autocast_only_when_the_config_says(norm_first):
+    """``residual_dtype: autocast``: under bf16 autocast every layer takes (and the encoder hands the
+    decoder) a bf16 stream; the default keeps it float32. Without autocast the setting changes
+    nothing, to the bit, and under it both give the float32 model's logits to bf16's precision."""
+    torch.manual_seed(0)
+    base = TransformerEncoderDecoder(small_config(norm_first=norm_first)).eval()
+    lean = TransformerEncoderDecoder(small_config(norm_first=norm_first, residual_dtype="autocast")).eval()
+    lean.load_state_dict(base.state_dict())
+    src, tgt = batch()
+    with torch.no_grad():
+        reference = base(src, tgt)
+        assert torch.equal(lean(src, tgt), reference)
+    for model, stream in ((base, torch.float32), (lean, torch.bfloat16)):
+        seen, logits = run_under_bf16_autocast(model, src, tgt)
+        assert seen == [stream] * (len(model.encoder.layers) + len(model.decoder.layers) + 1)
+        torch.testing.assert_close(logits.float(), reference, atol=0.1, rtol=0.05)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(g.dtype == torch.float32 and bool(g.isfinite().all()) for g in grads)

@@ -63,6 +63,11 @@ class TransformerConfig(Section):
     embed_norm: bool = Field(False, description="LayerNorm over the summed embeddings (BERT)")
     type_vocab_size: int = Field(0, ge=0, description="segment (token type) embeddings, as in BERT; 0: none")
     layer_norm_eps: float = Field(1e-5, gt=0, description="ε of every LayerNorm")
+    residual_dtype: Literal["float32", "autocast"] = Field(
+        "float32",
+        description="under autocast (precision: bf16), the residual stream's dtype: float32, or autocast's own "
+        "(no cast into and out of bf16 around every sublayer; LayerNorm still sums in float32)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TransformerConfig:
@@ -210,6 +215,7 @@ class Embedder(nn.Module):
         self.token_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if cfg.embed_norm else nn.Identity()
         self.dropout = Dropout(cfg.dropout)
+        self.residual_in_autocast = cfg.residual_dtype == "autocast"
 
     def forward(self, tokens: Tensor, offset: int = 0, token_types: Tensor | None = None) -> Tensor:
         x = self.embedding(tokens) * self.scale  # (B, T) -> (B, T, D)
@@ -217,7 +223,15 @@ class Embedder(nn.Module):
             x = self.positions(x, offset)
         if self.token_types is not None:  # one segment unless told otherwise
             x = x + self.token_types(token_types if token_types is not None else torch.zeros_like(tokens))
-        return self.dropout(self.norm(x))
+        x = self.dropout(self.norm(x))
+        device = x.device.type
+        if self.residual_in_autocast and torch.is_autocast_enabled(device):
+            # The residual stream in bf16 from here on: the sublayers' Linears take it as it is and
+            # their bf16 outputs add to it without a cast; LayerNorm (not on autocast's float32
+            # list on CPU) reads bf16 and sums in float32. On CUDA autocast's LayerNorm returns
+            # float32, cast once for the Linear after it, while the stream itself stays bf16.
+            x = x.to(torch.get_autocast_dtype(device))
+        return x
 
 
 class Encoder(nn.Module):
