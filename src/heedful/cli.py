@@ -27,7 +27,7 @@ try:  # typer ≥ 0.22 parses with its own copy of click; before, with click its
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-from heedful.errors import UserError, a_run, article, say
+from heedful.errors import UserError, a_run, article, say, torchrun_world
 from heedful.outputs import check_output, check_output_folder, written_whole
 from heedful.tasks.verbs import DeviceOption, RunSetOption, SetOption, TrainOption
 
@@ -155,8 +155,8 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = RunLoader()  # every verb's context inherits it
-    world = os.environ.get("WORLD_SIZE", "1")
-    if ctx.invoked_subcommand not in (None, "train") and world.isdigit() and int(world) > 1:
+    world = torchrun_world()
+    if ctx.invoked_subcommand not in (None, "train") and world > 1:
         # Each process would do the whole job and write the same files at once.
         raise UserError(f"heedful {ctx.invoked_subcommand} runs in one process; torchrun is for `heedful train` "
                         f"(this is one of {world} processes)")  # fmt: skip

@@ -33,9 +33,15 @@ def lines_shown(numbers: list[int]) -> str:
     return f"line{'s' * (len(numbers) != 1)} {shown}"
 
 
+def torchrun_world() -> int:
+    """How many processes torchrun started for this job (``WORLD_SIZE``); 1 for one on its own."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return int(world) if world.isdigit() and int(world) > 1 else 1
+
+
 def torchrun_ranks() -> tuple[int, int]:
     """This process's (rank, local rank) among those torchrun started; (0, 0) for one on its own."""
-    if not os.environ.get("WORLD_SIZE", "1").isdigit() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if torchrun_world() == 1:
         return 0, 0
     rank, local = os.environ.get("RANK", "0"), os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))
     return (int(rank) if rank.isdigit() else 0), (int(local) if local.isdigit() else 0)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from heedful.config import RunConfig, TrainConfig, read_yaml
-from heedful.errors import UserError, a_run
+from heedful.errors import UserError, a_run, torchrun_world
 
 # Settings a resume may change without a word: how far it trains, where and how it reports.
 QUIET = {"run_dir", "device", "train.epochs", "train.max_minutes", "train.progress", "train.tensorboard",
@@ -39,8 +39,8 @@ def resume_command(run_dir: Path) -> str:
 def torchrun_launch() -> str:
     """``torchrun … -m `` for the job this process is one of (from torchrun's environment), or "".
     Of a job on several machines the rendezvous options are not in the environment: named, not given."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
+    world = torchrun_world()
+    if world == 1:
         return ""
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)  # unset: one machine
     if per_node == world:
