@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from heedful.errors import UserError
-from heedful.runs import load_config
+from heedful.runs import list_checkpoints, load_config
 from heedful.train import fit
 from heedful.train.distributed import Dist, peer_lost_error, rank_batches, rounds
 from heedful.train.history import History
@@ -228,10 +229,6 @@ def test_a_process_killed_mid_training_ends_the_job_in_one_line(tmp_path, term_f
 def test_a_sigterm_to_torchrun_stops_every_process_at_one_step_with_its_checkpoint(tmp_path):
     """torchrun passes a SIGTERM on to its processes; they agree on the step to stop at, rank 0 says
     so once (not each process as its signal lands) and then how to resume."""
-    import time
-
-    from heedful.runs import list_checkpoints
-
     run = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                str(free_port()), "-m", "heedful", "train", str(ROOT / "configs" / "dates.yaml")]  # fmt: skip
