@@ -48,7 +48,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from heedful.device import resolve_device
-from heedful.errors import ConfigError, UserError, said_here, torchrun_world
+from heedful.errors import ConfigError, UserError, said_here, torchrun_ranks, torchrun_world
 
 
 @dataclass
@@ -220,7 +220,7 @@ def peer_lost_error(exc: BaseException, run_dir: Any, dist: Dist | None = None) 
         here = word["node"] == os.environ.get("GROUP_RANK", "0")
         cause.already_said = bool(word["said"] and here)  # type: ignore[attr-defined]
         return cause
-    rank = int(os.environ.get("RANK", "0") or 0)
+    rank, _ = torchrun_ranks()
     who = f"rank {1 - rank}?" if torchrun_world() == 2 else "torchrun's summary below names it"
     said = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     said = re.sub(r"^\[[^\]]*\]\s*", "", said).split(". ")[0]  # gloo's source location; its advice
