@@ -17,6 +17,13 @@ scaling pass. :func:`relu_dropout` folds ReLU's gate into the same mask, read fr
 input's bits. On other devices ``F.dropout`` is already fast and is used as it is; so it is under
 ``torch.compile`` (``train.compile``), which cannot trace the in-place ``random_`` (one graph break
 per call) and fuses its own mask.
+
+Contiguous bf16 and float32 tensors on CPU go one step further when a C compiler is at hand: the
+fused kernel (dropout_kernel.c, built by cpu_kernel.py) draws, tests, gates and scales in one pass
+and stores no mask — the same keep law, scale and rounding as the passes above, with the words
+from splitmix64 keyed by (seed, position), so a mask does not depend on the thread count. It made
+ours-bf16 in benchmarks/train_throughput.py 3.78× plain against 3.21× with it switched off
+(``HEEDFUL_CPU_KERNELS=0``), in back-to-back runs (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from heedful.attention import cpu_kernel
 
 LANES = 1 << 16  # values of one int16 lane
 
@@ -92,8 +101,65 @@ def _scale_bits(keep_rate: float, dtype: torch.dtype) -> int:
     return int(torch.tensor(1.0 / keep_rate, dtype=dtype).view(_BITS[dtype]))
 
 
+@functools.cache
+def _scale(dropped: int, dtype: torch.dtype) -> float:
+    """1/(1 − p′) rounded to ``dtype``, as the float mask of :func:`_scaled_mask` holds it."""
+    return float(torch.tensor(LANES / (LANES - dropped), dtype=dtype))
+
+
 def _fast_path(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _BITS and not torch.compiler.is_compiling()
+
+
+# The fused kernel's entry points per dtype: (dropout, ReLU-dropout backward).
+_KERNELS = {
+    torch.bfloat16: ("heedful_dropout_bf16", "heedful_gate_bf16"),
+    torch.float32: ("heedful_dropout_f32", "heedful_gate_f32"),
+}
+
+
+def _kernel_for(x: Tensor):
+    """The compiled kernel when x can take it (a contiguous CPU bf16/fp32 tensor, eager), else None."""
+    if x.dtype not in _KERNELS or not x.is_contiguous() or not _fast_path(x):
+        return None
+    return cpu_kernel.load()
+
+
+class _FusedDropout(torch.autograd.Function):
+    """y = x · m in one C pass (dropout_kernel.c); m = scale where kept (and, for ReLU-dropout, where
+    x > 0), else 0 — the same mask law as :func:`_scaled_mask`, with the words from splitmix64.
+
+    Nothing of the mask is stored: dropout's backward draws it again from the seed (one more pass at
+    about the cost of a product), ReLU-dropout's reads it from the output y, which is > 0 exactly
+    where the mask is non-zero and which the next Linear keeps for its own backward anyway."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: float, relu: bool, lib) -> Tensor:
+        dropped = min(round(p * LANES), LANES - 1)
+        scale = _scale(dropped, x.dtype)
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))  # follows torch.manual_seed
+        threshold, threads = dropped - LANES // 2, torch.get_num_threads()
+        y = torch.empty_like(x)
+        getattr(lib, _KERNELS[x.dtype][0])(x.data_ptr(), y.data_ptr(), x.numel(), seed, threshold, scale, relu, threads)
+        ctx.args = (seed, threshold, scale, relu, threads, lib)
+        if relu:
+            ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        seed, threshold, scale, relu, threads, lib = ctx.args
+        grad = grad.contiguous()
+        dx = torch.empty_like(grad)
+        dropout_fn, gate_fn = _KERNELS[grad.dtype]
+        if relu:
+            (y,) = ctx.saved_tensors
+            getattr(lib, gate_fn)(grad.data_ptr(), y.data_ptr(), dx.data_ptr(), grad.numel(), scale, threads)
+        else:
+            args = (grad.data_ptr(), dx.data_ptr(), grad.numel(), seed, threshold, scale, False, threads)
+            getattr(lib, dropout_fn)(*args)
+        return dx, None, None, None
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -101,6 +167,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if not _fast_path(x):
         return F.dropout(x, p, training)
+    if (lib := _kernel_for(x)) is not None:
+        return _FusedDropout.apply(x, p, False, lib)
     return x * _scaled_mask(x, p, gate_by_sign=False)
 
 
@@ -115,6 +183,8 @@ def relu_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     is finite; at x = −inf it gives NaN (−inf · 0) where ReLU gives 0."""
     if not training or p == 0.0 or not _fast_path(x):
         return dropout(F.relu(x), p, training)
+    if (lib := _kernel_for(x)) is not None:
+        return _FusedDropout.apply(x, p, True, lib)
     return x * _scaled_mask(x, p, gate_by_sign=True)
 
 
