@@ -115,6 +115,7 @@ def test_flags_show_no_type_in_any_help():
     assert re.search(r"--beam +<int range>", runner.invoke(app, ["translate", "--help"], env={"COLUMNS": "200"}).stdout)
 
 
+@pytest.mark.slow  # about a second: out of the fast subset
 def test_every_help_text_reaches_help_whole():
     """Each option's help, as written, is in its command's --help: typer's rich mode read
     ``'heedful[export]'`` in translate's --engine help as a markup tag and printed ``'heedful'``."""

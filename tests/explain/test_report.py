@@ -67,6 +67,7 @@ def test_the_report_is_self_contained_and_holds_the_figures_and_tables(report, d
     assert "(val_exact_match judges the run)" in text
 
 
+@pytest.mark.slow  # about a second: out of the fast subset
 def test_a_report_draws_its_figures_outside_the_run(dates_run, tmp_path, monkeypatch):
     """A run folder may be read-only (someone else's, a mounted share): the report's scratch
     images go to a temporary folder of their own, never into the run."""

@@ -29,6 +29,7 @@ def test_a_resumed_run_replaces_what_the_stopped_run_logged_after_its_checkpoint
     assert logged_steps(tmp_path, "epoch/loss") == [(6, 0.5)]  # logged before the checkpoint: kept
 
 
+@pytest.mark.slow  # about a second: out of the fast subset
 def test_the_trainer_tells_tensorboard_where_a_resumed_run_continues(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
     from heedful.runs import load_config

@@ -552,6 +552,7 @@ def _without_locks(snap: dict[str, bytes | None]) -> dict[str, bytes | None]:
     return {k: v for k, v in snap.items() if not k.endswith((f"{MARKER}/lock", "run.json.lock"))}
 
 
+@pytest.mark.slow  # about a second: out of the fast subset
 def test_an_overwrite_or_resume_that_fails_in_its_first_epoch_gives_the_old_run_back(configs_dir, tmp_path):
     """A mistyped train.monitor is found at the first epoch's end: --overwrite had already deleted
     the old run, and --resume had rewritten config.yaml with the typo (every later resume failed)."""
