@@ -130,14 +130,16 @@ def test_the_build_is_cached_per_host_and_reused(tmp_path, monkeypatch):
     ("env", "message"),
     [
         ({"CC": "no-such-compiler-heedful"}, "no C compiler"),
-        ({"CC": "false"}, "could not compile"),  # a compiler that fails
+        ({"CC": "false"}, "false could not build dropout_kernel.c"),  # a compiler that fails
+        ({"HEEDFUL_CACHE_DIR": "{tmp}/a-file/cache"}, "cannot build in"),  # no folder can be made there
         ({"HEEDFUL_CPU_KERNELS": "0"}, None),  # switched off: no warning
     ],
 )
 def test_without_the_kernel_dropout_takes_the_pytorch_path(tmp_path, monkeypatch, recwarn, env, message):
     monkeypatch.setenv("HEEDFUL_CACHE_DIR", str(tmp_path))
+    (tmp_path / "a-file").write_text("")
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
     cpu_kernel.load.cache_clear()
     try:
         torch.manual_seed(3)
@@ -147,7 +149,7 @@ def test_without_the_kernel_dropout_takes_the_pytorch_path(tmp_path, monkeypatch
             assert warned == []
         else:
             assert len(warned) == 1 and message in warned[0] and "PyTorch path" in warned[0]
-        assert list(tmp_path.glob("*.so")) == []
+        assert list(tmp_path.rglob("*.so")) == []
         assert abs((y != 0).float().mean().item() - 0.8) < 0.01  # the PyTorch path's mask law
         seed = next_seed(3)
         assert not torch.equal(y, reference(torch.ones(100_000, dtype=torch.bfloat16), 0.2, seed, False)[0])

@@ -25,6 +25,7 @@ import glob
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -67,24 +68,29 @@ def _torch_openmp() -> list[str]:
     return [found[0], f"-Wl,-rpath,{Path(found[0]).parent}"] if found else ["-fopenmp"]
 
 
-def _build(compiler: str, flags: list[str], target: Path) -> bool:
+def _build(compiler: list[str], flags: list[str], target: Path) -> str | None:
     """Compile (with OpenMP's pragmas), then link against :func:`_torch_openmp` only — linking with
-    -fopenmp would add the system's libgomp beside PyTorch's."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed into place: ranks of one torchrun job may build at once.
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        obj, lib = Path(work) / "kernel.o", Path(work) / "kernel.so"
-        steps = (
-            [compiler, *flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
-            [compiler, "-shared", str(obj), "-o", str(lib), *_torch_openmp()],
-        )
-        try:
-            if all(subprocess.run(step, capture_output=True, timeout=120).returncode == 0 for step in steps):
-                os.replace(lib, target)
-                return True
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    return False
+    -fopenmp would add the system's libgomp beside PyTorch's. None when built, else why not."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Built beside the target and renamed into place: ranks of one torchrun job may build at once.
+        with tempfile.TemporaryDirectory(dir=target.parent) as work:
+            obj, lib = Path(work) / "kernel.o", Path(work) / "kernel.so"
+            steps = (
+                [*compiler, *flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
+                [*compiler, "-shared", str(obj), "-o", str(lib), *_torch_openmp()],
+            )
+            for step in steps:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=120)
+                if done.returncode != 0:
+                    said = (done.stderr or done.stdout).strip().splitlines()
+                    return f"{shlex.join(compiler)} could not build {SOURCE.name}" + (f" ({said[0]})" if said else "")
+            os.replace(lib, target)
+    except OSError as error:
+        return f"cannot build in {target.parent} ({error})"
+    except subprocess.TimeoutExpired:
+        return f"{shlex.join(compiler)} took over 120 s on {SOURCE.name}"
+    return None
 
 
 def _signatures(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -101,19 +107,20 @@ def load() -> ctypes.CDLL | None:
     """The compiled kernel, building it on the first call of this host; None where it can't be had."""
     if os.environ.get(ENABLE_ENV, "1") == "0":
         return None
-    compiler = os.environ.get("CC") or "cc"
+    compiler = shlex.split(os.environ.get("CC") or "cc")
     source = SOURCE.read_bytes()
-    if shutil.which(compiler) is None:
-        return _unavailable(f"no C compiler ({compiler!r} is not on PATH)")
+    if not compiler or shutil.which(compiler[0]) is None:
+        return _unavailable(f"no C compiler ({shlex.join(compiler)!r} is not on PATH; set CC to one)")
+    failure = None
     for flags in FLAG_SETS:
         key = hashlib.sha256(source + repr((compiler, flags, _torch_openmp())).encode() + _cpu_identity().encode())
         target = cache_dir() / f"dropout_kernel-{key.hexdigest()[:16]}.so"
-        if target.exists() or _build(compiler, flags, target):
+        if target.exists() or (failure := _build(compiler, flags, target)) is None:
             try:
                 return _signatures(ctypes.CDLL(str(target)))
             except OSError as error:
-                return _unavailable(f"{target} did not load ({error})")
-    return _unavailable(f"{compiler} could not compile {SOURCE.name}")
+                return _unavailable(f"{target} did not load ({error}); delete it to build it again")
+    return _unavailable(failure)
 
 
 def _unavailable(reason: str) -> None:
