@@ -23,6 +23,10 @@ embedding matrix shared by source, target and output, pre-LN):
              include the compilations (a static graph for the first batch shape, then one with
              dynamic shapes), which are not timed
 
+Dropout in ours: on CPU, heedful's fused C kernel (src/heedful/attention/dropout_kernel.c), built
+on first use when a C compiler is at hand, as in any heedful training; ``HEEDFUL_CPU_KERNELS=0`` in
+the environment times its PyTorch path instead. The output's first line and the JSON say which ran.
+
 Every loop: AdamW (lr 1e-3, betas (0.9, 0.98), weight decay 0.01), cross-entropy with label
 smoothing 0.1 ignoring <pad>, gradient norm clipped to 1.0; one step = forward, loss, backward,
 clip, optimizer step, zero grad (the trainer's learning-rate schedule and weight average are left
@@ -115,6 +119,7 @@ from torch import Tensor, nn
 with contextlib.suppress(ImportError):  # Unix only: page faults are then not counted
     import resource
 
+from heedful.attention import cpu_kernel
 from heedful.config import TrainConfig
 from heedful.data.parallel import ParallelFiles, TokenBatches, fit_for_training, read_text_pair
 from heedful.data.tokenizers import SentencePieceTokenizer, Tokenizer, load_tokenizers
@@ -326,6 +331,13 @@ def paired_median(values: list[float], reference: list[float]) -> float:
     return statistics.median(v / r for v, r in zip(values, reference, strict=True))
 
 
+def dropout_implementation(device: str) -> str:
+    """Which dropout ours runs: the fused C kernel (CPU, compiler at hand) or PyTorch's ops."""
+    if torch.device(device).type != "cpu":
+        return "F.dropout"
+    return "fused C kernel" if cpu_kernel.load() is not None else "PyTorch passes (no kernel)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: short sentences, small batches, few rounds")
@@ -404,9 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     tokens = [int((b["tgt_out"] != tok.pad_id).sum()) for b in batches]
     flops = [train_flops(m, b) for b in batches]
     timed = batches[warmup:]
+    dropout_path = dropout_implementation(args.device)
     print(
         f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}; ours' dropout: {dropout_path}"
     )
     print(f"tokenizer: sentencepiece, {len(tok)} pieces, {tok_note}")
     print(
@@ -536,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "device": args.device,
             "threads": torch.get_num_threads(),
+            "dropout": dropout_path,
             "quick": args.quick,
             "tokenizer": tok_note,
             "batch_tokens": batch_tokens,

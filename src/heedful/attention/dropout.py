@@ -21,9 +21,9 @@ per call) and fuses its own mask.
 Contiguous bf16 and float32 tensors on CPU go one step further when a C compiler is at hand: the
 fused kernel (dropout_kernel.c, built by cpu_kernel.py) draws, tests, gates and scales in one pass
 and stores no mask — the same keep law, scale and rounding as the passes above, with the words
-from splitmix64 keyed by (seed, position), so a mask does not depend on the thread count. It made
-ours-bf16 in benchmarks/train_throughput.py 3.78× plain against 3.21× with it switched off
-(``HEEDFUL_CPU_KERNELS=0``), in back-to-back runs (docs/RESULTS.md).
+from splitmix64 keyed by (seed, position), so a mask does not depend on the thread count. With it,
+ours-bf16 in benchmarks/train_throughput.py ran at a median 3.68× plain over seven runs, against
+3.19–3.44× with it switched off (``HEEDFUL_CPU_KERNELS=0``) between them (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ def random_words(count: int, device: torch.device | str = "cpu") -> Tensor:
     return torch.from_numpy(np.random.SFC64(seed).random_raw(count).view(np.int64))
 
 
+def _keep_law(p: float) -> tuple[int, int, float]:
+    """(dropped, threshold, keep rate) for p: of the 2¹⁶ values of a lane, ``dropped`` =
+    round(p · 2¹⁶) are dropped — those below ``threshold`` = −2¹⁵ + dropped — so an element is
+    kept with probability 1 − p′ = 1 − dropped / 2¹⁶ (p < 1 always keeps one value)."""
+    dropped = min(round(p * LANES), LANES - 1)
+    return dropped, dropped - LANES // 2, 1.0 - dropped / LANES
+
+
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> tuple[Tensor, float]:
     """An int16 mask of ``shape``, 1 with probability 1 − p′ (kept) and 0 otherwise, and 1 − p′.
 
@@ -62,11 +70,10 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cp
     n = math.prod(shape)
     words = random_words((n + 3) // 4, device)
     lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [−2¹⁵, 2¹⁵)
-    dropped = min(round(p * LANES), LANES - 1)  # lanes below −2¹⁵ + dropped are dropped; p < 1 keeps one
+    dropped, threshold, keep_rate = _keep_law(p)
     if dropped == 0:
         return torch.ones(shape, dtype=torch.int16, device=device), 1.0
-    threshold = dropped - LANES // 2  # kept: lane ≥ threshold
-    return lanes.clamp_(threshold - 1, threshold).sub_(threshold - 1), 1.0 - dropped / LANES  # the words' own memory
+    return lanes.clamp_(threshold - 1, threshold).sub_(threshold - 1), keep_rate  # the words' own memory
 
 
 # The signed integer type of each float type's width. A float's bits read as that integer are
@@ -95,16 +102,16 @@ def _scaled_mask(x: Tensor, p: float, gate_by_sign: bool) -> Tensor:
 
 
 @functools.cache
-def _scale_bits(keep_rate: float, dtype: torch.dtype) -> int:
-    """The bits of 1/keep_rate rounded to ``dtype``, read as its signed integer: a few (p, dtype)
-    pairs per model, so made once each rather than by a tensor and a read-back per dropout call."""
-    return int(torch.tensor(1.0 / keep_rate, dtype=dtype).view(_BITS[dtype]))
+def _scale(keep_rate: float, dtype: torch.dtype) -> float:
+    """1/keep_rate rounded to ``dtype``: the value of a kept element's mask, made once per (p, dtype)
+    rather than by a tensor and a read-back per dropout call."""
+    return float(torch.tensor(1.0 / keep_rate, dtype=dtype))
 
 
 @functools.cache
-def _scale(dropped: int, dtype: torch.dtype) -> float:
-    """1/(1 − p′) rounded to ``dtype``, as the float mask of :func:`_scaled_mask` holds it."""
-    return float(torch.tensor(LANES / (LANES - dropped), dtype=dtype))
+def _scale_bits(keep_rate: float, dtype: torch.dtype) -> int:
+    """:func:`_scale`'s bits, read as ``dtype``'s signed integer."""
+    return int(torch.tensor(_scale(keep_rate, dtype), dtype=dtype).view(_BITS[dtype]))
 
 
 def _fast_path(x: Tensor) -> bool:
@@ -135,10 +142,10 @@ class _FusedDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float, relu: bool, lib) -> Tensor:
-        dropped = min(round(p * LANES), LANES - 1)
-        scale = _scale(dropped, x.dtype)
+        _, threshold, keep_rate = _keep_law(p)
+        scale = _scale(keep_rate, x.dtype)
         seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))  # follows torch.manual_seed
-        threshold, threads = dropped - LANES // 2, torch.get_num_threads()
+        threads = torch.get_num_threads()
         y = torch.empty_like(x)
         getattr(lib, _KERNELS[x.dtype][0])(x.data_ptr(), y.data_ptr(), x.numel(), seed, threshold, scale, relu, threads)
         ctx.args = (seed, threshold, scale, relu, threads, lib)
