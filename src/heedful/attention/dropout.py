@@ -22,7 +22,7 @@ Contiguous bf16 and float32 tensors on CPU go one step further when a C compiler
 fused kernel (dropout_kernel.c, built by cpu_kernel.py) draws, tests, gates and scales in one pass
 and stores no mask — the same keep law, scale and rounding as the passes above, with the words
 from splitmix64 keyed by (seed, position), so a mask does not depend on the thread count. With it,
-ours-bf16 in benchmarks/train_throughput.py ran at a median 3.68× plain over seven runs, against
+ours-bf16 in benchmarks/train_throughput.py ran at a median 3.68× plain over nine runs, against
 3.19–3.44× with it switched off (``HEEDFUL_CPU_KERNELS=0``) between them (docs/RESULTS.md).
 """
 
