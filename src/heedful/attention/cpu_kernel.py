@@ -13,8 +13,9 @@ that hashes the source, the flags and the CPU, so a home directory shared by dif
 keeps one build per CPU. It links the OpenMP runtime PyTorch has loaded (torch/lib/libgomp), so the
 kernel's threads are PyTorch's own pool — a second runtime would spin against it.
 
-When there is no compiler (or ``HEEDFUL_CPU_KERNELS=0``), :func:`load` returns None after one
-warning and dropout takes its PyTorch path, which gives the same keep rate and scale.
+When there is no compiler, or the build fails, :func:`load` returns None after one warning saying
+why, and dropout takes its PyTorch path, which has the same keep rate and scale;
+``HEEDFUL_CPU_KERNELS=0`` chooses that path without a warning.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("dropout_kernel.c")
-# Tried in order: AVX-512 hosts run the 512-bit loops (twice the 256-bit default's speed here);
-# a compiler or CPU without an option falls to the next set.
+# Tried in order: AVX-512 hosts run the 512-bit loops (about 1.4× the 256-bit default's speed on a
+# bf16 (292, 14, 1024) tensor here); a compiler or CPU without an option falls to the next set.
 FLAG_SETS = (
     ["-O3", "-march=native", "-mprefer-vector-width=512"],
     ["-O3", "-march=native"],

@@ -2,7 +2,8 @@
  *
  * Compiled on first use by heedful/attention/cpu_kernel.py (for the host's own CPU, against the
  * OpenMP runtime PyTorch has loaded, so both share one thread pool) and called through ctypes from
- * heedful/attention/dropout.py, which holds the maths and a PyTorch path that gives the same bits.
+ * heedful/attention/dropout.py, which holds the maths and a PyTorch path with the same keep law
+ * (the same bits from the same random words; its words come from another generator).
  *
  * Random bits: element i takes the 16-bit lane i mod 4 of word w = i / 4, and word w is splitmix64's
  * output at position w + 1 from `seed` (mix(seed + (w + 1) · γ), Steele et al. 2014, the generator
@@ -18,7 +19,7 @@
 
 #define GAMMA 0x9e3779b97f4a7c15ULL
 #define BLOCK 64             /* elements per block: 16 words of 4 lanes, one vector loop */
-#define PARALLEL_MIN 65536   /* below this many elements one thread is faster than waking two */
+#define PARALLEL_MIN 65536   /* below this many elements, one thread (a guess, not tuned: about 15 µs of work) */
 
 static inline uint64_t mix(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
