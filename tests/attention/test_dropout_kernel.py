@@ -100,13 +100,13 @@ def test_every_lane_keeps_at_the_rate_and_successive_calls_draw_anew():
     assert ((first != 0) == (second != 0)).float().mean().item() == pytest.approx(0.5, abs=0.01)
 
 
-def test_relu_dropout_stores_no_mask_and_gelu_path_matches_relu_dropout_of_relu():
+def test_relu_dropout_saves_only_its_output_and_equals_dropout_of_relu():
     """ReLU-dropout's backward reads its mask from the output the next layer keeps anyway: the only
     tensor it saves is its own output. dropout(F.relu(x)) with the same seed gives the same bits."""
     x = torch.randn(64, 300, dtype=torch.bfloat16, requires_grad=True)
     torch.manual_seed(2)
     y = relu_dropout(x, 0.2, True)
-    saved = [t for t in y.grad_fn.saved_tensors]
+    saved = list(y.grad_fn.saved_tensors)
     assert len(saved) == 1 and saved[0].data_ptr() == y.data_ptr()
     torch.manual_seed(2)
     assert torch.equal(dropout(F.relu(x), 0.2, True), y)

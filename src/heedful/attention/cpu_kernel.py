@@ -112,9 +112,10 @@ def load() -> ctypes.CDLL | None:
     source = SOURCE.read_bytes()
     if not compiler or shutil.which(compiler[0]) is None:
         return _unavailable(f"no C compiler ({shlex.join(compiler)!r} is not on PATH; set CC to one)")
+    host = (repr((compiler, _torch_openmp())) + _cpu_identity()).encode()  # what a build is valid for
     failure = None
     for flags in FLAG_SETS:
-        key = hashlib.sha256(source + repr((compiler, flags, _torch_openmp())).encode() + _cpu_identity().encode())
+        key = hashlib.sha256(source + host + repr(flags).encode())
         target = cache_dir() / f"dropout_kernel-{key.hexdigest()[:16]}.so"
         if target.exists() or (failure := _build(compiler, flags, target)) is None:
             try:
