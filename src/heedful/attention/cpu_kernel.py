@@ -37,7 +37,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("dropout_kernel.c")
 # Tried in order: AVX-512 hosts run the 512-bit loops (about 1.4× the 256-bit default's speed on a
-# bf16 (292, 14, 1024) tensor here); a compiler or CPU without an option falls to the next set.
+# bf16 (292, 14, 1024) tensor here, in a throwaway probe); a compiler or CPU without an option falls to the next set.
 FLAG_SETS = (
     ["-O3", "-march=native", "-mprefer-vector-width=512"],
     ["-O3", "-march=native"],
