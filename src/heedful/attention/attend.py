@@ -20,6 +20,7 @@ Masks follow the package convention, ``True`` = may attend (see :mod:`heedful.at
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Literal
 
 import torch
@@ -148,6 +149,17 @@ class Attend(nn.Module):
                 scale=self.score.fused_scale,
             )
         return context, None
+
+    def step_kernel_scale(self, q: Tensor) -> float | None:
+        """The scale of ``q·k`` when this module computes plain scaled dot-product attention that
+        decoding's C kernel (decode_attention.c, called by :meth:`KVCache.attend`) can compute for
+        ``q`` instead: float32 on the CPU, no gradient, no dropout, path ``"auto"``. Else None."""
+        if self.path != "auto" or not self.score.fusable or q.dtype != torch.float32 or q.device.type != "cpu":
+            return None
+        if (self.training and self.dropout) or (torch.is_grad_enabled() and q.requires_grad):
+            return None
+        scale = self.score.fused_scale
+        return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
 
     def _use_fused(self, q: Tensor, t_q: int, t_k: int) -> bool:
         if not self.score.fusable or self.path == "math":

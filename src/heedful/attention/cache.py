@@ -52,6 +52,11 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from heedful.attention import cpu_kernel
+
+# The most keys decode_attention.c takes (its MAX_KEYS: one row's scores live on its stack).
+DECODE_KERNEL_MAX_KEYS = 4096
+
 # The attention kernel a cache calls (heedful.attention.attend.Attend): (q, k, v, **masks) -> (context, weights).
 AttendFn = Callable[..., tuple[Tensor, Tensor | None]]
 
@@ -202,15 +207,54 @@ class KVCache:
         # Grouped: a source's `group` rows attend together, as one row of group·T_q queries, to the
         # source's keys — a static cache's one row, or a growing cache's `group` keys per position
         # with each row masked to its own lineage.
-        q = _group_rows(q, group)  # (B, H, T_q, D_h) -> (B / group, H, group·T_q, D_h)
         if key_padding_mask is not None:  # the rows of a group share their source's padding
             key_padding_mask = key_padding_mask[::group]
+        if T_q == 1 and not need_weights:
+            context = self._attend_in_c(attend, q, key_padding_mask)
+            if context is not None:
+                return context, None
+        q = _group_rows(q, group)  # (B, H, T_q, D_h) -> (B / group, H, group·T_q, D_h)
         lineage = None if self.static else self.lineage_mask()  # (B / group, 1, group, T·group)
         context, weights = attend(
             q, self.k, self.v, key_padding_mask=key_padding_mask, attn_mask=lineage, need_weights=need_weights
         )
         weights = None if weights is None else _ungroup_rows(weights, group)  # (B, H, T_q, T_k)
         return _ungroup_rows(context, group), weights  # (B, H, T_q, D_h)
+
+    def _attend_in_c(self, attend: AttendFn, q: Tensor, key_padding_mask: Tensor | None) -> Tensor | None:
+        """Grouped storage, one query per row: the step in decode_attention.c (one pass per source
+        and head, each row reading only its own keys) when ``attend`` computes plain scaled
+        dot-product attention the kernel can do for ``q``; None otherwise (the PyTorch path).
+
+        q: (n·g, H, 1, D_h); key_padding_mask: None or (n, T) bool, one row per source (static
+        caches only). Returns the context (n·g, H, 1, D_h)."""
+        step_kernel_scale = getattr(attend, "step_kernel_scale", None)
+        scale = None if step_kernel_scale is None else step_kernel_scale(q)
+        lib = cpu_kernel.load() if scale is not None else None
+        k, v, lineage, T = self._k, self._v, self._lineage, self.length
+        if lib is None or k is None or v is None or T > DECODE_KERNEL_MAX_KEYS:
+            return None
+        n, H, _, D = k.shape
+        grouped_ok = lineage is not None or self.static
+        laid_out = k.dtype == v.dtype == torch.float32 and k.stride() == v.stride() and k.stride()[2:] == (D, 1)
+        if not grouped_ok or not laid_out or q.stride(3) != 1 or q.shape != (n * self.group, H, 1, D):
+            return None
+        if lineage is not None and lineage.stride(2) != 1:
+            return None
+        if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or key_padding_mask.stride(1) != 1):
+            return None
+        out = q.new_empty(q.shape[0], H, 1, D)  # (n·g, H, 1, D_h)
+        address = Tensor.data_ptr
+        lib.heedful_decode_attention_f32(
+            address(q), q.stride(0), q.stride(1),
+            address(k), address(v), k.stride(0), k.stride(1),
+            None if lineage is None else address(lineage),
+            0 if lineage is None else lineage.stride(0), 0 if lineage is None else lineage.stride(1),
+            None if key_padding_mask is None else address(key_padding_mask),
+            0 if key_padding_mask is None else key_padding_mask.stride(0),
+            address(out), n, self.group, H, T, D, scale,
+        )  # fmt: skip
+        return out
 
     def _serves_groups(
         self,

@@ -1,21 +1,24 @@
-"""The fused CPU dropout kernel (dropout_kernel.c): compiled once per host, loaded with ctypes.
+"""heedful's CPU kernels in C, compiled once per host and loaded with ctypes:
 
-Why C: dropout in PyTorch's eager ops costs several passes over the tensor (a draw, integer passes
-for the mask, the product, and the stored mask read again in backward); a bf16 Transformer training
-step on 2 cores spent about a fifth of its time there. One C loop draws, tests and scales in a
-single pass, at about the cost of one multiplication, and its backward re-draws the mask from the
-seed instead of storing it.
+* dropout_kernel.c — dropout (and ReLU-dropout) in one pass. PyTorch's eager ops cost several
+  passes over the tensor (a draw, integer passes for the mask, the product, and the stored mask
+  read again in backward); a bf16 Transformer training step on 2 cores spent about a fifth of its
+  time there. One C loop draws, tests and scales at about the cost of one multiplication, and its
+  backward re-draws the mask from the seed instead of storing it.
+* decode_attention.c — one decoding step of attention over beam search's grouped key/value cache
+  (float32): each hypothesis reads only its own keys, scores, softmax and weighted sum in one
+  pass, where PyTorch's path runs tiny batched matmuls over every hypothesis's keys and masks.
 
-The source ships with the package and is compiled on first use with the system's C compiler
-(``$CC``, else ``cc``), for this machine's CPU (``-march=native``), into
+The sources ship with the package and are compiled on first use with the system's C compiler
+(``$CC``, else ``cc``), for this machine's CPU (``-march=native``), into one library in
 ``$HEEDFUL_CACHE_DIR`` (default ``$XDG_CACHE_HOME/heedful`` or ``~/.cache/heedful``) under a name
-that hashes the source, the flags and the CPU, so a home directory shared by different machines
+that hashes the sources, the flags and the CPU, so a home directory shared by different machines
 keeps one build per CPU. It links the OpenMP runtime PyTorch has loaded (torch/lib/libgomp), so the
-kernel's threads are PyTorch's own pool — a second runtime would spin against it.
+kernels' threads are PyTorch's own pool — a second runtime would spin against it.
 
 When there is no compiler, or the build fails, :func:`load` returns None after one warning saying
-why, and dropout takes its PyTorch path, which has the same keep rate and scale;
-``HEEDFUL_CPU_KERNELS=0`` chooses that path without a warning.
+why, and dropout and decoding take their PyTorch paths, which compute the same;
+``HEEDFUL_CPU_KERNELS=0`` chooses those paths without a warning.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("dropout_kernel.c")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("dropout_kernel.c", "decode_attention.c"))
 # Tried in order: AVX-512 hosts run the 512-bit loops (about 1.4× the 256-bit default's speed on a
 # bf16 (292, 14, 1024) tensor here, in a throwaway probe); a compiler or CPU without an option falls to the next set.
 FLAG_SETS = (
@@ -76,21 +79,24 @@ def _build(compiler: list[str], flags: list[str], target: Path) -> str | None:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Built beside the target and renamed into place: ranks of one torchrun job may build at once.
         with tempfile.TemporaryDirectory(dir=target.parent) as work:
-            obj, lib = Path(work) / "kernel.o", Path(work) / "kernel.so"
-            steps = (
-                [*compiler, *flags, "-fopenmp", "-fPIC", "-c", str(SOURCE), "-o", str(obj)],
-                [*compiler, "-shared", str(obj), "-o", str(lib), *_torch_openmp()],
-            )
-            for step in steps:
+            objects = [Path(work) / f"{source.stem}.o" for source in SOURCES]
+            lib = Path(work) / "kernels.so"
+            steps = [
+                (source, [*compiler, *flags, "-fopenmp", "-fPIC", "-c", str(source), "-o", str(obj)])
+                for source, obj in zip(SOURCES, objects, strict=True)
+            ]
+            steps.append((None, [*compiler, "-shared", *map(str, objects), "-o", str(lib), *_torch_openmp()]))
+            for source, step in steps:
                 done = subprocess.run(step, capture_output=True, text=True, timeout=120)
                 if done.returncode != 0:
                     said = (done.stderr or done.stdout).strip().splitlines()
-                    return f"{shlex.join(compiler)} could not build {SOURCE.name}" + (f" ({said[0]})" if said else "")
+                    what = source.name if source else "the kernels' library"
+                    return f"{shlex.join(compiler)} could not build {what}" + (f" ({said[0]})" if said else "")
             os.replace(lib, target)
     except OSError as error:
         return f"cannot build in {target.parent} ({error})"
     except subprocess.TimeoutExpired:
-        return f"{shlex.join(compiler)} took over 120 s on {SOURCE.name}"
+        return f"{shlex.join(compiler)} took over 120 s on {', '.join(s.name for s in SOURCES)}"
     return None
 
 
@@ -100,6 +106,10 @@ def _signatures(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, name).argtypes = [p, p, i64, u64, i32, f32, i32, i32]
     for name in ("heedful_gate_bf16", "heedful_gate_f32"):
         getattr(lib, name).argtypes = [p, p, p, i64, f32, i32]
+    # q, its row and head strides; k, v, their source and head strides; lineage and its two strides;
+    # key_ok and its source stride; out; n, g, H, T, D; scale (decode_attention.c)
+    strided = [p, i64, i64, p, p, i64, i64, p, i64, i64, p, i64, p]
+    lib.heedful_decode_attention_f32.argtypes = [*strided, i64, i64, i64, i64, i64, f32]
     return lib
 
 
@@ -109,14 +119,14 @@ def load() -> ctypes.CDLL | None:
     if os.environ.get(ENABLE_ENV, "1") == "0":
         return None
     compiler = shlex.split(os.environ.get("CC") or "cc")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     if not compiler or shutil.which(compiler[0]) is None:
         return _unavailable(f"no C compiler ({shlex.join(compiler)!r} is not on PATH; set CC to one)")
     host = (repr((compiler, _torch_openmp())) + _cpu_identity()).encode()  # what a build is valid for
     failure = None
     for flags in FLAG_SETS:
         key = hashlib.sha256(source + host + repr(flags).encode())
-        target = cache_dir() / f"dropout_kernel-{key.hexdigest()[:16]}.so"
+        target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
         if target.exists() or (failure := _build(compiler, flags, target)) is None:
             try:
                 return _signatures(ctypes.CDLL(str(target)))
@@ -127,8 +137,8 @@ def load() -> ctypes.CDLL | None:
 
 def _unavailable(reason: str) -> None:
     warnings.warn(
-        f"heedful: the fused CPU dropout kernel is unavailable: {reason}; dropout uses the slower "
-        f"PyTorch path (set {ENABLE_ENV}=0 to silence this)",
+        f"heedful: the CPU kernels in C are unavailable: {reason}; dropout and beam search's attention "
+        f"take their slower PyTorch paths (set {ENABLE_ENV}=0 to silence this)",
         RuntimeWarning,
         stacklevel=3,
     )

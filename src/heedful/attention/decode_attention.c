@@ -1,0 +1,126 @@
+/* One decoding step of attention over a beam search's grouped key/value cache, float32, in one pass.
+ *
+ * Compiled with dropout_kernel.c by heedful/attention/cpu_kernel.py and called through ctypes from
+ * heedful/attention/cache.py (KVCache.attend's grouped branch), which holds the layouts this reads
+ * and a PyTorch path computing the same attention.
+ *
+ * Why: beam search asks for one query per hypothesis against a few dozen keys. PyTorch's path runs
+ * two batched matmuls of a source's k hypotheses against all k·T grouped keys (a mask then keeps
+ * each hypothesis's own lineage: four of five scores are thrown away), a masked softmax, and the
+ * mask itself, as separate passes of tiny matrices. Here each (source, head) pair is one task: every
+ * hypothesis reads only its own T keys, and scores, softmax and the weighted sum of values stay in
+ * registers and L1.
+ *
+ * Layouts (element strides, the last dimension contiguous):
+ *   q      (n·g rows, H, D): row r = i·g + j is hypothesis j of source i
+ *   k, v   (n, H, keys, D): source i, head h, key row at k + i·kv_src + h·kv_head + key·D
+ *   growing cache (lineage != NULL): position t of hypothesis j reads key t·g + lineage[i, j, t]
+ *   static cache (lineage == NULL): every hypothesis of source i reads keys 0 … T−1, those with
+ *     key_ok[i, t] == 0 (padding) skipped; key_ok == NULL: none skipped
+ *   out    (n·g, H, D) contiguous
+ * Attention: softmax_t(scale · q·k_t) weighting v_t, the maximum subtracted first; a row with no
+ * key allowed gets zeros, as the PyTorch path gives.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define PARALLEL_MIN 32768 /* below this many multiply-adds, one thread (a guess: a few µs of work) */
+#define MAX_KEYS 4096      /* the scores of one row live on the stack; cache.py calls with T ≤ this */
+#define SCORES (MAX_KEYS + 16) /* room for padding the last vector */
+
+/* e^x for x ≤ 0 (a score minus its row's maximum), 0 below −87: Cephes' expf polynomial after
+ * n = round(x / ln 2) is taken out, written with no branches or library calls so that the compiler
+ * vectorizes a loop of them. Relative error about 2e-7 (float32 rounding of the polynomial). */
+static inline float exp_nonpositive(float x) {
+  const float shifter = 12582912.0f; /* 1.5 · 2^23: adding it rounds to an integer in the low bits */
+  float xc = x < -87.0f ? -87.0f : x;
+  float t = xc * 1.44269504088896341f + shifter;
+  float nf = t - shifter;
+  float r = xc - nf * 0.693359375f + nf * 2.12194440e-4f; /* x − n·ln 2, ln 2 in two parts */
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t n_bits;
+  memcpy(&n_bits, &t, 4);
+  int32_t scale_bits = ((n_bits - 0x4B400000) + 127) << 23; /* 2^n: n ≥ −126 after the clamp */
+  float two_n;
+  memcpy(&two_n, &scale_bits, 4);
+  return x < -87.0f ? 0.0f : p * two_n;
+}
+
+static inline float dot(const float *a, const float *b, int64_t D) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
+  return s;
+}
+
+static inline void attend_step(const float *q, int64_t q_row, int64_t q_head, const float *k, const float *v,
+                                  int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
+                                  int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t n,
+                                  int64_t g, int64_t H, int64_t T, int64_t D, float scale, int64_t pair) {
+  {
+    int64_t i = pair / H, h = pair % H;
+    float scores[SCORES];
+    const float *k_ih = k + i * kv_src + h * kv_head, *v_ih = v + i * kv_src + h * kv_head;
+    const uint8_t *ok = key_ok ? key_ok + i * mask_src : NULL;
+    for (int64_t j = 0; j < g; ++j) {
+      const float *q_row_h = q + (i * g + j) * q_row + h * q_head;
+      const int64_t *slot = lineage ? lineage + i * lin_src + j * lin_row : NULL;
+      float *o = out + ((i * g + j) * H + h) * D;
+      float best = -INFINITY;
+      for (int64_t t = 0; t < T; ++t) {
+        int64_t key = slot ? t * g + slot[t] : t;
+        float s = (ok && !ok[t]) ? -INFINITY : dot(q_row_h, k_ih + key * D, D) * scale;
+        scores[t] = s;
+        best = s > best ? s : best;
+      }
+      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+      if (best == -INFINITY) continue; /* no key allowed: zeros */
+      /* Padded to whole vectors with −∞ (e^−∞ = 0 below): no scalar tail, which at a few dozen keys
+       * cost more than the vector part. */
+      int64_t padded = (T + 15) & ~(int64_t)15;
+      for (int64_t t = T; t < padded; ++t) scores[t] = -INFINITY;
+      float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+      for (int64_t t = 0; t < padded; ++t) {
+        float e = exp_nonpositive(scores[t] - best);
+        scores[t] = e;
+        total += e;
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        float w = scores[t];
+        if (w == 0.0f) continue;
+        const float *v_t = v_ih + (slot ? t * g + slot[t] : t) * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] += w * v_t[d];
+      }
+      float inv = 1.0f / total;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    }
+  }
+}
+
+/* The kernel: one task per (source, head) pair, split over PyTorch's OpenMP threads. The common
+ * head width 64 gets its own copy of the loops, with the width a constant the compiler unrolls. */
+void heedful_decode_attention_f32(const float *q, int64_t q_row, int64_t q_head, const float *k, const float *v,
+                                  int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
+                                  int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t n,
+                                  int64_t g, int64_t H, int64_t T, int64_t D, float scale) {
+  int64_t work = n * g * H * T * D;
+#pragma omp parallel for schedule(static) if (work >= PARALLEL_MIN)
+  for (int64_t pair = 0; pair < n * H; ++pair) {
+    if (D == 64)
+      attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, n, g, H,
+                  T, 64, scale, pair);
+    else
+      attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, n, g, H,
+                  T, D, scale, pair);
+  }
+}

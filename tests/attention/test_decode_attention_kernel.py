@@ -1,0 +1,190 @@
+"""decode_attention.c: one decoding step over beam search's grouped key/value cache, in C.
+
+Checked against attention over each row's whole history without any cache (the reference the
+cache tests use), against the PyTorch path of the same cache, and through a whole beam search."""
+
+import pytest
+import torch
+
+from heedful.attention import KVCache, MultiHeadAttention, cpu_kernel
+from heedful.attention import cache as cache_module
+from heedful.decode import beam_search
+from heedful.models import TransformerConfig, TransformerEncoderDecoder
+
+pytestmark = pytest.mark.skipif(cpu_kernel.load() is None, reason="no C compiler to build the CPU kernels")
+
+TOL = {"atol": 1e-5, "rtol": 1e-5}
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Counts the grouped steps the C kernel served (True) and left to PyTorch (False)."""
+    calls: list[bool] = []
+    original = KVCache._attend_in_c
+
+    def counting(self, attend, q, key_padding_mask):
+        context = original(self, attend, q, key_padding_mask)
+        calls.append(context is not None)
+        return context
+
+    monkeypatch.setattr(KVCache, "_attend_in_c", counting)
+    return calls
+
+
+def without_kernel(monkeypatch):
+    monkeypatch.setattr(KVCache, "_attend_in_c", lambda self, attend, q, key_padding_mask: None)
+
+
+def make_attention(d_model: int, heads: int, position: str = "none") -> MultiHeadAttention:
+    from heedful.attention.positions import build_attention_positions
+
+    torch.manual_seed(0)
+    pos = build_attention_positions(position, heads, d_model // heads, max_len=64, max_distance=3)
+    attn = MultiHeadAttention(d_model, heads, position=pos)
+    with torch.no_grad():
+        for p in attn.parameters():
+            if p.dim() == 1:
+                p.normal_(std=0.1)
+    return attn.eval()
+
+
+@pytest.mark.parametrize(("d_model", "heads"), [(256, 4), (96, 4), (40, 2)])  # head widths 64, 24, 20
+@pytest.mark.parametrize("position", ["none", "rope"])
+@torch.no_grad()
+def test_a_grouped_self_cache_in_c_gives_each_row_the_attention_of_its_own_history(served, d_model, heads, position):
+    attn = make_attention(d_model, heads, position)
+    g = torch.Generator().manual_seed(1)
+    sources, group = 3, 5
+    history = torch.randn(sources, 2, d_model, generator=g)
+    cache = KVCache()
+    attn(history, is_causal=True, cache=cache)
+    spread = torch.arange(sources).repeat_interleave(group)
+    cache.reorder(spread)
+    history = history[spread]
+    for _ in range(20):  # past the first 16 positions: the grouped buffers grow
+        x = torch.randn(sources * group, 1, d_model, generator=g)
+        history = torch.cat([history, x], dim=1)
+        got = attn(x, is_causal=True, cache=cache).output
+        expected = attn(history, is_causal=True).output[:, -1:]
+        torch.testing.assert_close(got, expected, **TOL)
+        parents = torch.randint(0, group, (sources, group), generator=g)
+        index = (torch.arange(sources)[:, None] * group + parents).view(-1)  # re-ranked within each source
+        cache.reorder(index)
+        history = history[index]
+    index = torch.tensor([14, 10, 10, 11, 12, 4, 0, 1, 1, 3])  # source 1 leaves, 2 and 0 swap: still grouped
+    cache.reorder(index)
+    history = history[index]
+    x = torch.randn(10, 1, d_model, generator=g)
+    history = torch.cat([history, x], dim=1)
+    expected = attn(history, is_causal=True).output[:, -1:]
+    torch.testing.assert_close(attn(x, is_causal=True, cache=cache).output, expected, **TOL)
+    assert served == [True] * 21
+
+
+@torch.no_grad()
+def test_a_grouped_static_cache_in_c_skips_each_sources_padding(served):
+    d_model, heads, group = 128, 2, 4
+    attn = make_attention(d_model, heads)
+    memory = torch.randn(3, 37, d_model)  # more keys than one 16-wide vector, and a partial one
+    keep = torch.ones(3, 37, dtype=torch.bool)
+    keep[1, 20:] = False
+    keep[2, :3] = False  # padding need not be at the end
+    cache = KVCache(static=True)
+    attn(torch.randn(3, 1, d_model), memory, key_padding_mask=keep, cache=cache)
+    spread = torch.arange(3).repeat_interleave(group)
+    cache.reorder(spread)
+    query = torch.randn(12, 1, d_model)
+    got = attn(query, None, key_padding_mask=keep[spread], cache=cache).output
+    expected = attn(query, memory[spread], key_padding_mask=keep[spread]).output
+    torch.testing.assert_close(got, expected, **TOL)
+    assert served == [True]
+
+
+@torch.no_grad()
+def test_the_c_step_equals_the_pytorch_step_of_the_same_cache_and_does_not_depend_on_threads(served, monkeypatch):
+    attn = make_attention(256, 4)
+    memory = torch.randn(6, 11, 256)
+    x = torch.randn(30, 1, 256)
+
+    def step() -> torch.Tensor:
+        torch.manual_seed(5)
+        self_cache, cross_cache = KVCache(), KVCache(static=True)
+        first = torch.randn(6, 1, 256)
+        attn(first, is_causal=True, cache=self_cache)
+        attn(first, memory, cache=cross_cache)
+        spread = torch.arange(6).repeat_interleave(5)
+        self_cache.reorder(spread)
+        cross_cache.reorder(spread)
+        return torch.cat([attn(x, is_causal=True, cache=self_cache).output, attn(x, None, cache=cross_cache).output])
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = step()
+        torch.set_num_threads(2)
+        two = step()
+    finally:
+        torch.set_num_threads(threads)
+    assert served == [True] * 4 and torch.equal(one, two)
+    without_kernel(monkeypatch)
+    torch.testing.assert_close(one, step(), **TOL)
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "gradient", "path", "dropout", "weights"])
+def test_what_the_c_step_cannot_compute_takes_the_pytorch_path(served, case):
+    attn = make_attention(64, 2)
+    if case == "path":
+        attn.attend.path = "math"
+    if case == "dropout":
+        attn.attend.dropout = 0.5
+        attn.train()
+    dtype = torch.bfloat16 if case == "bfloat16" else torch.float32
+    attn.to(dtype)
+    history = torch.randn(2, 3, 64, dtype=dtype)
+    x = torch.randn(6, 1, 64, dtype=dtype)
+    with torch.set_grad_enabled(case == "gradient"):
+        cache = KVCache()
+        attn(history, is_causal=True, cache=cache)
+        cache.reorder(torch.tensor([0, 0, 0, 1, 1, 1]))
+        got = attn(x, is_causal=True, cache=cache, need_weights=case == "weights").output
+    assert served == ([] if case == "weights" else [False])  # weights: never asked, the cache reads plain rows
+    if case != "dropout":
+        with torch.no_grad():
+            history = torch.cat([history[[0, 0, 0, 1, 1, 1]], x], dim=1)
+            tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else TOL
+            torch.testing.assert_close(got, attn(history, is_causal=True).output[:, -1:], **tol)
+
+
+@torch.no_grad()
+def test_a_key_count_past_the_kernels_stack_takes_the_pytorch_path(served, monkeypatch):
+    monkeypatch.setattr(cache_module, "DECODE_KERNEL_MAX_KEYS", 8)
+    attn = make_attention(64, 2)
+    memory = torch.randn(2, 9, 64)
+    cache = KVCache(static=True)
+    attn(torch.randn(2, 1, 64), memory, cache=cache)
+    cache.reorder(torch.tensor([0, 0, 1, 1]))
+    query = torch.randn(4, 1, 64)
+    torch.testing.assert_close(attn(query, None, cache=cache).output, attn(query, memory[[0, 0, 1, 1]]).output, **TOL)
+    assert served == [False]
+
+
+@torch.no_grad()
+def test_beam_search_finds_the_same_hypotheses_with_the_c_step(served, monkeypatch):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(src_vocab_size=40, tgt_vocab_size=30, d_model=64, n_heads=4, n_encoder_layers=1,
+                            n_decoder_layers=2, d_ff=128, dropout=0.0)  # fmt: skip
+    model = TransformerEncoderDecoder(cfg).eval()
+    src = torch.randint(4, 40, (6, 9))
+    src[2, 5:] = 0
+    src[4, 7:] = 0
+
+    def search():
+        return beam_search(model, src, bos_id=1, eos_id=2, beam_size=4, max_len=12, alpha=0.6, n_best=4)
+
+    ours = search()
+    assert served and all(served)
+    without_kernel(monkeypatch)
+    theirs = search()
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert [h.tokens for h in mine] == [h.tokens for h in reference]
+        assert [h.log_prob for h in mine] == pytest.approx([h.log_prob for h in reference], abs=1e-5)
