@@ -45,11 +45,13 @@ import os
 import shutil
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
+from heedful.attention import CacheArena
 from heedful.data.tokenizers import content_ids, pad_ids
 from heedful.decode import beam_search
 from heedful.decode.batching import map_in_workers
@@ -68,12 +70,16 @@ def decode_all(
     Linears run prepacked, packed once for all the batches, as the task does (``prepacked=False``:
     on F.linear)."""
 
+    per_thread = threading.local()
+
     def decode_batch(lines: list[str]) -> list[str]:
+        if not hasattr(per_thread, "arena"):  # the caches' memory, kept from batch to batch as the task keeps it
+            per_thread.arena = CacheArena()
         ids = [task.src_tok.encode(s) for s in lines]
         limits = torch.tensor([task._output_limit(len(i), model.config.max_len) for i in ids])
         hyps = beam_search(model, pad_ids(ids, task.src_tok.pad_id), bos_id=task.tgt_tok.bos_id,
                            eos_id=task.tgt_tok.eos_id, beam_size=beam, max_len=limits, alpha=alpha,
-                           prepacked=prepacked)  # fmt: skip
+                           prepacked=prepacked, arena=per_thread.arena)  # fmt: skip
         return [task.tgt_tok.decode(content_ids(h[0].tokens, task.tgt_tok.eos_id)) for h in hyps]
 
     batches = [sources[start : start + batch] for start in range(0, len(sources), batch)]
