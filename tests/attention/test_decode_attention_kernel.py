@@ -97,7 +97,7 @@ def test_a_grouped_static_cache_in_c_skips_each_sources_padding(served):
     got = attn(query, None, key_padding_mask=keep[spread], cache=cache).output
     expected = attn(query, memory[spread], key_padding_mask=keep[spread]).output
     torch.testing.assert_close(got, expected, **TOL)
-    assert served == [True]
+    assert served == [True, True]  # the first, plain step too
 
 
 @torch.no_grad()
@@ -125,9 +125,33 @@ def test_the_c_step_equals_the_pytorch_step_of_the_same_cache_and_does_not_depen
         two = step()
     finally:
         torch.set_num_threads(threads)
-    assert served == [True] * 4 and torch.equal(one, two)
+    assert served == [True] * 8 and torch.equal(one, two)  # per step(): two plain calls, two grouped
     without_kernel(monkeypatch)
     torch.testing.assert_close(one, step(), **TOL)
+
+
+@torch.no_grad()
+def test_plain_storage_in_c_one_query_a_row_as_greedy_decoding_asks(served):
+    """Before beam search groups its rows, and all through greedy decoding, every row has its own
+    keys: the C step serves those too, with a key padding mask, self- and cross-attention."""
+    attn = make_attention(128, 2)
+    memory = torch.randn(3, 13, 128)
+    keep = torch.ones(3, 13, dtype=torch.bool)
+    keep[0, 9:] = False
+    keep[2, :2] = False
+    self_cache, cross_cache = KVCache(), KVCache(static=True)
+    history = torch.empty(3, 0, 128)
+    for _ in range(18):  # past the first 16 positions: the plain buffers grow
+        x = torch.randn(3, 1, 128)
+        history = torch.cat([history, x], dim=1)
+        got = attn(x, is_causal=True, cache=self_cache).output
+        torch.testing.assert_close(got, attn(history, is_causal=True).output[:, -1:], **TOL)
+        crossed = attn(got, memory, key_padding_mask=keep, cache=cross_cache).output
+        torch.testing.assert_close(crossed, attn(got, memory, key_padding_mask=keep).output, **TOL)
+    assert served == [True] * 36
+    with pytest.raises(ValueError, match=r"key_padding_mask must be \(B, T_k\) = \(3, 13\)"):
+        attn(got, None, key_padding_mask=keep[:, :12], cache=cross_cache)  # the PyTorch path names the problem
+    assert served[-1] is False
 
 
 @pytest.mark.parametrize("case", ["bfloat16", "gradient", "path", "dropout", "weights"])
@@ -165,7 +189,7 @@ def test_a_key_count_past_the_kernels_stack_takes_the_pytorch_path(served, monke
     cache.reorder(torch.tensor([0, 0, 1, 1]))
     query = torch.randn(4, 1, 64)
     torch.testing.assert_close(attn(query, None, cache=cache).output, attn(query, memory[[0, 0, 1, 1]]).output, **TOL)
-    assert served == [False]
+    assert served == [False, False]
 
 
 @torch.no_grad()

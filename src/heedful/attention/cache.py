@@ -200,6 +200,10 @@ class KVCache:
         elif not self.filled:
             self.set(k, v)  # type: ignore[arg-type]
         group, T_q = self.group, q.shape[2]
+        if group == 1 and T_q == 1 and attn_mask is None and bias is None and not need_weights:
+            context = self._attend_in_c(attend, q, key_padding_mask)  # one query a row: no causal mask to apply
+            if context is not None:
+                return context, None
         if group == 1 or not self._serves_groups(T_q, key_padding_mask, attn_mask, is_causal, bias, need_weights):
             k, v = self.ungrouped()  # every row's own keys, (B, H, T_k, D_h)
             masks = {"key_padding_mask": key_padding_mask, "attn_mask": attn_mask, "is_causal": is_causal}
@@ -222,12 +226,13 @@ class KVCache:
         return _ungroup_rows(context, group), weights  # (B, H, T_q, D_h)
 
     def _attend_in_c(self, attend: AttendFn, q: Tensor, key_padding_mask: Tensor | None) -> Tensor | None:
-        """Grouped storage, one query per row: the step in decode_attention.c (one pass per source
-        and head, each row reading only its own keys) when ``attend`` computes plain scaled
+        """One query per row: the step in decode_attention.c (one pass per stored row and head,
+        each query row reading only its own keys) when ``attend`` computes plain scaled
         dot-product attention the kernel can do for ``q``; None otherwise (the PyTorch path).
 
-        q: (n·g, H, 1, D_h); key_padding_mask: None or (n, T) bool, one row per source (static
-        caches only). Returns the context (n·g, H, 1, D_h)."""
+        q: (n·g, H, 1, D_h) for n stored rows (sources) serving g query rows each (g = 1: plain
+        storage); key_padding_mask: None or (n, T) bool, one row per stored row (static caches, or
+        plain ones). Returns the context (n·g, H, 1, D_h)."""
         step_kernel_scale = getattr(attend, "step_kernel_scale", None)
         scale = None if step_kernel_scale is None else step_kernel_scale(q)
         lib = cpu_kernel.load() if scale is not None else None
@@ -235,14 +240,16 @@ class KVCache:
         if lib is None or k is None or v is None or T > DECODE_KERNEL_MAX_KEYS:
             return None
         n, H, _, D = k.shape
-        grouped_ok = lineage is not None or self.static
+        grouped_ok = lineage is not None or self.static or self.group == 1  # no lineage: every row reads 0 … T−1
         laid_out = k.dtype == v.dtype == torch.float32 and k.stride() == v.stride() and k.stride()[2:] == (D, 1)
         if not grouped_ok or not laid_out or q.stride(3) != 1 or q.shape != (n * self.group, H, 1, D):
             return None
         if lineage is not None and lineage.stride(2) != 1:
             return None
-        if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or key_padding_mask.stride(1) != 1):
-            return None
+        if key_padding_mask is not None and (
+            key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (n, T) or key_padding_mask.stride(1) != 1
+        ):
+            return None  # a mask of another shape: the PyTorch path names the problem
         out = q.new_empty(q.shape[0], H, 1, D)  # (n·g, H, 1, D_h)
         address = Tensor.data_ptr
         lib.heedful_decode_attention_f32(
