@@ -179,6 +179,28 @@ def test_what_the_c_step_cannot_compute_takes_the_pytorch_path(served, case):
             torch.testing.assert_close(got, attn(history, is_causal=True).output[:, -1:], **tol)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@torch.no_grad()
+def test_a_traced_step_takes_the_pytorch_path_so_the_trace_computes_it(served):
+    """torch.jit.trace (the ONNX exporter's tracer) cannot see into a ctypes call: a traced step
+    must run the PyTorch path, or the trace would hold the C step's output as a constant."""
+    attn = make_attention(64, 2)
+    memory = torch.randn(2, 7, 64)
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x, memory):
+            return self.attn(x, memory, cache=KVCache(static=True)).output
+
+    traced = torch.jit.trace(Step(), (torch.randn(2, 1, 64), memory), check_trace=False)
+    x = torch.randn(2, 1, 64)
+    torch.testing.assert_close(traced(x, memory), attn(x, memory).output, **TOL)
+    assert served[0] is False
+
+
 @torch.no_grad()
 def test_a_key_count_past_the_kernels_stack_takes_the_pytorch_path(served, monkeypatch):
     monkeypatch.setattr(cache_module, "DECODE_KERNEL_MAX_KEYS", 8)

@@ -153,10 +153,13 @@ class Attend(nn.Module):
     def step_kernel_scale(self, q: Tensor) -> float | None:
         """The scale of ``q·k`` when this module computes plain scaled dot-product attention that
         decoding's C kernel (decode_attention.c, called by :meth:`KVCache.attend`) can compute for
-        ``q`` instead: float32 on the CPU, no gradient, no dropout, path ``"auto"``. Else None."""
+        ``q`` instead: float32 on the CPU, no gradient, no dropout, path ``"auto"``, not being
+        traced or compiled. Else None."""
         if self.path != "auto" or not self.score.fusable or q.dtype != torch.float32 or q.device.type != "cpu":
             return None
         if (self.training and self.dropout) or (torch.is_grad_enabled() and q.requires_grad):
+            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a C call through ctypes is opaque to both
             return None
         scale = self.score.fused_scale
         return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
