@@ -60,6 +60,10 @@ CPU_16BIT_MATH_MAX_SCORES = 256 * 256
 CPU_FP32_MATH_MAX_SCORES = 64 * 64
 
 
+# What decoding's C kernel reads (it computes in float32 either way).
+STEP_KERNEL_DTYPES = (torch.float32, torch.bfloat16)
+
+
 def prefer_fused(device: torch.device, dtype: torch.dtype, t_q: int, t_k: int, backward: bool = False) -> bool:
     """Whether the fused kernel is the faster way to compute attention of this size
     (``backward``: a backward pass will follow, as in training)."""
@@ -153,9 +157,9 @@ class Attend(nn.Module):
     def step_kernel_scale(self, q: Tensor) -> float | None:
         """The scale of ``q·k`` when this module computes plain scaled dot-product attention that
         decoding's C kernel (decode_attention.c, called by :meth:`KVCache.attend`) can compute for
-        ``q`` instead: float32 on the CPU, no gradient, no dropout, path ``"auto"``, not being
-        traced or compiled. Else None."""
-        if self.path != "auto" or not self.score.fusable or q.dtype != torch.float32 or q.device.type != "cpu":
+        ``q`` instead: float32 or bfloat16 on the CPU, no gradient, no dropout, path ``"auto"``,
+        not being traced or compiled. Else None."""
+        if self.path != "auto" or not self.score.fusable or q.dtype not in STEP_KERNEL_DTYPES or q.device.type != "cpu":
             return None
         if (self.training and self.dropout) or (torch.is_grad_enabled() and q.requires_grad):
             return None

@@ -241,7 +241,8 @@ class KVCache:
             return None
         n, H, _, D = k.shape
         grouped_ok = lineage is not None or self.static or self.group == 1  # no lineage: every row reads 0 … T−1
-        laid_out = k.dtype == v.dtype == torch.float32 and k.stride() == v.stride() and k.stride()[2:] == (D, 1)
+        dtype = q.dtype
+        laid_out = k.dtype == v.dtype == dtype and k.stride() == v.stride() and k.stride()[2:] == (D, 1)
         if not grouped_ok or not laid_out or q.stride(3) != 1 or q.shape != (n * self.group, H, 1, D):
             return None
         if lineage is not None and lineage.stride(2) != 1:
@@ -250,9 +251,10 @@ class KVCache:
             key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (n, T) or key_padding_mask.stride(1) != 1
         ):
             return None  # a mask of another shape: the PyTorch path names the problem
-        out = q.new_empty(q.shape[0], H, 1, D)  # (n·g, H, 1, D_h)
+        out = q.new_empty(q.shape[0], H, 1, D, dtype=torch.float32)  # (n·g, H, 1, D_h)
         address = Tensor.data_ptr
-        lib.heedful_decode_attention_f32(
+        step = lib.heedful_decode_attention_f32 if dtype == torch.float32 else lib.heedful_decode_attention_bf16
+        step(
             address(q), q.stride(0), q.stride(1),
             address(k), address(v), k.stride(0), k.stride(1),
             None if lineage is None else address(lineage),
@@ -261,7 +263,7 @@ class KVCache:
             0 if key_padding_mask is None else key_padding_mask.stride(0),
             address(out), n, self.group, H, T, D, scale,
         )  # fmt: skip
-        return out
+        return out if dtype == torch.float32 else out.to(dtype)  # bf16: rounded once, at the end
 
     def _serves_groups(
         self,

@@ -5,9 +5,10 @@
   read again in backward); a bf16 Transformer training step on 2 cores spent about a fifth of its
   time there. One C loop draws, tests and scales at about the cost of one multiplication, and its
   backward re-draws the mask from the seed instead of storing it.
-* decode_attention.c — one decoding step of attention over beam search's grouped key/value cache
-  (float32): each hypothesis reads only its own keys, scores, softmax and weighted sum in one
-  pass, where PyTorch's path runs tiny batched matmuls over every hypothesis's keys and masks.
+* decode_attention.c — one decoding step of attention over a key/value cache, one query a row
+  (float32 or bfloat16): each of beam search's hypotheses reads only its own keys, scores, softmax
+  and weighted sum in one pass, where PyTorch's path runs tiny batched matmuls over every
+  hypothesis's keys and masks.
 
 The sources ship with the package and are compiled on first use with the system's C compiler
 (``$CC``, else ``cc``), for this machine's CPU (``-march=native``), into one library in
@@ -109,7 +110,8 @@ def _signatures(lib: ctypes.CDLL) -> ctypes.CDLL:
     # q, its row and head strides; k, v, their source and head strides; lineage and its two strides;
     # key_ok and its source stride; out; n, g, H, T, D; scale (decode_attention.c)
     strided = [p, i64, i64, p, p, i64, i64, p, i64, i64, p, i64, p]
-    lib.heedful_decode_attention_f32.argtypes = [*strided, i64, i64, i64, i64, i64, f32]
+    for name in ("heedful_decode_attention_f32", "heedful_decode_attention_bf16"):
+        getattr(lib, name).argtypes = [*strided, i64, i64, i64, i64, i64, f32]
     return lib
 
 

@@ -1,23 +1,25 @@
-/* One decoding step of attention over a beam search's grouped key/value cache, float32, in one pass.
+/* One decoding step of attention over a decoder's key/value cache, one query per row, in one pass.
  *
  * Compiled with dropout_kernel.c by heedful/attention/cpu_kernel.py and called through ctypes from
- * heedful/attention/cache.py (KVCache.attend's grouped branch), which holds the layouts this reads
- * and a PyTorch path computing the same attention.
+ * heedful/attention/cache.py (KVCache.attend), which holds the layouts this reads and a PyTorch path
+ * computing the same attention.
  *
  * Why: beam search asks for one query per hypothesis against a few dozen keys. PyTorch's path runs
  * two batched matmuls of a source's k hypotheses against all k·T grouped keys (a mask then keeps
  * each hypothesis's own lineage: four of five scores are thrown away), a masked softmax, and the
  * mask itself, as separate passes of tiny matrices. Here each (source, head) pair is one task: every
  * hypothesis reads only its own T keys, and scores, softmax and the weighted sum of values stay in
- * registers and L1.
+ * registers and L1. Plain storage (greedy decoding, a search's first step) is the case g = 1.
  *
  * Layouts (element strides, the last dimension contiguous):
  *   q      (n·g rows, H, D): row r = i·g + j is hypothesis j of source i
  *   k, v   (n, H, keys, D): source i, head h, key row at k + i·kv_src + h·kv_head + key·D
- *   growing cache (lineage != NULL): position t of hypothesis j reads key t·g + lineage[i, j, t]
- *   static cache (lineage == NULL): every hypothesis of source i reads keys 0 … T−1, those with
+ *   growing grouped cache (lineage != NULL): position t of hypothesis j reads key t·g + lineage[i, j, t]
+ *   otherwise (lineage == NULL): every hypothesis of source i reads keys 0 … T−1, those with
  *     key_ok[i, t] == 0 (padding) skipped; key_ok == NULL: none skipped
- *   out    (n·g, H, D) contiguous
+ *   out    (n·g, H, D) contiguous float32
+ * q, k and v are float32 (heedful_decode_attention_f32) or bfloat16 (…_bf16: widened to float32 as
+ * they are read; all arithmetic in float32 either way).
  * Attention: softmax_t(scale · q·k_t) weighting v_t, the maximum subtracted first; a row with no
  * key allowed gets zeros, as the PyTorch path gives.
  */
@@ -53,30 +55,45 @@ static inline float exp_nonpositive(float x) {
   return x < -87.0f ? 0.0f : p * two_n;
 }
 
-static inline float dot(const float *a, const float *b, int64_t D) {
+/* Element i of a float32 (bf16 = 0) or bfloat16 (bf16 = 1) array, as float32. */
+static inline float load(const void *p, int64_t i, int bf16) {
+  if (!bf16) return ((const float *)p)[i];
+  uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline float dot(const void *a, const void *b, int64_t D, int bf16) {
   float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-  for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
+  for (int64_t d = 0; d < D; ++d) s += load(a, d, bf16) * load(b, d, bf16);
   return s;
 }
 
-static inline void attend_step(const float *q, int64_t q_row, int64_t q_head, const float *k, const float *v,
-                                  int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
-                                  int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t n,
-                                  int64_t g, int64_t H, int64_t T, int64_t D, float scale, int64_t pair) {
+/* Pointer to element i of a float32 or bfloat16 array. */
+static inline const void *at(const void *p, int64_t i, int bf16) {
+  return bf16 ? (const void *)((const uint16_t *)p + i) : (const void *)((const float *)p + i);
+}
+
+/* One (source, head) pair; inlined with D and bf16 constant where the caller knows them. */
+static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, const void *k, const void *v,
+                               int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
+                               int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t g,
+                               int64_t H, int64_t T, int64_t D, float scale, int64_t pair, int bf16) {
   {
     int64_t i = pair / H, h = pair % H;
     float scores[SCORES];
-    const float *k_ih = k + i * kv_src + h * kv_head, *v_ih = v + i * kv_src + h * kv_head;
+    const void *k_ih = at(k, i * kv_src + h * kv_head, bf16), *v_ih = at(v, i * kv_src + h * kv_head, bf16);
     const uint8_t *ok = key_ok ? key_ok + i * mask_src : NULL;
     for (int64_t j = 0; j < g; ++j) {
-      const float *q_row_h = q + (i * g + j) * q_row + h * q_head;
+      const void *q_row_h = at(q, (i * g + j) * q_row + h * q_head, bf16);
       const int64_t *slot = lineage ? lineage + i * lin_src + j * lin_row : NULL;
       float *o = out + ((i * g + j) * H + h) * D;
       float best = -INFINITY;
       for (int64_t t = 0; t < T; ++t) {
         int64_t key = slot ? t * g + slot[t] : t;
-        float s = (ok && !ok[t]) ? -INFINITY : dot(q_row_h, k_ih + key * D, D) * scale;
+        float s = (ok && !ok[t]) ? -INFINITY : dot(q_row_h, at(k_ih, key * D, bf16), D, bf16) * scale;
         scores[t] = s;
         best = s > best ? s : best;
       }
@@ -96,9 +113,9 @@ static inline void attend_step(const float *q, int64_t q_row, int64_t q_head, co
       for (int64_t t = 0; t < T; ++t) {
         float w = scores[t];
         if (w == 0.0f) continue;
-        const float *v_t = v_ih + (slot ? t * g + slot[t] : t) * D;
+        const void *v_t = at(v_ih, (slot ? t * g + slot[t] : t) * D, bf16);
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] += w * v_t[d];
+        for (int64_t d = 0; d < D; ++d) o[d] += w * load(v_t, d, bf16);
       }
       float inv = 1.0f / total;
 #pragma omp simd
@@ -107,20 +124,23 @@ static inline void attend_step(const float *q, int64_t q_row, int64_t q_head, co
   }
 }
 
-/* The kernel: one task per (source, head) pair, split over PyTorch's OpenMP threads. The common
+/* The kernels: one task per (source, head) pair, split over PyTorch's OpenMP threads. The common
  * head width 64 gets its own copy of the loops, with the width a constant the compiler unrolls. */
-void heedful_decode_attention_f32(const float *q, int64_t q_row, int64_t q_head, const float *k, const float *v,
-                                  int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
-                                  int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t n,
-                                  int64_t g, int64_t H, int64_t T, int64_t D, float scale) {
-  int64_t work = n * g * H * T * D;
-#pragma omp parallel for schedule(static) if (work >= PARALLEL_MIN)
-  for (int64_t pair = 0; pair < n * H; ++pair) {
-    if (D == 64)
-      attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, n, g, H,
-                  T, 64, scale, pair);
-    else
-      attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, n, g, H,
-                  T, D, scale, pair);
+#define DECODE_ATTENTION(name, type, bf16)                                                                    \
+  void name(const type *q, int64_t q_row, int64_t q_head, const type *k, const type *v, int64_t kv_src,           \
+            int64_t kv_head, const int64_t *lineage, int64_t lin_src, int64_t lin_row, const uint8_t *key_ok,     \
+            int64_t mask_src, float *out, int64_t n, int64_t g, int64_t H, int64_t T, int64_t D, float scale) {    \
+    int64_t work = n * g * H * T * D;                                                                            \
+    _Pragma("omp parallel for schedule(static) if (work >= PARALLEL_MIN)")                                      \
+    for (int64_t pair = 0; pair < n * H; ++pair) {                                                               \
+      if (D == 64)                                                                                               \
+        attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, g, \
+                    H, T, 64, scale, pair, bf16);                                                                \
+      else                                                                                                       \
+        attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, g, \
+                    H, T, D, scale, pair, bf16);                                                                 \
+    }                                                                                                            \
   }
-}
+
+DECODE_ATTENTION(heedful_decode_attention_f32, float, 0)
+DECODE_ATTENTION(heedful_decode_attention_bf16, uint16_t, 1)
