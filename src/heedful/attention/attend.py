@@ -31,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from heedful.attention.dropout import dropout
 from heedful.attention.masks import attn_mask_to_4d, causal_mask, combine_masks, key_padding_to_4d
 from heedful.attention.scores import Score
+from heedful.device import eager
 
 Path = Literal["auto", "fused", "math"]
 
@@ -158,12 +159,12 @@ class Attend(nn.Module):
         """The scale of ``q·k`` when this module computes plain scaled dot-product attention that
         decoding's C kernel (decode_attention.c, called by :meth:`KVCache.attend`) can compute for
         ``q`` instead: float32 or bfloat16 on the CPU, no gradient, no dropout, path ``"auto"``,
-        not being traced or compiled. Else None."""
+        an eager run (:func:`heedful.device.eager`). Else None."""
         if self.path != "auto" or not self.score.fusable or q.dtype not in STEP_KERNEL_DTYPES or q.device.type != "cpu":
             return None
         if (self.training and self.dropout) or (torch.is_grad_enabled() and q.requires_grad):
             return None
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # a C call through ctypes is opaque to both
+        if not eager():  # traced, exported or compiled: a C call through ctypes is opaque to all three
             return None
         scale = self.score.fused_scale
         return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
