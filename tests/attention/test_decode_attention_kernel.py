@@ -85,15 +85,16 @@ def test_a_grouped_self_cache_in_c_gives_each_row_the_attention_of_its_own_histo
 def test_a_grouped_static_cache_in_c_skips_each_sources_padding(served):
     d_model, heads, group = 128, 2, 4
     attn = make_attention(d_model, heads)
-    memory = torch.randn(3, 37, d_model)  # more keys than one 16-wide vector, and a partial one
-    keep = torch.ones(3, 37, dtype=torch.bool)
+    memory = torch.randn(4, 37, d_model)  # more keys than one 16-wide vector, and a partial one
+    keep = torch.ones(4, 37, dtype=torch.bool)
     keep[1, 20:] = False
     keep[2, :3] = False  # padding need not be at the end
+    keep[3] = False  # no key at all: a context of zeros, as on the PyTorch path
     cache = KVCache(static=True)
-    attn(torch.randn(3, 1, d_model), memory, key_padding_mask=keep, cache=cache)
-    spread = torch.arange(3).repeat_interleave(group)
+    attn(torch.randn(4, 1, d_model), memory, key_padding_mask=keep, cache=cache)
+    spread = torch.arange(4).repeat_interleave(group)
     cache.reorder(spread)
-    query = torch.randn(12, 1, d_model)
+    query = torch.randn(16, 1, d_model)
     got = attn(query, None, key_padding_mask=keep[spread], cache=cache).output
     expected = attn(query, memory[spread], key_padding_mask=keep[spread]).output
     torch.testing.assert_close(got, expected, **TOL)
