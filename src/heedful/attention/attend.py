@@ -20,7 +20,6 @@ Masks follow the package convention, ``True`` = may attend (see :mod:`heedful.at
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Literal
 
 import torch
@@ -166,8 +165,7 @@ class Attend(nn.Module):
             return None
         if not eager():  # traced, exported or compiled: a C call through ctypes is opaque to all three
             return None
-        scale = self.score.fused_scale
-        return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        return self.score.dot_scale(q.shape[-1])
 
     def _use_fused(self, q: Tensor, t_q: int, t_k: int) -> bool:
         if not self.score.fusable or self.path == "math":

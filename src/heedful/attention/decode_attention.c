@@ -81,46 +81,44 @@ static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, con
                                int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
                                int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t g,
                                int64_t H, int64_t T, int64_t D, float scale, int64_t pair, int bf16) {
-  {
-    int64_t i = pair / H, h = pair % H;
-    float scores[SCORES];
-    const void *k_ih = at(k, i * kv_src + h * kv_head, bf16), *v_ih = at(v, i * kv_src + h * kv_head, bf16);
-    const uint8_t *ok = key_ok ? key_ok + i * mask_src : NULL;
-    for (int64_t j = 0; j < g; ++j) {
-      const void *q_row_h = at(q, (i * g + j) * q_row + h * q_head, bf16);
-      const int64_t *slot = lineage ? lineage + i * lin_src + j * lin_row : NULL;
-      float *o = out + ((i * g + j) * H + h) * D;
-      float best = -INFINITY;
-      for (int64_t t = 0; t < T; ++t) {
-        int64_t key = slot ? t * g + slot[t] : t;
-        float s = (ok && !ok[t]) ? -INFINITY : dot(q_row_h, at(k_ih, key * D, bf16), D, bf16) * scale;
-        scores[t] = s;
-        best = s > best ? s : best;
-      }
-      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
-      if (best == -INFINITY) continue; /* no key allowed: zeros */
-      /* Padded to whole vectors with −∞ (e^−∞ = 0 below): no scalar tail, which at a few dozen keys
-       * cost more than the vector part. */
-      int64_t padded = (T + 15) & ~(int64_t)15;
-      for (int64_t t = T; t < padded; ++t) scores[t] = -INFINITY;
-      float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-      for (int64_t t = 0; t < padded; ++t) {
-        float e = exp_nonpositive(scores[t] - best);
-        scores[t] = e;
-        total += e;
-      }
-      for (int64_t t = 0; t < T; ++t) {
-        float w = scores[t];
-        if (w == 0.0f) continue;
-        const void *v_t = at(v_ih, (slot ? t * g + slot[t] : t) * D, bf16);
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] += w * load(v_t, d, bf16);
-      }
-      float inv = 1.0f / total;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+  int64_t i = pair / H, h = pair % H;
+  float scores[SCORES];
+  const void *k_ih = at(k, i * kv_src + h * kv_head, bf16), *v_ih = at(v, i * kv_src + h * kv_head, bf16);
+  const uint8_t *ok = key_ok ? key_ok + i * mask_src : NULL;
+  for (int64_t j = 0; j < g; ++j) {
+    const void *q_row_h = at(q, (i * g + j) * q_row + h * q_head, bf16);
+    const int64_t *slot = lineage ? lineage + i * lin_src + j * lin_row : NULL;
+    float *o = out + ((i * g + j) * H + h) * D;
+    float best = -INFINITY;
+    for (int64_t t = 0; t < T; ++t) {
+      int64_t key = slot ? t * g + slot[t] : t;
+      float s = (ok && !ok[t]) ? -INFINITY : dot(q_row_h, at(k_ih, key * D, bf16), D, bf16) * scale;
+      scores[t] = s;
+      best = s > best ? s : best;
     }
+    for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+    if (best == -INFINITY) continue; /* no key allowed: zeros */
+    /* Padded to whole vectors with −∞ (e^−∞ = 0 below): no scalar tail, which at a few dozen keys
+     * cost more than the vector part. */
+    int64_t padded = (T + 15) & ~(int64_t)15;
+    for (int64_t t = T; t < padded; ++t) scores[t] = -INFINITY;
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t t = 0; t < padded; ++t) {
+      float e = exp_nonpositive(scores[t] - best);
+      scores[t] = e;
+      total += e;
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      float w = scores[t];
+      if (w == 0.0f) continue;
+      const void *v_t = at(v_ih, (slot ? t * g + slot[t] : t) * D, bf16);
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) o[d] += w * load(v_t, d, bf16);
+    }
+    float inv = 1.0f / total;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
   }
 }
 

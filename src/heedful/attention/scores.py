@@ -122,6 +122,11 @@ class Score(nn.Module):
     def score(self, q: Tensor, k: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def dot_scale(self, d: int) -> float:
+        """A fusable score's factor on ``q·k`` for head width ``d``: ``fused_scale``, or 1/√d
+        where it is None (the fused kernel's own default)."""
+        return 1.0 / math.sqrt(d) if self.fused_scale is None else float(self.fused_scale)
+
     def project_keys(self, k: Tensor) -> Tensor:
         """The part of the score that depends on the keys only; an RNN decoder that queries the
         same keys at every step computes it once. ``score_projected(q, project_keys(k))`` equals
@@ -162,7 +167,7 @@ class ScaledDotScore(Score):
         self.fused_scale = scale  # None lets the fused kernel use 1/√d itself
 
     def score(self, q: Tensor, k: Tensor) -> Tensor:
-        scale = self.fused_scale if self.fused_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        scale = self.dot_scale(q.shape[-1])
         # Scale q rather than the (T_q, T_k) product: fewer multiplications, same result.
         return (q * scale) @ k.transpose(-2, -1)  # (..., T_q, T_k)
 
