@@ -228,8 +228,21 @@ def test_a_vocabulary_smaller_than_two_beams_agrees_with_the_reference_loop():
     assert_same_hypotheses(got, expected)
 
 
+@pytest.fixture(params=["c", "pytorch"])
+def candidates_path(request, monkeypatch):
+    """best_continuations on beam_candidates.c (skipped without a C compiler) or on its PyTorch path."""
+    from heedful.attention import cpu_kernel
+    from heedful.decode import beam as beam_module
+
+    if request.param == "c" and cpu_kernel.load() is None:
+        pytest.skip("no C compiler to build the CPU kernels")
+    if request.param == "pytorch":
+        monkeypatch.setattr(beam_module, "_candidates_in_c", lambda *args: None)
+    return request.param
+
+
 @pytest.mark.parametrize("vocab", [50, 640, 1000, 8000])  # one top-k; chunks only; chunks and a tail
-def test_best_continuations_are_the_exact_top_candidates(vocab):
+def test_best_continuations_are_the_exact_top_candidates(vocab, candidates_path):
     from heedful.decode.beam import best_continuations
 
     g = torch.Generator().manual_seed(vocab)
@@ -239,23 +252,28 @@ def test_best_continuations_are_the_exact_top_candidates(vocab):
     scores[2, 3:] = float("-inf")  # beams that are gone
     top, beam_of, token_of = best_continuations(logits.clone(), scores, n)
     candidates = (logits.log_softmax(-1).view(sentences, beams, vocab) + scores[:, :, None]).view(sentences, -1)
-    expected = candidates.topk(n, dim=-1).values
-    torch.testing.assert_close(top, expected, atol=1e-5, rtol=0)
-    # Each returned (beam, token) pair scores what it claims.
-    torch.testing.assert_close(candidates.gather(1, beam_of * vocab + token_of), top, atol=1e-5, rtol=0)
-    # With beam search's reused buffer (more rows than needed): the same answer, and the
-    # log-probabilities were written into the buffer rather than a fresh tensor.
+    expected = candidates.topk(n, dim=-1)
+    torch.testing.assert_close(top, expected.values, atol=1e-5, rtol=0)
+    assert torch.equal(beam_of * vocab + token_of, expected.indices)  # random logits: no ties
+    # With beam search's reused buffer (more rows than needed): the same answer. The PyTorch path
+    # writes the log-probabilities into the buffer rather than a fresh tensor; the C path writes none.
     buffer = torch.full((2 * sentences * beams, vocab), float("nan"))
     with_buffer = best_continuations(logits.clone(), scores, n, out=buffer)
     for got, want in zip(with_buffer, (top, beam_of, token_of), strict=True):
         assert torch.equal(got, want)
-    assert torch.equal(buffer[: sentences * beams], logits.log_softmax(-1))
-    assert buffer[sentences * beams :].isnan().all()
+    if candidates_path == "pytorch":
+        assert torch.equal(buffer[: sentences * beams], logits.log_softmax(-1))
+        assert buffer[sentences * beams :].isnan().all()
+    else:
+        assert buffer.isnan().all()
 
 
-def test_beam_search_writes_float32_log_probabilities_over_the_logits_and_16_bit_ones_into_a_buffer():
-    """Float32 logits are overwritten by their log-probabilities (no second (B·K, V) tensor);
-    bf16 logits are left alone, their float32 log-probabilities going to a buffer. Same answer."""
+def test_beam_search_writes_float32_log_probabilities_over_the_logits_and_16_bit_ones_into_a_buffer(
+    candidates_path,
+):
+    """On the PyTorch path float32 logits are overwritten by their log-probabilities (no second
+    (B·K, V) tensor); bf16 logits are left alone, their float32 log-probabilities going to a
+    buffer. The C path reads float32 logits and writes nothing into them. Same answer."""
     torch.manual_seed(3)
     cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=200, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
     model = TransformerEncoderDecoder(cfg).eval()
@@ -288,7 +306,10 @@ def test_beam_search_writes_float32_log_probabilities_over_the_logits_and_16_bit
         if dtype == torch.float32:
             assert_same_hypotheses(got, plain)
             for returned, copy in zip(keeping.returned, keeping.copies, strict=True):
-                assert torch.equal(returned[:, -1], copy[:, -1].log_softmax(-1))  # overwritten in place
+                if candidates_path == "pytorch":
+                    assert torch.equal(returned[:, -1], copy[:, -1].log_softmax(-1))  # overwritten in place
+                else:
+                    assert torch.equal(returned, copy)
         else:
             assert all(torch.equal(r, c) for r, c in zip(keeping.returned, keeping.copies, strict=True))
 

@@ -9,6 +9,9 @@
   (float32 or bfloat16): each of beam search's hypotheses reads only its own keys, scores, softmax
   and weighted sum in one pass, where PyTorch's path runs tiny batched matmuls over every
   hypothesis's keys and masks.
+* beam_candidates.c — beam search's n best continuations of each sentence, read from the float32
+  logits in two passes that stay in cache, where PyTorch's path writes all (B·k, V)
+  log-probabilities and reads them again to pick among them.
 
 The sources ship with the package and are compiled on first use with the system's C compiler
 (``$CC``, else ``cc``), for this machine's CPU (``-march=native``), into one library in
@@ -18,7 +21,7 @@ keeps one build per CPU. It links the OpenMP runtime PyTorch has loaded (torch/l
 kernels' threads are PyTorch's own pool — a second runtime would spin against it.
 
 When there is no compiler, or the build fails, :func:`load` returns None after one warning saying
-why, and dropout and decoding take their PyTorch paths, which compute the same;
+why, and dropout and beam search take their PyTorch paths, which compute the same;
 ``HEEDFUL_CPU_KERNELS=0`` chooses those paths without a warning.
 """
 
@@ -39,7 +42,10 @@ from pathlib import Path
 
 import torch
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("dropout_kernel.c", "decode_attention.c"))
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("dropout_kernel.c", "decode_attention.c", "beam_candidates.c")
+)
+HEADERS = (Path(__file__).with_name("cpu_math.h"),)  # included by the sources: part of what a build is of
 # Tried in order: AVX-512 hosts run the 512-bit loops (about 1.4× the 256-bit default's speed on a
 # bf16 (292, 14, 1024) tensor here, in a throwaway probe); a compiler or CPU without an option falls to the next set.
 FLAG_SETS = (
@@ -112,6 +118,8 @@ def _signatures(lib: ctypes.CDLL) -> ctypes.CDLL:
     strided = [p, i64, i64, p, p, i64, i64, p, i64, i64, p, i64, p]
     for name in ("heedful_decode_attention_f32", "heedful_decode_attention_bf16"):
         getattr(lib, name).argtypes = [*strided, i64, i64, i64, i64, i64, f32]
+    # logits and their row stride, scores; B, k, V, n, banned; top, beam_of, token_of (beam_candidates.c)
+    lib.heedful_beam_candidates_f32.argtypes = [p, i64, p, i64, i64, i64, i64, i64, p, p, p]
     return lib
 
 
@@ -121,7 +129,7 @@ def load() -> ctypes.CDLL | None:
     if os.environ.get(ENABLE_ENV, "1") == "0":
         return None
     compiler = shlex.split(os.environ.get("CC") or "cc")
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     if not compiler or shutil.which(compiler[0]) is None:
         return _unavailable(f"no C compiler ({shlex.join(compiler)!r} is not on PATH; set CC to one)")
     host = (repr((compiler, _torch_openmp())) + _cpu_identity()).encode()  # what a build is valid for
@@ -139,8 +147,8 @@ def load() -> ctypes.CDLL | None:
 
 def _unavailable(reason: str) -> None:
     warnings.warn(
-        f"heedful: the CPU kernels in C are unavailable: {reason}; dropout and beam search's attention "
-        f"take their slower PyTorch paths (set {ENABLE_ENV}=0 to silence this)",
+        f"heedful: the CPU kernels in C are unavailable: {reason}; dropout and beam search's attention and "
+        f"candidates take their slower PyTorch paths (set {ENABLE_ENV}=0 to silence this)",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -27,33 +27,11 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_math.h"
+
 #define PARALLEL_MIN 32768 /* below this many multiply-adds, one thread (a guess: a few µs of work) */
 #define MAX_KEYS 4096      /* the scores of one row live on the stack; cache.py calls with T ≤ this */
 #define SCORES (MAX_KEYS + 16) /* room for padding the last vector */
-
-/* e^x for x ≤ 0 (a score minus its row's maximum), 0 below −87: Cephes' expf polynomial after
- * n = round(x / ln 2) is taken out, written with no branches or library calls so that the compiler
- * vectorizes a loop of them. Relative error about 2e-7 (float32 rounding of the polynomial). */
-static inline float exp_nonpositive(float x) {
-  const float shifter = 12582912.0f; /* 1.5 · 2^23: adding it rounds to an integer in the low bits */
-  float xc = x < -87.0f ? -87.0f : x;
-  float t = xc * 1.44269504088896341f + shifter;
-  float nf = t - shifter;
-  float r = xc - nf * 0.693359375f + nf * 2.12194440e-4f; /* x − n·ln 2, ln 2 in two parts */
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t n_bits;
-  memcpy(&n_bits, &t, 4);
-  int32_t scale_bits = ((n_bits - 0x4B400000) + 127) << 23; /* 2^n: n ≥ −126 after the clamp */
-  float two_n;
-  memcpy(&two_n, &scale_bits, 4);
-  return x < -87.0f ? 0.0f : p * two_n;
-}
 
 /* Element i of a float32 (bf16 = 0) or bfloat16 (bf16 = 1) array, as float32. */
 static inline float load(const void *p, int64_t i, int bf16) {

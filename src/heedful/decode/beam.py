@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from heedful.attention import cpu_kernel
 from heedful.attention.cache import CacheArena
+from heedful.device import eager
 from heedful.nn.packed import packed_linears
 
 
@@ -237,13 +239,18 @@ def best_continuations(
     1.37–1.48 ms against 1.17–1.31; docs/RESULTS.md, "Small sizes"). ``banned``: a token no
     candidate may take (its log-probability −∞; <eos> before ``min_len``).
 
-    Exact, in two levels, because ``topk`` over k·V values per sentence was the costliest part of
-    a step after the matmuls: split each beam's log-probabilities into chunks of CHUNK tokens;
+    On the CPU, float32 logits go to beam_candidates.c (:func:`_candidates_in_c`), which reads
+    them twice while each row is in cache and writes no log-probabilities (``out`` is then left
+    alone). Elsewhere, exact in two levels, because ``topk`` over k·V values per sentence was the
+    costliest part of a step after the matmuls: split each beam's log-probabilities into chunks of CHUNK tokens;
     the n chunks with the highest maxima (beam score added) hold the n best candidates — one
     outside them is beaten by n chunk maxima — so the final ``topk`` reads n·CHUNK values.
     """
     B, k = scores.shape
     V = logits.shape[-1]
+    found = _candidates_in_c(logits, scores, n, banned)
+    if found is not None:
+        return found
     buffer = None if out is None else out[: B * k]
     log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=buffer).view(B, k, V)  # (B, k, V)
     if banned is not None and 0 <= banned < V:
@@ -272,3 +279,37 @@ def best_continuations(
         beams = torch.cat([beams, tail_index // tail], dim=1)
     top, index = values.topk(n, dim=-1)  # (B, n)
     return top, beams.gather(1, index), tokens.gather(1, index)
+
+
+def _candidates_in_c(
+    logits: Tensor, scores: Tensor, n: int, banned: int | None
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """:func:`best_continuations` by beam_candidates.c: float32 logits on the CPU, their tokens
+    contiguous, no gradient, an eager run; None otherwise (or without the compiled kernels), for
+    the PyTorch path. The same candidates up to float32 rounding of the normalizer (its
+    exponentials are a polynomial here, PyTorch's another)."""
+    B, k = scores.shape
+    V = logits.shape[-1]
+    plain = logits.dtype == scores.dtype == torch.float32 and logits.device.type == scores.device.type == "cpu"
+    if not plain or logits.dim() != 2 or logits.stride(1) != 1 or not 1 <= n <= min(k * V, MAX_KERNEL_CANDIDATES):
+        return None
+    if (torch.is_grad_enabled() and logits.requires_grad) or not eager():
+        return None
+    lib = cpu_kernel.load()
+    if lib is None:
+        return None
+    scores = scores.contiguous()
+    top = torch.empty(B, n)
+    beam_of = torch.empty(B, n, dtype=torch.long)
+    token_of = torch.empty(B, n, dtype=torch.long)
+    address = Tensor.data_ptr
+    banned = -1 if banned is None or not 0 <= banned < V else banned
+    lib.heedful_beam_candidates_f32(
+        address(logits), logits.stride(0), address(scores), B, k, V, n, banned,
+        address(top), address(beam_of), address(token_of),
+    )  # fmt: skip
+    return top, beam_of, token_of
+
+
+# beam_candidates.c keeps a sentence's n best on the stack: at most this many (beam size 128).
+MAX_KERNEL_CANDIDATES = 256
