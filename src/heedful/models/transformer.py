@@ -24,6 +24,7 @@ from heedful.attention.dropout import Dropout, relu_dropout
 from heedful.attention.positions import POSITIONS, build_attention_positions, build_input_positions
 from heedful.config import Section
 from heedful.models.pretrained import PretrainedModel
+from heedful.nn.fused import linear_relu
 
 
 class TransformerConfig(Section):
@@ -92,6 +93,9 @@ class FeedForward(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.activation == "relu" and not (self.training and self.dropout.p):
+            # No dropout: the ReLU inside linear1's kernel where it has one (prepacked, int8)
+            return self.linear2(linear_relu(self.linear1, x))  # (B, T, D)
         h = self.linear1(x)  # (B, T, d_ff)
         if self.activation == "gelu":
             return self.linear2(self.dropout(F.gelu(h)))  # (B, T, D)

@@ -87,6 +87,7 @@ def int8_linear_class() -> type[nn.Module]:
         from torch.ao.nn.quantized import dynamic as qdynamic
 
         linear_dynamic = torch.ops.quantized.linear_dynamic.default  # the overload: no dispatch checks
+        linear_relu_dynamic = torch.ops.quantized.linear_relu_dynamic.default
 
         class Int8Linear(qdynamic.Linear):
             """``torch.ao.nn.quantized.dynamic.Linear`` (qint8 weights), computing the same: the
@@ -94,6 +95,11 @@ def int8_linear_class() -> type[nn.Module]:
 
             def forward(self, x: Tensor) -> Tensor:
                 y = linear_dynamic(x, self._packed_params._packed_params, True)
+                return y if y.dtype == x.dtype else y.to(x.dtype)
+
+            def forward_relu(self, x: Tensor) -> Tensor:
+                """``relu(forward(x))``, the ReLU applied by the int8 kernel (heedful.nn.fused)."""
+                y = linear_relu_dynamic(x, self._packed_params._packed_params, True)
                 return y if y.dtype == x.dtype else y.to(x.dtype)
 
         _INT8_LINEAR = Int8Linear

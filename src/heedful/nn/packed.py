@@ -102,6 +102,7 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
             layers = _packable(model)
             for layer in layers:
                 layer.forward = functools.partial(_forward, layer)  # shadows the class's forward
+                layer.forward_relu = functools.partial(_forward, layer, relu=True)  # heedful.nn.fused
         _OPEN[model] = (opened + 1, layers)
     try:
         yield model
@@ -112,7 +113,7 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
                 _OPEN[model] = (opened - 1, layers)
             else:
                 for layer in layers:
-                    del layer.forward
+                    del layer.forward, layer.forward_relu
                     _CHECKED.discard(layer)
 
 
@@ -129,7 +130,9 @@ def _packable(model: nn.Module) -> list[nn.Linear]:
     ]
 
 
-def _forward(module: nn.Linear, x: Tensor) -> Tensor:
+def _forward(module: nn.Linear, x: Tensor, relu: bool = False) -> Tensor:
+    """The layer's forward in a block; with ``relu``, ``relu(forward(x))`` (the ReLU a step of
+    oneDNN's matmul on the packed path)."""
     weight = module.weight
     if (
         torch.is_grad_enabled()
@@ -141,13 +144,15 @@ def _forward(module: nn.Linear, x: Tensor) -> Tensor:
         or x.numel() * weight.shape[0] < PACKED_MIN_MACS
         or not eager()
     ):
-        return F.linear(x, weight, module.bias)
-    return packed_matmul(x, _packed_weight(module, weight), module.bias)
+        y = F.linear(x, weight, module.bias)
+        return F.relu(y) if relu else y
+    return packed_matmul(x, _packed_weight(module, weight), module.bias, relu)
 
 
-def packed_matmul(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    """``F.linear(x, weight, bias)`` on oneDNN's kernel, ``packed`` being :func:`_pack` of ``weight``."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def packed_matmul(x: Tensor, packed: Tensor, bias: Tensor | None, relu: bool = False) -> Tensor:
+    """``F.linear(x, weight, bias)`` on oneDNN's kernel, ``packed`` being :func:`_pack` of ``weight``;
+    with ``relu``, its ReLU as a step of the same kernel."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu" if relu else "none", [], "")
 
 
 def _packed_weight(module: nn.Linear, weight: Tensor) -> Tensor:
