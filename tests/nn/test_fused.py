@@ -6,7 +6,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from heedful.models.transformer import FeedForward
 from heedful.nn import packed
