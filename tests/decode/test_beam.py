@@ -438,3 +438,64 @@ def test_a_generous_max_len_reserves_no_more_than_the_cap(monkeypatch):
     beam_search(model, src, bos_id=BOS, eos_id=EOS, beam_size=4, max_len=500, alpha=0.0)
     sources, heads, d_head = 6, 2, 16
     assert max(allocations) <= sources * heads * beam_module.RESERVE_AT_MOST * 4 * d_head  # grouped (n, H, T·4, D_h)
+
+
+class RecordingMemory(nn.Module):
+    """A model speaking the decoding protocol through ``inner``, recording the memory's batch size
+    at every decoder call and the decoder rows."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, []
+        self.config = getattr(inner, "config", None)  # greedy decoding reads its pad id
+
+    def encode(self, src):
+        return self.inner.encode(src)
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def decode(self, tokens, memory, padding, cache):
+        self.calls.append((tokens.shape[0], memory.shape[0], padding.shape[0]))
+        return self.inner.decode(tokens, memory, padding, cache)
+
+
+def test_a_transformer_cache_stops_needing_the_memory_after_the_first_step(monkeypatch):
+    """After step 0 the cross-attention caches hold the memory's keys: the searches stop copying
+    the (B·K, S, D) memory at every expansion and drop, and decode the same."""
+    from heedful.models.transformer import DecoderCache
+
+    torch.manual_seed(5)
+    cfg = TransformerConfig(src_vocab_size=30, tgt_vocab_size=60, d_model=32, n_heads=2, d_ff=64, dropout=0.0)
+    model = TransformerEncoderDecoder(cfg).eval()
+    src = torch.randint(4, 30, (6, 7))
+    cache = model.new_cache()
+    assert cache.needs_memory
+    with torch.no_grad():
+        memory, padding = model.encode(src)
+        model.decode(torch.full((6, 1), 1), memory, padding, cache)
+    assert not cache.needs_memory
+
+    kwargs = {"bos_id": 1, "eos_id": 2, "beam_size": 4, "max_len": 9, "alpha": 0.6, "n_best": 4}
+    recording = RecordingMemory(model)
+    got = beam_search(recording, src, **kwargs)
+    rows, memory_rows, padding_rows = zip(*recording.calls, strict=True)
+    assert rows[0] == 6 and rows[1] == 24 and min(rows) < 24  # expanded, then settled sentences dropped
+    assert set(memory_rows) == {6}  # never copied: the caches hold what decoding reads of it
+    assert padding_rows == rows  # the padding still follows the rows
+    greedy_recording = RecordingMemory(model)
+    greedy = greedy_decode(greedy_recording, src, bos_id=1, eos_id=2, max_len=9)
+    assert {m for _, m, _ in greedy_recording.calls} == {6}
+
+    monkeypatch.setattr(DecoderCache, "needs_memory", property(lambda self: True))  # as before: always copied
+    recording = RecordingMemory(model)
+    assert_same_hypotheses(got, beam_search(recording, src, **kwargs))
+    assert [m for _, m, _ in recording.calls] == [r for r, _, _ in recording.calls]
+    greedy_recording = RecordingMemory(model)
+    assert torch.equal(greedy[0], greedy_decode(greedy_recording, src, bos_id=1, eos_id=2, max_len=9)[0])
+
+
+def test_a_cache_without_needs_memory_gets_the_memory_with_its_rows():
+    recording = RecordingMemory(ToyModel())
+    beam_search(recording, torch.zeros(3, 2, dtype=torch.long), bos_id=BOS, eos_id=EOS, beam_size=2, max_len=4)
+    assert all(rows == memory_rows for rows, memory_rows, _ in recording.calls)

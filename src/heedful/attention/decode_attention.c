@@ -42,61 +42,90 @@ static inline float load(const void *p, int64_t i, int bf16) {
   return f;
 }
 
-static inline float dot(const void *a, const void *b, int64_t D, int bf16) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t d = 0; d < D; ++d) s += load(a, d, bf16) * load(b, d, bf16);
-  return s;
-}
-
 /* Pointer to element i of a float32 or bfloat16 array. */
 static inline const void *at(const void *p, int64_t i, int bf16) {
   return bf16 ? (const void *)((const uint16_t *)p + i) : (const void *)((const float *)p + i);
 }
 
-/* One (source, head) pair; inlined with D and bf16 constant where the caller knows them. */
+/* Scores of four bfloat16 keys at once: four independent sums, so the widening of one key's
+ * values and its horizontal sum overlap the others' (3–4× faster than one key at a time, 100
+ * sources × 5 beams × 4 heads of 64 on the Zen 4 host). float32 keys go one at a time: four at once
+ * measured 20–50 % slower there (the loads of four rows compete; one row's sum was never the
+ * bottleneck). */
+static inline void dot4(const float *q, const void *k0, const void *k1, const void *k2, const void *k3, int64_t D,
+                        int bf16, float *s) {
+  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t d = 0; d < D; ++d) {
+    float x = q[d];
+    s0 += x * load(k0, d, bf16);
+    s1 += x * load(k1, d, bf16);
+    s2 += x * load(k2, d, bf16);
+    s3 += x * load(k3, d, bf16);
+  }
+  s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+}
+
+/* One (source, head) pair; inlined with D and bf16 constant where the caller knows them. The query
+ * and the weighted sum live in local arrays (registers, at a constant D), not in out, which the
+ * compiler would have to assume the value rows might alias. */
 static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, const void *k, const void *v,
                                int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
                                int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t g,
                                int64_t H, int64_t T, int64_t D, float scale, int64_t pair, int bf16) {
   int64_t i = pair / H, h = pair % H;
-  float scores[SCORES];
+  float scores[SCORES], query[D], sum[D];
   const void *k_ih = at(k, i * kv_src + h * kv_head, bf16), *v_ih = at(v, i * kv_src + h * kv_head, bf16);
   const uint8_t *ok = key_ok ? key_ok + i * mask_src : NULL;
   for (int64_t j = 0; j < g; ++j) {
     const void *q_row_h = at(q, (i * g + j) * q_row + h * q_head, bf16);
+    for (int64_t d = 0; d < D; ++d) query[d] = load(q_row_h, d, bf16);
     const int64_t *slot = lineage ? lineage + i * lin_src + j * lin_row : NULL;
-    float *o = out + ((i * g + j) * H + h) * D;
+#define KEY(t) at(k_ih, ((slot ? (t) * g + slot[t] : (t))) * D, bf16)
+    int64_t t = 0;
+    if (bf16)
+      for (; t + 4 <= T; t += 4) dot4(query, KEY(t), KEY(t + 1), KEY(t + 2), KEY(t + 3), D, bf16, scores + t);
+    for (; t < T; ++t) {
+      const void *key = KEY(t);
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < D; ++d) s += query[d] * load(key, d, bf16);
+      scores[t] = s;
+    }
+#undef KEY
     float best = -INFINITY;
-    for (int64_t t = 0; t < T; ++t) {
-      int64_t key = slot ? t * g + slot[t] : t;
-      float s = (ok && !ok[t]) ? -INFINITY : dot(q_row_h, at(k_ih, key * D, bf16), D, bf16) * scale;
+    for (t = 0; t < T; ++t) {
+      float s = (ok && !ok[t]) ? -INFINITY : scores[t] * scale;
       scores[t] = s;
       best = s > best ? s : best;
     }
-    for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
-    if (best == -INFINITY) continue; /* no key allowed: zeros */
+    float *o = out + ((i * g + j) * H + h) * D;
+    if (best == -INFINITY) { /* no key allowed: zeros */
+      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+      continue;
+    }
     /* Padded to whole vectors with −∞ (e^−∞ = 0 below): no scalar tail, which at a few dozen keys
      * cost more than the vector part. */
     int64_t padded = (T + 15) & ~(int64_t)15;
-    for (int64_t t = T; t < padded; ++t) scores[t] = -INFINITY;
+    for (t = T; t < padded; ++t) scores[t] = -INFINITY;
     float total = 0.0f;
 #pragma omp simd reduction(+ : total)
-    for (int64_t t = 0; t < padded; ++t) {
+    for (t = 0; t < padded; ++t) {
       float e = exp_nonpositive(scores[t] - best);
       scores[t] = e;
       total += e;
     }
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t d = 0; d < D; ++d) sum[d] = 0.0f;
+    for (t = 0; t < T; ++t) {
       float w = scores[t];
       if (w == 0.0f) continue;
       const void *v_t = at(v_ih, (slot ? t * g + slot[t] : t) * D, bf16);
 #pragma omp simd
-      for (int64_t d = 0; d < D; ++d) o[d] += w * load(v_t, d, bf16);
+      for (int64_t d = 0; d < D; ++d) sum[d] += w * load(v_t, d, bf16);
     }
     float inv = 1.0f / total;
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    for (int64_t d = 0; d < D; ++d) o[d] = sum[d] * inv;
   }
 }
 

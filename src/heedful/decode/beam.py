@@ -2,7 +2,8 @@
 
     memory, padding = model.encode(src)                  # (B, S, D), (B, S)
     cache = model.new_cache()                            # .reorder(index, sources_unchanged=False)
-                                                         # optional: .reserve(positions, arena)
+                                                         # optional: .reserve(positions, arena),
+                                                         # .needs_memory (see below)
     logits = model.decode(tokens, memory, padding, cache)  # new tokens only: (B, 1) -> (B, 1, V)
 
 Every source sentence keeps ``beam_size`` live hypotheses, expanded as rows of one batch of
@@ -10,6 +11,11 @@ B·K, so one decoder call per step serves all of them; the cache is re-ordered w
 re-ranked (``sources_unchanged=True`` then: rows stay within their sentence, so a cache may keep
 per-source state such as cross-attention keys as it is). The first step decodes only B rows —
 every sentence has one live beam then — and expands to B·K after it.
+
+Re-ranking and dropping rows index ``memory`` and ``padding`` with the beams — unless the cache
+says ``needs_memory`` is False: it then holds all it reads of the memory (a Transformer's
+cross-attention keys and values, after the first step), the model reads only ``padding`` from then
+on, and the (B·K, S, D) memory is not copied at every expansion and drop.
 
 A hypothesis that emits <eos> is set aside with its score normalised by the GNMT
 length penalty ((5 + |y|) / 6)^α (Wu et al. 2016); a sentence is done when it has ``beam_size``
@@ -99,6 +105,12 @@ def reserve(cache, positions: int, arena: CacheArena | None) -> None:
     method = getattr(cache, "reserve", None)
     if method is not None:
         method(positions, arena)
+
+
+def follow_rows(cache, memory: Tensor, rows: Tensor) -> Tensor:
+    """``memory[rows]`` — or ``memory`` as it is when the cache no longer reads it
+    (``cache.needs_memory`` False; a cache without the attribute reads it at every step)."""
+    return memory[rows] if getattr(cache, "needs_memory", True) else memory
 
 
 def _search(
@@ -192,13 +204,13 @@ def _search(
         rows = torch.arange(B, device=device)[:, None] * k_now + origin  # (B, K): each new beam's parent row
         if k_now == 1:  # expand every per-sentence state from B to B·K rows, once
             rows = rows.view(-1)
-            memory, padding = memory[rows], padding[rows]
+            memory, padding = follow_rows(cache, memory, rows), padding[rows]
             cache.reorder(rows)
             k_now = K
         elif int(done.sum()) >= DROP_SETTLED * B:  # settled sentences leave: later steps decode only the rest
             keep = (~done).nonzero().squeeze(1)  # (B_kept,)
             rows = rows[keep].view(-1)
-            memory, padding = memory[rows], padding[rows]
+            memory, padding = follow_rows(cache, memory, rows), padding[rows]
             cache.reorder(rows)  # sources change: the caches keep only the kept sentences' state
             next_token, new_scores = next_token[keep], new_scores[keep]
             limit_t, best_divisor, n_finished, worst_finished, done = (

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from heedful.attention.cache import CacheArena
-from heedful.decode.beam import DROP_SETTLED, new_cache
+from heedful.decode.beam import DROP_SETTLED, follow_rows, new_cache
 from heedful.models.transformer import TransformerEncoderDecoder
 from heedful.nn.packed import packed_linears
 
@@ -63,7 +63,7 @@ def _search(
         if int(finished.sum()) >= DROP_SETTLED * finished.shape[0]:  # ended rows leave the batch
             keep = (~finished).nonzero().squeeze(1)  # (B_kept,)
             rows, best, finished = rows[keep], best[keep], finished[keep]
-            memory, padding = memory[keep], padding[keep]
+            memory, padding = follow_rows(cache, memory, keep), padding[keep]
             cache.reorder(keep)
         last = best[:, None]
     return out[:, :steps], log_prob  # (B, L), (B,)

@@ -194,6 +194,12 @@ class DecoderCache:
             layer.self_attn.reserve(positions, arena)
             layer.cross_attn.reserve(positions, arena)
 
+    @property
+    def needs_memory(self) -> bool:
+        """Whether decoding still reads the encoder output: only until every cross-attention cache
+        holds its keys and values (the first step). The searches stop re-indexing it after that."""
+        return not all(layer.cross_attn.filled for layer in self.layers)
+
     def reorder(self, index: Tensor, sources_unchanged: bool = False) -> None:
         """Keep batch rows ``index`` — for beam search. With ``sources_unchanged`` every row keeps
         its source sentence, whose cross-attention keys/values are then left where they are."""
