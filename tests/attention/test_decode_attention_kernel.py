@@ -22,8 +22,8 @@ def served(monkeypatch):
     calls: list[bool] = []
     original = KVCache._attend_in_c
 
-    def counting(self, attend, q, key_padding_mask):
-        context = original(self, attend, q, key_padding_mask)
+    def counting(self, attend, q, key_padding_mask, new=None):
+        context = original(self, attend, q, key_padding_mask, new)
         calls.append(context is not None)
         return context
 
@@ -32,7 +32,7 @@ def served(monkeypatch):
 
 
 def without_kernel(monkeypatch):
-    monkeypatch.setattr(KVCache, "_attend_in_c", lambda self, attend, q, key_padding_mask: None)
+    monkeypatch.setattr(KVCache, "_attend_in_c", lambda self, attend, q, key_padding_mask, new=None: None)
 
 
 def make_attention(d_model: int, heads: int, position: str = "none") -> MultiHeadAttention:
@@ -267,3 +267,34 @@ def test_beam_search_finds_the_same_hypotheses_with_the_c_step(served, monkeypat
     for mine, reference in zip(ours, theirs, strict=True):
         assert [h.tokens for h in mine] == [h.tokens for h in reference]
         assert [h.log_prob for h in mine] == pytest.approx([h.log_prob for h in reference], abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("position", ["none", "rope"])  # RoPE: rotated keys laid out unlike the values
+@torch.no_grad()
+def test_the_c_step_stores_the_new_keys_as_the_pytorch_path_stores_them(served, monkeypatch, dtype, position):
+    """The step in C writes each step's new keys and values into the cache itself; the caches it
+    leaves hold exactly what the PyTorch path's append leaves, plain and grouped."""
+    attn = make_attention(256, 4, position).to(dtype)
+    g = torch.Generator().manual_seed(3)
+    first = torch.randn(4, 1, 256, generator=g).to(dtype)
+    steps = [torch.randn(12, 1, 256, generator=g).to(dtype) for _ in range(18)]
+    spread = torch.arange(4).repeat_interleave(3)
+    parents = [(torch.arange(4)[:, None] * 3 + torch.randint(0, 3, (4, 3), generator=g)).view(-1) for _ in steps]
+
+    def decode() -> KVCache:
+        cache = KVCache()
+        attn(first, is_causal=True, cache=cache)  # plain storage
+        cache.reorder(spread)  # grouped from here on
+        for x, index in zip(steps, parents, strict=True):
+            attn(x, is_causal=True, cache=cache)
+            cache.reorder(index)
+        return cache
+
+    in_c = decode()
+    assert served and all(served)
+    without_kernel(monkeypatch)
+    on_pytorch = decode()
+    assert in_c.length == on_pytorch.length == 19 and in_c.group == on_pytorch.group == 3
+    assert torch.equal(in_c.k, on_pytorch.k) and torch.equal(in_c.v, on_pytorch.v)
+    assert torch.equal(in_c.lineage_mask(), on_pytorch.lineage_mask())

@@ -44,6 +44,7 @@ the time (``benchmarks/cache_memory.py``).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -195,15 +196,25 @@ class KVCache:
         are ``attend``'s, for the plain rows. Returns the context (B, H, T_q, D_h) and, with
         ``need_weights``, the weights (B, H, T_q, T_k).
         """
+        group, T_q = self.group, q.shape[2]
+        # One query a row (every decoding step): the step in C, when it can, attends — and, for a
+        # growing cache, stores the new keys and values itself (append keeps their room only).
+        one_query = T_q == 1 and attn_mask is None and bias is None and not need_weights
+        in_c = one_query and (group == 1 or self._serves_groups(T_q, key_padding_mask, None, is_causal, None, False))
+        new = None
         if not self.static:
-            self.append(k, v)  # type: ignore[arg-type]
+            new = (k, v) if in_c and k.shape[2] == 1 else None  # type: ignore[union-attr]
+            self.append(k, v, write=new is None)  # type: ignore[arg-type]
         elif not self.filled:
             self.set(k, v)  # type: ignore[arg-type]
-        group, T_q = self.group, q.shape[2]
-        if group == 1 and T_q == 1 and attn_mask is None and bias is None and not need_weights:
-            context = self._attend_in_c(attend, q, key_padding_mask)  # one query a row: no causal mask to apply
+        if in_c:
+            # A grouped cache's rows share their source's padding: one mask row per stored row.
+            masks = key_padding_mask if group == 1 or key_padding_mask is None else key_padding_mask[::group]
+            context = self._attend_in_c(attend, q, masks, new)  # one query a row: no causal mask to apply
             if context is not None:
                 return context, None
+        if new is not None:  # the PyTorch path reads the new keys from the cache: store them first
+            self._write_newest(*new)
         if group == 1 or not self._serves_groups(T_q, key_padding_mask, attn_mask, is_causal, bias, need_weights):
             k, v = self.ungrouped()  # every row's own keys, (B, H, T_k, D_h)
             masks = {"key_padding_mask": key_padding_mask, "attn_mask": attn_mask, "is_causal": is_causal}
@@ -213,10 +224,6 @@ class KVCache:
         # with each row masked to its own lineage.
         if key_padding_mask is not None:  # the rows of a group share their source's padding
             key_padding_mask = key_padding_mask[::group]
-        if T_q == 1 and not need_weights:
-            context = self._attend_in_c(attend, q, key_padding_mask)
-            if context is not None:
-                return context, None
         q = _group_rows(q, group)  # (B, H, T_q, D_h) -> (B / group, H, group·T_q, D_h)
         lineage = None if self.static else self.lineage_mask()  # (B / group, 1, group, T·group)
         context, weights = attend(
@@ -225,14 +232,18 @@ class KVCache:
         weights = None if weights is None else _ungroup_rows(weights, group)  # (B, H, T_q, T_k)
         return _ungroup_rows(context, group), weights  # (B, H, T_q, D_h)
 
-    def _attend_in_c(self, attend: AttendFn, q: Tensor, key_padding_mask: Tensor | None) -> Tensor | None:
+    def _attend_in_c(
+        self, attend: AttendFn, q: Tensor, key_padding_mask: Tensor | None, new: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor | None:
         """One query per row: the step in decode_attention.c (one pass per stored row and head,
         each query row reading only its own keys) when ``attend`` computes plain scaled
         dot-product attention the kernel can do for ``q``; None otherwise (the PyTorch path).
 
         q: (n·g, H, 1, D_h) for n stored rows (sources) serving g query rows each (g = 1: plain
         storage); key_padding_mask: None or (n, T) bool, one row per stored row (static caches, or
-        plain ones). Returns the context (n·g, H, 1, D_h)."""
+        plain ones). ``new``: the newest position's keys and values (n·g, H, 1, D_h), whose room
+        :meth:`append` kept without writing them: the kernel stores them before it attends (when it
+        returns None, they are not stored). Returns the context (n·g, H, 1, D_h)."""
         step_kernel_scale = getattr(attend, "step_kernel_scale", None)
         scale = None if step_kernel_scale is None else step_kernel_scale(q)
         lib = cpu_kernel.load() if scale is not None else None
@@ -251,6 +262,14 @@ class KVCache:
             key_padding_mask.dtype != torch.bool or key_padding_mask.shape != (n, T) or key_padding_mask.stride(1) != 1
         ):
             return None  # a mask of another shape: the PyTorch path names the problem
+        k_new, v_new = new if new is not None else (None, None)
+        new_strides = None
+        if k_new is not None and v_new is not None:
+            if not k_new.dtype == v_new.dtype == dtype or k_new.shape != q.shape or v_new.shape != q.shape:
+                return None
+            if k_new.stride(3) != 1 or v_new.stride(3) != 1:
+                return None
+            new_strides = (ctypes.c_int64 * 4)(k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
         out = q.new_empty(q.shape[0], H, 1, D, dtype=torch.float32)  # (n·g, H, 1, D_h)
         address = Tensor.data_ptr
         step = lib.heedful_decode_attention_f32 if dtype == torch.float32 else lib.heedful_decode_attention_bf16
@@ -262,6 +281,7 @@ class KVCache:
             None if key_padding_mask is None else address(key_padding_mask),
             0 if key_padding_mask is None else key_padding_mask.stride(0),
             address(out), n, self.group, H, T, D, scale,
+            None if k_new is None else address(k_new), None if v_new is None else address(v_new), new_strides,
         )  # fmt: skip
         return out if dtype == torch.float32 else out.to(dtype)  # bf16: rounded once, at the end
 
@@ -303,8 +323,10 @@ class KVCache:
     def _grouped_growing(self) -> bool:
         return self.group > 1 and not self.static
 
-    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store new keys/values (B, H, T_new, D_h); return all of them as :attr:`k`, :attr:`v`."""
+    def append(self, k: Tensor, v: Tensor, write: bool = True) -> tuple[Tensor, Tensor]:
+        """Store new keys/values (B, H, T_new, D_h); return all of them as :attr:`k`, :attr:`v`.
+        ``write=False``: keep their room and lineage only, the caller writes them (the step in C,
+        or :meth:`_write_newest`)."""
         t_new, group = k.shape[2], self.group
         if self._grouped_growing:  # (n·g, H, T_new, D_h) -> (n, H, T_new, g, D_h): position-major slots
             n, H, D = k.shape[0] // group, k.shape[1], k.shape[3]
@@ -322,13 +344,26 @@ class KVCache:
             )
             if self._lineage is not None:
                 self._lineage = _grow(self._lineage, self.length, capacity, Tensor.new_empty)
-        start, stop = self.length * group, (self.length + t_new) * group
-        self._k[:, :, start:stop].view(k.shape)[...] = k  # written in place, one copy
-        self._v[:, :, start:stop].view(v.shape)[...] = v
+        if write:
+            start, stop = self.length * group, (self.length + t_new) * group
+            self._k[:, :, start:stop].view(k.shape)[...] = k  # written in place, one copy
+            self._v[:, :, start:stop].view(v.shape)[...] = v
         if self._lineage is not None:  # every row reads the key it just made
             self._lineage[:, :, self.length : self.length + t_new] = torch.arange(group, device=k.device)[:, None]
         self.length += t_new
         return self.k, self.v
+
+    def _write_newest(self, k: Tensor, v: Tensor) -> None:
+        """Write the newest position's keys and values (B, H, 1, D_h), whose room ``append(…,
+        write=False)`` kept."""
+        group, position = self.group, self.length - 1
+        if self._grouped_growing:  # (n·g, H, 1, D_h) -> (n, H, 1, g, D_h), as append lays them out
+            n, H, D = k.shape[0] // group, k.shape[1], k.shape[3]
+            k = k.view(n, group, H, 1, D).permute(0, 2, 3, 1, 4)
+            v = v.view(n, group, H, 1, D).permute(0, 2, 3, 1, 4)
+        assert self._k is not None and self._v is not None
+        self._k[:, :, position * group : (position + 1) * group].view(k.shape)[...] = k
+        self._v[:, :, position * group : (position + 1) * group].view(v.shape)[...] = v
 
     def set(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Replace the contents (used by static cross-attention caches)."""

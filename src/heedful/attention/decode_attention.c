@@ -129,15 +129,35 @@ static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, con
   }
 }
 
+/* Store the newest position's keys and values of (source, head) ``pair`` — rows i·g … i·g + g − 1 of
+ * k_new and v_new, at row and head strides new_strides[0], [1] (keys) and [2], [3] (values) — into the cache at position T − 1: slot (T − 1)·g + j of a grouped growing cache,
+ * position T − 1 of a plain one (g = 1). cache.py's KVCache.append kept the room and wrote the
+ * lineage; the copy is done here, by the task that reads those keys next, so a step's new keys cost
+ * no strided PyTorch copy and no Python. */
+static inline void store_new(void *k, void *v, int64_t kv_src, int64_t kv_head, const void *k_new,
+                             const void *v_new, const int64_t *new_strides, int64_t g, int64_t H, int64_t T,
+                             int64_t D, int64_t pair, int bf16) {
+  int64_t i = pair / H, h = pair % H, bytes = D * (bf16 ? 2 : 4);
+  for (int64_t j = 0; j < g; ++j) {
+    int64_t to = i * kv_src + h * kv_head + ((T - 1) * g + j) * D, row = i * g + j;
+    memcpy((void *)at(k, to, bf16), at(k_new, row * new_strides[0] + h * new_strides[1], bf16), bytes);
+    memcpy((void *)at(v, to, bf16), at(v_new, row * new_strides[2] + h * new_strides[3], bf16), bytes);
+  }
+}
+
 /* The kernels: one task per (source, head) pair, split over PyTorch's OpenMP threads. The common
- * head width 64 gets its own copy of the loops, with the width a constant the compiler unrolls. */
+ * head width 64 gets its own copy of the loops, with the width a constant the compiler unrolls.
+ * k_new, v_new: NULL, or the newest keys and values (n·g rows, H, D) at the row and head strides
+ * new_strides holds, stored first (store_new). */
 #define DECODE_ATTENTION(name, type, bf16)                                                                    \
-  void name(const type *q, int64_t q_row, int64_t q_head, const type *k, const type *v, int64_t kv_src,           \
-            int64_t kv_head, const int64_t *lineage, int64_t lin_src, int64_t lin_row, const uint8_t *key_ok,     \
-            int64_t mask_src, float *out, int64_t n, int64_t g, int64_t H, int64_t T, int64_t D, float scale) {    \
+  void name(const type *q, int64_t q_row, int64_t q_head, type *k, type *v, int64_t kv_src, int64_t kv_head,      \
+            const int64_t *lineage, int64_t lin_src, int64_t lin_row, const uint8_t *key_ok, int64_t mask_src,   \
+            float *out, int64_t n, int64_t g, int64_t H, int64_t T, int64_t D, float scale, const type *k_new,     \
+            const type *v_new, const int64_t *new_strides) {                                                     \
     int64_t work = n * g * H * T * D;                                                                            \
     _Pragma("omp parallel for schedule(static) if (work >= PARALLEL_MIN)")                                      \
     for (int64_t pair = 0; pair < n * H; ++pair) {                                                               \
+      if (k_new) store_new(k, v, kv_src, kv_head, k_new, v_new, new_strides, g, H, T, D, pair, bf16);           \
       if (D == 64)                                                                                               \
         attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, g, \
                     H, T, 64, scale, pair, bf16);                                                                \
