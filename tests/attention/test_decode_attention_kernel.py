@@ -298,3 +298,56 @@ def test_the_c_step_stores_the_new_keys_as_the_pytorch_path_stores_them(served, 
     assert in_c.length == on_pytorch.length == 19 and in_c.group == on_pytorch.group == 3
     assert torch.equal(in_c.k, on_pytorch.k) and torch.equal(in_c.v, on_pytorch.v)
     assert torch.equal(in_c.lineage_mask(), on_pytorch.lineage_mask())
+
+
+@pytest.mark.parametrize("static", [False, True])
+@torch.no_grad()
+def test_sources_leaving_a_grouped_cache_move_no_keys_and_the_rest_attend_as_before(served, monkeypatch, static):
+    """Beam search drops settled sentences: the cache then remembers the kept sources' rows
+    instead of copying their keys, the step in C reads through that, and a later reorder that is
+    not a plain drop (or any PyTorch-path read) compacts the buffers first — the same attention."""
+    attn = make_attention(256, 4)
+    g = torch.Generator().manual_seed(7)
+    sources, group = 5, 3
+    memory = torch.randn(sources, 6, 256, generator=g)
+    steps = [torch.randn(sources * group, 1, 256, generator=g) for _ in range(6)]
+
+    def decode() -> list[torch.Tensor]:
+        cache = KVCache(static=static)
+        first = torch.randn(sources, 1, 256, generator=torch.Generator().manual_seed(8))
+        attn(first, memory, cache=cache) if static else attn(first, is_causal=True, cache=cache)
+        kept = torch.arange(sources)  # the source of each stored row
+        history = first[kept.repeat_interleave(group)]
+        cache.reorder(kept.repeat_interleave(group))
+        outputs = []
+        for step, x in enumerate(steps):
+            x = x[: len(kept) * group]
+            rows_source = kept.repeat_interleave(group)
+            if static:
+                got, expected = attn(x, None, cache=cache).output, attn(x, memory[rows_source]).output
+            else:
+                history = torch.cat([history, x], dim=1)
+                got = attn(x, is_causal=True, cache=cache).output
+                expected = attn(history, is_causal=True).output[:, -1:]
+            torch.testing.assert_close(got, expected, **TOL)
+            outputs.append(got)
+            stored = {1: [0, 2, 4], 3: [0, 2], 4: [1, 0]}.get(step)  # two drops, then a swap
+            if stored is None:
+                continue
+            buffer = cache._k.data_ptr()
+            index = (torch.tensor(stored)[:, None] * group + torch.tensor([2, 0, 0])).view(-1)  # re-ranked
+            cache.reorder(index)
+            if not static:
+                history = history[index]
+            kept = kept[stored]
+            if step < 4:  # plain drops: nothing copied, the rows remembered
+                assert cache._k.data_ptr() == buffer and cache._rows is not None
+            else:  # a swap compacts the buffers
+                assert cache._rows is None
+        return outputs
+
+    in_c = decode()
+    assert served and all(served)
+    without_kernel(monkeypatch)
+    for got, expected in zip(in_c, decode(), strict=True):
+        torch.testing.assert_close(got, expected, **TOL)

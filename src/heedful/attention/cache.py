@@ -22,7 +22,9 @@ cache switches to *grouped* storage (``group = k``):
 Attention runs the k queries of a source together against the grouped keys, with a mask that
 lets each hypothesis see only its own lineage — the same attention, without the copies. A reorder
 that keeps each new group within one old group (re-ranking, or dropping the sources that are
-done) moves lineage rows and, when sources are dropped, the kept sources' keys. Anything
+done) moves lineage rows only: when sources are dropped and the rest keep their order, the cache
+remembers which buffer row each kept source lives in rather than copying their keys, the step in C
+reads through that, and any other reader first compacts the buffers (one copy, when needed). Anything
 grouped attention cannot serve (masks, position biases, weights of a growing cache) reads
 :meth:`KVCache.ungrouped`, the plain per-row keys. A reorder that leaves the groups falls back to
 plain storage, so every index stays correct.
@@ -134,6 +136,11 @@ class KVCache:
         self._k: Tensor | None = None
         self._v: Tensor | None = None
         self._lineage: Tensor | None = None  # grouped, growing: (n, group, capacity) which key each row reads
+        # Grouped: the buffer row each of the n stored sources lives in, (n,) — set when sources
+        # leave (beam search drops settled sentences) instead of copying the kept ones' keys; the
+        # step in C reads through it, anything else first compacts the buffers (_compact). None:
+        # source i in row i.
+        self._rows: Tensor | None = None
         self.length = 0  # positions stored
         self._positions = 0  # reserved capacity (0: start at 16 and double)
         self._arena: CacheArena | None = None
@@ -159,12 +166,23 @@ class KVCache:
         return x.contiguous() if lender is None else lender.empty(x, *x.shape).copy_(x)
 
     def _replace(self, k: Tensor, v: Tensor) -> None:
-        """New storage; the old buffers go back to the arena (nothing else holds them)."""
+        """New storage, one row per stored row (built after :meth:`_compact`); the old buffers go
+        back to the arena (nothing else holds them)."""
         if self._arena is not None:
             for old in (self._k, self._v):
                 if old is not None:
                     self._arena.give_back(old)
-        self._k, self._v = k, v
+        self._k, self._v, self._rows = k, v, None
+
+    def _compact(self) -> None:
+        """Buffers holding exactly the stored sources, in order (``_rows`` applied)."""
+        if self._rows is None or self._k is None or self._v is None:
+            return
+        rows = self._rows
+        if self.static:
+            self._replace(self._k.index_select(0, rows), self._v.index_select(0, rows))
+        else:
+            self._replace(self._select_filled(self._k, rows), self._select_filled(self._v, rows))
 
     @property
     def filled(self) -> bool:
@@ -247,10 +265,13 @@ class KVCache:
         step_kernel_scale = getattr(attend, "step_kernel_scale", None)
         scale = None if step_kernel_scale is None else step_kernel_scale(q)
         lib = cpu_kernel.load() if scale is not None else None
-        k, v, lineage, T = self._k, self._v, self._lineage, self.length
+        k, v, lineage, T, rows = self._k, self._v, self._lineage, self.length, self._rows
         if lib is None or k is None or v is None or T > DECODE_KERNEL_MAX_KEYS:
             return None
-        n, H, _, D = k.shape
+        _, H, _, D = k.shape
+        n = k.shape[0] if rows is None else rows.shape[0]  # stored sources
+        if rows is not None and (rows.dtype != torch.long or not rows.is_contiguous()):
+            return None
         grouped_ok = lineage is not None or self.static or self.group == 1  # no lineage: every row reads 0 … T−1
         dtype = q.dtype
         laid_out = k.dtype == v.dtype == dtype and k.stride() == v.stride() and k.stride()[2:] == (D, 1)
@@ -282,6 +303,7 @@ class KVCache:
             0 if key_padding_mask is None else key_padding_mask.stride(0),
             address(out), n, self.group, H, T, D, scale,
             None if k_new is None else address(k_new), None if v_new is None else address(v_new), new_strides,
+            None if rows is None else address(rows),
         )  # fmt: skip
         return out if dtype == torch.float32 else out.to(dtype)  # bf16: rounded once, at the end
 
@@ -307,12 +329,14 @@ class KVCache:
         """The stored keys: (B, H, T, D_h) plain; grouped, (n, H, T·group, D_h) or static (n, H, T, D_h)."""
         if self._k is None:
             raise RuntimeError("the key/value cache is empty")
+        self._compact()
         return self._k[:, :, : self._stored_length]
 
     @property
     def v(self) -> Tensor:
         if self._v is None:
             raise RuntimeError("the key/value cache is empty")
+        self._compact()
         return self._v[:, :, : self._stored_length]
 
     @property
@@ -328,6 +352,8 @@ class KVCache:
         ``write=False``: keep their room and lineage only, the caller writes them (the step in C,
         or :meth:`_write_newest`)."""
         t_new, group = k.shape[2], self.group
+        if write or (self._k is not None and (self.length + t_new) * group > self._k.shape[2]):
+            self._compact()  # written, or grown, as whole buffers: one row per source
         if self._grouped_growing:  # (n·g, H, T_new, D_h) -> (n, H, T_new, g, D_h): position-major slots
             n, H, D = k.shape[0] // group, k.shape[1], k.shape[3]
             k = k.view(n, group, H, t_new, D).permute(0, 2, 3, 1, 4)
@@ -357,6 +383,7 @@ class KVCache:
         """Write the newest position's keys and values (B, H, 1, D_h), whose room ``append(…,
         write=False)`` kept."""
         group, position = self.group, self.length - 1
+        self._compact()
         if self._grouped_growing:  # (n·g, H, 1, D_h) -> (n, H, 1, g, D_h), as append lays them out
             n, H, D = k.shape[0] // group, k.shape[1], k.shape[3]
             k = k.view(n, group, H, 1, D).permute(0, 2, 3, 1, 4)
@@ -404,7 +431,8 @@ class KVCache:
         """Keep query rows ``index`` (B_new,), in that order — beam search re-ranks hypotheses."""
         if self._k is None or self._v is None:
             return
-        rows, new, group = self._k.shape[0] * self.group, index.shape[0], self.group
+        n_stored = self._k.shape[0] if self._rows is None else self._rows.shape[0]
+        rows, new, group = n_stored * self.group, index.shape[0], self.group
         if group > 1 and new % group == 0:
             parents = index.view(-1, group) // group  # (new / g, g): the stored row each new row reads
             if bool((parents == parents[:, :1]).all()):  # each new group draws on one stored group
@@ -413,6 +441,7 @@ class KVCache:
         if self.group == 1 and new > rows and new % rows == 0 and _spreads_rows(index, rows, new // rows):
             self._start_groups(new // rows)
             return
+        self._compact()
         if self.group > 1:  # leaving the groups: back to plain storage, then a plain reorder
             self._replace(*self.ungrouped())
             self.group, self._lineage = 1, None
@@ -430,9 +459,16 @@ class KVCache:
         if self._lineage is not None:  # (n, g, capacity): each row takes its parent's history
             capacity = self._lineage.shape[2]
             self._lineage = self._lineage.view(-1, capacity)[index].view(-1, self.group, capacity)
-        in_place = torch.arange(self._k.shape[0], device=stored.device)
+        n_stored = self._k.shape[0] if self._rows is None else self._rows.shape[0]
+        in_place = torch.arange(n_stored, device=stored.device)
         if stored.shape == in_place.shape and torch.equal(stored, in_place):
             return  # every source stays where it is: no keys move
+        if bool((stored[1:] > stored[:-1]).all()):
+            # Sources leave, the rest in order: no keys move either — the kept sources' rows are
+            # remembered, and each keeps its own row to write into.
+            self._rows = (stored if self._rows is None else self._rows[stored]).contiguous()  # C reads it flat
+            return
+        self._compact()
         if self.static:
             self._replace(self._k.index_select(0, stored), self._v.index_select(0, stored))
         else:
@@ -441,6 +477,7 @@ class KVCache:
     def _start_groups(self, group: int) -> None:
         """Every stored row now serves ``group`` consecutive query rows."""
         assert self._k is not None and self._v is not None
+        self._compact()
         self.group = group
         if self.static:
             return

@@ -115,10 +115,11 @@ def _signatures(lib: ctypes.CDLL) -> ctypes.CDLL:
         getattr(lib, name).argtypes = [p, p, p, i64, f32, i32]
     # q, its row and head strides; k, v, their source and head strides; lineage and its two strides;
     # key_ok and its source stride; out; n, g, H, T, D; scale; the newest k, v (or NULL) and their
-    # four strides, an int64 array: k's row and head, v's row and head (decode_attention.c)
+    # four strides, an int64 array: k's row and head, v's row and head; each source's buffer row or
+    # NULL (decode_attention.c)
     strided = [p, i64, i64, p, p, i64, i64, p, i64, i64, p, i64, p]
     for name in ("heedful_decode_attention_f32", "heedful_decode_attention_bf16"):
-        getattr(lib, name).argtypes = [*strided, i64, i64, i64, i64, i64, f32, p, p, p]
+        getattr(lib, name).argtypes = [*strided, i64, i64, i64, i64, i64, f32, p, p, p, p]
     # logits and their row stride, scores; B, k, V, n, banned; top, beam_of, token_of (beam_candidates.c)
     lib.heedful_beam_candidates_f32.argtypes = [p, i64, p, i64, i64, i64, i64, i64, p, p, p]
     return lib

@@ -72,10 +72,11 @@ static inline void dot4(const float *q, const void *k0, const void *k1, const vo
 static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, const void *k, const void *v,
                                int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
                                int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t g,
-                               int64_t H, int64_t T, int64_t D, float scale, int64_t pair, int bf16) {
-  int64_t i = pair / H, h = pair % H;
+                               int64_t H, int64_t T, int64_t D, float scale, int64_t pair, const int64_t *rows,
+                               int bf16) {
+  int64_t i = pair / H, h = pair % H, row = rows ? rows[i] : i;
   float scores[SCORES], query[D], sum[D];
-  const void *k_ih = at(k, i * kv_src + h * kv_head, bf16), *v_ih = at(v, i * kv_src + h * kv_head, bf16);
+  const void *k_ih = at(k, row * kv_src + h * kv_head, bf16), *v_ih = at(v, row * kv_src + h * kv_head, bf16);
   const uint8_t *ok = key_ok ? key_ok + i * mask_src : NULL;
   for (int64_t j = 0; j < g; ++j) {
     const void *q_row_h = at(q, (i * g + j) * q_row + h * q_head, bf16);
@@ -136,10 +137,10 @@ static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, con
  * no strided PyTorch copy and no Python. */
 static inline void store_new(void *k, void *v, int64_t kv_src, int64_t kv_head, const void *k_new,
                              const void *v_new, const int64_t *new_strides, int64_t g, int64_t H, int64_t T,
-                             int64_t D, int64_t pair, int bf16) {
-  int64_t i = pair / H, h = pair % H, bytes = D * (bf16 ? 2 : 4);
+                             int64_t D, int64_t pair, const int64_t *rows, int bf16) {
+  int64_t i = pair / H, h = pair % H, bytes = D * (bf16 ? 2 : 4), stored = rows ? rows[i] : i;
   for (int64_t j = 0; j < g; ++j) {
-    int64_t to = i * kv_src + h * kv_head + ((T - 1) * g + j) * D, row = i * g + j;
+    int64_t to = stored * kv_src + h * kv_head + ((T - 1) * g + j) * D, row = i * g + j;
     memcpy((void *)at(k, to, bf16), at(k_new, row * new_strides[0] + h * new_strides[1], bf16), bytes);
     memcpy((void *)at(v, to, bf16), at(v_new, row * new_strides[2] + h * new_strides[3], bf16), bytes);
   }
@@ -148,22 +149,23 @@ static inline void store_new(void *k, void *v, int64_t kv_src, int64_t kv_head, 
 /* The kernels: one task per (source, head) pair, split over PyTorch's OpenMP threads. The common
  * head width 64 gets its own copy of the loops, with the width a constant the compiler unrolls.
  * k_new, v_new: NULL, or the newest keys and values (n·g rows, H, D) at the row and head strides
- * new_strides holds, stored first (store_new). */
+ * new_strides holds, stored first (store_new). rows: NULL, or the buffer row of each of the n
+ * sources in k and v (sources that left a grouped cache are skipped, not copied out). */
 #define DECODE_ATTENTION(name, type, bf16)                                                                    \
   void name(const type *q, int64_t q_row, int64_t q_head, type *k, type *v, int64_t kv_src, int64_t kv_head,      \
             const int64_t *lineage, int64_t lin_src, int64_t lin_row, const uint8_t *key_ok, int64_t mask_src,   \
             float *out, int64_t n, int64_t g, int64_t H, int64_t T, int64_t D, float scale, const type *k_new,     \
-            const type *v_new, const int64_t *new_strides) {                                                     \
+            const type *v_new, const int64_t *new_strides, const int64_t *rows) {                                \
     int64_t work = n * g * H * T * D;                                                                            \
     _Pragma("omp parallel for schedule(static) if (work >= PARALLEL_MIN)")                                      \
     for (int64_t pair = 0; pair < n * H; ++pair) {                                                               \
-      if (k_new) store_new(k, v, kv_src, kv_head, k_new, v_new, new_strides, g, H, T, D, pair, bf16);           \
+      if (k_new) store_new(k, v, kv_src, kv_head, k_new, v_new, new_strides, g, H, T, D, pair, rows, bf16);     \
       if (D == 64)                                                                                               \
         attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, g, \
-                    H, T, 64, scale, pair, bf16);                                                                \
+                    H, T, 64, scale, pair, rows, bf16);                                                          \
       else                                                                                                       \
         attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, g, \
-                    H, T, D, scale, pair, bf16);                                                                 \
+                    H, T, D, scale, pair, rows, bf16);                                                           \
     }                                                                                                            \
   }
 
