@@ -346,8 +346,18 @@ def test_sources_leaving_a_grouped_cache_move_no_keys_and_the_rest_attend_as_bef
                 assert cache._rows is None
         return outputs
 
+    compacted: list[int] = []  # the row count of every compaction that moved keys
+    compact = KVCache._compact
+
+    def counting(self):
+        if self._rows is not None:
+            compacted.append(len(self._rows))
+        compact(self)
+
+    monkeypatch.setattr(KVCache, "_compact", counting)
     in_c = decode()
     assert served and all(served)
+    assert compacted == [2]  # the steps in C read through the rows: keys moved only at the swap
     without_kernel(monkeypatch)
     for got, expected in zip(in_c, decode(), strict=True):
         torch.testing.assert_close(got, expected, **TOL)

@@ -347,10 +347,10 @@ class KVCache:
     def _grouped_growing(self) -> bool:
         return self.group > 1 and not self.static
 
-    def append(self, k: Tensor, v: Tensor, write: bool = True) -> tuple[Tensor, Tensor]:
+    def append(self, k: Tensor, v: Tensor, write: bool = True) -> tuple[Tensor, Tensor] | None:
         """Store new keys/values (B, H, T_new, D_h); return all of them as :attr:`k`, :attr:`v`.
         ``write=False``: keep their room and lineage only, the caller writes them (the step in C,
-        or :meth:`_write_newest`)."""
+        or :meth:`_write_newest`), and return None."""
         t_new, group = k.shape[2], self.group
         if write or (self._k is not None and (self.length + t_new) * group > self._k.shape[2]):
             self._compact()  # written, or grown, as whole buffers: one row per source
@@ -377,7 +377,8 @@ class KVCache:
         if self._lineage is not None:  # every row reads the key it just made
             self._lineage[:, :, self.length : self.length + t_new] = torch.arange(group, device=k.device)[:, None]
         self.length += t_new
-        return self.k, self.v
+        # Without the write, nothing to hand back (reading :attr:`k` would compact the buffers)
+        return (self.k, self.v) if write else None
 
     def _write_newest(self, k: Tensor, v: Tensor) -> None:
         """Write the newest position's keys and values (B, H, 1, D_h), whose room ``append(…,
