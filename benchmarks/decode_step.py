@@ -1,4 +1,6 @@
-"""Decoding with the attention step in C (decode_attention.c) against the PyTorch path, in one process.
+"""Decoding with heedful's C kernels against their PyTorch paths, in one process: the attention step
+(decode_attention.c, which also stores each step's keys) and beam search's candidates
+(beam_candidates.c).
 
     python benchmarks/decode_step.py RUN [--int8 RUN_INT8] [--n 1000] [--single 40] [--rounds 2] [--threads 2]
 
@@ -6,7 +8,7 @@ RUN: a trained translation run (e.g. the Multi30k Transformer); RUN_INT8: ``heed
 --method int8 --out RUN_INT8``. Each case decodes the first ``--n`` test sentences as ``heedful
 translate`` does (``task.translate``: the run's length limits and alpha, length-sorted token
 batches of decode.batch_tokens, greedy for beam 1), or the first ``--single`` one sentence at a
-time (batch-1 latency). The step is switched off and on in this process
+time (batch-1 latency). The kernels are switched off and on in this process
 (``HEEDFUL_CPU_KERNELS=0|1``, the kernel loader's cache cleared), alternating which goes first
 from round to round; the table gives each side's best round, the ratio of the PyTorch path's time
 to the step's (paired by round, median and range), how many outputs are the same, and BLEU / chrF
