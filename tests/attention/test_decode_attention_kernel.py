@@ -361,3 +361,19 @@ def test_sources_leaving_a_grouped_cache_move_no_keys_and_the_rest_attend_as_bef
     without_kernel(monkeypatch)
     for got, expected in zip(in_c, decode(), strict=True):
         torch.testing.assert_close(got, expected, **TOL)
+
+
+@torch.no_grad()
+def test_heads_wider_than_the_kernel_takes_use_the_pytorch_path(served, monkeypatch):
+    monkeypatch.setattr(cache_module, "DECODE_KERNEL_MAX_HEAD_WIDTH", 32)  # the model's heads are 64 wide
+    attn = make_attention(128, 2)
+    cache = KVCache()
+    x = torch.randn(3, 1, 128)
+    history = x
+    attn(x, is_causal=True, cache=cache)
+    step = torch.randn(3, 1, 128)
+    history = torch.cat([history, step], dim=1)
+    torch.testing.assert_close(
+        attn(step, is_causal=True, cache=cache).output, attn(history, is_causal=True).output[:, -1:], **TOL
+    )
+    assert served == [False, False]

@@ -59,6 +59,8 @@ from heedful.attention import cpu_kernel
 
 # The most keys decode_attention.c takes (its MAX_KEYS: one row's scores live on its stack).
 DECODE_KERNEL_MAX_KEYS = 4096
+# The widest head it takes: a query and a weighted sum of this width live on its stack too.
+DECODE_KERNEL_MAX_HEAD_WIDTH = 1024
 
 # The attention kernel a cache calls (heedful.attention.attend.Attend): (q, k, v, **masks) -> (context, weights).
 AttendFn = Callable[..., tuple[Tensor, Tensor | None]]
@@ -269,6 +271,8 @@ class KVCache:
         if lib is None or k is None or v is None or T > DECODE_KERNEL_MAX_KEYS:
             return None
         _, H, _, D = k.shape
+        if D > DECODE_KERNEL_MAX_HEAD_WIDTH:
+            return None
         n = k.shape[0] if rows is None else rows.shape[0]  # stored sources
         if rows is not None and (rows.dtype != torch.long or not rows.is_contiguous()):
             return None

@@ -68,7 +68,8 @@ static inline void dot4(const float *q, const void *k0, const void *k1, const vo
 
 /* One (source, head) pair; inlined with D and bf16 constant where the caller knows them. The query
  * and the weighted sum live in local arrays (registers, at a constant D), not in out, which the
- * compiler would have to assume the value rows might alias. */
+ * compiler would have to assume the value rows might alias; cache.py calls with D ≤ 1,024
+ * (DECODE_KERNEL_MAX_HEAD_WIDTH), so they stay small on the stack. */
 static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, const void *k, const void *v,
                                int64_t kv_src, int64_t kv_head, const int64_t *lineage, int64_t lin_src,
                                int64_t lin_row, const uint8_t *key_ok, int64_t mask_src, float *out, int64_t g,
