@@ -1,5 +1,5 @@
-/* Small math shared by heedful's CPU kernels (decode_attention.c, beam_candidates.c), inlined
- * where it is used so that the loops around it vectorize. */
+/* Small math shared by heedful's CPU kernels (dropout_kernel.c, decode_attention.c,
+ * beam_candidates.c), inlined where it is used so that the loops around it vectorize. */
 #ifndef HEEDFUL_CPU_MATH_H
 #define HEEDFUL_CPU_MATH_H
 
@@ -28,6 +28,14 @@ static inline float exp_nonpositive(float x) {
   float two_n;
   memcpy(&two_n, &scale_bits, 4);
   return x < -87.0f ? 0.0f : p * two_n;
+}
+
+/* bfloat16 -> float32: the top half of a float32, exactly. */
+static inline float bf16_to_f32(uint16_t b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
 }
 
 #endif

@@ -35,11 +35,8 @@
 
 /* Element i of a float32 (bf16 = 0) or bfloat16 (bf16 = 1) array, as float32. */
 static inline float load(const void *p, int64_t i, int bf16) {
-  if (!bf16) return ((const float *)p)[i];
-  uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
+  if (!bf16) return ((const float *)p)[i]; /* an early return: a select here made float32 loops 3× slower */
+  return bf16_to_f32(((const uint16_t *)p)[i]);
 }
 
 /* Pointer to element i of a float32 or bfloat16 array. */

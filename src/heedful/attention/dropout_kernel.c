@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_math.h"
+
 #define GAMMA 0x9e3779b97f4a7c15ULL
 #define BLOCK 64             /* elements per block: 16 words of 4 lanes, one vector loop */
 #define PARALLEL_MIN 65536   /* below this many elements, one thread (a guess, not tuned: about 15 µs of work) */
@@ -35,13 +37,8 @@ static inline void block_lanes(uint64_t seed, int64_t b, int16_t lanes[BLOCK]) {
   memcpy(lanes, words, sizeof words);
 }
 
-/* bfloat16 <-> float32: the top half of a float32; rounding to nearest even, NaN kept quiet. */
-static inline float bf16_to_f32(uint16_t b) {
-  uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
+/* float32 -> bfloat16 (the way back is cpu_math.h's bf16_to_f32): rounding to nearest even, NaN
+ * kept quiet. */
 static inline uint16_t f32_to_bf16(float f) {
   uint32_t u;
   memcpy(&u, &f, 4);
