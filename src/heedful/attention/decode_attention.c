@@ -45,8 +45,8 @@ static inline const void *at(const void *p, int64_t i, int bf16) {
 }
 
 /* Scores of four bfloat16 keys at once: four independent sums, so the widening of one key's
- * values and its horizontal sum overlap the others' (3–4× faster than one key at a time, 100
- * sources × 5 beams × 4 heads of 64 on the Zen 4 host). float32 keys go one at a time: four at once
+ * values and its horizontal sum overlap the others' (2.7–5.8× faster than one key at a time, 100
+ * sources × 5 beams × 4 heads of 64 on the Zen 4 host; docs/RESULTS.md). float32 keys go one at a time: four at once
  * measured 20–50 % slower there (the loads of four rows compete; one row's sum was never the
  * bottleneck). */
 static inline void dot4(const float *q, const void *k0, const void *k1, const void *k2, const void *k3, int64_t D,
