@@ -67,8 +67,9 @@ static inline void dot4(const float *q, const void *k0, const void *k1, const vo
  * position to position that the hardware's prefetcher does not follow: at 100 sources × 5 beams
  * the cache is tens of MB and each key waited on memory (about 14 GB/s here). So, while scoring
  * key t, ask for key t + PREFETCH_AHEAD and for value t (read in the weighted sum, after the
- * scores): 1.3–1.7× faster at 25–40 positions in a probe on the Zen 4 host (docs/RESULTS.md).
- * The rows of a static or plain cache are read in order, and prefetching them was slower. */
+ * scores): 1.1–1.8× faster at 25–40 positions, 2 % slower at 10, on the Zen 4 host
+ * (benchmarks/decode_attention_variants.py; docs/RESULTS.md). The rows of a static or plain cache
+ * are read in order, and prefetching them was slower. */
 #define PREFETCH_AHEAD 4
 static inline void prefetch_row(const void *row, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)row + b);
