@@ -377,3 +377,36 @@ def test_heads_wider_than_the_kernel_takes_use_the_pytorch_path(served, monkeypa
         attn(step, is_causal=True, cache=cache).output, attn(history, is_causal=True).output[:, -1:], **TOL
     )
     assert served == [False, False]
+
+
+def _step_in_c(q, k, v, lineage=None, key_ok=None, group=5):
+    """decode_attention.c's float32 step called directly: q (n·g, H, 1, D); k, v (n, H, keys, D)."""
+    lib = cpu_kernel.load()
+    n, H, T, D = k.shape[0], k.shape[1], k.shape[2] // (group if lineage is not None else 1), k.shape[3]
+    out = torch.empty(q.shape[0], H, 1, D)
+    a = torch.Tensor.data_ptr
+    lib.heedful_decode_attention_f32(
+        a(q), q.stride(0), q.stride(1), a(k), a(v), k.stride(0), k.stride(1),
+        None if lineage is None else a(lineage), 0 if lineage is None else lineage.stride(0),
+        0 if lineage is None else lineage.stride(1), None if key_ok is None else a(key_ok),
+        0 if key_ok is None else key_ok.stride(0), a(out), n, group, H, T, D, D**-0.5, None, None, None, None,
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(("group", "keys"), [(5, 18), (8, 40), (1, 3)])
+@torch.no_grad()
+def test_hypotheses_sharing_a_static_sources_keys_get_the_bits_of_the_step_one_hypothesis_at_a_time(group, keys):
+    """A static cache's g hypotheses read their source's keys together (float32, heads of 64); the
+    same keys laid out as a growing cache's, every hypothesis following slot 0, go through the
+    one-hypothesis-at-a-time loop: every score and sum is added in the same order, so the same bits."""
+    gen = torch.Generator().manual_seed(11)
+    n, H, D = 7, 4, 64
+    q = torch.randn(n * group, H, 1, D, generator=gen)
+    k, v = torch.randn(n, H, keys, D, generator=gen), torch.randn(n, H, keys, D, generator=gen)
+    shared = _step_in_c(q, k, v, group=group)
+    one_at_a_time = _step_in_c(
+        q, k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2),
+        lineage=torch.zeros(n, group, keys, dtype=torch.long), group=group,
+    )  # fmt: skip
+    assert torch.equal(shared, one_at_a_time)

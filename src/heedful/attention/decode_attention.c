@@ -156,6 +156,76 @@ static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, con
   }
 }
 
+/* Float32 heads of 64 whose hypotheses all read the same keys — a static (cross-attention) cache,
+ * or plain storage (g = 1) — at most SHARED_MAX_G hypotheses a source and SHARED_MAX_KEYS keys:
+ * each key and value row is read once for all g hypotheses, their dot products side by side. Every
+ * score and every sum is the same loop as attend_step's, added up in the same order, so the bits
+ * are attend_step's (tests/attention/test_decode_attention_kernel.py checks it). 1.3× faster at
+ * 100 sources × 5 hypotheses × 18 keys on the Zen 4 host (benchmarks/decode_attention_variants.py;
+ * docs/RESULTS.md); dot4's four keys at a time gained a few % more, but its sums are another
+ * loop, whose rounding a compiler need not keep equal. */
+#define SHARED_MAX_G 8      /* beam sizes up to 8: the hypotheses' queries and sums stay in L1 */
+#define SHARED_MAX_KEYS 256 /* scores of g rows on the stack; more keys go through attend_step */
+static inline void attend_shared_keys(const float *q, int64_t q_row, int64_t q_head, const float *k_ih,
+                                      const float *v_ih, const uint8_t *ok, float *out, int64_t i, int64_t h,
+                                      int64_t g, int64_t H, int64_t T, float scale) {
+  enum { D = 64 };
+  float query[SHARED_MAX_G][D], scores[SHARED_MAX_G][SHARED_MAX_KEYS + 16], sum[SHARED_MAX_G][D];
+  float total[SHARED_MAX_G], best[SHARED_MAX_G];
+  for (int64_t j = 0; j < g; ++j)
+    for (int64_t d = 0; d < D; ++d) query[j][d] = q[(i * g + j) * q_row + h * q_head + d];
+  for (int64_t t = 0; t < T; ++t) {
+    const float *key = k_ih + t * D;
+    for (int64_t j = 0; j < g; ++j) {
+      float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+      for (int64_t d = 0; d < D; ++d) s += query[j][d] * key[d];
+      scores[j][t] = s;
+    }
+  }
+  int64_t padded = (T + 15) & ~(int64_t)15;
+  for (int64_t j = 0; j < g; ++j) {
+    float top = -INFINITY, *sc = scores[j];
+    for (int64_t t = 0; t < T; ++t) {
+      float s = (ok && !ok[t]) ? -INFINITY : sc[t] * scale;
+      sc[t] = s;
+      top = s > top ? s : top;
+    }
+    best[j] = top;
+    total[j] = 0.0f;
+    for (int64_t d = 0; d < D; ++d) sum[j][d] = 0.0f;
+    if (top == -INFINITY) continue;
+    for (int64_t t = T; t < padded; ++t) sc[t] = -INFINITY;
+    float tot = 0.0f;
+#pragma omp simd reduction(+ : tot)
+    for (int64_t t = 0; t < padded; ++t) {
+      float e = exp_nonpositive(sc[t] - top);
+      sc[t] = e;
+      tot += e;
+    }
+    total[j] = tot;
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    const float *v_t = v_ih + t * D;
+    for (int64_t j = 0; j < g; ++j) {
+      float w = scores[j][t];
+      if (best[j] == -INFINITY || w == 0.0f) continue;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) sum[j][d] += w * v_t[d];
+    }
+  }
+  for (int64_t j = 0; j < g; ++j) {
+    float *o = out + ((i * g + j) * H + h) * D;
+    if (best[j] == -INFINITY) {
+      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+      continue;
+    }
+    float inv = 1.0f / total[j];
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) o[d] = sum[j][d] * inv;
+  }
+}
+
 /* Store the newest position's keys and values of (source, head) ``pair`` — rows i·g … i·g + g − 1 of
  * k_new and v_new, at row and head strides new_strides[0], [1] (keys) and [2], [3] (values) — into the cache at position T − 1: slot (T − 1)·g + j of a grouped growing cache,
  * position T − 1 of a plain one (g = 1). cache.py's KVCache.append kept the room and wrote the
@@ -186,7 +256,12 @@ static inline void store_new(void *k, void *v, int64_t kv_src, int64_t kv_head, 
     _Pragma("omp parallel for schedule(static) if (work >= PARALLEL_MIN)")                                      \
     for (int64_t pair = 0; pair < n * H; ++pair) {                                                               \
       if (k_new) store_new(k, v, kv_src, kv_head, k_new, v_new, new_strides, g, H, T, D, pair, rows, bf16);     \
-      if (D == 64)                                                                                               \
+      if (!bf16 && !lineage && D == 64 && g <= SHARED_MAX_G && T <= SHARED_MAX_KEYS) {                         \
+        int64_t i_ = pair / H, h_ = pair % H, row_ = rows ? rows[i_] : i_;                                     \
+        attend_shared_keys((const float *)q, q_row, q_head, (const float *)k + row_ * kv_src + h_ * kv_head,    \
+                           (const float *)v + row_ * kv_src + h_ * kv_head, key_ok ? key_ok + i_ * mask_src : NULL, \
+                           out, i_, h_, g, H, T, scale);                                                        \
+      } else if (D == 64)                                                                                        \
         attend_step(q, q_row, q_head, k, v, kv_src, kv_head, lineage, lin_src, lin_row, key_ok, mask_src, out, g, \
                     H, T, 64, scale, pair, rows, bf16);                                                          \
       else                                                                                                       \
