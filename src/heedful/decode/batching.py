@@ -6,6 +6,7 @@ On a CPU, ``workers`` > 1 decodes that many batches at once, each in its own Pyt
 torch thread, instead of one batch at a time on all of torch's threads. A beam step is many small
 kernels and Python bookkeeping, which intra-op threads barely split; whole batches split evenly
 (docs/RESULTS.md, "Decoding on 2 cores: workers"). The outputs are the same: each batch is decoded alone.
+``"auto"`` (decode.workers' default) is one worker per torch thread, at most AUTO_WORKERS_MAX.
 """
 
 from __future__ import annotations
@@ -42,14 +43,15 @@ def decode_in_batches(
     early_stopping: bool,
     min_len: int = 0,
     n_best: int = 1,
-    workers: int = 1,
+    workers: int | str = 1,
     prepacked: bool = True,
     progress: Callable[[int], Any] | None = None,
 ) -> list[list[tuple[list[int], float]]]:
     """Decode every source (non-empty id lists); ``limits[i]`` is source i's longest output.
     Returns, in input order, each source's ``n_best`` outputs, best first: ids (no specials) and
     log-probability. ``min_len``: the shortest output (see :func:`heedful.decode.beam_search`).
-    ``workers``: batches decoded at once on a CPU (see the module docstring); ``prepacked``: as in
+    ``workers``: batches decoded at once on a CPU, or ``"auto"`` (see the module docstring and
+    :func:`worker_count`); ``prepacked``: as in
     :func:`heedful.decode.beam_search`, one block around all the batches (the weights are checked
     once, not once per batch). Each thread's batches draw their key/value
     caches from one :class:`~heedful.attention.CacheArena`, so a batch reuses the memory of the
@@ -98,12 +100,30 @@ def decode_in_batches(
 
     batches = batches_by_length([len(s) * beam for s in src_ids], budget)
     with packed_linears(model, enabled=prepacked):
-        map_in_workers(decode_batch, batches, workers if device.type == "cpu" else 1)
+        map_in_workers(decode_batch, batches, worker_count(workers, device))
     return results
 
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+
+# "auto" workers: one per torch thread, at most this many. Measured on 2 cores only (2026-12-07,
+# the Zen 4 host: 2 one-thread workers decoded 1.09–1.15× faster than one batch on 2 threads in
+# float32 and 1.1–1.3× in int8, the int8 one steadily, where 2-thread int8 kernels lost their second
+# thread in the host's slow phases; docs/RESULTS.md). Past a few workers their Python bookkeeping
+# would wait on the GIL, and each worker holds a batch's caches.
+AUTO_WORKERS_MAX = 4
+
+
+def worker_count(workers: int | str, device: torch.device, threads: int | None = None) -> int:
+    """``workers`` (decode.workers) as a number for ``device``: ``"auto"`` is one worker per thread
+    (``threads``, default torch's) on a CPU, at most AUTO_WORKERS_MAX; on any other device batches
+    go one at a time."""
+    if device.type != "cpu":
+        return 1
+    if workers == "auto":
+        return max(1, min(threads or torch.get_num_threads(), AUTO_WORKERS_MAX))
+    return int(workers)
 
 
 def map_in_workers(fn: Callable[[Item], Result], items: Sequence[Item], workers: int) -> list[Result]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from heedful.data.tokenizers import content_ids
+from heedful.decode.batching import worker_count
 from heedful.device import keeping_torch_threads
 from heedful.extras import optional_import
 from heedful.models.pretrained import WEIGHTS_NAME, read_model_config, recorded_sum, structural_steps
@@ -325,9 +326,10 @@ class Ct2Engine(ExportedTranslator):
         self.task, self.cfg, self.folder, self.max_len = task, cfg, folder, max_len
         self.files = files or folder / RUN_FILES
         self.decode_cfg = cfg.decode
+        threads = threads or torch.get_num_threads()
+        workers = worker_count(workers or cfg.decode.workers, torch.device("cpu"), threads)  # "auto": one per thread
         self.translator = Ct2Translator(folder, task.src_tok, task.tgt_tok, compute_type=compute_type,
-                                        threads=threads or torch.get_num_threads(),
-                                        workers=workers or cfg.decode.workers)  # fmt: skip
+                                        threads=threads, workers=workers)  # fmt: skip
 
     @classmethod
     def for_run(cls, run: Run, folder: Path, threads: int | None = None, workers: int | None = None) -> Ct2Engine:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from heedful.config import RunConfig, Section
 from heedful.data.parallel import Format, OnBadLine
@@ -99,12 +99,19 @@ class DecodeConfig(Section):
     max_len_ratio: float | None = Field(None, gt=0, description="cap output at ratio × source tokens + offset")
     max_len_offset: int = Field(10, ge=0, description="with max_len_ratio: tokens added to ratio × source tokens")
     batch_tokens: int = Field(4096, ge=1, description="source tokens × beam per decoding batch, padding included")
-    workers: int = Field(
-        1,
-        ge=1,
-        description="CPU: decode this many batches at once, one torch thread each (e.g. the number of cores); "
-        "1: one batch at a time on all of torch's threads",
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="CPU: decode this many batches at once, one torch thread each; auto: one per torch thread "
+        "(at most 4); 1: one batch at a time on all of torch's threads. GPUs decode one batch at a time",
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("a number of batches at once (1 or more), or auto")
+
     prepacked: bool = Field(
         True,
         description="CPU, float32: Linear layers on oneDNN's prepacked kernels (faster; equal to plain PyTorch's "
