@@ -109,7 +109,7 @@ Result = TypeVar("Result")
 
 # "auto" workers: one per torch thread, at most this many. Measured on 2 cores only (2026-12-07,
 # the Zen 4 host: 2 one-thread workers decoded 1.09–1.15× faster than one batch on 2 threads in
-# float32 and 1.1–1.3× in int8, the int8 one steadily, where 2-thread int8 kernels lost their second
+# float32 and 1.07–1.26× in int8, the int8 one steadily, where 2-thread int8 kernels lost their second
 # thread in the host's slow phases; docs/RESULTS.md). Past a few workers their Python bookkeeping
 # would wait on the GIL, and each worker holds a batch's caches.
 AUTO_WORKERS_MAX = 4
