@@ -75,6 +75,32 @@ static inline void prefetch_row(const void *row, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch((const char *)row + b);
 }
 
+/* One hypothesis's scores over T keys, in place, into softmax's numerators e^(scale·s − max):
+ * masked keys (key_ok[t] == 0) and the padding up to whole vectors at 0. Returns their sum, the
+ * denominator — 0 when no key is allowed (every score is then −∞). Shared by
+ * attend_step and attend_shared_keys, so both weigh the values with the same bits. */
+static inline float softmax_numerators(float *scores, const uint8_t *ok, int64_t T, float scale) {
+  float best = -INFINITY;
+  for (int64_t t = 0; t < T; ++t) {
+    float s = (ok && !ok[t]) ? -INFINITY : scores[t] * scale;
+    scores[t] = s;
+    best = s > best ? s : best;
+  }
+  if (best == -INFINITY) return 0.0f;
+  /* Padded to whole vectors with −∞ (e^−∞ = 0 below): no scalar tail, which at a few dozen keys
+   * cost more than the vector part. */
+  int64_t padded = (T + 15) & ~(int64_t)15;
+  for (int64_t t = T; t < padded; ++t) scores[t] = -INFINITY;
+  float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t t = 0; t < padded; ++t) {
+    float e = exp_nonpositive(scores[t] - best);
+    scores[t] = e;
+    total += e;
+  }
+  return total;
+}
+
 /* One (source, head) pair; inlined with D and bf16 constant where the caller knows them. The query
  * and the weighted sum live in local arrays (registers, at a constant D), not in out, which the
  * compiler would have to assume the value rows might alias; cache.py calls with D ≤ 1,024
@@ -117,39 +143,23 @@ static inline void attend_step(const void *q, int64_t q_row, int64_t q_head, con
       for (int64_t d = 0; d < D; ++d) s += query[d] * load(key, d, bf16);
       scores[t] = s;
     }
-#undef KEY
-#undef VALUE
-#undef PREFETCH
-    float best = -INFINITY;
-    for (t = 0; t < T; ++t) {
-      float s = (ok && !ok[t]) ? -INFINITY : scores[t] * scale;
-      scores[t] = s;
-      best = s > best ? s : best;
-    }
     float *o = out + ((i * g + j) * H + h) * D;
-    if (best == -INFINITY) { /* no key allowed: zeros */
+    float total = softmax_numerators(scores, ok, T, scale);
+    if (total == 0.0f) { /* no key allowed: zeros */
       for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
       continue;
-    }
-    /* Padded to whole vectors with −∞ (e^−∞ = 0 below): no scalar tail, which at a few dozen keys
-     * cost more than the vector part. */
-    int64_t padded = (T + 15) & ~(int64_t)15;
-    for (t = T; t < padded; ++t) scores[t] = -INFINITY;
-    float total = 0.0f;
-#pragma omp simd reduction(+ : total)
-    for (t = 0; t < padded; ++t) {
-      float e = exp_nonpositive(scores[t] - best);
-      scores[t] = e;
-      total += e;
     }
     for (int64_t d = 0; d < D; ++d) sum[d] = 0.0f;
     for (t = 0; t < T; ++t) {
       float w = scores[t];
       if (w == 0.0f) continue;
-      const void *v_t = at(v_ih, (slot ? t * g + slot[t] : t) * D, bf16);
+      const void *v_t = VALUE(t);
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) sum[d] += w * load(v_t, d, bf16);
     }
+#undef KEY
+#undef VALUE
+#undef PREFETCH
     float inv = 1.0f / total;
 #pragma omp simd
     for (int64_t d = 0; d < D; ++d) o[d] = sum[d] * inv;
@@ -171,7 +181,7 @@ static inline void attend_shared_keys(const float *q, int64_t q_row, int64_t q_h
                                       int64_t g, int64_t H, int64_t T, float scale) {
   enum { D = 64 };
   float query[SHARED_MAX_G][D], scores[SHARED_MAX_G][SHARED_MAX_KEYS + 16], sum[SHARED_MAX_G][D];
-  float total[SHARED_MAX_G], best[SHARED_MAX_G];
+  float total[SHARED_MAX_G];
   for (int64_t j = 0; j < g; ++j)
     for (int64_t d = 0; d < D; ++d) query[j][d] = q[(i * g + j) * q_row + h * q_head + d];
   for (int64_t t = 0; t < T; ++t) {
@@ -183,40 +193,22 @@ static inline void attend_shared_keys(const float *q, int64_t q_row, int64_t q_h
       scores[j][t] = s;
     }
   }
-  int64_t padded = (T + 15) & ~(int64_t)15;
   for (int64_t j = 0; j < g; ++j) {
-    float top = -INFINITY, *sc = scores[j];
-    for (int64_t t = 0; t < T; ++t) {
-      float s = (ok && !ok[t]) ? -INFINITY : sc[t] * scale;
-      sc[t] = s;
-      top = s > top ? s : top;
-    }
-    best[j] = top;
-    total[j] = 0.0f;
+    total[j] = softmax_numerators(scores[j], ok, T, scale);
     for (int64_t d = 0; d < D; ++d) sum[j][d] = 0.0f;
-    if (top == -INFINITY) continue;
-    for (int64_t t = T; t < padded; ++t) sc[t] = -INFINITY;
-    float tot = 0.0f;
-#pragma omp simd reduction(+ : tot)
-    for (int64_t t = 0; t < padded; ++t) {
-      float e = exp_nonpositive(sc[t] - top);
-      sc[t] = e;
-      tot += e;
-    }
-    total[j] = tot;
   }
   for (int64_t t = 0; t < T; ++t) {
     const float *v_t = v_ih + t * D;
     for (int64_t j = 0; j < g; ++j) {
       float w = scores[j][t];
-      if (best[j] == -INFINITY || w == 0.0f) continue;
+      if (total[j] == 0.0f || w == 0.0f) continue; /* no key allowed, or a weight of 0 */
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) sum[j][d] += w * v_t[d];
     }
   }
   for (int64_t j = 0; j < g; ++j) {
     float *o = out + ((i * g + j) * H + h) * D;
-    if (best[j] == -INFINITY) {
+    if (total[j] == 0.0f) {
       for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
       continue;
     }
